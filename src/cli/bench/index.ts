@@ -1,0 +1,12 @@
+import { Command } from "commander";
+
+/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, queue.ts). */
+const BENCHMARKS: Array<() => Command> = [];
+
+export function benchCommand(): Command {
+  const bench = new Command("bench").description(
+    "measure the engine: npm run bench -- <name> [--device cpu|webgpu|cuda]",
+  );
+  for (const make of BENCHMARKS) bench.addCommand(make());
+  return bench;
+}

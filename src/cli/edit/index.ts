@@ -1,0 +1,10 @@
+import { Command } from "commander";
+
+/** One factory per edit, each in its own file here (txt2img.ts, imagic.ts, …). */
+const EDITS: Array<() => Command> = [];
+
+export function editCommand(): Command {
+  const edit = new Command("edit").description("run an edit locally, without chat (writes image files)");
+  for (const make of EDITS) edit.addCommand(make());
+  return edit;
+}

@@ -1,0 +1,68 @@
+import pino, { type LevelWithSilent, type Logger } from "pino";
+import pretty from "pino-pretty";
+
+export type { Logger };
+
+const LEVELS: readonly LevelWithSilent[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+interface Sink {
+  write(line: string): void;
+}
+
+// Logs go to stderr so that commands printing results (bench, edit) keep stdout clean. Writes are
+// synchronous: the last lines before a crash or process.exit() are not lost.
+const jsonSink = (): Sink => pino.destination({ dest: 2, sync: true });
+// pino-pretty used as a stream in this thread, not as a worker transport: transports resolve modules
+// at run time and break the esbuild bundle.
+const prettySink = (): Sink => pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY });
+
+/** Forwards to the current sink, so configureLogger() can switch format after the logger exists. */
+const sink = {
+  target: undefined as Sink | undefined,
+  write(line: string): void {
+    this.target?.write(line);
+  },
+};
+
+function envLevel(): LevelWithSilent {
+  const requested = process.env.LOG_LEVEL as LevelWithSilent | undefined;
+  if (requested && LEVELS.includes(requested)) return requested;
+  // Under vitest the suite would drown in start-up lines; tests that need logs set LOG_LEVEL.
+  return process.env.VITEST ? "silent" : "info";
+}
+
+function envPretty(): boolean {
+  const flag = process.env.LOG_PRETTY?.toLowerCase();
+  if (flag === "true" || flag === "1") return true;
+  if (flag === "false" || flag === "0") return false;
+  return process.stderr.isTTY === true;
+}
+
+sink.target = envPretty() ? prettySink() : jsonSink();
+
+/**
+ * The process-wide logger. Its level and format come from LOG_LEVEL / LOG_PRETTY as found at import
+ * time; the CLI calls configureLogger() with the validated config (which may come from .env).
+ */
+export const logger: Logger = pino(
+  {
+    level: envLevel(),
+    base: { pid: process.pid },
+    // Belt and braces: the config wraps secrets, but a token pasted into some other object is masked too.
+    redact: {
+      paths: ["token", "*.token", "authorization", "*.authorization", "password", "*.password"],
+      censor: "[redacted]",
+    },
+  },
+  sink,
+);
+
+export function configureLogger(options: { level: LevelWithSilent; pretty: boolean }): void {
+  logger.level = options.level;
+  sink.target = options.pretty ? prettySink() : jsonSink();
+}
+
+/** A logger whose lines carry `area` (e.g. "queue", "engine", "discord"). */
+export function childLogger(area: string, bindings: Record<string, unknown> = {}): Logger {
+  return logger.child({ area, ...bindings });
+}
