@@ -1,0 +1,87 @@
+/**
+ * Half-precision conversions between raw little-endian bit patterns and float32.
+ * Checkpoints store fp16 and bf16; the graph computes in float32 or float16.
+ */
+
+let f16Table: Float32Array | undefined;
+
+/** Every fp16 bit pattern decoded once (256 KiB), so converting a 1.7 GB UNet is a table look-up per value. */
+function halfTable(): Float32Array {
+  if (f16Table) return f16Table;
+  const table = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    if (exp === 0) table[h] = sign * frac * 2 ** -24;
+    else if (exp === 31) table[h] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+    else table[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  f16Table = table;
+  return table;
+}
+
+export function f16ToF32(bits: Uint16Array): Float32Array {
+  const table = halfTable();
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = table[bits[i] as number] as number;
+  return out;
+}
+
+export function bf16ToF32(bits: Uint16Array): Float32Array {
+  const out = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = (bits[i] as number) << 16;
+  return new Float32Array(out.buffer);
+}
+
+/** float32 → fp16 bits with round-to-nearest-even, overflow to ±Inf, subnormals kept (as numpy/torch do). */
+export function f32ToF16(values: Float32Array): Uint16Array {
+  const u32 = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const x = u32[i] as number;
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    const mant = x & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    const e = exp - 127 + 15;
+    if (e >= 31) {
+      out[i] = sign | 0x7c00;
+    } else if (e <= 0) {
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      // Subnormal half: shift the mantissa (with its implicit 1) right and round to nearest even.
+      const m = mant | 0x800000;
+      const shift = 14 - e;
+      let half = m >>> shift;
+      const rem = m & ((1 << shift) - 1);
+      const mid = 1 << (shift - 1);
+      if (rem > mid || (rem === mid && half & 1)) half++;
+      out[i] = sign | half;
+    } else {
+      let half = (e << 10) | (mant >>> 13);
+      const rem = mant & 0x1fff;
+      // Carrying into the exponent is intended: it rounds up to the next binade (or to Inf).
+      if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
+      out[i] = sign | half;
+    }
+  }
+  return out;
+}
+
+/** A typed-array view on raw little-endian bytes, copying only when the offset is misaligned. */
+export function viewAs<T>(
+  bytes: Uint8Array,
+  ctor: { new (buffer: ArrayBufferLike, byteOffset: number, length: number): T; BYTES_PER_ELEMENT: number },
+): T {
+  const size = ctor.BYTES_PER_ELEMENT;
+  if (bytes.byteLength % size !== 0)
+    throw new RangeError(`${bytes.byteLength} bytes are not a multiple of ${size}`);
+  const aligned = bytes.byteOffset % size === 0 ? bytes : bytes.slice();
+  return new ctor(aligned.buffer, aligned.byteOffset, aligned.byteLength / size);
+}
