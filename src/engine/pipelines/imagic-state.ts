@@ -1,0 +1,203 @@
+import { z } from "zod";
+import { UserFacingError } from "../../errors.js";
+import type { ImagicOptions } from "./imagic-options.js";
+
+/**
+ * What Imagic's training produces and a later render needs: the two embeddings, the LoRA adapters,
+ * the settings, and the model and image size they belong to. Serialized as a safetensors file (the
+ * state's JSON in `__metadata__`, LoRA tensors named as diffusers saves them: `unet.<module>.lora_A.weight`
+ * [rank, in] and `lora_B.weight` [out, rank]), so a cached state is a few MB and readable by other tools.
+ */
+
+/** One LoRA adapter on a linear layer (the engine's LoraWeights entries). */
+export interface LoraAdapter {
+  down: Float32Array;
+  up: Float32Array;
+  rank: number;
+  alpha: number;
+  inF: number;
+  outF: number;
+}
+export type LoraMap = Map<string, LoraAdapter>;
+
+export interface ImagicState {
+  modelId: string;
+  prompt: string;
+  /** Pixel size the state was trained at (renders come out at this size). */
+  width: number;
+  height: number;
+  options: ImagicOptions;
+  /** [77, D] each: CLIP(target prompt), and the embedding optimized to reconstruct the photo. */
+  contextShape: [number, number];
+  eTgt: Float32Array;
+  eOpt: Float32Array;
+  /** Absent when the fine-tune stage ran 0 steps. */
+  lora: LoraMap | null;
+  /** Per-step losses of each stage (shorter than the configured steps when early stopping fired). */
+  losses: { embedding: number[]; finetune: number[] };
+}
+
+const FORMAT = "imagic-state";
+const VERSION = 1;
+
+const metadataSchema = z.object({
+  format: z.literal(FORMAT),
+  version: z.literal(VERSION),
+  modelId: z.string(),
+  prompt: z.string(),
+  width: z.number().int().positive(),
+  height: z.number().int().positive(),
+  contextShape: z.tuple([z.number().int().positive(), z.number().int().positive()]),
+  options: z.custom<ImagicOptions>((v) => typeof v === "object" && v !== null),
+  loraAlpha: z.record(z.string(), z.number()),
+});
+
+const tensorSchema = z.object({
+  dtype: z.literal("F32"),
+  shape: z.array(z.number().int().nonnegative()),
+  data_offsets: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]),
+});
+
+interface Entry {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+const LORA_PREFIX = "unet.";
+const LORA_A = ".lora_A.weight";
+const LORA_B = ".lora_B.weight";
+
+function entries(state: ImagicState): Entry[] {
+  const list: Entry[] = [
+    { name: "e_tgt", shape: [...state.contextShape], data: state.eTgt },
+    { name: "e_opt", shape: [...state.contextShape], data: state.eOpt },
+    {
+      name: "loss.embedding",
+      shape: [state.losses.embedding.length],
+      data: Float32Array.from(state.losses.embedding),
+    },
+    {
+      name: "loss.finetune",
+      shape: [state.losses.finetune.length],
+      data: Float32Array.from(state.losses.finetune),
+    },
+  ];
+  for (const [module, a] of state.lora ?? []) {
+    list.push({ name: `${LORA_PREFIX}${module}${LORA_A}`, shape: [a.rank, a.inF], data: a.down });
+    list.push({ name: `${LORA_PREFIX}${module}${LORA_B}`, shape: [a.outF, a.rank], data: a.up });
+  }
+  return list;
+}
+
+export function serializeState(state: ImagicState): Uint8Array {
+  const list = entries(state);
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  for (const e of list) {
+    const expected = e.shape.reduce((x, y) => x * y, 1);
+    if (e.data.length !== expected) {
+      throw new Error(`serializeState: ${e.name} has ${e.data.length} values for shape [${e.shape}]`);
+    }
+    header[e.name] = { dtype: "F32", shape: e.shape, data_offsets: [offset, offset + e.data.byteLength] };
+    offset += e.data.byteLength;
+  }
+  const loraAlpha = Object.fromEntries([...(state.lora ?? [])].map(([m, a]) => [m, a.alpha]));
+  const meta = {
+    format: FORMAT,
+    version: VERSION,
+    modelId: state.modelId,
+    prompt: state.prompt,
+    width: state.width,
+    height: state.height,
+    contextShape: state.contextShape,
+    options: state.options,
+    loraAlpha,
+  };
+  // safetensors: metadata values are strings; the header is padded with spaces to 8-byte alignment.
+  header.__metadata__ = { imagic: JSON.stringify(meta) };
+  let json = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(json.length / 8) * 8;
+  if (padded !== json.length)
+    json = new TextEncoder().encode(JSON.stringify(header) + " ".repeat(padded - json.length));
+  const out = new Uint8Array(8 + json.length + offset);
+  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
+  out.set(json, 8);
+  let at = 8 + json.length;
+  for (const e of list) {
+    out.set(new Uint8Array(e.data.buffer, e.data.byteOffset, e.data.byteLength), at);
+    at += e.data.byteLength;
+  }
+  return out;
+}
+
+function bad(problem: string): never {
+  throw new UserFacingError(`not a usable Imagic state: ${problem}`);
+}
+
+export function deserializeState(bytes: Uint8Array): ImagicState {
+  if (bytes.length < 8) bad(`${bytes.length} bytes is too short`);
+  const headerLen = Number(
+    new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true),
+  );
+  if (headerLen > bytes.length - 8) bad(`header length ${headerLen} exceeds the ${bytes.length} bytes`);
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
+  } catch {
+    return bad("the header is not JSON");
+  }
+  const metaText = (header.__metadata__ as { imagic?: unknown } | undefined)?.imagic;
+  if (typeof metaText !== "string") bad("no Imagic metadata (is this a safetensors file from elsewhere?)");
+  const meta = metadataSchema.safeParse(JSON.parse(metaText));
+  if (!meta.success)
+    bad(`metadata: ${meta.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+  const dataStart = 8 + headerLen;
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const t = tensorSchema.safeParse(info);
+    if (!t.success)
+      bad(`tensor ${name}: ${t.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+    const [begin, end] = t.data.data_offsets;
+    const count = t.data.shape.reduce((x, y) => x * y, 1);
+    if (end - begin !== count * 4 || dataStart + end > bytes.length) bad(`tensor ${name} has bad offsets`);
+    // Copy: the input's byte offset need not be 4-aligned, and the state must not alias the caller's buffer.
+    const data = new Float32Array(count);
+    new Uint8Array(data.buffer).set(bytes.subarray(dataStart + begin, dataStart + end));
+    tensors.set(name, { shape: t.data.shape, data });
+  }
+  const m = meta.data;
+  const need = (name: string, shape?: readonly number[]) => {
+    const t = tensors.get(name) ?? bad(`tensor ${name} is missing`);
+    if (shape && t.shape.join(",") !== shape.join(","))
+      bad(`tensor ${name} has shape [${t.shape}], expected [${shape}]`);
+    return t;
+  };
+  let lora: LoraMap | null = null;
+  for (const [module, alpha] of Object.entries(m.loraAlpha)) {
+    const a = need(`${LORA_PREFIX}${module}${LORA_A}`);
+    const b = need(`${LORA_PREFIX}${module}${LORA_B}`);
+    const [rank = 0, inF = 0] = a.shape;
+    const [outF = 0, rankB = 0] = b.shape;
+    if (a.shape.length !== 2 || b.shape.length !== 2 || rank !== rankB)
+      bad(`LoRA ${module} has inconsistent shapes`);
+    lora ??= new Map();
+    lora.set(module, { down: a.data, up: b.data, rank, alpha, inF, outF });
+  }
+  return {
+    modelId: m.modelId,
+    prompt: m.prompt,
+    width: m.width,
+    height: m.height,
+    options: m.options,
+    contextShape: m.contextShape,
+    eTgt: need("e_tgt", m.contextShape).data,
+    eOpt: need("e_opt", m.contextShape).data,
+    lora,
+    losses: {
+      embedding: Array.from(need("loss.embedding").data),
+      finetune: Array.from(need("loss.finetune").data),
+    },
+  };
+}
