@@ -106,3 +106,18 @@ export function weightStore(st: Safetensors): WeightStore {
     },
   };
 }
+
+/**
+ * The store seen with `prefix` removed from every name that has it. transformers < 5 saved CLIPTextModel
+ * as `text_model.encoder…`, transformers 5 saves `encoder…`; the text encoder reads one naming.
+ */
+export function withoutPrefix(store: WeightStore, prefix: string): WeightStore {
+  const full = (name: string) => (store.has(name) ? name : store.has(prefix + name) ? prefix + name : name);
+  return {
+    names: () => store.names().map((n) => (n.startsWith(prefix) ? n.slice(prefix.length) : n)),
+    has: (name) => store.has(full(name)),
+    info: (name) => ({ ...store.info(full(name)), name }),
+    data: (name, request) => store.data(full(name), request),
+    float32: (name, shape) => store.float32(full(name), shape),
+  };
+}

@@ -1,0 +1,132 @@
+/**
+ * A diffusers-format Stable Diffusion folder: model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+ * scheduler/. Opening one validates every config and reads the weight files' headers (not their data).
+ */
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import {
+  loadConfig,
+  type ModelIndex,
+  ModelIndexSchema,
+  type SchedulerConfig,
+  SchedulerConfigSchema,
+  SD_PIPELINES,
+  type TextEncoderConfig,
+  TextEncoderConfigSchema,
+  type UNetConfig,
+  UNetConfigSchema,
+  type VaeConfig,
+  VaeConfigSchema,
+} from "./config.js";
+import { ModelFileError } from "./errors.js";
+import { openSafetensors } from "./safetensors.js";
+import { type WeightStore, weightStore, withoutPrefix } from "./weights.js";
+
+export interface Component<C> {
+  readonly dir: string;
+  readonly config: C;
+  readonly weights: WeightStore;
+  /** The weight file (or sharded index) that was opened. */
+  readonly weightsFile: string;
+}
+
+export interface Checkpoint {
+  readonly dir: string;
+  readonly index: ModelIndex;
+  readonly unet: Component<UNetConfig>;
+  readonly vae: Component<VaeConfig>;
+  /** Parameter names without transformers' optional `text_model.` prefix: `encoder.layers.0.mlp.fc1.weight`. */
+  readonly textEncoder: Component<TextEncoderConfig>;
+  readonly tokenizerDir: string;
+  readonly scheduler: { readonly className: string; readonly config: SchedulerConfig };
+}
+
+export interface OpenCheckpointOptions {
+  /** Prefer `*.<variant>.safetensors` files (diffusers' `variant="fp16"`), falling back to the plain ones. */
+  variant?: string;
+}
+
+export function openCheckpoint(dir: string, options: OpenCheckpointOptions = {}): Checkpoint {
+  if (!existsSync(dir)) throw new ModelFileError(dir, "checkpoint folder not found");
+  const index = loadConfig(ModelIndexSchema, join(dir, "model_index.json"), SD_PIPELINES);
+  const open = <C>(name: string, config: C, base: string, stripPrefix = ""): Component<C> => {
+    const componentDir = join(dir, name);
+    const weightsFile = findWeightsFile(componentDir, base, options.variant);
+    const store = weightStore(openSafetensors(weightsFile));
+    return {
+      dir: componentDir,
+      config,
+      weights: stripPrefix ? withoutPrefix(store, stripPrefix) : store,
+      weightsFile,
+    };
+  };
+  const unet = open(
+    "unet",
+    loadConfig(UNetConfigSchema, join(dir, "unet", "config.json"), ["UNet2DConditionModel"]),
+    "diffusion_pytorch_model",
+  );
+  const vae = open(
+    "vae",
+    loadConfig(VaeConfigSchema, join(dir, "vae", "config.json"), ["AutoencoderKL"]),
+    "diffusion_pytorch_model",
+  );
+  const textEncoder = open(
+    "text_encoder",
+    loadConfig(TextEncoderConfigSchema, join(dir, "text_encoder", "config.json")),
+    "model",
+    "text_model.",
+  );
+  const schedulerFile = join(dir, "scheduler", "scheduler_config.json");
+  const scheduler = {
+    className: index.scheduler[1],
+    config: loadConfig(SchedulerConfigSchema, schedulerFile),
+  };
+
+  if (unet.config.cross_attention_dim !== textEncoder.config.hidden_size) {
+    throw new ModelFileError(
+      join(unet.dir, "config.json"),
+      `cross_attention_dim ${unet.config.cross_attention_dim} does not match the text encoder's hidden_size ${textEncoder.config.hidden_size} (${join(textEncoder.dir, "config.json")})`,
+    );
+  }
+  if (unet.config.in_channels !== vae.config.latent_channels) {
+    throw new ModelFileError(
+      join(unet.dir, "config.json"),
+      `in_channels ${unet.config.in_channels} does not match the VAE's latent_channels ${vae.config.latent_channels}`,
+    );
+  }
+  const tokenizerDir = join(dir, "tokenizer");
+  if (!existsSync(tokenizerDir)) throw new ModelFileError(tokenizerDir, "tokenizer folder not found");
+  return { dir, index, unet, vae, textEncoder, tokenizerDir, scheduler };
+}
+
+/**
+ * The weight file of a component, by diffusers' naming: `<base>[.<variant>].safetensors`, or a sharded
+ * `<base>.safetensors.index[.<variant>].json`. Pickle formats (.bin, .ckpt, .pt) are refused: loading them
+ * runs arbitrary code, and the engine reads safetensors only.
+ */
+export function findWeightsFile(componentDir: string, base: string, variant?: string): string {
+  if (!existsSync(componentDir)) throw new ModelFileError(componentDir, "component folder not found");
+  const files = new Set(readdirSync(componentDir));
+  const plain = [`${base}.safetensors`, `${base}.safetensors.index.json`];
+  const variants = variant
+    ? [`${base}.${variant}.safetensors`, `${base}.safetensors.index.${variant}.json`]
+    : [];
+  // Without a variant asked for, a folder holding only one variant (e.g. fp16) is still usable.
+  const anyVariant = [...files].filter(
+    (f) => f.startsWith(`${base}.`) && /^[^.]+\.[A-Za-z0-9_]+\.safetensors$/.test(f),
+  );
+  for (const name of [...variants, ...plain, ...anyVariant.sort()]) {
+    if (files.has(name)) return join(componentDir, name);
+  }
+  const pickles = [...files].filter((f) => /\.(bin|ckpt|pt|pth)$/.test(f));
+  if (pickles.length > 0) {
+    throw new ModelFileError(
+      componentDir,
+      `holds only PyTorch pickle weights (${pickles.join(", ")}); the engine loads safetensors only — convert them (e.g. with diffusers' save_pretrained(safe_serialization=True))`,
+    );
+  }
+  throw new ModelFileError(
+    componentDir,
+    `no weight file found (looked for ${[...variants, ...plain].join(", ")})`,
+  );
+}

@@ -1,0 +1,312 @@
+/**
+ * The diffusers / transformers config files of a Stable Diffusion checkpoint, validated with zod.
+ *
+ * Diffusers configs (model_index.json, unet/vae config.json) are strict: a setting the engine does not know,
+ * or a value it does not implement, is refused with a message naming the file, the setting and the value,
+ * because silently ignoring one would compute a different function than diffusers. Missing settings take
+ * diffusers' defaults (old checkpoints such as SD 1.5 omit most of them).
+ *
+ * The text encoder's config comes from transformers, whose configs carry dozens of generic keys
+ * (generation settings, torchscript flags) that do not affect CLIPTextModel; there only the settings the
+ * encoder depends on are checked. Scheduler configs of any SD scheduler class are accepted: the engine
+ * always samples with DDIM and takes the noise schedule (betas, offsets, prediction type) from them.
+ */
+import { readFileSync } from "node:fs";
+import { z } from "zod";
+import { ModelFileError } from "./errors.js";
+
+/** Markers of model families the engine does not implement, checked before validation for a clear message. */
+const OTHER_FAMILIES: Array<{ family: string; match: (cfg: Record<string, unknown>) => boolean }> = [
+  {
+    family: "Stable Diffusion XL",
+    match: (c) =>
+      /XL/.test(String(c._class_name ?? "")) ||
+      "text_encoder_2" in c ||
+      c.addition_embed_type === "text_time" ||
+      c._class_name === "CLIPTextModelWithProjection",
+  },
+  {
+    family: "Stable Diffusion 3",
+    match: (c) => /StableDiffusion3|SD3/.test(String(c._class_name ?? "")) || "text_encoder_3" in c,
+  },
+  { family: "Flux", match: (c) => /Flux/.test(String(c._class_name ?? "")) },
+  {
+    family: "a transformer-based (DiT) model",
+    match: (c) => "transformer" in c || /Transformer2DModel$/.test(String(c._class_name ?? "")),
+  },
+];
+
+function refuseOtherFamilies(file: string, cfg: Record<string, unknown>): void {
+  for (const { family, match } of OTHER_FAMILIES) {
+    if (match(cfg)) {
+      throw new ModelFileError(
+        file,
+        `this is ${family} checkpoint${cfg._class_name ? ` (${String(cfg._class_name)})` : ""}; the engine supports Stable Diffusion 1.x and 2.x only`,
+      );
+    }
+  }
+}
+
+const component = (library: string, cls: string | readonly string[]) =>
+  z.tuple([
+    z.literal(library),
+    Array.isArray(cls) ? z.enum(cls as [string, ...string[]]) : z.literal(cls as string),
+  ]);
+const absent = z.tuple([z.null(), z.null()]).optional();
+
+export const SD_PIPELINES = [
+  "StableDiffusionPipeline",
+  "StableDiffusionImg2ImgPipeline",
+  "StableDiffusionInpaintPipeline",
+] as const;
+
+export const ModelIndexSchema = z.strictObject({
+  unet: component("diffusers", "UNet2DConditionModel"),
+  vae: component("diffusers", "AutoencoderKL"),
+  text_encoder: component("transformers", "CLIPTextModel"),
+  tokenizer: component("transformers", ["CLIPTokenizer", "CLIPTokenizerFast"]),
+  scheduler: z.tuple([z.literal("diffusers"), z.string().regex(/Scheduler$/)]),
+  safety_checker: z.union([absent, component("stable_diffusion", "StableDiffusionSafetyChecker")]),
+  feature_extractor: z.union([
+    absent,
+    component("transformers", ["CLIPImageProcessor", "CLIPFeatureExtractor"]),
+  ]),
+  image_encoder: absent,
+  requires_safety_checker: z.boolean().optional(),
+});
+export type ModelIndex = z.infer<typeof ModelIndexSchema>;
+
+const posInt = z.number().int().positive();
+const intOrList = z.union([posInt, z.array(posInt).min(1)]);
+
+export const UNetConfigSchema = z
+  .strictObject({
+    in_channels: posInt.default(4),
+    out_channels: posInt.default(4),
+    sample_size: posInt.nullable().default(null),
+    center_input_sample: z.literal(false).default(false),
+    flip_sin_to_cos: z.boolean().default(true),
+    freq_shift: z.number().int().default(0),
+    down_block_types: z
+      .array(z.enum(["CrossAttnDownBlock2D", "DownBlock2D"]))
+      .min(1)
+      .default(["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
+    mid_block_type: z.literal("UNetMidBlock2DCrossAttn").default("UNetMidBlock2DCrossAttn"),
+    up_block_types: z
+      .array(z.enum(["CrossAttnUpBlock2D", "UpBlock2D"]))
+      .min(1)
+      .default(["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]),
+    only_cross_attention: z.union([z.literal(false), z.array(z.literal(false))]).default(false),
+    block_out_channels: z.array(posInt).min(1).default([320, 640, 1280, 1280]),
+    layers_per_block: posInt.default(2),
+    downsample_padding: z.number().int().nonnegative().default(1),
+    mid_block_scale_factor: z.number().default(1),
+    dropout: z.number().default(0),
+    act_fn: z.literal("silu").default("silu"),
+    norm_num_groups: posInt.default(32),
+    norm_eps: z.number().positive().default(1e-5),
+    cross_attention_dim: posInt.default(1280),
+    transformer_layers_per_block: intOrList.default(1),
+    reverse_transformer_layers_per_block: z.null().default(null),
+    encoder_hid_dim: z.null().default(null),
+    encoder_hid_dim_type: z.null().default(null),
+    /** Legacy naming: for SD 1.x/2.x this is the number of heads (a list: per level), not their width. */
+    attention_head_dim: intOrList.default(8),
+    num_attention_heads: intOrList.nullable().default(null),
+    dual_cross_attention: z.literal(false).default(false),
+    use_linear_projection: z.boolean().default(false),
+    class_embed_type: z.null().default(null),
+    addition_embed_type: z.null().default(null),
+    addition_time_embed_dim: z.null().default(null),
+    addition_embed_type_num_heads: z.number().int().default(64),
+    num_class_embeds: z.null().default(null),
+    upcast_attention: z.boolean().default(false),
+    resnet_time_scale_shift: z.literal("default").default("default"),
+    resnet_skip_time_act: z.literal(false).default(false),
+    resnet_out_scale_factor: z.literal(1).default(1),
+    time_embedding_type: z.literal("positional").default("positional"),
+    time_embedding_dim: z.null().default(null),
+    time_embedding_act_fn: z.null().default(null),
+    timestep_post_act: z.null().default(null),
+    time_cond_proj_dim: z.null().default(null),
+    conv_in_kernel: z.literal(3).default(3),
+    conv_out_kernel: z.literal(3).default(3),
+    projection_class_embeddings_input_dim: z.null().default(null),
+    attention_type: z.literal("default").default("default"),
+    class_embeddings_concat: z.literal(false).default(false),
+    mid_block_only_cross_attention: z.union([z.null(), z.literal(false)]).default(null),
+    cross_attention_norm: z.null().default(null),
+  })
+  .superRefine((c, ctx) => {
+    const levels = c.block_out_channels.length;
+    const perLevel: Array<[string, unknown[] | number | null]> = [
+      ["down_block_types", c.down_block_types],
+      ["up_block_types", c.up_block_types],
+      ["attention_head_dim", c.attention_head_dim],
+      ["num_attention_heads", c.num_attention_heads],
+      ["transformer_layers_per_block", c.transformer_layers_per_block],
+    ];
+    for (const [key, value] of perLevel) {
+      if (Array.isArray(value) && value.length !== levels) {
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          message: `needs one entry per level of block_out_channels (${levels})`,
+        });
+      }
+    }
+    if (c.block_out_channels.some((ch) => ch % c.norm_num_groups !== 0)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["block_out_channels"],
+        message: `each must be a multiple of norm_num_groups (${c.norm_num_groups})`,
+      });
+    }
+  });
+export type UNetConfig = z.infer<typeof UNetConfigSchema>;
+
+export const VaeConfigSchema = z
+  .strictObject({
+    in_channels: posInt.default(3),
+    out_channels: posInt.default(3),
+    down_block_types: z.array(z.literal("DownEncoderBlock2D")).min(1).default(["DownEncoderBlock2D"]),
+    up_block_types: z.array(z.literal("UpDecoderBlock2D")).min(1).default(["UpDecoderBlock2D"]),
+    block_out_channels: z.array(posInt).min(1).default([64]),
+    layers_per_block: posInt.default(1),
+    act_fn: z.literal("silu").default("silu"),
+    latent_channels: posInt.default(4),
+    norm_num_groups: posInt.default(32),
+    sample_size: posInt.default(32),
+    scaling_factor: z.number().positive().default(0.18215),
+    shift_factor: z.union([z.null(), z.literal(0)]).default(null),
+    latents_mean: z.null().default(null),
+    latents_std: z.null().default(null),
+    force_upcast: z.boolean().default(true),
+    use_quant_conv: z.literal(true).default(true),
+    use_post_quant_conv: z.literal(true).default(true),
+    mid_block_add_attention: z.literal(true).default(true),
+  })
+  .superRefine((c, ctx) => {
+    const levels = c.block_out_channels.length;
+    for (const key of ["down_block_types", "up_block_types"] as const) {
+      if (c[key].length !== levels) {
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          message: `needs one entry per level of block_out_channels (${levels})`,
+        });
+      }
+    }
+  });
+export type VaeConfig = z.infer<typeof VaeConfigSchema>;
+
+export const TextEncoderConfigSchema = z.looseObject({
+  architectures: z.array(z.literal("CLIPTextModel")).optional(),
+  model_type: z.literal("clip_text_model").optional(),
+  hidden_act: z.enum(["quick_gelu", "gelu"]).default("quick_gelu"),
+  hidden_size: posInt,
+  intermediate_size: posInt,
+  num_attention_heads: posInt,
+  num_hidden_layers: posInt,
+  max_position_embeddings: posInt.default(77),
+  vocab_size: posInt.default(49408),
+  layer_norm_eps: z.number().positive().default(1e-5),
+  bos_token_id: z.number().int().default(49406),
+  eos_token_id: z.number().int().default(49407),
+  pad_token_id: z.number().int().default(1),
+});
+export type TextEncoderConfig = z.infer<typeof TextEncoderConfigSchema>;
+
+export const SchedulerConfigSchema = z.looseObject({
+  num_train_timesteps: posInt.default(1000),
+  beta_start: z.number().positive().default(0.0001),
+  beta_end: z.number().positive().default(0.02),
+  beta_schedule: z.enum(["linear", "scaled_linear", "squaredcos_cap_v2"]).default("linear"),
+  trained_betas: z.array(z.number()).nullable().default(null),
+  prediction_type: z.enum(["epsilon", "v_prediction"]).default("epsilon"),
+  set_alpha_to_one: z.boolean().default(true),
+  steps_offset: z.number().int().nonnegative().default(0),
+  timestep_spacing: z.enum(["leading", "trailing", "linspace"]).default("leading"),
+  clip_sample: z.boolean().default(true),
+  clip_sample_range: z.number().positive().default(1),
+  thresholding: z.literal(false).default(false),
+  rescale_betas_zero_snr: z.literal(false).default(false),
+});
+export type SchedulerConfig = z.infer<typeof SchedulerConfigSchema>;
+
+/** Reads a JSON object from a file, or throws a ModelFileError naming the file. */
+export function readJsonObject(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ModelFileError(
+      file,
+      code === "ENOENT" ? "file not found" : `cannot be read (${code ?? String(err)})`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ModelFileError(file, `is not valid JSON (${(err as Error).message})`);
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new ModelFileError(file, "is not a JSON object");
+  }
+  return json as Record<string, unknown>;
+}
+
+function valueAt(obj: unknown, path: readonly PropertyKey[]): unknown {
+  let cur = obj;
+  for (const key of path) cur = (cur as Record<PropertyKey, unknown> | undefined)?.[key];
+  return cur;
+}
+
+/** One line per problem: the setting, the value found, and what zod expected. */
+function describeIssues(error: z.ZodError, raw: unknown): string {
+  return error.issues
+    .map((issue) => {
+      if (issue.code === "unrecognized_keys") {
+        return `unknown setting${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => `"${k}"`).join(", ")}`;
+      }
+      const path = issue.path.map(String).join(".");
+      const value = valueAt(raw, issue.path);
+      const found = value === undefined ? "missing" : JSON.stringify(value);
+      return `setting "${path}" = ${found} is not supported (${issue.message})`;
+    })
+    .join("; ");
+}
+
+/**
+ * Validates a parsed config against `schema`. Keys starting with "_" (`_class_name`, `_diffusers_version`,
+ * `_name_or_path`) are bookkeeping and are not validated, except `_class_name` which `expectClass` checks.
+ */
+export function parseConfig<S extends z.ZodType>(
+  schema: S,
+  raw: Record<string, unknown>,
+  file: string,
+  expectClass?: readonly string[],
+): z.output<S> {
+  refuseOtherFamilies(file, raw);
+  const cls = raw._class_name;
+  if (expectClass && cls !== undefined && !expectClass.includes(String(cls))) {
+    throw new ModelFileError(
+      file,
+      `_class_name is ${JSON.stringify(cls)}, expected ${expectClass.join(" or ")}`,
+    );
+  }
+  const settings = Object.fromEntries(Object.entries(raw).filter(([k]) => !k.startsWith("_")));
+  const result = schema.safeParse(settings);
+  if (!result.success) throw new ModelFileError(file, describeIssues(result.error, settings));
+  return result.data;
+}
+
+export function loadConfig<S extends z.ZodType>(
+  schema: S,
+  file: string,
+  expectClass?: readonly string[],
+): z.output<S> {
+  return parseConfig(schema, readJsonObject(file), file, expectClass);
+}

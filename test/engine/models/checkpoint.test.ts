@@ -1,0 +1,232 @@
+import { cpSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { findWeightsFile, openCheckpoint } from "../../../src/engine/models/checkpoint.js";
+import { parseConfig, SchedulerConfigSchema, UNetConfigSchema } from "../../../src/engine/models/config.js";
+import { ModelFileError } from "../../../src/engine/models/errors.js";
+import { openSafetensors } from "../../../src/engine/models/safetensors.js";
+import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
+import { writeSafetensors } from "../../helpers/write-safetensors.js";
+
+const tmp = mkdtempSync(join(tmpdir(), "checkpoint-test-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const SD1 = "test/fixtures/models/sd1/model";
+
+/** A fresh copy of the sd1 fixture checkpoint whose files a test may break. */
+function copySd1(): string {
+  const dir = mkdtempSync(join(tmp, "sd1-"));
+  cpSync(SD1, dir, { recursive: true });
+  return dir;
+}
+
+function editJson(file: string, edit: (json: Record<string, unknown>) => void): void {
+  const json = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+  edit(json);
+  writeFileSync(file, JSON.stringify(json));
+}
+
+function errorOf(fn: () => unknown): ModelFileError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ModelFileError);
+    return err as ModelFileError;
+  }
+  throw new Error("expected an error");
+}
+
+const rawUNet = JSON.parse(readFileSync(join(SD1, "unet/config.json"), "utf8")) as Record<string, unknown>;
+
+describe("openCheckpoint on the fixtures", () => {
+  it.each(fixtureDirs())(
+    "opens %s with every config validated and every component's weights indexed",
+    (dir) => {
+      const g = loadGolden(dir);
+      const ckpt = openCheckpoint(g.modelDir);
+      const unet = JSON.parse(readFileSync(join(g.modelDir, "unet/config.json"), "utf8"));
+      expect(ckpt.unet.config.attention_head_dim).toEqual(unet.attention_head_dim);
+      expect(ckpt.unet.config.use_linear_projection).toBe(unet.use_linear_projection);
+      expect(ckpt.unet.config.upcast_attention).toBe(unet.upcast_attention);
+      expect(ckpt.unet.config.cross_attention_dim).toBe(ckpt.textEncoder.config.hidden_size);
+      expect(ckpt.vae.config.scaling_factor).toBeCloseTo(0.18215, 10);
+      expect(ckpt.scheduler).toMatchObject({
+        className: "DDIMScheduler",
+        config: {
+          beta_schedule: "scaled_linear",
+          steps_offset: 1,
+          set_alpha_to_one: false,
+          timestep_spacing: "leading",
+        },
+      });
+      expect(ckpt.scheduler.config.prediction_type).toBe(g.name === "sd2" ? "v_prediction" : "epsilon");
+      expect(ckpt.unet.weights.info("conv_in.weight")).toMatchObject({ dtype: "F16", shape: [32, 4, 3, 3] });
+      expect(ckpt.textEncoder.weights.names()).toContain("final_layer_norm.weight");
+      expect(ckpt.vae.weights.names()).toContain("quant_conv.weight");
+    },
+  );
+});
+
+describe("config validation", () => {
+  it("fills diffusers' defaults for settings an old (SD 1.5-era) config omits", () => {
+    const minimal = {
+      _class_name: "UNet2DConditionModel",
+      _diffusers_version: "0.6.0",
+      block_out_channels: [320, 640, 1280, 1280],
+      cross_attention_dim: 768,
+      sample_size: 64,
+    };
+    const cfg = parseConfig(UNetConfigSchema, minimal, "unet/config.json");
+    expect(cfg).toMatchObject({
+      attention_head_dim: 8,
+      layers_per_block: 2,
+      flip_sin_to_cos: true,
+      freq_shift: 0,
+      use_linear_projection: false,
+      upcast_attention: false,
+      norm_eps: 1e-5,
+    });
+    const sched = parseConfig(
+      SchedulerConfigSchema,
+      { _class_name: "PNDMScheduler", skip_prk_steps: true },
+      "s.json",
+    );
+    expect(sched).toMatchObject({
+      set_alpha_to_one: true,
+      steps_offset: 0,
+      clip_sample: true,
+      prediction_type: "epsilon",
+    });
+  });
+
+  it("refuses an unknown setting by name", () => {
+    const e = errorOf(() =>
+      parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json"),
+    );
+    expect(e.message).toMatch(/^unet\/config\.json: unknown setting "fancy_new_option"/);
+  });
+
+  it("refuses unsupported values, naming the setting and the value", () => {
+    const e = errorOf(() =>
+      parseConfig(UNetConfigSchema, { ...rawUNet, resnet_time_scale_shift: "scale_shift" }, "u.json"),
+    );
+    expect(e.message).toMatch(/setting "resnet_time_scale_shift" = "scale_shift" is not supported/);
+    const e2 = errorOf(() =>
+      parseConfig(UNetConfigSchema, { ...rawUNet, attention_head_dim: [8, 8] }, "u.json"),
+    );
+    expect(e2.message).toMatch(/"attention_head_dim" = \[8,8\] is not supported \(needs one entry per level/);
+    const e3 = errorOf(() => parseConfig(SchedulerConfigSchema, { prediction_type: "sample" }, "s.json"));
+    expect(e3.message).toMatch(/"prediction_type" = "sample" is not supported/);
+  });
+
+  it("names SDXL, SD3 and Flux checkpoints instead of listing their settings", () => {
+    const sdxl = errorOf(() =>
+      parseConfig(UNetConfigSchema, { ...rawUNet, addition_embed_type: "text_time" }, "u.json"),
+    );
+    expect(sdxl.message).toMatch(/Stable Diffusion XL.*supports Stable Diffusion 1\.x and 2\.x only/);
+
+    const dir = copySd1();
+    editJson(join(dir, "model_index.json"), (j) => {
+      j._class_name = "StableDiffusionXLPipeline";
+      j.text_encoder_2 = ["transformers", "CLIPTextModelWithProjection"];
+    });
+    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
+      /model_index\.json: this is Stable Diffusion XL checkpoint \(StableDiffusionXLPipeline\)/,
+    );
+    editJson(join(dir, "model_index.json"), (j) => {
+      j._class_name = "StableDiffusion3Pipeline";
+      delete j.text_encoder_2;
+      j.transformer = ["diffusers", "SD3Transformer2DModel"];
+    });
+    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(/Stable Diffusion 3/);
+    editJson(join(dir, "model_index.json"), (j) => {
+      j._class_name = "FluxPipeline";
+      j.transformer = ["diffusers", "FluxTransformer2DModel"];
+    });
+    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(/this is Flux checkpoint/);
+  });
+
+  it("names the file when a config is missing, is not JSON, or disagrees with another component", () => {
+    const dir = copySd1();
+    writeFileSync(join(dir, "vae/config.json"), "{ broken");
+    const e = errorOf(() => openCheckpoint(dir));
+    expect(e.file).toBe(join(dir, "vae/config.json"));
+    expect(e.message).toMatch(/is not valid JSON/);
+    rmSync(join(dir, "vae/config.json"));
+    expect(errorOf(() => openCheckpoint(dir)).message).toBe(
+      `${join(dir, "vae/config.json")}: file not found`,
+    );
+    cpSync(join(SD1, "vae/config.json"), join(dir, "vae/config.json"));
+    editJson(join(dir, "unet/config.json"), (j) => {
+      j.cross_attention_dim = 768;
+    });
+    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
+      /cross_attention_dim 768 does not match the text encoder's hidden_size 16/,
+    );
+  });
+});
+
+describe("weight files", () => {
+  it("prefers the asked-for variant, falls back to plain files, and refuses pickles", () => {
+    const dir = copySd1();
+    const unet = join(dir, "unet");
+    cpSync(
+      join(unet, "diffusion_pytorch_model.safetensors"),
+      join(unet, "diffusion_pytorch_model.fp16.safetensors"),
+    );
+    expect(findWeightsFile(unet, "diffusion_pytorch_model", "fp16")).toBe(
+      join(unet, "diffusion_pytorch_model.fp16.safetensors"),
+    );
+    expect(findWeightsFile(unet, "diffusion_pytorch_model")).toBe(
+      join(unet, "diffusion_pytorch_model.safetensors"),
+    );
+    expect(findWeightsFile(join(dir, "vae"), "diffusion_pytorch_model", "fp16")).toBe(
+      join(dir, "vae/diffusion_pytorch_model.safetensors"),
+    );
+    rmSync(join(unet, "diffusion_pytorch_model.safetensors"));
+    expect(findWeightsFile(unet, "diffusion_pytorch_model")).toBe(
+      join(unet, "diffusion_pytorch_model.fp16.safetensors"),
+    );
+
+    const te = join(dir, "text_encoder");
+    renameSync(join(te, "model.safetensors"), join(te, "pytorch_model.bin"));
+    const e = errorOf(() => openCheckpoint(dir));
+    expect(e.file).toBe(te);
+    expect(e.message).toMatch(/only PyTorch pickle weights \(pytorch_model\.bin\)/);
+    rmSync(join(te, "pytorch_model.bin"));
+    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
+      /no weight file found \(looked for model\.safetensors/,
+    );
+  });
+
+  it("reads text encoders saved with transformers' `text_model.` prefix under the same names", () => {
+    const dir = copySd1();
+    const file = join(dir, "text_encoder/model.safetensors");
+    const st = openSafetensors(file);
+    const tensors = Object.fromEntries(
+      [...st.tensors.values()].map((e) => [
+        `text_model.${e.name}`,
+        { dtype: e.dtype, shape: [...e.shape], data: st.read(e.name) },
+      ]),
+    );
+    const expected = Array.from(st.readFloat32("final_layer_norm.weight"));
+    const names = [...st.tensors.keys()].sort();
+    writeSafetensors(file, tensors);
+    const te = openCheckpoint(dir).textEncoder.weights;
+    expect(te.names().sort()).toEqual(names);
+    expect(te.info("final_layer_norm.weight")).toMatchObject({
+      name: "final_layer_norm.weight",
+      shape: [16],
+    });
+    expect(Array.from(te.float32("final_layer_norm.weight"))).toEqual(expected);
+  });
+
+  it("names the truncated weight file when opening the checkpoint", () => {
+    const dir = copySd1();
+    const file = join(dir, "vae/diffusion_pytorch_model.safetensors");
+    writeFileSync(file, readFileSync(file).subarray(0, 100_000));
+    const e = errorOf(() => openCheckpoint(dir));
+    expect(e.file).toBe(file);
+    expect(e.message).toMatch(/truncated file/);
+  });
+});
