@@ -1,0 +1,458 @@
+// The bots' side of the queue: validate and enqueue jobs, look up positions, cancel, and listen to
+// progress/results (BullMQ Queue, FlowProducer and QueueEvents on one Redis).
+import { randomUUID } from "node:crypto";
+import { EventEmitter } from "node:events";
+import { FlowProducer, Job, Queue, QueueEvents } from "bullmq";
+import { Redis } from "ioredis";
+import type { z } from "zod";
+import { UserFacingError } from "../errors.js";
+import { childLogger } from "../log.js";
+import type { BlobStore } from "./blobs.js";
+import { cachedConcept } from "./concepts.js";
+import { typicalDurations } from "./durations.js";
+import {
+  type ChatOrigin,
+  isJobName,
+  JOB_NAMES,
+  type JobName,
+  type JobPayload,
+  type JobProgress,
+  type JobResult,
+  LONG_JOBS,
+  MAX_PAYLOAD_BYTES,
+  payloadSchemas,
+  referencedBlobs,
+} from "./jobs.js";
+import { keys, QUEUE_NAME } from "./keys.js";
+
+const log = childLogger("queue");
+
+export interface UserLimits {
+  /** Jobs one user may have in the queue at once, waiting or running. */
+  maxQueued: number;
+}
+
+export interface QueueClientOptions {
+  redisUrl: string;
+  blobs: BlobStore;
+  limits: UserLimits;
+  /**
+   * Names this consumer of results ("discord", "slack"). With a name, events resume after a restart
+   * from the last one handled, and `completed`/`failed` are emitted once per job across all consumers
+   * (see claimDelivery). Without one, events start from now and every listener sees every event.
+   */
+  consumer?: string;
+  /** Only emit events of jobs that came from this chat platform. */
+  platform?: ChatOrigin["platform"];
+}
+
+export type JobStateName =
+  | "waiting"
+  | "waiting-for-concept"
+  | "delayed"
+  | "active"
+  | "completed"
+  | "failed"
+  | "unknown";
+
+export interface JobPosition {
+  jobId: string;
+  name: JobName;
+  state: JobStateName;
+  /** 1 = next to run; 0 = running; undefined when it does not apply (finished, delayed). */
+  position?: number;
+  /** Estimated seconds until the job finishes, from recent job durations; undefined when unknown. */
+  etaSeconds?: number;
+}
+
+export interface EnqueueResult {
+  jobId: string;
+  position: JobPosition;
+}
+
+interface JobEventBase<N extends JobName = JobName> {
+  jobId: string;
+  name: N;
+  data: JobPayload<N>;
+}
+
+export interface QueueClientEvents {
+  progress: [JobEventBase & { progress: JobProgress }];
+  completed: [JobEventBase & { result: JobResult<JobName> }];
+  /** The job will not run again; `message` is fit to show the user. */
+  failed: [JobEventBase & { message: string; cancelled: boolean }];
+}
+
+/** What job.data holds: the validated payload. */
+type AnyPayload = JobPayload<JobName>;
+
+const RETRY = { attempts: 3, backoff: { type: "exponential", delay: 5_000 } } as const;
+const KEEP = {
+  removeOnComplete: { age: 7 * 86_400, count: 5_000 },
+  removeOnFail: { age: 7 * 86_400, count: 5_000 },
+};
+/** A cancel flag outlives any job run. */
+const CANCEL_TTL_SECONDS = 86_400;
+/** A reservation that an enqueue left behind when it crashed is ignored after this. */
+const RESERVATION_MS = 60_000;
+const DELIVERED_TTL_SECONDS = 30 * 86_400;
+
+/**
+ * BullMQ priority (1 is highest). Short jobs go before long ones; within each class a user's n-th
+ * waiting job goes behind everyone's (n-1)-th, so one user's burst does not starve the others.
+ */
+export function priorityFor(name: JobName, waitingOfUser: number): number {
+  const tier = Math.min(waitingOfUser, 31);
+  return 1 + tier + (LONG_JOBS.has(name) ? 32 : 0);
+}
+
+export function describeZodError(name: string, error: z.ZodError): string {
+  const issues = error.issues.slice(0, 3).map((issue) => {
+    const where = issue.path.length > 0 ? issue.path.join(".") : "request";
+    return `${where}: ${issue.message}`;
+  });
+  const more = error.issues.length > 3 ? ` (and ${error.issues.length - 3} more)` : "";
+  return `invalid ${name} request: ${issues.join("; ")}${more}`;
+}
+
+/** Validates a payload as enqueue does (size, schema); throws UserFacingError. */
+export function parsePayload<N extends JobName>(
+  name: string,
+  input: unknown,
+): { name: N; payload: JobPayload<N> } {
+  if (!isJobName(name)) {
+    throw new UserFacingError(`unknown job type "${name}"; the engine runs ${JOB_NAMES.join(", ")}`);
+  }
+  const size = Buffer.byteLength(JSON.stringify(input ?? null));
+  if (size > MAX_PAYLOAD_BYTES) {
+    throw new UserFacingError(
+      `the ${name} request is ${(size / 1024).toFixed(1)} KiB; the limit is ${MAX_PAYLOAD_BYTES / 1024} KiB ` +
+        "(images travel as uploaded files, not inside the request)",
+    );
+  }
+  const parsed = payloadSchemas[name].safeParse(input);
+  if (!parsed.success) throw new UserFacingError(describeZodError(name, parsed.error));
+  return { name: name as N, payload: parsed.data as JobPayload<N> };
+}
+
+export class QueueClient {
+  readonly queue: Queue;
+  readonly blobs: BlobStore;
+  readonly events = new EventEmitter<QueueClientEvents>();
+  private readonly redis: Redis;
+  private readonly flows: FlowProducer;
+  private queueEvents: QueueEvents | undefined;
+
+  constructor(private readonly options: QueueClientOptions) {
+    this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
+    this.queue = new Queue(QUEUE_NAME, { connection: { url: options.redisUrl } });
+    this.flows = new FlowProducer({ connection: { url: options.redisUrl } });
+    this.blobs = options.blobs;
+  }
+
+  /**
+   * Validates and enqueues a job. Throws UserFacingError (unknown type, bad or oversized payload,
+   * expired blob, user over the cap) with a message for the user; nothing is enqueued then.
+   */
+  async enqueue<N extends JobName>(name: N | string, input: unknown): Promise<EnqueueResult> {
+    const parsed = parsePayload<N>(name, input);
+    const payload = parsed.payload as AnyPayload;
+    const refs = referencedBlobs(parsed.name, parsed.payload);
+    const missing = new Set(await this.blobs.touch(refs.map((r) => r.id)));
+    const expired = refs.find((r) => missing.has(r.id));
+    if (expired) throw this.blobs.expired(expired.label);
+
+    const userKey = keys.userJobs(payload.userId);
+    const reservation = `reserved:${randomUUID()}`;
+    await this.redis.zadd(userKey, Date.now(), reservation);
+    try {
+      const inFlight = await this.userJobsInFlight(payload.userId);
+      if (inFlight.length > this.options.limits.maxQueued) {
+        throw new UserFacingError(
+          `you already have ${inFlight.length - 1} jobs in the queue, the limit is ${this.options.limits.maxQueued}; ` +
+            "wait for one to finish or cancel one",
+        );
+      }
+      const waiting = inFlight.filter((j) => j.state !== "active").length - 1;
+      const jobId = await this.add(parsed.name, payload, waiting);
+      await this.redis.multi().zrem(userKey, reservation).zadd(userKey, Date.now(), jobId).exec();
+      log.info({ jobId, name: parsed.name, userId: payload.userId }, "job enqueued");
+      return { jobId, position: await this.position(jobId) };
+    } finally {
+      await this.redis.zrem(userKey, reservation);
+    }
+  }
+
+  private async add(name: JobName, payload: AnyPayload, waitingOfUser: number): Promise<string> {
+    const opts = { ...RETRY, ...KEEP, priority: priorityFor(name, waitingOfUser) };
+    if (name === "swap.edit") {
+      const edit = payload as JobPayload<"swap.edit">;
+      const concept = {
+        referenceBlobIds: edit.referenceBlobIds,
+        subject: edit.subject,
+        options: edit.conceptOptions,
+      };
+      if (!edit.conceptBlobId) {
+        const cached = await cachedConcept(this.redis, concept);
+        if (cached && (await this.blobs.touch([cached])).length === 0) edit.conceptBlobId = cached;
+      }
+      if (!edit.conceptBlobId) {
+        // The swap waits (BullMQ state waiting-children) for its concept child and reads its result.
+        const node = await this.flows.add({
+          name,
+          queueName: QUEUE_NAME,
+          data: edit,
+          opts,
+          children: [
+            {
+              name: "swap.concept",
+              queueName: QUEUE_NAME,
+              data: {
+                userId: edit.userId,
+                origin: edit.origin,
+                ...concept,
+              } satisfies JobPayload<"swap.concept">,
+              opts: {
+                ...RETRY,
+                ...KEEP,
+                priority: priorityFor("swap.concept", waitingOfUser),
+                failParentOnFailure: true,
+              },
+            },
+          ],
+        });
+        return String(node.job.id);
+      }
+    }
+    const job = await this.queue.add(name, payload, opts);
+    return String(job.id);
+  }
+
+  /** The user's unfinished jobs (and pending reservations) with their states; drops finished ones. */
+  private async userJobsInFlight(userId: string): Promise<Array<{ jobId: string; state: string }>> {
+    const userKey = keys.userJobs(userId);
+    const members = await this.redis.zrange(userKey, 0, "-1", "WITHSCORES");
+    const out: Array<{ jobId: string; state: string }> = [];
+    const stale: string[] = [];
+    for (let i = 0; i < members.length; i += 2) {
+      const jobId = members[i] as string;
+      const since = Number(members[i + 1]);
+      if (jobId.startsWith("reserved:")) {
+        if (Date.now() - since > RESERVATION_MS) stale.push(jobId);
+        else out.push({ jobId, state: "reserved" });
+        continue;
+      }
+      const state = await this.queue.getJobState(jobId);
+      if (state === "completed" || state === "failed" || state === "unknown") stale.push(jobId);
+      else out.push({ jobId, state });
+    }
+    if (stale.length > 0) await this.redis.zrem(userKey, ...stale);
+    return out;
+  }
+
+  /** Where a job stands: state, place in line (1 = next) and an ETA from recent job durations. */
+  async position(jobId: string): Promise<JobPosition> {
+    const job = await this.queue.getJob(jobId);
+    if (!job || !isJobName(job.name)) return { jobId, name: "imagic.train", state: "unknown" };
+    const name = job.name;
+    const state = await job.getState();
+    const durations = await typicalDurations(this.redis);
+    switch (state) {
+      case "completed":
+      case "failed":
+        return { jobId, name, state };
+      case "active": {
+        const reported = (job.progress as Partial<JobProgress> | undefined)?.etaSeconds;
+        const elapsed = (Date.now() - (job.processedOn ?? Date.now())) / 1000;
+        return {
+          jobId,
+          name,
+          state,
+          position: 0,
+          etaSeconds: reported ?? Math.max(1, durations[name] - elapsed),
+        };
+      }
+      case "waiting":
+      case "prioritized": {
+        const ahead = await this.jobsAhead(jobId);
+        const workers = Math.max(1, await this.queue.getWorkersCount());
+        const queued = ahead.names.reduce((sum, n) => sum + durations[n], 0);
+        const running = await this.remainingOfActive(durations);
+        return {
+          jobId,
+          name,
+          state: "waiting",
+          position: ahead.names.length + 1,
+          etaSeconds: (queued + running) / workers + durations[name],
+        };
+      }
+      case "waiting-children": {
+        const deps = await job.getDependencies({ unprocessed: { count: 1 } });
+        const childKey = deps.unprocessed?.[0];
+        const childId = childKey?.slice(childKey.lastIndexOf(":") + 1);
+        const child = childId ? await this.position(childId) : undefined;
+        const etaSeconds = child?.etaSeconds === undefined ? undefined : child.etaSeconds + durations[name];
+        return { jobId, name, state: "waiting-for-concept", position: child?.position, etaSeconds };
+      }
+      default:
+        return { jobId, name, state: state === "delayed" ? "delayed" : "unknown" };
+    }
+  }
+
+  /** Names of the jobs that run before this one (waiting list first, then by priority). */
+  private async jobsAhead(jobId: string): Promise<{ names: JobName[] }> {
+    const [plain, rank] = await Promise.all([
+      this.redis.lrange(this.queue.keys.wait as string, 0, -1),
+      this.redis.zrank(this.queue.keys.prioritized as string, jobId),
+    ]);
+    const before =
+      rank === null
+        ? []
+        : await this.redis.zrange(this.queue.keys.prioritized as string, 0, String(rank - 1));
+    const ids = [...plain.filter((id) => id !== jobId), ...before];
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.hget(this.queue.toKey(id), "name");
+    const replies = (await pipeline.exec()) ?? [];
+    const names = replies
+      .map(([, n]) => n)
+      .filter((n): n is JobName => typeof n === "string" && isJobName(n));
+    return { names };
+  }
+
+  private async remainingOfActive(durations: Record<JobName, number>): Promise<number> {
+    const active = await this.queue.getActive();
+    return active.reduce((sum, job) => {
+      if (!isJobName(job.name)) return sum;
+      const elapsed = (Date.now() - (job.processedOn ?? Date.now())) / 1000;
+      return sum + Math.max(0, durations[job.name] - elapsed);
+    }, 0);
+  }
+
+  /**
+   * Cancels a job of this user. A job that has not started is removed; a running one gets a cancel
+   * flag that its worker turns into an abort between steps (it then fails as "cancelled").
+   */
+  async cancel(jobId: string, userId: string): Promise<"removed" | "cancelling" | "finished"> {
+    const job = await this.queue.getJob(jobId);
+    if (!job) throw new UserFacingError(`there is no job ${jobId} (finished jobs are kept 7 days)`);
+    if ((job.data as AnyPayload).userId !== userId)
+      throw new UserFacingError(`job ${jobId} is not yours to cancel`);
+    const state = await job.getState();
+    if (state === "completed" || state === "failed") return "finished";
+    // Flag first: if the job starts between the flag and the removal, its worker sees the flag.
+    const ids = [jobId, ...(await this.childIds(job))];
+    await Promise.all(ids.map((id) => this.redis.set(keys.cancel(id), userId, "EX", CANCEL_TTL_SECONDS)));
+    if (state !== "active") {
+      try {
+        await job.remove({ removeChildren: true });
+        await this.redis.zrem(keys.userJobs(userId), jobId);
+        log.info({ jobId }, "waiting job removed");
+        return "removed";
+      } catch (error) {
+        // A job (or its concept child) that a worker has locked cannot be removed: the flag stops it.
+        log.debug({ err: error, jobId }, "job is locked; it will be cancelled by its worker");
+      }
+    }
+    log.info({ jobId }, "running job flagged for cancellation");
+    return "cancelling";
+  }
+
+  private async childIds(job: Job): Promise<string[]> {
+    const deps = await job.getDependencies();
+    const childKeys = [...(deps.unprocessed ?? []), ...Object.keys(deps.processed ?? {})];
+    return childKeys.map((key) => key.slice(key.lastIndexOf(":") + 1));
+  }
+
+  /** The user's unfinished jobs, oldest first, with positions. */
+  async listForUser(userId: string): Promise<JobPosition[]> {
+    const jobs = await this.userJobsInFlight(userId);
+    const real = jobs.filter((j) => !j.jobId.startsWith("reserved:"));
+    return Promise.all(real.map((j) => this.position(j.jobId)));
+  }
+
+  /**
+   * Claims the right to post a job's result: true for the first caller only, across processes and
+   * restarts. `completed`/`failed` events of a named consumer are claimed before they are emitted.
+   */
+  async claimDelivery(jobId: string): Promise<boolean> {
+    return (await this.redis.set(keys.delivered(jobId), "1", "EX", DELIVERED_TTL_SECONDS, "NX")) === "OK";
+  }
+
+  /** Starts emitting `events` (BullMQ QueueEvents); resumes from the consumer's cursor when named. */
+  async listen(): Promise<void> {
+    if (this.queueEvents) return;
+    const consumer = this.options.consumer;
+    const lastEventId = consumer
+      ? ((await this.redis.get(keys.eventCursor(consumer))) ?? undefined)
+      : undefined;
+    const queueEvents = new QueueEvents(QUEUE_NAME, {
+      connection: { url: this.options.redisUrl },
+      ...(lastEventId ? { lastEventId } : {}),
+    });
+    this.queueEvents = queueEvents;
+    // Events are handled one after another so that the cursor only moves past handled ones.
+    let chain = Promise.resolve();
+    const handle = (eventId: string, work: () => Promise<void>) => {
+      chain = chain
+        .then(work)
+        .then(async () => {
+          if (consumer) await this.redis.set(keys.eventCursor(consumer), eventId);
+        })
+        .catch((err: unknown) => log.error({ err, eventId }, "queue event handler failed"));
+    };
+    queueEvents.on("progress", ({ jobId, data }, id) =>
+      handle(id, async () => {
+        const job = await this.jobForEvent(jobId, "progress");
+        if (job) this.events.emit("progress", { ...job, progress: data as JobProgress });
+      }),
+    );
+    queueEvents.on("completed", ({ jobId, returnvalue }, id) =>
+      handle(id, async () => {
+        const job = await this.jobForEvent(jobId, "end");
+        if (job && (await this.claim(jobId))) {
+          const result = (
+            typeof returnvalue === "string" ? JSON.parse(returnvalue) : returnvalue
+          ) as JobResult<JobName>;
+          this.events.emit("completed", { ...job, result });
+        }
+      }),
+    );
+    queueEvents.on("failed", ({ jobId, failedReason }, id) =>
+      handle(id, async () => {
+        const job = await this.jobForEvent(jobId, "end");
+        if (job && (await this.claim(jobId))) {
+          const cancelled = (await this.redis.exists(keys.cancel(jobId))) === 1;
+          this.events.emit("failed", { ...job, message: failedReason, cancelled });
+        }
+      }),
+    );
+    await queueEvents.waitUntilReady();
+  }
+
+  private async claim(jobId: string): Promise<boolean> {
+    return this.options.consumer ? this.claimDelivery(jobId) : true;
+  }
+
+  /**
+   * The job an event is about, as the bots know it: a flow's swap.concept child reports its progress
+   * as its swap.edit parent (the id the user got), and its end is told by the parent's end.
+   */
+  private async jobForEvent(jobId: string, kind: "progress" | "end"): Promise<JobEventBase | undefined> {
+    let job = await Job.fromId(this.queue, jobId);
+    const parentId = job?.parent?.id;
+    if (parentId) {
+      if (kind === "end") return undefined;
+      job = await Job.fromId(this.queue, parentId);
+    }
+    if (!job || !isJobName(job.name)) return undefined;
+    const data = job.data as AnyPayload;
+    if (this.options.platform && data.origin.platform !== this.options.platform) return undefined;
+    return { jobId: String(job.id), name: job.name, data };
+  }
+
+  async close(): Promise<void> {
+    await this.queueEvents?.close();
+    await Promise.all([this.queue.close(), this.flows.close()]);
+    this.redis.disconnect();
+  }
+}

@@ -1,0 +1,194 @@
+// Job types that travel through the queue: their payload and result schemas, and the limits on them.
+// Payloads carry blob ids (see blobs.ts), never bytes and never local paths, so any engine host can
+// run any job.
+import { z } from "zod";
+import { LIMITS, PRESET_NAMES, type PresetName } from "../engine/pipelines/imagic-options.js";
+
+export const JOB_NAMES = ["imagic.train", "imagic.render", "swap.concept", "swap.edit"] as const;
+export type JobName = (typeof JOB_NAMES)[number];
+
+/** Largest serialized payload accepted at enqueue (a job spec is ids and options, never data). */
+export const MAX_PAYLOAD_BYTES = 16 * 1024;
+
+/** A blob id: the lowercase hex sha256 of the blob's bytes. */
+export const blobId = z.string().regex(/^[0-9a-f]{64}$/, "must be a blob id (64 hex characters)");
+
+const chatId = z.string().min(1).max(128);
+
+/** Where a job came from, so the bot that posted it can answer in the same place. */
+export const chatOrigin = z.object({
+  platform: z.enum(["discord", "slack", "console"]),
+  channel: chatId,
+  thread: chatId.optional(),
+  message: chatId.optional(),
+});
+export type ChatOrigin = z.infer<typeof chatOrigin>;
+
+const seed = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 32 - 1);
+const imageSize = z
+  .number()
+  .int()
+  .min(64)
+  .max(1024)
+  .refine((n) => n % 64 === 0, "must be a multiple of 64");
+const prompt = z.string().trim().min(1).max(500);
+const subject = z.string().trim().min(1).max(64);
+const guidance = z.number().min(1).max(30);
+const samplingSteps = z.number().int().min(1).max(150);
+
+const base = {
+  userId: chatId,
+  origin: chatOrigin,
+};
+
+// Imagic's own limits and presets (src/engine/pipelines/imagic-options.ts) bound these fields, so a
+// request the engine would refuse is refused at enqueue, before it waits in line.
+const eta = z.number().min(LIMITS.etaMin).max(LIMITS.etaMax);
+const imagicSeeds = z.array(seed).min(1).max(LIMITS.seeds);
+const stageSteps = z.number().int().min(0).max(LIMITS.steps);
+
+export const imagicTrainPayload = z.strictObject({
+  ...base,
+  imageBlobId: blobId,
+  /** The target text: what the photo should show after the edit. */
+  prompt,
+  options: z
+    .strictObject({
+      preset: z.enum(PRESET_NAMES as [PresetName, ...PresetName[]]).default("balanced"),
+      embeddingSteps: stageSteps.optional(),
+      finetuneSteps: stageSteps.optional(),
+      size: imageSize.optional(),
+      /** The first grid: one tile per seed at `eta` (the preset's when unset). */
+      seeds: imagicSeeds.max(8).optional(),
+      eta: eta.optional(),
+      guidance: guidance.optional(),
+      steps: samplingSteps.optional(),
+    })
+    .default({ preset: "balanced" }),
+});
+
+export const imagicRenderPayload = z
+  .strictObject({
+    ...base,
+    /** A serialized Imagic state written by an `imagic.train` job. */
+    stateBlobId: blobId,
+    seeds: imagicSeeds,
+    etas: z.array(eta).min(1).max(LIMITS.etas),
+    guidance: guidance.default(7.5),
+    steps: samplingSteps.default(50),
+  })
+  .refine((p) => p.seeds.length * p.etas.length <= LIMITS.images, {
+    message: `seeds × η values must be at most ${LIMITS.images} images`,
+    path: ["etas"],
+  });
+
+export const swapConceptPayload = z.strictObject({
+  ...base,
+  referenceBlobIds: z.array(blobId).min(1).max(5),
+  subject,
+  options: z
+    .strictObject({
+      steps: z.number().int().min(1).max(5000).optional(),
+      seed: seed.default(0),
+    })
+    .default({ seed: 0 }),
+});
+
+export const swapEditPayload = z.strictObject({
+  ...base,
+  sourceBlobId: blobId,
+  /** The concept to swap in: learned from these references (or taken from the cache, see client.ts). */
+  referenceBlobIds: z.array(blobId).min(1).max(5),
+  subject,
+  /** Filled in at enqueue when the concept is already cached; otherwise the swap.concept child's result. */
+  conceptBlobId: blobId.optional(),
+  conceptOptions: swapConceptPayload.shape.options,
+  options: z
+    .strictObject({
+      seeds: z.array(seed).min(1).max(8).default([0, 1, 2, 3]),
+      guidance: guidance.default(7.5),
+      steps: samplingSteps.default(50),
+      /** Photoswap's attention-swap steps (paper: λφ=10, λM=25, λA=20 of 50). */
+      selfOutputSteps: z.number().int().min(0).max(150).default(10),
+      selfMapSteps: z.number().int().min(0).max(150).default(25),
+      crossMapSteps: z.number().int().min(0).max(150).default(20),
+    })
+    .default({
+      seeds: [0, 1, 2, 3],
+      guidance: 7.5,
+      steps: 50,
+      selfOutputSteps: 10,
+      selfMapSteps: 25,
+      crossMapSteps: 20,
+    }),
+});
+
+export const payloadSchemas = {
+  "imagic.train": imagicTrainPayload,
+  "imagic.render": imagicRenderPayload,
+  "swap.concept": swapConceptPayload,
+  "swap.edit": swapEditPayload,
+} as const;
+
+/** What a caller passes to `enqueue` (defaults not yet applied). */
+export type JobInput<N extends JobName> = z.input<(typeof payloadSchemas)[N]>;
+/** What a processor receives (validated, defaults applied). */
+export type JobPayload<N extends JobName> = z.output<(typeof payloadSchemas)[N]>;
+
+const renderedImage = z.object({ seed, eta: z.number(), blobId });
+export type RenderedImage = z.infer<typeof renderedImage>;
+
+export const resultSchemas = {
+  "imagic.train": z.object({ stateBlobId: blobId, images: z.array(renderedImage), gridBlobId: blobId }),
+  "imagic.render": z.object({ images: z.array(renderedImage), gridBlobId: blobId }),
+  "swap.concept": z.object({ conceptBlobId: blobId }),
+  "swap.edit": z.object({ images: z.array(z.object({ seed, blobId })), gridBlobId: blobId }),
+} as const;
+export type JobResult<N extends JobName> = z.infer<(typeof resultSchemas)[N]>;
+
+/** `job.updateProgress` payload (CONTRACTS.md §5). */
+export const jobProgress = z.object({
+  stage: z.string(),
+  step: z.number().int().min(0),
+  total: z.number().int().min(0),
+  etaSeconds: z.number().min(0).optional(),
+  loss: z.number().optional(),
+  previewBlobId: blobId.optional(),
+});
+export type JobProgress = z.infer<typeof jobProgress>;
+
+export function isJobName(name: string): name is JobName {
+  return (JOB_NAMES as readonly string[]).includes(name);
+}
+
+/** Short jobs (sampling) run before long ones (training), see priorityFor in client.ts. */
+export const LONG_JOBS: ReadonlySet<JobName> = new Set(["imagic.train", "swap.concept"]);
+
+/** A blob a payload refers to, with the words a user knows it by (for "… has expired" messages). */
+export interface BlobRef {
+  id: string;
+  label: string;
+}
+
+const references = (ids: readonly string[]): BlobRef[] =>
+  ids.map((id, i) => ({ id, label: `reference photo ${i + 1}` }));
+
+const BLOB_REFS: { [N in JobName]: (payload: JobPayload<N>) => BlobRef[] } = {
+  "imagic.train": (p) => [{ id: p.imageBlobId, label: "the photo" }],
+  "imagic.render": (p) => [{ id: p.stateBlobId, label: "the fine-tuned Imagic state" }],
+  "swap.concept": (p) => references(p.referenceBlobIds),
+  "swap.edit": (p) => [
+    { id: p.sourceBlobId, label: "the source photo" },
+    ...references(p.referenceBlobIds),
+    ...(p.conceptBlobId ? [{ id: p.conceptBlobId, label: "the learned concept" }] : []),
+  ],
+};
+
+/** Blobs a payload refers to: they must exist at enqueue and outlive the wait in the queue. */
+export function referencedBlobs<N extends JobName>(name: N, payload: JobPayload<N>): BlobRef[] {
+  return (BLOB_REFS[name] as (p: JobPayload<N>) => BlobRef[])(payload);
+}

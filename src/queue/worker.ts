@@ -1,0 +1,343 @@
+// The engine's side of the queue: a BullMQ Worker whose processor looks the job type up in a
+// pipelines registry and gives the pipeline its payload, blobs, progress reporting and an AbortSignal.
+import { DelayedError, type Job, UnrecoverableError, WaitingError, Worker } from "bullmq";
+import { Redis } from "ioredis";
+import type { Logger } from "pino";
+import { UserFacingError } from "../errors.js";
+import { childLogger } from "../log.js";
+import type { BlobKind, BlobStore } from "./blobs.js";
+import { cacheConcept } from "./concepts.js";
+import { recordDuration } from "./durations.js";
+import {
+  isJobName,
+  JOB_NAMES,
+  type JobName,
+  type JobPayload,
+  type JobProgress,
+  type JobResult,
+  payloadSchemas,
+  resultSchemas,
+} from "./jobs.js";
+import { keys, QUEUE_NAME } from "./keys.js";
+
+/** A progress report from a pipeline; `preview` is only called when a preview is due. */
+export interface ProgressUpdate {
+  stage: string;
+  step: number;
+  total: number;
+  loss?: number;
+  preview?: () => Promise<Uint8Array> | Uint8Array;
+}
+
+export interface PipelineContext<N extends JobName> {
+  jobId: string;
+  name: N;
+  payload: JobPayload<N>;
+  /** 1 on the first run; more after a crash or a transient error. */
+  attempt: number;
+  blobs: BlobStore;
+  /** Aborted when the user cancels or the worker shuts down: check it between steps. */
+  signal: AbortSignal;
+  /** Reports progress (throttled; previews at most every previewIntervalMs). Throws once aborted. */
+  progress(update: ProgressUpdate): Promise<void>;
+  /** Stores an output (an engine blob: not counted against the user's quota). */
+  putBlob(bytes: Uint8Array, kind: BlobKind): Promise<string>;
+  log: Logger;
+}
+
+export type Pipeline<N extends JobName> = (ctx: PipelineContext<N>) => Promise<JobResult<N>>;
+/** Job type → pipeline. A type without one fails with "… is not available yet". */
+export type PipelineRegistry = { [N in JobName]?: Pipeline<N> };
+
+export type JobOutcome = "completed" | "failed" | "cancelled" | "handed-back";
+
+/** Hooks for metrics (src/engine/worker/metrics.ts). */
+export interface WorkerObserver {
+  jobStarted?(name: JobName): void;
+  jobFinished?(name: JobName, outcome: JobOutcome, seconds: number): void;
+  step?(name: JobName, stage: string, seconds: number): void;
+}
+
+export interface StartWorkerOptions {
+  redisUrl: string;
+  blobs: BlobStore;
+  pipelines: PipelineRegistry;
+  /** Jobs one user may have running at once across all workers. */
+  maxActivePerUser: number;
+  /** BullMQ lock: a worker that stops renewing it (crash) loses the job after this long. */
+  lockDurationMs?: number;
+  /** How often this worker looks for stalled jobs of crashed workers. */
+  stalledIntervalMs?: number;
+  /** How often cancel flags are looked at. */
+  cancelPollMs?: number;
+  progressIntervalMs?: number;
+  previewIntervalMs?: number;
+  observer?: WorkerObserver;
+  /** Shown in logs and in Redis CLIENT LIST. */
+  name?: string;
+}
+
+/** Abort reasons. */
+const CANCELLED = "cancelled";
+const SHUTDOWN = "shutdown";
+/** The failure message of a job cancelled before its pipeline said where it stopped. */
+const CANCELLED_MESSAGE = "cancelled at the user's request";
+
+// Take a per-user running slot: entries of crashed workers expire with their lease.
+const ACQUIRE = `
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", ARGV[1])
+if redis.call("ZSCORE", KEYS[1], ARGV[3]) or redis.call("ZCARD", KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call("ZADD", KEYS[1], ARGV[2], ARGV[3])
+  redis.call("PEXPIRE", KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+`;
+
+interface Running {
+  userId: string;
+  jobId: string;
+}
+
+export class EngineWorker {
+  readonly worker: Worker;
+  private readonly redis: Redis;
+  private readonly log: Logger;
+  private readonly running = new Map<string, Running>();
+  private readonly poller: NodeJS.Timeout;
+  private readonly lockDurationMs: number;
+
+  constructor(private readonly options: StartWorkerOptions) {
+    this.lockDurationMs = options.lockDurationMs ?? 30_000;
+    this.log = childLogger("worker", options.name ? { worker: options.name } : {});
+    this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
+    this.worker = new Worker(QUEUE_NAME, (job, token, signal) => this.process(job, token, signal), {
+      connection: { url: options.redisUrl, maxRetriesPerRequest: null },
+      // One job at a time: one worker process drives one GPU.
+      concurrency: 1,
+      lockDuration: this.lockDurationMs,
+      stalledInterval: options.stalledIntervalMs ?? 30_000,
+      maxStalledCount: 2,
+      ...(options.name ? { name: options.name } : {}),
+    });
+    this.worker.on("error", (err) => this.log.error({ err }, "worker error"));
+    this.worker.on("stalled", (jobId) => this.log.warn({ jobId }, "stalled job moved back to the queue"));
+    this.poller = setInterval(() => void this.poll(), options.cancelPollMs ?? 1_000);
+  }
+
+  async waitUntilReady(): Promise<void> {
+    await this.worker.waitUntilReady();
+  }
+
+  isRunning(): boolean {
+    return this.worker.isRunning();
+  }
+
+  /**
+   * Stops taking jobs and waits for the current one; after `graceMs` the current job is aborted and
+   * handed back to the queue (another worker, or this one restarted, runs it from the start).
+   */
+  async close(graceMs = 30_000): Promise<void> {
+    const handBack = setTimeout(() => this.worker.cancelAllJobs(SHUTDOWN), graceMs);
+    try {
+      await this.worker.close();
+    } finally {
+      clearTimeout(handBack);
+      clearInterval(this.poller);
+      this.redis.disconnect();
+    }
+  }
+
+  /** Turns cancel flags of running jobs into aborts and renews their per-user running slots. */
+  private async poll(): Promise<void> {
+    const running = [...this.running.values()];
+    if (running.length === 0) return;
+    try {
+      const pipeline = this.redis.pipeline();
+      for (const r of running) {
+        pipeline.exists(keys.cancel(r.jobId));
+        pipeline.zadd(keys.userActive(r.userId), "XX", Date.now() + this.lockDurationMs, r.jobId);
+      }
+      const replies = (await pipeline.exec()) ?? [];
+      running.forEach((r, i) => {
+        if (replies[2 * i]?.[1] === 1 && this.worker.cancelJob(r.jobId, CANCELLED)) {
+          this.log.info({ jobId: r.jobId }, "cancel requested: aborting the running job");
+        }
+      });
+    } catch (err) {
+      this.log.warn({ err }, "cancel poll failed (redis unavailable?)");
+    }
+  }
+
+  private async process(
+    job: Job,
+    token: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<unknown> {
+    const name = job.name;
+    if (!isJobName(name)) {
+      throw new UnrecoverableError(`unknown job type "${name}"; this engine runs ${JOB_NAMES.join(", ")}`);
+    }
+    const parsed = payloadSchemas[name].safeParse(job.data);
+    if (!parsed.success)
+      throw new UnrecoverableError(`invalid ${name} job: ${parsed.error.issues[0]?.message}`);
+    const payload = parsed.data as JobPayload<JobName>;
+    const jobId = String(job.id);
+    const log = this.log.child({ jobId, name, attempt: job.attemptsStarted });
+    if ((await this.redis.exists(keys.cancel(jobId))) === 1) throw new UnrecoverableError(CANCELLED_MESSAGE);
+    const pipeline = this.options.pipelines[name] as Pipeline<JobName> | undefined;
+    if (!pipeline) {
+      throw new UnrecoverableError(
+        new UserFacingError(`${name} is not available yet on this engine`).message,
+      );
+    }
+    if (!(await this.acquireSlot(payload.userId, jobId))) {
+      // The user already has maxActivePerUser jobs running elsewhere: let other users' jobs go first.
+      await job.moveToDelayed(Date.now() + 2_000, token);
+      throw new DelayedError();
+    }
+
+    const started = performance.now();
+    const abort = signal ?? new AbortController().signal;
+    this.running.set(jobId, { userId: payload.userId, jobId });
+    this.options.observer?.jobStarted?.(name);
+    const finish = (outcome: JobOutcome) =>
+      this.options.observer?.jobFinished?.(name, outcome, (performance.now() - started) / 1000);
+    try {
+      if (name === "swap.edit") await this.attachConcept(job, payload as JobPayload<"swap.edit">);
+      log.info("job started");
+      const result = await pipeline({
+        jobId,
+        name,
+        payload,
+        attempt: job.attemptsStarted,
+        blobs: this.options.blobs,
+        signal: abort,
+        progress: this.progressReporter(job, name, abort),
+        putBlob: (bytes, kind) =>
+          this.options.blobs.put(bytes, { userId: payload.userId, kind, quota: false }),
+        log,
+      });
+      const checked = resultSchemas[name].safeParse(result);
+      if (!checked.success)
+        throw new Error(`${name} pipeline returned a malformed result: ${checked.error.message}`);
+      if (name === "swap.concept") {
+        const concept = payload as JobPayload<"swap.concept">;
+        const { conceptBlobId } = checked.data as JobResult<"swap.concept">;
+        await cacheConcept(this.redis, concept, conceptBlobId, this.options.blobs.limits.ttlSeconds);
+      }
+      const seconds = (performance.now() - started) / 1000;
+      await recordDuration(this.redis, name, seconds);
+      finish("completed");
+      log.info({ seconds: Number(seconds.toFixed(2)) }, "job completed");
+      return checked.data;
+    } catch (error) {
+      if (abort.aborted && abort.reason === SHUTDOWN && token) {
+        finish("handed-back");
+        log.info("worker shutting down: job handed back to the queue");
+        await job.moveToWait(token);
+        throw new WaitingError();
+      }
+      if (abort.aborted) {
+        finish("cancelled");
+        log.info("job cancelled");
+        // A pipeline's CancelledError says where it stopped ("cancelled at embedding step 12/500").
+        throw new UnrecoverableError(error instanceof UserFacingError ? error.message : CANCELLED_MESSAGE);
+      }
+      finish("failed");
+      if (error instanceof UserFacingError) {
+        log.info({ reason: error.message }, "job refused");
+        throw new UnrecoverableError(error.message);
+      }
+      // Anything else is a bug or a transient fault: logged with its stack, retried with backoff; the
+      // message that the user finally sees names the job, not the internals.
+      log.error({ err: error }, "job failed");
+      throw new Error(
+        `the engine hit an unexpected error on ${name} job ${jobId}; the operators can look it up`,
+      );
+    } finally {
+      this.running.delete(jobId);
+      await this.redis.zrem(keys.userActive(payload.userId), jobId);
+    }
+  }
+
+  private async acquireSlot(userId: string, jobId: string): Promise<boolean> {
+    const now = Date.now();
+    const lease = now + this.lockDurationMs;
+    const ok = await this.redis.eval(
+      ACQUIRE,
+      1,
+      keys.userActive(userId),
+      now,
+      lease,
+      jobId,
+      this.options.maxActivePerUser,
+      this.lockDurationMs * 2,
+    );
+    return ok === 1;
+  }
+
+  /** A swap's concept comes from the payload (cached at enqueue) or from its swap.concept child. */
+  private async attachConcept(job: Job, payload: JobPayload<"swap.edit">): Promise<void> {
+    if (payload.conceptBlobId) return;
+    const values = Object.values(await job.getChildrenValues<JobResult<"swap.concept">>());
+    const learned = values.find((v) => typeof v?.conceptBlobId === "string");
+    if (!learned)
+      throw new UserFacingError("the concept for this swap was not learned; please start the swap again");
+    payload.conceptBlobId = learned.conceptBlobId;
+  }
+
+  private progressReporter(
+    job: Job,
+    name: JobName,
+    signal: AbortSignal,
+  ): (update: ProgressUpdate) => Promise<void> {
+    const progressIntervalMs = this.options.progressIntervalMs ?? 1_000;
+    const previewIntervalMs = this.options.previewIntervalMs ?? 5_000;
+    let lastPublished = Number.NEGATIVE_INFINITY;
+    let lastPreview = Number.NEGATIVE_INFINITY;
+    let stage = "";
+    let stageStart = 0;
+    let stageFirstStep = 0;
+    let lastStepAt = 0;
+    let lastStep = 0;
+    return async (update) => {
+      signal.throwIfAborted();
+      const now = performance.now();
+      if (update.stage !== stage) {
+        stage = update.stage;
+        stageStart = now;
+        stageFirstStep = update.step;
+      } else if (update.step === lastStep + 1) {
+        this.options.observer?.step?.(name, stage, (now - lastStepAt) / 1000);
+      }
+      lastStepAt = now;
+      const stageChanged = stageStart === now;
+      lastStep = update.step;
+      const done = update.step - stageFirstStep;
+      const perStep = done > 0 ? (now - stageStart) / 1000 / done : undefined;
+      const due = stageChanged || update.step >= update.total || now - lastPublished >= progressIntervalMs;
+      if (!due) return;
+      const progress: JobProgress = { stage: update.stage, step: update.step, total: update.total };
+      if (perStep !== undefined) progress.etaSeconds = Math.max(0, (update.total - update.step) * perStep);
+      if (update.loss !== undefined && Number.isFinite(update.loss)) progress.loss = update.loss;
+      if (update.preview && now - lastPreview >= previewIntervalMs) {
+        lastPreview = now;
+        const bytes = await update.preview();
+        progress.previewBlobId = await this.options.blobs.put(bytes, {
+          userId: (job.data as { userId: string }).userId,
+          kind: "preview",
+          quota: false,
+        });
+      }
+      lastPublished = now;
+      await job.updateProgress(progress);
+    };
+  }
+}
+
+export async function startWorker(options: StartWorkerOptions): Promise<EngineWorker> {
+  const worker = new EngineWorker(options);
+  await worker.waitUntilReady();
+  return worker;
+}
