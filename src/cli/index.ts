@@ -8,11 +8,9 @@ import { buildProgram } from "./program.js";
 try {
   await buildProgram().parseAsync(process.argv);
 } catch (error) {
-  if (error instanceof UserFacingError) {
-    process.stderr.write(`${error.message}\n`);
-    process.exitCode = 1;
-  } else {
-    logger.fatal({ err: error }, "unexpected error");
-    process.exitCode = 1;
-  }
+  if (error instanceof UserFacingError) process.stderr.write(`${error.message}\n`);
+  else logger.fatal({ err: error }, "unexpected error");
+  // Whatever had started was stopped before the error got here; do not wait for client libraries'
+  // idle timers (ioredis keeps one for ~2 s after a refused connection).
+  process.exit(1);
 }

@@ -103,11 +103,17 @@ async function probe(url: string, timeoutMs: number): Promise<number> {
     retryStrategy: () => null,
     enableOfflineQueue: false,
   });
-  client.on("error", () => {}); // reported through the rejected promise below
+  // ioredis rejects connect() with a bare "Connection is closed."; the cause comes as an "error" event.
+  let cause: Error | undefined;
+  client.on("error", (error: Error) => {
+    cause ??= error;
+  });
   try {
     await client.connect();
     const info = await client.info("server");
     return Number(/process_id:(\d+)/.exec(info)?.[1] ?? 0);
+  } catch (error) {
+    throw cause ?? error;
   } finally {
     client.disconnect();
   }
@@ -280,6 +286,8 @@ export interface ResolvedRedis {
   url: string;
   /** True when this process started (and owns) the server. */
   embedded: boolean;
+  /** The embedded server's supervisor (its "crash"/"restart"/"failed" events); absent for REDIS_URL. */
+  server?: EmbeddedRedis;
   stop(): Promise<void>;
 }
 
@@ -301,5 +309,5 @@ export async function resolveRedis(config: Pick<Config, "redisUrl" | "stateDir">
     return { url, embedded: false, stop: async () => {} };
   }
   const server = await startEmbeddedRedis({ dir: path.join(config.stateDir, "redis") });
-  return { url: server.url, embedded: true, stop: () => server.stop() };
+  return { url: server.url, embedded: true, server, stop: () => server.stop() };
 }

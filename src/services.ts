@@ -1,0 +1,120 @@
+import net from "node:net";
+import type { Config } from "./config.js";
+import { redactUrl } from "./config.js";
+import { UserFacingError } from "./errors.js";
+import { childLogger, type Logger } from "./log.js";
+import { resolveRedis } from "./queue/redis-server.js";
+
+/** What a service gets when it starts: the validated config and the Redis every part shares. */
+export interface ServiceContext {
+  config: Config;
+  redisUrl: string;
+  log: Logger;
+}
+
+export interface RunningService {
+  /** Finishes or hands back in-flight work and releases everything the service holds. */
+  stop(): Promise<void>;
+}
+
+/** A long-running part of the system (engine worker, Discord bot, Slack bot) that `start` runs. */
+export interface Service {
+  name: string;
+  start(context: ServiceContext): Promise<RunningService>;
+}
+
+async function assertPortFree(port: number, setting: string): Promise<void> {
+  const server = net.createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, resolve);
+    });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === "EADDRINUSE" ? "is already in use" : `cannot be opened (${code})`;
+    throw new UserFacingError(
+      `${setting}=${port}: port ${port} ${why}; stop what holds it or choose another port (0 disables it)`,
+    );
+  } finally {
+    await new Promise((resolve) => server.close(resolve));
+  }
+}
+
+function shutdownSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      // A second signal while stopping means "now": the exit hooks still stop an embedded Redis.
+      const force = (again: NodeJS.Signals) => {
+        childLogger("services").warn({ signal: again }, "second signal: exiting without a clean stop");
+        process.exit(1);
+      };
+      process.once("SIGINT", force);
+      process.once("SIGTERM", force);
+      resolve(signal);
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  });
+}
+
+export interface RunOptions {
+  /** Ports the services will listen on, checked before anything starts: [port, its setting's name]. */
+  ports?: Array<[number, string]>;
+}
+
+/**
+ * Runs services against one Redis (REDIS_URL or an embedded one) until SIGINT/SIGTERM, then stops
+ * them in reverse order and Redis last. If anything fails to start, what did start is stopped again
+ * before the error propagates: nothing is left half-running.
+ */
+export async function runServices(
+  config: Config,
+  services: Service[],
+  options: RunOptions = {},
+): Promise<void> {
+  const log = childLogger("services");
+  for (const [port, setting] of options.ports ?? []) if (port !== 0) await assertPortFree(port, setting);
+
+  const stopping = shutdownSignal();
+  const redis = await resolveRedis(config);
+  const running: Array<{ name: string; service: RunningService }> = [];
+  const stopAll = async () => {
+    for (const { name, service } of running.reverse()) {
+      try {
+        await service.stop();
+        log.info({ service: name }, "stopped");
+      } catch (error) {
+        log.error({ service: name, err: error }, "failed to stop cleanly");
+      }
+    }
+    await redis.stop();
+  };
+
+  let failure: Error | undefined;
+  const redisFailed = new Promise<"redis-failed">((resolve) =>
+    redis.server?.once("failed", (error) => {
+      failure = new UserFacingError(`Embedded Redis is down: ${error.message}`);
+      resolve("redis-failed");
+    }),
+  );
+  try {
+    for (const service of services) {
+      const context = { config, redisUrl: redis.url, log: childLogger(service.name) };
+      running.push({ name: service.name, service: await service.start(context) });
+      log.info({ service: service.name }, "started");
+    }
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+
+  log.info({ redis: redactUrl(redis.url), services: services.map((s) => s.name) }, "ready");
+  const reason = await Promise.race([stopping, redisFailed]);
+  log.info({ reason }, "stopping");
+  await stopAll();
+  if (failure) throw failure;
+  log.info("stopped cleanly");
+}

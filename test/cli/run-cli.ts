@@ -1,0 +1,56 @@
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import path from "node:path";
+
+export const CLI = path.resolve("src/cli/index.ts");
+
+/** Spawns the CLI as a user would (through tsx), with JSON logs at info level on stderr. */
+export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+    env: { ...process.env, LOG_LEVEL: "info", LOG_PRETTY: "false", ...env },
+  });
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI to completion. */
+export async function runCli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  const child = spawnCli(args, env);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => {
+    stdout += chunk;
+  });
+  child.stderr.on("data", (chunk: Buffer) => {
+    stderr += chunk;
+  });
+  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+  return { code, stdout, stderr };
+}
+
+/** Resolves with the first JSON log line on the child's stderr whose msg matches. */
+export function waitForLog(
+  child: ChildProcessWithoutNullStreams,
+  msg: string,
+): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let buffered = "";
+    const onData = (chunk: Buffer) => {
+      buffered += chunk;
+      const lines = buffered.split("\n");
+      buffered = lines.pop() ?? "";
+      for (const line of lines) {
+        const entry = line.startsWith("{") ? (JSON.parse(line) as Record<string, unknown>) : undefined;
+        if (entry?.msg === msg) {
+          child.stderr.off("data", onData);
+          resolve(entry);
+        }
+      }
+    };
+    child.stderr.on("data", onData);
+    child.once("exit", (code) => reject(new Error(`CLI exited (${code}) before logging "${msg}"`)));
+  });
+}

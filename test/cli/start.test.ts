@@ -1,0 +1,86 @@
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { runCli, spawnCli, waitForLog } from "./run-cli.js";
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+const dirs: string[] = [];
+function stateDir(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), "start-test-"));
+  dirs.push(dir);
+  return dir;
+}
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+describe("photo-edit-bot start", () => {
+  it.each(["SIGTERM", "SIGINT"] as const)(
+    "runs embedded Redis until %s, then exits 0 leaving nothing",
+    async (signal) => {
+      const dir = stateDir();
+      const child = spawnCli(["start"], { STATE_DIR: dir, ENGINE_HTTP_PORT: "0", REDIS_URL: "" });
+      const redisReady = waitForLog(child, "embedded redis-server ready");
+      const ready = waitForLog(child, "ready");
+      const { pid: redisPid, url } = await redisReady;
+      await ready;
+      expect(url).toMatch(/^redis:\/\/127\.0\.0\.1:\d+$/);
+      expect(alive(Number(redisPid))).toBe(true);
+      expect(existsSync(path.join(dir, "redis", "appendonlydir"))).toBe(true);
+
+      const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+      child.kill(signal);
+      expect(await exited).toBe(0);
+      expect(alive(Number(redisPid))).toBe(false);
+    },
+  );
+
+  it("refuses a busy ENGINE_HTTP_PORT in one line before starting anything", async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, resolve));
+    const { port } = blocker.address() as net.AddressInfo;
+    const dir = stateDir();
+    try {
+      const { code, stderr } = await runCli(["start"], { STATE_DIR: dir, ENGINE_HTTP_PORT: String(port) });
+      expect(code).toBe(1);
+      expect(stderr.trim().split("\n").at(-1)).toBe(
+        `ENGINE_HTTP_PORT=${port}: port ${port} is already in use; stop what holds it or choose another port (0 disables it)`,
+      );
+      expect(existsSync(path.join(dir, "redis"))).toBe(false);
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it("says how to install redis-server when it is missing", async () => {
+    const dir = stateDir();
+    const { code, stderr } = await runCli(["start"], { STATE_DIR: dir, ENGINE_HTTP_PORT: "0", PATH: dir });
+    expect(code).toBe(1);
+    expect(stderr.trim().split("\n").at(-1)).toBe(
+      "redis-server was not found on PATH: install it (Debian/Ubuntu: sudo apt-get install -y redis-server) " +
+        "or set REDIS_URL to an existing Redis",
+    );
+  });
+
+  it("names an unreachable REDIS_URL in one line", async () => {
+    const { code, stderr } = await runCli(["start"], {
+      STATE_DIR: stateDir(),
+      ENGINE_HTTP_PORT: "0",
+      REDIS_URL: "redis://127.0.0.1:1",
+    });
+    expect(code).toBe(1);
+    expect(stderr.trim().split("\n").at(-1)).toMatch(
+      /^Cannot reach Redis at redis:\/\/127\.0\.0\.1:1 \(REDIS_URL\): .*ECONNREFUSED/,
+    );
+  });
+});
