@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { UserFacingError } from "../../errors.js";
+import type { LoraWeights } from "../models/lora.js";
 import type { ImagicOptions } from "./imagic-options.js";
 
 /**
@@ -8,17 +9,6 @@ import type { ImagicOptions } from "./imagic-options.js";
  * state's JSON in `__metadata__`, LoRA tensors named as diffusers saves them: `unet.<module>.lora_A.weight`
  * [rank, in] and `lora_B.weight` [out, rank]), so a cached state is a few MB and readable by other tools.
  */
-
-/** One LoRA adapter on a linear layer (the engine's LoraWeights entries). */
-export interface LoraAdapter {
-  down: Float32Array;
-  up: Float32Array;
-  rank: number;
-  alpha: number;
-  inF: number;
-  outF: number;
-}
-export type LoraMap = Map<string, LoraAdapter>;
 
 export interface ImagicState {
   modelId: string;
@@ -32,9 +22,11 @@ export interface ImagicState {
   eTgt: Float32Array;
   eOpt: Float32Array;
   /** Absent when the fine-tune stage ran 0 steps. */
-  lora: LoraMap | null;
+  lora: LoraWeights | null;
   /** Per-step losses of each stage (shorter than the configured steps when early stopping fired). */
   losses: { embedding: number[]; finetune: number[] };
+  /** Wall time of each training stage. */
+  seconds?: { encode: number; embedding: number; finetune: number };
 }
 
 const FORMAT = "imagic-state";
@@ -50,6 +42,7 @@ const metadataSchema = z.object({
   contextShape: z.tuple([z.number().int().positive(), z.number().int().positive()]),
   options: z.custom<ImagicOptions>((v) => typeof v === "object" && v !== null),
   loraAlpha: z.record(z.string(), z.number()),
+  seconds: z.object({ encode: z.number(), embedding: z.number(), finetune: z.number() }).optional(),
 });
 
 const tensorSchema = z.object({
@@ -113,6 +106,7 @@ export function serializeState(state: ImagicState): Uint8Array {
     contextShape: state.contextShape,
     options: state.options,
     loraAlpha,
+    seconds: state.seconds,
   };
   // safetensors: metadata values are strings; the header is padded with spaces to 8-byte alignment.
   header.__metadata__ = { imagic: JSON.stringify(meta) };
@@ -174,7 +168,7 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
       bad(`tensor ${name} has shape [${t.shape}], expected [${shape}]`);
     return t;
   };
-  let lora: LoraMap | null = null;
+  let lora: LoraWeights | null = null;
   for (const [module, alpha] of Object.entries(m.loraAlpha)) {
     const a = need(`${LORA_PREFIX}${module}${LORA_A}`);
     const b = need(`${LORA_PREFIX}${module}${LORA_B}`);
@@ -199,5 +193,6 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
       embedding: Array.from(need("loss.embedding").data),
       finetune: Array.from(need("loss.finetune").data),
     },
+    ...(m.seconds ? { seconds: m.seconds } : {}),
   };
 }

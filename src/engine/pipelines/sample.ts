@@ -1,0 +1,61 @@
+/**
+ * DDIM sampling with classifier-free guidance for a batch of images, each with its own context (the
+ * prompt's embedding, or any point between embeddings) and one shared LoRA state. Imagic renders its
+ * η × seed variants through this: one UNet call per step serves the whole batch.
+ */
+import { throwIfCancelled } from "../errors.js";
+import type { LoraWeights, StableDiffusion } from "../index.js";
+import { cfg } from "./txt2img.js";
+
+export interface SampleOptions {
+  /** Initial latents [N, 4, s, s] (scaled). */
+  latents: Float32Array;
+  /** Conditional contexts [N, 77, D], one per image. */
+  contexts: Float32Array;
+  /** The unconditional (negative) context [1, 77, D], shared by every image. */
+  uncond: Float32Array;
+  guidance: number;
+  steps: number;
+  lora?: LoraWeights;
+  onStep?: (step: number, total: number) => void;
+  signal?: AbortSignal;
+  /** Names the work in a cancellation message. */
+  label?: string;
+}
+
+/** Runs the DDIM loop and returns the final latents [N, 4, s, s]. */
+export async function sampleLatents(sd: StableDiffusion, o: SampleOptions): Promise<Float32Array> {
+  const ctxSize = 77 * sd.contextShape[1];
+  const n = o.contexts.length / ctxSize;
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(`sampleLatents: contexts hold ${o.contexts.length} values`);
+  if (o.uncond.length !== ctxSize) throw new Error(`sampleLatents: uncond holds ${o.uncond.length} values`);
+  const per = o.latents.length / n;
+  const guided = o.guidance > 1;
+  // diffusers' batch order: every unconditional item first, then the conditional ones.
+  const context = guided ? new Float32Array(2 * n * ctxSize) : o.contexts;
+  if (guided) {
+    for (let i = 0; i < n; i++) context.set(o.uncond, i * ctxSize);
+    context.set(o.contexts, n * ctxSize);
+  }
+  const scheduler = sd.scheduler();
+  scheduler.setTimesteps(o.steps);
+  const timesteps = scheduler.timesteps;
+  let latents = o.latents;
+  for (let i = 0; i < timesteps.length; i++) {
+    throwIfCancelled(o.signal, `${o.label ?? "sampling"} step ${i + 1}/${timesteps.length}`);
+    const t = timesteps[i] as number;
+    let input = latents;
+    if (guided) {
+      input = new Float32Array(2 * latents.length);
+      input.set(latents);
+      input.set(latents, latents.length);
+    }
+    const out = await sd.predictNoise(input, t, context, o.lora);
+    // [uncond × N; cond × N] is the [2, …] layout cfg() guides, with N images per half.
+    const pred = guided ? cfg(out, n * per, o.guidance) : out;
+    latents = scheduler.step(pred, t, latents);
+    o.onStep?.(i + 1, timesteps.length);
+  }
+  return latents;
+}
