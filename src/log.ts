@@ -1,5 +1,5 @@
 import pino, { type LevelWithSilent, type Logger } from "pino";
-import pretty from "pino-pretty";
+import { prettyFactory } from "pino-pretty";
 
 export type { Logger };
 
@@ -9,12 +9,16 @@ interface Sink {
   write(line: string): void;
 }
 
-// Logs go to stderr so that commands printing results (bench, edit) keep stdout clean. Writes are
-// synchronous: the last lines before a crash or process.exit() are not lost.
-const jsonSink = (): Sink => pino.destination({ dest: 2, sync: true });
-// pino-pretty used as a stream in this thread, not as a worker transport: transports resolve modules
-// at run time and break the esbuild bundle.
-const prettySink = (): Sink => pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY });
+// Logs go to stderr so that commands printing results (bench, edit) keep stdout clean. On Linux,
+// writes to stderr (a file, pipe or terminal) are synchronous: the last lines before a crash or
+// process.exit() are not lost.
+const jsonSink = (): Sink => ({ write: (line) => process.stderr.write(line) });
+// pino-pretty's formatter called in this thread, not a worker transport: transports resolve modules at
+// run time and break the esbuild bundle.
+const prettySink = (): Sink => {
+  const format = prettyFactory({ colorize: process.stderr.isTTY === true });
+  return { write: (line) => process.stderr.write(format(line)) };
+};
 
 /** Forwards to the current sink, so configureLogger() can switch format after the logger exists. */
 const sink = {
