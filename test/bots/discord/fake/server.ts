@@ -1,0 +1,1006 @@
+import { randomBytes } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { ChannelType, PermissionFlagsBits } from "discord.js";
+import { type WebSocket, WebSocketServer } from "ws";
+import { type BucketLimit, RateLimiter } from "./rate-limits.js";
+
+/**
+ * A protocol-level fake of Discord on loopback: the v10 REST routes the bot uses and a JSON gateway.
+ * discord.js talks to it unmodified (Client `rest.api` → apiUrl; /gateway/bot → our ws URL). It enforces
+ * what Discord enforces — rate limits with 429s, the 3-second interaction window, 2,000-character
+ * content, attachment size, missing permissions — and records what the bot did for tests to assert on.
+ */
+
+export const ALL_BOT_PERMISSIONS =
+  PermissionFlagsBits.ViewChannel |
+  PermissionFlagsBits.SendMessages |
+  PermissionFlagsBits.CreatePublicThreads |
+  PermissionFlagsBits.SendMessagesInThreads |
+  PermissionFlagsBits.AttachFiles |
+  PermissionFlagsBits.AddReactions |
+  PermissionFlagsBits.ReadMessageHistory;
+
+export interface FakeUser {
+  id: string;
+  username: string;
+  bot?: boolean;
+}
+
+export interface FakeChannel {
+  id: string;
+  type: ChannelType;
+  name: string;
+  guildId?: string;
+  parentId?: string;
+  /** What the bot may do here (a permission bitfield); Discord computes it from roles and overwrites. */
+  botPermissions: bigint;
+  recipient?: FakeUser;
+}
+
+export interface FakeAttachment {
+  id: string;
+  filename: string;
+  size: number;
+  content_type: string;
+  url: string;
+  bytes: Uint8Array;
+}
+
+export interface FakeMessage {
+  id: string;
+  channelId: string;
+  content: string;
+  author: FakeUser;
+  flags: number;
+  attachments: FakeAttachment[];
+  reactions: Map<string, Set<string>>;
+  /** Every content/attachment state the message went through, creation first. */
+  history: Array<{ at: number; content: string; attachments: string[] }>;
+  threadId?: string;
+  interactionId?: string;
+}
+
+export interface RecordedRequest {
+  at: number;
+  method: string;
+  path: string;
+  route: string;
+  status: number;
+}
+
+export interface FakeInteraction {
+  id: string;
+  token: string;
+  user: FakeUser;
+  channelId: string;
+  dispatchedAt: number;
+  /** When the bot acknowledged it (callback), undefined while it has not. */
+  acknowledgedAt?: number;
+  callbackType?: number;
+  ephemeral?: boolean;
+  /** The message the callback created ("@original"), once there is one. */
+  originalId?: string;
+  followUps: string[];
+}
+
+export interface CommandOption {
+  name: string;
+  type: number;
+  value: string | number | boolean;
+}
+
+export interface FakeDiscordOptions {
+  /** Limits per bucket kind; defaults follow Discord's published per-channel limits. */
+  limits?: Partial<Record<"message" | "reaction" | "default", BucketLimit>>;
+  maxFileBytes?: number;
+  heartbeatIntervalMs?: number;
+  interactionWindowMs?: number;
+}
+
+const DISCORD_EPOCH = 1420070400000n;
+let sequence = 0n;
+export function snowflake(): string {
+  sequence += 1n;
+  return (((BigInt(Date.now()) - DISCORD_EPOCH) << 22n) | (sequence & 0xfffn)).toString();
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly body: Record<string, unknown>,
+  ) {
+    super(String(body.message));
+  }
+}
+
+const unknown = (what: string, code: number) => new HttpError(404, { message: `Unknown ${what}`, code });
+const missingPermissions = () => new HttpError(403, { message: "Missing Permissions", code: 50013 });
+
+export class FakeDiscord {
+  readonly token = `fake-${randomBytes(12).toString("hex")}`;
+  readonly applicationId = snowflake();
+  readonly botUser: FakeUser = { id: this.applicationId, username: "photo-bot", bot: true };
+  readonly guildId = snowflake();
+  readonly channels = new Map<string, FakeChannel>();
+  readonly messages = new Map<string, FakeMessage>();
+  readonly interactions = new Map<string, FakeInteraction>();
+  readonly requests: RecordedRequest[] = [];
+  readonly registered = new Map<string, unknown[]>();
+  readonly identifies: Array<{ intents: number }> = [];
+  /** Set true to make the fake drop the bot's gateway connections without a close handshake. */
+  private readonly sockets = new Set<WebSocket>();
+  private readonly identified = new Set<WebSocket>();
+  private readonly files = new Map<string, FakeAttachment>();
+  private readonly limiter = new RateLimiter();
+  private readonly limits: Record<"message" | "reaction" | "default", BucketLimit>;
+  private readonly maxFileBytes: number;
+  private readonly heartbeatIntervalMs: number;
+  private readonly interactionWindowMs: number;
+  private seq = 0;
+  private port = 0;
+  private readonly http: Server;
+  private readonly wss: WebSocketServer;
+  readonly heartbeats = { received: 0 };
+
+  private constructor(options: FakeDiscordOptions) {
+    this.limits = {
+      message: { limit: 5, windowMs: 5000 },
+      reaction: { limit: 1, windowMs: 250 },
+      default: { limit: 50, windowMs: 1000 },
+      ...options.limits,
+    };
+    this.maxFileBytes = options.maxFileBytes ?? 10 * 1024 * 1024;
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 41_250;
+    this.interactionWindowMs = options.interactionWindowMs ?? 3000;
+    this.http = createServer((req, res) => void this.handleHttp(req, res));
+    this.wss = new WebSocketServer({ server: this.http, path: "/gateway" });
+    this.wss.on("connection", (socket) => this.handleSocket(socket));
+  }
+
+  static async start(options: FakeDiscordOptions = {}): Promise<FakeDiscord> {
+    const fake = new FakeDiscord(options);
+    await new Promise<void>((resolve) => fake.http.listen(0, "127.0.0.1", resolve));
+    fake.port = (fake.http.address() as AddressInfo).port;
+    return fake;
+  }
+
+  get apiUrl(): string {
+    return `http://127.0.0.1:${this.port}/api`;
+  }
+
+  get origin(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.sockets) socket.terminate();
+    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
+    this.http.closeAllConnections();
+    await new Promise<void>((resolve) => this.http.close(() => resolve()));
+  }
+
+  // ── world building ────────────────────────────────────────────────────────────────────────────
+
+  addTextChannel(name: string, botPermissions = ALL_BOT_PERMISSIONS): FakeChannel {
+    const channel: FakeChannel = {
+      id: snowflake(),
+      type: ChannelType.GuildText,
+      name,
+      guildId: this.guildId,
+      botPermissions,
+    };
+    this.channels.set(channel.id, channel);
+    return channel;
+  }
+
+  addDmChannel(recipient: FakeUser): FakeChannel {
+    const channel: FakeChannel = {
+      id: snowflake(),
+      type: ChannelType.DM,
+      name: recipient.username,
+      botPermissions: ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.CreatePublicThreads,
+      recipient,
+    };
+    this.channels.set(channel.id, channel);
+    return channel;
+  }
+
+  user(username: string): FakeUser {
+    return { id: snowflake(), username };
+  }
+
+  /** Makes bytes downloadable the way Discord's CDN serves attachments; `declared` overrides metadata. */
+  attachment(
+    filename: string,
+    bytes: Uint8Array,
+    contentType: string,
+    declared: { size?: number; contentType?: string | null } = {},
+  ): FakeAttachment {
+    const id = snowflake();
+    const attachment: FakeAttachment = {
+      id,
+      filename,
+      size: declared.size ?? bytes.byteLength,
+      content_type: declared.contentType === undefined ? contentType : (declared.contentType ?? ""),
+      url: `${this.origin}/attachments/${id}/${encodeURIComponent(filename)}`,
+      bytes,
+    };
+    this.files.set(id, { ...attachment, content_type: contentType });
+    return attachment;
+  }
+
+  // ── what users do ─────────────────────────────────────────────────────────────────────────────
+
+  /** A user runs a slash command: INTERACTION_CREATE goes out on the gateway. */
+  runCommand(args: {
+    name: string;
+    user: FakeUser;
+    channel: FakeChannel;
+    options?: CommandOption[];
+    attachments?: FakeAttachment[];
+  }): FakeInteraction {
+    const interaction: FakeInteraction = {
+      id: snowflake(),
+      token: `itoken-${randomBytes(16).toString("hex")}`,
+      user: args.user,
+      channelId: args.channel.id,
+      dispatchedAt: Date.now(),
+      followUps: [],
+    };
+    this.interactions.set(interaction.token, interaction);
+    const inGuild = args.channel.guildId !== undefined;
+    const resolvedAttachments = Object.fromEntries(
+      (args.attachments ?? []).map((a) => [
+        a.id,
+        {
+          id: a.id,
+          filename: a.filename,
+          size: a.size,
+          url: a.url,
+          proxy_url: a.url,
+          content_type: a.content_type || undefined,
+        },
+      ]),
+    );
+    const userJson = {
+      id: args.user.id,
+      username: args.user.username,
+      discriminator: "0",
+      global_name: null,
+      avatar: null,
+    };
+    this.dispatch("INTERACTION_CREATE", {
+      id: interaction.id,
+      application_id: this.applicationId,
+      type: 2,
+      token: interaction.token,
+      version: 1,
+      ...(inGuild
+        ? {
+            guild_id: this.guildId,
+            member: {
+              user: userJson,
+              roles: [],
+              permissions: "2248473465835073",
+              joined_at: new Date().toISOString(),
+              deaf: false,
+              mute: false,
+              flags: 0,
+            },
+            guild_locale: "en-US",
+          }
+        : { user: userJson }),
+      channel_id: args.channel.id,
+      channel: this.channelJson(args.channel),
+      app_permissions: args.channel.botPermissions.toString(),
+      locale: "en-US",
+      entitlements: [],
+      authorizing_integration_owners: inGuild ? { "0": this.guildId } : { "1": args.user.id },
+      context: inGuild ? 0 : 1,
+      data: {
+        id: snowflake(),
+        name: args.name,
+        type: 1,
+        options: args.options ?? [],
+        ...(args.attachments?.length ? { resolved: { attachments: resolvedAttachments } } : {}),
+      },
+    });
+    return interaction;
+  }
+
+  /** A user reacts to a message: the reaction is stored and MESSAGE_REACTION_ADD goes out. */
+  react(user: FakeUser, messageId: string, emoji: string): void {
+    const message = this.mustMessage(messageId);
+    this.storeReaction(message, user, emoji);
+  }
+
+  // ── gateway ───────────────────────────────────────────────────────────────────────────────────
+
+  /** Drops every bot connection abruptly (what a network cut or a killed process looks like). */
+  dropConnections(): void {
+    for (const socket of this.sockets) socket.terminate();
+  }
+
+  get connectedBots(): number {
+    return this.identified.size;
+  }
+
+  private handleSocket(socket: WebSocket): void {
+    this.sockets.add(socket);
+    socket.on("close", () => {
+      this.sockets.delete(socket);
+      this.identified.delete(socket);
+    });
+    this.send(socket, { op: 10, d: { heartbeat_interval: this.heartbeatIntervalMs }, s: null, t: null });
+    socket.on("message", (raw) => {
+      const packet = JSON.parse(String(raw)) as { op: number; d: Record<string, unknown> | number | null };
+      if (packet.op === 1) {
+        this.heartbeats.received += 1;
+        this.send(socket, { op: 11, d: null, s: null, t: null });
+      } else if (packet.op === 2) {
+        const d = packet.d as { token: string; intents: number };
+        if (d.token !== this.token) {
+          socket.close(4004, "Authentication failed.");
+          return;
+        }
+        this.identifies.push({ intents: d.intents });
+        this.identified.add(socket);
+        this.sendDispatch(socket, "READY", {
+          v: 10,
+          user: { ...this.userJson(this.botUser), bot: true },
+          guilds: [{ id: this.guildId, unavailable: true }],
+          session_id: randomBytes(8).toString("hex"),
+          resume_gateway_url: `ws://127.0.0.1:${this.port}/gateway`,
+          shard: [0, 1],
+          application: { id: this.applicationId, flags: 0 },
+        });
+        this.sendDispatch(socket, "GUILD_CREATE", this.guildJson());
+      } else if (packet.op === 6) {
+        // Resuming is not offered: the bot identifies again, as after a long outage on real Discord.
+        this.send(socket, { op: 9, d: false, s: null, t: null });
+      }
+    });
+  }
+
+  private guildJson(): Record<string, unknown> {
+    const guildChannels = [...this.channels.values()].filter((c) => c.guildId === this.guildId);
+    return {
+      id: this.guildId,
+      name: "Fake Guild",
+      icon: null,
+      owner_id: snowflake(),
+      unavailable: false,
+      member_count: 2,
+      large: false,
+      features: [],
+      roles: [
+        {
+          id: this.guildId,
+          name: "@everyone",
+          permissions: "0",
+          position: 0,
+          color: 0,
+          hoist: false,
+          managed: false,
+          mentionable: false,
+          flags: 0,
+        },
+      ],
+      emojis: [],
+      stickers: [],
+      members: [
+        {
+          user: this.userJson(this.botUser),
+          roles: [],
+          joined_at: new Date().toISOString(),
+          deaf: false,
+          mute: false,
+          flags: 0,
+        },
+      ],
+      channels: guildChannels
+        .filter((c) => c.type !== ChannelType.PublicThread)
+        .map((c) => this.channelJson(c)),
+      // Real Discord lists active threads in GUILD_CREATE, which is how a restarted bot knows them.
+      threads: guildChannels
+        .filter((c) => c.type === ChannelType.PublicThread)
+        .map((c) => this.channelJson(c)),
+      presences: [],
+      voice_states: [],
+      stage_instances: [],
+      guild_scheduled_events: [],
+      joined_at: new Date().toISOString(),
+      preferred_locale: "en-US",
+      system_channel_flags: 0,
+      premium_tier: 0,
+      nsfw_level: 0,
+      verification_level: 0,
+      default_message_notifications: 0,
+      explicit_content_filter: 0,
+      mfa_level: 0,
+    };
+  }
+
+  private channelJson(channel: FakeChannel): Record<string, unknown> {
+    const base: Record<string, unknown> = {
+      id: channel.id,
+      type: channel.type,
+      name: channel.name,
+      flags: 0,
+    };
+    if (channel.guildId) {
+      base.guild_id = channel.guildId;
+      base.permission_overwrites = [];
+      base.position = 0;
+      base.permissions = channel.botPermissions.toString();
+    }
+    if (channel.parentId) {
+      base.parent_id = channel.parentId;
+      base.owner_id = this.botUser.id;
+      base.thread_metadata = {
+        archived: false,
+        auto_archive_duration: 1440,
+        archive_timestamp: new Date().toISOString(),
+        locked: false,
+      };
+      base.message_count = 0;
+      base.member_count = 1;
+    }
+    if (channel.recipient) base.recipients = [this.userJson(channel.recipient)];
+    return base;
+  }
+
+  private userJson(user: FakeUser): Record<string, unknown> {
+    return {
+      id: user.id,
+      username: user.username,
+      discriminator: "0",
+      global_name: null,
+      avatar: null,
+      bot: user.bot ?? false,
+    };
+  }
+
+  private send(socket: WebSocket, packet: Record<string, unknown>): void {
+    if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(packet));
+  }
+
+  private sendDispatch(socket: WebSocket, t: string, d: unknown): void {
+    this.seq += 1;
+    this.send(socket, { op: 0, t, s: this.seq, d });
+  }
+
+  private dispatch(t: string, d: unknown): void {
+    for (const socket of this.identified) this.sendDispatch(socket, t, d);
+  }
+
+  // ── REST ──────────────────────────────────────────────────────────────────────────────────────
+
+  private async handleHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", this.origin);
+    const method = req.method ?? "GET";
+    const record: RecordedRequest = { at: Date.now(), method, path: url.pathname, route: "", status: 0 };
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks);
+    let status = 200;
+    let headers: Record<string, string> = {};
+    let payload: unknown = null;
+    let raw: { bytes: Uint8Array; type: string } | undefined;
+    try {
+      if (url.pathname.startsWith("/attachments/")) {
+        const id = url.pathname.split("/")[2] ?? "";
+        const file = this.files.get(id);
+        if (!file) throw unknown("Attachment", 0);
+        record.route = "GET /attachments";
+        raw = { bytes: file.bytes, type: file.content_type };
+      } else {
+        const path = url.pathname.replace(/^\/api\/v10/, "");
+        const routed = await this.route(method, path, url, req, body);
+        record.route = routed.route;
+        const decision = routed.bucket
+          ? this.limiter.decide(`${routed.bucket.kind}:${routed.bucket.key}`, this.limits[routed.bucket.kind])
+          : undefined;
+        headers = decision?.headers ?? {};
+        if (decision && !decision.allowed) {
+          status = 429;
+          payload = {
+            message: "You are being rate limited.",
+            retry_after: decision.retryAfterSeconds,
+            global: false,
+          };
+        } else {
+          const result = await routed.run();
+          status = result.status;
+          payload = result.body;
+        }
+      }
+    } catch (error) {
+      if (error instanceof HttpError) {
+        status = error.status;
+        payload = error.body;
+      } else {
+        status = 500;
+        payload = { message: String(error), code: 0 };
+      }
+    }
+    record.status = status;
+    this.requests.push(record);
+    if (raw) {
+      res.writeHead(200, { "content-type": raw.type, "content-length": raw.bytes.byteLength });
+      res.end(raw.bytes);
+      return;
+    }
+    if (status === 204) {
+      res.writeHead(204, headers);
+      res.end();
+      return;
+    }
+    res.writeHead(status, { ...headers, "content-type": "application/json" });
+    res.end(JSON.stringify(payload));
+  }
+
+  private async route(
+    method: string,
+    path: string,
+    url: URL,
+    req: IncomingMessage,
+    body: Buffer,
+  ): Promise<{
+    route: string;
+    bucket?: { kind: "message" | "reaction" | "default"; key: string };
+    run: () => Promise<{ status: number; body?: unknown }>;
+  }> {
+    const parts = path.split("/").filter(Boolean);
+    const p = (i: number) => parts[i] ?? "";
+    const authorized = () => {
+      if (req.headers.authorization !== `Bot ${this.token}`)
+        throw new HttpError(401, { message: "401: Unauthorized", code: 0 });
+    };
+    const form = () => parseBody(req, body);
+    const ok = (value: unknown) => ({ status: 200, body: value });
+
+    if (method === "GET" && path === "/gateway/bot") {
+      return {
+        route: "GET /gateway/bot",
+        run: async () => {
+          authorized();
+          return ok({
+            url: `ws://127.0.0.1:${this.port}/gateway`,
+            shards: 1,
+            session_start_limit: { total: 1000, remaining: 999, reset_after: 86_400_000, max_concurrency: 1 },
+          });
+        },
+      };
+    }
+    if (method === "GET" && path === "/users/@me") {
+      return {
+        route: "GET /users/@me",
+        run: async () => {
+          authorized();
+          return ok(this.userJson(this.botUser));
+        },
+      };
+    }
+    if (method === "PUT" && p(0) === "applications") {
+      const guild = p(2) === "guilds" ? p(3) : "global";
+      return {
+        route:
+          guild === "global"
+            ? "PUT /applications/:app/commands"
+            : "PUT /applications/:app/guilds/:guild/commands",
+        run: async () => {
+          authorized();
+          if (p(1) !== this.applicationId) throw unknown("Application", 10002);
+          const commands = JSON.parse(body.toString()) as Array<Record<string, unknown>>;
+          const stored = commands.map((c) => ({
+            ...c,
+            id: snowflake(),
+            application_id: this.applicationId,
+            version: snowflake(),
+          }));
+          this.registered.set(guild, stored);
+          return ok(stored);
+        },
+      };
+    }
+    if (method === "POST" && p(0) === "interactions" && p(3) === "callback") {
+      return {
+        route: "POST /interactions/:id/:token/callback",
+        run: async () => this.callback(p(1), p(2), url, await form()),
+      };
+    }
+    if (p(0) === "webhooks") {
+      const token = p(2);
+      const target = p(3) === "messages" ? p(4) : undefined;
+      const route = `${method} /webhooks/:app/:token${target ? (target === "@original" ? "/messages/@original" : "/messages/:id") : ""}`;
+      return {
+        route,
+        bucket: { kind: "default", key: token },
+        run: async () => this.webhook(method, token, target, await form()),
+      };
+    }
+    if (p(0) === "channels") {
+      const channelId = p(1);
+      if (method === "GET" && parts.length === 2) {
+        return {
+          route: "GET /channels/:id",
+          run: async () => {
+            authorized();
+            return ok(this.channelJson(this.mustChannel(channelId)));
+          },
+        };
+      }
+      if (p(2) === "messages" && parts.length === 3 && method === "POST") {
+        return {
+          route: "POST /channels/:id/messages",
+          bucket: { kind: "message", key: channelId },
+          run: async () => {
+            authorized();
+            return ok(
+              this.messageJson(
+                this.createMessage(channelId, await form(), this.botUser, { checkPermissions: true }),
+              ),
+            );
+          },
+        };
+      }
+      if (p(2) === "messages" && parts.length === 4) {
+        return {
+          route: `${method} /channels/:id/messages/:id`,
+          bucket: { kind: "message", key: channelId },
+          run: async () => {
+            authorized();
+            const message = this.mustMessage(p(3));
+            if (method === "GET") return ok(this.messageJson(message));
+            if (method === "PATCH") return ok(this.messageJson(this.editMessage(message, await form())));
+            if (method === "DELETE") {
+              this.messages.delete(message.id);
+              return { status: 204 };
+            }
+            throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
+          },
+        };
+      }
+      if (method === "POST" && p(2) === "messages" && p(4) === "threads") {
+        return {
+          route: "POST /channels/:id/messages/:id/threads",
+          bucket: { kind: "default", key: channelId },
+          run: async () => {
+            authorized();
+            return ok(this.startThread(channelId, p(3), (await form()).json as { name?: string }));
+          },
+        };
+      }
+      if (method === "PUT" && p(2) === "messages" && p(4) === "reactions" && p(6) === "@me") {
+        return {
+          route: "PUT /channels/:id/messages/:id/reactions/:emoji/@me",
+          bucket: { kind: "reaction", key: channelId },
+          run: async () => {
+            authorized();
+            const channel = this.mustChannel(channelId);
+            need(channel, PermissionFlagsBits.AddReactions | PermissionFlagsBits.ReadMessageHistory);
+            this.storeReaction(this.mustMessage(p(3)), this.botUser, decodeURIComponent(p(5)));
+            return { status: 204 };
+          },
+        };
+      }
+    }
+    return {
+      route: `${method} ${path}`,
+      run: async () => Promise.reject(new HttpError(404, { message: "404: Not Found", code: 0 })),
+    };
+  }
+
+  private callback(
+    interactionId: string,
+    token: string,
+    url: URL,
+    body: ParsedBody,
+  ): { status: number; body?: unknown } {
+    const interaction = this.interactions.get(token);
+    if (!interaction || interaction.id !== interactionId) throw unknown("interaction", 10062);
+    if (interaction.acknowledgedAt !== undefined) {
+      throw new HttpError(400, { message: "Interaction has already been acknowledged.", code: 40060 });
+    }
+    if (Date.now() - interaction.dispatchedAt > this.interactionWindowMs) throw unknown("interaction", 10062);
+    const json = body.json as { type: number; data?: { flags?: number } };
+    interaction.acknowledgedAt = Date.now();
+    interaction.callbackType = json.type;
+    const flags = json.data?.flags ?? 0;
+    interaction.ephemeral = (flags & 64) !== 0;
+    // 4: message now; 5: deferred ("thinking…") message that an edit of @original fills in later.
+    if (json.type === 4 || json.type === 5) {
+      const data =
+        json.type === 4
+          ? { ...body, json: json.data ?? {} }
+          : { json: { content: "", flags: flags | 128 }, files: [] };
+      const message = this.createMessage(interaction.channelId, data, this.botUser, {
+        checkPermissions: false,
+      });
+      message.interactionId = interaction.id;
+      interaction.originalId = message.id;
+    }
+    if (url.searchParams.get("with_response") === "true") {
+      return {
+        status: 200,
+        body: {
+          interaction: { id: interaction.id, type: 2 },
+          resource: {
+            type: json.type,
+            message: interaction.originalId
+              ? this.messageJson(this.mustMessage(interaction.originalId))
+              : undefined,
+          },
+        },
+      };
+    }
+    return { status: 204 };
+  }
+
+  private webhook(
+    method: string,
+    token: string,
+    target: string | undefined,
+    body: ParsedBody,
+  ): { status: number; body?: unknown } {
+    const interaction = this.interactions.get(token);
+    if (!interaction || interaction.acknowledgedAt === undefined) throw unknown("Webhook", 10015);
+    if (Date.now() - interaction.acknowledgedAt > 15 * 60 * 1000) throw unknown("Webhook", 10015);
+    if (target === undefined) {
+      if (method !== "POST") throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
+      const message = this.createMessage(interaction.channelId, body, this.botUser, {
+        checkPermissions: false,
+      });
+      message.interactionId = interaction.id;
+      interaction.followUps.push(message.id);
+      return { status: 200, body: this.messageJson(message) };
+    }
+    const id = target === "@original" ? interaction.originalId : target;
+    if (!id || !this.messages.has(id)) throw unknown("Message", 10008);
+    const message = this.mustMessage(id);
+    if (method === "GET") return { status: 200, body: this.messageJson(message) };
+    if (method === "DELETE") {
+      this.messages.delete(id);
+      if (id === interaction.originalId) interaction.originalId = undefined;
+      return { status: 204 };
+    }
+    if (method === "PATCH") {
+      message.flags &= ~128;
+      return { status: 200, body: this.messageJson(this.editMessage(message, body)) };
+    }
+    throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
+  }
+
+  private createMessage(
+    channelId: string,
+    body: ParsedBody,
+    author: FakeUser,
+    opts: { checkPermissions: boolean },
+  ): FakeMessage {
+    const channel = this.mustChannel(channelId);
+    const json = body.json as { content?: string; flags?: number };
+    if (opts.checkPermissions) {
+      const sending =
+        channel.type === ChannelType.PublicThread
+          ? PermissionFlagsBits.SendMessagesInThreads
+          : PermissionFlagsBits.SendMessages;
+      need(
+        channel,
+        PermissionFlagsBits.ViewChannel |
+          sending |
+          (body.files.length ? PermissionFlagsBits.AttachFiles : 0n),
+      );
+    }
+    validateContent(json.content ?? "");
+    const attachments = this.storeFiles(body);
+    if (!json.content && attachments.length === 0 && (json.flags ?? 0) === 0) {
+      throw new HttpError(400, { message: "Cannot send an empty message", code: 50006 });
+    }
+    const message: FakeMessage = {
+      id: snowflake(),
+      channelId,
+      content: json.content ?? "",
+      author,
+      flags: json.flags ?? 0,
+      attachments,
+      reactions: new Map(),
+      history: [],
+    };
+    message.history.push({
+      at: Date.now(),
+      content: message.content,
+      attachments: attachments.map((a) => a.filename),
+    });
+    this.messages.set(message.id, message);
+    return message;
+  }
+
+  private editMessage(message: FakeMessage, body: ParsedBody): FakeMessage {
+    const json = body.json as { content?: string; attachments?: Array<{ id: string }> };
+    if (json.content !== undefined) {
+      validateContent(json.content ?? "");
+      message.content = json.content ?? "";
+    }
+    const added = this.storeFiles(body);
+    if (json.attachments !== undefined || added.length) {
+      // The `attachments` array lists what stays: kept old ones by id, new uploads by their index.
+      const kept = (json.attachments ?? [])
+        .map((a) => message.attachments.find((old) => old.id === a.id))
+        .filter((a) => a !== undefined);
+      message.attachments = [...kept, ...added];
+    }
+    message.history.push({
+      at: Date.now(),
+      content: message.content,
+      attachments: message.attachments.map((a) => a.filename),
+    });
+    return message;
+  }
+
+  private storeFiles(body: ParsedBody): FakeAttachment[] {
+    for (const file of body.files) {
+      if (file.bytes.byteLength > this.maxFileBytes)
+        throw new HttpError(413, { message: "Request entity too large", code: 40005 });
+    }
+    return body.files.map((file) =>
+      this.attachment(file.name, file.bytes, file.type || "application/octet-stream"),
+    );
+  }
+
+  private startThread(
+    channelId: string,
+    messageId: string,
+    json: { name?: string },
+  ): Record<string, unknown> {
+    const parent = this.mustChannel(channelId);
+    const message = this.mustMessage(messageId);
+    if (parent.type !== ChannelType.GuildText) {
+      throw new HttpError(400, { message: "Cannot execute action on this channel type", code: 50024 });
+    }
+    need(parent, PermissionFlagsBits.CreatePublicThreads);
+    if (message.threadId)
+      throw new HttpError(400, {
+        message: "A thread has already been created for this message",
+        code: 160004,
+      });
+    const thread: FakeChannel = {
+      id: message.id,
+      type: ChannelType.PublicThread,
+      name: json.name ?? "thread",
+      guildId: parent.guildId,
+      parentId: parent.id,
+      botPermissions: parent.botPermissions,
+    };
+    this.channels.set(thread.id, thread);
+    message.threadId = thread.id;
+    return this.channelJson(thread);
+  }
+
+  private storeReaction(message: FakeMessage, user: FakeUser, emoji: string): void {
+    const users = message.reactions.get(emoji) ?? new Set<string>();
+    users.add(user.id);
+    message.reactions.set(emoji, users);
+    const channel = this.mustChannel(message.channelId);
+    this.dispatch("MESSAGE_REACTION_ADD", {
+      user_id: user.id,
+      channel_id: channel.id,
+      message_id: message.id,
+      message_author_id: message.author.id,
+      emoji: { id: null, name: emoji },
+      burst: false,
+      type: 0,
+      ...(channel.guildId
+        ? {
+            guild_id: channel.guildId,
+            member: {
+              user: this.userJson(user),
+              roles: [],
+              joined_at: new Date().toISOString(),
+              deaf: false,
+              mute: false,
+              flags: 0,
+            },
+          }
+        : {}),
+    });
+  }
+
+  messageJson(message: FakeMessage): Record<string, unknown> {
+    const channel = this.mustChannel(message.channelId);
+    return {
+      id: message.id,
+      type: message.interactionId ? 20 : 0,
+      channel_id: message.channelId,
+      ...(channel.guildId ? { guild_id: channel.guildId } : {}),
+      author: this.userJson(message.author),
+      content: message.content,
+      timestamp: new Date().toISOString(),
+      edited_timestamp: null,
+      tts: false,
+      mention_everyone: false,
+      mentions: [],
+      mention_roles: [],
+      attachments: message.attachments.map(({ bytes: _bytes, ...rest }) => ({
+        ...rest,
+        proxy_url: rest.url,
+      })),
+      embeds: [],
+      pinned: false,
+      flags: message.flags,
+      components: [],
+      ...(message.threadId ? { thread: this.channelJson(this.mustChannel(message.threadId)) } : {}),
+    };
+  }
+
+  // ── queries for tests ─────────────────────────────────────────────────────────────────────────
+
+  mustChannel(id: string): FakeChannel {
+    const channel = this.channels.get(id);
+    if (!channel) throw unknown("Channel", 10003);
+    return channel;
+  }
+
+  mustMessage(id: string): FakeMessage {
+    const message = this.messages.get(id);
+    if (!message) throw unknown("Message", 10008);
+    return message;
+  }
+
+  messagesIn(channelId: string): FakeMessage[] {
+    return [...this.messages.values()].filter((m) => m.channelId === channelId);
+  }
+
+  attachmentBytes(attachment: FakeAttachment): Uint8Array {
+    return this.files.get(attachment.id)?.bytes ?? attachment.bytes;
+  }
+
+  /** Polls until `probe` returns a value (not undefined/false), or fails naming what it waited for. */
+  async waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 30_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const value = probe();
+      if (value !== undefined && value !== false) return value;
+      if (Date.now() > deadline) throw new Error(`fake Discord: timed out waiting for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+}
+
+interface ParsedBody {
+  json: unknown;
+  files: Array<{ name: string; type: string; bytes: Uint8Array }>;
+}
+
+async function parseBody(req: IncomingMessage, body: Buffer): Promise<ParsedBody> {
+  const type = req.headers["content-type"] ?? "";
+  if (type.startsWith("multipart/form-data")) {
+    const form = await new Response(body, { headers: { "content-type": type } }).formData();
+    const files: ParsedBody["files"] = [];
+    let json: unknown = {};
+    for (const [key, value] of form.entries()) {
+      if (key === "payload_json") json = JSON.parse(String(value));
+      else if (typeof value !== "string")
+        files.push({ name: value.name, type: value.type, bytes: new Uint8Array(await value.arrayBuffer()) });
+    }
+    return { json, files };
+  }
+  return { json: body.byteLength ? JSON.parse(body.toString()) : {}, files: [] };
+}
+
+function validateContent(content: string): void {
+  if (content.length > 2000) {
+    throw new HttpError(400, {
+      message: "Invalid Form Body",
+      code: 50035,
+      errors: {
+        content: { _errors: [{ code: "BASE_TYPE_MAX_LENGTH", message: "Must be 2000 or fewer in length." }] },
+      },
+    });
+  }
+}
+
+function need(channel: FakeChannel, bits: bigint): void {
+  if ((channel.botPermissions & bits) !== bits) throw missingPermissions();
+}
