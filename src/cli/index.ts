@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import "./require-shim.js";
 import { UserFacingError } from "../errors.js";
 import { logger } from "../log.js";
 import { buildProgram } from "./program.js";

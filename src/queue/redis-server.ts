@@ -215,7 +215,7 @@ class Supervisor extends EventEmitter<Events> implements EmbeddedRedis {
     if (this.#stopping) return;
     try {
       await this.launch();
-      log.info({ port: this.port, pid: this.pid }, "redis-server restarted");
+      log.info({ port: this.port, redisPid: this.pid }, "redis-server restarted");
       this.emit("restart", { pid: this.pid });
     } catch (error) {
       this.emit("failed", error as Error);
@@ -277,7 +277,10 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
       throw error;
     }
     process.on("exit", supervisor.killNow);
-    log.info({ url: supervisor.url, pid: supervisor.pid, dir: options.dir }, "embedded redis-server ready");
+    log.info(
+      { url: supervisor.url, redisPid: supervisor.pid, dir: options.dir },
+      "embedded redis-server ready",
+    );
     return supervisor;
   }
 }

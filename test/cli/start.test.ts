@@ -32,7 +32,7 @@ describe("photo-edit-bot start", () => {
       const child = spawnCli(["start"], { STATE_DIR: dir, ENGINE_HTTP_PORT: "0", REDIS_URL: "" });
       const redisReady = waitForLog(child, "embedded redis-server ready");
       const ready = waitForLog(child, "ready");
-      const { pid: redisPid, url } = await redisReady;
+      const { redisPid, url } = await redisReady;
       await ready;
       expect(url).toMatch(/^redis:\/\/127\.0\.0\.1:\d+$/);
       expect(alive(Number(redisPid))).toBe(true);
