@@ -20,6 +20,7 @@ import {
 } from "./config.js";
 import { ModelFileError } from "./errors.js";
 import { openSafetensors } from "./safetensors.js";
+import { ClipTokenizer } from "./tokenizer.js";
 import { type WeightStore, weightStore, withoutPrefix } from "./weights.js";
 
 export interface Component<C> {
@@ -37,7 +38,7 @@ export interface Checkpoint {
   readonly vae: Component<VaeConfig>;
   /** Parameter names without transformers' optional `text_model.` prefix: `encoder.layers.0.mlp.fc1.weight`. */
   readonly textEncoder: Component<TextEncoderConfig>;
-  readonly tokenizerDir: string;
+  readonly tokenizer: ClipTokenizer;
   readonly scheduler: { readonly className: string; readonly config: SchedulerConfig };
 }
 
@@ -96,7 +97,8 @@ export function openCheckpoint(dir: string, options: OpenCheckpointOptions = {})
   }
   const tokenizerDir = join(dir, "tokenizer");
   if (!existsSync(tokenizerDir)) throw new ModelFileError(tokenizerDir, "tokenizer folder not found");
-  return { dir, index, unet, vae, textEncoder, tokenizerDir, scheduler };
+  const tokenizer = ClipTokenizer.fromFolder(tokenizerDir, textEncoder.config.max_position_embeddings);
+  return { dir, index, unet, vae, textEncoder, tokenizer, scheduler };
 }
 
 /**

@@ -63,6 +63,7 @@ describe("openCheckpoint on the fixtures", () => {
       expect(ckpt.unet.weights.info("conv_in.weight")).toMatchObject({ dtype: "F16", shape: [32, 4, 3, 3] });
       expect(ckpt.textEncoder.weights.names()).toContain("final_layer_norm.weight");
       expect(ckpt.vae.weights.names()).toContain("quant_conv.weight");
+      expect(ckpt.tokenizer.encode(g.json.prompts[1] as string).ids).toEqual(g.json.input_ids[1]);
     },
   );
 });

@@ -1,0 +1,311 @@
+/**
+ * CLIP's byte-level BPE tokenizer, computing what transformers' CLIPTokenizer gives for Stable Diffusion
+ * prompts (its tokenizers-backed path, which is also its path without ftfy):
+ *   normalize  NFC, runs of whitespace → one space, lower-case;
+ *   split      special tokens out as they are, then the CLIP regex: 's 't 're 've 'm 'll 'd, letter runs,
+ *              single digits, runs of other non-space characters;
+ *   encode     each piece's UTF-8 bytes as GPT-2's printable byte alphabet, the last char marked `</w>`,
+ *              merged pairwise by merges.txt rank;
+ *   frame      <|startoftext|> … <|endoftext|>, truncated to model_max_length (77) and padded with the
+ *              checkpoint's pad token (`<|endoftext|>` in SD 1.x, `!` = id 0 in SD 2.x).
+ * Sources: tokenizer/tokenizer.json when present, else vocab.json + merges.txt; special tokens from
+ * tokenizer_config.json / special_tokens_map.json.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ModelFileError } from "./errors.js";
+
+export interface Encoding {
+  /** Exactly maxLength ids: bos, tokens, eos, padding. */
+  ids: number[];
+  /** The prompt had more tokens than fit; the tail was dropped. */
+  truncated: boolean;
+  /** Ids before padding (bos and eos included). */
+  length: number;
+}
+
+const SPLIT = /'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\p{White_Space}\p{L}\p{N}]+/gu;
+const WHITESPACE = /\p{White_Space}+/gu;
+const END_OF_WORD = "</w>";
+
+/** GPT-2's reversible map from bytes to printable unicode characters (so BPE works on visible strings). */
+function byteAlphabet(): string[] {
+  const printable: number[] = [];
+  for (let b = 33; b <= 126; b++) printable.push(b);
+  for (let b = 161; b <= 172; b++) printable.push(b);
+  for (let b = 174; b <= 255; b++) printable.push(b);
+  const map: string[] = new Array(256);
+  let extra = 0;
+  for (let b = 0; b < 256; b++) {
+    map[b] = String.fromCodePoint(printable.includes(b) ? b : 256 + extra++);
+  }
+  return map;
+}
+const BYTE_CHARS = byteAlphabet();
+
+interface Specials {
+  bos: string;
+  eos: string;
+  pad: string;
+  unk: string;
+  maxLength: number;
+}
+
+export class ClipTokenizer {
+  private readonly cache = new Map<string, number[]>();
+  private readonly specialPattern: RegExp;
+  readonly bosId: number;
+  readonly eosId: number;
+  readonly padId: number;
+  readonly unkId: number;
+  readonly maxLength: number;
+
+  private constructor(
+    private readonly vocab: ReadonlyMap<string, number>,
+    private readonly ranks: ReadonlyMap<string, number>,
+    specials: Specials,
+    source: string,
+  ) {
+    const id = (role: string, token: string) => {
+      const v = vocab.get(token);
+      if (v === undefined)
+        throw new ModelFileError(
+          source,
+          `the ${role} token ${JSON.stringify(token)} is not in the vocabulary`,
+        );
+      return v;
+    };
+    this.bosId = id("bos", specials.bos);
+    this.eosId = id("eos", specials.eos);
+    this.padId = id("pad", specials.pad);
+    this.unkId = id("unk", specials.unk);
+    this.maxLength = specials.maxLength;
+    const escaped = [specials.bos, specials.eos].map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    this.specialPattern = new RegExp(`(${escaped.join("|")})`);
+  }
+
+  /**
+   * Loads `dir` (a checkpoint's tokenizer/ folder). `maxLength` caps model_max_length (the text encoder's
+   * max_position_embeddings; some checkpoints declare a huge model_max_length).
+   */
+  static fromFolder(dir: string, maxLength = 77): ClipTokenizer {
+    const specials = readSpecials(dir, maxLength);
+    const jsonFile = join(dir, "tokenizer.json");
+    if (existsSync(jsonFile)) {
+      const { vocab, merges } = readTokenizerJson(jsonFile);
+      return new ClipTokenizer(vocab, rankMerges(merges, vocab, jsonFile), specials, jsonFile);
+    }
+    const vocabFile = join(dir, "vocab.json");
+    const mergesFile = join(dir, "merges.txt");
+    const vocab = readVocab(vocabFile, readJson(vocabFile));
+    return new ClipTokenizer(
+      vocab,
+      rankMerges(readMergesTxt(mergesFile), vocab, mergesFile),
+      specials,
+      vocabFile,
+    );
+  }
+
+  /** Token ids of the prompt, without bos/eos/padding. */
+  tokenize(text: string): number[] {
+    const normalized = text.normalize("NFC").replace(WHITESPACE, " ").toLowerCase();
+    const ids: number[] = [];
+    for (const [i, part] of normalized.split(this.specialPattern).entries()) {
+      // split() with a capture group alternates text and special tokens.
+      if (i % 2 === 1) {
+        ids.push(this.vocab.get(part) as number);
+        continue;
+      }
+      for (const match of part.matchAll(SPLIT)) ids.push(...this.bpe(match[0]));
+    }
+    return ids;
+  }
+
+  /** The model input: maxLength ids, truncated and padded as CLIPTokenizer(padding="max_length", truncation=True). */
+  encode(text: string): Encoding {
+    const tokens = this.tokenize(text);
+    const room = this.maxLength - 2;
+    const kept = tokens.slice(0, room);
+    const ids = [this.bosId, ...kept, this.eosId];
+    const length = ids.length;
+    while (ids.length < this.maxLength) ids.push(this.padId);
+    return { ids, truncated: tokens.length > room, length };
+  }
+
+  private bpe(piece: string): number[] {
+    const cached = this.cache.get(piece);
+    if (cached) return cached;
+    const chars = Array.from(Buffer.from(piece, "utf8"), (b) => BYTE_CHARS[b] as string);
+    chars[chars.length - 1] += END_OF_WORD;
+    let word = chars;
+    while (word.length > 1) {
+      let best = -1;
+      let bestRank = Number.POSITIVE_INFINITY;
+      for (let i = 0; i < word.length - 1; i++) {
+        const rank = this.ranks.get(`${word[i]} ${word[i + 1]}`);
+        if (rank !== undefined && rank < bestRank) {
+          bestRank = rank;
+          best = i;
+        }
+      }
+      if (best < 0) break;
+      const [a, b] = [word[best] as string, word[best + 1] as string];
+      // Merge every occurrence of the pair, left to right, as the reference BPE does.
+      const next: string[] = [];
+      for (let i = 0; i < word.length; i++) {
+        if (i < word.length - 1 && word[i] === a && word[i + 1] === b) {
+          next.push(a + b);
+          i++;
+        } else next.push(word[i] as string);
+      }
+      word = next;
+    }
+    const ids = word.map((token) => this.vocab.get(token) ?? this.unkId);
+    this.cache.set(piece, ids);
+    return ids;
+  }
+}
+
+function readJson(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ModelFileError(
+      file,
+      code === "ENOENT" ? "file not found" : `cannot be read (${code ?? String(err)})`,
+    );
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ModelFileError(file, `is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+function readVocab(file: string, json: unknown): Map<string, number> {
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new ModelFileError(file, "vocabulary is not a JSON object of token → id");
+  }
+  const vocab = new Map<string, number>();
+  for (const [token, id] of Object.entries(json)) {
+    if (!Number.isInteger(id) || (id as number) < 0) {
+      throw new ModelFileError(
+        file,
+        `token ${JSON.stringify(token)} has id ${JSON.stringify(id)}, expected a non-negative integer`,
+      );
+    }
+    vocab.set(token, id as number);
+  }
+  if (vocab.size === 0) throw new ModelFileError(file, "vocabulary is empty");
+  return vocab;
+}
+
+/** merges.txt: a `#version` line, then one "left right" pair per line in rank order. */
+function readMergesTxt(file: string): Array<{ pair: [string, string]; where: string }> {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ModelFileError(
+      file,
+      code === "ENOENT" ? "file not found" : `cannot be read (${code ?? String(err)})`,
+    );
+  }
+  const lines = text.split("\n");
+  const merges: Array<{ pair: [string, string]; where: string }> = [];
+  lines.forEach((line, i) => {
+    if ((i === 0 && line.startsWith("#version")) || line.trim() === "") return;
+    const parts = line.split(" ");
+    if (parts.length !== 2 || !parts[0] || !parts[1]) {
+      throw new ModelFileError(
+        file,
+        `line ${i + 1} is not a merge of two tokens: ${JSON.stringify(line.slice(0, 80))}`,
+      );
+    }
+    merges.push({ pair: [parts[0], parts[1]], where: `line ${i + 1}` });
+  });
+  if (merges.length === 0) throw new ModelFileError(file, "holds no merges");
+  return merges;
+}
+
+/** Ranks merges, checking each one's result is a vocabulary token (catches mismatched or damaged files). */
+function rankMerges(
+  merges: Array<{ pair: [string, string]; where: string }>,
+  vocab: ReadonlyMap<string, number>,
+  file: string,
+): Map<string, number> {
+  const ranks = new Map<string, number>();
+  merges.forEach(({ pair: [a, b], where }, rank) => {
+    if (!vocab.has(a + b)) {
+      throw new ModelFileError(
+        file,
+        `${where}: merge "${a} ${b}" makes "${a + b}", which the vocabulary lacks (vocab and merges do not belong together)`,
+      );
+    }
+    const key = `${a} ${b}`;
+    if (!ranks.has(key)) ranks.set(key, rank);
+  });
+  return ranks;
+}
+
+/** tokenizer.json (the tokenizers library's format) with a BPE model. */
+function readTokenizerJson(file: string): {
+  vocab: Map<string, number>;
+  merges: Array<{ pair: [string, string]; where: string }>;
+} {
+  const json = readJson(file) as { model?: { type?: unknown; vocab?: unknown; merges?: unknown } } | null;
+  const model = json?.model;
+  if (model?.type !== undefined && model.type !== "BPE") {
+    throw new ModelFileError(
+      file,
+      `model type ${JSON.stringify(model.type)} is not BPE; not a CLIP tokenizer`,
+    );
+  }
+  const vocab = readVocab(file, model?.vocab);
+  if (!Array.isArray(model?.merges)) throw new ModelFileError(file, "model.merges is not a list");
+  const merges = model.merges.map((m: unknown, i: number) => {
+    const pair = typeof m === "string" ? m.split(" ") : m;
+    if (
+      !Array.isArray(pair) ||
+      pair.length !== 2 ||
+      !pair.every((p) => typeof p === "string" && p.length > 0)
+    ) {
+      throw new ModelFileError(file, `model.merges[${i}] is not a pair of tokens: ${JSON.stringify(m)}`);
+    }
+    return { pair: pair as [string, string], where: `model.merges[${i}]` };
+  });
+  return { vocab, merges };
+}
+
+/** A token setting as transformers writes it: a string, or an AddedToken object with `content`. */
+function tokenContent(value: unknown): string | undefined {
+  if (typeof value === "string") return value;
+  if (
+    typeof value === "object" &&
+    value !== null &&
+    typeof (value as { content?: unknown }).content === "string"
+  ) {
+    return (value as { content: string }).content;
+  }
+  return undefined;
+}
+
+function readSpecials(dir: string, maxLength: number): Specials {
+  const configFile = join(dir, "tokenizer_config.json");
+  const mapFile = join(dir, "special_tokens_map.json");
+  const config = existsSync(configFile) ? (readJson(configFile) as Record<string, unknown>) : {};
+  const map = existsSync(mapFile) ? (readJson(mapFile) as Record<string, unknown>) : {};
+  const get = (key: string) => tokenContent(config[key]) ?? tokenContent(map[key]);
+  const eos = get("eos_token") ?? "<|endoftext|>";
+  const declared = Number(config.model_max_length);
+  return {
+    bos: get("bos_token") ?? "<|startoftext|>",
+    eos,
+    pad: get("pad_token") ?? eos,
+    unk: get("unk_token") ?? eos,
+    maxLength: Number.isFinite(declared) && declared >= 2 ? Math.min(declared, maxLength) : maxLength,
+  };
+}

@@ -1,0 +1,110 @@
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ModelFileError } from "../../../src/engine/models/errors.js";
+import { ClipTokenizer } from "../../../src/engine/models/tokenizer.js";
+import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
+
+const tmp = mkdtempSync(join(tmpdir(), "tokenizer-test-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const SD1_TOKENIZER = "test/fixtures/models/sd1/model/tokenizer";
+
+function copyTokenizer(): string {
+  const dir = mkdtempSync(join(tmp, "tok-"));
+  cpSync(SD1_TOKENIZER, dir, { recursive: true });
+  return dir;
+}
+
+function errorOf(fn: () => unknown): ModelFileError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ModelFileError);
+    return err as ModelFileError;
+  }
+  throw new Error("expected an error");
+}
+
+describe.each(fixtureDirs())("ClipTokenizer on %s", (dir) => {
+  const g = loadGolden(dir);
+  const tokenizer = ClipTokenizer.fromFolder(join(g.modelDir, "tokenizer"));
+
+  it("gives CLIPTokenizer's input_ids for every golden prompt", () => {
+    g.json.prompts.forEach((prompt, i) => {
+      expect(tokenizer.encode(prompt).ids, JSON.stringify(prompt)).toEqual(g.json.input_ids[i]);
+    });
+  });
+
+  it("matches the ids the golden text-encoder pass was fed", () => {
+    const ids = g.ints("text_encoder.input_ids");
+    const n = ids.length / 77;
+    for (let i = 0; i < n; i++) {
+      expect(tokenizer.encode(g.json.prompts[i] as string).ids).toEqual(ids.slice(i * 77, (i + 1) * 77));
+    }
+  });
+
+  it("reports truncation of over-long prompts only", () => {
+    const encodings = g.json.prompts.map((p) => tokenizer.encode(p));
+    const truncated = g.json.prompts.filter((_, i) => encodings[i]?.truncated);
+    expect(truncated).toHaveLength(1);
+    expect(truncated[0]).toMatch(/^a very very/);
+    expect(tokenizer.encode("a photo of a cat")).toMatchObject({ truncated: false, length: 7 });
+  });
+});
+
+describe("ClipTokenizer from tokenizer.json", () => {
+  it("gives the same ids as vocab.json + merges.txt", () => {
+    const dir = copyTokenizer();
+    const vocab = JSON.parse(readFileSync(join(dir, "vocab.json"), "utf8"));
+    const merges = readFileSync(join(dir, "merges.txt"), "utf8").split("\n").slice(1).filter(Boolean);
+    // tokenizers ≥ 0.20 writes merges as pairs; older files as "a b" strings: use one of each.
+    const written = merges.map((m, i) => (i % 2 ? m.split(" ") : m));
+    writeFileSync(
+      join(dir, "tokenizer.json"),
+      JSON.stringify({ model: { type: "BPE", vocab, merges: written } }),
+    );
+    rmSync(join(dir, "merges.txt"));
+    const fromJson = ClipTokenizer.fromFolder(dir);
+    const reference = ClipTokenizer.fromFolder(SD1_TOKENIZER);
+    const g = loadGolden(fixtureDirs()[0] as string);
+    for (const prompt of g.json.prompts) expect(fromJson.encode(prompt)).toEqual(reference.encode(prompt));
+  });
+});
+
+describe("damaged tokenizer files", () => {
+  it("names vocab.json when it is not JSON or not a token → id map", () => {
+    const dir = copyTokenizer();
+    const vocabFile = join(dir, "vocab.json");
+    writeFileSync(vocabFile, readFileSync(vocabFile, "utf8").slice(0, 5000));
+    const e = errorOf(() => ClipTokenizer.fromFolder(dir));
+    expect(e.file).toBe(vocabFile);
+    expect(e.message).toMatch(/is not valid JSON/);
+    writeFileSync(vocabFile, JSON.stringify({ a: "zero" }));
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(/token "a" has id "zero"/);
+  });
+
+  it("names merges.txt and the line when a merge is malformed or does not fit the vocabulary", () => {
+    const dir = copyTokenizer();
+    const mergesFile = join(dir, "merges.txt");
+    const lines = readFileSync(mergesFile, "utf8").split("\n");
+    writeFileSync(mergesFile, [...lines.slice(0, 10), "abc", ...lines.slice(10)].join("\n"));
+    const e = errorOf(() => ClipTokenizer.fromFolder(dir));
+    expect(e.file).toBe(mergesFile);
+    expect(e.message).toMatch(/line 11 is not a merge of two tokens: "abc"/);
+    writeFileSync(mergesFile, [...lines.slice(0, 10), "qx zz", ...lines.slice(10)].join("\n"));
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+      /line 11: merge "qx zz" makes "qxzz", which the vocabulary lacks/,
+    );
+    rmSync(mergesFile);
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toBe(`${mergesFile}: file not found`);
+  });
+
+  it("names the file whose special token is missing from the vocabulary", () => {
+    const dir = copyTokenizer();
+    writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ pad_token: { content: "<pad>" } }));
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+      /the pad token "<pad>" is not in the vocabulary/,
+    );
+  });
+});
