@@ -1,0 +1,235 @@
+/**
+ * Composite ops: one node in the graph with a decomposition into primitives (which autodiff
+ * differentiates) and a fused ONNX form, emitted only when no gradient flows through the node and the
+ * device runs the fused kernel at that dtype.
+ */
+import { type DType, numel } from "./dtype.js";
+import type { Attrs, Node, OutputSpec, Tensor } from "./graph.js";
+import type { Device, OpDef } from "./op.js";
+import { add, cast, div, matmul, mul, reduceMean, reshape, softmax, sqrt, sub, transpose } from "./ops.js";
+import { broadcastShapes, fmt, opError, sameShape } from "./shape.js";
+
+const I = (node: Node, i: number) => node.inputs[i] as Tensor;
+
+function checkAffine(op: string, inputs: readonly Tensor[], channels: number): void {
+  const [x, gamma, beta] = inputs as [Tensor, Tensor, Tensor];
+  if (x.dtype !== "float32" && x.dtype !== "float64")
+    throw opError(op, inputs, "x must be float32 or float64");
+  for (const p of [gamma, beta]) {
+    if (p.dtype !== x.dtype) throw opError(op, inputs, `gamma and beta must be ${x.dtype} like x`);
+    if (!sameShape(p.shape, [channels])) throw opError(op, inputs, `gamma and beta must be [${channels}]`);
+  }
+}
+
+/** (x - mean) / sqrt(var + eps) over `axes` (biased variance, as torch). */
+function normalize(x: Tensor, axes: number[], eps: number): Tensor {
+  const centered = sub(x, reduceMean(x, axes, true));
+  const variance = reduceMean(mul(centered, centered), axes, true);
+  return div(centered, sqrt(add(variance, eps)));
+}
+
+const floatKernels = (dtypes: Partial<Record<Device, DType[]>>) => (node: Node, device: Device) =>
+  (dtypes[device] ?? []).includes(I(node, 0).dtype);
+
+export const COMPOSITES: Record<string, OpDef> = {
+  LayerNorm: {
+    infer: (inputs) => {
+      const x = inputs[0] as Tensor;
+      checkAffine("layerNorm", inputs, x.shape[x.rank - 1] as number);
+      return [{ dtype: x.dtype, shape: x.shape }];
+    },
+    decompose: (node) => {
+      const x = I(node, 0);
+      return [add(mul(normalize(x, [x.rank - 1], node.attrs.eps as number), I(node, 1)), I(node, 2))];
+    },
+    fusable: floatKernels({ cpu: ["float32", "float64"], cuda: ["float32"], webgpu: ["float32"] }),
+    emit: (e, node) =>
+      e.node(
+        "LayerNormalization",
+        node.inputs.map((t) => e.name(t)),
+        [e.name(node.outputs[0] as Tensor)],
+        {
+          axis: -1,
+          epsilon: { f: node.attrs.eps as number },
+          stash_type: 1,
+        },
+      ),
+  },
+
+  GroupNorm: {
+    infer: (inputs, attrs) => {
+      const x = inputs[0] as Tensor;
+      const groups = attrs.groups as number;
+      if (x.rank < 3) throw opError("groupNorm", inputs, "x must be [N, C, ...]");
+      const C = x.shape[1] as number;
+      if (!Number.isInteger(groups) || groups < 1 || C % groups !== 0) {
+        throw opError("groupNorm", inputs, `${C} channels cannot be split into ${groups} groups`);
+      }
+      checkAffine("groupNorm", inputs, C);
+      return [{ dtype: x.dtype, shape: x.shape }];
+    },
+    decompose: (node) => {
+      const x = I(node, 0);
+      const [N, C] = x.shape as [number, number];
+      const groups = node.attrs.groups as number;
+      const y = reshape(normalize(reshape(x, [N, groups, -1]), [2], node.attrs.eps as number), x.shape);
+      const perChannel = [C, ...x.shape.slice(2).map(() => 1)];
+      return [add(mul(y, reshape(I(node, 1), perChannel)), reshape(I(node, 2), perChannel))];
+    },
+    fusable: floatKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] }),
+    // InstanceNormalization over [N, groups, rest] is group norm without the affine part (one kernel,
+    // and unlike GroupNormalization its meaning did not change between opsets).
+    emit: (e, node) => {
+      const x = I(node, 0);
+      const [N, C] = x.shape as [number, number];
+      const groups = node.attrs.groups as number;
+      const grouped = e.fresh("gn_grouped");
+      const normed = e.fresh("gn_normed");
+      const back = e.fresh("gn_back");
+      const scaled = e.fresh("gn_scaled");
+      const perChannel = [C, ...x.shape.slice(2).map(() => 1)];
+      const gamma = e.fresh("gn_gamma");
+      const beta = e.fresh("gn_beta");
+      e.node("Reshape", [e.name(x), e.ints([N, groups, numel(x.shape) / N / groups])], [grouped]);
+      e.node(
+        "InstanceNormalization",
+        [grouped, e.fill(x.dtype, [groups], 1), e.fill(x.dtype, [groups], 0)],
+        [normed],
+        {
+          epsilon: { f: node.attrs.eps as number },
+        },
+      );
+      e.node("Reshape", [normed, e.ints(x.shape)], [back]);
+      e.node("Reshape", [e.name(I(node, 1)), e.ints(perChannel)], [gamma]);
+      e.node("Reshape", [e.name(I(node, 2)), e.ints(perChannel)], [beta]);
+      e.node("Mul", [back, gamma], [scaled]);
+      e.node("Add", [scaled, beta], [e.name(node.outputs[0] as Tensor)]);
+    },
+  },
+
+  Attention: {
+    infer: (inputs, attrs) => {
+      const [q, k, v, mask] = inputs as [Tensor, Tensor, Tensor, Tensor | undefined];
+      const heads = attrs.heads as number;
+      if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3)
+        throw opError("attention", inputs, "q, k, v must be [B, L, heads*dim]");
+      if (q.dtype !== k.dtype || q.dtype !== v.dtype || (mask && mask.dtype !== q.dtype)) {
+        throw opError("attention", inputs, "q, k, v (and mask) must share a dtype");
+      }
+      const [B, L, D] = q.shape as [number, number, number];
+      const S = k.shape[1] as number;
+      if (k.shape[0] !== B || v.shape[0] !== B || v.shape[1] !== S || k.shape[2] !== D) {
+        throw opError("attention", inputs, "k must be [B, S, D] like q's [B, L, D], v [B, S, Dv]");
+      }
+      if (!Number.isInteger(heads) || heads < 1 || D % heads !== 0 || (v.shape[2] as number) % heads !== 0) {
+        throw opError(
+          "attention",
+          inputs,
+          `${heads} heads must divide q's ${D} and v's ${v.shape[2]} channels`,
+        );
+      }
+      if (mask) {
+        const s = broadcastShapes([mask.shape, [B, heads, L, S]]);
+        if (mask.rank !== 4 || !s || !sameShape(s, [B, heads, L, S])) {
+          throw opError(
+            "attention",
+            inputs,
+            `mask ${fmt(mask.shape)} must broadcast to [B, heads, L, S] = ${fmt([B, heads, L, S])}`,
+          );
+        }
+      }
+      return [{ dtype: q.dtype, shape: [B, L, v.shape[2] as number] }] satisfies OutputSpec[];
+    },
+    decompose: (node) => {
+      const [q, k, v, mask] = node.inputs as [Tensor, Tensor, Tensor, Tensor | undefined];
+      const heads = node.attrs.heads as number;
+      const [B, L, D] = q.shape as [number, number, number];
+      const S = k.shape[1] as number;
+      const Dv = v.shape[2] as number;
+      const split = (t: Tensor, len: number, dim: number, perm: number[]) =>
+        transpose(reshape(t, [B, len, heads, dim / heads]), perm);
+      const qh = split(mul(q, node.attrs.scale as number), L, D, [0, 2, 1, 3]);
+      const kh = split(k, S, D, [0, 2, 3, 1]);
+      const vh = split(v, S, Dv, [0, 2, 1, 3]);
+      let scores = matmul(qh, kh);
+      if (mask) scores = add(scores, mask);
+      const o = matmul(softmax(scores, -1), vh);
+      return [reshape(transpose(o, [0, 2, 1, 3]), [B, L, Dv])];
+    },
+    fusable: (node, device) => {
+      const dt = I(node, 0).dtype;
+      const mask = node.inputs[3];
+      // MultiHeadAttention's attention_bias is [B or 1, heads or 1, L, S], and its CPU kernel is float32 only.
+      const maskOk = !mask || mask.rank === 4;
+      return maskOk && (device === "cpu" ? dt === "float32" : dt === "float32" || dt === "float16");
+    },
+    emit: (e, node) => {
+      const [q, k, v, mask] = node.inputs as [Tensor, Tensor, Tensor, Tensor | undefined];
+      const ins = [e.name(q), e.name(k), e.name(v)];
+      if (mask) ins.push("", "", e.name(mask));
+      e.node(
+        "MultiHeadAttention",
+        ins,
+        [e.name(node.outputs[0] as Tensor)],
+        {
+          num_heads: node.attrs.heads as number,
+          scale: { f: node.attrs.scale as number },
+        },
+        "com.microsoft",
+      );
+    },
+  },
+};
+
+function composite(op: string, inputs: readonly Tensor[], attrs: Attrs): Tensor {
+  return (inputs[0] as Tensor).graph.apply(op, COMPOSITES[op] as OpDef, inputs, attrs)[0] as Tensor;
+}
+
+/** Runs a norm in float32 for a float16 x (the fp16 policy), casting back after. */
+function inFloat32(x: Tensor, params: Tensor[], f: (x: Tensor, params: Tensor[]) => Tensor): Tensor {
+  if (x.dtype !== "float16") return f(x, params);
+  return cast(
+    f(
+      cast(x, "float32"),
+      params.map((p) => cast(p, "float32")),
+    ),
+    "float16",
+  );
+}
+
+/** Layer norm over the last axis (torch.nn.LayerNorm(D)): gamma, beta are [D]. */
+export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): Tensor {
+  return inFloat32(x, [gamma, beta], (x32, [g, b]) =>
+    composite("LayerNorm", [x32, g as Tensor, b as Tensor], { eps }),
+  );
+}
+
+/** torch.nn.GroupNorm over x[N, C, ...]: gamma, beta are [C]. */
+export function groupNorm(x: Tensor, groups: number, gamma: Tensor, beta: Tensor, eps = 1e-5): Tensor {
+  return inFloat32(x, [gamma, beta], (x32, [g, b]) =>
+    composite("GroupNorm", [x32, g as Tensor, b as Tensor], { groups, eps }),
+  );
+}
+
+export interface AttentionOptions {
+  heads: number;
+  /** Defaults to 1/sqrt(head dim). */
+  scale?: number;
+  /** Additive mask (0 where allowed, a large negative where not), [B or 1, heads or 1, L, S]. */
+  mask?: Tensor | null;
+}
+
+/** Multi-head scaled dot-product attention over q[B, L, heads*d], k[B, S, heads*d], v[B, S, heads*dv]. */
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+  const scale = opts.scale ?? 1 / Math.sqrt((q.shape[2] as number) / opts.heads);
+  const inputs = opts.mask ? [q, k, v, opts.mask] : [q, k, v];
+  return composite("Attention", inputs, { heads: opts.heads, scale });
+}
+
+/** CLIP's causal mask as an additive [1, 1, L, L] constant: 0 on and below the diagonal, -1e9 above. */
+export function causalMask(like: Tensor, length: number, dtype: DType = like.dtype): Tensor {
+  const m = new Array<number>(length * length).fill(0);
+  for (let i = 0; i < length; i++)
+    for (let j = i + 1; j < length; j++) m[i * length + j] = dtype === "float16" ? -65504 : -1e9;
+  return like.graph.constant(m, dtype, [1, 1, length, length]);
+}

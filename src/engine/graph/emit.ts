@@ -1,0 +1,291 @@
+/**
+ * Graph → ONNX ModelProto (opset 17 + com.microsoft 1). Walks back from the outputs, so nodes, inputs
+ * and weights that no output needs are left out. Weights are not read here: `serialize` reads each one
+ * once, inline or into an external-data file (protobuf cannot hold more than 2 GB).
+ */
+import { createHash } from "node:crypto";
+import { closeSync, openSync, writeSync } from "node:fs";
+import { BYTES_PER_ELEMENT, bytesOf, type DType, fromNumbers, numel, ONNX_DTYPE } from "./dtype.js";
+import { type Graph, GraphError, type Node, type Tensor } from "./graph.js";
+import {
+  ATTR,
+  type AttributeJson,
+  encodeModel,
+  type ModelJson,
+  type NodeJson,
+  type TensorJson,
+  type ValueInfoJson,
+} from "./onnx-schema.js";
+import type { Device, Emitter, OnnxAttr } from "./op.js";
+import { emittedAs, opDef } from "./registry.js";
+
+export const OPSET = 17;
+
+export interface EmitOptions {
+  /** The device the model is for: it decides which fused kernels may be used (default cpu). */
+  device?: Device;
+  /** Use fused kernels for composites where possible (default true; false emits every composite as primitives). */
+  fuse?: boolean;
+}
+
+export interface ValueSpec {
+  name: string;
+  dtype: DType;
+  shape: number[];
+}
+
+export interface Initializer {
+  name: string;
+  dtype: DType;
+  shape: readonly number[];
+  byteLength: number;
+  bytes: () => Uint8Array;
+}
+
+export interface EmittedModel {
+  model: ModelJson;
+  initializers: Initializer[];
+  inputs: ValueSpec[];
+  outputs: ValueSpec[];
+  /** sha256 of everything but the weights' bytes (which the caller's cache key stands for). */
+  structureHash: string;
+}
+
+function valueInfo(v: ValueSpec): ValueInfoJson {
+  return {
+    name: v.name,
+    type: {
+      tensorType: { elemType: ONNX_DTYPE[v.dtype], shape: { dim: v.shape.map((d) => ({ dimValue: d })) } },
+    },
+  };
+}
+
+function attribute(name: string, v: OnnxAttr): AttributeJson {
+  if (typeof v === "number") return { name, type: ATTR.INT, i: v };
+  if (typeof v === "string") return { name, type: ATTR.STRING, s: new TextEncoder().encode(v) };
+  if (Array.isArray(v)) return { name, type: ATTR.INTS, ints: [...v] };
+  if ("f" in v) return { name, type: ATTR.FLOAT, f: v.f };
+  return { name, type: ATTR.FLOATS, floats: [...(v as { floats: number[] }).floats] };
+}
+
+/** Nodes needed by the outputs, inputs before users (iterative post-order, so deep graphs are fine). */
+function reachable(
+  roots: readonly Tensor[],
+  device: Device,
+  fuse: boolean,
+): { nodes: Node[]; leaves: Set<Tensor> } {
+  const nodes: Node[] = [];
+  const leaves = new Set<Tensor>();
+  const state = new Map<Node, 1 | 2>();
+  const stack: Node[] = [];
+  const visit = (t: Tensor) => {
+    const r = emittedAs(t, device, fuse);
+    if (r.node) stack.push(r.node);
+    else leaves.add(r);
+  };
+  roots.forEach(visit);
+  while (stack.length) {
+    const n = stack[stack.length - 1] as Node;
+    const s = state.get(n);
+    if (s === 2) stack.pop();
+    else if (s === 1) {
+      state.set(n, 2);
+      stack.pop();
+      nodes.push(n);
+    } else {
+      state.set(n, 1);
+      for (const t of n.inputs) visit(t);
+    }
+  }
+  return { nodes, leaves };
+}
+
+export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
+  const device = opts.device ?? "cpu";
+  const fuse = opts.fuse ?? true;
+  if (graph.outputs.length === 0) throw new GraphError(`graph "${graph.name}" has no outputs`);
+  const { nodes, leaves } = reachable(
+    graph.outputs.map((o) => o.tensor),
+    device,
+    fuse,
+  );
+
+  const used = new Set<string>(graph.outputs.map((o) => o.name));
+  for (const t of [...graph.inputs, ...graph.weights]) used.add((t.source as { name: string }).name);
+  const fresh = (hint: string) => {
+    let name = hint;
+    for (let i = 1; used.has(name); i++) name = `${hint}_${i}`;
+    used.add(name);
+    return name;
+  };
+  const names = new Map<Tensor, string>();
+  const name = (t: Tensor): string => {
+    const r = emittedAs(t, device, fuse);
+    let n = names.get(r);
+    if (n === undefined) {
+      n =
+        r.source && r.source.kind !== "constant" ? r.source.name : fresh(r.source ? `c${r.id}` : `t${r.id}`);
+      names.set(r, n);
+    }
+    return n;
+  };
+
+  const initializers: Initializer[] = [];
+  const shared = new Map<string, string>();
+  const addInit = (init: Omit<Initializer, "byteLength">) => {
+    const expected = numel(init.shape) * BYTES_PER_ELEMENT[init.dtype];
+    initializers.push({ ...init, byteLength: expected });
+  };
+  const constant = (
+    key: string,
+    dtype: DType,
+    shape: readonly number[],
+    data: () => Uint8Array,
+    hint: string,
+  ) => {
+    let n = shared.get(key);
+    if (!n) {
+      n = fresh(hint);
+      shared.set(key, n);
+      const bytes = data();
+      addInit({ name: n, dtype, shape, bytes: () => bytes });
+    }
+    return n;
+  };
+
+  const onnxNodes: NodeJson[] = [];
+  const e: Emitter = {
+    device,
+    name,
+    fresh,
+    node: (opType, inputs, outputs, attrs = {}, domain = "") => {
+      onnxNodes.push({
+        input: [...inputs],
+        output: [...outputs],
+        name: `${opType}_${onnxNodes.length}`,
+        opType,
+        domain,
+        attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)),
+      });
+    },
+    ints: (values) =>
+      constant(
+        `i64:${values.join(",")}`,
+        "int64",
+        [values.length],
+        () => bytesOf(fromNumbers("int64", values)),
+        "shape",
+      ),
+    fill: (dtype, shape, value) =>
+      constant(
+        `${dtype}:${shape.join(",")}:${value}`,
+        dtype,
+        shape,
+        () => bytesOf(fromNumbers(dtype, new Array<number>(numel(shape)).fill(value))),
+        "fill",
+      ),
+  };
+
+  for (const t of leaves) {
+    const src = t.source;
+    if (!src || src.kind === "input") continue;
+    if (src.kind === "weight") {
+      const data = src.data;
+      addInit({
+        name: name(t),
+        dtype: t.dtype,
+        shape: t.shape,
+        bytes: () => {
+          const b = data.bytes();
+          if (b.byteLength !== numel(t.shape) * BYTES_PER_ELEMENT[t.dtype]) {
+            throw new GraphError(`weight "${src.name}": ${b.byteLength} bytes do not hold ${t}`);
+          }
+          return b;
+        },
+      });
+    } else {
+      const bytes = bytesOf(src.data);
+      addInit({ name: name(t), dtype: t.dtype, shape: t.shape, bytes: () => bytes });
+    }
+  }
+  for (const n of nodes) opDef(n.op).emit?.(e, n);
+
+  const inputs = graph.inputs
+    .filter((t) => leaves.has(t))
+    .map((t) => ({ name: name(t), dtype: t.dtype, shape: [...t.shape] }));
+  const outputs = graph.outputs.map((o) => {
+    e.node("Identity", [name(o.tensor)], [o.name]);
+    return { name: o.name, dtype: o.tensor.dtype, shape: [...o.tensor.shape] };
+  });
+
+  const model: ModelJson = {
+    irVersion: 8,
+    producerName: "photo-edit-bot",
+    producerVersion: "1",
+    opsetImport: [
+      { domain: "", version: OPSET },
+      { domain: "com.microsoft", version: 1 },
+    ],
+    graph: {
+      name: graph.name,
+      node: onnxNodes,
+      initializer: [],
+      input: inputs.map(valueInfo),
+      output: outputs.map(valueInfo),
+    },
+  };
+
+  const h = createHash("sha256");
+  h.update(JSON.stringify({ model, init: initializers.map((i) => [i.name, i.dtype, i.shape]) }));
+  for (const t of leaves) if (t.source?.kind === "constant") h.update(bytesOf(t.source.data));
+  return { model, initializers, inputs, outputs, structureHash: h.digest("hex") };
+}
+
+function tensorProto(init: Initializer): TensorJson {
+  return { name: init.name, dims: [...init.shape], dataType: ONNX_DTYPE[init.dtype] };
+}
+
+/** The model with every weight inline (fine below protobuf's 2 GB limit). */
+export function serializeInline(m: EmittedModel): Uint8Array {
+  const total = m.initializers.reduce((s, i) => s + i.byteLength, 0);
+  if (total > 1.8 * 2 ** 30) {
+    throw new GraphError(
+      `graph "${m.model.graph.name}": ${(total / 2 ** 30).toFixed(2)} GB of weights need external data`,
+    );
+  }
+  const initializer = m.initializers.map((i) => ({ ...tensorProto(i), rawData: i.bytes() }));
+  return encodeModel({ ...m.model, graph: { ...m.model.graph, initializer } });
+}
+
+/** Writes the weights of at least `minBytes` to `dataPath` (page-aligned, each read once) and returns the
+ *  model that refers to them by `dataFile` (a path relative to the model file). */
+export function serializeExternal(
+  m: EmittedModel,
+  dataPath: string,
+  dataFile: string,
+  minBytes = 1024,
+): Uint8Array {
+  const fd = openSync(dataPath, "w");
+  let offset = 0;
+  try {
+    const initializer = m.initializers.map((i): TensorJson => {
+      const bytes = i.bytes();
+      if (i.byteLength < minBytes) return { ...tensorProto(i), rawData: bytes };
+      const at = Math.ceil(offset / 4096) * 4096;
+      writeSync(fd, bytes, 0, bytes.byteLength, at);
+      offset = at + bytes.byteLength;
+      return {
+        ...tensorProto(i),
+        dataLocation: 1,
+        externalData: [
+          { key: "location", value: dataFile },
+          { key: "offset", value: String(at) },
+          { key: "length", value: String(bytes.byteLength) },
+        ],
+      };
+    });
+    return encodeModel({ ...m.model, graph: { ...m.model.graph, initializer } });
+  } finally {
+    closeSync(fd);
+  }
+}

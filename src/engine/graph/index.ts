@@ -1,0 +1,15 @@
+/** The graph builder: typed ONNX graphs built in TypeScript, with reverse-mode autodiff (docs/ENGINE.md). */
+export { grad } from "./autodiff.js";
+export { type AttentionOptions, attention, causalMask, groupNorm, layerNorm } from "./composites.js";
+export type { DType, TypedArray } from "./dtype.js";
+export { float16ToFloat32, float32ToFloat16, numel } from "./dtype.js";
+export {
+  type EmitOptions,
+  type EmittedModel,
+  emitGraph,
+  serializeExternal,
+  serializeInline,
+} from "./emit.js";
+export { Graph, GraphError, Tensor, type WeightData } from "./graph.js";
+export type { Device as TargetDevice } from "./op.js";
+export * from "./ops.js";

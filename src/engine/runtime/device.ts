@@ -1,0 +1,78 @@
+/**
+ * Execution-provider choice. `auto` takes cuda when its provider binaries load, else webgpu when a GPU
+ * adapter exists, else cpu. A provider is probed by creating a one-node session on it (a failed load or
+ * a missing adapter throws there); each answer is cached for the life of the process.
+ */
+import { childLogger } from "../../log.js";
+import { emitGraph, serializeInline } from "../graph/emit.js";
+import { Graph } from "../graph/graph.js";
+import { neg } from "../graph/ops.js";
+import { ort } from "./ort.js";
+
+export type Device = "auto" | "cuda" | "webgpu" | "cpu";
+export type ConcreteDevice = "cuda" | "webgpu" | "cpu";
+
+export const DEVICES: readonly Device[] = ["auto", "cuda", "webgpu", "cpu"];
+
+const log = childLogger("runtime");
+
+export class DeviceUnavailableError extends Error {
+  override name = "DeviceUnavailableError";
+}
+
+let probeModel: Uint8Array | undefined;
+function tinyModel(): Uint8Array {
+  if (!probeModel) {
+    const g = new Graph("probe");
+    g.output("y", neg(g.input("x", "float32", [1])));
+    probeModel = serializeInline(emitGraph(g));
+  }
+  return probeModel;
+}
+
+const probes = new Map<ConcreteDevice, Promise<string | null>>();
+
+/** null when `device` works here, else why not. */
+export function probeDevice(device: ConcreteDevice): Promise<string | null> {
+  let p = probes.get(device);
+  if (!p) {
+    p = (async () => {
+      if (device === "cpu") return null;
+      const backend = ort.listSupportedBackends().find((b) => b.name === device);
+      if (!backend) return `onnxruntime-node ${ort.env.versions.common} has no ${device} provider`;
+      try {
+        const s = await ort.InferenceSession.create(tinyModel(), { executionProviders: [device] });
+        await s.release();
+        return null;
+      } catch (err) {
+        // onnxruntime prefixes the reason with a source location and the failed check: keep the reason.
+        const why = ((err as Error).message.split("\n")[0] ?? String(err)).replace(/^.* was false\. /, "");
+        return backend.bundled ? why : `its binaries are not installed (${why})`;
+      }
+    })();
+    probes.set(device, p);
+  }
+  return p;
+}
+
+/** The provider to run on for `requested`; a clear error when an explicitly asked one is unavailable. */
+export async function resolveDevice(requested: Device): Promise<ConcreteDevice> {
+  if (!DEVICES.includes(requested)) {
+    throw new DeviceUnavailableError(`ENGINE_DEVICE="${requested}" is not one of ${DEVICES.join(", ")}`);
+  }
+  if (requested !== "auto") {
+    const why = await probeDevice(requested);
+    if (why) throw new DeviceUnavailableError(`device "${requested}" is unavailable on this machine: ${why}`);
+    return requested;
+  }
+  for (const d of ["cuda", "webgpu"] as const) {
+    const why = await probeDevice(d);
+    if (!why) {
+      log.info({ device: d }, "auto device");
+      return d;
+    }
+    log.debug({ device: d, why }, "device unavailable");
+  }
+  log.info({ device: "cpu" }, "auto device: no GPU provider available, using cpu");
+  return "cpu";
+}

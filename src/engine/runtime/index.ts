@@ -1,0 +1,17 @@
+/** The runtime: provider choice and sessions over built graphs (docs/ENGINE.md). */
+export {
+  type ConcreteDevice,
+  DEVICES,
+  type Device,
+  DeviceUnavailableError,
+  probeDevice,
+  resolveDevice,
+} from "./device.js";
+export {
+  createSession,
+  type HostData,
+  type HostTensor,
+  releaseAllSessions,
+  type Session,
+  type SessionOptions,
+} from "./session.js";

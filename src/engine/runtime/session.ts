@@ -1,0 +1,166 @@
+/**
+ * Sessions over built graphs. Small graphs go to onnxruntime as an in-memory model; a graph with a
+ * cache key (or too many weights for one protobuf) is written once as model.onnx + weights.bin into a
+ * cache folder keyed by the key, the device and the graph's structure, and loaded from the path, so a
+ * restart skips both the emission and the weight conversion.
+ */
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { childLogger } from "../../log.js";
+import { type DType, numel } from "../graph/dtype.js";
+import {
+  type EmittedModel,
+  emitGraph,
+  serializeExternal,
+  serializeInline,
+  type ValueSpec,
+} from "../graph/emit.js";
+import type { Graph } from "../graph/graph.js";
+import { type ConcreteDevice, type Device, resolveDevice } from "./device.js";
+import { ort } from "./ort.js";
+
+const log = childLogger("runtime");
+
+export type HostData = Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
+export type HostTensor = { dtype: DType; shape: number[]; data: HostData };
+
+export interface SessionOptions {
+  device: Device;
+  /** Names the model + graph variant + shapes, e.g. "sd15/unet/b2-64x64/fp16": enables the disk cache. */
+  cacheKey?: string;
+  /** Where cached graphs live (default: the OS temp folder). */
+  cacheDir?: string;
+  /** Fused kernels for composites (default true); false runs their primitive form (benchmarks, tests). */
+  fuse?: boolean;
+}
+
+export interface Session {
+  readonly device: ConcreteDevice;
+  readonly inputNames: string[];
+  readonly outputNames: string[];
+  readonly inputs: readonly ValueSpec[];
+  readonly outputs: readonly ValueSpec[];
+  /** Runs the graph. Feeds the graph does not use (pruned inputs) are ignored. */
+  run(feeds: Record<string, HostTensor>): Promise<Record<string, HostTensor>>;
+  release(): Promise<void>;
+}
+
+/** Weights above this total go to external data even without a cache key (protobuf's limit is 2 GB). */
+const INLINE_LIMIT = 1 << 30;
+
+const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
+  float32: Float32Array,
+  float16: Uint16Array,
+  float64: Float64Array,
+  int64: BigInt64Array,
+  int32: Int32Array,
+  bool: Uint8Array,
+};
+
+const open = new Set<Session>();
+
+function sessionOptions(device: ConcreteDevice): ort.InferenceSession.SessionOptions {
+  return {
+    executionProviders: [device],
+    graphOptimizationLevel: "all",
+    logSeverityLevel: 3,
+  };
+}
+
+function modelFile(emitted: EmittedModel, device: ConcreteDevice, opts: SessionOptions): string {
+  const key = (opts.cacheKey ?? emitted.model.graph.name).replace(/[^A-Za-z0-9_.-]+/g, "_");
+  const root = opts.cacheDir ?? join(tmpdir(), "photo-edit-bot-graphs");
+  const dir = join(root, `${key}-${device}-${emitted.structureHash.slice(0, 16)}`);
+  const file = join(dir, "model.onnx");
+  if (existsSync(file)) {
+    log.debug({ file }, "graph cache hit");
+    return file;
+  }
+  // Written under a temporary name and renamed, so a crash never leaves a half-written model behind.
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  const started = Date.now();
+  writeFileSync(join(tmp, "model.onnx"), serializeExternal(emitted, join(tmp, "weights.bin"), "weights.bin"));
+  rmSync(dir, { recursive: true, force: true });
+  renameSync(tmp, dir);
+  log.info({ dir, ms: Date.now() - started }, "graph written to cache");
+  return file;
+}
+
+export async function createSession(graph: Graph, opts: SessionOptions): Promise<Session> {
+  const device = await resolveDevice(opts.device);
+  const emitted = emitGraph(graph, { device, fuse: opts.fuse ?? true });
+  const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
+  const options = sessionOptions(device);
+  const started = Date.now();
+  const ortSession =
+    opts.cacheKey || weightBytes > INLINE_LIMIT
+      ? await ort.InferenceSession.create(modelFile(emitted, device, opts), options)
+      : await ort.InferenceSession.create(serializeInline(emitted), options);
+  log.debug(
+    { graph: graph.name, device, ms: Date.now() - started, nodes: emitted.model.graph.node.length },
+    "session created",
+  );
+
+  const inputs = emitted.inputs;
+  const byName = new Map(inputs.map((v) => [v.name, v]));
+  let released = false;
+  const session: Session = {
+    device,
+    inputNames: inputs.map((v) => v.name),
+    outputNames: emitted.outputs.map((v) => v.name),
+    inputs,
+    outputs: emitted.outputs,
+    async run(feeds) {
+      if (released) throw new Error(`session for graph "${graph.name}" was released`);
+      const ortFeeds: Record<string, ort.Tensor> = {};
+      for (const [name, spec] of byName) {
+        const t = feeds[name];
+        if (!t)
+          throw new Error(
+            `graph "${graph.name}": input "${name}" (${spec.dtype}[${spec.shape}]) was not fed`,
+          );
+        checkFeed(graph.name, spec, t);
+        ortFeeds[name] = new ort.Tensor(t.dtype, t.data as never, t.shape);
+      }
+      const results = await ortSession.run(ortFeeds);
+      const out: Record<string, HostTensor> = {};
+      for (const spec of emitted.outputs) {
+        const r = results[spec.name] as ort.Tensor;
+        out[spec.name] = { dtype: spec.dtype, shape: [...r.dims], data: r.data as HostData };
+      }
+      return out;
+    },
+    async release() {
+      if (released) return;
+      released = true;
+      open.delete(session);
+      await ortSession.release();
+    },
+  };
+  open.add(session);
+  return session;
+}
+
+function checkFeed(graphName: string, spec: ValueSpec, t: HostTensor): void {
+  const want = `${spec.dtype}[${spec.shape}]`;
+  if (
+    t.dtype !== spec.dtype ||
+    t.shape.length !== spec.shape.length ||
+    t.shape.some((d, i) => d !== spec.shape[i])
+  ) {
+    throw new Error(`graph "${graphName}": input "${spec.name}" must be ${want}, got ${t.dtype}[${t.shape}]`);
+  }
+  if (!(t.data instanceof HOST_ARRAY[spec.dtype]) || t.data.length !== numel(spec.shape)) {
+    throw new Error(
+      `graph "${graphName}": input "${spec.name}" (${want}) needs a ${HOST_ARRAY[spec.dtype].name} of ${numel(spec.shape)} values, got ${t.data.constructor.name} of ${t.data.length}`,
+    );
+  }
+}
+
+/** Releases every open session (engine shutdown). */
+export async function releaseAllSessions(): Promise<void> {
+  await Promise.all([...open].map((s) => s.release()));
+}
