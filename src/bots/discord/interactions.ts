@@ -1,0 +1,100 @@
+// A slash-command interaction as a CommandRequest, and a CommandReply bound to it that keeps Discord's
+// rules: one acknowledgement within 3 s (deferReply), ephemeral answers for problems, the public
+// answer as the (deferred) original reply.
+import {
+  ApplicationCommandOptionType,
+  AttachmentBuilder,
+  type ChatInputCommandInteraction,
+  type CommandInteractionOption,
+  MessageFlags,
+} from "discord.js";
+import type {
+  CommandReply,
+  CommandRequest,
+  Conversation,
+  IncomingAttachment,
+  MessageRef,
+  OptionValue,
+  OutgoingMessage,
+} from "../../commands/chat.js";
+
+/** If a command has not answered by then, defer (privately) so the 3-second window cannot pass. */
+const SAFETY_DEFER_MS = 2000;
+
+export function conversationOf(interaction: ChatInputCommandInteraction): Conversation {
+  const channel = interaction.channel;
+  if (channel?.isThread() && channel.parentId) return { channel: channel.parentId, thread: channel.id };
+  return { channel: interaction.channelId };
+}
+
+export function commandRequest(interaction: ChatInputCommandInteraction): CommandRequest {
+  const options: Record<string, OptionValue> = {};
+  const attachments: IncomingAttachment[] = [];
+  const visit = (option: CommandInteractionOption) => {
+    if (option.type === ApplicationCommandOptionType.Attachment && option.attachment) {
+      const a = option.attachment;
+      attachments.push({
+        option: option.name,
+        filename: a.name,
+        contentType: a.contentType ?? undefined,
+        size: a.size,
+        url: a.url,
+      });
+    } else if (option.value !== undefined) {
+      options[option.name] = option.value;
+    }
+    for (const child of option.options ?? []) visit(child);
+  };
+  for (const option of interaction.options.data) visit(option);
+  return {
+    command: interaction.commandName,
+    userId: interaction.user.id,
+    conversation: conversationOf(interaction),
+    options,
+    attachments,
+  };
+}
+
+export function commandReply(interaction: ChatInputCommandInteraction): CommandReply & { dispose(): void } {
+  const conversation = conversationOf(interaction);
+  let answeredPublicly = false;
+  const safety = setTimeout(() => {
+    if (!interaction.deferred && !interaction.replied) {
+      void interaction.deferReply({ flags: MessageFlags.Ephemeral }).catch(() => {});
+    }
+  }, SAFETY_DEFER_MS);
+  safety.unref();
+  const files = (message: OutgoingMessage) =>
+    (message.images ?? []).map((i) => new AttachmentBuilder(Buffer.from(i.bytes), { name: i.name }));
+
+  return {
+    async acknowledge() {
+      clearTimeout(safety);
+      if (!interaction.deferred && !interaction.replied) await interaction.deferReply();
+    },
+    async private(text: string) {
+      clearTimeout(safety);
+      if (!interaction.deferred && !interaction.replied) {
+        await interaction.reply({ content: text, flags: MessageFlags.Ephemeral });
+      } else if (interaction.deferred && !answeredPublicly && !interaction.ephemeral) {
+        // A public "thinking…" placeholder must not stay behind: replace it with a private answer.
+        await interaction.deleteReply();
+        await interaction.followUp({ content: text, flags: MessageFlags.Ephemeral });
+      } else if (interaction.deferred && !answeredPublicly) {
+        await interaction.editReply({ content: text });
+      } else {
+        await interaction.followUp({ content: text, flags: MessageFlags.Ephemeral });
+      }
+    },
+    async public(message: OutgoingMessage): Promise<MessageRef> {
+      clearTimeout(safety);
+      if (!interaction.deferred && !interaction.replied) await interaction.deferReply();
+      const sent = await interaction.editReply({ content: message.text, files: files(message) });
+      answeredPublicly = true;
+      return { conversation, id: sent.id };
+    },
+    dispose() {
+      clearTimeout(safety);
+    },
+  };
+}

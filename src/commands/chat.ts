@@ -1,0 +1,101 @@
+// The one seam between chat-agnostic command logic (this folder) and a chat platform (src/bots/*).
+// An adapter translates its platform's events into `CommandRequest`/`ReactionEvent` calls on
+// ChatCommands, and implements `ChatAdapter` for everything the commands send back. A console or test
+// adapter is a Map of messages and an array of posts.
+
+export type Platform = "discord" | "slack" | "console";
+
+/** Where messages go: a channel, or a thread in it (Discord: a thread channel; Slack: a thread_ts). */
+export interface Conversation {
+  channel: string;
+  thread?: string;
+}
+
+/** A message the bot or a user posted. `id` is unique within the platform (the adapter makes it so). */
+export interface MessageRef {
+  conversation: Conversation;
+  id: string;
+}
+
+export interface ImageFile {
+  /** File name shown to users, with its extension ("grid.png"). */
+  name: string;
+  bytes: Uint8Array;
+}
+
+export interface OutgoingMessage {
+  text: string;
+  images?: readonly ImageFile[];
+}
+
+/** An attachment as the platform announces it, before any byte is downloaded. */
+export interface IncomingAttachment {
+  /** The command option that carried it ("image", "reference2"): what the user knows it by. */
+  option: string;
+  filename: string;
+  /** MIME type as declared by the platform; undefined when it declared none. */
+  contentType?: string;
+  /** Declared size in bytes. */
+  size: number;
+  url: string;
+}
+
+export type OptionValue = string | number | boolean;
+
+export interface CommandRequest {
+  command: string;
+  userId: string;
+  /** Where the command was run. */
+  conversation: Conversation;
+  options: Readonly<Record<string, OptionValue>>;
+  attachments: readonly IncomingAttachment[];
+}
+
+/** How to answer one command; the adapter binds it to the platform's request (a Discord interaction). */
+export interface CommandReply {
+  /** Slow work follows: acknowledge now (Discord's 3-second window) without answering yet. */
+  acknowledge(): Promise<void>;
+  /** An answer only the author sees (validation problems, /queue, /help). */
+  private(text: string): Promise<void>;
+  /** The public answer in the channel; threads open on it. */
+  public(message: OutgoingMessage): Promise<MessageRef>;
+}
+
+export interface ReactionEvent {
+  userId: string;
+  message: MessageRef;
+  /** Unicode emoji ("2️⃣") or a platform name the adapter normalised to Unicode. */
+  emoji: string;
+}
+
+export interface ThreadResult {
+  conversation: Conversation;
+  /** Set when no thread could be opened and replies go to the channel: says why, naming permissions. */
+  fallbackNote?: string;
+}
+
+export interface ChatLimits {
+  /** Longest message text the platform accepts. */
+  maxTextLength: number;
+  /** Largest file the bot may upload. */
+  maxUploadBytes: number;
+  /** Least time between two edits of one message that keeps well inside the platform's rate limits. */
+  minEditIntervalMs: number;
+}
+
+export interface ChatAdapter {
+  readonly platform: Platform;
+  readonly limits: ChatLimits;
+  /** Opens a thread on one of the bot's messages, or falls back to the message's channel. */
+  openThread(on: MessageRef, name: string): Promise<ThreadResult>;
+  /** Posts text and images (postImage and reply in one). */
+  post(to: Conversation, message: OutgoingMessage): Promise<MessageRef>;
+  /** Replaces the text, and the images when `message.images` is given. */
+  editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void>;
+  /** Adds the bot's reactions, in order. */
+  addReactions(ref: MessageRef, emojis: readonly string[]): Promise<void>;
+  /** Downloads an announced attachment, refusing more than `maxBytes`. */
+  download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array>;
+  /** How to mention a user in a public message. */
+  mention(userId: string): string;
+}

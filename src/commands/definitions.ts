@@ -1,0 +1,109 @@
+// The commands users run, described once, chat-agnostically. The Discord adapter turns these into
+// slash commands, the Slack adapter into modals; the parser (parse.ts) checks values against the same
+// bounds, because a platform's own checks (Discord's min/max) are a convenience, not a guarantee.
+
+import type { JobInput } from "../queue/jobs.js";
+
+export type OptionType = "attachment" | "string" | "number";
+
+export interface OptionDefinition {
+  name: string;
+  type: OptionType;
+  description: string;
+  required: boolean;
+  choices?: readonly string[];
+  min?: number;
+  max?: number;
+  maxLength?: number;
+}
+
+export interface CommandDefinition {
+  name: string;
+  description: string;
+  options: readonly OptionDefinition[];
+}
+
+/** The Imagic presets the queue accepts (checked against its payload schema). */
+export const IMAGIC_PRESETS = ["fast", "balanced", "paper"] as const satisfies readonly NonNullable<
+  NonNullable<JobInput<"imagic.train">["options"]>["preset"]
+>[];
+export const MAX_PROMPT_LENGTH = 500;
+export const MAX_SUBJECT_LENGTH = 64;
+export const MAX_SEEDS = 8;
+export const ETA_RANGE = { min: 0, max: 1.5 } as const;
+export const MAX_REFERENCES = 5;
+
+const seedsOption: OptionDefinition = {
+  name: "seeds",
+  type: "string",
+  description: `how many variants (1-${MAX_SEEDS}), or the seeds themselves: "7,42,1234"`,
+  required: false,
+  maxLength: 100,
+};
+
+export const COMMANDS: readonly CommandDefinition[] = [
+  {
+    name: "imagic",
+    description: "Edit a photo to match a text prompt (Imagic)",
+    options: [
+      {
+        name: "image",
+        type: "attachment",
+        description: "the photo to edit (PNG, JPEG or WebP)",
+        required: true,
+      },
+      {
+        name: "prompt",
+        type: "string",
+        description: 'what the photo should show, e.g. "a photo of a sitting dog"',
+        required: true,
+        maxLength: MAX_PROMPT_LENGTH,
+      },
+      {
+        name: "preset",
+        type: "string",
+        description: "speed against faithfulness: fast, balanced (default) or paper",
+        required: false,
+        choices: IMAGIC_PRESETS,
+      },
+      {
+        name: "eta",
+        type: "number",
+        description: `edit strength η for the first grid, ${ETA_RANGE.min}-${ETA_RANGE.max} (default 0.7)`,
+        required: false,
+        min: ETA_RANGE.min,
+        max: ETA_RANGE.max,
+      },
+      seedsOption,
+    ],
+  },
+  {
+    name: "swap",
+    description: "Swap the subject of a photo for the one in your reference photos (Photoswap)",
+    options: [
+      {
+        name: "source",
+        type: "attachment",
+        description: "the photo whose subject is replaced",
+        required: true,
+      },
+      {
+        name: "subject",
+        type: "string",
+        description: 'the subject word, e.g. "cat"',
+        required: true,
+        maxLength: MAX_SUBJECT_LENGTH,
+      },
+      ...Array.from({ length: MAX_REFERENCES }, (_, i) => ({
+        name: `reference${i + 1}`,
+        type: "attachment" as const,
+        description: `reference photo ${i + 1} of the new subject`,
+        required: i === 0,
+      })),
+      seedsOption,
+    ],
+  },
+  { name: "cancel", description: "Cancel your queued and running edits", options: [] },
+  { name: "queue", description: "Where are my edits: queue position, running stage, ETA", options: [] },
+  { name: "help", description: "How to use this bot", options: [] },
+];

@@ -1,0 +1,115 @@
+// Option parsing for /imagic and /swap: everything that can be checked without downloading a byte.
+// Each problem is a UserFacingError naming the option and the limit.
+import { randomInt } from "node:crypto";
+import { UserFacingError } from "../errors.js";
+import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
+import {
+  ETA_RANGE,
+  IMAGIC_PRESETS,
+  MAX_PROMPT_LENGTH,
+  MAX_REFERENCES,
+  MAX_SEEDS,
+  MAX_SUBJECT_LENGTH,
+} from "./definitions.js";
+
+export type ImagicPreset = (typeof IMAGIC_PRESETS)[number];
+export const DEFAULT_SEED_COUNT = 4;
+const MAX_SEED = 2 ** 32 - 1;
+
+export interface ImagicRequest {
+  image: IncomingAttachment;
+  prompt: string;
+  preset?: ImagicPreset;
+  eta?: number;
+  seeds: number[];
+}
+
+export interface SwapRequest {
+  source: IncomingAttachment;
+  references: IncomingAttachment[];
+  subject: string;
+  seeds: number[];
+}
+
+function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
+  const value = options[name];
+  if (value === undefined) return undefined;
+  const trimmed = String(value).trim().replace(/\s+/g, " ");
+  if (trimmed.length === 0) throw new UserFacingError(`\`${name}\` is empty: write a few words`);
+  if (trimmed.length > maxLength) {
+    throw new UserFacingError(`\`${name}\` is ${trimmed.length} characters; the limit is ${maxLength}`);
+  }
+  return trimmed;
+}
+
+function required<T>(value: T | undefined, name: string): T {
+  if (value === undefined) throw new UserFacingError(`\`${name}\` is required`);
+  return value;
+}
+
+function attachment(request: CommandRequest, option: string): IncomingAttachment | undefined {
+  return request.attachments.find((a) => a.option === option);
+}
+
+function number(value: OptionValue | undefined, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = typeof value === "number" ? value : Number(String(value).trim());
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new UserFacingError(`\`${name}\` must be a number from ${min} to ${max} (got ${String(value)})`);
+  }
+  return n;
+}
+
+/**
+ * `seeds`: a count 1–MAX_SEEDS ("4" → four random seeds), or the seeds themselves separated by commas
+ * or spaces ("7, 42"; a single seed as "1234,"). Absent: DEFAULT_SEED_COUNT random seeds.
+ */
+export function parseSeeds(
+  value: OptionValue | undefined,
+  random: () => number = () => randomInt(0, 2 ** 31),
+): number[] {
+  if (value === undefined) return Array.from({ length: DEFAULT_SEED_COUNT }, random);
+  const raw = String(value).trim();
+  if (/^\d+$/.test(raw) && Number(raw) >= 1 && Number(raw) <= MAX_SEEDS) {
+    return Array.from({ length: Number(raw) }, random);
+  }
+  const parts = raw.split(/[\s,]+/).filter(Boolean);
+  if (parts.length === 0 || parts.some((p) => !/^\d+$/.test(p) || Number(p) > MAX_SEED)) {
+    throw new UserFacingError(
+      `\`seeds\` must be a count from 1 to ${MAX_SEEDS} or whole numbers from 0 to ${MAX_SEED} separated by commas (got "${raw}")`,
+    );
+  }
+  const seeds = [...new Set(parts.map(Number))];
+  if (seeds.length > MAX_SEEDS) {
+    throw new UserFacingError(`\`seeds\` lists ${seeds.length} seeds; the limit is ${MAX_SEEDS}`);
+  }
+  return seeds;
+}
+
+export function parseImagic(request: CommandRequest): ImagicRequest {
+  const image = required(attachment(request, "image"), "image");
+  const prompt = required(text(request.options, "prompt", MAX_PROMPT_LENGTH), "prompt");
+  const presetValue = request.options.preset;
+  let preset: ImagicPreset | undefined;
+  if (presetValue !== undefined) {
+    preset = IMAGIC_PRESETS.find((p) => p === String(presetValue).trim().toLowerCase());
+    if (!preset) {
+      throw new UserFacingError(
+        `\`preset\` must be one of ${IMAGIC_PRESETS.join(", ")} (got "${String(presetValue)}")`,
+      );
+    }
+  }
+  const eta = number(request.options.eta, "eta", ETA_RANGE.min, ETA_RANGE.max);
+  return { image, prompt, preset, eta, seeds: parseSeeds(request.options.seeds) };
+}
+
+export function parseSwap(request: CommandRequest): SwapRequest {
+  const source = required(attachment(request, "source"), "source");
+  const subject = required(text(request.options, "subject", MAX_SUBJECT_LENGTH), "subject");
+  const references = Array.from({ length: MAX_REFERENCES }, (_, i) =>
+    attachment(request, `reference${i + 1}`),
+  ).filter((a): a is IncomingAttachment => a !== undefined);
+  if (references.length === 0)
+    throw new UserFacingError("`reference1` is required: attach a photo of the new subject");
+  return { source, references, subject, seeds: parseSeeds(request.options.seeds) };
+}

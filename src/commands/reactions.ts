@@ -1,0 +1,25 @@
+// Number reactions: the tiles of a grid are numbered 1…n and picked by reacting with that number.
+
+/** Keycap emoji 1️⃣…🔟, in tile order. */
+export const NUMBER_EMOJIS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣", "7️⃣", "8️⃣", "9️⃣", "🔟"] as const;
+
+/** Most choices one message can offer. */
+export const MAX_CHOICES = NUMBER_EMOJIS.length;
+
+// Platforms differ in how they spell a keycap: with or without the variation selector U+FE0F, or by
+// name (Slack's "one"). Compare on the bare form.
+const SLACK_NAMES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "keycap_ten"];
+const bare = (emoji: string) => emoji.replace(/\uFE0F/g, "");
+
+export function numberEmojis(count: number): string[] {
+  if (count < 1 || count > MAX_CHOICES)
+    throw new RangeError(`numberEmojis: ${count} choices (1-${MAX_CHOICES})`);
+  return NUMBER_EMOJIS.slice(0, count);
+}
+
+/** The 0-based choice an emoji stands for among `count`, or undefined when it is not one of them. */
+export function choiceIndex(emoji: string, count: number): number | undefined {
+  const byGlyph = NUMBER_EMOJIS.findIndex((e) => bare(e) === bare(emoji));
+  const index = byGlyph >= 0 ? byGlyph : SLACK_NAMES.indexOf(emoji.replace(/^:|:$/g, ""));
+  return index >= 0 && index < count ? index : undefined;
+}

@@ -1,0 +1,484 @@
+// Chat-agnostic command handling: what /imagic, /swap, /cancel, /queue and /help do, how jobs report
+// back (one progress message per job, result grids with number reactions) and what picks do. A chat
+// adapter feeds commands and reactions in and implements ChatAdapter for everything that goes out.
+//
+// Everything needed to answer a job travels with the job (its origin: channel, thread, progress
+// message) or sits in Redis (pick records), so a restarted bot carries on where the old one stopped.
+import type { Redis } from "ioredis";
+import { UserFacingError } from "../errors.js";
+import { childLogger } from "../log.js";
+import type { BlobStore } from "../queue/blobs.js";
+import { parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
+import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
+import { checkDeclared, DEFAULT_IMAGE_LIMITS, fetchImage, type ImageLimits } from "./attachments.js";
+import type {
+  ChatAdapter,
+  CommandReply,
+  CommandRequest,
+  Conversation,
+  IncomingAttachment,
+  MessageRef,
+  ReactionEvent,
+} from "./chat.js";
+import { parseImagic, parseSwap } from "./parse.js";
+import { type Choice, type PickRecord, PickStore } from "./picks.js";
+import { fitText, positionText, progressText, queueLine } from "./progress.js";
+import { choiceIndex, numberEmojis } from "./reactions.js";
+import { choiceLine, etaLabel, expiredText, helpText } from "./texts.js";
+import { EditThrottle } from "./throttle.js";
+import { fitUpload } from "./uploads.js";
+
+/** The η values of the sweep a seed pick renders: from a weak to a strong edit. */
+export const ETA_SWEEP = [0.6, 0.8, 1, 1.2, 1.4];
+
+type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
+
+export interface ChatCommandsOptions {
+  adapter: ChatAdapter;
+  /** A client named after the platform (`consumer`) and filtered to it (`platform`). */
+  queue: QueueClient;
+  blobs: BlobStore;
+  redis: Redis;
+  imageLimits?: Partial<ImageLimits>;
+  /** Operator settings merged under every /imagic request's options (steps, size, guidance…). */
+  imagicDefaults?: Partial<ImagicTrainOptions>;
+  etaSweep?: readonly number[];
+}
+
+type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
+
+export class ChatCommands {
+  private readonly adapter: ChatAdapter;
+  private readonly queue: QueueClient;
+  private readonly blobs: BlobStore;
+  private readonly picks: PickStore;
+  private readonly throttle: EditThrottle;
+  private readonly imageLimits: ImageLimits;
+  private readonly log;
+  /** Last preview shown per progress message, so an unchanged preview is not uploaded again. */
+  private readonly previews = new Map<string, string>();
+  private readonly listeners: { [K in keyof Events]: (event: Events[K]) => void };
+
+  constructor(private readonly options: ChatCommandsOptions) {
+    this.adapter = options.adapter;
+    this.queue = options.queue;
+    this.blobs = options.blobs;
+    this.picks = new PickStore(options.redis, options.adapter.platform);
+    this.throttle = new EditThrottle(options.adapter.limits.minEditIntervalMs);
+    this.imageLimits = {
+      maxBytes: options.blobs.limits.maxBytes,
+      ...DEFAULT_IMAGE_LIMITS,
+      ...options.imageLimits,
+    };
+    this.log = childLogger("commands", { platform: options.adapter.platform });
+    const guard =
+      <E>(what: string, handler: (event: E) => Promise<void>) =>
+      (event: E) =>
+        void handler(event).catch((err: unknown) => this.log.error({ err }, `${what} handler failed`));
+    this.listeners = {
+      progress: guard("progress", async (e) => this.onProgress(e)),
+      completed: guard("completed", (e) => this.onCompleted(e)),
+      failed: guard("failed", (e) => this.onFailed(e)),
+    };
+  }
+
+  /** Starts following the queue's events (from where this platform's consumer left off). */
+  async start(): Promise<void> {
+    this.queue.events.on("progress", this.listeners.progress);
+    this.queue.events.on("completed", this.listeners.completed);
+    this.queue.events.on("failed", this.listeners.failed);
+    await this.queue.listen();
+  }
+
+  stop(): void {
+    this.queue.events.off("progress", this.listeners.progress);
+    this.queue.events.off("completed", this.listeners.completed);
+    this.queue.events.off("failed", this.listeners.failed);
+    this.throttle.stop();
+  }
+
+  // ── commands ──────────────────────────────────────────────────────────────────────────────────
+
+  async handleCommand(request: CommandRequest, reply: CommandReply): Promise<void> {
+    try {
+      switch (request.command) {
+        case "imagic":
+          return await this.imagic(request, reply);
+        case "swap":
+          return await this.swap(request, reply);
+        case "cancel":
+          return await this.cancel(request, reply);
+        case "queue":
+          return await this.showQueue(request, reply);
+        case "help":
+          return await reply.private(helpText());
+        default:
+          return await reply.private(`I do not know \`/${request.command}\`; try \`/help\``);
+      }
+    } catch (error) {
+      if (error instanceof UserFacingError) {
+        await reply.private(`⚠️ ${error.message}`);
+        return;
+      }
+      this.log.error({ err: error, command: request.command }, "command failed");
+      await reply.private("⚠️ Something went wrong on my side; it has been logged. Please try again later.");
+    }
+  }
+
+  private async imagic(request: CommandRequest, reply: CommandReply): Promise<void> {
+    const spec = parseImagic(request);
+    checkDeclared(spec.image, this.imageLimits);
+    await reply.acknowledge();
+    const imageBlobId = await this.storeImage(request.userId, spec.image);
+    const options: ImagicTrainOptions = {
+      ...this.options.imagicDefaults,
+      seeds: spec.seeds,
+      ...(spec.preset ? { preset: spec.preset } : {}),
+      ...(spec.eta !== undefined ? { eta: spec.eta } : {}),
+    };
+    await this.startJob(request, reply, {
+      name: "imagic.train",
+      title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${spec.prompt}”`,
+      thread: `Imagic: ${spec.prompt}`,
+      payload: (origin) => ({ userId: request.userId, origin, imageBlobId, prompt: spec.prompt, options }),
+    });
+  }
+
+  private async swap(request: CommandRequest, reply: CommandReply): Promise<void> {
+    const spec = parseSwap(request);
+    for (const attachment of [spec.source, ...spec.references]) checkDeclared(attachment, this.imageLimits);
+    await reply.acknowledge();
+    const sourceBlobId = await this.storeImage(request.userId, spec.source);
+    const referenceBlobIds: string[] = [];
+    for (const reference of spec.references)
+      referenceBlobIds.push(await this.storeImage(request.userId, reference));
+    await this.startJob(request, reply, {
+      name: "swap.edit",
+      title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${spec.subject}” from ${spec.references.length} reference photo(s)`,
+      thread: `Photoswap: ${spec.subject}`,
+      payload: (origin) => ({
+        userId: request.userId,
+        origin,
+        sourceBlobId,
+        referenceBlobIds,
+        subject: spec.subject,
+        options: { seeds: spec.seeds },
+      }),
+    });
+  }
+
+  private async storeImage(userId: string, attachment: IncomingAttachment): Promise<string> {
+    const bytes = await fetchImage(this.adapter, attachment, this.imageLimits);
+    return this.blobs.put(bytes, {
+      userId,
+      kind: "image",
+      label: `\`${attachment.option}\` (${attachment.filename})`,
+    });
+  }
+
+  /**
+   * Validates the payload, answers in public, opens the thread, posts the progress message and
+   * enqueues: the job's origin names that message, so any bot process can keep it up to date.
+   */
+  private async startJob(
+    request: CommandRequest,
+    reply: CommandReply,
+    job: { name: JobName; title: string; thread: string; payload: (origin: ChatOrigin) => unknown },
+  ): Promise<void> {
+    // Everything but the origin's ids is known now: a bad payload is refused before anything is posted.
+    parsePayload(
+      job.name,
+      job.payload({ platform: this.adapter.platform, ...request.conversation, message: "0" }),
+    );
+    const answer = await reply.public({ text: fitText(job.title, this.adapter.limits.maxTextLength) });
+    const { conversation, fallbackNote } = await this.adapter.openThread(answer, job.thread);
+    const note = fallbackNote ? `\n-# ${fallbackNote}` : "";
+    const progress = await this.adapter.post(conversation, { text: `🕒 Sending to the queue…${note}` });
+    const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
+    try {
+      const { jobId, position } = await this.queue.enqueue(job.name, job.payload(origin));
+      this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
+      this.throttle.schedule(progress.id, () =>
+        this.adapter.editMessage(progress, { text: `${positionText(position)}${note}` }),
+      );
+    } catch (error) {
+      if (!(error instanceof UserFacingError)) throw error;
+      await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
+    }
+  }
+
+  private async cancel(request: CommandRequest, reply: CommandReply): Promise<void> {
+    const jobs = await this.queue.listForUser(request.userId);
+    if (jobs.length === 0) return reply.private("You have no edits queued or running.");
+    const lines: string[] = [];
+    for (const { jobId, name } of jobs) {
+      const job = await this.queue.queue.getJob(jobId);
+      const outcome = await this.queue.cancel(jobId, request.userId);
+      lines.push(
+        `• ${name} (job ${jobId}): ${outcome === "removed" ? "cancelled" : outcome === "cancelling" ? "stopping after the current step" : "already finished"}`,
+      );
+      // A removed job never runs, so no `failed` event will update its progress message: do it here.
+      const origin = (job?.data as { origin?: ChatOrigin } | undefined)?.origin;
+      if (outcome === "removed" && origin?.message) {
+        await this.finishProgress(this.progressRef(origin), "🛑 Cancelled before it started.");
+      }
+    }
+    await reply.private(lines.join("\n"));
+  }
+
+  private async showQueue(request: CommandRequest, reply: CommandReply): Promise<void> {
+    const jobs = await this.queue.listForUser(request.userId);
+    if (jobs.length === 0) return reply.private("You have no edits queued or running.");
+    const lines: string[] = [];
+    for (const position of jobs) {
+      const job = position.state === "active" ? await this.queue.queue.getJob(position.jobId) : undefined;
+      const progress = job?.progress as JobProgress | undefined;
+      lines.push(queueLine(position, typeof progress === "object" ? progress : undefined));
+    }
+    await reply.private(fitText(lines.join("\n"), this.adapter.limits.maxTextLength));
+  }
+
+  // ── queue events ──────────────────────────────────────────────────────────────────────────────
+
+  private progressRef(origin: ChatOrigin): MessageRef {
+    return { conversation: this.conversationOf(origin), id: origin.message ?? "" };
+  }
+
+  private conversationOf(origin: ChatOrigin): Conversation {
+    return origin.thread ? { channel: origin.channel, thread: origin.thread } : { channel: origin.channel };
+  }
+
+  private onProgress({ name, data, progress }: Events["progress"]): void {
+    const ref = this.progressRef(data.origin);
+    if (!ref.id) return;
+    this.throttle.schedule(ref.id, async () => {
+      const previewId = progress.previewBlobId;
+      const preview =
+        previewId && this.previews.get(ref.id) !== previewId ? await this.blobs.get(previewId) : undefined;
+      const images = preview
+        ? [await fitUpload({ name: "preview.png", bytes: preview }, this.adapter.limits.maxUploadBytes)]
+        : undefined;
+      await this.adapter.editMessage(ref, {
+        text: progressText(name, progress),
+        ...(images ? { images } : {}),
+      });
+      if (previewId && preview) this.previews.set(ref.id, previewId);
+    });
+  }
+
+  private async finishProgress(ref: MessageRef, text: string): Promise<void> {
+    if (!ref.id) return;
+    await this.throttle.settle(ref.id);
+    this.previews.delete(ref.id);
+    await this.adapter.editMessage(ref, { text, images: [] });
+  }
+
+  private async onFailed({ jobId, name, data, message, cancelled }: Events["failed"]): Promise<void> {
+    if (name === "swap.concept") return; // its swap.edit parent fails with it and reports once
+    const text = cancelled ? "🛑 Cancelled." : `❌ ${message}`;
+    this.log.info({ jobId, name, cancelled }, "job failed");
+    await this.finishProgress(
+      this.progressRef(data.origin),
+      fitText(text, this.adapter.limits.maxTextLength),
+    );
+  }
+
+  private async onCompleted(event: Events["completed"]): Promise<void> {
+    const { jobId, data } = event;
+    const conversation = this.conversationOf(data.origin);
+    this.log.info({ jobId, name: event.name }, "posting job result");
+    switch (event.name) {
+      case "imagic.train": {
+        const payload = event.data as unknown as JobInput<"imagic.train">;
+        const result = event.result as JobResult<"imagic.train">;
+        await this.finishProgress(this.progressRef(data.origin), "✅ Fine-tuned on your photo.");
+        await this.offer(result.gridBlobId, {
+          kind: "seed",
+          command: "imagic",
+          userId: data.userId,
+          conversation,
+          prompt: payload.prompt,
+          choices: result.images,
+          stateBlobId: result.stateBlobId,
+          guidance: payload.options?.guidance,
+          steps: payload.options?.steps,
+        });
+        return;
+      }
+      case "imagic.render": {
+        const result = event.result as JobResult<"imagic.render">;
+        await this.finishProgress(this.progressRef(data.origin), "✅ Rendered.");
+        await this.offer(result.gridBlobId, {
+          kind: "final",
+          command: "imagic",
+          userId: data.userId,
+          conversation,
+          prompt: (await this.promptOf(data.origin)) ?? "",
+          choices: result.images,
+        });
+        return;
+      }
+      case "swap.edit": {
+        const payload = event.data as unknown as JobInput<"swap.edit">;
+        const result = event.result as JobResult<"swap.edit">;
+        await this.finishProgress(this.progressRef(data.origin), "✅ Swapped.");
+        await this.offer(result.gridBlobId, {
+          kind: "final",
+          command: "swap",
+          userId: data.userId,
+          conversation,
+          prompt: payload.subject,
+          choices: result.images,
+        });
+        return;
+      }
+      default:
+        this.log.debug({ jobId }, "no chat result for this job type");
+    }
+  }
+
+  /** The prompt a render continues, kept under its progress message (known before the job id). */
+  private async promptOf(origin: ChatOrigin): Promise<string | undefined> {
+    return (
+      (await this.options.redis.get(renderPromptKey(this.adapter.platform, origin.message ?? ""))) ??
+      undefined
+    );
+  }
+
+  /** Posts a result grid with number reactions and remembers what each number picks. */
+  private async offer(gridBlobId: string, record: PickRecord): Promise<void> {
+    const mention = this.adapter.mention(record.userId);
+    const grid = await this.blobs.get(gridBlobId);
+    if (!grid) {
+      await this.adapter.post(record.conversation, {
+        text: expiredText(mention, "the result", this.blobs.limits.ttlSeconds, record.command),
+      });
+      return;
+    }
+    const lines = this.offerText(record);
+    const image = await fitUpload({ name: "grid.png", bytes: grid }, this.adapter.limits.maxUploadBytes);
+    const message = await this.adapter.post(record.conversation, {
+      text: fitText(`${mention} ${lines}`, this.adapter.limits.maxTextLength),
+      images: [image],
+    });
+    // Saved before the reactions go up: a quick user may react while they are still being added.
+    await this.picks.save(message.id, record);
+    await this.adapter.addReactions(message, numberEmojis(record.choices.length));
+  }
+
+  private offerText(record: PickRecord): string {
+    const sweep = this.options.etaSweep ?? ETA_SWEEP;
+    if (record.kind === "seed") {
+      const eta = record.choices[0]?.eta;
+      return (
+        `**Pick a seed** for “${record.prompt}”${eta === undefined ? "" : ` (${etaLabel(eta)})`}: react with a tile's ` +
+        `number and I render it from a weak to a strong edit (${etaLabel(sweep[0] ?? 0)} → ${etaLabel(sweep.at(-1) ?? 0)}).\n` +
+        choiceLine(record.choices, (c) => `seed ${c.seed}`)
+      );
+    }
+    const describe =
+      record.command === "imagic"
+        ? (c: Choice) => `${etaLabel(c.eta ?? 0)}, seed ${c.seed}`
+        : (c: Choice) => `seed ${c.seed}`;
+    return `**Pick the final image**: react with its number.\n${choiceLine(record.choices, describe)}`;
+  }
+
+  // ── picks ─────────────────────────────────────────────────────────────────────────────────────
+
+  async handleReaction(event: ReactionEvent): Promise<void> {
+    const record = await this.picks.get(event.message.id);
+    if (!record) return;
+    if (event.userId !== record.userId) {
+      this.log.debug({ message: event.message.id, userId: event.userId }, "reaction by someone else ignored");
+      return;
+    }
+    const index = choiceIndex(event.emoji, record.choices.length);
+    const choice = index === undefined ? undefined : record.choices[index];
+    if (index === undefined || !choice) return;
+    if (!(await this.picks.claim(event.message.id, index))) return;
+    try {
+      if (record.kind === "seed") await this.renderSweep(record, choice);
+      else await this.postFinal(record, choice);
+    } catch (error) {
+      await this.picks.release(event.message.id, index);
+      if (!(error instanceof UserFacingError)) throw error;
+      await this.adapter.post(record.conversation, {
+        text: `⚠️ ${this.adapter.mention(record.userId)} ${error.message}`,
+      });
+    }
+  }
+
+  private async renderSweep(record: PickRecord, choice: Choice): Promise<void> {
+    const mention = this.adapter.mention(record.userId);
+    const stateBlobId = record.stateBlobId ?? "";
+    if ((await this.blobs.touch([stateBlobId])).length > 0) {
+      await this.adapter.post(record.conversation, {
+        text: expiredText(
+          mention,
+          "the fine-tune of this edit",
+          this.blobs.limits.ttlSeconds,
+          record.command,
+        ),
+      });
+      return;
+    }
+    const etas = [...(this.options.etaSweep ?? ETA_SWEEP)];
+    const progress = await this.adapter.post(record.conversation, {
+      text: `🕒 ${mention} rendering seed ${choice.seed} at ${etas.map(etaLabel).join(", ")}…`,
+    });
+    const origin: ChatOrigin = {
+      platform: this.adapter.platform,
+      ...record.conversation,
+      message: progress.id,
+    };
+    const payload: JobInput<"imagic.render"> = {
+      userId: record.userId,
+      origin,
+      stateBlobId,
+      seeds: [choice.seed],
+      etas,
+      ...(record.guidance !== undefined ? { guidance: record.guidance } : {}),
+      ...(record.steps !== undefined ? { steps: record.steps } : {}),
+    };
+    await this.options.redis.set(
+      renderPromptKey(this.adapter.platform, progress.id),
+      record.prompt,
+      "EX",
+      30 * 86_400,
+    );
+    try {
+      const { position } = await this.queue.enqueue("imagic.render", payload);
+      this.throttle.schedule(progress.id, () =>
+        this.adapter.editMessage(progress, { text: positionText(position) }),
+      );
+    } catch (error) {
+      if (!(error instanceof UserFacingError)) throw error;
+      await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
+    }
+  }
+
+  private async postFinal(record: PickRecord, choice: Choice): Promise<void> {
+    const mention = this.adapter.mention(record.userId);
+    const bytes = await this.blobs.get(choice.blobId);
+    if (!bytes) {
+      await this.adapter.post(record.conversation, {
+        text: expiredText(mention, "this image", this.blobs.limits.ttlSeconds, record.command),
+      });
+      return;
+    }
+    const label =
+      choice.eta === undefined ? `seed ${choice.seed}` : `seed ${choice.seed}, ${etaLabel(choice.eta)}`;
+    const name = `${record.command}-seed${choice.seed}${choice.eta === undefined ? "" : `-eta${choice.eta}`}.png`;
+    const image = await fitUpload({ name, bytes }, this.adapter.limits.maxUploadBytes);
+    await this.adapter.post(record.conversation, {
+      text: fitText(
+        `🖼️ ${mention} **Final** for “${record.prompt}” — ${label}, full resolution.`,
+        this.adapter.limits.maxTextLength,
+      ),
+      images: [image],
+    });
+  }
+}
+
+const renderPromptKey = (platform: string, messageId: string) =>
+  `pe:chat:render-prompt:${platform}:${messageId}`;

@@ -1,0 +1,36 @@
+// Fixed texts users read: /help and the messages around picks.
+import { formatSeconds } from "../engine/progress.js";
+import { IMAGIC_PRESETS, MAX_REFERENCES, MAX_SEEDS } from "./definitions.js";
+import type { Choice } from "./picks.js";
+import { NUMBER_EMOJIS } from "./reactions.js";
+
+export function helpText(): string {
+  return [
+    "**Photo edits with Imagic and Photoswap**",
+    '• `/imagic image:<photo> prompt:"a photo of a sitting dog"` edits your photo to match the prompt. ' +
+      `Options: \`preset\` (${IMAGIC_PRESETS.join(", ")}), \`eta\` (edit strength, 0-1.5), ` +
+      `\`seeds\` (a count up to ${MAX_SEEDS}, or seeds like "7,42"). I fine-tune on your photo (minutes), ` +
+      "post a grid with one tile per seed, and you react with the tile's number. Then I render that seed " +
+      "from a weak to a strong edit; react again to get the final image. New renders reuse the fine-tune " +
+      "and take seconds.",
+    `• \`/swap source:<photo> subject:"cat" reference1:<photo> … reference${MAX_REFERENCES}\` swaps the subject ` +
+      "of the source photo for the one in the reference photos.",
+    "• `/queue` shows where your edits are; `/cancel` stops them.",
+    "Only the person who started an edit can pick from its grids. Photos must be PNG, JPEG or WebP stills.",
+  ].join("\n");
+}
+
+export function choiceLine(choices: readonly Choice[], describe: (c: Choice) => string): string {
+  return choices.map((c, i) => `${NUMBER_EMOJIS[i]} ${describe(c)}`).join(" · ");
+}
+
+export function expiredText(mention: string, what: string, ttlSeconds: number, command: string): string {
+  return (
+    `⌛ ${mention} ${what} has expired (results are kept ${formatSeconds(ttlSeconds)}), so this pick cannot ` +
+    `be rendered. Run \`/${command}\` again to start again.`
+  );
+}
+
+export function etaLabel(eta: number): string {
+  return `η ${eta.toFixed(2).replace(/0$/, "")}`;
+}
