@@ -44,7 +44,8 @@ export function refMatmul(a: number[], b: number[], m: number, k: number, n: num
   const out = new Array<number>(m * n).fill(0);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++)
-      for (let p = 0; p < k; p++) out[i * n + j] += (a[i * k + p] as number) * (b[p * n + j] as number);
+      for (let p = 0; p < k; p++)
+        out[i * n + j] = (out[i * n + j] as number) + (a[i * k + p] as number) * (b[p * n + j] as number);
   return out;
 }
 
@@ -103,10 +104,10 @@ export function refConv(x: number[], w: number[], g: ConvGeom, gy?: number[]) {
                 if (ih < 0 || iw < 0 || ih >= g.H || iw >= g.W) continue;
                 const xi = ((n * g.C + grp * cg + c) * g.H + ih) * g.W + iw;
                 const wi = ((o * cg + c) * g.KH + kh) * g.KW + kw;
-                y[yi] += (x[xi] as number) * (w[wi] as number);
+                y[yi] = (y[yi] as number) + (x[xi] as number) * (w[wi] as number);
                 if (gy) {
-                  gx[xi] += (gy[yi] as number) * (w[wi] as number);
-                  gw[wi] += (gy[yi] as number) * (x[xi] as number);
+                  gx[xi] = (gx[xi] as number) + (gy[yi] as number) * (w[wi] as number);
+                  gw[wi] = (gw[wi] as number) + (gy[yi] as number) * (x[xi] as number);
                 }
               }
         }
