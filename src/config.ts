@@ -109,6 +109,8 @@ const SETTINGS = {
 
 type Settings = typeof SETTINGS;
 export type SettingName = keyof Settings;
+/** Every environment variable the config reads (.env.example documents each). */
+export const SETTING_NAMES = Object.keys(SETTINGS) as SettingName[];
 
 type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}`
   ? `${Lowercase<Head>}${Capitalize<CamelCase<Tail>>}`
@@ -133,7 +135,7 @@ export function camelCase(name: string): string {
 
 /** Environment variable name for a Config key, for messages ("DISCORD_TOKEN is required for …"). */
 export function envName(key: keyof Config): string {
-  return (Object.keys(SETTINGS) as SettingName[]).find((name) => camelCase(name) === key) ?? key;
+  return SETTING_NAMES.find((name) => camelCase(name) === key) ?? key;
 }
 
 function describeValue(name: SettingName, raw: string): string {
@@ -162,7 +164,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
   const raw: Record<string, unknown> = {};
   const problems: string[] = [];
   const parsed: Record<string, unknown> = {};
-  for (const name of Object.keys(SETTINGS) as SettingName[]) {
+  for (const name of SETTING_NAMES) {
     // An empty value (`DISCORD_TOKEN=` in .env) means unset.
     const value = env[name] ?? fromFile[name];
     raw[name] = value === "" ? undefined : value;

@@ -1,9 +1,16 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { inspect } from "node:util";
 import { describe, expect, it } from "vitest";
-import { FIXTURE_MODEL, loadConfig, redactedConfig, requireSetting, Secret } from "../src/config.js";
+import {
+  FIXTURE_MODEL,
+  loadConfig,
+  redactedConfig,
+  requireSetting,
+  SETTING_NAMES,
+  Secret,
+} from "../src/config.js";
 import { ConfigError, UserFacingError } from "../src/errors.js";
 
 const load = (env: Record<string, string>) => loadConfig(env, { envFile: false, isTTY: false });
@@ -178,5 +185,14 @@ describe("secrets", () => {
       new ConfigError("DISCORD_TOKEN is required for bot run: set it in the environment or .env"),
     );
     expect(requireSetting(load(env), "slackBotToken", "bot run").reveal()).toBe("xoxb-slack-bot");
+  });
+});
+
+describe(".env.example", () => {
+  it("documents every setting, and its values load", () => {
+    const text = readFileSync(".env.example", "utf8");
+    const documented = [...text.matchAll(/^#? ?([A-Z][A-Z0-9_]+)=/gm)].map((match) => match[1]);
+    expect([...new Set(documented)].sort()).toEqual([...SETTING_NAMES].sort());
+    expect(loadConfig({}, { envFile: ".env.example" }).blobMaxBytes).toBe(20 * 1024 * 1024);
   });
 });

@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# Slim runtime image running the CLI (default: `start`). Build: docker build -t photo-edit-bot .
+
+FROM node:20-bookworm-slim AS builder
+WORKDIR /app
+# .npmrc skips onnxruntime-node's CUDA download (not on the npm registry); see README "GPU hosts".
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build && npm prune --omit=dev --no-audit --no-fund
+
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production \
+    STATE_DIR=/data \
+    LOG_PRETTY=false
+WORKDIR /app
+COPY --from=builder /app/package.json ./
+COPY --from=builder /app/node_modules ./node_modules
+COPY --from=builder /app/dist ./dist
+# The tiny test checkpoint: what the engine loads (with a loud warning) when MODEL is unset.
+COPY test/fixtures/models/sd1/model ./test/fixtures/models/sd1/model
+RUN mkdir -p /data && chown node:node /data
+USER node
+VOLUME ["/data"]
+# Health and metrics (ENGINE_HTTP_PORT).
+EXPOSE 9464
+ENTRYPOINT ["node", "dist/cli/index.js"]
+CMD ["start"]
