@@ -1,0 +1,201 @@
+/**
+ * Photos in and out of the engine, with sharp (libvips).
+ *
+ * In: validate the bytes first (probeImage: a still photo format, sane dimensions — read from the header
+ * before anything is decoded, so a tiny file declaring 100 000² pixels is refused cheaply), then decode the
+ * first frame, apply the EXIF orientation, convert to 8-bit sRGB (CMYK, 16-bit, grey, ICC-tagged input),
+ * flatten transparency onto white, resize to cover the target and centre-crop, and scale to [-1, 1] NCHW.
+ * Out: a [3, H, W] (or [1, 3, H, W]) tensor in [-1, 1] → PNG, rounded as diffusers' numpy_to_pil.
+ */
+import sharp from "sharp";
+import { UserFacingError } from "../errors.js";
+
+/** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
+export class ImageInputError extends UserFacingError {
+  override name = "ImageInputError";
+}
+
+export interface ImageLimits {
+  /** Largest encoded size. */
+  maxBytes: number;
+  /** Largest decoded pixel count (width × height of one frame). */
+  maxPixels: number;
+  /** Largest width or height. */
+  maxSide: number;
+  /** Smallest width or height. */
+  minSide: number;
+  /** Accepted container formats, as sharp names them. */
+  formats: readonly string[];
+  /** Accept multi-frame images (animated GIF/WebP); only the first frame is used. */
+  allowAnimated: boolean;
+}
+
+export const DEFAULT_IMAGE_LIMITS: ImageLimits = {
+  maxBytes: 20 * 1024 * 1024,
+  maxPixels: 40_000_000,
+  maxSide: 12_000,
+  minSide: 32,
+  formats: ["jpeg", "png", "webp", "gif", "tiff", "heif", "avif"],
+  allowAnimated: false,
+};
+
+export interface ImageProbe {
+  format: string;
+  /** As displayed, i.e. after the EXIF orientation. */
+  width: number;
+  height: number;
+  /** EXIF orientation (1–8; 1 when absent). */
+  orientation: number;
+  pages: number;
+  animated: boolean;
+  pixels: number;
+  hasAlpha: boolean;
+  /** libvips colour space of the stored pixels: srgb, cmyk, b-w, rgb16, grey16, … */
+  space: string;
+  bytes: number;
+}
+
+const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
+
+/** Reads the header and checks it against `limits`; throws ImageInputError naming what is wrong. */
+export async function probeImage(
+  bytes: Uint8Array,
+  limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+): Promise<ImageProbe> {
+  if (bytes.byteLength > limits.maxBytes) {
+    throw new ImageInputError(`The image is ${mib(bytes.byteLength)}; the limit is ${mib(limits.maxBytes)}.`);
+  }
+  let meta: sharp.Metadata;
+  try {
+    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+  } catch {
+    throw new ImageInputError(
+      `That file is not an image I can read (send a ${limits.formats.join(", ")} file).`,
+    );
+  }
+  const format = meta.format ?? "unknown";
+  if (!limits.formats.includes(format)) {
+    throw new ImageInputError(
+      `${format.toUpperCase()} files are not accepted; send a ${limits.formats.join(", ")} file.`,
+    );
+  }
+  const orientation = meta.orientation ?? 1;
+  const storedW = meta.width ?? 0;
+  const storedH = meta.pageHeight ?? meta.height ?? 0;
+  const [width, height] = orientation >= 5 ? [storedH, storedW] : [storedW, storedH];
+  const pages = meta.pages ?? 1;
+  const probe: ImageProbe = {
+    format,
+    width,
+    height,
+    orientation,
+    pages,
+    animated: pages > 1,
+    pixels: width * height,
+    hasAlpha: meta.hasAlpha ?? false,
+    space: meta.space ?? "unknown",
+    bytes: bytes.byteLength,
+  };
+  if (probe.animated && !limits.allowAnimated) {
+    throw new ImageInputError(`The image is animated (${pages} frames); send a still image.`);
+  }
+  if (width > limits.maxSide || height > limits.maxSide) {
+    throw new ImageInputError(
+      `The image is ${width}×${height}; the largest side allowed is ${limits.maxSide} pixels.`,
+    );
+  }
+  if (probe.pixels > limits.maxPixels) {
+    throw new ImageInputError(
+      `The image has ${(probe.pixels / 1e6).toFixed(1)} megapixels; the limit is ${(limits.maxPixels / 1e6).toFixed(1)}.`,
+    );
+  }
+  if (width < limits.minSide || height < limits.minSide) {
+    throw new ImageInputError(
+      `The image is ${width}×${height}; each side must be at least ${limits.minSide} pixels.`,
+    );
+  }
+  return probe;
+}
+
+export type ImageSize = number | { width: number; height: number };
+
+export interface LoadedImage {
+  /** [1, 3, height, width], RGB, in [-1, 1]. */
+  tensor: Float32Array;
+  width: number;
+  height: number;
+  source: ImageProbe;
+}
+
+function targetSize(size: ImageSize): { width: number; height: number } {
+  const { width, height } = typeof size === "number" ? { width: size, height: size } : size;
+  for (const [name, v] of [
+    ["width", width],
+    ["height", height],
+  ] as const) {
+    if (!Number.isInteger(v) || v < 64 || v > 4096 || v % 64 !== 0) {
+      throw new RangeError(`image ${name} must be a multiple of 64 from 64 to 4096, got ${v}`);
+    }
+  }
+  return { width, height };
+}
+
+/**
+ * Decodes `bytes` to the model's input: oriented, sRGB, alpha on white, resized to cover `size`
+ * (a square side, or width × height; multiples of 64; 512 by default) and centre-cropped.
+ */
+export async function loadImage(
+  bytes: Uint8Array,
+  options: { size?: ImageSize; limits?: ImageLimits } = {},
+): Promise<LoadedImage> {
+  const limits = options.limits ?? DEFAULT_IMAGE_LIMITS;
+  const { width, height } = targetSize(options.size ?? 512);
+  const source = await probeImage(bytes, limits);
+  let raw: { data: Buffer; info: sharp.OutputInfo };
+  try {
+    raw = await sharp(bytes, { limitInputPixels: limits.maxPixels, page: 0, pages: 1 })
+      .rotate()
+      .flatten({ background: "#ffffff" })
+      .resize(width, height, { fit: "cover", position: "centre", kernel: "lanczos3" })
+      .toColourspace("srgb")
+      .removeAlpha()
+      .raw({ depth: "uchar" })
+      .toBuffer({ resolveWithObject: true });
+  } catch (err) {
+    throw new ImageInputError(`The image could not be decoded (${(err as Error).message.split("\n")[0]}).`);
+  }
+  const { data, info } = raw;
+  if (info.channels !== 3 || info.width !== width || info.height !== height) {
+    throw new Error(
+      `sharp returned ${info.width}×${info.height}×${info.channels}, expected ${width}×${height}×3`,
+    );
+  }
+  const plane = width * height;
+  const tensor = new Float32Array(3 * plane);
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < 3; c++) tensor[c * plane + p] = (data[p * 3 + c] as number) / 127.5 - 1;
+  }
+  return { tensor, width, height, source };
+}
+
+/** A [3, H, W] or [1, 3, H, W] tensor in [-1, 1] as a PNG (values clamped; round((x / 2 + 0.5) · 255)). */
+export async function tensorToPng(data: Float32Array, shape: readonly number[]): Promise<Buffer> {
+  const dims = shape.length === 4 && shape[0] === 1 ? shape.slice(1) : shape;
+  const [channels, height, width] = dims as [number, number, number];
+  if (dims.length !== 3 || channels !== 3 || data.length !== 3 * height * width) {
+    throw new RangeError(
+      `tensorToPng needs a [3, H, W] or [1, 3, H, W] tensor of ${data.length} values, got [${shape.join(", ")}]`,
+    );
+  }
+  const plane = width * height;
+  const rgb = Buffer.alloc(3 * plane);
+  for (let p = 0; p < plane; p++) {
+    for (let c = 0; c < 3; c++) {
+      const v = Math.min(1, Math.max(0, (data[c * plane + p] as number) / 2 + 0.5));
+      rgb[p * 3 + c] = Math.round(v * 255);
+    }
+  }
+  return sharp(rgb, { raw: { width, height, channels: 3 } })
+    .png()
+    .toBuffer();
+}
