@@ -7,7 +7,7 @@
  * flatten transparency onto white, resize to cover the target and centre-crop, and scale to [-1, 1] NCHW.
  * Out: a [3, H, W] (or [1, 3, H, W]) tensor in [-1, 1] → PNG, rounded as diffusers' numpy_to_pil.
  */
-import sharp from "sharp";
+import sharp, { type Metadata, type OutputInfo } from "sharp";
 import { UserFacingError } from "../errors.js";
 
 /** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
@@ -65,7 +65,7 @@ export async function probeImage(
   if (bytes.byteLength > limits.maxBytes) {
     throw new ImageInputError(`The image is ${mib(bytes.byteLength)}; the limit is ${mib(limits.maxBytes)}.`);
   }
-  let meta: sharp.Metadata;
+  let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch {
@@ -151,7 +151,7 @@ export async function loadImage(
   const limits = options.limits ?? DEFAULT_IMAGE_LIMITS;
   const { width, height } = targetSize(options.size ?? 512);
   const source = await probeImage(bytes, limits);
-  let raw: { data: Buffer; info: sharp.OutputInfo };
+  let raw: { data: Buffer; info: OutputInfo };
   try {
     raw = await sharp(bytes, { limitInputPixels: limits.maxPixels, page: 0, pages: 1 })
       .rotate()

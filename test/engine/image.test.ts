@@ -138,7 +138,9 @@ describe("loadImage", () => {
     const cmyk = await base().toColourspace("cmyk").jpeg({ quality: 100 }).toBuffer();
     expect((await probeImage(cmyk)).space).toBe("cmyk");
     const fromCmyk = pixel(await loadImage(cmyk, { size: 64 }), 32, 32);
-    fromCmyk.forEach((v, i) => expect(Math.abs(v - ([200, 40, 60][i] as number))).toBeLessThan(24));
+    // CMYK → sRGB goes through libvips' default profiles, so the round trip is close, not exact.
+    const drift = fromCmyk.map((v, i) => Math.abs(v - ([200, 40, 60][i] as number)));
+    expect(Math.max(...drift)).toBeLessThan(24);
 
     const deep = await base().toColourspace("rgb16").png().toBuffer();
     expect((await probeImage(deep)).space).toBe("rgb16");
