@@ -86,6 +86,16 @@ describe("embedded redis-server", () => {
     expect(await client.get("kept")).toBe("across crashes");
   });
 
+  it("gives up after its restart budget and reports it", async () => {
+    const server = await startEmbeddedRedis({ dir: tempDir(), maxRestartsPerMinute: 1 });
+    servers.push(server);
+    const failed = new Promise<Error>((resolve) => server.once("failed", resolve));
+    const restarted = new Promise<{ pid: number }>((resolve) => server.once("restart", resolve));
+    process.kill(server.pid, "SIGKILL");
+    process.kill((await restarted).pid, "SIGKILL");
+    expect((await failed).message).toBe("redis-server crashed 2 times within a minute; giving up");
+  });
+
   it("dies with its parent, even when the parent is SIGKILLed", async () => {
     const dir = tempDir();
     const script = `
