@@ -44,6 +44,8 @@ export interface QueueClientOptions {
   consumer?: string;
   /** Only emit events of jobs that came from this chat platform. */
   platform?: ChatOrigin["platform"];
+  /** Runs per job for transient faults, with exponential backoff from backoffMs. Default 3, 5 s. */
+  retry?: { attempts: number; backoffMs: number };
 }
 
 export type JobStateName =
@@ -86,7 +88,6 @@ export interface QueueClientEvents {
 /** What job.data holds: the validated payload. */
 type AnyPayload = JobPayload<JobName>;
 
-const RETRY = { attempts: 3, backoff: { type: "exponential", delay: 5_000 } } as const;
 const KEEP = {
   removeOnComplete: { age: 7 * 86_400, count: 5_000 },
   removeOnFail: { age: 7 * 86_400, count: 5_000 },
@@ -184,7 +185,9 @@ export class QueueClient {
   }
 
   private async add(name: JobName, payload: AnyPayload, waitingOfUser: number): Promise<string> {
-    const opts = { ...RETRY, ...KEEP, priority: priorityFor(name, waitingOfUser) };
+    const { attempts, backoffMs } = this.options.retry ?? { attempts: 3, backoffMs: 5_000 };
+    const retry = { attempts, backoff: { type: "exponential", delay: backoffMs } };
+    const opts = { ...retry, ...KEEP, priority: priorityFor(name, waitingOfUser) };
     if (name === "swap.edit") {
       const edit = payload as JobPayload<"swap.edit">;
       const concept = {
@@ -213,7 +216,7 @@ export class QueueClient {
                 ...concept,
               } satisfies JobPayload<"swap.concept">,
               opts: {
-                ...RETRY,
+                ...retry,
                 ...KEEP,
                 priority: priorityFor("swap.concept", waitingOfUser),
                 failParentOnFailure: true,
@@ -305,10 +308,10 @@ export class QueueClient {
       this.redis.lrange(this.queue.keys.wait as string, 0, -1),
       this.redis.zrank(this.queue.keys.prioritized as string, jobId),
     ]);
-    const before =
-      rank === null
-        ? []
-        : await this.redis.zrange(this.queue.keys.prioritized as string, 0, String(rank - 1));
+    // (ZRANGE 0 -1 would be the whole set: the first in line has nothing before it.)
+    const before = rank
+      ? await this.redis.zrange(this.queue.keys.prioritized as string, 0, String(rank - 1))
+      : [];
     const ids = [...plain.filter((id) => id !== jobId), ...before];
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hget(this.queue.toKey(id), "name");
@@ -375,7 +378,10 @@ export class QueueClient {
    * restarts. `completed`/`failed` events of a named consumer are claimed before they are emitted.
    */
   async claimDelivery(jobId: string): Promise<boolean> {
-    return (await this.redis.set(keys.delivered(jobId), "1", "EX", DELIVERED_TTL_SECONDS, "NX")) === "OK";
+    // Keyed by id and creation time: job ids start again at 1 if the queue is ever obliterated.
+    const createdAt = (await this.redis.hget(this.queue.toKey(jobId), "timestamp")) ?? "0";
+    const key = keys.delivered(`${jobId}:${createdAt}`);
+    return (await this.redis.set(key, "1", "EX", DELIVERED_TTL_SECONDS, "NX")) === "OK";
   }
 
   /** Starts emitting `events` (BullMQ QueueEvents); resumes from the consumer's cursor when named. */

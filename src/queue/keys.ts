@@ -18,7 +18,7 @@ export const keys = {
   /** String set by a cancel request; the worker turns it into an abort of the running job. */
   cancel: (jobId: string) => `${P}:cancel:${jobId}`,
   /** Per job, set once by the consumer that posted the job's result (see client.ts claimDelivery). */
-  delivered: (jobId: string) => `${P}:delivered:${jobId}`,
+  delivered: (jobRef: string) => `${P}:delivered:${jobRef}`,
   /** Last QueueEvents stream id a consumer has handled, so a restarted bot replays what it missed. */
   eventCursor: (consumer: string) => `${P}:events-cursor:${consumer}`,
   /** List of recent job durations (seconds) per job name, newest first, for ETAs. */

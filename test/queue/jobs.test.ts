@@ -1,0 +1,82 @@
+import { describe, expect, it } from "vitest";
+import { UserFacingError } from "../../src/errors.js";
+import { parsePayload, priorityFor } from "../../src/queue/client.js";
+import { MAX_PAYLOAD_BYTES, referencedBlobs } from "../../src/queue/jobs.js";
+
+const id = (c: string) => c.repeat(64);
+const base = { userId: "u1", origin: { platform: "discord", channel: "c" } };
+
+function refusal(name: string, input: unknown): string {
+  try {
+    parsePayload(name, input);
+  } catch (error) {
+    expect(error).toBeInstanceOf(UserFacingError);
+    return (error as Error).message;
+  }
+  throw new Error("expected a refusal");
+}
+
+describe("job payloads", () => {
+  it("applies defaults to a minimal imagic.train request", () => {
+    const { payload } = parsePayload<"imagic.train">("imagic.train", {
+      ...base,
+      imageBlobId: id("a"),
+      prompt: "a dog",
+    });
+    expect(payload.options.preset).toBe("balanced");
+    expect(referencedBlobs("imagic.train", payload)).toEqual([{ id: id("a"), label: "the photo" }]);
+  });
+
+  it("names unknown job types and lists the known ones", () => {
+    expect(refusal("imagic.upscale", base)).toBe(
+      'unknown job type "imagic.upscale"; the engine runs imagic.train, imagic.render, swap.concept, swap.edit',
+    );
+  });
+
+  it("names the field and the limit of a bad value", () => {
+    const message = refusal("imagic.render", { ...base, stateBlobId: id("b"), seeds: [1], etas: [3] });
+    expect(message).toMatch(/^invalid imagic.render request: etas\.0: .*1\.5/);
+    expect(refusal("imagic.train", { ...base, imageBlobId: "../../etc/passwd", prompt: "x" })).toContain(
+      "imageBlobId: must be a blob id",
+    );
+    expect(
+      refusal("imagic.train", { ...base, imageBlobId: id("a"), prompt: "x", path: "/tmp/x.png" }),
+    ).toContain('Unrecognized key: "path"');
+  });
+
+  it("refuses more images than a render may make", () => {
+    const seeds = Array.from({ length: 16 }, (_, i) => i);
+    const message = refusal("imagic.render", { ...base, stateBlobId: id("b"), seeds, etas: [0.5, 1, 1.5] });
+    expect(message).toContain("at most 32 images");
+  });
+
+  it("refuses oversized payloads before parsing them", () => {
+    const prompt = "x".repeat(MAX_PAYLOAD_BYTES);
+    expect(refusal("imagic.train", { ...base, imageBlobId: id("a"), prompt })).toMatch(
+      /^the imagic.train request is 16\.\d KiB; the limit is 16 KiB/,
+    );
+  });
+
+  it("lists every blob of a swap with the words a user knows them by", () => {
+    const { payload } = parsePayload<"swap.edit">("swap.edit", {
+      ...base,
+      sourceBlobId: id("a"),
+      referenceBlobIds: [id("b"), id("c")],
+      subject: "cat",
+    });
+    expect(referencedBlobs("swap.edit", payload).map((r) => r.label)).toEqual([
+      "the source photo",
+      "reference photo 1",
+      "reference photo 2",
+    ]);
+  });
+});
+
+describe("priorities", () => {
+  it("puts every short job before any long one, and a user's n-th job behind others' earlier ones", () => {
+    expect(priorityFor("imagic.render", 5)).toBeLessThan(priorityFor("imagic.train", 0));
+    expect(priorityFor("swap.edit", 31)).toBeLessThan(priorityFor("swap.concept", 0));
+    expect(priorityFor("imagic.render", 0)).toBeLessThan(priorityFor("imagic.render", 1));
+    expect(priorityFor("imagic.train", 100)).toBe(priorityFor("imagic.train", 31));
+  });
+});
