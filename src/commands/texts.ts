@@ -32,5 +32,5 @@ export function expiredText(mention: string, what: string, ttlSeconds: number, c
 }
 
 export function etaLabel(eta: number): string {
-  return `η ${eta.toFixed(2).replace(/0$/, "")}`;
+  return `η ${Number(eta.toFixed(2))}`;
 }

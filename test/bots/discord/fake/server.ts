@@ -552,7 +552,7 @@ export class FakeDiscord {
     bucket?: { kind: "message" | "reaction" | "default"; key: string };
     run: () => Promise<{ status: number; body?: unknown }>;
   }> {
-    const parts = path.split("/").filter(Boolean);
+    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
     const p = (i: number) => parts[i] ?? "";
     const authorized = () => {
       if (req.headers.authorization !== `Bot ${this.token}`)
@@ -681,7 +681,7 @@ export class FakeDiscord {
             authorized();
             const channel = this.mustChannel(channelId);
             need(channel, PermissionFlagsBits.AddReactions | PermissionFlagsBits.ReadMessageHistory);
-            this.storeReaction(this.mustMessage(p(3)), this.botUser, decodeURIComponent(p(5)));
+            this.storeReaction(this.mustMessage(p(3)), this.botUser, p(5));
             return { status: 204 };
           },
         };
