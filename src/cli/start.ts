@@ -1,5 +1,5 @@
 import { Command } from "commander";
-import { appConfig, redactedConfig } from "../config.js";
+import { appConfig, redactedConfig, redactUrl } from "../config.js";
 import { childLogger } from "../log.js";
 import { runServices, type Service } from "../services.js";
 
@@ -22,6 +22,17 @@ export function startCommand(): Command {
           "MODEL is unset: using the tiny TEST checkpoint, whose images are noise. Set MODEL to a diffusers folder or hub id",
         );
       }
+      log.info(
+        {
+          redis: config.redisUrl ? redactUrl(config.redisUrl) : `embedded, data in ${config.stateDir}/redis`,
+          services: SERVICES.map((service) => service.name),
+          discord: config.discordToken ? "token set" : "DISCORD_TOKEN unset",
+          slack: config.slackBotToken ? "token set" : "SLACK_BOT_TOKEN unset",
+          model: config.model,
+          device: config.engineDevice,
+        },
+        "plan",
+      );
       if (SERVICES.length === 0) {
         log.warn("no engine worker or chat bot is registered in src/cli/start.ts yet: only Redis will run");
       }
