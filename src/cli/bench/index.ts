@@ -1,7 +1,8 @@
 import { Command } from "commander";
+import { sdBenchCommand } from "./sd.js";
 
 /** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, queue.ts). */
-const BENCHMARKS: Array<() => Command> = [];
+const BENCHMARKS: Array<() => Command> = [sdBenchCommand];
 
 export function benchCommand(): Command {
   const bench = new Command("bench").description(

@@ -1,7 +1,8 @@
 import { Command } from "commander";
+import { txt2imgCommand } from "./txt2img.js";
 
 /** One factory per edit, each in its own file here (txt2img.ts, imagic.ts, …). */
-const EDITS: Array<() => Command> = [];
+const EDITS: Array<() => Command> = [txt2imgCommand];
 
 export function editCommand(): Command {
   const edit = new Command("edit").description("run an edit locally, without chat (writes image files)");

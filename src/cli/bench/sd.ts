@@ -1,0 +1,350 @@
+/**
+ * `bench sd`: Stable Diffusion 1.5-shaped graphs with random weights made here (no checkpoint needed):
+ * the UNet CFG step (batch 2), VAE encode and decode, a text-encoder call, and denoising-loss steps with
+ * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1). `--tiny` shrinks every network so the
+ * whole thing runs on a CPU in seconds (a smoke test of the bundle and the graphs).
+ */
+import { writeFileSync } from "node:fs";
+import { Command, Option } from "commander";
+import type { Graph } from "../../engine/graph/index.js";
+import {
+  type ComputeDType,
+  IO,
+  lossGraph,
+  textEncoderGraph,
+  unetGraph,
+  vaeDecodeGraph,
+  vaeEncodeGraph,
+} from "../../engine/models/components.js";
+import {
+  type TextEncoderConfig,
+  TextEncoderConfigSchema,
+  type UNetConfig,
+  UNetConfigSchema,
+  type VaeConfig,
+  VaeConfigSchema,
+} from "../../engine/models/config.js";
+import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
+import { randomWeights } from "../../engine/models/random-weights.js";
+import { createSession, type Device, type HostTensor, resolveDevice } from "../../engine/runtime/index.js";
+
+interface Shapes {
+  unet: UNetConfig;
+  vae: VaeConfig;
+  clip: TextEncoderConfig;
+  /** Image side in pixels. */
+  size: number;
+}
+
+const DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"];
+const UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"];
+const VAE_DOWN = Array(4).fill("DownEncoderBlock2D");
+const VAE_UP = Array(4).fill("UpDecoderBlock2D");
+
+/** SD 1.5: UNet 320/640/1280/1280 with 8 heads and cross-attention 768, VAE 128/256/512/512, CLIP ViT-L/14 text. */
+export function sd15Shapes(size = 512): Shapes {
+  return {
+    unet: UNetConfigSchema.parse({
+      block_out_channels: [320, 640, 1280, 1280],
+      down_block_types: DOWN,
+      up_block_types: UP,
+      attention_head_dim: 8,
+      cross_attention_dim: 768,
+      layers_per_block: 2,
+    }),
+    vae: VaeConfigSchema.parse({
+      block_out_channels: [128, 256, 512, 512],
+      down_block_types: VAE_DOWN,
+      up_block_types: VAE_UP,
+      layers_per_block: 2,
+    }),
+    clip: TextEncoderConfigSchema.parse({
+      hidden_size: 768,
+      intermediate_size: 3072,
+      num_attention_heads: 12,
+      num_hidden_layers: 12,
+      hidden_act: "quick_gelu",
+    }),
+    size,
+  };
+}
+
+/** The same structure at toy widths, for a CPU smoke run. */
+export function tinyShapes(size = 64): Shapes {
+  return {
+    unet: UNetConfigSchema.parse({
+      block_out_channels: [32, 32, 64, 64],
+      down_block_types: DOWN,
+      up_block_types: UP,
+      attention_head_dim: 8,
+      cross_attention_dim: 32,
+      layers_per_block: 1,
+    }),
+    vae: VaeConfigSchema.parse({
+      block_out_channels: [32, 32, 64, 64],
+      down_block_types: VAE_DOWN,
+      up_block_types: VAE_UP,
+      layers_per_block: 1,
+    }),
+    clip: TextEncoderConfigSchema.parse({
+      hidden_size: 32,
+      intermediate_size: 64,
+      num_attention_heads: 4,
+      num_hidden_layers: 2,
+      hidden_act: "quick_gelu",
+    }),
+    size,
+  };
+}
+
+export interface BenchRow {
+  name: string;
+  dtype: string;
+  /** Session creation (graph build + emission + onnxruntime load). */
+  createMs: number;
+  firstRunMs: number;
+  /** Median of the timed runs after the first. */
+  medianMs: number;
+  minMs: number;
+  runs: number;
+  params: number;
+}
+
+function randn(n: number, seed: number): Float32Array {
+  // Box–Muller over a small LCG: inputs only need to be plausible, not reproducible across versions.
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  const next = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s + 1) / 4294967297;
+  };
+  for (let i = 0; i < n; i++) out[i] = Math.sqrt(-2 * Math.log(next())) * Math.cos(2 * Math.PI * next());
+  return out;
+}
+
+const f32 = (shape: number[], seed: number, scale = 1): HostTensor => {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = randn(n, seed);
+  if (scale !== 1) for (let i = 0; i < n; i++) data[i] = (data[i] as number) * scale;
+  return { dtype: "float32", shape, data };
+};
+
+interface Case {
+  name: string;
+  dtype: ComputeDType;
+  build: (weights: ReturnType<typeof randomWeights>) => {
+    graph: Graph;
+    feeds: () => Record<string, HostTensor>;
+  };
+}
+
+function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
+  const ls = s.size / 2 ** (s.vae.block_out_channels.length - 1);
+  const d = s.unet.cross_attention_dim;
+  const latent = (b: number, seed: number) => f32([b, s.unet.in_channels, ls, ls], seed);
+  const context = (b: number) => f32([b, 77, d], 3);
+  const lossFeeds = (lora: LoraInputs | undefined): Record<string, HostTensor> => ({
+    [IO.x0]: latent(1, 1),
+    [IO.noise]: latent(1, 2),
+    [IO.timestep]: { dtype: "float32", shape: [1], data: Float32Array.of(500) },
+    [IO.sqrtAlpha]: { dtype: "float32", shape: [1], data: Float32Array.of(0.53) },
+    [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [1], data: Float32Array.of(0.85) },
+    [IO.context]: context(1),
+    ...(lora ? lora.feeds(newLoraWeights(loraModules(lora), lora.rank, lora.rank, 0)) : {}),
+  });
+  return [
+    {
+      name: "text encoder (batch 1)",
+      dtype: "float32",
+      build: (w) => ({
+        graph: textEncoderGraph(w, s.clip, 1),
+        feeds: () => ({
+          [IO.inputIds]: {
+            dtype: "int64",
+            shape: [1, 77],
+            data: BigInt64Array.from({ length: 77 }, (_, i) => BigInt(i < 8 ? 320 + i : 49407)),
+          },
+        }),
+      }),
+    },
+    {
+      name: "UNet CFG step (batch 2)",
+      dtype: unetDtype,
+      build: (w) => ({
+        graph: unetGraph(w, s.unet, { batch: 2, height: ls, width: ls, dtype: unetDtype }).graph,
+        feeds: () => ({
+          [IO.sample]: latent(2, 1),
+          [IO.timestep]: { dtype: "float32", shape: [2], data: Float32Array.of(500, 500) },
+          [IO.context]: context(2),
+        }),
+      }),
+    },
+    {
+      name: `VAE encode (${s.size}²)`,
+      dtype: "float32",
+      build: (w) => ({
+        graph: vaeEncodeGraph(w, s.vae, s.size, s.size),
+        feeds: () => ({ [IO.image]: f32([1, 3, s.size, s.size], 4, 0.5) }),
+      }),
+    },
+    {
+      name: `VAE decode (${ls}² latents)`,
+      dtype: "float32",
+      build: (w) => ({
+        graph: vaeDecodeGraph(w, s.vae, 1, ls, ls),
+        feeds: () => ({ [IO.latents]: latent(1, 5) }),
+      }),
+    },
+    {
+      name: "loss + d/d context (batch 1)",
+      dtype: "float32",
+      build: (w) => {
+        const lg = lossGraph(w, s.unet, {
+          batch: 1,
+          height: ls,
+          width: ls,
+          prediction: "epsilon",
+          wrtContext: true,
+          wrtLora: false,
+        });
+        return { graph: lg.graph, feeds: () => lossFeeds(undefined) };
+      },
+    },
+    {
+      name: "loss + d/d LoRA r=16 (batch 1)",
+      dtype: "float32",
+      build: (w) => {
+        const lg = lossGraph(w, s.unet, {
+          batch: 1,
+          height: ls,
+          width: ls,
+          prediction: "epsilon",
+          wrtContext: false,
+          wrtLora: true,
+          loraRank: 16,
+        });
+        return { graph: lg.graph, feeds: () => lossFeeds(lg.lora) };
+      },
+    },
+  ];
+}
+
+function loraModules(lora: LoraInputs) {
+  return [...lora.modules].map(([path, m]) => ({ path, inF: m.inF, outF: m.outF }));
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+export async function runSdBench(opts: {
+  device: Device;
+  dtype: ComputeDType;
+  shapes: Shapes;
+  runs: number;
+  only?: string;
+  log?: (line: string) => void;
+}): Promise<{ device: string; rows: BenchRow[] }> {
+  const device = await resolveDevice(opts.device);
+  const rows: BenchRow[] = [];
+  for (const c of cases(opts.shapes, opts.dtype)) {
+    if (opts.only && !c.name.toLowerCase().includes(opts.only.toLowerCase())) continue;
+    opts.log?.(`… ${c.name}`);
+    const weights = randomWeights();
+    const t0 = performance.now();
+    const { graph, feeds } = c.build(weights);
+    const session = await createSession(graph, { device });
+    const createMs = performance.now() - t0;
+    const input = feeds();
+    let t = performance.now();
+    await session.run(input);
+    const firstRunMs = performance.now() - t;
+    const times: number[] = [];
+    for (let i = 0; i < opts.runs; i++) {
+      t = performance.now();
+      await session.run(input);
+      times.push(performance.now() - t);
+    }
+    await session.release();
+    const row: BenchRow = {
+      name: c.name,
+      dtype: c.dtype,
+      createMs,
+      firstRunMs,
+      medianMs: median(times),
+      minMs: Math.min(...times),
+      runs: times.length,
+      params: weights.count(),
+    };
+    rows.push(row);
+    opts.log?.(formatRow(row));
+  }
+  return { device, rows };
+}
+
+function formatRow(r: BenchRow): string {
+  const ms = (x: number) => x.toFixed(1).padStart(9);
+  return `${r.name.padEnd(34)} ${r.dtype.padEnd(8)} ${ms(r.createMs)} ${ms(r.firstRunMs)} ${ms(r.medianMs)} ${ms(r.minMs)} ${String(r.runs).padStart(4)} ${(r.params / 1e6).toFixed(1).padStart(7)}M`;
+}
+
+export function sdBenchCommand(): Command {
+  return new Command("sd")
+    .description("SD 1.5-shaped UNet/VAE/CLIP graphs with random weights: forward and gradient step timings")
+    .addOption(
+      new Option("--device <device>", "execution provider")
+        .choices(["auto", "cpu", "webgpu", "cuda"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--dtype <dtype>", "UNet forward compute dtype").choices(["fp16", "fp32"]).default("fp16"),
+    )
+    .option("--tiny", "toy-width networks at 64² (a quick CPU smoke run)", false)
+    .option("--size <pixels>", "image side (512 for SD 1.5)", (v) => Number.parseInt(v, 10))
+    .option("--runs <n>", "timed runs per case after the first", (v) => Number.parseInt(v, 10), 5)
+    .option("--only <text>", "run only the cases whose name contains this")
+    .option("--json <file>", "also write the results as JSON")
+    .action(
+      async (o: {
+        device: Device;
+        dtype: "fp16" | "fp32";
+        tiny: boolean;
+        size?: number;
+        runs: number;
+        only?: string;
+        json?: string;
+      }) => {
+        if (o.size !== undefined && (!Number.isInteger(o.size) || o.size < 64 || o.size % 64 !== 0)) {
+          throw new Error(`--size must be a multiple of 64 (≥ 64), got ${o.size}`);
+        }
+        if (!Number.isInteger(o.runs) || o.runs < 1)
+          throw new Error(`--runs must be a whole number ≥ 1, got ${o.runs}`);
+        const shapes = o.tiny ? tinyShapes(o.size) : sd15Shapes(o.size);
+        const out = (line: string) => process.stdout.write(`${line}\n`);
+        out(
+          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, device ${o.device}`,
+        );
+        out(
+          `${"case".padEnd(34)} ${"dtype".padEnd(8)} ${"create ms".padStart(9)} ${"first ms".padStart(9)} ${"median ms".padStart(9)} ${"min ms".padStart(9)} runs  params`,
+        );
+        const result = await runSdBench({
+          device: o.device,
+          dtype: o.dtype === "fp16" ? "float16" : "float32",
+          shapes,
+          runs: o.runs,
+          only: o.only,
+          log: (l) => {
+            if (!l.startsWith("…")) out(l);
+          },
+        });
+        if (o.json) {
+          writeFileSync(
+            o.json,
+            `${JSON.stringify({ benchmark: "sd", tiny: o.tiny, size: shapes.size, ...result }, null, 2)}\n`,
+          );
+          out(`wrote ${o.json}`);
+        }
+      },
+    );
+}

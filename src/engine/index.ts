@@ -1,0 +1,404 @@
+/**
+ * The engine's public API: a Stable Diffusion checkpoint whose components run as onnxruntime sessions
+ * built from our own graphs (docs/ENGINE.md). Sessions are compiled lazily, one per component, batch,
+ * size and variant (LoRA rank, gradients wanted, dtype), and cached for the life of the object.
+ *
+ * Conventions: images are [B, 3, H, W] float32 in [-1, 1]; latents are [B, 4, H/8, W/8] and always
+ * *scaled* (multiplied by the VAE's scaling_factor, as the UNet sees them); contexts are [B, 77, D].
+ */
+import { existsSync } from "node:fs";
+import { childLogger } from "../log.js";
+import { DDIMScheduler } from "./diffusion/ddim.js";
+import type { Graph } from "./graph/index.js";
+import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
+import {
+  type ComputeDType,
+  IO,
+  lossGraph,
+  textEncoderGraph,
+  unetGraph,
+  vaeDecodeGraph,
+  vaeEncodeGraph,
+} from "./models/components.js";
+import {
+  type LoraInputs,
+  type LoraWeights,
+  loraDownName,
+  loraTargets,
+  loraUpName,
+  newLoraWeights,
+} from "./models/lora.js";
+import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
+
+export type { LoraWeights } from "./models/lora.js";
+export type { Device } from "./runtime/index.js";
+
+const log = childLogger("engine");
+
+export interface LoadOptions {
+  device: Device;
+  /** Compute dtype of the UNet's forward pass: fp16 halves memory and time on a GPU. auto: fp16 on a GPU. */
+  dtype?: "fp32" | "fp16" | "auto";
+  /** Where hub downloads go (a model id instead of a folder). */
+  cacheDir?: string;
+  endpoint?: string;
+  token?: string;
+  onProgress?: (p: { file: string; received: number; total: number }) => void;
+}
+
+export interface LossArgs {
+  /** Clean latents [B, 4, h, w] (scaled). */
+  latents0: Float32Array;
+  noise: Float32Array;
+  /** One timestep per batch item. */
+  t: number[];
+  /** [B, 77, D], or [1, 77, D] shared by every item (its gradient is then summed over the batch). */
+  context: Float32Array;
+  lora?: LoraWeights;
+  wrt: ReadonlyArray<"context" | "lora">;
+}
+
+export interface LossResult {
+  loss: number;
+  dContext?: Float32Array;
+  dLora?: LoraWeights;
+}
+
+type Cached = { session: Session; lora?: LoraInputs };
+
+export class StableDiffusion {
+  private readonly sessions = new Map<string, Promise<Cached>>();
+  private readonly unetDtype: ComputeDType;
+
+  private constructor(
+    readonly modelId: string,
+    private readonly ckpt: Checkpoint,
+    readonly device: "cuda" | "webgpu" | "cpu",
+    dtype: "fp32" | "fp16" | "auto",
+  ) {
+    this.unetDtype = dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
+  }
+
+  /** Opens a diffusers folder, or downloads a hub model id into `cacheDir` first. */
+  static async load(pathOrId: string, opts: LoadOptions): Promise<StableDiffusion> {
+    // The hub client is loaded only for a model id: a local folder needs no network code.
+    const folder = existsSync(pathOrId)
+      ? pathOrId
+      : await (await import("./models/hub.js")).resolveModel(pathOrId, {
+          cacheDir: opts.cacheDir ?? ".state/models",
+          endpoint: opts.endpoint,
+          token: opts.token,
+          onProgress: opts.onProgress,
+        });
+    const ckpt = openCheckpoint(folder);
+    const device = await resolveDevice(opts.device);
+    log.info({ model: pathOrId, device, dtype: opts.dtype ?? "auto" }, "model opened");
+    return new StableDiffusion(pathOrId, ckpt, device, opts.dtype ?? "auto");
+  }
+
+  /** The VAE's down-sampling factor (8 for SD). */
+  get vaeScale(): number {
+    return 2 ** (this.ckpt.vae.config.block_out_channels.length - 1);
+  }
+
+  /** The resolution the checkpoint was trained at: the UNet's sample_size × the VAE factor (512 if unset). */
+  get defaultImageSize(): number {
+    const s = this.ckpt.unet.config.sample_size;
+    return s ? s * this.vaeScale : 512;
+  }
+
+  latentSize(imageSize: number): number {
+    if (imageSize % this.vaeScale !== 0) {
+      throw new Error(`image size ${imageSize} is not a multiple of the VAE's factor ${this.vaeScale}`);
+    }
+    return imageSize / this.vaeScale;
+  }
+
+  get contextShape(): [77, number] {
+    return [77, this.ckpt.unet.config.cross_attention_dim];
+  }
+
+  get latentChannels(): number {
+    return this.ckpt.unet.config.in_channels;
+  }
+
+  get predictionType(): "epsilon" | "v_prediction" {
+    return this.ckpt.scheduler.config.prediction_type;
+  }
+
+  tokenize(text: string): { ids: number[]; truncated: boolean } {
+    return this.ckpt.tokenizer.encode(text);
+  }
+
+  /** The text encoder's last_hidden_state for each text: [n, 77, D]. */
+  async encodeText(texts: string[]): Promise<Float32Array> {
+    if (texts.length === 0) throw new Error("encodeText: no texts given");
+    const n = texts.length;
+    const ids = new BigInt64Array(n * 77);
+    texts.forEach((t, i) => {
+      this.tokenize(t).ids.forEach((id, j) => {
+        ids[i * 77 + j] = BigInt(id);
+      });
+    });
+    const { session } = await this.cached(`text:${n}`, () => ({
+      graph: textEncoderGraph(this.ckpt.textEncoder.weights, this.ckpt.textEncoder.config, n),
+    }));
+    const out = await session.run({ [IO.inputIds]: { dtype: "int64", shape: [n, 77], data: ids } });
+    return f32(out, IO.lastHiddenState);
+  }
+
+  /** image [1, 3, H, W] → the latent distribution's mean and std, both × scaling_factor. */
+  async encodeImage(
+    image: Float32Array,
+    h: number,
+    w: number,
+  ): Promise<{ mean: Float32Array; std: Float32Array }> {
+    expectLength("encodeImage: image", image, 3 * h * w);
+    this.latentSize(h);
+    this.latentSize(w);
+    const { session } = await this.cached(`vae_encode:${h}x${w}`, () => ({
+      graph: vaeEncodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, h, w),
+    }));
+    const out = await session.run({ [IO.image]: { dtype: "float32", shape: [1, 3, h, w], data: image } });
+    const sf = this.ckpt.vae.config.scaling_factor;
+    return { mean: scale(f32(out, IO.mean), sf), std: scale(f32(out, IO.std), sf) };
+  }
+
+  /** Scaled latents [B, 4, H/8, W/8] → images [B, 3, H, W] in [-1, 1] (not clamped); h, w are the image's. */
+  async decodeLatents(latents: Float32Array, h: number, w: number): Promise<Float32Array> {
+    const lh = this.latentSize(h);
+    const lw = this.latentSize(w);
+    const per = this.latentChannels * lh * lw;
+    const batch = batchOf("decodeLatents: latents", latents, per);
+    const { session } = await this.cached(`vae_decode:${batch}:${lh}x${lw}`, () => ({
+      graph: vaeDecodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, batch, lh, lw),
+    }));
+    const unscaled = scale(latents, 1 / this.ckpt.vae.config.scaling_factor);
+    const out = await session.run({
+      [IO.latents]: { dtype: "float32", shape: [batch, this.latentChannels, lh, lw], data: unscaled },
+    });
+    return f32(out, IO.image);
+  }
+
+  /**
+   * The UNet's output (ε or v, as the checkpoint predicts) for latents [B, 4, h, w] at timestep t (one
+   * for the batch, or one per item) with context [B, 77, D]. The batch comes from the context; the
+   * latents are square unless `size` says.
+   */
+  async predictNoise(
+    latents: Float32Array,
+    t: number | readonly number[],
+    context: Float32Array,
+    lora?: LoraWeights,
+    size?: { height: number; width: number },
+  ): Promise<Float32Array> {
+    const batch = batchOf("predictNoise: context", context, this.contextSize());
+    const [lh, lw] = this.latentDims(latents, batch, size);
+    const rank = lora ? loraRank(lora) : 0;
+    const { session, lora: inputs } = await this.cached(
+      `unet:${batch}:${lh}x${lw}:${this.unetDtype}:r${rank}`,
+      () =>
+        unetGraph(this.ckpt.unet.weights, this.ckpt.unet.config, {
+          batch,
+          height: lh,
+          width: lw,
+          dtype: this.unetDtype,
+          loraRank: rank || undefined,
+        }),
+    );
+    const feeds: Record<string, HostTensor> = {
+      [IO.sample]: { dtype: "float32", shape: [batch, this.latentChannels, lh, lw], data: latents },
+      [IO.timestep]: { dtype: "float32", shape: [batch], data: timesteps(t, batch) },
+      [IO.context]: { dtype: "float32", shape: [batch, 77, this.contextShape[1]], data: context },
+      ...(lora && inputs ? inputs.feeds(lora) : {}),
+    };
+    return f32(await session.run(feeds), IO.unetOut);
+  }
+
+  /**
+   * One compiled training step: the denoising loss at the given timesteps (noise added as the scheduler
+   * does, target ε or v per the checkpoint) and its gradients w.r.t. the context and/or the LoRA weights.
+   */
+  async lossAndGrads(args: LossArgs): Promise<LossResult> {
+    const batch = args.t.length;
+    if (batch === 0) throw new Error("lossAndGrads: no timesteps given");
+    const [lh, lw] = this.latentDims(args.latents0, batch);
+    expectLength("lossAndGrads: noise", args.noise, args.latents0.length);
+    const ctxSize = this.contextSize();
+    const ctxBatch = batchOf("lossAndGrads: context", args.context, ctxSize);
+    if (ctxBatch !== batch && ctxBatch !== 1) {
+      throw new Error(
+        `lossAndGrads: context holds ${ctxBatch} items for a batch of ${batch} (give ${batch} or 1)`,
+      );
+    }
+    const wantContext = args.wrt.includes("context");
+    const wantLora = args.wrt.includes("lora");
+    if (wantLora && !args.lora) throw new Error("lossAndGrads: gradients w.r.t. LoRA need LoRA weights");
+    const rank = args.lora ? loraRank(args.lora) : 0;
+    const key = `loss:${batch}:${lh}x${lw}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}`;
+    const { session, lora: inputs } = await this.cached(key, () =>
+      lossGraph(this.ckpt.unet.weights, this.ckpt.unet.config, {
+        batch,
+        height: lh,
+        width: lw,
+        loraRank: rank || undefined,
+        prediction: this.predictionType,
+        wrtContext: wantContext,
+        wrtLora: wantLora,
+      }),
+    );
+    const alphas = this.scheduler().alphasCumprod;
+    const sa = new Float32Array(batch);
+    const so = new Float32Array(batch);
+    args.t.forEach((t, i) => {
+      const ac = alphas[t];
+      if (!Number.isInteger(t) || ac === undefined) {
+        throw new Error(`lossAndGrads: timestep ${t} is outside 0…${alphas.length - 1}`);
+      }
+      sa[i] = Math.sqrt(ac);
+      so[i] = Math.sqrt(1 - ac);
+    });
+    const shape = [batch, this.latentChannels, lh, lw];
+    const context = ctxBatch === batch ? args.context : tile(args.context, batch);
+    const feeds: Record<string, HostTensor> = {
+      [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
+      [IO.noise]: { dtype: "float32", shape, data: args.noise },
+      [IO.timestep]: { dtype: "float32", shape: [batch], data: Float32Array.from(args.t) },
+      [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sa },
+      [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: so },
+      [IO.context]: { dtype: "float32", shape: [batch, 77, this.contextShape[1]], data: context },
+      ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
+    };
+    const out = await session.run(feeds);
+    const result: LossResult = { loss: f32(out, IO.loss)[0] as number };
+    if (wantContext) {
+      const d = f32(out, IO.dContext);
+      result.dContext = ctxBatch === batch ? d : sumBatches(d, batch);
+    }
+    if (wantLora && args.lora) {
+      const dLora: LoraWeights = new Map();
+      for (const [path, m] of args.lora) {
+        dLora.set(path, {
+          ...m,
+          down: f32(out, IO.grad + loraDownName(path)),
+          up: f32(out, IO.grad + loraUpName(path)),
+        });
+      }
+      result.dLora = dLora;
+    }
+    return result;
+  }
+
+  /** A fresh LoRA on every attention projection: A random (seeded), B zero, so it starts as a no-op. */
+  newLora(rank: number, alpha: number, seed: number): LoraWeights {
+    const store = this.ckpt.unet.weights;
+    return newLoraWeights(
+      loraTargets(store.names(), (n) => store.info(n).shape),
+      rank,
+      alpha,
+      seed,
+    );
+  }
+
+  /** A new DDIM scheduler with the checkpoint's noise schedule (each caller sets its own timesteps). */
+  scheduler(): DDIMScheduler {
+    return DDIMScheduler.fromConfig(this.ckpt.scheduler.config);
+  }
+
+  async release(): Promise<void> {
+    const all = [...this.sessions.values()];
+    this.sessions.clear();
+    for (const s of await Promise.allSettled(all))
+      if (s.status === "fulfilled") await s.value.session.release();
+  }
+
+  private contextSize(): number {
+    return 77 * this.contextShape[1];
+  }
+
+  private latentDims(
+    latents: Float32Array,
+    batch: number,
+    size?: { height: number; width: number },
+  ): [number, number] {
+    const perItem = latents.length / (batch * this.latentChannels);
+    if (size) {
+      expectLength("latents", latents, batch * this.latentChannels * size.height * size.width);
+      return [size.height, size.width];
+    }
+    const side = Math.round(Math.sqrt(perItem));
+    if (!Number.isInteger(perItem) || side * side !== perItem) {
+      throw new Error(
+        `latents of ${latents.length} values are not ${batch} square ${this.latentChannels}-channel latents (give their size)`,
+      );
+    }
+    return [side, side];
+  }
+
+  private cached(key: string, build: () => { graph: Graph; lora?: LoraInputs | undefined }): Promise<Cached> {
+    let entry = this.sessions.get(key);
+    if (!entry) {
+      entry = (async () => {
+        const started = performance.now();
+        const { graph, lora } = build();
+        const session = await createSession(graph, { device: this.device });
+        log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
+        return { session, lora };
+      })();
+      // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
+      entry.catch(() => this.sessions.delete(key));
+      this.sessions.set(key, entry);
+    }
+    return entry;
+  }
+}
+
+function timesteps(t: number | readonly number[], batch: number): Float32Array {
+  if (typeof t === "number") return new Float32Array(batch).fill(t);
+  if (t.length !== batch) throw new Error(`predictNoise: ${t.length} timesteps for a batch of ${batch}`);
+  return Float32Array.from(t);
+}
+
+function loraRank(lora: LoraWeights): number {
+  const first = lora.values().next().value;
+  if (!first) throw new Error("LoRA weights are empty");
+  return first.rank;
+}
+
+function f32(out: Record<string, HostTensor>, name: string): Float32Array {
+  const t = out[name];
+  if (!t || !(t.data instanceof Float32Array))
+    throw new Error(`session output "${name}" is missing or not float32`);
+  return t.data;
+}
+
+function scale(x: Float32Array, s: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = (x[i] as number) * s;
+  return out;
+}
+
+function expectLength(what: string, x: Float32Array, n: number): void {
+  if (x.length !== n) throw new Error(`${what} holds ${x.length} values, expected ${n}`);
+}
+
+function batchOf(what: string, x: Float32Array, perItem: number): number {
+  const b = x.length / perItem;
+  if (!Number.isInteger(b) || b < 1)
+    throw new Error(`${what} holds ${x.length} values, not a multiple of ${perItem}`);
+  return b;
+}
+
+function tile(x: Float32Array, n: number): Float32Array {
+  const out = new Float32Array(x.length * n);
+  for (let i = 0; i < n; i++) out.set(x, i * x.length);
+  return out;
+}
+
+function sumBatches(x: Float32Array, n: number): Float32Array {
+  const per = x.length / n;
+  const out = new Float32Array(per);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < per; j++) out[j] = (out[j] as number) + (x[i * per + j] as number);
+  return out;
+}

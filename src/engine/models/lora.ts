@@ -1,0 +1,142 @@
+/**
+ * LoRA on the UNet's attention projections (to_q, to_k, to_v, to_out.0 of every attn1/attn2), as peft
+ * applies it for diffusers' LoRA training: y = W·x + (alpha/rank)·B·(A·x), A [rank, in] ("down"),
+ * B [out, rank] ("up"). A and B are graph inputs, so one compiled session serves every LoRA state.
+ */
+import type { Graph, Tensor } from "../graph/index.js";
+import { add, cast, linear, mul } from "../graph/index.js";
+import type { HostTensor } from "../runtime/index.js";
+
+export interface LoraModule {
+  down: Float32Array;
+  up: Float32Array;
+  rank: number;
+  alpha: number;
+  inF: number;
+  outF: number;
+}
+
+/** Module path (e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") → its adapter. */
+export type LoraWeights = Map<string, LoraModule>;
+
+/** What the attention builders call on each adaptable projection: returns y plus the adapter's delta. */
+export interface LoraHook {
+  apply(path: string, x: Tensor, y: Tensor, inF: number, outF: number): Tensor;
+}
+
+const TARGET = /\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$/;
+
+/** Whether a module path is one LoRA adapts. */
+export function isLoraTarget(path: string): boolean {
+  return TARGET.test(path);
+}
+
+export const loraDownName = (path: string) => `lora.${path}.down`;
+export const loraUpName = (path: string) => `lora.${path}.up`;
+export const LORA_SCALE = "lora.scale";
+
+/** Graph inputs for one rank; records each adapted module so feeds and gradients can be matched to it. */
+export class LoraInputs implements LoraHook {
+  readonly modules = new Map<string, { down: Tensor; up: Tensor; inF: number; outF: number }>();
+  /** alpha / rank, an input so one session serves every alpha. */
+  readonly scale: Tensor;
+
+  constructor(
+    readonly graph: Graph,
+    readonly rank: number,
+  ) {
+    if (!Number.isInteger(rank) || rank < 1)
+      throw new Error(`LoRA rank must be a positive integer, got ${rank}`);
+    this.scale = graph.input(LORA_SCALE, "float32", [1]);
+  }
+
+  apply(path: string, x: Tensor, y: Tensor, inF: number, outF: number): Tensor {
+    if (!isLoraTarget(path)) return y;
+    if (this.modules.has(path)) throw new Error(`LoRA: module ${path} adapted twice`);
+    const down = this.graph.input(loraDownName(path), "float32", [this.rank, inF]);
+    const up = this.graph.input(loraUpName(path), "float32", [outF, this.rank]);
+    this.modules.set(path, { down, up, inF, outF });
+    const dt = x.dtype;
+    const lowered = (t: Tensor) => (dt === "float32" ? t : cast(t, dt));
+    const delta = linear(linear(x, lowered(down)), lowered(up));
+    return add(y, mul(delta, lowered(this.scale)));
+  }
+
+  /** Feeds for a LoRA state; every adapted module must be present with this rank. */
+  feeds(weights: LoraWeights): Record<string, HostTensor> {
+    const out: Record<string, HostTensor> = {};
+    let scale: number | undefined;
+    for (const [path, m] of this.modules) {
+      const w = weights.get(path);
+      if (!w) throw new Error(`LoRA weights lack module ${path}`);
+      if (w.rank !== this.rank || w.inF !== m.inF || w.outF !== m.outF) {
+        throw new Error(
+          `LoRA module ${path}: rank ${w.rank}, ${w.inF}→${w.outF}; the graph expects rank ${this.rank}, ${m.inF}→${m.outF}`,
+        );
+      }
+      const s = w.alpha / w.rank;
+      if (scale !== undefined && s !== scale) throw new Error("LoRA weights mix different alpha/rank scales");
+      scale = s;
+      out[loraDownName(path)] = { dtype: "float32", shape: [this.rank, m.inF], data: w.down };
+      out[loraUpName(path)] = { dtype: "float32", shape: [m.outF, this.rank], data: w.up };
+    }
+    if (weights.size !== this.modules.size) {
+      const extra = [...weights.keys()].find((k) => !this.modules.has(k));
+      throw new Error(`LoRA weights hold module ${extra}, which this UNet does not adapt`);
+    }
+    out[LORA_SCALE] = { dtype: "float32", shape: [1], data: Float32Array.of(scale ?? 0) };
+    return out;
+  }
+}
+
+/** Deterministic uniform numbers in [0, 1) (mulberry32), so an init is the same on every machine. */
+function uniform(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * A fresh adapter per module, initialized as peft does: A ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in),
+ * B = 0, so the adapted UNet starts out computing exactly the frozen one.
+ */
+export function newLoraWeights(
+  modules: ReadonlyArray<{ path: string; inF: number; outF: number }>,
+  rank: number,
+  alpha: number,
+  seed: number,
+): LoraWeights {
+  if (!Number.isInteger(rank) || rank < 1)
+    throw new Error(`LoRA rank must be a positive integer, got ${rank}`);
+  if (!(alpha > 0)) throw new Error(`LoRA alpha must be positive, got ${alpha}`);
+  const rand = uniform(seed);
+  const out: LoraWeights = new Map();
+  for (const m of modules) {
+    const bound = 1 / Math.sqrt(m.inF);
+    const down = new Float32Array(rank * m.inF);
+    for (let i = 0; i < down.length; i++) down[i] = (2 * rand() - 1) * bound;
+    out.set(m.path, { down, up: new Float32Array(m.outF * rank), rank, alpha, inF: m.inF, outF: m.outF });
+  }
+  return out;
+}
+
+/** The modules LoRA adapts in a UNet weight store: every target projection's weight, with its shape. */
+export function loraTargets(
+  names: readonly string[],
+  shapeOf: (name: string) => readonly number[],
+): Array<{ path: string; inF: number; outF: number }> {
+  const out: Array<{ path: string; inF: number; outF: number }> = [];
+  for (const name of names) {
+    if (!name.endsWith(".weight")) continue;
+    const path = name.slice(0, -".weight".length);
+    if (!isLoraTarget(path)) continue;
+    const [outF, inF] = shapeOf(name) as [number, number];
+    out.push({ path, inF, outF });
+  }
+  return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
