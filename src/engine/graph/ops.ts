@@ -47,10 +47,9 @@ export const abs = (x: Tensor): Tensor => prim("Abs", [x]);
 export const relu = (x: Tensor): Tensor => prim("Relu", [x]);
 export const sign = (x: Tensor): Tensor => prim("Sign", [x]);
 
-/** x ** p for a constant exponent p (p may also be a constant tensor; no gradient flows into it). */
-export function pow(x: Tensor, p: Operand): Tensor {
-  if (typeof p !== "number" && p.node) throw opError("pow", [x, p], "the exponent must be a constant");
-  return prim("Pow", lift("pow", x, p));
+/** x ** p for a constant exponent p. */
+export function pow(x: Tensor, p: number): Tensor {
+  return prim("Pow", [x, x.graph.constant(p, x.dtype)], { exponent: p });
 }
 
 export const less = (a: Operand, b: Operand): Tensor => prim("Less", lift("less", a, b));
@@ -176,6 +175,7 @@ function reduce(
 ): Tensor {
   const list = typeof axes === "number" ? [axes] : axes;
   const norm = normalizeAxes(name, [x], list, x.rank).sort((a, b) => a - b);
+  if (norm.length === 0) return x;
   if (x.dtype === "float16") return cast(reduce(op, name, cast(x, "float32"), norm, keepdims), "float16");
   return prim(op, [x], { axes: norm, keepdims });
 }

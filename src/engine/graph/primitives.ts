@@ -84,6 +84,7 @@ function binary(
     y: Tensor,
     g: Tensor,
     needs: readonly boolean[],
+    node: Node,
   ) => [Tensor | null, Tensor | null],
 ): OpDef {
   return {
@@ -92,7 +93,7 @@ function binary(
     vjp: (node, [g], needs) => {
       const a = I(node, 0);
       const b = I(node, 1);
-      const [ga, gb] = vjp(a, b, O(node), g as Tensor, needs);
+      const [ga, gb] = vjp(a, b, O(node), g as Tensor, needs, node);
       return [
         ga && needs[0] ? sumToShape(ga, a.shape) : null,
         gb && needs[1] ? sumToShape(gb, b.shape) : null,
@@ -285,7 +286,10 @@ export const PRIMITIVES: Record<string, OpDef> = {
   }),
   /** x ** p with a constant exponent p (pow() only builds it so). */
   Pow: {
-    ...binary("Pow", (a, b, _y, g) => [mul(g, mul(b, pow(a, sub(b, 1)))), null]),
+    ...binary("Pow", (a, _b, _y, g, _needs, node) => {
+      const p = node.attrs.exponent as number;
+      return [mul(g, mul(pow(a, p - 1), p)), null];
+    }),
     differentiable: (i) => i === 0,
   },
 
@@ -643,7 +647,19 @@ export const PRIMITIVES: Record<string, OpDef> = {
     },
     emit: (e, node) => {
       const x = I(node, 0);
-      e.node("Resize", [e.name(x), "", "", e.ints(O(node).shape)], [e.name(O(node))], {
+      const y = O(node);
+      if (x.dtype === "float64") {
+        // onnxruntime's CPU Resize has no float64 kernel: the same pick as two Gathers.
+        const [H, W] = x.shape.slice(-2) as [number, number];
+        const [OH, OW] = y.shape.slice(-2) as [number, number];
+        const rows = e.fresh("resize_rows");
+        const pick = (n: number, size: number) =>
+          Array.from({ length: n }, (_, i) => nearestSource(i, size, n));
+        e.node("Gather", [e.name(x), e.ints(pick(OH, H))], [rows], { axis: x.rank - 2 });
+        e.node("Gather", [rows, e.ints(pick(OW, W))], [e.name(y)], { axis: x.rank - 1 });
+        return;
+      }
+      e.node("Resize", [e.name(x), "", "", e.ints(y.shape)], [e.name(y)], {
         mode: "nearest",
         coordinate_transformation_mode: "asymmetric",
         nearest_mode: "floor",

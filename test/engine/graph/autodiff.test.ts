@@ -1,0 +1,75 @@
+import { describe, expect, it } from "vitest";
+import * as G from "../../../src/engine/graph/index.js";
+import { createSession } from "../../../src/engine/runtime/index.js";
+import { host, values } from "./helpers.js";
+
+const opTypes = (g: G.Graph) => G.emitGraph(g).model.graph.node.map((n) => n.opType);
+const count = (ops: string[], op: string) => ops.filter((o) => o === op).length;
+
+describe("grad", () => {
+  it("refuses non-float wrt tensors and non-scalar losses at build time", () => {
+    const g = new G.Graph("errors");
+    const table = g.input("table", "float32", [10, 4]);
+    const ids = g.input("ids", "int64", [3]);
+    const mask = g.input("mask", "bool", [3, 4]);
+    const e = G.where(mask, G.gather(table, ids), 0);
+    const loss = G.reduceSum(e, [0, 1]);
+    expect(() => G.grad(loss, [ids])).toThrow(
+      /grad: cannot differentiate with respect to int64\[3\] "ids": only float tensors/,
+    );
+    expect(() => G.grad(loss, [mask])).toThrow(/bool\[3,4\] "mask"/);
+    expect(() => G.grad(e, [table])).toThrow(/the loss must be a scalar, got float32\[3,4\]/);
+    expect(() => G.grad(loss, [new G.Graph("other").input("t", "float32", [1])])).toThrow(/another graph/);
+  });
+
+  it("builds backward nodes only on the path from wrt to the loss, and only the input gradients needed", () => {
+    const g = new G.Graph("paths");
+    const x = g.input("x", "float32", [2, 3]);
+    const w = g.input("w", "float32", [3, 4]);
+    const a = g.input("a", "float32", [4, 5]);
+    const b = g.input("b", "float32", [5, 6]);
+    // a forward branch no output needs: pruned at emission
+    G.softmax(G.matmul(a, b), -1);
+    const loss = G.add(G.reduceSum(G.matmul(x, w), [0, 1]), G.reduceSum(G.matmul(a, b), [0, 1]));
+    g.output("loss", loss);
+    const [gx] = G.grad(loss, [x]) as [G.Tensor];
+    g.output("gx", gx);
+    const ops = opTypes(g);
+    // two forward matmuls + dL/dx = g·wᵀ; no dL/dw, nothing for the a·b branch, no softmax
+    expect(count(ops, "MatMul")).toBe(3);
+    expect(count(ops, "Softmax")).toBe(0);
+  });
+
+  it("differentiates composites through their expansion and keeps the fused kernel elsewhere", () => {
+    const g = new G.Graph("fusion");
+    const x = g.input("x", "float32", [2, 4]);
+    const c = g.input("c", "float32", [2, 4]);
+    const gamma = g.input("gamma", "float32", [4]);
+    const beta = g.input("beta", "float32", [4]);
+    const onPath = G.layerNorm(x, gamma, beta);
+    const offPath = G.layerNorm(c, gamma, beta);
+    const loss = G.reduceSum(G.mul(onPath, offPath), [0, 1]);
+    g.output("loss", loss);
+    g.output("gx", G.grad(loss, [x])[0] as G.Tensor);
+    const ops = opTypes(g);
+    expect(count(ops, "LayerNormalization")).toBe(1);
+    expect(count(ops, "ReduceMean")).toBe(2);
+  });
+
+  it("gives zeros for a wrt tensor the loss does not depend on, and sums gradients over fan-out", async () => {
+    const g = new G.Graph("zeros");
+    const x = g.input("x", "float64", [3]);
+    const unused = g.input("unused", "float64", [2, 2]);
+    const y = G.add(G.mul(x, x), G.mul(x, 3)); // dy/dx = 2x + 3
+    const loss = G.reduceSum(y, [0]);
+    const [gx, gu] = G.grad(loss, [x, unused]) as [G.Tensor, G.Tensor];
+    g.output("gx", gx);
+    g.output("gu", gu);
+    const s = await createSession(g, { device: "cpu" });
+    expect(s.inputNames).toEqual(["x"]);
+    const out = await s.run({ x: host("float64", [3], [1, -2, 0.5]) });
+    await s.release();
+    expect(values(out.gx)).toEqual([5, -1, 4]);
+    expect(values(out.gu)).toEqual([0, 0, 0, 0]);
+  });
+});
