@@ -3,6 +3,9 @@
  * adapter exists, else cpu. A provider is probed by creating a one-node session on it (a failed load or
  * a missing adapter throws there); each answer is cached for the life of the process.
  */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
 import { childLogger } from "../../log.js";
 import { emitGraph, serializeInline } from "../graph/emit.js";
 import { Graph } from "../graph/graph.js";
@@ -30,6 +33,22 @@ function tinyModel(): Uint8Array {
   return probeModel;
 }
 
+/** The CUDA provider's libraries, looked for next to the binding before asking onnxruntime to load
+ *  them (which logs a native error when they are missing). */
+function missingCudaLibrary(): string | null {
+  let bin: string;
+  try {
+    const pkg = dirname(createRequire(import.meta.url).resolve("onnxruntime-node/package.json"));
+    bin = join(pkg, "bin", "napi-v6", process.platform, process.arch);
+  } catch {
+    return null;
+  }
+  for (const lib of ["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"]) {
+    if (process.platform === "linux" && !existsSync(join(bin, lib))) return `${lib} is not in ${bin}`;
+  }
+  return null;
+}
+
 const probes = new Map<ConcreteDevice, Promise<string | null>>();
 
 /** null when `device` works here, else why not. */
@@ -40,6 +59,10 @@ export function probeDevice(device: ConcreteDevice): Promise<string | null> {
       if (device === "cpu") return null;
       const backend = ort.listSupportedBackends().find((b) => b.name === device);
       if (!backend) return `onnxruntime-node ${ort.env.versions.common} has no ${device} provider`;
+      if (device === "cuda") {
+        const missing = missingCudaLibrary();
+        if (missing) return `its binaries are not installed (${missing})`;
+      }
       try {
         const s = await ort.InferenceSession.create(tinyModel(), { executionProviders: [device] });
         await s.release();

@@ -1,0 +1,136 @@
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import * as G from "../../../src/engine/graph/index.js";
+import {
+  createSession,
+  DeviceUnavailableError,
+  releaseAllSessions,
+  resolveDevice,
+} from "../../../src/engine/runtime/index.js";
+import { host, randn, relError, rng, values } from "../graph/helpers.js";
+
+const cacheDir = mkdtempSync(join(tmpdir(), "graph-cache-test-"));
+afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
+
+describe("devices", () => {
+  it("resolves cpu, picks a provider for auto, and names what is wrong otherwise", async () => {
+    expect(await resolveDevice("cpu")).toBe("cpu");
+    expect(["cuda", "webgpu", "cpu"]).toContain(await resolveDevice("auto"));
+    await expect(resolveDevice("tpu" as never)).rejects.toThrow(
+      /ENGINE_DEVICE="tpu" is not one of auto, cuda, webgpu, cpu/,
+    );
+    for (const d of ["webgpu", "cuda"] as const) {
+      // Available on a GPU host, not on the CI machine: either way the answer is definite.
+      const got = await resolveDevice(d).catch((e: unknown) => e);
+      if (got instanceof Error) {
+        expect(got).toBeInstanceOf(DeviceUnavailableError);
+        expect(got.message).toMatch(new RegExp(`device "${d}" is unavailable on this machine: .+`));
+      } else expect(got).toBe(d);
+    }
+  });
+});
+
+function linearGraph(name: string, reads: { n: number }, extra = false) {
+  const r = rng(5);
+  const w = Float32Array.from(randn(r, 64 * 32));
+  const g = new G.Graph(name);
+  const x = g.input("x", "float32", [2, 32]);
+  const wt = g.weight("w", {
+    dtype: "float32",
+    shape: [64, 32],
+    bytes: () => {
+      reads.n++;
+      return new Uint8Array(w.buffer);
+    },
+  });
+  const y = G.linear(x, wt);
+  g.output("y", extra ? G.relu(y) : y);
+  return g;
+}
+
+describe("sessions", () => {
+  it("writes keyed graphs to the cache as model + external weights and reloads them without reading weights", async () => {
+    const reads = { n: 0 };
+    const feeds = { x: host("float32", [2, 32], randn(rng(6), 64)) };
+    const s1 = await createSession(linearGraph("cached", reads), {
+      device: "cpu",
+      cacheKey: "test/linear",
+      cacheDir,
+    });
+    const y1 = values((await s1.run(feeds)).y);
+    expect(reads.n).toBe(1);
+    const dirs = readdirSync(cacheDir);
+    expect(dirs).toHaveLength(1);
+    expect(dirs[0]).toMatch(/^test_linear-cpu-[0-9a-f]{16}$/);
+    expect(readdirSync(join(cacheDir, dirs[0] as string)).sort()).toEqual(["model.onnx", "weights.bin"]);
+
+    const s2 = await createSession(linearGraph("cached", reads), {
+      device: "cpu",
+      cacheKey: "test/linear",
+      cacheDir,
+    });
+    expect(values((await s2.run(feeds)).y)).toEqual(y1);
+    expect(reads.n).toBe(1);
+
+    // A different graph under the same key gets its own entry.
+    const s3 = await createSession(linearGraph("cached", reads, true), {
+      device: "cpu",
+      cacheKey: "test/linear",
+      cacheDir,
+    });
+    expect(readdirSync(cacheDir)).toHaveLength(2);
+    expect(values((await s3.run(feeds)).y)).toEqual(y1.map((v) => Math.max(0, v)));
+    await releaseAllSessions();
+    await expect(s1.run(feeds)).rejects.toThrow(/was released/);
+    expect(existsSync(join(cacheDir, dirs[0] as string, "model.onnx"))).toBe(true);
+  });
+
+  it("names the input when a feed is missing or has the wrong shape or array type", async () => {
+    const s = await createSession(linearGraph("feeds", { n: 0 }), { device: "cpu" });
+    await expect(s.run({})).rejects.toThrow(/graph "feeds": input "x" \(float32\[2,32\]\) was not fed/);
+    await expect(s.run({ x: host("float32", [1, 32], randn(rng(1), 32)) })).rejects.toThrow(
+      /input "x" must be float32\[2,32\], got float32\[1,32\]/,
+    );
+    await expect(
+      s.run({ x: { dtype: "float32", shape: [2, 32], data: new Float64Array(64) } }),
+    ).rejects.toThrow(/needs a Float32Array of 64 values, got Float64Array of 64/);
+    await s.release();
+  });
+
+  it("runs float16 graphs with softmax and norms in float32, close to the float32 graph", async () => {
+    const r = rng(8);
+    const xv = randn(r, 2 * 6 * 16);
+    const wv = randn(r, 16 * 16).map((v) => v / 4);
+    const build = (dtype: "float32" | "float16") => {
+      const g = new G.Graph(`mixed-${dtype}`);
+      const x = G.cast(g.input("x", "float32", [2, 6, 16]), dtype);
+      const raw = Float32Array.from(wv);
+      const w = g.weight("w", {
+        dtype,
+        shape: [16, 16],
+        bytes: () => new Uint8Array((dtype === "float16" ? G.float32ToFloat16(raw) : raw).buffer),
+      });
+      const ones = g.constant(new Float32Array(16).fill(1), "float32", [16]);
+      const zeros = g.constant(new Float32Array(16), "float32", [16]);
+      const h = G.layerNorm(G.linear(x, w), G.cast(ones, dtype), G.cast(zeros, dtype));
+      const a = G.attention(h, h, h, { heads: 2 });
+      g.output("y", G.cast(G.softmax(G.add(a, h), -1), "float32"));
+      return g;
+    };
+    const half = build("float16");
+    const ops = G.emitGraph(half).model.graph.node;
+    const softmax = ops.find((n) => n.opType === "Softmax");
+    const producer = ops.find((n) => n.output.includes(softmax?.input[0] as string));
+    expect(producer?.opType).toBe("Cast"); // float16 → float32 before the softmax
+    const feeds = { x: host("float32", [2, 6, 16], xv) };
+    const s16 = await createSession(half, { device: "cpu" });
+    const s32 = await createSession(build("float32"), { device: "cpu" });
+    const y16 = values((await s16.run(feeds)).y);
+    const y32 = values((await s32.run(feeds)).y);
+    await Promise.all([s16.release(), s32.release()]);
+    // fp16 has an 11-bit mantissa (ε ≈ 1e-3): a few roundings through linear, norm, attention stay under 1e-2.
+    expect(relError(y16, y32)).toBeLessThan(1e-2);
+  });
+});
