@@ -1,8 +1,9 @@
 import { Command } from "commander";
+import { graphBenchCommand } from "./graph.js";
 import { sdBenchCommand } from "./sd.js";
 
 /** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, queue.ts). */
-const BENCHMARKS: Array<() => Command> = [sdBenchCommand];
+const BENCHMARKS: Array<() => Command> = [graphBenchCommand, sdBenchCommand];
 
 export function benchCommand(): Command {
   const bench = new Command("bench").description(
