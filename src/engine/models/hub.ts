@@ -26,6 +26,7 @@ import { open } from "node:fs/promises";
 import { dirname, join, sep } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { SingleBar } from "cli-progress";
+import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import { ModelIndexSchema, parseConfig, SD_PIPELINES } from "./config.js";
 import { ModelFileError } from "./errors.js";
@@ -61,7 +62,7 @@ export interface ResolveOptions {
 }
 
 /** A hub failure (not found, no access, bad data), with a message for the operator. */
-export class HubError extends Error {
+export class HubError extends UserFacingError {
   override readonly name = "HubError";
   /** `offline`: the hub could not be reached or failed (network, 5xx) — retry, or fall back to the cache. */
   constructor(

@@ -16,6 +16,8 @@ import { join, relative } from "node:path";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
 import { type DownloadProgress, HubError, resolveModel } from "../../../src/engine/models/hub.js";
+import { openSafetensors } from "../../../src/engine/models/safetensors.js";
+import { writeSafetensors } from "../../helpers/write-safetensors.js";
 
 const SD1 = "test/fixtures/models/sd1/model";
 const SHA = "0123456789abcdef0123456789abcdef01234567";
@@ -180,6 +182,46 @@ describe("resolveModel", () => {
     expect(downloads()).not.toContain("unet/diffusion_pytorch_model.safetensors");
     expect(downloads()).toContain("vae/diffusion_pytorch_model.safetensors");
     expect(openCheckpoint(folder, { variant: "fp16" }).unet.weightsFile).toMatch(/\.fp16\.safetensors$/);
+  });
+
+  it("fetches a sharded checkpoint's index and the shards it names", async () => {
+    const files = sd1Repo();
+    const st = openSafetensors(join(SD1, "unet/diffusion_pytorch_model.safetensors"));
+    const names = [...st.tensors.keys()];
+    const shardDir = mkdtempSync(join(cacheDir, "shards-"));
+    const weightMap: Record<string, string> = {};
+    [names.slice(0, 100), names.slice(100)].forEach((part, i) => {
+      const shard = `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`;
+      const tensors = Object.fromEntries(
+        part.map((n) => {
+          const e = st.tensors.get(n);
+          weightMap[n] = shard;
+          return [n, { dtype: e?.dtype ?? "F16", shape: [...(e?.shape ?? [])], data: st.read(n) }];
+        }),
+      );
+      writeSafetensors(join(shardDir, shard), tensors);
+      files.set(`unet/${shard}`, readFileSync(join(shardDir, shard)));
+    });
+    files.delete("unet/diffusion_pytorch_model.safetensors");
+    files.set(
+      "unet/diffusion_pytorch_model.safetensors.index.json",
+      Buffer.from(JSON.stringify({ weight_map: weightMap })),
+    );
+    hub.repos.set("test/sharded", { files });
+    const folder = await resolveModel("test/sharded", { cacheDir, endpoint: hub.url });
+    expect(
+      downloads()
+        .filter((f) => f?.startsWith("unet/diffusion"))
+        .sort(),
+    ).toEqual([
+      "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+      "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+      "unet/diffusion_pytorch_model.safetensors.index.json",
+    ]);
+    const unet = openCheckpoint(folder).unet.weights;
+    expect(unet.names().sort()).toEqual([...names].sort());
+    const last = names.at(-1) as string;
+    expect(Buffer.from(unet.data(last).bytes()).equals(Buffer.from(st.read(last)))).toBe(true);
   });
 
   it("resumes a dropped connection with a Range request", async () => {
