@@ -32,8 +32,6 @@ describe("LoRA on the UNet attention projections", () => {
   let sd: StableDiffusion;
   const ls = 8;
   const latents = noise(4 * ls * ls, 1);
-  const x0 = noise(4 * ls * ls, 2);
-  const eps = noise(4 * ls * ls, 3);
 
   beforeAll(async () => {
     sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
