@@ -1,0 +1,261 @@
+// What goes wrong, end to end through discord.js, the fake Discord, the queue and the worker: bad
+// attachments, missing permissions, DMs, /swap before its pipeline exists, engine failures, cancel,
+// expired state, and the plain commands.
+
+import { PermissionFlagsBits } from "discord.js";
+import sharp from "sharp";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { UserFacingError } from "../../../src/errors.js";
+import { keys } from "../../../src/queue/keys.js";
+import type { PipelineRegistry } from "../../../src/queue/worker.js";
+import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
+import { opt, PHOTO, type World, world } from "./support.js";
+
+let w: World;
+beforeAll(async () => {
+  w = await world();
+  await w.startBot();
+});
+afterAll(() => w.close());
+beforeEach(async () => {
+  await w.h.stopWorkers();
+});
+
+/** Jobs of any state and type in the queue. */
+const jobCount = async () => Object.values(await w.queue.queue.getJobCounts()).reduce((a, b) => a + b, 0);
+
+/** The bot's messages in a channel after the interaction settled (none for refused commands). */
+const settle = () => new Promise((r) => setTimeout(r, 300));
+
+describe("bad attachments are refused privately, naming the attachment and the limit, before any job", () => {
+  const cases: Array<
+    [string, () => Promise<{ name: string; bytes: Uint8Array; type: string; size?: number }>, RegExp]
+  > = [
+    [
+      "not an image (declared type)",
+      async () => ({ name: "notes.txt", bytes: Buffer.from("hello"), type: "text/plain" }),
+      /`image` \(notes\.txt\) is a text\/plain file; send a PNG, JPEG, WebP, GIF image/,
+    ],
+    [
+      "too large (declared size, nothing downloaded)",
+      async () => ({ name: "huge.png", bytes: PHOTO, type: "image/png", size: 30 * 1024 * 1024 }),
+      /`image` \(huge\.png\) is 30\.0 MiB; the limit is 12\.0 MiB/,
+    ],
+    [
+      "a file that claims to be a PNG but is not",
+      async () => ({ name: "fake.png", bytes: Buffer.from("not really a png at all"), type: "image/png" }),
+      /`image` \(fake\.png\) is not an image that can be read/,
+    ],
+    [
+      "animated",
+      async () => {
+        const frame = (r: number) => ({
+          create: { width: 64, height: 64, channels: 3 as const, background: { r, g: 0, b: 0 } },
+        });
+        const gif = await sharp(
+          [await sharp(frame(255)).png().toBuffer(), await sharp(frame(0)).png().toBuffer()],
+          {
+            join: { animated: true },
+          },
+        )
+          .gif()
+          .toBuffer();
+        return { name: "anim.gif", bytes: gif, type: "image/gif" };
+      },
+      /`image` \(anim\.gif\) is animated \(2 frames\); send a still image/,
+    ],
+    [
+      "too small",
+      async () => ({
+        name: "tiny.png",
+        bytes: await sharp({ create: { width: 32, height: 32, channels: 3, background: "#fff" } })
+          .png()
+          .toBuffer(),
+        type: "image/png",
+      }),
+      /`image` \(tiny\.png\) is 32×32; each side must be at least 64 pixels/,
+    ],
+  ];
+  for (const [what, make, message] of cases) {
+    it(what, async () => {
+      const channel = w.fake.addTextChannel("bad");
+      const file = await make();
+      const attachment = w.fake.attachment(file.name, file.bytes, file.type, { size: file.size });
+      const jobs = await jobCount();
+      const interaction = w.imagic(channel, [], attachment);
+      expect(await w.ephemeral(interaction)).toMatch(message);
+      await settle();
+      // No public answer stays behind, no thread, no job.
+      expect(w.posted(channel.id).filter((m) => (m.flags & 64) === 0)).toEqual([]);
+      expect(await jobCount()).toBe(jobs);
+    });
+  }
+
+  it("a bad reference of /swap is named by its option", async () => {
+    const channel = w.fake.addTextChannel("swap-bad");
+    const source = w.photo();
+    const ref1 = w.photo("ref1.png");
+    const ref2 = w.fake.attachment("ref2.pdf", Buffer.from("%PDF"), "application/pdf");
+    const interaction = w.fake.runCommand({
+      name: "swap",
+      user: w.author,
+      channel,
+      options: [
+        opt.attachment("source", source),
+        opt.string("subject", "cat"),
+        opt.attachment("reference1", ref1),
+        opt.attachment("reference2", ref2),
+      ],
+      attachments: [source, ref1, ref2],
+    });
+    expect(await w.ephemeral(interaction)).toMatch(/`reference2` \(ref2\.pdf\) is a application\/pdf file/);
+  });
+});
+
+describe("options", () => {
+  it("an η out of range and bad seeds are named with their limits", async () => {
+    const channel = w.fake.addTextChannel("opts");
+    const eta = w.imagic(channel, [opt.number("eta", 3)]);
+    expect(await w.ephemeral(eta)).toMatch(/`eta` must be a number from 0 to 1\.5 \(got 3\)/);
+    const seeds = w.imagic(channel, [opt.string("seeds", "1,2,3,4,5,6,7,8,9")]);
+    expect(await w.ephemeral(seeds)).toMatch(/`seeds` lists 9 seeds; the limit is 8/);
+  });
+});
+
+describe("permissions and places without threads", () => {
+  it("names the permissions it lacks and starts nothing", async () => {
+    const channel = w.fake.addTextChannel(
+      "no-files",
+      ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.AttachFiles & ~PermissionFlagsBits.AddReactions,
+    );
+    const interaction = w.imagic(channel);
+    expect(await w.ephemeral(interaction)).toMatch(
+      /missing the Attach Files, Add Reactions permissions in this channel/,
+    );
+  });
+
+  it("answers in the channel, saying why, when it may not open threads", async () => {
+    await w.worker(lightweightPipelines({ steps: 2, stepMs: 10 }));
+    const channel = w.fake.addTextChannel(
+      "no-threads",
+      ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.CreatePublicThreads,
+    );
+    const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
+    const grid = await w.offer(channel.id, 1, 2);
+    expect(w.fake.mustMessage(interaction.originalId ?? "").threadId).toBeUndefined();
+    const progress = w
+      .posted(channel.id)
+      .find((m) => m.history.some((h) => h.content.includes("Create Public Threads")));
+    expect(progress?.history[0]?.content).toMatch(
+      /missing the Create Public Threads permission.*instead of in a thread/,
+    );
+    expect(grid.content).toContain("**Pick a seed**");
+  });
+
+  it("works in a DM with plain replies", async () => {
+    await w.worker(lightweightPipelines({ steps: 2, stepMs: 10 }));
+    const dm = w.fake.addDmChannel(w.author);
+    const interaction = w.imagic(dm, [opt.string("seeds", "2")]);
+    const grid = await w.offer(dm.id, 1, 2);
+    expect(w.posted(dm.id)[0]?.id).toBe(interaction.originalId);
+    expect(w.posted(dm.id)[1]?.history[0]?.content).toContain("Threads do not exist in direct messages");
+    w.fake.react(w.author, grid.id, "1️⃣");
+    await w.offer(dm.id, 2, 5);
+  });
+});
+
+describe("jobs that do not end well", () => {
+  it("/swap is validated, queued, and ends with the queue's 'not available yet' while Photoswap is missing", async () => {
+    const { "imagic.train": train } = lightweightPipelines();
+    await w.worker({ "imagic.train": train });
+    const channel = w.fake.addTextChannel("swap");
+    const source = w.photo();
+    const ref = w.photo("ref.png");
+    const interaction = w.fake.runCommand({
+      name: "swap",
+      user: w.author,
+      channel,
+      options: [
+        opt.attachment("source", source),
+        opt.string("subject", "cat"),
+        opt.attachment("reference1", ref),
+      ],
+      attachments: [source, ref],
+    });
+    const thread = await w.thread(interaction);
+    expect(w.fake.mustChannel(thread).name).toBe("Photoswap: cat");
+    const progress = await w.fake.waitFor("the failure", () =>
+      w.posted(thread).find((m) => m.content.startsWith("❌")),
+    );
+    expect(progress.content).toBe("❌ swap.concept is not available yet on this engine");
+  });
+
+  it("an engine failure shows the engine's message on the progress message", async () => {
+    const failing: PipelineRegistry = {
+      "imagic.train": async (ctx) => {
+        await ctx.progress({ stage: "embedding", step: 1, total: 10 });
+        throw new UserFacingError("the photo is too dark to learn from");
+      },
+    };
+    await w.worker(failing);
+    const channel = w.fake.addTextChannel("fail");
+    const thread = await w.thread(w.imagic(channel));
+    const progress = await w.fake.waitFor("the failure", () =>
+      w.posted(thread).find((m) => m.content.startsWith("❌")),
+    );
+    expect(progress.content).toBe("❌ the photo is too dark to learn from");
+  });
+
+  it("/cancel stops a running job and says so in its thread; /queue shows its stage before", async () => {
+    await w.worker(lightweightPipelines({ steps: 400, stepMs: 25 }));
+    const channel = w.fake.addTextChannel("cancel");
+    const thread = await w.thread(w.imagic(channel));
+    await w.fake.waitFor("progress", () =>
+      w.posted(thread)[0]?.content.includes("optimizing the text embedding"),
+    );
+
+    const queue = w.fake.runCommand({ name: "queue", user: w.author, channel });
+    expect(await w.ephemeral(queue)).toMatch(
+      /Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job \d+\)/,
+    );
+
+    const cancel = w.fake.runCommand({ name: "cancel", user: w.author, channel });
+    expect(await w.ephemeral(cancel)).toMatch(/imagic\.train \(job \d+\): stopping after the current step/);
+    const progress = await w.fake.waitFor("cancelled", () =>
+      w.posted(thread).find((m) => m.content.startsWith("🛑")),
+    );
+    expect(progress.content).toBe("🛑 Cancelled.");
+    expect(w.posted(thread).filter((m) => m.reactions.size > 0)).toEqual([]);
+  });
+
+  it("a pick whose state expired says so and offers to start again", async () => {
+    await w.worker(lightweightPipelines({ steps: 1, stepMs: 1 }));
+    const channel = w.fake.addTextChannel("expired");
+    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
+    const grid = await w.offer(thread, 1, 2);
+    const train = (await w.queue.queue.getJobs(["completed"])).find((j) => j.name === "imagic.train");
+    await w.h.redis.client().del(keys.blob((train?.returnvalue as { stateBlobId: string }).stateBlobId));
+
+    const jobs = await jobCount();
+    w.fake.react(w.author, grid.id, "1️⃣");
+    const expired = await w.fake.waitFor("expiry", () =>
+      w.posted(thread).find((m) => m.content.startsWith("⌛")),
+    );
+    expect(expired.content).toMatch(
+      /the fine-tune of this edit has expired .* Run `\/imagic` again to start again/,
+    );
+    expect(await jobCount()).toBe(jobs);
+  });
+});
+
+describe("plain commands", () => {
+  it("/help and /queue answer privately", async () => {
+    const channel = w.fake.addTextChannel("help");
+    const help = w.fake.runCommand({ name: "help", user: w.author, channel });
+    expect(await w.ephemeral(help)).toContain("/imagic image:<photo>");
+    expect(help.callbackType).toBe(4);
+    const queue = w.fake.runCommand({ name: "queue", user: w.other, channel });
+    expect(await w.ephemeral(queue)).toBe("You have no edits queued or running.");
+  });
+});
