@@ -222,12 +222,24 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
     throw opError("reshape", [x], `cannot reshape ${total} elements to ${fmt(shape)}`);
   }
   const out = shape.map((d) => (d === -1 ? total / rest : d));
-  return sameShape(out, x.shape) ? x : prim("Reshape", [x], { shape: out });
+  if (sameShape(out, x.shape)) return x;
+  // A reshape of a reshape is one reshape of the original.
+  if (x.node?.op === "Reshape") return reshape(x.node.inputs[0] as Tensor, out);
+  return prim("Reshape", [x], { shape: out });
 }
 
 export function transpose(x: Tensor, perm: readonly number[]): Tensor {
   const p = normalizeAxes("transpose", [x], perm, x.rank);
   if (p.length !== x.rank) throw opError("transpose", [x], `perm ${fmt(perm)} must name all ${x.rank} axes`);
+  // A transpose of a transpose is one transpose (often none: wᵀ's gradient transposed back).
+  if (x.node?.op === "Transpose") {
+    const inner = x.node.attrs.perm as number[];
+    return transpose(
+      x.node.inputs[0] as Tensor,
+      p.map((a) => inner[a] as number),
+    );
+  }
+  if (p.every((a, i) => a === i)) return x;
   // A permutation that only moves size-1 axes keeps the memory order: a reshape does it without a copy.
   const moved = p.filter((a) => x.shape[a] !== 1);
   if (moved.every((a, i) => i === 0 || a > (moved[i - 1] as number)))

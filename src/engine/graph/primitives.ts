@@ -171,8 +171,9 @@ function convWeightGrad(x: Tensor, gy: Tensor, wShape: readonly number[], a: Con
         [2, 3],
         a.strides,
       );
-      const xs2 = reshape(transpose(reshape(xs, [N, G, Cin / G, P]), [1, 0, 3, 2]), [G, N * P, Cgi]);
-      parts.push(reshape(matmul(g2, xs2), [G, Cgo, Cgi, 1]));
+      // [G, Cgi, N·P] (a plain reshape for N = 1); the matmul's transposed operand fuses into it.
+      const xs2 = reshape(transpose(reshape(xs, [N, G, Cin / G, P]), [1, 2, 0, 3]), [G, Cgi, N * P]);
+      parts.push(reshape(matmul(g2, swapLast2(xs2)), [G, Cgo, Cgi, 1]));
     }
   }
   return reshape(parts.length === 1 ? (parts[0] as Tensor) : concat(parts, 3), [Cout, Cgi, KH, KW]);
