@@ -1,0 +1,99 @@
+/**
+ * txt2img beyond the parity suite's golden run: seeding, guidance off, cancellation, bad input, and the
+ * `edit txt2img` CLI writing the pipeline's image as a PNG.
+ */
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import sharp from "sharp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildProgram } from "../../../src/cli/program.js";
+import { CancelledError } from "../../../src/engine/errors.js";
+import { tensorToPng } from "../../../src/engine/image.js";
+import { StableDiffusion } from "../../../src/engine/index.js";
+import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
+import { relError } from "../../helpers/golden.js";
+
+const MODEL = "test/fixtures/models/sd1/model";
+
+describe("txt2img", () => {
+  let sd: StableDiffusion;
+  const base = { prompt: "a photo of a cat", negativePrompt: "", steps: 3, guidance: 7.5, size: 64 };
+
+  beforeAll(async () => {
+    sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
+  });
+  afterAll(async () => {
+    await sd?.release();
+  });
+
+  it("is a function of the seed: the same seed repeats, another differs", async () => {
+    const a = await txt2img(sd, { ...base, seed: 1 });
+    const b = await txt2img(sd, { ...base, seed: 1 });
+    const c = await txt2img(sd, { ...base, seed: 2 });
+    expect(b.image).toEqual(a.image);
+    expect(relError(c.latents, a.latents)).toBeGreaterThan(0.1);
+    expect(a.image.length).toBe(3 * 64 * 64);
+  });
+
+  it("guidance ≤ 1 runs the prompt alone, and guidance changes the result", async () => {
+    const steps: number[] = [];
+    const plain = await txt2img(sd, { ...base, guidance: 1, seed: 1, onStep: (i) => steps.push(i) });
+    const guided = await txt2img(sd, { ...base, seed: 1 });
+    expect(steps).toEqual([1, 2, 3]);
+    expect(relError(plain.latents, guided.latents)).toBeGreaterThan(1e-3);
+  });
+
+  it("stops between steps when cancelled", async () => {
+    const controller = new AbortController();
+    const run = txt2img(sd, {
+      ...base,
+      seed: 1,
+      signal: controller.signal,
+      onStep: (i) => {
+        if (i === 1) controller.abort();
+      },
+    });
+    await expect(run).rejects.toThrow(CancelledError);
+    await expect(run).rejects.toThrow(/step 2\/3/);
+  });
+
+  it("refuses bad settings with a message naming them", async () => {
+    await expect(txt2img(sd, { ...base, steps: 0 })).rejects.toThrow(/steps must be an integer in 1…1000/);
+    await expect(txt2img(sd, { ...base, size: 60 })).rejects.toThrow(/not a multiple of the VAE's factor 8/);
+    await expect(txt2img(sd, { ...base, latents: new Float32Array(5) })).rejects.toThrow(
+      /latents hold 5 values/,
+    );
+  });
+
+  it("`edit txt2img` writes the pipeline's image as a PNG", async () => {
+    const out = join(mkdtempSync(join(tmpdir(), "txt2img-")), "cat.png");
+    await buildProgram().parseAsync([
+      "node",
+      "cli",
+      "edit",
+      "txt2img",
+      "--prompt",
+      base.prompt,
+      "--out",
+      out,
+      "--model",
+      MODEL,
+      "--device",
+      "cpu",
+      "--seed",
+      "5",
+      "--steps",
+      "3",
+    ]);
+    const png = readFileSync(out);
+    const meta = await sharp(png).metadata();
+    expect([meta.format, meta.width, meta.height]).toEqual(["png", 64, 64]);
+    const { image } = await txt2img(sd, { ...base, seed: 5 });
+    const expected = await sharp(await tensorToPng(image, [3, 64, 64]))
+      .raw()
+      .toBuffer();
+    const written = await sharp(png).raw().toBuffer();
+    expect(written.equals(expected)).toBe(true);
+  });
+});
