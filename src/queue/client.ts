@@ -146,6 +146,7 @@ export class QueueClient {
 
   constructor(private readonly options: QueueClientOptions) {
     this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
+    this.redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error (reconnecting)"));
     this.queue = new Queue(QUEUE_NAME, { connection: { url: options.redisUrl } });
     this.flows = new FlowProducer({ connection: { url: options.redisUrl } });
     this.blobs = options.blobs;
@@ -374,13 +375,14 @@ export class QueueClient {
   }
 
   /**
-   * Claims the right to post a job's result: true for the first caller only, across processes and
-   * restarts. `completed`/`failed` events of a named consumer are claimed before they are emitted.
+   * Claims the right to post a job's result: true for the first caller of this consumer name only,
+   * across processes and restarts (two replicas of one bot post it once; two different bots each
+   * may). `completed`/`failed` events of a named consumer are claimed before they are emitted.
    */
-  async claimDelivery(jobId: string): Promise<boolean> {
-    // Keyed by id and creation time: job ids start again at 1 if the queue is ever obliterated.
+  async claimDelivery(jobId: string, consumer = this.options.consumer ?? "default"): Promise<boolean> {
+    // Keyed by creation time too: job ids start again at 1 if the queue is ever obliterated.
     const createdAt = (await this.redis.hget(this.queue.toKey(jobId), "timestamp")) ?? "0";
-    const key = keys.delivered(`${jobId}:${createdAt}`);
+    const key = keys.delivered(`${consumer}:${jobId}:${createdAt}`);
     return (await this.redis.set(key, "1", "EX", DELIVERED_TTL_SECONDS, "NX")) === "OK";
   }
 

@@ -17,7 +17,7 @@ export const keys = {
   userActive: (userId: string) => `${P}:user-active:${userId}`,
   /** String set by a cancel request; the worker turns it into an abort of the running job. */
   cancel: (jobId: string) => `${P}:cancel:${jobId}`,
-  /** Per job, set once by the consumer that posted the job's result (see client.ts claimDelivery). */
+  /** Per consumer and job, set once by the process that posts the job's result (client.ts claimDelivery). */
   delivered: (jobRef: string) => `${P}:delivered:${jobRef}`,
   /** Last QueueEvents stream id a consumer has handled, so a restarted bot replays what it missed. */
   eventCursor: (consumer: string) => `${P}:events-cursor:${consumer}`,

@@ -111,6 +111,9 @@ export class EngineWorker {
     this.lockDurationMs = options.lockDurationMs ?? 30_000;
     this.log = childLogger("worker", options.name ? { worker: options.name } : {});
     this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
+    this.redis.on("error", (err) =>
+      this.log.warn({ err: err.message }, "redis connection error (reconnecting)"),
+    );
     this.worker = new Worker(QUEUE_NAME, (job, token, signal) => this.process(job, token, signal), {
       connection: { url: options.redisUrl, maxRetriesPerRequest: null },
       // One job at a time: one worker process drives one GPU.

@@ -24,6 +24,7 @@ export async function startTestRedis(): Promise<TestRedis> {
     url: server.url,
     client() {
       const c = new Redis(server.url, { maxRetriesPerRequest: null });
+      c.on("error", () => {}); // reconnects on its own (tests restart the server); commands wait meanwhile
       clients.push(c);
       return c;
     },

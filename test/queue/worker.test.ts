@@ -25,9 +25,9 @@ const onRun = (event: "start" | "finish", name: JobName, jobId: string) =>
 beforeAll(async () => {
   h = await harness();
   client = await h.client({ consumer: "test", limits: { maxQueued: 10 } });
-  for (const kind of ["progress", "completed", "failed"] as const) {
-    client.events.on(kind, (e: never) => void events[kind].push(e));
-  }
+  client.events.on("progress", (e) => void events.progress.push(e));
+  client.events.on("completed", (e) => void events.completed.push(e));
+  client.events.on("failed", (e) => void events.failed.push(e));
   await client.listen();
   photo = await h.blobs.put(PHOTO, { userId: "u1", kind: "image" });
 });

@@ -47,6 +47,10 @@ export async function harness(limits: BlobLimits = LIMITS): Promise<Harness> {
   const blobs = new BlobStore(redis.client(), limits);
   const closers: Array<() => Promise<void>> = [];
   let workers: EngineWorker[] = [];
+  const stopWorkers = async () => {
+    await Promise.all(workers.map((w) => w.close(0)));
+    workers = [];
+  };
   return {
     redis,
     blobs,
@@ -72,12 +76,9 @@ export async function harness(limits: BlobLimits = LIMITS): Promise<Harness> {
       workers.push(worker);
       return worker;
     },
-    async stopWorkers() {
-      await Promise.all(workers.map((w) => w.close(0)));
-      workers = [];
-    },
+    stopWorkers,
     async close() {
-      await this.stopWorkers();
+      await stopWorkers();
       for (const close of closers.reverse()) await close();
       await redis.stop();
     },

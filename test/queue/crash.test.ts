@@ -1,0 +1,124 @@
+// Crash safety: a worker SIGKILLed mid-job, and Redis restarted mid-run.
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
+import { lightweightPipelines } from "./support/pipelines.js";
+import { type Harness, harness, origin, PHOTO, until } from "./support/setup.js";
+
+const CHILD = fileURLToPath(new URL("./support/worker-child.ts", import.meta.url));
+
+let h: Harness;
+let photo: string;
+const children: ChildProcess[] = [];
+beforeAll(async () => {
+  h = await harness();
+  photo = await h.blobs.put(PHOTO, { userId: "u1", kind: "image" });
+});
+afterAll(async () => {
+  for (const child of children)
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  await h.close();
+});
+
+async function startChild(name: string, env: Record<string, string>): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", CHILD], {
+    env: { ...process.env, REDIS_URL: h.redis.url, WORKER_NAME: name, ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(child);
+  await new Promise<void>((resolve, reject) => {
+    child.once("exit", (code) => reject(new Error(`worker ${name} exited with ${code} before it was ready`)));
+    child.stdout?.on("data", (chunk: Buffer) => {
+      if (chunk.toString().includes("ready")) resolve();
+    });
+  });
+  return child;
+}
+
+type Completed = QueueClientEvents["completed"][0];
+
+/** A bot process's view: a named consumer that collects completed events. */
+async function consumer(name = "bot"): Promise<{ client: QueueClient; completed: Completed[] }> {
+  const client = await h.client({ consumer: name });
+  const completed: Completed[] = [];
+  client.events.on("completed", (e) => void completed.push(e));
+  await client.listen();
+  return { client, completed };
+}
+
+describe("crash safety", () => {
+  it("a job whose worker is SIGKILLed mid-job is completed once by the restarted worker, its result posted once", async () => {
+    const bot = await consumer();
+    const steps = { STEPS: "10", STEP_MS: "60" };
+    const first = await startChild("gpu-1", steps);
+    const { jobId } = await bot.client.enqueue("imagic.train", {
+      userId: "u1",
+      origin,
+      imageBlobId: photo,
+      prompt: "a dog",
+    });
+    let step = 0;
+    bot.client.events.on("progress", (e) => {
+      step = e.progress.step;
+    });
+    await until(() => step >= 3, 10_000, "progress");
+    first.kill("SIGKILL");
+    await new Promise((resolve) => first.once("exit", resolve));
+    // The bot goes down too; it must get the result when it comes back, not lose it nor post it twice.
+    await bot.client.close();
+
+    await startChild("gpu-1-restarted", steps);
+    const watcher = await h.client();
+    await until(
+      async () => (await watcher.queue.getJobState(jobId)) === "completed",
+      20_000,
+      "completion after the crash",
+    );
+
+    const runs = await h.redis.client().lrange("test:runs", 0, -1);
+    expect(runs).toEqual([
+      `start ${jobId} gpu-1`,
+      `start ${jobId} gpu-1-restarted`,
+      `finish ${jobId} gpu-1-restarted`,
+    ]);
+    const back = await consumer();
+    await until(() => back.completed.length > 0, 10_000, "the replayed completion");
+    const again = await consumer();
+    await new Promise((r) => setTimeout(r, 500));
+    expect(back.completed.map((e) => e.jobId)).toEqual([jobId]);
+    expect(again.completed).toEqual([]);
+    const result = back.completed[0]?.result as { gridBlobId: string };
+    expect(await h.blobs.get(result.gridBlobId)).toBeDefined();
+  });
+
+  it("loses nothing when Redis restarts mid-run (append-only file)", async () => {
+    const bot = await consumer("another-bot");
+    await h.worker({ pipelines: lightweightPipelines({ steps: 5, stepMs: 50 }) });
+    const ids: string[] = [];
+    for (let u = 0; u < 4; u++) {
+      const state = await h.blobs.put(Buffer.concat([Buffer.from(`prompt ${u}\n`), PHOTO]), {
+        userId: `r${u}`,
+        kind: "state",
+      });
+      const job = { userId: `r${u}`, origin, stateBlobId: state, seeds: [u], etas: [1] };
+      ids.push((await bot.client.enqueue("imagic.render", job)).jobId);
+    }
+    await until(() => bot.completed.length >= 1, 10_000, "a first completion");
+    await h.redis.restart({ downMs: 300 });
+    await until(() => bot.completed.length === 4, 30_000, "every job after the restart");
+    expect(bot.completed.map((e) => e.jobId).sort()).toEqual([...ids].sort());
+    for (const e of bot.completed) {
+      const { gridBlobId } = e.result as { gridBlobId: string };
+      expect(await h.blobs.get(gridBlobId)).toBeDefined();
+    }
+    const states = await Promise.all(ids.map((id) => bot.client.queue.getJobState(id)));
+    expect(states).toEqual(["completed", "completed", "completed", "completed"]);
+    expect(await bot.client.queue.getJobCounts("failed", "active", "prioritized", "delayed")).toEqual({
+      failed: 0,
+      active: 0,
+      prioritized: 0,
+      delayed: 0,
+    });
+  });
+});
