@@ -1,7 +1,8 @@
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { DDIMScheduler } from "../../../src/engine/diffusion/ddim.js";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
-import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
+import { loadConfig, SchedulerConfigSchema } from "../../../src/engine/models/config.js";
 import { fixtureDirs, loadGolden, relError } from "../../helpers/golden.js";
 
 /** The parity tolerance of the issue for scheduler tables and steps: ‖a − b‖ / ‖b‖. */
@@ -18,7 +19,8 @@ const SD_CONFIG = {
 
 describe.each(fixtureDirs())("DDIM against the golden tensors of %s", (dir) => {
   const g = loadGolden(dir);
-  const scheduler = () => DDIMScheduler.fromConfig(openCheckpoint(g.modelDir).scheduler.config);
+  const config = loadConfig(SchedulerConfigSchema, join(g.modelDir, "scheduler/scheduler_config.json"));
+  const scheduler = () => DDIMScheduler.fromConfig(config);
 
   it("builds the same ᾱ table", () => {
     expect(relError(scheduler().alphasCumprod, g.f32("ddim.alphas_cumprod"))).toBeLessThan(TOL);
