@@ -41,13 +41,22 @@ async function assertPortFree(port: number, setting: string): Promise<void> {
   }
 }
 
+const DUPLICATE_SIGNAL_MS = 1000;
+
 function shutdownSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
-      // A second signal while stopping means "now": the exit hooks still stop an embedded Redis.
+      // A second signal while stopping means "now" (the exit hooks still stop an embedded Redis) —
+      // unless it is the same Ctrl-C delivered twice: a terminal signals the whole process group, and
+      // wrappers such as tsx relay it to us as well, within milliseconds.
+      const first = Date.now();
       const force = (again: NodeJS.Signals) => {
+        if (Date.now() - first < DUPLICATE_SIGNAL_MS) {
+          process.once(again, force);
+          return;
+        }
         childLogger("services").warn({ signal: again }, "second signal: exiting without a clean stop");
         process.exit(1);
       };

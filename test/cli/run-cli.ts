@@ -3,10 +3,20 @@ import path from "node:path";
 
 export const CLI = path.resolve("src/cli/index.ts");
 
-/** Spawns the CLI as a user would (through tsx), with JSON logs at info level on stderr. */
-export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+/**
+ * Spawns the CLI with JSON logs at info level on stderr, in its own process group. `tsxCli` runs it as
+ * `npm start` does (tsx's CLI, which relays signals to a child node process); by default a single
+ * node process with tsx's loader.
+ */
+export function spawnCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  { tsxCli = false } = {},
+): ChildProcessWithoutNullStreams {
+  const command = tsxCli ? [path.resolve("node_modules/tsx/dist/cli.mjs")] : ["--import", "tsx"];
+  return spawn(process.execPath, [...command, CLI, ...args], {
     env: { ...process.env, LOG_LEVEL: "info", LOG_PRETTY: "false", ...env },
+    detached: true,
   });
 }
 
