@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { discordService } from "../bots/discord/service.js";
 import { appConfig, redactedConfig, redactUrl } from "../config.js";
 import { childLogger } from "../log.js";
 import { runServices, type Service } from "../services.js";
@@ -7,7 +8,10 @@ import { runServices, type Service } from "../services.js";
  * What `start` runs on one machine, in start order (stopped in reverse), all against one Redis.
  * The engine worker and the chat bots plug in here with one entry each.
  */
-const SERVICES: Service[] = [];
+const SERVICES: Service[] = [
+  // The Discord bot, when DISCORD_TOKEN is set.
+  discordService({ required: false }),
+];
 
 export function startCommand(): Command {
   return new Command("start")

@@ -25,13 +25,18 @@ describe("bot restart mid-job", () => {
 
     // Progress edits keep Discord's pace: at least 2 s apart (the first edit replaces "queued").
     const times = progress.history.slice(1).map((h) => h.at);
-    for (let i = 1; i < times.length; i++) expect((times[i] ?? 0) - (times[i - 1] ?? 0)).toBeGreaterThanOrEqual(1950);
+    for (let i = 1; i < times.length; i++)
+      expect((times[i] ?? 0) - (times[i - 1] ?? 0)).toBeGreaterThanOrEqual(1950);
 
     const watcher = await w.h.client();
     const [job] = await watcher.queue.getJobs(["active"]);
     await w.stopBot();
     expect(w.fake.connectedBots).toBe(0);
-    await until(async () => (await job?.getState()) === "completed", 20_000, "the job to finish while the bot is down");
+    await until(
+      async () => (await job?.getState()) === "completed",
+      20_000,
+      "the job to finish while the bot is down",
+    );
     const editsWhileDown = progress.history.length;
     expect(w.posted(thread)).toHaveLength(1);
 

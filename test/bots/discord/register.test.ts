@@ -1,0 +1,70 @@
+// `bot register`: the slash commands as Discord receives them, in a guild or globally, and the
+// messages for a refused token or an unknown application.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerCommands } from "../../../src/bots/discord/register.js";
+import { FakeDiscord } from "./fake/server.js";
+
+let fake: FakeDiscord;
+beforeAll(async () => {
+  fake = await FakeDiscord.start();
+});
+afterAll(() => fake.close());
+
+type Option = {
+  name: string;
+  type: number;
+  required?: boolean;
+  choices?: unknown[];
+  max_value?: number;
+  max_length?: number;
+};
+type Command = { name: string; options?: Option[]; contexts?: number[] };
+
+describe("registerCommands", () => {
+  it("registers every command in the guild, with typed, bounded options", async () => {
+    const done = await registerCommands({
+      token: fake.token,
+      applicationId: fake.applicationId,
+      guildId: fake.guildId,
+      apiUrl: fake.apiUrl,
+    });
+    expect(done).toEqual({ scope: "guild", names: ["imagic", "swap", "cancel", "queue", "help"] });
+    const commands = fake.registered.get(fake.guildId) as Command[];
+    const imagic = commands.find((c) => c.name === "imagic");
+    expect(imagic?.options?.map((o) => [o.name, o.type, o.required ?? false])).toEqual([
+      ["image", 11, true],
+      ["prompt", 3, true],
+      ["preset", 3, false],
+      ["eta", 10, false],
+      ["seeds", 3, false],
+    ]);
+    expect(imagic?.options?.find((o) => o.name === "eta")?.max_value).toBe(1.5);
+    expect(imagic?.options?.find((o) => o.name === "prompt")?.max_length).toBe(500);
+    expect(imagic?.options?.find((o) => o.name === "preset")?.choices).toHaveLength(3);
+    const swap = commands.find((c) => c.name === "swap");
+    expect(
+      swap?.options?.filter((o) => o.type === 11).map((o) => `${o.name}${o.required ? "!" : ""}`),
+    ).toEqual(["source!", "reference1!", "reference2", "reference3", "reference4", "reference5"]);
+    // Usable in servers and in the bot's DMs.
+    expect(imagic?.contexts).toEqual([0, 1]);
+  });
+
+  it("registers globally without a guild", async () => {
+    const done = await registerCommands({
+      token: fake.token,
+      applicationId: fake.applicationId,
+      apiUrl: fake.apiUrl,
+    });
+    expect(done.scope).toBe("global");
+    expect((fake.registered.get("global") as Command[]).map((c) => c.name)).toContain("swap");
+  });
+
+  it("says which setting Discord refused", async () => {
+    await expect(
+      registerCommands({ token: "wrong", applicationId: fake.applicationId, apiUrl: fake.apiUrl }),
+    ).rejects.toThrow(/Discord refused DISCORD_TOKEN \(401 Unauthorized\)/);
+    await expect(
+      registerCommands({ token: fake.token, applicationId: "1234567890123456789", apiUrl: fake.apiUrl }),
+    ).rejects.toThrow(/Discord does not know DISCORD_APPLICATION_ID 1234567890123456789/);
+  });
+});
