@@ -4,7 +4,7 @@
  * cache folder keyed by the key, the device and the graph's structure, and loaded from the path, so a
  * restart skips both the emission and the weight conversion.
  */
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { childLogger } from "../../log.js";
@@ -29,10 +29,12 @@ export interface SessionOptions {
   device: Device;
   /** Names the model + graph variant + shapes, e.g. "sd15/unet/b2-64x64/fp16": enables the disk cache. */
   cacheKey?: string;
-  /** Where cached graphs live (default: the OS temp folder). */
+  /** Where cached graphs live (default: the OS temp folder); also the scratch space for big unkeyed graphs. */
   cacheDir?: string;
   /** Fused kernels for composites (default true); false runs their primitive form (benchmarks, tests). */
   fuse?: boolean;
+  /** Unkeyed graphs with more weight bytes than this load through external data (default 1 GiB). */
+  inlineLimitBytes?: number;
 }
 
 export interface Session {
@@ -95,10 +97,21 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
   const options = sessionOptions(device);
   const started = Date.now();
-  const ortSession =
-    opts.cacheKey || weightBytes > INLINE_LIMIT
-      ? await ort.InferenceSession.create(modelFile(emitted, device, opts), options)
-      : await ort.InferenceSession.create(serializeInline(emitted), options);
+  let ortSession: ort.InferenceSession;
+  if (opts.cacheKey)
+    ortSession = await ort.InferenceSession.create(modelFile(emitted, device, opts), options);
+  else if (weightBytes > (opts.inlineLimitBytes ?? INLINE_LIMIT)) {
+    // Too big for one protobuf and not worth keeping: external data in a scratch folder, removed once
+    // onnxruntime has loaded it.
+    const dir = mkdtempSync(join(opts.cacheDir ?? tmpdir(), "graph-"));
+    try {
+      const file = join(dir, "model.onnx");
+      writeFileSync(file, serializeExternal(emitted, join(dir, "weights.bin"), "weights.bin"));
+      ortSession = await ort.InferenceSession.create(file, options);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  } else ortSession = await ort.InferenceSession.create(serializeInline(emitted), options);
   log.debug(
     { graph: graph.name, device, ms: Date.now() - started, nodes: emitted.model.graph.node.length },
     "session created",

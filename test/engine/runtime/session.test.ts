@@ -87,6 +87,21 @@ describe("sessions", () => {
     expect(existsSync(join(cacheDir, dirs[0] as string, "model.onnx"))).toBe(true);
   });
 
+  it("loads a big unkeyed graph through external data in a scratch folder it then removes", async () => {
+    const scratch = mkdtempSync(join(tmpdir(), "graph-scratch-test-"));
+    const feeds = { x: host("float32", [2, 32], randn(rng(6), 64)) };
+    const inline = await createSession(linearGraph("inline", { n: 0 }), { device: "cpu" });
+    const external = await createSession(linearGraph("external", { n: 0 }), {
+      device: "cpu",
+      cacheDir: scratch,
+      inlineLimitBytes: 0,
+    });
+    expect(readdirSync(scratch)).toEqual([]);
+    expect(values((await external.run(feeds)).y)).toEqual(values((await inline.run(feeds)).y));
+    await Promise.all([inline.release(), external.release()]);
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
   it("names the input when a feed is missing or has the wrong shape or array type", async () => {
     const s = await createSession(linearGraph("feeds", { n: 0 }), { device: "cpu" });
     await expect(s.run({})).rejects.toThrow(/graph "feeds": input "x" \(float32\[2,32\]\) was not fed/);
