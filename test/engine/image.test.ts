@@ -133,7 +133,7 @@ describe("loadImage", () => {
     expect(pixel(img, 56, 8)).toEqual([255, 255, 255]);
   });
 
-  it("converts CMYK, 16-bit and greyscale input to 8-bit sRGB", async () => {
+  it("converts CMYK, ICC-tagged, 16-bit and greyscale input to 8-bit sRGB", async () => {
     const base = () => synth(64, 64, 3, () => [200, 40, 60]);
     const cmyk = await base().toColourspace("cmyk").jpeg({ quality: 100 }).toBuffer();
     expect((await probeImage(cmyk)).space).toBe("cmyk");
@@ -145,6 +145,15 @@ describe("loadImage", () => {
     const deep = await base().toColourspace("rgb16").png().toBuffer();
     expect((await probeImage(deep)).space).toBe("rgb16");
     expect(pixel(await loadImage(deep, { size: 64 }), 32, 32)).toEqual([200, 40, 60]);
+
+    // Display-P3-tagged pixels are converted through their ICC profile, back to the sRGB original.
+    const p3 = await base().withIccProfile("p3").png().toBuffer();
+    const stored = await sharp(p3).keepIccProfile().raw().toBuffer();
+    expect(Math.abs((stored[0] as number) - 200)).toBeGreaterThan(10);
+    const fromP3 = pixel(await loadImage(p3, { size: 64 }), 32, 32);
+    expect(Math.max(...fromP3.map((v, i) => Math.abs(v - ([200, 40, 60][i] as number))))).toBeLessThanOrEqual(
+      2,
+    );
 
     const grey = await synth(64, 64, 3, () => [90, 90, 90])
       .toColourspace("b-w")
