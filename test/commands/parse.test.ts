@@ -1,0 +1,101 @@
+import { describe, expect, it } from "vitest";
+import type { CommandRequest, IncomingAttachment } from "../../src/commands/chat.js";
+import { DEFAULT_SEED_COUNT, parseImagic, parseSeeds, parseSwap } from "../../src/commands/parse.js";
+
+const file = (option: string): IncomingAttachment => ({
+  option,
+  filename: `${option}.png`,
+  contentType: "image/png",
+  size: 1000,
+  url: `memory://${option}`,
+});
+const request = (
+  command: string,
+  options: CommandRequest["options"],
+  attachments: IncomingAttachment[],
+): CommandRequest => ({
+  command,
+  userId: "u1",
+  conversation: { channel: "c1" },
+  options,
+  attachments,
+});
+
+describe("parseSeeds", () => {
+  let next = 100;
+  const counter = () => next++;
+
+  it("reads a small number as a count of random seeds, and nothing as the default count", () => {
+    next = 100;
+    expect(parseSeeds("3", counter)).toEqual([100, 101, 102]);
+    expect(parseSeeds(undefined, counter)).toHaveLength(DEFAULT_SEED_COUNT);
+  });
+
+  it("reads lists (commas or spaces, duplicates dropped) and a single seed written with a comma", () => {
+    expect(parseSeeds("7, 42 7,1234", counter)).toEqual([7, 42, 1234]);
+    expect(parseSeeds("5,", counter)).toEqual([5]);
+    expect(parseSeeds("123456", counter)).toEqual([123456]);
+  });
+
+  it("names the limit when there are too many or they are not whole numbers", () => {
+    expect(() => parseSeeds("1,2,3,4,5,6,7,8,9", counter)).toThrow("`seeds` lists 9 seeds; the limit is 8");
+    expect(() => parseSeeds("1.5,2", counter)).toThrow(
+      /`seeds` must be a count from 1 to 8 or whole numbers from 0 to 4294967295/,
+    );
+    expect(() => parseSeeds("4294967296,", counter)).toThrow(/got "4294967296,"/);
+    expect(parseSeeds("0", counter)).toEqual([0]);
+  });
+});
+
+describe("parseImagic", () => {
+  it("tidies the prompt and reads preset and η", () => {
+    const spec = parseImagic(
+      request("imagic", { prompt: "  a   photo\nof a dog ", preset: "Fast", eta: 1.2, seeds: "9," }, [
+        file("image"),
+      ]),
+    );
+    expect(spec).toMatchObject({ prompt: "a photo of a dog", preset: "fast", eta: 1.2, seeds: [9] });
+    expect(spec.image.option).toBe("image");
+  });
+
+  it("refuses what is missing or out of bounds, naming the option and the limit", () => {
+    expect(() => parseImagic(request("imagic", { prompt: "x" }, []))).toThrow("`image` is required");
+    expect(() => parseImagic(request("imagic", { prompt: "   " }, [file("image")]))).toThrow(
+      "`prompt` is empty",
+    );
+    expect(() => parseImagic(request("imagic", { prompt: "x".repeat(501) }, [file("image")]))).toThrow(
+      "`prompt` is 501 characters; the limit is 500",
+    );
+    expect(() => parseImagic(request("imagic", { prompt: "x", preset: "turbo" }, [file("image")]))).toThrow(
+      '`preset` must be one of fast, balanced, paper (got "turbo")',
+    );
+    expect(() => parseImagic(request("imagic", { prompt: "x", eta: -0.1 }, [file("image")]))).toThrow(
+      "`eta` must be a number from 0 to 1.5 (got -0.1)",
+    );
+  });
+});
+
+describe("parseSwap", () => {
+  it("collects the references in order, skipping gaps", () => {
+    const spec = parseSwap(
+      request("swap", { subject: "cat" }, [file("source"), file("reference3"), file("reference1")]),
+    );
+    expect(spec.references.map((r) => r.option)).toEqual(["reference1", "reference3"]);
+    expect(spec.subject).toBe("cat");
+  });
+
+  it("needs a source, a subject and a first reference", () => {
+    expect(() => parseSwap(request("swap", { subject: "cat" }, [file("reference1")]))).toThrow(
+      "`source` is required",
+    );
+    expect(() => parseSwap(request("swap", {}, [file("source"), file("reference1")]))).toThrow(
+      "`subject` is required",
+    );
+    expect(() => parseSwap(request("swap", { subject: "cat" }, [file("source")]))).toThrow(
+      "`reference1` is required",
+    );
+    expect(() =>
+      parseSwap(request("swap", { subject: "x".repeat(65) }, [file("source"), file("reference1")])),
+    ).toThrow("`subject` is 65 characters; the limit is 64");
+  });
+});

@@ -1,0 +1,85 @@
+// ChatCommands against the real queue and worker through the in-memory adapter: the flows need
+// nothing from Discord.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { CommandRequest } from "../../src/commands/chat.js";
+import { ChatCommands } from "../../src/commands/service.js";
+import type { QueueClient } from "../../src/queue/client.js";
+import { lightweightPipelines } from "../queue/support/pipelines.js";
+import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
+import { MemoryAdapter } from "./memory-adapter.js";
+
+let h: Harness;
+let queue: QueueClient;
+let adapter: MemoryAdapter;
+let commands: ChatCommands;
+const channel = { channel: "console" };
+
+beforeAll(async () => {
+  h = await harness();
+  queue = await h.client({ consumer: "console", platform: "console" });
+  adapter = new MemoryAdapter();
+  adapter.files.set("memory://photo", PHOTO);
+  commands = new ChatCommands({ adapter, queue, blobs: h.blobs, redis: h.redis.client() });
+  await commands.start();
+  await h.worker({ pipelines: lightweightPipelines({ steps: 2, stepMs: 5 }) });
+});
+afterAll(async () => {
+  commands.stop();
+  await h.close();
+});
+
+const imagic = (extra: CommandRequest["options"] = {}, contentType = "image/png"): CommandRequest => ({
+  command: "imagic",
+  userId: "ann",
+  conversation: channel,
+  options: { prompt: "a photo of a cat", seeds: "5,6", ...extra },
+  attachments: [
+    { option: "image", filename: "photo.png", contentType, size: PHOTO.byteLength, url: "memory://photo" },
+  ],
+});
+
+async function until<T>(what: string, probe: () => T | undefined): Promise<T> {
+  for (let i = 0; i < 500; i++) {
+    const value = probe();
+    if (value !== undefined) return value;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("ChatCommands with a console adapter", () => {
+  it("runs the Imagic flow: thread, grid, author's pick, sweep, final", async () => {
+    await commands.handleCommand(imagic(), adapter.reply(channel));
+    const grid = await until("the seed grid", () =>
+      adapter.messages.find((m) => m.text.includes("Pick a seed")),
+    );
+    expect(grid.ref.conversation.thread).toBeDefined();
+    expect(grid.reactions).toEqual(["1️⃣", "2️⃣"]);
+    expect(grid.images?.[0]?.name).toBe("grid.png");
+
+    await commands.handleReaction({ userId: "bob", emoji: "1️⃣", message: grid.ref });
+    await commands.handleReaction({ userId: "ann", emoji: "2️⃣", message: grid.ref });
+    const sweep = await until("the sweep", () =>
+      adapter.messages.find((m) => m.text.includes("Pick the final image")),
+    );
+    expect(sweep.text).toContain("η 0.6, seed 6");
+
+    await commands.handleReaction({ userId: "ann", emoji: "5️⃣", message: sweep.ref });
+    const final = await until("the final", () => adapter.messages.find((m) => m.text.includes("**Final**")));
+    expect(final.text).toBe("🖼️ @ann **Final** for “a photo of a cat” — seed 6, η 1.4, full resolution.");
+    expect(final.images?.[0]?.name).toBe("imagic-seed6-eta1.4.png");
+    // Only one sweep: bob's reaction did nothing.
+    expect(adapter.messages.filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
+  });
+
+  it("answers bad input privately and posts nothing", async () => {
+    const before = adapter.messages.length;
+    await commands.handleCommand(imagic({}, "video/mp4"), adapter.reply(channel));
+    await commands.handleCommand({ ...imagic(), command: "dance" }, adapter.reply(channel));
+    expect(adapter.privateReplies.slice(-2)).toEqual([
+      "⚠️ `image` (photo.png) is a video/mp4 file; send a PNG, JPEG, WebP, GIF image",
+      "I do not know `/dance`; try `/help`",
+    ]);
+    expect(adapter.messages).toHaveLength(before);
+  });
+});

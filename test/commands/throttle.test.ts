@@ -1,0 +1,50 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { EditThrottle } from "../../src/commands/throttle.js";
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("EditThrottle", () => {
+  it("runs the first edit at once, then only the latest one per interval", async () => {
+    const throttle = new EditThrottle(2000);
+    const done: string[] = [];
+    const edit = (text: string) => () => {
+      done.push(`${Date.now()} ${text}`);
+      return Promise.resolve();
+    };
+    const start = Date.now();
+    throttle.schedule("m", edit("a"));
+    await vi.advanceTimersByTimeAsync(0);
+    for (const text of ["b", "c", "d"]) {
+      throttle.schedule("m", edit(text));
+      await vi.advanceTimersByTimeAsync(300);
+    }
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(done).toEqual([`${start} a`, `${start + 2000} d`]);
+  });
+
+  it("keeps messages apart", async () => {
+    const throttle = new EditThrottle(2000);
+    const done: string[] = [];
+    throttle.schedule("m1", async () => void done.push("m1"));
+    throttle.schedule("m2", async () => void done.push("m2"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(done).toEqual(["m1", "m2"]);
+  });
+
+  it("after settle, drops what was pending and what comes later", async () => {
+    const throttle = new EditThrottle(2000);
+    const done: string[] = [];
+    throttle.schedule("m", async () => void done.push("first"));
+    await vi.advanceTimersByTimeAsync(0);
+    throttle.schedule("m", async () => void done.push("pending"));
+    await throttle.settle("m");
+    throttle.schedule("m", async () => void done.push("late"));
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(done).toEqual(["first"]);
+  });
+});
