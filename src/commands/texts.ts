@@ -16,7 +16,7 @@ export function helpText(): string {
     `• \`/swap source:<photo> subject:"cat" reference1:<photo> … reference${MAX_REFERENCES}\` swaps the subject ` +
       "of the source photo for the one in the reference photos.",
     "• `/queue` shows where your edits are; `/cancel` stops them.",
-    "Only the person who started an edit can pick from its grids. Photos must be PNG, JPEG or WebP stills.",
+    "Only the person who started an edit can pick from its grids. Photos must be still PNG, JPEG, WebP or GIF images.",
   ].join("\n");
 }
 
