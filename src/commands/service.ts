@@ -274,24 +274,15 @@ export class ChatCommands {
   }
 
   private async onFailed({ jobId, name, data, message, cancelled }: Events["failed"]): Promise<void> {
-    // A concept child fails its swap.edit parent with it: the parent reports, once, with the child's reason.
+    // A concept child fails its swap.edit parent with it: the parent reports, once (the queue gives it the
+    // child's reason).
     if (name === "swap.concept") return;
     this.log.info({ jobId, name, cancelled }, "job failed");
-    const text = cancelled ? "🛑 Cancelled." : `❌ ${(await this.failedChildReason(jobId, name)) ?? message}`;
+    const text = cancelled ? "🛑 Cancelled." : `❌ ${message}`;
     await this.finishProgress(
       this.progressRef(data.origin),
       fitText(text, this.adapter.limits.maxTextLength),
     );
-  }
-
-  /** Why a job's child failed (BullMQ's parent only says "child <key> failed"). */
-  private async failedChildReason(jobId: string, name: JobName): Promise<string | undefined> {
-    if (name !== "swap.edit") return undefined;
-    const job = await this.queue.queue.getJob(jobId);
-    const childKey = (await job?.getDependencies({ failed: {} }))?.failed?.[0];
-    if (!childKey) return undefined;
-    const child = await this.queue.queue.getJob(childKey.slice(childKey.lastIndexOf(":") + 1));
-    return child?.failedReason || undefined;
   }
 
   private async onCompleted(event: Events["completed"]): Promise<void> {
