@@ -143,7 +143,14 @@ class HubDownload {
     }
     const snapshot = join(this.repoDir, "snapshots", info.sha);
     if (existsSync(join(snapshot, COMPLETE))) return snapshot;
+    // Engines on one host share the cache: one process downloads, the others wait and reuse.
+    return withLock(`${snapshot}.lock`, async () => {
+      if (!existsSync(join(snapshot, COMPLETE))) await this.fetchSnapshot(info, snapshot);
+      return snapshot;
+    });
+  }
 
+  private async fetchSnapshot(info: { sha: string; siblings: Sibling[] }, snapshot: string): Promise<void> {
     const byName = new Map(info.siblings.map((s) => [s.rfilename, s]));
     // model_index.json first: another model family is refused before gigabytes are fetched.
     const indexSibling = this.sibling(byName, "model_index.json");
@@ -174,7 +181,6 @@ class HubDownload {
     mkdirSync(join(this.repoDir, "refs"), { recursive: true });
     writeFileSync(join(this.repoDir, "refs", encodeURIComponent(this.revision)), info.sha);
     log.info({ model: this.id, revision: info.sha, folder: snapshot }, "model downloaded");
-    return snapshot;
   }
 
   private sibling(byName: Map<string, Sibling>, name: string): Sibling {
@@ -433,6 +439,55 @@ class HubDownload {
       `${this.endpoint} answered HTTP ${status} for ${this.id}/${file}`,
       status >= 500 || status === 429,
     );
+  }
+}
+
+/**
+ * Runs `fn` holding a lock directory (mkdir is atomic). A lock whose process is gone (crash, kill) is
+ * taken over; a lock being created (no pid yet) for over a minute counts as gone too.
+ */
+async function withLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
+  mkdirSync(dirname(lock), { recursive: true });
+  let waiting = false;
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      writeFileSync(join(lock, "pid"), String(process.pid));
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      if (lockIsStale(lock)) {
+        rmSync(lock, { recursive: true, force: true });
+        continue;
+      }
+      if (!waiting) log.info({ lock }, "another process is downloading this model; waiting for it");
+      waiting = true;
+      await sleep(250);
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+function lockIsStale(lock: string): boolean {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(lock, "pid"), "utf8"));
+  } catch {
+    try {
+      return Date.now() - statSync(lock).mtimeMs > 60_000;
+    } catch {
+      return false; // released meanwhile: the next mkdir decides
+    }
+  }
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ESRCH";
   }
 }
 

@@ -170,6 +170,24 @@ describe("resolveModel", () => {
     expect(await resolveModel("test/sd1", { cacheDir, endpoint: "http://127.0.0.1:9" })).toBe(folder);
   });
 
+  it("lets one of several concurrent starts download while the others wait, and takes over a dead lock", async () => {
+    hub.repos.set("test/shared", { files: sd1Repo() });
+    const folders = await Promise.all(
+      [1, 2, 3].map(() => resolveModel("test/shared", { cacheDir, endpoint: hub.url })),
+    );
+    expect(new Set(folders).size).toBe(1);
+    const fetched = downloads();
+    expect(fetched.sort()).toEqual(listFiles(SD1).sort());
+
+    hub.repos.set("test/stale", { files: sd1Repo() });
+    const lock = join(cacheDir, "test--stale", "snapshots", `${SHA}.lock`);
+    mkdirSync(lock, { recursive: true });
+    writeFileSync(join(lock, "pid"), "4194303"); // the highest pid Linux allows: no live process holds it here
+    const folder = await resolveModel("test/stale", { cacheDir, endpoint: hub.url });
+    expect(existsSync(join(folder, ".complete"))).toBe(true);
+    expect(existsSync(lock)).toBe(false);
+  });
+
   it("prefers the fp16 variant when asked for it", async () => {
     const files = sd1Repo();
     files.set(
