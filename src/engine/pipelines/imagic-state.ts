@@ -41,7 +41,8 @@ const metadataSchema = z.object({
   height: z.number().int().positive(),
   contextShape: z.tuple([z.number().int().positive(), z.number().int().positive()]),
   options: z.custom<ImagicOptions>((v) => typeof v === "object" && v !== null),
-  loraAlpha: z.record(z.string(), z.number()),
+  /** Shared by every adapter (null without LoRA); ranks and sizes come from the tensors' shapes. */
+  loraAlpha: z.number().positive().nullable(),
   seconds: z.object({ encode: z.number(), embedding: z.number(), finetune: z.number() }).optional(),
 });
 
@@ -95,7 +96,10 @@ export function serializeState(state: ImagicState): Uint8Array {
     header[e.name] = { dtype: "F32", shape: e.shape, data_offsets: [offset, offset + e.data.byteLength] };
     offset += e.data.byteLength;
   }
-  const loraAlpha = Object.fromEntries([...(state.lora ?? [])].map(([m, a]) => [m, a.alpha]));
+  const alphas = new Set([...(state.lora?.values() ?? [])].map((a) => a.alpha));
+  if (alphas.size > 1)
+    throw new Error(`serializeState: LoRA adapters with different alphas (${[...alphas]})`);
+  const loraAlpha = alphas.size === 1 ? ([...alphas][0] as number) : null;
   const meta = {
     format: FORMAT,
     version: VERSION,
@@ -169,15 +173,18 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
     return t;
   };
   let lora: LoraWeights | null = null;
-  for (const [module, alpha] of Object.entries(m.loraAlpha)) {
-    const a = need(`${LORA_PREFIX}${module}${LORA_A}`);
+  for (const name of tensors.keys()) {
+    if (!name.startsWith(LORA_PREFIX) || !name.endsWith(LORA_A)) continue;
+    const module = name.slice(LORA_PREFIX.length, -LORA_A.length);
+    if (m.loraAlpha === null) bad(`LoRA tensor ${name} without a LoRA alpha`);
+    const a = need(name);
     const b = need(`${LORA_PREFIX}${module}${LORA_B}`);
     const [rank = 0, inF = 0] = a.shape;
     const [outF = 0, rankB = 0] = b.shape;
     if (a.shape.length !== 2 || b.shape.length !== 2 || rank !== rankB)
       bad(`LoRA ${module} has inconsistent shapes`);
     lora ??= new Map();
-    lora.set(module, { down: a.data, up: b.data, rank, alpha, inF, outF });
+    lora.set(module, { down: a.data, up: b.data, rank, alpha: m.loraAlpha, inF, outF });
   }
   return {
     modelId: m.modelId,

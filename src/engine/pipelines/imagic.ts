@@ -52,6 +52,11 @@ export interface TrainArgs {
   options: ImagicOptions;
   onProgress?: (p: Progress) => void;
   signal?: AbortSignal;
+  /**
+   * Each step's timesteps and noise (default: seeded from options.seed). Lets a run replay another
+   * implementation's draws for a parity check, or hold them fixed to watch the optimizer alone.
+   */
+  draws?: TrainingDraws;
 }
 
 export interface RenderArgs extends RenderOptions {
@@ -106,24 +111,36 @@ function short(s: string, tail: boolean): string {
   return tail ? `…${s.slice(-60)}` : `${s.slice(0, 60)}…`;
 }
 
+/** Where each training step's timesteps and noise come from. */
+export interface TrainingDraws {
+  timesteps(n: number): number[];
+  noise(n: number): Float32Array;
+}
+
 /**
- * Uniform integer timesteps in [0, count), the same on every machine: Philox blocks under the seed's key,
- * on a counter lane (word 2 = 1) that GaussianRng's noise stream (word 2 = 0) never uses.
+ * The default draws, the same on every machine for a seed: noise from GaussianRng(seed); uniform integer
+ * timesteps in [0, count) from Philox blocks under the seed's key, on a counter lane (word 2 = 1) that
+ * GaussianRng's stream (word 2 = 0) never uses.
  */
-class TimestepSampler {
+export class SeededDraws implements TrainingDraws {
   private block = 0;
   private readonly key: [number, number];
+  private readonly rng: GaussianRng;
   constructor(
     seed: number,
     private readonly count: number,
   ) {
     this.key = [seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
+    this.rng = new GaussianRng(seed);
   }
-  next(n: number): number[] {
+  timesteps(n: number): number[] {
     return Array.from({ length: n }, () => {
       const bits = philox4x32([this.block++ >>> 0, 0, 1, 0], this.key);
       return Math.floor(((bits[0] as number) / 2 ** 32) * this.count);
     });
+  }
+  noise(n: number): Float32Array {
+    return this.rng.normal(n);
   }
 }
 
@@ -181,8 +198,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     { stage: "finetune", steps: o.finetune.steps, weight: STEP_COST.finetune * o.finetune.batch },
   ];
   const eta = new EtaTracker(plan);
-  const noise = new GaussianRng(o.seed);
-  const timesteps = new TimestepSampler(o.seed, sd.scheduler().numTrainTimesteps);
+  const draws = args.draws ?? new SeededDraws(o.seed, sd.scheduler().numTrainTimesteps);
 
   /** One stage's loop: draw a batch, get loss and gradients, step Adam, report, maybe stop early. */
   const run = async (
@@ -197,7 +213,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     eta.begin(stage);
     for (let step = 1; step <= steps; step++) {
       throwIfCancelled(signal, `${stage} step ${step}/${steps}`);
-      const loss = await stepFn(noise.normal(batch * per), timesteps.next(batch));
+      const loss = await stepFn(draws.noise(batch * per), draws.timesteps(batch));
       losses.push(loss);
       if (!Number.isFinite(loss)) throw new Error(`imagic ${stage}: the loss became ${loss} at step ${step}`);
       report({ stage, step, total: steps, loss, etaSeconds: eta.step(stage, step) });

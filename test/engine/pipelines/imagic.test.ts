@@ -1,0 +1,324 @@
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
+import { CancelledError } from "../../../src/engine/errors.js";
+import { StableDiffusion } from "../../../src/engine/index.js";
+import {
+  checkPrompt,
+  interpolate,
+  type Progress,
+  renderImagic,
+  trainImagic,
+} from "../../../src/engine/pipelines/imagic.js";
+import {
+  type DeepPartial,
+  type ImagicOptions,
+  imagicOptions,
+} from "../../../src/engine/pipelines/imagic-options.js";
+import { deserializeState, serializeState } from "../../../src/engine/pipelines/imagic-state.js";
+import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
+
+// The tiny SD 1.x fixture on the CPU: 64² images, 8×8 latents. Every training step below uses a batch of
+// 2 timesteps, so all tests share one compiled loss session per gradient kind.
+const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
+const SIZE = 64;
+const PROMPT = "a photo of a cat wearing a hat";
+
+let sd: StableDiffusion;
+let photo: Float32Array;
+
+function options(o: DeepPartial<ImagicOptions>): ImagicOptions {
+  return imagicOptions("fast", {
+    earlyStop: null,
+    ...o,
+    embedding: { batch: 2, ...o.embedding },
+    finetune: { batch: 2, loraRank: 4, loraAlpha: 4, ...o.finetune },
+  });
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs((a[i] as number) - (b[i] as number)));
+  return m;
+}
+
+beforeAll(async () => {
+  sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
+  // A smooth synthetic "photo" in [-1, 1] (the fixture VAE is random: any image is as good as a real one).
+  photo = new Float32Array(3 * SIZE * SIZE);
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < SIZE; y++) {
+      for (let x = 0; x < SIZE; x++)
+        photo[(c * SIZE + y) * SIZE + x] = Math.sin((x + 2 * c) / 9) * Math.cos(y / 13);
+    }
+  }
+});
+
+afterAll(async () => {
+  await sd?.release();
+});
+
+describe("trainImagic on the fixture model", () => {
+  it("lowers each stage's loss on fixed draws; LoRA starts as a no-op on e_opt", async () => {
+    // On the random fixture the context moves the loss by ~1 %, less than the spread between random
+    // draws, so the optimizer is watched on fixed draws (2 timesteps, fixed noise) where that noise is gone.
+    const noise = new GaussianRng(99).normal(2 * 4 * 8 * 8);
+    const draws = { timesteps: () => [150, 600], noise: () => noise };
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      draws,
+      options: options({ embedding: { steps: 12, lr: 5e-2 }, finetune: { steps: 6, lr: 1e-2 } }),
+    });
+    const { embedding: e, finetune: f } = state.losses;
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    expect(e).toHaveLength(12);
+    expect(e.at(-1) as number).toBeLessThan(0.995 * (e[0] as number));
+    expect(mean(e.slice(-5))).toBeLessThan(mean(e.slice(0, 5)));
+    expect(f).toHaveLength(6);
+    expect(f.at(-1) as number).toBeLessThan(0.95 * (f[0] as number));
+    // Fine-tuning's first loss is the un-tuned UNet's loss at the final e_opt (B = 0: LoRA adds nothing).
+    const { mean: x0 } = await sd.encodeImage(photo, SIZE, SIZE);
+    const latents0 = new Float32Array(2 * x0.length);
+    latents0.set(x0);
+    latents0.set(x0, x0.length);
+    const plain = await sd.lossAndGrads({
+      latents0,
+      noise,
+      t: [150, 600],
+      context: state.eOpt,
+      wrt: ["context"],
+    });
+    expect(f[0] as number).toBeCloseTo(plain.loss, 5);
+  });
+
+  it("reports every step with its loss and an ETA", async () => {
+    const events: Progress[] = [];
+    await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 3 }, finetune: { steps: 2 } }),
+      onProgress: (p) => events.push(p),
+    });
+    const steps = events.filter((p) => p.stage !== "encode").map((p) => `${p.stage} ${p.step}/${p.total}`);
+    expect(steps).toEqual([
+      "embedding 1/3",
+      "embedding 2/3",
+      "embedding 3/3",
+      "finetune 1/2",
+      "finetune 2/2",
+    ]);
+    const training = events.filter((p) => p.stage !== "encode");
+    expect(training.every((p) => Number.isFinite(p.loss))).toBe(true);
+    // An ETA once a step after the first has been timed; 0 at the very end.
+    expect(training[1]?.etaSeconds).toBeGreaterThan(0);
+    expect(training.at(-1)?.etaSeconds).toBe(0);
+  });
+
+  it("is deterministic for a seed and differs across seeds", async () => {
+    const run = (seed: number) =>
+      trainImagic(sd, {
+        image: photo,
+        size: SIZE,
+        prompt: PROMPT,
+        options: options({ seed, embedding: { steps: 2 }, finetune: { steps: 1 } }),
+      });
+    const [a, b, c] = [await run(5), await run(5), await run(6)];
+    expect(b.eOpt).toEqual(a.eOpt);
+    expect(b.losses).toEqual(a.losses);
+    expect([...(b.lora?.values() ?? [])].map((m) => m.up)).toEqual(
+      [...(a.lora?.values() ?? [])].map((m) => m.up),
+    );
+    expect(maxAbsDiff(c.eOpt, a.eOpt)).toBeGreaterThan(0);
+  });
+
+  it("stops a stage early when its loss EMA is flat", async () => {
+    // Demanding a 99 % improvement can never be met: the stage must stop at its minimum, 30 % of 20 steps.
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({
+        embedding: { steps: 20 },
+        finetune: { steps: 0 },
+        earlyStop: { beta: 0.5, patience: 0.05, minRelImprovement: 0.99, minSteps: 0.3 },
+      }),
+    });
+    expect(state.losses.embedding).toHaveLength(6);
+  });
+
+  it("stops within one step when cancelled, in training and in rendering", async () => {
+    const controller = new AbortController();
+    const spy = vi.spyOn(sd, "lossAndGrads");
+    const training = trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 2 }, finetune: { steps: 50 } }),
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.stage === "finetune" && p.step === 3) controller.abort();
+      },
+    });
+    await expect(training).rejects.toThrow(CancelledError);
+    await expect(training).rejects.toThrow("cancelled at finetune step 4/50");
+    expect(spy).toHaveBeenCalledTimes(2 + 3);
+    spy.mockRestore();
+
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
+    });
+    const stop = new AbortController();
+    const unet = vi.spyOn(sd, "predictNoise");
+    const rendering = renderImagic(sd, state, {
+      etas: [1],
+      seeds: [1],
+      guidance: 7.5,
+      steps: 10,
+      signal: stop.signal,
+      onProgress: (p) => {
+        if (p.step === 2) stop.abort();
+      },
+    });
+    await expect(rendering).rejects.toThrow("cancelled at render batch 1/1 step 3/10");
+    expect(unet).toHaveBeenCalledTimes(2);
+    unet.mockRestore();
+  });
+});
+
+describe("renderImagic on the fixture model", () => {
+  it("at η = 1 with the un-tuned model equals plain txt2img for the target prompt and seed", async () => {
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 2 }, finetune: { steps: 0 } }),
+    });
+    expect(state.lora).toBeNull();
+    const [img] = await renderImagic(sd, state, { etas: [1], seeds: [7], guidance: 7.5, steps: 4, batch: 1 });
+    const ref = await txt2img(sd, { prompt: PROMPT, steps: 4, guidance: 7.5, seed: 7, size: SIZE });
+    // Same noise, same embedding, same UNet batch: only the text encoder's batch (1 vs 2) differs, so
+    // agreement is to float32 rounding; 1e-5 on [-1, 1] pixels.
+    expect(maxAbsDiff(img?.image as Float32Array, ref.image)).toBeLessThan(1e-5);
+  });
+
+  it("renders η × seeds batched exactly as one at a time, and η moves the image", async () => {
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 4, lr: 5e-2 }, finetune: { steps: 0 } }),
+    });
+    const all = await renderImagic(sd, state, {
+      etas: [0, 1.2],
+      seeds: [1, 2],
+      guidance: 7.5,
+      steps: 3,
+      batch: 4,
+    });
+    expect(all.map((i) => [i.eta, i.seed])).toEqual([
+      [0, 1],
+      [0, 2],
+      [1.2, 1],
+      [1.2, 2],
+    ]);
+    const [single] = await renderImagic(sd, state, {
+      etas: [1.2],
+      seeds: [2],
+      guidance: 7.5,
+      steps: 3,
+      batch: 1,
+    });
+    // A batch of 8 UNet items vs 2: the same arithmetic per item up to float32 summation order.
+    expect(maxAbsDiff(all[3]?.image as Float32Array, single?.image as Float32Array)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(all[0]?.image as Float32Array, all[2]?.image as Float32Array)).toBeGreaterThan(1e-3);
+    expect(all[0]?.image).toHaveLength(3 * SIZE * SIZE);
+  });
+
+  it("renders the same images from a serialized-and-reloaded state", async () => {
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 3 }, finetune: { steps: 3 } }),
+    });
+    const bytes = serializeState(state);
+    const reloaded = deserializeState(bytes);
+    const args = { etas: [0.8], seeds: [3], guidance: 7.5, steps: 3 };
+    const a = await renderImagic(sd, state, args);
+    const b = await renderImagic(sd, reloaded, args);
+    expect(b.map((i) => i.image)).toEqual(a.map((i) => i.image));
+    // Small: the two embeddings, the LoRA tensors and the losses as float32, plus a JSON header of
+    // under 200 bytes per tensor and 2 KiB of settings.
+    const adapters = [...(state.lora?.values() ?? [])];
+    const lora = adapters.reduce((n, m) => n + m.down.length + m.up.length, 0);
+    const payload = 4 * (2 * 77 * 16 + lora + 6);
+    expect(bytes.length).toBeGreaterThan(payload);
+    expect(bytes.length - payload).toBeLessThan(2048 + 200 * (4 + 2 * adapters.length));
+  });
+
+  it("refuses a state trained on another model", async () => {
+    const state = await trainImagic(sd, {
+      image: photo,
+      size: SIZE,
+      prompt: PROMPT,
+      options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
+    });
+    await expect(
+      renderImagic(
+        sd,
+        { ...state, modelId: "runwayml/stable-diffusion-v1-5" },
+        { etas: [1], seeds: [1], guidance: 7.5, steps: 2 },
+      ),
+    ).rejects.toThrow(/trained on model "runwayml\/stable-diffusion-v1-5"/);
+  });
+
+  it("interpolates ē = η·e_tgt + (1−η)·e_opt", () => {
+    const s = { eTgt: Float32Array.of(1, 2), eOpt: Float32Array.of(3, -2) };
+    expect([...interpolate(s, 0)]).toEqual([3, -2]);
+    expect([...interpolate(s, 1)]).toEqual([1, 2]);
+    expect([...interpolate(s, 1.5)]).toEqual([0, 4]);
+  });
+});
+
+describe("checkPrompt", () => {
+  it("refuses an empty prompt and an over-long one, saying where CLIP would cut it", () => {
+    expect(() => checkPrompt(sd, "   ")).toThrow("the prompt is empty");
+    const long = Array.from({ length: 90 }, (_, i) => ["red", "cat", "big", "dog"][i % 4]).join(" ");
+    let message = "";
+    try {
+      checkPrompt(sd, long);
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(
+      /longer than the 75 tokens CLIP reads: it would be cut after "…?[a-z ]+", dropping "[a-z ]+"/,
+    );
+    // The cut is where the tokenizer says: the kept words fit, one more does not.
+    const dropped = Number(/\((\d+) of 90 words\)/.exec(message)?.[1]);
+    expect(dropped).toBeGreaterThan(0);
+    expect(
+      sd.tokenize(
+        long
+          .split(" ")
+          .slice(0, 90 - dropped)
+          .join(" "),
+      ).truncated,
+    ).toBe(false);
+    expect(
+      sd.tokenize(
+        long
+          .split(" ")
+          .slice(0, 91 - dropped)
+          .join(" "),
+      ).truncated,
+    ).toBe(true);
+    expect(() => checkPrompt(sd, "x".repeat(501))).toThrow("the prompt is 501 characters; the limit is 500");
+    expect(checkPrompt(sd, "  a  photo\nof a dog ")).toBe("a photo of a dog");
+  });
+});
