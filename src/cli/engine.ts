@@ -1,11 +1,19 @@
 import { Command } from "commander";
-import { UserFacingError } from "../errors.js";
+import { appConfig } from "../config.js";
+import { engineService } from "../engine/worker/index.js";
+import { runServices } from "../services.js";
 
-// Placeholder registered by foundation so the CLI's shape is fixed; the queue owner replaces the action.
+/**
+ * `engine`: one engine worker (run one per GPU) against REDIS_URL, or an embedded Redis when unset.
+ * SIGTERM/SIGINT finish the current job, or hand it back to the queue after a 30 s grace.
+ */
 export function engineCommand(): Command {
   return new Command("engine")
-    .description("run an engine worker (one per GPU) against the queue")
-    .action(() => {
-      throw new UserFacingError("engine: the queue worker is not available yet");
+    .description(
+      "run an engine worker (one per GPU): loads MODEL once, serves queue jobs, /healthz /readyz /metrics",
+    )
+    .action(async () => {
+      const config = appConfig();
+      await runServices(config, [engineService], { ports: [[config.engineHttpPort, "ENGINE_HTTP_PORT"]] });
     });
 }

@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { discordService } from "../bots/discord/service.js";
 import { appConfig, redactedConfig, redactUrl } from "../config.js";
+import { engineService } from "../engine/worker/index.js";
 import { childLogger } from "../log.js";
 import { runServices, type Service } from "../services.js";
 
@@ -9,6 +10,8 @@ import { runServices, type Service } from "../services.js";
  * The engine worker and the chat bots plug in here with one entry each.
  */
 const SERVICES: Service[] = [
+  // The engine worker: loads MODEL once and serves queue jobs (one per GPU; more hosts: `engine`).
+  engineService,
   // The Discord bot, when DISCORD_TOKEN is set.
   discordService({ required: false }),
 ];

@@ -430,11 +430,19 @@ export class QueueClient {
         const job = await this.jobForEvent(jobId, "end");
         if (job && (await this.claim(jobId))) {
           const cancelled = (await this.redis.exists(keys.cancel(jobId))) === 1;
-          this.events.emit("failed", { ...job, message: failedReason, cancelled });
+          this.events.emit("failed", { ...job, message: await this.failureMessage(failedReason), cancelled });
         }
       }),
     );
     await queueEvents.waitUntilReady();
+  }
+
+  /** A flow parent fails with "child bull:edits:7 failed": the user gets the child's own reason. */
+  private async failureMessage(reason: string): Promise<string> {
+    const child = /^child (\S+) failed$/.exec(reason)?.[1];
+    if (!child) return reason;
+    const childReason = await this.redis.hget(child, "failedReason");
+    return childReason ? await this.failureMessage(childReason) : reason;
   }
 
   private async claim(jobId: string): Promise<boolean> {

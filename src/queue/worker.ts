@@ -64,9 +64,9 @@ export interface StartWorkerOptions {
   pipelines: PipelineRegistry;
   /** Jobs one user may have running at once across all workers. */
   maxActivePerUser: number;
-  /** BullMQ lock: a worker that stops renewing it (crash) loses the job after this long. */
+  /** BullMQ lock: a worker that stops renewing it (crash) loses the job after this long. Default 2 min. */
   lockDurationMs?: number;
-  /** How often this worker looks for stalled jobs of crashed workers. */
+  /** How often this worker looks for stalled jobs of crashed workers. Default 30 s. */
   stalledIntervalMs?: number;
   /** How often cancel flags are looked at. */
   cancelPollMs?: number;
@@ -76,6 +76,13 @@ export interface StartWorkerOptions {
   /** Shown in logs and in Redis CLIENT LIST. */
   name?: string;
 }
+
+/**
+ * The lock is renewed on a timer (every half lock): graph building and session compilation can block
+ * the event loop for seconds on a big model, so the lock is long. A SIGKILLed worker's job is picked
+ * up by another worker within lockDuration + stalledInterval.
+ */
+const DEFAULT_LOCK_MS = 120_000;
 
 /** Abort reasons. */
 const CANCELLED = "cancelled";
@@ -104,11 +111,13 @@ export class EngineWorker {
   private readonly redis: Redis;
   private readonly log: Logger;
   private readonly running = new Map<string, Running>();
+  /** Jobs whose pipeline returned, until BullMQ confirms their completion. */
+  private readonly finishing = new Map<string, { name: JobName; started: number }>();
   private readonly poller: NodeJS.Timeout;
   private readonly lockDurationMs: number;
 
   constructor(private readonly options: StartWorkerOptions) {
-    this.lockDurationMs = options.lockDurationMs ?? 30_000;
+    this.lockDurationMs = options.lockDurationMs ?? DEFAULT_LOCK_MS;
     this.log = childLogger("worker", options.name ? { worker: options.name } : {});
     this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
     this.redis.on("error", (err) =>
@@ -125,6 +134,7 @@ export class EngineWorker {
     });
     this.worker.on("error", (err) => this.log.error({ err }, "worker error"));
     this.worker.on("stalled", (jobId) => this.log.warn({ jobId }, "stalled job moved back to the queue"));
+    this.worker.on("completed", (job) => void this.completed(String(job.id)));
     this.poller = setInterval(() => void this.poll(), options.cancelPollMs ?? 1_000);
   }
 
@@ -148,6 +158,20 @@ export class EngineWorker {
       clearTimeout(handBack);
       clearInterval(this.poller);
       this.redis.disconnect();
+    }
+  }
+
+  private async completed(jobId: string): Promise<void> {
+    const done = this.finishing.get(jobId);
+    if (!done) return;
+    this.finishing.delete(jobId);
+    const seconds = (performance.now() - done.started) / 1000;
+    this.options.observer?.jobFinished?.(done.name, "completed", seconds);
+    this.log.info({ jobId, name: done.name, seconds: Number(seconds.toFixed(2)) }, "job completed");
+    try {
+      await recordDuration(this.redis, done.name, seconds);
+    } catch (err) {
+      this.log.warn({ err }, "could not record the job's duration");
     }
   }
 
@@ -229,10 +253,9 @@ export class EngineWorker {
         const { conceptBlobId } = checked.data as JobResult<"swap.concept">;
         await cacheConcept(this.redis, concept, conceptBlobId, this.options.blobs.limits.ttlSeconds);
       }
-      const seconds = (performance.now() - started) / 1000;
-      await recordDuration(this.redis, name, seconds);
-      finish("completed");
-      log.info({ seconds: Number(seconds.toFixed(2)) }, "job completed");
+      // Counted as completed once BullMQ has recorded it (the "completed" listener): a worker whose lock
+      // was lost (event loop blocked past lockDuration) returns here too, but its result is refused.
+      this.finishing.set(jobId, { name, started });
       return checked.data;
     } catch (error) {
       if (abort.aborted && abort.reason === SHUTDOWN && token) {

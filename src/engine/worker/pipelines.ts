@@ -1,0 +1,151 @@
+// The engine's pipelines registry: job type → the pipeline that runs it on the loaded model.
+// A type missing here fails with "… is not available yet" (src/queue/worker.ts): Photoswap's
+// `swap.concept` / `swap.edit` plug in with one line each when src/engine/pipelines/photoswap.ts lands.
+
+import type { JobName, JobResult } from "../../queue/jobs.js";
+import type { PipelineContext, PipelineRegistry } from "../../queue/worker.js";
+import { tileToPng } from "../grid.js";
+import { loadImage, tensorToPng } from "../image.js";
+import type { StableDiffusion } from "../index.js";
+import {
+  etaSweep,
+  fullGrid,
+  type Progress,
+  type RenderedImage,
+  renderImagic,
+  seedGrid,
+  trainImagic,
+} from "../pipelines/imagic.js";
+import { getPreset, type ImagicOptions, imagicOptions } from "../pipelines/imagic-options.js";
+import { deserializeState, serializeState } from "../pipelines/imagic-state.js";
+
+export interface EnginePipelineOptions {
+  /** Images per UNet call when rendering. */
+  renderBatch?: number;
+}
+
+/**
+ * The engine's callbacks are synchronous; job progress is written to Redis. Reports are chained so
+ * they arrive in order without holding up the GPU; `flush` waits for the last one.
+ */
+function progressBridge<N extends JobName>(ctx: PipelineContext<N>, size: () => number) {
+  let chain = Promise.resolve();
+  const onProgress = (p: Progress) => {
+    const preview = p.preview;
+    chain = chain
+      .then(() =>
+        ctx.progress({
+          stage: p.stage,
+          step: p.step,
+          total: p.total,
+          ...(p.loss !== undefined ? { loss: p.loss } : {}),
+          ...(preview ? { preview: () => tensorToPng(preview, [3, size(), size()]) } : {}),
+        }),
+      )
+      // After a cancel, progress() throws; the pipeline itself stops at its next signal check.
+      .catch((err: unknown) => {
+        if (!ctx.signal.aborted) ctx.log.warn({ err }, "progress report failed");
+      });
+  };
+  return { onProgress, flush: () => chain };
+}
+
+async function storeImages<N extends JobName>(
+  ctx: PipelineContext<N>,
+  images: RenderedImage[],
+  size: number,
+) {
+  return Promise.all(
+    images.map(async (i) => ({
+      seed: i.seed,
+      eta: i.eta,
+      blobId: await ctx.putBlob(await tileToPng({ image: i.image, width: size, height: size }), "result"),
+    })),
+  );
+}
+
+/** One η: the seeds side by side (what the user picks from); one seed: its η sweep; else all. */
+function gridFor(images: RenderedImage[], etas: number[], seeds: number[], size: number): Promise<Buffer> {
+  if (etas.length === 1) return seedGrid(images, etas[0] as number, size);
+  if (seeds.length === 1) return etaSweep(images, seeds[0] as number, size);
+  return fullGrid(images, size);
+}
+
+export function imagicTrain(
+  sd: StableDiffusion,
+  options: EnginePipelineOptions = {},
+): (ctx: PipelineContext<"imagic.train">) => Promise<JobResult<"imagic.train">> {
+  return async (ctx) => {
+    const o = ctx.payload.options;
+    const preset = getPreset(o.preset);
+    const size = o.size ?? sd.defaultImageSize;
+    const overrides: Parameters<typeof imagicOptions>[1] = {};
+    if (o.embeddingSteps !== undefined) overrides.embedding = { steps: o.embeddingSteps };
+    if (o.finetuneSteps !== undefined) overrides.finetune = { steps: o.finetuneSteps };
+    const trainOptions: ImagicOptions = imagicOptions(o.preset, overrides);
+    const photo = await ctx.blobs.require(ctx.payload.imageBlobId, "the photo");
+    const { tensor } = await loadImage(photo, { size });
+    const progress = progressBridge(ctx, () => size);
+    const state = await trainImagic(sd, {
+      image: tensor,
+      size,
+      prompt: ctx.payload.prompt,
+      options: trainOptions,
+      onProgress: progress.onProgress,
+      signal: ctx.signal,
+    });
+    const stateBlobId = await ctx.putBlob(serializeState(state), "state");
+    const etas = [o.eta ?? preset.gridEta];
+    const seeds = o.seeds ?? preset.render.seeds;
+    const images = await renderImagic(sd, state, {
+      etas,
+      seeds,
+      guidance: o.guidance ?? preset.render.guidance,
+      steps: o.steps ?? preset.render.steps,
+      batch: options.renderBatch ?? 4,
+      onProgress: progress.onProgress,
+      signal: ctx.signal,
+    });
+    await progress.flush();
+    return {
+      stateBlobId,
+      images: await storeImages(ctx, images, size),
+      gridBlobId: await ctx.putBlob(await gridFor(images, etas, seeds, size), "result"),
+    };
+  };
+}
+
+export function imagicRender(
+  sd: StableDiffusion,
+  options: EnginePipelineOptions = {},
+): (ctx: PipelineContext<"imagic.render">) => Promise<JobResult<"imagic.render">> {
+  return async (ctx) => {
+    const { etas, seeds, guidance, steps } = ctx.payload;
+    const state = deserializeState(
+      await ctx.blobs.require(ctx.payload.stateBlobId, "the fine-tuned Imagic state"),
+    );
+    const progress = progressBridge(ctx, () => state.width);
+    const images = await renderImagic(sd, state, {
+      etas,
+      seeds,
+      guidance,
+      steps,
+      batch: options.renderBatch ?? 4,
+      onProgress: progress.onProgress,
+      signal: ctx.signal,
+    });
+    await progress.flush();
+    return {
+      images: await storeImages(ctx, images, state.width),
+      gridBlobId: await ctx.putBlob(await gridFor(images, etas, seeds, state.width), "result"),
+    };
+  };
+}
+
+/** What the engine runs on a loaded model. */
+export function enginePipelines(sd: StableDiffusion, options: EnginePipelineOptions = {}): PipelineRegistry {
+  return {
+    "imagic.train": imagicTrain(sd, options),
+    "imagic.render": imagicRender(sd, options),
+  };
+}
