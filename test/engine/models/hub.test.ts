@@ -37,6 +37,8 @@ interface Repo {
   dropAfter?: Map<string, number>;
   /** Paths whose listed sha256 is wrong. */
   badHash?: Set<string>;
+  /** Redirect safetensors downloads to this base URL, as the hub sends LFS files to its CDN. */
+  cdn?: string;
 }
 
 /** A local stand-in for huggingface.co: the revision API and resolve URLs with Range support. */
@@ -83,6 +85,9 @@ class FakeHub {
       return void res.end(JSON.stringify({ id: api[1], sha: SHA, siblings }));
     }
     const path = decodeURIComponent(resolve?.[3] ?? "");
+    if (repo.cdn && path.endsWith(".safetensors")) {
+      return void res.writeHead(302, { location: `${repo.cdn}${url.pathname}` }).end();
+    }
     const data = repo.files.get(path);
     if (!data || resolve?.[2] !== SHA) return void res.writeHead(404).end("Entry not found");
     const start = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? "")?.[1] ?? 0);
@@ -269,6 +274,30 @@ describe("resolveModel", () => {
     expect(hub.log.filter((r) => r.path.endsWith(file)).map((r) => r.range)).toEqual(["bytes=12345-"]);
     expect(statSync(join(folder, file)).size).toBe(statSync(join(SD1, file)).size);
     expect(existsSync(join(folder, `${file}.part`))).toBe(false);
+  });
+
+  it("follows the hub's redirects to its CDN, resuming there, without sending the token along", async () => {
+    const cdn = new FakeHub();
+    await cdn.start();
+    try {
+      const file = "unet/diffusion_pytorch_model.safetensors";
+      cdn.repos.set("test/cdn", { files: sd1Repo(), dropAfter: new Map([[file, 700_000]]) });
+      hub.repos.set("test/cdn", { files: sd1Repo(), gated: true, cdn: cdn.url });
+      const folder = await resolveModel("test/cdn", { cacheDir, endpoint: hub.url, token: TOKEN });
+      expect(readFileSync(join(folder, file)).equals(readFileSync(join(SD1, file)))).toBe(true);
+      const atCdn = cdn.log.filter((r) => r.path.endsWith(file));
+      expect(atCdn).toHaveLength(2);
+      expect(atCdn[1]?.range).toMatch(/^bytes=\d+-$/);
+      expect(cdn.log.every((r) => r.auth === undefined)).toBe(true);
+      expect(cdn.log.map((r) => r.path.split(`/resolve/${SHA}/`)[1]).sort()).toEqual(
+        listFiles(SD1)
+          .filter((f) => f.endsWith(".safetensors"))
+          .concat(file)
+          .sort(),
+      );
+    } finally {
+      await cdn.stop();
+    }
   });
 
   it("refuses a file whose sha256 does not match and leaves nothing in its place", async () => {
