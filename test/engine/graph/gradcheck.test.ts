@@ -291,8 +291,16 @@ describe("gradients match finite differences", () => {
     };
   };
 
-  it.each([11, 12, 13])("conv2d (float32: no float64 Conv kernel) — random geometry %i", async (seed) => {
-    const c = geom(seed);
+  // Random geometries, plus a dilated one: both input-gradient forms run (a stride-1 Conv with the flipped
+  // kernel; ConvTranspose for strides, and for padding wider than the kernel's reach as in seed 13).
+  const dilated: ConvGeom = { ...geom(12), stride: [1, 1], dilation: [2, 2], pads: [2, 1, 2, 1], groups: 2 };
+  it.each([
+    [11, geom(11)],
+    [12, geom(12)],
+    [13, geom(13)],
+    [14, geom(14)],
+    [15, dilated],
+  ] as const)("conv2d (float32: no float64 Conv kernel) — geometry %i", async (seed, c) => {
     const { analytic, inputs, r } = await gradcheck(
       seed,
       [{ shape: [c.N, c.C, c.H, c.W] }, { shape: [c.O, c.C / c.groups, c.KH, c.KW] }, { shape: [c.O] }],
