@@ -108,17 +108,48 @@ export class ClipTokenizer {
 
   /** Token ids of the prompt, without bos/eos/padding. */
   tokenize(text: string): number[] {
+    return this.pieces(text).flatMap((p) => p.ids);
+  }
+
+  /**
+   * Positions in encode(text).ids (bos = 0) of the tokens that spell `word` wherever it occurs as whole
+   * pre-tokenizer pieces ("cat" in "a cat's toy", not in "catalogue"); a multi-word phrase matches as a
+   * run. For cross-attention maps of a prompt's subject word. Positions past truncation are left out.
+   */
+  positionsOf(text: string, word: string): number[] {
+    const pieces = this.pieces(text);
+    const wanted = this.pieces(word).map((p) => p.text);
+    if (wanted.length === 0) return [];
+    const starts: number[] = [];
+    let pos = 1;
+    for (const p of pieces) {
+      starts.push(pos);
+      pos += p.ids.length;
+    }
+    const out: number[] = [];
+    for (let i = 0; i + wanted.length <= pieces.length; i++) {
+      if (!wanted.every((w, k) => pieces[i + k]?.text === w)) continue;
+      for (let k = 0; k < wanted.length; k++) {
+        const piece = pieces[i + k] as { ids: number[] };
+        for (let j = 0; j < piece.ids.length; j++) out.push((starts[i + k] as number) + j);
+      }
+    }
+    return out.filter((p) => p < this.maxLength - 1);
+  }
+
+  /** The prompt's pre-tokenizer pieces (normalized text) with their token ids. */
+  private pieces(text: string): Array<{ text: string; ids: number[] }> {
     const normalized = text.normalize("NFC").replace(WHITESPACE, " ").toLowerCase();
-    const ids: number[] = [];
+    const out: Array<{ text: string; ids: number[] }> = [];
     for (const [i, part] of normalized.split(this.specialPattern).entries()) {
       // split() with a capture group alternates text and special tokens.
       if (i % 2 === 1) {
-        ids.push(this.vocab.get(part) as number);
+        out.push({ text: part, ids: [this.vocab.get(part) as number] });
         continue;
       }
-      for (const match of part.matchAll(SPLIT)) ids.push(...this.bpe(match[0]));
+      for (const match of part.matchAll(SPLIT)) out.push({ text: match[0], ids: this.bpe(match[0]) });
     }
-    return ids;
+    return out;
   }
 
   /** The model input: maxLength ids, truncated and padded as CLIPTokenizer(padding="max_length", truncation=True). */

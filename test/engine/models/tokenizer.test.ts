@@ -53,6 +53,37 @@ describe.each(fixtureDirs())("ClipTokenizer on %s", (dir) => {
   });
 });
 
+describe("positionsOf", () => {
+  const tokenizer = ClipTokenizer.fromFolder(SD1_TOKENIZER);
+  const tokens = (text: string, positions: number[]) => {
+    const ids = tokenizer.encode(text).ids;
+    return positions.map((p) => ids[p]);
+  };
+
+  it("finds a word's tokens in the padded ids, as whole pieces only", () => {
+    expect(tokenizer.positionsOf("a photo of a cat", "cat")).toEqual([5]);
+    expect(tokenizer.positionsOf("A Cat and a cat's toy, not a catalogue", "CAT")).toEqual([2, 5]);
+    expect(tokens("a photo of a cat", [5])).toEqual(tokenizer.tokenize("cat"));
+  });
+
+  it("covers words split into several BPE tokens, and multi-word phrases", () => {
+    const text = "a newline and a teddy bear on the newline";
+    const nl = tokenizer.positionsOf(text, "newline");
+    expect(nl).toHaveLength(4); // "new" + "line", twice
+    expect(tokens(text, nl.slice(0, 2))).toEqual(tokenizer.tokenize("newline"));
+    const teddy = tokenizer.positionsOf(text, "teddy bear");
+    expect(tokens(text, teddy)).toEqual(tokenizer.tokenize("teddy bear"));
+    expect(tokenizer.positionsOf(text, "bear teddy")).toEqual([]);
+    expect(tokenizer.positionsOf(text, "  ")).toEqual([]);
+  });
+
+  it("leaves out positions lost to truncation", () => {
+    const long = `${"very ".repeat(80)}cat`;
+    expect(tokenizer.positionsOf(long, "cat")).toEqual([]);
+    expect(tokenizer.positionsOf(long, "very")).toHaveLength(75);
+  });
+});
+
 describe("ClipTokenizer from tokenizer.json", () => {
   it("gives the same ids as vocab.json + merges.txt", () => {
     const dir = copyTokenizer();
