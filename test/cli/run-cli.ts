@@ -1,7 +1,11 @@
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import { tmpdir } from "node:os";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 
 export const CLI = path.resolve("src/cli/index.ts");
+const TSX_CLI = path.resolve("node_modules/tsx/dist/cli.mjs");
+const TSX_LOADER = path.resolve("node_modules/tsx/dist/loader.mjs");
 
 /**
  * Spawns the CLI with JSON logs at info level on stderr, in its own process group. `tsxCli` runs it as
@@ -13,9 +17,11 @@ export function spawnCli(
   env: NodeJS.ProcessEnv = {},
   { tsxCli = false } = {},
 ): ChildProcessWithoutNullStreams {
-  const command = tsxCli ? [path.resolve("node_modules/tsx/dist/cli.mjs")] : ["--import", "tsx"];
+  const command = tsxCli ? [TSX_CLI] : ["--import", pathToFileURL(TSX_LOADER).href];
   return spawn(process.execPath, [...command, CLI, ...args], {
     env: { ...process.env, LOG_LEVEL: "info", LOG_PRETTY: "false", ...env },
+    // Outside the project, so that a developer's .env does not leak into the tests.
+    cwd: tmpdir(),
     detached: true,
   });
 }
