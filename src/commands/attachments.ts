@@ -1,52 +1,59 @@
 // Photo attachments are checked twice: before download from what the platform declares (type, size),
-// so a 200 MB video costs nothing, and after download by decoding it (sharp), so a file
-// that lies about its type, is animated, too large in pixels or in an odd colour space is refused with
-// a message naming the attachment and the limit. (checkImageBytes is the Imagic pipeline's own check.)
-import sharp from "sharp";
-import { checkImageBytes, IMAGE_LIMITS } from "../engine/pipelines/imagic-input.js";
+// so a 200 MB video costs nothing, and after download by the engine's own image loader (probeImage's
+// limits on format, animation, dimensions and megapixels, then a full decode with sharp), plus the
+// colour space, so a file that lies about its type or is corrupt is refused before any job starts.
+// Every message names the attachment and the limit.
+import { DEFAULT_IMAGE_LIMITS, ImageInputError, type ImageLimits, loadImage } from "../engine/image.js";
 import { UserFacingError } from "../errors.js";
 import { formatBytes } from "../queue/blobs.js";
 import type { ChatAdapter, IncomingAttachment } from "./chat.js";
 
-/** MIME types we accept, with the name users know them by. */
-export const IMAGE_TYPES: Readonly<Record<string, string>> = {
-  "image/png": "PNG",
-  "image/jpeg": "JPEG",
-  "image/webp": "WebP",
-  "image/gif": "GIF",
+export type { ImageLimits };
+
+/** MIME types by the format names the image loader accepts. */
+const MIME_TYPES: Readonly<Record<string, readonly string[]>> = {
+  jpeg: ["image/jpeg", "image/jpg"],
+  png: ["image/png"],
+  webp: ["image/webp"],
+  gif: ["image/gif"],
+  tiff: ["image/tiff"],
+  heif: ["image/heif", "image/heic"],
+  avif: ["image/avif"],
 };
 const EXTENSIONS: Readonly<Record<string, string>> = {
-  png: "image/png",
-  jpg: "image/jpeg",
-  jpeg: "image/jpeg",
-  webp: "image/webp",
-  gif: "image/gif",
+  jpg: "jpeg",
+  jpeg: "jpeg",
+  png: "png",
+  webp: "webp",
+  gif: "gif",
+  tif: "tiff",
+  tiff: "tiff",
+  heic: "heif",
+  heif: "heif",
+  avif: "avif",
 };
-/** sharp's names of the colour spaces it converts to sRGB faithfully. */
+/** libvips colour spaces that the loader converts to sRGB faithfully. */
 const COLOUR_SPACES = new Set(["srgb", "rgb", "rgb16", "b-w", "grey16", "cmyk", "scrgb"]);
 
-export interface ImageLimits {
-  maxBytes: number;
-  maxPixels: number;
-  minSide: number;
+/** The bot's limits: the loader's, with the blob store's byte limit and Imagic's smallest side (64). */
+export function chatImageLimits(maxBytes: number, overrides: Partial<ImageLimits> = {}): ImageLimits {
+  return { ...DEFAULT_IMAGE_LIMITS, minSide: 64, maxBytes, ...overrides };
 }
 
-export const DEFAULT_IMAGE_LIMITS: Omit<ImageLimits, "maxBytes"> = {
-  maxPixels: IMAGE_LIMITS.pixels,
-  minSide: IMAGE_LIMITS.minSide,
-};
-
-const typeNames = () => [...new Set(Object.values(IMAGE_TYPES))].join(", ");
 const describe = (a: IncomingAttachment) => `\`${a.option}\` (${a.filename})`;
+const formatList = (limits: ImageLimits) => limits.formats.map((f) => f.toUpperCase()).join(", ");
 
 /** The checks that need no download. */
 export function checkDeclared(attachment: IncomingAttachment, limits: ImageLimits): void {
   const declared = attachment.contentType?.split(";")[0]?.trim().toLowerCase();
+  const accepted = limits.formats.flatMap((f) => MIME_TYPES[f] ?? []);
   const byExtension = EXTENSIONS[attachment.filename.split(".").pop()?.toLowerCase() ?? ""];
-  const type = declared || byExtension;
-  if (!type || !IMAGE_TYPES[type]) {
+  const ok = declared
+    ? accepted.includes(declared)
+    : byExtension !== undefined && limits.formats.includes(byExtension);
+  if (!ok) {
     throw new UserFacingError(
-      `${describe(attachment)} is ${declared ? `a ${declared} file` : "not an image"}; send a ${typeNames()} image`,
+      `${describe(attachment)} is ${declared ? `a ${declared} file` : "not an image"}; send a ${formatList(limits)} image`,
     );
   }
   if (attachment.size > limits.maxBytes) {
@@ -64,24 +71,22 @@ export async function fetchImage(
 ): Promise<Uint8Array> {
   // The adapter refuses more than maxBytes, whatever size the platform declared.
   const bytes = await adapter.download(attachment, limits.maxBytes);
-  // Decodes it fully within the byte, pixel and side limits (the same checks the Imagic pipeline makes).
-  const { format } = await checkImageBytes(bytes, describe(attachment), {
-    bytes: limits.maxBytes,
-    pixels: limits.maxPixels,
-    minSide: limits.minSide,
-  });
-  if (!IMAGE_TYPES[`image/${format}`]) {
+  try {
+    // The smallest input size: enough to decode every pixel once without building a large tensor.
+    const { source } = await loadImage(bytes, { size: 64, limits });
+    if (!COLOUR_SPACES.has(source.space)) {
+      throw new ImageInputError(
+        `The image uses the ${source.space} colour space; send an sRGB, greyscale or CMYK image.`,
+      );
+    }
+  } catch (error) {
+    if (!(error instanceof ImageInputError)) throw error;
+    // The loader speaks of "the image"; name the attachment instead.
+    const about = /^(?:The image|That file) (.*?)\.?$/.exec(error.message)?.[1];
     throw new UserFacingError(
-      `${describe(attachment)} is a ${format.toUpperCase()} image; send a ${typeNames()} image`,
-    );
-  }
-  const { pages = 1, space } = await sharp(bytes).metadata();
-  if (pages > 1) {
-    throw new UserFacingError(`${describe(attachment)} is animated (${pages} frames); send a still image`);
-  }
-  if (space && !COLOUR_SPACES.has(space)) {
-    throw new UserFacingError(
-      `${describe(attachment)} uses the ${space} colour space; send an sRGB, greyscale or CMYK image`,
+      about
+        ? `${describe(attachment)} ${about}`
+        : `${describe(attachment)}: ${error.message.replace(/\.$/, "")}`,
     );
   }
   return bytes;

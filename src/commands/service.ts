@@ -10,7 +10,7 @@ import { childLogger } from "../log.js";
 import type { BlobStore } from "../queue/blobs.js";
 import { parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
-import { checkDeclared, DEFAULT_IMAGE_LIMITS, fetchImage, type ImageLimits } from "./attachments.js";
+import { chatImageLimits, checkDeclared, fetchImage, type ImageLimits } from "./attachments.js";
 import type {
   ChatAdapter,
   CommandReply,
@@ -65,11 +65,7 @@ export class ChatCommands {
     this.blobs = options.blobs;
     this.picks = new PickStore(options.redis, options.adapter.platform);
     this.throttle = new EditThrottle(options.adapter.limits.minEditIntervalMs);
-    this.imageLimits = {
-      maxBytes: options.blobs.limits.maxBytes,
-      ...DEFAULT_IMAGE_LIMITS,
-      ...options.imageLimits,
-    };
+    this.imageLimits = chatImageLimits(options.blobs.limits.maxBytes, options.imageLimits);
     this.log = childLogger("commands", { platform: options.adapter.platform });
     const guard =
       <E>(what: string, handler: (event: E) => Promise<void>) =>

@@ -35,17 +35,17 @@ describe("bad attachments are refused privately, naming the attachment and the l
     [
       "not an image (declared type)",
       async () => ({ name: "notes.txt", bytes: Buffer.from("hello"), type: "text/plain" }),
-      /`image` \(notes\.txt\) is a text\/plain file; send a PNG, JPEG, WebP, GIF image/,
+      /^⚠️ `image` \(notes\.txt\) is a text\/plain file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image$/,
     ],
     [
       "too large (declared size, nothing downloaded)",
       async () => ({ name: "huge.png", bytes: PHOTO, type: "image/png", size: 30 * 1024 * 1024 }),
-      /`image` \(huge\.png\) is 30\.0 MiB; the limit is 12\.0 MiB/,
+      /^⚠️ `image` \(huge\.png\) is 30\.0 MiB; the limit is 12\.0 MiB$/,
     ],
     [
       "a file that claims to be a PNG but is not",
       async () => ({ name: "fake.png", bytes: Buffer.from("not really a png at all"), type: "image/png" }),
-      /`image` \(fake\.png\) is not an image that can be read/,
+      /^⚠️ `image` \(fake\.png\) is not an image I can read \(send a jpeg, png, webp, gif, tiff, heif, avif file\)$/,
     ],
     [
       "animated",
@@ -63,7 +63,7 @@ describe("bad attachments are refused privately, naming the attachment and the l
           .toBuffer();
         return { name: "anim.gif", bytes: gif, type: "image/gif" };
       },
-      /`image` \(anim\.gif\) is animated \(2 frames\); send a still image/,
+      /^⚠️ `image` \(anim\.gif\) is animated \(2 frames\); send a still image$/,
     ],
     [
       "too small",
@@ -74,7 +74,7 @@ describe("bad attachments are refused privately, naming the attachment and the l
           .toBuffer(),
         type: "image/png",
       }),
-      /`image` \(tiny\.png\) is 32×32; each side must be at least 64 pixels/,
+      /^⚠️ `image` \(tiny\.png\) is 32×32; each side must be at least 64 pixels$/,
     ],
   ];
   for (const [what, make, message] of cases) {
