@@ -54,11 +54,8 @@ const component = (library: string, cls: string | readonly string[]) =>
   ]);
 const absent = z.tuple([z.null(), z.null()]).optional();
 
-export const SD_PIPELINES = [
-  "StableDiffusionPipeline",
-  "StableDiffusionImg2ImgPipeline",
-  "StableDiffusionInpaintPipeline",
-] as const;
+/** Text-to-image checkpoints. Inpainting ones (9 input channels) cannot serve txt2img or Imagic. */
+export const SD_PIPELINES = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"] as const;
 
 export const ModelIndexSchema = z.strictObject({
   unet: component("diffusers", "UNet2DConditionModel"),
