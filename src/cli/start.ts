@@ -23,12 +23,7 @@ export function startCommand(): Command {
       const config = appConfig();
       const log = childLogger("start");
       log.info({ config: redactedConfig(config) }, "configuration");
-      if (config.modelIsFixture) {
-        log.warn(
-          { model: config.model },
-          "MODEL is unset: using the tiny TEST checkpoint, whose images are noise. Set MODEL to a diffusers folder or hub id",
-        );
-      }
+      // (The engine service warns loudly when MODEL is unset and it serves the tiny test checkpoint.)
       log.info(
         {
           redis: config.redisUrl ? redactUrl(config.redisUrl) : `embedded, data in ${config.stateDir}/redis`,
@@ -40,9 +35,6 @@ export function startCommand(): Command {
         },
         "plan",
       );
-      if (SERVICES.length === 0) {
-        log.warn("no engine worker or chat bot is registered in src/cli/start.ts yet: only Redis will run");
-      }
       await runServices(config, SERVICES, { ports: [[config.engineHttpPort, "ENGINE_HTTP_PORT"]] });
     });
 }
