@@ -17,16 +17,22 @@ export const INSTALL_HINT =
 
 /**
  * Runs redis-server in the foreground (`--daemonize no`) under a tiny sh guard that holds our stdin:
- * when the pipe closes — stop(), or this process dying, even by SIGKILL — the guard sends redis
- * SIGTERM, so a private Redis never outlives its parent. Redis itself must not get the guard's stdin.
+ * when the pipe closes — stop(), or this process dying, even by SIGKILL — the guard's watcher sends
+ * redis SIGTERM, so a private Redis never outlives its parent. Redis itself must not get the pipe.
+ * When redis exits first (a crash), the watcher is ended so it can never signal a reused pid; the
+ * guard exits with redis's status.
  */
 const GUARD = [
   "exec 3<&0 </dev/null",
   '"$0" "$@" 3<&- &',
   "pid=$!",
   "(cat <&3 >/dev/null; kill -TERM $pid 2>/dev/null) &",
+  "watcher=$!",
   "exec 3<&-",
   "wait $pid",
+  "status=$?",
+  "kill $watcher 2>/dev/null",
+  "exit $status",
 ].join("\n");
 
 export interface EmbeddedRedisOptions {
