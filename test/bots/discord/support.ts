@@ -5,7 +5,7 @@ import { type DiscordBot, startDiscordBot } from "../../../src/bots/discord/bot.
 import type { ChatLimits } from "../../../src/commands/chat.js";
 import type { ChatCommandsOptions } from "../../../src/commands/service.js";
 import type { QueueClient } from "../../../src/queue/client.js";
-import type { PipelineRegistry } from "../../../src/queue/worker.js";
+import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
 import { type Harness, harness } from "../../queue/support/setup.js";
 import {
   type CommandOption,
@@ -29,7 +29,10 @@ export interface World {
   other: FakeUser;
   startBot(): Promise<DiscordBot>;
   stopBot(): Promise<void>;
-  worker(pipelines: PipelineRegistry, options?: { previewIntervalMs?: number }): Promise<void>;
+  worker(
+    pipelines: PipelineRegistry,
+    options?: Partial<Omit<StartWorkerOptions, "pipelines">>,
+  ): Promise<void>;
   photo(name?: string): FakeAttachment;
   /** Runs /imagic as the author with a prompt, `image` (default: a photo) and more options. */
   imagic(channel: FakeChannel, options?: CommandOption[], image?: FakeAttachment): FakeInteraction;
@@ -48,6 +51,8 @@ export interface WorldOptions {
   fake?: FakeDiscordOptions;
   limits?: Partial<ChatLimits>;
   commands?: ChatCommandsOptions["imagicDefaults"];
+  /** How long to wait for each thing the bot should do (default 30 s). */
+  timeoutMs?: number;
 }
 
 export async function world(options: WorldOptions = {}): Promise<World> {
@@ -89,7 +94,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
       queue = undefined;
     },
     async worker(pipelines, workerOptions = {}) {
-      await h.worker({ pipelines, previewIntervalMs: workerOptions.previewIntervalMs ?? 60_000 });
+      await h.worker({ previewIntervalMs: 60_000, ...workerOptions, pipelines });
     },
     photo(name = "chelsea.png") {
       return fake.attachment(name, PHOTO, "image/png");
@@ -115,9 +120,11 @@ export async function world(options: WorldOptions = {}): Promise<World> {
       return fake.messagesIn(channelId).filter((m) => m.author.id === fake.botUser.id);
     },
     async offer(channelId, n, choices) {
-      const offer = await fake.waitFor(`pick offer ${n} in ${channelId}`, () => {
-        return w.posted(channelId).filter((m) => m.reactions.size > 0)[n - 1];
-      });
+      const offer = await fake.waitFor(
+        `pick offer ${n} in ${channelId}`,
+        () => w.posted(channelId).filter((m) => m.reactions.size > 0)[n - 1],
+        options.timeoutMs,
+      );
       await fake.waitFor(`${choices} reactions on offer ${n}`, () => offer.reactions.size >= choices);
       return offer;
     },
