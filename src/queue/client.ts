@@ -23,7 +23,7 @@ import {
   payloadSchemas,
   referencedBlobs,
 } from "./jobs.js";
-import { keys, QUEUE_NAME } from "./keys.js";
+import { QUEUE_NAME, type QueueKeys, queueKeys } from "./keys.js";
 
 const log = childLogger("queue");
 
@@ -44,6 +44,8 @@ export interface QueueClientOptions {
   consumer?: string;
   /** Only emit events of jobs that came from this chat platform. */
   platform?: ChatOrigin["platform"];
+  /** The BullMQ queue (default "edits"; the benchmark uses its own). */
+  queueName?: string;
   /** Runs per job for transient faults, with exponential backoff from backoffMs. Default 3, 5 s. */
   retry?: { attempts: number; backoffMs: number };
 }
@@ -143,11 +145,15 @@ export class QueueClient {
   private readonly redis: Redis;
   private readonly flows: FlowProducer;
   private queueEvents: QueueEvents | undefined;
+  private readonly keys: QueueKeys;
+  private readonly queueName: string;
 
   constructor(private readonly options: QueueClientOptions) {
     this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
     this.redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error (reconnecting)"));
-    this.queue = new Queue(QUEUE_NAME, { connection: { url: options.redisUrl } });
+    this.queueName = options.queueName ?? QUEUE_NAME;
+    this.keys = queueKeys(this.queueName);
+    this.queue = new Queue(this.queueName, { connection: { url: options.redisUrl } });
     this.flows = new FlowProducer({ connection: { url: options.redisUrl } });
     this.blobs = options.blobs;
   }
@@ -164,7 +170,7 @@ export class QueueClient {
     const expired = refs.find((r) => missing.has(r.id));
     if (expired) throw this.blobs.expired(expired.label);
 
-    const userKey = keys.userJobs(payload.userId);
+    const userKey = this.keys.userJobs(payload.userId);
     const reservation = `reserved:${randomUUID()}`;
     await this.redis.zadd(userKey, Date.now(), reservation);
     try {
@@ -197,20 +203,20 @@ export class QueueClient {
         options: edit.conceptOptions,
       };
       if (!edit.conceptBlobId) {
-        const cached = await cachedConcept(this.redis, concept);
+        const cached = await cachedConcept(this.redis, this.keys, concept);
         if (cached && (await this.blobs.touch([cached])).length === 0) edit.conceptBlobId = cached;
       }
       if (!edit.conceptBlobId) {
         // The swap waits (BullMQ state waiting-children) for its concept child and reads its result.
         const node = await this.flows.add({
           name,
-          queueName: QUEUE_NAME,
+          queueName: this.queueName,
           data: edit,
           opts,
           children: [
             {
               name: "swap.concept",
-              queueName: QUEUE_NAME,
+              queueName: this.queueName,
               data: {
                 userId: edit.userId,
                 origin: edit.origin,
@@ -234,7 +240,7 @@ export class QueueClient {
 
   /** The user's unfinished jobs (and pending reservations) with their states; drops finished ones. */
   private async userJobsInFlight(userId: string): Promise<Array<{ jobId: string; state: string }>> {
-    const userKey = keys.userJobs(userId);
+    const userKey = this.keys.userJobs(userId);
     const members = await this.redis.zrange(userKey, 0, "-1", "WITHSCORES");
     const out: Array<{ jobId: string; state: string }> = [];
     const stale: string[] = [];
@@ -260,7 +266,7 @@ export class QueueClient {
     if (!job || !isJobName(job.name)) return { jobId, name: "imagic.train", state: "unknown" };
     const name = job.name;
     const state = await job.getState();
-    const durations = await typicalDurations(this.redis);
+    const durations = await typicalDurations(this.redis, this.keys);
     switch (state) {
       case "completed":
       case "failed":
@@ -345,11 +351,13 @@ export class QueueClient {
     if (state === "completed" || state === "failed") return "finished";
     // Flag first: if the job starts between the flag and the removal, its worker sees the flag.
     const ids = [jobId, ...(await this.childIds(job))];
-    await Promise.all(ids.map((id) => this.redis.set(keys.cancel(id), userId, "EX", CANCEL_TTL_SECONDS)));
+    await Promise.all(
+      ids.map((id) => this.redis.set(this.keys.cancel(id), userId, "EX", CANCEL_TTL_SECONDS)),
+    );
     if (state !== "active") {
       try {
         await job.remove({ removeChildren: true });
-        await this.redis.zrem(keys.userJobs(userId), jobId);
+        await this.redis.zrem(this.keys.userJobs(userId), jobId);
         log.info({ jobId }, "waiting job removed");
         return "removed";
       } catch (error) {
@@ -382,7 +390,7 @@ export class QueueClient {
   async claimDelivery(jobId: string, consumer = this.options.consumer ?? "default"): Promise<boolean> {
     // Keyed by creation time too: job ids start again at 1 if the queue is ever obliterated.
     const createdAt = (await this.redis.hget(this.queue.toKey(jobId), "timestamp")) ?? "0";
-    const key = keys.delivered(`${consumer}:${jobId}:${createdAt}`);
+    const key = this.keys.delivered(`${consumer}:${jobId}:${createdAt}`);
     return (await this.redis.set(key, "1", "EX", DELIVERED_TTL_SECONDS, "NX")) === "OK";
   }
 
@@ -391,9 +399,9 @@ export class QueueClient {
     if (this.queueEvents) return;
     const consumer = this.options.consumer;
     const lastEventId = consumer
-      ? ((await this.redis.get(keys.eventCursor(consumer))) ?? undefined)
+      ? ((await this.redis.get(this.keys.eventCursor(consumer))) ?? undefined)
       : undefined;
-    const queueEvents = new QueueEvents(QUEUE_NAME, {
+    const queueEvents = new QueueEvents(this.queueName, {
       connection: { url: this.options.redisUrl },
       ...(lastEventId ? { lastEventId } : {}),
     });
@@ -404,7 +412,7 @@ export class QueueClient {
       chain = chain
         .then(work)
         .then(async () => {
-          if (consumer) await this.redis.set(keys.eventCursor(consumer), eventId);
+          if (consumer) await this.redis.set(this.keys.eventCursor(consumer), eventId);
         })
         .catch((err: unknown) => log.error({ err, eventId }, "queue event handler failed"));
     };
@@ -429,7 +437,7 @@ export class QueueClient {
       handle(id, async () => {
         const job = await this.jobForEvent(jobId, "end");
         if (job && (await this.claim(jobId))) {
-          const cancelled = (await this.redis.exists(keys.cancel(jobId))) === 1;
+          const cancelled = (await this.redis.exists(this.keys.cancel(jobId))) === 1;
           this.events.emit("failed", { ...job, message: await this.failureMessage(failedReason), cancelled });
         }
       }),

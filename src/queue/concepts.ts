@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
 import type { JobPayload } from "./jobs.js";
-import { keys } from "./keys.js";
+import type { QueueKeys } from "./keys.js";
 
 type ConceptSpec = Pick<JobPayload<"swap.concept">, "referenceBlobIds" | "subject" | "options">;
 
@@ -18,12 +18,17 @@ export function conceptKey(spec: ConceptSpec): string {
   return createHash("sha256").update(canonical).digest("hex");
 }
 
-export async function cachedConcept(redis: Redis, spec: ConceptSpec): Promise<string | undefined> {
+export async function cachedConcept(
+  redis: Redis,
+  keys: QueueKeys,
+  spec: ConceptSpec,
+): Promise<string | undefined> {
   return (await redis.get(keys.concept(conceptKey(spec)))) ?? undefined;
 }
 
 export async function cacheConcept(
   redis: Redis,
+  keys: QueueKeys,
   spec: ConceptSpec,
   blobId: string,
   ttlSeconds: number,

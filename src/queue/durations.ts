@@ -1,7 +1,7 @@
 // Recent job durations per job type: the worker records them, the client turns them into ETAs.
 import type { Redis } from "ioredis";
 import { JOB_NAMES, type JobName } from "./jobs.js";
-import { keys } from "./keys.js";
+import type { QueueKeys } from "./keys.js";
 
 /** How many recent durations per type an estimate averages. */
 const WINDOW = 20;
@@ -14,7 +14,12 @@ const FIRST_GUESS: Record<JobName, number> = {
   "swap.edit": 60,
 };
 
-export async function recordDuration(redis: Redis, name: JobName, seconds: number): Promise<void> {
+export async function recordDuration(
+  redis: Redis,
+  keys: QueueKeys,
+  name: JobName,
+  seconds: number,
+): Promise<void> {
   await redis
     .multi()
     .lpush(keys.durations(name), seconds.toFixed(3))
@@ -23,7 +28,7 @@ export async function recordDuration(redis: Redis, name: JobName, seconds: numbe
 }
 
 /** Mean of the recent durations of every job type (first guesses where none ran yet). */
-export async function typicalDurations(redis: Redis): Promise<Record<JobName, number>> {
+export async function typicalDurations(redis: Redis, keys: QueueKeys): Promise<Record<JobName, number>> {
   const pipeline = redis.pipeline();
   for (const name of JOB_NAMES) pipeline.lrange(keys.durations(name), 0, WINDOW - 1);
   const replies = (await pipeline.exec()) ?? [];

@@ -6,23 +6,36 @@ export const QUEUE_NAME = "edits";
 
 const P = "pe";
 
+/** Blobs are content-addressed and shared by every queue on the Redis. */
 export const keys = {
   /** Hash { data, kind, size, user } with a TTL: a content-addressed blob. */
   blob: (id: string) => `${P}:blob:${id}`,
   /** Sorted set of `<blobId>:<size>` scored by expiry time (ms): what counts against a user's quota. */
   blobQuota: (userId: string) => `${P}:quota:${userId}`,
-  /** Sorted set of job ids a user has in flight, scored by enqueue time. */
-  userJobs: (userId: string) => `${P}:user-jobs:${userId}`,
-  /** Sorted set of job ids a user has running, scored by lock-expiry time (ms); see worker.ts. */
-  userActive: (userId: string) => `${P}:user-active:${userId}`,
-  /** String set by a cancel request; the worker turns it into an abort of the running job. */
-  cancel: (jobId: string) => `${P}:cancel:${jobId}`,
-  /** Per consumer and job, set once by the process that posts the job's result (client.ts claimDelivery). */
-  delivered: (jobRef: string) => `${P}:delivered:${jobRef}`,
-  /** Last QueueEvents stream id a consumer has handled, so a restarted bot replays what it missed. */
-  eventCursor: (consumer: string) => `${P}:events-cursor:${consumer}`,
-  /** List of recent job durations (seconds) per job name, newest first, for ETAs. */
-  durations: (name: string) => `${P}:durations:${name}`,
-  /** Concept cache: hash of (references, subject, options) → concept blob id. */
-  concept: (key: string) => `${P}:concept:${key}`,
 };
+
+/**
+ * Per-queue bookkeeping. Queues never share it: the queue benchmark runs on its own queue, so its
+ * durations, caps and flags never mix with a live one on the same Redis.
+ */
+export function queueKeys(queue: string = QUEUE_NAME) {
+  const q = `${P}:${queue}`;
+  return {
+    /** Sorted set of job ids a user has in flight, scored by enqueue time. */
+    userJobs: (userId: string) => `${q}:user-jobs:${userId}`,
+    /** Sorted set of job ids a user has running, scored by lease expiry (ms); see worker.ts. */
+    userActive: (userId: string) => `${q}:user-active:${userId}`,
+    /** Set by a cancel request; the worker turns it into an abort of the running job. */
+    cancel: (jobId: string) => `${q}:cancel:${jobId}`,
+    /** Set once per consumer and job by the process that posts the result (client.ts claimDelivery). */
+    delivered: (jobRef: string) => `${q}:delivered:${jobRef}`,
+    /** Last QueueEvents stream id a consumer has handled, so a restarted bot replays what it missed. */
+    eventCursor: (consumer: string) => `${q}:events-cursor:${consumer}`,
+    /** List of recent job durations (seconds) per job name, newest first, for ETAs. */
+    durations: (name: string) => `${q}:durations:${name}`,
+    /** Concept cache: hash of (references, subject, options) → concept blob id. */
+    concept: (key: string) => `${q}:concept:${key}`,
+  };
+}
+
+export type QueueKeys = ReturnType<typeof queueKeys>;

@@ -18,7 +18,7 @@ import {
   payloadSchemas,
   resultSchemas,
 } from "./jobs.js";
-import { keys, QUEUE_NAME } from "./keys.js";
+import { QUEUE_NAME, type QueueKeys, queueKeys } from "./keys.js";
 
 /** A progress report from a pipeline; `preview` is only called when a preview is due. */
 export interface ProgressUpdate {
@@ -75,6 +75,8 @@ export interface StartWorkerOptions {
   observer?: WorkerObserver;
   /** Shown in logs and in Redis CLIENT LIST. */
   name?: string;
+  /** The BullMQ queue (default "edits"; the benchmark uses its own). */
+  queueName?: string;
 }
 
 /**
@@ -115,6 +117,7 @@ export class EngineWorker {
   private readonly finishing = new Map<string, { name: JobName; started: number }>();
   private readonly poller: NodeJS.Timeout;
   private readonly lockDurationMs: number;
+  private readonly keys: QueueKeys;
 
   constructor(private readonly options: StartWorkerOptions) {
     this.lockDurationMs = options.lockDurationMs ?? DEFAULT_LOCK_MS;
@@ -123,15 +126,20 @@ export class EngineWorker {
     this.redis.on("error", (err) =>
       this.log.warn({ err: err.message }, "redis connection error (reconnecting)"),
     );
-    this.worker = new Worker(QUEUE_NAME, (job, token, signal) => this.process(job, token, signal), {
-      connection: { url: options.redisUrl, maxRetriesPerRequest: null },
-      // One job at a time: one worker process drives one GPU.
-      concurrency: 1,
-      lockDuration: this.lockDurationMs,
-      stalledInterval: options.stalledIntervalMs ?? 30_000,
-      maxStalledCount: 2,
-      ...(options.name ? { name: options.name } : {}),
-    });
+    this.keys = queueKeys(options.queueName ?? QUEUE_NAME);
+    this.worker = new Worker(
+      options.queueName ?? QUEUE_NAME,
+      (job, token, signal) => this.process(job, token, signal),
+      {
+        connection: { url: options.redisUrl, maxRetriesPerRequest: null },
+        // One job at a time: one worker process drives one GPU.
+        concurrency: 1,
+        lockDuration: this.lockDurationMs,
+        stalledInterval: options.stalledIntervalMs ?? 30_000,
+        maxStalledCount: 2,
+        ...(options.name ? { name: options.name } : {}),
+      },
+    );
     this.worker.on("error", (err) => this.log.error({ err }, "worker error"));
     this.worker.on("stalled", (jobId) => this.log.warn({ jobId }, "stalled job moved back to the queue"));
     this.worker.on("completed", (job) => void this.completed(String(job.id)));
@@ -169,7 +177,7 @@ export class EngineWorker {
     this.options.observer?.jobFinished?.(done.name, "completed", seconds);
     this.log.info({ jobId, name: done.name, seconds: Number(seconds.toFixed(2)) }, "job completed");
     try {
-      await recordDuration(this.redis, done.name, seconds);
+      await recordDuration(this.redis, this.keys, done.name, seconds);
     } catch (err) {
       this.log.warn({ err }, "could not record the job's duration");
     }
@@ -182,8 +190,8 @@ export class EngineWorker {
     try {
       const pipeline = this.redis.pipeline();
       for (const r of running) {
-        pipeline.exists(keys.cancel(r.jobId));
-        pipeline.zadd(keys.userActive(r.userId), "XX", Date.now() + this.lockDurationMs, r.jobId);
+        pipeline.exists(this.keys.cancel(r.jobId));
+        pipeline.zadd(this.keys.userActive(r.userId), "XX", Date.now() + this.lockDurationMs, r.jobId);
       }
       const replies = (await pipeline.exec()) ?? [];
       running.forEach((r, i) => {
@@ -211,7 +219,8 @@ export class EngineWorker {
     const payload = parsed.data as JobPayload<JobName>;
     const jobId = String(job.id);
     const log = this.log.child({ jobId, name, attempt: job.attemptsStarted });
-    if ((await this.redis.exists(keys.cancel(jobId))) === 1) throw new UnrecoverableError(CANCELLED_MESSAGE);
+    if ((await this.redis.exists(this.keys.cancel(jobId))) === 1)
+      throw new UnrecoverableError(CANCELLED_MESSAGE);
     const pipeline = this.options.pipelines[name] as Pipeline<JobName> | undefined;
     if (!pipeline) {
       throw new UnrecoverableError(
@@ -251,7 +260,13 @@ export class EngineWorker {
       if (name === "swap.concept") {
         const concept = payload as JobPayload<"swap.concept">;
         const { conceptBlobId } = checked.data as JobResult<"swap.concept">;
-        await cacheConcept(this.redis, concept, conceptBlobId, this.options.blobs.limits.ttlSeconds);
+        await cacheConcept(
+          this.redis,
+          this.keys,
+          concept,
+          conceptBlobId,
+          this.options.blobs.limits.ttlSeconds,
+        );
       }
       // Counted as completed once BullMQ has recorded it (the "completed" listener): a worker whose lock
       // was lost (event loop blocked past lockDuration) returns here too, but its result is refused.
@@ -283,7 +298,7 @@ export class EngineWorker {
       );
     } finally {
       this.running.delete(jobId);
-      await this.redis.zrem(keys.userActive(payload.userId), jobId);
+      await this.redis.zrem(this.keys.userActive(payload.userId), jobId);
     }
   }
 
@@ -293,7 +308,7 @@ export class EngineWorker {
     const ok = await this.redis.eval(
       ACQUIRE,
       1,
-      keys.userActive(userId),
+      this.keys.userActive(userId),
       now,
       lease,
       jobId,

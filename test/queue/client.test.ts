@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient } from "../../src/queue/client.js";
 import { cacheConcept } from "../../src/queue/concepts.js";
+import { queueKeys } from "../../src/queue/keys.js";
 import { type Harness, harness, origin, PHOTO, PHOTO2 } from "./support/setup.js";
 
 let h: Harness;
@@ -130,6 +131,7 @@ describe("swap flows", () => {
     });
     await cacheConcept(
       h.redis.client(),
+      queueKeys(),
       { referenceBlobIds: [photo2], subject: "cat", options: { seed: 0 } },
       concept,
       60,
