@@ -1,0 +1,62 @@
+// /imagic end to end on the real Imagic pipeline: discord.js ↔ fake Discord, the queue, the engine
+// worker's pipelines (src/engine/worker/pipelines.ts) and the tiny fixture checkpoint on CPU. Training
+// is cut to a few steps: this checks the wiring (state, grids, sweep, final image), not image quality.
+import sharp from "sharp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { StableDiffusion } from "../../../src/engine/index.js";
+import { enginePipelines } from "../../../src/engine/worker/pipelines.js";
+import { opt, type World, world } from "./support.js";
+
+const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
+let w: World;
+let sd: StableDiffusion;
+
+beforeAll(async () => {
+  sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
+  w = await world({
+    commands: { preset: "fast", embeddingSteps: 2, finetuneSteps: 2, steps: 2, size: 64 },
+    timeoutMs: 180_000,
+  });
+  await w.startBot();
+  // Compiling ONNX sessions holds the event loop for seconds: a production-length lock, not the
+  // queue tests' 1 s one, so the running job is not taken for stalled.
+  await w.worker(enginePipelines(sd), { lockDurationMs: 60_000, stalledIntervalMs: 30_000 });
+});
+afterAll(async () => {
+  await w.close();
+  await sd.release();
+});
+
+describe("/imagic on the Imagic pipeline", () => {
+  it("fine-tunes, posts the seed grid, renders the η sweep from the cached state and posts the final image", async () => {
+    const channel = w.fake.addTextChannel("engine");
+    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "3,4")]));
+
+    const grid = await w.offer(thread, 1, 2);
+    expect(grid.content).toContain("1️⃣ seed 3 · 2️⃣ seed 4");
+    const gridImage = await sharp(grid.attachments[0]?.bytes).metadata();
+    expect(gridImage.format).toBe("png");
+    expect(gridImage.width).toBeGreaterThanOrEqual(2 * 64);
+    const progress = w.posted(thread)[0];
+    expect(
+      progress?.history.some((h) =>
+        /optimizing the text embedding|fine-tuning the model|rendering/.test(h.content),
+      ),
+    ).toBe(true);
+
+    w.fake.react(w.author, grid.id, "1️⃣");
+    const sweep = await w.offer(thread, 2, 5);
+    expect(sweep.content).toContain("1️⃣ η 0.6, seed 3");
+    expect((await sharp(sweep.attachments[0]?.bytes).metadata()).width).toBeGreaterThanOrEqual(5 * 64);
+
+    w.fake.react(w.author, sweep.id, "4️⃣");
+    const final = await w.fake.waitFor(
+      "the final image",
+      () => w.posted(thread).find((m) => m.content.includes("**Final**")),
+      60_000,
+    );
+    expect(final.content).toContain("seed 3, η 1.2");
+    const image = await sharp(final.attachments[0]?.bytes).metadata();
+    expect([image.format, image.width, image.height]).toEqual(["png", 64, 64]);
+  }, 240_000);
+});
