@@ -1,8 +1,9 @@
 import { Command } from "commander";
+import { imagicCommand } from "./imagic.js";
 import { txt2imgCommand } from "./txt2img.js";
 
 /** One factory per edit, each in its own file here (txt2img.ts, imagic.ts, …). */
-const EDITS: Array<() => Command> = [txt2imgCommand];
+const EDITS: Array<() => Command> = [txt2imgCommand, imagicCommand];
 
 export function editCommand(): Command {
   const edit = new Command("edit").description("run an edit locally, without chat (writes image files)");

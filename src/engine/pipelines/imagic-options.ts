@@ -67,14 +67,23 @@ const LORA_LR = 1e-4;
 /** The community pipeline's embedding learning rate (the paper's SD runs use the same order). */
 const EMBEDDING_LR = 1e-3;
 
-const EARLY_STOP: EarlyStopOptions = { beta: 0.95, patience: 0.25, minRelImprovement: 0.01, minSteps: 0.4 };
+/** Early stopping when asked for (see PRESETS for why no preset turns it on). */
+export const EARLY_STOP: EarlyStopOptions = {
+  beta: 0.95,
+  patience: 0.25,
+  minRelImprovement: 0.01,
+  minSteps: 0.4,
+};
 const SWEEP = [0.6, 0.8, 1, 1.2, 1.4];
 
 /**
- * - paper: the paper's schedule (1000 + 1500 steps, one timestep per step), no early stop.
+ * - paper: the paper's schedule (1000 + 1500 steps, one timestep per step).
  * - balanced: about the community pipeline's number of samples (500 + 1000) drawn 4 at a time, so 4×
- *   fewer optimizer steps, plus early stopping on a flat loss.
+ *   fewer optimizer steps.
  * - fast: a quarter of balanced's samples, larger steps, 25 DDIM steps for renders.
+ * Early stopping is off in every preset: whether a flat loss EMA means the edit is done can only be
+ * judged on real weights (the fixture and the benchmark's random weights say nothing about it), so it is
+ * an option (`earlyStop`, CLI `--early-stop`) until that is measured.
  */
 export const PRESETS: Record<PresetName, ImagicPreset> = {
   paper: {
@@ -91,7 +100,7 @@ export const PRESETS: Record<PresetName, ImagicPreset> = {
     train: {
       embedding: { steps: 125, lr: EMBEDDING_LR, batch: 4 },
       finetune: { steps: 250, lr: LORA_LR, batch: 4, loraRank: 16, loraAlpha: 16 },
-      earlyStop: EARLY_STOP,
+      earlyStop: null,
       seed: 0,
     },
     render: { etas: SWEEP, seeds: [1, 2, 3, 4], guidance: 7.5, steps: 50 },
@@ -101,7 +110,7 @@ export const PRESETS: Record<PresetName, ImagicPreset> = {
     train: {
       embedding: { steps: 50, lr: 2 * EMBEDDING_LR, batch: 4 },
       finetune: { steps: 75, lr: 2 * LORA_LR, batch: 4, loraRank: 8, loraAlpha: 8 },
-      earlyStop: EARLY_STOP,
+      earlyStop: null,
       seed: 0,
     },
     render: { etas: SWEEP, seeds: [1, 2, 3, 4], guidance: 7.5, steps: 25 },

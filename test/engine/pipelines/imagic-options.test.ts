@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  EARLY_STOP,
   getPreset,
   imagicOptions,
   LIMITS,
@@ -22,7 +23,7 @@ describe("Imagic presets and options", () => {
     const o = imagicOptions("balanced");
     expect(o.embedding.steps * o.embedding.batch).toBe(500);
     expect(o.finetune.steps * o.finetune.batch).toBe(1000);
-    expect(o.earlyStop).not.toBeNull();
+    expect(o.earlyStop).toBeNull();
   });
 
   it("fast costs less than balanced, which costs less than paper (samples per run)", () => {
@@ -35,13 +36,15 @@ describe("Imagic presets and options", () => {
   });
 
   it("overrides one setting, keeps the rest, and can turn early stopping on and off", () => {
-    const o = imagicOptions("balanced", { finetune: { loraRank: 4 }, earlyStop: null });
+    const o = imagicOptions("balanced", { finetune: { loraRank: 4 } });
     expect(o.finetune.loraRank).toBe(4);
     expect(o.finetune.lr).toBe(PRESETS.balanced.train.finetune.lr);
-    expect(o.earlyStop).toBeNull();
-    expect(imagicOptions("paper", { earlyStop: { patience: 0.5 } }).earlyStop?.patience).toBe(0.5);
+    const on = imagicOptions("paper", { earlyStop: { patience: 0.5 } });
+    expect(on.earlyStop).toEqual({ ...EARLY_STOP, patience: 0.5 });
+    expect(imagicOptions("paper", { earlyStop: null }).earlyStop).toBeNull();
     // The preset table itself is never mutated by overrides.
-    expect(PRESETS.balanced.train.earlyStop).not.toBeNull();
+    expect(PRESETS.balanced.train.finetune.loraRank).toBe(16);
+    expect(PRESETS.paper.train.earlyStop).toBeNull();
   });
 
   it("refuses every out-of-range setting at once, naming each and its limit", () => {

@@ -1,0 +1,337 @@
+/**
+ * `edit imagic`: Imagic on one photo from the command line. Trains (or reuses a saved state), renders every
+ * η × seed, and writes each image at full resolution, the grids, the state and a JSON report into --out.
+ * Every input is checked before the model is touched, so a bad one costs nothing.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { SingleBar } from "cli-progress";
+import { Command, Option } from "commander";
+import { appConfig } from "../../config.js";
+import { tileToPng } from "../../engine/grid.js";
+import { loadImage, probeImage } from "../../engine/image.js";
+import { StableDiffusion } from "../../engine/index.js";
+import {
+  checkPrompt,
+  etaSweep,
+  fullGrid,
+  type Progress,
+  renderImagic,
+  seedGrid,
+  trainImagic,
+} from "../../engine/pipelines/imagic.js";
+import {
+  type DeepPartial,
+  EARLY_STOP,
+  getPreset,
+  type ImagicOptions,
+  imagicOptions,
+  PRESET_NAMES,
+  type PresetName,
+  parseNumberList,
+  validateRenderOptions,
+} from "../../engine/pipelines/imagic-options.js";
+import { deserializeState, type ImagicState, serializeState } from "../../engine/pipelines/imagic-state.js";
+import { formatSeconds } from "../../engine/progress.js";
+import { UserFacingError } from "../../errors.js";
+import { childLogger } from "../../log.js";
+
+const log = childLogger("imagic-cli");
+
+interface Flags {
+  image?: string;
+  prompt?: string;
+  state?: string;
+  preset: PresetName;
+  eta?: string;
+  seeds?: string;
+  out: string;
+  model?: string;
+  device?: "auto" | "cpu" | "webgpu" | "cuda";
+  dtype?: "auto" | "fp32" | "fp16";
+  size?: string;
+  embeddingSteps?: string;
+  embeddingLr?: string;
+  finetuneSteps?: string;
+  finetuneLr?: string;
+  batch?: string;
+  loraRank?: string;
+  loraAlpha?: string;
+  trainSeed?: string;
+  earlyStop: boolean;
+  guidance?: string;
+  ddimSteps?: string;
+  renderBatch?: string;
+}
+
+/** A numeric flag, or undefined when absent; a clear error naming the flag when it is not a number. */
+function num(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n))
+    throw new UserFacingError(`${flag} must be a number (got "${v}")`);
+  return n;
+}
+
+/** Training overrides from the flags, on top of the preset. */
+function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
+  const batch = num("--batch", f.batch);
+  const strip = <T extends object>(o: T): T =>
+    Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+  return {
+    embedding: strip({
+      steps: num("--embedding-steps", f.embeddingSteps),
+      lr: num("--embedding-lr", f.embeddingLr),
+      batch,
+    }),
+    finetune: strip({
+      steps: num("--finetune-steps", f.finetuneSteps),
+      lr: num("--finetune-lr", f.finetuneLr),
+      batch,
+      loraRank: num("--lora-rank", f.loraRank),
+      loraAlpha: num("--lora-alpha", f.loraAlpha),
+    }),
+    ...(f.earlyStop ? { earlyStop: EARLY_STOP } : {}),
+    ...(f.trainSeed !== undefined ? { seed: num("--train-seed", f.trainSeed) } : {}),
+  };
+}
+
+/** One bar per stage on a terminal; a log line every 10 % otherwise. */
+function progressReporter(): { onProgress: (p: Progress) => void; stop: () => void } {
+  const tty = process.stderr.isTTY;
+  let bar: SingleBar | undefined;
+  let stage = "";
+  let lastTenth = -1;
+  return {
+    onProgress(p) {
+      if (p.stage === "encode") return;
+      if (p.stage !== stage) {
+        bar?.stop();
+        stage = p.stage;
+        lastTenth = -1;
+        if (tty) {
+          bar = new SingleBar({
+            format: `${p.stage.padEnd(9)} |{bar}| {value}/{total}  loss {loss}  ETA {left}`,
+            stream: process.stderr,
+            hideCursor: true,
+          });
+          bar.start(p.total, 0, { loss: "-", left: "…" });
+        }
+      }
+      const payload = {
+        loss: p.loss === undefined ? "-" : p.loss.toFixed(4),
+        left: p.etaSeconds === undefined ? "…" : formatSeconds(p.etaSeconds),
+      };
+      if (bar) {
+        bar.setTotal(p.total);
+        bar.update(p.step, payload);
+      } else {
+        const tenth = Math.floor((10 * p.step) / p.total);
+        if (tenth !== lastTenth) {
+          lastTenth = tenth;
+          log.info(
+            { stage: p.stage, step: p.step, total: p.total, loss: p.loss, eta: payload.left },
+            "progress",
+          );
+        }
+      }
+    },
+    stop: () => bar?.stop(),
+  };
+}
+
+function summary(losses: number[]): { steps: number; first?: number; last?: number } {
+  if (losses.length === 0) return { steps: 0 };
+  const k = Math.max(1, Math.min(10, Math.floor(losses.length / 4)));
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  return { steps: losses.length, first: mean(losses.slice(0, k)), last: mean(losses.slice(-k)) };
+}
+
+export function imagicCommand(): Command {
+  return new Command("imagic")
+    .description(
+      "edit a photo to match a prompt (Imagic): train, render η × seeds, write images, grids, state, report",
+    )
+    .option("--image <file>", "the photo (JPEG, PNG, WebP, …)")
+    .option("--prompt <text>", 'the photo as it should look, e.g. "a photo of a sitting dog"')
+    .option(
+      "--state <file>",
+      "render from a saved state.safetensors instead of training (no --image/--prompt)",
+    )
+    .addOption(new Option("--preset <name>", "training schedule").choices(PRESET_NAMES).default("balanced"))
+    .option("--eta <list>", "edit strengths η, 0–1.5 (default: the preset's sweep 0.6,0.8,1,1.2,1.4)")
+    .option("--seeds <list>", "render seeds (default 1,2,3,4)")
+    .option("--out <dir>", "output folder", "imagic-out")
+    .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
+    .addOption(
+      new Option("--device <device>", "execution provider (default: ENGINE_DEVICE)").choices([
+        "auto",
+        "cpu",
+        "webgpu",
+        "cuda",
+      ]),
+    )
+    .addOption(
+      new Option("--dtype <dtype>", "UNet compute dtype (default: ENGINE_DTYPE)").choices([
+        "auto",
+        "fp32",
+        "fp16",
+      ]),
+    )
+    .option("--size <pixels>", "square working size (default: the model's, 512 for SD 1.5)")
+    .option("--embedding-steps <n>", "stage 1 steps")
+    .option("--embedding-lr <lr>", "stage 1 Adam learning rate")
+    .option("--finetune-steps <n>", "stage 2 steps (0: no fine-tune)")
+    .option("--finetune-lr <lr>", "stage 2 Adam learning rate")
+    .option("--batch <n>", "timesteps per training step, both stages")
+    .option("--lora-rank <n>", "LoRA rank")
+    .option("--lora-alpha <n>", "LoRA alpha (scale = alpha / rank)")
+    .option("--train-seed <n>", "seed of the training timesteps, noise and LoRA init")
+    .option(
+      "--early-stop",
+      "stop a stage once its loss EMA is flat (off by default: unmeasured on real weights)",
+      false,
+    )
+    .option("--guidance <scale>", "classifier-free guidance (default 7.5)")
+    .option("--ddim-steps <n>", "DDIM steps per render (default: the preset's)")
+    .option("--render-batch <n>", "images per UNet call when rendering", "4")
+    .action(async (f: Flags) => {
+      const started = performance.now();
+      // 1. Everything that can be checked without the model.
+      const preset = getPreset(f.preset);
+      const render = validateRenderOptions({
+        etas: f.eta ? parseNumberList(f.eta, "--eta") : preset.render.etas,
+        seeds: f.seeds ? parseNumberList(f.seeds, "--seeds") : preset.render.seeds,
+        guidance: num("--guidance", f.guidance) ?? preset.render.guidance,
+        steps: num("--ddim-steps", f.ddimSteps) ?? preset.render.steps,
+      });
+      const renderBatch = num("--render-batch", f.renderBatch) ?? 4;
+      if (!Number.isInteger(renderBatch) || renderBatch < 1 || renderBatch > 16) {
+        throw new UserFacingError(
+          `--render-batch must be a whole number from 1 to 16 (got ${f.renderBatch})`,
+        );
+      }
+      let saved: ImagicState | undefined;
+      let imageBytes: Uint8Array | undefined;
+      let options: ImagicOptions | undefined;
+      if (f.state) {
+        if (f.image || f.prompt)
+          throw new UserFacingError("--state renders a saved edit: leave out --image and --prompt");
+        saved = deserializeState(readInput(f.state, "--state"));
+      } else {
+        if (!f.image || f.prompt === undefined)
+          throw new UserFacingError("give --image and --prompt (or --state)");
+        imageBytes = readInput(f.image, "--image");
+        await probeImage(imageBytes).catch((e: Error) => {
+          throw new UserFacingError(`--image ${f.image}: ${e.message}`);
+        });
+        options = imagicOptions(f.preset, trainOverrides(f));
+      }
+
+      // 2. The model (sessions are built lazily: nothing heavy runs before the prompt is checked).
+      const config = appConfig();
+      const model = f.model ?? saved?.modelId ?? config.model;
+      if (!f.model && !saved && config.modelIsFixture) {
+        log.warn("MODEL is unset: using the tiny TEST checkpoint, whose images are noise");
+      }
+      const sd = await StableDiffusion.load(model, {
+        device: f.device ?? config.engineDevice,
+        dtype: f.dtype ?? config.engineDtype,
+        cacheDir: config.modelCacheDir,
+        endpoint: config.hfEndpoint,
+        token: config.hfToken?.reveal(),
+      });
+      const bar = progressReporter();
+      try {
+        // The last checks, which need the tokenizer; nothing is written before they pass.
+        if (!saved) checkPrompt(sd, f.prompt as string);
+        mkdirSync(f.out, { recursive: true });
+        const loadSeconds = (performance.now() - started) / 1000;
+        let state: ImagicState;
+        if (saved) {
+          state = saved;
+        } else {
+          const size = num("--size", f.size) ?? sd.defaultImageSize;
+          const { tensor } = await loadImage(imageBytes as Uint8Array, { size }).catch((e: Error) => {
+            throw new UserFacingError(`--image ${f.image}: ${e.message}`);
+          });
+          state = await trainImagic(sd, {
+            image: tensor,
+            size,
+            prompt: f.prompt as string,
+            options: options as ImagicOptions,
+            onProgress: bar.onProgress,
+          });
+        }
+        const stateBytes = serializeState(state);
+        if (!saved) writeFileSync(path.join(f.out, "state.safetensors"), stateBytes);
+        const renderStart = performance.now();
+        const images = await renderImagic(sd, state, {
+          ...render,
+          batch: renderBatch,
+          onProgress: bar.onProgress,
+        });
+        const renderSeconds = (performance.now() - renderStart) / 1000;
+        bar.stop();
+
+        const files: string[] = [];
+        const write = (name: string, bytes: Uint8Array) => {
+          writeFileSync(path.join(f.out, name), bytes);
+          files.push(name);
+        };
+        const size = state.width;
+        for (const i of images) {
+          write(
+            `eta-${i.eta}-seed-${i.seed}.png`,
+            await tileToPng({ image: i.image, width: size, height: size }),
+          );
+        }
+        write("grid.png", await fullGrid(images, size));
+        for (const eta of render.etas) write(`seeds-eta-${eta}.png`, await seedGrid(images, eta, size));
+        for (const seed of render.seeds) write(`sweep-seed-${seed}.png`, await etaSweep(images, seed, size));
+        const report = {
+          model,
+          device: sd.device,
+          prompt: state.prompt,
+          size,
+          preset: saved ? undefined : f.preset,
+          options: state.options,
+          render: { ...render, batch: renderBatch },
+          losses: state.losses,
+          lossSummary: {
+            embedding: summary(state.losses.embedding),
+            finetune: summary(state.losses.finetune),
+          },
+          seconds: {
+            load: loadSeconds,
+            ...(saved ? {} : state.seconds),
+            render: renderSeconds,
+            total: (performance.now() - started) / 1000,
+          },
+          stateBytes: stateBytes.length,
+          files,
+        };
+        write("report.json", new TextEncoder().encode(`${JSON.stringify(report, null, 2)}\n`));
+        if (config.modelIsFixture && !f.model && !saved) {
+          log.warn("these images come from the tiny TEST checkpoint: expect noise, not an edit");
+        }
+        process.stdout.write(
+          `wrote ${images.length} images, grids${saved ? "" : ", state.safetensors"} and report.json to ${f.out} in ${formatSeconds(report.seconds.total)}\n`,
+        );
+      } finally {
+        bar.stop();
+        await sd.release();
+      }
+    });
+}
+
+function readInput(file: string, flag: string): Uint8Array {
+  try {
+    return readFileSync(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why =
+      code === "ENOENT" ? "no such file" : code === "EISDIR" ? "it is a folder" : (e as Error).message;
+    throw new UserFacingError(`cannot read ${flag} ${file}: ${why}`);
+  }
+}

@@ -1,0 +1,138 @@
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import sharp from "sharp";
+import { describe, expect, it } from "vitest";
+import { deserializeState } from "../../../src/engine/pipelines/imagic-state.js";
+import { runCli } from "../run-cli.js";
+
+const CHELSEA = path.resolve("test/fixtures/images/chelsea.png");
+const tmp = () => mkdtempSync(path.join(tmpdir(), "imagic-cli-"));
+
+describe("edit imagic", () => {
+  it("refuses bad input with one clear line and writes nothing", async () => {
+    const dir = tmp();
+    const text = path.join(dir, "notes.png");
+    writeFileSync(text, "not a picture");
+    const out = path.join(dir, "out");
+    const base = ["edit", "imagic", "--device", "cpu", "--out", out];
+    const cases: Array<[string[], RegExp]> = [
+      [["--image", text, "--prompt", "a dog"], /--image .*notes\.png: That file is not an image I can read/],
+      [
+        ["--image", path.join(dir, "missing.jpg"), "--prompt", "a dog"],
+        /cannot read --image .*missing\.jpg: no such file/,
+      ],
+      [["--image", CHELSEA, "--prompt", "  "], /the prompt is empty/],
+      [["--image", CHELSEA, "--prompt", "a dog", "--eta", "0.5,1.7"], /η .*≤ 1.5 \(got 1.7\)/],
+      [
+        [
+          "--image",
+          CHELSEA,
+          "--prompt",
+          "a dog",
+          "--seeds",
+          Array.from({ length: 17 }, (_, i) => i).join(","),
+        ],
+        /give 1 to 16 seeds \(got 17\)/,
+      ],
+      [
+        ["--image", CHELSEA, "--prompt", "a dog", "--embedding-steps", "9000"],
+        /embedding steps must be a whole number from 0 to 5000 \(got 9000\)/,
+      ],
+    ];
+    const results = await Promise.all(cases.map(([args]) => runCli([...base, ...args])));
+    results.forEach((r, i) => {
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toMatch((cases[i] as [string[], RegExp])[1]);
+      expect(r.stderr).not.toMatch(/^\s+at .*\.[jt]s:\d+:\d+/m); // no JavaScript stack trace
+    });
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it("trains, renders η × seeds, writes images, grids, state and report; then renders again from the state", async () => {
+    const out = path.join(tmp(), "run");
+    const r = await runCli([
+      "edit",
+      "imagic",
+      "--device",
+      "cpu",
+      "--image",
+      CHELSEA,
+      "--prompt",
+      "a photo of a cat wearing a hat",
+      "--preset",
+      "fast",
+      "--embedding-steps",
+      "3",
+      "--finetune-steps",
+      "2",
+      "--batch",
+      "2",
+      "--lora-rank",
+      "2",
+      "--ddim-steps",
+      "2",
+      "--eta",
+      "0.5,1.2",
+      "--seeds",
+      "3,4",
+      "--out",
+      out,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/tiny TEST checkpoint/);
+    expect(readdirSync(out).sort()).toEqual(
+      [
+        "eta-0.5-seed-3.png",
+        "eta-0.5-seed-4.png",
+        "eta-1.2-seed-3.png",
+        "eta-1.2-seed-4.png",
+        "grid.png",
+        "report.json",
+        "seeds-eta-0.5.png",
+        "seeds-eta-1.2.png",
+        "state.safetensors",
+        "sweep-seed-3.png",
+        "sweep-seed-4.png",
+      ].sort(),
+    );
+    expect(await sharp(path.join(out, "eta-1.2-seed-4.png")).metadata()).toMatchObject({
+      width: 64,
+      height: 64,
+    });
+    const report = JSON.parse(readFileSync(path.join(out, "report.json"), "utf8"));
+    expect(report.losses.embedding).toHaveLength(3);
+    expect(report.losses.finetune).toHaveLength(2);
+    expect(report.options.finetune).toMatchObject({ steps: 2, batch: 2, loraRank: 2 });
+    expect(report.render).toMatchObject({ etas: [0.5, 1.2], seeds: [3, 4], steps: 2 });
+    for (const k of ["load", "encode", "embedding", "finetune", "render", "total"])
+      expect(report.seconds[k]).toBeGreaterThan(0);
+    const state = deserializeState(readFileSync(path.join(out, "state.safetensors")));
+    expect(state.prompt).toBe("a photo of a cat wearing a hat");
+    expect(report.stateBytes).toBe(readFileSync(path.join(out, "state.safetensors")).length);
+
+    const again = path.join(tmp(), "again");
+    const r2 = await runCli([
+      "edit",
+      "imagic",
+      "--device",
+      "cpu",
+      "--state",
+      path.join(out, "state.safetensors"),
+      "--eta",
+      "1.2",
+      "--seeds",
+      "4",
+      "--ddim-steps",
+      "2",
+      "--out",
+      again,
+    ]);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(readdirSync(again)).not.toContain("state.safetensors");
+    // Same state, η, seed and steps: the same pixels as the first run's image.
+    const a = await sharp(path.join(out, "eta-1.2-seed-4.png")).raw().toBuffer();
+    const b = await sharp(path.join(again, "eta-1.2-seed-4.png")).raw().toBuffer();
+    expect(b.equals(a)).toBe(true);
+  }, 150_000); // two CLI processes compiling their sessions: ~25 s of CPU, more on a busy machine
+});
