@@ -4,7 +4,7 @@
  * Building is append-only; emission (emit.ts) walks back from the outputs, so whatever does not feed an
  * output costs nothing.
  */
-import { DTYPES, type DType, fromNumbers, isFloat, numel, type TypedArray } from "./dtype.js";
+import { DTYPES, type DType, fromNumbers, numel, type TypedArray } from "./dtype.js";
 
 /** A weight's bytes, read only when the graph is emitted (little-endian raw, row-major). */
 export type WeightData = { dtype: DType; shape: readonly number[]; bytes: () => Uint8Array };
@@ -149,5 +149,3 @@ function checkShape(what: string, dtype: DType, shape: readonly number[]): void 
     throw new GraphError(`${what}: shape [${shape.join(",")}] must hold non-negative integers`);
   }
 }
-
-export { isFloat };

@@ -6,7 +6,7 @@
  * fp16 policy: reductions and softmax given float16 compute in float32 and cast back, so norms, softmax
  * and losses built from them stay accurate in a half-precision graph.
  */
-import { type DType, isFloat, numel } from "./dtype.js";
+import { DTYPES, type DType, isFloat, numel } from "./dtype.js";
 import { type Attrs, GraphError, type Tensor } from "./graph.js";
 import { type ConvAttrs, PRIMITIVES, type SliceAttrs } from "./primitives.js";
 import { broadcastShapes, fmt, normalizeAxes, opError, sameShape } from "./shape.js";
@@ -62,6 +62,8 @@ export function where(cond: Tensor, a: Operand, b: Operand): Tensor {
 }
 
 export function cast(x: Tensor, dtype: DType): Tensor {
+  if (!DTYPES.includes(dtype))
+    throw opError("cast", [x], `unsupported dtype "${dtype}" (one of ${DTYPES.join(", ")})`);
   return x.dtype === dtype ? x : prim("Cast", [x], { to: dtype });
 }
 

@@ -54,12 +54,15 @@ function requireFloat(op: string, inputs: readonly Tensor[], t: Tensor): void {
 
 // ---------------------------------------------------------------- elementwise
 
+/** The public op's name for an ONNX op type in error messages ("Add" → "add"). */
+const publicName = (opType: string) => opType.charAt(0).toLowerCase() + opType.slice(1);
+
 function unary(opType: string, vjp: (x: Tensor, y: Tensor, g: Tensor) => Tensor, floatOnly = true): OpDef {
   return {
     infer: ([x]) => {
       const t = x as Tensor;
-      if (floatOnly) requireFloat(opType, [t], t);
-      else if (t.dtype === "bool") throw opError(opType, [t], "bool tensors are not numbers");
+      if (floatOnly) requireFloat(publicName(opType), [t], t);
+      else if (t.dtype === "bool") throw opError(publicName(opType), [t], "bool tensors are not numbers");
       return [{ dtype: t.dtype, shape: t.shape }];
     },
     emit: simple(opType),
@@ -67,7 +70,8 @@ function unary(opType: string, vjp: (x: Tensor, y: Tensor, g: Tensor) => Tensor,
   };
 }
 
-function binaryShape(op: string, inputs: readonly Tensor[], allowBool = false): number[] {
+function binaryShape(opType: string, inputs: readonly Tensor[], allowBool = false): number[] {
+  const op = publicName(opType);
   const [a, b] = inputs as [Tensor, Tensor];
   if (a.dtype !== b.dtype)
     throw opError(op, inputs, `dtypes differ (${a.dtype} vs ${b.dtype}); cast one first`);

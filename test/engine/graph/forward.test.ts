@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import {
+  add,
   attention,
+  cast,
   causalMask,
   conv2d,
   Graph,
@@ -9,6 +11,8 @@ import {
   groupNorm,
   layerNorm,
   matmul,
+  reshape,
+  slice,
   softmax,
   upsampleNearest2d,
 } from "../../../src/engine/graph/index.js";
@@ -149,6 +153,14 @@ describe("graph forward on the CPU provider", () => {
       /groupNorm.*3 channels cannot be split into 2 groups/,
     );
     expect(() => g.input("a", "float32", [1])).toThrow(/already used/);
+    expect(() => cast(a, "float8" as never)).toThrow(
+      /cast\(float32\[2,3\] "a"\): unsupported dtype "float8"/,
+    );
+    expect(() => reshape(a, [4, -1])).toThrow(
+      /reshape\(float32\[2,3\] "a"\): cannot reshape 6 elements to \[4,-1\]/,
+    );
+    expect(() => add(a, b)).toThrow(/add\(.*\): shapes \[2,3\] and \[4,5\] do not broadcast/);
+    expect(() => slice(a, [0], [1], [2])).toThrow(/slice\(.*\): axis 2 is out of range for rank 2/);
   });
 });
 
