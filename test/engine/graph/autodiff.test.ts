@@ -56,6 +56,18 @@ describe("grad", () => {
     expect(count(ops, "ReduceMean")).toBe(2);
   });
 
+  it("handles graphs deeper than recursion over the JS stack would allow (30 000 nodes in a chain)", () => {
+    const g = new G.Graph("deep");
+    const x = g.input("x", "float32", [4]);
+    let h = x;
+    for (let i = 0; i < 15_000; i++) h = G.mul(G.tanh(h), 1.01);
+    const loss = G.reduceSum(h, [0]);
+    g.output("loss", loss);
+    g.output("gx", G.grad(loss, [x])[0] as G.Tensor);
+    // forward: 2 per step; backward: tanh' = 1 − y² (mul, sub) and two chain-rule muls per step
+    expect(G.emitGraph(g).model.graph.node.length).toBeGreaterThan(6 * 15_000);
+  });
+
   it("gives zeros for a wrt tensor the loss does not depend on, and sums gradients over fan-out", async () => {
     const g = new G.Graph("zeros");
     const x = g.input("x", "float64", [3]);
