@@ -18,7 +18,7 @@ import { ModelFileError } from "./errors.js";
 /** Markers of model families the engine does not implement, checked before validation for a clear message. */
 const OTHER_FAMILIES: Array<{ family: string; match: (cfg: Record<string, unknown>) => boolean }> = [
   {
-    family: "Stable Diffusion XL",
+    family: "a Stable Diffusion XL checkpoint",
     match: (c) =>
       /XL/.test(String(c._class_name ?? "")) ||
       "text_encoder_2" in c ||
@@ -26,12 +26,12 @@ const OTHER_FAMILIES: Array<{ family: string; match: (cfg: Record<string, unknow
       c._class_name === "CLIPTextModelWithProjection",
   },
   {
-    family: "Stable Diffusion 3",
+    family: "a Stable Diffusion 3 checkpoint",
     match: (c) => /StableDiffusion3|SD3/.test(String(c._class_name ?? "")) || "text_encoder_3" in c,
   },
-  { family: "Flux", match: (c) => /Flux/.test(String(c._class_name ?? "")) },
+  { family: "a Flux checkpoint", match: (c) => /Flux/.test(String(c._class_name ?? "")) },
   {
-    family: "a transformer-based (DiT) model",
+    family: "a transformer-based (DiT) checkpoint",
     match: (c) => "transformer" in c || /Transformer2DModel$/.test(String(c._class_name ?? "")),
   },
 ];
@@ -41,7 +41,7 @@ function refuseOtherFamilies(file: string, cfg: Record<string, unknown>): void {
     if (match(cfg)) {
       throw new ModelFileError(
         file,
-        `this is ${family} checkpoint${cfg._class_name ? ` (${String(cfg._class_name)})` : ""}; the engine supports Stable Diffusion 1.x and 2.x only`,
+        `this is ${family}${cfg._class_name ? ` (${String(cfg._class_name)})` : ""}; the engine supports Stable Diffusion 1.x and 2.x only`,
       );
     }
   }

@@ -416,7 +416,7 @@ class HubDownload {
       done();
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
       throw new HubError(
-        `cannot reach ${new URL(url).origin} (${cause?.code ?? cause?.message ?? (err as Error).message})`,
+        `cannot reach ${new URL(url).origin} for ${this.id} (${cause?.code ?? cause?.message ?? (err as Error).message}); check HF_ENDPOINT and the network`,
         true,
       );
     }

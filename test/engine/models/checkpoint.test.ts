@@ -230,7 +230,7 @@ describe("config validation", () => {
       j.text_encoder_2 = ["transformers", "CLIPTextModelWithProjection"];
     });
     expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
-      /model_index\.json: this is Stable Diffusion XL checkpoint \(StableDiffusionXLPipeline\)/,
+      /model_index\.json: this is a Stable Diffusion XL checkpoint \(StableDiffusionXLPipeline\)/,
     );
     editJson(join(dir, "model_index.json"), (j) => {
       j._class_name = "StableDiffusion3Pipeline";
@@ -242,7 +242,7 @@ describe("config validation", () => {
       j._class_name = "FluxPipeline";
       j.transformer = ["diffusers", "FluxTransformer2DModel"];
     });
-    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(/this is Flux checkpoint/);
+    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(/this is a Flux checkpoint/);
   });
 
   it("names the file when a config is missing, is not JSON, or disagrees with another component", () => {

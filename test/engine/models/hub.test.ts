@@ -119,6 +119,15 @@ function sd1Repo(): Map<string, Buffer> {
   return files;
 }
 
+/** The URL of a local port nothing listens on (connections are refused). */
+async function closedPortUrl(): Promise<string> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return `http://127.0.0.1:${port}`;
+}
+
 const hub = new FakeHub();
 let cacheDir = "";
 beforeAll(() => hub.start());
@@ -172,7 +181,7 @@ describe("resolveModel", () => {
     expect(await resolveModel("test/sd1", { cacheDir, endpoint: hub.url })).toBe(folder);
     expect(downloads()).toEqual([]);
     // With the hub unreachable, the cached snapshot is used.
-    expect(await resolveModel("test/sd1", { cacheDir, endpoint: "http://127.0.0.1:9" })).toBe(folder);
+    expect(await resolveModel("test/sd1", { cacheDir, endpoint: await closedPortUrl() })).toBe(folder);
   });
 
   it("lets one of several concurrent starts download while the others wait, and takes over a dead lock", async () => {
@@ -334,6 +343,10 @@ describe("resolveModel", () => {
   it("names a missing repository, and refuses other model families before fetching weights", async () => {
     await expect(resolveModel("test/missing", { cacheDir, endpoint: hub.url })).rejects.toThrow(
       /test\/missing \(revision main\) or its model_index\.json was not found on http:\/\/127\.0\.0\.1:\d+ \(HTTP 404\)/,
+    );
+    const down = await closedPortUrl();
+    await expect(resolveModel("test/offline", { cacheDir, endpoint: down })).rejects.toThrow(
+      `cannot reach ${down} for test/offline (ECONNREFUSED); check HF_ENDPOINT and the network`,
     );
     const files = sd1Repo();
     const index = JSON.parse((files.get("model_index.json") as Buffer).toString());
