@@ -162,6 +162,13 @@ describe("loadImage", () => {
     expect(pixel(await loadImage(grey, { size: 64 }), 5, 5)).toEqual([90, 90, 90]);
   });
 
+  it("reports a truncated file whose header is intact as undecodable", async () => {
+    const bytes = photo("coffee.png");
+    const cut = bytes.subarray(0, Math.floor(bytes.byteLength / 2));
+    expect((await probeImage(cut)).width).toBe(600);
+    expect((await rejection(loadImage(cut))).message).toMatch(/^The image could not be decoded \(/);
+  });
+
   it("refuses sizes that are not multiples of 64", async () => {
     await expect(loadImage(photo("coffee.png"), { size: 500 })).rejects.toThrow(
       /multiple of 64 from 64 to 4096, got 500/,
