@@ -131,6 +131,22 @@ describe("damaged tokenizer files", () => {
     expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toBe(`${mergesFile}: file not found`);
   });
 
+  it("names tokenizer.json when it is damaged or not a BPE tokenizer", () => {
+    const dir = copyTokenizer();
+    const file = join(dir, "tokenizer.json");
+    writeFileSync(file, '{"model": {"type": "BPE", "vocab": {');
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir))).toMatchObject({
+      file,
+      message: expect.stringMatching(/is not valid JSON/),
+    });
+    writeFileSync(file, JSON.stringify({ model: { type: "WordPiece", vocab: { a: 0 } } }));
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(/model type "WordPiece" is not BPE/);
+    writeFileSync(file, JSON.stringify({ model: { type: "BPE", vocab: { a: 0 }, merges: [["a"]] } }));
+    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+      /model\.merges\[0\] is not a pair of tokens/,
+    );
+  });
+
   it("names the file whose special token is missing from the vocabulary", () => {
     const dir = copyTokenizer();
     writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ pad_token: { content: "<pad>" } }));
