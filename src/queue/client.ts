@@ -18,12 +18,12 @@ import {
   type JobPayload,
   type JobProgress,
   type JobResult,
-  LONG_JOBS,
   MAX_PAYLOAD_BYTES,
   payloadSchemas,
   referencedBlobs,
 } from "./jobs.js";
 import { QUEUE_NAME, type QueueKeys, queueKeys } from "./keys.js";
+import { bandScores, priorityFor } from "./priority.js";
 
 const log = childLogger("queue");
 
@@ -99,15 +99,7 @@ const CANCEL_TTL_SECONDS = 86_400;
 /** A reservation that an enqueue left behind when it crashed is ignored after this. */
 const RESERVATION_MS = 60_000;
 const DELIVERED_TTL_SECONDS = 30 * 86_400;
-
-/**
- * BullMQ priority (1 is highest). Short jobs go before long ones; within each class a user's n-th
- * waiting job goes behind everyone's (n-1)-th, so one user's burst does not starve the others.
- */
-export function priorityFor(name: JobName, waitingOfUser: number): number {
-  const tier = Math.min(waitingOfUser, 31);
-  return 1 + tier + (LONG_JOBS.has(name) ? 32 : 0);
-}
+const WORKER_COUNT_CACHE_MS = 5_000;
 
 export function describeZodError(name: string, error: z.ZodError): string {
   const issues = error.issues.slice(0, 3).map((issue) => {
@@ -146,6 +138,7 @@ export class QueueClient {
   private readonly flows: FlowProducer;
   private queueEvents: QueueEvents | undefined;
   private readonly keys: QueueKeys;
+  private workers: { count: number; at: number } | undefined;
   private readonly queueName: string;
 
   constructor(private readonly options: QueueClientOptions) {
@@ -244,18 +237,21 @@ export class QueueClient {
     const members = await this.redis.zrange(userKey, 0, "-1", "WITHSCORES");
     const out: Array<{ jobId: string; state: string }> = [];
     const stale: string[] = [];
-    for (let i = 0; i < members.length; i += 2) {
-      const jobId = members[i] as string;
-      const since = Number(members[i + 1]);
-      if (jobId.startsWith("reserved:")) {
-        if (Date.now() - since > RESERVATION_MS) stale.push(jobId);
-        else out.push({ jobId, state: "reserved" });
-        continue;
-      }
-      const state = await this.queue.getJobState(jobId);
-      if (state === "completed" || state === "failed" || state === "unknown") stale.push(jobId);
+    const entries: Array<{ jobId: string; since: number }> = [];
+    for (let i = 0; i < members.length; i += 2)
+      entries.push({ jobId: members[i] as string, since: Number(members[i + 1]) });
+    const states = await Promise.all(
+      entries.map(({ jobId }) =>
+        jobId.startsWith("reserved:") ? "reserved" : this.queue.getJobState(jobId),
+      ),
+    );
+    entries.forEach(({ jobId, since }, i) => {
+      const state = states[i] as string;
+      const finished = state === "completed" || state === "failed" || state === "unknown";
+      const abandoned = state === "reserved" && Date.now() - since > RESERVATION_MS;
+      if (finished || abandoned) stale.push(jobId);
       else out.push({ jobId, state });
-    }
+    });
     if (stale.length > 0) await this.redis.zrem(userKey, ...stale);
     return out;
   }
@@ -284,15 +280,18 @@ export class QueueClient {
       }
       case "waiting":
       case "prioritized": {
-        const ahead = await this.jobsAhead(jobId);
-        const workers = Math.max(1, await this.queue.getWorkersCount());
-        const queued = ahead.names.reduce((sum, n) => sum + durations[n], 0);
-        const running = await this.remainingOfActive(durations);
+        const [ahead, workers, running] = await Promise.all([
+          this.jobsAhead(jobId),
+          this.workerCount(),
+          this.remainingOfActive(durations),
+        ]);
+        const queued = JOB_NAMES.reduce((sum, n) => sum + ahead[n] * durations[n], 0);
+        const count = JOB_NAMES.reduce((sum, n) => sum + ahead[n], 0);
         return {
           jobId,
           name,
           state: "waiting",
-          position: ahead.names.length + 1,
+          position: count + 1,
           etaSeconds: (queued + running) / workers + durations[name],
         };
       }
@@ -309,24 +308,41 @@ export class QueueClient {
     }
   }
 
-  /** Names of the jobs that run before this one (waiting list first, then by priority). */
-  private async jobsAhead(jobId: string): Promise<{ names: JobName[] }> {
-    const [plain, rank] = await Promise.all([
+  /** Per job type, how many jobs run before this one (the waiting list first, then by priority). */
+  private async jobsAhead(jobId: string): Promise<Record<JobName, number>> {
+    const key = this.queue.keys.prioritized as string;
+    const [plain, score] = await Promise.all([
       this.redis.lrange(this.queue.keys.wait as string, 0, -1),
-      this.redis.zrank(this.queue.keys.prioritized as string, jobId),
+      this.redis.zscore(key, jobId),
     ]);
-    // (ZRANGE 0 -1 would be the whole set: the first in line has nothing before it.)
-    const before = rank
-      ? await this.redis.zrange(this.queue.keys.prioritized as string, 0, String(rank - 1))
-      : [];
-    const ids = [...plain.filter((id) => id !== jobId), ...before];
-    const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hget(this.queue.toKey(id), "name");
-    const replies = (await pipeline.exec()) ?? [];
-    const names = replies
-      .map(([, n]) => n)
-      .filter((n): n is JobName => typeof n === "string" && isJobName(n));
-    return { names };
+    const ahead = Object.fromEntries(JOB_NAMES.map((n) => [n, 0])) as Record<JobName, number>;
+    // Priority bands are per type (priority.ts): one ZCOUNT per type, however long the queue.
+    if (score !== null) {
+      const pipeline = this.redis.pipeline();
+      for (const name of JOB_NAMES) {
+        const band = bandScores(name);
+        pipeline.zcount(key, band.min, `(${Math.min(band.max, Number(score))}`);
+      }
+      const counts = (await pipeline.exec()) ?? [];
+      JOB_NAMES.forEach((name, i) => {
+        ahead[name] += Number(counts[i]?.[1] ?? 0);
+      });
+    }
+    // Jobs without a priority (none that enqueue adds) would run first; there are few if any.
+    const others = plain.filter((id) => id !== jobId);
+    if (others.length > 0) {
+      const names = await Promise.all(others.map((id) => this.redis.hget(this.queue.toKey(id), "name")));
+      for (const n of names) if (n && isJobName(n)) ahead[n] += 1;
+    }
+    return ahead;
+  }
+
+  /** Engines taking jobs (CLIENT LIST, so cached for a few seconds), at least 1 for the estimate. */
+  private async workerCount(): Promise<number> {
+    if (!this.workers || Date.now() - this.workers.at > WORKER_COUNT_CACHE_MS) {
+      this.workers = { count: await this.queue.getWorkersCount(), at: Date.now() };
+    }
+    return Math.max(1, this.workers.count);
   }
 
   private async remainingOfActive(durations: Record<JobName, number>): Promise<number> {

@@ -165,9 +165,6 @@ export function isJobName(name: string): name is JobName {
   return (JOB_NAMES as readonly string[]).includes(name);
 }
 
-/** Short jobs (sampling) run before long ones (training), see priorityFor in client.ts. */
-export const LONG_JOBS: ReadonlySet<JobName> = new Set(["imagic.train", "swap.concept"]);
-
 /** A blob a payload refers to, with the words a user knows it by (for "… has expired" messages). */
 export interface BlobRef {
   id: string;

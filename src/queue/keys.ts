@@ -21,6 +21,8 @@ export const keys = {
 export function queueKeys(queue: string = QUEUE_NAME) {
   const q = `${P}:${queue}`;
   return {
+    /** Every key below starts with this. */
+    prefix: `${q}:`,
     /** Sorted set of job ids a user has in flight, scored by enqueue time. */
     userJobs: (userId: string) => `${q}:user-jobs:${userId}`,
     /** Sorted set of job ids a user has running, scored by lease expiry (ms); see worker.ts. */

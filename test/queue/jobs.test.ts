@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { UserFacingError } from "../../src/errors.js";
-import { parsePayload, priorityFor } from "../../src/queue/client.js";
+import { parsePayload } from "../../src/queue/client.js";
 import { MAX_PAYLOAD_BYTES, referencedBlobs } from "../../src/queue/jobs.js";
+import { priorityFor } from "../../src/queue/priority.js";
 
 const id = (c: string) => c.repeat(64);
 const base = { userId: "u1", origin: { platform: "discord", channel: "c" } };
@@ -78,5 +79,9 @@ describe("priorities", () => {
     expect(priorityFor("swap.edit", 31)).toBeLessThan(priorityFor("swap.concept", 0));
     expect(priorityFor("imagic.render", 0)).toBeLessThan(priorityFor("imagic.render", 1));
     expect(priorityFor("imagic.train", 100)).toBe(priorityFor("imagic.train", 31));
+    const firsts = (["imagic.render", "swap.edit", "imagic.train", "swap.concept"] as const).map((n) =>
+      priorityFor(n, 0),
+    );
+    expect(firsts).toEqual([...firsts].sort((a, b) => a - b));
   });
 });
