@@ -1,0 +1,339 @@
+/**
+ * `bench imagic`: the Imagic pipeline on Stable Diffusion 1.5 shapes with random weights (timings do not
+ * depend on weight values), per preset: time per stage, time from the photo to the first 4-seed grid,
+ * and time to render 4 new variants from a cached state; plus the cost per sample of a training step at
+ * several timestep batches (the case for more timesteps per step instead of more steps).
+ *
+ * `--steps-scale 0.02` runs 2 % of every stage's steps (at least 3) and extrapolates: a stage's time is
+ * its first step (session creation and warm-up included) plus (steps − 1) × the median of its later
+ * steps. Early stopping is off (a random model's loss says nothing), so times are for full schedules.
+ */
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Command, Option } from "commander";
+import { StableDiffusion } from "../../engine/index.js";
+import { type Progress, renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
+import { getPreset, PRESET_NAMES, type PresetName } from "../../engine/pipelines/imagic-options.js";
+import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
+import { UserFacingError } from "../../errors.js";
+import { randomCheckpoint } from "./random-checkpoint.js";
+import { sd15Shapes, tinyShapes } from "./sd.js";
+
+interface Flags {
+  device: "auto" | "cpu" | "webgpu" | "cuda";
+  dtype: "auto" | "fp32" | "fp16";
+  preset: PresetName | "all";
+  stepsScale: string;
+  tiny: boolean;
+  size?: string;
+  batches: string;
+  json?: string;
+  modelDir?: string;
+}
+
+/** Step timestamps of one stage, from progress events. */
+class StageClock {
+  private readonly stamps = new Map<string, number[]>();
+  private readonly starts = new Map<string, number>();
+  mark(p: Progress): void {
+    const now = performance.now();
+    const list = this.stamps.get(p.stage) ?? [];
+    if (list.length === 0 && !this.starts.has(p.stage)) this.starts.set(p.stage, now);
+    list.push(now);
+    this.stamps.set(p.stage, list);
+  }
+  begin(stage: string): void {
+    this.starts.set(stage, performance.now());
+  }
+  /** First step (ms, from the stage's start) and the median of the later steps (ms). */
+  steps(stage: string): { first: number; median: number; ran: number } | undefined {
+    const list = this.stamps.get(stage);
+    const start = this.starts.get(stage);
+    if (!list || list.length === 0 || start === undefined) return undefined;
+    const gaps = list.slice(1).map((t, i) => t - (list[i] as number));
+    const sorted = [...gaps].sort((a, b) => a - b);
+    const first = (list[0] as number) - start;
+    return {
+      first,
+      median: sorted.length ? (sorted[Math.floor(sorted.length / 2)] as number) : first,
+      ran: list.length,
+    };
+  }
+}
+
+/** Peak GPU memory from nvidia-smi, polled while the bench runs; undefined where there is no nvidia-smi. */
+function watchGpuMemory(): { stop: () => number | undefined } {
+  let peak: number | undefined;
+  let child: ReturnType<typeof spawn> | undefined;
+  try {
+    child = spawn("nvidia-smi", ["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "200"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    child.on("error", () => {
+      child = undefined;
+    });
+    child.stdout?.on("data", (d: Buffer) => {
+      for (const line of d.toString().split("\n")) {
+        const mib = Number(line.trim().split(/\s+/)[0]);
+        if (line.trim() && Number.isFinite(mib)) peak = Math.max(peak ?? 0, mib);
+      }
+    });
+  } catch {
+    child = undefined;
+  }
+  return {
+    stop: () => {
+      child?.kill();
+      return peak;
+    },
+  };
+}
+
+const scaled = (steps: number, scale: number) =>
+  steps === 0 ? 0 : Math.min(steps, Math.max(3, Math.round(steps * scale)));
+
+function photo(size: number): Float32Array {
+  const img = new Float32Array(3 * size * size);
+  for (let i = 0; i < img.length; i++) img[i] = Math.sin(i / 97) * 0.8;
+  return img;
+}
+
+/**
+ * A grid as the bot would post it, timed; undefined where sharp is not available (the GPU bundle leaves
+ * it out, scripts/gpu-bundle.sh): grids are a CPU cost, timed on the CPU machine.
+ */
+async function timeGrid(make: () => Promise<Buffer>): Promise<number | undefined> {
+  const t0 = performance.now();
+  try {
+    await make();
+    return performance.now() - t0;
+  } catch {
+    return undefined;
+  }
+}
+
+async function benchPreset(
+  sd: StableDiffusion,
+  name: PresetName,
+  size: number,
+  scale: number,
+  out: (s: string) => void,
+) {
+  const preset = getPreset(name);
+  const full = preset.train;
+  const options = {
+    ...full,
+    embedding: { ...full.embedding, steps: scaled(full.embedding.steps, scale) },
+    finetune: { ...full.finetune, steps: scaled(full.finetune.steps, scale) },
+    earlyStop: null,
+  };
+  const renderSteps = scaled(preset.render.steps, scale);
+  const clock = new StageClock();
+  clock.begin("encode");
+  const state = await trainImagic(sd, {
+    image: photo(size),
+    size,
+    prompt: "a photo of a cat wearing a hat",
+    options,
+    onProgress: (p) => {
+      if (p.stage === "encode" && p.step === 1) clock.begin("embedding");
+      else if (p.stage !== "encode") clock.mark(p);
+      if (p.stage === "embedding" && p.step === p.total) clock.begin("finetune");
+    },
+  });
+  const seeds = [1, 2, 3, 4];
+  let lastStep = 0;
+  clock.begin("render");
+  const images = await renderImagic(sd, state, {
+    etas: [preset.gridEta],
+    seeds,
+    guidance: preset.render.guidance,
+    steps: renderSteps,
+    batch: 4,
+    onProgress: (p) => {
+      clock.mark(p);
+      lastStep = performance.now();
+    },
+  });
+  const decodeMs = performance.now() - lastStep;
+  const gridMs = await timeGrid(() => seedGrid(images, preset.gridEta, size));
+
+  /** A stage at its full step count: cold = first step (session build) + the rest at the median; warm = all at the median. */
+  const extrapolate = (stage: string, fullSteps: number) => {
+    const s = clock.steps(stage);
+    if (!s || fullSteps === 0) return { cold: 0, warm: 0, perStep: 0, first: 0, ran: 0 };
+    return {
+      cold: s.first + (fullSteps - 1) * s.median,
+      warm: fullSteps * s.median,
+      perStep: s.median,
+      first: s.first,
+      ran: s.ran,
+    };
+  };
+  const embedding = extrapolate("embedding", full.embedding.steps);
+  const finetune = extrapolate("finetune", full.finetune.steps);
+  const render = extrapolate("render", preset.render.steps);
+  const encodeMs = (state.seconds?.encode ?? 0) * 1000;
+  const tail = decodeMs + (gridMs ?? 0);
+  const firstGrid = {
+    cold: encodeMs + embedding.cold + finetune.cold + render.cold + tail,
+    warm: encodeMs + embedding.warm + finetune.warm + render.warm + tail,
+  };
+
+  // 4 new variants from the cached state: serialize, reload, render with warm sessions, grid.
+  const stateBytes = serializeState(state);
+  const c0 = performance.now();
+  const reloaded = deserializeState(stateBytes);
+  const cacheClock = new StageClock();
+  cacheClock.begin("render");
+  const variants = await renderImagic(sd, reloaded, {
+    etas: [preset.gridEta],
+    seeds: [11, 12, 13, 14],
+    guidance: preset.render.guidance,
+    steps: renderSteps,
+    batch: 4,
+    onProgress: (p) => cacheClock.mark(p),
+  });
+  await timeGrid(() => seedGrid(variants, preset.gridEta, size));
+  const cachedMs = performance.now() - c0;
+  const cs = cacheClock.steps("render");
+  const cachedVariants = cs ? cachedMs + (preset.render.steps - cs.ran) * cs.median : cachedMs;
+
+  const row = {
+    preset: name,
+    steps: { embedding: full.embedding.steps, finetune: full.finetune.steps, render: preset.render.steps },
+    ran: { embedding: embedding.ran, finetune: finetune.ran, render: render.ran },
+    batch: {
+      embedding: full.embedding.batch,
+      finetune: full.finetune.batch,
+      loraRank: full.finetune.loraRank,
+    },
+    ms: {
+      encode: encodeMs,
+      embedding,
+      finetune,
+      render,
+      decode: decodeMs,
+      grid: gridMs,
+      firstGrid,
+      cachedVariants,
+    },
+    stateBytes: stateBytes.length,
+  };
+  const sec = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  out(
+    `${name.padEnd(8)} embedding ${full.embedding.steps}×b${full.embedding.batch} ${sec(embedding.warm)} (${embedding.perStep.toFixed(0)} ms/step, first ${sec(embedding.first)})  ` +
+      `fine-tune ${full.finetune.steps}×b${full.finetune.batch} ${sec(finetune.warm)} (${finetune.perStep.toFixed(0)} ms/step, first ${sec(finetune.first)})  ` +
+      `render 4 seeds × ${preset.render.steps} ${sec(render.warm + tail)} (${render.perStep.toFixed(0)} ms/step)\n` +
+      `         photo → first 4-seed grid: ${sec(firstGrid.warm)} warm, ${sec(firstGrid.cold)} cold (incl. session builds);  ` +
+      `4 new variants from the cached state: ${sec(cachedVariants)};  state ${(stateBytes.length / 1024 ** 2).toFixed(1)} MiB` +
+      (gridMs === undefined ? "  (no sharp here: grid PNGs not timed)" : ""),
+  );
+  return row;
+}
+
+/** Training-step cost per sample at several timestep batches: the embedding stage's gradient. */
+async function benchBatches(sd: StableDiffusion, size: number, batches: number[], out: (s: string) => void) {
+  const ls = sd.latentSize(size);
+  const per = sd.latentChannels * ls * ls;
+  const context = await sd.encodeText(["a photo of a cat"]);
+  const rows = [];
+  for (const b of batches) {
+    const latents0 = new Float32Array(b * per).fill(0.1);
+    const noise = new Float32Array(b * per).map((_, i) => Math.sin(i));
+    const t = Array.from({ length: b }, (_, i) => 100 + ((i * 211) % 800));
+    const times: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const s0 = performance.now();
+      await sd.lossAndGrads({ latents0, noise, t, context, wrt: ["context"] });
+      times.push(performance.now() - s0);
+    }
+    const steady = times.slice(1).sort((x, y) => x - y);
+    const median = steady[Math.floor(steady.length / 2)] as number;
+    rows.push({ batch: b, firstMs: times[0], medianMs: median, perSampleMs: median / b });
+    out(`embedding step, batch ${b}: ${median.toFixed(0)} ms (${(median / b).toFixed(0)} ms per timestep)`);
+  }
+  return rows;
+}
+
+export function imagicBenchCommand(): Command {
+  return new Command("imagic")
+    .description(
+      "Imagic on SD 1.5 shapes with random weights: stage times, photo → first grid, cached renders",
+    )
+    .addOption(
+      new Option("--device <device>", "execution provider")
+        .choices(["auto", "cpu", "webgpu", "cuda"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--dtype <dtype>", "UNet compute dtype for sampling (auto: fp16 on a GPU)")
+        .choices(["auto", "fp32", "fp16"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--preset <name>", "preset to time").choices([...PRESET_NAMES, "all"]).default("all"),
+    )
+    .option("--steps-scale <f>", "run this fraction of every stage's steps (≥ 3 each) and extrapolate", "1")
+    .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
+    .option("--size <pixels>", "image side (default 512; 64 with --tiny)")
+    .option("--batches <list>", "timestep batches to time one training step at", "1,2,4")
+    .option("--json <file>", "also write the results as JSON")
+    .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)")
+    .action(async (f: Flags) => {
+      const scale = Number(f.stepsScale);
+      if (!(scale > 0 && scale <= 1))
+        throw new UserFacingError(`--steps-scale must be in (0, 1], got ${f.stepsScale}`);
+      const size = f.size ? Number(f.size) : f.tiny ? 64 : 512;
+      if (!Number.isInteger(size) || size < 64 || size % 64 !== 0) {
+        throw new UserFacingError(`--size must be a multiple of 64, got ${f.size}`);
+      }
+      const batches = f.batches.split(",").map(Number);
+      if (batches.some((b) => !Number.isInteger(b) || b < 1 || b > 16)) {
+        throw new UserFacingError(`--batches must list whole numbers from 1 to 16, got ${f.batches}`);
+      }
+      const out = (s: string) => process.stdout.write(`${s}\n`);
+      const shapes = f.tiny ? tinyShapes(size) : sd15Shapes(size);
+      const gpu = watchGpuMemory();
+      const l0 = performance.now();
+      const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
+      out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
+      const sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
+        device: f.device,
+        dtype: f.dtype,
+      });
+      out(
+        `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
+          `training fp32, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}`,
+      );
+      try {
+        const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
+        const rows = [];
+        for (const p of presets) rows.push(await benchPreset(sd, p, size, scale, out));
+        const batchRows = await benchBatches(sd, size, batches, out);
+        const peakMiB = gpu.stop();
+        if (peakMiB !== undefined)
+          out(`peak GPU memory (nvidia-smi, whole device): ${(peakMiB / 1024).toFixed(1)} GiB`);
+        if (f.json) {
+          const result = {
+            benchmark: "imagic",
+            device: sd.device,
+            dtype: f.dtype,
+            size,
+            tiny: f.tiny,
+            stepsScale: scale,
+            loadMs: performance.now() - l0,
+            presets: rows,
+            batches: batchRows,
+            peakGpuMiB: peakMiB,
+          };
+          writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
+        }
+      } finally {
+        gpu.stop();
+        await sd.release();
+      }
+    });
+}
