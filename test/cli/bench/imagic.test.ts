@@ -1,0 +1,50 @@
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { describe, expect, it } from "vitest";
+import { runCli } from "../run-cli.js";
+
+describe("bench imagic", () => {
+  it("runs the whole Imagic path on a random-weight checkpoint and extrapolates full schedules", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "bench-imagic-"));
+    const json = path.join(dir, "result.json");
+    const model = path.join(dir, "model");
+    const r = await runCli([
+      "bench",
+      "imagic",
+      "--tiny",
+      "--device",
+      "cpu",
+      "--preset",
+      "fast",
+      "--steps-scale",
+      "0.01",
+      "--batches",
+      "1,2",
+      "--model-dir",
+      model,
+      "--json",
+      json,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/photo → first 4-seed grid: [\d.]+ s warm/);
+    expect(readdirSync(model).sort()).toEqual(
+      [".complete", "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"].sort(),
+    );
+    const result = JSON.parse(readFileSync(json, "utf8"));
+    const [row] = result.presets;
+    expect(row.preset).toBe("fast");
+    // 1 % of the fast preset's 50 + 75 steps and 25 DDIM steps is below the floor of 3 steps per stage.
+    expect(row.ran).toEqual({ embedding: 3, finetune: 3, render: 3 });
+    for (const stage of ["embedding", "finetune", "render"]) {
+      const s = row.ms[stage];
+      const steps = row.steps[stage];
+      expect(s.perStep).toBeGreaterThan(0);
+      expect(s.warm).toBeCloseTo(steps * s.perStep, 6);
+      expect(s.cold).toBeCloseTo(s.first + (steps - 1) * s.perStep, 6);
+    }
+    expect(row.ms.firstGrid.cold).toBeGreaterThan(row.ms.firstGrid.warm);
+    expect(row.ms.cachedVariants).toBeGreaterThan(0);
+    expect(result.batches.map((b: { batch: number }) => b.batch)).toEqual([1, 2]);
+  }, 150_000);
+});
