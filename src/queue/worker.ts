@@ -234,6 +234,8 @@ export class EngineWorker {
     }
 
     const started = performance.now();
+    // A run of this job on this worker whose completion BullMQ refused (lock lost) is superseded.
+    this.finishing.delete(jobId);
     const abort = signal ?? new AbortController().signal;
     this.running.set(jobId, { userId: payload.userId, jobId });
     this.options.observer?.jobStarted?.(name);
