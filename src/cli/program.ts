@@ -3,6 +3,7 @@ import { appConfig } from "../config.js";
 import { configureLogger } from "../log.js";
 import { benchCommand } from "./bench/index.js";
 import { botCommand } from "./bot.js";
+import { demoCommand } from "./demo.js";
 import { editCommand } from "./edit/index.js";
 import { engineCommand } from "./engine.js";
 import { startCommand } from "./start.js";
@@ -10,6 +11,7 @@ import { startCommand } from "./start.js";
 /** Subcommands, each built by its own file (CONTRACTS.md §0). */
 const SUBCOMMANDS: Array<() => Command> = [
   startCommand,
+  demoCommand,
   botCommand,
   engineCommand,
   editCommand,
