@@ -8,7 +8,7 @@ import type { Redis } from "ioredis";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "../queue/blobs.js";
-import { parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
+import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
 import { chatImageLimits, checkDeclared, fetchImage, type ImageLimits } from "./attachments.js";
 import type {
@@ -43,6 +43,8 @@ export interface ChatCommandsOptions {
   /** Operator settings merged under every /imagic request's options (steps, size, guidance…). */
   imagicDefaults?: Partial<ImagicTrainOptions>;
   etaSweep?: readonly number[];
+  /** How often a waiting job's queue position is refreshed on its progress message (default 15 s). */
+  positionRefreshMs?: number;
 }
 
 type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
@@ -57,6 +59,8 @@ export class ChatCommands {
   private readonly log;
   /** Last preview shown per progress message, so an unchanged preview is not uploaded again. */
   private readonly previews = new Map<string, string>();
+  /** Position refreshers of waiting jobs this process enqueued, by job id. */
+  private readonly waiting = new Map<string, NodeJS.Timeout>();
   private readonly listeners: { [K in keyof Events]: (event: Events[K]) => void };
 
   constructor(private readonly options: ChatCommandsOptions) {
@@ -90,6 +94,8 @@ export class ChatCommands {
     this.queue.events.off("progress", this.listeners.progress);
     this.queue.events.off("completed", this.listeners.completed);
     this.queue.events.off("failed", this.listeners.failed);
+    for (const timer of this.waiting.values()) clearInterval(timer);
+    this.waiting.clear();
     this.throttle.stop();
   }
 
@@ -194,9 +200,7 @@ export class ChatCommands {
     try {
       const { jobId, position } = await this.queue.enqueue(job.name, job.payload(origin));
       this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
-      this.throttle.schedule(progress.id, () =>
-        this.adapter.editMessage(progress, { text: `${positionText(position)}${note}` }),
-      );
+      this.showPosition(jobId, progress, position, note);
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
@@ -216,7 +220,7 @@ export class ChatCommands {
       // A removed job never runs, so no `failed` event will update its progress message: do it here.
       const origin = (job?.data as { origin?: ChatOrigin } | undefined)?.origin;
       if (outcome === "removed" && origin?.message) {
-        await this.finishProgress(this.progressRef(origin), "🛑 Cancelled before it started.");
+        await this.finishProgress(jobId, this.progressRef(origin), "🛑 Cancelled before it started.");
       }
     }
     await reply.private(lines.join("\n"));
@@ -234,6 +238,41 @@ export class ChatCommands {
     await reply.private(fitText(lines.join("\n"), this.adapter.limits.maxTextLength));
   }
 
+  /**
+   * Shows where a new job stands and, while it waits, refreshes its place in line until it starts
+   * (its first progress event) or ends.
+   */
+  private showPosition(jobId: string, ref: MessageRef, position: JobPosition, note: string): void {
+    const show = (p: JobPosition) =>
+      this.throttle.schedule(ref.id, () =>
+        this.adapter.editMessage(ref, { text: `${positionText(p)}${note}` }),
+      );
+    show(position);
+    if (position.state === "active") return;
+    let last = positionText(position);
+    const timer = setInterval(() => {
+      void this.queue
+        .position(jobId)
+        .then((now) => {
+          if (!this.waiting.has(jobId)) return;
+          if (now.state !== "waiting" && now.state !== "waiting-for-concept" && now.state !== "delayed") {
+            this.stopWatching(jobId);
+          } else if (positionText(now) !== last) {
+            last = positionText(now);
+            show(now);
+          }
+        })
+        .catch((err: unknown) => this.log.warn({ err, jobId }, "queue position lookup failed"));
+    }, this.options.positionRefreshMs ?? 15_000);
+    timer.unref();
+    this.waiting.set(jobId, timer);
+  }
+
+  private stopWatching(jobId: string): void {
+    clearInterval(this.waiting.get(jobId));
+    this.waiting.delete(jobId);
+  }
+
   // ── queue events ──────────────────────────────────────────────────────────────────────────────
 
   private progressRef(origin: ChatOrigin): MessageRef {
@@ -244,7 +283,8 @@ export class ChatCommands {
     return origin.thread ? { channel: origin.channel, thread: origin.thread } : { channel: origin.channel };
   }
 
-  private onProgress({ name, data, progress }: Events["progress"]): void {
+  private onProgress({ jobId, name, data, progress }: Events["progress"]): void {
+    this.stopWatching(jobId);
     const ref = this.progressRef(data.origin);
     if (!ref.id) return;
     this.throttle.schedule(ref.id, async () => {
@@ -262,11 +302,18 @@ export class ChatCommands {
     });
   }
 
-  private async finishProgress(ref: MessageRef, text: string): Promise<void> {
+  /** The job's last word on its progress message; the result is posted even if this edit fails. */
+  private async finishProgress(jobId: string, ref: MessageRef, text: string): Promise<void> {
+    this.stopWatching(jobId);
     if (!ref.id) return;
     await this.throttle.settle(ref.id);
     this.previews.delete(ref.id);
-    await this.adapter.editMessage(ref, { text, images: [] });
+    try {
+      await this.adapter.editMessage(ref, { text, images: [] });
+    } catch (err) {
+      // Deleted by a moderator, or the bot lost access to it: the result goes out regardless.
+      this.log.warn({ err, jobId, message: ref.id }, "could not update the progress message");
+    }
   }
 
   private async onFailed({ jobId, name, data, message, cancelled }: Events["failed"]): Promise<void> {
@@ -276,6 +323,7 @@ export class ChatCommands {
     this.log.info({ jobId, name, cancelled }, "job failed");
     const text = cancelled ? "🛑 Cancelled." : `❌ ${message}`;
     await this.finishProgress(
+      jobId,
       this.progressRef(data.origin),
       fitText(text, this.adapter.limits.maxTextLength),
     );
@@ -289,7 +337,7 @@ export class ChatCommands {
       case "imagic.train": {
         const payload = event.data as unknown as JobInput<"imagic.train">;
         const result = event.result as JobResult<"imagic.train">;
-        await this.finishProgress(this.progressRef(data.origin), "✅ Fine-tuned on your photo.");
+        await this.finishProgress(jobId, this.progressRef(data.origin), "✅ Fine-tuned on your photo.");
         await this.offer(result.gridBlobId, {
           kind: "seed",
           command: "imagic",
@@ -305,7 +353,7 @@ export class ChatCommands {
       }
       case "imagic.render": {
         const result = event.result as JobResult<"imagic.render">;
-        await this.finishProgress(this.progressRef(data.origin), "✅ Rendered.");
+        await this.finishProgress(jobId, this.progressRef(data.origin), "✅ Rendered.");
         await this.offer(result.gridBlobId, {
           kind: "final",
           command: "imagic",
@@ -319,7 +367,7 @@ export class ChatCommands {
       case "swap.edit": {
         const payload = event.data as unknown as JobInput<"swap.edit">;
         const result = event.result as JobResult<"swap.edit">;
-        await this.finishProgress(this.progressRef(data.origin), "✅ Swapped.");
+        await this.finishProgress(jobId, this.progressRef(data.origin), "✅ Swapped.");
         await this.offer(result.gridBlobId, {
           kind: "final",
           command: "swap",
@@ -445,10 +493,8 @@ export class ChatCommands {
       30 * 86_400,
     );
     try {
-      const { position } = await this.queue.enqueue("imagic.render", payload);
-      this.throttle.schedule(progress.id, () =>
-        this.adapter.editMessage(progress, { text: positionText(position) }),
-      );
+      const { jobId, position } = await this.queue.enqueue("imagic.render", payload);
+      this.showPosition(jobId, progress, position, "");
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });

@@ -7,7 +7,7 @@ import { opt, type World, world } from "./support.js";
 
 let w: World;
 beforeAll(async () => {
-  w = await world();
+  w = await world({ positionRefreshMs: 200 });
   await w.startBot();
 });
 afterAll(() => w.close());
@@ -89,5 +89,30 @@ describe("/imagic", () => {
     // waits Retry-After (every reaction is there, above). Progress edits and posts never hit a limit.
     const refused = w.fake.requests.filter((r) => r.status >= 400);
     expect(refused.filter((r) => !(r.status === 429 && r.route.includes("/reactions/")))).toEqual([]);
+  });
+
+  it("shows a waiting job's place in line and keeps it current until the job starts", async () => {
+    const first = w.fake.addTextChannel("first");
+    const second = w.fake.addTextChannel("second");
+    const threadA = await w.thread(w.imagic(first));
+    const photo = w.photo();
+    const interaction = w.fake.runCommand({
+      name: "imagic",
+      user: w.other,
+      channel: second,
+      options: [opt.attachment("image", photo), opt.string("prompt", "a photo of a dog")],
+      attachments: [photo],
+    });
+    const threadB = await w.thread(interaction);
+    const waitingB = await w.fake.waitFor("position 2", () =>
+      w.posted(threadB).find((m) => m.content.startsWith("🕒 Imagic fine-tune: queued, position 2")),
+    );
+    expect(w.posted(threadA)[0]?.content).toMatch(/^🕒 Imagic fine-tune: next in line/);
+
+    await w.worker(lightweightPipelines({ steps: 20, stepMs: 100 }));
+    await w.fake.waitFor("B moves up", () =>
+      waitingB.content.startsWith("🕒 Imagic fine-tune: next in line"),
+    );
+    await w.fake.waitFor("A runs", () => w.posted(threadA)[0]?.content.startsWith("⏳"));
   });
 });

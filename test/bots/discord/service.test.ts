@@ -30,7 +30,11 @@ describe("discordService", () => {
     );
     try {
       expect(fake.connectedBots).toBe(1);
-      const interaction = fake.runCommand({ name: "help", user: fake.user("ann"), channel: fake.addTextChannel("c") });
+      const interaction = fake.runCommand({
+        name: "help",
+        user: fake.user("ann"),
+        channel: fake.addTextChannel("c"),
+      });
       await fake.waitFor("the /help answer", () => interaction.originalId);
     } finally {
       await service.stop();

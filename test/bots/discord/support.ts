@@ -51,6 +51,7 @@ export interface WorldOptions {
   fake?: FakeDiscordOptions;
   limits?: Partial<ChatLimits>;
   commands?: ChatCommandsOptions["imagicDefaults"];
+  positionRefreshMs?: number;
   /** How long to wait for each thing the bot should do (default 30 s). */
   timeoutMs?: number;
 }
@@ -83,7 +84,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
         blobs: h.blobs,
         redis: h.redis.client(),
         limits: { minEditIntervalMs: 500, ...options.limits },
-        ...(options.commands ? { commands: { imagicDefaults: options.commands } } : {}),
+        commands: { imagicDefaults: options.commands, positionRefreshMs: options.positionRefreshMs },
       });
       return bot;
     },
