@@ -27,6 +27,7 @@ import {
 import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
 import { createSession, type Device, type HostTensor, resolveDevice } from "../../engine/runtime/index.js";
+import { UserFacingError } from "../../errors.js";
 
 interface Shapes {
   unet: UNetConfig;
@@ -130,6 +131,8 @@ const f32 = (shape: number[], seed: number, scale = 1): HostTensor => {
 };
 
 interface Case {
+  /** Short name for --only. */
+  id: string;
   name: string;
   dtype: ComputeDType;
   build: (weights: ReturnType<typeof randomWeights>) => {
@@ -154,6 +157,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
   });
   return [
     {
+      id: "text",
       name: "text encoder (batch 1)",
       dtype: "float32",
       build: (w) => ({
@@ -168,6 +172,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
       }),
     },
     {
+      id: "unet",
       name: "UNet CFG step (batch 2)",
       dtype: unetDtype,
       build: (w) => ({
@@ -180,6 +185,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
       }),
     },
     {
+      id: "vae-encode",
       name: `VAE encode (${s.size}²)`,
       dtype: "float32",
       build: (w) => ({
@@ -188,6 +194,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
       }),
     },
     {
+      id: "vae-decode",
       name: `VAE decode (${ls}² latents)`,
       dtype: "float32",
       build: (w) => ({
@@ -196,6 +203,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
       }),
     },
     {
+      id: "loss-context",
       name: "loss + d/d context (batch 1)",
       dtype: "float32",
       build: (w) => {
@@ -211,6 +219,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
       },
     },
     {
+      id: "loss-lora",
       name: "loss + d/d LoRA r=16 (batch 1)",
       dtype: "float32",
       build: (w) => {
@@ -229,6 +238,8 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
   ];
 }
 
+const CASE_IDS = ["text", "unet", "vae-encode", "vae-decode", "loss-context", "loss-lora"];
+
 function loraModules(lora: LoraInputs) {
   return [...lora.modules].map(([path, m]) => ({ path, inF: m.inF, outF: m.outF }));
 }
@@ -244,13 +255,14 @@ export async function runSdBench(opts: {
   dtype: ComputeDType;
   shapes: Shapes;
   runs: number;
-  only?: string;
+  /** Case ids to run (all when absent). */
+  only?: readonly string[];
   log?: (line: string) => void;
 }): Promise<{ device: string; rows: BenchRow[] }> {
   const device = await resolveDevice(opts.device);
   const rows: BenchRow[] = [];
   for (const c of cases(opts.shapes, opts.dtype)) {
-    if (opts.only && !c.name.toLowerCase().includes(opts.only.toLowerCase())) continue;
+    if (opts.only && !opts.only.includes(c.id)) continue;
     opts.log?.(`… ${c.name}`);
     const weights = randomWeights();
     const t0 = performance.now();
@@ -303,7 +315,9 @@ export function sdBenchCommand(): Command {
     .option("--tiny", "toy-width networks at 64² (a quick CPU smoke run)", false)
     .option("--size <pixels>", "image side (512 for SD 1.5)", (v) => Number.parseInt(v, 10))
     .option("--runs <n>", "timed runs per case after the first", (v) => Number.parseInt(v, 10), 5)
-    .option("--only <text>", "run only the cases whose name contains this")
+    .option("--only <ids>", `run only these cases, comma-separated: ${CASE_IDS.join(", ")}`, (v) =>
+      v.split(","),
+    )
     .option("--json <file>", "also write the results as JSON")
     .action(
       async (o: {
@@ -312,14 +326,20 @@ export function sdBenchCommand(): Command {
         tiny: boolean;
         size?: number;
         runs: number;
-        only?: string;
+        only?: string[];
         json?: string;
       }) => {
+        const unknown = o.only?.filter((id) => !CASE_IDS.includes(id)) ?? [];
+        if (unknown.length > 0) {
+          throw new UserFacingError(
+            `--only: unknown case ${unknown.join(", ")} (one of ${CASE_IDS.join(", ")})`,
+          );
+        }
         if (o.size !== undefined && (!Number.isInteger(o.size) || o.size < 64 || o.size % 64 !== 0)) {
-          throw new Error(`--size must be a multiple of 64 (≥ 64), got ${o.size}`);
+          throw new UserFacingError(`--size must be a multiple of 64 (≥ 64), got ${o.size}`);
         }
         if (!Number.isInteger(o.runs) || o.runs < 1)
-          throw new Error(`--runs must be a whole number ≥ 1, got ${o.runs}`);
+          throw new UserFacingError(`--runs must be a whole number ≥ 1, got ${o.runs}`);
         const shapes = o.tiny ? tinyShapes(o.size) : sd15Shapes(o.size);
         const out = (line: string) => process.stdout.write(`${line}\n`);
         out(
