@@ -234,28 +234,49 @@ async function benchPreset(
   return row;
 }
 
-/** Training-step cost per sample at several timestep batches: the embedding stage's gradient. */
+/** Median of runs 2…5 of `fn` (the first builds the session), and the first run. */
+async function timeRuns(fn: () => Promise<unknown>): Promise<{ firstMs: number; medianMs: number }> {
+  const times: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const s0 = performance.now();
+    await fn();
+    times.push(performance.now() - s0);
+  }
+  const steady = times.slice(1).sort((x, y) => x - y);
+  return { firstMs: times[0] as number, medianMs: steady[Math.floor(steady.length / 2)] as number };
+}
+
+/**
+ * Cost per item at several batches: a training step (the embedding gradient) per timestep, and a guided
+ * sampling step per image (each image is 2 UNet items with classifier-free guidance).
+ */
 async function benchBatches(sd: StableDiffusion, size: number, batches: number[], out: (s: string) => void) {
   const ls = sd.latentSize(size);
   const per = sd.latentChannels * ls * ls;
   const context = await sd.encodeText(["a photo of a cat"]);
-  const rows = [];
+  const training = [];
   for (const b of batches) {
     const latents0 = new Float32Array(b * per).fill(0.1);
     const noise = new Float32Array(b * per).map((_, i) => Math.sin(i));
     const t = Array.from({ length: b }, (_, i) => 100 + ((i * 211) % 800));
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      const s0 = performance.now();
-      await sd.lossAndGrads({ latents0, noise, t, context, wrt: ["context"] });
-      times.push(performance.now() - s0);
-    }
-    const steady = times.slice(1).sort((x, y) => x - y);
-    const median = steady[Math.floor(steady.length / 2)] as number;
-    rows.push({ batch: b, firstMs: times[0], medianMs: median, perSampleMs: median / b });
-    out(`embedding step, batch ${b}: ${median.toFixed(0)} ms (${(median / b).toFixed(0)} ms per timestep)`);
+    const r = await timeRuns(() => sd.lossAndGrads({ latents0, noise, t, context, wrt: ["context"] }));
+    training.push({ batch: b, ...r, perSampleMs: r.medianMs / b });
+    out(
+      `embedding step, ${b} timestep(s): ${r.medianMs.toFixed(0)} ms (${(r.medianMs / b).toFixed(0)} ms per timestep)`,
+    );
   }
-  return rows;
+  const sampling = [];
+  for (const images of [1, 4]) {
+    const latents = new Float32Array(2 * images * per).map((_, i) => Math.cos(i));
+    const contexts = new Float32Array(2 * images * context.length);
+    for (let i = 0; i < 2 * images; i++) contexts.set(context, i * context.length);
+    const r = await timeRuns(() => sd.predictNoise(latents, 500, contexts));
+    sampling.push({ images, ...r, perImageMs: r.medianMs / images });
+    out(
+      `guided sampling step, ${images} image(s): ${r.medianMs.toFixed(0)} ms (${(r.medianMs / images).toFixed(0)} ms per image)`,
+    );
+  }
+  return { training, sampling };
 }
 
 export function imagicBenchCommand(): Command {
@@ -326,7 +347,7 @@ export function imagicBenchCommand(): Command {
             stepsScale: scale,
             loadMs: performance.now() - l0,
             presets: rows,
-            batches: batchRows,
+            ...batchRows,
             peakGpuMiB: peakMiB,
           };
           writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);

@@ -45,6 +45,7 @@ describe("bench imagic", () => {
     }
     expect(row.ms.firstGrid.cold).toBeGreaterThan(row.ms.firstGrid.warm);
     expect(row.ms.cachedVariants).toBeGreaterThan(0);
-    expect(result.batches.map((b: { batch: number }) => b.batch)).toEqual([1, 2]);
+    expect(result.training.map((b: { batch: number }) => b.batch)).toEqual([1, 2]);
+    expect(result.sampling.map((b: { images: number }) => b.images)).toEqual([1, 4]);
   }, 150_000);
 });
