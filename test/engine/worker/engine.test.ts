@@ -1,13 +1,21 @@
 // The engine process end to end on the tiny fixture checkpoint: real Imagic training and rendering
 // through the queue, health/readiness/metrics over HTTP, job types without a pipeline refused.
-import net from "node:net";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../../src/config.js";
 import { type RunningEngine, startEngine } from "../../../src/engine/worker/index.js";
 import type { QueueClient, QueueClientEvents } from "../../../src/queue/client.js";
 import type { JobResult } from "../../../src/queue/jobs.js";
-import { FAST, type Harness, harness, origin, PHOTO, PHOTO2, until } from "../../queue/support/setup.js";
+import {
+  FAST,
+  freePort,
+  type Harness,
+  harness,
+  origin,
+  PHOTO,
+  PHOTO2,
+  until,
+} from "../../queue/support/setup.js";
 
 const config = loadConfig(
   { ENGINE_DEVICE: "cpu", ENGINE_DTYPE: "fp32", ENGINE_HTTP_PORT: "0", LOG_LEVEL: "silent" },
@@ -44,14 +52,6 @@ afterAll(async () => {
   await engine?.stop();
   await h.close();
 });
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 async function get(path: string): Promise<{ status: number; body: string }> {
   const res = await fetch(`${base}${path}`);
