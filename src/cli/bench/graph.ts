@@ -4,10 +4,18 @@
  * differentiated w.r.t. the input and every weight), on the chosen provider. Weights are random (timings
  * do not depend on their values). `--small` shrinks the shapes for a quick CPU run.
  */
-import { writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { Command, Option } from "commander";
 import * as G from "../../engine/graph/index.js";
-import { createSession, type Device, type HostTensor, resolveDevice } from "../../engine/runtime/index.js";
+import {
+  createSession,
+  type Device,
+  type HostTensor,
+  type ProfileRow,
+  resolveDevice,
+  summarizeProfile,
+} from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 
 type Dtype = "fp32" | "fp16";
@@ -121,6 +129,8 @@ export interface GraphBenchRow {
   runs: number;
   gflop: number;
   tflops: number;
+  /** With --profile: kernel time per op type and provider, per run (first run included). */
+  profile?: ProfileRow[];
 }
 
 function median(xs: number[]): number {
@@ -134,6 +144,8 @@ export async function runGraphBench(opts: {
   dtype: Dtype;
   sizes: Sizes;
   runs: number;
+  /** Folder for onnxruntime profiles (one per case); timings then include the profiler's overhead. */
+  profileDir?: string;
   log?: (line: string) => void;
 }): Promise<{ device: string; rows: GraphBenchRow[] }> {
   const device = await resolveDevice(opts.device);
@@ -155,7 +167,10 @@ export async function runGraphBench(opts: {
           g.output(`grad${i}`, gr);
         });
       } else g.output("y", y);
-      const session = await createSession(g, { device });
+      const slug = `${w.name.split(" ")[0]}-${backward ? "fwd-bwd" : "fwd"}`;
+      if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
+      const profile = opts.profileDir ? join(opts.profileDir, slug) : undefined;
+      const session = await createSession(g, { device, ...(profile ? { profile } : {}) });
       const createMs = performance.now() - t0;
       const x = randomValues(G.numel(input.shape), 1, 99);
       const feeds: Record<string, HostTensor> = {
@@ -170,6 +185,7 @@ export async function runGraphBench(opts: {
         await session.run(feeds);
         times.push(performance.now() - t);
       }
+      const profileFile = session.endProfiling();
       await session.release();
       // Backward costs two matmul-sized products per forward one (input and weight gradients).
       const flops = backward ? 3 * w.flops : w.flops;
@@ -186,8 +202,17 @@ export async function runGraphBench(opts: {
         gflop: flops / 1e9,
         tflops: flops / (med / 1e3) / 1e12,
       };
+      if (profileFile) {
+        const per = opts.runs + 1;
+        row.profile = summarizeProfile(profileFile).map((p) => ({ ...p, ms: p.ms / per }));
+      }
       rows.push(row);
       opts.log?.(formatRow(row));
+      for (const p of row.profile?.slice(0, 8) ?? []) {
+        opts.log?.(
+          `    ${p.op.padEnd(28)} ${p.provider.padEnd(8)} ${String(p.nodes).padStart(4)} nodes ${p.ms.toFixed(2).padStart(10)} ms/run`,
+        );
+      }
     }
   }
   return { device, rows };
@@ -218,25 +243,45 @@ export function graphBenchCommand(): Command {
     )
     .option("--runs <n>", "timed runs per case after the first", (v) => Number.parseInt(v, 10), 5)
     .option("--json <file>", "also write the results as JSON")
-    .action(async (o: { device: Device; dtype: Dtype; small: boolean; runs: number; json?: string }) => {
-      if (!Number.isInteger(o.runs) || o.runs < 1)
-        throw new UserFacingError(`--runs must be a whole number ≥ 1, got ${o.runs}`);
-      const sizes = o.small ? SMALL : SD;
-      const out = (line: string) => process.stdout.write(`${line}\n`);
-      out(`bench graph: ${o.small ? "small" : "SD-sized"} shapes, ${o.dtype}, device ${o.device}`);
-      out(HEADER);
-      const result = await runGraphBench({ device: o.device, dtype: o.dtype, sizes, runs: o.runs, log: out });
-      out(`device: ${result.device}`);
-      if (o.json) {
-        const doc = {
-          date: new Date().toISOString(),
-          device: result.device,
+    .option(
+      "--profile <dir>",
+      "profile each case with onnxruntime (files in <dir>) and print time per op and provider",
+    )
+    .action(
+      async (o: {
+        device: Device;
+        dtype: Dtype;
+        small: boolean;
+        runs: number;
+        json?: string;
+        profile?: string;
+      }) => {
+        if (!Number.isInteger(o.runs) || o.runs < 1)
+          throw new UserFacingError(`--runs must be a whole number ≥ 1, got ${o.runs}`);
+        const sizes = o.small ? SMALL : SD;
+        const out = (line: string) => process.stdout.write(`${line}\n`);
+        out(`bench graph: ${o.small ? "small" : "SD-sized"} shapes, ${o.dtype}, device ${o.device}`);
+        out(HEADER);
+        const result = await runGraphBench({
+          device: o.device,
           dtype: o.dtype,
           sizes,
-          rows: result.rows,
-        };
-        writeFileSync(o.json, `${JSON.stringify(doc, null, 2)}\n`);
-        out(`wrote ${o.json}`);
-      }
-    });
+          runs: o.runs,
+          ...(o.profile ? { profileDir: o.profile } : {}),
+          log: out,
+        });
+        out(`device: ${result.device}`);
+        if (o.json) {
+          const doc = {
+            date: new Date().toISOString(),
+            device: result.device,
+            dtype: o.dtype,
+            sizes,
+            rows: result.rows,
+          };
+          writeFileSync(o.json, `${JSON.stringify(doc, null, 2)}\n`);
+          out(`wrote ${o.json}`);
+        }
+      },
+    );
 }

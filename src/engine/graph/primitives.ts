@@ -216,10 +216,12 @@ function convWeightGrad(x: Tensor, gy: Tensor, wShape: readonly number[], a: Con
       );
       // [G, Cgi, N·P] (a plain reshape for N = 1); the matmul's transposed operand fuses into it.
       const xs2 = reshape(transpose(reshape(xs, [N, G, Cin / G, P]), [1, 2, 0, 3]), [G, Cgi, N * P]);
-      parts.push(reshape(matmul(g2, swapLast2(xs2)), [G, Cgo, Cgi, 1]));
+      parts.push(reshape(matmul(g2, swapLast2(xs2)), [1, G, Cgo, Cgi]));
     }
   }
-  return reshape(parts.length === 1 ? (parts[0] as Tensor) : concat(parts, 3), [Cout, Cgi, KH, KW]);
+  // Stacked along a new leading axis (contiguous copies), then the offsets moved last.
+  const stacked = parts.length === 1 ? (parts[0] as Tensor) : concat(parts, 0);
+  return reshape(transpose(stacked, [1, 2, 3, 0]), [Cout, Cgi, KH, KW]);
 }
 
 function convOut(size: number, k: number, s: number, d: number, p0: number, p1: number): number {

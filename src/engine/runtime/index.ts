@@ -7,6 +7,7 @@ export {
   probeDevice,
   resolveDevice,
 } from "./device.js";
+export { latestProfile, type ProfileRow, summarizeProfile } from "./profile.js";
 export {
   createSession,
   type HostData,

@@ -19,6 +19,7 @@ import {
 import type { Graph } from "../graph/graph.js";
 import { type ConcreteDevice, type Device, resolveDevice } from "./device.js";
 import { ort } from "./ort.js";
+import { latestProfile } from "./profile.js";
 
 const log = childLogger("runtime");
 
@@ -35,6 +36,8 @@ export interface SessionOptions {
   fuse?: boolean;
   /** Unkeyed graphs with more weight bytes than this load through external data (default 1 GiB). */
   inlineLimitBytes?: number;
+  /** Turns on onnxruntime's profiler, writing `<profile>_<timestamp>.json` (see `endProfiling`). */
+  profile?: string;
 }
 
 export interface Session {
@@ -45,6 +48,8 @@ export interface Session {
   readonly outputs: readonly ValueSpec[];
   /** Runs the graph. Feeds the graph does not use (pruned inputs) are ignored. */
   run(feeds: Record<string, HostTensor>): Promise<Record<string, HostTensor>>;
+  /** Stops the profiler (sessions created with `profile`) and returns the file it wrote. */
+  endProfiling(): string | undefined;
   release(): Promise<void>;
 }
 
@@ -62,11 +67,12 @@ const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
 
 const open = new Set<Session>();
 
-function sessionOptions(device: ConcreteDevice): ort.InferenceSession.SessionOptions {
+function sessionOptions(device: ConcreteDevice, profile?: string): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: [device],
     graphOptimizationLevel: "all",
     logSeverityLevel: 3,
+    ...(profile ? { enableProfiling: true, profileFilePrefix: profile } : {}),
   };
 }
 
@@ -95,7 +101,7 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
   const device = await resolveDevice(opts.device);
   const emitted = emitGraph(graph, { device, fuse: opts.fuse ?? true });
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
-  const options = sessionOptions(device);
+  const options = sessionOptions(device, opts.profile);
   const started = Date.now();
   let ortSession: ort.InferenceSession;
   if (opts.cacheKey)
@@ -145,6 +151,11 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
         out[spec.name] = { dtype: spec.dtype, shape: [...r.dims], data: r.data as HostData };
       }
       return out;
+    },
+    endProfiling() {
+      if (!opts.profile) return undefined;
+      ortSession.endProfiling();
+      return latestProfile(opts.profile);
     },
     async release() {
       if (released) return;

@@ -8,6 +8,7 @@ import {
   DeviceUnavailableError,
   releaseAllSessions,
   resolveDevice,
+  summarizeProfile,
 } from "../../../src/engine/runtime/index.js";
 import { host, randn, relError, rng, values } from "../graph/helpers.js";
 
@@ -100,6 +101,20 @@ describe("sessions", () => {
     expect(values((await external.run(feeds)).y)).toEqual(values((await inline.run(feeds)).y));
     await Promise.all([inline.release(), external.release()]);
     rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it("profiles a session and sums kernel time per op type and provider", async () => {
+    const s = await createSession(linearGraph("profiled", { n: 0 }), {
+      device: "cpu",
+      profile: join(cacheDir, "prof"),
+    });
+    await s.run({ x: host("float32", [2, 32], randn(rng(3), 64)) });
+    const file = s.endProfiling();
+    await s.release();
+    expect(file).toMatch(/prof.*\.json$/);
+    const rows = summarizeProfile(file as string);
+    expect(rows.map((r) => `${r.op}@${r.provider}`)).toContain("MatMul@CPU");
+    expect(rows.every((r) => r.nodes >= 1 && r.ms >= 0)).toBe(true);
   });
 
   it("names the input when a feed is missing or has the wrong shape or array type", async () => {
