@@ -104,9 +104,10 @@ describe("sessions", () => {
   });
 
   it("profiles a session and sums kernel time per op type and provider", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "graph-profile-test-"));
     const s = await createSession(linearGraph("profiled", { n: 0 }), {
       device: "cpu",
-      profile: join(cacheDir, "prof"),
+      profile: join(dir, "prof"),
     });
     await s.run({ x: host("float32", [2, 32], randn(rng(3), 64)) });
     const file = s.endProfiling();
@@ -115,6 +116,7 @@ describe("sessions", () => {
     const rows = summarizeProfile(file as string);
     expect(rows.map((r) => `${r.op}@${r.provider}`)).toContain("MatMul@CPU");
     expect(rows.every((r) => r.nodes >= 1 && r.ms >= 0)).toBe(true);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it("names the input when a feed is missing or has the wrong shape or array type", async () => {
