@@ -2,7 +2,7 @@
 // slash commands, the Slack adapter into modals; the parser (parse.ts) checks values against the same
 // bounds, because a platform's own checks (Discord's min/max) are a convenience, not a guarantee.
 
-import type { JobInput } from "../queue/jobs.js";
+import { LIMITS, PRESET_NAMES } from "../engine/pipelines/imagic-options.js";
 
 export type OptionType = "attachment" | "string" | "number";
 
@@ -23,14 +23,12 @@ export interface CommandDefinition {
   options: readonly OptionDefinition[];
 }
 
-/** The Imagic presets the queue accepts (checked against its payload schema). */
-export const IMAGIC_PRESETS = ["fast", "balanced", "paper"] as const satisfies readonly NonNullable<
-  NonNullable<JobInput<"imagic.train">["options"]>["preset"]
->[];
+/** The Imagic presets (the pipeline's own list, which the queue's payload schema uses too). */
+export const IMAGIC_PRESETS = PRESET_NAMES;
 export const MAX_PROMPT_LENGTH = 500;
 export const MAX_SUBJECT_LENGTH = 64;
 export const MAX_SEEDS = 8;
-export const ETA_RANGE = { min: 0, max: 1.5 } as const;
+export const ETA_RANGE = { min: LIMITS.etaMin, max: LIMITS.etaMax } as const;
 export const MAX_REFERENCES = 5;
 
 const seedsOption: OptionDefinition = {
@@ -69,7 +67,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
       {
         name: "eta",
         type: "number",
-        description: `edit strength η for the first grid, ${ETA_RANGE.min}-${ETA_RANGE.max} (default 0.7)`,
+        description: `edit strength η for the first grid, ${ETA_RANGE.min}-${ETA_RANGE.max} (default: the preset's)`,
         required: false,
         min: ETA_RANGE.min,
         max: ETA_RANGE.max,

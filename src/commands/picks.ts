@@ -18,10 +18,9 @@ export interface PickRecord {
   conversation: Conversation;
   prompt: string;
   choices: Choice[];
-  /** For `seed` picks: the fine-tuned state the sweep renders from, and the render settings. */
+  /** For `seed` picks: the fine-tuned state the sweep renders from, and how the sweep renders. */
   stateBlobId?: string;
-  guidance?: number;
-  steps?: number;
+  sweep?: { etas: number[]; guidance: number; steps: number };
 }
 
 /** Longer than any blob TTL, so an expired pick is recognised as such. */

@@ -5,6 +5,7 @@
 // Everything needed to answer a job travels with the job (its origin: channel, thread, progress
 // message) or sits in Redis (pick records), so a restarted bot carries on where the old one stopped.
 import type { Redis } from "ioredis";
+import { getPreset } from "../engine/pipelines/imagic-options.js";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "../queue/blobs.js";
@@ -28,9 +29,6 @@ import { choiceLine, etaLabel, expiredText, helpText } from "./texts.js";
 import { EditThrottle } from "./throttle.js";
 import { fitUpload } from "./uploads.js";
 
-/** The η values of the sweep a seed pick renders: from a weak to a strong edit. */
-export const ETA_SWEEP = [0.6, 0.8, 1, 1.2, 1.4];
-
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
 
 export interface ChatCommandsOptions {
@@ -42,7 +40,6 @@ export interface ChatCommandsOptions {
   imageLimits?: Partial<ImageLimits>;
   /** Operator settings merged under every /imagic request's options (steps, size, guidance…). */
   imagicDefaults?: Partial<ImagicTrainOptions>;
-  etaSweep?: readonly number[];
   /** How often a waiting job's queue position is refreshed on its progress message (default 15 s). */
   positionRefreshMs?: number;
 }
@@ -346,8 +343,7 @@ export class ChatCommands {
           prompt: payload.prompt,
           choices: result.images,
           stateBlobId: result.stateBlobId,
-          guidance: payload.options?.guidance,
-          steps: payload.options?.steps,
+          sweep: this.sweepSettings(payload.options),
         });
         return;
       }
@@ -412,8 +408,18 @@ export class ChatCommands {
     await this.adapter.addReactions(message, numberEmojis(record.choices.length));
   }
 
+  /** The sweep a seed pick renders: the preset's η values, with the first grid's sampling settings. */
+  private sweepSettings(options: JobInput<"imagic.train">["options"]): NonNullable<PickRecord["sweep"]> {
+    const preset = getPreset(options?.preset ?? "balanced");
+    return {
+      etas: preset.render.etas,
+      guidance: options?.guidance ?? preset.render.guidance,
+      steps: options?.steps ?? preset.render.steps,
+    };
+  }
+
   private offerText(record: PickRecord): string {
-    const sweep = this.options.etaSweep ?? ETA_SWEEP;
+    const sweep = record.sweep?.etas ?? [];
     if (record.kind === "seed") {
       const eta = record.choices[0]?.eta;
       return (
@@ -468,7 +474,7 @@ export class ChatCommands {
       });
       return;
     }
-    const etas = [...(this.options.etaSweep ?? ETA_SWEEP)];
+    const { etas, guidance, steps } = record.sweep ?? this.sweepSettings(undefined);
     const progress = await this.adapter.post(record.conversation, {
       text: `🕒 ${mention} rendering seed ${choice.seed} at ${etas.map(etaLabel).join(", ")}…`,
     });
@@ -483,8 +489,8 @@ export class ChatCommands {
       stateBlobId,
       seeds: [choice.seed],
       etas,
-      ...(record.guidance !== undefined ? { guidance: record.guidance } : {}),
-      ...(record.steps !== undefined ? { steps: record.steps } : {}),
+      guidance,
+      steps,
     };
     await this.options.redis.set(
       renderPromptKey(this.adapter.platform, progress.id),

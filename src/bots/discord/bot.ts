@@ -44,7 +44,7 @@ export interface DiscordBotOptions {
   blobs: BlobStore;
   redis: Redis;
   limits?: Partial<ChatLimits>;
-  commands?: Pick<ChatCommandsOptions, "imagicDefaults" | "etaSweep" | "imageLimits" | "positionRefreshMs">;
+  commands?: Pick<ChatCommandsOptions, "imagicDefaults" | "imageLimits" | "positionRefreshMs">;
 }
 
 export interface DiscordBot {
