@@ -4,7 +4,7 @@
  * and time to render 4 new variants from a cached state; plus the cost per sample of a training step at
  * several timestep batches (the case for more timesteps per step instead of more steps).
  *
- * `--steps-scale 0.02` runs 2 % of every stage's steps (at least 3) and extrapolates: a stage's time is
+ * `--steps-scale 0.02` runs 2 % of every stage's steps (at least 5) and extrapolates: a stage's time is
  * its first step (session creation and warm-up included) plus (steps − 1) × the median of its later
  * steps. Early stopping is off (a random model's loss says nothing), so times are for full schedules.
  */
@@ -92,7 +92,7 @@ function watchGpuMemory(): { stop: () => number | undefined } {
 }
 
 const scaled = (steps: number, scale: number) =>
-  steps === 0 ? 0 : Math.min(steps, Math.max(3, Math.round(steps * scale)));
+  steps === 0 ? 0 : Math.min(steps, Math.max(5, Math.round(steps * scale)));
 
 function photo(size: number): Float32Array {
   const img = new Float32Array(3 * size * size);
@@ -297,7 +297,7 @@ export function imagicBenchCommand(): Command {
     .addOption(
       new Option("--preset <name>", "preset to time").choices([...PRESET_NAMES, "all"]).default("all"),
     )
-    .option("--steps-scale <f>", "run this fraction of every stage's steps (≥ 3 each) and extrapolate", "1")
+    .option("--steps-scale <f>", "run this fraction of every stage's steps (≥ 5 each) and extrapolate", "1")
     .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
     .option("--size <pixels>", "image side (default 512; 64 with --tiny)")
     .option("--batches <list>", "timestep batches to time one training step at", "1,2,4")
@@ -327,7 +327,8 @@ export function imagicBenchCommand(): Command {
       });
       out(
         `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
-          `training fp32, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}`,
+          `training fp32, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
+          "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
       );
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];

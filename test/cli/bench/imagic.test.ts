@@ -34,8 +34,8 @@ describe("bench imagic", () => {
     const result = JSON.parse(readFileSync(json, "utf8"));
     const [row] = result.presets;
     expect(row.preset).toBe("fast");
-    // 1 % of the fast preset's 50 + 75 steps and 25 DDIM steps is below the floor of 3 steps per stage.
-    expect(row.ran).toEqual({ embedding: 3, finetune: 3, render: 3 });
+    // 1 % of the fast preset's 50 + 75 steps and 25 DDIM steps is below the floor of 5 steps per stage.
+    expect(row.ran).toEqual({ embedding: 5, finetune: 5, render: 5 });
     for (const stage of ["embedding", "finetune", "render"]) {
       const s = row.ms[stage];
       const steps = row.steps[stage];
