@@ -38,8 +38,8 @@ export interface QueueClientOptions {
   limits: UserLimits;
   /**
    * Names this consumer of results ("discord", "slack"). With a name, events resume after a restart
-   * from the last one handled, and `completed`/`failed` are emitted once per job across all consumers
-   * (see claimDelivery). Without one, events start from now and every listener sees every event.
+   * from the last one handled, and `completed`/`failed` are emitted once per job across every process
+   * of that name (see claimDelivery). Without one, events start from now and each client emits all.
    */
   consumer?: string;
   /** Only emit events of jobs that came from this chat platform. */

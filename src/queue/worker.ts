@@ -54,6 +54,8 @@ export type JobOutcome = "completed" | "failed" | "cancelled" | "handed-back";
 /** Hooks for metrics (src/engine/worker/metrics.ts). */
 export interface WorkerObserver {
   jobStarted?(name: JobName): void;
+  /** Jobs this worker is running now (0 or 1), on every change. */
+  running?(count: number): void;
   jobFinished?(name: JobName, outcome: JobOutcome, seconds: number): void;
   step?(name: JobName, stage: string, seconds: number): void;
 }
@@ -239,6 +241,7 @@ export class EngineWorker {
     const abort = signal ?? new AbortController().signal;
     this.running.set(jobId, { userId: payload.userId, jobId });
     this.options.observer?.jobStarted?.(name);
+    this.options.observer?.running?.(this.running.size);
     const finish = (outcome: JobOutcome) =>
       this.options.observer?.jobFinished?.(name, outcome, (performance.now() - started) / 1000);
     try {
@@ -300,6 +303,7 @@ export class EngineWorker {
       );
     } finally {
       this.running.delete(jobId);
+      this.options.observer?.running?.(this.running.size);
       await this.redis.zrem(this.keys.userActive(payload.userId), jobId);
     }
   }

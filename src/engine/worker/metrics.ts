@@ -63,10 +63,11 @@ export function engineMetrics(queue: Queue): EngineMetrics {
     observer: {
       jobStarted(name: JobName) {
         started.inc({ type: name });
-        active.inc();
+      },
+      running(count: number) {
+        active.set(count);
       },
       jobFinished(name: JobName, outcome: JobOutcome, seconds: number) {
-        active.dec();
         durations.observe({ type: name, outcome }, seconds);
       },
       step(name: JobName, stage: string, seconds: number) {

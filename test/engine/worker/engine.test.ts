@@ -122,6 +122,8 @@ describe("the engine on the fixture model", () => {
     expect(metrics).toMatch(/engine_step_seconds_count\{type="imagic.train",stage="embedding"\} 1/);
     expect(metrics).toMatch(/engine_queue_depth\{state="prioritized"\} 0/);
     expect(metrics).toMatch(/engine_ready 1/);
+    expect(metrics).toMatch(/engine_jobs_active 0/);
+    expect(metrics).toMatch(/engine_jobs_started_total\{type="imagic.train"\} 1/);
   });
 
   it("fails a swap at once: Photoswap is not available yet", async () => {
