@@ -4,6 +4,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
 import type { JobName } from "../../src/queue/jobs.js";
+import { queueKeys } from "../../src/queue/keys.js";
 import type { JobOutcome, PipelineRegistry } from "../../src/queue/worker.js";
 import { lightweightPipelines } from "./support/pipelines.js";
 import { type Harness, harness, origin, PHOTO, PHOTO2, until } from "./support/setup.js";
@@ -94,6 +95,8 @@ describe("a job end to end", () => {
     expect((await h.blobs.get(result.stateBlobId))?.subarray(0, 6).toString()).toBe("a dog\n");
     expect(runs).toEqual([`start imagic.train ${jobId}`, `finish imagic.train ${jobId}`]);
     // The next estimate uses this run's duration instead of the first guess (300 s).
+    const durations = queueKeys().durations("imagic.train");
+    await until(async () => (await h.redis.client().llen(durations)) === 1, 5_000, "the recorded duration");
     const eta = (await client.enqueue("imagic.train", train("u9"))).position.etaSeconds;
     expect(eta).toBeLessThan(10);
   });
