@@ -60,8 +60,8 @@ export interface ImagicPreset {
  * LoRA learning rate. The community pipeline fine-tunes every UNet weight at 2e-6; a LoRA update
  * ΔW = (α/r)·B·A starts from B = 0, and Adam moves each entry of B by at most ≈ lr per step, so
  * with lr 2e-6 ΔW would stay ~1e-3 of the weights' scale after 1000 steps and the fine-tune would
- * do nothing. 1e-4 is what diffusers' LoRA training scripts default to for SD 1.5 and moves ΔW to the
- * size that full fine-tuning reaches, on 0.2–1 % of the parameters.
+ * do nothing. 1e-4 is the learning rate of diffusers' SD 1.5 LoRA training guide and moves ΔW to the size
+ * that full fine-tuning reaches, on 0.2–1 % of the parameters.
  */
 const LORA_LR = 1e-4;
 /** The community pipeline's embedding learning rate (the paper's SD runs use the same order). */
