@@ -6,7 +6,9 @@
  * Conventions: images are [B, 3, H, W] float32 in [-1, 1]; latents are [B, 4, H/8, W/8] and always
  * *scaled* (multiplied by the VAE's scaling_factor, as the UNet sees them); contexts are [B, 77, D].
  */
-import { existsSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, statSync } from "node:fs";
+import { resolve } from "node:path";
 import { childLogger } from "../log.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph } from "./graph/index.js";
@@ -44,6 +46,8 @@ export interface LoadOptions {
   endpoint?: string;
   token?: string;
   onProgress?: (p: { file: string; received: number; total: number }) => void;
+  /** Where compiled graphs (ONNX + external weights) are cached across restarts (default: the OS temp folder). */
+  graphCacheDir?: string;
 }
 
 export interface LossArgs {
@@ -69,13 +73,17 @@ type Cached = { session: Session; lora?: LoraInputs };
 export class StableDiffusion {
   private readonly sessions = new Map<string, Promise<Cached>>();
   private readonly unetDtype: ComputeDType;
+  /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
+  private readonly fingerprint: string;
 
   private constructor(
     readonly modelId: string,
     private readonly ckpt: Checkpoint,
     readonly device: "cuda" | "webgpu" | "cpu",
     dtype: "fp32" | "fp16" | "auto",
+    private readonly graphCacheDir: string | undefined,
   ) {
+    this.fingerprint = weightsFingerprint(ckpt);
     this.unetDtype = dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
   }
 
@@ -93,7 +101,7 @@ export class StableDiffusion {
     const ckpt = openCheckpoint(folder);
     const device = await resolveDevice(opts.device);
     log.info({ model: pathOrId, device, dtype: opts.dtype ?? "auto" }, "model opened");
-    return new StableDiffusion(pathOrId, ckpt, device, opts.dtype ?? "auto");
+    return new StableDiffusion(pathOrId, ckpt, device, opts.dtype ?? "auto", opts.graphCacheDir);
   }
 
   /** The VAE's down-sampling factor (8 for SD). */
@@ -341,7 +349,11 @@ export class StableDiffusion {
       entry = (async () => {
         const started = performance.now();
         const { graph, lora } = build();
-        const session = await createSession(graph, { device: this.device });
+        const session = await createSession(graph, {
+          device: this.device,
+          cacheKey: `sd-${this.fingerprint}/${key}`,
+          cacheDir: this.graphCacheDir,
+        });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
         return { session, lora };
       })();
@@ -351,6 +363,15 @@ export class StableDiffusion {
     }
     return entry;
   }
+}
+
+/** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */
+function weightsFingerprint(ckpt: Checkpoint): string {
+  const files = [ckpt.unet.weightsFile, ckpt.vae.weightsFile, ckpt.textEncoder.weightsFile].map((f) => {
+    const st = statSync(f);
+    return [resolve(f), st.size, st.mtimeMs];
+  });
+  return createHash("sha256").update(JSON.stringify(files)).digest("hex").slice(0, 16);
 }
 
 function timesteps(t: number | readonly number[], batch: number): Float32Array {

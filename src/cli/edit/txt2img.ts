@@ -3,6 +3,7 @@
  * a PNG. A check that a checkpoint loads and samples end to end, on any device.
  */
 import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tensorToPng } from "../../engine/image.js";
@@ -67,6 +68,7 @@ export function txt2imgCommand(): Command {
           cacheDir: config.modelCacheDir,
           endpoint: config.hfEndpoint,
           token: config.hfToken?.reveal(),
+          graphCacheDir: join(config.stateDir, "graphs"),
         });
         try {
           const size = o.size ?? sd.defaultImageSize;
