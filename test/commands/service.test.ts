@@ -50,18 +50,17 @@ async function until<T>(what: string, probe: () => T | undefined): Promise<T> {
 describe("ChatCommands with a console adapter", () => {
   it("runs the Imagic flow: thread, grid, author's pick, sweep, final", async () => {
     await commands.handleCommand(imagic(), adapter.reply(channel));
-    const grid = await until("the seed grid", () =>
-      adapter.messages.find((m) => m.text.includes("Pick a seed")),
-    );
+    // An offer is complete once its reactions are up (its pick record is saved before them).
+    const offer = (what: string) =>
+      until(what, () => adapter.messages.find((m) => m.text.includes(what) && m.reactions.length > 0));
+    const grid = await offer("Pick a seed");
     expect(grid.ref.conversation.thread).toBeDefined();
     expect(grid.reactions).toEqual(["1️⃣", "2️⃣"]);
     expect(grid.images?.[0]?.name).toBe("grid.png");
 
     await commands.handleReaction({ userId: "bob", emoji: "1️⃣", message: grid.ref });
     await commands.handleReaction({ userId: "ann", emoji: "2️⃣", message: grid.ref });
-    const sweep = await until("the sweep", () =>
-      adapter.messages.find((m) => m.text.includes("Pick the final image")),
-    );
+    const sweep = await offer("Pick the final image");
     expect(sweep.text).toContain("η 0.6, seed 6");
 
     await commands.handleReaction({ userId: "ann", emoji: "5️⃣", message: sweep.ref });
