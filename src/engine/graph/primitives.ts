@@ -7,6 +7,7 @@ import { type DType, isFloat, numel, ONNX_DTYPE } from "./dtype.js";
 import type { Node, OutputSpec, Tensor } from "./graph.js";
 import type { Emitter, OnnxAttr, OpDef } from "./op.js";
 import {
+  add,
   cast,
   concat,
   conv2dRaw,
@@ -18,6 +19,7 @@ import {
   expand,
   gather,
   greater,
+  less,
   matmul,
   mul,
   neg,
@@ -599,24 +601,22 @@ export const PRIMITIVES: Record<string, OpDef> = {
     emit: simple("Gather", (node) => ({ axis: node.attrs.axis as number })),
     vjp: (node, [g]) => {
       const [x, idx] = node.inputs as [Tensor, Tensor];
-      if ((node.attrs.axis as number) !== 0) {
-        throw opError(
-          "gather",
-          node.inputs,
-          "the gradient w.r.t. x is implemented for axis 0 (embedding tables) only",
-        );
-      }
-      // Scatter-add as a matmul with the one-hot of the indices: [V, N] @ [N, rest].
-      const V = x.shape[0] as number;
+      // Scatter-add as a matmul with the one-hot of the indices: [V, N] @ [pre, N, post] → [pre, V, post].
+      const axis = node.attrs.axis as number;
+      const V = x.shape[axis] as number;
       const N = numel(idx.shape);
-      const rest = numel(x.shape.slice(1));
+      const pre = numel(x.shape.slice(0, axis));
+      const post = numel(x.shape.slice(axis + 1));
       const ids = x.graph.constant(
         Array.from({ length: V }, (_, i) => i),
         idx.dtype,
         [1, V],
       );
-      const onehot = cast(equal(reshape(idx, [N, 1]), ids), x.dtype);
-      return [reshape(matmul(transpose(onehot, [1, 0]), reshape(g as Tensor, [N, rest])), x.shape), null];
+      const flat = reshape(idx, [N, 1]);
+      const wrapped = where(less(flat, 0), add(flat, V), flat); // Gather counts negative indices from the end
+      const onehot = cast(equal(wrapped, ids), x.dtype);
+      const gx = matmul(transpose(onehot, [1, 0]), reshape(g as Tensor, [pre, N, post]));
+      return [reshape(gx, x.shape), null];
     },
   },
 

@@ -210,6 +210,11 @@ const cases: Case[] = [
     (g, xs) => G.gather(x(xs), g.constant([4, 0, 4, 2, 1, 4], "int64", [2, 3]), 0),
   ],
   [
+    "gather along a middle axis (negative indices)",
+    [{ shape: [2, 4, dim(45)] }],
+    (g, xs) => G.gather(x(xs), g.constant([-1, 0, 3, 1, -1], "int64", [5]), 1),
+  ],
+  [
     "upsampleNearest2d 2× ",
     [{ shape: [1, 2, 2, dim(40, 2)] }],
     (_g, xs) => G.upsampleNearest2d(x(xs), 4, 2 * (x(xs).shape[3] as number)),
