@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
 import { unetGraph } from "../../../src/engine/models/components.js";
+import { loadGolden, relError } from "../../helpers/golden.js";
 
 const MODEL = "test/fixtures/models/sd1/model";
 
@@ -25,6 +26,22 @@ describe("UNet2DConditionModel", () => {
     const out = await sd.predictNoise(latents, 500, context, undefined, { height: h, width: w });
     expect(out.length).toBe(4 * h * w);
     expect(out.every(Number.isFinite)).toBe(true);
+  });
+
+  it("computes in fp16 when asked (norms and softmax in fp32) close to the fp32 result", async () => {
+    const g = loadGolden("test/fixtures/models/sd1");
+    const half = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp16" });
+    try {
+      const out = await half.predictNoise(
+        g.f32("unet.sample"),
+        g.ints("unet.timestep"),
+        g.f32("unet.encoder_hidden_states"),
+      );
+      // fp16 keeps ~3 decimal digits; the fixture's UNet in fp16 lands at ~7e-4 of the fp32 reference.
+      expect(relError(out, g.f32("unet.out"))).toBeLessThan(5e-3);
+    } finally {
+      await half.release();
+    }
   });
 
   it("refuses weights whose shapes disagree with the config, naming the tensor and the file", () => {
