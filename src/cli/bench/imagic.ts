@@ -64,7 +64,7 @@ class StageClock {
 }
 
 /** Peak GPU memory from nvidia-smi, polled while the bench runs; undefined where there is no nvidia-smi. */
-function watchGpuMemory(): { stop: () => number | undefined } {
+function watchGpuMemory(): { peak: () => number | undefined; stop: () => number | undefined } {
   let peak: number | undefined;
   let child: ReturnType<typeof spawn> | undefined;
   try {
@@ -84,6 +84,7 @@ function watchGpuMemory(): { stop: () => number | undefined } {
     child = undefined;
   }
   return {
+    peak: () => peak,
     stop: () => {
       child?.kill();
       return peak;
@@ -330,29 +331,37 @@ export function imagicBenchCommand(): Command {
           `training fp32, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
           "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
       );
+      const result: Record<string, unknown> = {
+        benchmark: "imagic",
+        device: sd.device,
+        dtype: f.dtype,
+        size,
+        tiny: f.tiny,
+        stepsScale: scale,
+        presets: [] as unknown[],
+      };
+      // Written after every part, so a run cut short (device time limit) keeps what it measured.
+      const save = () => {
+        result.peakGpuMiB = gpu.peak();
+        if (f.json) writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
+      };
+      const peakLine = () => {
+        const mib = gpu.peak();
+        // Device-wide and cumulative: sessions of earlier presets stay loaded (run one preset to isolate it).
+        if (mib !== undefined)
+          out(`         peak GPU memory so far (nvidia-smi, whole device): ${(mib / 1024).toFixed(1)} GiB`);
+      };
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
-        const rows = [];
-        for (const p of presets) rows.push(await benchPreset(sd, p, size, scale, out));
-        const batchRows = await benchBatches(sd, size, batches, out);
-        const peakMiB = gpu.stop();
-        if (peakMiB !== undefined)
-          out(`peak GPU memory (nvidia-smi, whole device): ${(peakMiB / 1024).toFixed(1)} GiB`);
-        if (f.json) {
-          const result = {
-            benchmark: "imagic",
-            device: sd.device,
-            dtype: f.dtype,
-            size,
-            tiny: f.tiny,
-            stepsScale: scale,
-            loadMs: performance.now() - l0,
-            presets: rows,
-            ...batchRows,
-            peakGpuMiB: peakMiB,
-          };
-          writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
+        for (const p of presets) {
+          (result.presets as unknown[]).push(await benchPreset(sd, p, size, scale, out));
+          peakLine();
+          save();
         }
+        Object.assign(result, await benchBatches(sd, size, batches, out));
+        result.totalMs = performance.now() - l0;
+        peakLine();
+        save();
       } finally {
         gpu.stop();
         await sd.release();
