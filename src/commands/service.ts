@@ -191,13 +191,14 @@ export class ChatCommands {
     );
     const answer = await reply.public({ text: fitText(job.title, this.adapter.limits.maxTextLength) });
     const { conversation, fallbackNote } = await this.adapter.openThread(answer, job.thread);
-    const note = fallbackNote ? `\n-# ${fallbackNote}` : "";
-    const progress = await this.adapter.post(conversation, { text: `🕒 Sending to the queue…${note}` });
+    // Why there is no thread stays readable in its own message; the progress message changes all the time.
+    if (fallbackNote) await this.adapter.post(conversation, { text: `ℹ️ ${fallbackNote}` });
+    const progress = await this.adapter.post(conversation, { text: "🕒 Sending to the queue…" });
     const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
     try {
       const { jobId, position } = await this.queue.enqueue(job.name, job.payload(origin));
       this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
-      this.showPosition(jobId, progress, position, note);
+      this.showPosition(jobId, progress, position);
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
@@ -239,11 +240,9 @@ export class ChatCommands {
    * Shows where a new job stands and, while it waits, refreshes its place in line until it starts
    * (its first progress event) or ends.
    */
-  private showPosition(jobId: string, ref: MessageRef, position: JobPosition, note: string): void {
+  private showPosition(jobId: string, ref: MessageRef, position: JobPosition): void {
     const show = (p: JobPosition) =>
-      this.throttle.schedule(ref.id, () =>
-        this.adapter.editMessage(ref, { text: `${positionText(p)}${note}` }),
-      );
+      this.throttle.schedule(ref.id, () => this.adapter.editMessage(ref, { text: positionText(p) }));
     show(position);
     if (position.state === "active") return;
     let last = positionText(position);
@@ -500,7 +499,7 @@ export class ChatCommands {
     );
     try {
       const { jobId, position } = await this.queue.enqueue("imagic.render", payload);
-      this.showPosition(jobId, progress, position, "");
+      this.showPosition(jobId, progress, position);
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });

@@ -144,12 +144,12 @@ describe("permissions and places without threads", () => {
     const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
     const grid = await w.offer(channel.id, 1, 2);
     expect(w.fake.mustMessage(interaction.originalId ?? "").threadId).toBeUndefined();
-    const progress = w
-      .posted(channel.id)
-      .find((m) => m.history.some((h) => h.content.includes("Create Public Threads")));
-    expect(progress?.history[0]?.content).toMatch(
-      /missing the Create Public Threads permission.*instead of in a thread/,
+    const [answer, note, progress] = w.posted(channel.id);
+    expect(answer?.id).toBe(interaction.originalId);
+    expect(note?.content).toBe(
+      "ℹ️ I am missing the Create Public Threads permission in this channel, so I answer here instead of in a thread.",
     );
+    expect(progress?.content).toBe("✅ Fine-tuned on your photo.");
     expect(grid.content).toContain("**Pick a seed**");
   });
 
@@ -159,7 +159,7 @@ describe("permissions and places without threads", () => {
     const interaction = w.imagic(dm, [opt.string("seeds", "2")]);
     const grid = await w.offer(dm.id, 1, 2);
     expect(w.posted(dm.id)[0]?.id).toBe(interaction.originalId);
-    expect(w.posted(dm.id)[1]?.history[0]?.content).toContain("Threads do not exist in direct messages");
+    expect(w.posted(dm.id)[1]?.content).toBe("ℹ️ Threads do not exist in direct messages, so I answer here.");
     w.fake.react(w.author, grid.id, "1️⃣");
     await w.offer(dm.id, 2, 5);
   });
