@@ -141,7 +141,7 @@ interface Case {
   };
 }
 
-function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
+function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType): Case[] {
   const ls = s.size / 2 ** (s.vae.block_out_channels.length - 1);
   const d = s.unet.cross_attention_dim;
   const latent = (b: number, seed: number) => f32([b, s.unet.in_channels, ls, ls], seed);
@@ -205,7 +205,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
     {
       id: "loss-context",
       name: "loss + d/d context (batch 1)",
-      dtype: "float32",
+      dtype: lossDtype,
       build: (w) => {
         const lg = lossGraph(w, s.unet, {
           batch: 1,
@@ -214,6 +214,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
           prediction: "epsilon",
           wrtContext: true,
           wrtLora: false,
+          dtype: lossDtype,
         });
         return { graph: lg.graph, feeds: () => lossFeeds(undefined) };
       },
@@ -221,7 +222,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
     {
       id: "loss-lora",
       name: "loss + d/d LoRA r=16 (batch 1)",
-      dtype: "float32",
+      dtype: lossDtype,
       build: (w) => {
         const lg = lossGraph(w, s.unet, {
           batch: 1,
@@ -231,6 +232,7 @@ function cases(s: Shapes, unetDtype: ComputeDType): Case[] {
           wrtContext: false,
           wrtLora: true,
           loraRank: 16,
+          dtype: lossDtype,
         });
         return { graph: lg.graph, feeds: () => lossFeeds(lg.lora) };
       },
@@ -253,6 +255,8 @@ function median(xs: number[]): number {
 export async function runSdBench(opts: {
   device: Device;
   dtype: ComputeDType;
+  /** Compute dtype of the loss-and-gradient graphs (the loss and gradients themselves stay float32). */
+  lossDtype?: ComputeDType;
   shapes: Shapes;
   runs: number;
   /** Case ids to run (all when absent). */
@@ -261,7 +265,7 @@ export async function runSdBench(opts: {
 }): Promise<{ device: string; rows: BenchRow[] }> {
   const device = await resolveDevice(opts.device);
   const rows: BenchRow[] = [];
-  for (const c of cases(opts.shapes, opts.dtype)) {
+  for (const c of cases(opts.shapes, opts.dtype, opts.lossDtype ?? "float32")) {
     if (opts.only && !opts.only.includes(c.id)) continue;
     opts.log?.(`… ${c.name}`);
     const weights = randomWeights();
@@ -312,6 +316,11 @@ export function sdBenchCommand(): Command {
     .addOption(
       new Option("--dtype <dtype>", "UNet forward compute dtype").choices(["fp16", "fp32"]).default("fp16"),
     )
+    .addOption(
+      new Option("--loss-dtype <dtype>", "compute dtype of the gradient steps")
+        .choices(["fp16", "fp32"])
+        .default("fp32"),
+    )
     .option("--tiny", "toy-width networks at 64² (a quick CPU smoke run)", false)
     .option("--size <pixels>", "image side (512 for SD 1.5)", (v) => Number.parseInt(v, 10))
     .option("--runs <n>", "timed runs per case after the first", (v) => Number.parseInt(v, 10), 5)
@@ -323,6 +332,7 @@ export function sdBenchCommand(): Command {
       async (o: {
         device: Device;
         dtype: "fp16" | "fp32";
+        lossDtype: "fp16" | "fp32";
         tiny: boolean;
         size?: number;
         runs: number;
@@ -343,7 +353,7 @@ export function sdBenchCommand(): Command {
         const shapes = o.tiny ? tinyShapes(o.size) : sd15Shapes(o.size);
         const out = (line: string) => process.stdout.write(`${line}\n`);
         out(
-          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, device ${o.device}`,
+          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, gradient steps ${o.lossDtype}, device ${o.device}`,
         );
         out(
           `${"case".padEnd(34)} ${"dtype".padEnd(8)} ${"create ms".padStart(9)} ${"first ms".padStart(9)} ${"median ms".padStart(9)} ${"min ms".padStart(9)} runs  params`,
@@ -351,6 +361,7 @@ export function sdBenchCommand(): Command {
         const result = await runSdBench({
           device: o.device,
           dtype: o.dtype === "fp16" ? "float16" : "float32",
+          lossDtype: o.lossDtype === "fp16" ? "float16" : "float32",
           shapes,
           runs: o.runs,
           only: o.only,

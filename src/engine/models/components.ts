@@ -107,7 +107,7 @@ export function vaeDecodeGraph(
 
 export type PredictionType = "epsilon" | "v_prediction";
 
-export interface LossGraphOptions extends Omit<UNetGraphOptions, "dtype"> {
+export interface LossGraphOptions extends UNetGraphOptions {
   prediction: PredictionType;
   /** What to differentiate: the context, the LoRA inputs (needs loraRank), UNet weights by name. */
   wrtContext: boolean;
@@ -137,7 +137,12 @@ export function lossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOption
   const a = reshape(g.input(IO.sqrtAlpha, "float32", [o.batch]), [o.batch, 1, 1, 1]);
   const s = reshape(g.input(IO.sqrtOneMinusAlpha, "float32", [o.batch]), [o.batch, 1, 1, 1]);
   const context = g.input(IO.context, "float32", [o.batch, o.contextLength ?? 77, c.cross_attention_dim]);
-  const p = new StoreParams(g, store, { origin: "unet", trainable: o.wrtWeights });
+  // In a float16 graph the UNet computes in float16; the loss and every gradient output stay float32.
+  const p = new StoreParams(g, store, {
+    origin: "unet",
+    trainable: o.wrtWeights,
+    dtype: o.dtype ?? "float32",
+  });
   const lora = o.loraRank ? new LoraInputs(g, o.loraRank) : undefined;
   const noisy = add(mul(a, x0), mul(s, noise));
   const target = o.prediction === "epsilon" ? noise : sub(mul(a, noise), mul(s, x0));
