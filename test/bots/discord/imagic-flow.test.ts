@@ -74,7 +74,8 @@ describe("/imagic", () => {
     expect(final.attachments.map((a) => a.filename)).toEqual(["imagic-seed22-eta1.png"]);
     const stored = await w.queue.queue.getJobs(["completed"]);
     const render = stored.find((j) => j.name === "imagic.render");
-    const chosen = (render?.returnvalue as { images: { eta: number; blobId: string }[] }).images.find(
+    if (!render) throw new Error("no completed imagic.render job");
+    const chosen = (render.returnvalue as { images: { eta: number; blobId: string }[] }).images.find(
       (i) => i.eta === 1,
     );
     expect(Buffer.from(final.attachments[0]?.bytes ?? [])).toEqual(await w.h.blobs.get(chosen?.blobId ?? ""));
