@@ -46,6 +46,8 @@ export interface LoadOptions {
   endpoint?: string;
   token?: string;
   onProgress?: (p: { file: string; received: number; total: number }) => void;
+  /** Compute dtype of the loss-and-gradient graphs (default fp32; the loss and gradients stay fp32). */
+  trainDtype?: "fp32" | "fp16";
   /** Where compiled graphs (ONNX + external weights) are cached across restarts (default: the OS temp folder). */
   graphCacheDir?: string;
 }
@@ -73,6 +75,7 @@ type Cached = { session: Session; lora?: LoraInputs };
 export class StableDiffusion {
   private readonly sessions = new Map<string, Promise<Cached>>();
   private readonly unetDtype: ComputeDType;
+  private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
   private readonly fingerprint: string;
 
@@ -82,7 +85,9 @@ export class StableDiffusion {
     readonly device: "cuda" | "webgpu" | "cpu",
     dtype: "fp32" | "fp16" | "auto",
     private readonly graphCacheDir: string | undefined,
+    trainDtype: "fp32" | "fp16" = "fp32",
   ) {
+    this.trainDtype = trainDtype === "fp16" ? "float16" : "float32";
     this.fingerprint = weightsFingerprint(ckpt);
     this.unetDtype = dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
   }
@@ -101,7 +106,14 @@ export class StableDiffusion {
     const ckpt = openCheckpoint(folder);
     const device = await resolveDevice(opts.device);
     log.info({ model: pathOrId, device, dtype: opts.dtype ?? "auto" }, "model opened");
-    return new StableDiffusion(pathOrId, ckpt, device, opts.dtype ?? "auto", opts.graphCacheDir);
+    return new StableDiffusion(
+      pathOrId,
+      ckpt,
+      device,
+      opts.dtype ?? "auto",
+      opts.graphCacheDir,
+      opts.trainDtype,
+    );
   }
 
   /** The VAE's down-sampling factor (8 for SD). */
@@ -243,7 +255,7 @@ export class StableDiffusion {
     const wantLora = args.wrt.includes("lora");
     if (wantLora && !args.lora) throw new Error("lossAndGrads: gradients w.r.t. LoRA need LoRA weights");
     const rank = args.lora ? loraRank(args.lora) : 0;
-    const key = `loss:${batch}:${lh}x${lw}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}`;
+    const key = `loss:${batch}:${lh}x${lw}:${this.trainDtype}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}`;
     const { session, lora: inputs } = await this.cached(key, () =>
       lossGraph(this.ckpt.unet.weights, this.ckpt.unet.config, {
         batch,
@@ -251,6 +263,7 @@ export class StableDiffusion {
         width: lw,
         loraRank: rank || undefined,
         prediction: this.predictionType,
+        dtype: this.trainDtype,
         wrtContext: wantContext,
         wrtLora: wantLora,
       }),
