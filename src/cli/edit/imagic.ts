@@ -205,6 +205,13 @@ export function imagicCommand(): Command {
         guidance: num("--guidance", f.guidance) ?? preset.render.guidance,
         steps: num("--ddim-steps", f.ddimSteps) ?? preset.render.steps,
       });
+      const sizeFlag = num("--size", f.size);
+      if (
+        sizeFlag !== undefined &&
+        (!Number.isInteger(sizeFlag) || sizeFlag < 64 || sizeFlag > 1024 || sizeFlag % 64 !== 0)
+      ) {
+        throw new UserFacingError(`--size must be a multiple of 64 from 64 to 1024 (got ${f.size})`);
+      }
       const renderBatch = num("--render-batch", f.renderBatch) ?? 4;
       if (!Number.isInteger(renderBatch) || renderBatch < 1 || renderBatch > 16) {
         throw new UserFacingError(
@@ -251,7 +258,7 @@ export function imagicCommand(): Command {
         if (saved) {
           state = saved;
         } else {
-          const size = num("--size", f.size) ?? sd.defaultImageSize;
+          const size = sizeFlag ?? sd.defaultImageSize;
           const { tensor } = await loadImage(imageBytes as Uint8Array, { size }).catch((e: Error) => {
             throw new UserFacingError(`--image ${f.image}: ${e.message}`);
           });

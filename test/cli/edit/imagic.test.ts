@@ -39,6 +39,10 @@ describe("edit imagic", () => {
         ["--image", CHELSEA, "--prompt", "a dog", "--embedding-steps", "9000"],
         /embedding steps must be a whole number from 0 to 5000 \(got 9000\)/,
       ],
+      [
+        ["--image", CHELSEA, "--prompt", "a dog", "--size", "500"],
+        /--size must be a multiple of 64 from 64 to 1024 \(got 500\)/,
+      ],
     ];
     const results = await Promise.all(cases.map(([args]) => runCli([...base, ...args])));
     results.forEach((r, i) => {
