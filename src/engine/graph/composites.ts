@@ -110,51 +110,13 @@ export const COMPOSITES: Record<string, OpDef> = {
   Attention: {
     infer: (inputs, attrs) => {
       const [q, k, v, mask] = inputs as [Tensor, Tensor, Tensor, Tensor | undefined];
-      const heads = attrs.heads as number;
-      if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3)
-        throw opError("attention", inputs, "q, k, v must be [B, L, heads*dim]");
-      if (q.dtype !== k.dtype || q.dtype !== v.dtype || (mask && mask.dtype !== q.dtype)) {
-        throw opError("attention", inputs, "q, k, v (and mask) must share a dtype");
-      }
-      const [B, L, D] = q.shape as [number, number, number];
-      const S = k.shape[1] as number;
-      if (k.shape[0] !== B || v.shape[0] !== B || v.shape[1] !== S || k.shape[2] !== D) {
-        throw opError("attention", inputs, "k must be [B, S, D] like q's [B, L, D], v [B, S, Dv]");
-      }
-      if (!Number.isInteger(heads) || heads < 1 || D % heads !== 0 || (v.shape[2] as number) % heads !== 0) {
-        throw opError(
-          "attention",
-          inputs,
-          `${heads} heads must divide q's ${D} and v's ${v.shape[2]} channels`,
-        );
-      }
-      if (mask) {
-        const s = broadcastShapes([mask.shape, [B, heads, L, S]]);
-        if (mask.rank !== 4 || !s || !sameShape(s, [B, heads, L, S])) {
-          throw opError(
-            "attention",
-            inputs,
-            `mask ${fmt(mask.shape)} must broadcast to [B, heads, L, S] = ${fmt([B, heads, L, S])}`,
-          );
-        }
-      }
-      return [{ dtype: q.dtype, shape: [B, L, v.shape[2] as number] }] satisfies OutputSpec[];
+      checkAttention("attention", q, k, v, mask, attrs.heads as number);
+      return [{ dtype: q.dtype, shape: [q.shape[0] as number, q.shape[1] as number, v.shape[2] as number] }];
     },
     decompose: (node) => {
       const [q, k, v, mask] = node.inputs as [Tensor, Tensor, Tensor, Tensor | undefined];
       const heads = node.attrs.heads as number;
-      const [B, L, D] = q.shape as [number, number, number];
-      const S = k.shape[1] as number;
-      const Dv = v.shape[2] as number;
-      const split = (t: Tensor, len: number, dim: number, perm: number[]) =>
-        transpose(reshape(t, [B, len, heads, dim / heads]), perm);
-      const qh = split(mul(q, node.attrs.scale as number), L, D, [0, 2, 1, 3]);
-      const kh = split(k, S, D, [0, 2, 3, 1]);
-      const vh = split(v, S, Dv, [0, 2, 1, 3]);
-      let scores = matmul(qh, kh);
-      if (mask) scores = add(scores, mask);
-      const o = matmul(softmax(scores, -1), vh);
-      return [reshape(transpose(o, [0, 2, 1, 3]), [B, L, Dv])];
+      return [attendValues(attentionProbs(q, k, { heads, scale: node.attrs.scale as number, mask }), v)];
     },
     fusable: (node, device) => {
       const dt = I(node, 0).dtype;
@@ -180,6 +142,86 @@ export const COMPOSITES: Record<string, OpDef> = {
     },
   },
 };
+
+/** Checks attention's operands (v is left out by attentionProbs) and names what is wrong. */
+function checkAttention(
+  op: string,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor | null,
+  mask: Tensor | null | undefined,
+  heads: number,
+): void {
+  const inputs = [q, k, ...(v ? [v] : []), ...(mask ? [mask] : [])];
+  if (inputs.some((t) => t.rank !== 3 && t !== mask))
+    throw opError(op, inputs, "q, k, v must be [B, L, heads*dim]");
+  if (inputs.some((t) => t.dtype !== q.dtype))
+    throw opError(op, inputs, "q, k, v (and mask) must share a dtype");
+  const [B, L, D] = q.shape as [number, number, number];
+  const S = k.shape[1] as number;
+  if (k.shape[0] !== B || k.shape[2] !== D || (v && (v.shape[0] !== B || v.shape[1] !== S))) {
+    throw opError(op, inputs, "k must be [B, S, D] like q's [B, L, D], v [B, S, Dv]");
+  }
+  if (
+    !Number.isInteger(heads) ||
+    heads < 1 ||
+    D % heads !== 0 ||
+    (v && (v.shape[2] as number) % heads !== 0)
+  ) {
+    throw opError(
+      op,
+      inputs,
+      `${heads} heads must divide q's ${D}${v ? ` and v's ${v.shape[2]}` : ""} channels`,
+    );
+  }
+  if (mask) {
+    const s = broadcastShapes([mask.shape, [B, heads, L, S]]);
+    if (mask.rank !== 4 || !s || !sameShape(s, [B, heads, L, S])) {
+      throw opError(
+        op,
+        inputs,
+        `mask ${fmt(mask.shape)} must broadcast to [B, heads, L, S] = ${fmt([B, heads, L, S])}`,
+      );
+    }
+  }
+}
+
+/** [B, len, heads·d] → [B, heads, len, d] (perm [0,2,1,3]) or [B, heads, d, len] (perm [0,2,3,1]). */
+function splitHeads(t: Tensor, heads: number, perm: number[]): Tensor {
+  const [B, len, D] = t.shape as [number, number, number];
+  return transpose(reshape(t, [B, len, heads, D / heads]), perm);
+}
+
+/**
+ * The attention map softmax(q·kᵀ·scale + mask) per head, [B, heads, L, S]: what attention control
+ * (Photoswap's self- and cross-attention map swaps, a subject word's cross-attention mask) reads and
+ * replaces. `attendValues(attentionProbs(q, k, o), v)` equals `attention(q, k, v, o)`, in primitives.
+ */
+export function attentionProbs(q: Tensor, k: Tensor, opts: AttentionOptions): Tensor {
+  checkAttention("attentionProbs", q, k, null, opts.mask, opts.heads);
+  const scale = opts.scale ?? 1 / Math.sqrt((q.shape[2] as number) / opts.heads);
+  const scores = matmul(
+    splitHeads(mul(q, scale), opts.heads, [0, 2, 1, 3]),
+    splitHeads(k, opts.heads, [0, 2, 3, 1]),
+  );
+  return softmax(opts.mask ? add(scores, opts.mask) : scores, -1);
+}
+
+/** probs [B, heads, L, S] applied to v [B, S, heads·dv], heads merged back: [B, L, heads·dv]. */
+export function attendValues(probs: Tensor, v: Tensor): Tensor {
+  const [B, heads, L, S] = probs.shape as [number, number, number, number];
+  if (
+    probs.rank !== 4 ||
+    v.rank !== 3 ||
+    v.shape[0] !== B ||
+    v.shape[1] !== S ||
+    (v.shape[2] as number) % heads !== 0
+  ) {
+    throw opError("attendValues", [probs, v], "probs must be [B, heads, L, S] and v [B, S, heads*dv]");
+  }
+  const o = matmul(probs, splitHeads(v, heads, [0, 2, 1, 3]));
+  return reshape(transpose(o, [0, 2, 1, 3]), [B, L, v.shape[2] as number]);
+}
 
 function composite(op: string, inputs: readonly Tensor[], attrs: Attrs): Tensor {
   return (inputs[0] as Tensor).graph.apply(op, COMPOSITES[op] as OpDef, inputs, attrs)[0] as Tensor;

@@ -1,6 +1,14 @@
 /** The graph builder: typed ONNX graphs built in TypeScript, with reverse-mode autodiff (docs/ENGINE.md). */
 export { grad } from "./autodiff.js";
-export { type AttentionOptions, attention, causalMask, groupNorm, layerNorm } from "./composites.js";
+export {
+  type AttentionOptions,
+  attendValues,
+  attention,
+  attentionProbs,
+  causalMask,
+  groupNorm,
+  layerNorm,
+} from "./composites.js";
 export type { DType, TypedArray } from "./dtype.js";
 export { float16ToFloat32, float32ToFloat16, numel } from "./dtype.js";
 export {

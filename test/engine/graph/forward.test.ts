@@ -1,7 +1,9 @@
 import { describe, expect, it } from "vitest";
 import {
   add,
+  attendValues,
   attention,
+  attentionProbs,
   cast,
   causalMask,
   conv2d,
@@ -90,6 +92,9 @@ describe("graph forward on the CPU provider", () => {
       const kv = g.input("kv", dtype, [2, 3, 8]);
       g.output("cross", attention(t, kv, kv, { heads: 2 }));
       g.output("causal", attention(t, t, t, { heads: 4, mask: causalMask(t, 5) }));
+      const probs = attentionProbs(t, kv, { heads: 2 });
+      g.output("probs", probs);
+      g.output("split", attendValues(probs, kv));
       return g;
     };
     const feeds = (dtype: "float32" | "float64") => ({
@@ -113,6 +118,12 @@ describe("graph forward on the CPU provider", () => {
     for (const k of ["gn", "ln", "cross", "causal"]) {
       expect(relError(values(o32[k]), values(o64[k])), k).toBeLessThan(F32);
       expect(relError(values(u32[k]), values(o64[k])), k).toBeLessThan(F32);
+    }
+    // attendValues(attentionProbs(…)) is attention(…), and each map row is a distribution.
+    expect(relError(values(o64.split), values(o64.cross))).toBeLessThan(1e-12);
+    const p = values(o64.probs);
+    for (let row = 0; row < p.length / 3; row++) {
+      expect(p.slice(3 * row, 3 * row + 3).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
     }
     // The causal mask: the first token attends only to itself, so its output is its own value row.
     expect(relError(values(o64.causal).slice(0, 8), values(feeds("float64").t).slice(0, 8))).toBeLessThan(

@@ -248,6 +248,21 @@ const cases: Case[] = [
       G.attention(x(xs), x(xs), x(xs), { heads: 3, mask: G.causalMask(x(xs), x(xs).shape[1] as number) }),
   ],
   [
+    "attention map swap (probs of one pair applied to another's values)",
+    [
+      { shape: [1, 3, 4] },
+      { shape: [1, 3, 4] },
+      { shape: [1, dim(46, 2), 4] },
+      { shape: [1, dim(46, 2), 4] },
+    ],
+    (_g, xs) => {
+      const source = G.attentionProbs(x(xs), x(xs, 2), { heads: 2 });
+      const target = G.attentionProbs(x(xs, 1), x(xs, 2), { heads: 2 });
+      const mixed = G.add(G.mul(source, 0.7), G.mul(target, 0.3));
+      return G.attendValues(mixed, x(xs, 3));
+    },
+  ],
+  [
     "attention block: layer norm, q/k/v with a LoRA on q, attention, out proj, residual",
     [
       { shape: [1, 4, 6] }, // hidden states
