@@ -6,6 +6,7 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
+import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import { emitGraph, serializeInline } from "../graph/emit.js";
 import { Graph } from "../graph/graph.js";
@@ -19,7 +20,8 @@ export const DEVICES: readonly Device[] = ["auto", "cuda", "webgpu", "cpu"];
 
 const log = childLogger("runtime");
 
-export class DeviceUnavailableError extends Error {
+/** The operator asked for a provider this machine lacks (or named none we know): one line, no stack. */
+export class DeviceUnavailableError extends UserFacingError {
   override name = "DeviceUnavailableError";
 }
 
