@@ -1,6 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { Redis } from "ioredis";
 import { afterEach, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { runServices, type Service } from "../src/services.js";
@@ -40,12 +42,15 @@ function recorder(name: string, events: string[], redisUrls: string[] = []): Ser
   };
 }
 
-/** pid of the embedded redis-server serving `url` (it is our grandchild: look it up by port). */
+/** pid of the redis-server at `url`, or 0 when nothing answers there. */
 async function redisPid(url: string): Promise<number> {
-  const { Redis } = await import("ioredis");
-  const client = new Redis(url);
+  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  client.on("error", () => {});
   try {
+    await client.connect();
     return Number(/process_id:(\d+)/.exec(await client.info("server"))?.[1]);
+  } catch {
+    return 0;
   } finally {
     client.disconnect();
   }
@@ -80,9 +85,48 @@ describe("runServices", () => {
       "gateway refused the token",
     );
     expect(events).toEqual(["start engine", "stop engine"]);
-    const { Redis } = await import("ioredis");
-    const client = new Redis(urls[0] ?? "", { lazyConnect: true, retryStrategy: () => null });
-    client.on("error", () => {});
-    await expect(client.connect()).rejects.toThrow();
+    expect(await redisPid(urls[0] ?? "")).toBe(0);
+  });
+
+  it("refuses a busy port before starting anything", async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, resolve));
+    const { port } = blocker.address() as net.AddressInfo;
+    const events: string[] = [];
+    const cfg = config();
+    try {
+      await expect(
+        runServices(cfg, [recorder("engine", events)], { ports: [[port, "ENGINE_HTTP_PORT"]] }),
+      ).rejects.toThrow(`ENGINE_HTTP_PORT=${port}: port ${port} is already in use`);
+    } finally {
+      blocker.close();
+    }
+    expect(events).toEqual([]);
+    expect(existsSync(path.join(cfg.stateDir, "redis"))).toBe(false);
+  });
+
+  it("stops the services and fails when the embedded Redis cannot be kept up", async () => {
+    const events: string[] = [];
+    const urls: string[] = [];
+    const run = runServices(config(), [recorder("engine", events, urls)]);
+    const outcome = run.then(
+      () => "resolved",
+      (error: Error) => error.message,
+    );
+    while (events.length < 1) await new Promise((resolve) => setTimeout(resolve, 20));
+    let settled = false;
+    void outcome.then(() => {
+      settled = true;
+    });
+    // Kill each incarnation as soon as it serves, until the supervisor's budget (5 restarts a minute) is spent.
+    while (!settled) {
+      const pid = await redisPid(urls[0] ?? "");
+      if (pid) process.kill(pid, "SIGKILL");
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(await outcome).toBe(
+      "Embedded Redis is down: redis-server crashed 6 times within a minute; giving up",
+    );
+    expect(events).toEqual(["start engine", "stop engine"]);
   });
 });
