@@ -24,6 +24,7 @@ import { sd15Shapes, tinyShapes } from "./sd.js";
 interface Flags {
   device: "auto" | "cpu" | "webgpu" | "cuda";
   dtype: "auto" | "fp32" | "fp16";
+  trainDtype: "fp32" | "fp16";
   preset: PresetName | "all";
   stepsScale: string;
   tiny: boolean;
@@ -296,6 +297,11 @@ export function imagicBenchCommand(): Command {
         .default("auto"),
     )
     .addOption(
+      new Option("--train-dtype <dtype>", "compute dtype of the training graphs (mixed precision: fp16)")
+        .choices(["fp32", "fp16"])
+        .default("fp32"),
+    )
+    .addOption(
       new Option("--preset <name>", "preset to time").choices([...PRESET_NAMES, "all"]).default("all"),
     )
     .option("--steps-scale <f>", "run this fraction of every stage's steps (≥ 5 each) and extrapolate", "1")
@@ -325,16 +331,18 @@ export function imagicBenchCommand(): Command {
       const sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
         device: f.device,
         dtype: f.dtype,
+        trainDtype: f.trainDtype,
       });
       out(
         `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
-          `training fp32, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
+          `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
           "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
       );
       const result: Record<string, unknown> = {
         benchmark: "imagic",
         device: sd.device,
         dtype: f.dtype,
+        trainDtype: f.trainDtype,
         size,
         tiny: f.tiny,
         stepsScale: scale,

@@ -49,6 +49,7 @@ interface Flags {
   model?: string;
   device?: "auto" | "cpu" | "webgpu" | "cuda";
   dtype?: "auto" | "fp32" | "fp16";
+  trainDtype: "fp32" | "fp16";
   size?: string;
   embeddingSteps?: string;
   embeddingLr?: string;
@@ -178,6 +179,14 @@ export function imagicCommand(): Command {
         "fp16",
       ]),
     )
+    .addOption(
+      new Option(
+        "--train-dtype <dtype>",
+        "compute dtype of training (fp16: mixed precision, loss and gradients fp32)",
+      )
+        .choices(["fp32", "fp16"])
+        .default("fp32"),
+    )
     .option("--size <pixels>", "square working size (default: the model's, 512 for SD 1.5)")
     .option("--embedding-steps <n>", "stage 1 steps")
     .option("--embedding-lr <lr>", "stage 1 Adam learning rate")
@@ -244,6 +253,7 @@ export function imagicCommand(): Command {
       const sd = await StableDiffusion.load(model, {
         device: f.device ?? config.engineDevice,
         dtype: f.dtype ?? config.engineDtype,
+        trainDtype: f.trainDtype,
         cacheDir: config.modelCacheDir,
         endpoint: config.hfEndpoint,
         token: config.hfToken?.reveal(),
@@ -299,6 +309,7 @@ export function imagicCommand(): Command {
         const report = {
           model,
           device: sd.device,
+          dtype: { sampling: f.dtype ?? config.engineDtype, training: f.trainDtype },
           prompt: state.prompt,
           size,
           preset: saved ? undefined : f.preset,
