@@ -336,7 +336,9 @@ export const PRIMITIVES: Record<string, OpDef> = {
   Pow: {
     ...binary("Pow", (a, _b, _y, g, _needs, node) => {
       const p = node.attrs.exponent as number;
-      return [mul(g, mul(pow(a, p - 1), p)), null];
+      // x⁰ is constant (and 0·x⁻¹ would be NaN at x = 0); x¹'s derivative needs no power.
+      if (p === 0) return [null, null];
+      return [p === 1 ? g : mul(g, mul(pow(a, p - 1), p)), null];
     }),
     differentiable: (i) => i === 0,
   },

@@ -129,6 +129,11 @@ const cases: Case[] = [
   ["log", [{ shape: [dim(9), 3], gen: "positive" }], (_g, xs) => G.log(x(xs))],
   ["sqrt", [{ shape: [dim(10), 3], gen: "positive" }], (_g, xs) => G.sqrt(x(xs))],
   ["pow 3", [{ shape: [dim(11), 3] }], (_g, xs) => G.pow(x(xs), 3)],
+  [
+    "pow 1 and pow 0 (constant) at zeros",
+    [{ shape: [dim(47), 2] }],
+    (_g, xs) => G.add(G.pow(x(xs), 1), G.pow(G.relu(x(xs)), 0)),
+  ],
   ["pow 0.5", [{ shape: [dim(12), 3], gen: "positive" }], (_g, xs) => G.pow(x(xs), 0.5)],
   ["sigmoid", [{ shape: [dim(13), 3] }], (_g, xs) => G.sigmoid(x(xs))],
   ["tanh", [{ shape: [dim(14), 3] }], (_g, xs) => G.tanh(x(xs))],
