@@ -32,6 +32,17 @@ interface Flags {
   seeds: string;
   pick: string;
   out: string;
+  embeddingSteps?: string;
+  finetuneSteps?: string;
+  ddimSteps?: string;
+}
+
+/** An optional whole-number flag (the queue's payload schema checks its range). */
+function count(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new UserFacingError(`${flag} must be a whole number (got "${v}")`);
+  return n;
 }
 
 export function demoCommand(): Command {
@@ -43,6 +54,9 @@ export function demoCommand(): Command {
     .option("--seeds <list>", "seeds of the first grid", "1,2,3,4")
     .option("--pick <n>", "the tile (1-based) whose η sweep to render next, as a reaction would pick it", "1")
     .option("--out <dir>", "where the grids and images go", "imagic-demo")
+    .option("--embedding-steps <n>", "override the preset's embedding steps (a shorter demo)")
+    .option("--finetune-steps <n>", "override the preset's fine-tune steps")
+    .option("--ddim-steps <n>", "DDIM steps of both renders (default: the preset's / 50)")
     .action(async (f: Flags) => {
       const config = appConfig();
       const seeds = parseNumberList(f.seeds, "--seeds");
@@ -50,6 +64,9 @@ export function demoCommand(): Command {
       if (!Number.isInteger(pick) || pick < 1 || pick > seeds.length) {
         throw new UserFacingError(`--pick must be a tile number from 1 to ${seeds.length} (got ${f.pick})`);
       }
+      const embeddingSteps = count("--embedding-steps", f.embeddingSteps);
+      const finetuneSteps = count("--finetune-steps", f.finetuneSteps);
+      const steps = count("--ddim-steps", f.ddimSteps);
       let photo: Buffer;
       try {
         photo = readFileSync(f.image);
@@ -103,7 +120,13 @@ export function demoCommand(): Command {
           origin,
           imageBlobId,
           prompt: f.prompt,
-          options: { preset: f.preset, seeds },
+          options: {
+            preset: f.preset,
+            seeds,
+            ...(embeddingSteps === undefined ? {} : { embeddingSteps }),
+            ...(finetuneSteps === undefined ? {} : { finetuneSteps }),
+            ...(steps === undefined ? {} : { steps }),
+          },
         });
         mkdirSync(f.out, { recursive: true });
         const save = async (name: string, blobId: string) => {
@@ -123,6 +146,7 @@ export function demoCommand(): Command {
           stateBlobId: trained.stateBlobId,
           seeds: [seed],
           etas: [0.6, 0.8, 1, 1.2, 1.4],
+          ...(steps === undefined ? {} : { steps }),
         });
         const renderSeconds = (performance.now() - r0) / 1000;
         files.push(await save(`sweep-seed-${seed}.png`, sweep.gridBlobId));
