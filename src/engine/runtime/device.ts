@@ -80,6 +80,9 @@ export function probeDevice(device: ConcreteDevice): Promise<string | null> {
   return p;
 }
 
+/** What `auto` resolved to, decided (and logged) once per process. */
+let autoChoice: Promise<ConcreteDevice> | undefined;
+
 /** The provider to run on for `requested`; a clear error when an explicitly asked one is unavailable. */
 export async function resolveDevice(requested: Device): Promise<ConcreteDevice> {
   if (!DEVICES.includes(requested)) {
@@ -90,14 +93,17 @@ export async function resolveDevice(requested: Device): Promise<ConcreteDevice> 
     if (why) throw new DeviceUnavailableError(`device "${requested}" is unavailable on this machine: ${why}`);
     return requested;
   }
-  for (const d of ["cuda", "webgpu"] as const) {
-    const why = await probeDevice(d);
-    if (!why) {
-      log.info({ device: d }, "auto device");
-      return d;
+  autoChoice ??= (async () => {
+    for (const d of ["cuda", "webgpu"] as const) {
+      const why = await probeDevice(d);
+      if (!why) {
+        log.info({ device: d }, "auto device");
+        return d;
+      }
+      log.info({ device: d, why }, "device unavailable");
     }
-    log.debug({ device: d, why }, "device unavailable");
-  }
-  log.info({ device: "cpu" }, "auto device: no GPU provider available, using cpu");
-  return "cpu";
+    log.info({ device: "cpu" }, "auto device: no GPU provider available, using cpu");
+    return "cpu";
+  })();
+  return autoChoice;
 }
