@@ -1,7 +1,8 @@
 /**
  * Graph → ONNX ModelProto (opset 17 + com.microsoft 1). Walks back from the outputs, so nodes, inputs
- * and weights that no output needs are left out. Weights are not read here: `serialize` reads each one
- * once, inline or into an external-data file (protobuf cannot hold more than 2 GB).
+ * and weights that no output needs are left out. Weights are not read here: `serializeInline` or
+ * `serializeExternal` reads each one once, inline or into an external-data file (protobuf cannot hold
+ * more than 2 GB).
  */
 import { createHash } from "node:crypto";
 import { closeSync, openSync, writeSync } from "node:fs";
