@@ -48,14 +48,12 @@ export function attentionBlock(
   let q = projection(p, o.lora, `${path}.to_q`, x, o.queryDim, inner, o.qkvBias);
   let k = projection(p, o.lora, `${path}.to_k`, ctx, o.contextDim, inner, o.qkvBias);
   let v = projection(p, o.lora, `${path}.to_v`, ctx, o.contextDim, inner, o.qkvBias);
-  const lowPrecision = q.dtype !== "float32";
-  if (o.upcast && lowPrecision) {
+  if (o.upcast) {
     q = cast(q, "float32");
     k = cast(k, "float32");
     v = cast(v, "float32");
   }
-  let h = attention(q, k, v, { heads: o.heads, scale: 1 / Math.sqrt(o.dimHead) });
-  if (o.upcast && lowPrecision) h = cast(h, x.dtype);
+  const h = cast(attention(q, k, v, { heads: o.heads, scale: 1 / Math.sqrt(o.dimHead) }), x.dtype);
   return projection(p, o.lora, `${path}.to_out.0`, h, inner, o.queryDim, true);
 }
 

@@ -56,8 +56,7 @@ export class LoraInputs implements LoraHook {
     const down = this.graph.input(loraDownName(path), "float32", [this.rank, inF]);
     const up = this.graph.input(loraUpName(path), "float32", [outF, this.rank]);
     this.modules.set(path, { down, up, inF, outF });
-    const dt = x.dtype;
-    const lowered = (t: Tensor) => (dt === "float32" ? t : cast(t, dt));
+    const lowered = (t: Tensor) => cast(t, x.dtype);
     const delta = linear(linear(x, lowered(down)), lowered(up));
     return add(y, mul(delta, lowered(this.scale)));
   }

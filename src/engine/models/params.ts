@@ -58,7 +58,7 @@ export class StoreParams implements ParamSource {
       this.store.data(name, { shape, dtype: "float32" });
       t = this.graph.input(graphName, "float32", shape);
       this.inputs.set(name, t);
-      if (this.dtype !== "float32") t = cast(t, this.dtype);
+      t = cast(t, this.dtype);
     } else {
       t = this.graph.weight(graphName, this.store.data(name, { shape, dtype: this.dtype }));
     }

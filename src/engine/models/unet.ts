@@ -54,9 +54,9 @@ export function unet(p: ParamSource, c: UNetConfig, x: UNetInputs, lora?: LoraHo
   const dt = p.dtype;
 
   const tproj = timestepEmbedding(x.timestep, c0, c.flip_sin_to_cos, c.freq_shift);
-  const temb = timeMlp(p, "time_embedding", dt === "float32" ? tproj : cast(tproj, dt), c0, tembC);
-  const context = x.context.dtype === dt ? x.context : cast(x.context, dt);
-  const sample = x.sample.dtype === dt ? x.sample : cast(x.sample, dt);
+  const temb = timeMlp(p, "time_embedding", cast(tproj, dt), c0, tembC);
+  const context = cast(x.context, dt);
+  const sample = cast(x.sample, dt);
 
   const resnet = (path: string, h: Tensor, outC: number) =>
     resnetBlock2D(p, path, h, temb, { outChannels: outC, groups, eps, tembChannels: tembC });
@@ -113,5 +113,5 @@ export function unet(p: ParamSource, c: UNetConfig, x: UNetInputs, lora?: LoraHo
 
   h = silu(groupNorm(p, "conv_norm_out", h, c0, groups, eps));
   const out = conv(p, "conv_out", h, c0, c.out_channels, { kernel: 3, padding: 1 });
-  return out.dtype === "float32" ? out : cast(out, "float32");
+  return cast(out, "float32");
 }

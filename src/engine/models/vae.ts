@@ -45,7 +45,7 @@ export function vaeEncode(p: ParamSource, c: VaeConfig, image: Tensor): { mean: 
   const boc = c.block_out_channels;
   const levels = boc.length;
   const groups = c.norm_num_groups;
-  const x = image.dtype === p.dtype ? image : cast(image, p.dtype);
+  const x = cast(image, p.dtype);
   let h = conv(p, "encoder.conv_in", x, c.in_channels, boc[0] as number, { kernel: 3, padding: 1 });
   for (let i = 0; i < levels; i++) {
     for (let j = 0; j < c.layers_per_block; j++) {
@@ -63,7 +63,7 @@ export function vaeEncode(p: ParamSource, c: VaeConfig, image: Tensor): { mean: 
   const moments = 2 * c.latent_channels;
   h = conv(p, "encoder.conv_out", h, cl, moments, { kernel: 3, padding: 1 });
   if (c.use_quant_conv) h = conv(p, "quant_conv", h, moments, moments, { kernel: 1 });
-  if (h.dtype !== "float32") h = cast(h, "float32");
+  h = cast(h, "float32");
   const [mean, logvar] = split(h, [c.latent_channels, c.latent_channels], 1) as [Tensor, Tensor];
   // DiagonalGaussianDistribution clamps the log-variance to [-30, 20] before std = exp(logvar / 2).
   return { mean, std: exp(mul(clamp(logvar, -30, 20), 0.5)) };
@@ -75,7 +75,7 @@ export function vaeDecode(p: ParamSource, c: VaeConfig, latents: Tensor): Tensor
   const levels = boc.length;
   const groups = c.norm_num_groups;
   const lc = c.latent_channels;
-  let h = latents.dtype === p.dtype ? latents : cast(latents, p.dtype);
+  let h = cast(latents, p.dtype);
   if (c.use_post_quant_conv) h = conv(p, "post_quant_conv", h, lc, lc, { kernel: 1 });
   h = conv(p, "decoder.conv_in", h, lc, boc[levels - 1] as number, { kernel: 3, padding: 1 });
   h = midBlock(p, "decoder.mid_block", h, c);
@@ -96,5 +96,5 @@ export function vaeDecode(p: ParamSource, c: VaeConfig, latents: Tensor): Tensor
   const c0 = boc[0] as number;
   h = silu(groupNorm(p, "decoder.conv_norm_out", h, c0, groups, EPS));
   h = conv(p, "decoder.conv_out", h, c0, c.out_channels, { kernel: 3, padding: 1 });
-  return h.dtype === "float32" ? h : cast(h, "float32");
+  return cast(h, "float32");
 }
