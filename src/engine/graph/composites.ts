@@ -4,7 +4,7 @@
  * device runs the fused kernel at that dtype.
  */
 import { type DType, numel } from "./dtype.js";
-import type { Attrs, Node, OutputSpec, Tensor } from "./graph.js";
+import type { Attrs, Node, Tensor } from "./graph.js";
 import type { Device, OpDef } from "./op.js";
 import { add, cast, div, matmul, mul, reduceMean, reshape, softmax, sqrt, sub, transpose } from "./ops.js";
 import { broadcastShapes, fmt, opError, sameShape } from "./shape.js";
