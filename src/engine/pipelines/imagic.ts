@@ -316,6 +316,12 @@ export async function renderImagic(
   const pairs = r.etas.flatMap((eta) => r.seeds.map((seed) => ({ eta, seed })));
   const chunks: Array<typeof pairs> = [];
   for (let i = 0; i < pairs.length; i += batch) chunks.push(pairs.slice(i, i + batch));
+  // A short last batch is padded with copies of its last image (dropped afterwards), so every call of a
+  // multi-batch render has one shape: one compiled UNet session (and its weights) instead of two.
+  const last = chunks.at(-1) as typeof pairs;
+  const realInLast = last.length;
+  if (chunks.length > 1)
+    while (last.length < batch) last.push(last[realInLast - 1] as (typeof pairs)[number]);
   const total = chunks.length * r.steps;
   const eta = new EtaTracker([{ stage: "render", steps: total, weight: 1 }]);
   const report = args.onProgress ?? (() => {});
@@ -348,7 +354,8 @@ export async function renderImagic(
     throwIfCancelled(args.signal, `render batch ${c + 1}/${chunks.length} decode`);
     const images = await sd.decodeLatents(final, size, size);
     const img = 3 * size * size;
-    chunk.forEach((p, i) => {
+    const real = c === chunks.length - 1 ? realInLast : chunk.length;
+    chunk.slice(0, real).forEach((p, i) => {
       out.push({ ...p, image: images.slice(i * img, (i + 1) * img) });
     });
   }

@@ -207,19 +207,21 @@ describe("renderImagic on the fixture model", () => {
     expect(maxAbsDiff(img?.image as Float32Array, ref.image)).toBeLessThan(1e-5);
   });
 
-  it("renders η × seeds batched exactly as one at a time, and η moves the image", async () => {
+  it("renders η × seeds batched exactly as one at a time, padding a short last batch to one shape", async () => {
     const state = await trainImagic(sd, {
       image: photo,
       size: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 4, lr: 5e-2 }, finetune: { steps: 0 } }),
     });
+    const unet = vi.spyOn(sd, "predictNoise");
+    // 4 images, 3 per call: a batch of 3 and a last one padded from 1 to 3.
     const all = await renderImagic(sd, state, {
       etas: [0, 1.2],
       seeds: [1, 2],
       guidance: 7.5,
       steps: 3,
-      batch: 4,
+      batch: 3,
     });
     expect(all.map((i) => [i.eta, i.seed])).toEqual([
       [0, 1],
@@ -227,6 +229,10 @@ describe("renderImagic on the fixture model", () => {
       [1.2, 1],
       [1.2, 2],
     ]);
+    expect(unet).toHaveBeenCalledTimes(2 * 3);
+    // Every call had 3 images × 2 (guidance) contexts of [77, 16].
+    expect(new Set(unet.mock.calls.map((c) => c[2].length))).toEqual(new Set([6 * 77 * 16]));
+    unet.mockRestore();
     const [single] = await renderImagic(sd, state, {
       etas: [1.2],
       seeds: [2],
@@ -234,7 +240,7 @@ describe("renderImagic on the fixture model", () => {
       steps: 3,
       batch: 1,
     });
-    // A batch of 8 UNet items vs 2: the same arithmetic per item up to float32 summation order.
+    // A batch of 6 UNet items vs 2: the same arithmetic per item up to float32 summation order.
     expect(maxAbsDiff(all[3]?.image as Float32Array, single?.image as Float32Array)).toBeLessThan(1e-4);
     expect(maxAbsDiff(all[0]?.image as Float32Array, all[2]?.image as Float32Array)).toBeGreaterThan(1e-3);
     expect(all[0]?.image).toHaveLength(3 * SIZE * SIZE);
