@@ -4,7 +4,8 @@
  * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1). `--tiny` shrinks every network so the
  * whole thing runs on a CPU in seconds (a smoke test of the bundle and the graphs).
  */
-import { writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { Command, Option } from "commander";
 import type { Graph } from "../../engine/graph/index.js";
 import {
@@ -26,7 +27,14 @@ import {
 } from "../../engine/models/config.js";
 import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
-import { createSession, type Device, type HostTensor, resolveDevice } from "../../engine/runtime/index.js";
+import {
+  createSession,
+  type Device,
+  type HostTensor,
+  type ProfileRow,
+  resolveDevice,
+  summarizeProfile,
+} from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 
 interface Shapes {
@@ -109,6 +117,8 @@ export interface BenchRow {
   minMs: number;
   runs: number;
   params: number;
+  /** With --profile: kernel time per op type and provider, per run (first run included). */
+  profile?: ProfileRow[];
 }
 
 function randn(n: number, seed: number): Float32Array {
@@ -259,6 +269,8 @@ export async function runSdBench(opts: {
   lossDtype?: ComputeDType;
   shapes: Shapes;
   runs: number;
+  /** Folder for onnxruntime profiles (one per case); timings then include the profiler's overhead. */
+  profileDir?: string;
   /** Case ids to run (all when absent). */
   only?: readonly string[];
   log?: (line: string) => void;
@@ -271,7 +283,9 @@ export async function runSdBench(opts: {
     const weights = randomWeights();
     const t0 = performance.now();
     const { graph, feeds } = c.build(weights);
-    const session = await createSession(graph, { device });
+    if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
+    const profile = opts.profileDir ? join(opts.profileDir, `sd-${c.id}`) : undefined;
+    const session = await createSession(graph, { device, ...(profile ? { profile } : {}) });
     const createMs = performance.now() - t0;
     const input = feeds();
     let t = performance.now();
@@ -283,6 +297,7 @@ export async function runSdBench(opts: {
       await session.run(input);
       times.push(performance.now() - t);
     }
+    const profileFile = session.endProfiling();
     await session.release();
     const row: BenchRow = {
       name: c.name,
@@ -294,8 +309,17 @@ export async function runSdBench(opts: {
       runs: times.length,
       params: weights.count(),
     };
+    if (profileFile) {
+      const per = opts.runs + 1;
+      row.profile = summarizeProfile(profileFile).map((p) => ({ ...p, ms: p.ms / per }));
+    }
     rows.push(row);
     opts.log?.(formatRow(row));
+    for (const p of row.profile?.slice(0, 10) ?? []) {
+      opts.log?.(
+        `    ${p.op.padEnd(28)} ${p.provider.padEnd(8)} ${String(p.nodes).padStart(5)} nodes ${p.ms.toFixed(2).padStart(10)} ms/run`,
+      );
+    }
   }
   return { device, rows };
 }
@@ -328,6 +352,10 @@ export function sdBenchCommand(): Command {
       v.split(","),
     )
     .option("--json <file>", "also write the results as JSON")
+    .option(
+      "--profile <dir>",
+      "profile each case with onnxruntime (files in <dir>) and print time per op and provider",
+    )
     .action(
       async (o: {
         device: Device;
@@ -338,6 +366,7 @@ export function sdBenchCommand(): Command {
         runs: number;
         only?: string[];
         json?: string;
+        profile?: string;
       }) => {
         const unknown = o.only?.filter((id) => !CASE_IDS.includes(id)) ?? [];
         if (unknown.length > 0) {
@@ -365,6 +394,7 @@ export function sdBenchCommand(): Command {
           shapes,
           runs: o.runs,
           only: o.only,
+          profileDir: o.profile,
           log: (l) => {
             if (!l.startsWith("…")) out(l);
           },
