@@ -101,7 +101,11 @@ export const COMMANDS: readonly CommandDefinition[] = [
       seedsOption,
     ],
   },
-  { name: "cancel", description: "Cancel your queued and running edits", options: [] },
+  {
+    name: "cancel",
+    description: "Cancel your queued and running edits (in an edit's thread: just that one)",
+    options: [],
+  },
   { name: "queue", description: "Where are my edits: queue position, running stage, ETA", options: [] },
   { name: "help", description: "How to use this bot", options: [] },
 ];

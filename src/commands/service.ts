@@ -205,18 +205,29 @@ export class ChatCommands {
     }
   }
 
+  /** Cancels the user's jobs: in a job's thread only that thread's, elsewhere all of them. */
   private async cancel(request: CommandRequest, reply: CommandReply): Promise<void> {
-    const jobs = await this.queue.listForUser(request.userId);
-    if (jobs.length === 0) return reply.private("You have no edits queued or running.");
+    const listed = await this.queue.listForUser(request.userId);
+    const jobs = await Promise.all(
+      listed.map(async ({ jobId, name }) => {
+        const job = await this.queue.queue.getJob(jobId);
+        return { jobId, name, origin: (job?.data as { origin?: ChatOrigin } | undefined)?.origin };
+      }),
+    );
+    const thread = request.conversation.thread;
+    const inThread = thread ? jobs.filter((j) => j.origin?.thread === thread) : [];
+    const chosen = inThread.length > 0 ? inThread : jobs;
+    if (chosen.length === 0) return reply.private("You have no edits queued or running.");
     const lines: string[] = [];
-    for (const { jobId, name } of jobs) {
-      const job = await this.queue.queue.getJob(jobId);
+    for (const { jobId, name, origin } of chosen) {
       const outcome = await this.queue.cancel(jobId, request.userId);
-      lines.push(
-        `• ${name} (job ${jobId}): ${outcome === "removed" ? "cancelled" : outcome === "cancelling" ? "stopping after the current step" : "already finished"}`,
-      );
+      const said = {
+        removed: "cancelled",
+        cancelling: "stopping after the current step",
+        finished: "already finished",
+      };
+      lines.push(`• ${name} (job ${jobId}): ${said[outcome]}`);
       // A removed job never runs, so no `failed` event will update its progress message: do it here.
-      const origin = (job?.data as { origin?: ChatOrigin } | undefined)?.origin;
       if (outcome === "removed" && origin?.message) {
         await this.finishProgress(jobId, this.progressRef(origin), "🛑 Cancelled before it started.");
       }

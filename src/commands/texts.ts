@@ -15,7 +15,7 @@ export function helpText(): string {
       "and take seconds.",
     `• \`/swap source:<photo> subject:"cat" reference1:<photo> … reference${MAX_REFERENCES}\` swaps the subject ` +
       "of the source photo for the one in the reference photos.",
-    "• `/queue` shows where your edits are; `/cancel` stops them.",
+    "• `/queue` shows where your edits are; `/cancel` stops them (run in an edit's thread: just that one).",
     "Only the person who started an edit can pick from its grids. Photos must be still PNG, JPEG, WebP or GIF images.",
   ].join("\n");
 }

@@ -207,26 +207,46 @@ describe("jobs that do not end well", () => {
     expect(progress.content).toBe("❌ the photo is too dark to learn from");
   });
 
-  it("/cancel stops a running job and says so in its thread; /queue shows its stage before", async () => {
+  it("/cancel in a job's thread stops that job; elsewhere it stops all, removing waiting ones; /queue shows them", async () => {
     await w.worker(lightweightPipelines({ steps: 400, stepMs: 25 }));
     const channel = w.fake.addTextChannel("cancel");
-    const thread = await w.thread(w.imagic(channel));
+    const running = await w.thread(w.imagic(channel));
     await w.fake.waitFor("progress", () =>
-      w.posted(thread)[0]?.content.includes("optimizing the text embedding"),
+      w.posted(running)[0]?.content.includes("optimizing the text embedding"),
     );
+    const waiting = await w.thread(w.imagic(channel));
+    await w.fake.waitFor("a place in line", () => w.posted(waiting)[0]?.content.includes("next in line"));
 
     const queue = w.fake.runCommand({ name: "queue", user: w.author, channel });
-    expect(await w.ephemeral(queue)).toMatch(
-      /Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job \d+\)/,
+    const lines = (await w.ephemeral(queue)).split("\n");
+    expect(lines[0]).toMatch(
+      /^⏳ Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job \d+\)$/,
     );
+    expect(lines[1]).toMatch(/^🕒 Imagic fine-tune: next in line .*\(job \d+\)$/);
 
-    const cancel = w.fake.runCommand({ name: "cancel", user: w.author, channel });
-    expect(await w.ephemeral(cancel)).toMatch(/imagic\.train \(job \d+\): stopping after the current step/);
-    const progress = await w.fake.waitFor("cancelled", () =>
-      w.posted(thread).find((m) => m.content.startsWith("🛑")),
+    const inThread = w.fake.runCommand({
+      name: "cancel",
+      user: w.author,
+      channel: w.fake.mustChannel(running),
+    });
+    expect(await w.ephemeral(inThread)).toMatch(
+      /^• imagic\.train \(job \d+\): stopping after the current step$/,
     );
-    expect(progress.content).toBe("🛑 Cancelled.");
-    expect(w.posted(thread).filter((m) => m.reactions.size > 0)).toEqual([]);
+    const stopped = await w.fake.waitFor("cancelled", () =>
+      w.posted(running).find((m) => m.content.startsWith("🛑")),
+    );
+    expect(stopped.content).toBe("🛑 Cancelled.");
+    expect(w.posted(running).filter((m) => m.reactions.size > 0)).toEqual([]);
+
+    // The thread's /cancel left the other job alone. With no engine to run it (a worker that stops hands its
+    // job back), /cancel in the channel removes it from the queue and says so on its progress message.
+    await w.h.stopWorkers();
+    const everywhere = w.fake.runCommand({ name: "cancel", user: w.author, channel });
+    expect(await w.ephemeral(everywhere)).toMatch(/^• imagic\.train \(job \d+\): cancelled$/);
+    const removed = await w.fake.waitFor("cancelled", () =>
+      w.posted(waiting).find((m) => m.content.startsWith("🛑")),
+    );
+    expect(removed.content).toBe("🛑 Cancelled before it started.");
   });
 
   it("a pick whose state expired says so and offers to start again", async () => {
