@@ -292,6 +292,41 @@ describe("renderImagic on the fixture model", () => {
   });
 });
 
+describe("Imagic on the SD 2.x fixture (v-prediction, per-level heads)", () => {
+  it("trains both stages and renders η = 1 un-tuned exactly as txt2img", async () => {
+    const sd2 = await StableDiffusion.load(
+      new URL("../../fixtures/models/sd2/model", import.meta.url).pathname,
+      {
+        device: "cpu",
+        dtype: "fp32",
+      },
+    );
+    try {
+      const tuned = await trainImagic(sd2, {
+        image: photo,
+        size: SIZE,
+        prompt: PROMPT,
+        options: options({ embedding: { steps: 2 }, finetune: { steps: 1 } }),
+      });
+      expect(tuned.contextShape).toEqual([77, 24]);
+      expect(tuned.losses.finetune).toHaveLength(1);
+      // Without its LoRA the state renders on the un-tuned UNet; at η = 1, ē = e_tgt.
+      const plain = { ...tuned, lora: null };
+      const [img] = await renderImagic(sd2, plain, {
+        etas: [1],
+        seeds: [7],
+        guidance: 7.5,
+        steps: 3,
+        batch: 1,
+      });
+      const ref = await txt2img(sd2, { prompt: PROMPT, steps: 3, guidance: 7.5, seed: 7, size: SIZE });
+      expect(maxAbsDiff(img?.image as Float32Array, ref.image)).toBeLessThan(1e-5);
+    } finally {
+      await sd2.release();
+    }
+  });
+});
+
 describe("checkPrompt", () => {
   it("refuses an empty prompt and an over-long one, saying where CLIP would cut it", () => {
     expect(() => checkPrompt(sd, "   ")).toThrow("the prompt is empty");
