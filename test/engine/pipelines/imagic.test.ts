@@ -205,6 +205,10 @@ describe("renderImagic on the fixture model", () => {
     // Same noise, same embedding, same UNet batch: only the text encoder's batch (1 vs 2) differs, so
     // agreement is to float32 rounding; 1e-5 on [-1, 1] pixels.
     expect(maxAbsDiff(img?.image as Float32Array, ref.image)).toBeLessThan(1e-5);
+    // Guidance 1 is no guidance (one UNet item per image), as in txt2img.
+    const [plain] = await renderImagic(sd, state, { etas: [1], seeds: [7], guidance: 1, steps: 2, batch: 1 });
+    const plainRef = await txt2img(sd, { prompt: PROMPT, steps: 2, guidance: 1, seed: 7, size: SIZE });
+    expect(maxAbsDiff(plain?.image as Float32Array, plainRef.image)).toBeLessThan(1e-5);
   });
 
   it("renders η × seeds batched exactly as one at a time, padding a short last batch to one shape", async () => {
