@@ -126,7 +126,7 @@ export const LIMITS = {
   loraRank: 128,
   loraAlpha: 1024,
   etaMin: 0,
-  /** The community pipeline's users push η past 1 for stronger edits; beyond ~1.5 the embedding leaves CLIP's range. */
+  /** η > 1 extrapolates past e_tgt (the community pipeline's users do, for stronger edits); issue 5 sets 1.5. */
   etaMax: 1.5,
   etas: 8,
   seeds: 16,
