@@ -10,7 +10,7 @@ import type { TextEncoderConfig, UNetConfig, VaeConfig } from "./config.js";
 import { LoraInputs, loraDownName, loraUpName } from "./lora.js";
 import { StoreParams, type WeightSource } from "./params.js";
 import { unet } from "./unet.js";
-import { vaeDecode, vaeEncode } from "./vae.js";
+import { vaeDecode, vaeEncode, vaeLegacyName } from "./vae.js";
 
 /** Graph input and output names, shared by the builders and the code that feeds the sessions. */
 export const IO = {
@@ -84,7 +84,11 @@ export function vaeEncodeGraph(
 ): Graph {
   const g = new Graph("vae_encode");
   const image = g.input(IO.image, "float32", [1, c.in_channels, height, width]);
-  const { mean, std } = vaeEncode(new StoreParams(g, store, { origin: "vae", dtype }), c, image);
+  const { mean, std } = vaeEncode(
+    new StoreParams(g, store, { origin: "vae", dtype, legacyName: vaeLegacyName }),
+    c,
+    image,
+  );
   g.output(IO.mean, mean);
   g.output(IO.std, std);
   return g;
@@ -101,7 +105,10 @@ export function vaeDecodeGraph(
 ): Graph {
   const g = new Graph("vae_decode");
   const latents = g.input(IO.latents, "float32", [batch, c.latent_channels, height, width]);
-  g.output(IO.image, vaeDecode(new StoreParams(g, store, { origin: "vae", dtype }), c, latents));
+  g.output(
+    IO.image,
+    vaeDecode(new StoreParams(g, store, { origin: "vae", dtype, legacyName: vaeLegacyName }), c, latents),
+  );
   return g;
 }
 

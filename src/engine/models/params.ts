@@ -20,14 +20,14 @@ export interface ParamSource {
 export type WeightSource = Pick<WeightStore, "has" | "data">;
 
 export interface StoreParamsOptions {
-  /** Prefix of the graph names (initializers and inputs), e.g. "unet." so components can share a graph. */
-  prefix?: string;
   /** Compute dtype (default float32): float32 or float16. */
   dtype?: "float32" | "float16";
-  /** Parameters delivered as float32 graph inputs named `prefix + name` instead of initializers. */
+  /** Parameters delivered as float32 graph inputs (named as the parameter) instead of initializers. */
   trainable?: (name: string) => boolean;
   /** Names the source is known by in error messages (a file or folder). */
   origin?: string;
+  /** The older name diffusers still loads a parameter under, read when the store lacks `name`. */
+  legacyName?: (name: string) => string | undefined;
 }
 
 /** A ParamSource over a weight store, plus the graph inputs it made for the trainable parameters. */
@@ -48,21 +48,25 @@ export class StoreParams implements ParamSource {
   get(name: string, shape: readonly number[]): Tensor {
     const cached = this.made.get(name);
     if (cached) return cached;
-    if (!this.store.has(name)) {
-      throw new Error(`${this.opts.origin ?? "the checkpoint"}: parameter "${name}" is missing`);
-    }
-    const graphName = (this.opts.prefix ?? "") + name;
+    const stored = this.storedName(name);
     let t: Tensor;
     if (this.opts.trainable?.(name)) {
       // Checks shape and dtype the same way an initializer would, without reading the bytes.
-      this.store.data(name, { shape, dtype: "float32" });
-      t = this.graph.input(graphName, "float32", shape);
+      this.store.data(stored, { shape, dtype: "float32" });
+      t = this.graph.input(name, "float32", shape);
       this.inputs.set(name, t);
       t = cast(t, this.dtype);
     } else {
-      t = this.graph.weight(graphName, this.store.data(name, { shape, dtype: this.dtype }));
+      t = this.graph.weight(name, this.store.data(stored, { shape, dtype: this.dtype }));
     }
     this.made.set(name, t);
     return t;
+  }
+
+  private storedName(name: string): string {
+    if (this.store.has(name)) return name;
+    const legacy = this.opts.legacyName?.(name);
+    if (legacy !== undefined && this.store.has(legacy)) return legacy;
+    throw new Error(`${this.opts.origin ?? "the checkpoint"}: parameter "${name}" is missing`);
   }
 }

@@ -10,6 +10,22 @@ import { conv, groupNorm } from "./layers.js";
 import type { ParamSource } from "./params.js";
 import { downsample2D, resnetBlock2D, upsample2D } from "./resnet.js";
 
+const LEGACY_ATTENTION: Record<string, string> = {
+  to_q: "query",
+  to_k: "key",
+  to_v: "value",
+  "to_out.0": "proj_attn",
+};
+
+/**
+ * VAE checkpoints saved before diffusers 0.14 name the mid-block attention's projections query, key,
+ * value and proj_attn (diffusers still loads them, and some hub copies of SD 1.x ship them).
+ */
+export function vaeLegacyName(name: string): string | undefined {
+  const m = /^(.*\.mid_block\.attentions\.0)\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$/.exec(name);
+  return m ? `${m[1]}.${LEGACY_ATTENTION[m[2] as string]}.${m[3]}` : undefined;
+}
+
 /** The VAE's norms all use eps 1e-6. */
 const EPS = 1e-6;
 

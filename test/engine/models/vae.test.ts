@@ -1,7 +1,41 @@
 /**
  * AutoencoderKL through the engine API beyond the golden image: batched decoding equals decoding one
- * by one, non-square sizes work, and sizes the VAE cannot take are refused by name.
+ * by one, non-square sizes work, sizes the VAE cannot take are refused by name, and checkpoints with
+ * the pre-0.14 attention names (query/key/value/proj_attn) load as diffusers loads them.
  */
+
+const MODEL = "test/fixtures/models/sd1/model";
+
+/** A copy of the fixture whose VAE names its mid-block attention projections the old way. */
+function legacyCopy(): string {
+  const dir = join(mkdtempSync(join(tmpdir(), "legacy-vae-")), "model");
+  cpSync(MODEL, dir, { recursive: true });
+  const file = join(dir, "vae", "diffusion_pytorch_model.safetensors");
+  const bytes = readFileSync(file);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>;
+  const old: Record<string, string> = { to_q: "query", to_k: "key", to_v: "value", "to_out.0": "proj_attn" };
+  const renamed = Object.fromEntries(
+    Object.entries(header).map(([k, v]) => [
+      k.replace(
+        /(mid_block\.attentions\.0)\.(to_q|to_k|to_v|to_out\.0)\./,
+        (_, p: string, m: string) => `${p}.${old[m]}.`,
+      ),
+      v,
+    ]),
+  );
+  expect(Object.keys(renamed).filter((k) => k.includes(".query.")).length).toBe(4);
+  const json = Buffer.from(JSON.stringify(renamed), "utf8");
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  // Tensor offsets are relative to the data section, so the data bytes follow the new header unchanged.
+  writeFileSync(file, Buffer.concat([len, json, bytes.subarray(8 + n)]));
+  return dir;
+}
+
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { relError } from "../../helpers/golden.js";
@@ -9,7 +43,7 @@ import { relError } from "../../helpers/golden.js";
 describe("AutoencoderKL", () => {
   let sd: StableDiffusion;
   beforeAll(async () => {
-    sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
+    sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
   });
   afterAll(async () => {
     await sd?.release();
@@ -39,5 +73,18 @@ describe("AutoencoderKL", () => {
       /image holds 10 values, expected 12288/,
     );
     await expect(sd.decodeLatents(new Float32Array(100), 64, 64)).rejects.toThrow(/not a multiple of 256/);
+  });
+
+  it("loads a VAE with the pre-0.14 attention names to the same function", async () => {
+    const legacy = await StableDiffusion.load(legacyCopy(), { device: "cpu", dtype: "fp32" });
+    try {
+      const image = Float32Array.from({ length: 3 * 64 * 64 }, (_, i) => Math.cos(i / 5));
+      const a = await sd.encodeImage(image, 64, 64);
+      const b = await legacy.encodeImage(image, 64, 64);
+      expect(b.mean).toEqual(a.mean);
+      expect(await legacy.decodeLatents(a.mean, 64, 64)).toEqual(await sd.decodeLatents(a.mean, 64, 64));
+    } finally {
+      await legacy.release();
+    }
   });
 });
