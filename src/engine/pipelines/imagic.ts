@@ -41,6 +41,7 @@ export interface Progress {
   loss?: number;
   /** Seconds left in this call (training: both stages; render: every batch). */
   etaSeconds?: number;
+  /** [3, H, W] in [-1, 1]: while rendering, the first image of each batch as soon as it is decoded. */
   preview?: Float32Array;
 }
 
@@ -328,6 +329,7 @@ export async function renderImagic(
   const uncond = await sd.encodeText([""]);
   const out: RenderedImage[] = [];
   const contexts = new Map(r.etas.map((e) => [e, interpolate(state, e)]));
+  let etaSeconds: number | undefined;
   eta.begin("render");
   for (const [c, chunk] of chunks.entries()) {
     const latents = new Float32Array(chunk.length * per);
@@ -348,7 +350,8 @@ export async function renderImagic(
       label: `render batch ${c + 1}/${chunks.length}`,
       onStep: (step) => {
         const done = c * r.steps + step;
-        report({ stage: "render", step: done, total, etaSeconds: eta.step("render", done) });
+        etaSeconds = eta.step("render", done);
+        report({ stage: "render", step: done, total, etaSeconds });
       },
     });
     throwIfCancelled(args.signal, `render batch ${c + 1}/${chunks.length} decode`);
@@ -358,6 +361,8 @@ export async function renderImagic(
     chunk.slice(0, real).forEach((p, i) => {
       out.push({ ...p, image: images.slice(i * img, (i + 1) * img) });
     });
+    // The batch's first finished image, free to show while later batches render.
+    report({ stage: "render", step: (c + 1) * r.steps, total, etaSeconds, preview: out.at(-real)?.image });
   }
   return out;
 }

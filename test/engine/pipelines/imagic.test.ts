@@ -220,12 +220,16 @@ describe("renderImagic on the fixture model", () => {
     });
     const unet = vi.spyOn(sd, "predictNoise");
     // 4 images, 3 per call: a batch of 3 and a last one padded from 1 to 3.
+    const previews: Float32Array[] = [];
     const all = await renderImagic(sd, state, {
       etas: [0, 1.2],
       seeds: [1, 2],
       guidance: 7.5,
       steps: 3,
       batch: 3,
+      onProgress: (p) => {
+        if (p.preview) previews.push(p.preview);
+      },
     });
     expect(all.map((i) => [i.eta, i.seed])).toEqual([
       [0, 1],
@@ -234,6 +238,8 @@ describe("renderImagic on the fixture model", () => {
       [1.2, 2],
     ]);
     expect(unet).toHaveBeenCalledTimes(2 * 3);
+    // Each batch previews its first image once decoded.
+    expect(previews).toEqual([all[0]?.image, all[3]?.image]);
     // Every call had 3 images × 2 (guidance) contexts of [77, 16].
     expect(new Set(unet.mock.calls.map((c) => c[2].length))).toEqual(new Set([6 * 77 * 16]));
     unet.mockRestore();
