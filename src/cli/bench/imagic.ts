@@ -339,6 +339,9 @@ export function imagicBenchCommand(): Command {
         device: f.device,
         dtype: f.dtype,
         trainDtype: f.trainDtype,
+      }).catch((error: unknown) => {
+        gpu.stop(); // the polling child would keep the process alive
+        throw error;
       });
       out(
         `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
