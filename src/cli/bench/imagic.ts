@@ -335,14 +335,17 @@ export function imagicBenchCommand(): Command {
       const l0 = performance.now();
       const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
       out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
-      const sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
-        device: f.device,
-        dtype: f.dtype,
-        trainDtype: f.trainDtype,
-      }).catch((error: unknown) => {
+      let sd: StableDiffusion;
+      try {
+        sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
+          device: f.device,
+          dtype: f.dtype,
+          trainDtype: f.trainDtype,
+        });
+      } catch (error) {
         gpu.stop(); // the polling child would keep the process alive
         throw error;
-      });
+      }
       out(
         `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
           `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
