@@ -38,7 +38,9 @@ interface Flags {
 class StageClock {
   private readonly stamps = new Map<string, number[]>();
   private readonly starts = new Map<string, number>();
+  /** Records a step's end; a preview event repeats its batch's last step and is not one. */
   mark(p: Progress): void {
+    if (p.preview) return;
     const now = performance.now();
     const list = this.stamps.get(p.stage) ?? [];
     if (list.length === 0 && !this.starts.has(p.stage)) this.starts.set(p.stage, now);
@@ -155,6 +157,7 @@ async function benchPreset(
     steps: renderSteps,
     batch: 4,
     onProgress: (p) => {
+      if (p.preview) return;
       clock.mark(p);
       lastStep = performance.now();
     },
