@@ -72,6 +72,11 @@ export function txt2imgCommand(): Command {
         });
         try {
           const size = o.size ?? sd.defaultImageSize;
+          if (size % sd.vaeScale !== 0) {
+            throw new UserFacingError(
+              `--size must be a multiple of ${sd.vaeScale} for this model, got ${size}`,
+            );
+          }
           const started = performance.now();
           const { image } = await txt2img(sd, {
             prompt: o.prompt,
