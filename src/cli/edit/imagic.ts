@@ -334,7 +334,7 @@ export function imagicCommand(): Command {
           log.warn("these images come from the tiny TEST checkpoint: expect noise, not an edit");
         }
         process.stdout.write(
-          `wrote ${images.length} images, grids${saved ? "" : ", state.safetensors"} and report.json to ${f.out} in ${formatSeconds(report.seconds.total)}\n`,
+          `wrote ${images.length} image${images.length === 1 ? "" : "s"}, grids${saved ? "" : ", state.safetensors"} and report.json to ${f.out} in ${formatSeconds(report.seconds.total)}\n`,
         );
       } finally {
         bar.stop();
