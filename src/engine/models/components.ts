@@ -58,21 +58,27 @@ export interface UNetGraphOptions {
   dtype?: ComputeDType;
   /** Adds LoRA inputs of this rank on every attention projection. */
   loraRank?: number;
+  /** UNet weights delivered as float32 inputs named as the parameter (a full fine-tune's weights). */
+  weightInputs?: (name: string) => boolean;
 }
 
 export function unetGraph(
   store: WeightSource,
   c: UNetConfig,
   o: UNetGraphOptions,
-): { graph: Graph; lora: LoraInputs | undefined } {
+): { graph: Graph; lora: LoraInputs | undefined; weights: Map<string, Tensor> } {
   const g = new Graph("unet");
   const sample = g.input(IO.sample, "float32", [o.batch, c.in_channels, o.height, o.width]);
   const timestep = g.input(IO.timestep, "float32", [o.batch]);
   const context = g.input(IO.context, "float32", [o.batch, o.contextLength ?? 77, c.cross_attention_dim]);
-  const p = new StoreParams(g, store, { origin: "unet", dtype: o.dtype ?? "float32" });
+  const p = new StoreParams(g, store, {
+    origin: "unet",
+    dtype: o.dtype ?? "float32",
+    trainable: o.weightInputs,
+  });
   const lora = o.loraRank ? new LoraInputs(g, o.loraRank) : undefined;
   g.output(IO.unetOut, unet(p, c, { sample, timestep, context }, lora));
-  return { graph: g, lora };
+  return { graph: g, lora, weights: p.inputs };
 }
 
 export function vaeEncodeGraph(
