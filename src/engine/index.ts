@@ -377,10 +377,14 @@ export class StableDiffusion {
    */
   unetWeights(subset: UnetSubset = "all"): UnetWeights {
     const store = this.ckpt.unet.weights;
-    const keep = subsetFilter(subset);
-    const names = store.names().filter(keep);
+    return new Map(this.unetWeightNames(subset).map((n) => [n, store.float32(n)]));
+  }
+
+  /** The checkpoint names of the UNet weights in `subset` (nothing read). */
+  unetWeightNames(subset: UnetSubset = "all"): string[] {
+    const names = this.ckpt.unet.weights.names().filter(subsetFilter(subset));
     if (names.length === 0) throw new Error("unetWeights: the subset holds no UNet weight");
-    return new Map(names.map((n) => [n, store.float32(n)]));
+    return names;
   }
 
   /**

@@ -14,7 +14,18 @@ export interface StageOptions {
   batch: number;
 }
 
+/** LoRA adapters (the presets), or the UNet's own weights as the paper and the community pipeline do. */
+export type FinetuneMethod = "lora" | "full";
+export const FINETUNE_METHODS: readonly FinetuneMethod[] = ["lora", "full"];
+/** Which UNet weights a full fine-tune trains: every one, or the attention blocks' only. */
+export type FullWeights = "all" | "attention";
+export const FULL_WEIGHTS: readonly FullWeights[] = ["all", "attention"];
+
 export interface FinetuneOptions extends StageOptions {
+  /** Absent in states written before full fine-tuning existed: LoRA. */
+  method?: FinetuneMethod;
+  /** For `method: "full"` (default "all"). */
+  weights?: FullWeights;
   loraRank: number;
   /** LoRA scale is alpha / rank (diffusers' convention). */
   loraAlpha: number;
@@ -64,6 +75,8 @@ export interface ImagicPreset {
  * that full fine-tuning reaches, on 0.2–1 % of the parameters.
  */
 const LORA_LR = 1e-4;
+/** The community pipeline's learning rate for fine-tuning every UNet weight (`finetune.method: "full"`). */
+export const FULL_FINETUNE_LR = 2e-6;
 /** The community pipeline's embedding learning rate (the paper's SD runs use the same order). */
 const EMBEDDING_LR = 1e-3;
 
@@ -160,7 +173,12 @@ export function imagicOptions(preset: PresetName, overrides: DeepPartial<ImagicO
   else if (overrides.earlyStop) earlyStop = { ...(base.earlyStop ?? EARLY_STOP), ...overrides.earlyStop };
   const merged: ImagicOptions = {
     embedding: { ...base.embedding, ...overrides.embedding },
-    finetune: { ...base.finetune, ...overrides.finetune },
+    finetune: {
+      ...base.finetune,
+      // A full fine-tune's default learning rate is the community pipeline's, not LoRA's.
+      ...(overrides.finetune?.method === "full" ? { lr: FULL_FINETUNE_LR, weights: "all" as const } : {}),
+      ...overrides.finetune,
+    },
     earlyStop,
     seed: overrides.seed ?? base.seed,
   };
@@ -191,6 +209,15 @@ export function validateImagicOptions(o: ImagicOptions): ImagicOptions {
     p.int(`${stage} steps`, o[stage].steps, 0, LIMITS.steps);
     p.num(`${stage} learning rate`, o[stage].lr, 0, LIMITS.lr, true);
     p.int(`${stage} batch (timesteps per step)`, o[stage].batch, 1, LIMITS.batch);
+  }
+  const method = o.finetune.method ?? "lora";
+  if (!FINETUNE_METHODS.includes(method)) {
+    p.list.push(`fine-tune method must be ${FINETUNE_METHODS.join(" or ")} (got ${String(method)})`);
+  }
+  if (o.finetune.weights !== undefined && !FULL_WEIGHTS.includes(o.finetune.weights)) {
+    p.list.push(
+      `fully fine-tuned weights must be ${FULL_WEIGHTS.join(" or ")} (got ${String(o.finetune.weights)})`,
+    );
   }
   p.int("LoRA rank", o.finetune.loraRank, 1, LIMITS.loraRank);
   p.num("LoRA alpha", o.finetune.loraAlpha, 0, LIMITS.loraAlpha, true);

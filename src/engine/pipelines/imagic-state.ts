@@ -1,5 +1,7 @@
 import { z } from "zod";
 import { UserFacingError } from "../../errors.js";
+import { f16ToF32, f32ToF16 } from "../models/dtype.js";
+import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
 import type { ImagicOptions } from "./imagic-options.js";
 
@@ -8,6 +10,10 @@ import type { ImagicOptions } from "./imagic-options.js";
  * the settings, and the model and image size they belong to. Serialized as a safetensors file (the
  * state's JSON in `__metadata__`, LoRA tensors named as diffusers saves them: `unet.<module>.lora_A.weight`
  * [rank, in] and `lora_B.weight` [out, rank]), so a cached state is a few MB and readable by other tools.
+ * A full fine-tune's state holds, instead of LoRA, the change of every UNet tensor it changed
+ * (`unet_delta.<parameter name>`, F16: trained − checkpoint, rounded to fp16): half the bytes of the
+ * weights it touched, still ≈ 1.7 GB for every weight of SD 1.5 — too big for the queue's Redis blobs
+ * at their default limit (`checkStateFits`).
  */
 
 export interface ImagicState {
@@ -21,8 +27,13 @@ export interface ImagicState {
   contextShape: [number, number];
   eTgt: Float32Array;
   eOpt: Float32Array;
-  /** Absent when the fine-tune stage ran 0 steps. */
+  /** Absent when the fine-tune stage ran 0 steps or fine-tuned the UNet's own weights. */
   lora: LoraWeights | null;
+  /**
+   * A full fine-tune: fine-tuned − checkpoint weights, by name, for the tensors that changed, with values
+   * that are exactly representable in fp16 (as stored).
+   */
+  unetDelta?: UnetWeights;
   /** Per-step losses of each stage (shorter than the configured steps when early stopping fired). */
   losses: { embedding: number[]; finetune: number[] };
   /** Wall time of each training stage. */
@@ -47,7 +58,7 @@ const metadataSchema = z.object({
 });
 
 const tensorSchema = z.object({
-  dtype: z.literal("F32"),
+  dtype: z.enum(["F32", "F16"]),
   shape: z.array(z.number().int().nonnegative()),
   data_offsets: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]),
 });
@@ -55,12 +66,14 @@ const tensorSchema = z.object({
 interface Entry {
   name: string;
   shape: number[];
-  data: Float32Array;
+  /** Float16 entries are bits (the UNet delta); everything else float32. */
+  data: Float32Array | Uint16Array;
 }
 
 const LORA_PREFIX = "unet.";
 const LORA_A = ".lora_A.weight";
 const LORA_B = ".lora_B.weight";
+const DELTA_PREFIX = "unet_delta.";
 
 function entries(state: ImagicState): Entry[] {
   const list: Entry[] = [
@@ -81,6 +94,9 @@ function entries(state: ImagicState): Entry[] {
     list.push({ name: `${LORA_PREFIX}${module}${LORA_A}`, shape: [a.rank, a.inF], data: a.down });
     list.push({ name: `${LORA_PREFIX}${module}${LORA_B}`, shape: [a.outF, a.rank], data: a.up });
   }
+  for (const [name, d] of state.unetDelta ?? []) {
+    list.push({ name: `${DELTA_PREFIX}${name}`, shape: [d.length], data: f32ToF16(d) });
+  }
   return list;
 }
 
@@ -93,7 +109,8 @@ export function serializeState(state: ImagicState): Uint8Array {
     if (e.data.length !== expected) {
       throw new Error(`serializeState: ${e.name} has ${e.data.length} values for shape [${e.shape}]`);
     }
-    header[e.name] = { dtype: "F32", shape: e.shape, data_offsets: [offset, offset + e.data.byteLength] };
+    const dtype = e.data instanceof Uint16Array ? "F16" : "F32";
+    header[e.name] = { dtype, shape: e.shape, data_offsets: [offset, offset + e.data.byteLength] };
     offset += e.data.byteLength;
   }
   const alphas = new Set([...(state.lora?.values() ?? [])].map((a) => a.alpha));
@@ -159,10 +176,14 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
       bad(`tensor ${name}: ${t.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
     const [begin, end] = t.data.data_offsets;
     const count = t.data.shape.reduce((x, y) => x * y, 1);
-    if (end - begin !== count * 4 || dataStart + end > bytes.length) bad(`tensor ${name} has bad offsets`);
-    // Copy: the input's byte offset need not be 4-aligned, and the state must not alias the caller's buffer.
-    const data = new Float32Array(count);
-    new Uint8Array(data.buffer).set(bytes.subarray(dataStart + begin, dataStart + end));
+    const f16 = t.data.dtype === "F16";
+    if (f16 !== name.startsWith(DELTA_PREFIX)) bad(`tensor ${name} is ${t.data.dtype}`);
+    if (end - begin !== count * (f16 ? 2 : 4) || dataStart + end > bytes.length)
+      bad(`tensor ${name} has bad offsets`);
+    // Copy: the input's byte offset need not be aligned, and the state must not alias the caller's buffer.
+    const raw = f16 ? new Uint16Array(count) : new Float32Array(count);
+    new Uint8Array(raw.buffer).set(bytes.subarray(dataStart + begin, dataStart + end));
+    const data = raw instanceof Uint16Array ? f16ToF32(raw) : raw;
     tensors.set(name, { shape: t.data.shape, data });
   }
   const m = meta.data;
@@ -186,6 +207,13 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
     lora ??= new Map();
     lora.set(module, { down: a.data, up: b.data, rank, alpha: m.loraAlpha, inF, outF });
   }
+  let unetDelta: UnetWeights | undefined;
+  for (const [name, t] of tensors) {
+    if (!name.startsWith(DELTA_PREFIX)) continue;
+    unetDelta ??= new Map();
+    unetDelta.set(name.slice(DELTA_PREFIX.length), t.data);
+  }
+  if (unetDelta && lora) bad("it holds both LoRA adapters and a UNet delta");
   return {
     modelId: m.modelId,
     prompt: m.prompt,
@@ -196,10 +224,29 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
     eTgt: need("e_tgt", m.contextShape).data,
     eOpt: need("e_opt", m.contextShape).data,
     lora,
+    ...(unetDelta ? { unetDelta } : {}),
     losses: {
       embedding: Array.from(need("loss.embedding").data),
       finetune: Array.from(need("loss.finetune").data),
     },
     ...(m.seconds ? { seconds: m.seconds } : {}),
   };
+}
+
+/**
+ * Refuses a serialized state larger than the blob store takes (BLOB_MAX_BYTES: blobs live in Redis),
+ * saying why it is big and what to do: a full fine-tune of every SD 1.5 weight is ≈ 1.7 GB of fp16
+ * deltas, a LoRA state ≈ 13 MiB.
+ */
+export function checkStateFits(state: ImagicState, bytes: number, maxBytes: number): void {
+  if (bytes <= maxBytes) return;
+  const mib = (n: number) => `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  const what = state.unetDelta
+    ? `a full fine-tune (fp16 changes of ${state.unetDelta.size} UNet tensors)`
+    : "its embeddings and LoRA adapters";
+  throw new UserFacingError(
+    `the fine-tuned Imagic state is ${mib(bytes)}, holding ${what}; the queue keeps states in Redis, ` +
+      `limited to ${mib(maxBytes)} per blob (BLOB_MAX_BYTES): fine-tune with LoRA (the default) or only ` +
+      "the attention weights, or raise BLOB_MAX_BYTES (Redis must hold it in memory)",
+  );
 }

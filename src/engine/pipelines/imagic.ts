@@ -16,7 +16,8 @@ import { childLogger } from "../../log.js";
 import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { type Tile, tileGrid } from "../grid.js";
-import type { LoraWeights, StableDiffusion } from "../index.js";
+import type { LoraWeights, StableDiffusion, UnetWeights } from "../index.js";
+import { f16ToF32, f32ToF16 } from "../models/dtype.js";
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
 import { EtaTracker, type StagePlan } from "../progress.js";
@@ -185,6 +186,16 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
   if (args.image.length !== 3 * size * size) {
     throw new Error(`trainImagic: image holds ${args.image.length} values, expected 3×${size}×${size}`);
   }
+  const full = o.finetune.method === "full";
+  // A full fine-tune that cannot fit is refused before the photo is even encoded.
+  if (full && o.finetune.steps > 0) {
+    sd.checkTrainingMemory({
+      names: sd.unetWeightNames(o.finetune.weights ?? "all"),
+      batch: o.finetune.batch,
+      height: ls,
+      width: ls,
+    });
+  }
   const started = performance.now();
   throwIfCancelled(signal, "the start");
   report({ stage: "encode", step: 0, total: 1 });
@@ -238,10 +249,31 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     return r.loss;
   });
 
-  // Stage 2: LoRA on the UNet, with e_opt fixed.
+  // Stage 2: LoRA on the UNet (or its own weights), with e_opt fixed.
   let lora: LoraWeights | null = null;
+  let unetDelta: UnetWeights | null = null;
   let finetune = { losses: [] as number[], seconds: 0 };
-  if (o.finetune.steps > 0) {
+  if (o.finetune.steps > 0 && full) {
+    const weights = sd.unetWeights(o.finetune.weights ?? "all");
+    const names = [...weights.keys()];
+    const adam = new Adam([...weights.values()], { lr: o.finetune.lr });
+    const ftLatents = repeat(x0, o.finetune.batch);
+    finetune = await run("finetune", o.finetune.steps, o.finetune.batch, async (n, t) => {
+      const r = await sd.lossAndGrads({
+        latents0: ftLatents,
+        noise: n,
+        t,
+        context: eOpt,
+        unet: weights,
+        wrt: ["unet"],
+      });
+      if (!r.dUnet) throw new Error("imagic: the engine returned no UNet gradients");
+      const d = r.dUnet;
+      adam.step(names.map((name) => d.get(name) as Float32Array));
+      return r.loss;
+    });
+    unetDelta = changedDelta(sd, weights);
+  } else if (o.finetune.steps > 0) {
     const weights = sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed);
     const adam = new Adam(loraParams(weights), { lr: o.finetune.lr });
     const ftLatents = repeat(x0, o.finetune.batch);
@@ -278,9 +310,49 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     eTgt,
     eOpt,
     lora,
+    ...(unetDelta ? { unetDelta } : {}),
     losses: { embedding: embedding.losses, finetune: finetune.losses },
     seconds: { encode: encodeSeconds, embedding: embedding.seconds, finetune: finetune.seconds },
   };
+}
+
+/**
+ * What a full fine-tune changed: trained − checkpoint per tensor, rounded to fp16 (the state stores it
+ * so, and holding the rounded values here makes a render from this state and from its serialized copy
+ * identical), keeping only tensors with a non-zero change.
+ */
+function changedDelta(sd: StableDiffusion, trained: UnetWeights): UnetWeights {
+  const base = sd.unetWeights((n) => trained.has(n));
+  const out: UnetWeights = new Map();
+  for (const [name, w] of trained) {
+    const b = base.get(name) as Float32Array;
+    const d = new Float32Array(w.length);
+    for (let i = 0; i < w.length; i++) d[i] = (w[i] as number) - (b[i] as number);
+    const rounded = f16ToF32(f32ToF16(d));
+    if (rounded.some((v) => v !== 0)) out.set(name, rounded);
+  }
+  return out;
+}
+
+/** The fine-tuned UNet weights a state's delta stands for: the checkpoint's plus the delta. */
+export function fineTunedWeights(sd: StableDiffusion, delta: UnetWeights): UnetWeights {
+  const weights = sd.unetWeights((n) => delta.has(n));
+  if (weights.size !== delta.size) {
+    const missing = [...delta.keys()].find((n) => !weights.has(n));
+    throw new UserFacingError(
+      `this Imagic state changes UNet weight ${missing}, which the model does not have`,
+    );
+  }
+  for (const [name, w] of weights) {
+    const d = delta.get(name) as Float32Array;
+    if (d.length !== w.length) {
+      throw new UserFacingError(
+        `this Imagic state's delta for ${name} holds ${d.length} values; the model's weight holds ${w.length}`,
+      );
+    }
+    for (let i = 0; i < w.length; i++) w[i] = (w[i] as number) + (d[i] as number);
+  }
+  return weights;
 }
 
 /** ē = η·e_tgt + (1−η)·e_opt */
@@ -329,6 +401,7 @@ export async function renderImagic(
   const uncond = await sd.encodeText([""]);
   const out: RenderedImage[] = [];
   const contexts = new Map(r.etas.map((e) => [e, interpolate(state, e)]));
+  const unet = state.unetDelta ? fineTunedWeights(sd, state.unetDelta) : undefined;
   let etaSeconds: number | undefined;
   eta.begin("render");
   for (const [c, chunk] of chunks.entries()) {
@@ -346,6 +419,7 @@ export async function renderImagic(
       guidance: r.guidance,
       steps: r.steps,
       lora: state.lora ?? undefined,
+      unet,
       signal: args.signal,
       label: `render batch ${c + 1}/${chunks.length}`,
       onStep: (step) => {

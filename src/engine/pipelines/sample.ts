@@ -1,10 +1,11 @@
 /**
  * DDIM sampling with classifier-free guidance for a batch of images, each with its own context (the
- * prompt's embedding, or any point between embeddings) and one shared LoRA state. Imagic renders its
+ * prompt's embedding, or any point between embeddings) and one shared LoRA state or set of fine-tuned
+ * UNet weights. Imagic renders its
  * η × seed variants through this: one UNet call per step serves the whole batch.
  */
 import { throwIfCancelled } from "../errors.js";
-import type { LoraWeights, StableDiffusion } from "../index.js";
+import type { LoraWeights, StableDiffusion, UnetWeights } from "../index.js";
 import { cfg } from "./txt2img.js";
 
 export interface SampleOptions {
@@ -17,6 +18,8 @@ export interface SampleOptions {
   guidance: number;
   steps: number;
   lora?: LoraWeights;
+  /** Fully fine-tuned UNet weights replacing the checkpoint's (by name). */
+  unet?: UnetWeights;
   onStep?: (step: number, total: number) => void;
   signal?: AbortSignal;
   /** Names the work in a cancellation message. */
@@ -51,7 +54,7 @@ export async function sampleLatents(sd: StableDiffusion, o: SampleOptions): Prom
       input.set(latents);
       input.set(latents, latents.length);
     }
-    const out = await sd.predictNoise(input, t, context, o.lora);
+    const out = await sd.predictNoise(input, t, context, o.lora, undefined, o.unet);
     // [uncond × N; cond × N] is the [2, …] layout cfg() guides, with N images per half.
     const pred = guided ? cfg(out, n * per, o.guidance) : out;
     latents = scheduler.step(pred, t, latents);
