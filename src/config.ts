@@ -80,6 +80,11 @@ const SETTINGS = {
   },
   ENGINE_DTYPE: { schema: z.enum(["auto", "fp32", "fp16"]).default("auto"), expects: "auto|fp32|fp16" },
   ENGINE_HTTP_PORT: { schema: int(0, 65535).default(9464), expects: "a TCP port 0-65535 (0 disables)" },
+  ENGINE_MAX_TRAIN_BYTES: {
+    schema: bytes.optional(),
+    expects:
+      'a size in bytes ≥ 1, optionally with a unit ("24GiB"); unset: 24 GiB on a GPU, 75 % of RAM on the CPU',
+  },
   DISCORD_TOKEN: {
     schema: secret.optional(),
     expects: "the bot token from the Discord developer portal",

@@ -23,6 +23,10 @@ import {
 import {
   type DeepPartial,
   EARLY_STOP,
+  FINETUNE_METHODS,
+  type FinetuneMethod,
+  FULL_WEIGHTS,
+  type FullWeights,
   getPreset,
   type ImagicOptions,
   imagicOptions,
@@ -55,6 +59,8 @@ interface Flags {
   embeddingLr?: string;
   finetuneSteps?: string;
   finetuneLr?: string;
+  finetune?: FinetuneMethod;
+  fullWeights?: FullWeights;
   batch?: string;
   loraRank?: string;
   loraAlpha?: string;
@@ -77,6 +83,10 @@ function num(flag: string, v: string | undefined): number | undefined {
 /** Training overrides from the flags, on top of the preset. */
 function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
   const batch = num("--batch", f.batch);
+  if (f.finetune === "full" && (f.loraRank !== undefined || f.loraAlpha !== undefined))
+    throw new UserFacingError("--lora-rank and --lora-alpha apply to --finetune lora, not full");
+  if (f.fullWeights !== undefined && f.finetune !== "full")
+    throw new UserFacingError("--full-weights applies to --finetune full");
   const strip = <T extends object>(o: T): T =>
     Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
   return {
@@ -86,6 +96,8 @@ function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
       batch,
     }),
     finetune: strip({
+      method: f.finetune,
+      weights: f.fullWeights,
       steps: num("--finetune-steps", f.finetuneSteps),
       lr: num("--finetune-lr", f.finetuneLr),
       batch,
@@ -191,7 +203,22 @@ export function imagicCommand(): Command {
     .option("--embedding-steps <n>", "stage 1 steps")
     .option("--embedding-lr <lr>", "stage 1 Adam learning rate")
     .option("--finetune-steps <n>", "stage 2 steps (0: no fine-tune)")
-    .option("--finetune-lr <lr>", "stage 2 Adam learning rate")
+    .option(
+      "--finetune-lr <lr>",
+      "stage 2 Adam learning rate (default: the preset's for LoRA, 2e-6 for full)",
+    )
+    .addOption(
+      new Option(
+        "--finetune <method>",
+        "stage 2: LoRA adapters, or every UNet weight as the paper does (memory: ENGINE_MAX_TRAIN_BYTES; the state is then fp16 weight deltas, GBs for SD 1.5)",
+      ).choices(FINETUNE_METHODS),
+    )
+    .addOption(
+      new Option(
+        "--full-weights <which>",
+        "with --finetune full: every UNet weight, or the attention blocks' (default all)",
+      ).choices(FULL_WEIGHTS),
+    )
     .option("--batch <n>", "timesteps per training step, both stages")
     .option("--lora-rank <n>", "LoRA rank")
     .option("--lora-alpha <n>", "LoRA alpha (scale = alpha / rank)")
@@ -254,6 +281,7 @@ export function imagicCommand(): Command {
         device: f.device ?? config.engineDevice,
         dtype: f.dtype ?? config.engineDtype,
         trainDtype: f.trainDtype,
+        maxTrainBytes: config.engineMaxTrainBytes,
         cacheDir: config.modelCacheDir,
         endpoint: config.hfEndpoint,
         token: config.hfToken?.reveal(),

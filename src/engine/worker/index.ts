@@ -42,7 +42,8 @@ export type EngineConfig = Pick<
   | "engineHttpPort"
   | "blobTtlSeconds"
   | "userMaxActiveJobs"
->;
+> &
+  Partial<Pick<Config, "engineMaxTrainBytes">>;
 
 export interface StartEngineOptions {
   config: EngineConfig;
@@ -81,6 +82,7 @@ export async function loadStableDiffusion(config: EngineConfig): Promise<EngineM
   const sd = await StableDiffusion.load(config.model, {
     device: config.engineDevice,
     dtype: config.engineDtype,
+    maxTrainBytes: config.engineMaxTrainBytes,
     cacheDir: config.modelCacheDir,
     endpoint: config.hfEndpoint,
     token: config.hfToken?.reveal(),

@@ -17,7 +17,7 @@ import {
   trainImagic,
 } from "../pipelines/imagic.js";
 import { getPreset, type ImagicOptions, imagicOptions } from "../pipelines/imagic-options.js";
-import { deserializeState, serializeState } from "../pipelines/imagic-state.js";
+import { checkStateFits, deserializeState, serializeState } from "../pipelines/imagic-state.js";
 
 export interface EnginePipelineOptions {
   /** Images per UNet call when rendering. */
@@ -94,7 +94,10 @@ export function imagicTrain(
       onProgress: progress.onProgress,
       signal: ctx.signal,
     });
-    const stateBlobId = await ctx.putBlob(serializeState(state), "state");
+    const stateBytes = serializeState(state);
+    // A full fine-tune's state can be GBs: say so, rather than the blob store's bare size limit.
+    checkStateFits(state, stateBytes.length, ctx.blobs.limits.maxBytes);
+    const stateBlobId = await ctx.putBlob(stateBytes, "state");
     const etas = [o.eta ?? preset.gridEta];
     const seeds = o.seeds ?? preset.render.seeds;
     const images = await renderImagic(sd, state, {

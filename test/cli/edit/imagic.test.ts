@@ -43,6 +43,14 @@ describe("edit imagic", () => {
         ["--image", CHELSEA, "--prompt", "a dog", "--size", "500"],
         /--size must be a multiple of 64 from 64 to 1024 \(got 500\)/,
       ],
+      [
+        ["--image", CHELSEA, "--prompt", "a dog", "--finetune", "full", "--lora-rank", "4"],
+        /--lora-rank and --lora-alpha apply to --finetune lora, not full/,
+      ],
+      [
+        ["--image", CHELSEA, "--prompt", "a dog", "--full-weights", "attention"],
+        /--full-weights applies to --finetune full/,
+      ],
     ];
     const results = await Promise.all(cases.map(([args]) => runCli([...base, ...args])));
     results.forEach((r, i) => {
@@ -139,4 +147,59 @@ describe("edit imagic", () => {
     const b = await sharp(path.join(again, "eta-1.2-seed-4.png")).raw().toBuffer();
     expect(b.equals(a)).toBe(true);
   }, 150_000); // two CLI processes compiling their sessions: ~25 s of CPU, more on a busy machine
+
+  it("--finetune full trains the attention weights at lr 2e-6 and saves their fp16 deltas; ENGINE_MAX_TRAIN_BYTES refuses", async () => {
+    const dir = tmp();
+    const args = (out: string) => [
+      "edit",
+      "imagic",
+      "--device",
+      "cpu",
+      "--image",
+      CHELSEA,
+      "--prompt",
+      "a photo of a cat",
+      "--size",
+      "64",
+      "--finetune",
+      "full",
+      "--full-weights",
+      "attention",
+      "--embedding-steps",
+      "1",
+      "--finetune-steps",
+      "2",
+      "--batch",
+      "1",
+      "--ddim-steps",
+      "1",
+      "--eta",
+      "1",
+      "--seeds",
+      "1",
+      "--out",
+      out,
+    ];
+    const refused = await runCli(args(path.join(dir, "refused")), { ENGINE_MAX_TRAIN_BYTES: "64KiB" });
+    expect(refused.code, refused.stderr).toBe(1);
+    expect(refused.stderr).toMatch(
+      /needs about .* more than the training memory limit of 64\.0 KiB \(ENGINE_MAX_TRAIN_BYTES\)/,
+    );
+    expect(refused.stderr).not.toMatch(/^\s+at .*\.[jt]s:\d+:\d+/m);
+
+    const out = path.join(dir, "full");
+    const r = await runCli(args(out));
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(readFileSync(path.join(out, "report.json"), "utf8"));
+    expect(report.options.finetune).toMatchObject({
+      method: "full",
+      weights: "attention",
+      lr: 2e-6,
+      steps: 2,
+    });
+    const state = deserializeState(readFileSync(path.join(out, "state.safetensors")));
+    expect(state.lora).toBeNull();
+    expect(state.unetDelta?.size).toBeGreaterThan(0);
+    expect([...(state.unetDelta?.keys() ?? [])].every((n) => n.includes(".attentions."))).toBe(true);
+  }, 120_000);
 });
