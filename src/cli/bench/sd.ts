@@ -32,6 +32,7 @@ import {
   type Device,
   type HostTensor,
   type ProfileRow,
+  type ProviderOptions,
   resolveDevice,
   summarizeProfile,
 } from "../../engine/runtime/index.js";
@@ -151,7 +152,7 @@ interface Case {
   };
 }
 
-function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType): Case[] {
+function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeDtype: ComputeDType): Case[] {
   const ls = s.size / 2 ** (s.vae.block_out_channels.length - 1);
   const d = s.unet.cross_attention_dim;
   const latent = (b: number, seed: number) => f32([b, s.unet.in_channels, ls, ls], seed);
@@ -197,18 +198,18 @@ function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType): Cas
     {
       id: "vae-encode",
       name: `VAE encode (${s.size}²)`,
-      dtype: "float32",
+      dtype: vaeDtype,
       build: (w) => ({
-        graph: vaeEncodeGraph(w, s.vae, s.size, s.size),
+        graph: vaeEncodeGraph(w, s.vae, s.size, s.size, vaeDtype),
         feeds: () => ({ [IO.image]: f32([1, 3, s.size, s.size], 4, 0.5) }),
       }),
     },
     {
       id: "vae-decode",
       name: `VAE decode (${ls}² latents)`,
-      dtype: "float32",
+      dtype: vaeDtype,
       build: (w) => ({
-        graph: vaeDecodeGraph(w, s.vae, 1, ls, ls),
+        graph: vaeDecodeGraph(w, s.vae, 1, ls, ls, vaeDtype),
         feeds: () => ({ [IO.latents]: latent(1, 5) }),
       }),
     },
@@ -256,6 +257,12 @@ function loraModules(lora: LoraInputs) {
   return [...lora.modules].map(([path, m]) => ({ path, inF: m.inF, outF: m.outF }));
 }
 
+function keyValue(v: string, into: Record<string, string>): Record<string, string> {
+  const eq = v.indexOf("=");
+  if (eq < 1) throw new UserFacingError(`expected key=value, got "${v}"`);
+  return { ...into, [v.slice(0, eq)]: v.slice(eq + 1) };
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
@@ -269,15 +276,22 @@ export async function runSdBench(opts: {
   lossDtype?: ComputeDType;
   shapes: Shapes;
   runs: number;
+  /** Compute dtype of the VAE graphs (float32 by default). */
+  vaeDtype?: ComputeDType;
   /** Folder for onnxruntime profiles (one per case); timings then include the profiler's overhead. */
   profileDir?: string;
+  /** Execution-provider options and session config entries for every session (experiments). */
+  providerOptions?: ProviderOptions;
+  sessionConfig?: Record<string, string>;
+  /** k×k convolutions as im2col + MatMul (default: the runtime's choice for the device). */
+  convAsMatMul?: boolean;
   /** Case ids to run (all when absent). */
   only?: readonly string[];
   log?: (line: string) => void;
 }): Promise<{ device: string; rows: BenchRow[] }> {
   const device = await resolveDevice(opts.device);
   const rows: BenchRow[] = [];
-  for (const c of cases(opts.shapes, opts.dtype, opts.lossDtype ?? "float32")) {
+  for (const c of cases(opts.shapes, opts.dtype, opts.lossDtype ?? "float32", opts.vaeDtype ?? "float32")) {
     if (opts.only && !opts.only.includes(c.id)) continue;
     opts.log?.(`… ${c.name}`);
     const weights = randomWeights();
@@ -285,7 +299,13 @@ export async function runSdBench(opts: {
     const { graph, feeds } = c.build(weights);
     if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
     const profile = opts.profileDir ? join(opts.profileDir, `sd-${c.id}`) : undefined;
-    const session = await createSession(graph, { device, ...(profile ? { profile } : {}) });
+    const session = await createSession(graph, {
+      device,
+      providerOptions: opts.providerOptions,
+      sessionConfig: opts.sessionConfig,
+      convAsMatMul: opts.convAsMatMul,
+      ...(profile ? { profile } : {}),
+    });
     const createMs = performance.now() - t0;
     const input = feeds();
     let t = performance.now();
@@ -315,7 +335,14 @@ export async function runSdBench(opts: {
     }
     rows.push(row);
     opts.log?.(formatRow(row));
-    for (const p of row.profile?.slice(0, 10) ?? []) {
+    // The host's busiest ops, the GPU's (WebGPU timestamps) and every op left on the CPU provider.
+    const shown = (row.profile ?? []).filter(
+      (p, i, all) =>
+        p.provider === "CPU" ||
+        all.filter((q) => q.provider === p.provider).indexOf(p) < (p.provider === "WebGPU:gpu" ? 16 : 10) ||
+        i < 10,
+    );
+    for (const p of shown) {
       opts.log?.(
         `    ${p.op.padEnd(28)} ${p.provider.padEnd(8)} ${String(p.nodes).padStart(5)} nodes ${p.ms.toFixed(2).padStart(10)} ms/run`,
       );
@@ -352,6 +379,29 @@ export function sdBenchCommand(): Command {
       v.split(","),
     )
     .option("--json <file>", "also write the results as JSON")
+    .addOption(
+      new Option("--vae-dtype <dtype>", "compute dtype of the VAE graphs")
+        .choices(["fp16", "fp32"])
+        .default("fp32"),
+    )
+    .option(
+      "--ep-option <key=value>",
+      "execution-provider option for every session (repeatable), e.g. validationMode=disabled",
+      keyValue,
+      {},
+    )
+    .addOption(
+      new Option(
+        "--conv <form>",
+        "k×k convolutions as im2col + MatMul or direct Conv (default: per device)",
+      ).choices(["matmul", "direct"]),
+    )
+    .option(
+      "--session-config <key=value>",
+      "onnxruntime session config entry for every session (repeatable)",
+      keyValue,
+      {},
+    )
     .option(
       "--profile <dir>",
       "profile each case with onnxruntime (files in <dir>) and print time per op and provider",
@@ -367,6 +417,10 @@ export function sdBenchCommand(): Command {
         only?: string[];
         json?: string;
         profile?: string;
+        vaeDtype: "fp16" | "fp32";
+        epOption: Record<string, string>;
+        sessionConfig: Record<string, string>;
+        conv?: "matmul" | "direct";
       }) => {
         const unknown = o.only?.filter((id) => !CASE_IDS.includes(id)) ?? [];
         if (unknown.length > 0) {
@@ -382,7 +436,7 @@ export function sdBenchCommand(): Command {
         const shapes = o.tiny ? tinyShapes(o.size) : sd15Shapes(o.size);
         const out = (line: string) => process.stdout.write(`${line}\n`);
         out(
-          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, gradient steps ${o.lossDtype}, device ${o.device}`,
+          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, VAE ${o.vaeDtype}, gradient steps ${o.lossDtype}, device ${o.device}${Object.keys(o.epOption).length ? `, provider options ${JSON.stringify(o.epOption)}` : ""}${Object.keys(o.sessionConfig).length ? `, session config ${JSON.stringify(o.sessionConfig)}` : ""}`,
         );
         out(
           `${"case".padEnd(34)} ${"dtype".padEnd(8)} ${"create ms".padStart(9)} ${"first ms".padStart(9)} ${"median ms".padStart(9)} ${"min ms".padStart(9)} runs  params`,
@@ -395,6 +449,10 @@ export function sdBenchCommand(): Command {
           runs: o.runs,
           only: o.only,
           profileDir: o.profile,
+          vaeDtype: o.vaeDtype === "fp16" ? "float16" : "float32",
+          providerOptions: o.epOption,
+          sessionConfig: o.sessionConfig,
+          ...(o.conv ? { convAsMatMul: o.conv === "matmul" } : {}),
           log: (l) => {
             if (!l.startsWith("…")) out(l);
           },

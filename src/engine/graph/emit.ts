@@ -27,6 +27,9 @@ export interface EmitOptions {
   device?: Device;
   /** Use fused kernels for composites where possible (default true; false emits every composite as primitives). */
   fuse?: boolean;
+  /** Emit k×k convolutions as an index gather (im2col) + MatMul (default: on webgpu, whose MatMul
+   *  kernels run them about twice as fast as its direct Conv; docs/PERFORMANCE.md). */
+  convAsMatMul?: boolean;
 }
 
 export interface ValueSpec {
@@ -157,6 +160,7 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
   const onnxNodes: NodeJson[] = [];
   const e: Emitter = {
     device,
+    convAsMatMul: opts.convAsMatMul ?? device === "webgpu",
     name,
     fresh,
     node: (opType, inputs, outputs, attrs = {}, domain = "") => {
@@ -169,6 +173,14 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
         attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)),
       });
     },
+    int64s: (values, hint) =>
+      constant(
+        `i64:${values.join(",")}`,
+        "int64",
+        [values.length],
+        () => bytesOf(fromNumbers("int64", values)),
+        hint,
+      ),
     ints: (values) =>
       constant(
         `i64:${values.join(",")}`,

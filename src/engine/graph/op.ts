@@ -10,6 +10,8 @@ export type Device = "cpu" | "cuda" | "webgpu";
 /** What an op's emit() writes through. */
 export interface Emitter {
   readonly device: Device;
+  /** Convolutions with a k×k kernel go out as im2col (one Gather) + MatMul rather than Conv. */
+  readonly convAsMatMul: boolean;
   /** The ONNX value name of a graph tensor. */
   name(t: Tensor): string;
   /** A new, unused value name. */
@@ -23,6 +25,8 @@ export interface Emitter {
   ): void;
   /** An int64 1-D initializer (deduplicated), e.g. a Reshape target. */
   ints(values: readonly number[]): string;
+  /** The same for long index lists (a Gather's indices), named after `hint`. */
+  int64s(values: readonly number[], hint: string): string;
   /** A float initializer of `dtype` filled with `value`. */
   fill(dtype: DType, shape: readonly number[], value: number): string;
 }

@@ -3,7 +3,7 @@
  * the vector-Jacobian product side by side. VJPs are written with the public ops (ops.ts), so the
  * backward pass is an ordinary part of the graph. Composite ops (composites.ts) are defined on top.
  */
-import { type DType, isFloat, numel, ONNX_DTYPE } from "./dtype.js";
+import { BYTES_PER_ELEMENT, type DType, isFloat, numel, ONNX_DTYPE } from "./dtype.js";
 import type { Node, OutputSpec, Tensor } from "./graph.js";
 import type { Emitter, OnnxAttr, OpDef } from "./op.js";
 import {
@@ -226,6 +226,62 @@ function convWeightGrad(x: Tensor, gy: Tensor, wShape: readonly number[], a: Con
   return reshape(transpose(stacked, [1, 2, 3, 0]), [Cout, Cgi, KH, KW]);
 }
 
+/** im2col buffers above this stay direct Convs (the VAE's full-resolution layers: ~1 GB of patches). */
+const IM2COL_MAX_BYTES = 256 * 2 ** 20;
+
+/**
+ * A k×k convolution (one group) as im2col + MatMul: the padded input flattened to [N, C, Hp·Wp], one
+ * Gather of the k·k shifted (strided, dilated) windows → [N, C·k·k, OH·OW] (rows in the weight's own
+ * (c, kh, kw) order), then w[O, C·k·k] @ patches + bias. Four kernels (Pad, Gather, MatMul, Add) where
+ * the provider's MatMul is faster than its Conv. Returns false (nothing emitted) where it does not apply:
+ * 1×1 kernels (already a MatMul inside the provider's Conv), groups, or a patch buffer over the limit.
+ */
+function emitConvAsMatMul(e: Emitter, node: Node): boolean {
+  const a = node.attrs as unknown as ConvAttrs;
+  const [x, w, b] = node.inputs as [Tensor, Tensor, Tensor | undefined];
+  const [N, C, H, W] = x.shape as [number, number, number, number];
+  const [Co, , KH, KW] = w.shape as [number, number, number, number];
+  const [, , OH, OW] = O(node).shape as [number, number, number, number];
+  const K = KH * KW;
+  const P = OH * OW;
+  if (a.group !== 1 || K === 1 || N * C * K * P * BYTES_PER_ELEMENT[x.dtype] > IM2COL_MAX_BYTES) return false;
+  const [pt, pl, pb, pr] = a.pads;
+  const Hp = H + pt + pb;
+  const Wp = W + pl + pr;
+  let xp = e.name(x);
+  if (pt || pl || pb || pr) {
+    xp = e.fresh("im2col_pad");
+    e.node("Pad", [e.name(x), e.ints([0, 0, pt, pl, 0, 0, pb, pr])], [xp], { mode: "constant" });
+  }
+  const flat = e.fresh("im2col_flat");
+  e.node("Reshape", [xp, e.ints([N, C, Hp * Wp])], [flat]);
+  const index: number[] = [];
+  for (let kh = 0; kh < KH; kh++)
+    for (let kw = 0; kw < KW; kw++)
+      for (let oh = 0; oh < OH; oh++)
+        for (let ow = 0; ow < OW; ow++) {
+          const h = oh * a.strides[0] + kh * a.dilations[0];
+          index.push(h * Wp + ow * a.strides[1] + kw * a.dilations[1]);
+        }
+  const gathered = e.fresh("im2col_gathered");
+  e.node("Gather", [flat, e.int64s(index, "im2col_index")], [gathered], { axis: 2 });
+  const patches = e.fresh("im2col_patches");
+  e.node("Reshape", [gathered, e.ints([N, C * K, P])], [patches]);
+  const w2 = e.fresh("im2col_w");
+  e.node("Reshape", [e.name(w), e.ints([Co, C * K])], [w2]);
+  const y = e.fresh("im2col_y");
+  e.node("MatMul", [w2, patches], [y]);
+  let out = y;
+  if (b) {
+    const b2 = e.fresh("im2col_b");
+    e.node("Reshape", [e.name(b), e.ints([Co, 1])], [b2]);
+    out = e.fresh("im2col_biased");
+    e.node("Add", [y, b2], [out]);
+  }
+  e.node("Reshape", [out, e.ints([N, Co, OH, OW])], [e.name(O(node))]);
+  return true;
+}
+
 function convOut(size: number, k: number, s: number, d: number, p0: number, p1: number): number {
   return Math.floor((size + p0 + p1 - d * (k - 1) - 1) / s) + 1;
 }
@@ -411,8 +467,9 @@ export const PRIMITIVES: Record<string, OpDef> = {
           // x[..., K] @ w[K, N]: fold the batch into the rows, one matmul instead of a batched one + a sum.
           const k = a.shape[a.rank - 1] as number;
           const n = b.shape[1] as number;
-          gb = matmul(swapLast2(reshape(a, [-1, k])), reshape(gg, [-1, n]));
-        } else gb = sumToShape(matmul(swapLast2(a), gg), b.shape);
+          gb = rowContraction(reshape(a, [-1, k]), reshape(gg, [-1, n]));
+        } else if (a.rank === 2 && b.rank === 2) gb = rowContraction(a, gg);
+        else gb = sumToShape(matmul(swapLast2(a), gg), b.shape);
       }
       return [ga, gb];
     },
@@ -433,7 +490,9 @@ export const PRIMITIVES: Record<string, OpDef> = {
       if (OH < 1 || OW < 1) throw opError("conv2d", inputs, "the kernel is larger than the padded input");
       return [{ dtype: x.dtype, shape: [N, O, OH, OW] }];
     },
-    emit: simple("Conv", convAttrs),
+    emit: (e, node) => {
+      if (!(e.convAsMatMul && emitConvAsMatMul(e, node))) simple("Conv", convAttrs)(e, node);
+    },
     vjp: (node, [g], needs) => {
       const [x, w, b] = node.inputs as [Tensor, Tensor, Tensor | undefined];
       const a = node.attrs as unknown as ConvAttrs;
@@ -712,6 +771,26 @@ export const PRIMITIVES: Record<string, OpDef> = {
     },
   },
 };
+
+/** Rows per chunk of a split contraction, and the output size under which a contraction is split. */
+const SPLIT_ROWS = 128;
+const SPLIT_MAX_OUTPUT = 1 << 20;
+
+/**
+ * aᵀ·b for a[R, k], b[R, n]: a contraction over many rows into a small output (a weight gradient: LoRA's
+ * [16, 320] over 4096 tokens). GPU matmul kernels parallelize over the output, so a few hundred output
+ * tiles each running 4096 steps leave the device idle; the rows are split into chunks of SPLIT_ROWS
+ * (a batched matmul with R/SPLIT_ROWS times the parallelism) and the partial products summed.
+ */
+function rowContraction(a: Tensor, b: Tensor): Tensor {
+  const [R, k] = a.shape as [number, number];
+  const n = b.shape[1] as number;
+  const chunks = R / SPLIT_ROWS;
+  if (!Number.isInteger(chunks) || chunks < 4 || k * n * chunks > SPLIT_MAX_OUTPUT)
+    return matmul(swapLast2(a), b);
+  const parts = matmul(swapLast2(reshape(a, [chunks, SPLIT_ROWS, k])), reshape(b, [chunks, SPLIT_ROWS, n]));
+  return reduceSum(parts, [0], false);
+}
 
 function swapLast2(t: Tensor): Tensor {
   const perm = t.shape.map((_, i) => i);

@@ -12,6 +12,8 @@ export {
   createSession,
   type HostData,
   type HostTensor,
+  PROVIDER_DEFAULTS,
+  type ProviderOptions,
   releaseAllSessions,
   type Session,
   type SessionOptions,

@@ -1,7 +1,9 @@
 /**
  * onnxruntime's profiler output (a Chrome trace JSON) summed per op type and execution provider: where
  * the time goes, and which nodes a GPU provider left on the CPU. On GPU providers a kernel's time is
- * what the host spent on it (launch, or the whole kernel where the provider waits), not GPU time.
+ * what the host spent on it (launch, or the whole kernel where the provider waits), not GPU time; the
+ * WebGPU provider also records each shader's GPU time (timestamp queries, where the adapter has them),
+ * summed here as provider "WebGPU:gpu" with op "<op type>/<shader program>".
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -35,17 +37,27 @@ export function latestProfile(prefix: string): string | undefined {
 export function summarizeProfile(file: string): ProfileRow[] {
   const events = JSON.parse(readFileSync(file, "utf8")) as TraceEvent[];
   const rows = new Map<string, ProfileRow & { seen: Set<string> }>();
-  for (const e of events) {
-    if (e.cat !== "Node" || !e.name?.endsWith("_kernel_time") || !e.args?.op_name) continue;
-    const provider = (e.args.provider ?? "?").replace(/ExecutionProvider$/, "");
-    const key = `${e.args.op_name}\u0000${provider}`;
+  const add = (op: string, provider: string, node: string, dur: number) => {
+    const key = `${op}\u0000${provider}`;
     let row = rows.get(key);
     if (!row) {
-      row = { op: e.args.op_name, provider, nodes: 0, ms: 0, seen: new Set() };
+      row = { op, provider, nodes: 0, ms: 0, seen: new Set() };
       rows.set(key, row);
     }
-    row.ms += (e.dur ?? 0) / 1000;
-    row.seen.add(e.args.node_index ?? e.name);
+    row.ms += dur / 1000;
+    row.seen.add(node);
+  };
+  for (const e of events) {
+    // WebGPU shader timings: name = "<node name>&<op type>&<program name>", duration in µs of GPU time.
+    const parts = e.cat === "Api" ? (e.name?.split("&") ?? []) : [];
+    if (parts.length === 3) {
+      const [node, op, program] = parts as [string, string, string];
+      add(program === op ? op : `${op}/${program}`, "WebGPU:gpu", node, e.dur ?? 0);
+      continue;
+    }
+    if (e.cat !== "Node" || !e.name?.endsWith("_kernel_time") || !e.args?.op_name) continue;
+    const provider = (e.args.provider ?? "?").replace(/ExecutionProvider$/, "");
+    add(e.args.op_name, provider, e.args.node_index ?? e.name, e.dur ?? 0);
   }
   return [...rows.values()].map(({ seen, ...r }) => ({ ...r, nodes: seen.size })).sort((a, b) => b.ms - a.ms);
 }

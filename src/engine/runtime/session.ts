@@ -34,11 +34,28 @@ export interface SessionOptions {
   cacheDir?: string;
   /** Fused kernels for composites (default true); false runs their primitive form (benchmarks, tests). */
   fuse?: boolean;
+  /** k×k convolutions as im2col + MatMul (default: on webgpu; see emitGraph). */
+  convAsMatMul?: boolean;
   /** Unkeyed graphs with more weight bytes than this load through external data (default 1 GiB). */
   inlineLimitBytes?: number;
   /** Turns on onnxruntime's profiler, writing `<profile>_<timestamp>.json` (see `endProfiling`). */
   profile?: string;
+  /** Execution-provider options over the defaults (webgpu: preferredLayout, validationMode, …). */
+  providerOptions?: ProviderOptions;
+  /** onnxruntime session config entries (`sessionOptions.extra`), e.g. "session.disable_prepacking". */
+  sessionConfig?: Record<string, string>;
 }
+
+export type ProviderOptions = Record<string, string | boolean | number>;
+
+/**
+ * What the engine passes each provider unless told otherwise (docs/PERFORMANCE.md has the measurements
+ * behind each). The WebGPU provider validates every dispatch by default; our graphs are validated at
+ * build time and its checks cost host time per kernel.
+ */
+export const PROVIDER_DEFAULTS: Partial<Record<ConcreteDevice, ProviderOptions>> = {
+  webgpu: {},
+};
 
 export interface Session {
   readonly device: ConcreteDevice;
@@ -67,12 +84,14 @@ const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
 
 const open = new Set<Session>();
 
-function sessionOptions(device: ConcreteDevice, profile?: string): ort.InferenceSession.SessionOptions {
+function sessionOptions(device: ConcreteDevice, opts: SessionOptions): ort.InferenceSession.SessionOptions {
+  const provider = { ...PROVIDER_DEFAULTS[device], ...opts.providerOptions };
   return {
-    executionProviders: [device],
+    executionProviders: [Object.keys(provider).length > 0 ? { name: device, ...provider } : device],
     graphOptimizationLevel: "all",
     logSeverityLevel: 3,
-    ...(profile ? { enableProfiling: true, profileFilePrefix: profile } : {}),
+    ...(opts.sessionConfig ? { extra: opts.sessionConfig } : {}),
+    ...(opts.profile ? { enableProfiling: true, profileFilePrefix: opts.profile } : {}),
   };
 }
 
@@ -99,9 +118,9 @@ function modelFile(emitted: EmittedModel, device: ConcreteDevice, opts: SessionO
 
 export async function createSession(graph: Graph, opts: SessionOptions): Promise<Session> {
   const device = await resolveDevice(opts.device);
-  const emitted = emitGraph(graph, { device, fuse: opts.fuse ?? true });
+  const emitted = emitGraph(graph, { device, fuse: opts.fuse ?? true, convAsMatMul: opts.convAsMatMul });
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
-  const options = sessionOptions(device, opts.profile);
+  const options = sessionOptions(device, opts);
   const started = Date.now();
   let ortSession: ort.InferenceSession;
   if (opts.cacheKey)

@@ -10,7 +10,7 @@ import {
   resolveDevice,
   summarizeProfile,
 } from "../../../src/engine/runtime/index.js";
-import { host, randn, relError, rng, values } from "../graph/helpers.js";
+import { type ConvGeom, host, randn, refConv, relError, rng, values } from "../graph/helpers.js";
 
 const cacheDir = mkdtempSync(join(tmpdir(), "graph-cache-test-"));
 afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
@@ -164,5 +164,90 @@ describe("sessions", () => {
     await Promise.all([s16.release(), s32.release()]);
     // fp16 has an 11-bit mantissa (ε ≈ 1e-3): a few roundings through linear, norm, attention stay under 1e-2.
     expect(relError(y16, y32)).toBeLessThan(1e-2);
+  });
+
+  it("emits k×k convolutions as im2col + MatMul with the same values and gradients as Conv", async () => {
+    const geoms: ConvGeom[] = [
+      {
+        N: 2,
+        C: 3,
+        H: 7,
+        W: 6,
+        O: 4,
+        KH: 3,
+        KW: 3,
+        stride: [1, 1],
+        pads: [1, 1, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+      },
+      {
+        N: 1,
+        C: 2,
+        H: 9,
+        W: 8,
+        O: 3,
+        KH: 3,
+        KW: 3,
+        stride: [2, 2],
+        pads: [0, 0, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+      },
+      {
+        N: 1,
+        C: 2,
+        H: 8,
+        W: 9,
+        O: 2,
+        KH: 2,
+        KW: 3,
+        stride: [1, 2],
+        pads: [2, 0, 1, 1],
+        dilation: [2, 1],
+        groups: 1,
+      },
+    ];
+    for (const geom of geoms) {
+      const r = rng(geom.H * 10 + geom.W);
+      const xv = randn(r, geom.N * geom.C * geom.H * geom.W);
+      const wv = randn(r, geom.O * geom.C * geom.KH * geom.KW);
+      const bv = randn(r, geom.O);
+      const ref = refConv(xv, wv, geom);
+      const gyv = randn(r, ref.y.length);
+      const withGrads = refConv(xv, wv, geom, gyv);
+      const g = new G.Graph("im2col");
+      const x = g.input("x", "float32", [geom.N, geom.C, geom.H, geom.W]);
+      const w = g.input("w", "float32", [geom.O, geom.C, geom.KH, geom.KW]);
+      const b = g.input("b", "float32", [geom.O]);
+      const gy = g.input("gy", "float32", ref.shape);
+      const y = G.conv2d(x, w, b, { stride: geom.stride, padding: geom.pads, dilation: geom.dilation });
+      g.output("y", y);
+      const loss = G.reduceSum(G.mul(y, gy), [0, 1, 2, 3], false);
+      const [dx, dw] = G.grad(loss, [x, w]);
+      g.output("dx", dx as G.Tensor);
+      g.output("dw", dw as G.Tensor);
+      const ops = (convAsMatMul: boolean) =>
+        G.emitGraph(g, { convAsMatMul }).model.graph.node.map((n) => n.opType);
+      expect(ops(true)).not.toContain("Conv");
+      expect(ops(true)).toContain("Gather");
+      expect(ops(false)).toContain("Conv");
+      const feeds = {
+        x: host("float32", [geom.N, geom.C, geom.H, geom.W], xv),
+        w: host("float32", [geom.O, geom.C, geom.KH, geom.KW], wv),
+        b: host("float32", [geom.O], bv),
+        gy: host("float32", ref.shape, gyv),
+      };
+      const s = await createSession(g, { device: "cpu", convAsMatMul: true });
+      const out = await s.run(feeds);
+      await s.release();
+      const yRef = ref.y.map(
+        (v, i) => v + (bv[Math.floor(i / (ref.y.length / geom.N / geom.O)) % geom.O] as number),
+      );
+      // float32 sums of ≤ 54 products against a float64 reference.
+      expect(relError(values(out.y), yRef)).toBeLessThan(1e-5);
+      expect(relError(values(out.dx), withGrads.gx)).toBeLessThan(1e-5);
+      expect(relError(values(out.dw), withGrads.gw)).toBeLessThan(1e-5);
+    }
   });
 });
