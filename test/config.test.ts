@@ -188,11 +188,17 @@ describe("secrets", () => {
   });
 });
 
-describe(".env.example", () => {
+describe("settings documentation", () => {
   it("documents every setting, and its values load", () => {
     const text = readFileSync(".env.example", "utf8");
     const documented = [...text.matchAll(/^#? ?([A-Z][A-Z0-9_]+)=/gm)].map((match) => match[1]);
     expect([...new Set(documented)].sort()).toEqual([...SETTING_NAMES].sort());
     expect(loadConfig({}, { envFile: ".env.example" }).blobMaxBytes).toBe(20 * 1024 * 1024);
+  });
+
+  it("has a row for every setting in the README's table", () => {
+    const readme = readFileSync("README.md", "utf8");
+    const missing = SETTING_NAMES.filter((name) => !readme.includes(`| \`${name}\` |`));
+    expect(missing).toEqual([]);
   });
 });
