@@ -530,13 +530,14 @@ function weightFeeds(
   const out: Record<string, HostTensor> = {};
   for (const [name, t] of inputs ?? []) {
     const data = weights.get(name);
+    if (!data) throw new Error(`${what}: the fine-tuned UNet weights lack ${name}`);
     const shape = [...t.shape];
     expectLength(
       `${what}: UNet weight ${name} [${shape}]`,
-      data ?? new Float32Array(0),
+      data,
       shape.reduce((a, b) => a * b, 1),
     );
-    out[name] = { dtype: "float32", shape, data: data as Float32Array };
+    out[name] = { dtype: "float32", shape, data };
   }
   if ((inputs?.size ?? 0) !== weights.size) {
     const extra = [...weights.keys()].filter((k) => !inputs?.has(k));

@@ -89,8 +89,9 @@ export function estimateTrainingMemory(a: TrainingMemoryArgs): TrainingMemory {
  * q/k/v/out, the GEGLU feed-forward's 8C-wide projection) plus the self-attention scores and
  * probabilities (2 × heads × (hw)²) and the cross-attention ones (2 × heads × hw × 77). Down blocks
  * have layers_per_block blocks, up blocks one more, the mid block 2 resnets + 1 transformer. A 1.5×
- * margin covers the backward pass's transient buffers. For SD 1.5 at 64² latents, batch 1: ≈ 12 GB in fp32 (6 GB in fp16), beside
- * the 13.8 GB of trained weights, gradients and Adam state when every weight is trained.
+ * margin covers the backward pass's transient buffers. For SD 1.5 at 64² latents, batch 1: ≈ 12 GB
+ * in fp32 (6 GB in fp16), beside the 13.8 GB of weights, gradients and Adam state when every weight
+ * is trained.
  */
 export function estimateActivationBytes(a: TrainingMemoryArgs): number {
   const c = a.config;
