@@ -322,10 +322,10 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
  * identical), keeping only tensors with a non-zero change.
  */
 function changedDelta(sd: StableDiffusion, trained: UnetWeights): UnetWeights {
-  const base = sd.unetWeights((n) => trained.has(n));
   const out: UnetWeights = new Map();
   for (const [name, w] of trained) {
-    const b = base.get(name) as Float32Array;
+    // One checkpoint tensor at a time: a full SD 1.5 UNet is 3.4 GB in fp32 already held once.
+    const b = sd.unetWeights((n) => n === name).get(name) as Float32Array;
     const d = new Float32Array(w.length);
     for (let i = 0; i < w.length; i++) d[i] = (w[i] as number) - (b[i] as number);
     const rounded = f16ToF32(f32ToF16(d));
