@@ -6,7 +6,7 @@
 import { type DType, numel } from "./dtype.js";
 import type { Attrs, Node, Tensor } from "./graph.js";
 import type { Device, OpDef } from "./op.js";
-import { add, cast, div, matmul, mul, reduceMean, reshape, softmax, sqrt, sub, transpose } from "./ops.js";
+import { add, cast, matmul, mul, reshape, softmax, standardize, transpose } from "./ops.js";
 import { broadcastShapes, fmt, opError, sameShape } from "./shape.js";
 
 const I = (node: Node, i: number) => node.inputs[i] as Tensor;
@@ -21,13 +21,6 @@ function checkAffine(op: string, inputs: readonly Tensor[], channels: number): v
   }
 }
 
-/** (x - mean) / sqrt(var + eps) over `axes` (biased variance, as torch). */
-function normalize(x: Tensor, axes: number[], eps: number): Tensor {
-  const centered = sub(x, reduceMean(x, axes, true));
-  const variance = reduceMean(mul(centered, centered), axes, true);
-  return div(centered, sqrt(add(variance, eps)));
-}
-
 const floatKernels = (dtypes: Partial<Record<Device, DType[]>>) => (node: Node, device: Device) =>
   (dtypes[device] ?? []).includes(I(node, 0).dtype);
 
@@ -40,7 +33,7 @@ export const COMPOSITES: Record<string, OpDef> = {
     },
     decompose: (node) => {
       const x = I(node, 0);
-      return [add(mul(normalize(x, [x.rank - 1], node.attrs.eps as number), I(node, 1)), I(node, 2))];
+      return [add(mul(standardize(x, x.rank - 1, node.attrs.eps as number), I(node, 1)), I(node, 2))];
     },
     fusable: floatKernels({ cpu: ["float32", "float64"], cuda: ["float32"], webgpu: ["float32"] }),
     emit: (e, node) =>
@@ -72,7 +65,7 @@ export const COMPOSITES: Record<string, OpDef> = {
       const x = I(node, 0);
       const [N, C] = x.shape as [number, number];
       const groups = node.attrs.groups as number;
-      const y = reshape(normalize(reshape(x, [N, groups, -1]), [2], node.attrs.eps as number), x.shape);
+      const y = reshape(standardize(reshape(x, [N, groups, -1]), 2, node.attrs.eps as number), x.shape);
       const perChannel = [C, ...x.shape.slice(2).map(() => 1)];
       return [add(mul(y, reshape(I(node, 1), perChannel)), reshape(I(node, 2), perChannel))];
     },

@@ -30,6 +30,19 @@ export interface EmitOptions {
   /** Emit k×k convolutions as an index gather (im2col) + MatMul (default: on webgpu, whose MatMul
    *  kernels run them about twice as fast as its direct Conv; docs/PERFORMANCE.md). */
   convAsMatMul?: boolean;
+  /** Concatenate the float outputs of each dtype into one flat output (see PackedOutput). */
+  packOutputs?: boolean;
+}
+
+/**
+ * Several outputs of one dtype delivered as one flat tensor, `parts` at their offsets: a GPU provider
+ * reads each output back with its own wait for the device, so a LoRA step's 256 gradients cost 256 round
+ * trips unpacked (~1 ms each on WebGPU) and one packed.
+ */
+export interface PackedOutput {
+  name: string;
+  dtype: DType;
+  parts: { name: string; offset: number; size: number }[];
 }
 
 export interface ValueSpec {
@@ -51,6 +64,8 @@ export interface EmittedModel {
   initializers: Initializer[];
   inputs: ValueSpec[];
   outputs: ValueSpec[];
+  /** Outputs that the ONNX model delivers packed (their names are not among its outputs). */
+  packed: PackedOutput[];
   /** sha256 of everything but the weights' bytes (which the caller's cache key stands for). */
   structureHash: string;
 }
@@ -226,10 +241,43 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
   const inputs = graph.inputs
     .filter((t) => leaves.has(t))
     .map((t) => ({ name: name(t), dtype: t.dtype, shape: [...t.shape] }));
-  const outputs = graph.outputs.map((o) => {
-    e.node("Identity", [name(o.tensor)], [o.name]);
-    return { name: o.name, dtype: o.tensor.dtype, shape: [...o.tensor.shape] };
-  });
+  const outputs = graph.outputs.map((o) => ({
+    name: o.name,
+    dtype: o.tensor.dtype,
+    shape: [...o.tensor.shape],
+  }));
+  const packed: PackedOutput[] = [];
+  const onnxOutputs: ValueSpec[] = [];
+  for (const dtype of new Set(outputs.map((o) => o.dtype))) {
+    const group = graph.outputs.filter((o) => o.tensor.dtype === dtype);
+    if (!opts.packOutputs || group.length < 2 || (dtype !== "float32" && dtype !== "float16")) {
+      for (const o of group) {
+        e.node("Identity", [name(o.tensor)], [o.name]);
+        onnxOutputs.push({ name: o.name, dtype, shape: [...o.tensor.shape] });
+      }
+      continue;
+    }
+    const p: PackedOutput = { name: fresh(`packed_${dtype}`), dtype, parts: [] };
+    let level = group.map((o) => {
+      const size = numel(o.tensor.shape);
+      p.parts.push({ name: o.name, offset: p.parts.reduce((s, q) => s + q.size, 0), size });
+      const flat = fresh(`${o.name}_flat`);
+      e.node("Reshape", [name(o.tensor), e.ints([size])], [flat]);
+      return flat;
+    });
+    // A tree of concatenations of at most 4 (a WebGPU shader binds few storage buffers by default).
+    while (level.length > 1) {
+      const next: string[] = [];
+      for (let i = 0; i < level.length; i += 4) {
+        const out = level.length <= 4 ? p.name : fresh("packed_part");
+        e.node("Concat", level.slice(i, i + 4), [out], { axis: 0 });
+        next.push(out);
+      }
+      level = next;
+    }
+    packed.push(p);
+    onnxOutputs.push({ name: p.name, dtype, shape: [p.parts.reduce((s, q) => s + q.size, 0)] });
+  }
 
   const model: ModelJson = {
     irVersion: 8,
@@ -244,14 +292,14 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
       node: onnxNodes,
       initializer: [],
       input: inputs.map(valueInfo),
-      output: outputs.map(valueInfo),
+      output: onnxOutputs.map(valueInfo),
     },
   };
 
   const h = createHash("sha256");
   h.update(JSON.stringify({ model, init: initializers.map((i) => [i.name, i.dtype, i.shape]) }));
   for (const t of leaves) if (t.source?.kind === "constant") h.update(bytesOf(t.source.data));
-  return { model, initializers, inputs, outputs, structureHash: h.digest("hex") };
+  return { model, initializers, inputs, outputs, packed, structureHash: h.digest("hex") };
 }
 
 function tensorProto(init: Initializer): TensorJson {

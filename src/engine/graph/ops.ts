@@ -189,6 +189,12 @@ export const reduceMean = (x: Tensor, axes: number | readonly number[], keepdims
 export const reduceMax = (x: Tensor, axes: number | readonly number[], keepdims = false): Tensor =>
   reduce("ReduceMax", "reduceMax", x, axes, keepdims);
 
+/** (x − mean)/√(var + eps) over the axes from `axis` on (biased variance, as torch's norms); float32. */
+export function standardize(x: Tensor, axis: number, eps: number): Tensor {
+  const [a] = normalizeAxes("standardize", [x], [axis], x.rank) as [number];
+  return prim("Standardize", [x], { axis: a, eps });
+}
+
 export function softmax(x: Tensor, axis = -1): Tensor {
   const [a] = normalizeAxes("softmax", [x], [axis], x.rank) as [number];
   if (x.dtype === "float16") return cast(softmax(cast(x, "float32"), a), "float16");

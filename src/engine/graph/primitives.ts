@@ -25,6 +25,7 @@ import {
   neg,
   pad,
   pow,
+  reduceMean,
   reduceSum,
   reshape,
   sin,
@@ -730,6 +731,47 @@ export const PRIMITIVES: Record<string, OpDef> = {
       const y = O(node);
       const gy = mul(g as Tensor, y);
       return [sub(gy, mul(y, reduceSum(gy, [node.attrs.axis as number], true)))];
+    },
+  },
+
+  /**
+   * (x − mean)/σ with σ = √(var + eps) over the axes from `axis` on, σ as a second output: the
+   * differentiable core of the norms. The forward is the two-pass computation the expanded form did
+   * (onnxruntime's LayerNormalization takes var = E[x²] − mean², which loses digits on offset inputs);
+   * the VJP is one formula, dx = (ḡ − mean(ḡ) − y·mean(ḡ·y))/σ (exact, eps included), 7 kernels where
+   * differentiating the expansion took about 20.
+   */
+  Standardize: {
+    infer: ([x], attrs) => {
+      const t = x as Tensor;
+      requireFloat("standardize", [t], t);
+      const axis = attrs.axis as number;
+      return [
+        { dtype: t.dtype, shape: t.shape },
+        { dtype: t.dtype, shape: t.shape.map((d, i) => (i < axis ? d : 1)) },
+      ];
+    },
+    emit: (e, node) => {
+      const x = I(node, 0);
+      const axes = x.shape.map((_, i) => i).slice(node.attrs.axis as number);
+      const [y, sigma] = node.outputs.map((t) => e.name(t)) as [string, string];
+      const [mean, centered, squared, variance, shifted] = ["mean", "centered", "sq", "var", "var_eps"].map(
+        (h) => e.fresh(`std_${h}`),
+      ) as [string, string, string, string, string];
+      e.node("ReduceMean", [e.name(x)], [mean], { axes, keepdims: 1 });
+      e.node("Sub", [e.name(x), mean], [centered]);
+      e.node("Mul", [centered, centered], [squared]);
+      e.node("ReduceMean", [squared], [variance], { axes, keepdims: 1 });
+      e.node("Add", [variance, e.fill(x.dtype, [], node.attrs.eps as number)], [shifted]);
+      e.node("Sqrt", [shifted], [sigma]);
+      e.node("Div", [centered, sigma], [y]);
+    },
+    vjp: (node, [g]) => {
+      const y = O(node, 0);
+      const gg = g as Tensor;
+      const axes = y.shape.map((_, i) => i).slice(node.attrs.axis as number);
+      const centered = sub(gg, reduceMean(gg, axes, true));
+      return [div(sub(centered, mul(y, reduceMean(mul(gg, y), axes, true))), O(node, 1))];
     },
   },
 

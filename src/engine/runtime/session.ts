@@ -36,6 +36,8 @@ export interface SessionOptions {
   fuse?: boolean;
   /** k×k convolutions as im2col + MatMul (default: on webgpu; see emitGraph). */
   convAsMatMul?: boolean;
+  /** Read the outputs back as one flat tensor per dtype (default: on GPU providers; see PackedOutput). */
+  packOutputs?: boolean;
   /** Unkeyed graphs with more weight bytes than this load through external data (default 1 GiB). */
   inlineLimitBytes?: number;
   /** Turns on onnxruntime's profiler, writing `<profile>_<timestamp>.json` (see `endProfiling`). */
@@ -118,7 +120,12 @@ function modelFile(emitted: EmittedModel, device: ConcreteDevice, opts: SessionO
 
 export async function createSession(graph: Graph, opts: SessionOptions): Promise<Session> {
   const device = await resolveDevice(opts.device);
-  const emitted = emitGraph(graph, { device, fuse: opts.fuse ?? true, convAsMatMul: opts.convAsMatMul });
+  const emitted = emitGraph(graph, {
+    device,
+    fuse: opts.fuse ?? true,
+    convAsMatMul: opts.convAsMatMul,
+    packOutputs: opts.packOutputs ?? device !== "cpu",
+  });
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
   const options = sessionOptions(device, opts);
   const started = Date.now();
@@ -165,9 +172,14 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
       }
       const results = await ortSession.run(ortFeeds);
       const out: Record<string, HostTensor> = {};
+      const parts = new Map<string, HostData>();
+      for (const p of emitted.packed) {
+        const data = (results[p.name] as ort.Tensor).data as HostData;
+        for (const q of p.parts) parts.set(q.name, data.subarray(q.offset, q.offset + q.size));
+      }
       for (const spec of emitted.outputs) {
-        const r = results[spec.name] as ort.Tensor;
-        out[spec.name] = { dtype: spec.dtype, shape: [...r.dims], data: r.data as HostData };
+        const data = parts.get(spec.name) ?? ((results[spec.name] as ort.Tensor).data as HostData);
+        out[spec.name] = { dtype: spec.dtype, shape: [...spec.shape], data };
       }
       return out;
     },

@@ -52,8 +52,10 @@ describe("grad", () => {
     g.output("loss", loss);
     g.output("gx", G.grad(loss, [x])[0] as G.Tensor);
     const ops = opTypes(g);
+    // Off the path the fused kernel; on it the expansion: Standardize's two-pass forward (two ReduceMeans)
+    // and its one-formula VJP (two more).
     expect(count(ops, "LayerNormalization")).toBe(1);
-    expect(count(ops, "ReduceMean")).toBe(2);
+    expect(count(ops, "ReduceMean")).toBe(4);
   });
 
   it("handles graphs deeper than recursion over the JS stack would allow (30 000 nodes in a chain)", () => {
@@ -166,5 +168,47 @@ describe("grad", () => {
             (ref[i * 8 + j] as number) + (xv[row * 24 + i] as number) * (gv[row * 8 + j] as number);
     // float32 sums of 1024 products (in 8 partial sums) against float64.
     expect(relError(values(out.dw), ref)).toBeLessThan(1e-5);
+  });
+
+  it("differentiates norms through Standardize's one-formula VJP, float32 matching float64", async () => {
+    const r = rng(33);
+    const xv = randn(r, 2 * 8 * 5 * 3).map((v) => 3 + 2 * v); // an offset mean, as activations have
+    const gv = randn(r, 8);
+    const bv = randn(r, 8);
+    const wv = randn(r, 2 * 8 * 5 * 3);
+    const build = (dtype: "float32" | "float64") => {
+      const g = new G.Graph(`norms-${dtype}`);
+      const x = g.input("x", dtype, [2, 8, 5, 3]);
+      const gamma = g.input("gamma", dtype, [8]);
+      const beta = g.input("beta", dtype, [8]);
+      const w = g.input("w", dtype, [2, 8, 5, 3]);
+      const gn = G.groupNorm(x, 4, gamma, beta, 1e-5);
+      const ln = G.layerNorm(G.transpose(gn, [0, 2, 3, 1]), gamma, beta, 1e-5);
+      const loss = G.reduceSum(G.mul(G.transpose(ln, [0, 3, 1, 2]), w), [0, 1, 2, 3], false);
+      G.grad(loss, [x, gamma, beta]).forEach((d, i) => {
+        g.output(`d${i}`, d);
+      });
+      return g;
+    };
+    const ops = G.emitGraph(build("float32")).model.graph.node.map((n) => n.opType);
+    // Two norms: each a forward Sqrt, and no Sqrt, Neg or Expand from differentiating the expansion.
+    expect(ops.filter((o) => o === "Sqrt")).toHaveLength(2);
+    expect(ops).not.toContain("Neg");
+    const run = async (dtype: "float32" | "float64") => {
+      const s = await createSession(build(dtype), { device: "cpu" });
+      const out = await s.run({
+        x: host(dtype, [2, 8, 5, 3], xv),
+        gamma: host(dtype, [8], gv),
+        beta: host(dtype, [8], bv),
+        w: host(dtype, [2, 8, 5, 3], wv),
+      });
+      await s.release();
+      return [out.d0, out.d1, out.d2].map(values);
+    };
+    const [f32, f64] = [await run("float32"), await run("float64")];
+    // float32 rounding through two norms and their VJPs on O(1) values: well under 1e-4.
+    f32.forEach((d, i) => {
+      expect(relError(d, f64[i] as number[])).toBeLessThan(1e-4);
+    });
   });
 });

@@ -250,4 +250,31 @@ describe("sessions", () => {
       expect(relError(values(out.dw), withGrads.gw)).toBeLessThan(1e-5);
     }
   });
+
+  it("packs many outputs into one flat tensor per dtype and hands them back by name", async () => {
+    const g = new G.Graph("packed");
+    const x = g.input("x", "float32", [3, 4]);
+    const outs = Array.from({ length: 9 }, (_, i) => G.mul(x, i + 1));
+    outs.forEach((t, i) => {
+      g.output(`y${i}`, i % 2 ? G.reduceSum(t, [1], true) : t);
+    });
+    g.output("h", G.cast(x, "float16"));
+    const emitted = G.emitGraph(g, { packOutputs: true });
+    // Nine float32 outputs through a tree of Concats (≤ 4 inputs each); the lone float16 one stays as is.
+    expect(emitted.model.graph.output.map((o) => o.name)).toEqual(["packed_float32", "h"]);
+    expect(
+      emitted.model.graph.node.filter((n) => n.opType === "Concat").every((n) => n.input.length <= 4),
+    ).toBe(true);
+    const xv = randn(rng(4), 12);
+    const feeds = { x: host("float32", [3, 4], xv) };
+    const packed = await createSession(g, { device: "cpu", packOutputs: true });
+    const plain = await createSession(g, { device: "cpu" });
+    const [a, b] = [await packed.run(feeds), await plain.run(feeds)];
+    await Promise.all([packed.release(), plain.release()]);
+    expect(Object.keys(a).sort()).toEqual(Object.keys(b).sort());
+    for (const [k, v] of Object.entries(b)) {
+      expect(a[k]?.shape).toEqual(v.shape);
+      expect(values(a[k])).toEqual(values(v));
+    }
+  });
 });
