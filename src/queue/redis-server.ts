@@ -129,6 +129,8 @@ class Supervisor extends EventEmitter<Events> implements EmbeddedRedis {
   readonly url: string;
   pid = 0;
   #child: ChildProcess | undefined;
+  /** The child once it answered; cleared when it exits. */
+  #serving: ChildProcess | undefined;
   #stopping = false;
   #restarts: number[] = [];
   #output: string[] = [];
@@ -188,6 +190,9 @@ class Supervisor extends EventEmitter<Events> implements EmbeddedRedis {
       }
       try {
         this.pid = await probe(this.url, 1000);
+        // It may have died since it answered and its exit been ignored as a launch failure: look again.
+        if (child.exitCode !== null || child.signalCode !== null) continue;
+        this.#serving = child;
         return;
       } catch (error) {
         if (Date.now() > deadline) {
@@ -200,31 +205,42 @@ class Supervisor extends EventEmitter<Events> implements EmbeddedRedis {
 
   async #onExit(child: ChildProcess, info: CrashInfo): Promise<void> {
     child.stdin?.destroy();
-    if (this.#stopping || child !== this.#child) return;
+    // Only a server that was serving crashes; one dying during launch() fails that launch instead.
+    if (this.#stopping || child !== this.#serving) return;
+    this.#serving = undefined;
     log.error(
       { port: this.port, ...info, output: this.#output.slice(-5) },
       "redis-server exited; restarting",
     );
     this.emit("crash", info);
-    const now = Date.now();
-    this.#restarts = this.#restarts.filter((t) => now - t < 60_000);
-    if (this.#restarts.length >= this.maxRestartsPerMinute) {
-      const error = new Error(
-        `redis-server crashed ${this.#restarts.length + 1} times within a minute; giving up`,
-      );
-      log.fatal({ port: this.port }, error.message);
-      this.emit("failed", error);
-      return;
-    }
-    this.#restarts.push(now);
-    await sleep(200 * this.#restarts.length);
-    if (this.#stopping) return;
-    try {
-      await this.launch();
-      log.info({ port: this.port, redisPid: this.pid }, "redis-server restarted");
-      this.emit("restart", { pid: this.pid });
-    } catch (error) {
-      this.emit("failed", error as Error);
+    await this.#restart();
+  }
+
+  /** Relaunches until one serves; each attempt, failed launches included, counts against the budget. */
+  async #restart(): Promise<void> {
+    for (;;) {
+      const now = Date.now();
+      this.#restarts = this.#restarts.filter((t) => now - t < 60_000);
+      if (this.#restarts.length >= this.maxRestartsPerMinute) {
+        const error = new Error(
+          `redis-server crashed ${this.#restarts.length + 1} times within a minute; giving up`,
+        );
+        log.fatal({ port: this.port }, error.message);
+        this.emit("failed", error);
+        return;
+      }
+      this.#restarts.push(now);
+      await sleep(200 * this.#restarts.length);
+      if (this.#stopping) return;
+      try {
+        await this.launch();
+        log.info({ port: this.port, redisPid: this.pid }, "redis-server restarted");
+        this.emit("restart", { pid: this.pid });
+        return;
+      } catch (error) {
+        if (this.#stopping) return;
+        log.error({ port: this.port, err: error }, "redis-server did not come back");
+      }
     }
   }
 
