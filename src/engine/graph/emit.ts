@@ -87,6 +87,32 @@ function attribute(name: string, v: OnnxAttr): AttributeJson {
   return { name, type: ATTR.FLOATS, floats: [...(v as { floats: number[] }).floats] };
 }
 
+/** The weight of a 2-D weight's transpose (a `linear` layer's wᵀ), which emission writes as a weight of its
+ *  own with the bytes transposed: onnxruntime does not fold such Transposes on the WebGPU provider, and
+ *  they ran as ≈ 200 kernels per UNet step. */
+function transposedWeight(t: Tensor): (Tensor & { source: { kind: "weight" } }) | null {
+  const w = t.node?.op === "Transpose" ? t.node.inputs[0] : undefined;
+  return w?.source?.kind === "weight" && w.rank === 2 ? (w as Tensor & { source: { kind: "weight" } }) : null;
+}
+
+/** [rows, cols] row-major → [cols, rows], elements of `size` bytes. */
+function transposeBytes(b: Uint8Array, rows: number, cols: number, size: number): Uint8Array {
+  const out = new Uint8Array(b.byteLength);
+  const src = b.byteOffset % size === 0 ? b : b.slice();
+  const view = (u: Uint8Array) =>
+    size === 1
+      ? u
+      : size === 2
+        ? new Uint16Array(u.buffer, u.byteOffset, u.byteLength / 2)
+        : size === 4
+          ? new Uint32Array(u.buffer, u.byteOffset, u.byteLength / 4)
+          : new BigUint64Array(u.buffer, u.byteOffset, u.byteLength / 8);
+  const [from, to] = [view(src), view(out)];
+  for (let i = 0; i < rows; i++)
+    for (let j = 0; j < cols; j++) to[j * rows + i] = from[i * cols + j] as never;
+  return out;
+}
+
 /** Nodes needed by the outputs, inputs before users (iterative post-order, so deep graphs are fine). */
 function reachable(
   roots: readonly Tensor[],
@@ -99,7 +125,7 @@ function reachable(
   const stack: Node[] = [];
   const visit = (t: Tensor) => {
     const r = emittedAs(t, device, fuse);
-    if (r.node) stack.push(r.node);
+    if (r.node && !transposedWeight(r)) stack.push(r.node);
     else leaves.add(r);
   };
   roots.forEach(visit);
@@ -215,6 +241,19 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
   };
 
   for (const t of leaves) {
+    const w = transposedWeight(t);
+    if (w) {
+      const [rows, cols] = w.shape as [number, number];
+      const data = w.source.data;
+      names.set(t, fresh(`${w.source.name}.T`));
+      addInit({
+        name: name(t),
+        dtype: t.dtype,
+        shape: t.shape,
+        bytes: () => transposeBytes(data.bytes(), rows, cols, BYTES_PER_ELEMENT[t.dtype]),
+      });
+      continue;
+    }
     const src = t.source;
     if (!src || src.kind === "input") continue;
     if (src.kind === "weight") {

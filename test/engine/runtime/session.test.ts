@@ -277,4 +277,25 @@ describe("sessions", () => {
       expect(values(a[k])).toEqual(values(v));
     }
   });
+
+  it("writes a linear layer's transposed weight as a weight of its own instead of a Transpose kernel", async () => {
+    const reads = { n: 0 };
+    const g = linearGraph("pretransposed", reads);
+    const emitted = G.emitGraph(g);
+    expect(emitted.model.graph.node.map((n) => n.opType)).not.toContain("Transpose");
+    expect(emitted.initializers.map((i) => [i.name, i.shape])).toEqual([["w.T", [32, 64]]]);
+    const s = await createSession(g, { device: "cpu" });
+    const xv = randn(rng(6), 64);
+    const y = values((await s.run({ x: host("float32", [2, 32], xv) })).y);
+    await s.release();
+    const wv = randn(rng(5), 64 * 32); // linearGraph's weight [64, 32]
+    const ref = Array.from({ length: 2 * 64 }, (_, k) => {
+      const [i, o] = [Math.floor(k / 64), k % 64];
+      let acc = 0;
+      for (let j = 0; j < 32; j++) acc += (xv[i * 32 + j] as number) * (wv[o * 32 + j] as number);
+      return acc;
+    });
+    expect(relError(y, ref)).toBeLessThan(1e-6);
+    expect(reads.n).toBe(1);
+  });
 });
