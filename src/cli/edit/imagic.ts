@@ -11,6 +11,7 @@ import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
 import { loadImage, probeImage } from "../../engine/image.js";
 import { StableDiffusion } from "../../engine/index.js";
+import { modelLoadOptions } from "../../engine/load-options.js";
 import {
   checkPrompt,
   etaSweep,
@@ -278,13 +279,10 @@ export function imagicCommand(): Command {
         log.warn("MODEL is unset: using the tiny TEST checkpoint, whose images are noise");
       }
       const sd = await StableDiffusion.load(model, {
+        ...modelLoadOptions(config),
         device: f.device ?? config.engineDevice,
         dtype: f.dtype ?? config.engineDtype,
         trainDtype: f.trainDtype,
-        maxTrainBytes: config.engineMaxTrainBytes,
-        cacheDir: config.modelCacheDir,
-        endpoint: config.hfEndpoint,
-        token: config.hfToken?.reveal(),
       });
       const bar = progressReporter();
       try {

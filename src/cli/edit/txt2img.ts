@@ -3,11 +3,11 @@
  * a PNG. A check that a checkpoint loads and samples end to end, on any device.
  */
 import { writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tensorToPng } from "../../engine/image.js";
 import { StableDiffusion } from "../../engine/index.js";
+import { modelLoadOptions } from "../../engine/load-options.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
@@ -63,12 +63,8 @@ export function txt2imgCommand(): Command {
         if (!o.model && config.modelIsFixture)
           log.warn("MODEL is unset: using the tiny test fixture (its images are noise)");
         const sd = await StableDiffusion.load(model, {
+          ...modelLoadOptions(config),
           device: o.device ?? config.engineDevice,
-          dtype: config.engineDtype,
-          cacheDir: config.modelCacheDir,
-          endpoint: config.hfEndpoint,
-          token: config.hfToken?.reveal(),
-          graphCacheDir: join(config.stateDir, "graphs"),
         });
         try {
           const size = o.size ?? sd.defaultImageSize;

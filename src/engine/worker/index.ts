@@ -15,6 +15,7 @@ import {
 } from "../../queue/worker.js";
 import type { Service } from "../../services.js";
 import { StableDiffusion } from "../index.js";
+import { modelLoadOptions } from "../load-options.js";
 import { type EngineHttp, startEngineHttp } from "./http.js";
 import { engineMetrics } from "./metrics.js";
 import { enginePipelines } from "./pipelines.js";
@@ -79,14 +80,7 @@ export async function loadStableDiffusion(config: EngineConfig): Promise<EngineM
       "MODEL is unset: the engine serves the tiny TEST checkpoint, whose images are noise",
     );
   }
-  const sd = await StableDiffusion.load(config.model, {
-    device: config.engineDevice,
-    dtype: config.engineDtype,
-    maxTrainBytes: config.engineMaxTrainBytes,
-    cacheDir: config.modelCacheDir,
-    endpoint: config.hfEndpoint,
-    token: config.hfToken?.reveal(),
-  });
+  const sd = await StableDiffusion.load(config.model, modelLoadOptions(config));
   return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.release() };
 }
 
