@@ -436,7 +436,7 @@ export function sdBenchCommand(): Command {
         const shapes = o.tiny ? tinyShapes(o.size) : sd15Shapes(o.size);
         const out = (line: string) => process.stdout.write(`${line}\n`);
         out(
-          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, VAE ${o.vaeDtype}, gradient steps ${o.lossDtype}, device ${o.device}${Object.keys(o.epOption).length ? `, provider options ${JSON.stringify(o.epOption)}` : ""}${Object.keys(o.sessionConfig).length ? `, session config ${JSON.stringify(o.sessionConfig)}` : ""}`,
+          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, VAE ${o.vaeDtype}, gradient steps ${o.lossDtype}, device ${o.device}${Object.keys(o.epOption).length ? `, provider options ${JSON.stringify(o.epOption)}` : ""}${Object.keys(o.sessionConfig).length ? `, session config ${JSON.stringify(o.sessionConfig)}` : ""}${o.conv ? `, k×k convs ${o.conv}` : ""}`,
         );
         out(
           `${"case".padEnd(34)} ${"dtype".padEnd(8)} ${"create ms".padStart(9)} ${"first ms".padStart(9)} ${"median ms".padStart(9)} ${"min ms".padStart(9)} runs  params`,

@@ -12,7 +12,6 @@ export {
   createSession,
   type HostData,
   type HostTensor,
-  PROVIDER_DEFAULTS,
   type ProviderOptions,
   releaseAllSessions,
   type Session,

@@ -48,16 +48,9 @@ export interface SessionOptions {
   sessionConfig?: Record<string, string>;
 }
 
+/** Options as onnxruntime-node passes them to the provider (webgpu: preferredLayout, validationMode, …);
+ *  none is set by default: those measured on the H200 changed nothing (docs/PERFORMANCE.md). */
 export type ProviderOptions = Record<string, string | boolean | number>;
-
-/**
- * What the engine passes each provider unless told otherwise (docs/PERFORMANCE.md has the measurements
- * behind each). The WebGPU provider validates every dispatch by default; our graphs are validated at
- * build time and its checks cost host time per kernel.
- */
-export const PROVIDER_DEFAULTS: Partial<Record<ConcreteDevice, ProviderOptions>> = {
-  webgpu: {},
-};
 
 export interface Session {
   readonly device: ConcreteDevice;
@@ -87,7 +80,7 @@ const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
 const open = new Set<Session>();
 
 function sessionOptions(device: ConcreteDevice, opts: SessionOptions): ort.InferenceSession.SessionOptions {
-  const provider = { ...PROVIDER_DEFAULTS[device], ...opts.providerOptions };
+  const provider = opts.providerOptions ?? {};
   return {
     executionProviders: [Object.keys(provider).length > 0 ? { name: device, ...provider } : device],
     graphOptimizationLevel: "all",
