@@ -11,9 +11,9 @@
  * encoder depends on are checked. Scheduler configs of any SD scheduler class are accepted: the engine
  * always samples with DDIM and takes the noise schedule (betas, offsets, prediction type) from them.
  */
-import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { ModelFileError } from "./errors.js";
+import { readModelJson } from "./files.js";
 
 /** Markers of model families the engine does not implement, checked before validation for a clear message. */
 const OTHER_FAMILIES: Array<{ family: string; match: (cfg: Record<string, unknown>) => boolean }> = [
@@ -232,23 +232,8 @@ export const SchedulerConfigSchema = z.looseObject({
 export type SchedulerConfig = z.infer<typeof SchedulerConfigSchema>;
 
 /** Reads a JSON object from a file, or throws a ModelFileError naming the file. */
-export function readJsonObject(file: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new ModelFileError(
-      file,
-      code === "ENOENT" ? "file not found" : `cannot be read (${code ?? String(err)})`,
-    );
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new ModelFileError(file, `is not valid JSON (${(err as Error).message})`);
-  }
+function readJsonObject(file: string): Record<string, unknown> {
+  const json = readModelJson(file);
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new ModelFileError(file, "is not a JSON object");
   }

@@ -11,9 +11,10 @@
  * Sources: tokenizer/tokenizer.json when present, else vocab.json + merges.txt; special tokens from
  * tokenizer_config.json / special_tokens_map.json.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ModelFileError } from "./errors.js";
+import { readModelJson, readModelText } from "./files.js";
 
 export interface Encoding {
   /** Exactly maxLength ids: bos, tokens, eos, padding. */
@@ -97,7 +98,7 @@ export class ClipTokenizer {
     }
     const vocabFile = join(dir, "vocab.json");
     const mergesFile = join(dir, "merges.txt");
-    const vocab = readVocab(vocabFile, readJson(vocabFile));
+    const vocab = readVocab(vocabFile, readModelJson(vocabFile));
     return new ClipTokenizer(
       vocab,
       rankMerges(readMergesTxt(mergesFile), vocab, mergesFile),
@@ -197,24 +198,6 @@ export class ClipTokenizer {
   }
 }
 
-function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new ModelFileError(
-      file,
-      code === "ENOENT" ? "file not found" : `cannot be read (${code ?? String(err)})`,
-    );
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new ModelFileError(file, `is not valid JSON (${(err as Error).message})`);
-  }
-}
-
 function readVocab(file: string, json: unknown): Map<string, number> {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new ModelFileError(file, "vocabulary is not a JSON object of token → id");
@@ -235,17 +218,7 @@ function readVocab(file: string, json: unknown): Map<string, number> {
 
 /** merges.txt: a `#version` line, then one "left right" pair per line in rank order. */
 function readMergesTxt(file: string): Array<{ pair: [string, string]; where: string }> {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new ModelFileError(
-      file,
-      code === "ENOENT" ? "file not found" : `cannot be read (${code ?? String(err)})`,
-    );
-  }
-  const lines = text.split("\n");
+  const lines = readModelText(file).split("\n");
   const merges: Array<{ pair: [string, string]; where: string }> = [];
   lines.forEach((line, i) => {
     if ((i === 0 && line.startsWith("#version")) || line.trim() === "") return;
@@ -287,7 +260,9 @@ function readTokenizerJson(file: string): {
   vocab: Map<string, number>;
   merges: Array<{ pair: [string, string]; where: string }>;
 } {
-  const json = readJson(file) as { model?: { type?: unknown; vocab?: unknown; merges?: unknown } } | null;
+  const json = readModelJson(file) as {
+    model?: { type?: unknown; vocab?: unknown; merges?: unknown };
+  } | null;
   const model = json?.model;
   if (model?.type !== undefined && model.type !== "BPE") {
     throw new ModelFileError(
@@ -327,8 +302,8 @@ function tokenContent(value: unknown): string | undefined {
 function readSpecials(dir: string, maxLength: number): Specials {
   const configFile = join(dir, "tokenizer_config.json");
   const mapFile = join(dir, "special_tokens_map.json");
-  const config = existsSync(configFile) ? (readJson(configFile) as Record<string, unknown>) : {};
-  const map = existsSync(mapFile) ? (readJson(mapFile) as Record<string, unknown>) : {};
+  const config = existsSync(configFile) ? (readModelJson(configFile) as Record<string, unknown>) : {};
+  const map = existsSync(mapFile) ? (readModelJson(mapFile) as Record<string, unknown>) : {};
   const get = (key: string) => tokenContent(config[key]) ?? tokenContent(map[key]);
   const eos = get("eos_token") ?? "<|endoftext|>";
   const declared = Number(config.model_max_length);
