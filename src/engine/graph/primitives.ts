@@ -468,9 +468,8 @@ export const PRIMITIVES: Record<string, OpDef> = {
           // x[..., K] @ w[K, N]: fold the batch into the rows, one matmul instead of a batched one + a sum.
           const k = a.shape[a.rank - 1] as number;
           const n = b.shape[1] as number;
-          gb = rowContraction(reshape(a, [-1, k]), reshape(gg, [-1, n]));
-        } else if (a.rank === 2 && b.rank === 2) gb = rowContraction(a, gg);
-        else gb = sumToShape(matmul(swapLast2(a), gg), b.shape);
+          gb = matmul(swapLast2(reshape(a, [-1, k])), reshape(gg, [-1, n]));
+        } else gb = sumToShape(matmul(swapLast2(a), gg), b.shape);
       }
       return [ga, gb];
     },
@@ -813,26 +812,6 @@ export const PRIMITIVES: Record<string, OpDef> = {
     },
   },
 };
-
-/** Rows per chunk of a split contraction, and the output size under which a contraction is split. */
-const SPLIT_ROWS = 128;
-const SPLIT_MAX_OUTPUT = 1 << 20;
-
-/**
- * aᵀ·b for a[R, k], b[R, n]: a contraction over many rows into a small output (a weight gradient: LoRA's
- * [16, 320] over 4096 tokens). GPU matmul kernels parallelize over the output, so a few hundred output
- * tiles each running 4096 steps leave the device idle; the rows are split into chunks of SPLIT_ROWS
- * (a batched matmul with R/SPLIT_ROWS times the parallelism) and the partial products summed.
- */
-function rowContraction(a: Tensor, b: Tensor): Tensor {
-  const [R, k] = a.shape as [number, number];
-  const n = b.shape[1] as number;
-  const chunks = R / SPLIT_ROWS;
-  if (!Number.isInteger(chunks) || chunks < 4 || k * n * chunks > SPLIT_MAX_OUTPUT)
-    return matmul(swapLast2(a), b);
-  const parts = matmul(swapLast2(reshape(a, [chunks, SPLIT_ROWS, k])), reshape(b, [chunks, SPLIT_ROWS, n]));
-  return reduceSum(parts, [0], false);
-}
 
 function swapLast2(t: Tensor): Tensor {
   const perm = t.shape.map((_, i) => i);
