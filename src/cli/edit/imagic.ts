@@ -40,6 +40,7 @@ import { deserializeState, type ImagicState, serializeState } from "../../engine
 import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
 
 const log = childLogger("imagic-cli");
 
@@ -52,8 +53,8 @@ interface Flags {
   seeds?: string;
   out: string;
   model?: string;
-  device?: "auto" | "cpu" | "webgpu" | "cuda";
-  dtype?: "auto" | "fp32" | "fp16";
+  device?: DeviceFlag;
+  dtype?: DtypeFlag;
   trainDtype: "fp32" | "fp16";
   size?: string;
   embeddingSteps?: string;
@@ -177,21 +178,8 @@ export function imagicCommand(): Command {
     .option("--seeds <list>", "render seeds (default 1,2,3,4)")
     .option("--out <dir>", "output folder", "imagic-out")
     .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
-    .addOption(
-      new Option("--device <device>", "execution provider (default: ENGINE_DEVICE)").choices([
-        "auto",
-        "cpu",
-        "webgpu",
-        "cuda",
-      ]),
-    )
-    .addOption(
-      new Option("--dtype <dtype>", "UNet compute dtype (default: ENGINE_DTYPE)").choices([
-        "auto",
-        "fp32",
-        "fp16",
-      ]),
-    )
+    .addOption(deviceOption())
+    .addOption(dtypeOption())
     .addOption(
       new Option(
         "--train-dtype <dtype>",

@@ -3,7 +3,7 @@
  * a PNG. A check that a checkpoint loads and samples end to end, on any device.
  */
 import { writeFileSync } from "node:fs";
-import { Command, Option } from "commander";
+import { Command } from "commander";
 import { appConfig } from "../../config.js";
 import { tensorToPng } from "../../engine/image.js";
 import { StableDiffusion } from "../../engine/index.js";
@@ -11,6 +11,7 @@ import { modelLoadOptions } from "../../engine/load-options.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import { type DeviceFlag, deviceOption } from "../options.js";
 
 const log = childLogger("txt2img");
 
@@ -35,14 +36,7 @@ export function txt2imgCommand(): Command {
     .option("--steps <n>", "DDIM steps", int("--steps", 1, 1000), 25)
     .option("--guidance <scale>", "classifier-free guidance scale", Number.parseFloat, 7.5)
     .option("--size <pixels>", "image side (default: the UNet's sample_size × 8)", int("--size", 8, 4096))
-    .addOption(
-      new Option("--device <device>", "execution provider (default: ENGINE_DEVICE)").choices([
-        "auto",
-        "cpu",
-        "webgpu",
-        "cuda",
-      ]),
-    )
+    .addOption(deviceOption())
     .action(
       async (o: {
         prompt: string;
@@ -53,7 +47,7 @@ export function txt2imgCommand(): Command {
         steps: number;
         guidance: number;
         size?: number;
-        device?: "auto" | "cpu" | "webgpu" | "cuda";
+        device?: DeviceFlag;
       }) => {
         if (!Number.isFinite(o.guidance) || o.guidance < 0) {
           throw new UserFacingError(`--guidance must be a number ≥ 0, got ${o.guidance}`);
