@@ -11,6 +11,6 @@ cat > dist-gpu/no-sharp.mjs <<'JS'
 const fail = () => { throw new Error("sharp is not bundled for the GPU machine (scripts/gpu-bundle.sh)"); };
 export default fail;
 JS
-npx esbuild src/cli/index.ts --bundle --platform=node --format=esm --log-level=warning \
+npx esbuild src/cli/index.ts --bundle --minify --platform=node --format=esm --log-level=warning \
   --external:onnxruntime-node --alias:sharp=./dist-gpu/no-sharp.mjs --outfile=dist-gpu/cli.mjs
 echo "dist-gpu/cli.mjs: $(du -h dist-gpu/cli.mjs | cut -f1)"
