@@ -1,29 +1,16 @@
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync } from "node:fs";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { Redis } from "ioredis";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { runServices, type Service } from "../src/services.js";
+import { alive } from "./helpers/processes.js";
+import { tempDirs } from "./helpers/temp-dirs.js";
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+const tempDir = tempDirs("services-test-");
 function config() {
-  const dir = mkdtempSync(path.join(tmpdir(), "services-test-"));
-  dirs.push(dir);
-  return loadConfig({ STATE_DIR: dir, ENGINE_HTTP_PORT: "0" }, { envFile: false });
+  return loadConfig({ STATE_DIR: tempDir(), ENGINE_HTTP_PORT: "0" }, { envFile: false });
 }
 
 /** A service that records its start (with the Redis it was given) and stop in `events`. */

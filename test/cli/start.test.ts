@@ -1,28 +1,12 @@
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync } from "node:fs";
 import net from "node:net";
-import { tmpdir } from "node:os";
 import path from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { alive } from "../helpers/processes.js";
+import { tempDirs } from "../helpers/temp-dirs.js";
 import { runCli, spawnCli, waitForLog } from "./run-cli.js";
 
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-const dirs: string[] = [];
-function stateDir(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), "start-test-"));
-  dirs.push(dir);
-  return dir;
-}
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+const stateDir = tempDirs("start-test-");
 
 describe("photo-edit-bot start", () => {
   // A supervisor sends SIGTERM to the process; a terminal's Ctrl-C sends SIGINT to the whole process

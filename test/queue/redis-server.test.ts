@@ -1,20 +1,12 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import { Redis } from "ioredis";
 import { afterEach, describe, expect, it } from "vitest";
 import { UserFacingError } from "../../src/errors.js";
 import { type EmbeddedRedis, resolveRedis, startEmbeddedRedis } from "../../src/queue/redis-server.js";
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+import { alive } from "../helpers/processes.js";
+import { tempDirs } from "../helpers/temp-dirs.js";
 
 async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
@@ -25,14 +17,10 @@ async function waitFor(check: () => boolean, ms: number): Promise<boolean> {
   return check();
 }
 
-const dirs: string[] = [];
+// Before the afterEach below, which then stops the servers before their folders are removed.
+const tempDir = tempDirs("redis-test-");
 const servers: EmbeddedRedis[] = [];
 const clients: Redis[] = [];
-function tempDir(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), "redis-test-"));
-  dirs.push(dir);
-  return dir;
-}
 async function start(dir = tempDir()): Promise<EmbeddedRedis> {
   const server = await startEmbeddedRedis({ dir });
   servers.push(server);
@@ -48,7 +36,6 @@ function connect(url: string): Redis {
 afterEach(async () => {
   for (const client of clients.splice(0)) client.disconnect();
   for (const server of servers.splice(0)) await server.stop();
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 describe("embedded redis-server", () => {
