@@ -1,7 +1,6 @@
-import { cpSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { findWeightsFile, openCheckpoint } from "../../../src/engine/models/checkpoint.js";
 import {
   parseConfig,
@@ -9,36 +8,21 @@ import {
   UNetConfigSchema,
   VaeConfigSchema,
 } from "../../../src/engine/models/config.js";
-import { ModelFileError } from "../../../src/engine/models/errors.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
+import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
 
-const tmp = mkdtempSync(join(tmpdir(), "checkpoint-test-"));
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const copy = scratchCopies("checkpoint-test-");
 const SD1 = "test/fixtures/models/sd1/model";
 
 /** A fresh copy of the sd1 fixture checkpoint whose files a test may break. */
-function copySd1(): string {
-  const dir = mkdtempSync(join(tmp, "sd1-"));
-  cpSync(SD1, dir, { recursive: true });
-  return dir;
-}
+const copySd1 = (): string => copy(SD1);
 
 function editJson(file: string, edit: (json: Record<string, unknown>) => void): void {
   const json = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
   edit(json);
   writeFileSync(file, JSON.stringify(json));
-}
-
-function errorOf(fn: () => unknown): ModelFileError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ModelFileError);
-    return err as ModelFileError;
-  }
-  throw new Error("expected an error");
 }
 
 const rawUNet = JSON.parse(readFileSync(join(SD1, "unet/config.json"), "utf8")) as Record<string, unknown>;
@@ -199,27 +183,29 @@ describe("config validation", () => {
   });
 
   it("refuses an unknown setting by name", () => {
-    const e = errorOf(() =>
+    const e = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json"),
     );
     expect(e.message).toMatch(/^unet\/config\.json: unknown setting "fancy_new_option"/);
   });
 
   it("refuses unsupported values, naming the setting and the value", () => {
-    const e = errorOf(() =>
+    const e = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, resnet_time_scale_shift: "scale_shift" }, "u.json"),
     );
     expect(e.message).toMatch(/setting "resnet_time_scale_shift" = "scale_shift" is not supported/);
-    const e2 = errorOf(() =>
+    const e2 = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, attention_head_dim: [8, 8] }, "u.json"),
     );
     expect(e2.message).toMatch(/"attention_head_dim" = \[8,8\] is not supported \(needs one entry per level/);
-    const e3 = errorOf(() => parseConfig(SchedulerConfigSchema, { prediction_type: "sample" }, "s.json"));
+    const e3 = modelFileErrorOf(() =>
+      parseConfig(SchedulerConfigSchema, { prediction_type: "sample" }, "s.json"),
+    );
     expect(e3.message).toMatch(/"prediction_type" = "sample" is not supported/);
   });
 
   it("names SDXL, SD3 and Flux checkpoints instead of listing their settings", () => {
-    const sdxl = errorOf(() =>
+    const sdxl = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, addition_embed_type: "text_time" }, "u.json"),
     );
     expect(sdxl.message).toMatch(/Stable Diffusion XL.*supports Stable Diffusion 1\.x and 2\.x only/);
@@ -229,7 +215,7 @@ describe("config validation", () => {
       j._class_name = "StableDiffusionXLPipeline";
       j.text_encoder_2 = ["transformers", "CLIPTextModelWithProjection"];
     });
-    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
+    expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(
       /model_index\.json: this is a Stable Diffusion XL checkpoint \(StableDiffusionXLPipeline\)/,
     );
     editJson(join(dir, "model_index.json"), (j) => {
@@ -237,29 +223,29 @@ describe("config validation", () => {
       delete j.text_encoder_2;
       j.transformer = ["diffusers", "SD3Transformer2DModel"];
     });
-    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(/Stable Diffusion 3/);
+    expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(/Stable Diffusion 3/);
     editJson(join(dir, "model_index.json"), (j) => {
       j._class_name = "FluxPipeline";
       j.transformer = ["diffusers", "FluxTransformer2DModel"];
     });
-    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(/this is a Flux checkpoint/);
+    expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(/this is a Flux checkpoint/);
   });
 
   it("names the file when a config is missing, is not JSON, or disagrees with another component", () => {
     const dir = copySd1();
     writeFileSync(join(dir, "vae/config.json"), "{ broken");
-    const e = errorOf(() => openCheckpoint(dir));
+    const e = modelFileErrorOf(() => openCheckpoint(dir));
     expect(e.file).toBe(join(dir, "vae/config.json"));
     expect(e.message).toMatch(/is not valid JSON/);
     rmSync(join(dir, "vae/config.json"));
-    expect(errorOf(() => openCheckpoint(dir)).message).toBe(
+    expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toBe(
       `${join(dir, "vae/config.json")}: file not found`,
     );
     cpSync(join(SD1, "vae/config.json"), join(dir, "vae/config.json"));
     editJson(join(dir, "unet/config.json"), (j) => {
       j.cross_attention_dim = 768;
     });
-    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
+    expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(
       /cross_attention_dim 768 does not match the text encoder's hidden_size 16/,
     );
   });
@@ -289,11 +275,11 @@ describe("weight files", () => {
 
     const te = join(dir, "text_encoder");
     renameSync(join(te, "model.safetensors"), join(te, "pytorch_model.bin"));
-    const e = errorOf(() => openCheckpoint(dir));
+    const e = modelFileErrorOf(() => openCheckpoint(dir));
     expect(e.file).toBe(te);
     expect(e.message).toMatch(/only PyTorch pickle weights \(pytorch_model\.bin\)/);
     rmSync(join(te, "pytorch_model.bin"));
-    expect(errorOf(() => openCheckpoint(dir)).message).toMatch(
+    expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(
       /no weight file found \(looked for model\.safetensors/,
     );
   });
@@ -324,7 +310,7 @@ describe("weight files", () => {
     const dir = copySd1();
     const file = join(dir, "vae/diffusion_pytorch_model.safetensors");
     writeFileSync(file, readFileSync(file).subarray(0, 100_000));
-    const e = errorOf(() => openCheckpoint(dir));
+    const e = modelFileErrorOf(() => openCheckpoint(dir));
     expect(e.file).toBe(file);
     expect(e.message).toMatch(/truncated file/);
   });

@@ -3,10 +3,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { bf16ToF32, f16ToF32, f32ToF16 } from "../../../src/engine/models/dtype.js";
-import { ModelFileError } from "../../../src/engine/models/errors.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
+import { modelFileErrorOf } from "../../helpers/model-files.js";
 import { f32Bytes, writeSafetensors } from "../../helpers/write-safetensors.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "safetensors-test-"));
@@ -15,15 +15,9 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const SD1_UNET = "test/fixtures/models/sd1/model/unet/diffusion_pytorch_model.safetensors";
 
 function expectFileError(fn: () => unknown, file: string, pattern: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught).toBeInstanceOf(ModelFileError);
-  expect((caught as ModelFileError).file).toBe(file);
-  expect((caught as Error).message).toMatch(pattern);
+  const error = modelFileErrorOf(fn);
+  expect(error.file).toBe(file);
+  expect(error.message).toMatch(pattern);
 }
 
 describe("half-precision conversion", () => {

@@ -1,30 +1,13 @@
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
-import { ModelFileError } from "../../../src/engine/models/errors.js";
+import { describe, expect, it } from "vitest";
 import { ClipTokenizer } from "../../../src/engine/models/tokenizer.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
+import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 
-const tmp = mkdtempSync(join(tmpdir(), "tokenizer-test-"));
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const copy = scratchCopies("tokenizer-test-");
 const SD1_TOKENIZER = "test/fixtures/models/sd1/model/tokenizer";
-
-function copyTokenizer(): string {
-  const dir = mkdtempSync(join(tmp, "tok-"));
-  cpSync(SD1_TOKENIZER, dir, { recursive: true });
-  return dir;
-}
-
-function errorOf(fn: () => unknown): ModelFileError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ModelFileError);
-    return err as ModelFileError;
-  }
-  throw new Error("expected an error");
-}
+const copyTokenizer = (): string => copy(SD1_TOKENIZER);
 
 describe.each(fixtureDirs())("ClipTokenizer on %s", (dir) => {
   const g = loadGolden(dir);
@@ -108,11 +91,11 @@ describe("damaged tokenizer files", () => {
     const dir = copyTokenizer();
     const vocabFile = join(dir, "vocab.json");
     writeFileSync(vocabFile, readFileSync(vocabFile, "utf8").slice(0, 5000));
-    const e = errorOf(() => ClipTokenizer.fromFolder(dir));
+    const e = modelFileErrorOf(() => ClipTokenizer.fromFolder(dir));
     expect(e.file).toBe(vocabFile);
     expect(e.message).toMatch(/is not valid JSON/);
     writeFileSync(vocabFile, JSON.stringify({ a: "zero" }));
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(/token "a" has id "zero"/);
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(/token "a" has id "zero"/);
   });
 
   it("names merges.txt and the line when a merge is malformed or does not fit the vocabulary", () => {
@@ -120,29 +103,33 @@ describe("damaged tokenizer files", () => {
     const mergesFile = join(dir, "merges.txt");
     const lines = readFileSync(mergesFile, "utf8").split("\n");
     writeFileSync(mergesFile, [...lines.slice(0, 10), "abc", ...lines.slice(10)].join("\n"));
-    const e = errorOf(() => ClipTokenizer.fromFolder(dir));
+    const e = modelFileErrorOf(() => ClipTokenizer.fromFolder(dir));
     expect(e.file).toBe(mergesFile);
     expect(e.message).toMatch(/line 11 is not a merge of two tokens: "abc"/);
     writeFileSync(mergesFile, [...lines.slice(0, 10), "qx zz", ...lines.slice(10)].join("\n"));
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
       /line 11: merge "qx zz" makes "qxzz", which the vocabulary lacks/,
     );
     rmSync(mergesFile);
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toBe(`${mergesFile}: file not found`);
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toBe(
+      `${mergesFile}: file not found`,
+    );
   });
 
   it("names tokenizer.json when it is damaged or not a BPE tokenizer", () => {
     const dir = copyTokenizer();
     const file = join(dir, "tokenizer.json");
     writeFileSync(file, '{"model": {"type": "BPE", "vocab": {');
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir))).toMatchObject({
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir))).toMatchObject({
       file,
       message: expect.stringMatching(/is not valid JSON/),
     });
     writeFileSync(file, JSON.stringify({ model: { type: "WordPiece", vocab: { a: 0 } } }));
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(/model type "WordPiece" is not BPE/);
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+      /model type "WordPiece" is not BPE/,
+    );
     writeFileSync(file, JSON.stringify({ model: { type: "BPE", vocab: { a: 0 }, merges: [["a"]] } }));
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
       /model\.merges\[0\] is not a pair of tokens/,
     );
   });
@@ -150,7 +137,7 @@ describe("damaged tokenizer files", () => {
   it("names the file whose special token is missing from the vocabulary", () => {
     const dir = copyTokenizer();
     writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ pad_token: { content: "<pad>" } }));
-    expect(errorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
+    expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
       /the pad token "<pad>" is not in the vocabulary/,
     );
   });
