@@ -94,21 +94,8 @@ describe("bad attachments are refused privately, naming the attachment and the l
 
   it("a bad reference of /swap is named by its option", async () => {
     const channel = w.fake.addTextChannel("swap-bad");
-    const source = w.photo();
-    const ref1 = w.photo("ref1.png");
     const ref2 = w.fake.attachment("ref2.pdf", Buffer.from("%PDF"), "application/pdf");
-    const interaction = w.fake.runCommand({
-      name: "swap",
-      user: w.author,
-      channel,
-      options: [
-        opt.attachment("source", source),
-        opt.string("subject", "cat"),
-        opt.attachment("reference1", ref1),
-        opt.attachment("reference2", ref2),
-      ],
-      attachments: [source, ref1, ref2],
-    });
+    const interaction = w.swap(channel, [w.photo("ref1.png"), ref2]);
     expect(await w.ephemeral(interaction)).toMatch(/`reference2` \(ref2\.pdf\) is a application\/pdf file/);
   });
 });
@@ -170,24 +157,10 @@ describe("jobs that do not end well", () => {
     const { "imagic.train": train } = lightweightPipelines();
     await w.worker({ "imagic.train": train });
     const channel = w.fake.addTextChannel("swap");
-    const source = w.photo();
-    const ref = w.photo("ref.png");
-    const interaction = w.fake.runCommand({
-      name: "swap",
-      user: w.author,
-      channel,
-      options: [
-        opt.attachment("source", source),
-        opt.string("subject", "cat"),
-        opt.attachment("reference1", ref),
-      ],
-      attachments: [source, ref],
-    });
+    const interaction = w.swap(channel, [w.photo("ref.png")]);
     const thread = await w.thread(interaction);
     expect(w.fake.mustChannel(thread).name).toBe("Photoswap: cat");
-    const progress = await w.fake.waitFor("the failure", () =>
-      w.posted(thread).find((m) => m.content.startsWith("❌")),
-    );
+    const progress = await w.postedStartingWith(thread, "❌");
     expect(progress.content).toBe("❌ swap.concept is not available yet on this engine");
   });
 
@@ -201,9 +174,7 @@ describe("jobs that do not end well", () => {
     await w.worker(failing);
     const channel = w.fake.addTextChannel("fail");
     const thread = await w.thread(w.imagic(channel));
-    const progress = await w.fake.waitFor("the failure", () =>
-      w.posted(thread).find((m) => m.content.startsWith("❌")),
-    );
+    const progress = await w.postedStartingWith(thread, "❌");
     expect(progress.content).toBe("❌ the photo is too dark to learn from");
   });
 
@@ -232,9 +203,7 @@ describe("jobs that do not end well", () => {
     expect(await w.ephemeral(inThread)).toMatch(
       /^• imagic\.train \(job \d+\): stopping after the current step$/,
     );
-    const stopped = await w.fake.waitFor("cancelled", () =>
-      w.posted(running).find((m) => m.content.startsWith("🛑")),
-    );
+    const stopped = await w.postedStartingWith(running, "🛑");
     expect(stopped.content).toBe("🛑 Cancelled.");
     expect(w.posted(running).filter((m) => m.reactions.size > 0)).toEqual([]);
 
@@ -243,9 +212,7 @@ describe("jobs that do not end well", () => {
     await w.h.stopWorkers();
     const everywhere = w.fake.runCommand({ name: "cancel", user: w.author, channel });
     expect(await w.ephemeral(everywhere)).toMatch(/^• imagic\.train \(job \d+\): cancelled$/);
-    const removed = await w.fake.waitFor("cancelled", () =>
-      w.posted(waiting).find((m) => m.content.startsWith("🛑")),
-    );
+    const removed = await w.postedStartingWith(waiting, "🛑");
     expect(removed.content).toBe("🛑 Cancelled before it started.");
   });
 
@@ -261,9 +228,7 @@ describe("jobs that do not end well", () => {
 
     const jobs = await jobCount();
     w.fake.react(w.author, grid.id, "1️⃣");
-    const expired = await w.fake.waitFor("expiry", () =>
-      w.posted(thread).find((m) => m.content.startsWith("⌛")),
-    );
+    const expired = await w.postedStartingWith(thread, "⌛");
     expect(expired.content).toMatch(
       /the fine-tune of this edit has expired .* Run `\/imagic` again to start again/,
     );

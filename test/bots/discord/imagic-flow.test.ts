@@ -105,9 +105,7 @@ describe("/imagic", () => {
       attachments: [photo],
     });
     const threadB = await w.thread(interaction);
-    const waitingB = await w.fake.waitFor("position 2", () =>
-      w.posted(threadB).find((m) => m.content.startsWith("🕒 Imagic fine-tune: queued, position 2")),
-    );
+    const waitingB = await w.postedStartingWith(threadB, "🕒 Imagic fine-tune: queued, position 2");
     expect(w.posted(threadA)[0]?.content).toMatch(/^🕒 Imagic fine-tune: next in line/);
 
     await w.worker(lightweightPipelines({ steps: 20, stepMs: 100 }));

@@ -36,10 +36,14 @@ export interface World {
   photo(name?: string): FakeAttachment;
   /** Runs /imagic as the author with a prompt, `image` (default: a photo) and more options. */
   imagic(channel: FakeChannel, options?: CommandOption[], image?: FakeAttachment): FakeInteraction;
+  /** Runs /swap as the author: a photo as the source, subject "cat", and `references` in order. */
+  swap(channel: FakeChannel, references: FakeAttachment[]): FakeInteraction;
   /** The thread the bot opened on an interaction's answer. */
   thread(interaction: FakeInteraction): Promise<string>;
   /** The bot's messages in a channel or thread, oldest first. */
   posted(channelId: string): FakeMessage[];
+  /** Waits for the first bot message in a channel whose text starts with `prefix` (a status emoji…). */
+  postedStartingWith(channelId: string, prefix: string): Promise<FakeMessage>;
   /** Waits for the n-th (1-based) bot message in a channel that offers picks, with all `choices` reactions. */
   offer(channelId: string, n: number, choices: number): Promise<FakeMessage>;
   /** Ephemeral text the bot answered an interaction with. */
@@ -113,12 +117,31 @@ export async function world(options: WorldOptions = {}): Promise<World> {
         attachments: [image],
       });
     },
+    swap(channel, references) {
+      const source = w.photo();
+      return fake.runCommand({
+        name: "swap",
+        user: w.author,
+        channel,
+        options: [
+          opt.attachment("source", source),
+          opt.string("subject", "cat"),
+          ...references.map((ref, i) => opt.attachment(`reference${i + 1}`, ref)),
+        ],
+        attachments: [source, ...references],
+      });
+    },
     async thread(interaction) {
       const original = await fake.waitFor("the public answer", () => interaction.originalId);
       return fake.waitFor("a thread on the answer", () => fake.messages.get(original)?.threadId);
     },
     posted(channelId) {
       return fake.messagesIn(channelId).filter((m) => m.author.id === fake.botUser.id);
+    },
+    postedStartingWith(channelId, prefix) {
+      return fake.waitFor(`a message starting with ${prefix} in ${channelId}`, () =>
+        w.posted(channelId).find((m) => m.content.startsWith(prefix)),
+      );
     },
     async offer(channelId, n, choices) {
       const offer = await fake.waitFor(
