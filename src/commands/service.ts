@@ -338,55 +338,56 @@ export class ChatCommands {
 
   private async onCompleted(event: Events["completed"]): Promise<void> {
     const { jobId, data } = event;
-    const conversation = this.conversationOf(data.origin);
     this.log.info({ jobId, name: event.name }, "posting job result");
     switch (event.name) {
       case "imagic.train": {
         const payload = event.data as unknown as JobInput<"imagic.train">;
         const result = event.result as JobResult<"imagic.train">;
-        await this.finishProgress(jobId, this.progressRef(data.origin), "✅ Fine-tuned on your photo.");
-        await this.offer(result.gridBlobId, {
+        return this.finishWithOffer(event, "✅ Fine-tuned on your photo.", result, {
           kind: "seed",
           command: "imagic",
-          userId: data.userId,
-          conversation,
           prompt: payload.prompt,
-          choices: result.images,
           stateBlobId: result.stateBlobId,
           sweep: this.sweepSettings(payload.options),
         });
-        return;
       }
-      case "imagic.render": {
-        const result = event.result as JobResult<"imagic.render">;
-        await this.finishProgress(jobId, this.progressRef(data.origin), "✅ Rendered.");
-        await this.offer(result.gridBlobId, {
+      case "imagic.render":
+        return this.finishWithOffer(event, "✅ Rendered.", event.result as JobResult<"imagic.render">, {
           kind: "final",
           command: "imagic",
-          userId: data.userId,
-          conversation,
           prompt: (await this.promptOf(data.origin)) ?? "",
-          choices: result.images,
         });
-        return;
-      }
       case "swap.edit": {
         const payload = event.data as unknown as JobInput<"swap.edit">;
-        const result = event.result as JobResult<"swap.edit">;
-        await this.finishProgress(jobId, this.progressRef(data.origin), "✅ Swapped.");
-        await this.offer(result.gridBlobId, {
+        return this.finishWithOffer(event, "✅ Swapped.", event.result as JobResult<"swap.edit">, {
           kind: "final",
           command: "swap",
-          userId: data.userId,
-          conversation,
           prompt: payload.subject,
-          choices: result.images,
         });
-        return;
       }
       default:
         this.log.debug({ jobId }, "no chat result for this job type");
     }
+  }
+
+  /** A finished job's last word on its progress message, then its grid offered for `pick`s. */
+  private async finishWithOffer(
+    { jobId, data }: Events["completed"],
+    text: string,
+    result: { gridBlobId: string; images: Choice[] },
+    pick: Pick<PickRecord, "kind" | "command" | "prompt" | "stateBlobId" | "sweep">,
+  ): Promise<void> {
+    await this.finishProgress(jobId, this.progressRef(data.origin), text);
+    const { kind, command, prompt, ...seedPick } = pick;
+    await this.offer(result.gridBlobId, {
+      kind,
+      command,
+      userId: data.userId,
+      conversation: this.conversationOf(data.origin),
+      prompt,
+      choices: result.images,
+      ...seedPick,
+    });
   }
 
   /** The prompt a render continues, kept under its progress message (known before the job id). */
@@ -402,10 +403,7 @@ export class ChatCommands {
     const mention = this.adapter.mention(record.userId);
     const grid = await this.blobs.get(gridBlobId);
     if (!grid) {
-      await this.adapter.post(record.conversation, {
-        text: expiredText(mention, "the result", this.blobs.limits.ttlSeconds, record.command),
-      });
-      return;
+      return this.postExpired(record, "the result");
     }
     const lines = this.offerText(record);
     const image = await fitUpload({ name: "grid.png", bytes: grid }, this.adapter.limits.maxUploadBytes);
@@ -416,6 +414,18 @@ export class ChatCommands {
     // Saved before the reactions go up: a quick user may react while they are still being added.
     await this.picks.save(message.id, record);
     await this.adapter.addReactions(message, numberEmojis(record.choices.length));
+  }
+
+  /** Says that `what` a pick needs has outlived the blob TTL, and how to start again. */
+  private async postExpired(record: PickRecord, what: string): Promise<void> {
+    await this.adapter.post(record.conversation, {
+      text: expiredText(
+        this.adapter.mention(record.userId),
+        what,
+        this.blobs.limits.ttlSeconds,
+        record.command,
+      ),
+    });
   }
 
   /** The sweep a seed pick renders: the preset's η values, with the first grid's sampling settings. */
@@ -474,15 +484,7 @@ export class ChatCommands {
     const mention = this.adapter.mention(record.userId);
     const stateBlobId = record.stateBlobId ?? "";
     if ((await this.blobs.touch([stateBlobId])).length > 0) {
-      await this.adapter.post(record.conversation, {
-        text: expiredText(
-          mention,
-          "the fine-tune of this edit",
-          this.blobs.limits.ttlSeconds,
-          record.command,
-        ),
-      });
-      return;
+      return this.postExpired(record, "the fine-tune of this edit");
     }
     const { etas, guidance, steps } = record.sweep ?? this.sweepSettings(undefined);
     const progress = await this.adapter.post(record.conversation, {
@@ -521,10 +523,7 @@ export class ChatCommands {
     const mention = this.adapter.mention(record.userId);
     const bytes = await this.blobs.get(choice.blobId);
     if (!bytes) {
-      await this.adapter.post(record.conversation, {
-        text: expiredText(mention, "this image", this.blobs.limits.ttlSeconds, record.command),
-      });
-      return;
+      return this.postExpired(record, "this image");
     }
     const label =
       choice.eta === undefined ? `seed ${choice.seed}` : `seed ${choice.seed}, ${etaLabel(choice.eta)}`;
