@@ -16,7 +16,7 @@ import { childLogger } from "../../log.js";
 import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { type Tile, tileGrid } from "../grid.js";
-import type { LoraWeights, StableDiffusion, UnetWeights } from "../index.js";
+import type { LoraWeights, LossArgs, LossResult, StableDiffusion, UnetWeights } from "../index.js";
 import { f16ToF32, f32ToF16 } from "../models/dtype.js";
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
@@ -238,15 +238,30 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     return { losses, seconds: (performance.now() - t0) / 1000 };
   };
 
-  // Stage 1: the text embedding.
+  // Stage 1 optimizes this text embedding; stage 2 then trains the UNet with it fixed.
   const eOpt = Float32Array.from(eTgt);
-  const embedAdam = new Adam([eOpt], { lr: o.embedding.lr });
-  const embedLatents = repeat(x0, o.embedding.batch);
-  const embedding = await run("embedding", o.embedding.steps, o.embedding.batch, async (n, t) => {
-    const r = await sd.lossAndGrads({ latents0: embedLatents, noise: n, t, context: eOpt, wrt: ["context"] });
+
+  /** A stage that steps Adam on `params` with the denoising loss of the photo under e_opt. */
+  const train = (
+    stage: "embedding" | "finetune",
+    s: { steps: number; lr: number; batch: number },
+    params: Float32Array[],
+    trained: Pick<LossArgs, "wrt" | "lora" | "unet">,
+    gradsOf: (r: LossResult) => Float32Array[],
+  ) => {
+    const adam = new Adam(params, { lr: s.lr });
+    const latents0 = repeat(x0, s.batch);
+    return run(stage, s.steps, s.batch, async (noise, t) => {
+      const r = await sd.lossAndGrads({ latents0, noise, t, context: eOpt, ...trained });
+      adam.step(gradsOf(r));
+      return r.loss;
+    });
+  };
+
+  // Stage 1: the text embedding.
+  const embedding = await train("embedding", o.embedding, [eOpt], { wrt: ["context"] }, (r) => {
     if (!r.dContext) throw new Error("imagic: the engine returned no context gradient");
-    embedAdam.step([r.dContext]);
-    return r.loss;
+    return [r.dContext];
   });
 
   // Stage 2: LoRA on the UNet (or its own weights), with e_opt fixed.
@@ -256,40 +271,30 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
   if (o.finetune.steps > 0 && full) {
     const weights = sd.unetWeights(o.finetune.weights ?? "all");
     const names = [...weights.keys()];
-    const adam = new Adam([...weights.values()], { lr: o.finetune.lr });
-    const ftLatents = repeat(x0, o.finetune.batch);
-    finetune = await run("finetune", o.finetune.steps, o.finetune.batch, async (n, t) => {
-      const r = await sd.lossAndGrads({
-        latents0: ftLatents,
-        noise: n,
-        t,
-        context: eOpt,
-        unet: weights,
-        wrt: ["unet"],
-      });
-      if (!r.dUnet) throw new Error("imagic: the engine returned no UNet gradients");
-      const d = r.dUnet;
-      adam.step(names.map((name) => d.get(name) as Float32Array));
-      return r.loss;
-    });
+    finetune = await train(
+      "finetune",
+      o.finetune,
+      [...weights.values()],
+      { unet: weights, wrt: ["unet"] },
+      (r) => {
+        const d = r.dUnet;
+        if (!d) throw new Error("imagic: the engine returned no UNet gradients");
+        return names.map((name) => d.get(name) as Float32Array);
+      },
+    );
     unetDelta = changedDelta(sd, weights);
   } else if (o.finetune.steps > 0) {
     const weights = sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed);
-    const adam = new Adam(loraParams(weights), { lr: o.finetune.lr });
-    const ftLatents = repeat(x0, o.finetune.batch);
-    finetune = await run("finetune", o.finetune.steps, o.finetune.batch, async (n, t) => {
-      const r = await sd.lossAndGrads({
-        latents0: ftLatents,
-        noise: n,
-        t,
-        context: eOpt,
-        lora: weights,
-        wrt: ["lora"],
-      });
-      if (!r.dLora) throw new Error("imagic: the engine returned no LoRA gradients");
-      adam.step(loraGrads(weights, r.dLora));
-      return r.loss;
-    });
+    finetune = await train(
+      "finetune",
+      o.finetune,
+      loraParams(weights),
+      { lora: weights, wrt: ["lora"] },
+      (r) => {
+        if (!r.dLora) throw new Error("imagic: the engine returned no LoRA gradients");
+        return loraGrads(weights, r.dLora);
+      },
+    );
     lora = weights;
   }
   log.info(
