@@ -20,32 +20,16 @@ import {
   serializeState,
 } from "../../../src/engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../../src/errors.js";
-
-const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
-const SIZE = 64;
-const PROMPT = "a photo of a cat wearing a hat";
+import { fastOptions, loadFixtureModel, MODEL, PROMPT, SIZE, smoothPhoto } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
 let photo: Float32Array;
 
-function options(o: DeepPartial<ImagicOptions>): ImagicOptions {
-  return imagicOptions("fast", {
-    earlyStop: null,
-    ...o,
-    embedding: { batch: 2, ...o.embedding },
-    finetune: { method: "full", batch: 2, ...o.finetune },
-  });
-}
+const options = (o: DeepPartial<ImagicOptions>): ImagicOptions => fastOptions(o, { method: "full" });
 
 beforeAll(async () => {
-  sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
-  photo = new Float32Array(3 * SIZE * SIZE);
-  for (let c = 0; c < 3; c++) {
-    for (let y = 0; y < SIZE; y++) {
-      for (let x = 0; x < SIZE; x++)
-        photo[(c * SIZE + y) * SIZE + x] = Math.sin((x + 2 * c) / 9) * Math.cos(y / 13);
-    }
-  }
+  sd = await loadFixtureModel();
+  photo = smoothPhoto();
 });
 
 afterAll(async () => {

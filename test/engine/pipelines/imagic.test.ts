@@ -9,31 +9,16 @@ import {
   renderImagic,
   trainImagic,
 } from "../../../src/engine/pipelines/imagic.js";
-import {
-  type DeepPartial,
-  type ImagicOptions,
-  imagicOptions,
-} from "../../../src/engine/pipelines/imagic-options.js";
+import type { DeepPartial, ImagicOptions } from "../../../src/engine/pipelines/imagic-options.js";
 import { deserializeState, serializeState } from "../../../src/engine/pipelines/imagic-state.js";
 import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
-
-// The tiny SD 1.x fixture on the CPU: 64² images, 8×8 latents. Every training step below uses a batch of
-// 2 timesteps, so all tests share one compiled loss session per gradient kind.
-const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
-const SIZE = 64;
-const PROMPT = "a photo of a cat wearing a hat";
+import { fastOptions, loadFixtureModel, PROMPT, SIZE, smoothPhoto } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
 let photo: Float32Array;
 
-function options(o: DeepPartial<ImagicOptions>): ImagicOptions {
-  return imagicOptions("fast", {
-    earlyStop: null,
-    ...o,
-    embedding: { batch: 2, ...o.embedding },
-    finetune: { batch: 2, loraRank: 4, loraAlpha: 4, ...o.finetune },
-  });
-}
+const options = (o: DeepPartial<ImagicOptions>): ImagicOptions =>
+  fastOptions(o, { loraRank: 4, loraAlpha: 4 });
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   expect(a.length).toBe(b.length);
@@ -43,15 +28,8 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 beforeAll(async () => {
-  sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
-  // A smooth synthetic "photo" in [-1, 1] (the fixture VAE is random: any image is as good as a real one).
-  photo = new Float32Array(3 * SIZE * SIZE);
-  for (let c = 0; c < 3; c++) {
-    for (let y = 0; y < SIZE; y++) {
-      for (let x = 0; x < SIZE; x++)
-        photo[(c * SIZE + y) * SIZE + x] = Math.sin((x + 2 * c) / 9) * Math.cos(y / 13);
-    }
-  }
+  sd = await loadFixtureModel();
+  photo = smoothPhoto();
 });
 
 afterAll(async () => {

@@ -1,0 +1,42 @@
+// What the Imagic pipeline tests share: the tiny SD 1.x fixture on the CPU at 64² (8×8 latents), a
+// synthetic photo, and the fast preset at a batch of 2 timesteps, so that the tests share one compiled
+// loss session per gradient kind.
+import { StableDiffusion } from "../../../src/engine/index.js";
+import {
+  type DeepPartial,
+  type ImagicOptions,
+  imagicOptions,
+} from "../../../src/engine/pipelines/imagic-options.js";
+
+export const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
+export const SIZE = 64;
+export const PROMPT = "a photo of a cat wearing a hat";
+
+export function loadFixtureModel(): Promise<StableDiffusion> {
+  return StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
+}
+
+/** A smooth synthetic "photo" in [-1, 1] (the fixture VAE is random: any image is as good as a real one). */
+export function smoothPhoto(): Float32Array {
+  const photo = new Float32Array(3 * SIZE * SIZE);
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < SIZE; y++) {
+      for (let x = 0; x < SIZE; x++)
+        photo[(c * SIZE + y) * SIZE + x] = Math.sin((x + 2 * c) / 9) * Math.cos(y / 13);
+    }
+  }
+  return photo;
+}
+
+/** The fast preset without early stopping, batch 2 in both stages, `finetune` under the test's own. */
+export function fastOptions(
+  o: DeepPartial<ImagicOptions>,
+  finetune: DeepPartial<ImagicOptions["finetune"]>,
+): ImagicOptions {
+  return imagicOptions("fast", {
+    earlyStop: null,
+    ...o,
+    embedding: { batch: 2, ...o.embedding },
+    finetune: { ...finetune, batch: 2, ...o.finetune },
+  });
+}
