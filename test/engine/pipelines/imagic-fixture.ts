@@ -1,6 +1,7 @@
 // What the Imagic pipeline tests share: the tiny SD 1.x fixture on the CPU at 64² (8×8 latents), a
 // synthetic photo, and the fast preset at a batch of 2 timesteps, so that the tests share one compiled
 // loss session per gradient kind.
+import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import {
   type DeepPartial,
@@ -39,4 +40,31 @@ export function fastOptions(
     embedding: { batch: 2, ...o.embedding },
     finetune: { ...finetune, batch: 2, ...o.finetune },
   });
+}
+
+/**
+ * Fixed training draws (timesteps 150 and 600, one noise) for watching the optimizer: on the random
+ * fixture the context moves the loss less than the spread between random draws does.
+ */
+export const FIXED_T = [150, 600];
+export const FIXED_NOISE = new GaussianRng(99).normal(FIXED_T.length * 4 * 8 * 8);
+export const fixedDraws = { timesteps: () => [...FIXED_T], noise: () => FIXED_NOISE };
+
+/** The un-tuned UNet's loss on the fixed draws of the photo under `context`. */
+export async function untunedLoss(
+  sd: StableDiffusion,
+  photo: Float32Array,
+  context: Float32Array,
+): Promise<number> {
+  const { mean: x0 } = await sd.encodeImage(photo, SIZE, SIZE);
+  const latents0 = new Float32Array(FIXED_T.length * x0.length);
+  for (let i = 0; i < FIXED_T.length; i++) latents0.set(x0, i * x0.length);
+  const { loss } = await sd.lossAndGrads({
+    latents0,
+    noise: FIXED_NOISE,
+    t: FIXED_T,
+    context,
+    wrt: ["context"],
+  });
+  return loss;
 }
