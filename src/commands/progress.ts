@@ -23,10 +23,6 @@ const STAGE_LABELS: Record<string, string> = {
   concept: "learning the subject",
 };
 
-export function jobLabel(name: JobName): string {
-  return JOB_LABELS[name];
-}
-
 function bar(step: number, total: number, width = 12): string {
   const filled = total > 0 ? Math.round((Math.min(step, total) / total) * width) : 0;
   return `${"█".repeat(filled)}${"░".repeat(width - filled)}`;

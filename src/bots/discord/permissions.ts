@@ -1,5 +1,5 @@
 // The channel permissions the bot needs, and how to name the missing ones in a message.
-import { PermissionFlagsBits, PermissionsBitField, type PermissionsString } from "discord.js";
+import { PermissionFlagsBits, type PermissionsBitField, type PermissionsString } from "discord.js";
 
 /** Without these the bot cannot run an edit in a channel at all. */
 export const REQUIRED: readonly PermissionsString[] = [
@@ -13,11 +13,8 @@ export const REQUIRED: readonly PermissionsString[] = [
 /** Without these the bot answers in the channel instead of a thread. */
 export const FOR_THREADS: readonly PermissionsString[] = ["CreatePublicThreads", "SendMessagesInThreads"];
 
-/** Everything, for the invite link (docs/DISCORD.md). */
-export const INVITE_PERMISSIONS = new PermissionsBitField([...REQUIRED, ...FOR_THREADS]).bitfield;
-
 /** "Create Public Threads" from "CreatePublicThreads". */
-export function permissionName(flag: PermissionsString): string {
+function permissionName(flag: PermissionsString): string {
   return flag.replace(/([a-z])([A-Z])/g, "$1 $2");
 }
 
