@@ -134,12 +134,12 @@ export type Config = Omit<Parsed, "logPretty" | "model" | "modelCacheDir" | "sta
   modelCacheDir: string;
 };
 
-export function camelCase(name: string): string {
+function camelCase(name: string): string {
   return name.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
 /** Environment variable name for a Config key, for messages ("DISCORD_TOKEN is required for …"). */
-export function envName(key: keyof Config): string {
+function envName(key: keyof Config): string {
   return SETTING_NAMES.find((name) => camelCase(name) === key) ?? key;
 }
 

@@ -4,7 +4,7 @@
 export const NUMBER_EMOJIS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣", "7️⃣", "8️⃣", "9️⃣", "🔟"] as const;
 
 /** Most choices one message can offer. */
-export const MAX_CHOICES = NUMBER_EMOJIS.length;
+const MAX_CHOICES = NUMBER_EMOJIS.length;
 
 // Platforms differ in how they spell a keycap: with or without the variation selector U+FE0F, or by
 // name (Slack's "one"). Compare on the bare form.

@@ -48,7 +48,7 @@ if redis.call("PTTL", blobKey) < ttl then redis.call("PEXPIRE", blobKey, ttl) en
 return -1
 `;
 
-export function blobIdOf(bytes: Uint8Array): string {
+function blobIdOf(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 

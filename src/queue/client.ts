@@ -101,7 +101,7 @@ const RESERVATION_MS = 60_000;
 const DELIVERED_TTL_SECONDS = 30 * 86_400;
 const WORKER_COUNT_CACHE_MS = 5_000;
 
-export function describeZodError(name: string, error: z.ZodError): string {
+function describeZodError(name: string, error: z.ZodError): string {
   const issues = error.issues.slice(0, 3).map((issue) => {
     const where = issue.path.length > 0 ? issue.path.join(".") : "request";
     return `${where}: ${issue.message}`;

@@ -8,7 +8,7 @@ import type { QueueKeys } from "./keys.js";
 type ConceptSpec = Pick<JobPayload<"swap.concept">, "referenceBlobIds" | "subject" | "options">;
 
 /** The cache key: references as a set (order does not change what is learned), subject, options. */
-export function conceptKey(spec: ConceptSpec): string {
+function conceptKey(spec: ConceptSpec): string {
   const canonical = JSON.stringify({
     references: [...spec.referenceBlobIds].sort(),
     subject: spec.subject,

@@ -16,7 +16,7 @@ export const blobId = z.string().regex(/^[0-9a-f]{64}$/, "must be a blob id (64 
 const chatId = z.string().min(1).max(128);
 
 /** Where a job came from, so the bot that posted it can answer in the same place. */
-export const chatOrigin = z.object({
+const chatOrigin = z.object({
   platform: z.enum(["discord", "slack", "console"]),
   channel: chatId,
   thread: chatId.optional(),
@@ -51,7 +51,7 @@ const eta = z.number().min(LIMITS.etaMin).max(LIMITS.etaMax);
 const imagicSeeds = z.array(seed).min(1).max(LIMITS.seeds);
 const stageSteps = z.number().int().min(0).max(LIMITS.steps);
 
-export const imagicTrainPayload = z.strictObject({
+const imagicTrainPayload = z.strictObject({
   ...base,
   imageBlobId: blobId,
   /** The target text: what the photo should show after the edit. */
@@ -71,7 +71,7 @@ export const imagicTrainPayload = z.strictObject({
     .default({ preset: "balanced" }),
 });
 
-export const imagicRenderPayload = z
+const imagicRenderPayload = z
   .strictObject({
     ...base,
     /** A serialized Imagic state written by an `imagic.train` job. */
@@ -86,7 +86,7 @@ export const imagicRenderPayload = z
     path: ["etas"],
   });
 
-export const swapConceptPayload = z.strictObject({
+const swapConceptPayload = z.strictObject({
   ...base,
   referenceBlobIds: z.array(blobId).min(1).max(5),
   subject,
@@ -98,7 +98,7 @@ export const swapConceptPayload = z.strictObject({
     .default({ seed: 0 }),
 });
 
-export const swapEditPayload = z.strictObject({
+const swapEditPayload = z.strictObject({
   ...base,
   sourceBlobId: blobId,
   /** The concept to swap in: learned from these references (or taken from the cache, see client.ts). */
@@ -151,7 +151,7 @@ export const resultSchemas = {
 export type JobResult<N extends JobName> = z.infer<(typeof resultSchemas)[N]>;
 
 /** `job.updateProgress` payload (CONTRACTS.md §5). */
-export const jobProgress = z.object({
+const jobProgress = z.object({
   stage: z.string(),
   step: z.number().int().min(0),
   total: z.number().int().min(0),

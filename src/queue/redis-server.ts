@@ -12,7 +12,7 @@ import { childLogger } from "../log.js";
 
 const log = childLogger("redis");
 
-export const INSTALL_HINT =
+const INSTALL_HINT =
   "install it (Debian/Ubuntu: sudo apt-get install -y redis-server) or set REDIS_URL to an existing Redis";
 
 /**

@@ -11,7 +11,7 @@ import type { ParamSource } from "./params.js";
  * The frequencies exp(−ln(10000)·i / (half − freqShift)), rounded to float32 at each step as torch
  * computes them in float32, so that sin(t·f) at t≈1000 agrees to the last bit that matters.
  */
-export function timestepFrequencies(dim: number, freqShift: number, maxPeriod = 10000): Float32Array {
+function timestepFrequencies(dim: number, freqShift: number, maxPeriod = 10000): Float32Array {
   const half = Math.floor(dim / 2);
   const f = Math.fround;
   const negLog = f(-Math.log(maxPeriod));

@@ -98,7 +98,7 @@ const WEIGHTS: ReadonlyArray<[component: string, base: string]> = [
 ];
 const COMPLETE = ".complete";
 
-export function isModelId(value: string): boolean {
+function isModelId(value: string): boolean {
   return MODEL_ID.test(value) && !value.includes("..");
 }
 

@@ -27,7 +27,7 @@ export type SafetensorsDType =
   | "F8_E4M3"
   | "F8_E5M2";
 
-export const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = {
+const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = {
   F64: 8,
   F32: 4,
   F16: 2,

@@ -124,7 +124,7 @@ export interface TrainingDraws {
  * timesteps in [0, count) from Philox blocks under the seed's key, on a counter lane (word 2 = 1) that
  * GaussianRng's stream (word 2 = 0) never uses.
  */
-export class SeededDraws implements TrainingDraws {
+class SeededDraws implements TrainingDraws {
   private block = 0;
   private readonly key: [number, number];
   private readonly rng: GaussianRng;
@@ -340,7 +340,7 @@ function changedDelta(sd: StableDiffusion, trained: UnetWeights): UnetWeights {
 }
 
 /** The fine-tuned UNet weights a state's delta stands for: the checkpoint's plus the delta. */
-export function fineTunedWeights(sd: StableDiffusion, delta: UnetWeights): UnetWeights {
+function fineTunedWeights(sd: StableDiffusion, delta: UnetWeights): UnetWeights {
   const weights = sd.unetWeights((n) => delta.has(n));
   if (weights.size !== delta.size) {
     const missing = [...delta.keys()].find((n) => !weights.has(n));

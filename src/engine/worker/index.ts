@@ -73,7 +73,7 @@ export interface RunningEngine {
   stop(): Promise<void>;
 }
 
-export async function loadStableDiffusion(config: EngineConfig): Promise<EngineModel> {
+async function loadStableDiffusion(config: EngineConfig): Promise<EngineModel> {
   if (config.modelIsFixture) {
     log.warn(
       { model: config.model },

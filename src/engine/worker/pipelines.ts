@@ -71,7 +71,7 @@ function gridFor(images: RenderedImage[], etas: number[], seeds: number[], size:
   return fullGrid(images, size);
 }
 
-export function imagicTrain(
+function imagicTrain(
   sd: StableDiffusion,
   options: EnginePipelineOptions = {},
 ): (ctx: PipelineContext<"imagic.train">) => Promise<JobResult<"imagic.train">> {
@@ -118,7 +118,7 @@ export function imagicTrain(
   };
 }
 
-export function imagicRender(
+function imagicRender(
   sd: StableDiffusion,
   options: EnginePipelineOptions = {},
 ): (ctx: PipelineContext<"imagic.render">) => Promise<JobResult<"imagic.render">> {
