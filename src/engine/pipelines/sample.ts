@@ -1,20 +1,19 @@
 /**
  * DDIM sampling with classifier-free guidance for a batch of images, each with its own context (the
  * prompt's embedding, or any point between embeddings) and one shared LoRA state or set of fine-tuned
- * UNet weights. Imagic renders its
- * η × seed variants through this: one UNet call per step serves the whole batch.
+ * UNet weights. Imagic renders its η × seed variants through this (one UNet call per step serves the
+ * whole batch), and txt2img its one image.
  */
 import { throwIfCancelled } from "../errors.js";
 import type { LoraWeights, StableDiffusion, UnetWeights } from "../index.js";
-import { cfg } from "./txt2img.js";
 
 export interface SampleOptions {
   /** Initial latents [N, 4, s, s] (scaled). */
   latents: Float32Array;
   /** Conditional contexts [N, 77, D], one per image. */
   contexts: Float32Array;
-  /** The unconditional (negative) context [1, 77, D], shared by every image. */
-  uncond: Float32Array;
+  /** The unconditional (negative) context [1, 77, D], shared by every image; needed when guidance > 1. */
+  uncond?: Float32Array;
   guidance: number;
   steps: number;
   lora?: LoraWeights;
@@ -32,13 +31,15 @@ export async function sampleLatents(sd: StableDiffusion, o: SampleOptions): Prom
   const n = o.contexts.length / ctxSize;
   if (!Number.isInteger(n) || n < 1)
     throw new Error(`sampleLatents: contexts hold ${o.contexts.length} values`);
-  if (o.uncond.length !== ctxSize) throw new Error(`sampleLatents: uncond holds ${o.uncond.length} values`);
   const per = o.latents.length / n;
   const guided = o.guidance > 1;
   // diffusers' batch order: every unconditional item first, then the conditional ones.
   const context = guided ? new Float32Array(2 * n * ctxSize) : o.contexts;
   if (guided) {
-    for (let i = 0; i < n; i++) context.set(o.uncond, i * ctxSize);
+    const uncond = o.uncond;
+    if (uncond?.length !== ctxSize)
+      throw new Error(`sampleLatents: uncond holds ${uncond?.length ?? 0} values`);
+    for (let i = 0; i < n; i++) context.set(uncond, i * ctxSize);
     context.set(o.contexts, n * ctxSize);
   }
   const scheduler = sd.scheduler();
@@ -61,4 +62,14 @@ export async function sampleLatents(sd: StableDiffusion, o: SampleOptions): Prom
     o.onStep?.(i + 1, timesteps.length);
   }
   return latents;
+}
+
+/** uncond + g·(cond − uncond), over a [2, …] batch of model outputs (ε or v alike, as diffusers does). */
+function cfg(out: Float32Array, n: number, guidance: number): Float32Array {
+  const res = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = out[i] as number;
+    res[i] = u + guidance * ((out[n + i] as number) - u);
+  }
+  return res;
 }

@@ -5,6 +5,7 @@
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import type { StableDiffusion } from "../index.js";
+import { sampleLatents } from "./sample.js";
 
 export interface Txt2ImgOptions {
   prompt: string;
@@ -45,36 +46,18 @@ export async function txt2img(sd: StableDiffusion, o: Txt2ImgOptions): Promise<T
   const guided = o.guidance > 1;
   // diffusers' order: the unconditional (negative) context first, then the prompt's.
   const context = await sd.encodeText(guided ? [o.negativePrompt ?? "", o.prompt] : [o.prompt]);
-  const scheduler = sd.scheduler();
-  scheduler.setTimesteps(o.steps);
-  const timesteps = scheduler.timesteps;
-  for (let i = 0; i < timesteps.length; i++) {
-    throwIfCancelled(o.signal, `txt2img step ${i + 1}/${timesteps.length}`);
-    const t = timesteps[i] as number;
-    const input = guided ? concat2(latents, latents) : latents;
-    const out = await sd.predictNoise(input, t, context);
-    const pred = guided ? cfg(out, n, o.guidance) : out;
-    latents = scheduler.step(pred, t, latents);
-    o.onStep?.(i + 1, timesteps.length);
-  }
+  const ctxSize = context.length / (guided ? 2 : 1);
+  latents = await sampleLatents(sd, {
+    latents,
+    contexts: context.subarray(context.length - ctxSize),
+    ...(guided ? { uncond: context.subarray(0, ctxSize) } : {}),
+    guidance: o.guidance,
+    steps: o.steps,
+    onStep: o.onStep,
+    signal: o.signal,
+    label: "txt2img",
+  });
   throwIfCancelled(o.signal, "txt2img decode");
   const image = await sd.decodeLatents(latents, o.size, o.size);
   return { latents, image };
-}
-
-function concat2(a: Float32Array, b: Float32Array): Float32Array {
-  const out = new Float32Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-/** uncond + g·(cond − uncond), over a [2, …] batch of model outputs (ε or v alike, as diffusers does). */
-export function cfg(out: Float32Array, n: number, guidance: number): Float32Array {
-  const res = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = out[i] as number;
-    res[i] = u + guidance * ((out[n + i] as number) - u);
-  }
-  return res;
 }
