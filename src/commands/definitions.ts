@@ -30,6 +30,18 @@ export const MAX_SUBJECT_LENGTH = 64;
 export const MAX_SEEDS = 8;
 export const ETA_RANGE = { min: LIMITS.etaMin, max: LIMITS.etaMax } as const;
 export const MAX_REFERENCES = 5;
+/**
+ * Photoswap's swap strengths: for how many of the 50 sampling steps the target generation takes the
+ * source's self-attention output φ, self-attention map M and cross-attention map A (paper: λφ=10,
+ * λM=25, λA=20). More steps keep more of the source's layout and appearance; fewer let the new subject
+ * show more of itself.
+ */
+export const SWAP_STRENGTHS = [
+  { name: "self_output_steps", key: "selfOutputSteps", what: "self-attention output φ", paper: 10 },
+  { name: "self_map_steps", key: "selfMapSteps", what: "self-attention map M", paper: 25 },
+  { name: "cross_map_steps", key: "crossMapSteps", what: "cross-attention map A", paper: 20 },
+] as const;
+export const SWAP_SAMPLING_STEPS = 50;
 
 const seedsOption: OptionDefinition = {
   name: "seeds",
@@ -98,6 +110,16 @@ export const COMMANDS: readonly CommandDefinition[] = [
         description: `reference photo ${i + 1} of the new subject`,
         required: i === 0,
       })),
+      ...SWAP_STRENGTHS.map(
+        (s): OptionDefinition => ({
+          name: s.name,
+          type: "number",
+          description: `steps (of ${SWAP_SAMPLING_STEPS}) that keep the source's ${s.what} (default ${s.paper})`,
+          required: false,
+          min: 0,
+          max: SWAP_SAMPLING_STEPS,
+        }),
+      ),
       seedsOption,
     ],
   },

@@ -10,6 +10,8 @@ import {
   MAX_REFERENCES,
   MAX_SEEDS,
   MAX_SUBJECT_LENGTH,
+  SWAP_SAMPLING_STEPS,
+  SWAP_STRENGTHS,
 } from "./definitions.js";
 
 export type ImagicPreset = (typeof IMAGIC_PRESETS)[number];
@@ -29,6 +31,8 @@ export interface SwapRequest {
   references: IncomingAttachment[];
   subject: string;
   seeds: number[];
+  /** Only the swap strengths the user set; the queue's defaults (the paper's) fill the rest. */
+  strengths: Partial<Record<(typeof SWAP_STRENGTHS)[number]["key"], number>>;
 }
 
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
@@ -111,5 +115,13 @@ export function parseSwap(request: CommandRequest): SwapRequest {
   ).filter((a): a is IncomingAttachment => a !== undefined);
   if (references.length === 0)
     throw new UserFacingError("`reference1` is required: attach a photo of the new subject");
-  return { source, references, subject, seeds: parseSeeds(request.options.seeds) };
+  const strengths: SwapRequest["strengths"] = {};
+  for (const s of SWAP_STRENGTHS) {
+    const steps = number(request.options[s.name], s.name, 0, SWAP_SAMPLING_STEPS);
+    if (steps === undefined) continue;
+    if (!Number.isInteger(steps))
+      throw new UserFacingError(`\`${s.name}\` must be a whole number of steps (got ${steps})`);
+    strengths[s.key] = steps;
+  }
+  return { source, references, subject, seeds: parseSeeds(request.options.seeds), strengths };
 }

@@ -161,7 +161,7 @@ export class ChatCommands {
         sourceBlobId,
         referenceBlobIds,
         subject: spec.subject,
-        options: { seeds: spec.seeds },
+        options: { seeds: spec.seeds, ...spec.strengths },
       }),
     });
   }
@@ -195,13 +195,20 @@ export class ChatCommands {
     if (fallbackNote) await this.adapter.post(conversation, { text: `ℹ️ ${fallbackNote}` });
     const progress = await this.adapter.post(conversation, { text: "🕒 Sending to the queue…" });
     const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
+    const jobId = await this.enqueueOn(progress, job.name, job.payload(origin));
+    if (jobId) this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
+  }
+
+  /** Enqueues a job that reports on `progress`; a refusal (a limit, an expired input) is said there. */
+  private async enqueueOn(progress: MessageRef, name: JobName, input: unknown): Promise<string | undefined> {
     try {
-      const { jobId, position } = await this.queue.enqueue(job.name, job.payload(origin));
-      this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
+      const { jobId, position } = await this.queue.enqueue(name, input);
       this.showPosition(jobId, progress, position);
+      return jobId;
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
+      return undefined;
     }
   }
 
@@ -510,13 +517,7 @@ export class ChatCommands {
       "EX",
       30 * 86_400,
     );
-    try {
-      const { jobId, position } = await this.queue.enqueue("imagic.render", payload);
-      this.showPosition(jobId, progress, position);
-    } catch (error) {
-      if (!(error instanceof UserFacingError)) throw error;
-      await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
-    }
+    await this.enqueueOn(progress, "imagic.render", payload);
   }
 
   private async postFinal(record: PickRecord, choice: Choice): Promise<void> {

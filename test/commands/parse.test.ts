@@ -98,4 +98,18 @@ describe("parseSwap", () => {
       parseSwap(request("swap", { subject: "x".repeat(65) }, [file("source"), file("reference1")])),
     ).toThrow("`subject` is 65 characters; the limit is 64");
   });
+
+  it("takes the swap strengths the user set, whole steps from 0 to 50, and leaves the rest to the defaults", () => {
+    const files = [file("source"), file("reference1")];
+    expect(parseSwap(request("swap", { subject: "cat" }, files)).strengths).toEqual({});
+    expect(
+      parseSwap(request("swap", { subject: "cat", self_map_steps: 40, cross_map_steps: 0 }, files)).strengths,
+    ).toEqual({ selfMapSteps: 40, crossMapSteps: 0 });
+    expect(() => parseSwap(request("swap", { subject: "cat", self_output_steps: 51 }, files))).toThrow(
+      "`self_output_steps` must be a number from 0 to 50 (got 51)",
+    );
+    expect(() => parseSwap(request("swap", { subject: "cat", cross_map_steps: 2.5 }, files))).toThrow(
+      "`cross_map_steps` must be a whole number of steps (got 2.5)",
+    );
+  });
 });

@@ -164,6 +164,29 @@ describe("jobs that do not end well", () => {
     expect(progress.content).toBe("❌ swap.concept is not available yet on this engine");
   });
 
+  it("/swap's strengths reach the swap job: the ones set, the paper's for the rest", async () => {
+    const { "swap.concept": concept, "swap.edit": edit } = lightweightPipelines();
+    if (!edit) throw new Error("the lightweight pipelines lost swap.edit");
+    const seen: Array<Record<string, unknown>> = [];
+    await w.worker({
+      "swap.concept": concept,
+      "swap.edit": async (ctx) => {
+        seen.push(ctx.payload.options);
+        return edit(ctx);
+      },
+    });
+    const channel = w.fake.addTextChannel("swap-strengths");
+    const interaction = w.swap(
+      channel,
+      [w.photo("ref.png")],
+      [opt.number("self_map_steps", 40), opt.number("cross_map_steps", 0), opt.string("seeds", "2")],
+    );
+    const thread = await w.thread(interaction);
+    await w.offer(thread, 1, 2);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatchObject({ selfOutputSteps: 10, selfMapSteps: 40, crossMapSteps: 0 });
+  });
+
   it("an engine failure shows the engine's message on the progress message", async () => {
     const failing: PipelineRegistry = {
       "imagic.train": async (ctx) => {

@@ -37,7 +37,7 @@ export interface World {
   /** Runs /imagic as the author with a prompt, `image` (default: a photo) and more options. */
   imagic(channel: FakeChannel, options?: CommandOption[], image?: FakeAttachment): FakeInteraction;
   /** Runs /swap as the author: a photo as the source, subject "cat", and `references` in order. */
-  swap(channel: FakeChannel, references: FakeAttachment[]): FakeInteraction;
+  swap(channel: FakeChannel, references: FakeAttachment[], options?: CommandOption[]): FakeInteraction;
   /** The thread the bot opened on an interaction's answer. */
   thread(interaction: FakeInteraction): Promise<string>;
   /** The bot's messages in a channel or thread, oldest first. */
@@ -117,7 +117,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
         attachments: [image],
       });
     },
-    swap(channel, references) {
+    swap(channel, references, options = []) {
       const source = w.photo();
       return fake.runCommand({
         name: "swap",
@@ -127,6 +127,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
           opt.attachment("source", source),
           opt.string("subject", "cat"),
           ...references.map((ref, i) => opt.attachment(`reference${i + 1}`, ref)),
+          ...options,
         ],
         attachments: [source, ...references],
       });
