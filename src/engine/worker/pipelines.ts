@@ -17,7 +17,12 @@ import {
   trainImagic,
 } from "../pipelines/imagic.js";
 import { getPreset, type ImagicOptions, imagicOptions } from "../pipelines/imagic-options.js";
-import { checkStateFits, deserializeState, serializeState } from "../pipelines/imagic-state.js";
+import {
+  checkStateFits,
+  deserializeState,
+  type ImagicState,
+  serializeState,
+} from "../pipelines/imagic-state.js";
 
 export interface EnginePipelineOptions {
   /** Images per UNet call when rendering. */
@@ -71,6 +76,29 @@ function gridFor(images: RenderedImage[], etas: number[], seeds: number[], size:
   return fullGrid(images, size);
 }
 
+/** Renders η × seeds from a trained state; stores every image and the grid the user picks from. */
+async function renderAndStore<N extends JobName>(
+  ctx: PipelineContext<N>,
+  sd: StableDiffusion,
+  state: ImagicState,
+  render: { etas: number[]; seeds: number[]; guidance: number; steps: number },
+  progress: ReturnType<typeof progressBridge<N>>,
+  options: EnginePipelineOptions,
+) {
+  const images = await renderImagic(sd, state, {
+    ...render,
+    batch: options.renderBatch ?? 4,
+    onProgress: progress.onProgress,
+    signal: ctx.signal,
+  });
+  await progress.flush();
+  const size = state.width;
+  return {
+    images: await storeImages(ctx, images, size),
+    gridBlobId: await ctx.putBlob(await gridFor(images, render.etas, render.seeds, size), "result"),
+  };
+}
+
 function imagicTrain(
   sd: StableDiffusion,
   options: EnginePipelineOptions = {},
@@ -98,23 +126,13 @@ function imagicTrain(
     // A full fine-tune's state can be GBs: say so, rather than the blob store's bare size limit.
     checkStateFits(state, stateBytes.length, ctx.blobs.limits.maxBytes);
     const stateBlobId = await ctx.putBlob(stateBytes, "state");
-    const etas = [o.eta ?? preset.gridEta];
-    const seeds = o.seeds ?? preset.render.seeds;
-    const images = await renderImagic(sd, state, {
-      etas,
-      seeds,
+    const render = {
+      etas: [o.eta ?? preset.gridEta],
+      seeds: o.seeds ?? preset.render.seeds,
       guidance: o.guidance ?? preset.render.guidance,
       steps: o.steps ?? preset.render.steps,
-      batch: options.renderBatch ?? 4,
-      onProgress: progress.onProgress,
-      signal: ctx.signal,
-    });
-    await progress.flush();
-    return {
-      stateBlobId,
-      images: await storeImages(ctx, images, size),
-      gridBlobId: await ctx.putBlob(await gridFor(images, etas, seeds, size), "result"),
     };
+    return { stateBlobId, ...(await renderAndStore(ctx, sd, state, render, progress, options)) };
   };
 }
 
@@ -128,20 +146,7 @@ function imagicRender(
       await ctx.blobs.require(ctx.payload.stateBlobId, "the fine-tuned Imagic state"),
     );
     const progress = progressBridge(ctx, () => state.width);
-    const images = await renderImagic(sd, state, {
-      etas,
-      seeds,
-      guidance,
-      steps,
-      batch: options.renderBatch ?? 4,
-      onProgress: progress.onProgress,
-      signal: ctx.signal,
-    });
-    await progress.flush();
-    return {
-      images: await storeImages(ctx, images, state.width),
-      gridBlobId: await ctx.putBlob(await gridFor(images, etas, seeds, state.width), "result"),
-    };
+    return renderAndStore(ctx, sd, state, { etas, seeds, guidance, steps }, progress, options);
   };
 }
 
