@@ -80,11 +80,15 @@ interface Sibling {
 }
 
 const MODEL_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const CONFIG_FILES = [
+/** The components' configs a Stable Diffusion checkpoint cannot do without. */
+const REQUIRED_CONFIGS = [
   "unet/config.json",
   "vae/config.json",
   "text_encoder/config.json",
   "scheduler/scheduler_config.json",
+];
+const CONFIG_FILES = [
+  ...REQUIRED_CONFIGS,
   "tokenizer/vocab.json",
   "tokenizer/merges.txt",
   "tokenizer/tokenizer_config.json",
@@ -163,12 +167,7 @@ class HubDownload {
     );
 
     const configs = CONFIG_FILES.filter((f) => byName.has(f)).map((f) => this.sibling(byName, f));
-    for (const required of [
-      "unet/config.json",
-      "vae/config.json",
-      "text_encoder/config.json",
-      "scheduler/scheduler_config.json",
-    ]) {
+    for (const required of REQUIRED_CONFIGS) {
       this.sibling(byName, required);
     }
     await this.download(configs, snapshot, info.sha);
