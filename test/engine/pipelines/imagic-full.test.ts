@@ -31,13 +31,12 @@ import {
 } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
-let photo: Float32Array;
+const photo = smoothPhoto();
 
 const options = (o: DeepPartial<ImagicOptions>): ImagicOptions => fastOptions(o, { method: "full" });
 
 beforeAll(async () => {
   sd = await loadFixtureModel();
-  photo = smoothPhoto();
 });
 
 afterAll(async () => {

@@ -22,7 +22,7 @@ import {
 } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
-let photo: Float32Array;
+const photo = smoothPhoto();
 
 const options = (o: DeepPartial<ImagicOptions>): ImagicOptions =>
   fastOptions(o, { loraRank: 4, loraAlpha: 4 });
@@ -36,7 +36,6 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 beforeAll(async () => {
   sd = await loadFixtureModel();
-  photo = smoothPhoto();
 });
 
 afterAll(async () => {
