@@ -56,7 +56,7 @@ function randomValues(n: number, scale: number, seed: number): Float32Array {
 }
 
 function hostArray(values: Float32Array, dtype: G.DType) {
-  return dtype === "float16" ? G.float32ToFloat16(values) : values;
+  return dtype === "float16" ? G.f32ToF16(values) : values;
 }
 
 let seed = 1;

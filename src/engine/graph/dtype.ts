@@ -58,7 +58,7 @@ export function fromNumbers(dtype: DType, values: readonly number[]): TypedArray
   const out = allocate(dtype, values.length);
   if (out instanceof BigInt64Array) {
     for (let i = 0; i < values.length; i++) out[i] = BigInt(Math.trunc(values[i] as number));
-  } else if (dtype === "float16") (out as Uint16Array).set(float32ToFloat16(Float32Array.from(values)));
+  } else if (dtype === "float16") (out as Uint16Array).set(f32ToF16(Float32Array.from(values)));
   else (out as Float32Array).set(values);
   return out;
 }
@@ -68,58 +68,76 @@ export function bytesOf(a: TypedArray): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
+// Half-precision conversions between raw little-endian bit patterns and float32: checkpoints store
+// fp16 and bf16, graphs compute in float32 or float16.
 
-/** float32 → IEEE half bits, round to nearest even, overflow to ±Inf, subnormals kept. */
-export function float32ToFloat16(values: Float32Array): Uint16Array {
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) {
-    f32[0] = values[i] as number;
-    const x = u32[0] as number;
-    const sign = (x >>> 16) & 0x8000;
-    const exp = (x >>> 23) & 0xff;
-    const mant = x & 0x7fffff;
-    let h: number;
-    if (exp === 0xff) h = sign | 0x7c00 | (mant ? 0x200 : 0);
-    else {
-      const e = exp - 127 + 15;
-      if (e >= 0x1f) h = sign | 0x7c00;
-      else if (e <= 0) {
-        if (e < -10) h = sign;
-        else {
-          // Subnormal half: shift the mantissa (with its implicit 1) right, rounding to nearest even.
-          const m = mant | 0x800000;
-          const shift = 14 - e;
-          const half = 1 << (shift - 1);
-          const rest = m & ((1 << shift) - 1);
-          let v = m >>> shift;
-          if (rest > half || (rest === half && v & 1)) v++;
-          h = sign | v;
-        }
-      } else {
-        let v = (e << 10) | (mant >>> 13);
-        const rest = mant & 0x1fff;
-        if (rest > 0x1000 || (rest === 0x1000 && v & 1)) v++;
-        h = sign | v;
-      }
-    }
-    out[i] = h;
-  }
-  return out;
-}
+let f16Table: Float32Array | undefined;
 
-/** IEEE half bits → float32. */
-export function float16ToFloat32(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i] as number;
+/** Every fp16 bit pattern decoded once (256 KiB), so converting a 1.7 GB UNet is a table look-up per value. */
+function halfTable(): Float32Array {
+  if (f16Table) return f16Table;
+  const table = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
     const sign = h & 0x8000 ? -1 : 1;
     const exp = (h >> 10) & 0x1f;
     const frac = h & 0x3ff;
-    if (exp === 0) out[i] = sign * frac * 2 ** -24;
-    else if (exp === 31) out[i] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
-    else out[i] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
+    if (exp === 0) table[h] = sign * frac * 2 ** -24;
+    else if (exp === 31) table[h] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+    else table[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  f16Table = table;
+  return table;
+}
+
+export function f16ToF32(bits: Uint16Array): Float32Array {
+  const table = halfTable();
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = table[bits[i] as number] as number;
+  return out;
+}
+
+export function bf16ToF32(bits: Uint16Array): Float32Array {
+  const out = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = (bits[i] as number) << 16;
+  return new Float32Array(out.buffer);
+}
+
+/** float32 → fp16 bits with round-to-nearest-even, overflow to ±Inf, subnormals kept (as numpy/torch do). */
+export function f32ToF16(values: Float32Array): Uint16Array {
+  const u32 = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const x = u32[i] as number;
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    const mant = x & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    const e = exp - 127 + 15;
+    if (e >= 31) {
+      out[i] = sign | 0x7c00;
+    } else if (e <= 0) {
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      // Subnormal half: shift the mantissa (with its implicit 1) right and round to nearest even.
+      const m = mant | 0x800000;
+      const shift = 14 - e;
+      let half = m >>> shift;
+      const rem = m & ((1 << shift) - 1);
+      const mid = 1 << (shift - 1);
+      if (rem > mid || (rem === mid && half & 1)) half++;
+      out[i] = sign | half;
+    } else {
+      let half = (e << 10) | (mant >>> 13);
+      const rem = mant & 0x1fff;
+      // Carrying into the exponent is intended: it rounds up to the next binade (or to Inf).
+      if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
+      out[i] = sign | half;
+    }
   }
   return out;
 }

@@ -10,7 +10,7 @@ export {
   layerNorm,
 } from "./composites.js";
 export type { DType, TypedArray } from "./dtype.js";
-export { float16ToFloat32, float32ToFloat16, numel } from "./dtype.js";
+export { bf16ToF32, f16ToF32, f32ToF16, numel } from "./dtype.js";
 export {
   type EmitOptions,
   type EmittedModel,

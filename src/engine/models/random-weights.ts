@@ -4,7 +4,7 @@
  * time, so an SD 1.5 UNet never needs its 3.4 GB in memory at once). Timings do not depend on weight
  * values; the scale (uniform ±1/√fan_in, norms at 1, biases at 0) just keeps activations finite in fp16.
  */
-import { f32ToF16 } from "./dtype.js";
+import { f32ToF16 } from "../graph/dtype.js";
 import type { WeightSource } from "./params.js";
 import type { WeightData, WeightRequest } from "./weights.js";
 

@@ -7,7 +7,8 @@
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { bf16ToF32, f16ToF32, viewAs } from "./dtype.js";
+import { bf16ToF32, f16ToF32 } from "../graph/dtype.js";
+import { viewAs } from "./dtype.js";
 import { ModelFileError } from "./errors.js";
 
 export type SafetensorsDType =

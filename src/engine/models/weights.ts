@@ -3,7 +3,7 @@
  * Bytes stay on disk until the graph asks for them (WeightData.bytes is called when the initializer is
  * written), and are not cached here, so a large UNet is streamed tensor by tensor.
  */
-import { f32ToF16 } from "./dtype.js";
+import { f32ToF16 } from "../graph/dtype.js";
 import { ModelFileError } from "./errors.js";
 import { bytesToFloat32, type Safetensors, type SafetensorsDType } from "./safetensors.js";
 

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { UserFacingError } from "../../errors.js";
-import { f16ToF32, f32ToF16 } from "../models/dtype.js";
+import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
 import type { ImagicOptions } from "./imagic-options.js";

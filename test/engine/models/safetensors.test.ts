@@ -2,7 +2,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFil
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { bf16ToF32, f16ToF32, f32ToF16 } from "../../../src/engine/models/dtype.js";
+import { bf16ToF32, f16ToF32, f32ToF16 } from "../../../src/engine/graph/dtype.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";

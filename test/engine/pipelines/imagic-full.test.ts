@@ -4,8 +4,8 @@
  * renders the same from a reloaded copy, and the memory guard refuses before anything starts.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { f16ToF32, f32ToF16 } from "../../../src/engine/graph/dtype.js";
 import { StableDiffusion, TrainingMemoryError } from "../../../src/engine/index.js";
-import { f16ToF32, f32ToF16 } from "../../../src/engine/models/dtype.js";
 import { type Progress, renderImagic, trainImagic } from "../../../src/engine/pipelines/imagic.js";
 import {
   type DeepPartial,

@@ -142,7 +142,7 @@ describe("sessions", () => {
       const w = g.weight("w", {
         dtype,
         shape: [16, 16],
-        bytes: () => new Uint8Array((dtype === "float16" ? G.float32ToFloat16(raw) : raw).buffer),
+        bytes: () => new Uint8Array((dtype === "float16" ? G.f32ToF16(raw) : raw).buffer),
       });
       const ones = g.constant(new Float32Array(16).fill(1), "float32", [16]);
       const zeros = g.constant(new Float32Array(16), "float32", [16]);
