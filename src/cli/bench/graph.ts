@@ -4,19 +4,14 @@
  * differentiated w.r.t. the input and every weight), on the chosen provider. Weights are random (timings
  * do not depend on their values). `--small` shrinks the shapes for a quick CPU run.
  */
+
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, Option } from "commander";
 import * as G from "../../engine/graph/index.js";
-import {
-  createSession,
-  type Device,
-  type HostTensor,
-  type ProfileRow,
-  resolveDevice,
-  summarizeProfile,
-} from "../../engine/runtime/index.js";
+import { createSession, type Device, type HostTensor, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
+import { type SessionTimings, timeSession } from "./timing.js";
 
 type Dtype = "fp32" | "fp16";
 
@@ -118,25 +113,13 @@ function workloads(s: Sizes): Workload[] {
   ];
 }
 
-export interface GraphBenchRow {
+export interface GraphBenchRow extends SessionTimings {
   name: string;
   pass: "forward" | "forward+backward";
   dtype: Dtype;
   createMs: number;
-  firstRunMs: number;
-  medianMs: number;
-  minMs: number;
-  runs: number;
   gflop: number;
   tflops: number;
-  /** With --profile: kernel time per op type and provider, per run (first run included). */
-  profile?: ProfileRow[];
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 }
 
 export async function runGraphBench(opts: {
@@ -176,36 +159,18 @@ export async function runGraphBench(opts: {
       const feeds: Record<string, HostTensor> = {
         x: { dtype: dt, shape: [...input.shape], data: hostArray(x, dt) },
       };
-      let t = performance.now();
-      await session.run(feeds);
-      const firstRunMs = performance.now() - t;
-      const times: number[] = [];
-      for (let i = 0; i < opts.runs; i++) {
-        t = performance.now();
-        await session.run(feeds);
-        times.push(performance.now() - t);
-      }
-      const profileFile = session.endProfiling();
-      await session.release();
+      const timings = await timeSession(session, feeds, opts.runs);
       // Backward costs two matmul-sized products per forward one (input and weight gradients).
       const flops = backward ? 3 * w.flops : w.flops;
-      const med = median(times);
       const row: GraphBenchRow = {
         name: w.name,
         pass: backward ? "forward+backward" : "forward",
         dtype: opts.dtype,
         createMs,
-        firstRunMs,
-        medianMs: med,
-        minMs: Math.min(...times),
-        runs: times.length,
+        ...timings,
         gflop: flops / 1e9,
-        tflops: flops / (med / 1e3) / 1e12,
+        tflops: flops / (timings.medianMs / 1e3) / 1e12,
       };
-      if (profileFile) {
-        const per = opts.runs + 1;
-        row.profile = summarizeProfile(profileFile).map((p) => ({ ...p, ms: p.ms / per }));
-      }
       rows.push(row);
       opts.log?.(formatRow(row));
       for (const p of row.profile?.slice(0, 8) ?? []) {

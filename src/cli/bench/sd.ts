@@ -4,6 +4,7 @@
  * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1). `--tiny` shrinks every network so the
  * whole thing runs on a CPU in seconds (a smoke test of the bundle and the graphs).
  */
+
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, Option } from "commander";
@@ -31,12 +32,11 @@ import {
   createSession,
   type Device,
   type HostTensor,
-  type ProfileRow,
   type ProviderOptions,
   resolveDevice,
-  summarizeProfile,
 } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
+import { type SessionTimings, timeSession } from "./timing.js";
 
 interface Shapes {
   unet: UNetConfig;
@@ -107,19 +107,12 @@ export function tinyShapes(size = 64): Shapes {
   };
 }
 
-export interface BenchRow {
+export interface BenchRow extends SessionTimings {
   name: string;
   dtype: string;
   /** Session creation (graph build + emission + onnxruntime load). */
   createMs: number;
-  firstRunMs: number;
-  /** Median of the timed runs after the first. */
-  medianMs: number;
-  minMs: number;
-  runs: number;
   params: number;
-  /** With --profile: kernel time per op type and provider, per run (first run included). */
-  profile?: ProfileRow[];
 }
 
 function randn(n: number, seed: number): Float32Array {
@@ -263,12 +256,6 @@ function keyValue(v: string, into: Record<string, string>): Record<string, strin
   return { ...into, [v.slice(0, eq)]: v.slice(eq + 1) };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-}
-
 export async function runSdBench(opts: {
   device: Device;
   dtype: ComputeDType;
@@ -307,32 +294,13 @@ export async function runSdBench(opts: {
       ...(profile ? { profile } : {}),
     });
     const createMs = performance.now() - t0;
-    const input = feeds();
-    let t = performance.now();
-    await session.run(input);
-    const firstRunMs = performance.now() - t;
-    const times: number[] = [];
-    for (let i = 0; i < opts.runs; i++) {
-      t = performance.now();
-      await session.run(input);
-      times.push(performance.now() - t);
-    }
-    const profileFile = session.endProfiling();
-    await session.release();
     const row: BenchRow = {
       name: c.name,
       dtype: c.dtype,
       createMs,
-      firstRunMs,
-      medianMs: median(times),
-      minMs: Math.min(...times),
-      runs: times.length,
+      ...(await timeSession(session, feeds(), opts.runs)),
       params: weights.count(),
     };
-    if (profileFile) {
-      const per = opts.runs + 1;
-      row.profile = summarizeProfile(profileFile).map((p) => ({ ...p, ms: p.ms / per }));
-    }
     rows.push(row);
     opts.log?.(formatRow(row));
     // The host's busiest ops, the GPU's (WebGPU timestamps) and every op left on the CPU provider.
