@@ -4,9 +4,11 @@
  * built only where it is needed. Composite ops on such a path are differentiated through their
  * primitive expansion (which emission then uses for their forward too, so nothing is computed twice).
  */
+
 import { isFloat } from "./dtype.js";
 import { GraphError, type Node, type Tensor } from "./graph.js";
 import { add, expand } from "./ops.js";
+import { postOrder } from "./post-order.js";
 import { expansion, isComposite, opDef } from "./registry.js";
 
 function differentiableInput(node: Node, i: number): boolean {
@@ -71,28 +73,15 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Tensor[] {
 
   const nodeDepends = (n: Node) => n.inputs.some((t, i) => differentiableInput(n, i) && depends(t));
 
-  // Nodes between the wrt tensors and the loss, in topological order (iterative post-order DFS).
-  const order: Node[] = [];
-  const state = new Map<Node, 1 | 2>();
+  // Nodes between the wrt tensors and the loss, in topological order.
   const root = resolve(loss);
-  const stack: Node[] = root.node && nodeDepends(root.node) ? [root.node] : [];
-  while (stack.length) {
-    const n = stack[stack.length - 1] as Node;
-    const s = state.get(n);
-    if (s === 2) stack.pop();
-    else if (s === 1) {
-      state.set(n, 2);
-      stack.pop();
-      order.push(n);
-    } else {
-      state.set(n, 1);
-      n.inputs.forEach((t, i) => {
-        if (!differentiableInput(n, i) || !depends(t)) return;
-        const r = resolve(t);
-        if (r.node && state.get(r.node) === undefined && nodeDepends(r.node)) stack.push(r.node);
-      });
-    }
-  }
+  const order = postOrder(root.node && nodeDepends(root.node) ? [root.node] : [], (n) =>
+    n.inputs.flatMap((t, i) => {
+      if (!differentiableInput(n, i) || !depends(t)) return [];
+      const r = resolve(t);
+      return r.node && nodeDepends(r.node) ? [r.node] : [];
+    }),
+  );
 
   const grads = new Map<Tensor, Tensor>();
   const accumulate = (t: Tensor, g: Tensor) => {

@@ -4,6 +4,7 @@
  * `serializeExternal` reads each one once, inline or into an external-data file (protobuf cannot hold
  * more than 2 GB).
  */
+
 import { createHash } from "node:crypto";
 import { closeSync, openSync, writeSync } from "node:fs";
 import { BYTES_PER_ELEMENT, bytesOf, type DType, fromNumbers, numel, ONNX_DTYPE } from "./dtype.js";
@@ -18,6 +19,7 @@ import {
   type ValueInfoJson,
 } from "./onnx-schema.js";
 import type { Device, Emitter, OnnxAttr } from "./op.js";
+import { postOrder } from "./post-order.js";
 import { emittedAs, opDef } from "./registry.js";
 
 export const OPSET = 17;
@@ -119,29 +121,16 @@ function reachable(
   device: Device,
   fuse: boolean,
 ): { nodes: Node[]; leaves: Set<Tensor> } {
-  const nodes: Node[] = [];
   const leaves = new Set<Tensor>();
-  const state = new Map<Node, 1 | 2>();
-  const stack: Node[] = [];
-  const visit = (t: Tensor) => {
-    const r = emittedAs(t, device, fuse);
-    if (r.node && !transposedWeight(r)) stack.push(r.node);
-    else leaves.add(r);
-  };
-  roots.forEach(visit);
-  while (stack.length) {
-    const n = stack[stack.length - 1] as Node;
-    const s = state.get(n);
-    if (s === 2) stack.pop();
-    else if (s === 1) {
-      state.set(n, 2);
-      stack.pop();
-      nodes.push(n);
-    } else {
-      state.set(n, 1);
-      for (const t of n.inputs) visit(t);
-    }
-  }
+  // The nodes that compute `ts`; the tensors that come from no node (inputs, weights) are leaves.
+  const producers = (ts: readonly Tensor[]): Node[] =>
+    ts.flatMap((t) => {
+      const r = emittedAs(t, device, fuse);
+      if (r.node && !transposedWeight(r)) return [r.node];
+      leaves.add(r);
+      return [];
+    });
+  const nodes = postOrder(producers(roots), (n) => producers(n.inputs));
   return { nodes, leaves };
 }
 
