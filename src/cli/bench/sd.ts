@@ -12,6 +12,7 @@ import type { Graph } from "../../engine/graph/index.js";
 import {
   type ComputeDType,
   IO,
+  type LossGraphOptions,
   lossGraph,
   textEncoderGraph,
   unetGraph,
@@ -159,6 +160,27 @@ function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeD
     [IO.context]: context(1),
     ...(lora ? lora.feeds(newLoraWeights(loraModules(lora), lora.rank, lora.rank, 0)) : {}),
   });
+  // The denoising loss at batch 1 with gradients w.r.t. what `wrt` names.
+  const lossCase = (
+    id: string,
+    name: string,
+    wrt: Pick<LossGraphOptions, "wrtContext" | "wrtLora" | "loraRank">,
+  ): Case => ({
+    id,
+    name,
+    dtype: lossDtype,
+    build: (w) => {
+      const lg = lossGraph(w, s.unet, {
+        batch: 1,
+        height: ls,
+        width: ls,
+        prediction: "epsilon",
+        ...wrt,
+        dtype: lossDtype,
+      });
+      return { graph: lg.graph, feeds: () => lossFeeds(lg.lora) };
+    },
+  });
   return [
     {
       id: "text",
@@ -206,41 +228,12 @@ function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeD
         feeds: () => ({ [IO.latents]: latent(1, 5) }),
       }),
     },
-    {
-      id: "loss-context",
-      name: "loss + d/d context (batch 1)",
-      dtype: lossDtype,
-      build: (w) => {
-        const lg = lossGraph(w, s.unet, {
-          batch: 1,
-          height: ls,
-          width: ls,
-          prediction: "epsilon",
-          wrtContext: true,
-          wrtLora: false,
-          dtype: lossDtype,
-        });
-        return { graph: lg.graph, feeds: () => lossFeeds(undefined) };
-      },
-    },
-    {
-      id: "loss-lora",
-      name: "loss + d/d LoRA r=16 (batch 1)",
-      dtype: lossDtype,
-      build: (w) => {
-        const lg = lossGraph(w, s.unet, {
-          batch: 1,
-          height: ls,
-          width: ls,
-          prediction: "epsilon",
-          wrtContext: false,
-          wrtLora: true,
-          loraRank: 16,
-          dtype: lossDtype,
-        });
-        return { graph: lg.graph, feeds: () => lossFeeds(lg.lora) };
-      },
-    },
+    lossCase("loss-context", "loss + d/d context (batch 1)", { wrtContext: true, wrtLora: false }),
+    lossCase("loss-lora", "loss + d/d LoRA r=16 (batch 1)", {
+      wrtContext: false,
+      wrtLora: true,
+      loraRank: 16,
+    }),
   ];
 }
 
