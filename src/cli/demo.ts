@@ -10,7 +10,6 @@ import { Command, Option } from "commander";
 import { Redis } from "ioredis";
 import { blobLimits } from "../bots/discord/service.js";
 import { appConfig, FIXTURE_MODEL } from "../config.js";
-import { PRESET_NAMES, type PresetName, parseNumberList } from "../engine/pipelines/imagic-options.js";
 import { formatSeconds } from "../engine/progress.js";
 import { startEngine } from "../engine/worker/index.js";
 import { UserFacingError } from "../errors.js";
@@ -19,6 +18,7 @@ import { BlobStore } from "../queue/blobs.js";
 import { QueueClient } from "../queue/client.js";
 import type { JobName, JobResult } from "../queue/jobs.js";
 import { resolveRedis } from "../queue/redis-server.js";
+import { PRESET_NAMES, type PresetName, parseNumberList } from "../spec/imagic.js";
 
 const log = childLogger("demo");
 

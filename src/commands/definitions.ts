@@ -2,7 +2,9 @@
 // slash commands, the Slack adapter into modals; the parser (parse.ts) checks values against the same
 // bounds, because a platform's own checks (Discord's min/max) are a convenience, not a guarantee.
 
-import { LIMITS, PRESET_NAMES } from "../engine/pipelines/imagic-options.js";
+import { LIMITS, PRESET_NAMES } from "../spec/imagic.js";
+import { MAX_PROMPT_LENGTH, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
+import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS } from "../spec/swap.js";
 
 export type OptionType = "attachment" | "string" | "number";
 
@@ -25,23 +27,7 @@ export interface CommandDefinition {
 
 /** The Imagic presets (the pipeline's own list, which the queue's payload schema uses too). */
 export const IMAGIC_PRESETS = PRESET_NAMES;
-export const MAX_PROMPT_LENGTH = 500;
-export const MAX_SUBJECT_LENGTH = 64;
-export const MAX_SEEDS = 8;
 export const ETA_RANGE = { min: LIMITS.etaMin, max: LIMITS.etaMax } as const;
-export const MAX_REFERENCES = 5;
-/**
- * Photoswap's swap strengths: for how many of the 50 sampling steps the target generation takes the
- * source's self-attention output φ, self-attention map M and cross-attention map A (paper: λφ=10,
- * λM=25, λA=20). More steps keep more of the source's layout and appearance; fewer let the new subject
- * show more of itself.
- */
-export const SWAP_STRENGTHS = [
-  { name: "self_output_steps", key: "selfOutputSteps", what: "self-attention output φ", paper: 10 },
-  { name: "self_map_steps", key: "selfMapSteps", what: "self-attention map M", paper: 25 },
-  { name: "cross_map_steps", key: "crossMapSteps", what: "cross-attention map A", paper: 20 },
-] as const;
-export const SWAP_SAMPLING_STEPS = 50;
 
 const seedsOption: OptionDefinition = {
   name: "seeds",

@@ -2,21 +2,18 @@
 // Each problem is a UserFacingError naming the option and the limit.
 import { randomInt } from "node:crypto";
 import { UserFacingError } from "../errors.js";
-import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
 import {
-  ETA_RANGE,
-  IMAGIC_PRESETS,
+  DEFAULT_SEED_COUNT,
   MAX_PROMPT_LENGTH,
-  MAX_REFERENCES,
+  MAX_SEED,
   MAX_SEEDS,
   MAX_SUBJECT_LENGTH,
-  SWAP_SAMPLING_STEPS,
-  SWAP_STRENGTHS,
-} from "./definitions.js";
+} from "../spec/request.js";
+import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS, type SwapStrengthKey } from "../spec/swap.js";
+import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
+import { ETA_RANGE, IMAGIC_PRESETS } from "./definitions.js";
 
 export type ImagicPreset = (typeof IMAGIC_PRESETS)[number];
-export const DEFAULT_SEED_COUNT = 4;
-const MAX_SEED = 2 ** 32 - 1;
 
 export interface ImagicRequest {
   image: IncomingAttachment;
@@ -32,7 +29,7 @@ export interface SwapRequest {
   subject: string;
   seeds: number[];
   /** Only the swap strengths the user set; the queue's defaults (the paper's) fill the rest. */
-  strengths: Partial<Record<(typeof SWAP_STRENGTHS)[number]["key"], number>>;
+  strengths: Partial<Record<SwapStrengthKey, number>>;
 }
 
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {

@@ -5,12 +5,12 @@
 // Everything needed to answer a job travels with the job (its origin: channel, thread, progress
 // message) or sits in Redis (pick records), so a restarted bot carries on where the old one stopped.
 import type { Redis } from "ioredis";
-import { getPreset } from "../engine/pipelines/imagic-options.js";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "../queue/blobs.js";
 import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
+import { getPreset } from "../spec/imagic.js";
 import { chatImageLimits, checkDeclared, fetchImage, type ImageLimits } from "./attachments.js";
 import type {
   ChatAdapter,

@@ -1,6 +1,8 @@
 // Fixed texts users read: /help and the messages around picks.
 import { formatSeconds } from "../engine/progress.js";
-import { IMAGIC_PRESETS, MAX_REFERENCES, MAX_SEEDS } from "./definitions.js";
+import { MAX_SEEDS } from "../spec/request.js";
+import { MAX_REFERENCES } from "../spec/swap.js";
+import { IMAGIC_PRESETS } from "./definitions.js";
 import type { Choice } from "./picks.js";
 import { NUMBER_EMOJIS } from "./reactions.js";
 

@@ -2,7 +2,16 @@
 // Payloads carry blob ids (see blobs.ts), never bytes and never local paths, so any engine host can
 // run any job.
 import { z } from "zod";
-import { LIMITS, PRESET_NAMES, type PresetName } from "../engine/pipelines/imagic-options.js";
+import { LIMITS, PRESET_NAMES, type PresetName } from "../spec/imagic.js";
+import { MAX_PROMPT_LENGTH, MAX_SEED, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
+import {
+  MAX_REFERENCES,
+  MIN_REFERENCES,
+  PAPER_STRENGTHS,
+  SWAP_GUIDANCE,
+  SWAP_LIMITS,
+  SWAP_SAMPLING_STEPS,
+} from "../spec/swap.js";
 
 export const JOB_NAMES = ["imagic.train", "imagic.render", "swap.concept", "swap.edit"] as const;
 export type JobName = (typeof JOB_NAMES)[number];
@@ -24,19 +33,15 @@ const chatOrigin = z.object({
 });
 export type ChatOrigin = z.infer<typeof chatOrigin>;
 
-const seed = z
-  .number()
-  .int()
-  .min(0)
-  .max(2 ** 32 - 1);
+const seed = z.number().int().min(0).max(MAX_SEED);
 const imageSize = z
   .number()
   .int()
   .min(64)
   .max(1024)
   .refine((n) => n % 64 === 0, "must be a multiple of 64");
-const prompt = z.string().trim().min(1).max(500);
-const subject = z.string().trim().min(1).max(64);
+const prompt = z.string().trim().min(1).max(MAX_PROMPT_LENGTH);
+const subject = z.string().trim().min(1).max(MAX_SUBJECT_LENGTH);
 const guidance = z.number().min(1).max(30);
 const samplingSteps = z.number().int().min(1).max(150);
 
@@ -45,7 +50,7 @@ const base = {
   origin: chatOrigin,
 };
 
-// Imagic's own limits and presets (src/engine/pipelines/imagic-options.ts) bound these fields, so a
+// Imagic's own limits and presets (src/spec/imagic.ts) bound these fields, so a
 // request the engine would refuse is refused at enqueue, before it waits in line.
 const eta = z.number().min(LIMITS.etaMin).max(LIMITS.etaMax);
 const imagicSeeds = z.array(seed).min(1).max(LIMITS.seeds);
@@ -63,7 +68,7 @@ const imagicTrainPayload = z.strictObject({
       finetuneSteps: stageSteps.optional(),
       size: imageSize.optional(),
       /** The first grid: one tile per seed at `eta` (the preset's when unset). */
-      seeds: imagicSeeds.max(8).optional(),
+      seeds: imagicSeeds.max(MAX_SEEDS).optional(),
       eta: eta.optional(),
       guidance: guidance.optional(),
       steps: samplingSteps.optional(),
@@ -86,13 +91,22 @@ const imagicRenderPayload = z
     path: ["etas"],
   });
 
+const referenceBlobIds = z.array(blobId).min(MIN_REFERENCES).max(MAX_REFERENCES);
+const strengthSteps = z.number().int().min(0).max(SWAP_LIMITS.strengthSteps);
+const swapDefaults = {
+  seeds: [0, 1, 2, 3],
+  guidance: SWAP_GUIDANCE,
+  steps: SWAP_SAMPLING_STEPS,
+  ...PAPER_STRENGTHS,
+};
+
 const swapConceptPayload = z.strictObject({
   ...base,
-  referenceBlobIds: z.array(blobId).min(1).max(5),
+  referenceBlobIds,
   subject,
   options: z
     .strictObject({
-      steps: z.number().int().min(1).max(5000).optional(),
+      steps: z.number().int().min(1).max(SWAP_LIMITS.conceptSteps).optional(),
       seed: seed.default(0),
     })
     .default({ seed: 0 }),
@@ -102,29 +116,22 @@ const swapEditPayload = z.strictObject({
   ...base,
   sourceBlobId: blobId,
   /** The concept to swap in: learned from these references (or taken from the cache, see client.ts). */
-  referenceBlobIds: z.array(blobId).min(1).max(5),
+  referenceBlobIds,
   subject,
   /** Filled in at enqueue when the concept is already cached; otherwise the swap.concept child's result. */
   conceptBlobId: blobId.optional(),
   conceptOptions: swapConceptPayload.shape.options,
   options: z
     .strictObject({
-      seeds: z.array(seed).min(1).max(8).default([0, 1, 2, 3]),
-      guidance: guidance.default(7.5),
-      steps: samplingSteps.default(50),
-      /** Photoswap's attention-swap steps (paper: λφ=10, λM=25, λA=20 of 50). */
-      selfOutputSteps: z.number().int().min(0).max(150).default(10),
-      selfMapSteps: z.number().int().min(0).max(150).default(25),
-      crossMapSteps: z.number().int().min(0).max(150).default(20),
+      seeds: z.array(seed).min(1).max(MAX_SEEDS).default(swapDefaults.seeds),
+      guidance: guidance.default(swapDefaults.guidance),
+      steps: z.number().int().min(1).max(SWAP_LIMITS.samplingSteps).default(swapDefaults.steps),
+      /** Photoswap's attention-swap steps (src/spec/swap.ts; paper: λφ=10, λM=25, λA=20 of 50). */
+      selfOutputSteps: strengthSteps.default(swapDefaults.selfOutputSteps),
+      selfMapSteps: strengthSteps.default(swapDefaults.selfMapSteps),
+      crossMapSteps: strengthSteps.default(swapDefaults.crossMapSteps),
     })
-    .default({
-      seeds: [0, 1, 2, 3],
-      guidance: 7.5,
-      steps: 50,
-      selfOutputSteps: 10,
-      selfMapSteps: 25,
-      crossMapSteps: 20,
-    }),
+    .default(swapDefaults),
 });
 
 export const payloadSchemas = {

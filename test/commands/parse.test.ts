@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { CommandRequest, IncomingAttachment } from "../../src/commands/chat.js";
-import { DEFAULT_SEED_COUNT, parseImagic, parseSeeds, parseSwap } from "../../src/commands/parse.js";
+import { parseImagic, parseSeeds, parseSwap } from "../../src/commands/parse.js";
+import { DEFAULT_SEED_COUNT } from "../../src/spec/request.js";
 
 const file = (option: string): IncomingAttachment => ({
   option,

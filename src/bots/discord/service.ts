@@ -1,11 +1,11 @@
 // The Discord bot as a service of `start` and `bot run`: its own Redis connection, blob store and
 // queue client (consumer "discord": events resume after a restart, results are posted once).
 import { Redis } from "ioredis";
-import { MAX_REFERENCES } from "../../commands/definitions.js";
 import { type Config, requireSetting } from "../../config.js";
 import { type BlobLimits, BlobStore } from "../../queue/blobs.js";
 import { QueueClient } from "../../queue/client.js";
 import type { Service } from "../../services.js";
+import { MAX_REFERENCES } from "../../spec/swap.js";
 import { startDiscordBot } from "./bot.js";
 
 /** Blob limits from the settings: one user may hold the inputs of one full /swap at a time. */

@@ -15,9 +15,9 @@ import path from "node:path";
 import { Command, Option } from "commander";
 import { type LoraWeights, StableDiffusion } from "../../engine/index.js";
 import { type Progress, renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
-import { getPreset, PRESET_NAMES, type PresetName } from "../../engine/pipelines/imagic-options.js";
 import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../errors.js";
+import { getPreset, PRESET_NAMES, type PresetName } from "../../spec/imagic.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
 import { sd15Shapes, tinyShapes } from "./sd.js";
 

@@ -21,6 +21,10 @@ import {
   seedGrid,
   trainImagic,
 } from "../../engine/pipelines/imagic.js";
+import { deserializeState, type ImagicState, serializeState } from "../../engine/pipelines/imagic-state.js";
+import { formatSeconds } from "../../engine/progress.js";
+import { UserFacingError } from "../../errors.js";
+import { childLogger } from "../../log.js";
 import {
   type DeepPartial,
   EARLY_STOP,
@@ -35,11 +39,7 @@ import {
   type PresetName,
   parseNumberList,
   validateRenderOptions,
-} from "../../engine/pipelines/imagic-options.js";
-import { deserializeState, type ImagicState, serializeState } from "../../engine/pipelines/imagic-state.js";
-import { formatSeconds } from "../../engine/progress.js";
-import { UserFacingError } from "../../errors.js";
-import { childLogger } from "../../log.js";
+} from "../../spec/imagic.js";
 import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
 
 const log = childLogger("imagic-cli");

@@ -1,9 +1,9 @@
 import { z } from "zod";
 import { UserFacingError } from "../../errors.js";
+import type { ImagicOptions } from "../../spec/imagic.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
-import type { ImagicOptions } from "./imagic-options.js";
 
 /**
  * What Imagic's training produces and a later render needs: the two embeddings, the LoRA adapters,

@@ -13,6 +13,13 @@
  */
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import {
+  type EarlyStopOptions,
+  type ImagicOptions,
+  type RenderOptions,
+  validateImagicOptions,
+  validateRenderOptions,
+} from "../../spec/imagic.js";
 import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
@@ -21,13 +28,6 @@ import type { LoraWeights, LossArgs, LossResult, StableDiffusion, UnetWeights } 
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
 import { EtaTracker, type StagePlan } from "../progress.js";
-import {
-  type EarlyStopOptions,
-  type ImagicOptions,
-  type RenderOptions,
-  validateImagicOptions,
-  validateRenderOptions,
-} from "./imagic-options.js";
 import type { ImagicState } from "./imagic-state.js";
 import { sampleLatents } from "./sample.js";
 

@@ -4,6 +4,7 @@
 
 import type { JobName, JobResult } from "../../queue/jobs.js";
 import type { PipelineContext, PipelineRegistry } from "../../queue/worker.js";
+import { getPreset, type ImagicOptions, imagicOptions } from "../../spec/imagic.js";
 import { tileToPng } from "../grid.js";
 import { loadImage, tensorToPng } from "../image.js";
 import type { StableDiffusion } from "../index.js";
@@ -16,7 +17,6 @@ import {
   seedGrid,
   trainImagic,
 } from "../pipelines/imagic.js";
-import { getPreset, type ImagicOptions, imagicOptions } from "../pipelines/imagic-options.js";
 import {
   checkStateFits,
   deserializeState,

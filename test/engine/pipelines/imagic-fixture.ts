@@ -3,11 +3,7 @@
 // loss session per gradient kind.
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
-import {
-  type DeepPartial,
-  type ImagicOptions,
-  imagicOptions,
-} from "../../../src/engine/pipelines/imagic-options.js";
+import { type DeepPartial, type ImagicOptions, imagicOptions } from "../../../src/spec/imagic.js";
 
 export const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
 export const SIZE = 64;

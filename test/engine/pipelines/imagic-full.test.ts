@@ -8,17 +8,17 @@ import { f16ToF32, f32ToF16 } from "../../../src/engine/graph/dtype.js";
 import { StableDiffusion, TrainingMemoryError } from "../../../src/engine/index.js";
 import { type Progress, renderImagic, trainImagic } from "../../../src/engine/pipelines/imagic.js";
 import {
-  type DeepPartial,
-  FULL_FINETUNE_LR,
-  type ImagicOptions,
-  imagicOptions,
-} from "../../../src/engine/pipelines/imagic-options.js";
-import {
   checkStateFits,
   deserializeState,
   serializeState,
 } from "../../../src/engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../../src/errors.js";
+import {
+  type DeepPartial,
+  FULL_FINETUNE_LR,
+  type ImagicOptions,
+  imagicOptions,
+} from "../../../src/spec/imagic.js";
 import {
   fastOptions,
   fixedDraws,

@@ -1,10 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { imagicOptions } from "../../../src/engine/pipelines/imagic-options.js";
 import {
   deserializeState,
   type ImagicState,
   serializeState,
 } from "../../../src/engine/pipelines/imagic-state.js";
+import { imagicOptions } from "../../../src/spec/imagic.js";
 
 function filled(n: number, f: (i: number) => number): Float32Array {
   return Float32Array.from({ length: n }, (_, i) => f(i));

@@ -8,9 +8,9 @@ import {
   renderImagic,
   trainImagic,
 } from "../../../src/engine/pipelines/imagic.js";
-import type { DeepPartial, ImagicOptions } from "../../../src/engine/pipelines/imagic-options.js";
 import { deserializeState, serializeState } from "../../../src/engine/pipelines/imagic-state.js";
 import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
+import type { DeepPartial, ImagicOptions } from "../../../src/spec/imagic.js";
 import {
   fastOptions,
   fixedDraws,

@@ -1,4 +1,4 @@
-import { UserFacingError } from "../../errors.js";
+import { UserFacingError } from "../errors.js";
 
 /**
  * Imagic's settings: what each of the three stages does, the presets, and the limits every request is

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { UserFacingError } from "../../src/errors.js";
 import {
   EARLY_STOP,
   getPreset,
@@ -7,8 +8,7 @@ import {
   PRESETS,
   parseNumberList,
   validateRenderOptions,
-} from "../../../src/engine/pipelines/imagic-options.js";
-import { UserFacingError } from "../../../src/errors.js";
+} from "../../src/spec/imagic.js";
 
 describe("Imagic presets and options", () => {
   it("paper preset keeps the paper's schedule: 1000 + 1500 single-timestep steps, no early stop", () => {
