@@ -116,10 +116,31 @@ export interface LossResult {
   dUnet?: UnetWeights;
 }
 
-type Cached = { session: Session; lora?: LoraInputs; weights?: Map<string, Tensor> };
+/** A compiled graph in the session cache, with the LoRA and weight inputs its builder made. */
+export interface CompiledGraph {
+  session: Session;
+  lora?: LoraInputs;
+  weights?: Map<string, Tensor>;
+}
+
+/** What a graph builder returns: the graph, and the LoRA / weight inputs the caller will feed. */
+export interface BuiltGraph {
+  graph: Graph;
+  lora?: LoraInputs | undefined;
+  weights?: Map<string, Tensor>;
+}
+
+/** What a pipeline's own graph builder may read: the checkpoint's components and the engine's dtypes. */
+export interface GraphSources {
+  readonly checkpoint: Checkpoint;
+  /** The UNet forward's compute dtype (LoadOptions.dtype resolved). */
+  readonly unetDtype: ComputeDType;
+  /** The loss-and-gradient graphs' compute dtype (LoadOptions.trainDtype). */
+  readonly trainDtype: ComputeDType;
+}
 
 export class StableDiffusion {
-  private readonly sessions = new Map<string, Promise<Cached>>();
+  private readonly sessions = new Map<string, Promise<CompiledGraph>>();
   private readonly unetDtype: ComputeDType;
   private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
@@ -471,6 +492,18 @@ export class StableDiffusion {
     );
   }
 
+  /**
+   * A pipeline's own graph (Photoswap's controlled UNet, the null-text loss, the text encoder with a
+   * learned token, …), built from the checkpoint by `build` and compiled once per `key` through the same
+   * session and disk cache as the built-in components. `key` must name everything the graph depends on
+   * besides the model (batch, size, variant); builders live with their models/pipelines, not here.
+   */
+  compile(key: string, build: (sources: GraphSources) => BuiltGraph): Promise<CompiledGraph> {
+    return this.cached(`pipeline:${key}`, () =>
+      build({ checkpoint: this.ckpt, unetDtype: this.unetDtype, trainDtype: this.trainDtype }),
+    );
+  }
+
   /** A new DDIM scheduler with the checkpoint's noise schedule (each caller sets its own timesteps). */
   scheduler(): DDIMScheduler {
     return DDIMScheduler.fromConfig(this.ckpt.scheduler.config);
@@ -497,10 +530,7 @@ export class StableDiffusion {
     return [h, w];
   }
 
-  private cached(
-    key: string,
-    build: () => { graph: Graph; lora?: LoraInputs | undefined; weights?: Map<string, Tensor> },
-  ): Promise<Cached> {
+  private cached(key: string, build: () => BuiltGraph): Promise<CompiledGraph> {
     let entry = this.sessions.get(key);
     if (!entry) {
       entry = (async () => {
