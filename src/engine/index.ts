@@ -5,6 +5,8 @@
  *
  * Conventions: images are [B, 3, H, W] float32 in [-1, 1]; latents are [B, 4, H/8, W/8] and always
  * *scaled* (multiplied by the VAE's scaling_factor, as the UNet sees them); contexts are [B, 77, D].
+ * Every call that takes latents takes their `LatentSize` too (height and width in latent pixels): a
+ * flat array's length does not say its shape, and latents need not be square.
  */
 import { createHash } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
@@ -49,6 +51,19 @@ export type { Device } from "./runtime/index.js";
 
 const log = childLogger("engine");
 
+/** Latent height and width (the image's / the VAE factor): the shape of every latent the API takes. */
+export interface LatentSize {
+  height: number;
+  width: number;
+}
+
+/** What predictNoise runs instead of the checkpoint's plain UNet. */
+export interface UnetAdapters {
+  lora?: LoraWeights;
+  /** Fully fine-tuned UNet weights replacing the checkpoint's (by name). */
+  unet?: UnetWeights;
+}
+
 export interface LoadOptions {
   device: Device;
   /** Compute dtype of the UNet's forward pass: fp16 halves memory and time on a GPU. auto: fp16 on a GPU. */
@@ -76,6 +91,8 @@ const DEFAULT_GPU_TRAIN_BYTES = 24 * 1024 ** 3;
 export interface LossArgs {
   /** Clean latents [B, 4, h, w] (scaled). */
   latents0: Float32Array;
+  /** h and w of the latents (and of the noise). */
+  size: LatentSize;
   noise: Float32Array;
   /** One timestep per batch item. */
   t: number[];
@@ -169,11 +186,19 @@ export class StableDiffusion {
     return s ? s * this.vaeScale : 512;
   }
 
-  latentSize(imageSize: number): number {
-    if (imageSize % this.vaeScale !== 0) {
-      throw new Error(`image size ${imageSize} is not a multiple of the VAE's factor ${this.vaeScale}`);
+  /** The latent size of an image of height × width pixels (each a multiple of the VAE factor). */
+  latentSize(height: number, width: number): LatentSize {
+    for (const [what, px] of [
+      ["height", height],
+      ["width", width],
+    ] as const) {
+      if (!Number.isInteger(px) || px < this.vaeScale || px % this.vaeScale !== 0) {
+        throw new Error(
+          `image ${what} ${px} is not a positive multiple of the VAE's factor ${this.vaeScale}`,
+        );
+      }
     }
-    return imageSize / this.vaeScale;
+    return { height: height / this.vaeScale, width: width / this.vaeScale };
   }
 
   get contextShape(): [77, number] {
@@ -209,27 +234,28 @@ export class StableDiffusion {
     return f32(out, IO.lastHiddenState);
   }
 
-  /** image [1, 3, H, W] → the latent distribution's mean and std, both × scaling_factor. */
+  /**
+   * image [1, 3, h, w] (h, w in pixels) → the latent distribution's mean and std, both × scaling_factor,
+   * and their latent size.
+   */
   async encodeImage(
     image: Float32Array,
     h: number,
     w: number,
-  ): Promise<{ mean: Float32Array; std: Float32Array }> {
+  ): Promise<{ mean: Float32Array; std: Float32Array; size: LatentSize }> {
     expectLength("encodeImage: image", image, 3 * h * w);
-    this.latentSize(h);
-    this.latentSize(w);
+    const size = this.latentSize(h, w);
     const { session } = await this.cached(`vae_encode:${h}x${w}`, () => ({
       graph: vaeEncodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, h, w),
     }));
     const out = await session.run({ [IO.image]: { dtype: "float32", shape: [1, 3, h, w], data: image } });
     const sf = this.ckpt.vae.config.scaling_factor;
-    return { mean: scale(f32(out, IO.mean), sf), std: scale(f32(out, IO.std), sf) };
+    return { mean: scale(f32(out, IO.mean), sf), std: scale(f32(out, IO.std), sf), size };
   }
 
-  /** Scaled latents [B, 4, H/8, W/8] → images [B, 3, H, W] in [-1, 1] (not clamped); h, w are the image's. */
-  async decodeLatents(latents: Float32Array, h: number, w: number): Promise<Float32Array> {
-    const lh = this.latentSize(h);
-    const lw = this.latentSize(w);
+  /** Scaled latents [B, 4, h, w] → images [B, 3, h·8, w·8] in [-1, 1] (not clamped). */
+  async decodeLatents(latents: Float32Array, size: LatentSize): Promise<Float32Array> {
+    const [lh, lw] = checkSize("decodeLatents", size);
     const per = this.latentChannels * lh * lw;
     const batch = batchOf("decodeLatents: latents", latents, per);
     const { session } = await this.cached(`vae_decode:${batch}:${lh}x${lw}`, () => ({
@@ -243,20 +269,19 @@ export class StableDiffusion {
   }
 
   /**
-   * The UNet's output (ε or v, as the checkpoint predicts) for latents [B, 4, h, w] at timestep t (one
-   * for the batch, or one per item) with context [B, 77, D]. The batch comes from the context; the
-   * latents are square unless `size` says.
+   * The UNet's output (ε or v, as the checkpoint predicts) for latents [B, 4, h, w] of the given size at
+   * timestep t (one for the batch, or one per item) with context [B, 77, D]. The batch comes from the
+   * context.
    */
   async predictNoise(
     latents: Float32Array,
+    size: LatentSize,
     t: number | readonly number[],
     context: Float32Array,
-    lora?: LoraWeights,
-    size?: { height: number; width: number },
-    unet?: UnetWeights,
+    { lora, unet }: UnetAdapters = {},
   ): Promise<Float32Array> {
     const batch = batchOf("predictNoise: context", context, this.contextSize());
-    const [lh, lw] = this.latentDims(latents, batch, size);
+    const [lh, lw] = this.latentDims("predictNoise: latents", latents, batch, size);
     const rank = lora ? loraRank(lora) : 0;
     const {
       session,
@@ -291,7 +316,7 @@ export class StableDiffusion {
   async lossAndGrads(args: LossArgs): Promise<LossResult> {
     const batch = args.t.length;
     if (batch === 0) throw new Error("lossAndGrads: no timesteps given");
-    const [lh, lw] = this.latentDims(args.latents0, batch);
+    const [lh, lw] = this.latentDims("lossAndGrads: latents0", args.latents0, batch, args.size);
     expectLength("lossAndGrads: noise", args.noise, args.latents0.length);
     const ctxSize = this.contextSize();
     const ctxBatch = batchOf("lossAndGrads: context", args.context, ctxSize);
@@ -485,23 +510,14 @@ export class StableDiffusion {
     return 77 * this.contextShape[1];
   }
 
-  private latentDims(
-    latents: Float32Array,
-    batch: number,
-    size?: { height: number; width: number },
-  ): [number, number] {
-    const perItem = latents.length / (batch * this.latentChannels);
-    if (size) {
-      expectLength("latents", latents, batch * this.latentChannels * size.height * size.width);
-      return [size.height, size.width];
-    }
-    const side = Math.round(Math.sqrt(perItem));
-    if (!Number.isInteger(perItem) || side * side !== perItem) {
-      throw new Error(
-        `latents of ${latents.length} values are not ${batch} square ${this.latentChannels}-channel latents (give their size)`,
-      );
-    }
-    return [side, side];
+  private latentDims(what: string, latents: Float32Array, batch: number, size: LatentSize): [number, number] {
+    const [h, w] = checkSize(what, size);
+    expectLength(
+      `${what} (${batch}×${this.latentChannels}×${h}×${w})`,
+      latents,
+      batch * this.latentChannels * h * w,
+    );
+    return [h, w];
   }
 
   private cached<T extends { graph: Graph }>(
@@ -537,6 +553,14 @@ function weightsFingerprint(ckpt: Checkpoint): string {
     return [resolve(f), st.size, st.mtimeMs];
   });
   return createHash("sha256").update(JSON.stringify(files)).digest("hex").slice(0, 16);
+}
+
+function checkSize(what: string, size: LatentSize): [number, number] {
+  const { height, width } = size;
+  if (!Number.isInteger(height) || !Number.isInteger(width) || height < 1 || width < 1) {
+    throw new Error(`${what}: latent size ${height}×${width} is not two positive whole numbers`);
+  }
+  return [height, width];
 }
 
 function timesteps(t: number | readonly number[], batch: number): Float32Array {

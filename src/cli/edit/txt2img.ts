@@ -74,7 +74,8 @@ export function txt2imgCommand(): Command {
             steps: o.steps,
             guidance: o.guidance,
             seed: o.seed,
-            size,
+            height: size,
+            width: size,
             onStep: (i, n) => log.info({ step: i, of: n }, "denoising"),
           });
           writeFileSync(o.out, await tensorToPng(image, [3, size, size]));
