@@ -35,18 +35,22 @@ import {
   type UnetWeights,
 } from "./models/finetune.js";
 import {
+  type LoraFileOptions,
   type LoraInputs,
   type LoraWeights,
   loraDownName,
+  loraFromSafetensors,
   loraTargets,
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
+import { openSafetensors, type Safetensors } from "./models/safetensors.js";
 import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
 export { TrainingMemoryError } from "./models/finetune.js";
-export type { LoraWeights } from "./models/lora.js";
+export type { LoraFileOptions, LoraWeights } from "./models/lora.js";
+export { LoraFileError } from "./models/lora.js";
 export type { Device } from "./runtime/index.js";
 
 const log = childLogger("engine");
@@ -475,6 +479,21 @@ export class StableDiffusion {
       rank,
       alpha,
       seed,
+    );
+  }
+
+  /**
+   * A LoRA file (peft / diffusers `…to_q.lora_A.weight`, diffusers' older `…processor.to_q_lora.down.weight`
+   * or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights for this UNet; alpha from `alpha`,
+   * else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit.
+   */
+  loadLora(file: string | Safetensors, options: LoraFileOptions = {}): LoraWeights {
+    const store = this.ckpt.unet.weights;
+    const st = typeof file === "string" ? openSafetensors(file) : file;
+    return loraFromSafetensors(
+      st,
+      loraTargets(store.names(), (n) => store.info(n).shape),
+      options,
     );
   }
 
