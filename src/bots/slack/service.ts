@@ -10,14 +10,19 @@ import { type SlackConnection, startSlackBot } from "./bot.js";
 
 /** True when any Slack setting is given: then every one the chosen mode needs must be. */
 export const slackConfigured = (config: Config) =>
-  config.slackBotToken !== undefined || config.slackAppToken !== undefined || config.slackSigningSecret !== undefined;
+  config.slackBotToken !== undefined ||
+  config.slackAppToken !== undefined ||
+  config.slackSigningSecret !== undefined;
 
 /** The settings the mode needs, each named when missing. */
 function connection(config: Config): { botToken: string; connection: SlackConnection } {
   const purpose = `the Slack bot (SLACK_MODE=${config.slackMode})`;
   const botToken = requireSetting(config, "slackBotToken", purpose).reveal();
   if (config.slackMode === "socket") {
-    return { botToken, connection: { mode: "socket", appToken: requireSetting(config, "slackAppToken", purpose).reveal() } };
+    return {
+      botToken,
+      connection: { mode: "socket", appToken: requireSetting(config, "slackAppToken", purpose).reveal() },
+    };
   }
   const signingSecret = requireSetting(config, "slackSigningSecret", purpose).reveal();
   return { botToken, connection: { mode: "http", signingSecret, port: config.slackHttpPort } };
