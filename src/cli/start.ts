@@ -1,6 +1,6 @@
 import { Command } from "commander";
 import { discordService } from "../bots/discord/service.js";
-import { slackConfigured, slackService } from "../bots/slack/service.js";
+import { slackConfigured, slackService, slackSettings } from "../bots/slack/service.js";
 import { appConfig, redactedConfig, redactUrl } from "../config.js";
 import { engineService } from "../engine/worker/index.js";
 import { childLogger } from "../log.js";
@@ -24,6 +24,8 @@ export function startCommand(): Command {
     .description("run everything on one machine: embedded Redis (or REDIS_URL), engine worker and bots")
     .action(async () => {
       const config = appConfig();
+      // Some Slack settings but not all that its mode needs: say which, before anything starts.
+      if (slackConfigured(config)) slackSettings(config);
       const log = childLogger("start");
       log.info({ config: redactedConfig(config) }, "configuration");
       // (The engine service warns loudly when MODEL is unset and it serves the tiny test checkpoint.)

@@ -9,14 +9,12 @@ import type { Redis } from "ioredis";
 import type { ChatLimits } from "../../commands/chat.js";
 import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.js";
 import { UserFacingError } from "../../errors.js";
-import { childLogger } from "../../log.js";
+import { childLogger, type Logger as Pino } from "../../log.js";
 import type { BlobStore } from "../../queue/blobs.js";
 import type { QueueClient } from "../../queue/client.js";
 import { messageId, SLACK_LIMITS, SlackAdapter } from "./adapter.js";
 import { commandForm, FORM_COMMANDS, type FormContext, formContext } from "./modals.js";
 import { conversationOf, formReply, formRequest, slashReply } from "./requests.js";
-
-const log = childLogger("slack");
 
 /** The message shortcut's callback id (docs/SLACK.md's manifest names it). */
 export const EDIT_SHORTCUT = "imagic_edit_message";
@@ -48,7 +46,7 @@ export interface SlackBot {
 }
 
 /** Bolt's logger interface on our pino logger; LOG_LEVEL decides what is written. */
-function boltLogger(): Logger {
+function boltLogger(log: Pino): Logger {
   const text = (parts: unknown[]) =>
     parts
       .map((p) => (p instanceof Error ? p.message : typeof p === "string" ? p : JSON.stringify(p)))
@@ -80,9 +78,10 @@ function photoOf(shortcut: SlackShortcut): { id: string; name: string } | undefi
 
 export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot> {
   const { connection } = options;
+  const log = childLogger("slack");
   const app = new App({
     token: options.botToken,
-    logger: boltLogger(),
+    logger: boltLogger(log),
     ...(options.apiUrl ? { clientOptions: { slackApiUrl: options.apiUrl } } : {}),
     ...(connection.mode === "socket"
       ? { socketMode: true, appToken: connection.appToken }

@@ -14,8 +14,8 @@ export const slackConfigured = (config: Config) =>
   config.slackAppToken !== undefined ||
   config.slackSigningSecret !== undefined;
 
-/** The settings the mode needs, each named when missing. */
-function connection(config: Config): { botToken: string; connection: SlackConnection } {
+/** The settings the mode needs; throws a ConfigError naming the first one missing. */
+export function slackSettings(config: Config): { botToken: string; connection: SlackConnection } {
   const purpose = `the Slack bot (SLACK_MODE=${config.slackMode})`;
   const botToken = requireSetting(config, "slackBotToken", purpose).reveal();
   if (config.slackMode === "socket") {
@@ -40,7 +40,7 @@ export function slackService(options: { required: boolean }): Service {
         log.info("SLACK_BOT_TOKEN is unset: the Slack bot does not run");
         return { stop: async () => {} };
       }
-      const settings = connection(config);
+      const settings = slackSettings(config);
       const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
       const blobs = new BlobStore(redis, blobLimits(config));
       const queue = new QueueClient({
