@@ -5,13 +5,11 @@
 //   form submitted                         → the command, as Discord runs it (src/commands)
 //   reaction_added                         → picks
 import { App, type Logger, LogLevel, type SlackShortcut, type ViewSubmitAction } from "@slack/bolt";
-import type { Redis } from "ioredis";
 import type { ChatLimits } from "../../commands/chat.js";
 import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger, type Logger as Pino } from "../../log.js";
-import type { BlobStore } from "../../queue/blobs.js";
-import type { QueueClient } from "../../queue/client.js";
+import type { QueueSide } from "../queue-side.js";
 import { messageId, SLACK_LIMITS, SlackAdapter } from "./adapter.js";
 import { commandForm, FORM_COMMANDS, type FormContext, formContext } from "./modals.js";
 import { conversationOf, formReply, formRequest, slashReply } from "./requests.js";
@@ -27,14 +25,11 @@ export type SlackConnection =
   | { mode: "socket"; appToken: string }
   | { mode: "http"; signingSecret: string; port: number };
 
-export interface SlackBotOptions {
+export interface SlackBotOptions extends QueueSide {
   botToken: string;
   connection: SlackConnection;
   /** Web API base URL (SLACK_API_URL); the tests point it at their fake Slack. */
   apiUrl?: string;
-  queue: QueueClient;
-  blobs: BlobStore;
-  redis: Redis;
   limits?: Partial<ChatLimits>;
   commands?: Pick<ChatCommandsOptions, "imagicDefaults" | "imageLimits" | "positionRefreshMs">;
 }

@@ -1,11 +1,7 @@
-// The Slack bot as a service of `start` and `bot run`: its own Redis connection, blob store and queue
-// client (consumer "slack": events resume after a restart, results are posted once).
-import { Redis } from "ioredis";
+// The Slack bot as a service of `start` and `bot run` (its queue side: src/bots/queue-side.ts).
 import { type Config, requireSetting } from "../../config.js";
-import { BlobStore } from "../../queue/blobs.js";
-import { QueueClient } from "../../queue/client.js";
 import type { Service } from "../../services.js";
-import { blobLimits } from "../discord/service.js";
+import { startOnQueue } from "../queue-side.js";
 import { type SlackConnection, startSlackBot } from "./bot.js";
 
 /** True when any Slack setting is given: then every one the chosen mode needs must be. */
@@ -41,29 +37,9 @@ export function slackService(options: { required: boolean }): Service {
         return { stop: async () => {} };
       }
       const settings = slackSettings(config);
-      const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
-      const blobs = new BlobStore(redis, blobLimits(config));
-      const queue = new QueueClient({
-        redisUrl,
-        blobs,
-        limits: { maxQueued: config.userMaxQueuedJobs },
-        consumer: "slack",
-        platform: "slack",
-      });
-      try {
-        const bot = await startSlackBot({ ...settings, apiUrl: config.slackApiUrl, queue, blobs, redis });
-        return {
-          async stop() {
-            await bot.stop();
-            await queue.close();
-            redis.disconnect();
-          },
-        };
-      } catch (error) {
-        await queue.close();
-        redis.disconnect();
-        throw error;
-      }
+      return startOnQueue("slack", config, redisUrl, (side) =>
+        startSlackBot({ ...settings, apiUrl: config.slackApiUrl, ...side }),
+      );
     },
   };
 }

@@ -3,6 +3,7 @@
 // logged without any secret; Slack's retries (X-Slack-Retry-Num) queue nothing twice.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { configureLogger } from "../../../src/log.js";
+import { captureStderr } from "../../helpers/stderr.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
 import { sign } from "./fake/delivery.js";
 import { type World, world } from "./support.js";
@@ -19,22 +20,6 @@ afterAll(async () => {
   await w.close();
   configureLogger({ level: "silent", pretty: false });
 });
-
-/** What the process writes to stderr (the logs) while `fn` runs. */
-async function captureStderr(fn: () => Promise<void>): Promise<string> {
-  const write = process.stderr.write;
-  let captured = "";
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    captured += chunk.toString();
-    return true;
-  }) as typeof process.stderr.write;
-  try {
-    await fn();
-  } finally {
-    process.stderr.write = write;
-  }
-  return captured;
-}
 
 const jobCount = async () => Object.values(await w.queue.queue.getJobCounts()).reduce((a, b) => a + b, 0);
 
