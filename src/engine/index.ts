@@ -32,14 +32,7 @@ import {
   type UnetSubset,
   type UnetWeights,
 } from "./models/finetune.js";
-import {
-  type LoraInputs,
-  type LoraWeights,
-  loraDownName,
-  loraTargets,
-  loraUpName,
-  newLoraWeights,
-} from "./models/lora.js";
+import { type LoraWeights, loraDownName, loraTargets, loraUpName, newLoraWeights } from "./models/lora.js";
 import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
@@ -99,10 +92,14 @@ export interface LossResult {
   dUnet?: UnetWeights;
 }
 
-type Cached = { session: Session; lora?: LoraInputs; weights?: Map<string, Tensor> };
+/** What a pipeline's own graph builder gets (see `compile`): the checkpoint and the UNet's compute dtype. */
+export interface GraphParts {
+  readonly checkpoint: Checkpoint;
+  readonly unetDtype: ComputeDType;
+}
 
 export class StableDiffusion {
-  private readonly sessions = new Map<string, Promise<Cached>>();
+  private readonly sessions = new Map<string, Promise<{ session: Session }>>();
   private readonly unetDtype: ComputeDType;
   private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
@@ -446,6 +443,24 @@ export class StableDiffusion {
     );
   }
 
+  /** The checkpoint's tokenizer (token ids, a token's text). */
+  get tokenizer(): Checkpoint["tokenizer"] {
+    return this.ckpt.tokenizer;
+  }
+
+  /**
+   * A pipeline's own graph over this checkpoint (e.g. Photoswap's attention-controlled UNet), built and
+   * compiled once per `key` and cached like the facade's own sessions: for the life of the object, and on
+   * disk under the weights' fingerprint. `build` returns the graph and whatever the pipeline needs to
+   * feed it; the promise gives that back with the session.
+   */
+  compile<T extends { graph: Graph }>(
+    key: string,
+    build: (parts: GraphParts) => T,
+  ): Promise<Omit<T, "graph"> & { session: Session }> {
+    return this.cached(`pipeline:${key}`, () => build({ checkpoint: this.ckpt, unetDtype: this.unetDtype }));
+  }
+
   /** A new DDIM scheduler with the checkpoint's noise schedule (each caller sets its own timesteps). */
   scheduler(): DDIMScheduler {
     return DDIMScheduler.fromConfig(this.ckpt.scheduler.config);
@@ -481,28 +496,29 @@ export class StableDiffusion {
     return [side, side];
   }
 
-  private cached(
+  private cached<T extends { graph: Graph }>(
     key: string,
-    build: () => { graph: Graph; lora?: LoraInputs | undefined; weights?: Map<string, Tensor> },
-  ): Promise<Cached> {
+    build: () => T,
+  ): Promise<Omit<T, "graph"> & { session: Session }> {
     let entry = this.sessions.get(key);
     if (!entry) {
       entry = (async () => {
         const started = performance.now();
-        const { graph, lora, weights } = build();
+        const { graph, ...rest } = build();
         const session = await createSession(graph, {
           device: this.device,
           cacheKey: `sd-${this.fingerprint}/${key}`,
           cacheDir: this.graphCacheDir,
         });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { session, lora, weights };
+        return { ...rest, session };
       })();
       // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
       entry.catch(() => this.sessions.delete(key));
       this.sessions.set(key, entry);
     }
-    return entry;
+    // Each key is only ever built by one builder, so the entry holds what that builder returned.
+    return entry as Promise<Omit<T, "graph"> & { session: Session }>;
   }
 }
 
