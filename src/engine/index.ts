@@ -117,22 +117,8 @@ export interface LossResult {
   dUnet?: UnetWeights;
 }
 
-/** A compiled graph in the session cache, with the LoRA and weight inputs its builder made. */
-export interface CompiledGraph {
-  session: Session;
-  lora?: LoraInputs;
-  weights?: Map<string, Tensor>;
-}
-
-/** What a graph builder returns: the graph, and the LoRA / weight inputs the caller will feed. */
-export interface BuiltGraph {
-  graph: Graph;
-  lora?: LoraInputs | undefined;
-  weights?: Map<string, Tensor>;
-}
-
-/** What a pipeline's own graph builder may read: the checkpoint's components and the engine's dtypes. */
-export interface GraphSources {
+/** What a pipeline's own graph builder gets (see `compile`): the checkpoint and the engine's compute dtypes. */
+export interface GraphParts {
   readonly checkpoint: Checkpoint;
   /** The UNet forward's compute dtype (LoadOptions.dtype resolved). */
   readonly unetDtype: ComputeDType;
@@ -141,7 +127,7 @@ export interface GraphSources {
 }
 
 export class StableDiffusion {
-  private readonly sessions = new Map<string, Promise<CompiledGraph>>();
+  private readonly sessions = new Map<string, Promise<{ session: Session }>>();
   private readonly unetDtype: ComputeDType;
   private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
@@ -509,12 +495,16 @@ export class StableDiffusion {
   }
 
   /**
-   * A pipeline's own graph (Photoswap's controlled UNet, the null-text loss, the text encoder with a
-   * learned token, …), built from the checkpoint by `build` and compiled once per `key` through the same
-   * session and disk cache as the built-in components. `key` must name everything the graph depends on
-   * besides the model (batch, size, variant); builders live with their models/pipelines, not here.
+   * A pipeline's own graph over this checkpoint (Photoswap's attention-controlled UNet, the null-text
+   * loss, the text encoder with a learned token, …), built and compiled once per `key` and cached like
+   * the facade's own sessions: for the life of the object, and on disk under the weights' fingerprint.
+   * `key` names everything the graph depends on besides the model (batch, size, variant); `build` returns
+   * the graph and whatever the pipeline needs to feed it, which the promise gives back with the session.
    */
-  compile(key: string, build: (sources: GraphSources) => BuiltGraph): Promise<CompiledGraph> {
+  compile<T extends { graph: Graph }>(
+    key: string,
+    build: (parts: GraphParts) => T,
+  ): Promise<Omit<T, "graph"> & { session: Session }> {
     return this.cached(`pipeline:${key}`, () =>
       build({ checkpoint: this.ckpt, unetDtype: this.unetDtype, trainDtype: this.trainDtype }),
     );
@@ -546,25 +536,29 @@ export class StableDiffusion {
     return [h, w];
   }
 
-  private cached(key: string, build: () => BuiltGraph): Promise<CompiledGraph> {
+  private cached<T extends { graph: Graph }>(
+    key: string,
+    build: () => T,
+  ): Promise<Omit<T, "graph"> & { session: Session }> {
     let entry = this.sessions.get(key);
     if (!entry) {
       entry = (async () => {
         const started = performance.now();
-        const { graph, lora, weights } = build();
+        const { graph, ...rest } = build();
         const session = await createSession(graph, {
           device: this.device,
           cacheKey: `sd-${this.fingerprint}/${key}`,
           cacheDir: this.graphCacheDir,
         });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { session, lora, weights };
+        return { ...rest, session };
       })();
       // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
       entry.catch(() => this.sessions.delete(key));
       this.sessions.set(key, entry);
     }
-    return entry;
+    // Each key is only ever built by one builder, so the entry holds what that builder returned.
+    return entry as Promise<Omit<T, "graph"> & { session: Session }>;
   }
 }
 
