@@ -41,7 +41,8 @@ import {
 } from "../graph/index.js";
 import type { AttentionHook } from "./attention.js";
 import type { UNetConfig } from "./config.js";
-import { CROSS_DOWN, CROSS_UP, perLevel } from "./unet.js";
+import { perLevel } from "./config.js";
+import { CROSS_DOWN, CROSS_UP } from "./unet.js";
 
 export type AttentionPlace = "down" | "mid" | "up";
 
@@ -82,7 +83,7 @@ export function unetLevelSizes(c: UNetConfig, size: LatentSize): Array<[number, 
 export function attentionLayers(c: UNetConfig, size: LatentSize): AttentionLayer[] {
   const levels = c.block_out_channels.length;
   const sizes = unetLevelSizes(c, size);
-  const tLayers = perLevel("transformer_layers_per_block", c.transformer_layers_per_block, levels);
+  const tLayers = perLevel(c.transformer_layers_per_block, levels);
   const out: AttentionLayer[] = [];
   const block = (prefix: string, place: AttentionPlace, level: number) => {
     const [height, width] = sizes[level] as [number, number];
