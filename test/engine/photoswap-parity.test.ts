@@ -17,11 +17,10 @@
  *   reference's max-relative measure (on sd1 it lies at ≈ 2e-2, inside our own spread).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { StableDiffusion } from "../../src/engine/index.js";
+import { type LatentSize, StableDiffusion } from "../../src/engine/index.js";
 import {
   attentionLayers,
   blendLayers,
-  type LatentSize,
   SWAP_IO,
   storeMaxTokens,
 } from "../../src/engine/models/attention-control.js";

@@ -39,6 +39,7 @@ import {
   transpose,
   where,
 } from "../graph/index.js";
+import type { LatentSize } from "../index.js";
 import type { AttentionHook } from "./attention.js";
 import type { UNetConfig } from "./config.js";
 import { perLevel } from "./config.js";
@@ -54,12 +55,6 @@ export interface AttentionLayer {
   level: number;
   cross: boolean;
   /** The layer's spatial size (its query tokens are height × width). */
-  height: number;
-  width: number;
-}
-
-/** Latent height × width. */
-export interface LatentSize {
   height: number;
   width: number;
 }

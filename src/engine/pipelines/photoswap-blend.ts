@@ -10,7 +10,7 @@
  * Several word sets (subjects) each get their own mask, normalized by its own maximum, and the masks are
  * united: a small subject is not drowned by a large one. With one subject this is the official blend.
  */
-import type { LatentSize } from "../models/attention-control.js";
+import type { LatentSize } from "../index.js";
 
 const f = Math.fround;
 

@@ -8,8 +8,8 @@
  */
 import { createHash } from "node:crypto";
 import { throwIfCancelled } from "../errors.js";
-import type { StableDiffusion } from "../index.js";
-import { type LatentSize, SWAP_IO, SwapControl } from "../models/attention-control.js";
+import type { LatentSize, StableDiffusion } from "../index.js";
+import { SWAP_IO, SwapControl } from "../models/attention-control.js";
 import { IO, unetGraph } from "../models/components.js";
 import type { LoraInputs, LoraWeights } from "../models/lora.js";
 import type { Session } from "../runtime/index.js";
