@@ -25,6 +25,7 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "./models/components.js";
+import { sampleSizeHW } from "./models/config.js";
 import {
   checkTrainingMemory,
   estimateTrainingMemory,
@@ -180,10 +181,25 @@ export class StableDiffusion {
     return 2 ** (this.ckpt.vae.config.block_out_channels.length - 1);
   }
 
-  /** The resolution the checkpoint was trained at: the UNet's sample_size × the VAE factor (512 if unset). */
-  get defaultImageSize(): number {
+  /**
+   * The image size the checkpoint was trained at, in pixels: the UNet's sample_size (one side or
+   * [height, width]) × the VAE factor; 512² when the config does not say.
+   */
+  get nativeSize(): { height: number; width: number } {
     const s = this.ckpt.unet.config.sample_size;
-    return s ? s * this.vaeScale : 512;
+    if (s === null) return { height: 512, width: 512 };
+    const [h, w] = sampleSizeHW(s);
+    return { height: h * this.vaeScale, width: w * this.vaeScale };
+  }
+
+  /**
+   * The multiple of pixels each side of an image should be, so that every down-sampling of the VAE and
+   * the UNet halves a whole number: the VAE factor × 2^(UNet levels − 1) (64 for SD 1.x/2.x). Other
+   * sizes run (the UNet up-samples to its skips' sizes, as diffusers does), but shift features by
+   * fractions of a pixel at each level.
+   */
+  get sizeMultiple(): number {
+    return this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1);
   }
 
   /** The latent size of an image of height × width pixels (each a multiple of the VAE factor). */

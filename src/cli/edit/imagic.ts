@@ -282,7 +282,7 @@ export function imagicCommand(): Command {
         if (saved) {
           state = saved;
         } else {
-          const size = sizeFlag ?? sd.defaultImageSize;
+          const size = sizeFlag ?? sd.nativeSize.width;
           const { tensor } = await loadImage(imageBytes as Uint8Array, { size }).catch((e: Error) => {
             throw new UserFacingError(`--image ${f.image}: ${e.message}`);
           });

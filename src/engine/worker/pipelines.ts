@@ -104,7 +104,7 @@ function imagicTrain(
   return async (ctx) => {
     const o = ctx.payload.options;
     const preset = getPreset(o.preset);
-    const size = o.size ?? sd.defaultImageSize;
+    const size = o.size ?? sd.nativeSize.width;
     const overrides: Parameters<typeof imagicOptions>[1] = {};
     if (o.embeddingSteps !== undefined) overrides.embedding = { steps: o.embeddingSteps };
     if (o.finetuneSteps !== undefined) overrides.finetune = { steps: o.finetuneSteps };
