@@ -40,7 +40,14 @@ import {
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
-import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
+import {
+  createSession,
+  type Device,
+  DeviceMemoryError,
+  type HostTensor,
+  resolveDevice,
+  type Session,
+} from "./runtime/index.js";
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
 export { TrainingMemoryError } from "./models/finetune.js";
@@ -481,6 +488,28 @@ export class StableDiffusion {
     return [side, side];
   }
 
+  /**
+   * A session that, when the device runs out of memory, releases every session of this model: the job
+   * fails (DeviceMemoryError), and the next one starts with the device's memory back and rebuilds what
+   * it needs instead of failing too.
+   */
+  private releasingOnOom(session: Session): Session {
+    return {
+      ...session,
+      run: async (feeds) => {
+        try {
+          return await session.run(feeds);
+        } catch (e) {
+          if (e instanceof DeviceMemoryError) {
+            log.warn({ model: this.modelId }, "out of device memory: releasing every session of the model");
+            await this.release();
+          }
+          throw e;
+        }
+      },
+    };
+  }
+
   private cached(
     key: string,
     build: () => { graph: Graph; lora?: LoraInputs | undefined; weights?: Map<string, Tensor> },
@@ -496,10 +525,13 @@ export class StableDiffusion {
           cacheDir: this.graphCacheDir,
         });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { session, lora, weights };
+        return { session: this.releasingOnOom(session), lora, weights };
       })();
       // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
-      entry.catch(() => this.sessions.delete(key));
+      entry.catch((e) => {
+        this.sessions.delete(key);
+        if (e instanceof DeviceMemoryError) void this.release();
+      });
       this.sessions.set(key, entry);
     }
     return entry;
