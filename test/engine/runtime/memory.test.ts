@@ -58,7 +58,9 @@ describe("a model whose device runs out of memory mid-job", () => {
     const before = await sd.predictNoise(latents, 500, context);
 
     const release = vi.spyOn(sd, "release");
-    vi.spyOn(ort.InferenceSession.prototype, "run").mockRejectedValueOnce(
+    // onnxruntime's session class (typed as a factory): its run rejects once, as the CUDA allocator would.
+    const sessionClass = ort.InferenceSession as unknown as { prototype: { run: () => Promise<unknown> } };
+    vi.spyOn(sessionClass.prototype, "run").mockRejectedValueOnce(
       new Error("CUDA failure 2: out of memory ; GPU=0"),
     );
     await expect(sd.predictNoise(latents, 500, context)).rejects.toBeInstanceOf(DeviceMemoryError);
