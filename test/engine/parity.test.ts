@@ -104,8 +104,10 @@ for (const golden of goldens()) {
     });
 
     it("UNet: one call, batch 2, two timesteps", async () => {
+      const [, , height, width] = g.shape("unet.sample") as number[];
+      const size = { height: height as number, width: width as number };
       const run = (sample: Float32Array) =>
-        sd.predictNoise(sample, g.ints("unet.timestep"), g.f32("unet.encoder_hidden_states"));
+        sd.predictNoise(sample, size, g.ints("unet.timestep"), g.f32("unet.encoder_hidden_states"));
       const out = await run(g.f32("unet.sample"));
       await expectParity("unet.out", out, g.f32("unet.out"), FORWARD, (phase) =>
         run(ulpNudge(g.f32("unet.sample"), phase)),
@@ -115,11 +117,11 @@ for (const golden of goldens()) {
     it("VAE: encode (mean, std) and decode", async () => {
       const [, , h, w] = g.shape("vae.image") as [number, number, number, number];
       const sf = openCheckpoint(g.modelDir).vae.config.scaling_factor;
-      const { mean, std } = await sd.encodeImage(g.f32("vae.image"), h, w);
+      const { mean, std, size } = await sd.encodeImage(g.f32("vae.image"), h, w);
       // The engine's latents are scaled; the golden distribution is the raw one.
       expect(relError(mean, scaled(g.f32("vae.encode.mean"), sf))).toBeLessThan(FORWARD);
       expect(relError(std, scaled(g.f32("vae.encode.std"), sf))).toBeLessThan(FORWARD);
-      const image = await sd.decodeLatents(scaled(g.f32("vae.encode.mean"), sf), h, w);
+      const image = await sd.decodeLatents(scaled(g.f32("vae.encode.mean"), sf), size);
       expect(relError(image, g.f32("vae.decode.out"))).toBeLessThan(FORWARD);
     });
 
@@ -149,7 +151,8 @@ for (const golden of goldens()) {
           negativePrompt: o.negative_prompt,
           steps: o.steps,
           guidance: o.guidance_scale,
-          size: o.height,
+          height: o.height,
+          width: o.width,
           latents,
         });
       const { latents, image } = await run(g.f32("txt2img.latents_in"));
@@ -174,7 +177,9 @@ for (const golden of goldens()) {
     it("DDIM inversion conditioned on prompt 0", async () => {
       const steps = g.shape("inversion.timesteps")[0] as number;
       const context = await sd.encodeText([json.prompts[0] as string]);
-      const run = (latents: Float32Array) => ddimInvert(sd, { latents, context, steps });
+      const [, , height, width] = g.shape("inversion.latents_in") as number[];
+      const size = { height: height as number, width: width as number };
+      const run = (latents: Float32Array) => ddimInvert(sd, { latents, size, context, steps });
       const { timesteps, latents } = await run(g.f32("inversion.latents_in"));
       expect(timesteps).toEqual(g.ints("inversion.timesteps"));
       const last = (r: { latents: Float32Array[] }) => r.latents[r.latents.length - 1] as Float32Array;
@@ -189,6 +194,8 @@ for (const golden of goldens()) {
 
     describe("denoising loss and gradients", () => {
       const t = json["grad.timestep"];
+      const [, , gradHeight, gradWidth] = g.shape("grad.x0") as number[];
+      const gradSize = { height: gradHeight as number, width: gradWidth as number };
       let out: Record<string, HostTensor>;
       let nudged: (phase: Phase) => Promise<Record<string, HostTensor>>;
       let release: () => Promise<void>;
@@ -283,7 +290,14 @@ for (const golden of goldens()) {
 
       it("the engine API's lossAndGrads agrees", async () => {
         const step = (x0: Float32Array, noise: Float32Array) =>
-          sd.lossAndGrads({ latents0: x0, noise, t: [t], context: g.f32("grad.context"), wrt: ["context"] });
+          sd.lossAndGrads({
+            latents0: x0,
+            size: gradSize,
+            noise,
+            t: [t],
+            context: g.f32("grad.context"),
+            wrt: ["context"],
+          });
         const r = await step(g.f32("grad.x0"), g.f32("grad.noise"));
         const nudgedStep = perPhase((phase) =>
           step(ulpNudge(g.f32("grad.x0"), phase), ulpNudge(g.f32("grad.noise"), phase)),

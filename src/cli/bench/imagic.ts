@@ -111,7 +111,8 @@ async function benchPreset(
   gpu.stage(`${name}/encode`);
   const state = await trainImagic(sd, {
     image: photo(size),
-    size,
+    height: size,
+    width: size,
     prompt: "a photo of a cat wearing a hat",
     options,
     onProgress: (p) => {
@@ -142,7 +143,7 @@ async function benchPreset(
     },
   });
   const decodeMs = performance.now() - lastStep;
-  const gridMs = await timeGrid(() => seedGrid(images, preset.gridEta, size));
+  const gridMs = await timeGrid(() => seedGrid(images, preset.gridEta));
 
   /** A stage at its full step count: cold = first step (session build) + the rest at the median; warm = all at the median. */
   const extrapolate = (stage: string, fullSteps: number) => {
@@ -181,7 +182,7 @@ async function benchPreset(
     batch: 4,
     onProgress: (p) => cacheClock.mark(p),
   });
-  await timeGrid(() => seedGrid(variants, preset.gridEta, size));
+  await timeGrid(() => seedGrid(variants, preset.gridEta));
   const cachedMs = performance.now() - c0;
   const cs = cacheClock.steps("render");
   const cachedVariants = cs ? cachedMs + (preset.render.steps - cs.ran) * cs.median : cachedMs;
@@ -242,15 +243,17 @@ async function benchBatches(
   lora: LoraWeights | undefined,
   out: (s: string) => void,
 ) {
-  const ls = sd.latentSize(size);
-  const per = sd.latentChannels * ls * ls;
+  const ls = sd.latentSize(size, size);
+  const per = sd.latentChannels * ls.height * ls.width;
   const context = await sd.encodeText(["a photo of a cat"]);
   const training = [];
   for (const b of batches) {
     const latents0 = new Float32Array(b * per).fill(0.1);
     const noise = new Float32Array(b * per).map((_, i) => Math.sin(i));
     const t = Array.from({ length: b }, (_, i) => 100 + ((i * 211) % 800));
-    const r = await timeRuns(() => sd.lossAndGrads({ latents0, noise, t, context, wrt: ["context"] }));
+    const r = await timeRuns(() =>
+      sd.lossAndGrads({ latents0, size: ls, noise, t, context, wrt: ["context"] }),
+    );
     training.push({ batch: b, ...r, perSampleMs: r.medianMs / b });
     out(
       `embedding step, ${b} timestep(s): ${r.medianMs.toFixed(0)} ms (${(r.medianMs / b).toFixed(0)} ms per timestep)`,
@@ -262,7 +265,7 @@ async function benchBatches(
     const contexts = new Float32Array(2 * images * context.length);
     for (let i = 0; i < 2 * images; i++) contexts.set(context, i * context.length);
     // With the presets' LoRA, so the 4-image shape reuses the session the renders built.
-    const r = await timeRuns(() => sd.predictNoise(latents, 500, contexts, lora));
+    const r = await timeRuns(() => sd.predictNoise(latents, ls, 500, contexts, { lora }));
     sampling.push({ images, ...r, perImageMs: r.medianMs / images });
     out(
       `guided sampling step, ${images} image(s): ${r.medianMs.toFixed(0)} ms (${(r.medianMs / images).toFixed(0)} ms per image)`,

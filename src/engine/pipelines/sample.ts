@@ -5,11 +5,13 @@
  * whole batch), and txt2img its one image.
  */
 import { throwIfCancelled } from "../errors.js";
-import type { LoraWeights, StableDiffusion, UnetWeights } from "../index.js";
+import type { LatentSize, LoraWeights, StableDiffusion, UnetWeights } from "../index.js";
 
 export interface SampleOptions {
-  /** Initial latents [N, 4, s, s] (scaled). */
+  /** Initial latents [N, 4, h, w] (scaled). */
   latents: Float32Array;
+  /** h and w of the latents. */
+  size: LatentSize;
   /** Conditional contexts [N, 77, D], one per image. */
   contexts: Float32Array;
   /** The unconditional (negative) context [1, 77, D], shared by every image; needed when guidance > 1. */
@@ -25,7 +27,7 @@ export interface SampleOptions {
   label?: string;
 }
 
-/** Runs the DDIM loop and returns the final latents [N, 4, s, s]. */
+/** Runs the DDIM loop and returns the final latents [N, 4, h, w]. */
 export async function sampleLatents(sd: StableDiffusion, o: SampleOptions): Promise<Float32Array> {
   const ctxSize = 77 * sd.contextShape[1];
   const n = o.contexts.length / ctxSize;
@@ -55,7 +57,7 @@ export async function sampleLatents(sd: StableDiffusion, o: SampleOptions): Prom
       input.set(latents);
       input.set(latents, latents.length);
     }
-    const out = await sd.predictNoise(input, t, context, o.lora, undefined, o.unet);
+    const out = await sd.predictNoise(input, o.size, t, context, { lora: o.lora, unet: o.unet });
     // [uncond × N; cond × N] is the [2, …] layout cfg() guides, with N images per half.
     const pred = guided ? cfg(out, n * per, o.guidance) : out;
     latents = scheduler.step(pred, t, latents);

@@ -55,7 +55,7 @@ describe("a model whose device runs out of memory mid-job", () => {
     sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
     const latents = Float32Array.from({ length: 4 * 8 * 8 }, (_, i) => Math.sin(i));
     const context = await sd.encodeText(["a cat"]);
-    const before = await sd.predictNoise(latents, 500, context);
+    const before = await sd.predictNoise(latents, { height: 8, width: 8 }, 500, context);
 
     const release = vi.spyOn(sd, "release");
     // onnxruntime's session class (typed as a factory): its run rejects once, as the CUDA allocator would.
@@ -63,10 +63,12 @@ describe("a model whose device runs out of memory mid-job", () => {
     vi.spyOn(sessionClass.prototype, "run").mockRejectedValueOnce(
       new Error("CUDA failure 2: out of memory ; GPU=0"),
     );
-    await expect(sd.predictNoise(latents, 500, context)).rejects.toBeInstanceOf(DeviceMemoryError);
+    await expect(sd.predictNoise(latents, { height: 8, width: 8 }, 500, context)).rejects.toBeInstanceOf(
+      DeviceMemoryError,
+    );
     expect(release).toHaveBeenCalledTimes(1);
 
     // Every session was released; the next call rebuilds what it needs and computes the same thing.
-    expect(await sd.predictNoise(latents, 500, context)).toEqual(before);
+    expect(await sd.predictNoise(latents, { height: 8, width: 8 }, 500, context)).toEqual(before);
   });
 });
