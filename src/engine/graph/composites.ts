@@ -243,7 +243,7 @@ export const ATTENTION_GRAD_CHUNK_BYTES = 256 * 2 ** 20;
 /**
  * Attention's VJP without the saved maps, as FlashAttention's backward does it but in graph ops: for
  * each chunk of query rows, the map P = softmax(q·kᵀ·s + mask) is recomputed from q and k, and
- *   dV += Pᵀ·ḡ,  dS = P ⊙ (ḡ·vᵀ − Σ_j (ḡ·vᵀ) ⊙ P),  dQ_rows = dS·k·s,  dK += dSᵀ·q_rows·s,  dMask ← dS.
+ *   dV += Pᵀ·ḡ,  dS = (ḡ·vᵀ) ⊙ P − P ⊙ Σ_j (ḡ·vᵀ) ⊙ P,  dQ_rows = dS·k·s,  dK += dSᵀ·q_rows·s,  dMask ← dS.
  * The unfused form kept every [B, heads, L, S] map alive from the forward to the backward (2 GB per
  * self-attention layer for four 512² images in fp32); here at most a chunk's maps exist at once.
  *
@@ -290,11 +290,13 @@ function attentionGrad(node: Node, g: Tensor, needs: readonly boolean[]): (Tenso
     const p = softmax(scores, -1);
     const parts: Tensor[] = [];
     if (wantS) {
-      const dp = cast(matmul(gc, vT), wide);
-      const ds = mul(p, sub(dp, reduceSum(mul(dp, p), [3], true))); // softmax's VJP
+      // Each product in the form autodiff gives the decomposition (softmax's VJP as its primitive writes
+      // it, dK as (q·s)ᵀ·dS): with one chunk the gradients are bit for bit the decomposition's.
+      const gp = mul(cast(matmul(gc, vT), wide), p);
+      const ds = sub(gp, mul(p, reduceSum(gp, [3], true)));
       const dsc = cast(ds, dtype);
       if (wantQ) parts.push(flat(pad(matmul(dsc, kh), [0, 0, r0, 0, 0, 0, L - r1, 0])));
-      if (wantK) parts.push(flat(matmul(transpose(dsc, [0, 1, 3, 2]), qc)));
+      if (wantK) parts.push(flat(transpose(matmul(transpose(qc, [0, 1, 3, 2]), dsc), [0, 1, 3, 2])));
       if (wantMask) {
         const m = mask as Tensor;
         const chunkShape =
