@@ -4,13 +4,24 @@
 //   "Edit with Imagic" on a photo message  → the /imagic form with that photo
 //   form submitted                         → the command, as Discord runs it (src/commands)
 //   reaction_added                         → picks
-import { App, type Logger, LogLevel, type SlackShortcut, type ViewSubmitAction } from "@slack/bolt";
+import {
+  App,
+  HTTPReceiver,
+  type Logger,
+  LogLevel,
+  type RespondFn,
+  type SlackShortcut,
+  SocketModeReceiver,
+  type types,
+  type ViewSubmitAction,
+  type webApi,
+} from "@slack/bolt";
 import type { ChatLimits } from "../../commands/chat.js";
 import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger, type Logger as Pino } from "../../log.js";
 import type { QueueSide } from "../queue-side.js";
-import { messageId, SLACK_LIMITS, SlackAdapter } from "./adapter.js";
+import { messageId, SLACK_LIMITS, SlackAdapter, slackError } from "./adapter.js";
 import { commandForm, FORM_COMMANDS, type FormContext, formContext } from "./modals.js";
 import { conversationOf, formReply, formRequest, slashReply } from "./requests.js";
 
@@ -71,16 +82,70 @@ function photoOf(shortcut: SlackShortcut): { id: string; name: string } | undefi
   return file && { id: file.id, name: file.name ?? file.id };
 }
 
+/** A form for a trigger; if Slack no longer takes the trigger (over 3 s old), the user is told to retry. */
+async function openForm(
+  client: webApi.WebClient,
+  trigger: string,
+  view: types.ModalView,
+  respond: RespondFn,
+) {
+  try {
+    await client.views.open({ trigger_id: trigger, view });
+  } catch (error) {
+    if (slackError(error) !== "expired_trigger_id") throw error;
+    await respond({
+      response_type: "ephemeral",
+      text: "⚠️ I was too slow to open the form (Slack allows 3 seconds); please run the command again.",
+    });
+  }
+}
+
+/** What Slack says about each token when it refuses it at start-up. */
+const REFUSED: Record<string, string> = {
+  invalid_auth: "is not valid (revoked, or copied wrong)",
+  not_authed: "is missing",
+  account_inactive: "belongs to a deactivated app or workspace",
+  token_revoked: "was revoked",
+  not_allowed_token_type: "is the wrong kind of token",
+};
+
+/** Checks the bot token (auth.test), then connects (Socket Mode) or listens (HTTP); a refusal names the setting. */
+async function connect(app: App): Promise<void> {
+  const refused = (setting: string) => (error: unknown) => {
+    const why = REFUSED[slackError(error) ?? ""];
+    if (!why) throw error;
+    throw new UserFacingError(`Slack refused ${setting}: the token ${why}; see docs/SLACK.md`);
+  };
+  await app.init().catch(refused("SLACK_BOT_TOKEN"));
+  // Only Socket Mode presents a token here (apps.connections.open); HTTP mode just listens.
+  await app.start().catch(refused("SLACK_APP_TOKEN"));
+}
+
 export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot> {
   const { connection } = options;
   const log = childLogger("slack");
+  const logger = boltLogger(log);
+  const clientOptions = options.apiUrl ? { slackApiUrl: options.apiUrl } : {};
+  const receiver =
+    connection.mode === "socket"
+      ? new SocketModeReceiver({
+          appToken: connection.appToken,
+          logger,
+          // `start` runs the engine in this process, and building its graphs holds the event loop for
+          // seconds: with the SDK's 5 s pong timeout the connection would drop, and requests sent while it
+          // reconnects would be lost. Slack's own side waits 30 s for our pings.
+          clientPingTimeout: 30_000,
+          installerOptions: { clientOptions: { ...clientOptions } },
+        })
+      : // Checks every request's signature and timestamp (5 minutes), answering 401 otherwise.
+        new HTTPReceiver({ signingSecret: connection.signingSecret, port: connection.port, logger });
   const app = new App({
     token: options.botToken,
-    logger: boltLogger(log),
-    ...(options.apiUrl ? { clientOptions: { slackApiUrl: options.apiUrl } } : {}),
-    ...(connection.mode === "socket"
-      ? { socketMode: true, appToken: connection.appToken }
-      : { signingSecret: connection.signingSecret }),
+    logger,
+    receiver,
+    clientOptions,
+    // connect() checks the bot token (auth.test) before anything else starts.
+    deferInitialization: true,
   });
   const adapter = new SlackAdapter(app.client, options.botToken, { ...SLACK_LIMITS, ...options.limits });
   const commands = new ChatCommands({
@@ -111,18 +176,20 @@ export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot>
       }
       return;
     }
-    await ack();
     const context: FormContext = { channel: command.channel_id };
     const field = PREFILL[name];
     const prefill = field && text ? { [field]: text } : {};
-    await client.views.open({ trigger_id: command.trigger_id, view: commandForm(name, context, prefill) });
+    // The trigger lives 3 s from the command: open the form while the acknowledgement goes out.
+    await Promise.all([
+      ack(),
+      openForm(client, command.trigger_id, commandForm(name, context, prefill), respond),
+    ]);
   });
 
   app.shortcut(EDIT_SHORTCUT, async ({ shortcut, ack, respond, client }) => {
     await ack();
-    if (shortcut.type !== "message_action") return;
     const photo = photoOf(shortcut);
-    if (!photo) {
+    if (shortcut.type !== "message_action" || !photo) {
       await respond({
         response_type: "ephemeral",
         text: "⚠️ That message has no photo to edit: use *Edit with Imagic* on a message with an image, or `/imagic`.",
@@ -136,7 +203,7 @@ export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot>
       thread: (message.thread_ts as string | undefined) ?? message.ts,
       files: { image: photo },
     };
-    await client.views.open({ trigger_id: shortcut.trigger_id, view: commandForm("imagic", context) });
+    await openForm(client, shortcut.trigger_id, commandForm("imagic", context), respond);
   });
 
   const forms = new RegExp(`^(${FORM_COMMANDS.join("|")})$`);
@@ -171,7 +238,7 @@ export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot>
     log.error({ err: error }, "Slack request handling failed");
   });
 
-  await (connection.mode === "http" ? app.start(connection.port) : app.start());
+  await connect(app);
   // Queue events (including those missed while the bot was down) only once Slack can be written to.
   await commands.start();
   log.info({ mode: connection.mode }, "Slack bot ready");

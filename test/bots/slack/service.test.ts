@@ -84,4 +84,16 @@ describe("slackService", () => {
       "SLACK_BOT_TOKEN must be the Slack bot token (xoxb-…)",
     );
   });
+
+  it("names the token Slack refuses at start-up", async () => {
+    const start = (env: Record<string, string>) =>
+      slackService({ required: true }).start(context({ SLACK_API_URL: fake.apiUrl, ...env }));
+    await expect(start({ SLACK_BOT_TOKEN: "xoxb-revoked", SLACK_APP_TOKEN: fake.appToken })).rejects.toThrow(
+      "Slack refused SLACK_BOT_TOKEN: the token is not valid (revoked, or copied wrong); see docs/SLACK.md",
+    );
+    await expect(start({ SLACK_BOT_TOKEN: fake.botToken, SLACK_APP_TOKEN: "xapp-revoked" })).rejects.toThrow(
+      "Slack refused SLACK_APP_TOKEN: the token is not valid (revoked, or copied wrong); see docs/SLACK.md",
+    );
+    expect(fake.deliveries.connected).toBe(0);
+  });
 });

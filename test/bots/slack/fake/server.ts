@@ -389,10 +389,15 @@ export class FakeSlack {
     return { trigger, delivery };
   }
 
-  /** The form the app opened with a trigger. */
+  /** The form the app opened with a trigger (a timeout names what views.open was refused with). */
   viewFor(trigger: string): Promise<FakeView> {
-    return this.waitFor(`a form opened with ${trigger}`, () =>
-      [...this.views.values()].find((v) => v.trigger === trigger),
+    const refusals = () =>
+      this.calls
+        .filter((c) => c.method === "views.open" && c.args.trigger_id === trigger)
+        .map((c) => c.error);
+    return this.waitFor(
+      () => `a form opened with ${trigger} (views.open answered: ${refusals().join(", ")})`,
+      () => [...this.views.values()].find((v) => v.trigger === trigger),
     );
   }
 
@@ -954,12 +959,17 @@ export class FakeSlack {
   }
 
   /** Polls until `probe` returns a value (not undefined/false), or fails naming what it waited for. */
-  async waitFor<T>(what: string, probe: () => T | undefined | false, timeoutMs = 30_000): Promise<T> {
+  async waitFor<T>(
+    what: string | (() => string),
+    probe: () => T | undefined | false,
+    timeoutMs = 30_000,
+  ): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const value = probe();
       if (value !== undefined && value !== false) return value;
-      if (Date.now() > deadline) throw new Error(`fake Slack: timed out waiting for ${what}`);
+      if (Date.now() > deadline)
+        throw new Error(`fake Slack: timed out waiting for ${typeof what === "string" ? what : what()}`);
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
   }
