@@ -282,13 +282,14 @@ export function imagicCommand(): Command {
         if (saved) {
           state = saved;
         } else {
-          const size = sizeFlag ?? sd.defaultImageSize;
+          const size = sizeFlag ?? sd.nativeSize.width;
           const { tensor } = await loadImage(imageBytes as Uint8Array, { size }).catch((e: Error) => {
             throw new UserFacingError(`--image ${f.image}: ${e.message}`);
           });
           state = await trainImagic(sd, {
             image: tensor,
-            size,
+            height: size,
+            width: size,
             prompt: f.prompt as string,
             options: options as ImagicOptions,
             onProgress: bar.onProgress,
@@ -310,22 +311,17 @@ export function imagicCommand(): Command {
           writeFileSync(path.join(f.out, name), bytes);
           files.push(name);
         };
-        const size = state.width;
-        for (const i of images) {
-          write(
-            `eta-${i.eta}-seed-${i.seed}.png`,
-            await tileToPng({ image: i.image, width: size, height: size }),
-          );
-        }
-        write("grid.png", await fullGrid(images, size));
-        for (const eta of render.etas) write(`seeds-eta-${eta}.png`, await seedGrid(images, eta, size));
-        for (const seed of render.seeds) write(`sweep-seed-${seed}.png`, await etaSweep(images, seed, size));
+        for (const i of images) write(`eta-${i.eta}-seed-${i.seed}.png`, await tileToPng(i));
+        write("grid.png", await fullGrid(images));
+        for (const eta of render.etas) write(`seeds-eta-${eta}.png`, await seedGrid(images, eta));
+        for (const seed of render.seeds) write(`sweep-seed-${seed}.png`, await etaSweep(images, seed));
         const report = {
           model,
           device: sd.device,
           dtype: { sampling: f.dtype ?? config.engineDtype, training: f.trainDtype },
           prompt: state.prompt,
-          size,
+          width: state.width,
+          height: state.height,
           preset: saved ? undefined : f.preset,
           options: state.options,
           render: { ...render, batch: renderBatch },

@@ -61,7 +61,7 @@ export function txt2imgCommand(): Command {
           device: o.device ?? config.engineDevice,
         });
         try {
-          const size = o.size ?? sd.defaultImageSize;
+          const size = o.size ?? sd.nativeSize.width;
           if (size % sd.vaeScale !== 0) {
             throw new UserFacingError(
               `--size must be a multiple of ${sd.vaeScale} for this model, got ${size}`,
@@ -74,7 +74,8 @@ export function txt2imgCommand(): Command {
             steps: o.steps,
             guidance: o.guidance,
             seed: o.seed,
-            size,
+            height: size,
+            width: size,
             onStep: (i, n) => log.info({ step: i, of: n }, "denoising"),
           });
           writeFileSync(o.out, await tensorToPng(image, [3, size, size]));

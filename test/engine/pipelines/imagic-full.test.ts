@@ -59,7 +59,8 @@ describe("Imagic full fine-tuning", () => {
   it("lowers the loss on fixed draws, starting from the frozen UNet's loss at e_opt", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       draws: fixedDraws,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 4, lr: 1e-3 } }),
@@ -79,7 +80,8 @@ describe("Imagic full fine-tuning", () => {
   it("renders the same images from a serialized-and-reloaded state; the delta changes the images", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 3, lr: 1e-3, weights: "attention" } }),
     });
@@ -135,7 +137,8 @@ describe("Imagic full fine-tuning", () => {
       const events: Progress[] = [];
       const run = trainImagic(small, {
         image: photo,
-        size: SIZE,
+        height: SIZE,
+        width: SIZE,
         prompt: PROMPT,
         onProgress: (p) => events.push(p),
         options: options({ embedding: { steps: 2 }, finetune: { steps: 2 } }),
