@@ -571,6 +571,11 @@ export class StableDiffusion {
     this.sessions.clear();
     for (const s of await Promise.allSettled(all))
       if (s.status === "fulfilled") await s.value.session.release();
+  }
+
+  /** Releases the sessions and the hold on the model's hub snapshot: the object is done with. */
+  async close(): Promise<void> {
+    await this.release();
     await this.releaseModel();
   }
 

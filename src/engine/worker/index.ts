@@ -71,7 +71,7 @@ async function loadStableDiffusion(config: EngineConfig, signal?: AbortSignal): 
     );
   }
   const sd = await StableDiffusion.load(config.model, { ...modelLoadOptions(config), signal });
-  return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.release() };
+  return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.close() };
 }
 
 export async function startEngine(options: StartEngineOptions): Promise<RunningEngine> {

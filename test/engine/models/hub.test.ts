@@ -658,7 +658,7 @@ describe("resolveModel: variants, pinned revisions, offline", () => {
       cacheDir,
       endpoint: hub.url,
     });
-    await sd.release();
+    await sd.close();
     expect(hub.downloads()).toContain(UNET_FP16);
     expect(hub.downloads()).not.toContain(UNET);
   });
