@@ -494,6 +494,11 @@ export class StableDiffusion {
     );
   }
 
+  /** The checkpoint's tokenizer (token ids, a token's text). */
+  get tokenizer(): Checkpoint["tokenizer"] {
+    return this.ckpt.tokenizer;
+  }
+
   /**
    * A pipeline's own graph over this checkpoint (Photoswap's attention-controlled UNet, the null-text
    * loss, the text encoder with a learned token, …), built and compiled once per `key` and cached like
