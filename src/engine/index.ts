@@ -43,7 +43,14 @@ import {
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
-import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
+import {
+  createSession,
+  type Device,
+  DeviceMemoryError,
+  type HostTensor,
+  resolveDevice,
+  type Session,
+} from "./runtime/index.js";
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
 export { TrainingMemoryError } from "./models/finetune.js";
@@ -541,6 +548,28 @@ export class StableDiffusion {
     return [h, w];
   }
 
+  /**
+   * A session that, when the device runs out of memory, releases every session of this model: the job
+   * fails (DeviceMemoryError), and the next one starts with the device's memory back and rebuilds what
+   * it needs instead of failing too.
+   */
+  private releasingOnOom(session: Session): Session {
+    return {
+      ...session,
+      run: async (feeds) => {
+        try {
+          return await session.run(feeds);
+        } catch (e) {
+          if (e instanceof DeviceMemoryError) {
+            log.warn({ model: this.modelId }, "out of device memory: releasing every session of the model");
+            await this.release();
+          }
+          throw e;
+        }
+      },
+    };
+  }
+
   private cached<T extends { graph: Graph }>(
     key: string,
     build: () => T,
@@ -556,10 +585,13 @@ export class StableDiffusion {
           cacheDir: this.graphCacheDir,
         });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { ...rest, session };
+        return { ...rest, session: this.releasingOnOom(session) };
       })();
       // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
-      entry.catch(() => this.sessions.delete(key));
+      entry.catch((e) => {
+        this.sessions.delete(key);
+        if (e instanceof DeviceMemoryError) void this.release();
+      });
       this.sessions.set(key, entry);
     }
     // Each key is only ever built by one builder, so the entry holds what that builder returned.
