@@ -218,24 +218,26 @@ function repeat(x: Float32Array, n: number): Float32Array {
   return out;
 }
 
-/** Token ids and the learned token's mask for prompts, as the learned-token graphs take them. */
+/** Token ids and each learned token's mask for prompts, as the learned-token graphs take them. */
 function tokenFeeds(
   sd: StableDiffusion,
   prompts: readonly string[],
-  tokenId: number,
+  tokenIds: readonly number[],
 ): Record<string, HostTensor> {
   const n = prompts.length;
+  const k = tokenIds.length;
   const ids = new BigInt64Array(n * 77);
-  const mask = new Float32Array(n * 77);
+  const mask = new Float32Array(n * 77 * k);
   prompts.forEach((p, i) => {
     sd.tokenize(p).ids.forEach((id, j) => {
       ids[i * 77 + j] = BigInt(id);
-      if (id === tokenId) mask[i * 77 + j] = 1;
+      const which = tokenIds.indexOf(id);
+      if (which >= 0) mask[(i * 77 + j) * k + which] = 1;
     });
   });
   return {
     [IO.inputIds]: { dtype: "int64", shape: [n, 77], data: ids },
-    [LEARNED_TOKEN_IO.mask]: { dtype: "float32", shape: [n, 77, 1], data: mask },
+    [LEARNED_TOKEN_IO.mask]: { dtype: "float32", shape: [n, 77, k], data: mask },
   };
 }
 
@@ -245,22 +247,34 @@ function f32(out: Record<string, HostTensor>, name: string): Float32Array {
   return t.data;
 }
 
-/** The text encoder's context for prompts with the learned token's row in place of the vocabulary's. */
-async function encodeWithRow(
+function stacked(rows: readonly Float32Array[]): HostTensor {
+  const d = rows[0]?.length ?? 0;
+  const data = new Float32Array(rows.length * d);
+  rows.forEach((r, i) => {
+    data.set(r, i * d);
+  });
+  return { dtype: "float32", shape: [rows.length, d], data };
+}
+
+/** The text encoder's context for prompts with learned tokens' rows in place of the vocabulary's. */
+async function encodeWithRows(
   sd: StableDiffusion,
   prompts: readonly string[],
-  tokenId: number,
-  row: Float32Array,
+  tokenIds: readonly number[],
+  rows: readonly Float32Array[],
 ): Promise<Float32Array> {
-  const { session } = await sd.compile(`learned-token:${prompts.length}`, ({ checkpoint }) => ({
+  const n = prompts.length;
+  const k = tokenIds.length;
+  const { session } = await sd.compile(`learned-token:${n}:${k}`, ({ checkpoint }) => ({
     graph: learnedTokenGraph(checkpoint.textEncoder.weights, checkpoint.textEncoder.config, {
-      batch: prompts.length,
+      batch: n,
+      tokens: k,
       vjp: false,
     }),
   }));
   const out = await session.run({
-    ...tokenFeeds(sd, prompts, tokenId),
-    [LEARNED_TOKEN_IO.embedding]: { dtype: "float32", shape: [row.length], data: row },
+    ...tokenFeeds(sd, prompts, tokenIds),
+    [LEARNED_TOKEN_IO.embedding]: stacked(rows),
   });
   return f32(out, IO.lastHiddenState);
 }
@@ -273,15 +287,15 @@ async function rowGradient(
   row: Float32Array,
   upstream: Float32Array,
 ): Promise<Float32Array> {
-  const { session } = await sd.compile("learned-token-vjp:1", ({ checkpoint }) => ({
+  const { session } = await sd.compile("learned-token-vjp:1:1", ({ checkpoint }) => ({
     graph: learnedTokenGraph(checkpoint.textEncoder.weights, checkpoint.textEncoder.config, {
       batch: 1,
       vjp: true,
     }),
   }));
   const out = await session.run({
-    ...tokenFeeds(sd, [prompt], tokenId),
-    [LEARNED_TOKEN_IO.embedding]: { dtype: "float32", shape: [row.length], data: row },
+    ...tokenFeeds(sd, [prompt], [tokenId]),
+    [LEARNED_TOKEN_IO.embedding]: stacked([row]),
     [LEARNED_TOKEN_IO.upstream]: { dtype: "float32", shape: [1, 77, row.length], data: upstream },
   });
   return f32(out, LEARNED_TOKEN_IO.dEmbedding);
@@ -299,16 +313,31 @@ async function vocabularyRow(sd: StableDiffusion, tokenId: number): Promise<Floa
 }
 
 /**
- * Text encodings of prompts that may name a concept's token: with its learned embedding when it has one
- * (the swap's target prompt), otherwise the plain text encoder's.
+ * Text encodings [n, 77, D] of prompts that may name concepts' tokens (the swap's target prompt): with
+ * each concept's learned embedding where it has one, otherwise the plain text encoder's. Two concepts
+ * with learned embeddings must not share a token.
  */
-export async function encodeWithConcept(
+export async function encodeWithConcepts(
   sd: StableDiffusion,
   prompts: readonly string[],
-  concept: ConceptAdapter,
+  concepts: readonly ConceptAdapter[],
 ): Promise<Float32Array> {
-  if (!concept.embedding) return sd.encodeText([...prompts]);
-  return encodeWithRow(sd, prompts, concept.tokenId, concept.embedding);
+  const learned = concepts.filter((c) => c.embedding);
+  if (learned.length === 0) return sd.encodeText([...prompts]);
+  const ids = learned.map((c) => c.tokenId);
+  const twice = ids.find((id, i) => ids.indexOf(id) !== i);
+  if (twice !== undefined) {
+    const token = learned.find((c) => c.tokenId === twice)?.token;
+    throw new UserFacingError(
+      `two concepts in one swap both use the token "${token}": learn one of them with another token`,
+    );
+  }
+  return encodeWithRows(
+    sd,
+    prompts,
+    ids,
+    learned.map((c) => c.embedding as Float32Array),
+  );
 }
 
 /** Relative cost of a step of each stage, for ETAs before a stage has been timed (≈ UNet passes per row). */
@@ -386,7 +415,9 @@ export async function learnConcept(sd: StableDiffusion, args: LearnConceptArgs):
   const trainStarted = performance.now();
   for (let step = 1; step <= o.steps; step++) {
     throwIfCancelled(signal, `concept step ${step}/${o.steps}`);
-    const instance = row ? await encodeWithRow(sd, [prompt], tokenId, row) : (fixedInstance as Float32Array);
+    const instance = row
+      ? await encodeWithRows(sd, [prompt], [tokenId], [row])
+      : (fixedInstance as Float32Array);
     const latents0 = new Float32Array(rows * per);
     const context = new Float32Array(rows * ctxSize);
     for (let k = 0; k < o.batch; k++) {

@@ -30,7 +30,7 @@ for (const name of ["sd1", "sd2"] as const) {
           vjp,
         }),
       }));
-    const row = (r: Float32Array): HostTensor => ({ dtype: "float32", shape: [d], data: r });
+    const row = (r: Float32Array): HostTensor => ({ dtype: "float32", shape: [1, d], data: r });
     const context = async (r: Float32Array) =>
       (await (await graph(false)).session.run({ ...feeds, [LEARNED_TOKEN_IO.embedding]: row(r) }))[
         IO.lastHiddenState

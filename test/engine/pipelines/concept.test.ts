@@ -13,7 +13,7 @@ import {
   type ConceptProgress,
   checkConceptModel,
   conceptTokenId,
-  encodeWithConcept,
+  encodeWithConcepts,
   instancePrompt,
   learnConcept,
   loadReferences,
@@ -90,7 +90,7 @@ describe("learnConcept on the fixture model", () => {
   it("the learned token and LoRA change the UNet's output for the instance prompt", async () => {
     const prompt = instancePrompt("sks", "dog");
     const base = await sd.encodeText([prompt]);
-    const learned = await encodeWithConcept(sd, [prompt], concept);
+    const learned = await encodeWithConcepts(sd, [prompt], [concept]);
     const d = sd.contextShape[1];
     // The learned row enters at the token (position 4): the context differs from there on only.
     expect(maxAbsDiff(learned.subarray(0, 4 * d), base.subarray(0, 4 * d))).toBe(0);
@@ -104,8 +104,31 @@ describe("learnConcept on the fixture model", () => {
     expect(maxAbsDiff(withToken, plain) / scale).toBeGreaterThan(1e-4);
     expect(maxAbsDiff(withBoth, withToken) / scale).toBeGreaterThan(1e-4);
     // Prompts without the token encode as the text encoder does.
-    expect(Array.from(await encodeWithConcept(sd, ["a photo of a dog"], concept))).toEqual(
+    expect(Array.from(await encodeWithConcepts(sd, ["a photo of a dog"], [concept]))).toEqual(
       Array.from(await sd.encodeText(["a photo of a dog"])),
+    );
+  });
+
+  it("encodes several concepts' tokens in one prompt, and refuses two concepts with one token", async () => {
+    // A second subject taught as "ohwx" (one token in CLIP's vocabulary), with its own row.
+    const other = {
+      ...concept,
+      token: "ohwx",
+      tokenId: conceptTokenId(sd, "ohwx", "cat"),
+      embedding: (concept.embedding as Float32Array).map((v) => -v),
+    };
+    const d = sd.contextShape[1];
+    const prompts = ["a photo of sks dog and ohwx cat", "a photo of sks dog"];
+    const both = await encodeWithConcepts(sd, prompts, [concept, other]);
+    const first = await encodeWithConcepts(sd, prompts, [concept]);
+    // "ohwx" is token 7 of the first prompt: up to it both encodings agree, from it on they differ.
+    expect(maxAbsDiff(both.subarray(0, 7 * d), first.subarray(0, 7 * d))).toBe(0);
+    expect(maxAbsDiff(both.subarray(7 * d, 8 * d), first.subarray(7 * d, 8 * d))).toBeGreaterThan(1e-3);
+    expect(Array.from(both.subarray(77 * d))).toEqual(Array.from(first.subarray(77 * d)));
+    await expect(
+      encodeWithConcepts(sd, prompts, [concept, { ...other, token: "sks", tokenId: concept.tokenId }]),
+    ).rejects.toThrow(
+      'two concepts in one swap both use the token "sks": learn one of them with another token',
     );
   });
 
