@@ -23,21 +23,12 @@ import { IO, lossGraph } from "../../src/engine/models/components.js";
 import { ddimInvert } from "../../src/engine/pipelines/invert.js";
 import { txt2img } from "../../src/engine/pipelines/txt2img.js";
 import { createSession, type HostTensor } from "../../src/engine/runtime/index.js";
-import { type Golden, goldens, relError } from "../helpers/golden.js";
+import { type Golden, goldens, PHASES, type Phase, relError, ulpNudge } from "../helpers/golden.js";
 
 const FORWARD = 1e-4;
 const GRADIENT = 1e-3;
 /** A gradient tensor below this fraction of all gradients' norm is float32 noise around an exact zero. */
 const ZERO = 1e-6;
-
-/** Moves every value by one float32 ulp (alternating up and down). */
-function ulpNudge(x: Float32Array, phase: Phase): Float32Array {
-  return x.map((v, i) => v * (1 + ((i + phase) % 2 ? 2 ** -23 : -(2 ** -23))));
-}
-
-/** Two nudges (the up/down pattern and its opposite): the spread is the larger response. */
-type Phase = 0 | 1;
-const PHASES: readonly Phase[] = [0, 1];
 
 /** Memoizes a computation per phase, so a nudged run happens at most once per phase and only if asked. */
 function perPhase<T>(f: (phase: Phase) => Promise<T>): (phase: Phase) => Promise<T> {
