@@ -16,6 +16,7 @@
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import type { ModelShape } from "../../spec/shape.js";
 import {
   type ConceptOptions,
   MAX_REFERENCES,
@@ -116,15 +117,21 @@ function checkSubject(sd: Pick<StableDiffusion, "tokenize">, subject: string, to
   return s;
 }
 
+/** The square with the model's native pixel count, a multiple of its size multiple (512 for SD 1.5). */
+export function referenceSide(shape: ModelShape): number {
+  const { native, multiple } = shape;
+  return Math.max(multiple, Math.round(Math.sqrt(native.width * native.height) / multiple) * multiple);
+}
+
 /**
  * The reference photos as the model's input: 1–5 of them, each decoded, oriented and centre-cropped to
- * the model's square training resolution (`size`, default its own), in a fixed order (by content hash:
+ * the model's square training resolution (`size`, default `referenceSide`), in a fixed order (by content hash:
  * the order they were sent in changes nothing learned, so the cache key treats them as a set).
  * DreamBooth trains on square crops; references should show the subject roughly centred. A reference that
  * is not a usable photo is refused naming which one it is.
  */
 export async function loadReferences(
-  sd: Pick<StableDiffusion, "nativeSize">,
+  sd: Pick<StableDiffusion, "imageShape">,
   photos: readonly Uint8Array[],
   o: { size?: number; limits?: ImageLimits } = {},
 ): Promise<{ images: Float32Array[]; hashes: string[]; size: number }> {
@@ -133,7 +140,7 @@ export async function loadReferences(
       `a concept is learned from ${MIN_REFERENCES} to ${MAX_REFERENCES} reference photos of the subject; got ${photos.length}`,
     );
   }
-  const size = o.size ?? Math.min(sd.nativeSize.height, sd.nativeSize.width);
+  const size = o.size ?? referenceSide(sd.imageShape);
   const hashed = photos.map((bytes) => ({ bytes, hash: createHash("sha256").update(bytes).digest("hex") }));
   const loaded = await Promise.all(
     hashed.map(async ({ bytes, hash }, i) => {
