@@ -13,6 +13,7 @@ import { existsSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { resolve } from "node:path";
 import { childLogger } from "../log.js";
+import type { ModelShape } from "../spec/shape.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
 import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
@@ -228,24 +229,20 @@ export class StableDiffusion {
   }
 
   /**
-   * The image size the checkpoint was trained at, in pixels: the UNet's sample_size (one side or
-   * [height, width]) × the VAE factor; 512² when the config does not say.
+   * What the checkpoint asks of an image's size (src/spec/shape.ts picks working sizes from it):
+   * - `native`: the size it was trained at, in pixels: the UNet's sample_size (one side or
+   *   [height, width]) × the VAE factor; 512² when the config does not say;
+   * - `multiple`: the pixel multiple at which every down-sampling of the VAE and the UNet halves a whole
+   *   number: the VAE factor × 2^(UNet levels − 1), 64 for SD 1.x/2.x. Other sizes run (the UNet
+   *   up-samples to its skips' sizes, as diffusers does) but shift features by fractions of a pixel.
    */
-  get nativeSize(): { height: number; width: number } {
+  get imageShape(): ModelShape {
     const s = this.ckpt.unet.config.sample_size;
-    if (s === null) return { height: 512, width: 512 };
-    const [h, w] = sampleSizeHW(s);
-    return { height: h * this.vaeScale, width: w * this.vaeScale };
-  }
-
-  /**
-   * The multiple of pixels each side of an image should be, so that every down-sampling of the VAE and
-   * the UNet halves a whole number: the VAE factor × 2^(UNet levels − 1) (64 for SD 1.x/2.x). Other
-   * sizes run (the UNet up-samples to its skips' sizes, as diffusers does), but shift features by
-   * fractions of a pixel at each level.
-   */
-  get sizeMultiple(): number {
-    return this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1);
+    const [h, w] = s === null ? [512 / this.vaeScale, 512 / this.vaeScale] : sampleSizeHW(s);
+    return {
+      native: { height: h * this.vaeScale, width: w * this.vaeScale },
+      multiple: this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1),
+    };
   }
 
   /** The latent size of an image of height × width pixels (each a multiple of the VAE factor). */
@@ -540,6 +537,11 @@ export class StableDiffusion {
     );
   }
 
+  /** The checkpoint's tokenizer (token ids, a token's text). */
+  get tokenizer(): Checkpoint["tokenizer"] {
+    return this.ckpt.tokenizer;
+  }
+
   /**
    * A pipeline's own graph over this checkpoint (Photoswap's attention-controlled UNet, the null-text
    * loss, the text encoder with a learned token, …), built and compiled once per `key` and cached like
@@ -554,11 +556,6 @@ export class StableDiffusion {
     return this.cached(`pipeline:${key}`, () =>
       build({ checkpoint: this.ckpt, unetDtype: this.unetDtype, trainDtype: this.trainDtype }),
     );
-  }
-
-  /** The checkpoint's tokenizer (token ids, a token's text). */
-  get tokenizer(): Checkpoint["tokenizer"] {
-    return this.ckpt.tokenizer;
   }
 
   /** A new DDIM scheduler with the checkpoint's noise schedule (each caller sets its own timesteps). */
