@@ -157,3 +157,35 @@ export function loraTargets(
   }
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
+
+/**
+ * Several adapters as one: Σ_i (α_i/r_i)·B_i·A_i = [s_1·B_1 … s_n·B_n]·[A_1; …; A_n], an adapter of rank
+ * Σ r_i with alpha = rank (scale 1). Every adapter must cover the same modules.
+ */
+export function concatLora(list: readonly LoraWeights[]): LoraWeights {
+  const [first] = list;
+  if (!first) throw new Error("concatLora: no adapters");
+  if (list.length === 1) return first;
+  const out: LoraWeights = new Map();
+  for (const [path, m0] of first) {
+    const parts = list.map((l) => {
+      const m = l.get(path);
+      if (!m || m.inF !== m0.inF || m.outF !== m0.outF || l.size !== first.size)
+        throw new Error(`concatLora: the adapters do not cover the same modules (${path})`);
+      return m;
+    });
+    const rank = parts.reduce((a, m) => a + m.rank, 0);
+    const down = new Float32Array(rank * m0.inF);
+    const up = new Float32Array(m0.outF * rank);
+    let at = 0;
+    for (const m of parts) {
+      down.set(m.down, at * m0.inF);
+      const s = m.alpha / m.rank;
+      for (let o = 0; o < m0.outF; o++)
+        for (let r = 0; r < m.rank; r++) up[o * rank + at + r] = (m.up[o * m.rank + r] as number) * s;
+      at += m.rank;
+    }
+    out.set(path, { down, up, rank, alpha: rank, inF: m0.inF, outF: m0.outF });
+  }
+  return out;
+}

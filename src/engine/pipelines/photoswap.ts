@@ -7,14 +7,25 @@
  * plain sampling of the source prompt: the inversion's reconstruction.
  */
 import { createHash } from "node:crypto";
+import { UserFacingError } from "../../errors.js";
+import type { SwapStrengthKey } from "../../spec/swap.js";
+import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import type { LatentSize, StableDiffusion } from "../index.js";
 import { SWAP_IO, SwapControl } from "../models/attention-control.js";
 import { IO, unetGraph } from "../models/components.js";
-import type { LoraInputs, LoraWeights } from "../models/lora.js";
+import { concatLora, type LoraInputs, type LoraWeights } from "../models/lora.js";
 import type { Session } from "../runtime/index.js";
 import { type BlendMasks, LocalBlend } from "./photoswap-blend.js";
-import type { TokenMapper } from "./photoswap-tokens.js";
+import {
+  alignTokens,
+  type PromptTokenizer,
+  promptTokens,
+  type TokenMapper,
+  wordIndices,
+} from "./photoswap-tokens.js";
+import type { ConceptAdapter, InvertedSource } from "./photoswap-types.js";
+import { cfg } from "./sample.js";
 
 /** The sampling steps (0-based, from the noisiest) in which each swap acts: step i < the count. */
 export interface SwapWindows {
@@ -96,8 +107,6 @@ export interface JointSampleResult {
   /** The masks of each blended step, in order. */
   masks: BlendMasks[];
 }
-
-const f = Math.fround;
 
 interface SwapSession {
   session: Session;
@@ -276,16 +285,9 @@ export async function jointSample(sd: StableDiffusion, o: JointSampleOptions): P
       ...swapFeeds(control, i, windows, o.mapper, o.blend),
       ...loraFeeds,
     });
-    const pred = out[IO.unetOut]?.data as Float32Array;
     // Classifier-free guidance per prompt: [uncond rows; cond rows] → K+1 guided outputs.
     const half = (k + 1) * per;
-    const guided = new Float32Array(half);
-    const g = Math.fround(o.guidance);
-    for (let j = 0; j < half; j++) {
-      // In float32, operation by operation, as torch computes it.
-      const u = pred[j] as number;
-      guided[j] = f(u + f(g * f((pred[half + j] as number) - u)));
-    }
+    const guided = cfg(out[IO.unetOut]?.data as Float32Array, half, o.guidance);
     const current = new Float32Array(half);
     current.set(source);
     for (const [j, x] of targets.entries()) current.set(x, (1 + j) * per);
@@ -300,4 +302,197 @@ export async function jointSample(sd: StableDiffusion, o: JointSampleOptions): P
     o.onStep?.(i + 1, timesteps.length);
   }
   return { source, targets, masks, ...(trajectory ? { trajectory } : {}) };
+}
+
+/** One subject of a swap: the source prompt's word for it, and the learned concept that replaces it. */
+export interface SwapSubject {
+  /** A space-separated word of the source prompt ("cat"), matched exactly as the official code does. */
+  word: string;
+  concept: ConceptAdapter;
+}
+
+/** How many sampling steps each swap acts (src/spec/swap.ts: λφ, λM, λA as plain step counts). */
+export type SwapStrengths = Record<SwapStrengthKey, number>;
+
+/** Plain step counts as windows: φ for i < λφ, M for i < λM, A for i < λA. */
+export function strengthWindows(s: SwapStrengths): SwapWindows {
+  return { phiSteps: s.selfOutputSteps, selfMapSteps: s.selfMapSteps, crossSteps: s.crossMapSteps };
+}
+
+/** What a swap reads from its prompts: the target prompt, the token mapper and the blend's words. */
+export interface SwapPlan {
+  targetPrompt: string;
+  mapper: TokenMapper;
+  /** Per subject: its word's tokens in the source prompt and its concept token's in the target prompt. */
+  sourceWords: number[][];
+  targetWords: number[][];
+}
+
+/**
+ * The target prompt (each subject word replaced by "<token> <class>", e.g. "a photo of a sks dog"), the
+ * mapper between the prompts and the blend's word positions; refuses, with a message naming the problem,
+ * a subject word that is not a word of the source prompt and prompts longer than the text encoder reads.
+ */
+export function planSwap(
+  tok: PromptTokenizer,
+  sourcePrompt: string,
+  subjects: readonly SwapSubject[],
+): SwapPlan {
+  if (subjects.length === 0) throw new UserFacingError("a swap needs at least one subject");
+  const words = sourcePrompt.split(" ");
+  for (const s of subjects) {
+    if (!words.includes(s.word)) {
+      throw new UserFacingError(
+        `the subject "${s.word}" is not a word of the source prompt "${sourcePrompt}": name the subject as the prompt spells it (a whole word, without punctuation)`,
+      );
+    }
+  }
+  const byWord = new Map(subjects.map((s) => [s.word, s.concept]));
+  const targetPrompt = words
+    .map((w) => {
+      const c = byWord.get(w);
+      return c ? `${c.token} ${c.subject}` : w;
+    })
+    .join(" ");
+  const mapper = alignTokens(
+    promptTokens(tok, sourcePrompt, "source prompt"),
+    promptTokens(tok, targetPrompt, "target prompt"),
+  );
+  return {
+    targetPrompt,
+    mapper,
+    sourceWords: subjects.map((s) => wordIndices(tok, sourcePrompt, s.word)),
+    targetWords: subjects.map((s) => wordIndices(tok, targetPrompt, s.concept.token)),
+  };
+}
+
+/**
+ * The start of a target variant: seed 0 starts from the inverted noise itself (the official result);
+ * another seed moves it towards that seed's Gaussian noise by spherical interpolation (A1111's
+ * "variation seed"), `variation` of the way: a small variation keeps the photo's layout, which the
+ * inverted noise carries, and changes the details the target draws.
+ */
+export function variantStart(xT: Float32Array, seed: number, variation: number): Float32Array {
+  if (seed === 0 || variation === 0) return xT;
+  return slerp(xT, new GaussianRng(seed).normal(xT.length), variation);
+}
+
+/** Spherical interpolation from a to b (angle measured between the flattened vectors), in float64. */
+export function slerp(a: Float32Array, b: Float32Array, t: number): Float32Array {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += (a[i] as number) * (b[i] as number);
+    na += (a[i] as number) ** 2;
+    nb += (b[i] as number) ** 2;
+  }
+  const cos = dot / Math.sqrt(na * nb);
+  const theta = Math.acos(Math.min(1, Math.max(-1, cos)));
+  const sin = Math.sin(theta);
+  // Nearly parallel: linear interpolation is the limit.
+  const [wa, wb] = sin < 1e-6 ? [1 - t, t] : [Math.sin((1 - t) * theta) / sin, Math.sin(t * theta) / sin];
+  return a.map((v, i) => wa * v + wb * (b[i] as number));
+}
+
+export interface PhotoswapOptions {
+  source: InvertedSource;
+  subjects: readonly SwapSubject[];
+  /** Variants are every seed × every strength. */
+  seeds: readonly number[];
+  strengths: readonly SwapStrengths[];
+  /** How far a seed ≠ 0 moves the target's start from the inverted noise (0…1; see variantStart). */
+  variation: number;
+  /** The local blend's threshold (official: 0.3); null: no blend. */
+  blendThreshold: number | null;
+  /**
+   * The prompts' text encodings, [n, 77, D]: the target prompt's must use the concepts' learned token
+   * embeddings (concept.ts). Default: the checkpoint's text encoder, for concepts without one.
+   */
+  encode?: (texts: string[]) => Promise<Float32Array>;
+  /** Target variants per UNet call (default 4): more run in several passes, each repeating the source. */
+  maxBatch?: number;
+  /** Called after each step of each pass: `step` counts over all passes. */
+  onStep?: (step: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface PhotoswapVariant {
+  seed: number;
+  strengths: SwapStrengths;
+  /** [1, 4, h, w] */
+  latents: Float32Array;
+}
+
+export interface PhotoswapResult {
+  targetPrompt: string;
+  /** The source branch's final latents: the photo's reconstruction. */
+  source: Float32Array;
+  variants: PhotoswapVariant[];
+}
+
+/** Swaps the subjects of an inverted photo for the concepts: every seed × strength variant. */
+export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promise<PhotoswapResult> {
+  const s = o.source;
+  const plan = planSwap(sd.tokenizer, s.prompt, o.subjects);
+  for (const [i, st] of o.strengths.entries()) {
+    for (const [key, v] of Object.entries(st)) {
+      if (!Number.isInteger(v) || v < 0 || v > s.steps)
+        throw new UserFacingError(
+          `strength ${i + 1}: ${key} must be a whole number of steps from 0 to ${s.steps}`,
+        );
+    }
+  }
+  if (o.seeds.length === 0 || o.strengths.length === 0)
+    throw new Error("photoswap: give at least one seed and one strength");
+  if (!(o.variation >= 0 && o.variation <= 1)) throw new UserFacingError("variation must be between 0 and 1");
+  const encode = o.encode ?? ((texts: string[]) => sd.encodeText(texts));
+  if (!o.encode && o.subjects.some((x) => x.concept.embedding))
+    throw new Error("photoswap: a concept with a learned token embedding needs its text encoding (encode)");
+  const n = 77 * sd.contextShape[1];
+  const texts = await encode([s.prompt, plan.targetPrompt]);
+  const uncond = s.nullEmbeddings ?? (await sd.encodeText([""]));
+  const loras = o.subjects.flatMap((x) => (x.concept.lora ? [x.concept.lora] : []));
+  const variants = o.seeds.flatMap((seed) => o.strengths.map((strengths) => ({ seed, strengths })));
+  const size = { height: s.height, width: s.width };
+  const maxBatch = o.maxBatch ?? 4;
+  const passes = Math.ceil(variants.length / maxBatch);
+  const out: PhotoswapVariant[] = [];
+  let source = s.xT;
+  for (let p = 0; p < passes; p++) {
+    const chunk = variants.slice(p * maxBatch, (p + 1) * maxBatch);
+    const r = await jointSample(sd, {
+      size,
+      steps: s.steps,
+      guidance: s.guidance,
+      xT: s.xT,
+      targets: chunk.map((v) => ({
+        xT: variantStart(s.xT, v.seed, o.variation),
+        windows: strengthWindows(v.strengths),
+      })),
+      sourceContext: texts.subarray(0, n),
+      targetContext: texts.subarray(n, 2 * n),
+      uncond,
+      mapper: plan.mapper,
+      ...(o.blendThreshold !== null
+        ? {
+            blend: {
+              sourceWords: plan.sourceWords,
+              targetWords: plan.targetWords,
+              threshold: o.blendThreshold,
+              from: officialBlendFrom(s.steps),
+            },
+          }
+        : {}),
+      ...(s.trajectory ? { trajectory: s.trajectory } : {}),
+      ...(loras.length ? { lora: concatLora(loras) } : {}),
+      signal: o.signal,
+      onStep: (step) => o.onStep?.(p * s.steps + step, passes * s.steps),
+    });
+    source = r.source;
+    r.targets.forEach((latents, i) => {
+      out.push({ ...(chunk[i] as { seed: number; strengths: SwapStrengths }), latents });
+    });
+  }
+  return { targetPrompt: plan.targetPrompt, source, variants: out };
 }

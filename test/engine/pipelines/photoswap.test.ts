@@ -7,9 +7,19 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { type LatentSize, type LoraWeights, StableDiffusion } from "../../../src/engine/index.js";
-import { jointSample, type SwapWindows, swapSession } from "../../../src/engine/pipelines/photoswap.js";
+import { concatLora } from "../../../src/engine/models/lora.js";
+import { invertDirect } from "../../../src/engine/pipelines/inversion.js";
+import {
+  jointSample,
+  photoswap,
+  planSwap,
+  type SwapWindows,
+  swapSession,
+  variantStart,
+} from "../../../src/engine/pipelines/photoswap.js";
 import { alignTokens, promptTokens, wordIndices } from "../../../src/engine/pipelines/photoswap-tokens.js";
 import { sampleLatents } from "../../../src/engine/pipelines/sample.js";
+import { UserFacingError } from "../../../src/errors.js";
 import { relError } from "../../helpers/golden.js";
 
 const MODEL = "test/fixtures/models/sd2/model";
@@ -121,5 +131,122 @@ describe("Photoswap joint sampling on SD 2.x, non-square", () => {
     const target = r.targets[0] as Float32Array;
     for (const i of outside)
       for (let c = 0; c < 4; c++) expect(target[c * hw + i]).toBe(r.source[c * hw + i]);
+  });
+});
+
+describe("Photoswap end to end on an inverted photo (sd1)", () => {
+  let sd: StableDiffusion;
+  const small: LatentSize = { height: 16, width: 16 };
+  const per = 4 * 16 * 16;
+  const photo = new GaussianRng(11).normal(per);
+  const concept = (token: string, subject: string, seed: number) => {
+    const lora = sd.newLora(2, 2, seed);
+    const rng = new GaussianRng(seed + 100);
+    for (const m of lora.values()) m.up.set(rng.normal(m.up.length).map((v) => v * 0.2));
+    return { token, tokenId: sd.tokenizer.tokenize(token)[0] as number, subject, lora };
+  };
+
+  beforeAll(async () => {
+    sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
+  });
+  afterAll(async () => {
+    await sd?.release();
+  });
+
+  it("reconstructs the photo exactly (direct inversion) and batches variants as it samples them one by one", async () => {
+    const source = await invertDirect(sd, {
+      size: small,
+      latents0: photo,
+      prompt: "a photo of a cat",
+      steps: 4,
+      guidance: 7.5,
+    });
+    const args = {
+      source,
+      subjects: [{ word: "cat", concept: concept("sks", "dog", 1) }],
+      seeds: [0, 5],
+      strengths: [{ selfOutputSteps: 2, selfMapSteps: 3, crossMapSteps: 2 }],
+      variation: 0.2,
+      blendThreshold: 0.3,
+    };
+    const together = await photoswap(sd, args);
+    expect(together.targetPrompt).toBe("a photo of a sks dog");
+    // Direct inversion: the source branch ends on the encoded photo itself.
+    expect(together.source).toEqual(photo);
+    expect(together.variants.map((v) => v.seed)).toEqual([0, 5]);
+    const apart = await photoswap(sd, { ...args, maxBatch: 1 });
+    together.variants.forEach((v, i) => {
+      expect(relError(v.latents, apart.variants[i]?.latents as Float32Array)).toBeLessThan(1e-5);
+    });
+    // Seed 5 starts elsewhere than the inverted noise, and ends elsewhere.
+    expect(variantStart(source.xT, 0, 0.2)).toBe(source.xT);
+    expect(relError(variantStart(source.xT, 5, 0.2), source.xT)).toBeGreaterThan(0.05);
+    expect(
+      relError(together.variants[1]?.latents as Float32Array, together.variants[0]?.latents as Float32Array),
+    ).toBeGreaterThan(1e-3);
+  });
+
+  it("swaps two subjects at once: one prompt, a token of each concept, a mask for each", async () => {
+    const dog = concept("sks", "dog", 2);
+    const fox = concept("olis", "fox", 3);
+    const plan = planSwap(sd.tokenizer, "a cat and a bird on grass", [
+      { word: "cat", concept: dog },
+      { word: "bird", concept: fox },
+    ]);
+    expect(plan.targetPrompt).toBe("a sks dog and a olis fox on grass");
+    // bos a [sks dog] and a [olis fox] on grass eos: the subjects' tokens keep their own maps.
+    expect(plan.mapper.alphas.slice(0, 11)).toEqual([1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1]);
+    expect(plan.sourceWords).toEqual([[2], [5]]);
+    expect(plan.targetWords).toEqual([[2], [6]]);
+    // Both concepts' LoRAs act at once: their sum, as one adapter of the summed rank.
+    const both = concatLora([dog.lora, fox.lora]);
+    const path = [...dog.lora.keys()][0] as string;
+    const m = both.get(path);
+    expect(m?.rank).toBe(4);
+    const x = new GaussianRng(9).normal(m?.inF ?? 0);
+    const delta = (l: {
+      down: Float32Array;
+      up: Float32Array;
+      rank: number;
+      alpha: number;
+      inF: number;
+      outF: number;
+    }) => {
+      const ax = Array.from({ length: l.rank }, (_, r) =>
+        x.reduce((a, v, i) => a + (l.down[r * l.inF + i] as number) * v, 0),
+      );
+      return Array.from(
+        { length: l.outF },
+        (_, o) => (l.alpha / l.rank) * ax.reduce((a, v, r) => a + (l.up[o * l.rank + r] as number) * v, 0),
+      );
+    };
+    const sum = delta(dog.lora.get(path) as never).map(
+      (v, i) => v + (delta(fox.lora.get(path) as never)[i] as number),
+    );
+    expect(relError(delta(m as never), sum)).toBeLessThan(1e-6);
+  });
+
+  it("refuses a subject that is not a word of the source prompt, and strengths past the steps, before sampling", async () => {
+    const dog = concept("sks", "dog", 4);
+    expect(() =>
+      planSwap(sd.tokenizer, "a photo of a cat, sleeping", [{ word: "cat", concept: dog }]),
+    ).toThrow(/the subject "cat" is not a word of the source prompt/);
+    const source = await invertDirect(sd, {
+      size: small,
+      latents0: photo,
+      prompt: "a photo of a cat",
+      steps: 2,
+      guidance: 7.5,
+    });
+    await expect(
+      photoswap(sd, {
+        source,
+        subjects: [{ word: "cat", concept: dog }],
+        seeds: [0],
+        strengths: [{ selfOutputSteps: 3, selfMapSteps: 0, crossMapSteps: 0 }],
+        variation: 0,
+        blendThreshold: 0.3,
+      }),
+    ).rejects.toThrow(UserFacingError);
   });
 });
