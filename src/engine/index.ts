@@ -13,6 +13,7 @@ import { existsSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { resolve } from "node:path";
 import { childLogger } from "../log.js";
+import type { ModelShape } from "../spec/shape.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
 import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
@@ -25,6 +26,7 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "./models/components.js";
+import { sampleSizeHW } from "./models/config.js";
 import {
   checkTrainingMemory,
   estimateTrainingMemory,
@@ -34,6 +36,7 @@ import {
   type UnetSubset,
   type UnetWeights,
 } from "./models/finetune.js";
+import type { ProxySettings } from "./models/hub-http.js";
 import {
   type LoraFileOptions,
   type LoraInputs,
@@ -45,7 +48,14 @@ import {
   newLoraWeights,
 } from "./models/lora.js";
 import { openSafetensors, type Safetensors } from "./models/safetensors.js";
-import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
+import {
+  createSession,
+  type Device,
+  DeviceMemoryError,
+  type HostTensor,
+  resolveDevice,
+  type Session,
+} from "./runtime/index.js";
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
 export { TrainingMemoryError } from "./models/finetune.js";
@@ -72,10 +82,23 @@ export interface LoadOptions {
   device: Device;
   /** Compute dtype of the UNet's forward pass: fp16 halves memory and time on a GPU. auto: fp16 on a GPU. */
   dtype?: "fp32" | "fp16" | "auto";
-  /** Where hub downloads go (a model id instead of a folder). */
+  /** The Hugging Face cache hub downloads go to (a model id instead of a folder). */
   cacheDir?: string;
   endpoint?: string;
   token?: string;
+  /** Branch, tag or commit of a hub model (default main). */
+  revision?: string;
+  /**
+   * Weight variant: "auto" (default) takes fp16 weights where the UNet computes in fp16 (half the
+   * download) and whatever the cache already holds; "none" the plain ones; a name ("fp16", "bf16") that
+   * variant, refusing a repository without it as diffusers does.
+   */
+  variant?: string;
+  /** HF_HUB_OFFLINE: use the cache only. */
+  offline?: boolean;
+  proxy?: ProxySettings;
+  /** Stops a download in progress (shutdown during start-up). */
+  signal?: AbortSignal;
   onProgress?: (p: { file: string; received: number; total: number }) => void;
   /** Compute dtype of the loss-and-gradient graphs (default fp32; the loss and gradients stay fp32). */
   trainDtype?: "fp32" | "fp16";
@@ -146,36 +169,61 @@ export class StableDiffusion {
     private readonly graphCacheDir: string | undefined,
     trainDtype: "fp32" | "fp16" = "fp32",
     maxTrainBytes?: number,
+    /** Lets go of the hub snapshot (its cleanup waits while we hold it). */
+    private readonly releaseModel: () => Promise<void> = async () => {},
   ) {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
     this.trainDtype = trainDtype === "fp16" ? "float16" : "float32";
     this.fingerprint = weightsFingerprint(ckpt);
-    this.unetDtype = dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
+    this.unetDtype = unetComputeDtype(dtype, device);
   }
 
   /** Opens a diffusers folder, or downloads a hub model id into `cacheDir` first. */
   static async load(pathOrId: string, opts: LoadOptions): Promise<StableDiffusion> {
+    const device = await resolveDevice(opts.device);
+    const dtype = opts.dtype ?? "auto";
+    const setting = opts.variant ?? "auto";
+    const variant =
+      setting === "none"
+        ? undefined
+        : setting === "auto"
+          ? unetComputeDtype(dtype, device) === "float16"
+            ? "fp16"
+            : undefined
+          : setting;
     // The hub client is loaded only for a model id: a local folder needs no network code.
-    const folder = existsSync(pathOrId)
-      ? pathOrId
+    const model = existsSync(pathOrId)
+      ? { folder: pathOrId, release: async () => {} }
       : await (await import("./models/hub.js")).resolveModel(pathOrId, {
           cacheDir: opts.cacheDir ?? ".state/models",
           endpoint: opts.endpoint,
           token: opts.token,
+          revision: opts.revision,
+          variant,
+          variantRequired: setting !== "auto" && setting !== "none",
+          offline: opts.offline,
+          proxy: opts.proxy,
+          signal: opts.signal,
           onProgress: opts.onProgress,
         });
-    const ckpt = openCheckpoint(folder);
-    const device = await resolveDevice(opts.device);
-    log.info({ model: pathOrId, device, dtype: opts.dtype ?? "auto" }, "model opened");
+    let ckpt: Checkpoint;
+    try {
+      ckpt = openCheckpoint(model.folder, { variant });
+    } catch (err) {
+      await model.release();
+      throw err;
+    }
+    log.info({ model: pathOrId, device, dtype, weights: ckpt.unet.weightsFile }, "model opened");
     return new StableDiffusion(
       pathOrId,
       ckpt,
       device,
-      opts.dtype ?? "auto",
+      dtype,
       opts.graphCacheDir,
       opts.trainDtype,
       opts.maxTrainBytes,
+      model.release,
     );
   }
 
@@ -184,10 +232,21 @@ export class StableDiffusion {
     return 2 ** (this.ckpt.vae.config.block_out_channels.length - 1);
   }
 
-  /** The resolution the checkpoint was trained at: the UNet's sample_size × the VAE factor (512 if unset). */
-  get defaultImageSize(): number {
+  /**
+   * What the checkpoint asks of an image's size (src/spec/shape.ts picks working sizes from it):
+   * - `native`: the size it was trained at, in pixels: the UNet's sample_size (one side or
+   *   [height, width]) × the VAE factor; 512² when the config does not say;
+   * - `multiple`: the pixel multiple at which every down-sampling of the VAE and the UNet halves a whole
+   *   number: the VAE factor × 2^(UNet levels − 1), 64 for SD 1.x/2.x. Other sizes run (the UNet
+   *   up-samples to its skips' sizes, as diffusers does) but shift features by fractions of a pixel.
+   */
+  get imageShape(): ModelShape {
     const s = this.ckpt.unet.config.sample_size;
-    return s ? s * this.vaeScale : 512;
+    const [h, w] = s === null ? [512 / this.vaeScale, 512 / this.vaeScale] : sampleSizeHW(s);
+    return {
+      native: { height: h * this.vaeScale, width: w * this.vaeScale },
+      multiple: this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1),
+    };
   }
 
   /** The latent size of an image of height × width pixels (each a multiple of the VAE factor). */
@@ -482,6 +541,11 @@ export class StableDiffusion {
     );
   }
 
+  /** The checkpoint's tokenizer (token ids, a token's text). */
+  get tokenizer(): Checkpoint["tokenizer"] {
+    return this.ckpt.tokenizer;
+  }
+
   /**
    * A LoRA file (peft / diffusers `…to_q.lora_A.weight`, diffusers' older `…processor.to_q_lora.down.weight`
    * or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights for this UNet; alpha from `alpha`,
@@ -525,6 +589,12 @@ export class StableDiffusion {
       if (s.status === "fulfilled") await s.value.session.release();
   }
 
+  /** Releases the sessions and the hold on the model's hub snapshot: the object is done with. */
+  async close(): Promise<void> {
+    await this.release();
+    await this.releaseModel();
+  }
+
   private contextSize(): number {
     return 77 * this.contextShape[1];
   }
@@ -537,6 +607,28 @@ export class StableDiffusion {
       batch * this.latentChannels * h * w,
     );
     return [h, w];
+  }
+
+  /**
+   * A session that, when the device runs out of memory, releases every session of this model: the job
+   * fails (DeviceMemoryError), and the next one starts with the device's memory back and rebuilds what
+   * it needs instead of failing too.
+   */
+  private releasingOnOom(session: Session): Session {
+    return {
+      ...session,
+      run: async (feeds) => {
+        try {
+          return await session.run(feeds);
+        } catch (e) {
+          if (e instanceof DeviceMemoryError) {
+            log.warn({ model: this.modelId }, "out of device memory: releasing every session of the model");
+            await this.release();
+          }
+          throw e;
+        }
+      },
+    };
   }
 
   private cached<T extends { graph: Graph }>(
@@ -554,15 +646,23 @@ export class StableDiffusion {
           cacheDir: this.graphCacheDir,
         });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { ...rest, session };
+        return { ...rest, session: this.releasingOnOom(session) };
       })();
       // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
-      entry.catch(() => this.sessions.delete(key));
+      entry.catch((e) => {
+        this.sessions.delete(key);
+        if (e instanceof DeviceMemoryError) void this.release();
+      });
       this.sessions.set(key, entry);
     }
     // Each key is only ever built by one builder, so the entry holds what that builder returned.
     return entry as Promise<Omit<T, "graph"> & { session: Session }>;
   }
+}
+
+/** The UNet's compute dtype: fp16 when asked for, or by default on a GPU. */
+function unetComputeDtype(dtype: "fp32" | "fp16" | "auto", device: Device): ComputeDType {
+  return dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
 }
 
 /** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */

@@ -8,18 +8,19 @@
  * its first step (session creation and warm-up included) plus (steps − 1) × the median of its later
  * steps. Early stopping is off (a random model's loss says nothing), so times are for full schedules.
  */
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Command, Option } from "commander";
 import { type LoraWeights, StableDiffusion } from "../../engine/index.js";
-import { type Progress, renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
+import { renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
 import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../errors.js";
 import { getPreset, PRESET_NAMES, type PresetName } from "../../spec/imagic.js";
+import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
 import { sd15Shapes, tinyShapes } from "./sd.js";
+import { photo, StageClock, scaled } from "./timing.js";
 
 interface Flags {
   device: "auto" | "cpu" | "webgpu" | "cuda";
@@ -32,76 +33,6 @@ interface Flags {
   batches: string;
   json?: string;
   modelDir?: string;
-}
-
-/** Step timestamps of one stage, from progress events. */
-class StageClock {
-  private readonly stamps = new Map<string, number[]>();
-  private readonly starts = new Map<string, number>();
-  /** Records a step's end; a preview event repeats its batch's last step and is not one. */
-  mark(p: Progress): void {
-    if (p.preview) return;
-    const now = performance.now();
-    const list = this.stamps.get(p.stage) ?? [];
-    if (list.length === 0 && !this.starts.has(p.stage)) this.starts.set(p.stage, now);
-    list.push(now);
-    this.stamps.set(p.stage, list);
-  }
-  begin(stage: string): void {
-    this.starts.set(stage, performance.now());
-  }
-  /** First step (ms, from the stage's start) and the median of the later steps (ms). */
-  steps(stage: string): { first: number; median: number; ran: number } | undefined {
-    const list = this.stamps.get(stage);
-    const start = this.starts.get(stage);
-    if (!list || list.length === 0 || start === undefined) return undefined;
-    const gaps = list.slice(1).map((t, i) => t - (list[i] as number));
-    const sorted = [...gaps].sort((a, b) => a - b);
-    const first = (list[0] as number) - start;
-    return {
-      first,
-      median: sorted.length ? (sorted[Math.floor(sorted.length / 2)] as number) : first,
-      ran: list.length,
-    };
-  }
-}
-
-/** Peak GPU memory from nvidia-smi, polled while the bench runs; undefined where there is no nvidia-smi. */
-function watchGpuMemory(): { peak: () => number | undefined; stop: () => number | undefined } {
-  let peak: number | undefined;
-  let child: ReturnType<typeof spawn> | undefined;
-  try {
-    child = spawn("nvidia-smi", ["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "200"], {
-      stdio: ["ignore", "pipe", "ignore"],
-    });
-    child.on("error", () => {
-      child = undefined;
-    });
-    child.stdout?.on("data", (d: Buffer) => {
-      for (const line of d.toString().split("\n")) {
-        const mib = Number(line.trim().split(/\s+/)[0]);
-        if (line.trim() && Number.isFinite(mib)) peak = Math.max(peak ?? 0, mib);
-      }
-    });
-  } catch {
-    child = undefined;
-  }
-  return {
-    peak: () => peak,
-    stop: () => {
-      child?.kill();
-      return peak;
-    },
-  };
-}
-
-const scaled = (steps: number, scale: number) =>
-  steps === 0 ? 0 : Math.min(steps, Math.max(5, Math.round(steps * scale)));
-
-function photo(size: number): Float32Array {
-  const img = new Float32Array(3 * size * size);
-  for (let i = 0; i < img.length; i++) img[i] = Math.sin(i / 97) * 0.8;
-  return img;
 }
 
 /**
@@ -124,6 +55,7 @@ async function benchPreset(
   size: number,
   scale: number,
   out: (s: string) => void,
+  gpu: GpuMemorySampler,
 ) {
   const preset = getPreset(name);
   const full = preset.train;
@@ -136,6 +68,7 @@ async function benchPreset(
   const renderSteps = scaled(preset.render.steps, scale);
   const clock = new StageClock();
   clock.begin("encode");
+  gpu.stage(`${name}/encode`);
   const state = await trainImagic(sd, {
     image: photo(size),
     height: size,
@@ -143,14 +76,20 @@ async function benchPreset(
     prompt: "a photo of a cat wearing a hat",
     options,
     onProgress: (p) => {
-      if (p.stage === "encode" && p.step === 1) clock.begin("embedding");
-      else if (p.stage !== "encode") clock.mark(p);
-      if (p.stage === "embedding" && p.step === p.total) clock.begin("finetune");
+      if (p.stage === "encode" && p.step === 1) {
+        clock.begin("embedding");
+        gpu.stage(`${name}/embedding`);
+      } else if (p.stage !== "encode") clock.mark(p);
+      if (p.stage === "embedding" && p.step === p.total) {
+        clock.begin("finetune");
+        gpu.stage(`${name}/finetune`);
+      }
     },
   });
   const seeds = [1, 2, 3, 4];
   let lastStep = 0;
   clock.begin("render");
+  gpu.stage(`${name}/render`);
   const images = await renderImagic(sd, state, {
     etas: [preset.gridEta],
     seeds,
@@ -190,6 +129,7 @@ async function benchPreset(
 
   // 4 new variants from the cached state: serialize, reload, render with warm sessions, grid.
   const stateBytes = serializeState(state);
+  gpu.stage(`${name}/cached`);
   const c0 = performance.now();
   const reloaded = deserializeState(stateBytes);
   const cacheClock = new StageClock();
@@ -337,7 +277,8 @@ export function imagicBenchCommand(): Command {
       }
       const out = (s: string) => process.stdout.write(`${s}\n`);
       const shapes = f.tiny ? tinyShapes(size) : sd15Shapes(size);
-      const gpu = watchGpuMemory();
+      const gpu = new GpuMemorySampler();
+      gpu.stage("load");
       const l0 = performance.now();
       const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
       out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
@@ -349,7 +290,7 @@ export function imagicBenchCommand(): Command {
           trainDtype: f.trainDtype,
         });
       } catch (error) {
-        gpu.stop(); // the polling child would keep the process alive
+        await gpu.stop(); // the polling child would keep the process alive
         throw error;
       }
       out(
@@ -370,30 +311,34 @@ export function imagicBenchCommand(): Command {
       // Written after every part, so a run cut short (device time limit) keeps what it measured.
       const save = () => {
         result.peakGpuMiB = gpu.peak();
+        result.gpuMiBByStage = gpu.byStage();
         if (f.json) writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
       };
       const peakLine = () => {
         const mib = gpu.peak();
         // Device-wide and cumulative: sessions of earlier presets stay loaded (run one preset to isolate it).
-        if (mib !== undefined)
+        if (mib !== undefined) {
           out(`         peak GPU memory so far (nvidia-smi, whole device): ${(mib / 1024).toFixed(1)} GiB`);
+          out(`         GPU memory by stage (GiB at its start → its peak): ${gpu.summary()}`);
+        }
       };
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
         let lastLora: LoraWeights | undefined;
         for (const p of presets) {
-          const { row, lora } = await benchPreset(sd, p, size, scale, out);
+          const { row, lora } = await benchPreset(sd, p, size, scale, out, gpu);
           (result.presets as unknown[]).push(row);
           lastLora = lora ?? undefined;
           peakLine();
           save();
         }
+        gpu.stage("batches");
         if (batches.length > 0) Object.assign(result, await benchBatches(sd, size, batches, lastLora, out));
         result.totalMs = performance.now() - l0;
         peakLine();
         save();
       } finally {
-        gpu.stop();
+        await gpu.stop();
         await sd.release();
       }
     });
