@@ -42,8 +42,11 @@ const UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnU
 const VAE_DOWN = Array(4).fill("DownEncoderBlock2D");
 const VAE_UP = Array(4).fill("UpDecoderBlock2D");
 
-/** SD 1.5: UNet 320/640/1280/1280 with 8 heads and cross-attention 768, VAE 128/256/512/512, CLIP ViT-L/14 text. */
-export function sd15Shapes(): Shapes {
+/**
+ * SD 1.5: UNet 320/640/1280/1280 with 8 heads and cross-attention 768, VAE 128/256/512/512, CLIP ViT-L/14
+ * text; `native` is the image side its config gives as sample_size × 8 (512 for SD 1.5).
+ */
+export function sd15Shapes(native = 512): Shapes {
   return {
     unet: UNetConfigSchema.parse({
       block_out_channels: [320, 640, 1280, 1280],
@@ -52,7 +55,7 @@ export function sd15Shapes(): Shapes {
       attention_head_dim: 8,
       cross_attention_dim: 768,
       layers_per_block: 2,
-      sample_size: 64,
+      sample_size: native / 8,
     }),
     vae: VaeConfigSchema.parse({
       block_out_channels: [128, 256, 512, 512],
@@ -70,8 +73,8 @@ export function sd15Shapes(): Shapes {
   };
 }
 
-/** The same structure at toy widths, for a CPU smoke run. */
-export function tinyShapes(): Shapes {
+/** The same structure at toy widths, for a CPU smoke run (native side 64 by default). */
+export function tinyShapes(native = 64): Shapes {
   return {
     unet: UNetConfigSchema.parse({
       block_out_channels: [32, 32, 64, 64],
@@ -80,7 +83,7 @@ export function tinyShapes(): Shapes {
       attention_head_dim: 8,
       cross_attention_dim: 32,
       layers_per_block: 1,
-      sample_size: 8,
+      sample_size: native / 8,
     }),
     vae: VaeConfigSchema.parse({
       block_out_channels: [32, 32, 64, 64],
