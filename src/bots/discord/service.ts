@@ -41,6 +41,7 @@ export function discordService(options: { required: boolean }): Service {
       try {
         const bot = await startDiscordBot({ token, apiUrl: config.discordApiUrl, queue, blobs, redis });
         return {
+          failed: bot.failed,
           async stop() {
             await bot.stop();
             await queue.close();
