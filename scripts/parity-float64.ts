@@ -190,6 +190,7 @@ patchOpsForFloat64();
 
 const [, , lh, lw] = g.shape("txt2img.latents_in") as [number, number, number, number];
 const n = c.in_channels * lh * lw;
+const size = { height: lh, width: lw };
 const ctxLen = 77;
 const D = c.cross_attention_dim;
 
@@ -271,7 +272,7 @@ function report(
   if ((g.shape("unet.sample")[2] as number) === lh) {
     const run64 = await unet64Session(ts.length);
     const o64 = await run64(Float64Array.from(sample), ts, Float64Array.from(ctx));
-    const o32 = await sd.predictNoise(sample, ts, ctx);
+    const o32 = await sd.predictNoise(sample, size, ts, ctx);
     report("unet.out (one call)", o64, o32, g.f32("unet.out"));
   }
 }
@@ -364,6 +365,7 @@ function conditioning(what: string, base: Float64Array, moved: Float64Array[]) {
   // ours32: the engine's float32 sampling loop (what txt2img runs) on the same, golden, context.
   const x32 = await sampleLatents(sd, {
     latents: g.f32("txt2img.latents_in"),
+    size,
     contexts: promptRow(o.prompt),
     uncond: promptRow(o.negative_prompt),
     guidance: o.guidance_scale,
@@ -389,7 +391,14 @@ function conditioning(what: string, base: Float64Array, moved: Float64Array[]) {
     const contexts = promptRow(o.prompt);
     const uncond = promptRow(o.negative_prompt);
     moved32.push(
-      await sampleLatents(sd, { latents, contexts, uncond, guidance: o.guidance_scale, steps: o.steps }),
+      await sampleLatents(sd, {
+        latents,
+        size,
+        contexts,
+        uncond,
+        guidance: o.guidance_scale,
+        steps: o.steps,
+      }),
     );
   }
   const att32 = await txt2imgLoop(
@@ -433,7 +442,7 @@ function conditioning(what: string, base: Float64Array, moved: Float64Array[]) {
   let x: Float64Array = Float64Array.from(g.f32("txt2img.latents_in"));
   for (const t of scheduler.timesteps) {
     const out64 = await run64(concat(x, x), t, ctx64);
-    const out32 = await sd.predictNoise(Float32Array.from(concat(x, x)), t, ctx32);
+    const out32 = await sd.predictNoise(Float32Array.from(concat(x, x)), size, t, ctx32);
     const part = (a: ArrayLike<number>, k: number) =>
       Array.from({ length: n }, (_, i) => a[k * n + i] as number);
     const guided = (a: ArrayLike<number>) =>
@@ -457,6 +466,7 @@ function conditioning(what: string, base: Float64Array, moved: Float64Array[]) {
   // ours32: the engine's float32 DDIM inversion on the same, golden, context.
   const { latents } = await ddimInvert(sd, {
     latents: g.f32("inversion.latents_in"),
+    size,
     context: ctx32,
     steps: g.shape("inversion.timesteps")[0] as number,
   });
@@ -478,6 +488,7 @@ function conditioning(what: string, base: Float64Array, moved: Float64Array[]) {
   for (const phase of [0, 1]) {
     const r = await ddimInvert(sd, {
       latents: Float32Array.from(nudge(g.f32("inversion.latents_in"), phase)),
+      size,
       context: ctx32,
       steps: g.shape("inversion.timesteps")[0] as number,
     });

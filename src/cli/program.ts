@@ -6,6 +6,7 @@ import { botCommand } from "./bot.js";
 import { demoCommand } from "./demo.js";
 import { editCommand } from "./edit/index.js";
 import { engineCommand } from "./engine.js";
+import { setupCommand } from "./setup.js";
 import { startCommand } from "./start.js";
 
 /** Subcommands, each built by its own file (CONTRACTS.md §0). */
@@ -16,6 +17,7 @@ const SUBCOMMANDS: Array<() => Command> = [
   engineCommand,
   editCommand,
   benchCommand,
+  setupCommand,
 ];
 
 export function buildProgram(): Command {

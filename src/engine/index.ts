@@ -5,12 +5,15 @@
  *
  * Conventions: images are [B, 3, H, W] float32 in [-1, 1]; latents are [B, 4, H/8, W/8] and always
  * *scaled* (multiplied by the VAE's scaling_factor, as the UNet sees them); contexts are [B, 77, D].
+ * Every call that takes latents takes their `LatentSize` too (height and width in latent pixels): a
+ * flat array's length does not say its shape, and latents need not be square.
  */
 import { createHash } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { resolve } from "node:path";
 import { childLogger } from "../log.js";
+import type { ModelShape } from "../spec/shape.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
 import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
@@ -23,6 +26,7 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "./models/components.js";
+import { sampleSizeHW } from "./models/config.js";
 import {
   checkTrainingMemory,
   estimateTrainingMemory,
@@ -32,6 +36,7 @@ import {
   type UnetSubset,
   type UnetWeights,
 } from "./models/finetune.js";
+import type { ProxySettings } from "./models/hub-http.js";
 import {
   type LoraInputs,
   type LoraWeights,
@@ -40,7 +45,14 @@ import {
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
-import { createSession, type Device, type HostTensor, resolveDevice, type Session } from "./runtime/index.js";
+import {
+  createSession,
+  type Device,
+  DeviceMemoryError,
+  type HostTensor,
+  resolveDevice,
+  type Session,
+} from "./runtime/index.js";
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
 export { TrainingMemoryError } from "./models/finetune.js";
@@ -49,14 +61,40 @@ export type { Device } from "./runtime/index.js";
 
 const log = childLogger("engine");
 
+/** Latent height and width (the image's / the VAE factor): the shape of every latent the API takes. */
+export interface LatentSize {
+  height: number;
+  width: number;
+}
+
+/** What predictNoise runs instead of the checkpoint's plain UNet. */
+export interface UnetAdapters {
+  lora?: LoraWeights;
+  /** Fully fine-tuned UNet weights replacing the checkpoint's (by name). */
+  unet?: UnetWeights;
+}
+
 export interface LoadOptions {
   device: Device;
   /** Compute dtype of the UNet's forward pass: fp16 halves memory and time on a GPU. auto: fp16 on a GPU. */
   dtype?: "fp32" | "fp16" | "auto";
-  /** Where hub downloads go (a model id instead of a folder). */
+  /** The Hugging Face cache hub downloads go to (a model id instead of a folder). */
   cacheDir?: string;
   endpoint?: string;
   token?: string;
+  /** Branch, tag or commit of a hub model (default main). */
+  revision?: string;
+  /**
+   * Weight variant: "auto" (default) takes fp16 weights where the UNet computes in fp16 (half the
+   * download) and whatever the cache already holds; "none" the plain ones; a name ("fp16", "bf16") that
+   * variant, refusing a repository without it as diffusers does.
+   */
+  variant?: string;
+  /** HF_HUB_OFFLINE: use the cache only. */
+  offline?: boolean;
+  proxy?: ProxySettings;
+  /** Stops a download in progress (shutdown during start-up). */
+  signal?: AbortSignal;
   onProgress?: (p: { file: string; received: number; total: number }) => void;
   /** Compute dtype of the loss-and-gradient graphs (default fp32; the loss and gradients stay fp32). */
   trainDtype?: "fp32" | "fp16";
@@ -76,6 +114,8 @@ const DEFAULT_GPU_TRAIN_BYTES = 24 * 1024 ** 3;
 export interface LossArgs {
   /** Clean latents [B, 4, h, w] (scaled). */
   latents0: Float32Array;
+  /** h and w of the latents (and of the noise). */
+  size: LatentSize;
   noise: Float32Array;
   /** One timestep per batch item. */
   t: number[];
@@ -99,10 +139,17 @@ export interface LossResult {
   dUnet?: UnetWeights;
 }
 
-type Cached = { session: Session; lora?: LoraInputs; weights?: Map<string, Tensor> };
+/** What a pipeline's own graph builder gets (see `compile`): the checkpoint and the engine's compute dtypes. */
+export interface GraphParts {
+  readonly checkpoint: Checkpoint;
+  /** The UNet forward's compute dtype (LoadOptions.dtype resolved). */
+  readonly unetDtype: ComputeDType;
+  /** The loss-and-gradient graphs' compute dtype (LoadOptions.trainDtype). */
+  readonly trainDtype: ComputeDType;
+}
 
 export class StableDiffusion {
-  private readonly sessions = new Map<string, Promise<Cached>>();
+  private readonly sessions = new Map<string, Promise<{ session: Session }>>();
   private readonly unetDtype: ComputeDType;
   private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
@@ -118,36 +165,61 @@ export class StableDiffusion {
     private readonly graphCacheDir: string | undefined,
     trainDtype: "fp32" | "fp16" = "fp32",
     maxTrainBytes?: number,
+    /** Lets go of the hub snapshot (its cleanup waits while we hold it). */
+    private readonly releaseModel: () => Promise<void> = async () => {},
   ) {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
     this.trainDtype = trainDtype === "fp16" ? "float16" : "float32";
     this.fingerprint = weightsFingerprint(ckpt);
-    this.unetDtype = dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
+    this.unetDtype = unetComputeDtype(dtype, device);
   }
 
   /** Opens a diffusers folder, or downloads a hub model id into `cacheDir` first. */
   static async load(pathOrId: string, opts: LoadOptions): Promise<StableDiffusion> {
+    const device = await resolveDevice(opts.device);
+    const dtype = opts.dtype ?? "auto";
+    const setting = opts.variant ?? "auto";
+    const variant =
+      setting === "none"
+        ? undefined
+        : setting === "auto"
+          ? unetComputeDtype(dtype, device) === "float16"
+            ? "fp16"
+            : undefined
+          : setting;
     // The hub client is loaded only for a model id: a local folder needs no network code.
-    const folder = existsSync(pathOrId)
-      ? pathOrId
+    const model = existsSync(pathOrId)
+      ? { folder: pathOrId, release: async () => {} }
       : await (await import("./models/hub.js")).resolveModel(pathOrId, {
           cacheDir: opts.cacheDir ?? ".state/models",
           endpoint: opts.endpoint,
           token: opts.token,
+          revision: opts.revision,
+          variant,
+          variantRequired: setting !== "auto" && setting !== "none",
+          offline: opts.offline,
+          proxy: opts.proxy,
+          signal: opts.signal,
           onProgress: opts.onProgress,
         });
-    const ckpt = openCheckpoint(folder);
-    const device = await resolveDevice(opts.device);
-    log.info({ model: pathOrId, device, dtype: opts.dtype ?? "auto" }, "model opened");
+    let ckpt: Checkpoint;
+    try {
+      ckpt = openCheckpoint(model.folder, { variant });
+    } catch (err) {
+      await model.release();
+      throw err;
+    }
+    log.info({ model: pathOrId, device, dtype, weights: ckpt.unet.weightsFile }, "model opened");
     return new StableDiffusion(
       pathOrId,
       ckpt,
       device,
-      opts.dtype ?? "auto",
+      dtype,
       opts.graphCacheDir,
       opts.trainDtype,
       opts.maxTrainBytes,
+      model.release,
     );
   }
 
@@ -156,17 +228,36 @@ export class StableDiffusion {
     return 2 ** (this.ckpt.vae.config.block_out_channels.length - 1);
   }
 
-  /** The resolution the checkpoint was trained at: the UNet's sample_size × the VAE factor (512 if unset). */
-  get defaultImageSize(): number {
+  /**
+   * What the checkpoint asks of an image's size (src/spec/shape.ts picks working sizes from it):
+   * - `native`: the size it was trained at, in pixels: the UNet's sample_size (one side or
+   *   [height, width]) × the VAE factor; 512² when the config does not say;
+   * - `multiple`: the pixel multiple at which every down-sampling of the VAE and the UNet halves a whole
+   *   number: the VAE factor × 2^(UNet levels − 1), 64 for SD 1.x/2.x. Other sizes run (the UNet
+   *   up-samples to its skips' sizes, as diffusers does) but shift features by fractions of a pixel.
+   */
+  get imageShape(): ModelShape {
     const s = this.ckpt.unet.config.sample_size;
-    return s ? s * this.vaeScale : 512;
+    const [h, w] = s === null ? [512 / this.vaeScale, 512 / this.vaeScale] : sampleSizeHW(s);
+    return {
+      native: { height: h * this.vaeScale, width: w * this.vaeScale },
+      multiple: this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1),
+    };
   }
 
-  latentSize(imageSize: number): number {
-    if (imageSize % this.vaeScale !== 0) {
-      throw new Error(`image size ${imageSize} is not a multiple of the VAE's factor ${this.vaeScale}`);
+  /** The latent size of an image of height × width pixels (each a multiple of the VAE factor). */
+  latentSize(height: number, width: number): LatentSize {
+    for (const [what, px] of [
+      ["height", height],
+      ["width", width],
+    ] as const) {
+      if (!Number.isInteger(px) || px < this.vaeScale || px % this.vaeScale !== 0) {
+        throw new Error(
+          `image ${what} ${px} is not a positive multiple of the VAE's factor ${this.vaeScale}`,
+        );
+      }
     }
-    return imageSize / this.vaeScale;
+    return { height: height / this.vaeScale, width: width / this.vaeScale };
   }
 
   get contextShape(): [77, number] {
@@ -202,27 +293,28 @@ export class StableDiffusion {
     return f32(out, IO.lastHiddenState);
   }
 
-  /** image [1, 3, H, W] → the latent distribution's mean and std, both × scaling_factor. */
+  /**
+   * image [1, 3, h, w] (h, w in pixels) → the latent distribution's mean and std, both × scaling_factor,
+   * and their latent size.
+   */
   async encodeImage(
     image: Float32Array,
     h: number,
     w: number,
-  ): Promise<{ mean: Float32Array; std: Float32Array }> {
+  ): Promise<{ mean: Float32Array; std: Float32Array; size: LatentSize }> {
     expectLength("encodeImage: image", image, 3 * h * w);
-    this.latentSize(h);
-    this.latentSize(w);
+    const size = this.latentSize(h, w);
     const { session } = await this.cached(`vae_encode:${h}x${w}`, () => ({
       graph: vaeEncodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, h, w),
     }));
     const out = await session.run({ [IO.image]: { dtype: "float32", shape: [1, 3, h, w], data: image } });
     const sf = this.ckpt.vae.config.scaling_factor;
-    return { mean: scale(f32(out, IO.mean), sf), std: scale(f32(out, IO.std), sf) };
+    return { mean: scale(f32(out, IO.mean), sf), std: scale(f32(out, IO.std), sf), size };
   }
 
-  /** Scaled latents [B, 4, H/8, W/8] → images [B, 3, H, W] in [-1, 1] (not clamped); h, w are the image's. */
-  async decodeLatents(latents: Float32Array, h: number, w: number): Promise<Float32Array> {
-    const lh = this.latentSize(h);
-    const lw = this.latentSize(w);
+  /** Scaled latents [B, 4, h, w] → images [B, 3, h·8, w·8] in [-1, 1] (not clamped). */
+  async decodeLatents(latents: Float32Array, size: LatentSize): Promise<Float32Array> {
+    const [lh, lw] = checkSize("decodeLatents", size);
     const per = this.latentChannels * lh * lw;
     const batch = batchOf("decodeLatents: latents", latents, per);
     const { session } = await this.cached(`vae_decode:${batch}:${lh}x${lw}`, () => ({
@@ -236,20 +328,19 @@ export class StableDiffusion {
   }
 
   /**
-   * The UNet's output (ε or v, as the checkpoint predicts) for latents [B, 4, h, w] at timestep t (one
-   * for the batch, or one per item) with context [B, 77, D]. The batch comes from the context; the
-   * latents are square unless `size` says.
+   * The UNet's output (ε or v, as the checkpoint predicts) for latents [B, 4, h, w] of the given size at
+   * timestep t (one for the batch, or one per item) with context [B, 77, D]. The batch comes from the
+   * context.
    */
   async predictNoise(
     latents: Float32Array,
+    size: LatentSize,
     t: number | readonly number[],
     context: Float32Array,
-    lora?: LoraWeights,
-    size?: { height: number; width: number },
-    unet?: UnetWeights,
+    { lora, unet }: UnetAdapters = {},
   ): Promise<Float32Array> {
     const batch = batchOf("predictNoise: context", context, this.contextSize());
-    const [lh, lw] = this.latentDims(latents, batch, size);
+    const [lh, lw] = this.latentDims("predictNoise: latents", latents, batch, size);
     const rank = lora ? loraRank(lora) : 0;
     const {
       session,
@@ -284,7 +375,7 @@ export class StableDiffusion {
   async lossAndGrads(args: LossArgs): Promise<LossResult> {
     const batch = args.t.length;
     if (batch === 0) throw new Error("lossAndGrads: no timesteps given");
-    const [lh, lw] = this.latentDims(args.latents0, batch);
+    const [lh, lw] = this.latentDims("lossAndGrads: latents0", args.latents0, batch, args.size);
     expectLength("lossAndGrads: noise", args.noise, args.latents0.length);
     const ctxSize = this.contextSize();
     const ctxBatch = batchOf("lossAndGrads: context", args.context, ctxSize);
@@ -446,6 +537,27 @@ export class StableDiffusion {
     );
   }
 
+  /**
+   * A pipeline's own graph over this checkpoint (Photoswap's attention-controlled UNet, the null-text
+   * loss, the text encoder with a learned token, …), built and compiled once per `key` and cached like
+   * the facade's own sessions: for the life of the object, and on disk under the weights' fingerprint.
+   * `key` names everything the graph depends on besides the model (batch, size, variant); `build` returns
+   * the graph and whatever the pipeline needs to feed it, which the promise gives back with the session.
+   */
+  compile<T extends { graph: Graph }>(
+    key: string,
+    build: (parts: GraphParts) => T,
+  ): Promise<Omit<T, "graph"> & { session: Session }> {
+    return this.cached(`pipeline:${key}`, () =>
+      build({ checkpoint: this.ckpt, unetDtype: this.unetDtype, trainDtype: this.trainDtype }),
+    );
+  }
+
+  /** The checkpoint's tokenizer (token ids, a token's text). */
+  get tokenizer(): Checkpoint["tokenizer"] {
+    return this.ckpt.tokenizer;
+  }
+
   /** A new DDIM scheduler with the checkpoint's noise schedule (each caller sets its own timesteps). */
   scheduler(): DDIMScheduler {
     return DDIMScheduler.fromConfig(this.ckpt.scheduler.config);
@@ -458,52 +570,80 @@ export class StableDiffusion {
       if (s.status === "fulfilled") await s.value.session.release();
   }
 
+  /** Releases the sessions and the hold on the model's hub snapshot: the object is done with. */
+  async close(): Promise<void> {
+    await this.release();
+    await this.releaseModel();
+  }
+
   private contextSize(): number {
     return 77 * this.contextShape[1];
   }
 
-  private latentDims(
-    latents: Float32Array,
-    batch: number,
-    size?: { height: number; width: number },
-  ): [number, number] {
-    const perItem = latents.length / (batch * this.latentChannels);
-    if (size) {
-      expectLength("latents", latents, batch * this.latentChannels * size.height * size.width);
-      return [size.height, size.width];
-    }
-    const side = Math.round(Math.sqrt(perItem));
-    if (!Number.isInteger(perItem) || side * side !== perItem) {
-      throw new Error(
-        `latents of ${latents.length} values are not ${batch} square ${this.latentChannels}-channel latents (give their size)`,
-      );
-    }
-    return [side, side];
+  private latentDims(what: string, latents: Float32Array, batch: number, size: LatentSize): [number, number] {
+    const [h, w] = checkSize(what, size);
+    expectLength(
+      `${what} (${batch}×${this.latentChannels}×${h}×${w})`,
+      latents,
+      batch * this.latentChannels * h * w,
+    );
+    return [h, w];
   }
 
-  private cached(
+  /**
+   * A session that, when the device runs out of memory, releases every session of this model: the job
+   * fails (DeviceMemoryError), and the next one starts with the device's memory back and rebuilds what
+   * it needs instead of failing too.
+   */
+  private releasingOnOom(session: Session): Session {
+    return {
+      ...session,
+      run: async (feeds) => {
+        try {
+          return await session.run(feeds);
+        } catch (e) {
+          if (e instanceof DeviceMemoryError) {
+            log.warn({ model: this.modelId }, "out of device memory: releasing every session of the model");
+            await this.release();
+          }
+          throw e;
+        }
+      },
+    };
+  }
+
+  private cached<T extends { graph: Graph }>(
     key: string,
-    build: () => { graph: Graph; lora?: LoraInputs | undefined; weights?: Map<string, Tensor> },
-  ): Promise<Cached> {
+    build: () => T,
+  ): Promise<Omit<T, "graph"> & { session: Session }> {
     let entry = this.sessions.get(key);
     if (!entry) {
       entry = (async () => {
         const started = performance.now();
-        const { graph, lora, weights } = build();
+        const { graph, ...rest } = build();
         const session = await createSession(graph, {
           device: this.device,
           cacheKey: `sd-${this.fingerprint}/${key}`,
           cacheDir: this.graphCacheDir,
         });
         log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { session, lora, weights };
+        return { ...rest, session: this.releasingOnOom(session) };
       })();
       // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
-      entry.catch(() => this.sessions.delete(key));
+      entry.catch((e) => {
+        this.sessions.delete(key);
+        if (e instanceof DeviceMemoryError) void this.release();
+      });
       this.sessions.set(key, entry);
     }
-    return entry;
+    // Each key is only ever built by one builder, so the entry holds what that builder returned.
+    return entry as Promise<Omit<T, "graph"> & { session: Session }>;
   }
+}
+
+/** The UNet's compute dtype: fp16 when asked for, or by default on a GPU. */
+function unetComputeDtype(dtype: "fp32" | "fp16" | "auto", device: Device): ComputeDType {
+  return dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
 }
 
 /** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */
@@ -513,6 +653,14 @@ function weightsFingerprint(ckpt: Checkpoint): string {
     return [resolve(f), st.size, st.mtimeMs];
   });
   return createHash("sha256").update(JSON.stringify(files)).digest("hex").slice(0, 16);
+}
+
+function checkSize(what: string, size: LatentSize): [number, number] {
+  const { height, width } = size;
+  if (!Number.isInteger(height) || !Number.isInteger(width) || height < 1 || width < 1) {
+    throw new Error(`${what}: latent size ${height}×${width} is not two positive whole numbers`);
+  }
+  return [height, width];
 }
 
 function timesteps(t: number | readonly number[], batch: number): Float32Array {

@@ -1,6 +1,6 @@
 /**
  * Full-weight fine-tuning through the engine API (src/engine/models/finetune.ts, StableDiffusion's
- * `unetWeights`, `lossAndGrads({ unet, wrt: ["unet"] })`, `predictNoise(…, unet)`), on the sd1 fixture.
+ * `unetWeights`, `lossAndGrads({ unet, wrt: ["unet"] })`, `predictNoise(…, { unet })`), on the sd1 fixture.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StableDiffusion, TrainingMemoryError } from "../../src/engine/index.js";
@@ -15,6 +15,13 @@ const GRADIENT = 1e-3;
 const ZERO = 1e-6;
 
 const g = loadGolden("test/fixtures/models/sd1");
+/** The latent sizes of the golden's UNet call and loss step. */
+const latentSize = (name: string) => {
+  const [, , height, width] = g.shape(name) as number[];
+  return { height: height as number, width: width as number };
+};
+const unetSize = latentSize("unet.sample");
+const gradSize = latentSize("grad.x0");
 
 describe("full-weight fine-tuning (sd1 fixture)", () => {
   let sd: StableDiffusion;
@@ -32,6 +39,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
     expect([...unet.keys()].sort()).toEqual([...wanted].sort());
     const r = await sd.lossAndGrads({
       latents0: g.f32("grad.x0"),
+      size: gradSize,
       noise: g.f32("grad.noise"),
       t: [g.json["grad.timestep"]],
       context: g.f32("grad.context"),
@@ -55,17 +63,15 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
     const sample = g.f32("unet.sample");
     const t = g.ints("unet.timestep");
     const ctx = g.f32("unet.encoder_hidden_states");
-    const plain = await sd.predictNoise(sample, t, ctx);
+    const plain = await sd.predictNoise(sample, unetSize, t, ctx);
     const unet = sd.unetWeights("attention");
     expect(unet.size).toBeGreaterThan(0);
     expect([...unet.keys()].every((n) => n.includes(".attentions."))).toBe(true);
-    expect(relError(await sd.predictNoise(sample, t, ctx, undefined, undefined, unet), plain)).toBeLessThan(
-      1e-6,
-    );
+    expect(relError(await sd.predictNoise(sample, unetSize, t, ctx, { unet }), plain)).toBeLessThan(1e-6);
     const moved = new Map([...unet].map(([n, w]) => [n, w.map((v) => v * 1.5)]));
-    expect(
-      relError(await sd.predictNoise(sample, t, ctx, undefined, undefined, moved), plain),
-    ).toBeGreaterThan(1e-3);
+    expect(relError(await sd.predictNoise(sample, unetSize, t, ctx, { unet: moved }), plain)).toBeGreaterThan(
+      1e-3,
+    );
   });
 
   it("a few Adam steps on every UNet weight lower the loss on fixed draws", async () => {
@@ -74,6 +80,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
     const adam = new Adam(params, { lr: 1e-3 });
     const args = {
       latents0: g.f32("grad.x0"),
+      size: gradSize,
       noise: g.f32("grad.noise"),
       t: [g.json["grad.timestep"]],
       context: g.f32("grad.context"),
@@ -94,6 +101,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
   it("weights and wrt go together; a weight the UNet does not have is refused by name", async () => {
     const base = {
       latents0: g.f32("grad.x0"),
+      size: gradSize,
       noise: g.f32("grad.noise"),
       t: [g.json["grad.timestep"]],
       context: g.f32("grad.context"),
@@ -103,11 +111,10 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
     unet.set("not_a.weight", new Float32Array(4));
     const call = sd.predictNoise(
       g.f32("unet.sample"),
+      unetSize,
       g.ints("unet.timestep"),
       g.f32("unet.encoder_hidden_states"),
-      undefined,
-      undefined,
-      unet,
+      { unet },
     );
     await expect(call).rejects.toThrow(/not_a\.weight/);
   });
@@ -127,6 +134,7 @@ describe("training memory guard", () => {
       expect(m.total).toBeGreaterThan(m.limit);
       const run = sd.lossAndGrads({
         latents0: g.f32("grad.x0"),
+        size: gradSize,
         noise: g.f32("grad.noise"),
         t: [500],
         context: g.f32("grad.context"),

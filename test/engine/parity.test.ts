@@ -23,21 +23,12 @@ import { IO, lossGraph } from "../../src/engine/models/components.js";
 import { ddimInvert } from "../../src/engine/pipelines/invert.js";
 import { txt2img } from "../../src/engine/pipelines/txt2img.js";
 import { createSession, type HostTensor } from "../../src/engine/runtime/index.js";
-import { type Golden, goldens, relError } from "../helpers/golden.js";
+import { type Golden, goldens, PHASES, type Phase, relError, ulpNudge } from "../helpers/golden.js";
 
 const FORWARD = 1e-4;
 const GRADIENT = 1e-3;
 /** A gradient tensor below this fraction of all gradients' norm is float32 noise around an exact zero. */
 const ZERO = 1e-6;
-
-/** Moves every value by one float32 ulp (alternating up and down). */
-function ulpNudge(x: Float32Array, phase: Phase): Float32Array {
-  return x.map((v, i) => v * (1 + ((i + phase) % 2 ? 2 ** -23 : -(2 ** -23))));
-}
-
-/** Two nudges (the up/down pattern and its opposite): the spread is the larger response. */
-type Phase = 0 | 1;
-const PHASES: readonly Phase[] = [0, 1];
 
 /** Memoizes a computation per phase, so a nudged run happens at most once per phase and only if asked. */
 function perPhase<T>(f: (phase: Phase) => Promise<T>): (phase: Phase) => Promise<T> {
@@ -104,8 +95,10 @@ for (const golden of goldens()) {
     });
 
     it("UNet: one call, batch 2, two timesteps", async () => {
+      const [, , height, width] = g.shape("unet.sample") as number[];
+      const size = { height: height as number, width: width as number };
       const run = (sample: Float32Array) =>
-        sd.predictNoise(sample, g.ints("unet.timestep"), g.f32("unet.encoder_hidden_states"));
+        sd.predictNoise(sample, size, g.ints("unet.timestep"), g.f32("unet.encoder_hidden_states"));
       const out = await run(g.f32("unet.sample"));
       await expectParity("unet.out", out, g.f32("unet.out"), FORWARD, (phase) =>
         run(ulpNudge(g.f32("unet.sample"), phase)),
@@ -115,11 +108,11 @@ for (const golden of goldens()) {
     it("VAE: encode (mean, std) and decode", async () => {
       const [, , h, w] = g.shape("vae.image") as [number, number, number, number];
       const sf = openCheckpoint(g.modelDir).vae.config.scaling_factor;
-      const { mean, std } = await sd.encodeImage(g.f32("vae.image"), h, w);
+      const { mean, std, size } = await sd.encodeImage(g.f32("vae.image"), h, w);
       // The engine's latents are scaled; the golden distribution is the raw one.
       expect(relError(mean, scaled(g.f32("vae.encode.mean"), sf))).toBeLessThan(FORWARD);
       expect(relError(std, scaled(g.f32("vae.encode.std"), sf))).toBeLessThan(FORWARD);
-      const image = await sd.decodeLatents(scaled(g.f32("vae.encode.mean"), sf), h, w);
+      const image = await sd.decodeLatents(scaled(g.f32("vae.encode.mean"), sf), size);
       expect(relError(image, g.f32("vae.decode.out"))).toBeLessThan(FORWARD);
     });
 
@@ -149,7 +142,8 @@ for (const golden of goldens()) {
           negativePrompt: o.negative_prompt,
           steps: o.steps,
           guidance: o.guidance_scale,
-          size: o.height,
+          height: o.height,
+          width: o.width,
           latents,
         });
       const { latents, image } = await run(g.f32("txt2img.latents_in"));
@@ -174,7 +168,9 @@ for (const golden of goldens()) {
     it("DDIM inversion conditioned on prompt 0", async () => {
       const steps = g.shape("inversion.timesteps")[0] as number;
       const context = await sd.encodeText([json.prompts[0] as string]);
-      const run = (latents: Float32Array) => ddimInvert(sd, { latents, context, steps });
+      const [, , height, width] = g.shape("inversion.latents_in") as number[];
+      const size = { height: height as number, width: width as number };
+      const run = (latents: Float32Array) => ddimInvert(sd, { latents, size, context, steps });
       const { timesteps, latents } = await run(g.f32("inversion.latents_in"));
       expect(timesteps).toEqual(g.ints("inversion.timesteps"));
       const last = (r: { latents: Float32Array[] }) => r.latents[r.latents.length - 1] as Float32Array;
@@ -189,6 +185,8 @@ for (const golden of goldens()) {
 
     describe("denoising loss and gradients", () => {
       const t = json["grad.timestep"];
+      const [, , gradHeight, gradWidth] = g.shape("grad.x0") as number[];
+      const gradSize = { height: gradHeight as number, width: gradWidth as number };
       let out: Record<string, HostTensor>;
       let nudged: (phase: Phase) => Promise<Record<string, HostTensor>>;
       let release: () => Promise<void>;
@@ -283,7 +281,14 @@ for (const golden of goldens()) {
 
       it("the engine API's lossAndGrads agrees", async () => {
         const step = (x0: Float32Array, noise: Float32Array) =>
-          sd.lossAndGrads({ latents0: x0, noise, t: [t], context: g.f32("grad.context"), wrt: ["context"] });
+          sd.lossAndGrads({
+            latents0: x0,
+            size: gradSize,
+            noise,
+            t: [t],
+            context: g.f32("grad.context"),
+            wrt: ["context"],
+          });
         const r = await step(g.f32("grad.x0"), g.f32("grad.noise"));
         const nudgedStep = perPhase((phase) =>
           step(ulpNudge(g.f32("grad.x0"), phase), ulpNudge(g.f32("grad.noise"), phase)),

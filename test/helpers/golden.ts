@@ -93,3 +93,12 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return Math.sqrt(num) / Math.sqrt(den);
 }
+
+/** Two nudges (the up/down pattern and its opposite): a result's float32 spread is the larger response. */
+export type Phase = 0 | 1;
+export const PHASES: readonly Phase[] = [0, 1];
+
+/** Moves every value by one float32 ulp (alternating up and down; `phase` picks which way the first goes). */
+export function ulpNudge(x: Float32Array, phase: Phase): Float32Array {
+  return x.map((v, i) => v * (1 + ((i + phase) % 2 ? 2 ** -23 : -(2 ** -23))));
+}

@@ -1,6 +1,7 @@
 // Jobs through the queue end to end, with in-process workers running lightweight pipelines.
 import sharp from "sharp";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { DeviceMemoryError } from "../../src/engine/runtime/session.js";
 import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
 import type { JobName } from "../../src/queue/jobs.js";
@@ -131,6 +132,27 @@ describe("a job end to end", () => {
       jobId,
       message: "the state was made by another model; train again",
     });
+  });
+
+  it("fails a job that runs out of GPU memory once, with a message the user understands", async () => {
+    let calls = 0;
+    const pipelines: PipelineRegistry = {
+      ...lightweightPipelines(),
+      "imagic.render": async () => {
+        calls++;
+        throw new DeviceMemoryError("cuda", "CUDA failure 2: out of memory ; GPU=0");
+      },
+    };
+    await h.worker({ pipelines });
+    const { jobId } = await client.enqueue("imagic.render", render());
+    await until(() => events.failed.length > 0, 10_000, "failure");
+    expect(events.failed[0]).toMatchObject({
+      jobId,
+      message:
+        "the engine's GPU ran out of memory on this edit: try a smaller photo or a lighter preset, or try again later",
+    });
+    expect(calls).toBe(1);
+    expect((await client.queue.getJob(jobId))?.attemptsMade).toBe(1);
   });
 
   it("gives a user the job id, not the internals, when a job keeps failing", async () => {

@@ -8,7 +8,6 @@
  * its first step (session creation and warm-up included) plus (steps − 1) × the median of its later
  * steps. Early stopping is off (a random model's loss says nothing), so times are for full schedules.
  */
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -18,6 +17,7 @@ import { type Progress, renderImagic, seedGrid, trainImagic } from "../../engine
 import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../errors.js";
 import { getPreset, PRESET_NAMES, type PresetName } from "../../spec/imagic.js";
+import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
 import { sd15Shapes, tinyShapes } from "./sd.js";
 
@@ -66,35 +66,6 @@ class StageClock {
   }
 }
 
-/** Peak GPU memory from nvidia-smi, polled while the bench runs; undefined where there is no nvidia-smi. */
-function watchGpuMemory(): { peak: () => number | undefined; stop: () => number | undefined } {
-  let peak: number | undefined;
-  let child: ReturnType<typeof spawn> | undefined;
-  try {
-    child = spawn("nvidia-smi", ["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "200"], {
-      stdio: ["ignore", "pipe", "ignore"],
-    });
-    child.on("error", () => {
-      child = undefined;
-    });
-    child.stdout?.on("data", (d: Buffer) => {
-      for (const line of d.toString().split("\n")) {
-        const mib = Number(line.trim().split(/\s+/)[0]);
-        if (line.trim() && Number.isFinite(mib)) peak = Math.max(peak ?? 0, mib);
-      }
-    });
-  } catch {
-    child = undefined;
-  }
-  return {
-    peak: () => peak,
-    stop: () => {
-      child?.kill();
-      return peak;
-    },
-  };
-}
-
 const scaled = (steps: number, scale: number) =>
   steps === 0 ? 0 : Math.min(steps, Math.max(5, Math.round(steps * scale)));
 
@@ -124,6 +95,7 @@ async function benchPreset(
   size: number,
   scale: number,
   out: (s: string) => void,
+  gpu: GpuMemorySampler,
 ) {
   const preset = getPreset(name);
   const full = preset.train;
@@ -136,20 +108,28 @@ async function benchPreset(
   const renderSteps = scaled(preset.render.steps, scale);
   const clock = new StageClock();
   clock.begin("encode");
+  gpu.stage(`${name}/encode`);
   const state = await trainImagic(sd, {
     image: photo(size),
-    size,
+    height: size,
+    width: size,
     prompt: "a photo of a cat wearing a hat",
     options,
     onProgress: (p) => {
-      if (p.stage === "encode" && p.step === 1) clock.begin("embedding");
-      else if (p.stage !== "encode") clock.mark(p);
-      if (p.stage === "embedding" && p.step === p.total) clock.begin("finetune");
+      if (p.stage === "encode" && p.step === 1) {
+        clock.begin("embedding");
+        gpu.stage(`${name}/embedding`);
+      } else if (p.stage !== "encode") clock.mark(p);
+      if (p.stage === "embedding" && p.step === p.total) {
+        clock.begin("finetune");
+        gpu.stage(`${name}/finetune`);
+      }
     },
   });
   const seeds = [1, 2, 3, 4];
   let lastStep = 0;
   clock.begin("render");
+  gpu.stage(`${name}/render`);
   const images = await renderImagic(sd, state, {
     etas: [preset.gridEta],
     seeds,
@@ -163,7 +143,7 @@ async function benchPreset(
     },
   });
   const decodeMs = performance.now() - lastStep;
-  const gridMs = await timeGrid(() => seedGrid(images, preset.gridEta, size));
+  const gridMs = await timeGrid(() => seedGrid(images, preset.gridEta));
 
   /** A stage at its full step count: cold = first step (session build) + the rest at the median; warm = all at the median. */
   const extrapolate = (stage: string, fullSteps: number) => {
@@ -189,6 +169,7 @@ async function benchPreset(
 
   // 4 new variants from the cached state: serialize, reload, render with warm sessions, grid.
   const stateBytes = serializeState(state);
+  gpu.stage(`${name}/cached`);
   const c0 = performance.now();
   const reloaded = deserializeState(stateBytes);
   const cacheClock = new StageClock();
@@ -201,7 +182,7 @@ async function benchPreset(
     batch: 4,
     onProgress: (p) => cacheClock.mark(p),
   });
-  await timeGrid(() => seedGrid(variants, preset.gridEta, size));
+  await timeGrid(() => seedGrid(variants, preset.gridEta));
   const cachedMs = performance.now() - c0;
   const cs = cacheClock.steps("render");
   const cachedVariants = cs ? cachedMs + (preset.render.steps - cs.ran) * cs.median : cachedMs;
@@ -262,15 +243,17 @@ async function benchBatches(
   lora: LoraWeights | undefined,
   out: (s: string) => void,
 ) {
-  const ls = sd.latentSize(size);
-  const per = sd.latentChannels * ls * ls;
+  const ls = sd.latentSize(size, size);
+  const per = sd.latentChannels * ls.height * ls.width;
   const context = await sd.encodeText(["a photo of a cat"]);
   const training = [];
   for (const b of batches) {
     const latents0 = new Float32Array(b * per).fill(0.1);
     const noise = new Float32Array(b * per).map((_, i) => Math.sin(i));
     const t = Array.from({ length: b }, (_, i) => 100 + ((i * 211) % 800));
-    const r = await timeRuns(() => sd.lossAndGrads({ latents0, noise, t, context, wrt: ["context"] }));
+    const r = await timeRuns(() =>
+      sd.lossAndGrads({ latents0, size: ls, noise, t, context, wrt: ["context"] }),
+    );
     training.push({ batch: b, ...r, perSampleMs: r.medianMs / b });
     out(
       `embedding step, ${b} timestep(s): ${r.medianMs.toFixed(0)} ms (${(r.medianMs / b).toFixed(0)} ms per timestep)`,
@@ -282,7 +265,7 @@ async function benchBatches(
     const contexts = new Float32Array(2 * images * context.length);
     for (let i = 0; i < 2 * images; i++) contexts.set(context, i * context.length);
     // With the presets' LoRA, so the 4-image shape reuses the session the renders built.
-    const r = await timeRuns(() => sd.predictNoise(latents, 500, contexts, lora));
+    const r = await timeRuns(() => sd.predictNoise(latents, ls, 500, contexts, { lora }));
     sampling.push({ images, ...r, perImageMs: r.medianMs / images });
     out(
       `guided sampling step, ${images} image(s): ${r.medianMs.toFixed(0)} ms (${(r.medianMs / images).toFixed(0)} ms per image)`,
@@ -334,7 +317,8 @@ export function imagicBenchCommand(): Command {
       }
       const out = (s: string) => process.stdout.write(`${s}\n`);
       const shapes = f.tiny ? tinyShapes(size) : sd15Shapes(size);
-      const gpu = watchGpuMemory();
+      const gpu = new GpuMemorySampler();
+      gpu.stage("load");
       const l0 = performance.now();
       const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
       out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
@@ -346,7 +330,7 @@ export function imagicBenchCommand(): Command {
           trainDtype: f.trainDtype,
         });
       } catch (error) {
-        gpu.stop(); // the polling child would keep the process alive
+        await gpu.stop(); // the polling child would keep the process alive
         throw error;
       }
       out(
@@ -367,30 +351,34 @@ export function imagicBenchCommand(): Command {
       // Written after every part, so a run cut short (device time limit) keeps what it measured.
       const save = () => {
         result.peakGpuMiB = gpu.peak();
+        result.gpuMiBByStage = gpu.byStage();
         if (f.json) writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
       };
       const peakLine = () => {
         const mib = gpu.peak();
         // Device-wide and cumulative: sessions of earlier presets stay loaded (run one preset to isolate it).
-        if (mib !== undefined)
+        if (mib !== undefined) {
           out(`         peak GPU memory so far (nvidia-smi, whole device): ${(mib / 1024).toFixed(1)} GiB`);
+          out(`         GPU memory by stage (GiB at its start → its peak): ${gpu.summary()}`);
+        }
       };
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
         let lastLora: LoraWeights | undefined;
         for (const p of presets) {
-          const { row, lora } = await benchPreset(sd, p, size, scale, out);
+          const { row, lora } = await benchPreset(sd, p, size, scale, out, gpu);
           (result.presets as unknown[]).push(row);
           lastLora = lora ?? undefined;
           peakLine();
           save();
         }
+        gpu.stage("batches");
         if (batches.length > 0) Object.assign(result, await benchBatches(sd, size, batches, lastLora, out));
         result.totalMs = performance.now() - l0;
         peakLine();
         save();
       } finally {
-        gpu.stop();
+        await gpu.stop();
         await sd.release();
       }
     });

@@ -1,7 +1,8 @@
 /**
  * A diffusers-format checkpoint folder with random weights, written to disk, so a benchmark can time the
  * whole engine (`StableDiffusion.load`, its lazily built sessions, the pipelines on top) at full SD 1.5
- * size where no real weights can be downloaded. Shapes come from `bench sd`'s configs; the parameter
+ * size where no real weights can be downloaded, and so tests can load checkpoint layouts no fixture has
+ * (3- or 5-level UNets, odd widths). Shapes come from `bench sd`'s configs (or a test's); the parameter
  * names and shapes are the ones the engine's own network builders ask for (recorded while building the
  * graphs); the values are `randomWeights()`' (timings do not depend on them). Tokenizer, scheduler and
  * model_index come from the tiny fixture checkpoint (the real CLIP vocabulary and SD's DDIM config).
@@ -25,11 +26,16 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "../../engine/models/components.js";
+import type { TextEncoderConfig, UNetConfig, VaeConfig } from "../../engine/models/config.js";
 import type { WeightSource } from "../../engine/models/params.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
-import type { sd15Shapes } from "./sd.js";
 
-type Shapes = ReturnType<typeof sd15Shapes>;
+/** The three networks' configs (written as their config.json, with the weights their builders ask for). */
+export interface CheckpointShapes {
+  unet: UNetConfig;
+  vae: VaeConfig;
+  clip: TextEncoderConfig;
+}
 type StoredDType = "float32" | "float16";
 
 /** Every parameter a builder asks for, with its shape (the builder's graph is thrown away). */
@@ -86,16 +92,22 @@ function writeSafetensors(file: string, params: Map<string, readonly number[]>, 
  * Writes (or reuses, when a previous run completed it) a random-weight checkpoint of `shapes` in `dir`.
  * Returns the folder for `StableDiffusion.load`.
  */
-export function randomCheckpoint(dir: string, shapes: Shapes, dtype: StoredDType = "float16"): string {
+export function randomCheckpoint(
+  dir: string,
+  shapes: CheckpointShapes,
+  dtype: StoredDType = "float16",
+): string {
   const done = path.join(dir, ".complete");
   if (existsSync(done)) return dir;
   rmSync(dir, { recursive: true, force: true });
-  const ls = shapes.size / 2 ** (shapes.vae.block_out_channels.length - 1);
+  // Parameter shapes do not depend on the spatial size: record at the smallest one that halves evenly.
+  const ls = 2 ** (shapes.unet.block_out_channels.length - 1);
+  const px = ls * 2 ** (shapes.vae.block_out_channels.length - 1);
   const components: Array<[string, string, Record<string, unknown>, Map<string, readonly number[]>]> = [
     [
       "unet",
       "diffusion_pytorch_model",
-      { _class_name: "UNet2DConditionModel", ...shapes.unet, sample_size: ls },
+      { _class_name: "UNet2DConditionModel", ...shapes.unet },
       recordParams((w) => unetGraph(w, shapes.unet, { batch: 1, height: ls, width: ls })),
     ],
     [
@@ -103,7 +115,7 @@ export function randomCheckpoint(dir: string, shapes: Shapes, dtype: StoredDType
       "diffusion_pytorch_model",
       { _class_name: "AutoencoderKL", ...shapes.vae },
       new Map([
-        ...recordParams((w) => vaeEncodeGraph(w, shapes.vae, shapes.size, shapes.size)),
+        ...recordParams((w) => vaeEncodeGraph(w, shapes.vae, px, px)),
         ...recordParams((w) => vaeDecodeGraph(w, shapes.vae, 1, ls, ls)),
       ]),
     ],

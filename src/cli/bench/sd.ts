@@ -62,6 +62,7 @@ export function sd15Shapes(size = 512): Shapes {
       attention_head_dim: 8,
       cross_attention_dim: 768,
       layers_per_block: 2,
+      sample_size: 64,
     }),
     vae: VaeConfigSchema.parse({
       block_out_channels: [128, 256, 512, 512],
@@ -90,6 +91,7 @@ export function tinyShapes(size = 64): Shapes {
       attention_head_dim: 8,
       cross_attention_dim: 32,
       layers_per_block: 1,
+      sample_size: 8,
     }),
     vae: VaeConfigSchema.parse({
       block_out_channels: [32, 32, 64, 64],

@@ -2,7 +2,9 @@
  * Reverse-mode autodiff over the graph IR. grad(loss, wrt) appends the backward pass to loss.graph:
  * only nodes on a path from some wrt tensor to the loss get backward nodes, and each input gradient is
  * built only where it is needed. Composite ops on such a path are differentiated through their
- * primitive expansion (which emission then uses for their forward too, so nothing is computed twice).
+ * primitive expansion (which emission then uses for their forward too, so nothing is computed twice),
+ * unless they bring their own VJP (attention, which recomputes its maps instead of keeping them): those
+ * stay one node, emitted fused where the device can.
  */
 
 import { isFloat } from "./dtype.js";
@@ -61,11 +63,12 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Tensor[] {
     return memo.get(root) as boolean;
   };
 
-  // A composite output on the gradient path stands for its expansion's output.
+  // A composite output on the gradient path stands for its expansion's output (unless it has a VJP).
   const resolve = (t: Tensor): Tensor => {
     let cur = t;
     while (cur.node && isComposite(cur.node) && depends(cur)) {
       cur.node.differentiated = true;
+      if (opDef(cur.node.op).vjp) break;
       cur = expansion(cur.node)[cur.index] as Tensor;
     }
     return cur;

@@ -47,7 +47,7 @@ export class Node {
   /** For composite ops: the same computation in primitives, built on first need (autodiff or emission). */
   expansion: Tensor[] | null = null;
   /** Set by grad() on composites on a gradient path: emitted as their expansion, whose nodes the
-   *  backward pass reuses. */
+   *  backward pass reuses, unless the op has a VJP of its own (then its fused form may stay). */
   differentiated = false;
   outputs: Tensor[] = [];
 

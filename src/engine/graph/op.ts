@@ -37,7 +37,8 @@ export interface OpDef {
   differentiable?: (index: number, node: Node) => boolean;
   /** Primitive ops: ONNX for the node. Composite ops: the fused ONNX form, used when `fusable`. */
   emit?(e: Emitter, node: Node): void;
-  /** Primitive ops: input gradients given output gradients (null = zero), only where `needs[i]`. */
+  /** Input gradients given output gradients (null = zero), only where `needs[i]`: every primitive, and
+   *  the composites whose backward is not their decomposition's (attention). */
   vjp?(node: Node, gy: readonly (Tensor | null)[], needs: readonly boolean[]): (Tensor | null)[];
   /** Composite ops: the same computation in primitives (differentiated, and emitted when not fusable). */
   decompose?(node: Node): Tensor[];

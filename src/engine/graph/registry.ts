@@ -20,15 +20,15 @@ export function expansion(node: Node): Tensor[] {
   return node.expansion;
 }
 
-/** The tensor that emission computes for `t`: a composite that is differentiated, or whose fused kernel
- *  the device lacks at this dtype, is emitted as its expansion. */
+/** The tensor that emission computes for `t`: a composite whose fused kernel the device lacks at this
+ *  dtype, or that is differentiated through its expansion (no VJP of its own), is emitted as its expansion. */
 export function emittedAs(t: Tensor, device: Device, fuse = true): Tensor {
   let cur = t;
   for (;;) {
     const node = cur.node;
     if (!node || !isComposite(node)) return cur;
     const def = opDef(node.op);
-    if (fuse && !node.differentiated && def.fusable?.(node, device)) return cur;
+    if (fuse && (!node.differentiated || def.vjp) && def.fusable?.(node, device)) return cur;
     cur = expansion(node)[cur.index] as Tensor;
   }
 }

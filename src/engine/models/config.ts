@@ -75,12 +75,39 @@ export type ModelIndex = z.infer<typeof ModelIndexSchema>;
 
 const posInt = z.number().int().positive();
 const intOrList = z.union([posInt, z.array(posInt).min(1)]);
+/** diffusers' `sample_size`: one side, or [height, width] (an int or a tuple in diffusers). */
+const sampleSize = z.union([posInt, z.tuple([posInt, posInt])]);
+
+/** A sample_size as [height, width]. */
+export function sampleSizeHW(s: number | readonly [number, number]): [number, number] {
+  return typeof s === "number" ? [s, s] : [s[0], s[1]];
+}
+
+/** A per-level setting (one value for every level, or a list with one per level) as a list. */
+export function perLevel(v: number | readonly number[], levels: number): number[] {
+  return typeof v === "number" ? Array<number>(levels).fill(v) : [...v];
+}
+
+/** GroupNorm splits each level's channels into norm_num_groups groups: they must divide evenly. */
+function checkGroups(
+  c: { block_out_channels: number[]; norm_num_groups: number },
+  ctx: z.RefinementCtx,
+): void {
+  const bad = c.block_out_channels.filter((ch) => ch % c.norm_num_groups !== 0);
+  if (bad.length > 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["block_out_channels"],
+      message: `each must be a multiple of norm_num_groups (${c.norm_num_groups}); ${bad.join(", ")} ${bad.length > 1 ? "are" : "is"} not`,
+    });
+  }
+}
 
 export const UNetConfigSchema = z
   .strictObject({
     in_channels: posInt.default(4),
     out_channels: posInt.default(4),
-    sample_size: posInt.nullable().default(null),
+    sample_size: sampleSize.nullable().default(null),
     center_input_sample: z.literal(false).default(false),
     flip_sin_to_cos: z.boolean().default(true),
     freq_shift: z.number().int().default(0),
@@ -136,14 +163,14 @@ export const UNetConfigSchema = z
   })
   .superRefine((c, ctx) => {
     const levels = c.block_out_channels.length;
-    const perLevel: Array<[string, unknown[] | number | null]> = [
+    const listed: Array<[string, unknown[] | number | null]> = [
       ["down_block_types", c.down_block_types],
       ["up_block_types", c.up_block_types],
       ["attention_head_dim", c.attention_head_dim],
       ["num_attention_heads", c.num_attention_heads],
       ["transformer_layers_per_block", c.transformer_layers_per_block],
     ];
-    for (const [key, value] of perLevel) {
+    for (const [key, value] of listed) {
       if (Array.isArray(value) && value.length !== levels) {
         ctx.addIssue({
           code: "custom",
@@ -152,11 +179,17 @@ export const UNetConfigSchema = z
         });
       }
     }
-    if (c.block_out_channels.some((ch) => ch % c.norm_num_groups !== 0)) {
+    checkGroups(c, ctx);
+    // Each level's attention splits its channels into heads of channels // heads (diffusers' integer
+    // division: a remainder just narrows the attention's inner width); no head may be empty.
+    if (Array.isArray(c.attention_head_dim) && c.attention_head_dim.length !== levels) return;
+    const heads = perLevel(c.attention_head_dim, levels);
+    const narrow = c.block_out_channels.findIndex((ch, i) => ch < (heads[i] as number));
+    if (narrow >= 0) {
       ctx.addIssue({
         code: "custom",
-        path: ["block_out_channels"],
-        message: `each must be a multiple of norm_num_groups (${c.norm_num_groups})`,
+        path: ["attention_head_dim"],
+        message: `level ${narrow} has ${heads[narrow]} heads for ${c.block_out_channels[narrow]} channels (block_out_channels): at most one head per channel`,
       });
     }
   });
@@ -173,7 +206,7 @@ export const VaeConfigSchema = z
     act_fn: z.literal("silu").default("silu"),
     latent_channels: posInt.default(4),
     norm_num_groups: posInt.default(32),
-    sample_size: posInt.default(32),
+    sample_size: sampleSize.default(32),
     scaling_factor: z.number().positive().default(0.18215),
     shift_factor: z.union([z.null(), z.literal(0)]).default(null),
     latents_mean: z.null().default(null),
@@ -194,6 +227,7 @@ export const VaeConfigSchema = z
         });
       }
     }
+    checkGroups(c, ctx);
   });
 export type VaeConfig = z.infer<typeof VaeConfigSchema>;
 

@@ -20,12 +20,17 @@ function timestepFrequencies(dim: number, freqShift: number, maxPeriod = 10000):
   return out;
 }
 
-/** timesteps [B] (float32) → [B, dim]: [sin, cos] of t·f, or [cos, sin] with flip_sin_to_cos. */
+/**
+ * timesteps [B] (float32) → [B, dim]: [sin, cos] of t·f, or [cos, sin] with flip_sin_to_cos; an odd
+ * dim gets a last column of zeros, as get_timestep_embedding pads it.
+ */
 export function timestepEmbedding(t: Tensor, dim: number, flipSinToCos: boolean, freqShift: number): Tensor {
-  if (dim % 2 !== 0) throw new Error(`timestep embedding: dimension ${dim} is odd`);
-  const freqs = t.graph.constant(timestepFrequencies(dim, freqShift), "float32", [1, dim / 2]);
+  const half = Math.floor(dim / 2);
+  const freqs = t.graph.constant(timestepFrequencies(dim, freqShift), "float32", [1, half]);
   const args = mul(unsqueeze(t, [1]), freqs);
-  return flipSinToCos ? concat([cos(args), sin(args)], 1) : concat([sin(args), cos(args)], 1);
+  const parts = flipSinToCos ? [cos(args), sin(args)] : [sin(args), cos(args)];
+  if (dim % 2 !== 0) parts.push(mul(unsqueeze(t, [1]), 0));
+  return concat(parts, 1);
 }
 
 /** TimestepEmbedding: linear_1 (in → dim) → SiLU → linear_2 (dim → dim). */

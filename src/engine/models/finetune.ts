@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
-import type { UNetConfig } from "./config.js";
+import { perLevel, type UNetConfig } from "./config.js";
 import { isLoraTarget } from "./lora.js";
 
 /** Trained UNet weights by checkpoint name (e.g. "mid_block.attentions.0.proj_in.weight"), float32. */
@@ -97,14 +97,8 @@ export function estimateActivationBytes(a: TrainingMemoryArgs): number {
   const c = a.config;
   const ctx = a.contextLength ?? 77;
   const levels = c.block_out_channels.length;
-  const heads =
-    typeof c.attention_head_dim === "number"
-      ? Array(levels).fill(c.attention_head_dim)
-      : c.attention_head_dim;
-  const tLayers =
-    typeof c.transformer_layers_per_block === "number"
-      ? Array(levels).fill(c.transformer_layers_per_block)
-      : c.transformer_layers_per_block;
+  const heads = perLevel(c.attention_head_dim, levels);
+  const tLayers = perLevel(c.transformer_layers_per_block, levels);
   let values = 0;
   const level = (i: number, blocks: number, attention: boolean) => {
     const ch = c.block_out_channels[i] as number;

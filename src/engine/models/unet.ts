@@ -4,8 +4,8 @@
  */
 import type { Tensor } from "../graph/index.js";
 import { cast, concat, silu } from "../graph/index.js";
-import { transformer2D } from "./attention.js";
-import type { UNetConfig } from "./config.js";
+import { type AttentionHook, transformer2D } from "./attention.js";
+import { perLevel, type UNetConfig } from "./config.js";
 import { timeMlp, timestepEmbedding } from "./embeddings.js";
 import { conv, groupNorm } from "./layers.js";
 import type { LoraHook } from "./lora.js";
@@ -21,15 +21,8 @@ export interface UNetInputs {
   context: Tensor;
 }
 
-const CROSS_DOWN = "CrossAttnDownBlock2D";
-const CROSS_UP = "CrossAttnUpBlock2D";
-
-function perLevel(name: string, v: number | readonly number[], levels: number): number[] {
-  const list = typeof v === "number" ? Array<number>(levels).fill(v) : [...v];
-  if (list.length !== levels)
-    throw new Error(`unet config: ${name} has ${list.length} entries for ${levels} levels`);
-  return list;
-}
+export const CROSS_DOWN = "CrossAttnDownBlock2D";
+export const CROSS_UP = "CrossAttnUpBlock2D";
 
 /** diffusers itself refuses num_attention_heads for this model: attention_head_dim carries the head count. */
 function checkConfig(c: UNetConfig): void {
@@ -40,13 +33,22 @@ function checkConfig(c: UNetConfig): void {
   }
 }
 
-/** The UNet's output ([B, out_channels, h, w]: ε or v, whatever the checkpoint predicts). */
-export function unet(p: ParamSource, c: UNetConfig, x: UNetInputs, lora?: LoraHook): Tensor {
+/**
+ * The UNet's output ([B, out_channels, h, w]: ε or v, whatever the checkpoint predicts). `lora` rides on
+ * the attention projections; `control` decides how every attention module attends (attention control).
+ */
+export function unet(
+  p: ParamSource,
+  c: UNetConfig,
+  x: UNetInputs,
+  lora?: LoraHook,
+  control?: AttentionHook,
+): Tensor {
   checkConfig(c);
   const levels = c.block_out_channels.length;
   const boc = c.block_out_channels;
-  const heads = perLevel("attention_head_dim", c.attention_head_dim, levels);
-  const tLayers = perLevel("transformer_layers_per_block", c.transformer_layers_per_block, levels);
+  const heads = perLevel(c.attention_head_dim, levels);
+  const tLayers = perLevel(c.transformer_layers_per_block, levels);
   const groups = c.norm_num_groups;
   const eps = c.norm_eps;
   const c0 = boc[0] as number;
@@ -63,13 +65,15 @@ export function unet(p: ParamSource, c: UNetConfig, x: UNetInputs, lora?: LoraHo
   const attn = (path: string, h: Tensor, level: number, nHeads: number) =>
     transformer2D(p, path, h, context, {
       heads: nHeads,
-      dimHead: (h.shape[1] as number) / nHeads,
+      // diffusers: channels // heads (a remainder narrows the attention; proj_in/out map back).
+      dimHead: Math.floor((h.shape[1] as number) / nHeads),
       contextDim: c.cross_attention_dim,
       upcast: c.upcast_attention,
       groups,
       layers: tLayers[level] as number,
       linearProjection: c.use_linear_projection,
       lora,
+      control,
     });
 
   let h = conv(p, "conv_in", sample, c.in_channels, c0, { kernel: 3, padding: 1 });

@@ -20,10 +20,12 @@ import {
   validateImagicOptions,
   validateRenderOptions,
 } from "../../spec/imagic.js";
+import type { Box, Size } from "../../spec/shape.js";
 import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import { type Tile, tileGrid } from "../grid.js";
+import { cropImage } from "../image.js";
 import type { LoraWeights, LossArgs, LossResult, StableDiffusion, UnetWeights } from "../index.js";
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
@@ -42,14 +44,20 @@ export interface Progress {
   loss?: number;
   /** Seconds left in this call (training: both stages; render: every batch). */
   etaSeconds?: number;
-  /** [3, H, W] in [-1, 1]: while rendering, the first image of each batch as soon as it is decoded. */
+  /** [3, h, w] in [-1, 1] (h × w: the state's content box): while rendering, the first image of each batch as soon as it is decoded. */
   preview?: Float32Array;
 }
 
 export interface TrainArgs {
-  /** The photo, [1, 3, size, size] in [-1, 1] (src/engine/image.ts's loadImage). */
+  /** The photo, [1, 3, height, width] in [-1, 1] (src/engine/image.ts's loadImage). */
   image: Float32Array;
-  size: number;
+  /** Its size in pixels, each a multiple of the VAE factor (8); renders run at this size. */
+  height: number;
+  width: number;
+  /** Where the photo's pixels are in the image (the rest is padding, cropped off renders); default all. */
+  content?: Box;
+  /** The photo's own size before it was resized, kept in the state for upscaled results. */
+  source?: Size;
   prompt: string;
   options: ImagicOptions;
   onProgress?: (p: Progress) => void;
@@ -71,8 +79,10 @@ export interface RenderArgs extends RenderOptions {
 export interface RenderedImage {
   eta: number;
   seed: number;
-  /** [3, H, W] in [-1, 1]. */
+  /** [3, height, width] in [-1, 1]: the photo's box of the rendered image (its aspect ratio). */
   image: Float32Array;
+  height: number;
+  width: number;
 }
 
 /** Relative cost of one step of each stage, for ETAs before a stage has been timed. */
@@ -179,12 +189,12 @@ function loraGrads(lora: LoraWeights, grads: LoraWeights): Float32Array[] {
 export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise<ImagicState> {
   const o = validateImagicOptions(args.options);
   const prompt = checkPrompt(sd, args.prompt);
-  const { size, signal } = args;
+  const { height, width, signal } = args;
   const report = args.onProgress ?? (() => {});
-  const ls = sd.latentSize(size);
-  const per = sd.latentChannels * ls * ls;
-  if (args.image.length !== 3 * size * size) {
-    throw new Error(`trainImagic: image holds ${args.image.length} values, expected 3×${size}×${size}`);
+  const size = sd.latentSize(height, width);
+  const per = sd.latentChannels * size.height * size.width;
+  if (args.image.length !== 3 * height * width) {
+    throw new Error(`trainImagic: image holds ${args.image.length} values, expected 3×${height}×${width}`);
   }
   const full = o.finetune.method === "full";
   // A full fine-tune that cannot fit is refused before the photo is even encoded.
@@ -192,8 +202,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     sd.checkTrainingMemory({
       names: sd.unetWeightNames(o.finetune.weights ?? "all"),
       batch: o.finetune.batch,
-      height: ls,
-      width: ls,
+      ...size,
     });
   }
   const started = performance.now();
@@ -201,7 +210,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
   report({ stage: "encode", step: 0, total: 1 });
   const eTgt = await sd.encodeText([prompt]);
   // The posterior mean, not a sample: the target is the photo itself, without the VAE's sampling noise.
-  const { mean: x0 } = await sd.encodeImage(args.image, size, size);
+  const { mean: x0 } = await sd.encodeImage(args.image, height, width);
   report({ stage: "encode", step: 1, total: 1 });
   const encodeSeconds = (performance.now() - started) / 1000;
 
@@ -252,7 +261,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     const adam = new Adam(params, { lr: s.lr });
     const latents0 = repeat(x0, s.batch);
     return run(stage, s.steps, s.batch, async (noise, t) => {
-      const r = await sd.lossAndGrads({ latents0, noise, t, context: eOpt, ...trained });
+      const r = await sd.lossAndGrads({ latents0, size, noise, t, context: eOpt, ...trained });
       adam.step(gradsOf(r));
       return r.loss;
     });
@@ -308,8 +317,10 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
   return {
     modelId: sd.modelId,
     prompt,
-    width: size,
-    height: size,
+    width,
+    height,
+    content: args.content ?? { left: 0, top: 0, width, height },
+    ...(args.source ? { source: { width: args.source.width, height: args.source.height } } : {}),
     options: o,
     contextShape: [...sd.contextShape],
     eTgt,
@@ -387,9 +398,9 @@ export async function renderImagic(
     );
   }
   const batch = Math.max(1, Math.floor(args.batch ?? 4));
-  const size = state.width;
-  const ls = sd.latentSize(size);
-  const per = sd.latentChannels * ls * ls;
+  const { height, width } = state;
+  const size = sd.latentSize(height, width);
+  const per = sd.latentChannels * size.height * size.width;
   const ctxSize = state.eTgt.length;
   const pairs = r.etas.flatMap((eta) => r.seeds.map((seed) => ({ eta, seed })));
   const chunks: Array<typeof pairs> = [];
@@ -419,6 +430,7 @@ export async function renderImagic(
     });
     const final = await sampleLatents(sd, {
       latents,
+      size,
       contexts: ctx,
       uncond,
       guidance: r.guidance,
@@ -434,11 +446,13 @@ export async function renderImagic(
       },
     });
     throwIfCancelled(args.signal, `render batch ${c + 1}/${chunks.length} decode`);
-    const images = await sd.decodeLatents(final, size, size);
-    const img = 3 * size * size;
+    const images = await sd.decodeLatents(final, size);
+    const img = 3 * height * width;
     const real = c === chunks.length - 1 ? realInLast : chunk.length;
+    const box = state.content;
     chunk.slice(0, real).forEach((p, i) => {
-      out.push({ ...p, image: images.slice(i * img, (i + 1) * img) });
+      const image = cropImage(images.slice(i * img, (i + 1) * img), state, box);
+      out.push({ ...p, image, height: box.height, width: box.width });
     });
     // The batch's first finished image, free to show while later batches render.
     report({ stage: "render", step: (c + 1) * r.steps, total, etaSeconds, preview: out.at(-real)?.image });
@@ -447,34 +461,34 @@ export async function renderImagic(
 }
 
 /** N seeds at one η, labelled 1…N (the numbers a chat user reacts with). */
-export function seedGrid(images: readonly RenderedImage[], eta: number, size: number): Promise<Buffer> {
+export function seedGrid(images: readonly RenderedImage[], eta: number): Promise<Buffer> {
   const row = images.filter((i) => i.eta === eta);
   if (row.length === 0) throw new Error(`seedGrid: no image at η ${eta}`);
   return tileGrid(
-    row.map((i, k) => tile(i, size, String(k + 1))),
+    row.map((i, k) => tile(i, String(k + 1))),
     { columns: Math.min(4, row.length) },
   );
 }
 
 /** One seed across every η, weak to strong, labelled with η. */
-export function etaSweep(images: readonly RenderedImage[], seed: number, size: number): Promise<Buffer> {
+export function etaSweep(images: readonly RenderedImage[], seed: number): Promise<Buffer> {
   const col = images.filter((i) => i.seed === seed).sort((a, b) => a.eta - b.eta);
   if (col.length === 0) throw new Error(`etaSweep: no image for seed ${seed}`);
   return tileGrid(
-    col.map((i) => tile(i, size, `η ${i.eta}`)),
+    col.map((i) => tile(i, `η ${i.eta}`)),
     { columns: col.length },
   );
 }
 
 /** Every image: one row per η, one column per seed, labelled "seed · η". */
-export function fullGrid(images: readonly RenderedImage[], size: number): Promise<Buffer> {
+export function fullGrid(images: readonly RenderedImage[]): Promise<Buffer> {
   const seeds = new Set(images.map((i) => i.seed)).size;
   return tileGrid(
-    images.map((i) => tile(i, size, `${i.seed} · η ${i.eta}`)),
+    images.map((i) => tile(i, `${i.seed} · η ${i.eta}`)),
     { columns: seeds },
   );
 }
 
-function tile(i: RenderedImage, size: number, label: string): Tile {
-  return { image: i.image, width: size, height: size, label };
+function tile(i: RenderedImage, label: string): Tile {
+  return { image: i.image, width: i.width, height: i.height, label };
 }

@@ -3,11 +3,13 @@
  * without guidance (diffusers' DDIMInverseScheduler with the same "leading" timesteps, ascending).
  */
 import { throwIfCancelled } from "../errors.js";
-import type { StableDiffusion } from "../index.js";
+import type { LatentSize, StableDiffusion } from "../index.js";
 
 export interface InvertOptions {
   /** Clean latents [1, 4, h, w] (scaled). */
   latents: Float32Array;
+  /** h and w of the latents. */
+  size: LatentSize;
   /** [1, 77, D]. */
   context: Float32Array;
   steps: number;
@@ -28,7 +30,7 @@ export async function ddimInvert(
   for (let i = 0; i < timesteps.length; i++) {
     throwIfCancelled(o.signal, `inversion step ${i + 1}/${timesteps.length}`);
     const t = timesteps[i] as number;
-    const pred = await sd.predictNoise(x, t, o.context);
+    const pred = await sd.predictNoise(x, o.size, t, o.context);
     x = scheduler.invertStep(pred, t, x);
     out.push(x);
     o.onStep?.(i + 1, timesteps.length);

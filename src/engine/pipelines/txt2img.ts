@@ -13,9 +13,10 @@ export interface Txt2ImgOptions {
   steps: number;
   /** Classifier-free guidance scale; ≤ 1 turns guidance off (one UNet call per step). */
   guidance: number;
-  /** Image side in pixels (square). */
-  size: number;
-  /** Initial latents [1, 4, s, s] (scaled); otherwise drawn from `seed`. */
+  /** Image height and width in pixels, each a multiple of the VAE factor (8). */
+  height: number;
+  width: number;
+  /** Initial latents [1, 4, height/8, width/8] (scaled); otherwise drawn from `seed`. */
   latents?: Float32Array;
   seed?: number;
   onStep?: (step: number, total: number) => void;
@@ -24,7 +25,7 @@ export interface Txt2ImgOptions {
 
 export interface Txt2ImgResult {
   latents: Float32Array;
-  /** [1, 3, size, size] in [-1, 1] (not clamped). */
+  /** [1, 3, height, width] in [-1, 1] (not clamped). */
   image: Float32Array;
 }
 
@@ -32,8 +33,8 @@ export async function txt2img(sd: StableDiffusion, o: Txt2ImgOptions): Promise<T
   if (!Number.isInteger(o.steps) || o.steps < 1 || o.steps > 1000) {
     throw new Error(`txt2img: steps must be an integer in 1…1000, got ${o.steps}`);
   }
-  const ls = sd.latentSize(o.size);
-  const n = sd.latentChannels * ls * ls;
+  const size = sd.latentSize(o.height, o.width);
+  const n = sd.latentChannels * size.height * size.width;
   let latents: Float32Array;
   if (o.latents) {
     if (o.latents.length !== n)
@@ -49,6 +50,7 @@ export async function txt2img(sd: StableDiffusion, o: Txt2ImgOptions): Promise<T
   const ctxSize = context.length / (guided ? 2 : 1);
   latents = await sampleLatents(sd, {
     latents,
+    size,
     contexts: context.subarray(context.length - ctxSize),
     ...(guided ? { uncond: context.subarray(0, ctxSize) } : {}),
     guidance: o.guidance,
@@ -58,6 +60,6 @@ export async function txt2img(sd: StableDiffusion, o: Txt2ImgOptions): Promise<T
     label: "txt2img",
   });
   throwIfCancelled(o.signal, "txt2img decode");
-  const image = await sd.decodeLatents(latents, o.size, o.size);
+  const image = await sd.decodeLatents(latents, size);
   return { latents, image };
 }

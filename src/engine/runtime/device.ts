@@ -1,16 +1,16 @@
 /**
  * Execution-provider choice. `auto` takes cuda when its provider binaries load, else webgpu when a GPU
  * adapter exists, else cpu. A provider is probed by creating a one-node session on it (a failed load or
- * a missing adapter throws there); each answer is cached for the life of the process.
+ * a missing adapter throws there); for cuda, the provider's version and the CUDA/cuDNN libraries are
+ * checked first (cuda.ts), since a mismatched provider can take the process down instead of throwing.
+ * Each answer is cached for the life of the process.
  */
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import { emitGraph, serializeInline } from "../graph/emit.js";
 import { Graph } from "../graph/graph.js";
 import { neg } from "../graph/ops.js";
+import { type CudaHost, checkCuda, systemCudaHost } from "./cuda.js";
 import { ort } from "./ort.js";
 
 export type Device = "auto" | "cuda" | "webgpu" | "cpu";
@@ -35,23 +35,17 @@ function tinyModel(): Uint8Array {
   return probeModel;
 }
 
-/** The CUDA provider's libraries, looked for next to the binding before asking onnxruntime to load
- *  them (which logs a native error when they are missing). */
-function missingCudaLibrary(): string | null {
-  let bin: string;
-  try {
-    const pkg = dirname(createRequire(import.meta.url).resolve("onnxruntime-node/package.json"));
-    bin = join(pkg, "bin", "napi-v6", process.platform, process.arch);
-  } catch {
-    return null;
-  }
-  for (const lib of ["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"]) {
-    if (process.platform === "linux" && !existsSync(join(bin, lib))) return `${lib} is not in ${bin}`;
-  }
-  return null;
-}
-
 const probes = new Map<ConcreteDevice, Promise<string | null>>();
+/** What `auto` resolved to, decided (and logged) once per process. */
+let autoChoice: Promise<ConcreteDevice> | undefined;
+
+/** Where the cuda probe looks (tests substitute a fake machine). */
+let cudaHost: () => CudaHost = systemCudaHost;
+export function setCudaHostForTests(host: (() => CudaHost) | null): void {
+  cudaHost = host ?? systemCudaHost;
+  probes.clear();
+  autoChoice = undefined;
+}
 
 /** null when `device` works here, else why not. */
 export function probeDevice(device: ConcreteDevice): Promise<string | null> {
@@ -62,8 +56,8 @@ export function probeDevice(device: ConcreteDevice): Promise<string | null> {
       const backend = ort.listSupportedBackends().find((b) => b.name === device);
       if (!backend) return `onnxruntime-node ${ort.env.versions.common} has no ${device} provider`;
       if (device === "cuda") {
-        const missing = missingCudaLibrary();
-        if (missing) return `its binaries are not installed (${missing})`;
+        const report = await checkCuda(cudaHost());
+        if (!report.ok) return report.problem;
       }
       try {
         const s = await ort.InferenceSession.create(tinyModel(), { executionProviders: [device] });
@@ -72,16 +66,13 @@ export function probeDevice(device: ConcreteDevice): Promise<string | null> {
       } catch (err) {
         // onnxruntime prefixes the reason with a source location and the failed check: keep the reason.
         const why = ((err as Error).message.split("\n")[0] ?? String(err)).replace(/^.* was false\. /, "");
-        return backend.bundled ? why : `its binaries are not installed (${why})`;
+        return device === "cuda" ? `the CUDA provider failed to start: ${why}` : why;
       }
     })();
     probes.set(device, p);
   }
   return p;
 }
-
-/** What `auto` resolved to, decided (and logged) once per process. */
-let autoChoice: Promise<ConcreteDevice> | undefined;
 
 /** The provider to run on for `requested`; a clear error when an explicitly asked one is unavailable. */
 export async function resolveDevice(requested: Device): Promise<ConcreteDevice> {

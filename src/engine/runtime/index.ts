@@ -9,7 +9,9 @@ export {
 } from "./device.js";
 export { latestProfile, type ProfileRow, summarizeProfile } from "./profile.js";
 export {
+  asDeviceMemoryError,
   createSession,
+  DeviceMemoryError,
   type HostData,
   type HostTensor,
   type ProviderOptions,

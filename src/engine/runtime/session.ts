@@ -7,6 +7,7 @@
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import { type DType, numel } from "../graph/dtype.js";
 import {
@@ -63,6 +64,47 @@ export interface Session {
   /** Stops the profiler (sessions created with `profile`) and returns the file it wrote. */
   endProfiling(): string | undefined;
   release(): Promise<void>;
+}
+
+/**
+ * The device ran out of memory in a run. The message is for the chat user whose job it stopped (the
+ * operator's log has onnxruntime's own); as a UserFacingError it fails the job without retries, which
+ * would only run out again.
+ */
+export class DeviceMemoryError extends UserFacingError {
+  override name = "DeviceMemoryError";
+  constructor(
+    readonly device: ConcreteDevice,
+    readonly detail: string,
+  ) {
+    super(
+      device === "cpu"
+        ? "the engine ran out of memory on this edit: try a smaller photo or a lighter preset"
+        : "the engine's GPU ran out of memory on this edit: try a smaller photo or a lighter preset, or try again later",
+    );
+  }
+}
+
+/** onnxruntime's ways of saying an allocation failed (CUDA arena and cudaMalloc, cuBLAS/cuDNN workspaces,
+ *  WebGPU buffers, the CPU allocator). */
+const OUT_OF_MEMORY =
+  /out of memory|failed to allocate memory|_ALLOC_FAILED|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer/i;
+
+/** `err` as a DeviceMemoryError when it is an allocation failure, else unchanged. */
+export function asDeviceMemoryError(err: unknown, device: ConcreteDevice): unknown {
+  const message = err instanceof Error ? err.message : String(err);
+  return OUT_OF_MEMORY.test(message) ? new DeviceMemoryError(device, message.split("\n")[0] ?? message) : err;
+}
+
+/** Runs `f`, turning an allocation failure into a DeviceMemoryError (logged with onnxruntime's words). */
+async function guardMemory<T>(f: () => Promise<T>, graph: string, device: ConcreteDevice): Promise<T> {
+  try {
+    return await f();
+  } catch (err) {
+    const e = asDeviceMemoryError(err, device);
+    if (e instanceof DeviceMemoryError) log.warn({ graph, device, detail: e.detail }, "out of device memory");
+    throw e;
+  }
 }
 
 /** Weights above this total go to external data even without a cache key (protobuf's limit is 2 GB). */
@@ -122,21 +164,22 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
   const options = sessionOptions(device, opts);
   const started = Date.now();
-  let ortSession: ort.InferenceSession;
-  if (opts.cacheKey)
-    ortSession = await ort.InferenceSession.create(modelFile(emitted, device, opts), options);
-  else if (weightBytes > (opts.inlineLimitBytes ?? INLINE_LIMIT)) {
+  const load = async (): Promise<ort.InferenceSession> => {
+    if (opts.cacheKey) return ort.InferenceSession.create(modelFile(emitted, device, opts), options);
+    if (weightBytes <= (opts.inlineLimitBytes ?? INLINE_LIMIT))
+      return ort.InferenceSession.create(serializeInline(emitted), options);
     // Too big for one protobuf and not worth keeping: external data in a scratch folder, removed once
     // onnxruntime has loaded it.
     const dir = mkdtempSync(join(opts.cacheDir ?? tmpdir(), "graph-"));
     try {
       const file = join(dir, "model.onnx");
       writeFileSync(file, serializeExternal(emitted, join(dir, "weights.bin"), "weights.bin"));
-      ortSession = await ort.InferenceSession.create(file, options);
+      return await ort.InferenceSession.create(file, options);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
-  } else ortSession = await ort.InferenceSession.create(serializeInline(emitted), options);
+  };
+  const ortSession = await guardMemory(load, graph.name, device);
   log.debug(
     { graph: graph.name, device, ms: Date.now() - started, nodes: emitted.model.graph.node.length },
     "session created",
@@ -163,7 +206,7 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
         checkFeed(graph.name, spec, t);
         ortFeeds[name] = new ort.Tensor(t.dtype, t.data as never, t.shape);
       }
-      const results = await ortSession.run(ortFeeds);
+      const results = await guardMemory(() => ortSession.run(ortFeeds), graph.name, device);
       const out: Record<string, HostTensor> = {};
       const parts = new Map<string, HostData>();
       for (const p of emitted.packed) {

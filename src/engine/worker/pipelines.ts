@@ -6,7 +6,7 @@ import type { JobName, JobResult } from "../../queue/jobs.js";
 import type { PipelineContext, PipelineRegistry } from "../../queue/worker.js";
 import { getPreset, type ImagicOptions, imagicOptions } from "../../spec/imagic.js";
 import { tileToPng } from "../grid.js";
-import { loadImage, tensorToPng } from "../image.js";
+import { loadPhoto, tensorToPng } from "../image.js";
 import type { StableDiffusion } from "../index.js";
 import {
   etaSweep,
@@ -33,7 +33,10 @@ export interface EnginePipelineOptions {
  * The engine's callbacks are synchronous; job progress is written to Redis. Reports are chained so
  * they arrive in order without holding up the GPU; `flush` waits for the last one.
  */
-function progressBridge<N extends JobName>(ctx: PipelineContext<N>, size: () => number) {
+function progressBridge<N extends JobName>(
+  ctx: PipelineContext<N>,
+  size: () => { height: number; width: number },
+) {
   let chain = Promise.resolve();
   const onProgress = (p: Progress) => {
     const preview = p.preview;
@@ -44,7 +47,7 @@ function progressBridge<N extends JobName>(ctx: PipelineContext<N>, size: () => 
           step: p.step,
           total: p.total,
           ...(p.loss !== undefined ? { loss: p.loss } : {}),
-          ...(preview ? { preview: () => tensorToPng(preview, [3, size(), size()]) } : {}),
+          ...(preview ? { preview: () => tensorToPng(preview, [3, size().height, size().width]) } : {}),
         }),
       )
       // After a cancel, progress() throws; the pipeline itself stops at its next signal check.
@@ -55,25 +58,21 @@ function progressBridge<N extends JobName>(ctx: PipelineContext<N>, size: () => 
   return { onProgress, flush: () => chain };
 }
 
-async function storeImages<N extends JobName>(
-  ctx: PipelineContext<N>,
-  images: RenderedImage[],
-  size: number,
-) {
+async function storeImages<N extends JobName>(ctx: PipelineContext<N>, images: RenderedImage[]) {
   return Promise.all(
     images.map(async (i) => ({
       seed: i.seed,
       eta: i.eta,
-      blobId: await ctx.putBlob(await tileToPng({ image: i.image, width: size, height: size }), "result"),
+      blobId: await ctx.putBlob(await tileToPng(i), "result"),
     })),
   );
 }
 
 /** One η: the seeds side by side (what the user picks from); one seed: its η sweep; else all. */
-function gridFor(images: RenderedImage[], etas: number[], seeds: number[], size: number): Promise<Buffer> {
-  if (etas.length === 1) return seedGrid(images, etas[0] as number, size);
-  if (seeds.length === 1) return etaSweep(images, seeds[0] as number, size);
-  return fullGrid(images, size);
+function gridFor(images: RenderedImage[], etas: number[], seeds: number[]): Promise<Buffer> {
+  if (etas.length === 1) return seedGrid(images, etas[0] as number);
+  if (seeds.length === 1) return etaSweep(images, seeds[0] as number);
+  return fullGrid(images);
 }
 
 /** Renders η × seeds from a trained state; stores every image and the grid the user picks from. */
@@ -92,10 +91,9 @@ async function renderAndStore<N extends JobName>(
     signal: ctx.signal,
   });
   await progress.flush();
-  const size = state.width;
   return {
-    images: await storeImages(ctx, images, size),
-    gridBlobId: await ctx.putBlob(await gridFor(images, render.etas, render.seeds, size), "result"),
+    images: await storeImages(ctx, images),
+    gridBlobId: await ctx.putBlob(await gridFor(images, render.etas, render.seeds), "result"),
   };
 }
 
@@ -106,17 +104,20 @@ function imagicTrain(
   return async (ctx) => {
     const o = ctx.payload.options;
     const preset = getPreset(o.preset);
-    const size = o.size ?? sd.defaultImageSize;
     const overrides: Parameters<typeof imagicOptions>[1] = {};
     if (o.embeddingSteps !== undefined) overrides.embedding = { steps: o.embeddingSteps };
     if (o.finetuneSteps !== undefined) overrides.finetune = { steps: o.finetuneSteps };
     const trainOptions: ImagicOptions = imagicOptions(o.preset, overrides);
     const photo = await ctx.blobs.require(ctx.payload.imageBlobId, "the photo");
-    const { tensor } = await loadImage(photo, { size });
-    const progress = progressBridge(ctx, () => size);
+    const requested = o.width && o.height ? { width: o.width, height: o.height } : undefined;
+    const { tensor, shape, source } = await loadPhoto(photo, sd.imageShape, { requested });
+    const progress = progressBridge(ctx, () => shape.content);
     const state = await trainImagic(sd, {
       image: tensor,
-      size,
+      height: shape.height,
+      width: shape.width,
+      content: shape.content,
+      source,
       prompt: ctx.payload.prompt,
       options: trainOptions,
       onProgress: progress.onProgress,
@@ -145,7 +146,7 @@ function imagicRender(
     const state = deserializeState(
       await ctx.blobs.require(ctx.payload.stateBlobId, "the fine-tuned Imagic state"),
     );
-    const progress = progressBridge(ctx, () => state.width);
+    const progress = progressBridge(ctx, () => state.content);
     return renderAndStore(ctx, sd, state, { etas, seeds, guidance, steps }, progress, options);
   };
 }

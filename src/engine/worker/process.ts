@@ -20,7 +20,7 @@ export interface EngineProcessOptions {
 export function engineProcessService(options: EngineProcessOptions = {}): Service {
   return {
     name: "engine",
-    async start({ redisUrl, log }): Promise<RunningService> {
+    async start({ redisUrl, log, signal }): Promise<RunningService> {
       const [file, ...args] = options.command ?? [
         process.execPath,
         ...process.execArgv,
@@ -42,7 +42,11 @@ export function engineProcessService(options: EngineProcessOptions = {}): Servic
           if (message === ENGINE_READY) resolve();
         }),
       );
+      // Told to stop while the engine starts (a model download): it stops too, and says so by exiting.
+      const abandon = () => child.kill("SIGTERM");
+      signal?.addEventListener("abort", abandon, { once: true });
       const outcome = await Promise.race([ready.then(() => undefined), exited]);
+      signal?.removeEventListener("abort", abandon);
       if (outcome !== undefined) {
         throw new UserFacingError(
           `the engine process stopped before it was ready (${outcome}); its log says why`,

@@ -40,6 +40,32 @@ describe("grad", () => {
     expect(count(ops, "Softmax")).toBe(0);
   });
 
+  it("differentiates attention by its own rule: fused forward on a GPU, maps recomputed per query chunk", () => {
+    // [B=1, heads=2, L=8, S=8] float32 maps: 64 B per query row; a 128-byte budget: 2 rows per chunk.
+    const build = () => {
+      const g = new G.Graph("attention-grad");
+      const q = g.input("q", "float32", [1, 8, 4]);
+      const kv = g.input("kv", "float32", [1, 8, 4]);
+      const y = G.attention(q, kv, kv, { heads: 2, gradChunkBytes: 128 });
+      const loss = G.reduceSum(G.mul(y, y), [0, 1, 2]);
+      g.output("loss", loss);
+      G.grad(loss, [q, kv]).forEach((t, i) => {
+        g.output(`g${i}`, t);
+      });
+      return g;
+    };
+    const ops = (device: "cuda" | "cpu") =>
+      G.emitGraph(build(), { device }).model.graph.node.map((n) => n.opType);
+    const cuda = ops("cuda");
+    expect(count(cuda, "MultiHeadAttention")).toBe(1);
+    // 4 chunks, each with its own softmax; no map of the whole [1, 2, 8, 8] is kept from the forward.
+    expect(count(cuda, "Softmax")).toBe(4);
+    // The CPU keeps the decomposed forward (its fused kernel's float32 rounding is worse): one more softmax.
+    const cpu = ops("cpu");
+    expect(count(cpu, "MultiHeadAttention")).toBe(0);
+    expect(count(cpu, "Softmax")).toBe(5);
+  });
+
   it("differentiates composites through their expansion and keeps the fused kernel elsewhere", () => {
     const g = new G.Graph("fusion");
     const x = g.input("x", "float32", [2, 4]);

@@ -253,6 +253,27 @@ const cases: Case[] = [
       G.attention(x(xs), x(xs), x(xs), { heads: 3, mask: G.causalMask(x(xs), x(xs).shape[1] as number) }),
   ],
   [
+    "attention, backward in query chunks of 2 rows (mask rows sliced per chunk)",
+    [
+      { shape: [2, 5, 4] },
+      { shape: [2, dim(47, 2), 4] },
+      { shape: [2, dim(47, 2), 6] },
+      { shape: [1, 2, 5, dim(47, 2)] },
+    ],
+    // 2 rows of [B=2, heads=2, S] float32 scores per chunk: 3 chunks for 5 query rows, the last short.
+    (_g, xs) =>
+      G.attention(x(xs), x(xs, 1), x(xs, 2), {
+        heads: 2,
+        mask: x(xs, 3),
+        gradChunkBytes: 2 * 2 * 2 * (x(xs, 1).shape[1] as number) * 4,
+      }),
+  ],
+  [
+    "attention, backward in query chunks of 1 row (a mask broadcast over rows)",
+    [{ shape: [1, 3, 4] }, { shape: [1, 4, 4] }, { shape: [1, 4, 4] }, { shape: [1, 1, 1, 4] }],
+    (_g, xs) => G.attention(x(xs), x(xs, 1), x(xs, 2), { heads: 2, mask: x(xs, 3), gradChunkBytes: 1 }),
+  ],
+  [
     "attention map swap (probs of one pair applied to another's values)",
     [
       { shape: [1, 3, 4] },

@@ -67,12 +67,12 @@ describe("LoRA on the UNet attention projections", () => {
 
   it("a fresh adapter (B = 0) leaves the UNet output unchanged; a non-zero one changes it", async () => {
     const context = await sd.encodeText(["a photo of a cat"]);
-    const plain = await sd.predictNoise(latents, 500, context);
+    const plain = await sd.predictNoise(latents, { height: ls, width: ls }, 500, context);
     const lora = sd.newLora(4, 4, 1);
-    const withZero = await sd.predictNoise(latents, 500, context, lora);
+    const withZero = await sd.predictNoise(latents, { height: ls, width: ls }, 500, context, { lora });
     expect(relError(withZero, plain)).toBeLessThan(1e-6);
     const bumped = mapLora(lora, (x, which) => (which === "up" ? noise(x.length, 9).map((v) => 0.1 * v) : x));
-    const changed = await sd.predictNoise(latents, 500, context, bumped);
+    const changed = await sd.predictNoise(latents, { height: ls, width: ls }, 500, context, { lora: bumped });
     expect(relError(changed, plain)).toBeGreaterThan(1e-3);
   });
 
@@ -86,7 +86,14 @@ describe("LoRA on the UNet attention projections", () => {
     const lora = mapLora(sd.newLora(2, 2, 3), (x, which, path) =>
       which === "up" ? noise(x.length, path.length).map((v) => 0.05 * v) : x,
     );
-    const args = { latents0: noise(n, 2), noise: noise(n, 3), t: [500], context, wrt: ["lora"] as const };
+    const args = {
+      latents0: noise(n, 2),
+      size: { height: size, width: size },
+      noise: noise(n, 3),
+      t: [500],
+      context,
+      wrt: ["lora"] as const,
+    };
     const { loss, dLora } = await sd.lossAndGrads({ ...args, lora });
     if (!dLora) throw new Error("no LoRA gradients returned");
     const flat = (l: LoraWeights) => Float32Array.from([...l.values()].flatMap((m) => [...m.down, ...m.up]));

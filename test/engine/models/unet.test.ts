@@ -23,17 +23,35 @@ describe("UNet2DConditionModel", () => {
     const [h, w] = [9, 7];
     const latents = Float32Array.from({ length: 4 * h * w }, (_, i) => Math.sin(i));
     const context = await sd.encodeText(["a photo of a cat"]);
-    const out = await sd.predictNoise(latents, 500, context, undefined, { height: h, width: w });
+    const out = await sd.predictNoise(latents, { height: h, width: w }, 500, context);
     expect(out.length).toBe(4 * h * w);
     expect(out.every(Number.isFinite)).toBe(true);
+  });
+
+  it("takes the latents' shape from its size, never from the value count: 6×10 and 10×6 are different calls", async () => {
+    const latents = Float32Array.from({ length: 4 * 60 }, (_, i) => Math.sin(i));
+    const context = await sd.encodeText(["a photo of a cat"]);
+    const wide = await sd.predictNoise(latents, { height: 6, width: 10 }, 500, context);
+    const tall = await sd.predictNoise(latents, { height: 10, width: 6 }, 500, context);
+    expect(wide.length).toBe(4 * 60);
+    expect(tall.length).toBe(4 * 60);
+    expect(relError(tall, wide)).toBeGreaterThan(1e-2);
+    await expect(sd.predictNoise(latents, { height: 8, width: 8 }, 500, context)).rejects.toThrow(
+      /predictNoise: latents \(1×4×8×8\) holds 240 values, expected 256/,
+    );
+    await expect(sd.predictNoise(latents, { height: 0, width: 60 }, 500, context)).rejects.toThrow(
+      /latent size 0×60 is not two positive whole numbers/,
+    );
   });
 
   it("computes in fp16 when asked (norms and softmax in fp32) close to the fp32 result", async () => {
     const g = loadGolden("test/fixtures/models/sd1");
     const half = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp16" });
     try {
+      const [, , height, width] = g.shape("unet.sample") as number[];
       const out = await half.predictNoise(
         g.f32("unet.sample"),
+        { height: height as number, width: width as number },
         g.ints("unet.timestep"),
         g.f32("unet.encoder_hidden_states"),
       );

@@ -52,11 +52,12 @@ export async function untunedLoss(
   photo: Float32Array,
   context: Float32Array,
 ): Promise<number> {
-  const { mean: x0 } = await sd.encodeImage(photo, SIZE, SIZE);
+  const { mean: x0, size } = await sd.encodeImage(photo, SIZE, SIZE);
   const latents0 = new Float32Array(FIXED_T.length * x0.length);
   for (let i = 0; i < FIXED_T.length; i++) latents0.set(x0, i * x0.length);
   const { loss } = await sd.lossAndGrads({
     latents0,
+    size,
     noise: FIXED_NOISE,
     t: FIXED_T,
     context,

@@ -59,7 +59,8 @@ describe("Imagic full fine-tuning", () => {
   it("lowers the loss on fixed draws, starting from the frozen UNet's loss at e_opt", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       draws: fixedDraws,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 4, lr: 1e-3 } }),
@@ -79,7 +80,8 @@ describe("Imagic full fine-tuning", () => {
   it("renders the same images from a serialized-and-reloaded state; the delta changes the images", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 3, lr: 1e-3, weights: "attention" } }),
     });
@@ -112,6 +114,7 @@ describe("Imagic full fine-tuning", () => {
         prompt: PROMPT,
         width: SIZE,
         height: SIZE,
+        content: { left: 0, top: 0, width: SIZE, height: SIZE },
         options: options({}),
         contextShape: [77, 16],
         eTgt: new Float32Array(77 * 16),
@@ -135,7 +138,8 @@ describe("Imagic full fine-tuning", () => {
       const events: Progress[] = [];
       const run = trainImagic(small, {
         image: photo,
-        size: SIZE,
+        height: SIZE,
+        width: SIZE,
         prompt: PROMPT,
         onProgress: (p) => events.push(p),
         options: options({ embedding: { steps: 2 }, finetune: { steps: 2 } }),

@@ -48,7 +48,8 @@ describe("trainImagic on the fixture model", () => {
     // draws, so the optimizer is watched on fixed draws (2 timesteps, fixed noise) where that noise is gone.
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       draws: fixedDraws,
       options: options({ embedding: { steps: 12, lr: 5e-2 }, finetune: { steps: 6, lr: 1e-2 } }),
@@ -68,7 +69,8 @@ describe("trainImagic on the fixture model", () => {
     const events: Progress[] = [];
     await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 3 }, finetune: { steps: 2 } }),
       onProgress: (p) => events.push(p),
@@ -92,7 +94,8 @@ describe("trainImagic on the fixture model", () => {
     const run = (seed: number) =>
       trainImagic(sd, {
         image: photo,
-        size: SIZE,
+        height: SIZE,
+        width: SIZE,
         prompt: PROMPT,
         options: options({ seed, embedding: { steps: 2 }, finetune: { steps: 1 } }),
       });
@@ -109,7 +112,8 @@ describe("trainImagic on the fixture model", () => {
     // Demanding a 99 % improvement can never be met: the stage must stop at its minimum, 30 % of 20 steps.
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({
         embedding: { steps: 20 },
@@ -125,7 +129,8 @@ describe("trainImagic on the fixture model", () => {
     const spy = vi.spyOn(sd, "lossAndGrads");
     const training = trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 50 } }),
       signal: controller.signal,
@@ -140,7 +145,8 @@ describe("trainImagic on the fixture model", () => {
 
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
     });
@@ -166,26 +172,42 @@ describe("renderImagic on the fixture model", () => {
   it("at η = 1 with the un-tuned model equals plain txt2img for the target prompt and seed", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 0 } }),
     });
     expect(state.lora).toBeNull();
     const [img] = await renderImagic(sd, state, { etas: [1], seeds: [7], guidance: 7.5, steps: 4, batch: 1 });
-    const ref = await txt2img(sd, { prompt: PROMPT, steps: 4, guidance: 7.5, seed: 7, size: SIZE });
+    const ref = await txt2img(sd, {
+      prompt: PROMPT,
+      steps: 4,
+      guidance: 7.5,
+      seed: 7,
+      height: SIZE,
+      width: SIZE,
+    });
     // Same noise, same embedding, same UNet batch: only the text encoder's batch (1 vs 2) differs, so
     // agreement is to float32 rounding; 1e-5 on [-1, 1] pixels.
     expect(maxAbsDiff(img?.image as Float32Array, ref.image)).toBeLessThan(1e-5);
     // Guidance 1 is no guidance (one UNet item per image), as in txt2img.
     const [plain] = await renderImagic(sd, state, { etas: [1], seeds: [7], guidance: 1, steps: 2, batch: 1 });
-    const plainRef = await txt2img(sd, { prompt: PROMPT, steps: 2, guidance: 1, seed: 7, size: SIZE });
+    const plainRef = await txt2img(sd, {
+      prompt: PROMPT,
+      steps: 2,
+      guidance: 1,
+      seed: 7,
+      height: SIZE,
+      width: SIZE,
+    });
     expect(maxAbsDiff(plain?.image as Float32Array, plainRef.image)).toBeLessThan(1e-5);
   });
 
   it("renders η × seeds batched exactly as one at a time, padding a short last batch to one shape", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 4, lr: 5e-2 }, finetune: { steps: 0 } }),
     });
@@ -212,7 +234,7 @@ describe("renderImagic on the fixture model", () => {
     // Each batch previews its first image once decoded.
     expect(previews).toEqual([all[0]?.image, all[3]?.image]);
     // Every call had 3 images × 2 (guidance) contexts of [77, 16].
-    expect(new Set(unet.mock.calls.map((c) => c[2].length))).toEqual(new Set([6 * 77 * 16]));
+    expect(new Set(unet.mock.calls.map((c) => c[3].length))).toEqual(new Set([6 * 77 * 16]));
     unet.mockRestore();
     const [single] = await renderImagic(sd, state, {
       etas: [1.2],
@@ -230,7 +252,8 @@ describe("renderImagic on the fixture model", () => {
   it("renders the same images from a serialized-and-reloaded state", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 3 }, finetune: { steps: 3 } }),
     });
@@ -252,7 +275,8 @@ describe("renderImagic on the fixture model", () => {
   it("refuses a state trained on another model", async () => {
     const state = await trainImagic(sd, {
       image: photo,
-      size: SIZE,
+      height: SIZE,
+      width: SIZE,
       prompt: PROMPT,
       options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
     });
@@ -285,7 +309,8 @@ describe("Imagic on the SD 2.x fixture (v-prediction, per-level heads)", () => {
     try {
       const tuned = await trainImagic(sd2, {
         image: photo,
-        size: SIZE,
+        height: SIZE,
+        width: SIZE,
         prompt: PROMPT,
         options: options({ embedding: { steps: 2 }, finetune: { steps: 1 } }),
       });
@@ -300,7 +325,14 @@ describe("Imagic on the SD 2.x fixture (v-prediction, per-level heads)", () => {
         steps: 3,
         batch: 1,
       });
-      const ref = await txt2img(sd2, { prompt: PROMPT, steps: 3, guidance: 7.5, seed: 7, size: SIZE });
+      const ref = await txt2img(sd2, {
+        prompt: PROMPT,
+        steps: 3,
+        guidance: 7.5,
+        seed: 7,
+        height: SIZE,
+        width: SIZE,
+      });
       expect(maxAbsDiff(img?.image as Float32Array, ref.image)).toBeLessThan(1e-5);
     } finally {
       await sd2.release();

@@ -18,7 +18,14 @@ const MODEL = "test/fixtures/models/sd1/model";
 
 describe("txt2img", () => {
   let sd: StableDiffusion;
-  const base = { prompt: "a photo of a cat", negativePrompt: "", steps: 3, guidance: 7.5, size: 64 };
+  const base = {
+    prompt: "a photo of a cat",
+    negativePrompt: "",
+    steps: 3,
+    guidance: 7.5,
+    height: 64,
+    width: 64,
+  };
 
   beforeAll(async () => {
     sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
@@ -60,7 +67,9 @@ describe("txt2img", () => {
 
   it("refuses bad settings with a message naming them", async () => {
     await expect(txt2img(sd, { ...base, steps: 0 })).rejects.toThrow(/steps must be an integer in 1…1000/);
-    await expect(txt2img(sd, { ...base, size: 60 })).rejects.toThrow(/not a multiple of the VAE's factor 8/);
+    await expect(txt2img(sd, { ...base, height: 60 })).rejects.toThrow(
+      /image height 60 is not a positive multiple of the VAE's factor 8/,
+    );
     await expect(txt2img(sd, { ...base, latents: new Float32Array(5) })).rejects.toThrow(
       /latents hold 5 values/,
     );
