@@ -42,6 +42,7 @@ export async function startOnQueue(
     limits: { maxQueued: config.userMaxQueuedJobs },
     consumer: platform,
     platform,
+    model: config.model,
   });
   const close = async () => {
     await queue.close();
