@@ -5,8 +5,7 @@
 # the GPU benchmarks time the engine, and image decoding/grids are timed on the CPU machine instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exclude=$(git rev-parse --git-path info/exclude)   # a worktree's .git is a file
-mkdir -p "$(dirname "$exclude")"
+exclude="$(git rev-parse --git-path info/exclude)"   # a worktree's .git is a file
 grep -qx '/dist-gpu/' "$exclude" 2>/dev/null || echo '/dist-gpu/' >> "$exclude"
 mkdir -p dist-gpu
 cat > dist-gpu/no-sharp.mjs <<'JS'

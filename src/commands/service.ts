@@ -110,7 +110,7 @@ export class ChatCommands {
         case "queue":
           return await this.showQueue(request, reply);
         case "help":
-          return await reply.private(helpText());
+          return await reply.private(helpText(this.adapter.platform));
         default:
           return await reply.private(`I do not know \`/${request.command}\`; try \`/help\``);
       }

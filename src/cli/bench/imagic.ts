@@ -13,13 +13,14 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { Command, Option } from "commander";
 import { type LoraWeights, StableDiffusion } from "../../engine/index.js";
-import { type Progress, renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
+import { renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
 import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../errors.js";
 import { getPreset, PRESET_NAMES, type PresetName } from "../../spec/imagic.js";
 import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
 import { sd15Shapes, tinyShapes } from "./sd.js";
+import { photo, StageClock, scaled } from "./timing.js";
 
 interface Flags {
   device: "auto" | "cpu" | "webgpu" | "cuda";
@@ -32,47 +33,6 @@ interface Flags {
   batches: string;
   json?: string;
   modelDir?: string;
-}
-
-/** Step timestamps of one stage, from progress events. */
-class StageClock {
-  private readonly stamps = new Map<string, number[]>();
-  private readonly starts = new Map<string, number>();
-  /** Records a step's end; a preview event repeats its batch's last step and is not one. */
-  mark(p: Progress): void {
-    if (p.preview) return;
-    const now = performance.now();
-    const list = this.stamps.get(p.stage) ?? [];
-    if (list.length === 0 && !this.starts.has(p.stage)) this.starts.set(p.stage, now);
-    list.push(now);
-    this.stamps.set(p.stage, list);
-  }
-  begin(stage: string): void {
-    this.starts.set(stage, performance.now());
-  }
-  /** First step (ms, from the stage's start) and the median of the later steps (ms). */
-  steps(stage: string): { first: number; median: number; ran: number } | undefined {
-    const list = this.stamps.get(stage);
-    const start = this.starts.get(stage);
-    if (!list || list.length === 0 || start === undefined) return undefined;
-    const gaps = list.slice(1).map((t, i) => t - (list[i] as number));
-    const sorted = [...gaps].sort((a, b) => a - b);
-    const first = (list[0] as number) - start;
-    return {
-      first,
-      median: sorted.length ? (sorted[Math.floor(sorted.length / 2)] as number) : first,
-      ran: list.length,
-    };
-  }
-}
-
-const scaled = (steps: number, scale: number) =>
-  steps === 0 ? 0 : Math.min(steps, Math.max(5, Math.round(steps * scale)));
-
-function photo(size: number): Float32Array {
-  const img = new Float32Array(3 * size * size);
-  for (let i = 0; i < img.length; i++) img[i] = Math.sin(i / 97) * 0.8;
-  return img;
 }
 
 /**

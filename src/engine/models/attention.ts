@@ -33,6 +33,27 @@ export interface AttentionOptions {
   /** Compute the scores and softmax in float32 (SD 2's upcast_attention). */
   upcast?: boolean;
   lora?: LoraHook;
+  control?: AttentionHook;
+}
+
+/**
+ * Attention control (Prompt-to-Prompt, Photoswap): a hook that decides how each module of the UNet attends,
+ * given its projections, and may watch its output. Without one, a module is plain multi-head attention.
+ */
+export interface AttentionHook {
+  /**
+   * The module's attention before to_out: q [B, L, heads·d], k/v [B, S, heads·d] (after LoRA and the
+   * float32 upcast), for the module at `path` (e.g. "mid_block.attentions.0.transformer_blocks.0.attn2").
+   */
+  attend(
+    path: string,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: { heads: number; scale: number; cross: boolean },
+  ): Tensor;
+  /** The module's output (after to_out), e.g. to expose it as a graph output. */
+  observe?(path: string, out: Tensor): void;
 }
 
 /** Multi-head attention over [B, L, C] tokens; self-attention when `context` is undefined. */
@@ -53,8 +74,13 @@ export function attentionBlock(
     k = cast(k, "float32");
     v = cast(v, "float32");
   }
-  const h = cast(attention(q, k, v, { heads: o.heads, scale: 1 / Math.sqrt(o.dimHead) }), x.dtype);
-  return projection(p, o.lora, `${path}.to_out.0`, h, inner, o.queryDim, true);
+  const scale = 1 / Math.sqrt(o.dimHead);
+  const attended = o.control
+    ? o.control.attend(path, q, k, v, { heads: o.heads, scale, cross: context !== undefined })
+    : attention(q, k, v, { heads: o.heads, scale });
+  const out = projection(p, o.lora, `${path}.to_out.0`, cast(attended, x.dtype), inner, o.queryDim, true);
+  o.control?.observe?.(path, out);
+  return out;
 }
 
 /** FeedForward with GEGLU: proj → (hidden, gate) → hidden · GELU(gate) → net.2. */
@@ -71,6 +97,7 @@ export interface TransformerOptions {
   contextDim: number;
   upcast: boolean;
   lora?: LoraHook;
+  control?: AttentionHook;
 }
 
 /** Self-attention, cross-attention and GEGLU feed-forward, each pre-LayerNorm'd and residual. */
@@ -89,6 +116,7 @@ export function basicTransformerBlock(
     qkvBias: false,
     upcast: o.upcast,
     lora: o.lora,
+    control: o.control,
   };
   let h = x;
   h = add(

@@ -5,6 +5,7 @@
  */
 import type { Tensor } from "../graph/index.js";
 import { add, Graph, grad, mul, reduceMean, reshape, sub } from "../graph/index.js";
+import type { AttentionHook } from "./attention.js";
 import { clipTextEncoder } from "./clip.js";
 import type { TextEncoderConfig, UNetConfig, VaeConfig } from "./config.js";
 import { LoraInputs, loraDownName, loraUpName } from "./lora.js";
@@ -60,6 +61,10 @@ export interface UNetGraphOptions {
   loraRank?: number;
   /** UNet weights delivered as float32 inputs named as the parameter (a full fine-tune's weights). */
   weightInputs?: (name: string) => boolean;
+  /** LoRA scale per batch row (`lora.scale` is [batch]): an adapter acting on some rows only. */
+  loraPerRow?: boolean;
+  /** Attention control: how every attention module attends (Photoswap's swaps). */
+  control?: AttentionHook;
 }
 
 export function unetGraph(
@@ -76,8 +81,8 @@ export function unetGraph(
     dtype: o.dtype ?? "float32",
     trainable: o.weightInputs,
   });
-  const lora = o.loraRank ? new LoraInputs(g, o.loraRank) : undefined;
-  g.output(IO.unetOut, unet(p, c, { sample, timestep, context }, lora));
+  const lora = o.loraRank ? new LoraInputs(g, o.loraRank, o.loraPerRow ? o.batch : undefined) : undefined;
+  g.output(IO.unetOut, unet(p, c, { sample, timestep, context }, lora, o.control));
   return { graph: g, lora, weights: p.inputs };
 }
 

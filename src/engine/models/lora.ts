@@ -4,7 +4,7 @@
  * B [out, rank] ("up"). A and B are graph inputs, so one compiled session serves every LoRA state.
  */
 import type { Graph, Tensor } from "../graph/index.js";
-import { add, cast, linear, mul } from "../graph/index.js";
+import { add, cast, linear, mul, reshape } from "../graph/index.js";
 import type { HostTensor } from "../runtime/index.js";
 
 export interface LoraModule {
@@ -38,16 +38,18 @@ export const LORA_SCALE = "lora.scale";
 /** Graph inputs for one rank; records each adapted module so feeds and gradients can be matched to it. */
 export class LoraInputs implements LoraHook {
   readonly modules = new Map<string, { down: Tensor; up: Tensor; inF: number; outF: number }>();
-  /** alpha / rank, an input so one session serves every alpha. */
+  /** alpha / rank, an input so one session serves every alpha ([rows] with a scale per batch row). */
   readonly scale: Tensor;
 
+  /** `rows`: one scale per batch row (so the adapter can act on some rows only, e.g. Photoswap's targets). */
   constructor(
     readonly graph: Graph,
     readonly rank: number,
+    readonly rows?: number,
   ) {
     if (!Number.isInteger(rank) || rank < 1)
       throw new Error(`LoRA rank must be a positive integer, got ${rank}`);
-    this.scale = graph.input(LORA_SCALE, "float32", [1]);
+    this.scale = graph.input(LORA_SCALE, "float32", [rows ?? 1]);
   }
 
   apply(path: string, x: Tensor, y: Tensor, inF: number, outF: number): Tensor {
@@ -58,11 +60,17 @@ export class LoraInputs implements LoraHook {
     this.modules.set(path, { down, up, inF, outF });
     const lowered = (t: Tensor) => cast(t, x.dtype);
     const delta = linear(linear(x, lowered(down)), lowered(up));
-    return add(y, mul(delta, lowered(this.scale)));
+    const scale = this.rows
+      ? reshape(this.scale, [this.rows, ...delta.shape.slice(1).map(() => 1)])
+      : this.scale;
+    return add(y, mul(delta, lowered(scale)));
   }
 
-  /** Feeds for a LoRA state; every adapted module must be present with this rank. */
-  feeds(weights: LoraWeights): Record<string, HostTensor> {
+  /**
+   * Feeds for a LoRA state; every adapted module must be present with this rank. A graph with a scale
+   * per row takes `rowWeights` (one factor per batch row, e.g. 0 where the adapter must not act).
+   */
+  feeds(weights: LoraWeights, rowWeights?: readonly number[]): Record<string, HostTensor> {
     const out: Record<string, HostTensor> = {};
     let scale: number | undefined;
     for (const [path, m] of this.modules) {
@@ -83,7 +91,17 @@ export class LoraInputs implements LoraHook {
       const extra = [...weights.keys()].find((k) => !this.modules.has(k));
       throw new Error(`LoRA weights hold module ${extra}, which this UNet does not adapt`);
     }
-    out[LORA_SCALE] = { dtype: "float32", shape: [1], data: Float32Array.of(scale ?? 0) };
+    if (this.rows !== undefined ? rowWeights?.length !== this.rows : rowWeights !== undefined) {
+      throw new Error(
+        `LoRA: ${rowWeights?.length ?? "no"} row weights for a graph with ${this.rows ?? "one shared"} scale(s)`,
+      );
+    }
+    const s = scale ?? 0;
+    out[LORA_SCALE] = {
+      dtype: "float32",
+      shape: [this.rows ?? 1],
+      data: rowWeights ? Float32Array.from(rowWeights, (w) => w * s) : Float32Array.of(s),
+    };
     return out;
   }
 }
@@ -138,4 +156,36 @@ export function loraTargets(
     out.push({ path, inF, outF });
   }
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/**
+ * Several adapters as one: Σ_i (α_i/r_i)·B_i·A_i = [s_1·B_1 … s_n·B_n]·[A_1; …; A_n], an adapter of rank
+ * Σ r_i with alpha = rank (scale 1). Every adapter must cover the same modules.
+ */
+export function concatLora(list: readonly LoraWeights[]): LoraWeights {
+  const [first] = list;
+  if (!first) throw new Error("concatLora: no adapters");
+  if (list.length === 1) return first;
+  const out: LoraWeights = new Map();
+  for (const [path, m0] of first) {
+    const parts = list.map((l) => {
+      const m = l.get(path);
+      if (!m || m.inF !== m0.inF || m.outF !== m0.outF || l.size !== first.size)
+        throw new Error(`concatLora: the adapters do not cover the same modules (${path})`);
+      return m;
+    });
+    const rank = parts.reduce((a, m) => a + m.rank, 0);
+    const down = new Float32Array(rank * m0.inF);
+    const up = new Float32Array(m0.outF * rank);
+    let at = 0;
+    for (const m of parts) {
+      down.set(m.down, at * m0.inF);
+      const s = m.alpha / m.rank;
+      for (let o = 0; o < m0.outF; o++)
+        for (let r = 0; r < m.rank; r++) up[o * rank + at + r] = (m.up[o * m.rank + r] as number) * s;
+      at += m.rank;
+    }
+    out.set(path, { down, up, rank, alpha: rank, inF: m0.inF, outF: m0.outF });
+  }
+  return out;
 }

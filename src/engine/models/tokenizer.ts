@@ -43,6 +43,7 @@ function byteAlphabet(): string[] {
   return map;
 }
 const BYTE_CHARS = byteAlphabet();
+const CHAR_BYTES = new Map(BYTE_CHARS.map((c, b) => [c, b]));
 
 interface Specials {
   bos: string;
@@ -54,6 +55,8 @@ interface Specials {
 
 export class ClipTokenizer {
   private readonly cache = new Map<string, number[]>();
+  /** id → token, built on first decodeToken(). */
+  private tokens?: Map<number, string>;
   private readonly specialPattern: RegExp;
   readonly bosId: number;
   readonly eosId: number;
@@ -136,6 +139,18 @@ export class ClipTokenizer {
       }
     }
     return out.filter((p) => p < this.maxLength - 1);
+  }
+
+  /**
+   * One token's text as CLIPTokenizer.decode([id]) gives it: its bytes as UTF-8 (invalid sequences as
+   * U+FFFD), the end-of-word mark as a space, trimmed ("cat</w>" → "cat").
+   */
+  decodeToken(id: number): string {
+    if (!this.tokens) this.tokens = new Map([...this.vocab].map(([t, i]) => [i, t]));
+    const token = this.tokens.get(id);
+    if (token === undefined) throw new Error(`token id ${id} is not in the vocabulary`);
+    const bytes = Uint8Array.from(Array.from(token, (c) => CHAR_BYTES.get(c) ?? 0x3f));
+    return new TextDecoder().decode(bytes).replaceAll(END_OF_WORD, " ").trim();
   }
 
   /** The prompt's pre-tokenizer pieces (normalized text) with their token ids. */

@@ -4,7 +4,7 @@
  */
 import type { Tensor } from "../graph/index.js";
 import { cast, concat, silu } from "../graph/index.js";
-import { transformer2D } from "./attention.js";
+import { type AttentionHook, transformer2D } from "./attention.js";
 import { perLevel, type UNetConfig } from "./config.js";
 import { timeMlp, timestepEmbedding } from "./embeddings.js";
 import { conv, groupNorm } from "./layers.js";
@@ -21,8 +21,8 @@ export interface UNetInputs {
   context: Tensor;
 }
 
-const CROSS_DOWN = "CrossAttnDownBlock2D";
-const CROSS_UP = "CrossAttnUpBlock2D";
+export const CROSS_DOWN = "CrossAttnDownBlock2D";
+export const CROSS_UP = "CrossAttnUpBlock2D";
 
 /** diffusers itself refuses num_attention_heads for this model: attention_head_dim carries the head count. */
 function checkConfig(c: UNetConfig): void {
@@ -33,8 +33,17 @@ function checkConfig(c: UNetConfig): void {
   }
 }
 
-/** The UNet's output ([B, out_channels, h, w]: ε or v, whatever the checkpoint predicts). */
-export function unet(p: ParamSource, c: UNetConfig, x: UNetInputs, lora?: LoraHook): Tensor {
+/**
+ * The UNet's output ([B, out_channels, h, w]: ε or v, whatever the checkpoint predicts). `lora` rides on
+ * the attention projections; `control` decides how every attention module attends (attention control).
+ */
+export function unet(
+  p: ParamSource,
+  c: UNetConfig,
+  x: UNetInputs,
+  lora?: LoraHook,
+  control?: AttentionHook,
+): Tensor {
   checkConfig(c);
   const levels = c.block_out_channels.length;
   const boc = c.block_out_channels;
@@ -64,6 +73,7 @@ export function unet(p: ParamSource, c: UNetConfig, x: UNetInputs, lora?: LoraHo
       layers: tLayers[level] as number,
       linearProjection: c.use_linear_projection,
       lora,
+      control,
     });
 
   let h = conv(p, "conv_in", sample, c.in_channels, c0, { kernel: 3, padding: 1 });

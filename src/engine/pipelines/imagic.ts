@@ -20,16 +20,19 @@ import {
   validateImagicOptions,
   validateRenderOptions,
 } from "../../spec/imagic.js";
-import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
+import type { Box, Size } from "../../spec/shape.js";
+import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import { type Tile, tileGrid } from "../grid.js";
+import { cropImage } from "../image.js";
 import type { LoraWeights, LossArgs, LossResult, StableDiffusion, UnetWeights } from "../index.js";
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
 import { EtaTracker, type StagePlan } from "../progress.js";
 import type { ImagicState } from "./imagic-state.js";
 import { sampleLatents } from "./sample.js";
+import { loraGrads, loraParams, SeededDraws, type TrainingDraws } from "./training.js";
 
 const log = childLogger("imagic");
 
@@ -42,16 +45,20 @@ export interface Progress {
   loss?: number;
   /** Seconds left in this call (training: both stages; render: every batch). */
   etaSeconds?: number;
-  /** [3, H, W] in [-1, 1]: while rendering, the first image of each batch as soon as it is decoded. */
+  /** [3, h, w] in [-1, 1] (h × w: the state's content box): while rendering, the first image of each batch as soon as it is decoded. */
   preview?: Float32Array;
 }
 
 export interface TrainArgs {
   /** The photo, [1, 3, height, width] in [-1, 1] (src/engine/image.ts's loadImage). */
   image: Float32Array;
-  /** Its size in pixels, each a multiple of the VAE factor (8); renders come out at this size. */
+  /** Its size in pixels, each a multiple of the VAE factor (8); renders run at this size. */
   height: number;
   width: number;
+  /** Where the photo's pixels are in the image (the rest is padding, cropped off renders); default all. */
+  content?: Box;
+  /** The photo's own size before it was resized, kept in the state for upscaled results. */
+  source?: Size;
   prompt: string;
   options: ImagicOptions;
   onProgress?: (p: Progress) => void;
@@ -68,12 +75,17 @@ export interface RenderArgs extends RenderOptions {
   batch?: number;
   onProgress?: (p: Progress) => void;
   signal?: AbortSignal;
+  /**
+   * A seed's initial latents, `count` values (default: GaussianRng(seed), the noise txt2img draws). Like
+   * TrainArgs.draws, lets a check replay other draws (e.g. the same noise laid out transposed).
+   */
+  noise?: (seed: number, count: number) => Float32Array;
 }
 
 export interface RenderedImage {
   eta: number;
   seed: number;
-  /** [3, height, width] in [-1, 1]. */
+  /** [3, height, width] in [-1, 1]: the photo's box of the rendered image (its aspect ratio). */
   image: Float32Array;
   height: number;
   width: number;
@@ -117,39 +129,6 @@ function short(s: string, tail: boolean): string {
   return tail ? `…${s.slice(-60)}` : `${s.slice(0, 60)}…`;
 }
 
-/** Where each training step's timesteps and noise come from. */
-export interface TrainingDraws {
-  timesteps(n: number): number[];
-  noise(n: number): Float32Array;
-}
-
-/**
- * The default draws, the same on every machine for a seed: noise from GaussianRng(seed); uniform integer
- * timesteps in [0, count) from Philox blocks under the seed's key, on a counter lane (word 2 = 1) that
- * GaussianRng's stream (word 2 = 0) never uses.
- */
-class SeededDraws implements TrainingDraws {
-  private block = 0;
-  private readonly key: [number, number];
-  private readonly rng: GaussianRng;
-  constructor(
-    seed: number,
-    private readonly count: number,
-  ) {
-    this.key = [seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
-    this.rng = new GaussianRng(seed);
-  }
-  timesteps(n: number): number[] {
-    return Array.from({ length: n }, () => {
-      const bits = philox4x32([this.block++ >>> 0, 0, 1, 0], this.key);
-      return Math.floor(((bits[0] as number) / 2 ** 32) * this.count);
-    });
-  }
-  noise(n: number): Float32Array {
-    return this.rng.normal(n);
-  }
-}
-
 function repeat(x: Float32Array, n: number): Float32Array {
   const out = new Float32Array(x.length * n);
   for (let i = 0; i < n; i++) out.set(x, i * x.length);
@@ -163,19 +142,6 @@ function plateauFor(es: EarlyStopOptions | null, steps: number): LossPlateau | u
     patience: Math.max(1, Math.ceil(es.patience * steps)),
     minRelImprovement: es.minRelImprovement,
     minSteps: Math.ceil(es.minSteps * steps),
-  });
-}
-
-/** LoRA tensors as one flat parameter list (down, up per module, in the map's order). */
-function loraParams(lora: LoraWeights): Float32Array[] {
-  return [...lora.values()].flatMap((m) => [m.down, m.up]);
-}
-
-function loraGrads(lora: LoraWeights, grads: LoraWeights): Float32Array[] {
-  return [...lora.keys()].flatMap((k) => {
-    const g = grads.get(k);
-    if (!g) throw new Error(`imagic: no gradient for LoRA module ${k}`);
-    return [g.down, g.up];
   });
 }
 
@@ -326,6 +292,8 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     prompt,
     width,
     height,
+    content: args.content ?? { left: 0, top: 0, width, height },
+    ...(args.source ? { source: { width: args.source.width, height: args.source.height } } : {}),
     options: o,
     contextShape: [...sd.contextShape],
     eTgt,
@@ -430,7 +398,7 @@ export async function renderImagic(
     const ctx = new Float32Array(chunk.length * ctxSize);
     chunk.forEach((p, i) => {
       // The same initial noise as txt2img draws for this seed.
-      latents.set(new GaussianRng(p.seed).normal(per), i * per);
+      latents.set(args.noise?.(p.seed, per) ?? new GaussianRng(p.seed).normal(per), i * per);
       ctx.set(contexts.get(p.eta) as Float32Array, i * ctxSize);
     });
     const final = await sampleLatents(sd, {
@@ -454,8 +422,10 @@ export async function renderImagic(
     const images = await sd.decodeLatents(final, size);
     const img = 3 * height * width;
     const real = c === chunks.length - 1 ? realInLast : chunk.length;
+    const box = state.content;
     chunk.slice(0, real).forEach((p, i) => {
-      out.push({ ...p, image: images.slice(i * img, (i + 1) * img), height, width });
+      const image = cropImage(images.slice(i * img, (i + 1) * img), state, box);
+      out.push({ ...p, image, height: box.height, width: box.width });
     });
     // The batch's first finished image, free to show while later batches render.
     report({ stage: "render", step: (c + 1) * r.steps, total, etaSeconds, preview: out.at(-real)?.image });
