@@ -3,12 +3,12 @@
 # `source .gpu/prelude.sh && source .gpu/prelude-cuda.sh` (../shared/gpu/README.md, "CUDA"), from the
 # bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
-#   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic sd parity loss16 imagic16 (default: all)
+#   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all)
 set -u
 OUT=${OUT:-/tmp/gpu-cuda-out}
 mkdir -p "$OUT"
 cli="node dist-gpu/cli.mjs"
-steps=${*:-setup options imagic sd parity loss16 imagic16}
+steps=${*:-setup options imagic parity sd loss16 imagic16}
 step() { # label, seconds, command…
   local label=$1 limit=$2
   shift 2
@@ -30,7 +30,7 @@ for s in $steps; do
       done ;;
     imagic) step imagic 260 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
       --json "$OUT/imagic-balanced.json" ;;
-    sd) step sd 170 $cli bench sd --device cuda --runs 10 --json "$OUT/sd-cuda.json" ;;
+    sd) step sd 170 $cli bench sd --device cuda --only unet,loss-context,loss-lora --runs 10 --json "$OUT/sd-cuda.json" ;;
     parity) step parity 100 $cli bench parity --device cuda --json "$OUT/parity-cuda.json" ;;
     loss16) step loss16 100 $cli bench sd --device cuda --only loss-context,loss-lora --loss-dtype fp16 --runs 10 \
       --json "$OUT/sd-cuda-loss16.json" ;;
