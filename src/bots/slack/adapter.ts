@@ -116,6 +116,9 @@ export class SlackAdapter implements ChatAdapter {
 
   async download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array> {
     const what = `\`${attachment.option}\` (${attachment.filename})`;
+    if (!this.isSlack(new URL(attachment.url))) {
+      throw new UserFacingError(`${what} is not a file on Slack; upload it to Slack`);
+    }
     // Private file URLs need the bot token; without files:read Slack answers with its sign-in page.
     const response = await fetch(attachment.url, { headers: { authorization: `Bearer ${this.botToken}` } });
     if (response.status === 404 || response.status === 410) {
@@ -148,6 +151,12 @@ export class SlackAdapter implements ChatAdapter {
 
   mention(userId: string): string {
     return `<@${userId}>`;
+  }
+
+  /** The bot token goes to Slack only: its hosts over HTTPS, or the Web API's own host (SLACK_API_URL). */
+  private isSlack(url: URL): boolean {
+    if (url.host === new URL(this.client.slackApiUrl).host) return true;
+    return url.protocol === "https:" && /(^|\.)slack(-gov)?\.com$/.test(url.hostname);
   }
 
   /** Uploads files without sharing them anywhere; chat.update attaches them to a message. */

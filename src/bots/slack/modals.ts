@@ -64,36 +64,35 @@ function hint(field: Field): string {
 function element(field: Field, prefill: string | undefined): types.InputBlockElement {
   const [option] = field.options;
   if (!option) throw new Error(`empty field ${field.block}`);
-  switch (option.type) {
-    case "attachment":
-      return { type: "file_input", action_id: ACTION, max_files: field.options.length };
-    case "number":
-      return {
-        type: "number_input",
-        action_id: ACTION,
-        is_decimal_allowed: true,
-        ...(option.min !== undefined ? { min_value: String(option.min) } : {}),
-        ...(option.max !== undefined ? { max_value: String(option.max) } : {}),
-      };
-    case "string": {
-      if (option.choices) {
-        const choices = option.choices.map((c) => ({ text: plain(c), value: c }));
-        const initial = choices.find((c) => c.value === prefill);
-        return {
-          type: "static_select",
-          action_id: ACTION,
-          options: choices,
-          ...(initial ? { initial_option: initial } : {}),
-        };
-      }
-      return {
-        type: "plain_text_input",
-        action_id: ACTION,
-        ...(option.maxLength !== undefined ? { max_length: option.maxLength } : {}),
-        ...(prefill ? { initial_value: prefill.slice(0, option.maxLength) } : {}),
-      };
-    }
+  if (option.type === "attachment") {
+    return { type: "file_input", action_id: ACTION, max_files: field.options.length };
   }
+  if (option.type === "string" && option.choices) {
+    const choices = option.choices.map((c) => ({ text: plain(c), value: c }));
+    const initial = choices.find((c) => c.value === prefill);
+    return {
+      type: "static_select",
+      action_id: ACTION,
+      options: choices,
+      ...(initial ? { initial_option: initial } : {}),
+    };
+  }
+  if (option.type === "string") {
+    return {
+      type: "plain_text_input",
+      action_id: ACTION,
+      ...(option.maxLength !== undefined ? { max_length: option.maxLength } : {}),
+      ...(prefill ? { initial_value: prefill.slice(0, option.maxLength) } : {}),
+    };
+  }
+  // A number: decimals only where the option takes any number (not whole ones only).
+  return {
+    type: "number_input",
+    action_id: ACTION,
+    is_decimal_allowed: option.type === "number",
+    ...(option.min !== undefined ? { min_value: String(option.min) } : {}),
+    ...(option.max !== undefined ? { max_value: String(option.max) } : {}),
+  };
 }
 
 /**

@@ -124,7 +124,7 @@ describe("fake Slack's private files", () => {
     expect(anonymous.headers.get("content-type")).toMatch(/^text\/html/);
   });
 
-  it("makes the adapter name what went wrong: no files:read, a deleted file, a file over the limit", async () => {
+  it("makes the adapter name what went wrong: no files:read, a file not on Slack, a deleted file, a file over the limit", async () => {
     const user = fake.user("ann");
     const file = fake.upload(user, "cat.png", PHOTO);
     const attachment = {
@@ -144,6 +144,15 @@ describe("fake Slack's private files", () => {
       "`image` (cat.png) could not be downloaded: Slack sent its sign-in page, so this app lacks the files:read scope (an admin must add it; see docs/SLACK.md)",
     );
     fake.scopes.add("files:read");
+    // The token is sent to Slack only, whatever URL a file claims.
+    for (const url of [
+      "https://files.example.com/cat.png",
+      `http://127.0.0.2:${new URL(fake.origin).port}/x.png`,
+    ]) {
+      await expect(adapter.download({ ...attachment, url }, PHOTO.byteLength)).rejects.toThrow(
+        "`image` (cat.png) is not a file on Slack; upload it to Slack",
+      );
+    }
     fake.deleteFile(file);
     await expect(adapter.download(attachment, PHOTO.byteLength)).rejects.toThrow(
       "`image` (cat.png) is no longer on Slack (deleted?); upload it again",
