@@ -3,7 +3,8 @@
 # `source .gpu/prelude.sh && source .gpu/prelude-cuda.sh` (../shared/gpu/README.md, "CUDA"), from the
 # bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
-#   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all)
+#   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
+#                                       photoswap (only when named)
 set -u
 OUT=${OUT:-/tmp/gpu-cuda-out}
 mkdir -p "$OUT"
@@ -36,6 +37,8 @@ for s in $steps; do
       --json "$OUT/sd-cuda-loss16.json" ;;
     imagic16) step imagic16 200 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
       --train-dtype fp16 --json "$OUT/imagic-balanced-fp16.json" ;;
+    # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run (bench photoswap).
+    photoswap) step photoswap 450 $cli bench photoswap --device cuda --steps-scale 0.1 --json "$OUT/photoswap-cuda.json" ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done
