@@ -132,7 +132,7 @@ async function benchPreset(
 
   // 4 new variants from the cached state: serialize, reload, render with warm sessions, grid.
   const stateBytes = serializeState(state);
-  gpu.stage(`${name}/cached`);
+  gpu.stage(`${formatSize(size)} ${name}/cached`);
   const c0 = performance.now();
   const reloaded = deserializeState(stateBytes);
   const cacheClock = new StageClock();
@@ -300,7 +300,7 @@ export function imagicBenchCommand(): Command {
       out(
         `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${sizes.map(formatSize).join(" then ")}, device ${sd.device}, sampling ${f.dtype}, ` +
           `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
-          "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
+          "sessions are built once per shape (each size starts with none), so only the first preset to use a batch size pays them (cold)",
       );
       const result: Record<string, unknown> = {
         benchmark: "imagic",
@@ -309,7 +309,7 @@ export function imagicBenchCommand(): Command {
         trainDtype: f.trainDtype,
         tiny: f.tiny,
         stepsScale: scale,
-        /** One entry per --size: its presets and, with --batches, its per-batch costs. */
+        /** One entry per --size: its presets, its peak GPU memory and, with --batches, its per-batch costs. */
         sizes: [] as Array<Size & { presets: unknown[]; [k: string]: unknown }>,
       };
       // Written after every part, so a run cut short (device time limit) keeps what it measured.
@@ -328,10 +328,15 @@ export function imagicBenchCommand(): Command {
       };
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
-        for (const size of sizes) {
+        for (const [k, size] of sizes.entries()) {
+          // Each size starts without sessions: its cold times include its own session builds, and the
+          // previous size's GPU memory is given back (a session's arena only grows while it lives; two
+          // sizes' sessions at once would measure, and may exhaust, more memory than either job needs).
+          if (k > 0) await sd.release();
+          const label = formatSize(size);
           const latents = sd.latentSize(size.height, size.width);
-          out(`— ${formatSize(size)} (latents ${latents.width}×${latents.height})`);
-          const entry = { ...size, presets: [] as unknown[] };
+          out(`— ${label} (latents ${latents.width}×${latents.height})`);
+          const entry: Size & { presets: unknown[]; peakGpuMiB?: number } = { ...size, presets: [] };
           (result.sizes as unknown[]).push(entry);
           let lastLora: LoraWeights | undefined;
           for (const p of presets) {
@@ -341,8 +346,15 @@ export function imagicBenchCommand(): Command {
             peakLine();
             save();
           }
-          gpu.stage(`${formatSize(size)} batches`);
+          gpu.stage(`${label} batches`);
           if (batches.length > 0) Object.assign(entry, await benchBatches(sd, size, batches, lastLora, out));
+          const own = gpu.byStage().filter((s) => s.stage.startsWith(`${label} `));
+          if (own.length > 0) {
+            entry.peakGpuMiB = Math.max(...own.map((s) => s.peakMiB));
+            out(
+              `         peak GPU memory at ${label} (whole device): ${(entry.peakGpuMiB / 1024).toFixed(1)} GiB`,
+            );
+          }
           save();
         }
         result.totalMs = performance.now() - l0;
