@@ -115,7 +115,7 @@ async function benchPreset(
 
   // 4 new variants from the cached state: serialize, reload, render with warm sessions, grid.
   const stateBytes = serializeState(state);
-  gpu.stage(`${name}/cached`);
+  gpu.stage(`${formatSize(size)} ${name}/cached`);
   const c0 = performance.now();
   const reloaded = deserializeState(stateBytes);
   const cacheClock = new StageClock();
@@ -248,20 +248,25 @@ export function imagicBenchCommand(): Command {
       const { sd, gpu, result } = run;
       out(
         `${run.describe(sizes.map(formatSize).join(" then "))}; ` +
-          "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
+          "sessions are built once per shape (each size starts with none), so only the first preset to use a batch size pays them (cold)",
       );
-      /** One entry per --size: its presets and, with --batches, its per-batch costs. */
-      const entries: Array<Size & { presets: unknown[]; [k: string]: unknown }> = [];
+      /** One entry per --size: its presets, its peak GPU memory and, with --batches, its per-batch costs. */
+      const entries: Array<Size & { presets: unknown[]; peakGpuMiB?: number; [k: string]: unknown }> = [];
       result.sizes = entries;
       const save = () => run.save();
       // Device-wide and cumulative: sessions of earlier presets stay loaded (run one preset to isolate it).
       const peakLine = () => run.memoryLines("         ");
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
-        for (const size of sizes) {
+        for (const [k, size] of sizes.entries()) {
+          // Each size starts without sessions: its cold times include its own session builds, and the
+          // previous size's GPU memory is given back (a session's arena only grows while it lives; two
+          // sizes' sessions at once would measure, and may exhaust, more memory than either job needs).
+          if (k > 0) await sd.release();
+          const label = formatSize(size);
           const latents = sd.latentSize(size.height, size.width);
-          out(`— ${formatSize(size)} (latents ${latents.width}×${latents.height})`);
-          const entry = { ...size, presets: [] as unknown[] };
+          out(`— ${label} (latents ${latents.width}×${latents.height})`);
+          const entry: (typeof entries)[number] = { ...size, presets: [] };
           entries.push(entry);
           let lastLora: LoraWeights | undefined;
           for (const p of presets) {
@@ -271,8 +276,15 @@ export function imagicBenchCommand(): Command {
             peakLine();
             save();
           }
-          gpu.stage(`${formatSize(size)} batches`);
+          gpu.stage(`${label} batches`);
           if (batches.length > 0) Object.assign(entry, await benchBatches(sd, size, batches, lastLora, out));
+          const own = gpu.byStage().filter((s) => s.stage.startsWith(`${label} `));
+          if (own.length > 0) {
+            entry.peakGpuMiB = Math.max(...own.map((s) => s.peakMiB));
+            out(
+              `         peak GPU memory at ${label} (whole device): ${(entry.peakGpuMiB / 1024).toFixed(1)} GiB`,
+            );
+          }
           save();
         }
         result.totalMs = performance.now() - l0;
