@@ -76,7 +76,7 @@ describe("ChatCommands with a console adapter", () => {
     await commands.handleCommand(imagic({}, "video/mp4"), adapter.reply(channel));
     await commands.handleCommand({ ...imagic(), command: "dance" }, adapter.reply(channel));
     expect(adapter.privateReplies.slice(-2)).toEqual([
-      "⚠️ `image` (photo.png) is a video/mp4 file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image",
+      "⚠️ `image` (photo.png) is an MP4 video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
       "I do not know `/dance`; try `/help`",
     ]);
     expect(adapter.messages).toHaveLength(before);
