@@ -163,6 +163,33 @@ describe("inversion on the sd1 fixture", () => {
     });
   });
 
+  it("direct inversion and its reconstruction stop within a step of a cancel", async () => {
+    const { latents0, size } = await encoded(sd);
+    const args = { latents0, size, prompt: PROMPT, steps: STEPS, guidance: GUIDANCE };
+    const inverting = new AbortController();
+    const steps: number[] = [];
+    const run = invertDirect(sd, {
+      ...args,
+      signal: inverting.signal,
+      onProgress: (p) => {
+        steps.push(p.step);
+        if (p.step === 2) inverting.abort();
+      },
+    });
+    await expect(run).rejects.toThrow(CancelledError);
+    await expect(run).rejects.toThrow("cancelled at inversion step 3/8");
+    expect(steps).toEqual([1, 2]);
+    const source = await invertDirect(sd, args);
+    const sampling = new AbortController();
+    const rec = reconstructSource(sd, source, {
+      signal: sampling.signal,
+      onStep: (step) => {
+        if (step === 5) sampling.abort();
+      },
+    });
+    await expect(rec).rejects.toThrow("cancelled at reconstruction step 6/8");
+  });
+
   it("null-text stops within an inner step of a cancel", async () => {
     const { latents0, size } = await encoded(sd);
     const controller = new AbortController();
