@@ -101,7 +101,7 @@ describe("ChatCommands with a console adapter", () => {
     await commands.handleCommand({ ...imagic(), command: "dance" }, adapter.reply(channel));
     await commands.handleCommand(imagic({ size: "100x900" }), adapter.reply(channel));
     expect(adapter.privateReplies.slice(-3)).toEqual([
-      "⚠️ `image` (photo.png) is a video/mp4 file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image",
+      "⚠️ `image` (photo.png) is an MP4 video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
       "I do not know `/dance`; try `/help`",
       "⚠️ `size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1",
     ]);
