@@ -48,6 +48,14 @@ afterAll(async () => {
   await (await sd2Loaded)?.release();
 });
 
+/** Each u_i differs from the u it started from (CLIP("") for u_0, u_{i−1} after): every step updated it. */
+async function expectEveryStepMovesU(sd: StableDiffusion, u: Float32Array[]): Promise<void> {
+  const uncond = await sd.encodeText([""]);
+  [uncond, ...u.slice(0, -1)].forEach((before, i) => {
+    expect(relativeDistance(u[i] as Float32Array, before), `step ${i}`).toBeGreaterThan(0);
+  });
+}
+
 describe("inversion on the sd1 fixture", () => {
   let sd: StableDiffusion;
   beforeAll(() => {
@@ -163,11 +171,7 @@ describe("inversion on the sd1 fixture", () => {
       earlyStopEpsilon: 1e6,
     });
     expect(r.losses.map((l) => l.length)).toEqual(Array(STEPS).fill(1));
-    const u = r.source.nullEmbeddings as Float32Array[];
-    const uncond = await sd.encodeText([""]);
-    [uncond, ...u.slice(0, -1)].forEach((before, i) => {
-      expect(relativeDistance(u[i] as Float32Array, before), `step ${i}`).toBeGreaterThan(0);
-    });
+    await expectEveryStepMovesU(sd, r.source.nullEmbeddings as Float32Array[]);
   });
 
   it("direct inversion and its reconstruction stop within a step of a cancel", async () => {
@@ -304,11 +308,7 @@ describe("inversion on the sd2 fixture (v-prediction, SD 2.x)", () => {
     const direct = await reconstructSource(sd, await invertDirect(sd, args));
     expect(relativeDistance(direct.latents, latents0)).toBeLessThanOrEqual(1e-4);
     const nullText = await invertNullText(sd, { ...args, innerSteps: 1 });
-    const u = nullText.source.nullEmbeddings as Float32Array[];
-    const uncond = await sd.encodeText([""]);
-    [uncond, ...u.slice(0, -1)].forEach((before, i) => {
-      expect(relativeDistance(u[i] as Float32Array, before), `u_${i} moved`).toBeGreaterThan(0);
-    });
+    await expectEveryStepMovesU(sd, nullText.source.nullEmbeddings as Float32Array[]);
     const rec = await reconstructSource(sd, nullText.source);
     expect(rec.latents.every(Number.isFinite)).toBe(true);
   });
