@@ -11,7 +11,8 @@ import type { BlobStore } from "../queue/blobs.js";
 import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
 import { getPreset } from "../spec/imagic.js";
-import { chatImageLimits, checkDeclared, fetchImage, type ImageLimits } from "./attachments.js";
+import { chatImageLimits, type ImageLimits } from "../spec/upload.js";
+import { checkDeclared, fetchImage } from "./attachments.js";
 import type {
   ChatAdapter,
   CommandReply,

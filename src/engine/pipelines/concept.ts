@@ -23,9 +23,10 @@ import {
   MIN_REFERENCES,
   validateConceptOptions,
 } from "../../spec/swap.js";
+import type { ImageLimits } from "../../spec/upload.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
-import { ImageInputError, type ImageLimits, loadImage } from "../image.js";
+import { ImageInputError, loadImage } from "../image.js";
 import type { LatentSize, LoraWeights, StableDiffusion } from "../index.js";
 import { IO } from "../models/components.js";
 import { LEARNED_TOKEN_IO, learnedTokenGraph, tokenRowsGraph } from "../models/learned-token.js";
