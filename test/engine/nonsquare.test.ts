@@ -3,12 +3,12 @@
  * exactly: transposing the input of the model whose k×k kernels are transposed transposes its output
  * (test/helpers/transpose.ts says why that, and not plain transposition, is the identity for a conv net
  * with attention), for the UNet, the VAE, txt2img, DDIM inversion, the loss and its gradients, an
- * Imagic train + render and concept learning; and the gradient step against central finite differences. The tolerances are
- * float32 summation-order differences (the two sides add the same products in another order), measured
- * with margin; the control (the same transposed input through the *untransposed* model) must miss them
- * by orders of magnitude, so a shape mix-up cannot pass.
+ * Imagic train + render and concept learning; the gradient step against central finite differences; and
+ * one compiled graph per shape. The tolerances are float32 summation-order differences (the two sides
+ * add the same products in another order), measured with margin; the control (the same transposed input
+ * through the *untransposed* model) must miss them by orders of magnitude, so a shape mix-up cannot pass.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -59,6 +59,35 @@ afterAll(async () => {
   await sd?.release();
   await sdT?.release();
   rmSync(tmp, { recursive: true, force: true });
+});
+
+describe("graphs per shape", () => {
+  it("compiles one UNet graph per latent shape: two shapes, two graphs; the first shape again, none more", async () => {
+    const dir = join(tmp, "graphs");
+    const own = await StableDiffusion.load(SD1, { device: "cpu", dtype: "fp32", graphCacheDir: dir });
+    try {
+      const runs: Array<[LatentSize, number]> = [
+        [WIDE, 1],
+        [TALL, 2],
+        [WIDE, 3],
+      ];
+      const out = [];
+      for (const [size, seed] of runs) {
+        out.push(await own.predictNoise(noise(4 * 60, seed), size, 500, context));
+      }
+      // Each compiled graph is a folder named after its key: the two shapes never share one.
+      const unets = readdirSync(dir)
+        .filter((d) => /_unet_/.test(d))
+        .map((d) => /_unet_1_(\d+x\d+)_/.exec(d)?.[1])
+        .sort();
+      expect(unets).toEqual(["10x6", "6x10"]);
+      // The WIDE graph run again computes what the shared engine's WIDE graph does.
+      const shared = await sd.predictNoise(noise(4 * 60, 3), WIDE, 500, context);
+      expect(relError(out[2] as Float32Array, shared)).toBeLessThan(SAME);
+    } finally {
+      await own.release();
+    }
+  });
 });
 
 describe("transposed input, transposed kernels: transposed output", () => {
