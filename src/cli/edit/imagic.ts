@@ -3,9 +3,8 @@
  * η × seed, and writes each image at full resolution, the grids, the state and a JSON report into --out.
  * Every input is checked before the model is touched, so a bad one costs nothing.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { SingleBar } from "cli-progress";
 import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
@@ -16,7 +15,6 @@ import {
   checkPrompt,
   etaSweep,
   fullGrid,
-  type Progress,
   renderImagic,
   seedGrid,
   trainImagic,
@@ -41,6 +39,7 @@ import {
   validateRenderOptions,
 } from "../../spec/imagic.js";
 import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
+import { num, progressReporter, readInput } from "./shared.js";
 
 const log = childLogger("imagic-cli");
 
@@ -73,15 +72,6 @@ interface Flags {
   renderBatch?: string;
 }
 
-/** A numeric flag, or undefined when absent; a clear error naming the flag when it is not a number. */
-function num(flag: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n))
-    throw new UserFacingError(`${flag} must be a number (got "${v}")`);
-  return n;
-}
-
 /** Training overrides from the flags, on top of the preset. */
 function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
   const batch = num("--batch", f.batch);
@@ -108,50 +98,6 @@ function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
     }),
     ...(f.earlyStop ? { earlyStop: EARLY_STOP } : {}),
     ...(f.trainSeed !== undefined ? { seed: num("--train-seed", f.trainSeed) } : {}),
-  };
-}
-
-/** One bar per stage on a terminal; a log line every 10 % otherwise. */
-function progressReporter(): { onProgress: (p: Progress) => void; stop: () => void } {
-  const tty = process.stderr.isTTY;
-  let bar: SingleBar | undefined;
-  let stage = "";
-  let lastTenth = -1;
-  return {
-    onProgress(p) {
-      if (p.stage === "encode") return;
-      if (p.stage !== stage) {
-        bar?.stop();
-        stage = p.stage;
-        lastTenth = -1;
-        if (tty) {
-          bar = new SingleBar({
-            format: `${p.stage.padEnd(9)} |{bar}| {value}/{total}  loss {loss}  ETA {left}`,
-            stream: process.stderr,
-            hideCursor: true,
-          });
-          bar.start(p.total, 0, { loss: "-", left: "…" });
-        }
-      }
-      const payload = {
-        loss: p.loss === undefined ? "-" : p.loss.toFixed(4),
-        left: p.etaSeconds === undefined ? "…" : formatSeconds(p.etaSeconds),
-      };
-      if (bar) {
-        bar.setTotal(p.total);
-        bar.update(p.step, payload);
-      } else {
-        const tenth = Math.floor((10 * p.step) / p.total);
-        if (tenth !== lastTenth) {
-          lastTenth = tenth;
-          log.info(
-            { stage: p.stage, step: p.step, total: p.total, loss: p.loss, eta: payload.left },
-            "progress",
-          );
-        }
-      }
-    },
-    stop: () => bar?.stop(),
   };
 }
 
@@ -272,7 +218,7 @@ export function imagicCommand(): Command {
         dtype: f.dtype ?? config.engineDtype,
         trainDtype: f.trainDtype,
       });
-      const bar = progressReporter();
+      const bar = progressReporter(["encode"]);
       try {
         // The last checks, which need the tokenizer; nothing is written before they pass.
         if (!saved) checkPrompt(sd, f.prompt as string);
@@ -351,15 +297,4 @@ export function imagicCommand(): Command {
         await sd.release();
       }
     });
-}
-
-function readInput(file: string, flag: string): Uint8Array {
-  try {
-    return readFileSync(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why =
-      code === "ENOENT" ? "no such file" : code === "EISDIR" ? "it is a folder" : (e as Error).message;
-    throw new UserFacingError(`cannot read ${flag} ${file}: ${why}`);
-  }
 }
