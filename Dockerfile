@@ -11,8 +11,10 @@ COPY src ./src
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-bookworm-slim AS runtime
+# HF_HOME on the volume: hub models are kept across container restarts, shared by the engines.
 ENV NODE_ENV=production \
     STATE_DIR=/data \
+    HF_HOME=/data/huggingface \
     LOG_PRETTY=false
 WORKDIR /app
 COPY --from=builder /app/package.json ./

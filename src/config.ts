@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
+import { homedir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { inspect } from "node:util";
@@ -43,6 +44,11 @@ const secret = z
   .regex(/^\S+$/)
   .transform((value) => new Secret(value));
 const snowflake = z.string().regex(/^\d{17,20}$/);
+/** A branch, tag or commit of a hub repository (a path under refs/ in the cache: no "..", no leading "/"). */
+const revision = z
+  .string()
+  .regex(/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/)
+  .refine((value) => !value.split("/").includes(".."));
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
 /** A byte count: "20971520", "512KiB", "20MiB", "1GiB". */
@@ -71,9 +77,30 @@ const SETTINGS = {
     expects: "a redis:// or rediss:// URL (unset: start an embedded redis-server)",
   },
   MODEL: { schema: z.string().optional(), expects: "a diffusers model folder or a Hugging Face hub id" },
+  MODEL_REVISION: {
+    schema: revision.default("main"),
+    expects: "a branch, tag or commit sha of the model's repository",
+  },
+  MODEL_VARIANT: {
+    schema: z
+      .string()
+      .regex(/^[A-Za-z0-9_]+$/)
+      .default("auto"),
+    expects: "auto, none, or a weight variant such as fp16 or bf16",
+  },
   MODEL_CACHE_DIR: { schema: z.string().optional(), expects: "a directory path" },
+  HF_HUB_CACHE: { schema: z.string().optional(), expects: "a directory path" },
+  HF_HOME: { schema: z.string().optional(), expects: "a directory path" },
+  XDG_CACHE_HOME: { schema: z.string().optional(), expects: "a directory path" },
+  HF_HUB_OFFLINE: { schema: z.stringbool().default(false), expects: "1/true/yes/on or 0/false/no/off" },
   HF_ENDPOINT: { schema: httpUrl.default("https://huggingface.co"), expects: "an http(s) URL" },
   HF_TOKEN: { schema: secret.optional(), expects: "a Hugging Face access token", secret: true },
+  HTTPS_PROXY: { schema: httpUrl.optional(), expects: "an http(s) URL of a proxy" },
+  HTTP_PROXY: { schema: httpUrl.optional(), expects: "an http(s) URL of a proxy" },
+  NO_PROXY: {
+    schema: z.string().optional(),
+    expects: "comma-separated host names reached without the proxy",
+  },
   ENGINE_DEVICE: {
     schema: z.enum(["auto", "cuda", "webgpu", "cpu"]).default("auto"),
     expects: "auto|cuda|webgpu|cpu",
@@ -130,7 +157,11 @@ export type Config = Omit<Parsed, "logPretty" | "model" | "modelCacheDir" | "sta
   model: string;
   /** True when MODEL was unset and `model` is the tiny test fixture: say so loudly. */
   modelIsFixture: boolean;
-  /** Absolute path. */
+  /**
+   * The Hugging Face hub cache, absolute: MODEL_CACHE_DIR, else HF_HUB_CACHE, else HF_HOME/hub, else
+   * XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub — where huggingface_hub and diffusers
+   * look, so that a model either downloaded is found.
+   */
   modelCacheDir: string;
 };
 
@@ -143,9 +174,12 @@ function envName(key: keyof Config): string {
   return SETTING_NAMES.find((name) => camelCase(name) === key) ?? key;
 }
 
+/** Settings whose URL may carry a password (`redis://:pw@host`, `http://user:pw@proxy:3128`): masked wherever shown. */
+const URLS_WITH_PASSWORDS: SettingName[] = ["REDIS_URL", "HTTPS_PROXY", "HTTP_PROXY"];
+
 function describeValue(name: SettingName, raw: string): string {
   if ((SETTINGS[name] as Setting).secret) return "";
-  const value = name === "REDIS_URL" ? redactUrl(raw) : raw;
+  const value = URLS_WITH_PASSWORDS.includes(name) ? redactUrl(raw) : raw;
   const shown = value.length > 60 ? `${value.slice(0, 57)}...` : value;
   return ` (got "${shown}")`;
 }
@@ -187,7 +221,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, options: LoadOp
     stateDir,
     model: p.model ?? FIXTURE_MODEL,
     modelIsFixture: p.model === undefined,
-    modelCacheDir: path.resolve(p.modelCacheDir ?? path.join(stateDir, "models")),
+    modelCacheDir: path.resolve(
+      p.modelCacheDir ??
+        p.hfHubCache ??
+        path.join(
+          p.hfHome ?? path.join(p.xdgCacheHome ?? path.join(homedir(), ".cache"), "huggingface"),
+          "hub",
+        ),
+    ),
   };
 }
 
@@ -230,7 +271,8 @@ export function redactedConfig(config: Config): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(config)) {
     if (value instanceof Secret) out[key] = "[redacted]";
-    else if (key === "redisUrl" && typeof value === "string") out[key] = redactUrl(value);
+    else if (URLS_WITH_PASSWORDS.some((name) => camelCase(name) === key) && typeof value === "string")
+      out[key] = redactUrl(value);
     else out[key] = value;
   }
   return out;

@@ -10,6 +10,8 @@ export interface ServiceContext {
   config: Config;
   redisUrl: string;
   log: Logger;
+  /** Aborted on SIGINT/SIGTERM: a start still in progress (a model download) gives up at once. */
+  signal?: AbortSignal;
 }
 
 export interface RunningService {
@@ -87,7 +89,11 @@ export async function runServices(
   const log = childLogger("services");
   for (const [port, setting] of options.ports ?? []) if (port !== 0) await assertPortFree(port, setting);
 
-  const stopping = shutdownSignal();
+  const stop = new AbortController();
+  const stopping = shutdownSignal().then((signal) => {
+    stop.abort(new Error(`${signal} received`));
+    return signal;
+  });
   const redis = await resolveRedis(config);
   const running: Array<{ name: string; service: RunningService }> = [];
   const stopAll = async () => {
@@ -111,12 +117,17 @@ export async function runServices(
   );
   try {
     for (const service of services) {
-      const context = { config, redisUrl: redis.url, log: childLogger(service.name) };
+      const context = { config, redisUrl: redis.url, log: childLogger(service.name), signal: stop.signal };
       running.push({ name: service.name, service: await service.start(context) });
       log.info({ service: service.name }, "started");
     }
   } catch (error) {
     await stopAll();
+    // Told to stop while starting (e.g. during a model download): a clean stop, not a failure.
+    if (stop.signal.aborted) {
+      log.info({ reason: (error as Error).message }, "stopped during start-up");
+      return;
+    }
     throw error;
   }
 

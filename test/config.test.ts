@@ -1,5 +1,5 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { inspect } from "node:util";
 import { describe, expect, it } from "vitest";
@@ -35,7 +35,10 @@ describe("loadConfig", () => {
       redisUrl: undefined,
       model: FIXTURE_MODEL,
       modelIsFixture: true,
-      modelCacheDir: path.resolve(".state", "models"),
+      modelCacheDir: path.join(homedir(), ".cache", "huggingface", "hub"),
+      modelRevision: "main",
+      modelVariant: "auto",
+      hfHubOffline: false,
       hfEndpoint: "https://huggingface.co",
       hfToken: undefined,
       engineDevice: "auto",
@@ -49,7 +52,7 @@ describe("loadConfig", () => {
     });
   });
 
-  it("parses set values, derives MODEL_CACHE_DIR from STATE_DIR and treats empty values as unset", () => {
+  it("parses set values and treats empty values as unset", () => {
     const config = load({
       LOG_LEVEL: "debug",
       LOG_PRETTY: "true",
@@ -68,7 +71,6 @@ describe("loadConfig", () => {
       logLevel: "debug",
       logPretty: true,
       stateDir: "/srv/bot",
-      modelCacheDir: "/srv/bot/models",
       redisUrl: "redis://redis:6379/2",
       model: "runwayml/stable-diffusion-v1-5",
       modelIsFixture: false,
@@ -82,11 +84,40 @@ describe("loadConfig", () => {
     });
   });
 
+  it("finds the Hugging Face cache where huggingface_hub and diffusers look; MODEL_CACHE_DIR overrides it", () => {
+    const cache = (env: Record<string, string>) => load(env).modelCacheDir;
+    expect(cache({ XDG_CACHE_HOME: "/xdg" })).toBe("/xdg/huggingface/hub");
+    expect(cache({ XDG_CACHE_HOME: "/xdg", HF_HOME: "/hf" })).toBe("/hf/hub");
+    expect(cache({ HF_HOME: "/hf", HF_HUB_CACHE: "/hub-cache" })).toBe("/hub-cache");
+    expect(cache({ HF_HUB_CACHE: "/hub-cache", MODEL_CACHE_DIR: "models" })).toBe(path.resolve("models"));
+    expect(load({ HF_HUB_OFFLINE: "1", MODEL_REVISION: "refs/pr/12", MODEL_VARIANT: "bf16" })).toMatchObject({
+      hfHubOffline: true,
+      modelRevision: "refs/pr/12",
+      modelVariant: "bf16",
+    });
+  });
+
   it.each([
     ["LOG_LEVEL", "loud", 'LOG_LEVEL must be one of fatal|error|warn|info|debug|trace|silent (got "loud")'],
     ["LOG_PRETTY", "maybe", 'LOG_PRETTY must be true or false (unset: pretty on a terminal) (got "maybe")'],
     ["REDIS_URL", "localhost:6379", "REDIS_URL must be a redis:// or rediss:// URL"],
     ["HF_ENDPOINT", "ftp://hub", 'HF_ENDPOINT must be an http(s) URL (got "ftp://hub")'],
+    [
+      "MODEL_REVISION",
+      "../../etc",
+      'MODEL_REVISION must be a branch, tag or commit sha of the model\'s repository (got "../../etc")',
+    ],
+    [
+      "MODEL_VARIANT",
+      "fp-16",
+      'MODEL_VARIANT must be auto, none, or a weight variant such as fp16 or bf16 (got "fp-16")',
+    ],
+    ["HF_HUB_OFFLINE", "maybe", 'HF_HUB_OFFLINE must be 1/true/yes/on or 0/false/no/off (got "maybe")'],
+    [
+      "HTTPS_PROXY",
+      "socks5://user:pw@proxy:1080",
+      'HTTPS_PROXY must be an http(s) URL of a proxy (got "socks5://user:[redacted]@proxy:1080")',
+    ],
     ["ENGINE_DEVICE", "tpu", 'ENGINE_DEVICE must be auto|cuda|webgpu|cpu (got "tpu")'],
     ["ENGINE_DTYPE", "bf16", 'ENGINE_DTYPE must be auto|fp32|fp16 (got "bf16")'],
     ["ENGINE_HTTP_PORT", "70000", 'ENGINE_HTTP_PORT must be a TCP port 0-65535 (0 disables) (got "70000")'],
@@ -152,6 +183,7 @@ describe("secrets", () => {
     SLACK_SIGNING_SECRET: "signingsecretvalue",
     SLACK_APP_TOKEN: "xapp-slack-app",
     REDIS_URL: "redis://user:redispassword@redis:6379",
+    HTTPS_PROXY: "http://user:proxypassword@proxy:3128",
   };
   const values = [
     "hf_tokenvalue",
@@ -171,9 +203,11 @@ describe("secrets", () => {
     ].join("\n");
     for (const value of values) expect(shown).not.toContain(value);
     expect(JSON.stringify(redactedConfig(config))).not.toContain("redispassword");
+    expect(JSON.stringify(redactedConfig(config))).not.toContain("proxypassword");
     expect(redactedConfig(config)).toMatchObject({
       discordToken: "[redacted]",
       redisUrl: "redis://user:[redacted]@redis:6379",
+      httpsProxy: "http://user:[redacted]@proxy:3128/",
     });
     expect(config.slackAppToken).toBeInstanceOf(Secret);
     expect(config.slackAppToken?.reveal()).toBe("xapp-slack-app");

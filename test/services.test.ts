@@ -75,6 +75,23 @@ describe("runServices", () => {
     expect(await redisPid(urls[0] ?? "")).toBe(0);
   });
 
+  it("aborts a start still in progress on SIGTERM (a model download) and stops cleanly", async () => {
+    const events: string[] = [];
+    const loading: Service = {
+      name: "engine",
+      async start({ signal }) {
+        events.push("start engine");
+        await new Promise((_, reject) => signal?.addEventListener("abort", () => reject(signal.reason)));
+        throw new Error("unreachable");
+      },
+    };
+    const run = runServices(config(), [recorder("bot", events), loading]);
+    while (events.length < 2) await new Promise((resolve) => setTimeout(resolve, 20));
+    process.emit("SIGTERM", "SIGTERM");
+    await run;
+    expect(events).toEqual(["start bot", "start engine", "stop bot"]);
+  });
+
   it("refuses a busy port before starting anything", async () => {
     const blocker = net.createServer();
     await new Promise<void>((resolve) => blocker.listen(0, resolve));

@@ -6,6 +6,7 @@
 import { DEFAULT_IMAGE_LIMITS, ImageInputError, type ImageLimits, loadImage } from "../engine/image.js";
 import { UserFacingError } from "../errors.js";
 import { formatBytes } from "../queue/blobs.js";
+import { checkPhotoShape, SHAPE_LIMITS } from "../spec/shape.js";
 import type { ChatAdapter, IncomingAttachment } from "./chat.js";
 
 export type { ImageLimits };
@@ -35,9 +36,9 @@ const EXTENSIONS: Readonly<Record<string, string>> = {
 /** libvips colour spaces that the loader converts to sRGB faithfully. */
 const COLOUR_SPACES = new Set(["srgb", "rgb", "rgb16", "b-w", "grey16", "cmyk", "scrgb"]);
 
-/** The bot's limits: the loader's, with the blob store's byte limit and Imagic's smallest side (64). */
+/** The bot's limits: the loader's, with the blob store's byte limit and the edits' smallest side. */
 export function chatImageLimits(maxBytes: number, overrides: Partial<ImageLimits> = {}): ImageLimits {
-  return { ...DEFAULT_IMAGE_LIMITS, minSide: 64, maxBytes, ...overrides };
+  return { ...DEFAULT_IMAGE_LIMITS, minSide: SHAPE_LIMITS.minPhotoSide, maxBytes, ...overrides };
 }
 
 const describe = (a: IncomingAttachment) => `\`${a.option}\` (${a.filename})`;
@@ -79,6 +80,8 @@ export async function fetchImage(
         `The image uses the ${source.space} colour space; send an sRGB, greyscale or CMYK image.`,
       );
     }
+    // The working-size rule's limits (aspect ratio), before any job waits in line.
+    checkPhotoShape(source, describe(attachment));
   } catch (error) {
     if (!(error instanceof ImageInputError)) throw error;
     // The loader speaks of "the image"; name the attachment instead.

@@ -82,11 +82,15 @@ export async function tileGrid(tiles: readonly Tile[], opts: GridOptions): Promi
     .toBuffer();
 }
 
-/** One image as PNG at full resolution. */
-export function tileToPng(t: Tile): Promise<Buffer> {
-  return sharp(tensorToRgb(t.image, t.width, t.height), {
+/**
+ * One image as PNG at its own resolution, or resized to `resize` (e.g. the photo's original size) with
+ * lanczos3, the sharpest of sharp's resamplers for upscaling.
+ */
+export function tileToPng(t: Tile, resize?: { width: number; height: number }): Promise<Buffer> {
+  const image = sharp(tensorToRgb(t.image, t.width, t.height), {
     raw: { width: t.width, height: t.height, channels: 3 },
-  })
+  });
+  return (resize ? image.resize(resize.width, resize.height, { fit: "fill", kernel: "lanczos3" }) : image)
     .png()
     .toBuffer();
 }

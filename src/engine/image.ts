@@ -4,11 +4,15 @@
  * In: validate the bytes first (probeImage: a still photo format, sane dimensions — read from the header
  * before anything is decoded, so a tiny file declaring 100 000² pixels is refused cheaply), then decode the
  * first frame, apply the EXIF orientation, convert to 8-bit sRGB (CMYK, 16-bit, grey, ICC-tagged input),
- * flatten transparency onto white, resize to cover the target and centre-crop, and scale to [-1, 1] NCHW.
- * Out: a [3, H, W] (or [1, 3, H, W]) tensor in [-1, 1] → PNG, rounded as diffusers' numpy_to_pil.
+ * flatten transparency onto white, resize to the working shape's content box (src/spec/shape.ts: the
+ * photo's own aspect ratio, or a requested size it covers and is centre-cropped to), mirror it into the
+ * padding around that box, and scale to [-1, 1] NCHW.
+ * Out: a [3, H, W] (or [1, 3, H, W]) tensor in [-1, 1] → PNG, rounded as diffusers' numpy_to_pil; a
+ * result's content box cut out of the working image (`cropImage`).
  */
 import sharp, { type Metadata, type OutputInfo } from "sharp";
 import { UserFacingError } from "../errors.js";
+import { type Box, type ModelShape, type Size, type WorkingShape, workingShape } from "../spec/shape.js";
 
 /** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
 export class ImageInputError extends UserFacingError {
@@ -127,36 +131,46 @@ export interface LoadedImage {
   source: ImageProbe;
 }
 
-function targetSize(size: ImageSize): { width: number; height: number } {
+/** A plain size as a working shape whose content is all of it. */
+function wholeShape(size: ImageSize): WorkingShape {
   const { width, height } = typeof size === "number" ? { width: size, height: size } : size;
   for (const [name, v] of [
     ["width", width],
     ["height", height],
   ] as const) {
-    if (!Number.isInteger(v) || v < 64 || v > 4096 || v % 64 !== 0) {
-      throw new RangeError(`image ${name} must be a multiple of 64 from 64 to 4096, got ${v}`);
+    if (!Number.isInteger(v) || v < 1 || v > 4096) {
+      throw new RangeError(`image ${name} must be a whole number of pixels from 1 to 4096, got ${v}`);
     }
   }
-  return { width, height };
+  return { width, height, content: { left: 0, top: 0, width, height } };
 }
 
 /**
- * Decodes `bytes` to the model's input: oriented, sRGB, alpha on white, resized to cover `size`
- * (a square side, or width × height; multiples of 64; 512 by default) and centre-cropped.
+ * Decodes `bytes` to the model's input: oriented, sRGB, alpha on white, resized with lanczos3 to cover
+ * the content box of `shape` (centre-cropped: at most a rounding pixel when the box has the photo's
+ * aspect ratio), mirrored into the padding around it. `size` is the plain form: exactly that size, all
+ * content (512² by default).
  */
 export async function loadImage(
   bytes: Uint8Array,
-  options: { size?: ImageSize; limits?: ImageLimits } = {},
+  options: { size?: ImageSize; shape?: WorkingShape; limits?: ImageLimits } = {},
 ): Promise<LoadedImage> {
   const limits = options.limits ?? DEFAULT_IMAGE_LIMITS;
-  const { width, height } = targetSize(options.size ?? 512);
+  const { width, height, content } = options.shape ?? wholeShape(options.size ?? 512);
   const source = await probeImage(bytes, limits);
   let raw: { data: Buffer; info: OutputInfo };
   try {
     raw = await sharp(bytes, { limitInputPixels: limits.maxPixels, page: 0, pages: 1 })
       .rotate()
       .flatten({ background: "#ffffff" })
-      .resize(width, height, { fit: "cover", position: "centre", kernel: "lanczos3" })
+      .resize(content.width, content.height, { fit: "cover", position: "centre", kernel: "lanczos3" })
+      .extend({
+        top: content.top,
+        left: content.left,
+        bottom: height - content.top - content.height,
+        right: width - content.left - content.width,
+        extendWith: "mirror",
+      })
       .toColourspace("srgb")
       .removeAlpha()
       .raw({ depth: "uchar" })
@@ -176,6 +190,43 @@ export async function loadImage(
     for (let c = 0; c < 3; c++) tensor[c * plane + p] = (data[p * 3 + c] as number) / 127.5 - 1;
   }
   return { tensor, width, height, source };
+}
+
+export interface LoadedPhoto extends LoadedImage {
+  /** The working shape it was loaded at (src/spec/shape.ts). */
+  shape: WorkingShape;
+}
+
+/**
+ * A photo at its working shape on a model: the equal-area rule, or the `requested` size. Refuses, with
+ * a message naming the limit, what probeImage's `limits` or the shape rule (SHAPE_LIMITS) cannot take.
+ */
+export async function loadPhoto(
+  bytes: Uint8Array,
+  model: ModelShape,
+  options: { requested?: Size; limits?: ImageLimits } = {},
+): Promise<LoadedPhoto> {
+  const probe = await probeImage(bytes, options.limits ?? DEFAULT_IMAGE_LIMITS);
+  const shape = workingShape(probe, model, options.requested);
+  return { ...(await loadImage(bytes, { shape, limits: options.limits })), shape };
+}
+
+/** The `box` of a [3, height, width] (or [1, 3, …]) image, as [3, box.height, box.width]. */
+export function cropImage(image: Float32Array, size: Size, box: Box): Float32Array {
+  const { width, height } = size;
+  if (image.length !== 3 * width * height)
+    throw new RangeError(`cropImage: ${image.length} values for 3×${height}×${width}`);
+  if (box.left < 0 || box.top < 0 || box.left + box.width > width || box.top + box.height > height)
+    throw new RangeError(`cropImage: box ${JSON.stringify(box)} is outside ${width}×${height}`);
+  if (box.width === width && box.height === height) return image;
+  const out = new Float32Array(3 * box.width * box.height);
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < box.height; y++) {
+      const from = (c * height + box.top + y) * width + box.left;
+      out.set(image.subarray(from, from + box.width), (c * box.height + y) * box.width);
+    }
+  }
+  return out;
 }
 
 /** A [3, H, W] or [1, 3, H, W] tensor in [-1, 1] as a PNG (values clamped; round((x / 2 + 0.5) · 255)). */

@@ -13,6 +13,7 @@ import { existsSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { resolve } from "node:path";
 import { childLogger } from "../log.js";
+import type { ModelShape } from "../spec/shape.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
 import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
@@ -35,6 +36,7 @@ import {
   type UnetSubset,
   type UnetWeights,
 } from "./models/finetune.js";
+import type { ProxySettings } from "./models/hub-http.js";
 import {
   type LoraInputs,
   type LoraWeights,
@@ -76,10 +78,23 @@ export interface LoadOptions {
   device: Device;
   /** Compute dtype of the UNet's forward pass: fp16 halves memory and time on a GPU. auto: fp16 on a GPU. */
   dtype?: "fp32" | "fp16" | "auto";
-  /** Where hub downloads go (a model id instead of a folder). */
+  /** The Hugging Face cache hub downloads go to (a model id instead of a folder). */
   cacheDir?: string;
   endpoint?: string;
   token?: string;
+  /** Branch, tag or commit of a hub model (default main). */
+  revision?: string;
+  /**
+   * Weight variant: "auto" (default) takes fp16 weights where the UNet computes in fp16 (half the
+   * download) and whatever the cache already holds; "none" the plain ones; a name ("fp16", "bf16") that
+   * variant, refusing a repository without it as diffusers does.
+   */
+  variant?: string;
+  /** HF_HUB_OFFLINE: use the cache only. */
+  offline?: boolean;
+  proxy?: ProxySettings;
+  /** Stops a download in progress (shutdown during start-up). */
+  signal?: AbortSignal;
   onProgress?: (p: { file: string; received: number; total: number }) => void;
   /** Compute dtype of the loss-and-gradient graphs (default fp32; the loss and gradients stay fp32). */
   trainDtype?: "fp32" | "fp16";
@@ -150,36 +165,61 @@ export class StableDiffusion {
     private readonly graphCacheDir: string | undefined,
     trainDtype: "fp32" | "fp16" = "fp32",
     maxTrainBytes?: number,
+    /** Lets go of the hub snapshot (its cleanup waits while we hold it). */
+    private readonly releaseModel: () => Promise<void> = async () => {},
   ) {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
     this.trainDtype = trainDtype === "fp16" ? "float16" : "float32";
     this.fingerprint = weightsFingerprint(ckpt);
-    this.unetDtype = dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
+    this.unetDtype = unetComputeDtype(dtype, device);
   }
 
   /** Opens a diffusers folder, or downloads a hub model id into `cacheDir` first. */
   static async load(pathOrId: string, opts: LoadOptions): Promise<StableDiffusion> {
+    const device = await resolveDevice(opts.device);
+    const dtype = opts.dtype ?? "auto";
+    const setting = opts.variant ?? "auto";
+    const variant =
+      setting === "none"
+        ? undefined
+        : setting === "auto"
+          ? unetComputeDtype(dtype, device) === "float16"
+            ? "fp16"
+            : undefined
+          : setting;
     // The hub client is loaded only for a model id: a local folder needs no network code.
-    const folder = existsSync(pathOrId)
-      ? pathOrId
+    const model = existsSync(pathOrId)
+      ? { folder: pathOrId, release: async () => {} }
       : await (await import("./models/hub.js")).resolveModel(pathOrId, {
           cacheDir: opts.cacheDir ?? ".state/models",
           endpoint: opts.endpoint,
           token: opts.token,
+          revision: opts.revision,
+          variant,
+          variantRequired: setting !== "auto" && setting !== "none",
+          offline: opts.offline,
+          proxy: opts.proxy,
+          signal: opts.signal,
           onProgress: opts.onProgress,
         });
-    const ckpt = openCheckpoint(folder);
-    const device = await resolveDevice(opts.device);
-    log.info({ model: pathOrId, device, dtype: opts.dtype ?? "auto" }, "model opened");
+    let ckpt: Checkpoint;
+    try {
+      ckpt = openCheckpoint(model.folder, { variant });
+    } catch (err) {
+      await model.release();
+      throw err;
+    }
+    log.info({ model: pathOrId, device, dtype, weights: ckpt.unet.weightsFile }, "model opened");
     return new StableDiffusion(
       pathOrId,
       ckpt,
       device,
-      opts.dtype ?? "auto",
+      dtype,
       opts.graphCacheDir,
       opts.trainDtype,
       opts.maxTrainBytes,
+      model.release,
     );
   }
 
@@ -189,24 +229,20 @@ export class StableDiffusion {
   }
 
   /**
-   * The image size the checkpoint was trained at, in pixels: the UNet's sample_size (one side or
-   * [height, width]) × the VAE factor; 512² when the config does not say.
+   * What the checkpoint asks of an image's size (src/spec/shape.ts picks working sizes from it):
+   * - `native`: the size it was trained at, in pixels: the UNet's sample_size (one side or
+   *   [height, width]) × the VAE factor; 512² when the config does not say;
+   * - `multiple`: the pixel multiple at which every down-sampling of the VAE and the UNet halves a whole
+   *   number: the VAE factor × 2^(UNet levels − 1), 64 for SD 1.x/2.x. Other sizes run (the UNet
+   *   up-samples to its skips' sizes, as diffusers does) but shift features by fractions of a pixel.
    */
-  get nativeSize(): { height: number; width: number } {
+  get imageShape(): ModelShape {
     const s = this.ckpt.unet.config.sample_size;
-    if (s === null) return { height: 512, width: 512 };
-    const [h, w] = sampleSizeHW(s);
-    return { height: h * this.vaeScale, width: w * this.vaeScale };
-  }
-
-  /**
-   * The multiple of pixels each side of an image should be, so that every down-sampling of the VAE and
-   * the UNet halves a whole number: the VAE factor × 2^(UNet levels − 1) (64 for SD 1.x/2.x). Other
-   * sizes run (the UNet up-samples to its skips' sizes, as diffusers does), but shift features by
-   * fractions of a pixel at each level.
-   */
-  get sizeMultiple(): number {
-    return this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1);
+    const [h, w] = s === null ? [512 / this.vaeScale, 512 / this.vaeScale] : sampleSizeHW(s);
+    return {
+      native: { height: h * this.vaeScale, width: w * this.vaeScale },
+      multiple: this.vaeScale * 2 ** (this.ckpt.unet.config.block_out_channels.length - 1),
+    };
   }
 
   /** The latent size of an image of height × width pixels (each a multiple of the VAE factor). */
@@ -534,6 +570,12 @@ export class StableDiffusion {
       if (s.status === "fulfilled") await s.value.session.release();
   }
 
+  /** Releases the sessions and the hold on the model's hub snapshot: the object is done with. */
+  async close(): Promise<void> {
+    await this.release();
+    await this.releaseModel();
+  }
+
   private contextSize(): number {
     return 77 * this.contextShape[1];
   }
@@ -597,6 +639,11 @@ export class StableDiffusion {
     // Each key is only ever built by one builder, so the entry holds what that builder returned.
     return entry as Promise<Omit<T, "graph"> & { session: Session }>;
   }
+}
+
+/** The UNet's compute dtype: fp16 when asked for, or by default on a GPU. */
+function unetComputeDtype(dtype: "fp32" | "fp16" | "auto", device: Device): ComputeDType {
+  return dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
 }
 
 /** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */

@@ -4,14 +4,26 @@ import type { LoadOptions } from "./index.js";
 
 export type ModelSettings = Pick<
   Config,
-  "modelCacheDir" | "hfEndpoint" | "hfToken" | "engineDevice" | "engineDtype"
+  | "stateDir"
+  | "modelCacheDir"
+  | "modelRevision"
+  | "modelVariant"
+  | "hfEndpoint"
+  | "hfToken"
+  | "hfHubOffline"
+  | "httpsProxy"
+  | "httpProxy"
+  | "noProxy"
+  | "engineDevice"
+  | "engineDtype"
 > &
   Partial<Pick<Config, "engineMaxTrainBytes">>;
 
 /**
  * `StableDiffusion.load` options from the app's settings, in one place so that the engine worker and
- * the CLI's edits load a model alike. Compiled graphs are cached beside the downloaded weights, so a
- * restarted engine skips graph building and weight conversion.
+ * the CLI's edits load a model alike. Compiled graphs are cached under STATE_DIR/graphs (not in the
+ * Hugging Face cache, which holds only hub repositories), so a restarted engine skips graph building
+ * and weight conversion.
  */
 export function modelLoadOptions(settings: ModelSettings): LoadOptions {
   return {
@@ -21,6 +33,10 @@ export function modelLoadOptions(settings: ModelSettings): LoadOptions {
     cacheDir: settings.modelCacheDir,
     endpoint: settings.hfEndpoint,
     token: settings.hfToken?.reveal(),
-    graphCacheDir: join(settings.modelCacheDir, ".graphs"),
+    revision: settings.modelRevision,
+    variant: settings.modelVariant,
+    offline: settings.hfHubOffline,
+    proxy: { httpsProxy: settings.httpsProxy, httpProxy: settings.httpProxy, noProxy: settings.noProxy },
+    graphCacheDir: join(settings.stateDir, "graphs"),
   };
 }

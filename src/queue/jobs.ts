@@ -4,6 +4,7 @@
 import { z } from "zod";
 import { LIMITS, PRESET_NAMES, type PresetName } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEED, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
+import { requestedSideSchema, requestedSizeIssues } from "../spec/shape.js";
 import {
   MAX_REFERENCES,
   MIN_REFERENCES,
@@ -34,12 +35,6 @@ const chatOrigin = z.object({
 export type ChatOrigin = z.infer<typeof chatOrigin>;
 
 const seed = z.number().int().min(0).max(MAX_SEED);
-const imageSize = z
-  .number()
-  .int()
-  .min(64)
-  .max(1024)
-  .refine((n) => n % 64 === 0, "must be a multiple of 64");
 const prompt = z.string().trim().min(1).max(MAX_PROMPT_LENGTH);
 const subject = z.string().trim().min(1).max(MAX_SUBJECT_LENGTH);
 const guidance = z.number().min(1).max(30);
@@ -66,12 +61,26 @@ const imagicTrainPayload = z.strictObject({
       preset: z.enum(PRESET_NAMES as [PresetName, ...PresetName[]]).default("balanced"),
       embeddingSteps: stageSteps.optional(),
       finetuneSteps: stageSteps.optional(),
-      size: imageSize.optional(),
+      /**
+       * A working size forced in pixels (both or neither; src/spec/shape.ts): the photo covers it,
+       * centre-cropped. Unset: the photo's own aspect ratio at the model's pixel count.
+       */
+      width: requestedSideSchema.optional(),
+      height: requestedSideSchema.optional(),
       /** The first grid: one tile per seed at `eta` (the preset's when unset). */
       seeds: imagicSeeds.max(MAX_SEEDS).optional(),
       eta: eta.optional(),
       guidance: guidance.optional(),
       steps: samplingSteps.optional(),
+    })
+    .superRefine((o, ctx) => {
+      if ((o.width === undefined) !== (o.height === undefined)) {
+        ctx.addIssue({ code: "custom", path: ["width"], message: "give both width and height, or neither" });
+      } else if (o.width !== undefined && o.height !== undefined) {
+        for (const message of requestedSizeIssues({ width: o.width, height: o.height })) {
+          ctx.addIssue({ code: "custom", path: ["width"], message: `width × height ${message}` });
+        }
+      }
     })
     .default({ preset: "balanced" }),
 });

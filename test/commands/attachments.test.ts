@@ -62,4 +62,11 @@ describe("fetchImage", () => {
     const truncated = PHOTO.subarray(0, Math.floor(PHOTO.byteLength / 2));
     await expect(fetch("cut.png", truncated)).rejects.toThrow(/^`image` \(cut\.png\) could not be decoded/);
   });
+
+  it("refuses a photo beyond the 4:1 aspect ratio an edit takes, naming the attachment and the limit", async () => {
+    const panorama = await sharp(PHOTO).resize(900, 200, { fit: "fill" }).png().toBuffer();
+    await expect(fetch("pano.png", panorama)).rejects.toThrow(
+      "`image` (pano.png) is 900×200 pixels, an aspect ratio of 4.50:1; the limit is 4:1 — crop it closer to what should change",
+    );
+  });
 });

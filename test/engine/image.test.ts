@@ -3,9 +3,11 @@ import { crc32 } from "node:zlib";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
 import {
+  cropImage,
   DEFAULT_IMAGE_LIMITS,
   ImageInputError,
   loadImage,
+  loadPhoto,
   probeImage,
   tensorToPng,
 } from "../../src/engine/image.js";
@@ -169,10 +171,63 @@ describe("loadImage", () => {
     expect((await rejection(loadImage(cut))).message).toMatch(/^The image could not be decoded \(/);
   });
 
-  it("refuses sizes that are not multiples of 64", async () => {
-    await expect(loadImage(photo("coffee.png"), { size: 500 })).rejects.toThrow(
-      /multiple of 64 from 64 to 4096, got 500/,
+  it("refuses sizes that are not whole numbers of pixels up to 4096", async () => {
+    await expect(loadImage(photo("coffee.png"), { size: 5000 })).rejects.toThrow(
+      /whole number of pixels from 1 to 4096, got 5000/,
     );
+    await expect(loadImage(photo("coffee.png"), { size: { width: 64, height: 0.5 } })).rejects.toThrow(
+      /image height must be a whole number/,
+    );
+  });
+});
+
+describe("loadPhoto: the working shape (src/spec/shape.ts) — no crop, no stretch, padding mirrored", () => {
+  it("loads coffee.png (600×400) at the fixture's 64×64 with the photo in rows 10…52 and mirrored rows around", async () => {
+    const model = { native: { width: 64, height: 64 }, multiple: 64 };
+    const img = await loadPhoto(photo("coffee.png"), model);
+    expect(img.shape).toEqual({
+      width: 64,
+      height: 64,
+      content: { left: 0, top: 10, width: 64, height: 43 },
+    });
+    expect([img.width, img.height, img.tensor.length]).toEqual([64, 64, 3 * 64 * 64]);
+    expect([img.source.width, img.source.height]).toEqual([600, 400]);
+    // The content is the whole photo at 64×43 (a plain lanczos3 resize: nothing cropped, nothing stretched).
+    const plain = await sharp(photo("coffee.png")).resize(64, 43, { kernel: "lanczos3" }).raw().toBuffer();
+    for (const [x, y] of [
+      [0, 0],
+      [63, 0],
+      [31, 21],
+      [0, 42],
+      [63, 42],
+    ] as const) {
+      expect(pixel(img, x, y + 10), `${x},${y}`).toEqual([
+        ...plain.subarray((y * 64 + x) * 3, (y * 64 + x) * 3 + 3),
+      ]);
+    }
+    // Padding mirrors the content about its edges: row 9 is row 10's neighbour inside, row 53 likewise.
+    for (const x of [0, 17, 40, 63]) {
+      expect(pixel(img, x, 9)).toEqual(pixel(img, x, 10));
+      expect(pixel(img, x, 0)).toEqual(pixel(img, x, 19));
+      expect(pixel(img, x, 53)).toEqual(pixel(img, x, 52));
+      expect(pixel(img, x, 63)).toEqual(pixel(img, x, 42));
+    }
+    // cropImage takes the box back out: the photo at 64×43.
+    const content = cropImage(img.tensor, img.shape, img.shape.content);
+    expect(content).toHaveLength(3 * 64 * 43);
+    expect(pixel({ tensor: content, width: 64, height: 43 }, 31, 21)).toEqual(pixel(img, 31, 31));
+  });
+
+  it("refuses a photo beyond 4:1 or too small, naming the limit", async () => {
+    const model = { native: { width: 512, height: 512 }, multiple: 64 };
+    const wide = await synth(500, 100, 3, () => [9, 9, 9])
+      .png()
+      .toBuffer();
+    await expect(loadPhoto(wide, model)).rejects.toThrow(/an aspect ratio of 5\.00:1; the limit is 4:1/);
+    const small = await synth(60, 60, 3, () => [9, 9, 9])
+      .png()
+      .toBuffer();
+    await expect(loadPhoto(small, model)).rejects.toThrow(/each side must be at least 64 pixels/);
   });
 });
 

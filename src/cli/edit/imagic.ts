@@ -8,7 +8,7 @@ import path from "node:path";
 import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
-import { loadImage, probeImage } from "../../engine/image.js";
+import { loadPhoto, probeImage } from "../../engine/image.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { modelLoadOptions } from "../../engine/load-options.js";
 import {
@@ -38,6 +38,7 @@ import {
   parseNumberList,
   validateRenderOptions,
 } from "../../spec/imagic.js";
+import { checkPhotoShape, parseSize } from "../../spec/shape.js";
 import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
 import { num, progressReporter, readInput } from "./shared.js";
 
@@ -56,6 +57,7 @@ interface Flags {
   dtype?: DtypeFlag;
   trainDtype: "fp32" | "fp16";
   size?: string;
+  upscale: boolean;
   embeddingSteps?: string;
   embeddingLr?: string;
   finetuneSteps?: string;
@@ -134,7 +136,15 @@ export function imagicCommand(): Command {
         .choices(["fp32", "fp16"])
         .default("fp32"),
     )
-    .option("--size <pixels>", "square working size (default: the model's, 512 for SD 1.5)")
+    .option(
+      "--size <size>",
+      'force a working size: a side ("512") or width×height ("768x512"); the photo covers it, centre-cropped (default: the photo\'s aspect ratio at the model\'s pixel count, 512² for SD 1.5)',
+    )
+    .option(
+      "--upscale",
+      "write each image at the photo's original size (lanczos3) instead of the working size",
+      false,
+    )
     .option("--embedding-steps <n>", "stage 1 steps")
     .option("--embedding-lr <lr>", "stage 1 Adam learning rate")
     .option("--finetune-steps <n>", "stage 2 steps (0: no fine-tune)")
@@ -176,13 +186,7 @@ export function imagicCommand(): Command {
         guidance: num("--guidance", f.guidance) ?? preset.render.guidance,
         steps: num("--ddim-steps", f.ddimSteps) ?? preset.render.steps,
       });
-      const sizeFlag = num("--size", f.size);
-      if (
-        sizeFlag !== undefined &&
-        (!Number.isInteger(sizeFlag) || sizeFlag < 64 || sizeFlag > 1024 || sizeFlag % 64 !== 0)
-      ) {
-        throw new UserFacingError(`--size must be a multiple of 64 from 64 to 1024 (got ${f.size})`);
-      }
+      const requested = f.size === undefined ? undefined : parseSize(f.size, "--size");
       const renderBatch = num("--render-batch", f.renderBatch) ?? 4;
       if (!Number.isInteger(renderBatch) || renderBatch < 1 || renderBatch > 16) {
         throw new UserFacingError(
@@ -196,13 +200,19 @@ export function imagicCommand(): Command {
         if (f.image || f.prompt)
           throw new UserFacingError("--state renders a saved edit: leave out --image and --prompt");
         saved = deserializeState(readInput(f.state, "--state"));
+        if (f.size)
+          throw new UserFacingError("--size applies to training: a saved state renders at its own size");
+        if (f.upscale && !saved.source) {
+          throw new UserFacingError("--upscale: this state does not record the photo's original size");
+        }
       } else {
         if (!f.image || f.prompt === undefined)
           throw new UserFacingError("give --image and --prompt (or --state)");
         imageBytes = readInput(f.image, "--image");
-        await probeImage(imageBytes).catch((e: Error) => {
+        const probe = await probeImage(imageBytes).catch((e: Error) => {
           throw new UserFacingError(`--image ${f.image}: ${e.message}`);
         });
+        checkPhotoShape(probe, `--image ${f.image}`);
         options = imagicOptions(f.preset, trainOverrides(f));
       }
 
@@ -228,14 +238,17 @@ export function imagicCommand(): Command {
         if (saved) {
           state = saved;
         } else {
-          const size = sizeFlag ?? sd.nativeSize.width;
-          const { tensor } = await loadImage(imageBytes as Uint8Array, { size }).catch((e: Error) => {
-            throw new UserFacingError(`--image ${f.image}: ${e.message}`);
-          });
+          const photo = await loadPhoto(imageBytes as Uint8Array, sd.imageShape, { requested }).catch(
+            (e: Error) => {
+              throw new UserFacingError(`--image ${f.image}: ${e.message}`);
+            },
+          );
           state = await trainImagic(sd, {
-            image: tensor,
-            height: size,
-            width: size,
+            image: photo.tensor,
+            height: photo.shape.height,
+            width: photo.shape.width,
+            content: photo.shape.content,
+            source: photo.source,
             prompt: f.prompt as string,
             options: options as ImagicOptions,
             onProgress: bar.onProgress,
@@ -257,7 +270,8 @@ export function imagicCommand(): Command {
           writeFileSync(path.join(f.out, name), bytes);
           files.push(name);
         };
-        for (const i of images) write(`eta-${i.eta}-seed-${i.seed}.png`, await tileToPng(i));
+        const upscaled = f.upscale ? state.source : undefined;
+        for (const i of images) write(`eta-${i.eta}-seed-${i.seed}.png`, await tileToPng(i, upscaled));
         write("grid.png", await fullGrid(images));
         for (const eta of render.etas) write(`seeds-eta-${eta}.png`, await seedGrid(images, eta));
         for (const seed of render.seeds) write(`sweep-seed-${seed}.png`, await etaSweep(images, seed));
@@ -266,8 +280,10 @@ export function imagicCommand(): Command {
           device: sd.device,
           dtype: { sampling: f.dtype ?? config.engineDtype, training: f.trainDtype },
           prompt: state.prompt,
-          width: state.width,
-          height: state.height,
+          workingSize: { width: state.width, height: state.height },
+          content: state.content,
+          ...(state.source ? { photoSize: state.source } : {}),
+          imageSize: upscaled ?? { width: state.content.width, height: state.content.height },
           preset: saved ? undefined : f.preset,
           options: state.options,
           render: { ...render, batch: renderBatch },

@@ -5,12 +5,13 @@
 import { writeFileSync } from "node:fs";
 import { Command } from "commander";
 import { appConfig } from "../../config.js";
-import { tensorToPng } from "../../engine/image.js";
+import { cropImage, tensorToPng } from "../../engine/image.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { modelLoadOptions } from "../../engine/load-options.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import { generationShape, parseSize, type Size } from "../../spec/shape.js";
 import { type DeviceFlag, deviceOption } from "../options.js";
 
 const log = childLogger("txt2img");
@@ -35,7 +36,11 @@ export function txt2imgCommand(): Command {
     .option("--seed <n>", "noise seed", int("--seed", 0, 2 ** 32 - 1), 0)
     .option("--steps <n>", "DDIM steps", int("--steps", 1, 1000), 25)
     .option("--guidance <scale>", "classifier-free guidance scale", Number.parseFloat, 7.5)
-    .option("--size <pixels>", "image side (default: the UNet's sample_size × 8)", int("--size", 8, 4096))
+    .option(
+      "--size <size>",
+      'a side ("512") or width×height ("768x512"); sampled at the next multiple of the model\'s size multiple and centre-cropped to it (default: the UNet\'s sample_size × 8)',
+      (v: string) => parseSize(v, "--size"),
+    )
     .addOption(deviceOption())
     .action(
       async (o: {
@@ -46,7 +51,7 @@ export function txt2imgCommand(): Command {
         seed: number;
         steps: number;
         guidance: number;
-        size?: number;
+        size?: Size;
         device?: DeviceFlag;
       }) => {
         if (!Number.isFinite(o.guidance) || o.guidance < 0) {
@@ -61,12 +66,8 @@ export function txt2imgCommand(): Command {
           device: o.device ?? config.engineDevice,
         });
         try {
-          const size = o.size ?? sd.nativeSize.width;
-          if (size % sd.vaeScale !== 0) {
-            throw new UserFacingError(
-              `--size must be a multiple of ${sd.vaeScale} for this model, got ${size}`,
-            );
-          }
+          const shape = generationShape(sd.imageShape, o.size);
+          const { content } = shape;
           const started = performance.now();
           const { image } = await txt2img(sd, {
             prompt: o.prompt,
@@ -74,12 +75,21 @@ export function txt2imgCommand(): Command {
             steps: o.steps,
             guidance: o.guidance,
             seed: o.seed,
-            height: size,
-            width: size,
+            height: shape.height,
+            width: shape.width,
             onStep: (i, n) => log.info({ step: i, of: n }, "denoising"),
           });
-          writeFileSync(o.out, await tensorToPng(image, [3, size, size]));
-          log.info({ out: o.out, size, ms: Math.round(performance.now() - started) }, "wrote image");
+          const png = await tensorToPng(cropImage(image, shape, content), [3, content.height, content.width]);
+          writeFileSync(o.out, png);
+          log.info(
+            {
+              out: o.out,
+              width: content.width,
+              height: content.height,
+              ms: Math.round(performance.now() - started),
+            },
+            "wrote image",
+          );
         } finally {
           await sd.release();
         }

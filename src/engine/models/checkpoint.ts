@@ -109,17 +109,8 @@ export function openCheckpoint(dir: string, options: OpenCheckpointOptions = {})
 export function findWeightsFile(componentDir: string, base: string, variant?: string): string {
   if (!existsSync(componentDir)) throw new ModelFileError(componentDir, "component folder not found");
   const files = new Set(readdirSync(componentDir));
-  const plain = [`${base}.safetensors`, `${base}.safetensors.index.json`];
-  const variants = variant
-    ? [`${base}.${variant}.safetensors`, `${base}.safetensors.index.${variant}.json`]
-    : [];
-  // Without a variant asked for, a folder holding only one variant (e.g. fp16) is still usable.
-  const anyVariant = [...files].filter(
-    (f) => f.startsWith(`${base}.`) && /^[^.]+\.[A-Za-z0-9_]+\.safetensors$/.test(f),
-  );
-  for (const name of [...variants, ...plain, ...anyVariant.sort()]) {
-    if (files.has(name)) return join(componentDir, name);
-  }
+  const found = weightCandidates(base, variant, files).find((name) => files.has(name));
+  if (found) return join(componentDir, found);
   const pickles = [...files].filter((f) => /\.(bin|ckpt|pt|pth)$/.test(f));
   if (pickles.length > 0) {
     throw new ModelFileError(
@@ -129,6 +120,27 @@ export function findWeightsFile(componentDir: string, base: string, variant?: st
   }
   throw new ModelFileError(
     componentDir,
-    `no weight file found (looked for ${[...variants, ...plain].join(", ")})`,
+    `no weight file found (looked for ${weightCandidates(base, variant, []).join(", ")})`,
   );
+}
+
+/**
+ * A component's weight file names in the order they are preferred: the variant's (single or sharded
+ * index), the plain ones, then any other variant among `present` — a folder or repository holding only
+ * fp16 weights is still usable. The hub download and openCheckpoint choose by the same order, so the
+ * engine opens the files that were downloaded.
+ */
+export function weightCandidates(
+  base: string,
+  variant: string | undefined,
+  present: Iterable<string>,
+): string[] {
+  const variants = variant
+    ? [`${base}.${variant}.safetensors`, `${base}.safetensors.index.${variant}.json`]
+    : [];
+  const plain = [`${base}.safetensors`, `${base}.safetensors.index.json`];
+  const anyVariant = [...present].filter(
+    (f) => f.startsWith(`${base}.`) && /^[^.]+\.[A-Za-z0-9_]+\.safetensors$/.test(f),
+  );
+  return [...new Set([...variants, ...plain, ...anyVariant.sort()])];
 }

@@ -1,85 +1,99 @@
 /**
- * A Hugging Face hub model id → a local diffusers folder, downloading only what the engine reads:
- * model_index.json, the configs of unet/vae/text_encoder/scheduler, the tokenizer files, and one
- * safetensors variant of each network (never .bin/.ckpt pickles, safety checker or feature extractor).
+ * A Hugging Face hub model id → a diffusers folder in the standard Hugging Face cache (hub-cache.ts),
+ * downloading only what the engine reads: model_index.json, the configs of unet/vae/text_encoder/
+ * scheduler, the tokenizer files, and one safetensors variant of each network (never .bin/.ckpt pickles,
+ * safety checker or feature extractor).
  *
  * Protocol (the hub's public HTTP API):
- *   GET {endpoint}/api/models/{id}/revision/{rev}?blobs=true → { sha, siblings: [{ rfilename, size, lfs: { sha256, size } }] }
- *   GET {endpoint}/{id}/resolve/{sha}/{path}                   → the file (LFS files redirect to a CDN)
- * Files land in {cacheDir}/{owner}--{name}/snapshots/{sha}/ through a `.part` file that a dropped
- * connection or a restart resumes with an HTTP Range request. LFS files are checked against their
- * sha256, others against their size, before they are moved into place. A snapshot that completed once is
- * reused without network access when the hub cannot be reached.
+ *   GET {endpoint}/api/models/{id}/revision/{rev}?blobs=true
+ *       → { sha, siblings: [{ rfilename, blobId, size, lfs?: { sha256, size } }] }
+ *   GET {endpoint}/{id}/resolve/{sha}/{path}   → the file (LFS files redirect to a CDN)
+ *
+ * What the official clients do not: a file resumes with an HTTP Range request after a dropped
+ * connection, a restart or a killed process (its temp file is taken over by the next holder of the
+ * blob's lock); LFS files are checked against their sha256 and small files against their git blob id
+ * before they are renamed into place; one weight variant per network is chosen (fp16 where the engine
+ * computes in fp16, or what the cache already holds).
+ *
+ * The cache is used without asking the hub when HF_HUB_OFFLINE is set or the revision is a commit
+ * already complete there, and instead of the hub when the hub cannot be reached or refuses (any HTTP
+ * error: a repository deleted or gated since, an expired token), with a warning.
  */
-import { createHash } from "node:crypto";
-import {
-  createReadStream,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream, existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { dirname, join, sep } from "node:path";
+import { join, sep } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { SingleBar } from "cli-progress";
-import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import { findWeightsFile, weightCandidates } from "./checkpoint.js";
 import { ModelIndexSchema, parseConfig, SD_PIPELINES } from "./config.js";
 import { ModelFileError } from "./errors.js";
+import { FileLock, type LockOptions } from "./file-lock.js";
+import { RepoCache } from "./hub-cache.js";
+import { HubError, HubHttp, type ProxySettings } from "./hub-http.js";
+import { DownloadMeter, type DownloadProgress, type HubLog } from "./hub-progress.js";
 
-const log = childLogger("hub");
-
-export interface DownloadProgress {
-  /** The file being downloaded, relative to the repository. */
-  file: string;
-  /** Bytes of all files to fetch so far / in all (files already cached are not counted). */
-  received: number;
-  total: number;
-  fileReceived: number;
-  fileTotal: number;
-}
+export { HubError, type HubErrorKind, type ProxySettings } from "./hub-http.js";
+export type { DownloadProgress, HubLog } from "./hub-progress.js";
 
 export interface ResolveOptions {
+  /** The Hugging Face hub cache (config: MODEL_CACHE_DIR, else HF_HUB_CACHE, else HF_HOME/hub …). */
   cacheDir: string;
   /** HF_ENDPOINT; default https://huggingface.co. */
   endpoint?: string;
-  /** HF_TOKEN, sent as `Authorization: Bearer`. */
+  /** HF_TOKEN, sent as `Authorization: Bearer` (never to the CDN a download is redirected to). */
   token?: string;
-  /** Branch, tag or commit; default main. */
+  /** Branch, tag or commit (MODEL_REVISION); default main. */
   revision?: string;
-  /** Prefer `*.<variant>.safetensors` weights (e.g. "fp16": half the download), else the plain ones. */
+  /** Preferred weight variant ("fp16"): its files where a network has them, else the plain ones. */
   variant?: string;
-  /** Progress callback; without one, a progress bar is drawn on stderr when it is a terminal. */
+  /**
+   * The variant was asked for by name (MODEL_VARIANT): as diffusers, a repository without any file of
+   * it is refused. Otherwise (auto) it is a preference, and weights the cache already holds in another
+   * precision are used rather than downloaded again.
+   */
+  variantRequired?: boolean;
+  /** HF_HUB_OFFLINE: never contact the hub; the cached snapshot or an error. */
+  offline?: boolean;
+  /** HTTPS_PROXY / HTTP_PROXY / NO_PROXY; unset ones come from the environment. */
+  proxy?: ProxySettings;
+  /** Aborting it (SIGTERM) stops a download at once; its temp file stays for the next start to resume. */
+  signal?: AbortSignal;
+  /** Progress callback; without one, a bar on a terminal, else a log line every progressIntervalMs. */
   onProgress?: (p: DownloadProgress) => void;
+  progressIntervalMs?: number;
+  /** Where messages go; default the "hub" logger. */
+  log?: HubLog;
   /** Attempts per file before giving up (each resumes where the last stopped). */
   attempts?: number;
   /** Abort a download that receives nothing for this long (ms). */
   stallTimeoutMs?: number;
 }
 
-/** A hub failure (not found, no access, bad data), with a message for the operator. */
-export class HubError extends UserFacingError {
-  override readonly name = "HubError";
-  /** `offline`: the hub could not be reached or failed (network, 5xx) — retry, or fall back to the cache. */
-  constructor(
-    message: string,
-    readonly offline = false,
-  ) {
-    super(message);
-  }
+/** A folder to open, held so that no other process's cleanup deletes it while in use. */
+export interface ResolvedModel {
+  folder: string;
+  /** The commit the folder holds; undefined for a local folder. */
+  commit?: string;
+  /** Drops the hold (it also ends with the process). */
+  release(): Promise<void>;
 }
 
 interface Sibling {
   rfilename: string;
   size?: number;
+  /** The git blob id: the etag of a small (non-LFS) file. */
+  blobId?: string;
   lfs?: { sha256?: string; oid?: string; size?: number };
 }
 
+interface RepoInfo {
+  sha: string;
+  siblings: Sibling[];
+}
+
 const MODEL_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const COMMIT = /^[0-9a-f]{40}$/;
 /** The components' configs a Stable Diffusion checkpoint cannot do without. */
 const REQUIRED_CONFIGS = [
   "unet/config.json",
@@ -87,41 +101,51 @@ const REQUIRED_CONFIGS = [
   "text_encoder/config.json",
   "scheduler/scheduler_config.json",
 ];
-const CONFIG_FILES = [
-  ...REQUIRED_CONFIGS,
+const TOKENIZER_FILES = [
   "tokenizer/vocab.json",
   "tokenizer/merges.txt",
   "tokenizer/tokenizer_config.json",
   "tokenizer/special_tokens_map.json",
   "tokenizer/tokenizer.json",
 ];
+const CONFIG_FILES = [...REQUIRED_CONFIGS, ...TOKENIZER_FILES];
 const WEIGHTS: ReadonlyArray<[component: string, base: string]> = [
   ["unet", "diffusion_pytorch_model"],
   ["vae", "diffusion_pytorch_model"],
   ["text_encoder", "model"],
 ];
-const COMPLETE = ".complete";
 
 function isModelId(value: string): boolean {
   return MODEL_ID.test(value) && !value.includes("..");
 }
 
-/** A local folder as is, or a hub model id downloaded (or found complete) in the cache. */
-export async function resolveModel(pathOrId: string, options: ResolveOptions): Promise<string> {
-  if (existsSync(pathOrId)) return pathOrId;
+/** A local folder as is, or a hub model id found complete in the cache or downloaded into it. */
+export async function resolveModel(pathOrId: string, options: ResolveOptions): Promise<ResolvedModel> {
+  if (existsSync(pathOrId)) return { folder: pathOrId, release: async () => {} };
   if (!isModelId(pathOrId)) {
     throw new HubError(
       `MODEL "${pathOrId}" is neither an existing folder nor a hub model id like "owner/name"`,
+      "repo",
     );
   }
-  return new HubDownload(pathOrId, options).run();
+  const download = new HubDownload(pathOrId, options);
+  try {
+    return await download.run();
+  } finally {
+    await download.close();
+  }
 }
 
 class HubDownload {
   private readonly endpoint: string;
   private readonly revision: string;
-  private readonly repoDir: string;
-  private readonly headers: Record<string, string>;
+  private readonly cache: RepoCache;
+  private readonly http: HubHttp;
+  private readonly log: HubLog;
+  /** Names this download's temp files: two downloads never write one file, even where locks fail. */
+  private readonly nonce = randomBytes(4).toString("hex");
+  /** The cache's writers lock, held shared while this download writes (cleanup takes it exclusive). */
+  private writing: FileLock | undefined;
 
   constructor(
     private readonly id: string,
@@ -129,57 +153,153 @@ class HubDownload {
   ) {
     this.endpoint = (options.endpoint ?? "https://huggingface.co").replace(/\/+$/, "");
     this.revision = options.revision ?? "main";
-    this.repoDir = join(options.cacheDir, id.replace("/", "--"));
-    this.headers = options.token ? { authorization: `Bearer ${options.token}` } : {};
-  }
-
-  async run(): Promise<string> {
-    let info: { sha: string; siblings: Sibling[] };
-    try {
-      info = await this.repoInfo();
-    } catch (err) {
-      const cached = this.cachedSnapshot();
-      if (err instanceof HubError && err.offline && cached) {
-        log.warn({ model: this.id, folder: cached }, "hub unreachable; using the cached snapshot");
-        return cached;
-      }
-      throw err;
-    }
-    const snapshot = join(this.repoDir, "snapshots", info.sha);
-    if (existsSync(join(snapshot, COMPLETE))) return snapshot;
-    // Engines on one host share the cache: one process downloads, the others wait and reuse.
-    return withLock(`${snapshot}.lock`, async () => {
-      if (!existsSync(join(snapshot, COMPLETE))) await this.fetchSnapshot(info, snapshot);
-      return snapshot;
+    this.cache = new RepoCache(options.cacheDir, id);
+    this.log = options.log ?? childLogger("hub");
+    this.http = new HubHttp({
+      id,
+      endpoint: this.endpoint,
+      revision: this.revision,
+      token: options.token,
+      proxy: options.proxy,
+      signal: options.signal,
     });
   }
 
-  private async fetchSnapshot(info: { sha: string; siblings: Sibling[] }, snapshot: string): Promise<void> {
+  close(): Promise<void> {
+    return this.http.close();
+  }
+
+  async run(): Promise<ResolvedModel> {
+    if (this.options.offline) {
+      const cached = await this.fromCache(false);
+      if (typeof cached !== "string") {
+        this.log.info({ model: this.id, folder: cached.folder }, "HF_HUB_OFFLINE: using the cached snapshot");
+        return cached;
+      }
+      throw new HubError(
+        `HF_HUB_OFFLINE is set and ${this.id} (revision ${this.revision}) is not in the cache ${this.options.cacheDir}: ${cached}; unset HF_HUB_OFFLINE to download it, or point MODEL_CACHE_DIR or HF_HUB_CACHE at the cache that holds it`,
+        "refused",
+      );
+    }
+    // A pinned commit that is complete here needs no hub at all.
+    if (COMMIT.test(this.revision)) {
+      const cached = await this.fromCache(this.options.variantRequired === true);
+      if (typeof cached !== "string") return cached;
+    }
+    try {
+      return await this.download();
+    } catch (err) {
+      if (!(err instanceof HubError) || (err.kind !== "network" && err.kind !== "refused")) throw err;
+      const cached = await this.fromCache(false);
+      if (typeof cached === "string") throw err;
+      this.log.warn(
+        {
+          model: this.id,
+          revision: this.revision,
+          commit: cached.commit,
+          folder: cached.folder,
+          reason: err.message,
+        },
+        `the hub failed (${err.message}); using the cached snapshot ${cached.commit} of ${this.id}`,
+      );
+      return cached;
+    }
+  }
+
+  /** The cached snapshot of the revision, held, or why there is none. `strict`: the variant's files only. */
+  private async fromCache(strict: boolean): Promise<ResolvedModel | string> {
+    const commit = COMMIT.test(this.revision) ? this.revision : this.cache.readRef(this.revision);
+    if (!commit) return `no snapshot of revision ${this.revision} was recorded there`;
+    const hold = await this.lock(this.cache.snapshotLock(commit), { shared: true });
+    const gap = snapshotGap(this.cache.snapshot(commit), this.options.variant, strict);
+    if (gap) {
+      await hold.release();
+      return `its snapshot ${commit} is incomplete (${gap})`;
+    }
+    return { folder: this.cache.snapshot(commit), commit, release: () => hold.release() };
+  }
+
+  private async download(): Promise<ResolvedModel> {
+    const info = await this.repoInfo();
+    const folder = this.cache.snapshot(info.sha);
+    // Shared: downloads of the same commit run side by side (their big blobs are locked one by one),
+    // and cleanup (exclusive) leaves a snapshot alone while anyone holds it.
+    const hold = await this.lock(this.cache.snapshotLock(info.sha), { shared: true });
+    try {
+      let fetched: number;
+      try {
+        fetched = await this.fetchSnapshot(info);
+      } finally {
+        await this.writing?.release();
+        this.writing = undefined;
+      }
+      if (fetched > 0) {
+        this.log.info({ model: this.id, commit: info.sha, bytes: fetched, folder }, "model downloaded");
+      }
+      const previous = this.cache.readRef(this.revision);
+      if (info.sha !== this.revision && previous !== info.sha) {
+        this.cache.writeRef(this.revision, info.sha, this.nonce);
+      }
+      const superseded = previous && previous !== info.sha ? previous : undefined;
+      if (superseded || this.cache.hasTemps()) await this.tidy(superseded);
+      return { folder, commit: info.sha, release: () => hold.release() };
+    } catch (err) {
+      await hold.release();
+      throw err;
+    }
+  }
+
+  /**
+   * Removes the snapshot a branch no longer points to and the temp files nobody resumes — only while
+   * no other process writes to this repository's cache (the writers lock is free), and never failing
+   * a start.
+   */
+  private async tidy(superseded: string | undefined): Promise<void> {
+    try {
+      const alone = await FileLock.tryAcquire(this.cache.writersLock());
+      if (!alone) return;
+      try {
+        if (superseded && (await this.cache.removeSuperseded(superseded))) {
+          this.log.info({ model: this.id, commit: superseded }, "removed the superseded snapshot");
+        }
+        const bytes = await this.cache.removeOrphanTemps();
+        if (bytes > 0)
+          this.log.info({ model: this.id, bytes }, "removed unfinished downloads nobody resumes");
+      } finally {
+        await alone.release();
+      }
+    } catch (err) {
+      this.log.warn({ model: this.id, err: (err as Error).message }, "cache cleanup failed");
+    }
+  }
+
+  /** Fetches what the engine reads of a commit; returns the bytes downloaded. */
+  private async fetchSnapshot(info: RepoInfo): Promise<number> {
     const byName = new Map(info.siblings.map((s) => [s.rfilename, s]));
     // model_index.json first: another model family is refused before gigabytes are fetched.
-    const indexSibling = this.sibling(byName, "model_index.json");
-    await this.download([indexSibling], snapshot, info.sha);
+    let fetched = await this.fetchFiles(info.sha, [this.sibling(byName, "model_index.json")]);
     parseConfig(
       ModelIndexSchema,
-      readJson(join(snapshot, "model_index.json")),
+      readJson(join(this.cache.snapshot(info.sha), "model_index.json")),
       `${this.id}/model_index.json`,
       SD_PIPELINES,
     );
-
+    for (const required of REQUIRED_CONFIGS) this.sibling(byName, required);
     const configs = CONFIG_FILES.filter((f) => byName.has(f)).map((f) => this.sibling(byName, f));
-    for (const required of REQUIRED_CONFIGS) {
-      this.sibling(byName, required);
-    }
-    await this.download(configs, snapshot, info.sha);
-    const weights: Sibling[] = [];
+    fetched += await this.fetchFiles(info.sha, configs);
+
+    const chosen: Array<{ component: string; name: string; files: Sibling[] }> = [];
     for (const [component, base] of WEIGHTS) {
-      weights.push(...(await this.weightFiles(byName, component, base, snapshot, info.sha)));
+      chosen.push({ component, ...(await this.weightFiles(byName, component, base, info.sha)) });
     }
-    await this.download(weights, snapshot, info.sha);
-    writeFileSync(join(snapshot, COMPLETE), `${new Date().toISOString()}\n`);
-    mkdirSync(join(this.repoDir, "refs"), { recursive: true });
-    writeFileSync(join(this.repoDir, "refs", encodeURIComponent(this.revision)), info.sha);
-    log.info({ model: this.id, revision: info.sha, folder: snapshot }, "model downloaded");
+    this.checkVariant(chosen);
+    return (
+      fetched +
+      (await this.fetchFiles(
+        info.sha,
+        chosen.flatMap((c) => c.files),
+      ))
+    );
   }
 
   private sibling(byName: Map<string, Sibling>, name: string): Sibling {
@@ -187,174 +307,242 @@ class HubDownload {
     if (!s)
       throw new HubError(
         `${this.id} has no ${name}; it is not a diffusers-format Stable Diffusion repository`,
+        "repo",
       );
     return s;
   }
 
-  /** The one weight variant of a component: the asked-for variant, else plain, else any variant; sharded or not. */
+  /**
+   * One component's weights (a file, or a sharded index and its shards) by weightCandidates' order.
+   * With the variant only preferred, what the snapshot already holds wins: a model downloaded by
+   * diffusers in fp32 is not fetched again in fp16.
+   */
   private async weightFiles(
     byName: Map<string, Sibling>,
     component: string,
     base: string,
-    snapshot: string,
     sha: string,
-  ): Promise<Sibling[]> {
-    const variant = this.options.variant;
-    const names = [
-      ...(variant ? [`${base}.${variant}.safetensors`, `${base}.safetensors.index.${variant}.json`] : []),
-      `${base}.safetensors`,
-      `${base}.safetensors.index.json`,
-      ...[...byName.keys()]
-        .filter((f) => f.startsWith(`${component}/${base}.`) && /\.[A-Za-z0-9_]+\.safetensors$/.test(f))
-        .map((f) => f.slice(component.length + 1))
-        .sort(),
-    ];
-    for (const name of names) {
-      const s = byName.get(`${component}/${name}`);
-      if (!s) continue;
-      if (!name.endsWith(".json")) return [s];
-      // A sharded checkpoint: the index names its shards.
-      await this.download([s], snapshot, sha);
-      const weightMap =
-        (readJson(join(snapshot, s.rfilename)) as { weight_map?: Record<string, string> }).weight_map ?? {};
-      return [...new Set(Object.values(weightMap))].map((shard) =>
-        this.sibling(byName, `${component}/${shard}`),
+  ): Promise<{ name: string; files: Sibling[] }> {
+    const inComponent = [...byName.keys()]
+      .filter((f) => f.startsWith(`${component}/`) && !f.slice(component.length + 1).includes("/"))
+      .map((f) => f.slice(component.length + 1));
+    const names = weightCandidates(base, this.options.variant, inComponent).filter((n) =>
+      byName.has(`${component}/${n}`),
+    );
+    if (!this.options.variantRequired) {
+      for (const name of names) {
+        const files = await this.weightSet(byName, component, name, sha, false);
+        if (files?.every((f) => this.cache.has(sha, f.rfilename))) return { name, files };
+      }
+    }
+    const [name] = names;
+    if (name === undefined) {
+      const pickles = inComponent
+        .filter((f) => /\.(bin|ckpt|pt|pth)$/.test(f))
+        .map((f) => `${component}/${f}`);
+      throw new HubError(
+        pickles.length > 0
+          ? `${this.id} ships ${component} only as PyTorch pickles (${pickles.join(", ")}); the engine loads safetensors only`
+          : `${this.id} has no ${component} weights (${component}/${base}.safetensors)`,
+        "repo",
       );
     }
-    const pickles = [...byName.keys()].filter(
-      (f) => f.startsWith(`${component}/`) && /\.(bin|ckpt|pt|pth)$/.test(f),
-    );
-    throw new HubError(
-      pickles.length > 0
-        ? `${this.id} ships ${component} only as PyTorch pickles (${pickles.join(", ")}); the engine loads safetensors only`
-        : `${this.id} has no ${component} weights (${component}/${base}.safetensors)`,
-    );
+    return { name, files: (await this.weightSet(byName, component, name, sha, true)) ?? [] };
   }
 
-  private async repoInfo(): Promise<{ sha: string; siblings: Sibling[] }> {
+  /** A weight file, or a sharded index with the shards it names (fetching the index when `fetch`). */
+  private async weightSet(
+    byName: Map<string, Sibling>,
+    component: string,
+    name: string,
+    sha: string,
+    fetch: boolean,
+  ): Promise<Sibling[] | undefined> {
+    const file = this.sibling(byName, `${component}/${name}`);
+    if (!name.endsWith(".json")) return [file];
+    if (!this.cache.has(sha, file.rfilename)) {
+      if (!fetch) return undefined;
+      await this.fetchFiles(sha, [file]);
+    }
+    const index = readJson(join(this.cache.snapshot(sha), file.rfilename)) as {
+      weight_map?: Record<string, string>;
+    };
+    const shards = [...new Set(Object.values(index.weight_map ?? {}))];
+    return [file, ...shards.map((shard) => this.sibling(byName, `${component}/${shard}`))];
+  }
+
+  /** diffusers' rule for a variant asked for by name: refused if no network has it, a warning if some lack it. */
+  private checkVariant(chosen: Array<{ component: string; name: string }>): void {
+    const { variant } = this.options;
+    if (!variant) return;
+    const without = chosen.filter((c) => !isVariantFile(c.name, variant)).map((c) => c.component);
+    if (without.length === 0) return;
+    if (this.options.variantRequired && without.length === chosen.length) {
+      throw new HubError(
+        `${this.id} has no ${variant} weights (MODEL_VARIANT=${variant}): set MODEL_VARIANT=auto to take the weights it has`,
+        "repo",
+      );
+    }
+    const line = `${this.id} has no ${variant} weights for ${without.join(", ")}; using its other weights there`;
+    if (this.options.variantRequired) this.log.warn({ model: this.id, components: without }, line);
+    else this.log.info({ model: this.id, components: without }, line);
+  }
+
+  private async repoInfo(): Promise<RepoInfo> {
     const url = `${this.endpoint}/api/models/${this.id}/revision/${encodeURIComponent(this.revision)}?blobs=true`;
-    const { res, done } = await this.request(url, {}, 30_000);
+    const { res, done } = await this.http.get(url, {}, 30_000);
     let json: { sha?: unknown; siblings?: unknown };
     try {
-      if (!res.ok) throw this.httpError(res.status, "model_index.json");
+      if (!res.ok) throw this.http.refusal(res, "model_index.json");
       json = (await res.json()) as { sha?: unknown; siblings?: unknown };
     } catch (err) {
       if (err instanceof HubError) throw err;
-      throw new HubError(`${url} did not answer with JSON (${(err as Error).message})`, true);
+      this.http.throwIfInterrupted();
+      throw new HubError(`${url} did not answer with JSON (${(err as Error).message})`, "network");
     } finally {
       done();
+      await discard(res);
     }
     if (typeof json.sha !== "string" || !/^[0-9a-zA-Z]+$/.test(json.sha) || !Array.isArray(json.siblings)) {
       throw new HubError(
         `${url} answered without a commit sha and file list; is HF_ENDPOINT a Hugging Face hub?`,
+        "repo",
       );
     }
     return { sha: json.sha, siblings: json.siblings as Sibling[] };
   }
 
-  private cachedSnapshot(): string | undefined {
-    const ref = join(this.repoDir, "refs", encodeURIComponent(this.revision));
-    if (!existsSync(ref)) return undefined;
-    const snapshot = join(this.repoDir, "snapshots", readFileSync(ref, "utf8").trim());
-    return existsSync(join(snapshot, COMPLETE)) ? snapshot : undefined;
-  }
-
-  private async download(files: Sibling[], snapshot: string, sha: string): Promise<void> {
-    const todo = files.filter((f) => !this.isDone(f, snapshot));
+  /** Fetches the files the snapshot does not hold yet; returns their bytes. */
+  private async fetchFiles(sha: string, files: Sibling[]): Promise<number> {
+    const todo = files.filter((f) => !this.cache.has(sha, f.rfilename));
+    if (todo.length === 0) return 0;
+    this.writing ??= await this.lock(this.cache.writersLock(), { shared: true });
     const total = todo.reduce((a, f) => a + expectedSize(f), 0);
+    const meter = new DownloadMeter(total, {
+      model: this.id,
+      log: this.log,
+      onProgress: this.options.onProgress,
+      intervalMs: this.options.progressIntervalMs,
+    });
     let received = 0;
-    const bar = !this.options.onProgress && process.stderr.isTTY && total > 1e6 ? newBar(total) : undefined;
     try {
       for (const file of todo) {
         const before = received;
-        await this.fetchFile(file, snapshot, sha, (fileReceived) => {
-          received = before + fileReceived;
-          const progress = {
-            file: file.rfilename,
-            received,
-            total,
-            fileReceived,
-            fileTotal: expectedSize(file),
-          };
-          this.options.onProgress?.(progress);
-          bar?.update(received, { file: file.rfilename });
+        let fileReceived = 0;
+        await this.fetchBlob(file, sha, (bytes) => {
+          const fresh = Math.max(bytes - fileReceived, 0);
+          fileReceived = bytes;
+          received = before + bytes;
+          const fileTotal = expectedSize(file);
+          meter.update({ file: file.rfilename, received, total, fileReceived: bytes, fileTotal }, fresh);
         });
         received = before + expectedSize(file);
       }
     } finally {
-      bar?.stop();
+      meter.stop();
+    }
+    return total;
+  }
+
+  /** Puts one file into the snapshot: its blob (downloaded unless another snapshot has it) and the link. */
+  private async fetchBlob(file: Sibling, sha: string, progress: (bytes: number) => void): Promise<void> {
+    const snapshot = this.cache.snapshot(sha);
+    if (!join(snapshot, file.rfilename).startsWith(`${snapshot}${sep}`)) {
+      throw new HubError(`${this.id} lists an unsafe file name ${JSON.stringify(file.rfilename)}`, "repo");
+    }
+    const known = etagOf(file);
+    // An LFS file (the weights: gigabytes) is downloaded by one process at a time, holding its blob's
+    // lock as huggingface_hub does; a small file is simply fetched by whoever needs it.
+    const lock =
+      known && file.lfs
+        ? await this.lock(this.cache.blobLock(known), {
+            onWait: () =>
+              this.log.info(
+                { model: this.id, file: file.rfilename },
+                "another process is downloading this file; waiting for it",
+              ),
+          })
+        : undefined;
+    try {
+      let etag = known;
+      if (!etag || !existsSync(this.cache.blob(etag))) {
+        const temp = this.cache.tempFile(etag ?? "unnamed", this.nonce);
+        if (etag && lock?.coordinated) this.cache.adoptTemp(etag, temp);
+        try {
+          await this.transfer(file, sha, temp, progress);
+          etag ??= await gitBlobId(temp);
+          await this.verify(file, temp);
+        } catch (err) {
+          // Only an LFS file's bytes are kept for the next holder of its lock to resume.
+          if (!lock) rmSync(temp, { force: true });
+          throw err;
+        }
+        this.cache.storeBlob(temp, etag);
+      }
+      this.cache.link(sha, file.rfilename, etag);
+    } finally {
+      await lock?.release();
     }
   }
 
-  private isDone(file: Sibling, snapshot: string): boolean {
-    const path = join(snapshot, file.rfilename);
-    return existsSync(path) && (expectedSize(file) === 0 || statSync(path).size === expectedSize(file));
-  }
-
-  /** One file through `<path>.part`, resuming across dropped connections, then verified and moved into place. */
-  private async fetchFile(
-    file: Sibling,
-    snapshot: string,
-    sha: string,
-    progress: (bytes: number) => void,
-  ): Promise<void> {
-    const dest = join(snapshot, file.rfilename);
-    if (!dest.startsWith(`${snapshot}${sep}`)) {
-      throw new HubError(`${this.id} lists an unsafe file name ${JSON.stringify(file.rfilename)}`);
-    }
-    const part = `${dest}.part`;
-    mkdirSync(dirname(dest), { recursive: true });
+  /** Downloads into `temp`, resuming what it holds, across dropped connections. */
+  private async transfer(file: Sibling, sha: string, temp: string, progress: (bytes: number) => void) {
     const size = expectedSize(file);
     const url = `${this.endpoint}/${this.id}/resolve/${sha}/${file.rfilename.split("/").map(encodeURIComponent).join("/")}`;
     const attempts = this.options.attempts ?? 5;
     for (let attempt = 1; ; attempt++) {
-      const have = existsSync(part) ? statSync(part).size : 0;
+      const have = sizeOf(temp);
       try {
-        if (size > 0 && have >= size) break;
-        await this.fetchInto(url, part, have, file, progress);
-        break;
+        if (size > 0 && have >= size) return;
+        await this.fetchInto(url, temp, have, file, progress);
+        return;
       } catch (err) {
-        if (err instanceof HubError && !err.offline) throw err;
-        const now = existsSync(part) ? statSync(part).size : 0;
-        log.warn(
-          { file: file.rfilename, attempt, bytes: now, err: (err as Error).message },
+        if (!(err instanceof HubError) || err.kind !== "network") throw err;
+        const now = sizeOf(temp);
+        this.log.warn(
+          { model: this.id, file: file.rfilename, attempt, bytes: now, err: err.message },
           "download interrupted; resuming",
         );
         // Give up only after `attempts` tries that made no progress at all.
         if (attempt >= attempts && now === have) {
           throw new HubError(
-            `downloading ${this.id}/${file.rfilename} failed ${attempts} times (${(err as Error).message}); run again to resume`,
-            true,
+            `downloading ${this.id}/${file.rfilename} failed ${attempts} times (${err.message}); run again to resume`,
+            "network",
           );
         }
-        await sleep(Math.min(attempt, 5) * 100);
+        await sleep(Math.min(attempt, 5) * 100, undefined, { signal: this.options.signal }).catch(() =>
+          this.http.throwIfInterrupted(),
+        );
       }
     }
-    await this.verify(file, part);
-    renameSync(part, dest);
   }
 
   private async fetchInto(
     url: string,
-    part: string,
+    temp: string,
     have: number,
     file: Sibling,
     progress: (bytes: number) => void,
-  ) {
+  ): Promise<void> {
     const range: Record<string, string> = have > 0 ? { range: `bytes=${have}-` } : {};
-    const { res, alive, done } = await this.request(url, range, this.options.stallTimeoutMs ?? 60_000);
+    const { res, alive, done } = await this.http.get(url, range, this.options.stallTimeoutMs ?? 60_000);
     try {
-      if (res.status === 416) return; // the part already holds the whole file; verify() decides
-      if (!res.ok) throw this.httpError(res.status, file.rfilename);
-      // A server that ignores Range sends the whole file again (200): start over.
+      if (res.status === 416) return; // the temp file already holds the whole file; verify() decides
+      if (!res.ok) throw this.http.refusal(res, file.rfilename);
+      // A server (or CDN) that ignores Range sends the whole file again (200): start over.
       const resumed = res.status === 206;
-      const fh = await open(part, resumed ? "a" : "w");
+      const fh = await open(temp, resumed ? "a" : "w");
       let bytes = resumed ? have : 0;
       try {
-        if (!res.body) throw new Error("empty response body");
-        for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
-          await fh.write(chunk);
-          bytes += chunk.byteLength;
+        const body = res.body?.[Symbol.asyncIterator]();
+        for (;;) {
+          // Only a failed read is the network's fault; a failed write (a full disk) is reported as is.
+          const next = await body?.next().catch((err: unknown) => {
+            throw this.http.transferError(url, err);
+          });
+          if (!next || next.done) break;
+          await fh.write(next.value);
+          bytes += next.value.byteLength;
           alive();
           progress(bytes);
         }
@@ -363,135 +551,87 @@ class HubDownload {
       }
     } finally {
       done();
+      await discard(res);
     }
   }
 
-  private async verify(file: Sibling, part: string): Promise<void> {
-    const size = statSync(part).size;
-    const expected = expectedSize(file);
-    const sha = file.lfs?.sha256 ?? file.lfs?.oid;
-    if (sha) {
-      const actual = await sha256File(part);
-      if (actual !== sha) {
-        rmSync(part, { force: true });
-        throw new HubError(
-          `${this.id}/${file.rfilename} failed verification: sha256 ${actual}, the hub lists ${sha}; the download was deleted, run again to retry`,
-        );
-      }
-    } else if (expected > 0 && size !== expected) {
-      rmSync(part, { force: true });
-      throw new HubError(
-        `${this.id}/${file.rfilename} is ${size} bytes, the hub lists ${expected}; the download was deleted, run again to retry`,
-      );
-    }
-  }
-
-  /**
-   * fetch with the auth header and a timeout that restarts whenever `alive()` reports data (stall
-   * detection); `done()` stops the timer.
-   */
-  private async request(
-    url: string,
-    extra: Record<string, string>,
-    timeoutMs: number,
-  ): Promise<{ res: Response; alive: () => void; done: () => void }> {
-    const controller = new AbortController();
-    const arm = () =>
-      setTimeout(() => controller.abort(new Error(`no data for ${timeoutMs / 1000} s`)), timeoutMs);
-    let timer = arm();
-    const alive = () => {
-      clearTimeout(timer);
-      timer = arm();
-    };
-    const done = () => clearTimeout(timer);
-    try {
-      const res = await fetch(url, {
-        headers: { ...this.headers, ...extra },
-        signal: controller.signal,
-        redirect: "follow",
-      });
-      return { res, alive, done };
-    } catch (err) {
-      done();
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      throw new HubError(
-        `cannot reach ${new URL(url).origin} for ${this.id} (${cause?.code ?? cause?.message ?? (err as Error).message}); check HF_ENDPOINT and the network`,
-        true,
-      );
-    }
-  }
-
-  private httpError(status: number, file: string): HubError {
-    if (status === 401 || status === 403) {
-      return new HubError(
-        this.options.token
-          ? `the hub refused access to ${this.id} (HTTP ${status}) with the HF_TOKEN given: accept the model's licence on its page with that account, or use a token with read access`
-          : `${this.id} is gated or private (HTTP ${status}): set HF_TOKEN to an access token of an account that accepted its licence`,
-      );
-    }
-    if (status === 404) {
-      return new HubError(
-        `${this.id} (revision ${this.revision}) or its ${file} was not found on ${this.endpoint} (HTTP 404)`,
-      );
-    }
-    return new HubError(
-      `${this.endpoint} answered HTTP ${status} for ${this.id}/${file}`,
-      status >= 500 || status === 429,
+  /** LFS files against their sha256, small files against their git blob id, others by size. */
+  private async verify(file: Sibling, temp: string): Promise<void> {
+    const lfs = file.lfs?.sha256 ?? file.lfs?.oid;
+    const [what, listed, actual] = lfs
+      ? ["sha256", lfs, await sha256File(temp)]
+      : file.blobId
+        ? ["git blob id", file.blobId, await gitBlobId(temp)]
+        : ["size", String(expectedSize(file)), String(sizeOf(temp))];
+    if (actual === listed || (what === "size" && listed === "0")) return;
+    rmSync(temp, { force: true });
+    throw new HubError(
+      `${this.id}/${file.rfilename} failed verification: ${what} ${actual}, the hub lists ${listed}; the download was deleted, run again to retry`,
+      "network",
     );
+  }
+
+  /** A file lock whose wait a shutdown interrupts. */
+  private async lock(path: string, options: Omit<LockOptions, "signal">): Promise<FileLock> {
+    try {
+      return await FileLock.acquire(path, { ...options, signal: this.options.signal });
+    } catch (err) {
+      this.http.throwIfInterrupted();
+      throw err;
+    }
   }
 }
 
 /**
- * Runs `fn` holding a lock directory (mkdir is atomic). A lock whose process is gone (crash, kill) is
- * taken over; a lock being created (no pid yet) for over a minute counts as gone too.
+ * What keeps a cached snapshot from being opened — a missing config, tokenizer or weight file (links
+ * whose blob is gone count as missing) — or undefined when complete. `strict`: the variant's weights
+ * must be there (a pinned commit then skips the hub only if it holds what would be downloaded).
  */
-async function withLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
-  mkdirSync(dirname(lock), { recursive: true });
-  let waiting = false;
-  for (;;) {
+function snapshotGap(folder: string, variant: string | undefined, strict: boolean): string | undefined {
+  const missing = ["model_index.json", ...REQUIRED_CONFIGS].find((f) => !existsSync(join(folder, f)));
+  if (missing) return `no ${missing}`;
+  const tokenizer =
+    ["tokenizer/tokenizer.json"].every((f) => existsSync(join(folder, f))) ||
+    ["tokenizer/vocab.json", "tokenizer/merges.txt"].every((f) => existsSync(join(folder, f)));
+  if (!tokenizer) return "no tokenizer/tokenizer.json, nor vocab.json and merges.txt";
+  for (const [component, base] of WEIGHTS) {
+    let weights: string;
     try {
-      mkdirSync(lock);
-      writeFileSync(join(lock, "pid"), String(process.pid));
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      if (lockIsStale(lock)) {
-        rmSync(lock, { recursive: true, force: true });
-        continue;
-      }
-      if (!waiting) log.info({ lock }, "another process is downloading this model; waiting for it");
-      waiting = true;
-      await sleep(250);
+      weights = findWeightsFile(join(folder, component), base, variant);
+    } catch {
+      return `no ${component} weights`;
+    }
+    if (strict && variant && !isVariantFile(weights.slice(weights.lastIndexOf(sep) + 1), variant)) {
+      return `no ${variant} ${component} weights`;
+    }
+    if (weights.endsWith(".json")) {
+      const map = (readJson(weights) as { weight_map?: Record<string, string> }).weight_map ?? {};
+      const shard = Object.values(map).find((s) => !existsSync(join(folder, component, s)));
+      if (shard) return `no ${component}/${shard}`;
     }
   }
-  try {
-    return await fn();
-  } finally {
-    rmSync(lock, { recursive: true, force: true });
-  }
+  return undefined;
 }
 
-function lockIsStale(lock: string): boolean {
-  let pid: number;
-  try {
-    pid = Number(readFileSync(join(lock, "pid"), "utf8"));
-  } catch {
-    try {
-      return Date.now() - statSync(lock).mtimeMs > 60_000;
-    } catch {
-      return false; // released meanwhile: the next mkdir decides
-    }
-  }
-  try {
-    process.kill(pid, 0);
-    return false;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "ESRCH";
-  }
+function isVariantFile(name: string, variant: string): boolean {
+  return name.includes(`.${variant}.safetensors`) || name.endsWith(`.index.${variant}.json`);
+}
+
+function etagOf(f: Sibling): string | undefined {
+  return f.lfs?.sha256 ?? f.lfs?.oid ?? f.blobId;
 }
 
 function expectedSize(f: Sibling): number {
   return f.lfs?.size ?? f.size ?? 0;
+}
+
+function sizeOf(path: string): number {
+  return existsSync(path) ? statSync(path).size : 0;
+}
+
+/** Lets undici reuse the connection of a response whose body was not read. */
+async function discard(res: { bodyUsed: boolean; body: { cancel(): Promise<void> } | null }): Promise<void> {
+  if (!res.bodyUsed) await res.body?.cancel().catch(() => {});
 }
 
 function readJson(file: string): Record<string, unknown> {
@@ -502,9 +642,10 @@ function readJson(file: string): Record<string, unknown> {
   }
 }
 
-function sha256File(path: string): Promise<string> {
+function hashFile(path: string, algorithm: string, prefix?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const hash = createHash("sha256");
+    const hash = createHash(algorithm);
+    if (prefix) hash.update(prefix);
     createReadStream(path)
       .on("data", (chunk) => hash.update(chunk))
       .on("error", reject)
@@ -512,12 +653,11 @@ function sha256File(path: string): Promise<string> {
   });
 }
 
-function newBar(total: number): SingleBar {
-  const bar = new SingleBar({
-    format: "downloading {bar} {percentage}% | {value}/{total} bytes | {file}",
-    hideCursor: true,
-    stream: process.stderr,
-  });
-  bar.start(total, 0, { file: "" });
-  return bar;
+function sha256File(path: string): Promise<string> {
+  return hashFile(path, "sha256");
+}
+
+/** git's blob id (sha1 of "blob <size>\0" + content): the hub's etag of a file stored in git, not LFS. */
+function gitBlobId(path: string): Promise<string> {
+  return hashFile(path, "sha1", `blob ${statSync(path).size}\0`);
 }

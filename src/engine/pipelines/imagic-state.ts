@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { UserFacingError } from "../../errors.js";
 import type { ImagicOptions } from "../../spec/imagic.js";
+import type { Box, Size } from "../../spec/shape.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
@@ -19,9 +20,16 @@ import type { LoraWeights } from "../models/lora.js";
 export interface ImagicState {
   modelId: string;
   prompt: string;
-  /** Pixel size the state was trained at (renders come out at this size). */
+  /** The working size the state was trained at, in pixels (renders run at this size). */
   width: number;
   height: number;
+  /**
+   * Where the photo sits in the working image (src/spec/shape.ts): renders are cropped to it, so they
+   * have the photo's aspect ratio; all of the working image for a photo that needed no padding.
+   */
+  content: Box;
+  /** The photo's own size (before resizing to the working size), for results upscaled back to it. */
+  source?: Size;
   options: ImagicOptions;
   /** [77, D] each: CLIP(target prompt), and the embedding optimized to reconstruct the photo. */
   contextShape: [number, number];
@@ -50,6 +58,16 @@ const metadataSchema = z.object({
   prompt: z.string(),
   width: z.number().int().positive(),
   height: z.number().int().positive(),
+  /** Absent in states written before non-square photos: all of the working image. */
+  content: z
+    .object({
+      left: z.number().int().nonnegative(),
+      top: z.number().int().nonnegative(),
+      width: z.number().int().positive(),
+      height: z.number().int().positive(),
+    })
+    .optional(),
+  source: z.object({ width: z.number().int().positive(), height: z.number().int().positive() }).optional(),
   contextShape: z.tuple([z.number().int().positive(), z.number().int().positive()]),
   options: z.custom<ImagicOptions>((v) => typeof v === "object" && v !== null),
   /** Shared by every adapter (null without LoRA); ranks and sizes come from the tensors' shapes. */
@@ -124,6 +142,8 @@ export function serializeState(state: ImagicState): Uint8Array {
     prompt: state.prompt,
     width: state.width,
     height: state.height,
+    content: state.content,
+    source: state.source,
     contextShape: state.contextShape,
     options: state.options,
     loraAlpha,
@@ -214,11 +234,16 @@ export function deserializeState(bytes: Uint8Array): ImagicState {
     unetDelta.set(name.slice(DELTA_PREFIX.length), t.data);
   }
   if (unetDelta && lora) bad("it holds both LoRA adapters and a UNet delta");
+  const content = m.content ?? { left: 0, top: 0, width: m.width, height: m.height };
+  if (content.left + content.width > m.width || content.top + content.height > m.height)
+    bad(`its photo box ${JSON.stringify(content)} is outside its ${m.width}×${m.height} working size`);
   return {
     modelId: m.modelId,
     prompt: m.prompt,
     width: m.width,
     height: m.height,
+    content,
+    ...(m.source ? { source: m.source } : {}),
     options: m.options,
     contextShape: m.contextShape,
     eTgt: need("e_tgt", m.contextShape).data,

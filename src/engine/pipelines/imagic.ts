@@ -20,10 +20,12 @@ import {
   validateImagicOptions,
   validateRenderOptions,
 } from "../../spec/imagic.js";
+import type { Box, Size } from "../../spec/shape.js";
 import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import { type Tile, tileGrid } from "../grid.js";
+import { cropImage } from "../image.js";
 import type { LoraWeights, LossArgs, LossResult, StableDiffusion, UnetWeights } from "../index.js";
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
@@ -42,16 +44,20 @@ export interface Progress {
   loss?: number;
   /** Seconds left in this call (training: both stages; render: every batch). */
   etaSeconds?: number;
-  /** [3, H, W] in [-1, 1]: while rendering, the first image of each batch as soon as it is decoded. */
+  /** [3, h, w] in [-1, 1] (h × w: the state's content box): while rendering, the first image of each batch as soon as it is decoded. */
   preview?: Float32Array;
 }
 
 export interface TrainArgs {
   /** The photo, [1, 3, height, width] in [-1, 1] (src/engine/image.ts's loadImage). */
   image: Float32Array;
-  /** Its size in pixels, each a multiple of the VAE factor (8); renders come out at this size. */
+  /** Its size in pixels, each a multiple of the VAE factor (8); renders run at this size. */
   height: number;
   width: number;
+  /** Where the photo's pixels are in the image (the rest is padding, cropped off renders); default all. */
+  content?: Box;
+  /** The photo's own size before it was resized, kept in the state for upscaled results. */
+  source?: Size;
   prompt: string;
   options: ImagicOptions;
   onProgress?: (p: Progress) => void;
@@ -73,7 +79,7 @@ export interface RenderArgs extends RenderOptions {
 export interface RenderedImage {
   eta: number;
   seed: number;
-  /** [3, height, width] in [-1, 1]. */
+  /** [3, height, width] in [-1, 1]: the photo's box of the rendered image (its aspect ratio). */
   image: Float32Array;
   height: number;
   width: number;
@@ -313,6 +319,8 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     prompt,
     width,
     height,
+    content: args.content ?? { left: 0, top: 0, width, height },
+    ...(args.source ? { source: { width: args.source.width, height: args.source.height } } : {}),
     options: o,
     contextShape: [...sd.contextShape],
     eTgt,
@@ -441,8 +449,10 @@ export async function renderImagic(
     const images = await sd.decodeLatents(final, size);
     const img = 3 * height * width;
     const real = c === chunks.length - 1 ? realInLast : chunk.length;
+    const box = state.content;
     chunk.slice(0, real).forEach((p, i) => {
-      out.push({ ...p, image: images.slice(i * img, (i + 1) * img), height, width });
+      const image = cropImage(images.slice(i * img, (i + 1) * img), state, box);
+      out.push({ ...p, image, height: box.height, width: box.width });
     });
     // The batch's first finished image, free to show while later batches render.
     report({ stage: "render", step: (c + 1) * r.steps, total, etaSeconds, preview: out.at(-real)?.image });

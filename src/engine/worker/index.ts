@@ -15,7 +15,7 @@ import {
 } from "../../queue/worker.js";
 import type { Service } from "../../services.js";
 import { StableDiffusion } from "../index.js";
-import { modelLoadOptions } from "../load-options.js";
+import { type ModelSettings, modelLoadOptions } from "../load-options.js";
 import { type EngineHttp, startEngineHttp } from "./http.js";
 import { engineMetrics } from "./metrics.js";
 import { enginePipelines } from "./pipelines.js";
@@ -31,26 +31,16 @@ export interface EngineModel {
   release(): Promise<void>;
 }
 
-export type EngineConfig = Pick<
-  Config,
-  | "model"
-  | "modelIsFixture"
-  | "modelCacheDir"
-  | "hfEndpoint"
-  | "hfToken"
-  | "engineDevice"
-  | "engineDtype"
-  | "engineHttpPort"
-  | "blobTtlSeconds"
-  | "userMaxActiveJobs"
-> &
-  Partial<Pick<Config, "engineMaxTrainBytes">>;
+export type EngineConfig = ModelSettings &
+  Pick<Config, "model" | "modelIsFixture" | "engineHttpPort" | "blobTtlSeconds" | "userMaxActiveJobs">;
 
 export interface StartEngineOptions {
   config: EngineConfig;
   redisUrl: string;
   /** Loads the model and its pipelines; default: StableDiffusion.load(MODEL) and enginePipelines. */
-  loadModel?: (config: EngineConfig) => Promise<EngineModel>;
+  loadModel?: (config: EngineConfig, signal?: AbortSignal) => Promise<EngineModel>;
+  /** Aborted when the process is told to stop: a model download in progress stops at once. */
+  signal?: AbortSignal;
   /** Worker timings and name (defaults suit production: 30 s locks). */
   worker?: Pick<
     StartWorkerOptions,
@@ -73,15 +63,15 @@ export interface RunningEngine {
   stop(): Promise<void>;
 }
 
-async function loadStableDiffusion(config: EngineConfig): Promise<EngineModel> {
+async function loadStableDiffusion(config: EngineConfig, signal?: AbortSignal): Promise<EngineModel> {
   if (config.modelIsFixture) {
     log.warn(
       { model: config.model },
       "MODEL is unset: the engine serves the tiny TEST checkpoint, whose images are noise",
     );
   }
-  const sd = await StableDiffusion.load(config.model, modelLoadOptions(config));
-  return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.release() };
+  const sd = await StableDiffusion.load(config.model, { ...modelLoadOptions(config), signal });
+  return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.close() };
 }
 
 export async function startEngine(options: StartEngineOptions): Promise<RunningEngine> {
@@ -137,7 +127,7 @@ export async function startEngine(options: StartEngineOptions): Promise<RunningE
     if (config.engineHttpPort !== 0)
       server = await startEngineHttp(config.engineHttpPort, probe, metrics.registry);
     const started = performance.now();
-    model = await (options.loadModel ?? loadStableDiffusion)(config);
+    model = await (options.loadModel ?? loadStableDiffusion)(config, options.signal);
     log.info({ model: model.modelId, seconds: (performance.now() - started) / 1000 }, "model loaded");
     worker = await startWorker({
       redisUrl,
@@ -174,7 +164,7 @@ export async function startEngine(options: StartEngineOptions): Promise<RunningE
 /** The engine as a service of `start` and `engine` (src/services.ts). */
 export const engineService: Service = {
   name: "engine",
-  async start({ config, redisUrl }) {
-    return startEngine({ config, redisUrl });
+  async start({ config, redisUrl, signal }) {
+    return startEngine({ config, redisUrl, signal });
   },
 };

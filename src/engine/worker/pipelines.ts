@@ -6,7 +6,7 @@ import type { JobName, JobResult } from "../../queue/jobs.js";
 import type { PipelineContext, PipelineRegistry } from "../../queue/worker.js";
 import { getPreset, type ImagicOptions, imagicOptions } from "../../spec/imagic.js";
 import { tileToPng } from "../grid.js";
-import { loadImage, tensorToPng } from "../image.js";
+import { loadPhoto, tensorToPng } from "../image.js";
 import type { StableDiffusion } from "../index.js";
 import {
   etaSweep,
@@ -104,18 +104,20 @@ function imagicTrain(
   return async (ctx) => {
     const o = ctx.payload.options;
     const preset = getPreset(o.preset);
-    const size = o.size ?? sd.nativeSize.width;
     const overrides: Parameters<typeof imagicOptions>[1] = {};
     if (o.embeddingSteps !== undefined) overrides.embedding = { steps: o.embeddingSteps };
     if (o.finetuneSteps !== undefined) overrides.finetune = { steps: o.finetuneSteps };
     const trainOptions: ImagicOptions = imagicOptions(o.preset, overrides);
     const photo = await ctx.blobs.require(ctx.payload.imageBlobId, "the photo");
-    const { tensor } = await loadImage(photo, { size });
-    const progress = progressBridge(ctx, () => ({ height: size, width: size }));
+    const requested = o.width && o.height ? { width: o.width, height: o.height } : undefined;
+    const { tensor, shape, source } = await loadPhoto(photo, sd.imageShape, { requested });
+    const progress = progressBridge(ctx, () => shape.content);
     const state = await trainImagic(sd, {
       image: tensor,
-      height: size,
-      width: size,
+      height: shape.height,
+      width: shape.width,
+      content: shape.content,
+      source,
       prompt: ctx.payload.prompt,
       options: trainOptions,
       onProgress: progress.onProgress,
@@ -144,7 +146,7 @@ function imagicRender(
     const state = deserializeState(
       await ctx.blobs.require(ctx.payload.stateBlobId, "the fine-tuned Imagic state"),
     );
-    const progress = progressBridge(ctx, () => state);
+    const progress = progressBridge(ctx, () => state.content);
     return renderAndStore(ctx, sd, state, { etas, seeds, guidance, steps }, progress, options);
   };
 }

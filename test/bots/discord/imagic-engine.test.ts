@@ -1,6 +1,7 @@
 // /imagic end to end on the real Imagic pipeline: discord.js ↔ fake Discord, the queue, the engine
 // worker's pipelines (src/engine/worker/pipelines.ts) and the tiny fixture checkpoint on CPU. Training
 // is cut to a few steps: this checks the wiring (state, grids, sweep, final image), not image quality.
+import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StableDiffusion } from "../../../src/engine/index.js";
@@ -8,13 +9,15 @@ import { enginePipelines } from "../../../src/engine/worker/pipelines.js";
 import { opt, type World, world } from "./support.js";
 
 const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
+/** A 600×400 (3:2) photo: every image the bot posts keeps that aspect ratio. */
+const COFFEE = readFileSync(new URL("../../fixtures/images/coffee.png", import.meta.url));
 let w: World;
 let sd: StableDiffusion;
 
 beforeAll(async () => {
   sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
   w = await world({
-    commands: { preset: "fast", embeddingSteps: 2, finetuneSteps: 2, steps: 2, size: 64 },
+    commands: { preset: "fast", embeddingSteps: 2, finetuneSteps: 2, steps: 2 },
     timeoutMs: 180_000,
   });
   await w.startBot();
@@ -28,15 +31,20 @@ afterAll(async () => {
 });
 
 describe("/imagic on the Imagic pipeline", () => {
-  it("fine-tunes, posts the seed grid, renders the η sweep from the cached state and posts the final image", async () => {
+  it("fine-tunes a 3:2 photo, posts the seed grid, renders the η sweep from the cached state and posts the final image, all 3:2", async () => {
     const channel = w.fake.addTextChannel("engine");
-    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "3,4")]));
+    const photo = w.fake.attachment("coffee.png", COFFEE, "image/png");
+    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "3,4")], photo));
 
     const grid = await w.offer(thread, 1, 2);
     expect(grid.content).toContain("1️⃣ seed 3 · 2️⃣ seed 4");
     const gridImage = await sharp(grid.attachments[0]?.bytes).metadata();
-    expect(gridImage.format).toBe("png");
-    expect(gridImage.width).toBeGreaterThanOrEqual(2 * 64);
+    // The fixture's 64² pixel count at 3:2 (src/spec/shape.ts): 64×43 tiles, 2 in a row, 4-pixel gaps.
+    expect([gridImage.format, gridImage.width, gridImage.height]).toEqual([
+      "png",
+      2 * 64 + 3 * 4,
+      43 + 2 * 4,
+    ]);
     const progress = w.posted(thread)[0];
     expect(
       progress?.history.some((h) =>
@@ -47,7 +55,8 @@ describe("/imagic on the Imagic pipeline", () => {
     w.fake.react(w.author, grid.id, "1️⃣");
     const sweep = await w.offer(thread, 2, 5);
     expect(sweep.content).toContain("1️⃣ η 0.6, seed 3");
-    expect((await sharp(sweep.attachments[0]?.bytes).metadata()).width).toBeGreaterThanOrEqual(5 * 64);
+    const sweepImage = await sharp(sweep.attachments[0]?.bytes).metadata();
+    expect([sweepImage.width, sweepImage.height]).toEqual([5 * 64 + 6 * 4, 43 + 2 * 4]);
 
     w.fake.react(w.author, sweep.id, "4️⃣");
     const final = await w.fake.waitFor(
@@ -57,6 +66,6 @@ describe("/imagic on the Imagic pipeline", () => {
     );
     expect(final.content).toContain("seed 3, η 1.2");
     const image = await sharp(final.attachments[0]?.bytes).metadata();
-    expect([image.format, image.width, image.height]).toEqual(["png", 64, 64]);
+    expect([image.format, image.width, image.height]).toEqual(["png", 64, 43]);
   }, 240_000);
 });

@@ -7,6 +7,8 @@ import { deserializeState } from "../../../src/engine/pipelines/imagic-state.js"
 import { runCli } from "../run-cli.js";
 
 const CHELSEA = path.resolve("test/fixtures/images/chelsea.png");
+/** 600×400: a 3:2 landscape photo. */
+const COFFEE = path.resolve("test/fixtures/images/coffee.png");
 const tmp = () => mkdtempSync(path.join(tmpdir(), "imagic-cli-"));
 
 describe("edit imagic", () => {
@@ -14,6 +16,8 @@ describe("edit imagic", () => {
     const dir = tmp();
     const text = path.join(dir, "notes.png");
     writeFileSync(text, "not a picture");
+    const panorama = path.join(dir, "panorama.png");
+    writeFileSync(panorama, await sharp(CHELSEA).resize(1000, 200, { fit: "fill" }).png().toBuffer());
     const out = path.join(dir, "out");
     const base = ["edit", "imagic", "--device", "cpu", "--out", out];
     const cases: Array<[string[], RegExp]> = [
@@ -40,8 +44,16 @@ describe("edit imagic", () => {
         /embedding steps must be a whole number from 0 to 5000 \(got 9000\)/,
       ],
       [
-        ["--image", CHELSEA, "--prompt", "a dog", "--size", "500"],
-        /--size must be a multiple of 64 from 64 to 1024 \(got 500\)/,
+        ["--image", CHELSEA, "--prompt", "a dog", "--size", "100x900"],
+        /--size 100×900 has an aspect ratio of 9\.00:1; the limit is 4:1/,
+      ],
+      [
+        ["--image", CHELSEA, "--prompt", "a dog", "--size", "large"],
+        /--size must be a side \("512"\) or width×height \("768x512"\), got "large"/,
+      ],
+      [
+        ["--image", panorama, "--prompt", "a dog"],
+        /--image .*panorama\.png is 1000×200 pixels, an aspect ratio of 5\.00:1; the limit is 4:1/,
       ],
       [
         ["--image", CHELSEA, "--prompt", "a dog", "--finetune", "full", "--lora-rank", "4"],
@@ -61,7 +73,7 @@ describe("edit imagic", () => {
     expect(existsSync(out)).toBe(false);
   });
 
-  it("trains, renders η × seeds, writes images, grids, state and report; then renders again from the state", async () => {
+  it("trains on a 3:2 photo, renders η × seeds, writes 3:2 images, grids, state and report; then renders again from the state, upscaled", async () => {
     const out = path.join(tmp(), "run");
     const r = await runCli([
       "edit",
@@ -69,7 +81,7 @@ describe("edit imagic", () => {
       "--device",
       "cpu",
       "--image",
-      CHELSEA,
+      COFFEE,
       "--prompt",
       "a photo of a cat wearing a hat",
       "--preset",
@@ -108,11 +120,23 @@ describe("edit imagic", () => {
         "sweep-seed-4.png",
       ].sort(),
     );
-    expect(await sharp(path.join(out, "eta-1.2-seed-4.png")).metadata()).toMatchObject({
-      width: 64,
-      height: 64,
+    // The fixture's 64² pixel count at 3:2: the photo is 64×43 of a 64×64 working image (src/spec/shape.ts).
+    for (const name of ["eta-0.5-seed-3.png", "eta-1.2-seed-4.png"]) {
+      expect(await sharp(path.join(out, name)).metadata(), name).toMatchObject({ width: 64, height: 43 });
+    }
+    // Grids of 3:2 tiles with 4-pixel gaps: two seeds side by side, or 2 η × 2 seeds.
+    expect(await sharp(path.join(out, "seeds-eta-1.2.png")).metadata()).toMatchObject({
+      width: 140,
+      height: 51,
     });
+    expect(await sharp(path.join(out, "grid.png")).metadata()).toMatchObject({ width: 140, height: 98 });
     const report = JSON.parse(readFileSync(path.join(out, "report.json"), "utf8"));
+    expect(report).toMatchObject({
+      workingSize: { width: 64, height: 64 },
+      content: { left: 0, top: 10, width: 64, height: 43 },
+      photoSize: { width: 600, height: 400 },
+      imageSize: { width: 64, height: 43 },
+    });
     expect(report.losses.embedding).toHaveLength(3);
     expect(report.losses.finetune).toHaveLength(2);
     expect(report.options.finetune).toMatchObject({ steps: 2, batch: 2, loraRank: 2 });
@@ -137,14 +161,20 @@ describe("edit imagic", () => {
       "4",
       "--ddim-steps",
       "2",
+      "--upscale",
       "--out",
       again,
     ]);
     expect(r2.code, r2.stderr).toBe(0);
     expect(readdirSync(again)).not.toContain("state.safetensors");
-    // Same state, η, seed and steps: the same pixels as the first run's image.
-    const a = await sharp(path.join(out, "eta-1.2-seed-4.png")).raw().toBuffer();
+    // Same state, η, seed and steps: the first run's image, upscaled to the photo's 600×400 with lanczos3.
+    const first = path.join(out, "eta-1.2-seed-4.png");
+    const a = await sharp(first).resize(600, 400, { fit: "fill", kernel: "lanczos3" }).raw().toBuffer();
     const b = await sharp(path.join(again, "eta-1.2-seed-4.png")).raw().toBuffer();
+    expect(await sharp(path.join(again, "eta-1.2-seed-4.png")).metadata()).toMatchObject({
+      width: 600,
+      height: 400,
+    });
     expect(b.equals(a)).toBe(true);
   }, 150_000); // two CLI processes compiling their sessions: ~25 s of CPU, more on a busy machine
 

@@ -100,8 +100,7 @@ describe.each(Object.entries(LAYOUTS))("a checkpoint with %s", (name, layout) =>
     const dir = checkpoint(name.replace(/\W+/g, "-"), layout.unet, layout.vae);
     const sd = await StableDiffusion.load(dir, { device: "cpu", dtype: "fp32" });
     try {
-      expect(sd.nativeSize).toEqual(layout.native);
-      expect(sd.sizeMultiple).toBe(layout.multiple);
+      expect(sd.imageShape).toEqual({ native: layout.native, multiple: layout.multiple });
       const context = await sd.encodeText(["a photo of a cat"]);
       const sizes: LatentSize[] = [
         { height: 6, width: 10 },

@@ -114,6 +114,7 @@ describe("Imagic full fine-tuning", () => {
         prompt: PROMPT,
         width: SIZE,
         height: SIZE,
+        content: { left: 0, top: 0, width: SIZE, height: SIZE },
         options: options({}),
         contextShape: [77, 16],
         eTgt: new Float32Array(77 * 16),

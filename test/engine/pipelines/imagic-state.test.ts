@@ -17,6 +17,8 @@ function sampleState(): ImagicState {
     prompt: "a photo of a sitting dog",
     width: 64,
     height: 128,
+    content: { left: 0, top: 11, width: 64, height: 107 },
+    source: { width: 600, height: 1003 },
     options: imagicOptions("fast", { embedding: { steps: 3 } }),
     contextShape: [77, 16],
     eTgt: filled(77 * 16, (i) => Math.sin(i)),
@@ -74,6 +76,20 @@ describe("Imagic state serialization", () => {
     const shifted = new Uint8Array(bytes.length + 1).subarray(1);
     shifted.set(bytes);
     expect(deserializeState(shifted)).toEqual(s);
+  });
+
+  it("reads a state written before photo boxes as all content; refuses a box outside the working size", () => {
+    const { content: _, source: __, ...old } = sampleState();
+    const bytes = serializeState(old as ImagicState);
+    expect(deserializeState(bytes).content).toEqual({ left: 0, top: 0, width: 64, height: 128 });
+    expect(deserializeState(bytes).source).toBeUndefined();
+    const outside = serializeState({
+      ...sampleState(),
+      content: { left: 8, top: 0, width: 64, height: 128 },
+    });
+    expect(() => deserializeState(outside)).toThrow(
+      /not a usable Imagic state: its photo box .* is outside its 64×128 working size/,
+    );
   });
 
   it("refuses truncated, foreign and inconsistent files with a clear message", () => {
