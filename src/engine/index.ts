@@ -537,6 +537,11 @@ export class StableDiffusion {
     );
   }
 
+  /** The checkpoint's tokenizer (token ids, a token's text). */
+  get tokenizer(): Checkpoint["tokenizer"] {
+    return this.ckpt.tokenizer;
+  }
+
   /**
    * A pipeline's own graph over this checkpoint (Photoswap's attention-controlled UNet, the null-text
    * loss, the text encoder with a learned token, …), built and compiled once per `key` and cached like
@@ -551,11 +556,6 @@ export class StableDiffusion {
     return this.cached(`pipeline:${key}`, () =>
       build({ checkpoint: this.ckpt, unetDtype: this.unetDtype, trainDtype: this.trainDtype }),
     );
-  }
-
-  /** The checkpoint's tokenizer (token ids, a token's text). */
-  get tokenizer(): Checkpoint["tokenizer"] {
-    return this.ckpt.tokenizer;
   }
 
   /** A new DDIM scheduler with the checkpoint's noise schedule (each caller sets its own timesteps). */

@@ -1,4 +1,5 @@
 import { UserFacingError } from "../errors.js";
+import { Problems } from "./problems.js";
 
 /**
  * Imagic's settings: what each of the three stages does, the presets, and the limits every request is
@@ -183,23 +184,6 @@ export function imagicOptions(preset: PresetName, overrides: DeepPartial<ImagicO
     seed: overrides.seed ?? base.seed,
   };
   return validateImagicOptions(merged);
-}
-
-class Problems {
-  readonly list: string[] = [];
-  int(what: string, v: unknown, lo: number, hi: number): void {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
-      this.list.push(`${what} must be a whole number from ${lo} to ${hi} (got ${String(v)})`);
-    }
-  }
-  num(what: string, v: unknown, lo: number, hi: number, loOpen = false): void {
-    if (typeof v !== "number" || !Number.isFinite(v) || (loOpen ? v <= lo : v < lo) || v > hi) {
-      this.list.push(`${what} must be a number ${loOpen ? ">" : "≥"} ${lo} and ≤ ${hi} (got ${String(v)})`);
-    }
-  }
-  throwIfAny(context: string): void {
-    if (this.list.length > 0) throw new UserFacingError(`${context}: ${this.list.join("; ")}`);
-  }
 }
 
 /** Checks every training setting against LIMITS; throws one UserFacingError listing all problems. */

@@ -1,5 +1,8 @@
 // Photoswap's user-facing settings: the swap strengths and their defaults, and the limits a request is
 // checked against (by the chat layer, the CLI and the queue alike).
+import { createHash } from "node:crypto";
+import { UserFacingError } from "../errors.js";
+import { Problems } from "./problems.js";
 
 /** Reference photos of the new subject a concept is learned from. */
 export const MIN_REFERENCES = 1;
@@ -35,3 +38,186 @@ export const SWAP_LIMITS = {
   samplingSteps: 150,
   conceptSteps: 5000,
 } as const;
+
+/**
+ * Concept learning (DreamBooth-style LoRA on the reference photos, optional textual inversion of the
+ * token): what one run does. The presets are `CONCEPT_PRESETS`; `conceptOptions` merges overrides.
+ */
+export interface ConceptOptions {
+  /**
+   * The rare single token the subject is taught as (the instance prompt is "a photo of <token>
+   * <subject>"): one the model barely uses, so learning it overwrites little. The engine checks that its
+   * tokenizer reads it as one token.
+   */
+  token: string;
+  /** Optimizer steps of the LoRA (and of the embedding, when textual inversion is on). */
+  steps: number;
+  /** Reference samples per step, each with its own timestep and noise (as many class samples again). */
+  batch: number;
+  /** Adam learning rate of the LoRA. */
+  lr: number;
+  loraRank: number;
+  /** LoRA scale is alpha / rank (diffusers' convention). */
+  loraAlpha: number;
+  /**
+   * Prior preservation (DreamBooth): `images` class images the model itself generates from "a photo of
+   * <subject>" (DDIM `steps`, guidance `guidance`; cached per model and subject), trained on alongside the
+   * references with the same weight, so the class keeps its look. null: off.
+   */
+  prior: { images: number; steps: number; guidance: number } | null;
+  /** Also learn the token's input embedding (Adam at `lr`) through the text encoder. null: off. */
+  textualInversion: { lr: number } | null;
+  /** Seeds the timesteps, the noise, the LoRA initialization and the class images. */
+  seed: number;
+}
+
+export type ConceptPresetName = "fast" | "balanced" | "dreambooth";
+export const CONCEPT_PRESET_NAMES: readonly ConceptPresetName[] = ["fast", "balanced", "dreambooth"];
+/** What a swap learns its concept with unless told otherwise: the preset aimed at ≤ 60 s on one GPU. */
+export const DEFAULT_CONCEPT_PRESET: ConceptPresetName = "fast";
+
+/** DreamBooth's rare token (Ruiz et al. 2023, and diffusers' examples): one BPE token in CLIP's vocabulary. */
+export const DEFAULT_CONCEPT_TOKEN = "sks";
+
+/**
+ * - dreambooth: diffusers' `train_dreambooth_lora.py` defaults (rank 4, lr 1e-4, 500 steps of one
+ *   reference and one class image, 100 class images at 50 DDIM steps).
+ * - balanced: 200 steps at 3e-4 and rank 8, 8 class images, plus textual inversion of the token.
+ * - fast: 100 steps at 5e-4, 4 class images at 25 DDIM steps: the time goal of a chat swap (issue 10:
+ *   ≤ 60 s on an H200).
+ * None is tuned on real weights yet (the fixtures and the benchmark have random ones): the step counts
+ * and rates are the usual LoRA-DreamBooth ranges, scaled so that steps × lr stays about constant.
+ */
+export const CONCEPT_PRESETS: Record<ConceptPresetName, ConceptOptions> = {
+  dreambooth: {
+    token: DEFAULT_CONCEPT_TOKEN,
+    steps: 500,
+    batch: 1,
+    lr: 1e-4,
+    loraRank: 4,
+    loraAlpha: 4,
+    prior: { images: 100, steps: 50, guidance: SWAP_GUIDANCE },
+    textualInversion: null,
+    seed: 0,
+  },
+  balanced: {
+    token: DEFAULT_CONCEPT_TOKEN,
+    steps: 200,
+    batch: 1,
+    lr: 3e-4,
+    loraRank: 8,
+    loraAlpha: 8,
+    prior: { images: 8, steps: 25, guidance: SWAP_GUIDANCE },
+    textualInversion: { lr: 1e-3 },
+    seed: 0,
+  },
+  fast: {
+    token: DEFAULT_CONCEPT_TOKEN,
+    steps: 100,
+    batch: 1,
+    lr: 5e-4,
+    loraRank: 4,
+    loraAlpha: 4,
+    prior: { images: 4, steps: 25, guidance: SWAP_GUIDANCE },
+    textualInversion: null,
+    seed: 0,
+  },
+};
+
+/** What a concept request may ask for; every refusal names the setting and its limit. */
+export const CONCEPT_LIMITS = {
+  steps: SWAP_LIMITS.conceptSteps,
+  batch: 8,
+  lr: 1,
+  loraRank: 128,
+  loraAlpha: 1024,
+  classImages: 200,
+  classSteps: 150,
+  guidanceMax: 30,
+  seed: 2 ** 32 - 1,
+} as const;
+
+export type ConceptOverrides = Partial<Omit<ConceptOptions, "prior" | "textualInversion">> & {
+  prior?: Partial<NonNullable<ConceptOptions["prior"]>> | null;
+  textualInversion?: Partial<NonNullable<ConceptOptions["textualInversion"]>> | null;
+};
+
+/** A preset with some settings overridden, validated. `prior: null` / `textualInversion: null` turn them off. */
+export function conceptOptions(
+  preset: ConceptPresetName = DEFAULT_CONCEPT_PRESET,
+  overrides: ConceptOverrides = {},
+): ConceptOptions {
+  const base = CONCEPT_PRESETS[preset];
+  if (!base) {
+    throw new UserFacingError(`unknown concept preset "${preset}" (use ${CONCEPT_PRESET_NAMES.join(", ")})`);
+  }
+  const merged = <T extends object>(b: T | null, o: Partial<T> | null | undefined, fallback: T): T | null =>
+    o === null ? null : o === undefined ? b : { ...(b ?? fallback), ...o };
+  return validateConceptOptions({
+    ...base,
+    ...overrides,
+    prior: merged(
+      base.prior,
+      overrides.prior,
+      CONCEPT_PRESETS.fast.prior as NonNullable<ConceptOptions["prior"]>,
+    ),
+    textualInversion: merged(base.textualInversion, overrides.textualInversion, { lr: 1e-3 }),
+  });
+}
+
+/** Checks every concept setting against CONCEPT_LIMITS; throws one UserFacingError listing all problems. */
+export function validateConceptOptions(o: ConceptOptions): ConceptOptions {
+  const p = new Problems();
+  if (typeof o.token !== "string" || !/^[a-z]{2,12}$/.test(o.token)) {
+    p.list.push(
+      `concept token must be 2 to 12 lowercase letters, e.g. "${DEFAULT_CONCEPT_TOKEN}" (got ${JSON.stringify(o.token)})`,
+    );
+  }
+  p.int("concept steps", o.steps, 1, CONCEPT_LIMITS.steps);
+  p.int("concept batch (references per step)", o.batch, 1, CONCEPT_LIMITS.batch);
+  p.num("concept learning rate", o.lr, 0, CONCEPT_LIMITS.lr, true);
+  p.int("concept LoRA rank", o.loraRank, 1, CONCEPT_LIMITS.loraRank);
+  p.num("concept LoRA alpha", o.loraAlpha, 0, CONCEPT_LIMITS.loraAlpha, true);
+  if (o.prior) {
+    p.int("class images (prior preservation)", o.prior.images, 1, CONCEPT_LIMITS.classImages);
+    p.int("class image DDIM steps", o.prior.steps, 1, CONCEPT_LIMITS.classSteps);
+    p.num("class image guidance", o.prior.guidance, 1, CONCEPT_LIMITS.guidanceMax);
+  }
+  if (o.textualInversion)
+    p.num("textual inversion learning rate", o.textualInversion.lr, 0, CONCEPT_LIMITS.lr, true);
+  p.int("concept seed", o.seed, 0, CONCEPT_LIMITS.seed);
+  p.throwIfAny("concept settings");
+  return o;
+}
+
+/**
+ * The concept cache key: sha256 over the references' content hashes (a set: their order changes nothing
+ * learned, see concept.ts), the subject, every resolved setting and the model id. The engine and the
+ * queue both key concepts with it.
+ */
+export function conceptCacheKey(spec: {
+  references: readonly string[];
+  subject: string;
+  options: ConceptOptions;
+  modelId: string;
+}): string {
+  const { options: o } = spec;
+  const canonical = JSON.stringify({
+    references: [...spec.references].sort(),
+    subject: spec.subject,
+    // Keys in a fixed order, so the same settings always hash the same.
+    options: [
+      o.token,
+      o.steps,
+      o.batch,
+      o.lr,
+      o.loraRank,
+      o.loraAlpha,
+      o.prior && [o.prior.images, o.prior.steps, o.prior.guidance],
+      o.textualInversion && [o.textualInversion.lr],
+      o.seed,
+    ],
+    modelId: spec.modelId,
+  });
+  return createHash("sha256").update(canonical).digest("hex");
+}

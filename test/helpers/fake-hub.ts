@@ -13,7 +13,7 @@
  *   whatever the repository; a gated repository lists its files to anyone but serves them only to an
  *   account granted access (401 without a token, 403 with another account's);
  * - faults: a connection cut after N bytes (once), a response that stalls after N bytes, a wrong sha256
- *   in the listing, the whole hub answering one status (503).
+ *   in the listing, a listing without git blob ids, the whole hub answering one status (503).
  */
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -69,6 +69,8 @@ export class FakeHub {
   down: number | undefined;
   /** The CDN answers the next Range request with 200 and the whole file. */
   cdnIgnoresRangeOnce = false;
+  /** The listing leaves out git blob ids, as some mirrors do. */
+  omitBlobIds = false;
   url = "";
   cdnUrl = "";
   private readonly blobs = new Map<string, Buffer>();
@@ -182,7 +184,7 @@ export class FakeHub {
       entry.status = 200;
       const siblings = [...commit.files].map(([rfilename, data]) => ({
         rfilename,
-        blobId: gitBlobId(data),
+        ...(this.omitBlobIds ? {} : { blobId: gitBlobId(data) }),
         size: data.length,
         ...(isLfs(rfilename)
           ? {

@@ -25,8 +25,16 @@ function activation(name: string, x: Tensor): Tensor {
   }
 }
 
-/** input_ids [B, L] (int64) → last_hidden_state [B, L, hidden] (float32). */
-export function clipTextEncoder(p: ParamSource, c: TextEncoderConfig, ids: Tensor): Tensor {
+/**
+ * input_ids [B, L] (int64) → last_hidden_state [B, L, hidden] (float32). `embed` may rewrite the token
+ * embeddings [B, L, hidden] before the position embeddings are added (a learned token's row).
+ */
+export function clipTextEncoder(
+  p: ParamSource,
+  c: TextEncoderConfig,
+  ids: Tensor,
+  embed?: (tokens: Tensor) => Tensor,
+): Tensor {
   const d = c.hidden_size;
   const len = ids.shape[1] as number;
   if (len > c.max_position_embeddings) {
@@ -39,7 +47,8 @@ export function clipTextEncoder(p: ParamSource, c: TextEncoderConfig, ids: Tenso
       `text encoder config: hidden_size ${d} is not divisible by ${c.num_attention_heads} heads`,
     );
   }
-  const tokens = gather(p.get("embeddings.token_embedding.weight", [c.vocab_size, d]), ids, 0);
+  const gathered = gather(p.get("embeddings.token_embedding.weight", [c.vocab_size, d]), ids, 0);
+  const tokens = embed ? embed(gathered) : gathered;
   const positions = slice(
     p.get("embeddings.position_embedding.weight", [c.max_position_embeddings, d]),
     [0],

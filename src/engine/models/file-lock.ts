@@ -12,8 +12,8 @@
  * each other too. flock works across processes of one kernel (Docker volumes shared by containers) and
  * on NFS (Linux emulates it with fcntl locks, which the server drops when a dead client's lease ends).
  *
- * Where no `flock` program exists (macOS, busybox images without util-linux) or the filesystem refuses
- * locks, nothing is coordinated: `acquire` returns a lock with `coordinated: false` (logged once) and
+ * Where no `flock` program exists (macOS, busybox images without util-linux), the filesystem refuses
+ * locks or the lock file cannot be made (a read-only cache), nothing is coordinated: `acquire` returns a lock with `coordinated: false` (logged once) and
  * `tryAcquire` returns undefined. Callers stay correct without a lock (per-download temp files,
  * verification, atomic renames) and only skip what needs to know that nobody else is at work: resuming
  * another process's temp file, and deleting anything.
@@ -50,6 +50,7 @@ export class FileLock {
   /** Waits until the lock is ours; where locks cannot be taken, returns at once with `coordinated: false`. */
   static async acquire(path: string, options: LockOptions = {}): Promise<FileLock> {
     const handle = await openLockFile(path);
+    if (!handle) return new FileLock(undefined, false);
     try {
       let state = await flock(handle, options, false);
       if (state === "busy") {
@@ -71,6 +72,7 @@ export class FileLock {
     options: Omit<LockOptions, "onWait"> = {},
   ): Promise<FileLock | undefined> {
     const handle = await openLockFile(path);
+    if (!handle) return undefined;
     const state = await flock(handle, options, false).catch(async (err: unknown) => {
       await handle.close();
       throw err;
@@ -88,11 +90,27 @@ export class FileLock {
   }
 }
 
-async function openLockFile(path: string): Promise<FileHandle> {
-  mkdirSync(dirname(path), { recursive: true });
-  // Never deleted: removing a lock file while another process waits on its inode would let a third
-  // process lock a new file of the same name, and both would hold "the" lock.
-  return open(path, "a");
+/** The lock file, opened (made if needed, never deleted: see below); undefined where it cannot be (a read-only cache). */
+async function openLockFile(path: string): Promise<FileHandle | undefined> {
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    // Never deleted: removing a lock file while another process waits on its inode would let a third
+    // process lock a new file of the same name, and both would hold "the" lock.
+    return await open(path, "a");
+  } catch (err) {
+    unsupported(`cannot open ${path}: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
+/** Says once that nothing is coordinated, and why. */
+function unsupported(reason: string): void {
+  if (warned) return;
+  warned = true;
+  log.warn(
+    { reason },
+    "cannot take file locks (util-linux's flock and a writable cache are needed): processes sharing the model cache do not coordinate their downloads; each still downloads to its own temp file and verifies it",
+  );
 }
 
 type State = "locked" | "busy" | "unsupported";
@@ -119,13 +137,7 @@ function flock(handle: FileHandle, options: LockOptions, wait: boolean): Promise
       if (settled) return;
       settled = true;
       signal?.removeEventListener("abort", onAbort);
-      if (state === "unsupported" && !warned) {
-        warned = true;
-        log.warn(
-          { reason: why },
-          "cannot take file locks (util-linux's flock is needed): processes sharing the model cache do not coordinate their downloads; each still downloads to its own temp file and verifies it",
-        );
-      }
+      if (state === "unsupported") unsupported(why ?? "flock failed");
       resolve(state);
     };
     child.once("error", (err) => settle("unsupported", err.message));

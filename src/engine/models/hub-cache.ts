@@ -70,6 +70,34 @@ export class RepoCache {
     return join(this.locks, "writers.lock");
   }
 
+  /**
+   * Snapshots a branch moved away from that could not be removed yet (in use then), one commit a line;
+   * kept beside the locks, where huggingface_hub's cache tools do not look.
+   */
+  private get pendingFile(): string {
+    return join(this.locks, "superseded");
+  }
+
+  /** Commits whose removal waits for their last user. */
+  pending(): string[] {
+    try {
+      return readFileSync(this.pendingFile, "utf8")
+        .split("\n")
+        .filter((c) => /^[0-9a-f]{40}$/.test(c));
+    } catch {
+      return [];
+    }
+  }
+
+  /** Records which superseded snapshots still wait for removal. Call holding the writers lock exclusive. */
+  setPending(commits: string[], download: string): void {
+    if (commits.length === 0 && this.pending().length === 0) return;
+    mkdirSync(this.locks, { recursive: true });
+    const temp = `${this.pendingFile}.${download}.tmp`;
+    writeFileSync(temp, commits.map((c) => `${c}\n`).join(""));
+    renameSync(temp, this.pendingFile);
+  }
+
   /** This download's temp file for a blob (`download` tells concurrent downloads apart), its folder made. */
   tempFile(etag: string, download: string): string {
     mkdirSync(join(this.dir, "blobs"), { recursive: true });
@@ -137,14 +165,15 @@ export class RepoCache {
   }
 
   /**
-   * Removes a snapshot that a branch no longer points to, with the blobs only it used, unless another
-   * ref still names it or a process uses it (holds its lock). Returns whether it was removed. Call
-   * holding the writers lock exclusive, so that no download links a blob while its links are counted.
+   * Removes a snapshot that a branch no longer points to, with the blobs only it used, unless a ref
+   * names it again. Returns "kept" when a process uses it (holds its lock): removal waits for a later
+   * start. Call holding the writers lock exclusive, so that no download links a blob while its links
+   * are counted.
    */
-  async removeSuperseded(commit: string): Promise<boolean> {
-    if (this.refs().includes(commit) || !existsSync(this.snapshot(commit))) return false;
+  async removeSuperseded(commit: string): Promise<"removed" | "kept" | "named"> {
+    if (this.refs().includes(commit) || !existsSync(this.snapshot(commit))) return "named";
     const inUse = await FileLock.tryAcquire(this.snapshotLock(commit));
-    if (!inUse) return false;
+    if (!inUse) return "kept";
     try {
       const candidates = this.linkedEtags(commit);
       rmSync(this.snapshot(commit), { recursive: true, force: true });
@@ -162,7 +191,7 @@ export class RepoCache {
       } finally {
         for (const lock of locks) await lock.release();
       }
-      return true;
+      return "removed";
     } finally {
       await inUse.release();
     }

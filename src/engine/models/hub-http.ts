@@ -168,6 +168,7 @@ export class HubHttp {
   }
 
   close(): Promise<void> {
-    return this.agent.close();
+    // destroy, not close: nothing is in flight any more, and close() would wait on a stalled body.
+    return this.agent.destroy();
   }
 }

@@ -241,7 +241,7 @@ class HubDownload {
         this.cache.writeRef(this.revision, info.sha, this.nonce);
       }
       const superseded = previous && previous !== info.sha ? previous : undefined;
-      if (superseded || this.cache.hasTemps()) await this.tidy(superseded);
+      if (superseded || this.cache.hasTemps() || this.cache.pending().length > 0) await this.tidy(superseded);
       return { folder, commit: info.sha, release: () => hold.release() };
     } catch (err) {
       await hold.release();
@@ -250,18 +250,23 @@ class HubDownload {
   }
 
   /**
-   * Removes the snapshot a branch no longer points to and the temp files nobody resumes — only while
-   * no other process writes to this repository's cache (the writers lock is free), and never failing
-   * a start.
+   * Removes the snapshots branches moved away from (now, or at an earlier start when they were still
+   * in use) and the temp files nobody resumes — only while no other process writes to this
+   * repository's cache (the writers lock is free), and never failing a start.
    */
   private async tidy(superseded: string | undefined): Promise<void> {
     try {
       const alone = await FileLock.tryAcquire(this.cache.writersLock());
       if (!alone) return;
       try {
-        if (superseded && (await this.cache.removeSuperseded(superseded))) {
-          this.log.info({ model: this.id, commit: superseded }, "removed the superseded snapshot");
+        const waiting: string[] = [];
+        for (const commit of new Set([...this.cache.pending(), ...(superseded ? [superseded] : [])])) {
+          const outcome = await this.cache.removeSuperseded(commit);
+          if (outcome === "removed")
+            this.log.info({ model: this.id, commit }, "removed a superseded snapshot");
+          if (outcome === "kept") waiting.push(commit);
         }
+        this.cache.setPending(waiting, this.nonce);
         const bytes = await this.cache.removeOrphanTemps();
         if (bytes > 0)
           this.log.info({ model: this.id, bytes }, "removed unfinished downloads nobody resumes");
@@ -288,7 +293,7 @@ class HubDownload {
     const configs = CONFIG_FILES.filter((f) => byName.has(f)).map((f) => this.sibling(byName, f));
     fetched += await this.fetchFiles(info.sha, configs);
 
-    const chosen: Array<{ component: string; name: string; files: Sibling[] }> = [];
+    const chosen: Array<{ component: string; name: string; files: Sibling[]; cached: boolean }> = [];
     for (const [component, base] of WEIGHTS) {
       chosen.push({ component, ...(await this.weightFiles(byName, component, base, info.sha)) });
     }
@@ -322,7 +327,7 @@ class HubDownload {
     component: string,
     base: string,
     sha: string,
-  ): Promise<{ name: string; files: Sibling[] }> {
+  ): Promise<{ name: string; files: Sibling[]; cached: boolean }> {
     const inComponent = [...byName.keys()]
       .filter((f) => f.startsWith(`${component}/`) && !f.slice(component.length + 1).includes("/"))
       .map((f) => f.slice(component.length + 1));
@@ -332,7 +337,9 @@ class HubDownload {
     if (!this.options.variantRequired) {
       for (const name of names) {
         const files = await this.weightSet(byName, component, name, sha, false);
-        if (files?.every((f) => this.cache.has(sha, f.rfilename))) return { name, files };
+        // `cached`: a preferred file was passed over for what the cache holds.
+        if (files?.every((f) => this.cache.has(sha, f.rfilename)))
+          return { name, files, cached: name !== names[0] };
       }
     }
     const [name] = names;
@@ -347,7 +354,7 @@ class HubDownload {
         "repo",
       );
     }
-    return { name, files: (await this.weightSet(byName, component, name, sha, true)) ?? [] };
+    return { name, files: (await this.weightSet(byName, component, name, sha, true)) ?? [], cached: false };
   }
 
   /** A weight file, or a sharded index with the shards it names (fetching the index when `fetch`). */
@@ -372,17 +379,26 @@ class HubDownload {
   }
 
   /** diffusers' rule for a variant asked for by name: refused if no network has it, a warning if some lack it. */
-  private checkVariant(chosen: Array<{ component: string; name: string }>): void {
+  private checkVariant(chosen: Array<{ component: string; name: string; cached: boolean }>): void {
     const { variant } = this.options;
     if (!variant) return;
-    const without = chosen.filter((c) => !isVariantFile(c.name, variant)).map((c) => c.component);
-    if (without.length === 0) return;
-    if (this.options.variantRequired && without.length === chosen.length) {
+    const other = chosen.filter((c) => !isVariantFile(c.name, variant));
+    if (other.length === 0) return;
+    if (this.options.variantRequired && other.length === chosen.length) {
       throw new HubError(
         `${this.id} has no ${variant} weights (MODEL_VARIANT=${variant}): set MODEL_VARIANT=auto to take the weights it has`,
         "repo",
       );
     }
+    const cached = other.filter((c) => c.cached).map((c) => c.component);
+    if (cached.length > 0) {
+      this.log.info(
+        { model: this.id, components: cached },
+        `${this.id}: using the weights already in the cache for ${cached.join(", ")} (MODEL_VARIANT=auto)`,
+      );
+    }
+    const without = other.filter((c) => !c.cached).map((c) => c.component);
+    if (without.length === 0) return;
     const line = `${this.id} has no ${variant} weights for ${without.join(", ")}; using its other weights there`;
     if (this.options.variantRequired) this.log.warn({ model: this.id, components: without }, line);
     else this.log.info({ model: this.id, components: without }, line);

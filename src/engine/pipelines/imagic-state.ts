@@ -2,9 +2,17 @@ import { z } from "zod";
 import { UserFacingError } from "../../errors.js";
 import type { ImagicOptions } from "../../spec/imagic.js";
 import type { Box, Size } from "../../spec/shape.js";
-import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
+import { f32ToF16 } from "../graph/dtype.js";
 import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
+import {
+  decodeStateFile,
+  encodeStateFile,
+  loraFromTensors,
+  loraTensors,
+  requireTensor,
+  type StateTensor,
+} from "./state-file.js";
 
 /**
  * What Imagic's training produces and a later render needs: the two embeddings, the LoRA adapters,
@@ -75,26 +83,11 @@ const metadataSchema = z.object({
   seconds: z.object({ encode: z.number(), embedding: z.number(), finetune: z.number() }).optional(),
 });
 
-const tensorSchema = z.object({
-  dtype: z.enum(["F32", "F16"]),
-  shape: z.array(z.number().int().nonnegative()),
-  data_offsets: z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()]),
-});
-
-interface Entry {
-  name: string;
-  shape: number[];
-  /** Float16 entries are bits (the UNet delta); everything else float32. */
-  data: Float32Array | Uint16Array;
-}
-
-const LORA_PREFIX = "unet.";
-const LORA_A = ".lora_A.weight";
-const LORA_B = ".lora_B.weight";
+const META_KEY = "imagic";
 const DELTA_PREFIX = "unet_delta.";
 
-function entries(state: ImagicState): Entry[] {
-  const list: Entry[] = [
+function tensors(state: ImagicState, lora: StateTensor[]): StateTensor[] {
+  const list: StateTensor[] = [
     { name: "e_tgt", shape: [...state.contextShape], data: state.eTgt },
     { name: "e_opt", shape: [...state.contextShape], data: state.eOpt },
     {
@@ -107,11 +100,8 @@ function entries(state: ImagicState): Entry[] {
       shape: [state.losses.finetune.length],
       data: Float32Array.from(state.losses.finetune),
     },
+    ...lora,
   ];
-  for (const [module, a] of state.lora ?? []) {
-    list.push({ name: `${LORA_PREFIX}${module}${LORA_A}`, shape: [a.rank, a.inF], data: a.down });
-    list.push({ name: `${LORA_PREFIX}${module}${LORA_B}`, shape: [a.outF, a.rank], data: a.up });
-  }
   for (const [name, d] of state.unetDelta ?? []) {
     list.push({ name: `${DELTA_PREFIX}${name}`, shape: [d.length], data: f32ToF16(d) });
   }
@@ -119,22 +109,7 @@ function entries(state: ImagicState): Entry[] {
 }
 
 export function serializeState(state: ImagicState): Uint8Array {
-  const list = entries(state);
-  const header: Record<string, unknown> = {};
-  let offset = 0;
-  for (const e of list) {
-    const expected = e.shape.reduce((x, y) => x * y, 1);
-    if (e.data.length !== expected) {
-      throw new Error(`serializeState: ${e.name} has ${e.data.length} values for shape [${e.shape}]`);
-    }
-    const dtype = e.data instanceof Uint16Array ? "F16" : "F32";
-    header[e.name] = { dtype, shape: e.shape, data_offsets: [offset, offset + e.data.byteLength] };
-    offset += e.data.byteLength;
-  }
-  const alphas = new Set([...(state.lora?.values() ?? [])].map((a) => a.alpha));
-  if (alphas.size > 1)
-    throw new Error(`serializeState: LoRA adapters with different alphas (${[...alphas]})`);
-  const loraAlpha = alphas.size === 1 ? ([...alphas][0] as number) : null;
+  const lora = loraTensors(state.lora);
   const meta = {
     format: FORMAT,
     version: VERSION,
@@ -146,24 +121,10 @@ export function serializeState(state: ImagicState): Uint8Array {
     source: state.source,
     contextShape: state.contextShape,
     options: state.options,
-    loraAlpha,
+    loraAlpha: lora.alpha,
     seconds: state.seconds,
   };
-  // safetensors: metadata values are strings; the header is padded with spaces to 8-byte alignment.
-  header.__metadata__ = { imagic: JSON.stringify(meta) };
-  let json = new TextEncoder().encode(JSON.stringify(header));
-  const padded = Math.ceil(json.length / 8) * 8;
-  if (padded !== json.length)
-    json = new TextEncoder().encode(JSON.stringify(header) + " ".repeat(padded - json.length));
-  const out = new Uint8Array(8 + json.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
-  out.set(json, 8);
-  let at = 8 + json.length;
-  for (const e of list) {
-    out.set(new Uint8Array(e.data.buffer, e.data.byteOffset, e.data.byteLength), at);
-    at += e.data.byteLength;
-  }
-  return out;
+  return encodeStateFile(tensors(state, lora.tensors), META_KEY, meta);
 }
 
 function bad(problem: string): never {
@@ -171,64 +132,18 @@ function bad(problem: string): never {
 }
 
 export function deserializeState(bytes: Uint8Array): ImagicState {
-  if (bytes.length < 8) bad(`${bytes.length} bytes is too short`);
-  const headerLen = Number(
-    new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true),
-  );
-  if (headerLen > bytes.length - 8) bad(`header length ${headerLen} exceeds the ${bytes.length} bytes`);
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
-  } catch {
-    return bad("the header is not JSON");
-  }
-  const metaText = (header.__metadata__ as { imagic?: unknown } | undefined)?.imagic;
-  if (typeof metaText !== "string") bad("no Imagic metadata (is this a safetensors file from elsewhere?)");
-  const meta = metadataSchema.safeParse(JSON.parse(metaText));
+  const file = decodeStateFile(bytes, META_KEY, "Imagic", bad);
+  const meta = metadataSchema.safeParse(file.meta);
   if (!meta.success)
     bad(`metadata: ${meta.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
-  const dataStart = 8 + headerLen;
-  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [name, info] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const t = tensorSchema.safeParse(info);
-    if (!t.success)
-      bad(`tensor ${name}: ${t.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
-    const [begin, end] = t.data.data_offsets;
-    const count = t.data.shape.reduce((x, y) => x * y, 1);
-    const f16 = t.data.dtype === "F16";
-    if (f16 !== name.startsWith(DELTA_PREFIX)) bad(`tensor ${name} is ${t.data.dtype}`);
-    if (end - begin !== count * (f16 ? 2 : 4) || dataStart + end > bytes.length)
-      bad(`tensor ${name} has bad offsets`);
-    // Copy: the input's byte offset need not be aligned, and the state must not alias the caller's buffer.
-    const raw = f16 ? new Uint16Array(count) : new Float32Array(count);
-    new Uint8Array(raw.buffer).set(bytes.subarray(dataStart + begin, dataStart + end));
-    const data = raw instanceof Uint16Array ? f16ToF32(raw) : raw;
-    tensors.set(name, { shape: t.data.shape, data });
-  }
   const m = meta.data;
-  const need = (name: string, shape?: readonly number[]) => {
-    const t = tensors.get(name) ?? bad(`tensor ${name} is missing`);
-    if (shape && t.shape.join(",") !== shape.join(","))
-      bad(`tensor ${name} has shape [${t.shape}], expected [${shape}]`);
-    return t;
-  };
-  let lora: LoraWeights | null = null;
-  for (const name of tensors.keys()) {
-    if (!name.startsWith(LORA_PREFIX) || !name.endsWith(LORA_A)) continue;
-    const module = name.slice(LORA_PREFIX.length, -LORA_A.length);
-    if (m.loraAlpha === null) bad(`LoRA tensor ${name} without a LoRA alpha`);
-    const a = need(name);
-    const b = need(`${LORA_PREFIX}${module}${LORA_B}`);
-    const [rank = 0, inF = 0] = a.shape;
-    const [outF = 0, rankB = 0] = b.shape;
-    if (a.shape.length !== 2 || b.shape.length !== 2 || rank !== rankB)
-      bad(`LoRA ${module} has inconsistent shapes`);
-    lora ??= new Map();
-    lora.set(module, { down: a.data, up: b.data, rank, alpha: m.loraAlpha, inF, outF });
+  for (const [name, t] of file.tensors) {
+    if ((t.dtype === "F16") !== name.startsWith(DELTA_PREFIX)) bad(`tensor ${name} is ${t.dtype}`);
   }
+  const need = (name: string, shape?: readonly number[]) => requireTensor(file.tensors, name, bad, shape);
+  const lora = loraFromTensors(file.tensors, m.loraAlpha, bad);
   let unetDelta: UnetWeights | undefined;
-  for (const [name, t] of tensors) {
+  for (const [name, t] of file.tensors) {
     if (!name.startsWith(DELTA_PREFIX)) continue;
     unetDelta ??= new Map();
     unetDelta.set(name.slice(DELTA_PREFIX.length), t.data);

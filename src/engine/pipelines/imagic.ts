@@ -21,7 +21,7 @@ import {
   validateRenderOptions,
 } from "../../spec/imagic.js";
 import type { Box, Size } from "../../spec/shape.js";
-import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
+import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import { type Tile, tileGrid } from "../grid.js";
@@ -32,6 +32,7 @@ import { LossPlateau } from "../optim/plateau.js";
 import { EtaTracker, type StagePlan } from "../progress.js";
 import type { ImagicState } from "./imagic-state.js";
 import { sampleLatents } from "./sample.js";
+import { loraGrads, loraParams, SeededDraws, type TrainingDraws } from "./training.js";
 
 const log = childLogger("imagic");
 
@@ -123,39 +124,6 @@ function short(s: string, tail: boolean): string {
   return tail ? `…${s.slice(-60)}` : `${s.slice(0, 60)}…`;
 }
 
-/** Where each training step's timesteps and noise come from. */
-export interface TrainingDraws {
-  timesteps(n: number): number[];
-  noise(n: number): Float32Array;
-}
-
-/**
- * The default draws, the same on every machine for a seed: noise from GaussianRng(seed); uniform integer
- * timesteps in [0, count) from Philox blocks under the seed's key, on a counter lane (word 2 = 1) that
- * GaussianRng's stream (word 2 = 0) never uses.
- */
-class SeededDraws implements TrainingDraws {
-  private block = 0;
-  private readonly key: [number, number];
-  private readonly rng: GaussianRng;
-  constructor(
-    seed: number,
-    private readonly count: number,
-  ) {
-    this.key = [seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
-    this.rng = new GaussianRng(seed);
-  }
-  timesteps(n: number): number[] {
-    return Array.from({ length: n }, () => {
-      const bits = philox4x32([this.block++ >>> 0, 0, 1, 0], this.key);
-      return Math.floor(((bits[0] as number) / 2 ** 32) * this.count);
-    });
-  }
-  noise(n: number): Float32Array {
-    return this.rng.normal(n);
-  }
-}
-
 function repeat(x: Float32Array, n: number): Float32Array {
   const out = new Float32Array(x.length * n);
   for (let i = 0; i < n; i++) out.set(x, i * x.length);
@@ -169,19 +137,6 @@ function plateauFor(es: EarlyStopOptions | null, steps: number): LossPlateau | u
     patience: Math.max(1, Math.ceil(es.patience * steps)),
     minRelImprovement: es.minRelImprovement,
     minSteps: Math.ceil(es.minSteps * steps),
-  });
-}
-
-/** LoRA tensors as one flat parameter list (down, up per module, in the map's order). */
-function loraParams(lora: LoraWeights): Float32Array[] {
-  return [...lora.values()].flatMap((m) => [m.down, m.up]);
-}
-
-function loraGrads(lora: LoraWeights, grads: LoraWeights): Float32Array[] {
-  return [...lora.keys()].flatMap((k) => {
-    const g = grads.get(k);
-    if (!g) throw new Error(`imagic: no gradient for LoRA module ${k}`);
-    return [g.down, g.up];
   });
 }
 

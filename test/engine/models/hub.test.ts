@@ -97,6 +97,7 @@ beforeEach(() => {
   hub.badHash.clear();
   hub.down = undefined;
   hub.cdnIgnoresRangeOnce = false;
+  hub.omitBlobIds = false;
 });
 
 const quiet = { info: () => {}, warn: () => {} };
@@ -181,9 +182,13 @@ describe("resolveModel: the Hugging Face cache", () => {
     writeFileSync(join(repo, "refs", "main"), sha);
 
     // The engine would prefer fp16 (auto on a GPU), but takes the fp32 weights already here.
-    const folder = await folderOf("test/diffusers", { variant: "fp16" });
+    const { lines, log } = recorder();
+    const folder = await folderOf("test/diffusers", { variant: "fp16", log });
     expect(folder).toBe(join(repo, "snapshots", sha));
     expect(hub.downloads()).toEqual([]);
+    expect(lines.map((l) => l.msg)).toContain(
+      "test/diffusers: using the weights already in the cache for unet (MODEL_VARIANT=auto)",
+    );
     expect(findWeightsFile(join(folder, "unet"), "diffusion_pytorch_model", "fp16")).toBe(join(folder, UNET));
   });
 
@@ -231,6 +236,9 @@ describe("resolveModel: the Hugging Face cache", () => {
     expect(existsSync(join(held.folder, UNET))).toBe(true);
     expect(held.folder).toContain(first);
     await held.release();
+    // Its last user gone, the next start removes it.
+    await folderOf("test/held");
+    expect(existsSync(held.folder)).toBe(false);
   });
 
   it("resumes a temp file left by a killed download and removes the ones nobody will resume", async () => {
@@ -364,6 +372,15 @@ describe("resolveModel: when the hub fails or refuses", () => {
     [
       "the repository was gated since",
       {},
+      (id: string) => {
+        const files = hub.files(id);
+        files.set("model_index.json", Buffer.from(`${files.get("model_index.json")}\n`));
+        hub.publish(id, files, { gated: true });
+      },
+    ],
+    [
+      "the repository was gated since, and the token's account has no access (403)",
+      { token: OTHER_TOKEN },
       (id: string) => {
         const files = hub.files(id);
         files.set("model_index.json", Buffer.from(`${files.get("model_index.json")}\n`));
@@ -523,6 +540,23 @@ describe("resolveModel: transfers", () => {
     );
     expect(existsSync(join(cacheDir, "models--test--hash", "snapshots", sha, file))).toBe(false);
     expect(readdirSync(blobsOf("test/hash")).filter((f) => f.startsWith("0".repeat(64)))).toEqual([]);
+  });
+
+  it("names and verifies small files by their git blob id even when the listing has none (a mirror)", async () => {
+    hub.omitBlobIds = true;
+    const files = tinyRepo();
+    hub.publish("test/mirror", files);
+    const folder = await folderOf("test/mirror");
+    const vocab = files.get("tokenizer/vocab.json") as Buffer;
+    expect(readlinkSync(join(folder, "tokenizer/vocab.json"))).toBe(`../../../blobs/${gitBlobId(vocab)}`);
+    expect(readdirSync(blobsOf("test/mirror")).filter((f) => f.includes("incomplete"))).toEqual([]);
+  });
+
+  it("still downloads where no lock file can be made (a cache whose .locks is not a folder)", async () => {
+    writeFileSync(join(cacheDir, ".locks"), "not a folder");
+    hub.publish("test/unlockable", tinyRepo());
+    const folder = await folderOf("test/unlockable");
+    expect(listFiles(folder).sort()).toEqual(ENGINE_FILES);
   });
 
   it("fetches a sharded checkpoint's index and the shards it names", async () => {
