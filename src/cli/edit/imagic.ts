@@ -9,8 +9,6 @@ import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
 import { loadPhoto, probeImage } from "../../engine/image.js";
-import { StableDiffusion } from "../../engine/index.js";
-import { modelLoadOptions } from "../../engine/load-options.js";
 import {
   checkPrompt,
   etaSweep,
@@ -40,7 +38,7 @@ import {
 } from "../../spec/imagic.js";
 import { checkPhotoShape, parseSize } from "../../spec/shape.js";
 import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
-import { num, progressReporter, readInput } from "./shared.js";
+import { num, openModel, progressReporter, readInput } from "./shared.js";
 
 const log = childLogger("imagic-cli");
 
@@ -217,17 +215,7 @@ export function imagicCommand(): Command {
       }
 
       // 2. The model (sessions are built lazily: nothing heavy runs before the prompt is checked).
-      const config = appConfig();
-      const model = f.model ?? saved?.modelId ?? config.model;
-      if (!f.model && !saved && config.modelIsFixture) {
-        log.warn("MODEL is unset: using the tiny TEST checkpoint, whose images are noise");
-      }
-      const sd = await StableDiffusion.load(model, {
-        ...modelLoadOptions(config),
-        device: f.device ?? config.engineDevice,
-        dtype: f.dtype ?? config.engineDtype,
-        trainDtype: f.trainDtype,
-      });
+      const { sd, model, fixture } = await openModel({ ...f, savedOn: saved?.modelId });
       const bar = progressReporter(["encode"]);
       try {
         // The last checks, which need the tokenizer; nothing is written before they pass.
@@ -278,7 +266,7 @@ export function imagicCommand(): Command {
         const report = {
           model,
           device: sd.device,
-          dtype: { sampling: f.dtype ?? config.engineDtype, training: f.trainDtype },
+          dtype: { sampling: f.dtype ?? appConfig().engineDtype, training: f.trainDtype },
           prompt: state.prompt,
           workingSize: { width: state.width, height: state.height },
           content: state.content,
@@ -302,7 +290,7 @@ export function imagicCommand(): Command {
           files,
         };
         write("report.json", new TextEncoder().encode(`${JSON.stringify(report, null, 2)}\n`));
-        if (config.modelIsFixture && !f.model && !saved) {
+        if (fixture) {
           log.warn("these images come from the tiny TEST checkpoint: expect noise, not an edit");
         }
         process.stdout.write(

@@ -1,9 +1,13 @@
 // What the `edit` commands share: numeric flags, reading input files, and progress bars per stage.
 import { readFileSync } from "node:fs";
 import { SingleBar } from "cli-progress";
+import { appConfig } from "../../config.js";
+import { StableDiffusion } from "../../engine/index.js";
+import { modelLoadOptions } from "../../engine/load-options.js";
 import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
+import type { DeviceFlag, DtypeFlag } from "../options.js";
 
 const log = childLogger("edit-cli");
 
@@ -81,4 +85,33 @@ export function progressReporter(quiet: readonly string[] = []): {
     },
     stop: () => bar?.stop(),
   };
+}
+
+/**
+ * The model an edit runs on: `--model`, else the one a saved file was made on, else MODEL (warning that
+ * the default is the tiny test checkpoint). Sessions are built lazily: loading costs little.
+ */
+export async function openModel(f: {
+  model?: string;
+  savedOn?: string;
+  device?: DeviceFlag;
+  dtype?: DtypeFlag;
+  trainDtype?: "fp32" | "fp16";
+}): Promise<{ sd: StableDiffusion; model: string; fixture: boolean }> {
+  const config = appConfig();
+  const model = f.model ?? f.savedOn ?? config.model;
+  const fixture = !f.model && !f.savedOn && config.modelIsFixture;
+  if (fixture) log.warn("MODEL is unset: using the tiny TEST checkpoint, whose images are noise");
+  const sd = await StableDiffusion.load(model, {
+    ...modelLoadOptions(config),
+    device: f.device ?? config.engineDevice,
+    dtype: f.dtype ?? config.engineDtype,
+    ...(f.trainDtype ? { trainDtype: f.trainDtype } : {}),
+  });
+  return { sd, model, fixture };
+}
+
+/** A repeatable flag's values, in order (commander's collector). */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
 }
