@@ -5,7 +5,8 @@
 # the GPU benchmarks time the engine, and image decoding/grids are timed on the CPU machine instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/dist-gpu/' .git/info/exclude 2>/dev/null || echo '/dist-gpu/' >> .git/info/exclude
+exclude="$(git rev-parse --git-path info/exclude)"   # a worktree's .git is a file
+grep -qx '/dist-gpu/' "$exclude" 2>/dev/null || echo '/dist-gpu/' >> "$exclude"
 mkdir -p dist-gpu
 cat > dist-gpu/no-sharp.mjs <<'JS'
 const fail = () => { throw new Error("sharp is not bundled for the GPU machine (scripts/gpu-bundle.sh)"); };

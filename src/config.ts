@@ -43,6 +43,12 @@ const secret = z
   .string()
   .regex(/^\S+$/)
   .transform((value) => new Secret(value));
+/** A token whose kind shows in its prefix ("xoxb-", "xapp-"): swapped tokens are caught at start-up. */
+const prefixedSecret = (prefix: string) =>
+  z
+    .string()
+    .regex(new RegExp(`^${prefix}\\S+$`))
+    .transform((value) => new Secret(value));
 const snowflake = z.string().regex(/^\d{17,20}$/);
 /** A branch, tag or commit of a hub repository (a path under refs/ in the cache: no "..", no leading "/"). */
 const revision = z
@@ -123,13 +129,30 @@ const SETTINGS = {
   },
   DISCORD_GUILD_ID: { schema: snowflake.optional(), expects: "a Discord server (guild) id (17-20 digits)" },
   DISCORD_API_URL: { schema: httpUrl.optional(), expects: "an http(s) URL of the Discord REST API" },
-  SLACK_BOT_TOKEN: { schema: secret.optional(), expects: "the Slack bot token (xoxb-…)", secret: true },
+  SLACK_BOT_TOKEN: {
+    schema: prefixedSecret("xoxb-").optional(),
+    expects: "the Slack bot token (xoxb-…)",
+    secret: true,
+  },
   SLACK_SIGNING_SECRET: {
     schema: secret.optional(),
     expects: "the Slack app's signing secret",
     secret: true,
   },
-  SLACK_APP_TOKEN: { schema: secret.optional(), expects: "the Slack app-level token (xapp-…)", secret: true },
+  SLACK_APP_TOKEN: {
+    schema: prefixedSecret("xapp-").optional(),
+    expects: "the Slack app-level token (xapp-…), for Socket Mode",
+    secret: true,
+  },
+  SLACK_MODE: {
+    schema: z.enum(["socket", "http"]).default("socket"),
+    expects: "socket (Socket Mode, no public URL) or http (Slack posts to SLACK_HTTP_PORT)",
+  },
+  SLACK_HTTP_PORT: {
+    schema: int(1, 65535).default(3000),
+    expects: "a TCP port 1-65535 (SLACK_MODE=http: the request URL's port)",
+  },
+  SLACK_API_URL: { schema: httpUrl.optional(), expects: "an http(s) URL of the Slack Web API" },
   BLOB_TTL_SECONDS: { schema: int(1).default(86400), expects: "a whole number of seconds ≥ 1" },
   BLOB_MAX_BYTES: {
     schema: bytes.default(20 * 1024 ** 2),

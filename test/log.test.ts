@@ -1,32 +1,17 @@
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
 import { childLogger, configureLogger, logger } from "../src/log.js";
-
-/** Captures what the logger writes to stderr while `fn` runs. */
-function captureStderr(fn: () => void): string {
-  const write = process.stderr.write;
-  let captured = "";
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    captured += chunk.toString();
-    return true;
-  }) as typeof process.stderr.write;
-  try {
-    fn();
-  } finally {
-    process.stderr.write = write;
-  }
-  return captured;
-}
+import { captureStderr } from "./helpers/stderr.js";
 
 describe("logger", () => {
   it("is silent under vitest unless LOG_LEVEL says otherwise", () => {
     expect(logger.level).toBe(process.env.LOG_LEVEL ?? "silent");
   });
 
-  it("writes JSON lines carrying the area and never a secret from the config", () => {
+  it("writes JSON lines carrying the area and never a secret from the config", async () => {
     configureLogger({ level: "info", pretty: false });
     const config = loadConfig({ DISCORD_TOKEN: "token-that-must-not-leak" }, { envFile: false });
-    const out = captureStderr(() => {
+    const out = await captureStderr(() => {
       childLogger("queue", { worker: 1 }).info({ config }, "started");
       childLogger("queue").debug("below the level");
       logger.info({ token: "raw-token", headers: { authorization: "Bearer abc" } }, "request");
@@ -43,9 +28,9 @@ describe("logger", () => {
     expect(out).not.toContain("raw-token");
   });
 
-  it("switches to pretty output", () => {
+  it("switches to pretty output", async () => {
     configureLogger({ level: "info", pretty: true });
-    const out = captureStderr(() => childLogger("engine").warn("fp16 unsupported"));
+    const out = await captureStderr(() => childLogger("engine").warn("fp16 unsupported"));
     configureLogger({ level: "silent", pretty: false });
     expect(out).toMatch(/WARN.*\(\d+\): fp16 unsupported/);
     expect(out).toContain('area: "engine"');

@@ -1,7 +1,9 @@
-import { Command } from "commander";
+import { Argument, Command } from "commander";
 import { registerCommands } from "../bots/discord/register.js";
 import { discordService } from "../bots/discord/service.js";
+import { slackConfigured, slackService } from "../bots/slack/service.js";
 import { appConfig, requireSetting } from "../config.js";
+import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import { runServices } from "../services.js";
 
@@ -11,9 +13,31 @@ export function botCommand(): Command {
   );
   bot
     .command("run")
-    .description("run the Discord bot against the queue (REDIS_URL or an embedded Redis) until Ctrl-C")
-    .action(async () => {
-      await runServices(appConfig(), [discordService({ required: true })]);
+    .description(
+      "run the chat bots against the queue (REDIS_URL or an embedded Redis) until Ctrl-C: those named, else every one whose token is set",
+    )
+    .addArgument(new Argument("[platforms...]", "the bots to run").choices(["discord", "slack"]))
+    .action(async (platforms: Array<"discord" | "slack">) => {
+      const config = appConfig();
+      const chosen: Array<"discord" | "slack"> =
+        platforms.length > 0
+          ? platforms
+          : (["discord", "slack"] as const).filter((p) =>
+              p === "discord" ? config.discordToken !== undefined : slackConfigured(config),
+            );
+      if (chosen.length === 0) {
+        throw new UserFacingError(
+          "bot run: set DISCORD_TOKEN or SLACK_BOT_TOKEN (and the settings it needs), or name a platform",
+        );
+      }
+      const services = { discord: discordService, slack: slackService };
+      await runServices(
+        config,
+        [...new Set(chosen)].map((p) => services[p]({ required: true })),
+        chosen.includes("slack") && config.slackMode === "http"
+          ? { ports: [[config.slackHttpPort, "SLACK_HTTP_PORT"]] }
+          : {},
+      );
     });
   bot
     .command("register")

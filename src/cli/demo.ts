@@ -8,7 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Command, Option } from "commander";
 import { Redis } from "ioredis";
-import { blobLimits } from "../bots/discord/service.js";
+import { blobLimits } from "../bots/queue-side.js";
 import { appConfig, FIXTURE_MODEL } from "../config.js";
 import { formatSeconds } from "../engine/progress.js";
 import { startEngine } from "../engine/worker/index.js";
@@ -90,6 +90,7 @@ export function demoCommand(): Command {
         redisUrl: redis.url,
         blobs,
         limits: { maxQueued: config.userMaxQueuedJobs },
+        model: config.model,
       });
       try {
         await client.listen();

@@ -17,6 +17,13 @@ export function numberEmojis(count: number): string[] {
   return NUMBER_EMOJIS.slice(0, count);
 }
 
+/** Slack's name of a number emoji ("2️⃣" → "two"), which reactions.add takes instead of the glyph. */
+export function slackEmojiName(emoji: string): string {
+  const name = SLACK_NAMES[NUMBER_EMOJIS.findIndex((e) => bare(e) === bare(emoji))];
+  if (!name) throw new RangeError(`slackEmojiName: ${emoji} is not a number emoji`);
+  return name;
+}
+
 /** The 0-based choice an emoji stands for among `count`, or undefined when it is not one of them. */
 export function choiceIndex(emoji: string, count: number): number | undefined {
   const byGlyph = NUMBER_EMOJIS.findIndex((e) => bare(e) === bare(emoji));

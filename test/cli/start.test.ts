@@ -2,6 +2,7 @@ import { existsSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
+import { FakeSlack } from "../bots/slack/fake/server.js";
 import { alive } from "../helpers/processes.js";
 import { tempDirs } from "../helpers/temp-dirs.js";
 import { runCli, spawnCli, waitForLog } from "./run-cli.js";
@@ -76,5 +77,44 @@ describe("photo-edit-bot start", () => {
     expect(stderr.trim().split("\n").at(-1)).toMatch(
       /^Cannot reach Redis at redis:\/\/127\.0\.0\.1:1 \(REDIS_URL\): .*ECONNREFUSED/,
     );
+  });
+
+  it("runs the Slack bot when its tokens are set, and stops it with the rest", async () => {
+    const fake = await FakeSlack.start();
+    try {
+      const child = spawnCli(["start"], {
+        STATE_DIR: stateDir(),
+        ENGINE_HTTP_PORT: "0",
+        REDIS_URL: "",
+        SLACK_BOT_TOKEN: fake.botToken,
+        SLACK_APP_TOKEN: fake.appToken,
+        SLACK_API_URL: fake.apiUrl,
+      });
+      const plan = await waitForLog(child, "plan");
+      expect(plan.slack).toBe("settings set, socket mode");
+      await waitForLog(child, "Slack bot ready");
+      expect(fake.deliveries.connected).toBe(1);
+      const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      await fake.waitFor("the Socket Mode connection to close", () => fake.deliveries.connected === 0);
+    } finally {
+      await fake.close();
+    }
+  });
+
+  it("names the Slack setting its mode is missing, in one line, before starting anything", async () => {
+    const dir = stateDir();
+    const { code, stderr } = await runCli(["start"], {
+      STATE_DIR: dir,
+      ENGINE_HTTP_PORT: "0",
+      SLACK_BOT_TOKEN: "xoxb-only-the-bot-token",
+    });
+    expect(code).toBe(1);
+    expect(stderr.trim().split("\n").at(-1)).toBe(
+      "SLACK_APP_TOKEN is required for the Slack bot (SLACK_MODE=socket): set it in the environment or .env",
+    );
+    expect(stderr).not.toContain("xoxb-only-the-bot-token");
+    expect(existsSync(path.join(dir, "redis"))).toBe(false);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { choiceIndex, numberEmojis } from "../../src/commands/reactions.js";
+import { choiceIndex, numberEmojis, slackEmojiName } from "../../src/commands/reactions.js";
 
 describe("number reactions", () => {
   it("offers 1️⃣…n in order", () => {
@@ -19,5 +19,24 @@ describe("number reactions", () => {
     expect(choiceIndex("4️⃣", 3)).toBeUndefined();
     expect(choiceIndex("👍", 3)).toBeUndefined();
     expect(choiceIndex("four", 3)).toBeUndefined();
+  });
+
+  it("names each number the way Slack's reactions.add wants it, and back", () => {
+    const names = numberEmojis(10).map(slackEmojiName);
+    expect(names).toEqual([
+      "one",
+      "two",
+      "three",
+      "four",
+      "five",
+      "six",
+      "seven",
+      "eight",
+      "nine",
+      "keycap_ten",
+    ]);
+    expect(names.map((name) => choiceIndex(name, 10))).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(slackEmojiName("2\u20e3")).toBe("two");
+    expect(() => slackEmojiName("👍")).toThrow(RangeError);
   });
 });

@@ -45,3 +45,46 @@ export async function timeSession(
   }
   return timings;
 }
+
+/** Step timestamps of one stage, from progress events. */
+export class StageClock {
+  private readonly stamps = new Map<string, number[]>();
+  private readonly starts = new Map<string, number>();
+  /** Records a step's end; a preview event repeats its batch's last step and is not one. */
+  mark(p: { stage: string; preview?: unknown }): void {
+    if (p.preview) return;
+    const now = performance.now();
+    const list = this.stamps.get(p.stage) ?? [];
+    if (list.length === 0 && !this.starts.has(p.stage)) this.starts.set(p.stage, now);
+    list.push(now);
+    this.stamps.set(p.stage, list);
+  }
+  begin(stage: string): void {
+    this.starts.set(stage, performance.now());
+  }
+  /** First step (ms, from the stage's start) and the median of the later steps (ms). */
+  steps(stage: string): { first: number; median: number; ran: number } | undefined {
+    const list = this.stamps.get(stage);
+    const start = this.starts.get(stage);
+    if (!list || list.length === 0 || start === undefined) return undefined;
+    const gaps = list.slice(1).map((t, i) => t - (list[i] as number));
+    const sorted = [...gaps].sort((a, b) => a - b);
+    const first = (list[0] as number) - start;
+    return {
+      first,
+      median: sorted.length ? (sorted[Math.floor(sorted.length / 2)] as number) : first,
+      ran: list.length,
+    };
+  }
+}
+
+/** A stage's steps scaled down for a quick run: at least 5 (or all, when fewer), none when it has none. */
+export const scaled = (steps: number, scale: number) =>
+  steps === 0 ? 0 : Math.min(steps, Math.max(5, Math.round(steps * scale)));
+
+/** A synthetic photo [1, 3, height, width] in [-1, 1] (random weights: any image costs the same). */
+export function photo(width: number, height = width): Float32Array {
+  const img = new Float32Array(3 * width * height);
+  for (let i = 0; i < img.length; i++) img[i] = Math.sin(i / 97) * 0.8;
+  return img;
+}

@@ -75,6 +75,11 @@ export interface RenderArgs extends RenderOptions {
   batch?: number;
   onProgress?: (p: Progress) => void;
   signal?: AbortSignal;
+  /**
+   * A seed's initial latents, `count` values (default: GaussianRng(seed), the noise txt2img draws). Like
+   * TrainArgs.draws, lets a check replay other draws (e.g. the same noise laid out transposed).
+   */
+  noise?: (seed: number, count: number) => Float32Array;
 }
 
 export interface RenderedImage {
@@ -380,7 +385,7 @@ export async function renderImagic(
     const ctx = new Float32Array(chunk.length * ctxSize);
     chunk.forEach((p, i) => {
       // The same initial noise as txt2img draws for this seed.
-      latents.set(new GaussianRng(p.seed).normal(per), i * per);
+      latents.set(args.noise?.(p.seed, per) ?? new GaussianRng(p.seed).normal(per), i * per);
       ctx.set(contexts.get(p.eta) as Float32Array, i * ctxSize);
     });
     const final = await sampleLatents(sd, {

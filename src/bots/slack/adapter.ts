@@ -1,0 +1,171 @@
+// ChatAdapter on Slack's Web API (the WebClient Bolt gives the app). Messages are chat.postMessage /
+// chat.update; threads are replies under a message's ts; images go through the external upload flow
+// (files.getUploadURLExternal, the upload, files.completeUploadExternal — the WebClient's filesUploadV2)
+// and are attached with chat.update's file_ids, because only chat.postMessage tells the message's ts,
+// which edits and reactions need. The WebClient queues calls and waits out 429s (Retry-After) itself.
+import { webApi } from "@slack/bolt";
+import type {
+  ChatAdapter,
+  ChatLimits,
+  Conversation,
+  ImageFile,
+  IncomingAttachment,
+  MessageRef,
+  OutgoingMessage,
+  ThreadResult,
+} from "../../commands/chat.js";
+import { slackEmojiName } from "../../commands/reactions.js";
+import { UserFacingError } from "../../errors.js";
+import { formatBytes } from "../../queue/blobs.js";
+
+export const SLACK_LIMITS: ChatLimits = {
+  // Slack keeps 40,000 characters of a message but asks for 4,000 at most; longer ones read badly.
+  maxTextLength: 4000,
+  // Slack takes files up to 1 GB: every result fits as it is (the blob store caps them far lower).
+  maxUploadBytes: 1024 ** 3,
+  // chat.update is a Tier 3 method (about 50 a minute per workspace): one edit per 3 s per job leaves
+  // room for a few jobs and the posts around them.
+  minEditIntervalMs: 3000,
+};
+
+/** A message's id for the commands: a ts is unique only within its channel. */
+export const messageId = (channel: string, ts: string) => `${channel}:${ts}`;
+const tsOf = (ref: MessageRef) => ref.id.slice(ref.id.indexOf(":") + 1);
+
+/** The Slack error code of a Web API call that answered `{ ok: false, error }`, else undefined. */
+export function slackError(error: unknown): string | undefined {
+  return error instanceof Error && "code" in error && error.code === webApi.ErrorCode.PlatformError
+    ? (error as webApi.WebAPIPlatformError).data.error
+    : undefined;
+}
+
+/**
+ * The commands write Discord-flavoured Markdown. Slack's mrkdwn bolds with one asterisk and needs &, < and >
+ * escaped, except in the mentions this adapter writes.
+ */
+export function mrkdwn(text: string): string {
+  return text
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .replace(/&lt;@([UW][A-Z0-9]+)&gt;/g, "<@$1>")
+    .replace(/\*\*(.+?)\*\*/g, "*$1*");
+}
+
+export class SlackAdapter implements ChatAdapter {
+  readonly platform = "slack" as const;
+  /** Files this process attached to each message it edits, deleted when replaced (previews pile up otherwise). */
+  private readonly attached = new Map<string, string[]>();
+
+  constructor(
+    private readonly client: webApi.WebClient,
+    private readonly botToken: string,
+    readonly limits: ChatLimits = SLACK_LIMITS,
+  ) {}
+
+  async openThread(on: MessageRef): Promise<ThreadResult> {
+    // Slack threads have no name and need no permission: replies under the answer's ts are the thread.
+    if (on.conversation.thread) return { conversation: on.conversation };
+    return { conversation: { channel: on.conversation.channel, thread: tsOf(on) } };
+  }
+
+  async post(to: Conversation, message: OutgoingMessage): Promise<MessageRef> {
+    const sent = await this.client.chat.postMessage({
+      channel: to.channel,
+      ...(to.thread ? { thread_ts: to.thread } : {}),
+      text: mrkdwn(message.text),
+    });
+    // A post to a user id lands in the bot's DM with them: the answer names that channel.
+    const channel = sent.channel ?? to.channel;
+    const ref: MessageRef = { conversation: { ...to, channel }, id: messageId(channel, sent.ts ?? "") };
+    if (message.images?.length) await this.editMessage(ref, message);
+    return ref;
+  }
+
+  async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
+    const files = message.images ? await this.upload(message.images) : undefined;
+    await this.client.chat.update({
+      channel: ref.conversation.channel,
+      ts: tsOf(ref),
+      text: mrkdwn(message.text),
+      ...(files ? { file_ids: files } : {}),
+    });
+    if (!files) return;
+    const replaced = this.attached.get(ref.id) ?? [];
+    if (files.length > 0) this.attached.set(ref.id, files);
+    else this.attached.delete(ref.id);
+    for (const file of replaced) {
+      await this.client.files.delete({ file }).catch(() => {}); // already gone: nothing to tidy
+    }
+  }
+
+  async addReactions(ref: MessageRef, emojis: readonly string[]): Promise<void> {
+    for (const emoji of emojis) {
+      try {
+        await this.client.reactions.add({
+          channel: ref.conversation.channel,
+          timestamp: tsOf(ref),
+          name: slackEmojiName(emoji),
+        });
+      } catch (error) {
+        // A retried call whose first attempt went through: the reaction is there, as wanted.
+        if (slackError(error) !== "already_reacted") throw error;
+      }
+    }
+  }
+
+  async download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array> {
+    const what = `\`${attachment.option}\` (${attachment.filename})`;
+    if (!this.isSlack(new URL(attachment.url))) {
+      throw new UserFacingError(`${what} is not a file on Slack; upload it to Slack`);
+    }
+    // Private file URLs need the bot token; without files:read Slack answers with its sign-in page.
+    const response = await fetch(attachment.url, { headers: { authorization: `Bearer ${this.botToken}` } });
+    if (response.status === 404 || response.status === 410) {
+      throw new UserFacingError(`${what} is no longer on Slack (deleted?); upload it again`);
+    }
+    if (response.headers.get("content-type")?.startsWith("text/html")) {
+      await response.body?.cancel();
+      throw new UserFacingError(
+        `${what} could not be downloaded: Slack sent its sign-in page, so this app lacks the files:read scope (an admin must add it; see docs/SLACK.md)`,
+      );
+    }
+    if (!response.ok || !response.body) {
+      throw new UserFacingError(
+        `${what} could not be downloaded from Slack (HTTP ${response.status}); try again`,
+      );
+    }
+    // Read at most maxBytes + 1: enough to know it is too large, whatever files.info said.
+    const chunks: Uint8Array[] = [];
+    let total = 0;
+    for await (const chunk of response.body) {
+      chunks.push(chunk);
+      total += chunk.byteLength;
+      if (total > maxBytes) {
+        await response.body.cancel().catch(() => {});
+        throw new UserFacingError(`${what} is larger than ${formatBytes(maxBytes)}, the limit`);
+      }
+    }
+    return Buffer.concat(chunks);
+  }
+
+  mention(userId: string): string {
+    return `<@${userId}>`;
+  }
+
+  /** The bot token goes to Slack only: its hosts over HTTPS, or the Web API's own host (SLACK_API_URL). */
+  private isSlack(url: URL): boolean {
+    if (url.host === new URL(this.client.slackApiUrl).host) return true;
+    return url.protocol === "https:" && /(^|\.)slack(-gov)?\.com$/.test(url.hostname);
+  }
+
+  /** Uploads files without sharing them anywhere; chat.update attaches them to a message. */
+  private async upload(images: readonly ImageFile[]): Promise<string[]> {
+    if (images.length === 0) return [];
+    const uploaded = await this.client.filesUploadV2({
+      file_uploads: images.map((image) => ({ file: Buffer.from(image.bytes), filename: image.name })),
+    });
+    const completions = uploaded.files as Array<{ files?: Array<{ id?: string }> }>;
+    return completions.flatMap((c) => c.files ?? []).map((f) => f.id ?? "");
+  }
+}

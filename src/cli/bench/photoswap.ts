@@ -1,0 +1,323 @@
+/**
+ * `bench photoswap`: Photoswap's stages on Stable Diffusion 1.5 shapes with random weights (timings do
+ * not depend on weight values): concept learning (class images, then LoRA training; again with the class
+ * images cached), direct inversion, null-text inversion, and both reconstructions' PSNR against the
+ * decoded photo latents.
+ *
+ * `--steps-scale 0.1` runs 10 % of the concept's training steps, of its class images' DDIM steps and of
+ * null-text's sampling steps (at least 5 each) and extrapolates each stage: its first step (session
+ * creation and warm-up) plus (steps − 1) × the median of its later steps. Null-text never stops early on
+ * random weights (its losses stay far above 1e-5), so its times are for the full `--inner` steps.
+ */
+import { writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Command, Option } from "commander";
+import { StableDiffusion } from "../../engine/index.js";
+import { learnConcept } from "../../engine/pipelines/concept.js";
+import { deserializeConcept, serializeConcept } from "../../engine/pipelines/concept-file.js";
+import { invertDirect, invertNullText, psnr, reconstructSource } from "../../engine/pipelines/inversion.js";
+import type { InvertedSource } from "../../engine/pipelines/photoswap-types.js";
+import { UserFacingError } from "../../errors.js";
+import {
+  CONCEPT_PRESET_NAMES,
+  type ConceptPresetName,
+  conceptOptions,
+  DEFAULT_CONCEPT_PRESET,
+  SWAP_GUIDANCE,
+  SWAP_SAMPLING_STEPS,
+} from "../../spec/swap.js";
+import { GpuMemorySampler } from "./gpu-memory.js";
+import { randomCheckpoint } from "./random-checkpoint.js";
+import { sd15Shapes, tinyShapes } from "./sd.js";
+import { photo, StageClock, scaled } from "./timing.js";
+
+export const PHOTOSWAP_CASES = ["concept", "invert-direct", "invert-null-text"] as const;
+type Case = (typeof PHOTOSWAP_CASES)[number];
+
+interface Flags {
+  device: "auto" | "cpu" | "webgpu" | "cuda";
+  dtype: "auto" | "fp32" | "fp16";
+  trainDtype: "fp32" | "fp16";
+  conceptPreset: ConceptPresetName;
+  steps: string;
+  inner: string;
+  stepsScale: string;
+  only?: string;
+  tiny: boolean;
+  size?: string;
+  json?: string;
+  modelDir?: string;
+}
+
+const PROMPT = "a photo of a cat";
+const sec = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+/** A stage at its full step count from a scaled run: cold = first + (n − 1) × median; warm = n × median. */
+function extrapolate(clock: StageClock, stage: string, fullSteps: number) {
+  const s = clock.steps(stage);
+  if (!s || fullSteps === 0) return { cold: 0, warm: 0, perStep: 0, first: 0, ran: 0 };
+  return {
+    cold: s.first + (fullSteps - 1) * s.median,
+    warm: fullSteps * s.median,
+    perStep: s.median,
+    first: s.first,
+    ran: s.ran,
+  };
+}
+
+async function benchConcept(
+  sd: StableDiffusion,
+  size: number,
+  preset: ConceptPresetName,
+  scale: number,
+  out: (s: string) => void,
+  gpu: GpuMemorySampler,
+) {
+  const full = conceptOptions(preset);
+  const prior = full.prior;
+  const run = conceptOptions(preset, {
+    steps: scaled(full.steps, scale),
+    ...(prior ? { prior: { steps: scaled(prior.steps, scale) } } : {}),
+  });
+  // Three references: differently phased copies of the synthetic photo.
+  const references = [0, 1, 2].map((k) =>
+    photo(size).map((v, i) => (k === 0 ? v : v * Math.cos(k + i / 5000))),
+  );
+  const learn = async (subject: string, label: string) => {
+    const clock = new StageClock();
+    clock.begin("class-images");
+    gpu.stage(`concept/${label}/class-images`);
+    const t0 = performance.now();
+    const concept = await learnConcept(sd, {
+      references,
+      size,
+      subject,
+      options: run,
+      onProgress: (p) => {
+        if (p.stage === "encode" && p.step === p.total) {
+          clock.begin("concept");
+          gpu.stage(`concept/${label}/train`);
+        }
+        if (p.stage !== "encode") clock.mark(p);
+      },
+    });
+    return { concept, clock, ms: performance.now() - t0 };
+  };
+  const cold = await learn("dog", "cold");
+  const chunks = prior ? Math.ceil(prior.images / Math.min(4, prior.images)) : 0;
+  const classImages = extrapolate(cold.clock, "class-images", prior ? chunks * prior.steps : 0);
+  const train = extrapolate(cold.clock, "concept", full.steps);
+  const encodeMs = (cold.concept.seconds?.encode ?? 0) * 1000;
+  // The same subject again: the class images come from the cache, the sessions are warm.
+  const warm = await learn("dog", "cached");
+  const warmTrain = extrapolate(warm.clock, "concept", full.steps);
+  const t0 = performance.now();
+  const bytes = serializeConcept(cold.concept);
+  deserializeConcept(bytes);
+  const fileMs = performance.now() - t0;
+  const row = {
+    preset,
+    steps: full.steps,
+    ran: train.ran,
+    classImages: prior ? { images: prior.images, steps: prior.steps, ms: classImages } : null,
+    textualInversion: full.textualInversion !== null,
+    loraRank: full.loraRank,
+    ms: {
+      classImages,
+      encode: encodeMs,
+      train,
+      total: { cold: classImages.cold + encodeMs + train.cold, cachedClassImages: encodeMs + warmTrain.warm },
+      file: fileMs,
+    },
+    conceptBytes: bytes.length,
+  };
+  out(
+    `concept ${preset}: ${full.steps} steps, rank ${full.loraRank}${full.textualInversion ? ", textual inversion" : ""}, ` +
+      `${prior ? `${prior.images} class images × ${prior.steps} DDIM steps` : "no prior preservation"}\n` +
+      `  class images ${sec(classImages.cold)} (${classImages.perStep.toFixed(0)} ms per sampling step of ${Math.min(4, prior?.images ?? 0)}, first ${sec(classImages.first)})  ` +
+      `encode ${sec(encodeMs)}  training ${sec(train.warm)} (${train.perStep.toFixed(0)} ms/step, first ${sec(train.first)})\n` +
+      `  references → concept: ${sec(row.ms.total.cold)} cold; ${sec(row.ms.total.cachedClassImages)} with the class images cached and warm sessions;  ` +
+      `concept file ${(bytes.length / 1024 ** 2).toFixed(2)} MiB`,
+  );
+  return row;
+}
+
+async function benchInversions(
+  sd: StableDiffusion,
+  size: number,
+  steps: number,
+  inner: number,
+  scale: number,
+  cases: readonly Case[],
+  out: (s: string) => void,
+  gpu: GpuMemorySampler,
+) {
+  const t0 = performance.now();
+  const { mean: latents0, size: latentSize } = await sd.encodeImage(photo(size), size, size);
+  const encodeMs = performance.now() - t0;
+  const decoded = await sd.decodeLatents(latents0, latentSize);
+  const report = async (source: InvertedSource) => {
+    const rec = await reconstructSource(sd, source);
+    return psnr(await sd.decodeLatents(rec.latents, latentSize), decoded);
+  };
+  const rows: Record<string, unknown> = { encodeMs };
+  if (cases.includes("invert-direct")) {
+    gpu.stage("invert-direct");
+    const run = () =>
+      invertDirect(sd, { latents0, size: latentSize, prompt: PROMPT, steps, guidance: SWAP_GUIDANCE });
+    const c0 = performance.now();
+    await run();
+    const coldMs = performance.now() - c0;
+    const w0 = performance.now();
+    const source = await run();
+    const warmMs = performance.now() - w0;
+    const db = await report(source);
+    rows.direct = { steps, coldMs, warmMs, psnr: db };
+    out(
+      `direct inversion, ${steps} steps: ${sec(warmMs)} (${sec(coldMs)} cold);  reconstruction PSNR vs the decoded photo latents ${db} dB`,
+    );
+  }
+  if (cases.includes("invert-null-text")) {
+    gpu.stage("invert-null-text");
+    const ran = scaled(steps, scale);
+    const clock = new StageClock();
+    clock.begin("invert");
+    const r = await invertNullText(sd, {
+      latents0,
+      size: latentSize,
+      prompt: PROMPT,
+      steps: ran,
+      guidance: SWAP_GUIDANCE,
+      innerSteps: inner,
+      onProgress: (p) => {
+        clock.mark(p);
+        if (p.stage === "invert" && p.step === p.total) clock.begin("null-text");
+      },
+    });
+    const invert = extrapolate(clock, "invert", steps);
+    const nullText = extrapolate(clock, "null-text", steps);
+    const innerTaken = r.losses.reduce((a, l) => a + l.length, 0) / r.losses.length;
+    const db = await report(r.source);
+    rows.nullText = { steps, ran, inner, innerTaken, invert, nullText, psnr: db };
+    out(
+      `null-text inversion, ${steps} steps × ≤ ${inner} inner (took ${innerTaken.toFixed(1)} on average): ` +
+        `${sec(invert.warm + nullText.warm)} warm, ${sec(invert.cold + nullText.cold)} cold (${nullText.perStep.toFixed(0)} ms per sampling step)` +
+        `;  reconstruction PSNR vs the decoded photo latents at ${ran} steps ${db.toFixed(2)} dB (random weights: meaningless beyond "it runs")`,
+    );
+  }
+  return rows;
+}
+
+export function photoswapBenchCommand(): Command {
+  return new Command("photoswap")
+    .description(
+      "Photoswap on SD 1.5 shapes with random weights: concept learning, direct and null-text inversion",
+    )
+    .addOption(
+      new Option("--device <device>", "execution provider")
+        .choices(["auto", "cpu", "webgpu", "cuda"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--dtype <dtype>", "UNet compute dtype for sampling (auto: fp16 on a GPU)")
+        .choices(["auto", "fp32", "fp16"])
+        .default("auto"),
+    )
+    .addOption(
+      new Option("--train-dtype <dtype>", "compute dtype of the training graphs (mixed precision: fp16)")
+        .choices(["fp32", "fp16"])
+        .default("fp32"),
+    )
+    .addOption(
+      new Option("--concept-preset <name>", "concept learning preset")
+        .choices([...CONCEPT_PRESET_NAMES])
+        .default(DEFAULT_CONCEPT_PRESET),
+    )
+    .option("--steps <n>", "DDIM steps of the inversions", String(SWAP_SAMPLING_STEPS))
+    .option("--inner <n>", "null-text's inner steps per sampling step (official 10)", "10")
+    .option("--steps-scale <f>", "run this fraction of each stage's steps (≥ 5 each) and extrapolate", "1")
+    .option("--only <cases>", `comma-separated cases (${PHOTOSWAP_CASES.join(", ")}); default all`)
+    .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
+    .option("--size <pixels>", "image side (default 512; 64 with --tiny)")
+    .option("--json <file>", "also write the results as JSON")
+    .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)")
+    .action(async (f: Flags) => {
+      const scale = Number(f.stepsScale);
+      if (!(scale > 0 && scale <= 1))
+        throw new UserFacingError(`--steps-scale must be in (0, 1], got ${f.stepsScale}`);
+      const steps = Number(f.steps);
+      const inner = Number(f.inner);
+      for (const [flag, v] of [
+        ["--steps", steps],
+        ["--inner", inner],
+      ] as const) {
+        if (!Number.isInteger(v) || v < 1 || v > 1000)
+          throw new UserFacingError(`${flag} must be a whole number from 1 to 1000`);
+      }
+      const size = f.size ? Number(f.size) : f.tiny ? 64 : 512;
+      if (!Number.isInteger(size) || size < 64 || size % 64 !== 0) {
+        throw new UserFacingError(`--size must be a multiple of 64, got ${f.size}`);
+      }
+      const cases = (f.only ? f.only.split(",").map((c) => c.trim()) : [...PHOTOSWAP_CASES]) as Case[];
+      const unknown = cases.filter((c) => !(PHOTOSWAP_CASES as readonly string[]).includes(c));
+      if (unknown.length > 0)
+        throw new UserFacingError(
+          `--only: unknown case(s) ${unknown.join(", ")} (${PHOTOSWAP_CASES.join(", ")})`,
+        );
+      const out = (s: string) => process.stdout.write(`${s}\n`);
+      const shapes = f.tiny ? tinyShapes(size) : sd15Shapes(size);
+      const gpu = new GpuMemorySampler();
+      gpu.stage("load");
+      const dir = f.modelDir ?? path.join(tmpdir(), `photoswap-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
+      out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
+      let sd: StableDiffusion;
+      try {
+        sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
+          device: f.device,
+          dtype: f.dtype,
+          trainDtype: f.trainDtype,
+        });
+      } catch (error) {
+        await gpu.stop(); // the polling child would keep the process alive
+        throw error;
+      }
+      out(
+        `bench photoswap: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
+          `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}`,
+      );
+      const result: Record<string, unknown> = {
+        benchmark: "photoswap",
+        device: sd.device,
+        dtype: f.dtype,
+        trainDtype: f.trainDtype,
+        size,
+        tiny: f.tiny,
+        stepsScale: scale,
+      };
+      // Written after every part, so a run cut short (device time limit) keeps what it measured.
+      const save = () => {
+        result.peakGpuMiB = gpu.peak();
+        result.gpuMiBByStage = gpu.byStage();
+        if (f.json) writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
+      };
+      try {
+        if (cases.includes("concept")) {
+          result.concept = await benchConcept(sd, size, f.conceptPreset, scale, out, gpu);
+          save();
+        }
+        if (cases.some((c) => c.startsWith("invert-"))) {
+          result.inversion = await benchInversions(sd, size, steps, inner, scale, cases, out, gpu);
+          save();
+        }
+        const mib = gpu.peak();
+        if (mib !== undefined) {
+          out(`peak GPU memory (nvidia-smi, whole device): ${(mib / 1024).toFixed(1)} GiB`);
+          out(`GPU memory by stage (GiB at its start → its peak): ${gpu.summary()}`);
+        }
+      } finally {
+        await gpu.stop();
+        await sd.release();
+      }
+    });
+}
