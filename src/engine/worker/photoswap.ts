@@ -26,7 +26,11 @@ import { progressBridge } from "./progress.js";
 
 /** The engine's Photoswap settings (an operator's, or a test's short runs). */
 export interface SwapPipelineOptions {
-  /** Over the default concept preset (a request's steps and seed come on top). */
+  /**
+   * Over the default concept preset (a request's steps and seed come on top). The queue's concept cache
+   * key sees only the request's settings (spec/swap.ts, requestedConceptOptions): changing these on a
+   * running deployment keeps serving concepts learned before until their blobs expire.
+   */
   concept?: ConceptOverrides;
   inversion?: InversionMethodName;
   nullTextInnerSteps?: number;
