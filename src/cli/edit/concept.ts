@@ -27,7 +27,7 @@ import {
   MAX_REFERENCES,
   MIN_REFERENCES,
 } from "../../spec/swap.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
+import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
 import { collect, num, openModel, progressReporter, readInput } from "./shared.js";
 
 /** The concept-learning flags `edit concept` and `edit swap` share. */
@@ -130,11 +130,7 @@ export function conceptCommand(): Command {
     .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
     .addOption(deviceOption())
     .addOption(dtypeOption())
-    .addOption(
-      new Option("--train-dtype <dtype>", "compute dtype of training (fp16: mixed precision)")
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    .addOption(trainDtypeOption())
     .action(async (f: Flags) => {
       const started = performance.now();
       const inputs = await conceptInputs(f);

@@ -37,7 +37,7 @@ import {
   validateRenderOptions,
 } from "../../spec/imagic.js";
 import { checkPhotoShape, parseSize } from "../../spec/shape.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
+import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
 import { num, openModel, progressReporter, readInput } from "./shared.js";
 
 const log = childLogger("imagic-cli");
@@ -126,14 +126,7 @@ export function imagicCommand(): Command {
     .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
     .addOption(deviceOption())
     .addOption(dtypeOption())
-    .addOption(
-      new Option(
-        "--train-dtype <dtype>",
-        "compute dtype of training (fp16: mixed precision, loss and gradients fp32)",
-      )
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    .addOption(trainDtypeOption())
     .option(
       "--size <size>",
       'force a working size: a side ("512") or width×height ("768x512"); the photo covers it, centre-cropped (default: the photo\'s aspect ratio at the model\'s pixel count, 512² for SD 1.5)',

@@ -34,7 +34,7 @@ import {
   SWAP_VARIATION,
   sourcePromptFor,
 } from "../../spec/swap.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
+import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
 import { addConceptOptions, type ConceptFlags, conceptInputs, learnFromFlags } from "./concept.js";
 import { num, openModel, progressReporter, readInput } from "./shared.js";
 
@@ -141,14 +141,7 @@ export function swapCommand(): Command {
     .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
     .addOption(deviceOption())
     .addOption(dtypeOption())
-    .addOption(
-      new Option(
-        "--train-dtype <dtype>",
-        "compute dtype of concept learning and null-text (fp16: mixed precision)",
-      )
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    .addOption(trainDtypeOption("concept learning and null-text"))
     .action(async (f: Flags) => {
       const started = performance.now();
       // 1. Everything that can be checked without the model.
