@@ -4,7 +4,7 @@
 # bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
-#                                       photoswap (only when named)
+#                                       photoswap, shape (only when named)
 set -u
 OUT=${OUT:-/tmp/gpu-cuda-out}
 mkdir -p "$OUT"
@@ -40,6 +40,13 @@ for s in $steps; do
     # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run; the swap of 4
     # variants and a cached-concept swap end to end at the full 50 steps (bench photoswap).
     photoswap) step photoswap 450 $cli bench photoswap --device cuda --steps-scale 0.1 --json "$OUT/photoswap-cuda.json" ;;
+    # Issue 11: a 512×768 photo (64×96 latents) next to 512², UNet step and gradient steps, then Imagic
+    # `balanced` at both sizes in one process (each size's sessions built, and released, on their own).
+    shape)
+      step shape-sd 150 $cli bench sd --device cuda --only unet,loss-lora --size 512,512x768 --runs 10 \
+        --json "$OUT/sd-shape-cuda.json"
+      step shape-imagic 360 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
+        --size 512,512x768 --json "$OUT/imagic-shape-cuda.json" ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done

@@ -1,0 +1,107 @@
+// ProgressMessages without a chat platform: two "processes" (two instances on one Redis) and an
+// in-memory adapter that can refuse edits the way a platform does.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  type ChatLimits,
+  MessageNotEditableError,
+  type MessageRef,
+  type OutgoingMessage,
+} from "../../src/commands/chat.js";
+import { ProgressMessages } from "../../src/commands/progress-messages.js";
+import { startTestRedis, type TestRedis } from "../helpers/redis.js";
+import { MemoryAdapter } from "./memory-adapter.js";
+
+let redis: TestRedis;
+beforeAll(async () => {
+  redis = await startTestRedis();
+});
+afterAll(() => redis.stop());
+
+/** Records which process made each edit and post; refuses edits of the messages in `frozen`. */
+class RecordingAdapter extends MemoryAdapter {
+  readonly log: string[] = [];
+  readonly frozen = new Set<string>();
+  constructor(
+    private readonly name: string,
+    limits: Partial<ChatLimits> = {},
+  ) {
+    super();
+    Object.assign(this.limits, { minEditIntervalMs: 10 }, limits);
+  }
+  override async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
+    if (this.frozen.has(ref.id)) throw new MessageNotEditableError("archived");
+    this.log.push(`${this.name} edit ${ref.id} ${message.text}`);
+  }
+  override async post(to: MessageRef["conversation"], message: OutgoingMessage): Promise<MessageRef> {
+    const ref = await super.post(to, message);
+    this.log.push(`${this.name} post ${ref.id} ${message.text}`);
+    return ref;
+  }
+}
+
+const until = async (what: string, probe: () => boolean) => {
+  for (let i = 0; i < 200 && !probe(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!probe()) throw new Error(`timed out waiting for ${what}`);
+};
+
+describe("ProgressMessages", () => {
+  it("lets the process holding a job's lease edit it; the last word waits that lease out and comes last", async () => {
+    const a = new RecordingAdapter("A");
+    const b = new RecordingAdapter("B");
+    const pa = new ProgressMessages({ adapter: a, redis: redis.client(), leaseMs: 300 });
+    const pb = new ProgressMessages({ adapter: b, redis: redis.client(), leaseMs: 300 });
+    const origin = { conversation: { channel: "c" }, id: "job-1" };
+    await pa.adopt(origin);
+    pa.update(origin, { text: "⏳ 1" });
+    pb.update(origin, { text: "⏳ 1" });
+    await until("A's edit", () => a.log.length === 1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(b.log).toEqual([]);
+
+    // B gets the job's end while A still holds the lease: B's last word waits for it, then A stays out.
+    const started = Date.now();
+    await pb.finish(origin, "✅ done");
+    expect(Date.now() - started).toBeGreaterThanOrEqual(200);
+    pa.update(origin, { text: "⏳ late" });
+    await new Promise((r) => setTimeout(r, 50));
+    expect([...a.log, ...b.log]).toEqual(["A edit job-1 ⏳ 1", "B edit job-1 ✅ done"]);
+    await pa.stop();
+    await pb.stop();
+  });
+
+  it("posts a fresh message where an edit is refused, and keeps editing that one", async () => {
+    const a = new RecordingAdapter("A");
+    const pa = new ProgressMessages({ adapter: a, redis: redis.client(), leaseMs: 300 });
+    const origin = { conversation: { channel: "c", thread: "t" }, id: "job-2" };
+    await pa.adopt(origin);
+    a.frozen.add("job-2");
+    pa.update(origin, { text: "⏳ 1" });
+    await until("a post", () => a.log.length === 1);
+    pa.update(origin, { text: "⏳ 2" });
+    await until("an edit", () => a.log.length === 2);
+    await pa.finish(origin, "✅ done");
+    const fresh = a.messages.at(-1)?.ref.id;
+    expect(a.log).toEqual([`A post ${fresh} ⏳ 1`, `A edit ${fresh} ⏳ 2`, `A edit ${fresh} ✅ done`]);
+    expect(a.messages.at(-1)?.ref.conversation).toEqual({ channel: "c", thread: "t" });
+    await pa.stop();
+  });
+
+  it("replaces a message as it nears the platform's edit age limit, pointing the old one at the new", async () => {
+    const a = new RecordingAdapter("A", { maxEditAgeMs: 300 });
+    const pa = new ProgressMessages({ adapter: a, redis: redis.client(), leaseMs: 300 });
+    const origin = { conversation: { channel: "c" }, id: "job-3" };
+    await pa.adopt(origin);
+    pa.update(origin, { text: "⏳ 1" });
+    await until("an edit", () => a.log.length === 1);
+    await new Promise((r) => setTimeout(r, 280));
+    pa.update(origin, { text: "⏳ 2" });
+    await until("the replacement", () => a.log.length === 3);
+    const fresh = a.messages.at(-1)?.ref.id;
+    expect(a.log).toEqual([
+      "A edit job-3 ⏳ 1",
+      `A post ${fresh} ⏳ 2`,
+      "A edit job-3 ⏬ Progress continues in a newer message below.",
+    ]);
+    await pa.stop();
+  });
+});
