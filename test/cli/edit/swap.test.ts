@@ -41,7 +41,7 @@ describe("edit swap", () => {
     const cases: Array<[string[], RegExp]> = [
       [[], /give 1 to 5 reference photos of the new subject \(--ref, repeated\); got 0/],
       [Array.from({ length: 6 }, () => ["--ref", COFFEE]).flat(), /give 1 to 5 reference photos .* got 6/],
-      [["--ref", text], /--ref .*notes\.png: That file is not an image I can read/],
+      [["--ref", text], /--ref .*notes\.png: That file is a text file; send a JPEG/],
       [
         ["--ref", COFFEE, "--source-prompt", "a photo of a cat, sleeping"],
         /the subject "cat" is not a word of the source prompt/,
@@ -80,7 +80,7 @@ describe("edit swap", () => {
       "--ref",
       COFFEE,
     ]);
-    expect(noSource.stderr).toMatch(/--source .*notes\.png: That file is not an image I can read/);
+    expect(noSource.stderr).toMatch(/--source .*notes\.png: That file is a text file; send a JPEG/);
     expect(existsSync(out)).toBe(false);
   }, 180_000);
 
