@@ -21,7 +21,7 @@ import type { JobName, JobResult } from "../queue/jobs.js";
 import { resolveRedis } from "../queue/redis-server.js";
 import { PRESET_NAMES, type PresetName, parseNumberList } from "../spec/imagic.js";
 import { parseSize, type Size } from "../spec/shape.js";
-import { PAPER_STRENGTHS } from "../spec/swap.js";
+import { checkSubjectWord, PAPER_STRENGTHS } from "../spec/swap.js";
 import { collect } from "./edit/shared.js";
 
 const log = childLogger("demo");
@@ -163,6 +163,7 @@ function swapDemoCommand(): Command {
         throw new UserFacingError(
           `--pick must be a variant number from 1 to ${seeds.length} (got ${f.pick})`,
         );
+      checkSubjectWord(f.subject, "--subject");
       const conceptSteps = count("--concept-steps", f.conceptSteps);
       const steps = count("--steps", f.steps);
       const source = readFile(f.source, "--source");

@@ -83,6 +83,19 @@ export function checkSubjectInPrompt(subject: string, prompt: string): void {
 }
 
 /**
+ * Where the source prompt is made from the subject ("a photo of a <subject>": chat, the demo), the subject
+ * must be one word, since the swap finds it as a whole word of that prompt. Checked before anything is
+ * queued: a two-word subject would otherwise fail only after its concept was learned.
+ */
+export function checkSubjectWord(subject: string, option: string): void {
+  if (/\s/.test(subject.trim())) {
+    throw new UserFacingError(
+      `${option} must be one word, what the photo shows (e.g. "dog", not "${subject}"): the swap finds it as a word of "${sourcePromptFor(subject)}"`,
+    );
+  }
+}
+
+/**
  * Concept learning (DreamBooth-style LoRA on the reference photos, optional textual inversion of the
  * token): what one run does. The presets are `CONCEPT_PRESETS`; `conceptOptions` merges overrides.
  */

@@ -75,7 +75,7 @@ describe("demo", () => {
     );
   }, 240_000);
 
-  it("refuses a pick that is not a tile before starting anything", async () => {
+  it("refuses a pick that is not a tile, and a swap subject of two words, before starting anything", async () => {
     const r = await runCli(["demo", "--seeds", "1,2", "--pick", "3"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--pick must be a tile number from 1 to 2 \(got 3\)/);
@@ -83,6 +83,12 @@ describe("demo", () => {
     const swap = await runCli(["demo", "swap", "--seeds", "1,2", "--pick", "3"]);
     expect(swap.code).toBe(1);
     expect(swap.stderr).toMatch(/--pick must be a variant number from 1 to 2 \(got 3\)/);
+    const twoWords = await runCli(["demo", "swap", "--subject", "tabby cat"]);
+    expect(twoWords.code).toBe(1);
+    expect(twoWords.stderr).toMatch(
+      /--subject must be one word, what the photo shows \(e\.g\. "dog", not "tabby cat"\)/,
+    );
+    expect(twoWords.stderr).not.toMatch(/redis/i);
   });
 
   it("refuses a size it cannot serve before starting anything, naming the limit", async () => {
