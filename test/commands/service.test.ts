@@ -107,4 +107,42 @@ describe("ChatCommands with a console adapter", () => {
     ]);
     expect(adapter.messages).toHaveLength(before);
   });
+
+  it("checks every photo of /swap before storing any: each bad one named on its own line, nothing kept", async () => {
+    adapter.files.set("memory://notes", new TextEncoder().encode("not a photo at all"));
+    adapter.files.set("memory://cut", PHOTO.subarray(0, PHOTO.byteLength >> 1));
+    const photo = (option: string, filename: string, url: string) => ({
+      option,
+      filename,
+      contentType: "image/png",
+      size: PHOTO.byteLength,
+      url,
+    });
+    const before = adapter.messages.length;
+    await commands.handleCommand(
+      {
+        command: "swap",
+        userId: "swapper",
+        conversation: channel,
+        options: { subject: "dog" },
+        attachments: [
+          photo("source", "cat.png", "memory://photo"),
+          photo("reference1", "dog1.png", "memory://photo"),
+          photo("reference2", "dog2.png", "memory://notes"),
+          photo("reference3", "dog3.png", "memory://cut"),
+        ],
+      },
+      adapter.reply(channel),
+    );
+    expect(adapter.privateReplies.at(-1)).toBe(
+      [
+        "⚠️ `reference2` (dog2.png) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
+        "`reference3` (dog3.png) is incomplete: the file ends before the picture does (the upload was probably cut short); send it again",
+      ].join("\n"),
+    );
+    // Nothing about the swap was posted (the earlier tests' jobs may still be posting in their threads).
+    expect(adapter.messages.slice(before).filter((m) => m.text.includes("Photoswap"))).toEqual([]);
+    // The good photos were not stored either: nothing counts against the sender's quota.
+    expect(await h.blobs.usage("swapper")).toBe(0);
+  });
 });

@@ -52,7 +52,8 @@ export function swapConcept(sd: StableDiffusion, o: SwapPipelineOptions = {}) {
       ...(p.options.steps !== undefined ? { steps: p.options.steps } : {}),
       seed: p.options.seed,
     });
-    const progress = progressBridge(ctx, () => ({ height: size, width: size }));
+    const px = typeof size === "number" ? { height: size, width: size } : size;
+    const progress = progressBridge(ctx, () => px);
     const concept = await learnConcept(sd, {
       references: images,
       size,
