@@ -84,17 +84,6 @@ describe("ChatCommands with a console adapter", () => {
     expect(adapter.messages.filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
   });
 
-  it("passes a forced size to the job as width and height; without one the job has neither", async () => {
-    const ran = trainOptions.length;
-    await commands.handleCommand(imagic({ size: "768x512" }), adapter.reply(channel));
-    await until("the sized job", () => trainOptions[ran]);
-    await commands.handleCommand(imagic(), adapter.reply(channel));
-    await until("the unsized job", () => trainOptions[ran + 1]);
-    expect(trainOptions[ran]).toMatchObject({ width: 768, height: 512, seeds: [5, 6] });
-    expect(trainOptions[ran + 1]).not.toHaveProperty("width");
-    expect(trainOptions[ran + 1]).not.toHaveProperty("height");
-  });
-
   it("answers bad input privately and posts nothing", async () => {
     const before = adapter.messages.length;
     await commands.handleCommand(imagic({}, "video/mp4"), adapter.reply(channel));
@@ -144,5 +133,20 @@ describe("ChatCommands with a console adapter", () => {
     expect(adapter.messages.slice(before).filter((m) => m.text.includes("Photoswap"))).toEqual([]);
     // The good photos were not stored either: nothing counts against the sender's quota.
     expect(await h.blobs.usage("swapper")).toBe(0);
+  });
+
+  it("passes a forced size to the job as width and height; without one the job has neither", async () => {
+    const ran = trainOptions.length;
+    const grids = () =>
+      adapter.messages.filter((m) => m.text.includes("Pick a seed") && m.reactions.length > 0);
+    const before = grids().length;
+    await commands.handleCommand(imagic({ size: "768x512" }), adapter.reply(channel));
+    await commands.handleCommand(imagic(), adapter.reply(channel));
+    // Both jobs run to their grids, so nothing of theirs is still being posted after this test.
+    await until("both grids", () => (grids().length === before + 2 ? true : undefined));
+    const jobs = trainOptions.slice(ran) as Array<Record<string, unknown>>;
+    expect(jobs).toHaveLength(2);
+    const sized = jobs.filter((o) => "width" in o || "height" in o);
+    expect(sized).toEqual([expect.objectContaining({ width: 768, height: 512, seeds: [5, 6] })]);
   });
 });
