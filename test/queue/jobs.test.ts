@@ -45,6 +45,27 @@ describe("job payloads", () => {
     ).toContain('Unrecognized key: "path"');
   });
 
+  it("takes a forced working size as width and height together, within src/spec/shape.ts's limits", () => {
+    const train = (options: Record<string, unknown>) => ({
+      ...base,
+      imageBlobId: id("a"),
+      prompt: "x",
+      options,
+    });
+    const { payload } = parsePayload<"imagic.train">("imagic.train", train({ width: 768, height: 512 }));
+    expect(payload.options).toMatchObject({ width: 768, height: 512 });
+    expect(refusal("imagic.train", train({ width: 768 }))).toContain(
+      "width: give both width and height, or neither",
+    );
+    expect(refusal("imagic.train", train({ width: 2048, height: 1024 }))).toContain(
+      "width: width × height must be at most 1048576 pixels (1024²)",
+    );
+    expect(refusal("imagic.train", train({ width: 1024, height: 128 }))).toContain(
+      "width: width × height must have an aspect ratio of at most 4:1",
+    );
+    expect(refusal("imagic.train", train({ width: 32, height: 64 }))).toMatch(/width: .*64/);
+  });
+
   it("refuses more images than a render may make", () => {
     const seeds = Array.from({ length: 16 }, (_, i) => i);
     const message = refusal("imagic.render", { ...base, stateBlobId: id("b"), seeds, etas: [0.5, 1, 1.5] });

@@ -12,7 +12,8 @@ import type { Socket } from "node:net";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { UserFacingError } from "../../errors.js";
-import { ImageInputError, type ImageLimits } from "../image.js";
+import type { ImageLimits } from "../../spec/upload.js";
+import { ImageInputError } from "../image.js";
 import type { AcceptedPhoto } from "./convert.js";
 import { FAILURE_TEXTS } from "./failures.js";
 

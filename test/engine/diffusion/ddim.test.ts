@@ -116,11 +116,44 @@ describe("DDIM identities", () => {
   it("inverts a sampling step exactly when the predicted noise is the same (epsilon)", () => {
     const s = DDIMScheduler.fromConfig(SD_CONFIG);
     s.setTimesteps(4);
+    // With a constant ε every step keeps the first one's clean estimate (x₀ read as the sample at ᾱ_0 =
+    // 1 − β₀, set_alpha_to_one false): after the step to t, x_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε, from the
+    // schedule's definition. (The round trip below alone misses an error that undoes itself over an even
+    // number of steps, e.g. x̂₀ ↦ 1/x̂₀.)
+    const a0 = alphaBar(0);
+    const clean = x0.map((v, i) => (v - Math.sqrt(1 - a0) * (noise[i] as number)) / Math.sqrt(a0));
     let x = x0;
-    for (const t of s.inversionTimesteps()) x = s.invertStep(noise, t, x);
+    for (const t of s.inversionTimesteps()) {
+      x = s.invertStep(noise, t, x);
+      const want = clean.map(
+        (v, i) => Math.sqrt(alphaBar(t)) * v + Math.sqrt(1 - alphaBar(t)) * (noise[i] as number),
+      );
+      expect(relError(x, want), `x_${t}`).toBeLessThan(1e-6);
+    }
     // Deterministic DDIM with a constant ε is a bijection: sampling back lands on the start.
     for (const t of s.timesteps) x = s.step(noise, t, x);
     expect(relError(x, x0)).toBeLessThan(1e-5);
+  });
+
+  it("adds the DDIM paper's σ_t·z for eta > 0 (σ_t² = (1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev))", () => {
+    const s = DDIMScheduler.fromConfig(SD_CONFIG);
+    s.setTimesteps(10);
+    const z = new GaussianRng(8).normal(64);
+    const [t, prev] = [501, 401];
+    const [aT, aP] = [alphaBar(t), alphaBar(prev)];
+    const xt = Float32Array.from(noised(t));
+    const want = (eta: number) => {
+      const sigma = eta * Math.sqrt(((1 - aP) / (1 - aT)) * (1 - aT / aP));
+      return x0.map(
+        (v, i) =>
+          Math.sqrt(aP) * v +
+          Math.sqrt(1 - aP - sigma * sigma) * (noise[i] as number) +
+          sigma * (z[i] as number),
+      );
+    };
+    // float32 table against the float64 definition: measured ≤ 1e-7.
+    for (const eta of [0.5, 1])
+      expect(relError(s.step(noise, t, xt, { eta, noise: z }), want(eta))).toBeLessThan(1e-6);
   });
 
   it("lands on ᾱ_0's clean estimate at the last step and refuses bad arguments", () => {
@@ -133,6 +166,11 @@ describe("DDIM identities", () => {
     const xt = Float32Array.from(noised(1));
     expect(relError(s.step(noise, 1, xt), noised(0))).toBeLessThan(1e-6);
     expect(() => s.setTimesteps(0)).toThrow(/from 1 to 1000/);
+    expect(() => s.setTimesteps(1001)).toThrow(/from 1 to 1000/);
+    s.setTimesteps(1000);
+    expect(() => s.step(noise, 1000, xt)).toThrow(/timestep 1000 is outside 0…999/);
+    expect(() => s.step(noise, -1, xt)).toThrow(/timestep -1 is outside 0…999/);
+    s.setTimesteps(10);
     expect(() => s.step(noise.subarray(1), 1, xt)).toThrow(/63 values but the sample has 64/);
     expect(() => s.step(noise, 1, xt, { eta: 1 })).toThrow(/needs noise/);
   });

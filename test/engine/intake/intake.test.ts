@@ -4,16 +4,11 @@
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  DEFAULT_IMAGE_LIMITS,
-  ImageInputError,
-  type ImageLimits,
-  loadImage,
-  probeImage,
-} from "../../../src/engine/image.js";
-import { convertPhoto, INTAKE_MAX_PIXELS } from "../../../src/engine/intake/convert.js";
+import { ImageInputError, loadImage, probeImage } from "../../../src/engine/image.js";
+import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
+import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
 import {
   corrupted,
   progressiveScanBomb,
@@ -65,14 +60,51 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
     expect(Buffer.compare(got.data, want.data)).toBe(0);
   });
 
-  it("scales a larger photo down to INTAKE_MAX_PIXELS at its aspect ratio, oriented", async () => {
+  it("scales a larger photo down to STORED_PHOTO_MAX_PIXELS at its aspect ratio, oriented", async () => {
     // 3000×2000 stored, EXIF orientation 6: displayed 2000×3000.
     const big = await sharp(COFFEE).resize(3000, 2000).jpeg().withMetadata({ orientation: 6 }).toBuffer();
     const photo = await decoders.convert(big, DEFAULT_IMAGE_LIMITS);
-    expect(photo.width * photo.height).toBeLessThanOrEqual(INTAKE_MAX_PIXELS * 1.001);
-    expect(photo.width * photo.height).toBeGreaterThan(INTAKE_MAX_PIXELS * 0.99);
+    expect(photo.width * photo.height).toBeLessThanOrEqual(STORED_PHOTO_MAX_PIXELS * 1.001);
+    expect(photo.width * photo.height).toBeGreaterThan(STORED_PHOTO_MAX_PIXELS * 0.99);
     expect(photo.height / photo.width).toBeCloseTo(1.5, 2);
     expect([photo.probe.width, photo.probe.height, photo.probe.orientation]).toEqual([2000, 3000, 6]);
+  });
+
+  it("stores CMYK, Display P3, 16-bit, greyscale, transparent and rotated photos as the engine reads the originals", async () => {
+    // The engine loads the stored PNG, never the upload: it must see the same pixels as from the upload
+    // itself (no colour converted twice, no orientation applied twice, alpha already on white).
+    const gradient = Buffer.alloc(96 * 64 * 4);
+    for (let i = 0; i < 96 * 64; i++) {
+      const [x, y] = [i % 96, Math.floor(i / 96)];
+      gradient.set([40 + 2 * x, 30 + 3 * y, 200 - x, x < 48 ? 255 : 96], 4 * i);
+    }
+    const rgba = () => sharp(gradient, { raw: { width: 96, height: 64, channels: 4 } });
+    const rgb = () => rgba().removeAlpha();
+    const variants: Array<[string, Buffer]> = [
+      ["cmyk jpeg", await rgb().toColourspace("cmyk").jpeg({ quality: 100 }).toBuffer()],
+      ["display-p3 png", await rgb().withIccProfile("p3").png().toBuffer()],
+      ["16-bit png", await rgb().toColourspace("rgb16").png().toBuffer()],
+      ["greyscale png", await rgb().toColourspace("b-w").png().toBuffer()],
+      ["transparent png", await rgba().png().toBuffer()],
+      ["16-bit transparent tiff", await rgba().toColourspace("rgb16").tiff().toBuffer()],
+      ["rotated jpeg", await rgb().jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer()],
+      ["mirrored webp", await rgb().webp({ lossless: true }).withMetadata({ orientation: 2 }).toBuffer()],
+    ];
+    for (const [name, bytes] of variants) {
+      const photo = await decoders.convert(bytes, DEFAULT_IMAGE_LIMITS);
+      const size = { width: photo.width, height: photo.height };
+      const fromStored = await loadImage(photo.bytes, { size });
+      const fromUpload = await loadImage(bytes, { size });
+      // Both go through the same 8-bit conversion: at most one level apart (rounding), in [-1, 1] units.
+      let worst = 0;
+      for (let i = 0; i < fromStored.tensor.length; i++)
+        worst = Math.max(
+          worst,
+          Math.abs((fromStored.tensor[i] as number) - (fromUpload.tensor[i] as number)),
+        );
+      expect(worst * 127.5, name).toBeLessThanOrEqual(1.0001);
+      expect((await sharp(photo.bytes).metadata()).space, name).toBe("srgb");
+    }
   });
 
   it("decodes an iPhone-style HEVC HEIC that sharp alone cannot", async () => {
