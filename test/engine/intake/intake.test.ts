@@ -1,20 +1,20 @@
 // The intake (src/engine/intake): uploads checked and converted in decoder processes with a deadline.
-// Every hostile or broken file is generated here (test/helpers/hostile-images.ts); the one committed
+// Every hostile or broken file is generated here (src/cli/bench/hostile-images.ts); the one committed
 // sample is the HEVC HEIC, which nothing on npm can encode (test/fixtures/images/README.md).
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
-import { ImageInputError, loadImage, probeImage } from "../../../src/engine/image.js";
-import { convertPhoto } from "../../../src/engine/intake/convert.js";
-import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
-import { DecoderPool } from "../../../src/engine/intake/pool.js";
-import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
 import {
   corrupted,
   progressiveScanBomb,
   truncated,
   withoutHuffmanTables,
-} from "../../helpers/hostile-images.js";
+} from "../../../src/cli/bench/hostile-images.js";
+import { ImageInputError, loadImage, probeImage } from "../../../src/engine/image.js";
+import { convertPhoto } from "../../../src/engine/intake/convert.js";
+import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
+import { DecoderPool } from "../../../src/engine/intake/pool.js";
+import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
