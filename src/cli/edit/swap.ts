@@ -3,7 +3,8 @@
  * (or take a concept file), invert the photo, swap every seed × strength variant, and write the
  * reconstruction, each swap, the grid, the concept file and a JSON report (settings, timings, PSNR) into
  * --out. Every input is checked before the model is touched, and what needs the tokenizer before any
- * learning starts.
+ * learning starts. `--also word=concept-file` swaps more subjects of the photo in the same swap, each for
+ * its own learned concept.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -36,7 +37,7 @@ import {
 } from "../../spec/swap.js";
 import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
 import { addConceptOptions, type ConceptFlags, conceptInputs, learnFromFlags } from "./concept.js";
-import { num, openModel, progressReporter, readInput } from "./shared.js";
+import { collect, num, openModel, progressReporter, readInput } from "./shared.js";
 
 interface Flags extends ConceptFlags {
   source: string;
@@ -44,6 +45,7 @@ interface Flags extends ConceptFlags {
   refSubject?: string;
   sourcePrompt?: string;
   concept?: string;
+  also: string[];
   inversion: InversionMethodName;
   nullTextInner?: string;
   lambdaPhi?: string;
@@ -70,6 +72,31 @@ function wholeList(flag: string, text: string | undefined, dflt: number, lo: num
   if (bad !== undefined)
     throw new UserFacingError(`${flag} takes whole numbers from ${lo} to ${hi} (got ${bad})`);
   return list;
+}
+
+/**
+ * `--also word=file`: another subject of the photo (a word of the source prompt) and the concept file
+ * swapped in for it; each word once, the main --subject included.
+ */
+function otherSubjects(f: Flags, sourcePrompt: string) {
+  const others = f.also.map((spec) => {
+    const eq = spec.indexOf("=");
+    if (eq < 1 || eq === spec.length - 1)
+      throw new UserFacingError(
+        `--also takes word=concept-file, e.g. "sofa=chair.safetensors" (got "${spec}")`,
+      );
+    const word = spec.slice(0, eq);
+    const file = spec.slice(eq + 1);
+    checkSubjectInPrompt(word, sourcePrompt);
+    return { word, file, concept: deserializeConcept(readInput(file, "--also")) };
+  });
+  const words = [f.subject, ...others.map((o) => o.word)];
+  const twice = words.find((w, i) => words.indexOf(w) !== i);
+  if (twice !== undefined)
+    throw new UserFacingError(
+      `the subject "${twice}" is named twice: each subject of the photo takes one concept`,
+    );
+  return others;
 }
 
 /** Every λφ × λM × λA combination of the three lists. */
@@ -104,7 +131,13 @@ export function swapCommand(): Command {
         "--source-prompt <text>",
         'what the photo shows, naming the subject (default "a photo of a <subject>")',
       )
-      .option("--concept <file>", "a concept file (edit concept, or an earlier swap's) instead of --ref"),
+      .option("--concept <file>", "a concept file (edit concept, or an earlier swap's) instead of --ref")
+      .option(
+        "--also <word=file>",
+        'another subject of the photo and the concept file swapped in for it, e.g. "sofa=chair.safetensors" (repeat; each a word of the source prompt)',
+        collect,
+        [],
+      ),
   )
     .addOption(
       new Option(
@@ -170,6 +203,7 @@ export function swapCommand(): Command {
       }
       const sourcePrompt = f.sourcePrompt ?? sourcePromptFor(f.subject);
       checkSubjectInPrompt(f.subject, sourcePrompt);
+      const others = otherSubjects(f, sourcePrompt);
       const photoBytes = readInput(f.source, "--source");
       const probe = await probeImage(photoBytes).catch((e: Error) => {
         throw new UserFacingError(`--source ${f.source}: ${e.message}`);
@@ -189,10 +223,18 @@ export function swapCommand(): Command {
       const bars = progressReporter(["encode", "decode"]);
       try {
         if (saved) checkConceptModel(sd, saved);
+        for (const o of others) checkConceptModel(sd, o.concept);
         const token = saved?.token ?? (learn?.options.token as string);
         const tokenId = saved?.tokenId ?? conceptTokenId(sd, token, refSubject);
+        const tokens = [token, ...others.map((o) => o.concept.token)];
+        const shared = others.find((o, i) => tokens.indexOf(o.concept.token) !== i + 1);
+        if (shared)
+          throw new UserFacingError(
+            `--also ${shared.word}=${shared.file}: its concept's token "${shared.concept.token}" is another subject's too; learn one of them with another --token`,
+          );
         const plan = planSwap(sd.tokenizer, sourcePrompt, [
           { word: f.subject, concept: { token, tokenId, subject: refSubject } },
+          ...others.map((o) => ({ word: o.word, concept: o.concept })),
         ]);
         mkdirSync(f.out, { recursive: true });
         const loadSeconds = (performance.now() - started) / 1000;
@@ -215,6 +257,7 @@ export function swapCommand(): Command {
           subject: f.subject,
           sourcePrompt,
           concept,
+          others: others.map((o) => ({ word: o.word, concept: o.concept })),
           inversion: f.inversion,
           nullTextInnerSteps: inner,
           steps,
@@ -253,6 +296,12 @@ export function swapCommand(): Command {
             losses: concept.losses,
             seconds: concept.seconds,
           },
+          others: others.map((o) => ({
+            word: o.word,
+            file: o.file,
+            token: o.concept.token,
+            subject: o.concept.subject,
+          })),
           inversion: { method: f.inversion, ...(f.inversion === "null-text" ? { innerSteps: inner } : {}) },
           sampling: { steps, guidance, variation, blendThreshold: f.blend ? threshold : null, batch },
           variants,

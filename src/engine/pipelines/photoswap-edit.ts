@@ -42,6 +42,8 @@ export interface SwapEditArgs {
   /** The photo's description, naming the subject as a word (default "a photo of a <subject>"). */
   sourcePrompt?: string;
   concept: ConceptAdapter;
+  /** More subjects of the photo, each swapped for its own concept in the same swap (one target prompt). */
+  others?: ReadonlyArray<{ word: string; concept: ConceptAdapter }>;
   inversion: InversionMethod;
   /** Null-text's inner Adam steps per sampling step (official 10). */
   nullTextInnerSteps?: number;
@@ -185,15 +187,20 @@ export async function swapEdit(sd: StableDiffusion, a: SwapEditArgs): Promise<Sw
         : (await invertNullText(sd, { ...args, innerSteps: inner })).source;
   }
   const t2 = performance.now();
-  const { concept } = a;
+  const subjects = [{ word: a.subject, concept: a.concept }, ...(a.others ?? [])];
   const swapped = await photoswap(sd, {
     source: inverted,
-    subjects: [{ word: a.subject, concept }],
+    subjects,
     seeds: a.seeds,
     strengths: a.strengths,
     variation: a.variation,
     blendThreshold: a.blendThreshold,
-    encode: (texts) => encodeWithConcepts(sd, texts, [concept]),
+    encode: (texts) =>
+      encodeWithConcepts(
+        sd,
+        texts,
+        subjects.map((s) => s.concept),
+      ),
     maxBatch: batch,
     onStep: (step, total) => report({ stage: "swap", step, total }),
     signal: a.signal,

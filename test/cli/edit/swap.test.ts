@@ -1,6 +1,7 @@
 // `edit swap` and `edit concept` as a user runs them, on the tiny fixture checkpoint: bad input refused
 // with one line before anything is learned or written; a swap that learns its concept (null-text
-// inversion), then one from that concept file (direct inversion); a concept learned alone.
+// inversion), then one from that concept file (direct inversion) with a second subject's concept file
+// (--also); a concept learned alone.
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -59,6 +60,15 @@ describe("edit swap", () => {
         /the source prompt ".*" is longer than the 75 tokens the text encoder reads/,
       ],
       [["--ref", COFFEE, "--token", "zwx"], /the concept token "zwx" is 2 tokens/],
+      [
+        ["--ref", COFFEE, "--also", "photo"],
+        /--also takes word=concept-file, e\.g\. "sofa=chair\.safetensors"/,
+      ],
+      [["--ref", COFFEE, "--also", `cat=${foreign}`], /the subject "cat" is named twice/],
+      [
+        ["--ref", COFFEE, "--also", `photo=${foreign}`],
+        /this concept was learned on model "someone\/another-model"/,
+      ],
     ];
     const results = await Promise.all(cases.map(([args]) => runCli([...base, ...args])));
     results.forEach((r, i) => {
@@ -84,8 +94,25 @@ describe("edit swap", () => {
     expect(existsSync(out)).toBe(false);
   }, 180_000);
 
-  it("learns the concept, inverts with null-text, writes every variant at the photo's shape; then swaps from the concept file", async () => {
+  it("learns the concept, inverts with null-text, writes every variant at the photo's shape; then swaps from the concept file, with a second subject", async () => {
     const out = path.join(tmp(), "run");
+    // A second subject's concept, learned meanwhile under its own token.
+    const chair = path.join(tmp(), "chair.safetensors");
+    const learnChair = runCli([
+      "edit",
+      "concept",
+      "--device",
+      "cpu",
+      "--ref",
+      CHELSEA,
+      "--subject",
+      "chair",
+      "--token",
+      "olis",
+      ...QUICK,
+      "--out",
+      chair,
+    ]);
     const r = await runCli([
       "edit",
       "swap",
@@ -152,6 +179,8 @@ describe("edit swap", () => {
       "seed 5 · φ2 M2 A1",
     ]);
 
+    const learned = await learnChair;
+    expect(learned.code, learned.stderr).toBe(0);
     const again = path.join(tmp(), "again");
     const r2 = await runCli([
       "edit",
@@ -164,6 +193,10 @@ describe("edit swap", () => {
       "cat",
       "--concept",
       path.join(out, "concept.safetensors"),
+      "--source-prompt",
+      "a cat on a sofa",
+      "--also",
+      `sofa=${chair}`,
       "--steps",
       "2",
       "--seeds",
@@ -174,8 +207,12 @@ describe("edit swap", () => {
     expect(r2.code, r2.stderr).toBe(0);
     const report2 = JSON.parse(readFileSync(path.join(again, "report.json"), "utf8"));
     // Direct inversion gives the photo back exactly: the reconstruction is the encoded photo itself.
+    // Both subjects swapped in one target prompt, each for its own concept's token.
     expect(report2).toMatchObject({
+      sourcePrompt: "a cat on a sofa",
+      targetPrompt: "a sks cup on a olis chair",
       concept: { learned: false, subject: "cup" },
+      others: [{ word: "sofa", file: chair, token: "olis", subject: "chair" }],
       psnr: { reconstruction: "exact" },
     });
     expect(report2.variants.map((v: { label: string }) => v.label)).toEqual(["seed 1 · φ2 M2 A2"]);
