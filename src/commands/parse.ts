@@ -10,7 +10,13 @@ import {
   MAX_SUBJECT_LENGTH,
 } from "../spec/request.js";
 import { parseSize, type Size } from "../spec/shape.js";
-import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS, type SwapStrengthKey } from "../spec/swap.js";
+import {
+  checkSubjectWord,
+  MAX_REFERENCES,
+  SWAP_SAMPLING_STEPS,
+  SWAP_STRENGTHS,
+  type SwapStrengthKey,
+} from "../spec/swap.js";
 import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
 import { ETA_RANGE, IMAGIC_PRESETS } from "./definitions.js";
 
@@ -112,6 +118,7 @@ export function parseImagic(request: CommandRequest): ImagicRequest {
 export function parseSwap(request: CommandRequest): SwapRequest {
   const source = required(attachment(request, "source"), "source");
   const subject = required(text(request.options, "subject", MAX_SUBJECT_LENGTH), "subject");
+  checkSubjectWord(subject, "`subject`");
   const references = Array.from({ length: MAX_REFERENCES }, (_, i) =>
     attachment(request, `reference${i + 1}`),
   ).filter((a): a is IncomingAttachment => a !== undefined);

@@ -513,7 +513,7 @@ export class ChatCommands {
     const describe =
       record.command === "imagic"
         ? (c: Choice) => `${etaLabel(c.eta ?? 0)}, seed ${c.seed}`
-        : (c: Choice) => `seed ${c.seed}`;
+        : (c: Choice) => c.label ?? `seed ${c.seed}`;
     return `**Pick the final image**: react with its number.\n${choiceLine(record.choices, describe)}`;
   }
 
@@ -584,7 +584,8 @@ export class ChatCommands {
       return this.postExpired(record, "this image");
     }
     const label =
-      choice.eta === undefined ? `seed ${choice.seed}` : `seed ${choice.seed}, ${etaLabel(choice.eta)}`;
+      choice.label ??
+      (choice.eta === undefined ? `seed ${choice.seed}` : `seed ${choice.seed}, ${etaLabel(choice.eta)}`);
     const name = `${record.command}-seed${choice.seed}${choice.eta === undefined ? "" : `-eta${choice.eta}`}.png`;
     const image = await fitUpload({ name, bytes }, this.adapter.limits.maxUploadBytes);
     await this.adapter.post(record.conversation, {

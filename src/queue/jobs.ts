@@ -12,6 +12,7 @@ import {
   SWAP_GUIDANCE,
   SWAP_LIMITS,
   SWAP_SAMPLING_STEPS,
+  SWAP_STRENGTHS,
 } from "../spec/swap.js";
 
 export const JOB_NAMES = ["imagic.train", "imagic.render", "swap.concept", "swap.edit"] as const;
@@ -140,7 +141,18 @@ const swapEditPayload = z.strictObject({
       selfMapSteps: strengthSteps.default(swapDefaults.selfMapSteps),
       crossMapSteps: strengthSteps.default(swapDefaults.crossMapSteps),
     })
-    .default(swapDefaults),
+    .default(swapDefaults)
+    .superRefine((o, ctx) => {
+      for (const s of SWAP_STRENGTHS) {
+        if (o[s.key] > o.steps) {
+          ctx.addIssue({
+            code: "custom",
+            path: [s.key],
+            message: `${s.name} counts sampling steps: at most steps (${o.steps}), got ${o[s.key]}`,
+          });
+        }
+      }
+    }),
 });
 
 export const payloadSchemas = {
@@ -162,7 +174,11 @@ export const resultSchemas = {
   "imagic.train": z.object({ stateBlobId: blobId, images: z.array(renderedImage), gridBlobId: blobId }),
   "imagic.render": z.object({ images: z.array(renderedImage), gridBlobId: blobId }),
   "swap.concept": z.object({ conceptBlobId: blobId }),
-  "swap.edit": z.object({ images: z.array(z.object({ seed, blobId })), gridBlobId: blobId }),
+  "swap.edit": z.object({
+    /** Each variant; `label` names it (seed and strengths) where the user picks. */
+    images: z.array(z.object({ seed, blobId, label: z.string().max(100).optional() })),
+    gridBlobId: blobId,
+  }),
 } as const;
 export type JobResult<N extends JobName> = z.infer<(typeof resultSchemas)[N]>;
 

@@ -116,6 +116,12 @@ describe("parseSwap", () => {
     expect(() =>
       parseSwap(request("swap", { subject: "x".repeat(65) }, [file("source"), file("reference1")])),
     ).toThrow("`subject` is 65 characters; the limit is 64");
+    // The source prompt is "a photo of a <subject>", where the swap finds the subject as one word.
+    expect(() =>
+      parseSwap(request("swap", { subject: " golden  retriever " }, [file("source"), file("reference1")])),
+    ).toThrow(
+      '`subject` must be one word, what the photo shows (e.g. "dog", not "golden retriever"): the swap finds it as a word of "a photo of a golden retriever"',
+    );
   });
 
   it("takes the swap strengths the user set, whole steps from 0 to 50, and leaves the rest to the defaults", () => {

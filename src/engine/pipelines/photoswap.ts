@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
-import type { SwapStrengthKey } from "../../spec/swap.js";
+import { checkSubjectInPrompt, SWAP_BATCH, type SwapStrengthKey } from "../../spec/swap.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import type { LatentSize, StableDiffusion } from "../index.js";
@@ -339,14 +339,8 @@ export function planSwap(
   subjects: readonly SwapSubject[],
 ): SwapPlan {
   if (subjects.length === 0) throw new UserFacingError("a swap needs at least one subject");
+  for (const s of subjects) checkSubjectInPrompt(s.word, sourcePrompt);
   const words = sourcePrompt.split(" ");
-  for (const s of subjects) {
-    if (!words.includes(s.word)) {
-      throw new UserFacingError(
-        `the subject "${s.word}" is not a word of the source prompt "${sourcePrompt}": name the subject as the prompt spells it (a whole word, without punctuation)`,
-      );
-    }
-  }
   const byWord = new Map(subjects.map((s) => [s.word, s.concept]));
   const targetPrompt = words
     .map((w) => {
@@ -410,7 +404,7 @@ export interface PhotoswapOptions {
    * embeddings (concept.ts). Default: the checkpoint's text encoder, for concepts without one.
    */
   encode?: (texts: string[]) => Promise<Float32Array>;
-  /** Target variants per UNet call (default 4): more run in several passes, each repeating the source. */
+  /** Target variants per UNet call (default SWAP_BATCH): more run in several passes, each repeating the source. */
   maxBatch?: number;
   /** Called after each step of each pass: `step` counts over all passes. */
   onStep?: (step: number, total: number) => void;
@@ -455,7 +449,7 @@ export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promi
   const loras = o.subjects.flatMap((x) => (x.concept.lora ? [x.concept.lora] : []));
   const variants = o.seeds.flatMap((seed) => o.strengths.map((strengths) => ({ seed, strengths })));
   const size = { height: s.height, width: s.width };
-  const maxBatch = o.maxBatch ?? 4;
+  const maxBatch = o.maxBatch ?? SWAP_BATCH;
   const passes = Math.ceil(variants.length / maxBatch);
   const out: PhotoswapVariant[] = [];
   let source = s.xT;

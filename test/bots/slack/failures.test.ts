@@ -1,6 +1,6 @@
 // What goes wrong, end to end through Bolt, the fake Slack, the queue and the worker: bad files, forms
-// submitted with nothing, files the bot may not read, channels it is not in, /swap before its pipeline
-// exists, engine failures, cancel, expired state, and the plain commands.
+// submitted with nothing, files the bot may not read, channels it is not in, /swap on a worker without its
+// pipelines, engine failures, cancel, expired state, and the plain commands.
 import sharp from "sharp";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { EDIT_SHORTCUT } from "../../../src/bots/slack/bot.js";
@@ -194,7 +194,7 @@ describe("files and channels the bot cannot use", () => {
 });
 
 describe("jobs that do not end well", () => {
-  it("/swap is validated, queued, and ends with the queue's 'not available yet' while Photoswap is missing", async () => {
+  it("/swap on a worker without the swap pipelines is validated, queued, and ends with the queue's 'not available yet'", async () => {
     const { "imagic.train": train } = lightweightPipelines();
     await w.worker({ "imagic.train": train });
     const started = await w.swap(w.channel("swap"), [w.photo("ref.png")]);
