@@ -1,6 +1,7 @@
 // The intake (src/engine/intake): uploads checked and converted in decoder processes with a deadline.
 // Every hostile or broken file is generated here (src/cli/bench/hostile-images.ts); the one committed
 // sample is the HEVC HEIC, which nothing on npm can encode (test/fixtures/images/README.md).
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
@@ -374,6 +375,36 @@ describe("cross-talk: concurrent uploads each get their own answer", () => {
     expect((results[2] as PromiseRejectedResult).reason.message).toBe(
       "I am checking too many photos right now; try again in a minute.",
     );
+  });
+});
+
+describe("no orphans: decoders die with the process that started them", () => {
+  /** Alive and not a zombie (a killed process's children are reaped by init, which may take a moment). */
+  const running = (pid: number) => {
+    try {
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+    } catch {
+      return false;
+    }
+  };
+
+  it("a bot process SIGKILLed leaves no decoder behind", async () => {
+    const owner = spawn(process.execPath, ["--import", "tsx", "test/engine/intake/support/pool-owner.ts"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const line = await new Promise<string>((resolve, reject) => {
+      owner.stdout.setEncoding("utf8").on("data", (text: string) => resolve(text.split("\n")[0] as string));
+      owner.once("exit", (code) => reject(new Error(`the pool owner exited (${code}) before it was ready`)));
+    });
+    const pids = JSON.parse(line) as number[];
+    expect(pids).toHaveLength(2);
+    expect(pids.every(running)).toBe(true);
+    const exited = new Promise((resolve) => owner.once("exit", resolve));
+    owner.kill("SIGKILL");
+    await exited;
+    // Each decoder exits when its IPC channel closes: wait for that (bounded only against a hang).
+    for (let i = 0; i < 600 && pids.some(running); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(pids.filter(running)).toEqual([]);
   });
 });
 
