@@ -175,6 +175,40 @@ describe("DDIM identities", () => {
     expect(() => s.step(noise, 1, xt, { eta: 1 })).toThrow(/needs noise/);
   });
 
+  it("clips x̂₀ to clip_sample_range in a sampling step (ε recomputed) but not ε in an inversion step", () => {
+    const s = DDIMScheduler.fromConfig({ ...SD_CONFIG, clip_sample: true, clip_sample_range: 0.5 });
+    s.setTimesteps(10);
+    const [t, prev] = [501, 401];
+    const [aT, aP] = [alphaBar(t), alphaBar(prev)];
+    const xt = Float32Array.from(noised(t));
+    // diffusers' DDIMScheduler.step: x̂₀ clipped, ε = (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t) from the clipped x̂₀.
+    const x0c = x0.map((v) => Math.min(0.5, Math.max(-0.5, v)));
+    const eps = x0c.map((v, i) => ((xt[i] as number) - Math.sqrt(aT) * v) / Math.sqrt(1 - aT));
+    const want = x0c.map((v, i) => Math.sqrt(aP) * v + Math.sqrt(1 - aP) * (eps[i] as number));
+    expect(relError(s.step(noise, t, xt), want)).toBeLessThan(1e-6);
+    // DDIMInverseScheduler.step: x̂₀ clipped, the model's ε kept.
+    const xp = Float32Array.from(noised(prev));
+    const up = x0c.map((v, i) => Math.sqrt(aT) * v + Math.sqrt(1 - aT) * (noise[i] as number));
+    expect(relError(s.invertStep(noise, t, xp), up)).toBeLessThan(1e-6);
+  });
+
+  it("builds the linear β schedule's ᾱ from its definition", () => {
+    const s = DDIMScheduler.fromConfig({
+      ...SD_CONFIG,
+      beta_schedule: "linear",
+      beta_start: 1e-4,
+      beta_end: 2e-2,
+    });
+    let p = 1;
+    const want: number[] = [];
+    for (let i = 0; i < 1000; i++) {
+      p *= 1 - (1e-4 + (i * (2e-2 - 1e-4)) / 999);
+      want.push(p);
+    }
+    // float32 betas and table against the float64 definition.
+    expect(relError(s.alphasCumprod, want)).toBeLessThan(1e-6);
+  });
+
   it("supports trailing and linspace spacing as diffusers computes them", () => {
     const trailing = DDIMScheduler.fromConfig({ ...SD_CONFIG, timestep_spacing: "trailing" });
     trailing.setTimesteps(3);
