@@ -70,11 +70,12 @@ export async function fetchImage(
   adapter: ChatAdapter,
   attachment: IncomingAttachment,
   limits: ImageLimits,
+  sender?: string,
 ): Promise<Uint8Array> {
   // The adapter refuses more than maxBytes, whatever size the platform declared.
   const bytes = await adapter.download(attachment, limits.maxBytes);
   try {
-    const { bytes: photo, probe } = await decoderPool().convert(bytes, limits);
+    const { bytes: photo, probe } = await decoderPool().convert(bytes, limits, sender);
     if (!COLOUR_SPACES.has(probe.space)) {
       throw new ImageInputError(
         `The image uses the ${probe.space} colour space; send an sRGB, greyscale or CMYK image.`,

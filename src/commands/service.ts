@@ -180,7 +180,7 @@ export class ChatCommands {
    */
   private async storeImages(userId: string, attachments: IncomingAttachment[]): Promise<string[]> {
     const checked = await Promise.allSettled(
-      attachments.map((attachment) => fetchImage(this.adapter, attachment, this.imageLimits)),
+      attachments.map((attachment) => fetchImage(this.adapter, attachment, this.imageLimits, userId)),
     );
     const refusals: string[] = [];
     for (const result of checked) {

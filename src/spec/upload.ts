@@ -3,6 +3,7 @@
 // size of the photo the bot stores and queues for the engine. The checks themselves live in
 // src/engine/image.ts (probeImage) and src/engine/intake.
 import { SHAPE_LIMITS } from "./shape.js";
+import { MAX_REFERENCES } from "./swap.js";
 
 export interface ImageLimits {
   /** Largest encoded size. */
@@ -52,6 +53,9 @@ export const COLOUR_SPACES: ReadonlySet<string> = new Set([
   "cmyk",
   "scrgb",
 ]);
+
+/** Uploads of one sender checked at once (waiting included): the photos of one /swap (source + 5 references). */
+export const MAX_CHECKS_PER_SENDER = 1 + MAX_REFERENCES;
 
 /**
  * Most pixels of the photo the bot stores for the engine: twice the largest requested working size

@@ -70,9 +70,29 @@ describe("demo", () => {
     expect(second).toMatch(/swap 3\/3/);
     expect(second).not.toMatch(/concept \d|invert \d/);
     expect(r.stdout).toMatch(/wrote 5 files to .*final\.png: variant 2/);
+    expect(r.stdout).toMatch(/the first swap took [^(]+ \(concept learning included\)/);
     expect(readdirSync(out).sort()).toEqual(
       ["final.png", "grid-again.png", "grid.png", "swap-1-seed-0.png", "swap-2-seed-1.png"].sort(),
     );
+    // Run again on the same state: the concept learned above is in STATE_DIR's Redis, and says so.
+    const rerun = await runCli(
+      [
+        "demo",
+        "swap",
+        "--seeds",
+        "0",
+        "--concept-steps",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        path.join(dir, "rerun"),
+      ],
+      { STATE_DIR: path.join(dir, "state"), ENGINE_DEVICE: "cpu", ENGINE_DTYPE: "fp32" },
+    );
+    expect(rerun.code, rerun.stderr).toBe(0);
+    expect(rerun.stderr).not.toMatch(/concept \d/);
+    expect(rerun.stdout).toMatch(/\(its concept from the queue's cache: learned by an earlier run\)/);
   }, 240_000);
 
   it("refuses a pick that is not a tile, and a swap subject of two words, before starting anything", async () => {

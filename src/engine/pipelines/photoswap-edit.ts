@@ -28,6 +28,11 @@ export interface SwapProgress {
   loss?: number;
   /** Seconds left in the whole edit. */
   etaSeconds?: number;
+  /**
+   * While swapping: the first variant's current estimate of its result, [3, height, width] of the photo's
+   * content in [-1, 1]. It costs a VAE decode, so it is made only when called (when a preview is due).
+   */
+  preview?: () => Promise<Float32Array>;
 }
 
 export interface SwapEditArgs {
@@ -187,6 +192,7 @@ export async function swapEdit(sd: StableDiffusion, a: SwapEditArgs): Promise<Sw
         : (await invertNullText(sd, { ...args, innerSteps: inner })).source;
   }
   const t2 = performance.now();
+  const box = a.content ?? { left: 0, top: 0, width: a.width, height: a.height };
   const subjects = [{ word: a.subject, concept: a.concept }, ...(a.others ?? [])];
   const swapped = await photoswap(sd, {
     source: inverted,
@@ -202,7 +208,13 @@ export async function swapEdit(sd: StableDiffusion, a: SwapEditArgs): Promise<Sw
         subjects.map((s) => s.concept),
       ),
     maxBatch: batch,
-    onStep: (step, total) => report({ stage: "swap", step, total }),
+    onStep: (step, total, x0) =>
+      report({
+        stage: "swap",
+        step,
+        total,
+        preview: async () => cropImage(await sd.decodeLatents(x0(), size), a, box),
+      }),
     signal: a.signal,
   });
   const t3 = performance.now();
@@ -221,7 +233,6 @@ export async function swapEdit(sd: StableDiffusion, a: SwapEditArgs): Promise<Sw
     for (let k = 0; k < chunk.length; k++) images.push(decoded.slice(k * per, (k + 1) * per));
   }
   const t4 = performance.now();
-  const box = a.content ?? { left: 0, top: 0, width: a.width, height: a.height };
   const crop = (i: number) => cropImage(images[i] as Float32Array, a, box);
   const img = (i: number): SwapImage => ({ image: crop(i), height: box.height, width: box.width });
   return {

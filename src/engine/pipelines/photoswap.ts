@@ -95,7 +95,8 @@ export interface JointSampleOptions {
   lora?: LoraWeights;
   /** Keep the latents after every step (tests, reports). */
   keepTrajectory?: boolean;
-  onStep?: (step: number, total: number) => void;
+  /** After each step; `preview` gives the first target's estimate of x₀ at that step (for previews). */
+  onStep?: (step: number, total: number, preview: () => Float32Array) => void;
   signal?: AbortSignal;
 }
 
@@ -299,7 +300,10 @@ export async function jointSample(sd: StableDiffusion, o: JointSampleOptions): P
       if (i >= (o.blend as BlendSettings).from) masks.push(blend.apply(source, targets));
     }
     trajectory?.push([source, ...targets]);
-    o.onStep?.(i + 1, timesteps.length);
+    // Computed only when asked: this step's guided output and latents are not touched again.
+    o.onStep?.(i + 1, timesteps.length, () =>
+      scheduler.predictOriginal(guided.subarray(per, 2 * per), t, current.subarray(per, 2 * per)),
+    );
   }
   return { source, targets, masks, ...(trajectory ? { trajectory } : {}) };
 }
@@ -406,8 +410,8 @@ export interface PhotoswapOptions {
   encode?: (texts: string[]) => Promise<Float32Array>;
   /** Target variants per UNet call (default SWAP_BATCH): more run in several passes, each repeating the source. */
   maxBatch?: number;
-  /** Called after each step of each pass: `step` counts over all passes. */
-  onStep?: (step: number, total: number) => void;
+  /** Called after each step of each pass: `step` counts over all passes; `preview` as jointSample's. */
+  onStep?: (step: number, total: number, preview: () => Float32Array) => void;
   signal?: AbortSignal;
 }
 
@@ -481,7 +485,7 @@ export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promi
       ...(s.trajectory ? { trajectory: s.trajectory } : {}),
       ...(loras.length ? { lora: concatLora(loras) } : {}),
       signal: o.signal,
-      onStep: (step) => o.onStep?.(p * s.steps + step, passes * s.steps),
+      onStep: (step, _, preview) => o.onStep?.(p * s.steps + step, passes * s.steps, preview),
     });
     source = r.source;
     r.targets.forEach((latents, i) => {

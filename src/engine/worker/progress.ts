@@ -10,8 +10,8 @@ export interface PipelineProgress {
   step: number;
   total: number;
   loss?: number;
-  /** [3, H, W] in [-1, 1]. */
-  preview?: Float32Array;
+  /** [3, H, W] in [-1, 1], or what makes it when a preview is due (a decode: not made otherwise). */
+  preview?: Float32Array | (() => Promise<Float32Array>);
 }
 
 /**
@@ -32,7 +32,16 @@ export function progressBridge<N extends JobName>(
           step: p.step,
           total: p.total,
           ...(p.loss !== undefined ? { loss: p.loss } : {}),
-          ...(preview ? { preview: () => tensorToPng(preview, [3, size().height, size().width]) } : {}),
+          ...(preview
+            ? {
+                preview: async () =>
+                  tensorToPng(typeof preview === "function" ? await preview() : preview, [
+                    3,
+                    size().height,
+                    size().width,
+                  ]),
+              }
+            : {}),
         }),
       )
       // After a cancel, progress() throws; the pipeline itself stops at its next signal check.

@@ -45,10 +45,14 @@ describe("/swap on the Photoswap pipelines", () => {
     ]);
     // The concept was learned (class images, references encoded, training), then the photo inverted and
     // swapped; the thread's progress message ends on the result.
-    expect(ran).toEqual([
+    expect(ran).toMatchObject([
       { name: "swap.concept", stages: ["class-images", "encode", "concept"] },
       { name: "swap.edit", stages: ["encode", "invert", "swap", "decode"] },
     ]);
+    // The swap's first step sent a preview: the first variant's estimate, decoded, at the photo's shape.
+    const [preview] = ran[1]?.previews ?? [];
+    expect(preview?.stage).toBe("swap");
+    expect(await sharp(preview?.png).metadata()).toMatchObject({ format: "png", width: 64, height: 43 });
     await w.fake.waitFor("the progress message's last word", () =>
       w.posted(thread).find((m) => m.content === "✅ Swapped."),
     );
@@ -67,6 +71,6 @@ describe("/swap on the Photoswap pipelines", () => {
     // photo's inversion from the worker's memory: the second swap goes straight to swapping.
     const again = await w.thread(w.swap(channel, [reference()], [opt.string("seeds", "3")]));
     await w.offer(again, 1, 1);
-    expect(ran.slice(2)).toEqual([{ name: "swap.edit", stages: ["encode", "swap", "decode"] }]);
+    expect(ran.slice(2)).toMatchObject([{ name: "swap.edit", stages: ["encode", "swap", "decode"] }]);
   }, 300_000);
 });

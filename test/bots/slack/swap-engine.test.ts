@@ -52,10 +52,14 @@ describe("/swap on the Photoswap pipelines", () => {
     ]);
     // The concept was learned (class images, references encoded, training), then the photo inverted and
     // swapped; the thread's progress message ends on the result.
-    expect(ran).toEqual([
+    expect(ran).toMatchObject([
       { name: "swap.concept", stages: ["class-images", "encode", "concept"] },
       { name: "swap.edit", stages: ["encode", "invert", "swap", "decode"] },
     ]);
+    // The swap's first step sent a preview: the first variant's estimate, decoded, at the photo's shape.
+    const [preview] = ran[1]?.previews ?? [];
+    expect(preview?.stage).toBe("swap");
+    expect(await sharp(preview?.png).metadata()).toMatchObject({ format: "png", width: 64, height: 43 });
     await w.fake.waitFor("the progress message's last word", () =>
       w.posted(channel, thread).find((m) => m.text === "✅ Swapped."),
     );
@@ -74,6 +78,6 @@ describe("/swap on the Photoswap pipelines", () => {
     // photo's inversion from the worker's memory: the second swap goes straight to swapping.
     const second = await w.thread(await swap("3"));
     await w.offer(channel, second, 1, 1);
-    expect(ran.slice(2)).toEqual([{ name: "swap.edit", stages: ["encode", "swap", "decode"] }]);
+    expect(ran.slice(2)).toMatchObject([{ name: "swap.edit", stages: ["encode", "swap", "decode"] }]);
   }, 300_000);
 });

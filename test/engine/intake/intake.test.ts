@@ -366,6 +366,19 @@ describe("cross-talk: concurrent uploads each get their own answer", () => {
     });
   });
 
+  it("holds each sender to maxPerSender uploads at once, so one sender's flood does not turn others away", async () => {
+    const decoders = pool({ size: 1, maxPerSender: 2 });
+    const ann = [0, 1, 2].map(() => decoders.convert(COFFEE, DEFAULT_IMAGE_LIMITS, "ann"));
+    const bob = decoders.convert(COFFEE, DEFAULT_IMAGE_LIMITS, "bob");
+    const results = await Promise.allSettled([...ann, bob]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled"]);
+    expect((results[2] as PromiseRejectedResult).reason.message).toBe(
+      "You have 2 photos being checked already (the most at once); send this one again when they are done.",
+    );
+    // Done ones no longer count.
+    expect((await decoders.convert(COFFEE, DEFAULT_IMAGE_LIMITS, "ann")).width).toBe(600);
+  });
+
   it("turns uploads away, in words, when too many wait for a decoder", async () => {
     const decoders = pool({ size: 1, maxWaiting: 1 });
     const results = await Promise.allSettled(
