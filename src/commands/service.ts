@@ -60,6 +60,12 @@ export class ChatCommands {
   /** Position refreshers of waiting jobs this process enqueued, by job id. */
   private readonly waiting = new Map<string, NodeJS.Timeout>();
   private readonly listeners: { [K in keyof Events]: (event: Events[K]) => void };
+  /**
+   * Queue events being handled. A completed/failed event is claimed for this platform before it is
+   * emitted, so stop() lets these finish before the chat client goes away: a result cut off
+   * mid-post by a restart would be claimed and never posted (found by the chaos run).
+   */
+  private readonly handling = new Set<Promise<void>>();
 
   constructor(private readonly options: ChatCommandsOptions) {
     this.adapter = options.adapter;
@@ -75,8 +81,12 @@ export class ChatCommands {
     this.log = childLogger("commands", { platform: options.adapter.platform });
     const guard =
       <E>(what: string, handler: (event: E) => Promise<void>) =>
-      (event: E) =>
-        void handler(event).catch((err: unknown) => this.log.error({ err }, `${what} handler failed`));
+      (event: E) => {
+        const run = handler(event)
+          .catch((err: unknown) => this.log.error({ err }, `${what} handler failed`))
+          .finally(() => this.handling.delete(run));
+        this.handling.add(run);
+      };
     this.listeners = {
       progress: guard("progress", async (e) => this.onProgress(e)),
       completed: guard("completed", (e) => this.onCompleted(e)),
@@ -92,11 +102,16 @@ export class ChatCommands {
     await this.queue.listen();
   }
 
-  /** Stops following events, and gives the progress messages this process edits back to the others. */
+  /**
+   * Stops following events, finishes the ones being handled, and gives the progress messages this
+   * process edits back to the others.
+   */
   async stop(): Promise<void> {
+    await this.queue.unlisten();
     this.queue.events.off("progress", this.listeners.progress);
     this.queue.events.off("completed", this.listeners.completed);
     this.queue.events.off("failed", this.listeners.failed);
+    await Promise.all(this.handling);
     for (const timer of this.waiting.values()) clearInterval(timer);
     this.waiting.clear();
     await this.progress.stop();

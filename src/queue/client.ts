@@ -142,6 +142,8 @@ export class QueueClient {
   private readonly redis: Redis;
   private readonly flows: FlowProducer;
   private queueEvents: QueueEvents | undefined;
+  /** The queue events being handled, one after another (see listen). */
+  private eventChain: Promise<void> = Promise.resolve();
   private readonly keys: QueueKeys;
   private workers: { count: number; at: number } | undefined;
   private readonly queueName: string;
@@ -428,9 +430,8 @@ export class QueueClient {
     });
     this.queueEvents = queueEvents;
     // Events are handled one after another so that the cursor only moves past handled ones.
-    let chain = Promise.resolve();
     const handle = (eventId: string, work: () => Promise<void>) => {
-      chain = chain
+      this.eventChain = this.eventChain
         .then(work)
         .then(async () => {
           if (consumer) await this.redis.set(this.keys.eventCursor(consumer), eventId);
@@ -493,6 +494,18 @@ export class QueueClient {
     const data = job.data as AnyPayload;
     if (this.options.platform && data.origin.platform !== this.options.platform) return undefined;
     return { jobId: String(job.id), name: job.name, data };
+  }
+
+  /**
+   * Stops emitting events and waits for the ones under way: a bot that stops calls this before it
+   * lets go of its listeners, or an event read meanwhile would be claimed, its cursor moved past, and
+   * nobody told (found by the chaos run). listen() starts again from the cursor.
+   */
+  async unlisten(): Promise<void> {
+    const queueEvents = this.queueEvents;
+    this.queueEvents = undefined;
+    await queueEvents?.close();
+    await this.eventChain;
   }
 
   async close(): Promise<void> {

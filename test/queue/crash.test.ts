@@ -1,12 +1,10 @@
 // Crash safety: a worker SIGKILLed mid-job, and Redis restarted mid-run.
-import { type ChildProcess, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
 import { lightweightPipelines } from "./support/pipelines.js";
 import { type Harness, harness, origin, PHOTO, until } from "./support/setup.js";
-
-const CHILD = fileURLToPath(new URL("./support/worker-child.ts", import.meta.url));
+import { killWorkerProcess, startWorkerProcess } from "./support/worker-process.js";
 
 let h: Harness;
 let photo: string;
@@ -22,17 +20,8 @@ afterAll(async () => {
 });
 
 async function startChild(name: string, env: Record<string, string>): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", CHILD], {
-    env: { ...process.env, REDIS_URL: h.redis.url, WORKER_NAME: name, ...env },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = await startWorkerProcess(h.redis.url, name, env);
   children.push(child);
-  await new Promise<void>((resolve, reject) => {
-    child.once("exit", (code) => reject(new Error(`worker ${name} exited with ${code} before it was ready`)));
-    child.stdout?.on("data", (chunk: Buffer) => {
-      if (chunk.toString().includes("ready")) resolve();
-    });
-  });
   return child;
 }
 
@@ -63,8 +52,7 @@ describe("crash safety", () => {
       step = e.progress.step;
     });
     await until(() => step >= 3, 10_000, "progress");
-    first.kill("SIGKILL");
-    await new Promise((resolve) => first.once("exit", resolve));
+    await killWorkerProcess(first);
     // The bot goes down too; it must get the result when it comes back, not lose it nor post it twice.
     await bot.client.close();
 

@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { chaosBenchCommand } from "./chaos.js";
 import { graphBenchCommand } from "./graph.js";
 import { imagicBenchCommand } from "./imagic.js";
 import { intakeBenchCommand } from "./intake.js";
@@ -7,7 +8,7 @@ import { photoswapBenchCommand } from "./photoswap.js";
 import { queueBenchCommand } from "./queue.js";
 import { sdBenchCommand } from "./sd.js";
 
-/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, photoswap.ts, parity.ts, queue.ts, intake.ts). */
+/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, photoswap.ts, parity.ts, queue.ts, intake.ts, chaos.ts). */
 const BENCHMARKS: Array<() => Command> = [
   graphBenchCommand,
   sdBenchCommand,
@@ -16,6 +17,7 @@ const BENCHMARKS: Array<() => Command> = [
   parityBenchCommand,
   queueBenchCommand,
   intakeBenchCommand,
+  chaosBenchCommand,
 ];
 
 export function benchCommand(): Command {

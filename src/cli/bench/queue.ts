@@ -27,7 +27,7 @@ interface Flags {
   jobMs: string;
 }
 
-function positiveInt(flag: string, value: string, min = 1): number {
+export function positiveInt(flag: string, value: string, min = 1): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min)
     throw new UserFacingError(`${flag} must be a whole number ≥ ${min} (got "${value}")`);

@@ -36,8 +36,13 @@ export interface World {
     options?: Partial<Omit<StartWorkerOptions, "pipelines">>,
   ): Promise<void>;
   photo(name?: string): FakeAttachment;
-  /** Runs /imagic as the author with a prompt, `image` (default: a photo) and more options. */
-  imagic(channel: FakeChannel, options?: CommandOption[], image?: FakeAttachment): FakeInteraction;
+  /** Runs /imagic as `user` (default: the author) with a prompt, `image` (default: a photo) and more options. */
+  imagic(
+    channel: FakeChannel,
+    options?: CommandOption[],
+    image?: FakeAttachment,
+    user?: FakeUser,
+  ): FakeInteraction;
   /** Runs /swap as the author: a photo as the source, subject "cat", and `references` in order. */
   swap(channel: FakeChannel, references: FakeAttachment[], options?: CommandOption[]): FakeInteraction;
   /** The thread the bot opened on an interaction's answer. */
@@ -114,10 +119,10 @@ export async function world(options: WorldOptions = {}): Promise<World> {
     photo(name = "chelsea.png") {
       return fake.attachment(name, PHOTO, "image/png");
     },
-    imagic(channel, extra = [], image = w.photo()) {
+    imagic(channel, extra = [], image = w.photo(), user = w.author) {
       return fake.runCommand({
         name: "imagic",
-        user: w.author,
+        user,
         channel,
         options: [
           opt.attachment("image", image),
