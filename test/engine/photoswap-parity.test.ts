@@ -390,6 +390,8 @@ for (const g of photoswapGoldens()) {
       expect(Float32Array.from([...(last[0] as Uint8Array), ...(last[1] as Uint8Array)])).toEqual(
         g.f32("real.mask"),
       );
+      // One mask per blended step: the blend's first step as the reference's.
+      expect(r.masks).toHaveLength(json.real.target_mask_fraction.length);
       r.masks.forEach((m, k) => {
         const fraction = (m.masks[1] as Uint8Array).reduce((a, v) => a + v, 0) / (nh * nw);
         expect(fraction).toBe(json.real.target_mask_fraction[k]);
