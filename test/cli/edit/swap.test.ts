@@ -51,7 +51,7 @@ describe("edit swap", () => {
         ["--ref", COFFEE, "--steps", "20", "--lambda-m", "25"],
         /--lambda-m takes whole numbers from 0 to 20 \(got 25\)/,
       ],
-      [["--ref", COFFEE, "--seeds", "1,2,3,4,5,6", "--lambda-phi", "1,2,3"], /18 variants; at most 16/],
+      [["--ref", COFFEE, "--seeds", "1,2,3,4,5,6", "--lambda-phi", "1,2,3"], /18 variants; the limit is 16/],
       [["--ref", COFFEE, "--concept", foreign], /--concept is a learned subject: leave out --ref/],
       [["--concept", text], /cannot read|not a usable concept file/],
       [["--concept", foreign], /this concept was learned on model "someone\/another-model"/],
