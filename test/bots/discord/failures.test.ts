@@ -189,6 +189,39 @@ describe("jobs that do not end well", () => {
     expect(seen[0]).toMatchObject({ selfOutputSteps: 10, selfMapSteps: 40, crossMapSteps: 0 });
   });
 
+  it("/swap's strengths list reaches the swap job as one strength per grid row; with a single strength it is refused", async () => {
+    const { "swap.concept": concept, "swap.edit": edit } = lightweightPipelines();
+    if (!edit) throw new Error("the lightweight pipelines lost swap.edit");
+    const seen: Array<Record<string, unknown>> = [];
+    await w.worker({
+      "swap.concept": concept,
+      "swap.edit": async (ctx) => {
+        seen.push(ctx.payload.options);
+        return edit(ctx);
+      },
+    });
+    const channel = w.fake.addTextChannel("swap-strength-list");
+    const both = w.swap(
+      channel,
+      [w.photo("ref.png")],
+      [opt.string("strengths", "10/25/20,5/15/10"), opt.integer("cross_map_steps", 0)],
+    );
+    expect(await w.ephemeral(both)).toContain(
+      "`strengths` gives every step count itself: leave `cross_map_steps` out, or write it into `strengths`",
+    );
+    const interaction = w.swap(
+      channel,
+      [w.photo("ref.png")],
+      [opt.string("strengths", "10/25/20,5/15/10"), opt.string("seeds", "2")],
+    );
+    await w.offer(await w.thread(interaction), 1, 2);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.strengths).toEqual([
+      { selfOutputSteps: 10, selfMapSteps: 25, crossMapSteps: 20 },
+      { selfOutputSteps: 5, selfMapSteps: 15, crossMapSteps: 10 },
+    ]);
+  });
+
   it("an engine failure shows the engine's message on the progress message", async () => {
     const failing: PipelineRegistry = {
       "imagic.train": async (ctx) => {
@@ -265,7 +298,9 @@ describe("plain commands", () => {
   it("/help and /queue answer privately", async () => {
     const channel = w.fake.addTextChannel("help");
     const help = w.fake.runCommand({ name: "help", user: w.author, channel });
-    expect(await w.ephemeral(help)).toContain("/imagic image:<photo>");
+    const helpText = await w.ephemeral(help);
+    expect(helpText).toContain("/imagic image:<photo>");
+    expect(helpText).toContain('`strengths` for several at once ("10/25/20,5/15/10", one grid row each)');
     expect(help.callbackType).toBe(4);
     const queue = w.fake.runCommand({ name: "queue", user: w.other, channel });
     expect(await w.ephemeral(queue)).toBe("You have no edits queued or running.");
