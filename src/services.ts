@@ -17,6 +17,12 @@ export interface ServiceContext {
 export interface RunningService {
   /** Finishes or hands back in-flight work and releases everything the service holds. */
   stop(): Promise<void>;
+  /**
+   * Settles when the service has stopped working for good and cannot recover by itself (a Discord
+   * shard closed with 4011, an engine process that died): everything stops and the process exits
+   * non-zero, so that its supervisor starts it again.
+   */
+  failed?: Promise<Error>;
 }
 
 /** A long-running part of the system (engine worker, Discord bot, Slack bot) that `start` runs. */
@@ -74,6 +80,8 @@ function shutdownSignal(): Promise<NodeJS.Signals> {
 export interface RunOptions {
   /** Ports the services will listen on, checked before anything starts: [port, its setting's name]. */
   ports?: Array<[number, string]>;
+  /** Called once every service has started. */
+  onReady?: () => void;
 }
 
 /**
@@ -109,16 +117,22 @@ export async function runServices(
   };
 
   let failure: Error | undefined;
-  const redisFailed = new Promise<"redis-failed">((resolve) =>
-    redis.server?.once("failed", (error) => {
-      failure = new UserFacingError(`Embedded Redis is down: ${error.message}`);
-      resolve("redis-failed");
-    }),
+  const failedWith = (reason: string) => (error: Error) => {
+    failure ??= error;
+    return reason;
+  };
+  const redisFailed = new Promise<string>((resolve) =>
+    redis.server?.once("failed", (error) =>
+      resolve(failedWith("redis-failed")(new UserFacingError(`Embedded Redis is down: ${error.message}`))),
+    ),
   );
+  const servicesFailed: Array<Promise<string>> = [];
   try {
     for (const service of services) {
       const context = { config, redisUrl: redis.url, log: childLogger(service.name), signal: stop.signal };
-      running.push({ name: service.name, service: await service.start(context) });
+      const started = await service.start(context);
+      running.push({ name: service.name, service: started });
+      if (started.failed) servicesFailed.push(started.failed.then(failedWith(`${service.name}-failed`)));
       log.info({ service: service.name }, "started");
     }
   } catch (error) {
@@ -132,7 +146,8 @@ export async function runServices(
   }
 
   log.info({ redis: redactUrl(redis.url), services: services.map((s) => s.name) }, "ready");
-  const reason = await Promise.race([stopping, redisFailed]);
+  options.onReady?.();
+  const reason = await Promise.race([stopping, redisFailed, ...servicesFailed]);
   log.info({ reason }, "stopping");
   await stopAll();
   if (failure) throw failure;

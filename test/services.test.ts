@@ -133,4 +133,28 @@ describe("runServices", () => {
     );
     expect(events).toEqual(["start engine", "stop engine"]);
   });
+
+  it("stops everything and fails with the reason when a running service fails for good", async () => {
+    const events: string[] = [];
+    let fail: (error: Error) => void = () => {};
+    const failing: Service = {
+      name: "bot",
+      async start() {
+        events.push("start bot");
+        return {
+          failed: new Promise<Error>((resolve) => {
+            fail = resolve;
+          }),
+          async stop() {
+            events.push("stop bot");
+          },
+        };
+      },
+    };
+    const run = runServices(config(), [recorder("engine", events), failing]);
+    while (events.length < 2) await new Promise((resolve) => setTimeout(resolve, 20));
+    fail(new Error("Discord closed gateway shard 0 for good (4011)"));
+    await expect(run).rejects.toThrow("Discord closed gateway shard 0 for good (4011)");
+    expect(events).toEqual(["start engine", "start bot", "stop bot", "stop engine"]);
+  });
 });

@@ -32,7 +32,7 @@ export async function startOnQueue(
   platform: ChatOrigin["platform"],
   config: Config,
   redisUrl: string,
-  startBot: (side: QueueSide) => Promise<{ stop(): Promise<void> }>,
+  startBot: (side: QueueSide) => Promise<Pick<RunningService, "stop" | "failed">>,
 ): Promise<RunningService> {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const blobs = new BlobStore(redis, blobLimits(config));
@@ -42,6 +42,7 @@ export async function startOnQueue(
     limits: { maxQueued: config.userMaxQueuedJobs },
     consumer: platform,
     platform,
+    model: config.model,
   });
   const close = async () => {
     await queue.close();
@@ -50,6 +51,7 @@ export async function startOnQueue(
   try {
     const bot = await startBot({ redis, blobs, queue });
     return {
+      ...(bot.failed ? { failed: bot.failed } : {}),
       async stop() {
         await bot.stop();
         await close();

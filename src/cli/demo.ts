@@ -90,6 +90,7 @@ export function demoCommand(): Command {
         redisUrl: redis.url,
         blobs,
         limits: { maxQueued: config.userMaxQueuedJobs },
+        model: config.model,
       });
       try {
         await client.listen();

@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { appConfig } from "../config.js";
 import { engineService } from "../engine/worker/index.js";
+import { ENGINE_READY } from "../engine/worker/process.js";
 import { runServices } from "../services.js";
 
 /**
@@ -14,6 +15,19 @@ export function engineCommand(): Command {
     )
     .action(async () => {
       const config = appConfig();
-      await runServices(config, [engineService], { ports: [[config.engineHttpPort, "ENGINE_HTTP_PORT"]] });
+      // Started by `start` (an IPC channel to it): say when jobs are taken, and stop with it.
+      const parent = process.send ? process : undefined;
+      const orphaned = () => process.kill(process.pid, "SIGTERM");
+      parent?.once("disconnect", orphaned);
+      try {
+        await runServices(config, [engineService], {
+          ports: [[config.engineHttpPort, "ENGINE_HTTP_PORT"]],
+          onReady: () => parent?.send?.(ENGINE_READY),
+        });
+      } finally {
+        // The open channel would keep this process alive.
+        parent?.off("disconnect", orphaned);
+        parent?.disconnect?.();
+      }
     });
 }

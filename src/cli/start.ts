@@ -2,7 +2,7 @@ import { Command } from "commander";
 import { discordService } from "../bots/discord/service.js";
 import { slackConfigured, slackService, slackSettings } from "../bots/slack/service.js";
 import { appConfig, redactedConfig, redactUrl } from "../config.js";
-import { engineService } from "../engine/worker/index.js";
+import { engineProcessService } from "../engine/worker/process.js";
 import { childLogger } from "../log.js";
 import { runServices, type Service } from "../services.js";
 
@@ -11,8 +11,9 @@ import { runServices, type Service } from "../services.js";
  * The engine worker and the chat bots plug in here with one entry each.
  */
 const SERVICES: Service[] = [
-  // The engine worker: loads MODEL once and serves queue jobs (one per GPU; more hosts: `engine`).
-  engineService,
+  // The engine worker, in a child process running `engine` (its session compiles and steps hold an
+  // event loop for seconds; the bot's must stay free): loads MODEL once and serves queue jobs.
+  engineProcessService(),
   // The Discord bot, when DISCORD_TOKEN is set.
   discordService({ required: false }),
   // The Slack bot, when its settings are set (a missing one is named).

@@ -26,6 +26,11 @@ export interface ImageFile {
 export interface OutgoingMessage {
   text: string;
   images?: readonly ImageFile[];
+  /**
+   * The users this message may notify. Anyone else it mentions (a user, a role, everyone, written into
+   * a prompt) is shown but not pinged; without `notify` nobody is.
+   */
+  notify?: readonly string[];
 }
 
 /** An attachment as the platform announces it, before any byte is downloaded. */
@@ -81,6 +86,19 @@ export interface ChatLimits {
   maxUploadBytes: number;
   /** Least time between two edits of one message that keeps well inside the platform's rate limits. */
   minEditIntervalMs: number;
+  /**
+   * Age after which the platform limits edits of a message (Discord: 1 hour). A progress message is
+   * replaced by a fresh one before it gets there; undefined: edits have no age limit.
+   */
+  maxEditAgeMs?: number;
+}
+
+/**
+ * Thrown by `ChatAdapter.editMessage` when the platform refuses to edit that message any more (an
+ * archived thread, the edit limit on old messages) but would accept a new post in its conversation.
+ */
+export class MessageNotEditableError extends Error {
+  override name = "MessageNotEditableError";
 }
 
 export interface ChatAdapter {
@@ -90,7 +108,10 @@ export interface ChatAdapter {
   openThread(on: MessageRef, name: string): Promise<ThreadResult>;
   /** Posts text and images (postImage and reply in one). */
   post(to: Conversation, message: OutgoingMessage): Promise<MessageRef>;
-  /** Replaces the text, and the images when `message.images` is given. */
+  /**
+   * Replaces the text, and the images when `message.images` is given. Throws MessageNotEditableError
+   * when only a new post would get through.
+   */
   editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void>;
   /** Adds the bot's reactions, in order. */
   addReactions(ref: MessageRef, emojis: readonly string[]): Promise<void>;

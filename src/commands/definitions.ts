@@ -6,7 +6,8 @@ import { LIMITS, PRESET_NAMES } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
 import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS } from "../spec/swap.js";
 
-export type OptionType = "attachment" | "string" | "number";
+/** `attachment` options all take a photo; `integer` takes whole numbers only, `number` any. */
+export type OptionType = "attachment" | "string" | "number" | "integer";
 
 export interface OptionDefinition {
   name: string;
@@ -99,7 +100,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
       ...SWAP_STRENGTHS.map(
         (s): OptionDefinition => ({
           name: s.name,
-          type: "number",
+          type: "integer",
           description: `steps (of ${SWAP_SAMPLING_STEPS}) that keep the source's ${s.what} (default ${s.paper})`,
           required: false,
           min: 0,

@@ -70,9 +70,20 @@ export function queueLine(position: JobPosition, progress: JobProgress | undefin
   return `${positionText(position)} (job ${position.jobId})`;
 }
 
-/** Cuts text to a platform's limit, saying so at the end instead of failing the post. */
-export function fitText(text: string, maxLength: number): string {
+const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+
+/**
+ * Cuts text to a platform's limit (in UTF-16 units, which never undercounts Discord's characters or
+ * Slack's), saying so at the end instead of failing the post. The cut falls between graphemes: an emoji,
+ * a flag or a letter with its accents is kept whole or left out, never split into invalid text.
+ */
+export function fitText(text: string, maxLength: number, marker = "… (cut)"): string {
   if (text.length <= maxLength) return text;
-  const marker = "… (cut)";
-  return text.slice(0, maxLength - marker.length) + marker;
+  const room = maxLength - marker.length;
+  let end = 0;
+  for (const { index, segment } of graphemes.segment(text)) {
+    if (index + segment.length > room) break;
+    end = index + segment.length;
+  }
+  return text.slice(0, end) + marker;
 }

@@ -24,9 +24,9 @@ import type {
 import { parseImagic, parseSwap } from "./parse.js";
 import { type Choice, type PickRecord, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
+import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
 import { choiceLine, etaLabel, expiredText, helpText } from "./texts.js";
-import { EditThrottle } from "./throttle.js";
 import { fitUpload } from "./uploads.js";
 
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
@@ -42,6 +42,8 @@ export interface ChatCommandsOptions {
   imagicDefaults?: Partial<ImagicTrainOptions>;
   /** How often a waiting job's queue position is refreshed on its progress message (default 15 s). */
   positionRefreshMs?: number;
+  /** How long one bot process keeps editing a job's progress message after its last edit (30 s). */
+  progressLeaseMs?: number;
 }
 
 type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
@@ -51,11 +53,9 @@ export class ChatCommands {
   private readonly queue: QueueClient;
   private readonly blobs: BlobStore;
   private readonly picks: PickStore;
-  private readonly throttle: EditThrottle;
+  private readonly progress: ProgressMessages;
   private readonly imageLimits: ImageLimits;
   private readonly log;
-  /** Last preview shown per progress message, so an unchanged preview is not uploaded again. */
-  private readonly previews = new Map<string, string>();
   /** Position refreshers of waiting jobs this process enqueued, by job id. */
   private readonly waiting = new Map<string, NodeJS.Timeout>();
   private readonly listeners: { [K in keyof Events]: (event: Events[K]) => void };
@@ -65,7 +65,11 @@ export class ChatCommands {
     this.queue = options.queue;
     this.blobs = options.blobs;
     this.picks = new PickStore(options.redis, options.adapter.platform);
-    this.throttle = new EditThrottle(options.adapter.limits.minEditIntervalMs);
+    this.progress = new ProgressMessages({
+      adapter: options.adapter,
+      redis: options.redis,
+      leaseMs: options.progressLeaseMs,
+    });
     this.imageLimits = chatImageLimits(options.blobs.limits.maxBytes, options.imageLimits);
     this.log = childLogger("commands", { platform: options.adapter.platform });
     const guard =
@@ -87,13 +91,14 @@ export class ChatCommands {
     await this.queue.listen();
   }
 
-  stop(): void {
+  /** Stops following events, and gives the progress messages this process edits back to the others. */
+  async stop(): Promise<void> {
     this.queue.events.off("progress", this.listeners.progress);
     this.queue.events.off("completed", this.listeners.completed);
     this.queue.events.off("failed", this.listeners.failed);
     for (const timer of this.waiting.values()) clearInterval(timer);
     this.waiting.clear();
-    this.throttle.stop();
+    await this.progress.stop();
   }
 
   // ── commands ──────────────────────────────────────────────────────────────────────────────────
@@ -177,7 +182,8 @@ export class ChatCommands {
 
   /**
    * Validates the payload, answers in public, opens the thread, posts the progress message and
-   * enqueues: the job's origin names that message, so any bot process can keep it up to date.
+   * enqueues: the job's origin names that message, so any bot process can keep it up to date. Should
+   * anything fail after the public answer, the answer says so instead of promising an edit.
    */
   private async startJob(
     request: CommandRequest,
@@ -189,14 +195,31 @@ export class ChatCommands {
       job.name,
       job.payload({ platform: this.adapter.platform, ...request.conversation, message: "0" }),
     );
-    const answer = await reply.public({ text: fitText(job.title, this.adapter.limits.maxTextLength) });
-    const { conversation, fallbackNote } = await this.adapter.openThread(answer, job.thread);
-    // Why there is no thread stays readable in its own message; the progress message changes all the time.
-    if (fallbackNote) await this.adapter.post(conversation, { text: `ℹ️ ${fallbackNote}` });
-    const progress = await this.adapter.post(conversation, { text: "🕒 Sending to the queue…" });
-    const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
-    const jobId = await this.enqueueOn(progress, job.name, job.payload(origin));
-    if (jobId) this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
+    const title = fitText(job.title, this.adapter.limits.maxTextLength);
+    const answer = await reply.public({ text: title });
+    try {
+      const { conversation, fallbackNote } = await this.adapter.openThread(answer, job.thread);
+      // Why there is no thread stays readable in its own message; the progress message changes all the time.
+      if (fallbackNote) await this.adapter.post(conversation, { text: `ℹ️ ${fallbackNote}` });
+      const progress = await this.adapter.post(conversation, { text: "🕒 Sending to the queue…" });
+      await this.progress.adopt(progress);
+      const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
+      const jobId = await this.enqueueOn(progress, job.name, job.payload(origin));
+      if (jobId) this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
+    } catch (error) {
+      const why =
+        error instanceof UserFacingError
+          ? error.message
+          : "something went wrong on my side (it has been logged); please try again later";
+      await this.adapter
+        .editMessage(answer, {
+          text: fitText(`${title}\n❌ Not started: ${why}`, this.adapter.limits.maxTextLength),
+        })
+        .catch((err: unknown) =>
+          this.log.warn({ err }, "could not say on the answer that the job did not start"),
+        );
+      throw error;
+    }
   }
 
   /** Enqueues a job that reports on `progress`; a refusal (a limit, an expired input) is said there. */
@@ -207,7 +230,7 @@ export class ChatCommands {
       return jobId;
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
-      await this.adapter.editMessage(progress, { text: `❌ Not started: ${error.message}` });
+      await this.progress.finish(progress, `❌ Not started: ${error.message}`);
       return undefined;
     }
   }
@@ -259,8 +282,7 @@ export class ChatCommands {
    * (its first progress event) or ends.
    */
   private showPosition(jobId: string, ref: MessageRef, position: JobPosition): void {
-    const show = (p: JobPosition) =>
-      this.throttle.schedule(ref.id, () => this.adapter.editMessage(ref, { text: positionText(p) }));
+    const show = (p: JobPosition) => this.progress.update(ref, { text: positionText(p) });
     show(position);
     if (position.state === "active") return;
     let last = positionText(position);
@@ -301,29 +323,30 @@ export class ChatCommands {
     this.stopWatching(jobId);
     const ref = this.progressRef(data.origin);
     if (!ref.id) return;
-    this.throttle.schedule(ref.id, async () => {
-      const previewId = progress.previewBlobId;
-      const preview =
-        previewId && this.previews.get(ref.id) !== previewId ? await this.blobs.get(previewId) : undefined;
-      const images = preview
-        ? [await fitUpload({ name: "preview.png", bytes: preview }, this.adapter.limits.maxUploadBytes)]
-        : undefined;
-      await this.adapter.editMessage(ref, {
-        text: progressText(name, progress),
-        ...(images ? { images } : {}),
-      });
-      if (previewId && preview) this.previews.set(ref.id, previewId);
+    const previewId = progress.previewBlobId;
+    const maxBytes = this.adapter.limits.maxUploadBytes;
+    this.progress.update(ref, {
+      text: progressText(name, progress),
+      ...(previewId
+        ? {
+            preview: {
+              id: previewId,
+              image: async () => {
+                const bytes = await this.blobs.get(previewId);
+                return bytes ? fitUpload({ name: "preview.png", bytes }, maxBytes) : undefined;
+              },
+            },
+          }
+        : {}),
     });
   }
 
-  /** The job's last word on its progress message; the result is posted even if this edit fails. */
+  /** The job's last word on its progress message. Never throws: the result is posted regardless. */
   private async finishProgress(jobId: string, ref: MessageRef, text: string): Promise<void> {
     this.stopWatching(jobId);
     if (!ref.id) return;
-    await this.throttle.settle(ref.id);
-    this.previews.delete(ref.id);
     try {
-      await this.adapter.editMessage(ref, { text, images: [] });
+      await this.progress.finish(ref, text);
     } catch (err) {
       // Deleted by a moderator, or the bot lost access to it: the result goes out regardless.
       this.log.warn({ err, jobId, message: ref.id }, "could not update the progress message");
@@ -377,24 +400,31 @@ export class ChatCommands {
     }
   }
 
-  /** A finished job's last word on its progress message, then its grid offered for `pick`s. */
+  /**
+   * A finished job's last word on its progress message, and its grid offered for `pick`s. The grid does
+   * not wait for that edit (which may wait for another process, or for the platform).
+   */
   private async finishWithOffer(
     { jobId, data }: Events["completed"],
     text: string,
     result: { gridBlobId: string; images: Choice[] },
     pick: Pick<PickRecord, "kind" | "command" | "prompt" | "stateBlobId" | "sweep">,
   ): Promise<void> {
-    await this.finishProgress(jobId, this.progressRef(data.origin), text);
+    const finished = this.finishProgress(jobId, this.progressRef(data.origin), text);
     const { kind, command, prompt, ...seedPick } = pick;
-    await this.offer(result.gridBlobId, {
-      kind,
-      command,
-      userId: data.userId,
-      conversation: this.conversationOf(data.origin),
-      prompt,
-      choices: result.images,
-      ...seedPick,
-    });
+    try {
+      await this.offer(result.gridBlobId, {
+        kind,
+        command,
+        userId: data.userId,
+        conversation: this.conversationOf(data.origin),
+        prompt,
+        choices: result.images,
+        ...seedPick,
+      });
+    } finally {
+      await finished;
+    }
   }
 
   /** The prompt a render continues, kept under its progress message (known before the job id). */
@@ -417,6 +447,7 @@ export class ChatCommands {
     const message = await this.adapter.post(record.conversation, {
       text: fitText(`${mention} ${lines}`, this.adapter.limits.maxTextLength),
       images: [image],
+      notify: [record.userId],
     });
     // Saved before the reactions go up: a quick user may react while they are still being added.
     await this.picks.save(message.id, record);
@@ -432,6 +463,7 @@ export class ChatCommands {
         this.blobs.limits.ttlSeconds,
         record.command,
       ),
+      notify: [record.userId],
     });
   }
 
@@ -483,6 +515,7 @@ export class ChatCommands {
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.post(record.conversation, {
         text: `⚠️ ${this.adapter.mention(record.userId)} ${error.message}`,
+        notify: [record.userId],
       });
     }
   }
@@ -497,6 +530,7 @@ export class ChatCommands {
     const progress = await this.adapter.post(record.conversation, {
       text: `🕒 ${mention} rendering seed ${choice.seed} at ${etas.map(etaLabel).join(", ")}…`,
     });
+    await this.progress.adopt(progress);
     const origin: ChatOrigin = {
       platform: this.adapter.platform,
       ...record.conversation,

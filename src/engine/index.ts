@@ -38,13 +38,16 @@ import {
 } from "./models/finetune.js";
 import type { ProxySettings } from "./models/hub-http.js";
 import {
+  type LoraFileOptions,
   type LoraInputs,
   type LoraWeights,
   loraDownName,
+  loraFromSafetensors,
   loraTargets,
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
+import { openSafetensors, type Safetensors } from "./models/safetensors.js";
 import {
   createSession,
   type Device,
@@ -56,7 +59,8 @@ import {
 
 export type { UnetSubset, UnetWeights } from "./models/finetune.js";
 export { TrainingMemoryError } from "./models/finetune.js";
-export type { LoraWeights } from "./models/lora.js";
+export type { LoraFileOptions, LoraWeights } from "./models/lora.js";
+export { LoraFileError } from "./models/lora.js";
 export type { Device } from "./runtime/index.js";
 
 const log = childLogger("engine");
@@ -540,6 +544,21 @@ export class StableDiffusion {
   /** The checkpoint's tokenizer (token ids, a token's text). */
   get tokenizer(): Checkpoint["tokenizer"] {
     return this.ckpt.tokenizer;
+  }
+
+  /**
+   * A LoRA file (peft / diffusers `…to_q.lora_A.weight`, diffusers' older `…processor.to_q_lora.down.weight`
+   * or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights for this UNet; alpha from `alpha`,
+   * else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit.
+   */
+  loadLora(file: string | Safetensors, options: LoraFileOptions = {}): LoraWeights {
+    const store = this.ckpt.unet.weights;
+    const st = typeof file === "string" ? openSafetensors(file) : file;
+    return loraFromSafetensors(
+      st,
+      loraTargets(store.names(), (n) => store.info(n).shape),
+      options,
+    );
   }
 
   /**

@@ -48,6 +48,11 @@ export interface QueueClientOptions {
   queueName?: string;
   /** Runs per job for transient faults, with exponential backoff from backoffMs. Default 3, 5 s. */
   retry?: { attempts: number; backoffMs: number };
+  /**
+   * The model the engines run (MODEL): a swap whose concept is cached for it skips concept learning.
+   * Unset, every swap enqueues its concept job (which an engine then answers from the cache if it can).
+   */
+  model?: string;
 }
 
 export type JobStateName =
@@ -195,8 +200,8 @@ export class QueueClient {
         subject: edit.subject,
         options: edit.conceptOptions,
       };
-      if (!edit.conceptBlobId) {
-        const cached = await cachedConcept(this.redis, this.keys, concept);
+      if (!edit.conceptBlobId && this.options.model) {
+        const cached = await cachedConcept(this.redis, this.keys, concept, this.options.model);
         if (cached && (await this.blobs.touch([cached])).length === 0) edit.conceptBlobId = cached;
       }
       if (!edit.conceptBlobId) {

@@ -1,37 +1,41 @@
 // Learned-concept cache: a Photoswap concept learned from a set of reference photos is reused by
-// every later swap of the same subject with the same references and options.
-import { createHash } from "node:crypto";
+// every later swap of the same subject with the same references, settings and model.
 import type { Redis } from "ioredis";
+import { conceptCacheKey, requestedConceptOptions } from "../spec/swap.js";
 import type { JobPayload } from "./jobs.js";
 import type { QueueKeys } from "./keys.js";
 
 type ConceptSpec = Pick<JobPayload<"swap.concept">, "referenceBlobIds" | "subject" | "options">;
 
-/** The cache key: references as a set (order does not change what is learned), subject, options. */
-function conceptKey(spec: ConceptSpec): string {
-  const canonical = JSON.stringify({
-    references: [...spec.referenceBlobIds].sort(),
+/**
+ * The engine's cache key (spec/swap.ts): blob ids are the sha256 of the photos' bytes, the content hashes
+ * the engine keys references by; the request's options resolved as the engine resolves them; the model.
+ */
+function conceptKey(spec: ConceptSpec, modelId: string): string {
+  return conceptCacheKey({
+    references: spec.referenceBlobIds,
     subject: spec.subject,
-    steps: spec.options.steps ?? null,
-    seed: spec.options.seed,
+    options: requestedConceptOptions(spec.options),
+    modelId,
   });
-  return createHash("sha256").update(canonical).digest("hex");
 }
 
 export async function cachedConcept(
   redis: Redis,
   keys: QueueKeys,
   spec: ConceptSpec,
+  modelId: string,
 ): Promise<string | undefined> {
-  return (await redis.get(keys.concept(conceptKey(spec)))) ?? undefined;
+  return (await redis.get(keys.concept(conceptKey(spec, modelId)))) ?? undefined;
 }
 
 export async function cacheConcept(
   redis: Redis,
   keys: QueueKeys,
   spec: ConceptSpec,
+  modelId: string,
   blobId: string,
   ttlSeconds: number,
 ): Promise<void> {
-  await redis.set(keys.concept(conceptKey(spec)), blobId, "EX", ttlSeconds);
+  await redis.set(keys.concept(conceptKey(spec, modelId)), blobId, "EX", ttlSeconds);
 }

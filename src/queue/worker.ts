@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobKind, BlobStore } from "./blobs.js";
-import { cacheConcept } from "./concepts.js";
+import { cacheConcept, cachedConcept } from "./concepts.js";
 import { recordDuration } from "./durations.js";
 import {
   isJobName,
@@ -79,6 +79,11 @@ export interface StartWorkerOptions {
   name?: string;
   /** The BullMQ queue (default "edits"; the benchmark uses its own). */
   queueName?: string;
+  /**
+   * The model this engine runs: learned concepts are cached for it (and a `swap.concept` job whose
+   * concept is cached finishes at once). Unset: nothing is cached.
+   */
+  modelId?: string;
 }
 
 /**
@@ -247,28 +252,33 @@ export class EngineWorker {
     try {
       if (name === "swap.edit") await this.attachConcept(job, payload as JobPayload<"swap.edit">);
       log.info("job started");
-      const result = await pipeline({
-        jobId,
-        name,
-        payload,
-        attempt: job.attemptsStarted,
-        blobs: this.options.blobs,
-        signal: abort,
-        progress: this.progressReporter(job, name, abort),
-        putBlob: (bytes, kind) =>
-          this.options.blobs.put(bytes, { userId: payload.userId, kind, quota: false }),
-        log,
-      });
+      const reused =
+        name === "swap.concept" ? await this.reuseConcept(payload as JobPayload<"swap.concept">) : undefined;
+      const result =
+        reused ??
+        (await pipeline({
+          jobId,
+          name,
+          payload,
+          attempt: job.attemptsStarted,
+          blobs: this.options.blobs,
+          signal: abort,
+          progress: this.progressReporter(job, name, abort),
+          putBlob: (bytes, kind) =>
+            this.options.blobs.put(bytes, { userId: payload.userId, kind, quota: false }),
+          log,
+        }));
       const checked = resultSchemas[name].safeParse(result);
       if (!checked.success)
         throw new Error(`${name} pipeline returned a malformed result: ${checked.error.message}`);
-      if (name === "swap.concept") {
+      if (name === "swap.concept" && this.options.modelId && !reused) {
         const concept = payload as JobPayload<"swap.concept">;
         const { conceptBlobId } = checked.data as JobResult<"swap.concept">;
         await cacheConcept(
           this.redis,
           this.keys,
           concept,
+          this.options.modelId,
           conceptBlobId,
           this.options.blobs.limits.ttlSeconds,
         );
@@ -322,6 +332,14 @@ export class EngineWorker {
       this.lockDurationMs * 2,
     );
     return ok === 1;
+  }
+
+  /** The concept a `swap.concept` request has already learned on this model, if its blob is still kept. */
+  private async reuseConcept(p: JobPayload<"swap.concept">): Promise<JobResult<"swap.concept"> | undefined> {
+    if (!this.options.modelId) return undefined;
+    const id = await cachedConcept(this.redis, this.keys, p, this.options.modelId);
+    if (id && (await this.options.blobs.touch([id])).length === 0) return { conceptBlobId: id };
+    return undefined;
   }
 
   /** A swap's concept comes from the payload (cached at enqueue) or from its swap.concept child. */

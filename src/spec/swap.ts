@@ -165,6 +165,17 @@ export function conceptOptions(
   });
 }
 
+/**
+ * What a `swap.concept` request learns with: the default preset with the request's steps and seed. The
+ * queue's cache lookup and the engine resolve requests through this one function, so their keys agree.
+ */
+export function requestedConceptOptions(request: { steps?: number; seed: number }): ConceptOptions {
+  return conceptOptions(DEFAULT_CONCEPT_PRESET, {
+    ...(request.steps !== undefined ? { steps: request.steps } : {}),
+    seed: request.seed,
+  });
+}
+
 /** Checks every concept setting against CONCEPT_LIMITS; throws one UserFacingError listing all problems. */
 export function validateConceptOptions(o: ConceptOptions): ConceptOptions {
   const p = new Problems();

@@ -40,4 +40,15 @@ describe("progress text", () => {
     expect(cut.endsWith("… (cut)")).toBe(true);
     expect(fitText("short", 2000)).toBe("short");
   });
+
+  it("cuts between graphemes, never inside an emoji, a flag or a letter with its accent", () => {
+    // Each of these is more than one UTF-16 unit; a cut through one leaves invalid or wrong text.
+    for (const grapheme of ["🐈", "🐈‍⬛", "🇫🇷", "e\u0301", "1️⃣"]) {
+      const text = `${"x".repeat(8)}${grapheme}${"y".repeat(20)}`;
+      const cut = fitText(text, 10, "…");
+      expect(cut).toBe(`${"x".repeat(8)}…`);
+      expect(/\p{Surrogate}/u.test(cut)).toBe(false);
+    }
+    expect(fitText(`${"x".repeat(7)}🐈${"y".repeat(20)}`, 10, "…")).toBe(`${"x".repeat(7)}🐈…`);
+  });
 });

@@ -36,15 +36,30 @@ describe("EditThrottle", () => {
     expect(done).toEqual(["m1", "m2"]);
   });
 
-  it("after settle, drops what was pending and what comes later", async () => {
+  it("after settle, drops what was pending and forgets the message", async () => {
     const throttle = new EditThrottle(2000);
     const done: string[] = [];
     throttle.schedule("m", async () => void done.push("first"));
     await vi.advanceTimersByTimeAsync(0);
     throttle.schedule("m", async () => void done.push("pending"));
     await throttle.settle("m");
-    throttle.schedule("m", async () => void done.push("late"));
+    expect(throttle.size).toBe(0);
     await vi.advanceTimersByTimeAsync(10_000);
     expect(done).toEqual(["first"]);
+  });
+
+  it("forgets a message an interval after its last edit, so the map shrinks back to nothing", async () => {
+    const throttle = new EditThrottle(2000);
+    for (let i = 0; i < 100; i++) throttle.schedule(`m${i}`, async () => {});
+    await vi.advanceTimersByTimeAsync(0);
+    expect(throttle.size).toBe(100);
+    // A new edit within the interval still waits for it: the entry kept the time of the last edit.
+    const done: number[] = [];
+    const start = Date.now();
+    throttle.schedule("m0", async () => void done.push(Date.now() - start));
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(done).toEqual([2000]);
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(throttle.size).toBe(0);
   });
 });

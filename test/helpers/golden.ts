@@ -1,13 +1,65 @@
 /**
- * Golden data of the reference fixtures (test/fixtures/models/README.md): golden.json plus the tensors of
- * golden.safetensors, for every fixture folder named in SD_FIXTURES.
+ * Reference data of the fixtures (test/fixtures/models/README.md) and the checks made against it, for any
+ * parity suite: a fixture folder holds a checkpoint (`model/`) and data files, each a `<stem>.safetensors`
+ * with a `<stem>.json` beside it (golden, extra, exact, photoswap, …). `fixturesWith(stem)` lists the
+ * folders in SD_FIXTURES that hold one, so a suite runs on whatever fixtures carry its data and names none.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
+import { expect } from "vitest";
 import { viewAs } from "../../src/engine/models/dtype.js";
 import { openSafetensors, type Safetensors } from "../../src/engine/models/safetensors.js";
 
 const DEFAULT_FIXTURES = "test/fixtures/models/sd1,test/fixtures/models/sd2";
+
+/** One `<stem>.safetensors` + `<stem>.json` pair of a fixture folder. */
+export interface FixtureData {
+  readonly path: string;
+  readonly json: Record<string, unknown> & { tensors?: Record<string, unknown> };
+  readonly tensors: Safetensors;
+  has(name: string): boolean;
+  /** Tensor names starting with `prefix`, sorted. */
+  names(prefix?: string): string[];
+  shape(name: string): readonly number[];
+  /** A float tensor as float32 (float64 ones rounded). */
+  f32(name: string): Float32Array;
+  /** A float tensor exactly: float64 ones as stored, float32/float16 ones widened. */
+  f64(name: string): Float64Array;
+  /** An int64 tensor (token ids, timesteps) as plain numbers. */
+  ints(name: string): number[];
+}
+
+export function loadFixtureData(dir: string, stem: string): FixtureData {
+  const path = join(dir, `${stem}.safetensors`);
+  const jsonPath = join(dir, `${stem}.json`);
+  const json = existsSync(jsonPath)
+    ? (JSON.parse(readFileSync(jsonPath, "utf8")) as FixtureData["json"])
+    : {};
+  const tensors = openSafetensors(path);
+  const entry = (name: string) => {
+    const e = tensors.tensors.get(name);
+    if (!e) throw new Error(`${path} has no tensor "${name}"`);
+    return e;
+  };
+  return {
+    path,
+    json,
+    tensors,
+    has: (name) => tensors.tensors.has(name),
+    names: (prefix = "") => [...tensors.tensors.keys()].filter((n) => n.startsWith(prefix)).sort(),
+    shape: (name) => entry(name).shape,
+    f32: (name) => tensors.readFloat32(entry(name).name),
+    f64: (name) =>
+      entry(name).dtype === "F64"
+        ? viewAs(tensors.read(name), Float64Array).slice()
+        : Float64Array.from(tensors.readFloat32(name)),
+    ints: (name) => {
+      const e = entry(name);
+      if (e.dtype !== "I64") throw new Error(`${path}: tensor "${name}" is ${e.dtype}, not I64`);
+      return Array.from(viewAs(tensors.read(name), BigInt64Array), Number);
+    },
+  };
+}
 
 export interface GoldenJson {
   variant: string;
@@ -27,19 +79,18 @@ export interface GoldenJson {
   [key: string]: unknown;
 }
 
-export interface Golden {
-  /** The fixture folder; the checkpoint is `modelDir`. */
+/** A fixture folder: its name, checkpoint, and the data files it holds. */
+export interface Fixture {
   readonly dir: string;
   readonly name: string;
   readonly modelDir: string;
+  /** `<stem>.safetensors` (+ json), loaded on first use; throws if the folder lacks it. */
+  data(stem: string): FixtureData;
+  holds(stem: string): boolean;
+}
+
+export interface Golden extends FixtureData, Omit<Fixture, "data" | "holds"> {
   readonly json: GoldenJson;
-  readonly tensors: Safetensors;
-  names(prefix?: string): string[];
-  shape(name: string): readonly number[];
-  /** A float tensor as float32 (the goldens are stored as F32). */
-  f32(name: string): Float32Array;
-  /** An int64 tensor (token ids, timesteps) as plain numbers. */
-  ints(name: string): number[];
 }
 
 /** Fixture folders from SD_FIXTURES (comma-separated), resolved against the working directory. */
@@ -51,37 +102,43 @@ export function fixtureDirs(env: NodeJS.ProcessEnv = process.env): string[] {
     .map((d) => resolve(d));
 }
 
-export function loadGolden(dir: string): Golden {
-  const json = JSON.parse(readFileSync(join(dir, "golden.json"), "utf8")) as GoldenJson;
-  const tensors = openSafetensors(join(dir, "golden.safetensors"));
-  const entry = (name: string) => {
-    const e = tensors.tensors.get(name);
-    if (!e) throw new Error(`${dir}/golden.safetensors has no tensor "${name}"`);
-    return e;
-  };
+export function fixture(dir: string): Fixture {
+  const loaded = new Map<string, FixtureData>();
   return {
     dir,
     name: basename(dir),
     modelDir: join(dir, "model"),
-    json,
-    tensors,
-    names: (prefix = "") => [...tensors.tensors.keys()].filter((n) => n.startsWith(prefix)).sort(),
-    shape: (name) => entry(name).shape,
-    f32: (name) => tensors.readFloat32(entry(name).name),
-    ints: (name) => {
-      const e = entry(name);
-      if (e.dtype !== "I64") throw new Error(`golden tensor "${name}" is ${e.dtype}, not I64`);
-      return Array.from(viewAs(tensors.read(name), BigInt64Array), Number);
+    holds: (stem) => existsSync(join(dir, `${stem}.safetensors`)),
+    data: (stem) => {
+      let d = loaded.get(stem);
+      if (!d) {
+        d = loadFixtureData(dir, stem);
+        loaded.set(stem, d);
+      }
+      return d;
     },
   };
 }
 
-/** All fixtures in SD_FIXTURES, loaded. */
+/** The fixtures in SD_FIXTURES that hold every one of these data files (a suite's data-driven loop). */
+export function fixturesWith(...stems: string[]): Fixture[] {
+  return fixtureDirs()
+    .map(fixture)
+    .filter((f) => stems.every((s) => f.holds(s)));
+}
+
+export function loadGolden(dir: string): Golden {
+  const f = fixture(dir);
+  const data = f.data("golden");
+  return { ...data, json: data.json as GoldenJson, dir: f.dir, name: f.name, modelDir: f.modelDir };
+}
+
+/** All fixtures in SD_FIXTURES, their golden data loaded. */
 export function goldens(): Golden[] {
   return fixtureDirs().map(loadGolden);
 }
 
-/** ‖a − b‖ / ‖b‖, the parity measure of the issue. */
+/** ‖a − b‖ / ‖b‖, the parity measure (computed in float64). */
 export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`relError: lengths differ (${a.length} vs ${b.length})`);
   let num = 0;
@@ -92,6 +149,34 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
     den += (b[i] as number) ** 2;
   }
   return Math.sqrt(num) / Math.sqrt(den);
+}
+
+/** ‖x‖₂. */
+export function norm(x: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += (x[i] as number) ** 2;
+  return Math.sqrt(s);
+}
+
+/** A bound and the reason for it; every parity expectation states both. */
+export interface Tolerance {
+  max: number;
+  why: string;
+}
+
+/** ‖ours − ref‖/‖ref‖ < tol.max; a failure prints the error, the bound and its reason. */
+export function expectClose(
+  what: string,
+  ours: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  tol: Tolerance,
+): number {
+  const err = relError(ours, ref);
+  expect(
+    err,
+    `${what}: relative error ${err.toExponential(2)}, bound ${tol.max.toExponential(2)} (${tol.why})`,
+  ).toBeLessThan(tol.max);
+  return err;
 }
 
 /** Two nudges (the up/down pattern and its opposite): a result's float32 spread is the larger response. */

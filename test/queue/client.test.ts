@@ -4,7 +4,7 @@ import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient } from "../../src/queue/client.js";
 import { cacheConcept } from "../../src/queue/concepts.js";
 import { queueKeys } from "../../src/queue/keys.js";
-import { type Harness, harness, origin, PHOTO, PHOTO2 } from "./support/setup.js";
+import { type Harness, harness, origin, PHOTO, PHOTO2, TEST_MODEL } from "./support/setup.js";
 
 let h: Harness;
 let client: QueueClient;
@@ -133,16 +133,21 @@ describe("swap flows", () => {
       h.redis.client(),
       queueKeys(),
       { referenceBlobIds: [photo2], subject: "cat", options: { seed: 0 } },
+      TEST_MODEL,
       concept,
       60,
     );
+    // Cached for another model: learned again.
+    const otherModel = await h.client({ model: "another/model" });
+    const elsewhere = await otherModel.enqueue("swap.edit", { ...swap(), userId: "u2" });
+    expect(elsewhere.position.state).toBe("waiting-for-concept");
     const cached = await client.enqueue("swap.edit", swap());
     expect(cached.position.state).toBe("waiting");
     const job = await client.queue.getJob(cached.jobId);
     expect(job?.data.conceptBlobId).toBe(concept);
     expect(await client.queue.getJobCounts("prioritized", "waiting-children")).toEqual({
-      prioritized: 2,
-      "waiting-children": 1,
+      prioritized: 3,
+      "waiting-children": 2,
     });
   });
 });

@@ -261,4 +261,29 @@ describe("swap flows", () => {
     ]);
     expect(completedIds()).toEqual([first.jobId, second.jobId]);
   });
+
+  it("answers a concept job from the cache of its own model only, without running the pipeline", async () => {
+    await h.worker({ pipelines: lightweightPipelines({ steps: 2, onRun }) });
+    // A client that does not know the model: every swap enqueues its concept job.
+    const blind = await h.client({ model: undefined });
+    const reference = await h.blobs.put(PHOTO2, { userId: "u1", kind: "image" });
+    const swap = { userId: "u1", origin, sourceBlobId: photo, referenceBlobIds: [reference], subject: "cat" };
+    const first = await blind.enqueue("swap.edit", swap);
+    expect(first.position.state).toBe("waiting-for-concept");
+    await until(() => completedIds().includes(first.jobId), 10_000, "first swap");
+    const second = await blind.enqueue("swap.edit", swap);
+    expect(second.position.state).toBe("waiting-for-concept");
+    await until(() => completedIds().includes(second.jobId), 10_000, "second swap");
+    expect(runs.filter((r) => r.startsWith("finish")).map((r) => r.split(" ")[1])).toEqual([
+      "swap.concept",
+      "swap.edit",
+      "swap.edit",
+    ]);
+    // An engine on another model learns the concept again.
+    await h.stopWorkers();
+    await h.worker({ pipelines: lightweightPipelines({ steps: 2, onRun }), modelId: "another/model" });
+    const third = await blind.enqueue("swap.edit", swap);
+    await until(() => completedIds().includes(third.jobId), 10_000, "third swap");
+    expect(runs.filter((r) => r.startsWith("finish swap.concept"))).toHaveLength(2);
+  });
 });

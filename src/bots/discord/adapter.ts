@@ -5,21 +5,28 @@ import {
   type Client,
   DiscordAPIError,
   type PermissionsBitField,
+  type RateLimitData,
+  RateLimitError,
   RESTJSONErrorCodes,
   type SendableChannels,
+  SnowflakeUtil,
+  ThreadAutoArchiveDuration,
 } from "discord.js";
-import type {
-  ChatAdapter,
-  ChatLimits,
-  Conversation,
-  ImageFile,
-  IncomingAttachment,
-  MessageRef,
-  OutgoingMessage,
-  ThreadResult,
+import {
+  type ChatAdapter,
+  type ChatLimits,
+  type Conversation,
+  type ImageFile,
+  type IncomingAttachment,
+  MessageNotEditableError,
+  type MessageRef,
+  type OutgoingMessage,
+  type ThreadResult,
 } from "../../commands/chat.js";
+import { fitText } from "../../commands/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { formatBytes } from "../../queue/blobs.js";
+import { allowedMentions } from "./interactions.js";
 import { FOR_THREADS, missing, missingText } from "./permissions.js";
 
 /** Discord's limits for a bot without server boosts. */
@@ -28,17 +35,48 @@ export const DISCORD_LIMITS: ChatLimits = {
   maxUploadBytes: 10 * 1024 * 1024,
   // A channel takes about 5 message writes per 5 s: one progress edit every 2 s leaves room for posts.
   minEditIntervalMs: 2000,
+  // Edits of messages older than an hour have their own small limit (30046).
+  maxEditAgeMs: 3_600_000,
 };
 
 const THREAD_NAME_MAX = 100;
 
+/** How long the interaction that reported a channel's permissions stays their source (its token's life). */
+const PERMISSIONS_KEPT_MS = 15 * 60_000;
+
+/**
+ * Why a thread could not be opened, by Discord's JSON error code: each falls back to the channel.
+ * (Missing Permissions is caught before the request when the interaction reported the permissions.)
+ */
+const THREAD_REFUSALS: Readonly<Partial<Record<number, string>>> = {
+  [RESTJSONErrorCodes.MissingPermissions]: missingText(["Create Public Threads"]),
+  [RESTJSONErrorCodes.MissingAccess]: "Discord does not let me open threads in this channel (Missing Access)",
+  [RESTJSONErrorCodes.ThreadLocked]: "Discord says threads are locked here",
+  [RESTJSONErrorCodes.MaximumActiveThreads]: "this server has as many active threads as Discord allows",
+  [RESTJSONErrorCodes.MaximumActiveAnnouncementThreads]:
+    "this server has as many active announcement threads as Discord allows",
+};
+
 const files = (images: readonly ImageFile[]) =>
   images.map((image) => new AttachmentBuilder(Buffer.from(image.bytes), { name: image.name }));
+
+/**
+ * discord.js's REST `rejectOnRateLimit`: a 429 on an edit of a message past the edit age limit is
+ * Discord's 30046, whose wait can be long and which discord.js would retry without bound, holding up
+ * the channel's later requests. Rejected at once instead, so the edit becomes a new post.
+ */
+export function rejectOldMessageEdits(maxEditAgeMs: number): (data: RateLimitData) => boolean {
+  return (data) => {
+    if (data.method.toUpperCase() !== "PATCH" || data.route !== "/channels/:id/messages/:id") return false;
+    const id = /(\d{17,20})\/?$/.exec(new URL(data.url).pathname)?.[1];
+    return id !== undefined && Date.now() - SnowflakeUtil.timestampFrom(id) >= maxEditAgeMs;
+  };
+}
 
 export class DiscordAdapter implements ChatAdapter {
   readonly platform = "discord" as const;
   /** The bot's permissions per channel, as the latest interaction there reported them. */
-  private readonly permissions = new Map<string, Readonly<PermissionsBitField>>();
+  private readonly permissions = new Map<string, { bits: Readonly<PermissionsBitField>; at: number }>();
 
   constructor(
     private readonly client: Client,
@@ -46,7 +84,16 @@ export class DiscordAdapter implements ChatAdapter {
   ) {}
 
   rememberPermissions(channelId: string, permissions: Readonly<PermissionsBitField> | null): void {
-    if (permissions) this.permissions.set(channelId, permissions);
+    const now = Date.now();
+    // Older reports are of no use to a thread opened now: the map holds the last quarter hour only.
+    for (const [id, { at }] of this.permissions)
+      if (now - at > PERMISSIONS_KEPT_MS) this.permissions.delete(id);
+    if (permissions) this.permissions.set(channelId, { bits: permissions, at: now });
+  }
+
+  /** Channels whose permissions are remembered (for the tests' look at the map's size). */
+  get rememberedChannels(): number {
+    return this.permissions.size;
   }
 
   private async channel(conversation: Conversation): Promise<SendableChannels> {
@@ -71,41 +118,62 @@ export class DiscordAdapter implements ChatAdapter {
         fallbackNote: "Threads are not possible in this channel, so I answer here.",
       };
     }
-    const lacking = missing(this.permissions.get(channel.id) ?? null, FOR_THREADS);
-    if (lacking.length > 0) {
-      return {
-        conversation: on.conversation,
-        fallbackNote: `${missingText(lacking)}, so I answer here instead of in a thread.`,
-      };
-    }
+    const inChannel = (why: string) => ({
+      conversation: on.conversation,
+      fallbackNote: `${why}, so I answer here instead of in a thread.`,
+    });
+    const lacking = missing(this.permissions.get(channel.id)?.bits ?? null, FOR_THREADS);
+    if (lacking.length > 0) return inChannel(missingText(lacking));
     try {
-      const threadName = name.length > THREAD_NAME_MAX ? `${name.slice(0, THREAD_NAME_MAX - 1)}…` : name;
-      const thread = await channel.threads.create({ name: threadName, startMessage: on.id });
+      const thread = await channel.threads.create({
+        name: fitText(name, THREAD_NAME_MAX, "…"),
+        startMessage: on.id,
+        // Threads archive after this long without a new message (edits do not count); a week outlasts
+        // the queue, and picks made days later still find an open thread.
+        autoArchiveDuration: ThreadAutoArchiveDuration.OneWeek,
+      });
       return { conversation: { channel: channel.id, thread: thread.id } };
     } catch (error) {
-      if (error instanceof DiscordAPIError && error.code === RESTJSONErrorCodes.MissingPermissions) {
-        return {
-          conversation: on.conversation,
-          fallbackNote: `${missingText(["Create Public Threads"])}, so I answer here instead of in a thread.`,
-        };
-      }
-      throw error;
+      const why = error instanceof DiscordAPIError ? THREAD_REFUSALS[Number(error.code)] : undefined;
+      if (why === undefined) throw error;
+      return inChannel(why);
     }
   }
 
   async post(to: Conversation, message: OutgoingMessage): Promise<MessageRef> {
     const channel = await this.channel(to);
-    const sent = await channel.send({ content: message.text, files: files(message.images ?? []) });
+    const sent = await channel.send({
+      content: message.text,
+      files: files(message.images ?? []),
+      ...allowedMentions(message),
+    });
     return { conversation: to, id: sent.id };
   }
 
   async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
     const channel = await this.channel(ref.conversation);
-    await channel.messages.edit(ref.id, {
-      content: message.text,
-      // `attachments: []` drops the old files; the new ones (if any) replace them.
-      ...(message.images ? { files: files(message.images), attachments: [] } : {}),
-    });
+    try {
+      await channel.messages.edit(ref.id, {
+        content: message.text,
+        // `attachments: []` drops the old files; the new ones (if any) replace them.
+        ...(message.images ? { files: files(message.images), attachments: [] } : {}),
+        ...allowedMentions(message),
+      });
+    } catch (error) {
+      // An archived thread takes posts (a post unarchives it) but no edits; an old message's edits are
+      // limited (30046, met as a rejected rate limit: see rejectOldMessageEdits).
+      if (error instanceof RateLimitError) {
+        throw new MessageNotEditableError("Discord limits edits of messages older than an hour");
+      }
+      if (
+        error instanceof DiscordAPIError &&
+        (error.code === RESTJSONErrorCodes.InvalidActionOnArchivedThread ||
+          error.code === RESTJSONErrorCodes.MaximumNumberOfEditsToMessagesOlderThanOneHourReached)
+      ) {
+        throw new MessageNotEditableError(error.message);
+      }
+      throw error;
+    }
   }
 
   async addReactions(ref: MessageRef, emojis: readonly string[]): Promise<void> {

@@ -17,6 +17,9 @@ import type {
   OptionValue,
   OutgoingMessage,
 } from "../../commands/chat.js";
+import { childLogger } from "../../log.js";
+
+const log = childLogger("discord");
 
 /** If a command has not answered by then, defer (privately) so the 3-second window cannot pass. */
 const SAFETY_DEFER_MS = 2000;
@@ -55,25 +58,38 @@ export function commandRequest(interaction: ChatInputCommandInteraction): Comman
   };
 }
 
+/**
+ * The reply for one command. A safety deferral (private "thinking…") goes out if the command has not
+ * answered within SAFETY_DEFER_MS; every answer waits for that deferral first, because an answer sent
+ * while it is still in flight would be a second acknowledgement (40060) and fail.
+ */
 export function commandReply(interaction: ChatInputCommandInteraction): CommandReply & { dispose(): void } {
   const conversation = conversationOf(interaction);
   let answeredPublicly = false;
+  let deferral: Promise<unknown> | undefined;
   const safety = setTimeout(() => {
     if (!interaction.deferred && !interaction.replied) {
-      void interaction.deferReply({ flags: MessageFlags.Ephemeral }).catch(() => {});
+      deferral = interaction
+        .deferReply({ flags: MessageFlags.Ephemeral })
+        .catch((err: unknown) => log.warn({ err }, "safety deferral failed"));
     }
   }, SAFETY_DEFER_MS);
   safety.unref();
+  /** No new deferral from now on, and the one in flight (if any) has landed. */
+  const settled = async () => {
+    clearTimeout(safety);
+    await deferral;
+  };
   const files = (message: OutgoingMessage) =>
     (message.images ?? []).map((i) => new AttachmentBuilder(Buffer.from(i.bytes), { name: i.name }));
 
   return {
     async acknowledge() {
-      clearTimeout(safety);
+      await settled();
       if (!interaction.deferred && !interaction.replied) await interaction.deferReply();
     },
     async private(text: string) {
-      clearTimeout(safety);
+      await settled();
       if (!interaction.deferred && !interaction.replied) {
         await interaction.reply({ content: text, flags: MessageFlags.Ephemeral });
       } else if (interaction.deferred && !answeredPublicly && !interaction.ephemeral) {
@@ -87,9 +103,15 @@ export function commandReply(interaction: ChatInputCommandInteraction): CommandR
       }
     },
     async public(message: OutgoingMessage): Promise<MessageRef> {
-      clearTimeout(safety);
+      await settled();
       if (!interaction.deferred && !interaction.replied) await interaction.deferReply();
-      const sent = await interaction.editReply({ content: message.text, files: files(message) });
+      // (The commands that answer in public acknowledge before their first await, so the safety net
+      // has not deferred them privately.)
+      const sent = await interaction.editReply({
+        content: message.text,
+        files: files(message),
+        ...allowedMentions(message),
+      });
       answeredPublicly = true;
       return { conversation, id: sent.id };
     },
@@ -97,4 +119,9 @@ export function commandReply(interaction: ChatInputCommandInteraction): CommandR
       clearTimeout(safety);
     },
   };
+}
+
+/** Who a message may ping: only the users it names in `notify` (the client default pings nobody). */
+export function allowedMentions(message: OutgoingMessage): { allowedMentions?: { users: string[] } } {
+  return message.notify?.length ? { allowedMentions: { users: [...message.notify] } } : {};
 }

@@ -1,21 +1,27 @@
-// The channel permissions the bot needs, and how to name the missing ones in a message.
+// The permissions the bot needs in each place it can be used, and how to name the missing ones.
 import { PermissionFlagsBits, type PermissionsBitField, type PermissionsString } from "discord.js";
 
-/** Without these the bot cannot run an edit in a channel at all. */
-export const REQUIRED: readonly PermissionsString[] = [
-  "ViewChannel",
-  "SendMessages",
-  "AttachFiles",
-  "AddReactions",
-  "ReadMessageHistory",
-];
+/**
+ * Where a command runs: a server channel (text, announcement, a voice channel's chat), a thread (a
+ * forum or media post is one too), or a DM. Discord applies Send Messages in channels and Send Messages
+ * in Threads in threads: each has no effect in the other place.
+ */
+export type Place = "channel" | "thread" | "dm";
 
-/** Without these the bot answers in the channel instead of a thread. */
+/** Without these the bot cannot run an edit in that place at all. */
+export const REQUIRED: Readonly<Record<Place, readonly PermissionsString[]>> = {
+  channel: ["ViewChannel", "SendMessages", "AttachFiles", "AddReactions", "ReadMessageHistory"],
+  thread: ["ViewChannel", "SendMessagesInThreads", "AttachFiles", "AddReactions", "ReadMessageHistory"],
+  // Discord applies no channel permissions in DMs.
+  dm: [],
+};
+
+/** In a channel, without these the bot answers in the channel instead of opening a thread. */
 export const FOR_THREADS: readonly PermissionsString[] = ["CreatePublicThreads", "SendMessagesInThreads"];
 
-/** "Create Public Threads" from "CreatePublicThreads". */
+/** Discord's name: "Create Public Threads" from "CreatePublicThreads", "Send Messages in Threads". */
 function permissionName(flag: PermissionsString): string {
-  return flag.replace(/([a-z])([A-Z])/g, "$1 $2");
+  return flag.replace(/([a-z])([A-Z])/g, "$1 $2").replace(/ (In|And) /g, (word) => word.toLowerCase());
 }
 
 export function missing(
@@ -27,6 +33,7 @@ export function missing(
   return wanted.filter((flag) => !have.has(PermissionFlagsBits[flag])).map(permissionName);
 }
 
-export function missingText(names: readonly string[]): string {
-  return `I am missing the ${names.join(", ")} permission${names.length > 1 ? "s" : ""} in this channel`;
+export function missingText(names: readonly string[], place: Place = "channel"): string {
+  const where = place === "thread" ? "this thread" : "this channel";
+  return `I am missing the ${names.join(", ")} permission${names.length > 1 ? "s" : ""} in ${where}`;
 }

@@ -4,8 +4,20 @@ import {
   InteractionContextType,
   type RESTPostAPIChatInputApplicationCommandsJSONBody,
   SlashCommandBuilder,
+  type SlashCommandIntegerOption,
+  type SlashCommandNumberOption,
 } from "discord.js";
-import { COMMANDS, type CommandDefinition } from "../../commands/definitions.js";
+import { COMMANDS, type CommandDefinition, type OptionDefinition } from "../../commands/definitions.js";
+
+function bounded<O extends SlashCommandNumberOption | SlashCommandIntegerOption>(
+  o: O,
+  option: OptionDefinition,
+): O {
+  o.setName(option.name).setDescription(option.description).setRequired(option.required);
+  if (option.min !== undefined) o.setMinValue(option.min);
+  if (option.max !== undefined) o.setMaxValue(option.max);
+  return o;
+}
 
 function build(definition: CommandDefinition): RESTPostAPIChatInputApplicationCommandsJSONBody {
   const command = new SlashCommandBuilder()
@@ -16,8 +28,13 @@ function build(definition: CommandDefinition): RESTPostAPIChatInputApplicationCo
   for (const option of definition.options) {
     switch (option.type) {
       case "attachment":
+        // Every attachment option takes a photo: Discord's file picker then offers images only.
         command.addAttachmentOption((o) =>
-          o.setName(option.name).setDescription(option.description).setRequired(option.required),
+          o
+            .setName(option.name)
+            .setDescription(option.description)
+            .setRequired(option.required)
+            .setFileTypes("image"),
         );
         break;
       case "string":
@@ -29,12 +46,10 @@ function build(definition: CommandDefinition): RESTPostAPIChatInputApplicationCo
         });
         break;
       case "number":
-        command.addNumberOption((o) => {
-          o.setName(option.name).setDescription(option.description).setRequired(option.required);
-          if (option.min !== undefined) o.setMinValue(option.min);
-          if (option.max !== undefined) o.setMaxValue(option.max);
-          return o;
-        });
+        command.addNumberOption((o) => bounded(o, option));
+        break;
+      case "integer":
+        command.addIntegerOption((o) => bounded(o, option));
         break;
     }
   }

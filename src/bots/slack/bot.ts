@@ -247,7 +247,7 @@ export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot>
     app,
     commands,
     async stop() {
-      commands.stop();
+      await commands.stop();
       await app.stop();
     },
   };

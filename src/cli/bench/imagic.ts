@@ -2,7 +2,8 @@
  * `bench imagic`: the Imagic pipeline on Stable Diffusion 1.5 shapes with random weights (timings do not
  * depend on weight values), per preset: time per stage, time from the photo to the first 4-seed grid,
  * and time to render 4 new variants from a cached state; plus the cost per sample of a training step at
- * several timestep batches (the case for more timesteps per step instead of more steps).
+ * several timestep batches (the case for more timesteps per step instead of more steps). `--size
+ * 512,512x768` runs all of it at each image size in turn (square and portrait side by side).
  *
  * `--steps-scale 0.02` runs 2 % of every stage's steps (at least 5) and extrapolates: a stage's time is
  * its first step (session creation and warm-up included) plus (steps − 1) × the median of its later
@@ -17,9 +18,10 @@ import { renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imag
 import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../errors.js";
 import { getPreset, PRESET_NAMES, type PresetName } from "../../spec/imagic.js";
+import type { Size } from "../../spec/shape.js";
 import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
-import { sd15Shapes, tinyShapes } from "./sd.js";
+import { formatSize, parseBenchSizes, sd15Shapes, tinyShapes } from "./sd.js";
 import { photo, StageClock, scaled } from "./timing.js";
 
 interface Flags {
@@ -52,7 +54,7 @@ async function timeGrid(make: () => Promise<Buffer>): Promise<number | undefined
 async function benchPreset(
   sd: StableDiffusion,
   name: PresetName,
-  size: number,
+  size: Size,
   scale: number,
   out: (s: string) => void,
   gpu: GpuMemorySampler,
@@ -68,28 +70,29 @@ async function benchPreset(
   const renderSteps = scaled(preset.render.steps, scale);
   const clock = new StageClock();
   clock.begin("encode");
-  gpu.stage(`${name}/encode`);
+  const stage = (s: string) => gpu.stage(`${formatSize(size)} ${name}/${s}`);
+  stage("encode");
   const state = await trainImagic(sd, {
-    image: photo(size),
-    height: size,
-    width: size,
+    image: photo(size.width, size.height),
+    height: size.height,
+    width: size.width,
     prompt: "a photo of a cat wearing a hat",
     options,
     onProgress: (p) => {
       if (p.stage === "encode" && p.step === 1) {
         clock.begin("embedding");
-        gpu.stage(`${name}/embedding`);
+        stage("embedding");
       } else if (p.stage !== "encode") clock.mark(p);
       if (p.stage === "embedding" && p.step === p.total) {
         clock.begin("finetune");
-        gpu.stage(`${name}/finetune`);
+        stage("finetune");
       }
     },
   });
   const seeds = [1, 2, 3, 4];
   let lastStep = 0;
   clock.begin("render");
-  gpu.stage(`${name}/render`);
+  stage("render");
   const images = await renderImagic(sd, state, {
     etas: [preset.gridEta],
     seeds,
@@ -198,12 +201,12 @@ async function timeRuns(fn: () => Promise<unknown>): Promise<{ firstMs: number; 
  */
 async function benchBatches(
   sd: StableDiffusion,
-  size: number,
+  size: Size,
   batches: number[],
   lora: LoraWeights | undefined,
   out: (s: string) => void,
 ) {
-  const ls = sd.latentSize(size, size);
+  const ls = sd.latentSize(size.height, size.width);
   const per = sd.latentChannels * ls.height * ls.width;
   const context = await sd.encodeText(["a photo of a cat"]);
   const training = [];
@@ -259,7 +262,10 @@ export function imagicBenchCommand(): Command {
     )
     .option("--steps-scale <f>", "run this fraction of every stage's steps (≥ 5 each) and extrapolate", "1")
     .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
-    .option("--size <pixels>", "image side (default 512; 64 with --tiny)")
+    .option(
+      "--size <sizes>",
+      'image sizes run in turn, comma-separated: a side or width×height, multiples of 64, e.g. "512,512x768" (default 512; 64 with --tiny)',
+    )
     .option("--batches <list>", 'timestep batches to time one training step at ("none": skip)', "1,4")
     .option("--json <file>", "also write the results as JSON")
     .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)")
@@ -267,20 +273,18 @@ export function imagicBenchCommand(): Command {
       const scale = Number(f.stepsScale);
       if (!(scale > 0 && scale <= 1))
         throw new UserFacingError(`--steps-scale must be in (0, 1], got ${f.stepsScale}`);
-      const size = f.size ? Number(f.size) : f.tiny ? 64 : 512;
-      if (!Number.isInteger(size) || size < 64 || size % 64 !== 0) {
-        throw new UserFacingError(`--size must be a multiple of 64, got ${f.size}`);
-      }
+      const side = f.tiny ? 64 : 512;
+      const sizes = f.size ? parseBenchSizes(f.size) : [{ width: side, height: side }];
       const batches = f.batches === "none" ? [] : f.batches.split(",").map(Number);
       if (batches.some((b) => !Number.isInteger(b) || b < 1 || b > 16)) {
         throw new UserFacingError(`--batches must list whole numbers from 1 to 16, got ${f.batches}`);
       }
       const out = (s: string) => process.stdout.write(`${s}\n`);
-      const shapes = f.tiny ? tinyShapes(size) : sd15Shapes(size);
+      const shapes = f.tiny ? tinyShapes() : sd15Shapes();
       const gpu = new GpuMemorySampler();
       gpu.stage("load");
       const l0 = performance.now();
-      const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
+      const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}`);
       out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
       let sd: StableDiffusion;
       try {
@@ -294,7 +298,7 @@ export function imagicBenchCommand(): Command {
         throw error;
       }
       out(
-        `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
+        `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${sizes.map(formatSize).join(" then ")}, device ${sd.device}, sampling ${f.dtype}, ` +
           `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
           "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
       );
@@ -303,10 +307,10 @@ export function imagicBenchCommand(): Command {
         device: sd.device,
         dtype: f.dtype,
         trainDtype: f.trainDtype,
-        size,
         tiny: f.tiny,
         stepsScale: scale,
-        presets: [] as unknown[],
+        /** One entry per --size: its presets and, with --batches, its per-batch costs. */
+        sizes: [] as Array<Size & { presets: unknown[]; [k: string]: unknown }>,
       };
       // Written after every part, so a run cut short (device time limit) keeps what it measured.
       const save = () => {
@@ -324,16 +328,23 @@ export function imagicBenchCommand(): Command {
       };
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
-        let lastLora: LoraWeights | undefined;
-        for (const p of presets) {
-          const { row, lora } = await benchPreset(sd, p, size, scale, out, gpu);
-          (result.presets as unknown[]).push(row);
-          lastLora = lora ?? undefined;
-          peakLine();
+        for (const size of sizes) {
+          const latents = sd.latentSize(size.height, size.width);
+          out(`— ${formatSize(size)} (latents ${latents.width}×${latents.height})`);
+          const entry = { ...size, presets: [] as unknown[] };
+          (result.sizes as unknown[]).push(entry);
+          let lastLora: LoraWeights | undefined;
+          for (const p of presets) {
+            const { row, lora } = await benchPreset(sd, p, size, scale, out, gpu);
+            entry.presets.push(row);
+            lastLora = lora ?? undefined;
+            peakLine();
+            save();
+          }
+          gpu.stage(`${formatSize(size)} batches`);
+          if (batches.length > 0) Object.assign(entry, await benchBatches(sd, size, batches, lastLora, out));
           save();
         }
-        gpu.stage("batches");
-        if (batches.length > 0) Object.assign(result, await benchBatches(sd, size, batches, lastLora, out));
         result.totalMs = performance.now() - l0;
         peakLine();
         save();

@@ -1,8 +1,9 @@
 /**
  * `bench sd`: Stable Diffusion 1.5-shaped graphs with random weights made here (no checkpoint needed):
  * the UNet CFG step (batch 2), VAE encode and decode, a text-encoder call, and denoising-loss steps with
- * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1). `--tiny` shrinks every network so the
- * whole thing runs on a CPU in seconds (a smoke test of the bundle and the graphs).
+ * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1), at one or more image sizes (`--size
+ * 512,512x768`: square and portrait side by side). `--tiny` shrinks every network so the whole thing
+ * runs on a CPU in seconds (a smoke test of the bundle and the graphs).
  */
 
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -19,14 +20,7 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "../../engine/models/components.js";
-import {
-  type TextEncoderConfig,
-  TextEncoderConfigSchema,
-  type UNetConfig,
-  UNetConfigSchema,
-  type VaeConfig,
-  VaeConfigSchema,
-} from "../../engine/models/config.js";
+import { TextEncoderConfigSchema, UNetConfigSchema, VaeConfigSchema } from "../../engine/models/config.js";
 import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
 import {
@@ -37,23 +31,22 @@ import {
   resolveDevice,
 } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
+import { parseSize, type Size } from "../../spec/shape.js";
+import type { CheckpointShapes } from "./random-checkpoint.js";
 import { type SessionTimings, timeSession } from "./timing.js";
 
-interface Shapes {
-  unet: UNetConfig;
-  vae: VaeConfig;
-  clip: TextEncoderConfig;
-  /** Image side in pixels. */
-  size: number;
-}
+type Shapes = CheckpointShapes;
 
 const DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"];
 const UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"];
 const VAE_DOWN = Array(4).fill("DownEncoderBlock2D");
 const VAE_UP = Array(4).fill("UpDecoderBlock2D");
 
-/** SD 1.5: UNet 320/640/1280/1280 with 8 heads and cross-attention 768, VAE 128/256/512/512, CLIP ViT-L/14 text. */
-export function sd15Shapes(size = 512): Shapes {
+/**
+ * SD 1.5: UNet 320/640/1280/1280 with 8 heads and cross-attention 768, VAE 128/256/512/512, CLIP ViT-L/14
+ * text; `native` is the image side its config gives as sample_size × 8 (512 for SD 1.5).
+ */
+export function sd15Shapes(native = 512): Shapes {
   return {
     unet: UNetConfigSchema.parse({
       block_out_channels: [320, 640, 1280, 1280],
@@ -62,7 +55,7 @@ export function sd15Shapes(size = 512): Shapes {
       attention_head_dim: 8,
       cross_attention_dim: 768,
       layers_per_block: 2,
-      sample_size: 64,
+      sample_size: native / 8,
     }),
     vae: VaeConfigSchema.parse({
       block_out_channels: [128, 256, 512, 512],
@@ -77,12 +70,11 @@ export function sd15Shapes(size = 512): Shapes {
       num_hidden_layers: 12,
       hidden_act: "quick_gelu",
     }),
-    size,
   };
 }
 
-/** The same structure at toy widths, for a CPU smoke run. */
-export function tinyShapes(size = 64): Shapes {
+/** The same structure at toy widths, for a CPU smoke run (native side 64 by default). */
+export function tinyShapes(native = 64): Shapes {
   return {
     unet: UNetConfigSchema.parse({
       block_out_channels: [32, 32, 64, 64],
@@ -91,7 +83,7 @@ export function tinyShapes(size = 64): Shapes {
       attention_head_dim: 8,
       cross_attention_dim: 32,
       layers_per_block: 1,
-      sample_size: 8,
+      sample_size: native / 8,
     }),
     vae: VaeConfigSchema.parse({
       block_out_channels: [32, 32, 64, 64],
@@ -106,12 +98,30 @@ export function tinyShapes(size = 64): Shapes {
       num_hidden_layers: 2,
       hidden_act: "quick_gelu",
     }),
-    size,
   };
 }
 
+/**
+ * `--size`: image sizes, comma-separated, each a side ("512") or width×height ("512x768"), each side a
+ * multiple of 64 (the SD shapes' multiple: a 4-level VAE and UNet).
+ */
+export function parseBenchSizes(text: string): Size[] {
+  return text.split(",").map((part) => {
+    const size = parseSize(part, "--size");
+    if (size.width % 64 !== 0 || size.height % 64 !== 0) {
+      throw new UserFacingError(`--size ${part.trim()}: each side must be a multiple of 64`);
+    }
+    return size;
+  });
+}
+
+/** "512²" or "512×768" (width × height). */
+export const formatSize = (s: Size) => (s.width === s.height ? `${s.width}²` : `${s.width}×${s.height}`);
+
 export interface BenchRow extends SessionTimings {
   name: string;
+  /** Image width × height in pixels. */
+  size: Size;
   dtype: string;
   /** Session creation (graph build + emission + onnxruntime load). */
   createMs: number;
@@ -148,10 +158,17 @@ interface Case {
   };
 }
 
-function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeDtype: ComputeDType): Case[] {
-  const ls = s.size / 2 ** (s.vae.block_out_channels.length - 1);
+function cases(
+  s: Shapes,
+  size: Size,
+  unetDtype: ComputeDType,
+  lossDtype: ComputeDType,
+  vaeDtype: ComputeDType,
+): Case[] {
+  const factor = 2 ** (s.vae.block_out_channels.length - 1);
+  const [lh, lw] = [size.height / factor, size.width / factor];
   const d = s.unet.cross_attention_dim;
-  const latent = (b: number, seed: number) => f32([b, s.unet.in_channels, ls, ls], seed);
+  const latent = (b: number, seed: number) => f32([b, s.unet.in_channels, lh, lw], seed);
   const context = (b: number) => f32([b, 77, d], 3);
   const lossFeeds = (lora: LoraInputs | undefined): Record<string, HostTensor> => ({
     [IO.x0]: latent(1, 1),
@@ -174,8 +191,8 @@ function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeD
     build: (w) => {
       const lg = lossGraph(w, s.unet, {
         batch: 1,
-        height: ls,
-        width: ls,
+        height: lh,
+        width: lw,
         prediction: "epsilon",
         ...wrt,
         dtype: lossDtype,
@@ -204,7 +221,7 @@ function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeD
       name: "UNet CFG step (batch 2)",
       dtype: unetDtype,
       build: (w) => ({
-        graph: unetGraph(w, s.unet, { batch: 2, height: ls, width: ls, dtype: unetDtype }).graph,
+        graph: unetGraph(w, s.unet, { batch: 2, height: lh, width: lw, dtype: unetDtype }).graph,
         feeds: () => ({
           [IO.sample]: latent(2, 1),
           [IO.timestep]: { dtype: "float32", shape: [2], data: Float32Array.of(500, 500) },
@@ -214,19 +231,19 @@ function cases(s: Shapes, unetDtype: ComputeDType, lossDtype: ComputeDType, vaeD
     },
     {
       id: "vae-encode",
-      name: `VAE encode (${s.size}²)`,
+      name: "VAE encode",
       dtype: vaeDtype,
       build: (w) => ({
-        graph: vaeEncodeGraph(w, s.vae, s.size, s.size, vaeDtype),
-        feeds: () => ({ [IO.image]: f32([1, 3, s.size, s.size], 4, 0.5) }),
+        graph: vaeEncodeGraph(w, s.vae, size.height, size.width, vaeDtype),
+        feeds: () => ({ [IO.image]: f32([1, 3, size.height, size.width], 4, 0.5) }),
       }),
     },
     {
       id: "vae-decode",
-      name: `VAE decode (${ls}² latents)`,
+      name: "VAE decode",
       dtype: vaeDtype,
       build: (w) => ({
-        graph: vaeDecodeGraph(w, s.vae, 1, ls, ls, vaeDtype),
+        graph: vaeDecodeGraph(w, s.vae, 1, lh, lw, vaeDtype),
         feeds: () => ({ [IO.latents]: latent(1, 5) }),
       }),
     },
@@ -257,6 +274,8 @@ export async function runSdBench(opts: {
   /** Compute dtype of the loss-and-gradient graphs (the loss and gradients themselves stay float32). */
   lossDtype?: ComputeDType;
   shapes: Shapes;
+  /** Image sizes to run every case at, in order. */
+  sizes: readonly Size[];
   runs: number;
   /** Compute dtype of the VAE graphs (float32 by default). */
   vaeDtype?: ComputeDType;
@@ -273,14 +292,22 @@ export async function runSdBench(opts: {
 }): Promise<{ device: string; rows: BenchRow[] }> {
   const device = await resolveDevice(opts.device);
   const rows: BenchRow[] = [];
-  for (const c of cases(opts.shapes, opts.dtype, opts.lossDtype ?? "float32", opts.vaeDtype ?? "float32")) {
+  // The text encoder does not depend on the image size: it runs once, with the first size's cases.
+  const all = opts.sizes.flatMap((size, k) =>
+    cases(opts.shapes, size, opts.dtype, opts.lossDtype ?? "float32", opts.vaeDtype ?? "float32")
+      .filter((c) => k === 0 || c.id !== "text")
+      .map((c) => ({ ...c, size })),
+  );
+  for (const c of all) {
     if (opts.only && !opts.only.includes(c.id)) continue;
     opts.log?.(`… ${c.name}`);
     const weights = randomWeights();
     const t0 = performance.now();
     const { graph, feeds } = c.build(weights);
     if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
-    const profile = opts.profileDir ? join(opts.profileDir, `sd-${c.id}`) : undefined;
+    const profile = opts.profileDir
+      ? join(opts.profileDir, `sd-${c.id}-${c.size.width}x${c.size.height}`)
+      : undefined;
     const session = await createSession(graph, {
       device,
       providerOptions: opts.providerOptions,
@@ -291,6 +318,7 @@ export async function runSdBench(opts: {
     const createMs = performance.now() - t0;
     const row: BenchRow = {
       name: c.name,
+      size: c.size,
       dtype: c.dtype,
       createMs,
       ...(await timeSession(session, feeds(), opts.runs)),
@@ -316,7 +344,7 @@ export async function runSdBench(opts: {
 
 function formatRow(r: BenchRow): string {
   const ms = (x: number) => x.toFixed(1).padStart(9);
-  return `${r.name.padEnd(34)} ${r.dtype.padEnd(8)} ${ms(r.createMs)} ${ms(r.firstRunMs)} ${ms(r.medianMs)} ${ms(r.minMs)} ${String(r.runs).padStart(4)} ${(r.params / 1e6).toFixed(1).padStart(7)}M`;
+  return `${`${r.name}, ${formatSize(r.size)}`.padEnd(40)} ${r.dtype.padEnd(8)} ${ms(r.createMs)} ${ms(r.firstRunMs)} ${ms(r.medianMs)} ${ms(r.minMs)} ${String(r.runs).padStart(4)} ${(r.params / 1e6).toFixed(1).padStart(7)}M`;
 }
 
 export function sdBenchCommand(): Command {
@@ -336,7 +364,11 @@ export function sdBenchCommand(): Command {
         .default("fp32"),
     )
     .option("--tiny", "toy-width networks at 64² (a quick CPU smoke run)", false)
-    .option("--size <pixels>", "image side (512 for SD 1.5)", (v) => Number.parseInt(v, 10))
+    .option(
+      "--size <sizes>",
+      'image sizes, comma-separated: a side or width×height, multiples of 64, e.g. "512,512x768" (default 512; 64 with --tiny)',
+      parseBenchSizes,
+    )
     .option("--runs <n>", "timed runs per case after the first", (v) => Number.parseInt(v, 10), 5)
     .option("--only <ids>", `run only these cases, comma-separated: ${CASE_IDS.join(", ")}`, (v) =>
       v.split(","),
@@ -375,7 +407,7 @@ export function sdBenchCommand(): Command {
         dtype: "fp16" | "fp32";
         lossDtype: "fp16" | "fp32";
         tiny: boolean;
-        size?: number;
+        size?: Size[];
         runs: number;
         only?: string[];
         json?: string;
@@ -391,24 +423,24 @@ export function sdBenchCommand(): Command {
             `--only: unknown case ${unknown.join(", ")} (one of ${CASE_IDS.join(", ")})`,
           );
         }
-        if (o.size !== undefined && (!Number.isInteger(o.size) || o.size < 64 || o.size % 64 !== 0)) {
-          throw new UserFacingError(`--size must be a multiple of 64 (≥ 64), got ${o.size}`);
-        }
         if (!Number.isInteger(o.runs) || o.runs < 1)
           throw new UserFacingError(`--runs must be a whole number ≥ 1, got ${o.runs}`);
-        const shapes = o.tiny ? tinyShapes(o.size) : sd15Shapes(o.size);
+        const shapes = o.tiny ? tinyShapes() : sd15Shapes();
+        const side = o.tiny ? 64 : 512;
+        const sizes = o.size ?? [{ width: side, height: side }];
         const out = (line: string) => process.stdout.write(`${line}\n`);
         out(
-          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${shapes.size}², UNet ${o.dtype}, VAE ${o.vaeDtype}, gradient steps ${o.lossDtype}, device ${o.device}${Object.keys(o.epOption).length ? `, provider options ${JSON.stringify(o.epOption)}` : ""}${Object.keys(o.sessionConfig).length ? `, session config ${JSON.stringify(o.sessionConfig)}` : ""}${o.conv ? `, k×k convs ${o.conv}` : ""}`,
+          `bench sd: ${o.tiny ? "tiny" : "SD 1.5"} shapes, ${sizes.map(formatSize).join(", ")}, UNet ${o.dtype}, VAE ${o.vaeDtype}, gradient steps ${o.lossDtype}, device ${o.device}${Object.keys(o.epOption).length ? `, provider options ${JSON.stringify(o.epOption)}` : ""}${Object.keys(o.sessionConfig).length ? `, session config ${JSON.stringify(o.sessionConfig)}` : ""}${o.conv ? `, k×k convs ${o.conv}` : ""}`,
         );
         out(
-          `${"case".padEnd(34)} ${"dtype".padEnd(8)} ${"create ms".padStart(9)} ${"first ms".padStart(9)} ${"median ms".padStart(9)} ${"min ms".padStart(9)} runs  params`,
+          `${"case, width × height".padEnd(40)} ${"dtype".padEnd(8)} ${"create ms".padStart(9)} ${"first ms".padStart(9)} ${"median ms".padStart(9)} ${"min ms".padStart(9)} runs  params`,
         );
         const result = await runSdBench({
           device: o.device,
           dtype: o.dtype === "fp16" ? "float16" : "float32",
           lossDtype: o.lossDtype === "fp16" ? "float16" : "float32",
           shapes,
+          sizes,
           runs: o.runs,
           only: o.only,
           profileDir: o.profile,
@@ -423,7 +455,7 @@ export function sdBenchCommand(): Command {
         if (o.json) {
           writeFileSync(
             o.json,
-            `${JSON.stringify({ benchmark: "sd", tiny: o.tiny, size: shapes.size, ...result }, null, 2)}\n`,
+            `${JSON.stringify({ benchmark: "sd", tiny: o.tiny, sizes, ...result }, null, 2)}\n`,
           );
           out(`wrote ${o.json}`);
         }

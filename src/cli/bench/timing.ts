@@ -82,9 +82,9 @@ export class StageClock {
 export const scaled = (steps: number, scale: number) =>
   steps === 0 ? 0 : Math.min(steps, Math.max(5, Math.round(steps * scale)));
 
-/** A synthetic photo [1, 3, size, size] in [-1, 1] (random weights: any image costs the same). */
-export function photo(size: number): Float32Array {
-  const img = new Float32Array(3 * size * size);
+/** A synthetic photo [1, 3, height, width] in [-1, 1] (random weights: any image costs the same). */
+export function photo(width: number, height = width): Float32Array {
+  const img = new Float32Array(3 * width * height);
   for (let i = 0; i < img.length; i++) img[i] = Math.sin(i / 97) * 0.8;
   return img;
 }

@@ -251,12 +251,16 @@ function betas(config: SchedulerConfig): number[] {
   }
 }
 
-/** ᾱ_t = Π (1 − β_i), accumulated in float32 like torch.cumprod on float32 betas. */
+/**
+ * ᾱ_t = Π (1 − β_i) over float32 alphas, as torch.cumprod computes it on the CPU: the running product in
+ * float64 (its accumulation type for float32), each ᾱ_t rounded to float32 — a float32 running product
+ * drifts a few ulps from it by the end of the table.
+ */
 function alphasCumprod(config: SchedulerConfig): Float32Array {
   const out = new Float32Array(config.num_train_timesteps);
   let acc = 1;
   betas(config).forEach((b, i) => {
-    acc = Math.fround(acc * Math.fround(1 - b));
+    acc *= Math.fround(1 - b);
     out[i] = acc;
   });
   return out;

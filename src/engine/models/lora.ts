@@ -3,9 +3,11 @@
  * applies it for diffusers' LoRA training: y = W·x + (alpha/rank)·B·(A·x), A [rank, in] ("down"),
  * B [out, rank] ("up"). A and B are graph inputs, so one compiled session serves every LoRA state.
  */
+import { UserFacingError } from "../../errors.js";
 import type { Graph, Tensor } from "../graph/index.js";
 import { add, cast, linear, mul, reshape } from "../graph/index.js";
 import type { HostTensor } from "../runtime/index.js";
+import type { Safetensors } from "./safetensors.js";
 
 export interface LoraModule {
   down: Float32Array;
@@ -156,6 +158,138 @@ export function loraTargets(
     out.push({ path, inF, outF });
   }
   return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** A LoRA file this engine cannot apply as it is: the message names the file and what is wrong. */
+export class LoraFileError extends UserFacingError {
+  override name = "LoraFileError";
+  constructor(origin: string, problem: string) {
+    super(`LoRA file ${origin}: ${problem}`);
+  }
+}
+
+type Part = "down" | "up" | "alpha";
+
+/**
+ * The ways LoRA files name an adapter's tensors, each giving (module key, part). peft and diffusers
+ * (`…attn1.to_q.lora_A.weight` [rank, in], `lora_B` [out, rank]; optionally under `unet.` or peft's
+ * `base_model.model.`, and with peft's adapter name `default`); diffusers' older attention-processor
+ * files (`…attn1.processor.to_q_lora.down.weight`); kohya's sd-scripts (`lora_unet_<module path with
+ * underscores>.lora_down.weight`, `.lora_up.weight` and a per-module `.alpha`).
+ */
+const NAMINGS: ReadonlyArray<{ re: RegExp; key: (m: RegExpMatchArray) => [string, Part] }> = [
+  {
+    re: /^(?:unet\.|base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$/,
+    key: (m) => [m[1] as string, m[2] === "A" ? "down" : "up"],
+  },
+  {
+    re: /^(?:unet\.)?(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/,
+    key: (m) => [`${m[1]}.${m[2] === "to_out" ? "to_out.0" : m[2]}`, m[3] as Part],
+  },
+  {
+    re: /^(lora_unet_.+)\.(lora_down|lora_up)\.weight$/,
+    key: (m) => [m[1] as string, m[2] === "lora_down" ? "down" : "up"],
+  },
+  { re: /^(lora_unet_.+)\.alpha$/, key: (m) => [m[1] as string, "alpha"] },
+];
+
+/** kohya writes a module path with every dot as an underscore. */
+const kohyaKey = (path: string) => `lora_unet_${path.replaceAll(".", "_")}`;
+
+export interface LoraFileOptions {
+  /** peft's lora_alpha (adapter_config.json): wins over what the file says; default the file's, else rank. */
+  alpha?: number;
+  /** Strip this prefix from every tensor name first (a test fixture's namespace). */
+  prefix?: string;
+}
+
+/**
+ * Reads a LoRA file onto this UNet's adaptable modules (`targets`, from `loraTargets`). Every tensor must
+ * belong to one of them: text-encoder adapters, adapters on other layers and unknown tensors are refused
+ * by name rather than silently left out, since leaving them out would change what the LoRA does.
+ */
+export function loraFromSafetensors(
+  st: Pick<Safetensors, "path" | "metadata" | "tensors" | "readFloat32">,
+  targets: ReadonlyArray<{ path: string; inF: number; outF: number }>,
+  o: LoraFileOptions = {},
+): LoraWeights {
+  const origin = st.path;
+  const byKey = new Map<string, { path: string; inF: number; outF: number }>();
+  for (const t of targets) {
+    byKey.set(t.path, t);
+    byKey.set(kohyaKey(t.path), t);
+  }
+  const found = new Map<string, Partial<Record<Part, string>>>();
+  for (const full of st.tensors.keys()) {
+    if (o.prefix !== undefined && !full.startsWith(o.prefix)) continue;
+    const name = o.prefix ? full.slice(o.prefix.length) : full;
+    const hit = NAMINGS.map((n) => ({ n, m: name.match(n.re) })).find((x) => x.m);
+    if (!hit?.m) {
+      const what = /^(lora_te|text_encoder|te_)/.test(name) ? "a text-encoder adapter" : "not a LoRA tensor";
+      throw new LoraFileError(
+        origin,
+        `tensor "${full}" is ${what}; only UNet attention adapters are applied`,
+      );
+    }
+    const [key, part] = hit.n.key(hit.m);
+    const target = byKey.get(key);
+    if (!target) {
+      throw new LoraFileError(
+        origin,
+        `tensor "${full}" adapts ${key}, which is not one of this UNet's ${targets.length} attention projections (to_q, to_k, to_v, to_out.0 of attn1/attn2)`,
+      );
+    }
+    const parts = found.get(target.path) ?? {};
+    if (parts[part]) throw new LoraFileError(origin, `module ${target.path} has two ${part} tensors`);
+    parts[part] = full;
+    found.set(target.path, parts);
+  }
+  if (found.size === 0) throw new LoraFileError(origin, "holds no LoRA tensors");
+  const fileAlpha = Number(st.metadata.lora_alpha ?? st.metadata.ss_network_alpha ?? Number.NaN);
+  const out: LoraWeights = new Map();
+  for (const t of targets) {
+    const parts = found.get(t.path);
+    if (!parts) continue;
+    if (!parts.down || !parts.up)
+      throw new LoraFileError(
+        origin,
+        `module ${t.path} lacks its ${parts.down ? "up (B)" : "down (A)"} matrix`,
+      );
+    const down = matrix(st, parts.down, origin);
+    const up = matrix(st, parts.up, origin);
+    const rank = down.shape[0];
+    if (down.shape[1] !== t.inF || up.shape[0] !== t.outF || up.shape[1] !== rank) {
+      throw new LoraFileError(
+        origin,
+        `module ${t.path}: down [${down.shape}] and up [${up.shape}] do not fit a ${t.inF}→${t.outF} projection (down must be [rank, ${t.inF}], up [${t.outF}, rank])`,
+      );
+    }
+    const alpha =
+      o.alpha ??
+      (parts.alpha ? (st.readFloat32(parts.alpha)[0] as number) : undefined) ??
+      (Number.isFinite(fileAlpha) ? fileAlpha : rank);
+    if (!(alpha > 0))
+      throw new LoraFileError(origin, `module ${t.path} has alpha ${alpha}; it must be positive`);
+    out.set(t.path, { down: down.data, up: up.data, rank, alpha, inF: t.inF, outF: t.outF });
+  }
+  const ranks = new Set([...out.values()].map((m) => m.rank));
+  if (ranks.size > 1)
+    throw new LoraFileError(origin, `mixes ranks ${[...ranks].join(", ")}; one rank is supported`);
+  return out;
+}
+
+function matrix(
+  st: Pick<Safetensors, "tensors" | "readFloat32">,
+  name: string,
+  origin: string,
+): { shape: [number, number]; data: Float32Array } {
+  const shape = st.tensors.get(name)?.shape ?? [];
+  if (shape.length !== 2)
+    throw new LoraFileError(
+      origin,
+      `tensor "${name}" is [${shape}], not a matrix (only linear adapters are applied)`,
+    );
+  return { shape: [shape[0] as number, shape[1] as number], data: st.readFloat32(name) };
 }
 
 /**

@@ -139,6 +139,7 @@ export async function startEngine(options: StartEngineOptions): Promise<RunningE
       pipelines: model.pipelines,
       maxActivePerUser: config.userMaxActiveJobs,
       observer: metrics.observer,
+      modelId: model.modelId,
       ...options.worker,
     });
   } catch (error) {

@@ -179,7 +179,7 @@ describe("jobs that do not end well", () => {
     const interaction = w.swap(
       channel,
       [w.photo("ref.png")],
-      [opt.number("self_map_steps", 40), opt.number("cross_map_steps", 0), opt.string("seeds", "2")],
+      [opt.integer("self_map_steps", 40), opt.integer("cross_map_steps", 0), opt.string("seeds", "2")],
     );
     const thread = await w.thread(interaction);
     await w.offer(thread, 1, 2);

@@ -22,7 +22,7 @@ describe("fake Discord", () => {
     await client.login(fake.token);
     await ready;
     try {
-      expect(fake.identifies).toEqual([{ intents: GatewayIntentBits.Guilds }]);
+      expect(fake.identifies).toEqual([{ intents: GatewayIntentBits.Guilds, shard: [0, 1] }]);
       await fake.waitFor("guild in cache", () => client.channels.cache.has(channel.id));
       await fake.waitFor("two heartbeats", () => fake.heartbeats.received >= 2, 5000);
     } finally {

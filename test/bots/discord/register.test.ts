@@ -17,6 +17,7 @@ type Option = {
   choices?: unknown[];
   max_value?: number;
   max_length?: number;
+  file_types?: string[];
 };
 type Command = { name: string; options?: Option[]; contexts?: number[] };
 
@@ -45,6 +46,20 @@ describe("registerCommands", () => {
     expect(
       swap?.options?.filter((o) => o.type === 11).map((o) => `${o.name}${o.required ? "!" : ""}`),
     ).toEqual(["source!", "reference1!", "reference2", "reference3", "reference4", "reference5"]);
+    // Every attachment option asks Discord's file picker for images.
+    for (const command of commands) {
+      for (const option of (command.options ?? []).filter((o) => o.type === 11)) {
+        expect(option.file_types).toEqual(["image"]);
+      }
+    }
+    // The swap strengths are whole steps: integer options (type 4), 0 to 50.
+    expect(
+      swap?.options?.filter((o) => o.name.endsWith("_steps")).map((o) => [o.name, o.type, o.max_value]),
+    ).toEqual([
+      ["self_output_steps", 4, 50],
+      ["self_map_steps", 4, 50],
+      ["cross_map_steps", 4, 50],
+    ]);
     // Usable in servers and in the bot's DMs.
     expect(imagic?.contexts).toEqual([0, 1]);
   });

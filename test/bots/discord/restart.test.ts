@@ -54,4 +54,19 @@ describe("bot restart mid-job", () => {
     expect(sweep.content).toContain("**Pick the final image**");
     expect(w.fake.requests.filter((r) => r.status === 429 && !r.route.includes("/reactions/"))).toEqual([]);
   });
+
+  it("takes a pick in a DM made after a restart (the DM channel is no longer cached)", async () => {
+    await w.h.stopWorkers();
+    await w.worker(lightweightPipelines({ steps: 1, stepMs: 1 }));
+    const dm = w.fake.addDmChannel(w.author);
+    w.imagic(dm, [opt.string("seeds", "2")]);
+    const grid = await w.offer(dm.id, 1, 2);
+    await w.stopBot();
+    await w.startBot();
+    // Nothing of this DM is in the new process's cache: the reaction arrives for an unknown channel.
+    expect(w.bot.client.channels.cache.has(dm.id)).toBe(false);
+    w.fake.react(w.author, grid.id, "2️⃣");
+    const sweep = await w.offer(dm.id, 2, 5);
+    expect(sweep.content).toContain("**Pick the final image**");
+  });
 });

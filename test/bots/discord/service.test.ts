@@ -42,6 +42,18 @@ describe("discordService", () => {
     await fake.waitFor("the gateway connection to close", () => fake.connectedBots === 0);
   });
 
+  it("reports a shard Discord closed for good, so that `start` and `bot run` exit", async () => {
+    const service = await discordService({ required: true }).start(
+      context({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }),
+    );
+    try {
+      fake.closeShard(0, 4011);
+      expect((await service.failed)?.message).toMatch(/shard 0 for good \(4011, sharding required/);
+    } finally {
+      await service.stop();
+    }
+  });
+
   it("does nothing in `start` without DISCORD_TOKEN, and `bot run` says what is missing", async () => {
     const idle = await discordService({ required: false }).start(context({}));
     await idle.stop();

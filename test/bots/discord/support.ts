@@ -28,6 +28,8 @@ export interface World {
   author: FakeUser;
   other: FakeUser;
   startBot(): Promise<DiscordBot>;
+  /** One more bot process on this world's fake and Redis, with its own queue client. */
+  connectBot(queue: QueueClient): Promise<DiscordBot>;
   stopBot(): Promise<void>;
   worker(
     pipelines: PipelineRegistry,
@@ -56,6 +58,7 @@ export interface WorldOptions {
   limits?: Partial<ChatLimits>;
   commands?: ChatCommandsOptions["imagicDefaults"];
   positionRefreshMs?: number;
+  progressLeaseMs?: number;
   /** How long to wait for each thing the bot should do (default 30 s). */
   timeoutMs?: number;
 }
@@ -81,16 +84,23 @@ export async function world(options: WorldOptions = {}): Promise<World> {
     },
     async startBot() {
       queue = await h.client({ consumer: "discord", platform: "discord", limits: { maxQueued: 5 } });
-      bot = await startDiscordBot({
+      bot = await w.connectBot(queue);
+      return bot;
+    },
+    connectBot(client) {
+      return startDiscordBot({
         token: fake.token,
         apiUrl: fake.apiUrl,
-        queue,
+        queue: client,
         blobs: h.blobs,
         redis: h.redis.client(),
         limits: { minEditIntervalMs: 500, ...options.limits },
-        commands: { imagicDefaults: options.commands, positionRefreshMs: options.positionRefreshMs },
+        commands: {
+          imagicDefaults: options.commands,
+          positionRefreshMs: options.positionRefreshMs,
+          progressLeaseMs: options.progressLeaseMs,
+        },
       });
-      return bot;
     },
     async stopBot() {
       await bot?.stop();
@@ -176,6 +186,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
 /** Option shapes as Discord sends them (type numbers of ApplicationCommandOptionType). */
 export const opt = {
   string: (name: string, value: string): CommandOption => ({ name, type: 3, value }),
+  integer: (name: string, value: number): CommandOption => ({ name, type: 4, value }),
   number: (name: string, value: number): CommandOption => ({ name, type: 10, value }),
   attachment: (name: string, a: FakeAttachment): CommandOption => ({ name, type: 11, value: a.id }),
 };

@@ -46,16 +46,16 @@ export const FIXED_T = [150, 600];
 export const FIXED_NOISE = new GaussianRng(99).normal(FIXED_T.length * 4 * 8 * 8);
 export const fixedDraws = { timesteps: () => [...FIXED_T], noise: () => FIXED_NOISE };
 
-/** The un-tuned UNet's loss on the fixed draws of the photo under `context`. */
-export async function untunedLoss(
+/** The un-tuned UNet's loss on the fixed draws of the photo under `context`, and its context gradient. */
+export async function untunedStep(
   sd: StableDiffusion,
   photo: Float32Array,
   context: Float32Array,
-): Promise<number> {
+): Promise<{ loss: number; dContext: Float32Array }> {
   const { mean: x0, size } = await sd.encodeImage(photo, SIZE, SIZE);
   const latents0 = new Float32Array(FIXED_T.length * x0.length);
   for (let i = 0; i < FIXED_T.length; i++) latents0.set(x0, i * x0.length);
-  const { loss } = await sd.lossAndGrads({
+  const { loss, dContext } = await sd.lossAndGrads({
     latents0,
     size,
     noise: FIXED_NOISE,
@@ -63,5 +63,15 @@ export async function untunedLoss(
     context,
     wrt: ["context"],
   });
-  return loss;
+  if (!dContext) throw new Error("lossAndGrads returned no context gradient");
+  return { loss, dContext };
+}
+
+/** The un-tuned UNet's loss on the fixed draws of the photo under `context`. */
+export async function untunedLoss(
+  sd: StableDiffusion,
+  photo: Float32Array,
+  context: Float32Array,
+): Promise<number> {
+  return (await untunedStep(sd, photo, context)).loss;
 }

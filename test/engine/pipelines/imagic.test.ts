@@ -19,6 +19,7 @@ import {
   SIZE,
   smoothPhoto,
   untunedLoss,
+  untunedStep,
 } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
@@ -44,21 +45,34 @@ afterAll(async () => {
 
 describe("trainImagic on the fixture model", () => {
   it("lowers each stage's loss on fixed draws; LoRA starts as a no-op on e_opt", async () => {
-    // On the random fixture the context moves the loss by ~1 %, less than the spread between random
-    // draws, so the optimizer is watched on fixed draws (2 timesteps, fixed noise) where that noise is gone.
+    // Adam's first step moves every coordinate by lr·sign(∇) (m̂/√v̂ = g/|g|), so the embedding loss must
+    // fall by lr·‖∇‖₁ to first order. On the random fixture the loss is rugged in the context: at 8×8
+    // latents the UNet's GroupNorms see 2 values per group at the 1×1 bottom level and act almost as sign
+    // functions of their difference, so along sign(∇) the loss falls as predicted up to a move of 1e-3 and
+    // is 7e-4 higher at 3e-3. A long trajectory at a large lr crosses such cliffs wherever float32
+    // rounding puts it: a one-ulp change of the noise moves 12 steps at lr 5e-2 to a final loss anywhere
+    // in 0.9936…0.9973 of the first (onnxruntime 1.29's kernels did the same to an older "≤ 0.995" check).
+    // So the embedding is watched where descent is guaranteed: 5 steps of lr 2e-4 (1e-3 of travel).
+    // Measured: every step lowers the loss by 1.73e-5…1.96e-5 (≈ 300 float32 ulps of it), and the first
+    // fall is 0.972…0.979 of lr·‖∇‖₁ (over one-ulp nudges of the noise): the bound is 5 %.
+    const lr = 2e-4;
     const state = await trainImagic(sd, {
       image: photo,
       height: SIZE,
       width: SIZE,
       prompt: PROMPT,
       draws: fixedDraws,
-      options: options({ embedding: { steps: 12, lr: 5e-2 }, finetune: { steps: 6, lr: 1e-2 } }),
+      options: options({ embedding: { steps: 5, lr }, finetune: { steps: 6, lr: 1e-2 } }),
     });
     const { embedding: e, finetune: f } = state.losses;
-    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-    expect(e).toHaveLength(12);
-    expect(e.at(-1) as number).toBeLessThan(0.995 * (e[0] as number));
-    expect(mean(e.slice(-5))).toBeLessThan(mean(e.slice(0, 5)));
+    expect(e).toHaveLength(5);
+    for (let i = 1; i < e.length; i++) expect(e[i]).toBeLessThan(e[i - 1] as number);
+    const start = await untunedStep(sd, photo, state.eTgt);
+    expect(e[0] as number).toBeCloseTo(start.loss, 6);
+    const predicted = lr * start.dContext.reduce((s, g) => s + Math.abs(g), 0);
+    const fall = (e[0] as number) - (e[1] as number);
+    expect(Math.abs(fall / predicted - 1)).toBeLessThan(0.05);
+    // LoRA: measured 0.900…0.905 of the first loss after 6 steps (same nudges); the bound leaves 2×.
     expect(f).toHaveLength(6);
     expect(f.at(-1) as number).toBeLessThan(0.95 * (f[0] as number));
     // Fine-tuning's first loss is the un-tuned UNet's loss at the final e_opt (B = 0: LoRA adds nothing).

@@ -9,7 +9,7 @@ import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildProgram } from "../../../src/cli/program.js";
 import { CancelledError } from "../../../src/engine/errors.js";
-import { tensorToPng } from "../../../src/engine/image.js";
+import { cropImage, tensorToPng } from "../../../src/engine/image.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
 import { relError } from "../../helpers/golden.js";
@@ -104,5 +104,29 @@ describe("txt2img", () => {
       .toBuffer();
     const written = await sharp(png).raw().toBuffer();
     expect(written.equals(expected)).toBe(true);
+  });
+
+  it("`edit txt2img --size 96x64` samples at 128×64 (the fixture's multiple of 64) and crops the centre 96×64", async () => {
+    const out = join(mkdtempSync(join(tmpdir(), "txt2img-")), "wide.png");
+    const args = ["--prompt", base.prompt, "--out", out, "--model", MODEL, "--device", "cpu", "--seed", "5"];
+    await buildProgram().parseAsync([
+      "node",
+      "cli",
+      "edit",
+      "txt2img",
+      ...args,
+      "--steps",
+      "3",
+      "--size",
+      "96x64",
+    ]);
+    const png = readFileSync(out);
+    expect(await sharp(png).metadata()).toMatchObject({ width: 96, height: 64 });
+    const { image } = await txt2img(sd, { ...base, height: 64, width: 128, seed: 5 });
+    const centre = cropImage(image, { width: 128, height: 64 }, { left: 16, top: 0, width: 96, height: 64 });
+    const expected = await sharp(await tensorToPng(centre, [3, 64, 96]))
+      .raw()
+      .toBuffer();
+    expect((await sharp(png).raw().toBuffer()).equals(expected)).toBe(true);
   });
 });

@@ -43,6 +43,9 @@ export interface Harness {
   close(): Promise<void>;
 }
 
+/** The model the harness's clients and workers say they serve (concepts are cached per model). */
+export const TEST_MODEL = "test/model";
+
 export async function harness(limits: BlobLimits = LIMITS): Promise<Harness> {
   const redis = await startTestRedis();
   const blobs = new BlobStore(redis.client(), limits);
@@ -61,6 +64,7 @@ export async function harness(limits: BlobLimits = LIMITS): Promise<Harness> {
         blobs,
         limits: { maxQueued: 5 },
         retry: { attempts: 2, backoffMs: 50 },
+        model: TEST_MODEL,
         ...options,
       });
       closers.push(() => client.close());
@@ -72,6 +76,7 @@ export async function harness(limits: BlobLimits = LIMITS): Promise<Harness> {
         blobs,
         maxActivePerUser: 2,
         ...FAST,
+        modelId: TEST_MODEL,
         ...options,
       });
       workers.push(worker);

@@ -1,15 +1,26 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { ChannelType, PermissionFlagsBits } from "discord.js";
 import { type WebSocket, WebSocketServer } from "ws";
+import {
+  type AllowedMentions,
+  allowedMentionsProblem,
+  NO_PINGS,
+  type Pings,
+  resolvePings,
+} from "./mentions.js";
 import { type BucketLimit, RateLimiter } from "./rate-limits.js";
 
 /**
  * A protocol-level fake of Discord on loopback: the v10 REST routes the bot uses and a JSON gateway.
  * discord.js talks to it unmodified (Client `rest.api` → apiUrl; /gateway/bot → our ws URL). It enforces
  * what Discord enforces — rate limits with 429s, the 3-second interaction window, 2,000-character
- * content, attachment size, missing permissions — and records what the bot did for tests to assert on.
+ * content, attachment size, permissions per place (Send Messages in channels, Send Messages in Threads
+ * in threads and forum posts), archived threads (50083; a post unarchives), the edit limit on messages
+ * older than an hour (30046 as a 429), thread-creation limits, `allowed_mentions`, several guilds spread
+ * over gateway shards (4011 when one connection would carry too many) — and records what the bot did.
  */
 
 export const ALL_BOT_PERMISSIONS =
@@ -27,6 +38,24 @@ export interface FakeUser {
   bot?: boolean;
 }
 
+export interface FakeRole {
+  id: string;
+  name: string;
+  mentionable: boolean;
+}
+
+export interface FakeGuild {
+  id: string;
+  name: string;
+  roles: FakeRole[];
+}
+
+const THREAD_TYPES: readonly ChannelType[] = [
+  ChannelType.PublicThread,
+  ChannelType.PrivateThread,
+  ChannelType.AnnouncementThread,
+];
+
 export interface FakeChannel {
   id: string;
   type: ChannelType;
@@ -36,6 +65,13 @@ export interface FakeChannel {
   /** What the bot may do here (a permission bitfield); Discord computes it from roles and overwrites. */
   botPermissions: bigint;
   recipient?: FakeUser;
+  /** Threads: archived after `autoArchiveDuration` minutes without a new message (edits do not count). */
+  archived?: boolean;
+  autoArchiveDuration?: number;
+  /** Threads: when the last message was posted in it. */
+  lastActivity?: number;
+  /** Text channels: thread creation here fails with this JSON error code (160005, 50001…). */
+  refuseThreadsWith?: number;
 }
 
 export interface FakeAttachment {
@@ -53,8 +89,11 @@ export interface FakeMessage {
   content: string;
   author: FakeUser;
   flags: number;
+  createdAt: number;
   attachments: FakeAttachment[];
   reactions: Map<string, Set<string>>;
+  /** Who was notified when the message was created (edits never notify). */
+  pinged: Pings;
   /** Every content/attachment state the message went through, creation first. */
   history: Array<{ at: number; content: string; attachments: string[] }>;
   threadId?: string;
@@ -67,6 +106,8 @@ export interface RecordedRequest {
   path: string;
   route: string;
   status: number;
+  /** Discord's JSON error code of a refused request (50013, 30046…). */
+  code?: number;
 }
 
 export interface FakeInteraction {
@@ -96,13 +137,35 @@ export interface FakeDiscordOptions {
   maxFileBytes?: number;
   heartbeatIntervalMs?: number;
   interactionWindowMs?: number;
+  /** How long an interaction callback takes to be answered (it counts as acknowledged on arrival). */
+  callbackLatencyMs?: number;
+  /** Guilds one gateway connection may carry before Discord closes it with 4011 (Discord: 2,500). */
+  maxGuildsPerShard?: number;
+  /** Guilds per shard that /gateway/bot's recommendation aims at (Discord: about 1,000). */
+  guildsPerRecommendedShard?: number;
+  /** session_start_limit.max_concurrency: shards that may identify together (Discord: 1 for most bots). */
+  maxConcurrency?: number;
+  /** Messages older than this have their edits limited (30046, as a 429): Discord, 1 hour. */
+  oldMessageAgeMs?: number;
+  /** How many edits of old messages a channel gets per window before 30046. */
+  oldMessageEdits?: BucketLimit;
+  /** Active threads per guild, and active announcement threads apart (Discord: 1,000 each). */
+  maxActiveThreads?: number;
 }
 
 const DISCORD_EPOCH = 1420070400000n;
 let sequence = 0n;
-export function snowflake(): string {
+function snowflakeAt(ms: number): string {
   sequence += 1n;
-  return (((BigInt(Date.now()) - DISCORD_EPOCH) << 22n) | (sequence & 0xfffn)).toString();
+  return (((BigInt(ms) - DISCORD_EPOCH) << 22n) | (sequence & 0xfffn)).toString();
+}
+export function snowflake(): string {
+  return snowflakeAt(Date.now());
+}
+
+/** The shard that carries a guild: Discord's (guild_id >> 22) % shard_count. */
+export function shardOf(guildId: string, shardCount: number): number {
+  return Number((BigInt(guildId) >> 22n) % BigInt(shardCount));
 }
 
 class HttpError extends Error {
@@ -116,27 +179,53 @@ class HttpError extends Error {
 
 const unknown = (what: string, code: number) => new HttpError(404, { message: `Unknown ${what}`, code });
 const missingPermissions = () => new HttpError(403, { message: "Missing Permissions", code: 50013 });
+const archivedThread = () => new HttpError(400, { message: "Thread is archived", code: 50083 });
+const invalidForm = (field: string, message: string) =>
+  new HttpError(400, {
+    message: "Invalid Form Body",
+    code: 50035,
+    errors: { [field]: { _errors: [{ code: "BASE_TYPE_INVALID", message }] } },
+  });
+
+/** Why Discord refuses to create a thread, by JSON error code. */
+const THREAD_REFUSALS: Record<number, () => HttpError> = {
+  10003: () => unknown("Channel", 10003),
+  50001: () => new HttpError(403, { message: "Missing Access", code: 50001 }),
+  50013: missingPermissions,
+  160005: () => new HttpError(400, { message: "Thread is locked", code: 160005 }),
+  160006: () => new HttpError(400, { message: "Maximum number of active threads reached", code: 160006 }),
+  160007: () =>
+    new HttpError(400, { message: "Maximum number of active announcement threads reached", code: 160007 }),
+};
+
+interface Shard {
+  id: number;
+  count: number;
+}
 
 export class FakeDiscord {
   readonly token = `fake-${randomBytes(12).toString("hex")}`;
   readonly applicationId = snowflake();
   readonly botUser: FakeUser = { id: this.applicationId, username: "photo-bot", bot: true };
-  readonly guildId = snowflake();
+  readonly guilds = new Map<string, FakeGuild>();
+  /** The guild every helper uses unless told otherwise. */
+  readonly guildId: string;
   readonly channels = new Map<string, FakeChannel>();
   readonly messages = new Map<string, FakeMessage>();
   readonly interactions = new Map<string, FakeInteraction>();
   readonly requests: RecordedRequest[] = [];
   readonly registered = new Map<string, unknown[]>();
-  readonly identifies: Array<{ intents: number }> = [];
-  /** Set true to make the fake drop the bot's gateway connections without a close handshake. */
+  readonly identifies: Array<{ intents: number; shard?: [number, number] }> = [];
+  /** Gateway connections closed by the fake, with the close code. */
+  readonly closes: Array<{ shard?: [number, number]; code: number }> = [];
   private readonly sockets = new Set<WebSocket>();
-  private readonly identified = new Set<WebSocket>();
+  private readonly shards = new Map<WebSocket, Shard>();
   private readonly files = new Map<string, FakeAttachment>();
   private readonly limiter = new RateLimiter();
+  private readonly oldEdits = new RateLimiter();
   private readonly limits: Record<"message" | "reaction" | "default", BucketLimit>;
-  private readonly maxFileBytes: number;
-  private readonly heartbeatIntervalMs: number;
-  private readonly interactionWindowMs: number;
+  private readonly options: Required<Omit<FakeDiscordOptions, "limits">>;
+  private guildClock = 0;
   private seq = 0;
   private port = 0;
   private readonly http: Server;
@@ -150,9 +239,20 @@ export class FakeDiscord {
       default: { limit: 50, windowMs: 1000 },
       ...options.limits,
     };
-    this.maxFileBytes = options.maxFileBytes ?? 10 * 1024 * 1024;
-    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 41_250;
-    this.interactionWindowMs = options.interactionWindowMs ?? 3000;
+    this.options = {
+      maxFileBytes: 10 * 1024 * 1024,
+      heartbeatIntervalMs: 41_250,
+      interactionWindowMs: 3000,
+      callbackLatencyMs: 0,
+      maxGuildsPerShard: 2500,
+      guildsPerRecommendedShard: 1000,
+      maxConcurrency: 1,
+      oldMessageAgeMs: 3_600_000,
+      oldMessageEdits: { limit: 1, windowMs: 60_000 },
+      maxActiveThreads: 1000,
+      ...options,
+    };
+    this.guildId = this.addGuild("Fake Guild").id;
     this.http = createServer((req, res) => void this.handleHttp(req, res));
     this.wss = new WebSocketServer({ server: this.http, path: "/gateway" });
     this.wss.on("connection", (socket) => this.handleSocket(socket));
@@ -182,28 +282,74 @@ export class FakeDiscord {
 
   // ── world building ────────────────────────────────────────────────────────────────────────────
 
-  addTextChannel(name: string, botPermissions = ALL_BOT_PERMISSIONS): FakeChannel {
-    const channel: FakeChannel = {
-      id: snowflake(),
-      type: ChannelType.GuildText,
+  /** A guild the bot is in. Ids are a millisecond apart, so that guilds spread over shards. */
+  addGuild(name: string): FakeGuild {
+    this.guildClock = Math.max(Date.now(), this.guildClock + 1);
+    const guild: FakeGuild = { id: snowflakeAt(this.guildClock), name, roles: [] };
+    this.guilds.set(guild.id, guild);
+    return guild;
+  }
+
+  addRole(name: string, { mentionable = false, guildId = this.guildId } = {}): FakeRole {
+    const role: FakeRole = { id: snowflake(), name, mentionable };
+    this.mustGuild(guildId).roles.push(role);
+    return role;
+  }
+
+  private addChannel(channel: Omit<FakeChannel, "id">): FakeChannel {
+    const full: FakeChannel = { id: snowflake(), ...channel };
+    this.channels.set(full.id, full);
+    return full;
+  }
+
+  addTextChannel(name: string, botPermissions = ALL_BOT_PERMISSIONS, guildId = this.guildId): FakeChannel {
+    return this.addChannel({ type: ChannelType.GuildText, name, guildId, botPermissions });
+  }
+
+  addAnnouncementChannel(name: string, botPermissions = ALL_BOT_PERMISSIONS): FakeChannel {
+    return this.addChannel({
+      type: ChannelType.GuildAnnouncement,
       name,
       guildId: this.guildId,
       botPermissions,
+    });
+  }
+
+  addForumChannel(name: string, botPermissions = ALL_BOT_PERMISSIONS): FakeChannel {
+    return this.addChannel({ type: ChannelType.GuildForum, name, guildId: this.guildId, botPermissions });
+  }
+
+  /**
+   * A thread a user opened: on one of their messages in a text channel, or a post in a forum (whose
+   * first message has the thread's id). It inherits the parent's permissions for the bot.
+   */
+  addThread(parent: FakeChannel, name: string, author: FakeUser): FakeChannel {
+    const forum = parent.type === ChannelType.GuildForum;
+    const start = this.storeMessage(forum ? "" : parent.id, { content: name }, author, NO_PINGS);
+    const thread: FakeChannel = {
+      id: start.id,
+      type: ChannelType.PublicThread,
+      name,
+      guildId: parent.guildId,
+      parentId: parent.id,
+      botPermissions: parent.botPermissions,
+      archived: false,
+      autoArchiveDuration: 1440,
+      lastActivity: Date.now(),
     };
-    this.channels.set(channel.id, channel);
-    return channel;
+    this.channels.set(thread.id, thread);
+    if (forum) start.channelId = thread.id;
+    else start.threadId = thread.id;
+    return thread;
   }
 
   addDmChannel(recipient: FakeUser): FakeChannel {
-    const channel: FakeChannel = {
-      id: snowflake(),
+    return this.addChannel({
       type: ChannelType.DM,
       name: recipient.username,
       botPermissions: ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.CreatePublicThreads,
       recipient,
-    };
-    this.channels.set(channel.id, channel);
-    return channel;
+    });
   }
 
   user(username: string): FakeUser {
@@ -230,9 +376,23 @@ export class FakeDiscord {
     return attachment;
   }
 
+  /** What inactivity does: a thread archives once its last message is older than its duration. */
+  archiveIdleThreads(now = Date.now()): FakeChannel[] {
+    const archived: FakeChannel[] = [];
+    for (const thread of this.channels.values()) {
+      if (!THREAD_TYPES.includes(thread.type) || thread.archived) continue;
+      const idleMinutes = (now - (thread.lastActivity ?? now)) / 60_000;
+      if (idleMinutes >= (thread.autoArchiveDuration ?? 1440)) {
+        thread.archived = true;
+        archived.push(thread);
+      }
+    }
+    return archived;
+  }
+
   // ── what users do ─────────────────────────────────────────────────────────────────────────────
 
-  /** A user runs a slash command: INTERACTION_CREATE goes out on the gateway. */
+  /** A user runs a slash command: INTERACTION_CREATE goes out on the shard that carries its guild. */
   runCommand(args: {
     name: string;
     user: FakeUser;
@@ -249,7 +409,7 @@ export class FakeDiscord {
       followUps: [],
     };
     this.interactions.set(interaction.token, interaction);
-    const inGuild = args.channel.guildId !== undefined;
+    const guildId = args.channel.guildId;
     const resolvedAttachments = Object.fromEntries(
       (args.attachments ?? []).map((a) => [
         a.id,
@@ -263,49 +423,47 @@ export class FakeDiscord {
         },
       ]),
     );
-    const userJson = {
-      id: args.user.id,
-      username: args.user.username,
-      discriminator: "0",
-      global_name: null,
-      avatar: null,
-    };
-    this.dispatch("INTERACTION_CREATE", {
-      id: interaction.id,
-      application_id: this.applicationId,
-      type: 2,
-      token: interaction.token,
-      version: 1,
-      ...(inGuild
-        ? {
-            guild_id: this.guildId,
-            member: {
-              user: userJson,
-              roles: [],
-              permissions: "2248473465835073",
-              joined_at: new Date().toISOString(),
-              deaf: false,
-              mute: false,
-              flags: 0,
-            },
-            guild_locale: "en-US",
-          }
-        : { user: userJson }),
-      channel_id: args.channel.id,
-      channel: this.channelJson(args.channel),
-      app_permissions: args.channel.botPermissions.toString(),
-      locale: "en-US",
-      entitlements: [],
-      authorizing_integration_owners: inGuild ? { "0": this.guildId } : { "1": args.user.id },
-      context: inGuild ? 0 : 1,
-      data: {
-        id: snowflake(),
-        name: args.name,
-        type: 1,
-        options: args.options ?? [],
-        ...(args.attachments?.length ? { resolved: { attachments: resolvedAttachments } } : {}),
+    const userJson = this.userJson(args.user);
+    this.dispatch(
+      "INTERACTION_CREATE",
+      {
+        id: interaction.id,
+        application_id: this.applicationId,
+        type: 2,
+        token: interaction.token,
+        version: 1,
+        ...(guildId
+          ? {
+              guild_id: guildId,
+              member: {
+                user: userJson,
+                roles: [],
+                permissions: "2248473465835073",
+                joined_at: new Date().toISOString(),
+                deaf: false,
+                mute: false,
+                flags: 0,
+              },
+              guild_locale: "en-US",
+            }
+          : { user: userJson }),
+        channel_id: args.channel.id,
+        channel: this.channelJson(args.channel),
+        app_permissions: args.channel.botPermissions.toString(),
+        locale: "en-US",
+        entitlements: [],
+        authorizing_integration_owners: guildId ? { "0": guildId } : { "1": args.user.id },
+        context: guildId ? 0 : 1,
+        data: {
+          id: snowflake(),
+          name: args.name,
+          type: 1,
+          options: args.options ?? [],
+          ...(args.attachments?.length ? { resolved: { attachments: resolvedAttachments } } : {}),
+        },
       },
-    });
+      guildId,
+    );
     return interaction;
   }
 
@@ -322,40 +480,52 @@ export class FakeDiscord {
     for (const socket of this.sockets) socket.terminate();
   }
 
+  /** Closes the connections of one shard with a close code, as Discord does (4011: sharding required). */
+  closeShard(shardId: number, code: number, reason = "Sharding required."): void {
+    for (const [socket, shard] of this.shards) {
+      if (shard.id !== shardId) continue;
+      this.closes.push({ shard: [shard.id, shard.count], code });
+      socket.close(code, reason);
+    }
+  }
+
   get connectedBots(): number {
-    return this.identified.size;
+    return this.shards.size;
+  }
+
+  /** What /gateway/bot recommends: enough shards that each carries at most the recommended share. */
+  recommendedShards(): number {
+    const guilds = [...this.guilds.keys()];
+    let count = Math.max(1, Math.ceil(guilds.length / this.options.guildsPerRecommendedShard));
+    const fullest = (n: number) =>
+      Math.max(...Array.from({ length: n }, (_, i) => guilds.filter((g) => shardOf(g, n) === i).length));
+    while (fullest(count) > this.options.maxGuildsPerShard) count += 1;
+    return count;
+  }
+
+  private guildsOf(shard: Shard): FakeGuild[] {
+    return [...this.guilds.values()].filter((g) => shardOf(g.id, shard.count) === shard.id);
   }
 
   private handleSocket(socket: WebSocket): void {
     this.sockets.add(socket);
     socket.on("close", () => {
       this.sockets.delete(socket);
-      this.identified.delete(socket);
+      this.shards.delete(socket);
     });
-    this.send(socket, { op: 10, d: { heartbeat_interval: this.heartbeatIntervalMs }, s: null, t: null });
+    this.send(socket, {
+      op: 10,
+      d: { heartbeat_interval: this.options.heartbeatIntervalMs },
+      s: null,
+      t: null,
+    });
     socket.on("message", (raw) => {
       const packet = JSON.parse(String(raw)) as { op: number; d: Record<string, unknown> | number | null };
       if (packet.op === 1) {
         this.heartbeats.received += 1;
         this.send(socket, { op: 11, d: null, s: null, t: null });
       } else if (packet.op === 2) {
-        const d = packet.d as { token: string; intents: number };
-        if (d.token !== this.token) {
-          socket.close(4004, "Authentication failed.");
-          return;
-        }
-        this.identifies.push({ intents: d.intents });
-        this.identified.add(socket);
-        this.sendDispatch(socket, "READY", {
-          v: 10,
-          user: { ...this.userJson(this.botUser), bot: true },
-          guilds: [{ id: this.guildId, unavailable: true }],
-          session_id: randomBytes(8).toString("hex"),
-          resume_gateway_url: `ws://127.0.0.1:${this.port}/gateway`,
-          shard: [0, 1],
-          application: { id: this.applicationId, flags: 0 },
-        });
-        this.sendDispatch(socket, "GUILD_CREATE", this.guildJson());
+        this.identify(socket, packet.d as { token: string; intents: number; shard?: [number, number] });
       } else if (packet.op === 6) {
         // Resuming is not offered: the bot identifies again, as after a long outage on real Discord.
         this.send(socket, { op: 9, d: false, s: null, t: null });
@@ -363,11 +533,56 @@ export class FakeDiscord {
     });
   }
 
-  private guildJson(): Record<string, unknown> {
-    const guildChannels = [...this.channels.values()].filter((c) => c.guildId === this.guildId);
+  private identify(socket: WebSocket, d: { token: string; intents: number; shard?: [number, number] }): void {
+    if (d.token !== this.token) {
+      socket.close(4004, "Authentication failed.");
+      return;
+    }
+    this.identifies.push({ intents: d.intents, ...(d.shard ? { shard: d.shard } : {}) });
+    const [id, count] = d.shard ?? [0, 1];
+    const refuse = (code: number, reason: string) => {
+      this.closes.push({ shard: [id, count], code });
+      socket.close(code, reason);
+    };
+    if (!(count >= 1 && id >= 0 && id < count)) {
+      refuse(4010, "Invalid shard.");
+      return;
+    }
+    const shard = { id, count };
+    const guilds = this.guildsOf(shard);
+    if (guilds.length > this.options.maxGuildsPerShard) {
+      refuse(4011, "Sharding required.");
+      return;
+    }
+    this.shards.set(socket, shard);
+    this.sendDispatch(socket, "READY", {
+      v: 10,
+      user: { ...this.userJson(this.botUser), bot: true },
+      guilds: guilds.map((g) => ({ id: g.id, unavailable: true })),
+      session_id: randomBytes(8).toString("hex"),
+      resume_gateway_url: `ws://127.0.0.1:${this.port}/gateway`,
+      shard: [id, count],
+      application: { id: this.applicationId, flags: 0 },
+    });
+    for (const guild of guilds) this.sendDispatch(socket, "GUILD_CREATE", this.guildJson(guild));
+  }
+
+  private guildJson(guild: FakeGuild): Record<string, unknown> {
+    const guildChannels = [...this.channels.values()].filter((c) => c.guildId === guild.id);
+    const role = (r: FakeRole, position: number) => ({
+      id: r.id,
+      name: r.name,
+      permissions: "0",
+      position,
+      color: 0,
+      hoist: false,
+      managed: false,
+      mentionable: r.mentionable,
+      flags: 0,
+    });
     return {
-      id: this.guildId,
-      name: "Fake Guild",
+      id: guild.id,
+      name: guild.name,
       icon: null,
       owner_id: snowflake(),
       unavailable: false,
@@ -375,17 +590,8 @@ export class FakeDiscord {
       large: false,
       features: [],
       roles: [
-        {
-          id: this.guildId,
-          name: "@everyone",
-          permissions: "0",
-          position: 0,
-          color: 0,
-          hoist: false,
-          managed: false,
-          mentionable: false,
-          flags: 0,
-        },
+        role({ id: guild.id, name: "@everyone", mentionable: false }, 0),
+        ...guild.roles.map((r, i) => role(r, i + 1)),
       ],
       emojis: [],
       stickers: [],
@@ -399,12 +605,10 @@ export class FakeDiscord {
           flags: 0,
         },
       ],
-      channels: guildChannels
-        .filter((c) => c.type !== ChannelType.PublicThread)
-        .map((c) => this.channelJson(c)),
-      // Real Discord lists active threads in GUILD_CREATE, which is how a restarted bot knows them.
+      channels: guildChannels.filter((c) => !THREAD_TYPES.includes(c.type)).map((c) => this.channelJson(c)),
+      // Real Discord lists active (not archived) threads in GUILD_CREATE: how a restarted bot knows them.
       threads: guildChannels
-        .filter((c) => c.type === ChannelType.PublicThread)
+        .filter((c) => THREAD_TYPES.includes(c.type) && !c.archived)
         .map((c) => this.channelJson(c)),
       presences: [],
       voice_states: [],
@@ -435,12 +639,18 @@ export class FakeDiscord {
       base.position = 0;
       base.permissions = channel.botPermissions.toString();
     }
+    if (channel.type === ChannelType.GuildForum) {
+      base.available_tags = [];
+      base.default_reaction_emoji = null;
+      base.default_sort_order = null;
+      base.default_forum_layout = 0;
+    }
     if (channel.parentId) {
       base.parent_id = channel.parentId;
       base.owner_id = this.botUser.id;
       base.thread_metadata = {
-        archived: false,
-        auto_archive_duration: 1440,
+        archived: channel.archived ?? false,
+        auto_archive_duration: channel.autoArchiveDuration ?? 1440,
         archive_timestamp: new Date().toISOString(),
         locked: false,
       };
@@ -471,8 +681,12 @@ export class FakeDiscord {
     this.send(socket, { op: 0, t, s: this.seq, d });
   }
 
-  private dispatch(t: string, d: unknown): void {
-    for (const socket of this.identified) this.sendDispatch(socket, t, d);
+  /** Sends an event on the shard that carries `guildId`; events outside guilds (DMs) go on shard 0. */
+  private dispatch(t: string, d: unknown, guildId?: string): void {
+    for (const [socket, shard] of this.shards) {
+      const carries = guildId ? shardOf(guildId, shard.count) === shard.id : shard.id === 0;
+      if (carries) this.sendDispatch(socket, t, d);
+    }
   }
 
   // ── REST ──────────────────────────────────────────────────────────────────────────────────────
@@ -514,12 +728,17 @@ export class FakeDiscord {
           const result = await routed.run();
           status = result.status;
           payload = result.body;
+          headers = { ...headers, ...result.headers };
         }
       }
     } catch (error) {
       if (error instanceof HttpError) {
         status = error.status;
         payload = error.body;
+        record.code = Number(error.body.code);
+        if (error.body.retry_after !== undefined) {
+          headers = { "retry-after": String(Math.ceil(Number(error.body.retry_after))) };
+        }
       } else {
         status = 500;
         payload = { message: String(error), code: 0 };
@@ -550,7 +769,7 @@ export class FakeDiscord {
   ): Promise<{
     route: string;
     bucket?: { kind: "message" | "reaction" | "default"; key: string };
-    run: () => Promise<{ status: number; body?: unknown }>;
+    run: () => Promise<{ status: number; body?: unknown; headers?: Record<string, string> }>;
   }> {
     const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
     const p = (i: number) => parts[i] ?? "";
@@ -568,8 +787,13 @@ export class FakeDiscord {
           authorized();
           return ok({
             url: `ws://127.0.0.1:${this.port}/gateway`,
-            shards: 1,
-            session_start_limit: { total: 1000, remaining: 999, reset_after: 86_400_000, max_concurrency: 1 },
+            shards: this.recommendedShards(),
+            session_start_limit: {
+              total: 1000,
+              remaining: 999,
+              reset_after: 86_400_000,
+              max_concurrency: this.options.maxConcurrency,
+            },
           });
         },
       };
@@ -654,7 +878,10 @@ export class FakeDiscord {
             authorized();
             const message = this.mustMessage(p(3));
             if (method === "GET") return ok(this.messageJson(message));
-            if (method === "PATCH") return ok(this.messageJson(this.editMessage(message, await form())));
+            if (method === "PATCH") {
+              this.checkEditable(message);
+              return ok(this.messageJson(this.editMessage(message, await form())));
+            }
             if (method === "DELETE") {
               this.messages.delete(message.id);
               return { status: 204 };
@@ -669,7 +896,13 @@ export class FakeDiscord {
           bucket: { kind: "default", key: channelId },
           run: async () => {
             authorized();
-            return ok(this.startThread(channelId, p(3), (await form()).json as { name?: string }));
+            return ok(
+              this.startThread(
+                channelId,
+                p(3),
+                (await form()).json as { name?: string; auto_archive_duration?: number },
+              ),
+            );
           },
         };
       }
@@ -681,6 +914,7 @@ export class FakeDiscord {
             authorized();
             const channel = this.mustChannel(channelId);
             need(channel, PermissionFlagsBits.AddReactions | PermissionFlagsBits.ReadMessageHistory);
+            if (channel.archived) throw archivedThread();
             this.storeReaction(this.mustMessage(p(3)), this.botUser, p(5));
             return { status: 204 };
           },
@@ -693,19 +927,22 @@ export class FakeDiscord {
     };
   }
 
-  private callback(
+  private async callback(
     interactionId: string,
     token: string,
     url: URL,
     body: ParsedBody,
-  ): { status: number; body?: unknown } {
+  ): Promise<{ status: number; body?: unknown }> {
     const interaction = this.interactions.get(token);
     if (!interaction || interaction.id !== interactionId) throw unknown("interaction", 10062);
     if (interaction.acknowledgedAt !== undefined) {
       throw new HttpError(400, { message: "Interaction has already been acknowledged.", code: 40060 });
     }
-    if (Date.now() - interaction.dispatchedAt > this.interactionWindowMs) throw unknown("interaction", 10062);
-    const json = body.json as { type: number; data?: { flags?: number } };
+    if (Date.now() - interaction.dispatchedAt > this.options.interactionWindowMs) {
+      throw unknown("interaction", 10062);
+    }
+    const json = body.json as { type: number; data?: { flags?: number; allowed_mentions?: AllowedMentions } };
+    // Acknowledged on arrival: a second callback while this one is still being answered is refused.
     interaction.acknowledgedAt = Date.now();
     interaction.callbackType = json.type;
     const flags = json.data?.flags ?? 0;
@@ -722,6 +959,7 @@ export class FakeDiscord {
       message.interactionId = interaction.id;
       interaction.originalId = message.id;
     }
+    if (this.options.callbackLatencyMs > 0) await sleep(this.options.callbackLatencyMs);
     if (url.searchParams.get("with_response") === "true") {
       return {
         status: 200,
@@ -748,8 +986,14 @@ export class FakeDiscord {
     const interaction = this.interactions.get(token);
     if (!interaction || interaction.acknowledgedAt === undefined) throw unknown("Webhook", 10015);
     if (Date.now() - interaction.acknowledgedAt > 15 * 60 * 1000) throw unknown("Webhook", 10015);
+    const original = interaction.originalId ? this.messages.get(interaction.originalId) : undefined;
     if (target === undefined) {
       if (method !== "POST") throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
+      // A follow-up while the deferred "thinking…" message is still loading is taken as resolving it:
+      // it fills in that message, which keeps the deferral's visibility whatever flags it asks for.
+      if (original && (original.flags & 128) !== 0) {
+        return { status: 200, body: this.messageJson(this.fillDeferred(original, body)) };
+      }
       const message = this.createMessage(interaction.channelId, body, this.botUser, {
         checkPermissions: false,
       });
@@ -767,10 +1011,31 @@ export class FakeDiscord {
       return { status: 204 };
     }
     if (method === "PATCH") {
-      message.flags &= ~128;
+      if ((message.flags & 128) !== 0)
+        return { status: 200, body: this.messageJson(this.fillDeferred(message, body)) };
       return { status: 200, body: this.messageJson(this.editMessage(message, body)) };
     }
     throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
+  }
+
+  /** The first content of a deferred response: it notifies as a new message would. */
+  private fillDeferred(message: FakeMessage, body: ParsedBody): FakeMessage {
+    message.flags &= ~128;
+    this.editMessage(message, body);
+    message.pinged = this.pingsFor(message.channelId, message.content, body);
+    return message;
+  }
+
+  private pingsFor(channelId: string, content: string, body: ParsedBody): Pings {
+    const channel = this.mustChannel(channelId);
+    const allowed = (body.json as { allowed_mentions?: AllowedMentions }).allowed_mentions;
+    const problem = allowedMentionsProblem(allowed);
+    if (problem) throw invalidForm("allowed_mentions", problem);
+    const roles = channel.guildId ? this.mustGuild(channel.guildId).roles : [];
+    return resolvePings(content, allowed, {
+      mentionable: (id) => roles.some((r) => r.id === id && r.mentionable),
+      mentionEveryone: (channel.botPermissions & PermissionFlagsBits.MentionEveryone) !== 0n,
+    });
   }
 
   private createMessage(
@@ -781,11 +1046,10 @@ export class FakeDiscord {
   ): FakeMessage {
     const channel = this.mustChannel(channelId);
     const json = body.json as { content?: string; flags?: number };
+    const inThread = THREAD_TYPES.includes(channel.type);
     if (opts.checkPermissions) {
-      const sending =
-        channel.type === ChannelType.PublicThread
-          ? PermissionFlagsBits.SendMessagesInThreads
-          : PermissionFlagsBits.SendMessages;
+      // In a thread (a forum post included) Send Messages has no effect: Send Messages in Threads does.
+      const sending = inThread ? PermissionFlagsBits.SendMessagesInThreads : PermissionFlagsBits.SendMessages;
       need(
         channel,
         PermissionFlagsBits.ViewChannel |
@@ -794,31 +1058,75 @@ export class FakeDiscord {
       );
     }
     validateContent(json.content ?? "");
+    const pinged = (json.flags ?? 0) & 128 ? NO_PINGS : this.pingsFor(channelId, json.content ?? "", body);
     const attachments = this.storeFiles(body);
     if (!json.content && attachments.length === 0 && (json.flags ?? 0) === 0) {
       throw new HttpError(400, { message: "Cannot send an empty message", code: 50006 });
     }
-    const message: FakeMessage = {
-      id: snowflake(),
+    // Posting in an archived thread unarchives it; a post is activity, an edit is not.
+    if (inThread) {
+      channel.archived = false;
+      channel.lastActivity = Date.now();
+    }
+    return this.storeMessage(
       channelId,
-      content: json.content ?? "",
+      { content: json.content ?? "", flags: json.flags ?? 0, attachments },
       author,
-      flags: json.flags ?? 0,
-      attachments,
+      pinged,
+    );
+  }
+
+  private storeMessage(
+    channelId: string,
+    fields: { content: string; flags?: number; attachments?: FakeAttachment[] },
+    author: FakeUser,
+    pinged: Pings,
+  ): FakeMessage {
+    const now = Date.now();
+    const message: FakeMessage = {
+      id: snowflakeAt(now),
+      channelId,
+      content: fields.content,
+      author,
+      flags: fields.flags ?? 0,
+      createdAt: now,
+      attachments: fields.attachments ?? [],
       reactions: new Map(),
+      pinged,
       history: [],
     };
     message.history.push({
-      at: Date.now(),
+      at: now,
       content: message.content,
-      attachments: attachments.map((a) => a.filename),
+      attachments: message.attachments.map((a) => a.filename),
     });
     this.messages.set(message.id, message);
     return message;
   }
 
+  /** Archived threads refuse edits; messages older than the age limit get only a few edits (30046). */
+  private checkEditable(message: FakeMessage): void {
+    if (this.channels.get(message.channelId)?.archived) throw archivedThread();
+    if (Date.now() - message.createdAt < this.options.oldMessageAgeMs) return;
+    const decision = this.oldEdits.decide(`old-edits:${message.channelId}`, this.options.oldMessageEdits);
+    if (!decision.allowed) {
+      throw new HttpError(429, {
+        message: "Maximum number of edits to messages older than 1 hour reached. Try again later.",
+        code: 30046,
+        retry_after: decision.retryAfterSeconds,
+        global: false,
+      });
+    }
+  }
+
   private editMessage(message: FakeMessage, body: ParsedBody): FakeMessage {
-    const json = body.json as { content?: string; attachments?: Array<{ id: string }> };
+    const json = body.json as {
+      content?: string;
+      attachments?: Array<{ id: string }>;
+      allowed_mentions?: AllowedMentions;
+    };
+    const problem = allowedMentionsProblem(json.allowed_mentions);
+    if (problem) throw invalidForm("allowed_mentions", problem);
     if (json.content !== undefined) {
       validateContent(json.content ?? "");
       message.content = json.content ?? "";
@@ -841,7 +1149,7 @@ export class FakeDiscord {
 
   private storeFiles(body: ParsedBody): FakeAttachment[] {
     for (const file of body.files) {
-      if (file.bytes.byteLength > this.maxFileBytes)
+      if (file.bytes.byteLength > this.options.maxFileBytes)
         throw new HttpError(413, { message: "Request entity too large", code: 40005 });
     }
     return body.files.map((file) =>
@@ -852,26 +1160,55 @@ export class FakeDiscord {
   private startThread(
     channelId: string,
     messageId: string,
-    json: { name?: string },
+    json: { name?: string; auto_archive_duration?: number },
   ): Record<string, unknown> {
     const parent = this.mustChannel(channelId);
     const message = this.mustMessage(messageId);
-    if (parent.type !== ChannelType.GuildText) {
+    const type =
+      parent.type === ChannelType.GuildAnnouncement
+        ? ChannelType.AnnouncementThread
+        : parent.type === ChannelType.GuildText
+          ? ChannelType.PublicThread
+          : undefined;
+    if (type === undefined) {
       throw new HttpError(400, { message: "Cannot execute action on this channel type", code: 50024 });
     }
     need(parent, PermissionFlagsBits.CreatePublicThreads);
+    if (parent.refuseThreadsWith !== undefined) {
+      throw (THREAD_REFUSALS[parent.refuseThreadsWith] ?? missingPermissions)();
+    }
     if (message.threadId)
       throw new HttpError(400, {
         message: "A thread has already been created for this message",
         code: 160004,
       });
+    const name = json.name ?? "";
+    // Discord counts a name in characters (code points), 1-100, and refuses text that is not valid UTF-16.
+    if (/\p{Surrogate}/u.test(name) || [...name].length < 1 || [...name].length > 100) {
+      throw invalidForm("name", "Must be between 1 and 100 in length, valid Unicode.");
+    }
+    const duration = json.auto_archive_duration ?? 1440;
+    if (![60, 1440, 4320, 10080].includes(duration)) {
+      throw invalidForm("auto_archive_duration", "Value must be one of (60, 1440, 4320, 10080).");
+    }
+    const active = [...this.channels.values()].filter(
+      (c) => c.guildId === parent.guildId && c.type === type && !c.archived,
+    );
+    if (active.length >= this.options.maxActiveThreads) {
+      throw (
+        THREAD_REFUSALS[type === ChannelType.AnnouncementThread ? 160007 : 160006]?.() ?? missingPermissions()
+      );
+    }
     const thread: FakeChannel = {
       id: message.id,
-      type: ChannelType.PublicThread,
-      name: json.name ?? "thread",
+      type,
+      name,
       guildId: parent.guildId,
       parentId: parent.id,
       botPermissions: parent.botPermissions,
+      archived: false,
+      autoArchiveDuration: duration,
+      lastActivity: Date.now(),
     };
     this.channels.set(thread.id, thread);
     message.threadId = thread.id;
@@ -883,32 +1220,37 @@ export class FakeDiscord {
     users.add(user.id);
     message.reactions.set(emoji, users);
     const channel = this.mustChannel(message.channelId);
-    this.dispatch("MESSAGE_REACTION_ADD", {
-      user_id: user.id,
-      channel_id: channel.id,
-      message_id: message.id,
-      message_author_id: message.author.id,
-      emoji: { id: null, name: emoji },
-      burst: false,
-      type: 0,
-      ...(channel.guildId
-        ? {
-            guild_id: channel.guildId,
-            member: {
-              user: this.userJson(user),
-              roles: [],
-              joined_at: new Date().toISOString(),
-              deaf: false,
-              mute: false,
-              flags: 0,
-            },
-          }
-        : {}),
-    });
+    this.dispatch(
+      "MESSAGE_REACTION_ADD",
+      {
+        user_id: user.id,
+        channel_id: channel.id,
+        message_id: message.id,
+        message_author_id: message.author.id,
+        emoji: { id: null, name: emoji },
+        burst: false,
+        type: 0,
+        ...(channel.guildId
+          ? {
+              guild_id: channel.guildId,
+              member: {
+                user: this.userJson(user),
+                roles: [],
+                joined_at: new Date().toISOString(),
+                deaf: false,
+                mute: false,
+                flags: 0,
+              },
+            }
+          : {}),
+      },
+      channel.guildId,
+    );
   }
 
   messageJson(message: FakeMessage): Record<string, unknown> {
     const channel = this.mustChannel(message.channelId);
+    const users = [...this.knownUsers()].filter((u) => message.pinged.users.includes(u.id));
     return {
       id: message.id,
       type: message.interactionId ? 20 : 0,
@@ -916,12 +1258,12 @@ export class FakeDiscord {
       ...(channel.guildId ? { guild_id: channel.guildId } : {}),
       author: this.userJson(message.author),
       content: message.content,
-      timestamp: new Date().toISOString(),
+      timestamp: new Date(message.createdAt).toISOString(),
       edited_timestamp: null,
       tts: false,
-      mention_everyone: false,
-      mentions: [],
-      mention_roles: [],
+      mention_everyone: message.pinged.everyone,
+      mentions: users.map((u) => this.userJson(u)),
+      mention_roles: message.pinged.roles,
       attachments: message.attachments.map(({ bytes: _bytes, ...rest }) => ({
         ...rest,
         proxy_url: rest.url,
@@ -934,7 +1276,18 @@ export class FakeDiscord {
     };
   }
 
+  private *knownUsers(): Iterable<FakeUser> {
+    yield this.botUser;
+    for (const interaction of this.interactions.values()) yield interaction.user;
+  }
+
   // ── queries for tests ─────────────────────────────────────────────────────────────────────────
+
+  mustGuild(id: string): FakeGuild {
+    const guild = this.guilds.get(id);
+    if (!guild) throw unknown("Guild", 10004);
+    return guild;
+  }
 
   mustChannel(id: string): FakeChannel {
     const channel = this.channels.get(id);
@@ -950,6 +1303,11 @@ export class FakeDiscord {
 
   messagesIn(channelId: string): FakeMessage[] {
     return [...this.messages.values()].filter((m) => m.channelId === channelId);
+  }
+
+  /** Requests Discord refused with one of these JSON error codes. */
+  refused(...codes: number[]): RecordedRequest[] {
+    return this.requests.filter((r) => r.code !== undefined && codes.includes(r.code));
   }
 
   attachmentBytes(attachment: FakeAttachment): Uint8Array {

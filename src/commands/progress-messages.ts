@@ -1,0 +1,232 @@
+// The one progress message each job keeps up to date, edited by one bot process at a time.
+//
+// Every bot process of a platform hears every job's progress. Only the process holding a job's lease (a
+// Redis key renewed with each of its edits) edits that job's message, so edits never interleave and a
+// late "⏳" from another process cannot land on "✅". The job's last word (`finish`) first closes the
+// message to progress everywhere, then waits out a lease another process still holds, so its edit is the
+// last. Where the platform refuses an edit but takes a post (MessageNotEditableError: an archived thread,
+// the edit limit on old messages), or the message nears the platform's edit age limit, a fresh message is
+// posted and carries on; the job's origin keeps naming the first message, Redis maps it to the current one.
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Redis } from "ioredis";
+import { childLogger } from "../log.js";
+import { type ChatAdapter, type ImageFile, MessageNotEditableError, type MessageRef } from "./chat.js";
+import { EditThrottle } from "./throttle.js";
+
+export interface ProgressUpdate {
+  text: string;
+  /** The latest preview; its image is loaded and uploaded only when the message does not show it yet. */
+  preview?: { id: string; image(): Promise<ImageFile | undefined> };
+}
+
+export interface ProgressMessagesOptions {
+  adapter: ChatAdapter;
+  redis: Redis;
+  /** How long a process keeps the right to edit a job's message after its last edit (default 30 s). */
+  leaseMs?: number;
+}
+
+/**
+ * A message is replaced once it has lived this share of the platform's edit age limit, less two edit
+ * intervals (an update may come that much later than the age it checks).
+ */
+const FRESH_AT = 0.9;
+/** Longer than any job lives, queue wait included. */
+const STATE_TTL_SECONDS = 30 * 86_400;
+const CONTINUED = "⏬ Progress continues in a newer message below.";
+
+// KEYS: state hash, lease. ARGV: this process, lease ms. 1 when this process may edit now.
+const CLAIM = `
+if redis.call('HGET', KEYS[1], 'closed') then return 0 end
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1`;
+// Like CLAIM for a closed message: 0 when taken, else how many ms the other process's lease has left.
+const TAKE = `
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then return left end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 0`;
+const RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+
+interface State {
+  /** The message that shows the job now. */
+  current: string;
+  postedAt: number;
+}
+
+export class ProgressMessages {
+  private readonly adapter: ChatAdapter;
+  private readonly redis: Redis;
+  private readonly leaseMs: number;
+  private readonly me = randomUUID();
+  private readonly throttle: EditThrottle;
+  /** Origin ids whose lease this process may hold, to give them back on a clean stop. */
+  private readonly held = new Set<string>();
+  /** The preview each job's message shows (by origin id), so an unchanged preview is not uploaded again. */
+  private readonly previews = new Map<string, { message: string; preview: string }>();
+  private readonly log;
+
+  constructor(options: ProgressMessagesOptions) {
+    this.adapter = options.adapter;
+    this.redis = options.redis;
+    this.leaseMs = options.leaseMs ?? 30_000;
+    this.throttle = new EditThrottle(options.adapter.limits.minEditIntervalMs);
+    this.log = childLogger("commands", { platform: options.adapter.platform });
+  }
+
+  private stateKey(originId: string): string {
+    return `pe:chat:progress:${this.adapter.platform}:${originId}`;
+  }
+
+  private leaseKey(originId: string): string {
+    return `pe:chat:progress-lease:${this.adapter.platform}:${originId}`;
+  }
+
+  /** A progress message this process has just posted: it shows the job from now on, edited from here. */
+  async adopt(ref: MessageRef): Promise<void> {
+    await this.setCurrent(ref.id, ref.id);
+    await this.claim(ref.id);
+  }
+
+  /** Shows `update` on the job's message, at the platform's pace, if this process holds the job. */
+  update(origin: MessageRef, update: ProgressUpdate): void {
+    this.throttle.schedule(origin.id, () => this.show(origin, update));
+  }
+
+  /**
+   * The job's last word: closes the message to progress (here and in every other process), waits for an
+   * edit another process may still have in flight, then edits it in — or posts it where the message can
+   * no longer be edited.
+   */
+  async finish(origin: MessageRef, text: string): Promise<void> {
+    const key = this.stateKey(origin.id);
+    await this.redis.multi().hset(key, "closed", "1").expire(key, STATE_TTL_SECONDS).exec();
+    await this.throttle.settle(origin.id);
+    await this.takeOver(origin.id);
+    try {
+      const state = await this.state(origin.id);
+      await this.put(origin, state, { text }, []);
+    } finally {
+      this.previews.delete(origin.id);
+      await this.release(origin.id);
+    }
+  }
+
+  /** Stops editing and gives back the leases this process holds, so another process need not wait. */
+  async stop(): Promise<void> {
+    this.throttle.stop();
+    await Promise.all([...this.held].map((id) => this.release(id)));
+    this.previews.clear();
+  }
+
+  private async show(origin: MessageRef, update: ProgressUpdate): Promise<void> {
+    if (!(await this.claim(origin.id))) {
+      // Another process shows this job, or it has finished: nothing of it stays here.
+      this.held.delete(origin.id);
+      this.previews.delete(origin.id);
+      return;
+    }
+    const state = await this.state(origin.id);
+    const preview = update.preview;
+    const showing = this.previews.get(origin.id);
+    const stale = showing?.message !== state.current || showing.preview !== preview?.id;
+    const image = preview && stale ? await preview.image() : undefined;
+    const shown = await this.put(origin, state, { text: update.text }, image ? [image] : undefined);
+    if (image && preview) this.previews.set(origin.id, { message: shown, preview: preview.id });
+  }
+
+  /**
+   * Edits the job's current message, or posts a fresh one that takes over (when it is refused, or as
+   * it nears the edit age limit). `images`: undefined keeps the message's images, [] removes them.
+   * Returns the id of the message that shows the job now.
+   */
+  private async put(
+    origin: MessageRef,
+    state: State,
+    message: { text: string },
+    images: ImageFile[] | undefined,
+  ): Promise<string> {
+    const ref = { conversation: origin.conversation, id: state.current };
+    const { maxEditAgeMs: maxAge, minEditIntervalMs } = this.adapter.limits;
+    const aged =
+      maxAge !== undefined && Date.now() - state.postedAt >= maxAge * FRESH_AT - 2 * minEditIntervalMs;
+    if (!aged) {
+      try {
+        await this.adapter.editMessage(ref, { ...message, ...(images ? { images } : {}) });
+        return state.current;
+      } catch (error) {
+        if (!(error instanceof MessageNotEditableError)) throw error;
+        this.log.info(
+          { message: ref.id, reason: error.message },
+          "progress message not editable: posting a new one",
+        );
+      }
+    }
+    const posted = await this.adapter.post(origin.conversation, {
+      ...message,
+      ...(images?.length ? { images } : {}),
+    });
+    await this.setCurrent(origin.id, posted.id);
+    // An aged message can still be edited: point it at its successor instead of leaving a stale state.
+    if (aged) {
+      await this.adapter
+        .editMessage(ref, { text: CONTINUED, images: [] })
+        .catch((err: unknown) =>
+          this.log.debug({ err, message: ref.id }, "could not point to the new message"),
+        );
+    }
+    return posted.id;
+  }
+
+  private async state(originId: string): Promise<State> {
+    const stored = await this.redis.hmget(this.stateKey(originId), "current", "postedAt");
+    const [current, postedAt] = stored;
+    if (current && postedAt) return { current, postedAt: Number(postedAt) };
+    // A job from before this bookkeeping existed: its message is the origin's, of unknown age.
+    return this.setCurrent(originId, originId);
+  }
+
+  private async setCurrent(originId: string, current: string): Promise<State> {
+    const state = { current, postedAt: Date.now() };
+    const key = this.stateKey(originId);
+    await this.redis.multi().hset(key, state).expire(key, STATE_TTL_SECONDS).exec();
+    return state;
+  }
+
+  private async claim(originId: string): Promise<boolean> {
+    const keys = [this.stateKey(originId), this.leaseKey(originId)];
+    const won = (await this.redis.eval(CLAIM, 2, ...keys, this.me, this.leaseMs)) === 1;
+    if (won) this.held.add(originId);
+    return won;
+  }
+
+  /** Takes the lease of a closed message, waiting while another process holds it (at most one lease). */
+  private async takeOver(originId: string): Promise<void> {
+    const deadline = Date.now() + this.leaseMs;
+    for (;;) {
+      const left = Number(await this.redis.eval(TAKE, 1, this.leaseKey(originId), this.me, this.leaseMs));
+      if (left <= 0) break;
+      if (Date.now() > deadline) {
+        // Only a lease renewed after the message closed could get here: a clock or a bug, not a race.
+        this.log.warn({ message: originId }, "progress lease still held elsewhere; editing anyway");
+        await this.redis.set(this.leaseKey(originId), this.me, "PX", this.leaseMs);
+        break;
+      }
+      await sleep(Math.min(left, 250));
+    }
+    this.held.add(originId);
+  }
+
+  private async release(originId: string): Promise<void> {
+    this.held.delete(originId);
+    await this.redis.eval(RELEASE, 1, this.leaseKey(originId), this.me);
+  }
+}

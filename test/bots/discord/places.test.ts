@@ -1,0 +1,132 @@
+// Where a command runs and what Discord then allows: permissions per place (channel, thread, forum
+// post, announcement channel), thread creation that Discord refuses, thread names, and mentions a
+// user writes into a prompt. End to end through discord.js, the fake Discord, the queue and a worker.
+import { ChannelType, PermissionFlagsBits } from "discord.js";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
+import { opt, type World, world } from "./support.js";
+
+let w: World;
+beforeAll(async () => {
+  w = await world();
+  await w.startBot();
+});
+afterAll(() => w.close());
+beforeEach(async () => {
+  await w.h.stopWorkers();
+  await w.worker(lightweightPipelines({ steps: 2, stepMs: 5 }));
+});
+
+describe("permissions per place", () => {
+  it("runs in a forum post where the bot may send in threads but not in channels", async () => {
+    // Send Messages has no effect inside a thread, and a forum post is one: Send Messages in Threads counts.
+    const forum = w.fake.addForumChannel("art", ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.SendMessages);
+    const post = w.fake.addThread(forum, "my cat", w.author);
+    const interaction = w.imagic(post, [opt.string("seeds", "2")]);
+    const grid = await w.offer(post.id, 1, 2);
+    expect(grid.content).toContain("**Pick a seed**");
+    // The answer and everything after it stay in the post: no thread of a thread.
+    expect(w.fake.mustMessage(interaction.originalId ?? "").channelId).toBe(post.id);
+    expect(w.posted(post.id).map((m) => [...m.content][0])).toEqual(["🎨", "✅", "<"]);
+    expect(w.fake.refused(50013)).toEqual([]);
+  });
+
+  it("refuses, naming the permission, in a thread where it may not send (before posting anything)", async () => {
+    const channel = w.fake.addTextChannel(
+      "no-thread-posts",
+      ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.SendMessagesInThreads,
+    );
+    const thread = w.fake.addThread(channel, "talk", w.author);
+    const interaction = w.imagic(thread);
+    expect(await w.ephemeral(interaction)).toBe(
+      "⚠️ I am missing the Send Messages in Threads permission in this thread: ask a server admin to grant them (see /help), then run /imagic again.",
+    );
+    expect(w.posted(thread.id).filter((m) => (m.flags & 64) === 0)).toEqual([]);
+    expect(w.fake.refused(50013)).toEqual([]);
+  });
+
+  it("opens an announcement thread in an announcement channel", async () => {
+    const news = w.fake.addAnnouncementChannel("news");
+    const thread = await w.thread(w.imagic(news, [opt.string("seeds", "2")]));
+    expect(w.fake.mustChannel(thread).type).toBe(ChannelType.AnnouncementThread);
+    await w.offer(thread, 1, 2);
+  });
+});
+
+describe("threads Discord will not open", () => {
+  it.each([
+    [160005, "Discord says threads are locked here"],
+    [160006, "this server has as many active threads as Discord allows"],
+    [160007, "this server has as many active announcement threads as Discord allows"],
+    [50001, "Discord does not let me open threads in this channel (Missing Access)"],
+  ])("falls back to the channel on %i, saying why", async (code, why) => {
+    const channel = w.fake.addTextChannel(`refuses-${code}`);
+    channel.refuseThreadsWith = code;
+    const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
+    const grid = await w.offer(channel.id, 1, 2);
+    const [answer, note] = w.posted(channel.id);
+    expect(answer?.id).toBe(interaction.originalId);
+    expect(note?.content).toBe(`ℹ️ ${why}, so I answer here instead of in a thread.`);
+    expect(grid.content).toContain("**Pick a seed**");
+  });
+
+  it("edits the public answer to say the edit did not start when something fails after it", async () => {
+    const channel = w.fake.addTextChannel("vanishing");
+    // Unknown Channel: deleted between the answer and the thread. Not a reason to fall back: a failure.
+    channel.refuseThreadsWith = 10003;
+    const interaction = w.imagic(channel);
+    expect(await w.ephemeral(interaction)).toMatch(/^⚠️ Something went wrong on my side/);
+    const answer = w.fake.mustMessage(interaction.originalId ?? "");
+    await w.fake.waitFor("the answer to say so", () => answer.content.includes("❌"));
+    expect(answer.content).toMatch(
+      /asked Imagic for “a photo of a sleeping cat”\n❌ Not started: something went wrong on my side/,
+    );
+    expect(await w.queue.queue.getJobCountByTypes("waiting", "active")).toBe(0);
+  });
+
+  it("cuts a long thread name between characters, never inside an emoji", async () => {
+    const channel = w.fake.addTextChannel("long-names");
+    // "Imagic: " + 90 letters puts the cat emoji (two UTF-16 units) across the 99th unit.
+    const prompt = `${"a".repeat(90)}🐈‍⬛ on a windowsill in the evening sun`;
+    const photo = w.photo();
+    const interaction = w.fake.runCommand({
+      name: "imagic",
+      user: w.author,
+      channel,
+      options: [opt.attachment("image", photo), opt.string("prompt", prompt)],
+      attachments: [photo],
+    });
+    const thread = w.fake.mustChannel(await w.thread(interaction));
+    expect(thread.name).toBe(`Imagic: ${"a".repeat(90)}…`);
+  });
+});
+
+describe("mentions in what users write", () => {
+  it("pings nobody through a prompt, and only the author when a result is ready", async () => {
+    const everyonePing = ALL_BOT_PERMISSIONS | PermissionFlagsBits.MentionEveryone;
+    const channel = w.fake.addTextChannel("pings", everyonePing);
+    const role = w.fake.addRole("artists", { mentionable: true });
+    const prompt = `@everyone <@&${role.id}> <@${w.other.id}> a photo of a cat`;
+    const photo = w.photo();
+    const interaction = w.fake.runCommand({
+      name: "imagic",
+      user: w.author,
+      channel,
+      options: [opt.attachment("image", photo), opt.string("prompt", prompt), opt.string("seeds", "2")],
+      attachments: [photo],
+    });
+    const thread = await w.thread(interaction);
+    const grid = await w.offer(thread, 1, 2);
+    const answer = w.fake.mustMessage(interaction.originalId ?? "");
+    // The prompt is shown as written…
+    expect(answer.content).toContain(prompt);
+    expect(w.fake.mustChannel(thread).name).toContain("@everyone");
+    // …but pings no one; the grid pings its author and no one else.
+    expect(answer.pinged).toEqual({ users: [], roles: [], everyone: false });
+    for (const message of w.posted(thread).filter((m) => m.id !== grid.id)) {
+      expect(message.pinged).toEqual({ users: [], roles: [], everyone: false });
+    }
+    expect(grid.pinged).toEqual({ users: [w.author.id], roles: [], everyone: false });
+  });
+});
