@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
 # Slim runtime image running the CLI (default: `start`). Build: docker build -t photo-edit-bot .
+# CUDA engine image (NVIDIA CUDA 13 runtime + cuDNN 9, onnxruntime's CUDA provider from the npm registry):
+#   docker build --target cuda -t photo-edit-bot:cuda .  &&  docker run --gpus all photo-edit-bot:cuda engine
 
 FROM node:20-bookworm-slim AS builder
 WORKDIR /app
@@ -9,6 +11,31 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
+
+# onnxruntime's CUDA provider next to onnxruntime-node (no GPU here, so install only: `setup cuda --no-check`;
+# the engine checks CUDA, cuDNN and the GPU when it starts).
+FROM node:20-bookworm-slim AS cuda-provider
+WORKDIR /app
+COPY --from=builder /app ./
+RUN node dist/cli/index.js setup cuda --no-check
+
+FROM nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 AS cuda
+ENV NODE_ENV=production \
+    STATE_DIR=/data \
+    LOG_PRETTY=false \
+    ENGINE_DEVICE=cuda
+WORKDIR /app
+COPY --from=builder /usr/local/bin/node /usr/local/bin/node
+COPY --from=cuda-provider /app/package.json ./
+COPY --from=cuda-provider /app/node_modules ./node_modules
+COPY --from=cuda-provider /app/dist ./dist
+COPY test/fixtures/models/sd1/model ./test/fixtures/models/sd1/model
+RUN mkdir -p /data && chown ubuntu:ubuntu /data
+USER ubuntu
+VOLUME ["/data"]
+EXPOSE 9464
+ENTRYPOINT ["node", "dist/cli/index.js"]
+CMD ["engine"]
 
 FROM node:20-bookworm-slim AS runtime
 # HF_HOME on the volume: hub models are kept across container restarts, shared by the engines.

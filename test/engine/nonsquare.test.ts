@@ -137,7 +137,7 @@ describe("transposed input, transposed kernels: transposed output", () => {
     const flat = (l: typeof lora | undefined) =>
       Float32Array.from([...(l?.values() ?? [])].flatMap((m) => [...m.down, ...m.up]));
     expect(relError(flat(tallLora.dLora), flat(wideLora.dLora))).toBeLessThan(SAME_GRADIENT);
-  });
+  }, 180_000); // compiles the 4 loss graphs (2 models × context, LoRA) the tests below reuse
 });
 
 describe("the gradient step on non-square latents", () => {
@@ -240,5 +240,5 @@ describe("Imagic on a 48×80 photo", () => {
     expect(relError((a[1] as (typeof a)[number]).image, (a[0] as (typeof a)[number]).image)).toBeGreaterThan(
       1e-3,
     );
-  }, 120_000);
+  }, 180_000);
 });

@@ -1,16 +1,18 @@
 import { Command } from "commander";
 import { graphBenchCommand } from "./graph.js";
 import { imagicBenchCommand } from "./imagic.js";
+import { parityBenchCommand } from "./parity.js";
 import { photoswapBenchCommand } from "./photoswap.js";
 import { queueBenchCommand } from "./queue.js";
 import { sdBenchCommand } from "./sd.js";
 
-/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, photoswap.ts, queue.ts). */
+/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, photoswap.ts, parity.ts, queue.ts). */
 const BENCHMARKS: Array<() => Command> = [
   graphBenchCommand,
   sdBenchCommand,
   imagicBenchCommand,
   photoswapBenchCommand,
+  parityBenchCommand,
   queueBenchCommand,
 ];
 

@@ -227,11 +227,25 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     });
   };
 
+  // The LoRA adapter, created before stage 1: when stage 2 trains it at stage 1's batch, both stages run
+  // one compiled graph (gradients w.r.t. the context and the adapter), so the device holds one training
+  // session instead of two. It starts as peft does (B = 0): during stage 1 it adds exactly nothing.
+  const adapter =
+    o.finetune.steps > 0 && !full ? sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed) : null;
+  const shared = adapter && o.finetune.batch === o.embedding.batch ? adapter : null;
+  const wrt = (own: "context" | "lora"): LossArgs["wrt"] => (shared ? ["context", "lora"] : [own]);
+
   // Stage 1: the text embedding.
-  const embedding = await train("embedding", o.embedding, [eOpt], { wrt: ["context"] }, (r) => {
-    if (!r.dContext) throw new Error("imagic: the engine returned no context gradient");
-    return [r.dContext];
-  });
+  const embedding = await train(
+    "embedding",
+    o.embedding,
+    [eOpt],
+    { wrt: wrt("context"), ...(shared ? { lora: shared } : {}) },
+    (r) => {
+      if (!r.dContext) throw new Error("imagic: the engine returned no context gradient");
+      return [r.dContext];
+    },
+  );
 
   // Stage 2: LoRA on the UNet (or its own weights), with e_opt fixed.
   let lora: LoraWeights | null = null;
@@ -252,19 +266,18 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
       },
     );
     unetDelta = changedDelta(sd, weights);
-  } else if (o.finetune.steps > 0) {
-    const weights = sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed);
+  } else if (adapter) {
     finetune = await train(
       "finetune",
       o.finetune,
-      loraParams(weights),
-      { lora: weights, wrt: ["lora"] },
+      loraParams(adapter),
+      { lora: adapter, wrt: wrt("lora") },
       (r) => {
         if (!r.dLora) throw new Error("imagic: the engine returned no LoRA gradients");
-        return loraGrads(weights, r.dLora);
+        return loraGrads(adapter, r.dLora);
       },
     );
-    lora = weights;
+    lora = adapter;
   }
   log.info(
     {

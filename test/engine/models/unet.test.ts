@@ -44,7 +44,12 @@ describe("UNet2DConditionModel", () => {
     );
   });
 
-  it("computes in fp16 when asked (norms and softmax in fp32) close to the fp32 result", async () => {
+  it("computes in fp16 when asked (norms and softmax in fp32) within its measured distance of fp32", async () => {
+    // Measured on sd1's golden call: 1.1e-3 from torch's float32 on the CPU provider (which computes
+    // float16 ops in float32 and stores float16 between some of them), 1.6e-3 with float16 storage
+    // emulated as a native-fp16 GPU keeps it (test/helpers/half-emulation.ts; 40 s, so measured once,
+    // not run here). Bound: 1.5× the larger. (sd2's 8×8 call is ill-conditioned: 2.1e-2 and 8e-3;
+    // docs/ENGINE.md, Parity.)
     const g = loadGolden("test/fixtures/models/sd1");
     const half = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp16" });
     try {
@@ -55,8 +60,7 @@ describe("UNet2DConditionModel", () => {
         g.ints("unet.timestep"),
         g.f32("unet.encoder_hidden_states"),
       );
-      // fp16 keeps ~3 decimal digits; the fixture's UNet in fp16 lands at ~7e-4 of the fp32 reference.
-      expect(relError(out, g.f32("unet.out"))).toBeLessThan(5e-3);
+      expect(relError(out, g.f32("unet.out"))).toBeLessThan(2.5e-3);
     } finally {
       await half.release();
     }

@@ -1,3 +1,6 @@
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { CancelledError } from "../../../src/engine/errors.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
@@ -15,6 +18,7 @@ import {
   fastOptions,
   fixedDraws,
   loadFixtureModel,
+  MODEL,
   PROMPT,
   SIZE,
   smoothPhoto,
@@ -77,6 +81,27 @@ describe("trainImagic on the fixture model", () => {
     expect(f.at(-1) as number).toBeLessThan(0.95 * (f[0] as number));
     // Fine-tuning's first loss is the un-tuned UNet's loss at the final e_opt (B = 0: LoRA adds nothing).
     expect(f[0] as number).toBeCloseTo(await untunedLoss(sd, photo, state.eOpt), 5);
+  });
+
+  it("runs both LoRA stages on one compiled training graph (one training session on the device)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "imagic-graphs-"));
+    const own = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32", graphCacheDir: dir });
+    try {
+      await trainImagic(own, {
+        image: photo,
+        height: SIZE,
+        width: SIZE,
+        prompt: PROMPT,
+        options: options({ embedding: { steps: 2 }, finetune: { steps: 2 } }),
+      });
+      // Each compiled graph is a folder named after its key: one loss graph, with both gradients.
+      const loss = readdirSync(dir).filter((d) => /_loss_/.test(d));
+      expect(loss).toHaveLength(1);
+      expect(loss[0]).toMatch(/_loss_2_8x8_float32_r4_cl-cpu-/);
+    } finally {
+      await own.release();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("reports every step with its loss and an ETA", async () => {

@@ -14,11 +14,8 @@
  *   Those results are compared within 3× their float32 spread, measured here by re-running with the
  *   input nudged by one ulp in two opposite patterns (as the SD parity suite does).
  */
-import { existsSync, readFileSync } from "node:fs";
-import { basename, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { StableDiffusion } from "../../../src/engine/index.js";
-import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import {
   invertNullText,
   NullTextOptimizer,
@@ -27,7 +24,7 @@ import {
 } from "../../../src/engine/pipelines/inversion.js";
 import { ddimInvert } from "../../../src/engine/pipelines/invert.js";
 import type { InvertedSource } from "../../../src/engine/pipelines/photoswap-types.js";
-import { fixtureDirs, PHASES, type Phase, relError, ulpNudge } from "../../helpers/golden.js";
+import { fixturesWith, PHASES, type Phase, relError, ulpNudge } from "../../helpers/golden.js";
 
 const WELL_CONDITIONED = 1e-5;
 /** Chained results: within this many times their measured float32 spread. */
@@ -38,18 +35,18 @@ interface InversionJson {
   inversion: { prompt: string; inner_steps: number; guidance_scale: number };
 }
 
-for (const dir of fixtureDirs().filter((d) => existsSync(join(d, "photoswap.safetensors")))) {
-  describe(`null-text inversion as the official Photoswap code: ${basename(dir)}`, () => {
-    const json = JSON.parse(readFileSync(join(dir, "photoswap.json"), "utf8")) as InversionJson;
-    const golden = openSafetensors(join(dir, "photoswap.safetensors"));
-    const T = (name: string) => golden.readFloat32(name);
+for (const f of fixturesWith("photoswap")) {
+  describe(`null-text inversion as the official Photoswap code: ${f.name}`, () => {
+    const golden = f.data("photoswap");
+    const json = golden.json as unknown as InversionJson;
+    const T = (name: string) => golden.f32(name);
     const rows = (name: string): Float32Array[] => {
-      const [n = 0] = golden.tensors.get(name)?.shape ?? [];
+      const [n = 0] = golden.shape(name);
       const all = T(name);
       const per = all.length / n;
       return Array.from({ length: n }, (_, i) => all.slice(i * per, (i + 1) * per));
     };
-    const [, , height = 0, width = 0] = golden.tensors.get("inv.latent")?.shape ?? [];
+    const [, , height = 0, width = 0] = golden.shape("inv.latent");
     const size = { height, width };
     const steps = json.num_steps;
     const { prompt, inner_steps: innerSteps, guidance_scale: guidance } = json.inversion;
@@ -60,7 +57,7 @@ for (const dir of fixtureDirs().filter((d) => existsSync(join(d, "photoswap.safe
     let sd: StableDiffusion;
 
     beforeAll(async () => {
-      sd = await StableDiffusion.load(join(dir, "model"), { device: "cpu", dtype: "fp32" });
+      sd = await StableDiffusion.load(f.modelDir, { device: "cpu", dtype: "fp32" });
     });
     afterAll(async () => {
       await sd?.release();

@@ -106,6 +106,20 @@ describe("inversion on the sd1 fixture", () => {
     expect(Number.isFinite(nt)).toBe(true);
   });
 
+  it("runs at non-square latents (8×16): direct reconstructs exactly, null-text optimizes each step", async () => {
+    const size = { height: 8, width: 16 };
+    const latents0 = new GaussianRng(11).normal(4 * 8 * 16);
+    const args = { latents0, size, prompt: PROMPT, steps: 2, guidance: GUIDANCE };
+    const direct = await invertDirect(sd, args);
+    expect(relativeDistance((await reconstructSource(sd, direct)).latents, latents0)).toBeLessThanOrEqual(
+      1e-4,
+    );
+    const nullText = await invertNullText(sd, { ...args, innerSteps: 1 });
+    expect(nullText.source).toMatchObject({ height: 8, width: 16, steps: 2 });
+    expect(nullText.losses.flat().every(Number.isFinite)).toBe(true);
+    expect(nullText.source.nullEmbeddings).toHaveLength(2);
+  });
+
   it("null-text: a fresh Adam per sampling step at 1e-2·(1 − i/100) moves every entry by at most that rate", async () => {
     const { latents0, size } = await encoded(sd);
     const [uncond, cond] = [await sd.encodeText([""]), await sd.encodeText([PROMPT])];

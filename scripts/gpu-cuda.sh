@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The CUDA measurements of docs/PERFORMANCE.md in one device call, on the lent GPU machine after
+# `source .gpu/prelude.sh && source .gpu/prelude-cuda.sh` (../shared/gpu/README.md, "CUDA"), from the
+# bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
+# what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
+#   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
+#                                       photoswap (only when named)
+set -u
+OUT=${OUT:-/tmp/gpu-cuda-out}
+mkdir -p "$OUT"
+cli="node dist-gpu/cli.mjs"
+steps=${*:-setup options imagic parity sd loss16 imagic16}
+step() { # label, seconds, command…
+  local label=$1 limit=$2
+  shift 2
+  echo "=== $label: $* ($(date -u +%T))" | tee -a "$OUT/run.log"
+  timeout "$limit" "$@" 2>&1 | grep -v '^{"level"' | tee -a "$OUT/run.log"
+  echo "--- $label exit ${PIPESTATUS[0]} ($(date -u +%T))" | tee -a "$OUT/run.log"
+}
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee -a "$OUT/run.log"
+for s in $steps; do
+  case $s in
+    # The provider's checks (versions, CUDA 13, cuDNN 9, driver, GPU) on a machine that has them.
+    setup) step setup 60 $cli setup cuda --check ;;
+    # Whether the CUDA provider reads options from session config entries (onnxruntime-node passes it
+    # only deviceId): with a 1 MiB memory limit honoured, the tiny UNet cannot run.
+    options)
+      step options-default 60 $cli bench sd --tiny --device cuda --only unet --runs 2
+      for key in ep.cuda.gpu_mem_limit ep.cudaexecutionprovider.gpu_mem_limit; do
+        step "options-$key" 60 $cli bench sd --tiny --device cuda --only unet --runs 2 --session-config "$key=1048576"
+      done ;;
+    imagic) step imagic 260 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
+      --json "$OUT/imagic-balanced.json" ;;
+    sd) step sd 170 $cli bench sd --device cuda --only unet,loss-context,loss-lora --runs 10 --json "$OUT/sd-cuda.json" ;;
+    parity) step parity 100 $cli bench parity --device cuda --json "$OUT/parity-cuda.json" ;;
+    loss16) step loss16 100 $cli bench sd --device cuda --only loss-context,loss-lora --loss-dtype fp16 --runs 10 \
+      --json "$OUT/sd-cuda-loss16.json" ;;
+    imagic16) step imagic16 200 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
+      --train-dtype fp16 --json "$OUT/imagic-balanced-fp16.json" ;;
+    # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run (bench photoswap).
+    photoswap) step photoswap 450 $cli bench photoswap --device cuda --steps-scale 0.1 --json "$OUT/photoswap-cuda.json" ;;
+    *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
+  esac
+done
