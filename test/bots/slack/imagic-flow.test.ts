@@ -2,13 +2,15 @@
 // engine worker (with the queue tests' lightweight pipelines: real blobs and grids, milliseconds per step).
 import sharp from "sharp";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { SLACK_LIMITS } from "../../../src/bots/slack/adapter.js";
 import { EDIT_SHORTCUT } from "../../../src/bots/slack/bot.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
 import { type World, world } from "./support.js";
 
 let w: World;
 beforeAll(async () => {
-  w = await world({ positionRefreshMs: 200 });
+  // Slack's own edit interval (3 s): longer than the job's stages, which must each show all the same.
+  w = await world({ positionRefreshMs: 200, limits: { minEditIntervalMs: SLACK_LIMITS.minEditIntervalMs } });
   await w.startBot();
 });
 afterAll(() => w.close());
@@ -54,20 +56,23 @@ describe("/imagic", () => {
     const answer = w.fake.posted(channel.id).find((m) => m.ts === thread);
     expect(answer?.text).toBe(`🎨 <@${w.author.id}> asked Imagic for “a photo of a sleeping cat”`);
 
-    // One progress message in the thread, edited through the stages, then marked done.
+    // One progress message in the thread, edited through the stages, then marked done. Each stage shows
+    // at least once, however short against the edit interval: its last word waits for them.
     const seedGrid = await w.offer(channel, thread, 1, 3);
     const progress = w.posted(channel, thread)[0];
     if (!progress) throw new Error("no progress message");
+    await w.fake.waitFor("the progress message's last word", () => progress.text.startsWith("✅"));
     const states = progress.history.map((h) => h.text);
     expect(states.some((s) => /optimizing the text embedding · `[█░]+` \d\/6/.test(s))).toBe(true);
     expect(states.some((s) => /fine-tuning the model .* loss /.test(s))).toBe(true);
     expect(progress.history.some((h) => h.files.includes("preview.png"))).toBe(true);
     expect(progress.text).toBe("✅ Fine-tuned on your photo.");
     expect(progress.files).toEqual([]);
-    // Replaced previews are deleted, not left in the workspace's files.
+    // Replaced previews are deleted (files.delete, after the edit that replaced them), not left in the
+    // workspace's files.
     const previews = [...w.fake.files.values()].filter((f) => f.name === "preview.png");
     expect(previews.length).toBeGreaterThan(0);
-    expect(previews.every((f) => f.deleted)).toBe(true);
+    await w.fake.waitFor("the replaced previews' deletion", () => previews.every((f) => f.deleted));
 
     // The seed grid: an image, the seeds named in order (Slack's bold), one number reaction per seed.
     expect(seedGrid.text).toContain("*Pick a seed*");
