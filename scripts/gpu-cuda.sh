@@ -4,7 +4,10 @@
 # bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
-#                                       photoswap (only when named)
+#                                       photoswap, shape, ab (only when named)
+# ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
+# another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
+# AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
 set -u
 OUT=${OUT:-/tmp/gpu-cuda-out}
 mkdir -p "$OUT"
@@ -39,6 +42,23 @@ for s in $steps; do
       --train-dtype fp16 --json "$OUT/imagic-balanced-fp16.json" ;;
     # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run (bench photoswap).
     photoswap) step photoswap 450 $cli bench photoswap --device cuda --steps-scale 0.1 --json "$OUT/photoswap-cuda.json" ;;
+    ab)
+      [ -f dist-gpu/cli-base.mjs ] || { echo "gpu-cuda.sh: ab needs dist-gpu/cli-base.mjs (gpu-bundle.sh --base <rev>)" >&2; continue; }
+      echo "ab: base $(cat dist-gpu/cli-base.rev 2>/dev/null || echo '?') against this bundle" | tee -a "$OUT/run.log"
+      for b in base fix; do
+        bin=dist-gpu/cli.mjs
+        [ "$b" = base ] && bin=dist-gpu/cli-base.mjs
+        # shellcheck disable=SC2086 # AB_ARGS holds several options
+        step "ab-$b" 110 node "$bin" bench sd --device "${AB_DEVICE:-cuda}" --only loss-context,loss-lora --runs 10 \
+          ${AB_ARGS:-} --json "$OUT/ab-$b.json"
+      done ;;
+    # Issue 11: a 512×768 photo (64×96 latents) next to 512², UNet step and gradient steps, then Imagic
+    # `balanced` at both sizes in one process (each size's sessions built, and released, on their own).
+    shape)
+      step shape-sd 150 $cli bench sd --device cuda --only unet,loss-lora --size 512,512x768 --runs 10 \
+        --json "$OUT/sd-shape-cuda.json"
+      step shape-imagic 360 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
+        --size 512,512x768 --json "$OUT/imagic-shape-cuda.json" ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done

@@ -4,7 +4,9 @@
 # stream cut into parts that each fit one device call beside the tree (64 MiB per call, the tree counted:
 # with today's ≈ 31 MiB of fixtures `.gpu` + `dist-gpu` no longer fit one call). Run from the project root
 # after `bash scripts/gpu-bundle.sh && bash ../shared/gpu/pack.sh && bash ../shared/gpu/pack-cuda.sh`;
-# it prints the device calls to make back to back (an idle machine goes back after 30 s).
+# it prints the device calls to make back to back (an idle machine goes back after 30 s), the last one
+# running `gpu-cuda.sh [step…]` with the steps given here (e.g. `gpu-stash.sh ab`; none: its defaults).
+# A base bundle (gpu-bundle.sh --base <rev>, for the `ab` step) travels too.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 [ -s .gpu-cuda/cache/cuda.so.xz ] && [ -f .gpu/prelude-cuda.sh ] && [ -f dist-gpu/cli.mjs ] \
@@ -17,8 +19,11 @@ mkdir -p "$work/x/ort-cuda" "$work/x/dist-gpu"
 cp -r .gpu "$work/x/gpu"
 cp .gpu-cuda/cache/cuda.so.xz "$work/x/ort-cuda/part0"   # prelude-cuda.sh reads /root/ort-cuda/part*
 cp .gpu-cuda/cache/libonnxruntime_providers_shared.so "$work/x/ort-cuda/"
-xz -9 -T0 -c dist-gpu/cli.mjs > "$work/x/dist-gpu/cli.mjs.xz"
+for f in dist-gpu/cli.mjs dist-gpu/cli-base.mjs; do
+  [ -f "$f" ] && xz -9 -T0 -c "$f" > "$work/x/$f.xz"
+done
 cp dist-gpu/no-sharp.mjs scripts/gpu-cuda.sh "$work/x/dist-gpu/"
+[ -f dist-gpu/cli-base.rev ] && cp dist-gpu/cli-base.rev "$work/x/dist-gpu/"
 tar cf "$work/stream.tar" -C "$work/x" .
 tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 room=$((64 * 1048576 - tree - 3 * 1048576))   # 3 MiB of margin: main may grow before the calls
@@ -33,4 +38,4 @@ echo "$n parts in .gpu-stash/1 … .gpu-stash/$n. Device calls, back to back:"
 for k in $(seq 1 $((n - 1))); do
   echo "  carry [\".gpu-stash/$k\"]   command: mkdir -p /root/s && cp .gpu-stash/$k/* /root/s/"
 done
-echo "  carry [\".gpu-stash/$n\"]   command: mkdir -p /root/s && cp .gpu-stash/$n/* /root/s/ && mkdir -p /root/x && cat /root/s/chunk* | tar x -C /root/x && mkdir -p /root/ort-cuda && cp /root/x/ort-cuda/* /root/ort-cuda/ && rm -rf .gpu && cp -r /root/x/gpu .gpu && mkdir -p dist-gpu && xz -dc /root/x/dist-gpu/cli.mjs.xz > dist-gpu/cli.mjs && cp /root/x/dist-gpu/no-sharp.mjs /root/x/dist-gpu/gpu-cuda.sh dist-gpu/ && source .gpu/prelude.sh && source .gpu/prelude-cuda.sh && bash dist-gpu/gpu-cuda.sh > \$OUT/stdout.log 2>&1; tail -c 11000 \$OUT/run.log"
+echo "  carry [\".gpu-stash/$n\"]   command: mkdir -p /root/s && cp .gpu-stash/$n/* /root/s/ && mkdir -p /root/x && cat /root/s/chunk* | tar x -C /root/x && mkdir -p /root/ort-cuda && cp /root/x/ort-cuda/* /root/ort-cuda/ && rm -rf .gpu && cp -r /root/x/gpu .gpu && mkdir -p dist-gpu && for f in /root/x/dist-gpu/*.xz; do xz -dc \$f > dist-gpu/\$(basename \$f .xz); done && cp /root/x/dist-gpu/no-sharp.mjs /root/x/dist-gpu/gpu-cuda.sh dist-gpu/ && { cp /root/x/dist-gpu/cli-base.rev dist-gpu/ 2>/dev/null || true; } && source .gpu/prelude.sh && source .gpu/prelude-cuda.sh && bash dist-gpu/gpu-cuda.sh $* > \$OUT/stdout.log 2>&1; tail -c 11000 \$OUT/run.log"

@@ -19,6 +19,7 @@ import { QueueClient } from "../queue/client.js";
 import type { JobName, JobResult } from "../queue/jobs.js";
 import { resolveRedis } from "../queue/redis-server.js";
 import { PRESET_NAMES, type PresetName, parseNumberList } from "../spec/imagic.js";
+import { parseSize, type Size } from "../spec/shape.js";
 
 const log = childLogger("demo");
 
@@ -35,6 +36,7 @@ interface Flags {
   embeddingSteps?: string;
   finetuneSteps?: string;
   ddimSteps?: string;
+  size?: Size;
 }
 
 /** An optional whole-number flag (the queue's payload schema checks its range). */
@@ -57,6 +59,11 @@ export function demoCommand(): Command {
     .option("--embedding-steps <n>", "override the preset's embedding steps (a shorter demo)")
     .option("--finetune-steps <n>", "override the preset's fine-tune steps")
     .option("--ddim-steps <n>", "DDIM steps of both renders (default: the preset's / 50)")
+    .option(
+      "--size <size>",
+      'force the working size: a side ("512") or width×height ("768x512") (default: the photo\'s own shape)',
+      (v: string) => parseSize(v, "--size"),
+    )
     .action(async (f: Flags) => {
       const config = appConfig();
       const seeds = parseNumberList(f.seeds, "--seeds");
@@ -127,6 +134,7 @@ export function demoCommand(): Command {
             ...(embeddingSteps === undefined ? {} : { embeddingSteps }),
             ...(finetuneSteps === undefined ? {} : { finetuneSteps }),
             ...(steps === undefined ? {} : { steps }),
+            ...(f.size ? { width: f.size.width, height: f.size.height } : {}),
           },
         });
         mkdirSync(f.out, { recursive: true });

@@ -1,10 +1,16 @@
 // Photo attachments are checked twice: before download from what the platform declares (type, size),
-// so a 200 MB video costs nothing, and after download by the engine's own image loader (probeImage's
-// limits on format, animation, dimensions and megapixels, then a full decode with sharp), plus the
-// colour space, so a file that lies about its type or is corrupt is refused before any job starts.
-// Every message names the attachment and the limit.
-import { DEFAULT_IMAGE_LIMITS, ImageInputError, type ImageLimits, loadImage } from "../engine/image.js";
+// so a 200 MB video costs nothing, and after download by the engine's intake (src/engine/intake):
+// probeImage's limits on format, animation, dimensions, megapixels and JPEG scans, then the whole
+// conversion to the PNG that is stored and sent to the engine, in a decoder process with a deadline
+// (limits.decodeTimeoutMs), plus the colour space and the edits' shape limits. So a file that lies
+// about its type, is corrupt, or takes too long to decode is refused before any job starts, and an
+// accepted one is known to convert. Every message names the attachment and the limit in the sender's
+// words; what the decoder said goes to the log.
+import { DEFAULT_IMAGE_LIMITS, ImageInputError, type ImageLimits } from "../engine/image.js";
+import { describeMediaType, formatList } from "../engine/intake/kinds.js";
+import { decoderPool } from "../engine/intake/pool.js";
 import { UserFacingError } from "../errors.js";
+import { childLogger } from "../log.js";
 import { formatBytes } from "../queue/blobs.js";
 import { checkPhotoShape, SHAPE_LIMITS } from "../spec/shape.js";
 import type { ChatAdapter, IncomingAttachment } from "./chat.js";
@@ -41,8 +47,8 @@ export function chatImageLimits(maxBytes: number, overrides: Partial<ImageLimits
   return { ...DEFAULT_IMAGE_LIMITS, minSide: SHAPE_LIMITS.minPhotoSide, maxBytes, ...overrides };
 }
 
+const log = childLogger("uploads");
 const describe = (a: IncomingAttachment) => `\`${a.option}\` (${a.filename})`;
-const formatList = (limits: ImageLimits) => limits.formats.map((f) => f.toUpperCase()).join(", ");
 
 /** The checks that need no download. */
 export function checkDeclared(attachment: IncomingAttachment, limits: ImageLimits): void {
@@ -54,7 +60,7 @@ export function checkDeclared(attachment: IncomingAttachment, limits: ImageLimit
     : byExtension !== undefined && limits.formats.includes(byExtension);
   if (!ok) {
     throw new UserFacingError(
-      `${describe(attachment)} is ${declared ? `a ${declared} file` : "not an image"}; send a ${formatList(limits)} image`,
+      `${describe(attachment)} is ${declared ? describeMediaType(declared) : "not an image"}; send a ${formatList(limits.formats)} image`,
     );
   }
   if (attachment.size > limits.maxBytes) {
@@ -64,7 +70,10 @@ export function checkDeclared(attachment: IncomingAttachment, limits: ImageLimit
   }
 }
 
-/** Downloads and decodes the attachment; returns the bytes when they are a usable still photo. */
+/**
+ * Downloads, checks and converts the attachment; returns the photo as the engine will read it (intake/
+ * convert.ts: a PNG of every pixel, oriented, sRGB) — what is stored and sent, never the sender's bytes.
+ */
 export async function fetchImage(
   adapter: ChatAdapter,
   attachment: IncomingAttachment,
@@ -73,17 +82,26 @@ export async function fetchImage(
   // The adapter refuses more than maxBytes, whatever size the platform declared.
   const bytes = await adapter.download(attachment, limits.maxBytes);
   try {
-    // The smallest input size: enough to decode every pixel once without building a large tensor.
-    const { source } = await loadImage(bytes, { size: 64, limits });
-    if (!COLOUR_SPACES.has(source.space)) {
+    const { bytes: photo, probe } = await decoderPool().convert(bytes, limits);
+    if (!COLOUR_SPACES.has(probe.space)) {
       throw new ImageInputError(
-        `The image uses the ${source.space} colour space; send an sRGB, greyscale or CMYK image.`,
+        `The image uses the ${probe.space} colour space; send an sRGB, greyscale or CMYK image.`,
       );
     }
     // The working-size rule's limits (aspect ratio), before any job waits in line.
-    checkPhotoShape(source, describe(attachment));
+    checkPhotoShape(probe, describe(attachment));
+    return photo;
   } catch (error) {
     if (!(error instanceof ImageInputError)) throw error;
+    log.info(
+      {
+        option: attachment.option,
+        filename: attachment.filename,
+        refusal: error.message,
+        detail: error.detail,
+      },
+      "upload refused",
+    );
     // The loader speaks of "the image"; name the attachment instead.
     const about = /^(?:The image|That file) (.*?)\.?$/.exec(error.message)?.[1];
     throw new UserFacingError(
@@ -92,5 +110,4 @@ export async function fetchImage(
         : `${describe(attachment)}: ${error.message.replace(/\.$/, "")}`,
     );
   }
-  return bytes;
 }

@@ -72,6 +72,14 @@ export const COMMANDS: readonly CommandDefinition[] = [
         max: ETA_RANGE.max,
       },
       seedsOption,
+      {
+        name: "size",
+        type: "string",
+        description:
+          'force a size: a side ("512") or width×height ("768x512"); default: your photo\'s own shape',
+        required: false,
+        maxLength: 20,
+      },
     ],
   },
   {

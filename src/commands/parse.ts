@@ -9,6 +9,7 @@ import {
   MAX_SEEDS,
   MAX_SUBJECT_LENGTH,
 } from "../spec/request.js";
+import { parseSize, type Size } from "../spec/shape.js";
 import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS, type SwapStrengthKey } from "../spec/swap.js";
 import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
 import { ETA_RANGE, IMAGIC_PRESETS } from "./definitions.js";
@@ -21,6 +22,8 @@ export interface ImagicRequest {
   preset?: ImagicPreset;
   eta?: number;
   seeds: number[];
+  /** A forced working size (src/spec/shape.ts); absent: the photo's own aspect ratio. */
+  size?: Size;
 }
 
 export interface SwapRequest {
@@ -101,7 +104,9 @@ export function parseImagic(request: CommandRequest): ImagicRequest {
     }
   }
   const eta = number(request.options.eta, "eta", ETA_RANGE.min, ETA_RANGE.max);
-  return { image, prompt, preset, eta, seeds: parseSeeds(request.options.seeds) };
+  const sizeValue = request.options.size;
+  const size = sizeValue === undefined ? undefined : parseSize(String(sizeValue), "`size`");
+  return { image, prompt, preset, eta, seeds: parseSeeds(request.options.seeds), ...(size ? { size } : {}) };
 }
 
 export function parseSwap(request: CommandRequest): SwapRequest {

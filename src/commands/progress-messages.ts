@@ -76,10 +76,12 @@ export class ProgressMessages {
   private readonly throttle: EditThrottle;
   /** Origin ids being finished here: their message takes no more progress from this process. */
   private readonly finishing = new Set<string>();
-  /** Origin ids whose lease this process may hold, to give them back on a clean stop. */
-  private readonly held = new Set<string>();
-  /** The preview each job's message shows (by origin id), so an unchanged preview is not uploaded again. */
-  private readonly previews = new Map<string, { message: string; preview: string }>();
+  /**
+   * The jobs (by origin id) whose lease this process took within the last lease: to give the leases back
+   * on a clean stop, and the preview each one's message shows, so an unchanged one is not uploaded
+   * again. Older entries are dropped (their leases have expired), so the map holds only live jobs.
+   */
+  private readonly held = new Map<string, { at: number; preview?: { message: string; id: string } }>();
   private readonly log;
 
   constructor(options: ProgressMessagesOptions) {
@@ -130,7 +132,6 @@ export class ProgressMessages {
       const state = await this.state(origin.id);
       await this.put(origin, state, { text }, []);
     } finally {
-      this.previews.delete(origin.id);
       await this.release(origin.id);
     }
   }
@@ -138,24 +139,23 @@ export class ProgressMessages {
   /** Stops editing and gives back the leases this process holds, so another process need not wait. */
   async stop(): Promise<void> {
     this.throttle.stop();
-    await Promise.all([...this.held].map((id) => this.release(id)));
-    this.previews.clear();
+    await Promise.all([...this.held.keys()].map((id) => this.release(id)));
   }
 
   private async show(origin: MessageRef, update: ProgressUpdate): Promise<void> {
     if (!(await this.claim(origin.id))) {
       // Another process shows this job, or it has finished: nothing of it stays here.
       this.held.delete(origin.id);
-      this.previews.delete(origin.id);
       return;
     }
     const state = await this.state(origin.id);
     const preview = update.preview;
-    const showing = this.previews.get(origin.id);
-    const stale = showing?.message !== state.current || showing.preview !== preview?.id;
+    const showing = this.held.get(origin.id)?.preview;
+    const stale = showing?.message !== state.current || showing.id !== preview?.id;
     const image = preview && stale ? await preview.image() : undefined;
     const shown = await this.put(origin, state, { text: update.text }, image ? [image] : undefined);
-    if (image && preview) this.previews.set(origin.id, { message: shown, preview: preview.id });
+    const entry = this.held.get(origin.id);
+    if (entry && image && preview) entry.preview = { message: shown, id: preview.id };
   }
 
   /**
@@ -219,7 +219,7 @@ export class ProgressMessages {
   private async claim(originId: string): Promise<boolean> {
     const keys = [this.stateKey(originId), this.leaseKey(originId)];
     const won = (await this.redis.eval(CLAIM, 2, ...keys, this.me, this.leaseMs)) === 1;
-    if (won) this.held.add(originId);
+    if (won) this.hold(originId);
     return won;
   }
 
@@ -237,7 +237,13 @@ export class ProgressMessages {
       }
       await sleep(Math.min(left, 250));
     }
-    this.held.add(originId);
+    this.hold(originId);
+  }
+
+  private hold(originId: string): void {
+    const now = Date.now();
+    for (const [id, { at }] of this.held) if (now - at > this.leaseMs) this.held.delete(id);
+    this.held.set(originId, { ...this.held.get(originId), at: now });
   }
 
   private async release(originId: string): Promise<void> {

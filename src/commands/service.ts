@@ -139,6 +139,7 @@ export class ChatCommands {
       seeds: spec.seeds,
       ...(spec.preset ? { preset: spec.preset } : {}),
       ...(spec.eta !== undefined ? { eta: spec.eta } : {}),
+      ...(spec.size ? { width: spec.size.width, height: spec.size.height } : {}),
     };
     await this.startJob(request, reply, {
       name: "imagic.train",

@@ -38,7 +38,8 @@ export function helpText(platform: Platform): string {
     "**Photo edits with Imagic and Photoswap**",
     `• ${usage.imagic} ` +
       `Options: \`preset\` (${IMAGIC_PRESETS.join(", ")}), \`eta\` (edit strength, 0-1.5), ` +
-      `\`seeds\` (a count up to ${MAX_SEEDS}, or seeds like "7,42"). I fine-tune on your photo (minutes), ` +
+      `\`seeds\` (a count up to ${MAX_SEEDS}, or seeds like "7,42"), \`size\` (a square "512" or "768x512"; ` +
+      "by default your photo keeps its own shape, uncropped). I fine-tune on your photo (minutes), " +
       "post a grid with one tile per seed, and you react with the tile's number. Then I render that seed " +
       "from a weak to a strong edit; react again to get the final image. New renders reuse the fine-tune " +
       "and take seconds.",

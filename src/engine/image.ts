@@ -1,22 +1,36 @@
 /**
  * Photos in and out of the engine, with sharp (libvips).
  *
- * In: validate the bytes first (probeImage: a still photo format, sane dimensions — read from the header
- * before anything is decoded, so a tiny file declaring 100 000² pixels is refused cheaply), then decode the
- * first frame, apply the EXIF orientation, convert to 8-bit sRGB (CMYK, 16-bit, grey, ICC-tagged input),
- * flatten transparency onto white, resize to the working shape's content box (src/spec/shape.ts: the
- * photo's own aspect ratio, or a requested size it covers and is centre-cropped to), mirror it into the
- * padding around that box, and scale to [-1, 1] NCHW.
+ * In: validate the bytes first (probeImage: a still photo format by its first bytes, sane dimensions, a
+ * sane JPEG scan count — read from the header and markers before anything is decoded, so a tiny file
+ * declaring 100 000² pixels or thousands of progressive scans is refused cheaply), then decode the
+ * first frame (HEVC HEIC through libheif-js: intake/heif.ts), apply the EXIF orientation, convert to
+ * 8-bit sRGB (CMYK, 16-bit, grey, ICC-tagged input), flatten transparency onto white, resize to the
+ * working shape's content box (src/spec/shape.ts: the photo's own aspect ratio, or a requested size it
+ * covers and is centre-cropped to), mirror it into the padding around that box, and scale to [-1, 1] NCHW.
+ * Every refusal says what is wrong in the sender's words (intake/failures.ts); the decoder's own text
+ * goes to ImageInputError.detail, for the log.
  * Out: a [3, H, W] (or [1, 3, H, W]) tensor in [-1, 1] → PNG, rounded as diffusers' numpy_to_pil; a
  * result's content box cut out of the working image (`cropImage`).
  */
-import sharp, { type Metadata, type OutputInfo } from "sharp";
+import sharp, { type Metadata, type OutputInfo, type Sharp } from "sharp";
 import { UserFacingError } from "../errors.js";
 import { type Box, type ModelShape, type Size, type WorkingShape, workingShape } from "../spec/shape.js";
+import { failureText } from "./intake/failures.js";
+import { decodeHeif } from "./intake/heif.js";
+import { jpegStructure } from "./intake/jpeg.js";
+import { formatList, sniffKind } from "./intake/kinds.js";
 
 /** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
 export class ImageInputError extends UserFacingError {
   override name = "ImageInputError";
+  /** What the decoder said, for the log: never shown to the sender (it may not even be about their file). */
+  readonly detail: string | undefined;
+
+  constructor(message: string, options: { detail?: string } = {}) {
+    super(message);
+    this.detail = options.detail;
+  }
 }
 
 export interface ImageLimits {
@@ -28,10 +42,14 @@ export interface ImageLimits {
   maxSide: number;
   /** Smallest width or height. */
   minSide: number;
-  /** Accepted container formats, as sharp names them. */
+  /** Accepted container formats, as sharp names them ("avif" for HEIF files of AV1 images). */
   formats: readonly string[];
   /** Accept multi-frame images (animated GIF/WebP); only the first frame is used. */
   allowAnimated: boolean;
+  /** Most scans a progressive JPEG may have (intake/jpeg.ts: each costs a pass over the whole image). */
+  maxScans: number;
+  /** Longest an upload's check and conversion may take in the intake's decoder (intake/pool.ts). */
+  decodeTimeoutMs: number;
 }
 
 export const DEFAULT_IMAGE_LIMITS: ImageLimits = {
@@ -41,9 +59,14 @@ export const DEFAULT_IMAGE_LIMITS: ImageLimits = {
   minSide: 32,
   formats: ["jpeg", "png", "webp", "gif", "tiff", "heif", "avif"],
   allowAnimated: false,
+  // Encoders write 1–12; TurboJPEG's own guard (TJPARAM_SCANLIMIT) suggests 500, but 500 scans over
+  // 40 megapixels take ~8 s on a 2-core machine: 100 keeps the worst case near a second.
+  maxScans: 100,
+  decodeTimeoutMs: 15_000,
 };
 
 export interface ImageProbe {
+  /** sharp's format name, except "avif" for HEIF files of AV1 images. */
   format: string;
   /** As displayed, i.e. after the EXIF orientation. */
   width: number;
@@ -56,10 +79,24 @@ export interface ImageProbe {
   hasAlpha: boolean;
   /** libvips colour space of the stored pixels: srgb, cmyk, b-w, rgb16, grey16, … */
   space: string;
+  /** The coding inside a HEIF file (hevc, av1), else undefined. */
+  compression?: string;
   bytes: number;
 }
 
 const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
+
+/** Both in megapixels, with as many decimals as it takes to tell them apart (40.01 vs 40.00). */
+function megapixels(pixels: number, limit: number): [string, string] {
+  for (let digits = 1; digits < 6; digits++) {
+    const [a, b] = [(pixels / 1e6).toFixed(digits), (limit / 1e6).toFixed(digits)];
+    if (a !== b) return [a, b];
+  }
+  return [(pixels / 1e6).toFixed(6), (limit / 1e6).toFixed(6)];
+}
+
+/** Codings inside HEIF that sharp (AV1) or intake/heif.ts (HEVC) decode. */
+const HEIF_CODINGS = ["hevc", "av1"];
 
 /** Reads the header and checks it against `limits`; throws ImageInputError naming what is wrong. */
 export async function probeImage(
@@ -69,18 +106,26 @@ export async function probeImage(
   if (bytes.byteLength > limits.maxBytes) {
     throw new ImageInputError(`The image is ${mib(bytes.byteLength)}; the limit is ${mib(limits.maxBytes)}.`);
   }
+  const accepted = formatList(limits.formats);
+  const kind = sniffKind(bytes);
+  if (!kind.format || !limits.formats.includes(kind.format)) {
+    throw new ImageInputError(
+      kind.described === "a file of an unknown kind"
+        ? `That file is not an image I can read; send a ${accepted} image.`
+        : `That file is ${kind.described}; send a ${accepted} image.`,
+    );
+  }
+  const format = kind.format;
   let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
-  } catch {
-    throw new ImageInputError(
-      `That file is not an image I can read (send a ${limits.formats.join(", ")} file).`,
-    );
+  } catch (err) {
+    throw new ImageInputError(failureText(bytes, format), { detail: (err as Error).message });
   }
-  const format = meta.format ?? "unknown";
-  if (!limits.formats.includes(format)) {
+  const compression = format === "heif" || format === "avif" ? meta.compression : undefined;
+  if (compression !== undefined && !HEIF_CODINGS.includes(compression)) {
     throw new ImageInputError(
-      `${format.toUpperCase()} files are not accepted; send a ${limits.formats.join(", ")} file.`,
+      `The image is a HEIF file of ${compression.toUpperCase()}-coded pictures, which I cannot decode; send it as a JPEG.`,
     );
   }
   const orientation = meta.orientation ?? 1;
@@ -94,14 +139,21 @@ export async function probeImage(
     height,
     orientation,
     pages,
-    animated: pages > 1,
+    // A HEIF file's other images (bursts, thumbnails) are not frames: its primary image is the photo.
+    animated: pages > 1 && (format === "gif" || format === "webp"),
     pixels: width * height,
     hasAlpha: meta.hasAlpha ?? false,
     space: meta.space ?? "unknown",
+    ...(compression ? { compression } : {}),
     bytes: bytes.byteLength,
   };
   if (probe.animated && !limits.allowAnimated) {
     throw new ImageInputError(`The image is animated (${pages} frames); send a still image.`);
+  }
+  if (format === "tiff" && pages > 1) {
+    throw new ImageInputError(
+      `The image is a TIFF of ${pages} pages; send one page, saved as a single-page image.`,
+    );
   }
   if (width > limits.maxSide || height > limits.maxSide) {
     throw new ImageInputError(
@@ -109,8 +161,9 @@ export async function probeImage(
     );
   }
   if (probe.pixels > limits.maxPixels) {
+    const [has, limit] = megapixels(probe.pixels, limits.maxPixels);
     throw new ImageInputError(
-      `The image has ${(probe.pixels / 1e6).toFixed(1)} megapixels; the limit is ${(limits.maxPixels / 1e6).toFixed(1)}.`,
+      `The image is ${width}×${height}, ${has} megapixels; the limit is ${limit} megapixels.`,
     );
   }
   if (width < limits.minSide || height < limits.minSide) {
@@ -118,7 +171,47 @@ export async function probeImage(
       `The image is ${width}×${height}; each side must be at least ${limits.minSide} pixels.`,
     );
   }
+  if (format === "jpeg") {
+    const { scans } = jpegStructure(bytes);
+    if (scans > limits.maxScans) {
+      throw new ImageInputError(
+        `The image is a progressive JPEG of ${scans} scans; the limit is ${limits.maxScans} (cameras and editors write at most a dozen) — open it and save it again as a JPEG.`,
+      );
+    }
+  }
   return probe;
+}
+
+/**
+ * The photo's first frame as a sharp pipeline: decoded (HEVC HEIC by libheif-js, already oriented),
+ * with the EXIF orientation applied. Throws ImageInputError when the bytes cannot be decoded.
+ */
+export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: ImageLimits): Promise<Sharp> {
+  if (probe.compression === "hevc") {
+    try {
+      const { width, height, rgba } = await decodeHeif(bytes);
+      return sharp(rgba, { raw: { width, height, channels: 4 } });
+    } catch (err) {
+      throw new ImageInputError(failureText(bytes, probe.format), { detail: (err as Error).message });
+    }
+  }
+  // HEIF: no page, so libvips loads the primary image rather than the first one in the file.
+  const frame = probe.format === "heif" || probe.format === "avif" ? {} : { page: 0, pages: 1 };
+  return sharp(bytes, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+}
+
+/** Runs `pipeline` (the end of a decode); a decoder failure becomes the sender's reason, its text the detail. */
+export async function decoded<T>(
+  bytes: Uint8Array,
+  probe: ImageProbe,
+  pipeline: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await pipeline();
+  } catch (err) {
+    if (err instanceof ImageInputError) throw err;
+    throw new ImageInputError(failureText(bytes, probe.format), { detail: (err as Error).message });
+  }
 }
 
 export type ImageSize = number | { width: number; height: number };
@@ -158,10 +251,8 @@ export async function loadImage(
   const limits = options.limits ?? DEFAULT_IMAGE_LIMITS;
   const { width, height, content } = options.shape ?? wholeShape(options.size ?? 512);
   const source = await probeImage(bytes, limits);
-  let raw: { data: Buffer; info: OutputInfo };
-  try {
-    raw = await sharp(bytes, { limitInputPixels: limits.maxPixels, page: 0, pages: 1 })
-      .rotate()
+  const raw: { data: Buffer; info: OutputInfo } = await decoded(bytes, source, async () =>
+    (await decodeImage(bytes, source, limits))
       .flatten({ background: "#ffffff" })
       .resize(content.width, content.height, { fit: "cover", position: "centre", kernel: "lanczos3" })
       .extend({
@@ -174,10 +265,8 @@ export async function loadImage(
       .toColourspace("srgb")
       .removeAlpha()
       .raw({ depth: "uchar" })
-      .toBuffer({ resolveWithObject: true });
-  } catch (err) {
-    throw new ImageInputError(`The image could not be decoded (${(err as Error).message.split("\n")[0]}).`);
-  }
+      .toBuffer({ resolveWithObject: true }),
+  );
   const { data, info } = raw;
   if (info.channels !== 3 || info.width !== width || info.height !== height) {
     throw new Error(

@@ -22,6 +22,8 @@ describe("demo", () => {
         "2",
         "--ddim-steps",
         "2",
+        "--size",
+        "96x64",
         "--out",
         out,
       ],
@@ -43,9 +45,13 @@ describe("demo", () => {
         "eta-1.4-seed-2.png",
       ].sort(),
     );
-    // The sweep: five 64² tiles in one row.
+    // --size 96x64 reaches the job: every image is 96×64; the sweep is five such tiles in one row.
+    for (const name of ["eta-1-seed-1.png", "eta-1.4-seed-2.png"]) {
+      const image = await sharp(path.join(out, name)).metadata();
+      expect([image.width, image.height]).toEqual([96, 64]);
+    }
     const sweep = await sharp(path.join(out, "sweep-seed-2.png")).metadata();
-    expect(sweep.width).toBeGreaterThan(5 * 64);
+    expect(sweep.width).toBeGreaterThan(5 * 96);
     expect(sweep.height).toBeLessThan(2 * 64);
   }, 180_000);
 
@@ -53,6 +59,13 @@ describe("demo", () => {
     const r = await runCli(["demo", "--seeds", "1,2", "--pick", "3"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--pick must be a tile number from 1 to 2 \(got 3\)/);
+    expect(r.stderr).not.toMatch(/redis/i);
+  });
+
+  it("refuses a size it cannot serve before starting anything, naming the limit", async () => {
+    const r = await runCli(["demo", "--size", "100x900"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--size 100×900 has an aspect ratio of 9\.00:1; the limit is 4:1/);
     expect(r.stderr).not.toMatch(/redis/i);
   });
 });

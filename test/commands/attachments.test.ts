@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
 import { chatImageLimits, checkDeclared, fetchImage } from "../../src/commands/attachments.js";
@@ -19,11 +20,22 @@ describe("checkDeclared", () => {
     expect(() => checkDeclared(attachment("a.png", "image/png"), limits)).not.toThrow();
     expect(() => checkDeclared(attachment("a.JPG"), limits)).not.toThrow();
     expect(() => checkDeclared(attachment("a.bin"), limits)).toThrow(
-      "`image` (a.bin) is not an image; send a JPEG, PNG",
+      "`image` (a.bin) is not an image; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
     );
-    expect(() => checkDeclared(attachment("a.png", "image/svg+xml"), limits)).toThrow(
-      "is a image/svg+xml file",
-    );
+    // Declared types in words, with the right article.
+    for (const [type, words] of [
+      ["image/svg+xml", "an SVG image"],
+      ["image/bmp", "a BMP image"],
+      ["video/mp4", "an MP4 video"],
+      ["application/pdf", "a PDF document"],
+      ["text/plain", "a text file"],
+      ["application/octet-stream", "a file that is not an image"],
+    ]) {
+      expect(() => checkDeclared(attachment("a.png", type), limits)).toThrow(
+        `\`image\` (a.png) is ${words}; send a JPEG`,
+      );
+    }
+    expect(() => checkDeclared(attachment("IMG_0001.HEIC", "image/heic"), limits)).not.toThrow();
   });
 
   it("refuses a declared size over the limit before downloading", () => {
@@ -40,11 +52,19 @@ describe("fetchImage", () => {
     return fetchImage(adapter, attachment(name), limits);
   };
 
-  it("accepts a photo, CMYK included", async () => {
-    expect(await fetch("cat.png", PHOTO)).toBe(PHOTO);
+  it("accepts a photo, CMYK and iPhone HEIC included, as the PNG the engine will read", async () => {
+    const stored = await fetch("cat.png", PHOTO);
+    expect((await sharp(stored).metadata()).format).toBe("png");
+    const [got, want] = await Promise.all(
+      [stored, PHOTO].map((b) => sharp(b).removeAlpha().raw().toBuffer()),
+    );
+    expect(Buffer.compare(got as Buffer, want as Buffer)).toBe(0);
     const cmyk = await sharp(PHOTO).toColourspace("cmyk").jpeg().toBuffer();
     expect((await sharp(cmyk).metadata()).space).toBe("cmyk");
-    await expect(fetch("cmyk.jpg", cmyk)).resolves.toBe(cmyk);
+    expect((await sharp(await fetch("cmyk.jpg", cmyk)).metadata()).space).toBe("srgb");
+    const heic = readFileSync("test/fixtures/images/chelsea.heic");
+    const fromHeic = await sharp(await fetch("IMG_0001.HEIC", heic)).metadata();
+    expect([fromHeic.format, fromHeic.width, fromHeic.height]).toEqual(["png", 192, 128]);
   });
 
   it("refuses an odd colour space and a truncated file, naming the attachment", async () => {
@@ -60,7 +80,13 @@ describe("fetchImage", () => {
       /^`image` \(lab\.tif\) uses the lab\w* colour space; send an sRGB, greyscale or CMYK image$/,
     );
     const truncated = PHOTO.subarray(0, Math.floor(PHOTO.byteLength / 2));
-    await expect(fetch("cut.png", truncated)).rejects.toThrow(/^`image` \(cut\.png\) could not be decoded/);
+    await expect(fetch("cut.png", truncated)).rejects.toThrow(
+      "`image` (cut.png) is incomplete: the file ends before the picture does (the upload was probably cut short); send it again",
+    );
+    const bmp = Uint8Array.from([0x42, 0x4d, ...new Array(60).fill(0)]);
+    await expect(fetch("photo.png", bmp)).rejects.toThrow(
+      "`image` (photo.png) is a BMP image; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
+    );
   });
 
   it("refuses a photo beyond the 4:1 aspect ratio an edit takes, naming the attachment and the limit", async () => {

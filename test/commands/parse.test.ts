@@ -74,6 +74,24 @@ describe("parseImagic", () => {
       "`eta` must be a number from 0 to 1.5 (got -0.1)",
     );
   });
+
+  it("reads a forced size as a square or width×height, and none as the photo's own shape", () => {
+    const sized = (size?: string) =>
+      parseImagic(request("imagic", { prompt: "x", ...(size ? { size } : {}) }, [file("image")])).size;
+    expect(sized()).toBeUndefined();
+    expect(sized(" 512 ")).toEqual({ width: 512, height: 512 });
+    expect(sized("768x512")).toEqual({ width: 768, height: 512 });
+    expect(sized("512 × 768")).toEqual({ width: 512, height: 768 });
+  });
+
+  it("refuses a size it cannot serve, naming the option and the limit", () => {
+    const sized = (size: string) => () =>
+      parseImagic(request("imagic", { prompt: "x", size }, [file("image")]));
+    expect(sized("big")).toThrow('`size` must be a side ("512") or width×height ("768x512"), got "big"');
+    expect(sized("100x900")).toThrow("`size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1");
+    expect(sized("32")).toThrow("`size` 32×32: each side must be a whole number of pixels from 64 to 2048");
+    expect(sized("2048x1024")).toThrow("`size` 2048×1024 is 2.10 megapixels; the limit is 1.05 (1024²)");
+  });
 });
 
 describe("parseSwap", () => {

@@ -13,6 +13,8 @@ let queue: QueueClient;
 let adapter: MemoryAdapter;
 let commands: ChatCommands;
 const channel = { channel: "console" };
+/** The options of every imagic.train job the worker ran, in order. */
+const trainOptions: unknown[] = [];
 
 beforeAll(async () => {
   h = await harness();
@@ -21,7 +23,18 @@ beforeAll(async () => {
   adapter.files.set("memory://photo", PHOTO);
   commands = new ChatCommands({ adapter, queue, blobs: h.blobs, redis: h.redis.client() });
   await commands.start();
-  await h.worker({ pipelines: lightweightPipelines({ steps: 2, stepMs: 5 }) });
+  const pipelines = lightweightPipelines({ steps: 2, stepMs: 5 });
+  const train = pipelines["imagic.train"];
+  await h.worker({
+    pipelines: {
+      ...pipelines,
+      "imagic.train": async (ctx) => {
+        trainOptions.push(ctx.payload.options);
+        if (!train) throw new Error("no imagic.train pipeline");
+        return train(ctx);
+      },
+    },
+  });
 });
 afterAll(async () => {
   commands.stop();
@@ -71,13 +84,26 @@ describe("ChatCommands with a console adapter", () => {
     expect(adapter.messages.filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
   });
 
+  it("passes a forced size to the job as width and height; without one the job has neither", async () => {
+    const ran = trainOptions.length;
+    await commands.handleCommand(imagic({ size: "768x512" }), adapter.reply(channel));
+    await until("the sized job", () => trainOptions[ran]);
+    await commands.handleCommand(imagic(), adapter.reply(channel));
+    await until("the unsized job", () => trainOptions[ran + 1]);
+    expect(trainOptions[ran]).toMatchObject({ width: 768, height: 512, seeds: [5, 6] });
+    expect(trainOptions[ran + 1]).not.toHaveProperty("width");
+    expect(trainOptions[ran + 1]).not.toHaveProperty("height");
+  });
+
   it("answers bad input privately and posts nothing", async () => {
     const before = adapter.messages.length;
     await commands.handleCommand(imagic({}, "video/mp4"), adapter.reply(channel));
     await commands.handleCommand({ ...imagic(), command: "dance" }, adapter.reply(channel));
-    expect(adapter.privateReplies.slice(-2)).toEqual([
-      "⚠️ `image` (photo.png) is a video/mp4 file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image",
+    await commands.handleCommand(imagic({ size: "100x900" }), adapter.reply(channel));
+    expect(adapter.privateReplies.slice(-3)).toEqual([
+      "⚠️ `image` (photo.png) is an MP4 video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
       "I do not know `/dance`; try `/help`",
+      "⚠️ `size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1",
     ]);
     expect(adapter.messages).toHaveLength(before);
   });

@@ -164,11 +164,15 @@ describe("loadImage", () => {
     expect(pixel(await loadImage(grey, { size: 64 }), 5, 5)).toEqual([90, 90, 90]);
   });
 
-  it("reports a truncated file whose header is intact as undecodable", async () => {
+  it("reports a truncated file whose header is intact as incomplete, the decoder's words only in the detail", async () => {
     const bytes = photo("coffee.png");
     const cut = bytes.subarray(0, Math.floor(bytes.byteLength / 2));
     expect((await probeImage(cut)).width).toBe(600);
-    expect((await rejection(loadImage(cut))).message).toMatch(/^The image could not be decoded \(/);
+    const error = (await rejection(loadImage(cut))) as ImageInputError;
+    expect(error.message).toBe(
+      "The image is incomplete: the file ends before the picture does (the upload was probably cut short); send it again.",
+    );
+    expect(error.detail).toMatch(/png/);
   });
 
   it("refuses sizes that are not whole numbers of pixels up to 4096", async () => {
@@ -243,14 +247,25 @@ describe("probeImage", () => {
     expect(await probeImage(photo("coffee.png"))).toMatchObject({ width: 600, height: 400 });
   });
 
-  it("refuses bytes that are not an image, and formats that are not photos", async () => {
-    expect(
-      (await rejection(probeImage(new TextEncoder().encode("hello, this is not a picture")))).message,
-    ).toMatch(/not an image I can read \(send a jpeg, png, webp, gif, tiff, heif, avif file\)/);
+  it("refuses bytes that are not an image, and formats that are not photos, by their first bytes", async () => {
+    const formats = "send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.";
+    expect((await rejection(probeImage(Uint8Array.from([0x00, 0x9c, 0x13, 0x77, 0xfe])))).message).toBe(
+      `That file is not an image I can read; ${formats}`,
+    );
+    expect((await rejection(probeImage(new TextEncoder().encode("hello, not a picture")))).message).toBe(
+      `That file is a text file; ${formats}`,
+    );
     const svg = new TextEncoder().encode(
       '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>',
     );
-    expect((await rejection(probeImage(svg))).message).toMatch(/SVG files are not accepted/);
+    expect((await rejection(probeImage(svg))).message).toBe(`That file is an SVG image; ${formats}`);
+    const png = await synth(64, 64, 3, () => [1, 2, 3])
+      .png()
+      .toBuffer();
+    const onlyJpeg = { ...DEFAULT_IMAGE_LIMITS, formats: ["jpeg"] };
+    expect((await rejection(probeImage(png, onlyJpeg))).message).toBe(
+      "That file is a PNG image; send a JPEG image.",
+    );
   });
 
   it("refuses huge declared dimensions before decoding anything", async () => {
@@ -261,7 +276,17 @@ describe("probeImage", () => {
     );
     expect((await rejection(loadImage(bomb))).message).toMatch(/largest side/);
     const wide = pngDeclaring(10_000, 9_000);
-    expect((await rejection(probeImage(wide))).message).toMatch(/90\.0 megapixels; the limit is 40\.0/);
+    expect((await rejection(probeImage(wide))).message).toBe(
+      "The image is 10000×9000, 90.0 megapixels; the limit is 40.0 megapixels.",
+    );
+    // Just over the limit: as many decimals as it takes to show it is over.
+    expect((await rejection(probeImage(pngDeclaring(6481, 6172)))).message).toBe(
+      "The image is 6481×6172, 40.001 megapixels; the limit is 40.000 megapixels.",
+    );
+    expect((await rejection(probeImage(pngDeclaring(6400, 6251)))).message).toMatch(
+      /40\.01 megapixels; the limit is 40\.00 megapixels/,
+    );
+    expect((await probeImage(pngDeclaring(8000, 5000))).pixels).toBe(40_000_000);
     expect((await rejection(probeImage(pngDeclaring(20, 500)))).message).toMatch(/at least 32 pixels/);
     const big = new Uint8Array(DEFAULT_IMAGE_LIMITS.maxBytes + 1);
     expect((await rejection(probeImage(big))).message).toMatch(/the limit is 20\.0 MiB/);
@@ -278,6 +303,15 @@ describe("probeImage", () => {
       .gif()
       .toBuffer();
     expect((await rejection(probeImage(gif))).message).toMatch(/animated \(2 frames\); send a still image/);
+    // Pages of a TIFF are not frames of an animation.
+    const tiff = await sharp([await frame([1, 2, 3]), await frame([4, 5, 6]), await frame([7, 8, 9])], {
+      join: { animated: true },
+    })
+      .tiff()
+      .toBuffer();
+    expect((await rejection(probeImage(tiff))).message).toBe(
+      "The image is a TIFF of 3 pages; send one page, saved as a single-page image.",
+    );
     const limits = { ...DEFAULT_IMAGE_LIMITS, allowAnimated: true };
     expect(await probeImage(gif, limits)).toMatchObject({
       format: "gif",

@@ -9,32 +9,27 @@
  * its first step (session creation and warm-up included) plus (steps − 1) × the median of its later
  * steps. Early stopping is off (a random model's loss says nothing), so times are for full schedules.
  */
-import { writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { Command, Option } from "commander";
-import { type LoraWeights, StableDiffusion } from "../../engine/index.js";
+import type { LoraWeights, StableDiffusion } from "../../engine/index.js";
 import { renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
 import { deserializeState, serializeState } from "../../engine/pipelines/imagic-state.js";
 import { UserFacingError } from "../../errors.js";
 import { getPreset, PRESET_NAMES, type PresetName } from "../../spec/imagic.js";
 import type { Size } from "../../spec/shape.js";
-import { GpuMemorySampler } from "./gpu-memory.js";
-import { randomCheckpoint } from "./random-checkpoint.js";
-import { formatSize, parseBenchSizes, sd15Shapes, tinyShapes } from "./sd.js";
+import type { GpuMemorySampler } from "./gpu-memory.js";
+import {
+  BenchRun,
+  type PipelineBenchFlags,
+  parseStepsScale,
+  pipelineBenchOptions,
+} from "./pipeline-bench.js";
+import { formatSize, parseBenchSizes } from "./sd.js";
 import { photo, StageClock, scaled } from "./timing.js";
 
-interface Flags {
-  device: "auto" | "cpu" | "webgpu" | "cuda";
-  dtype: "auto" | "fp32" | "fp16";
-  trainDtype: "fp32" | "fp16";
+interface Flags extends PipelineBenchFlags {
   preset: PresetName | "all";
-  stepsScale: string;
-  tiny: boolean;
   size?: string;
   batches: string;
-  json?: string;
-  modelDir?: string;
 }
 
 /**
@@ -108,21 +103,9 @@ async function benchPreset(
   const decodeMs = performance.now() - lastStep;
   const gridMs = await timeGrid(() => seedGrid(images, preset.gridEta));
 
-  /** A stage at its full step count: cold = first step (session build) + the rest at the median; warm = all at the median. */
-  const extrapolate = (stage: string, fullSteps: number) => {
-    const s = clock.steps(stage);
-    if (!s || fullSteps === 0) return { cold: 0, warm: 0, perStep: 0, first: 0, ran: 0 };
-    return {
-      cold: s.first + (fullSteps - 1) * s.median,
-      warm: fullSteps * s.median,
-      perStep: s.median,
-      first: s.first,
-      ran: s.ran,
-    };
-  };
-  const embedding = extrapolate("embedding", full.embedding.steps);
-  const finetune = extrapolate("finetune", full.finetune.steps);
-  const render = extrapolate("render", preset.render.steps);
+  const embedding = clock.extrapolate("embedding", full.embedding.steps);
+  const finetune = clock.extrapolate("finetune", full.finetune.steps);
+  const render = clock.extrapolate("render", preset.render.steps);
   const encodeMs = (state.seconds?.encode ?? 0) * 1000;
   const tail = decodeMs + (gridMs ?? 0);
   const firstGrid = {
@@ -132,7 +115,7 @@ async function benchPreset(
 
   // 4 new variants from the cached state: serialize, reload, render with warm sessions, grid.
   const stateBytes = serializeState(state);
-  gpu.stage(`${name}/cached`);
+  gpu.stage(`${formatSize(size)} ${name}/cached`);
   const c0 = performance.now();
   const reloaded = deserializeState(stateBytes);
   const cacheClock = new StageClock();
@@ -238,41 +221,21 @@ async function benchBatches(
 }
 
 export function imagicBenchCommand(): Command {
-  return new Command("imagic")
-    .description(
+  return pipelineBenchOptions(
+    new Command("imagic").description(
       "Imagic on SD 1.5 shapes with random weights: stage times, photo → first grid, cached renders",
-    )
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
-    .addOption(
-      new Option("--dtype <dtype>", "UNet compute dtype for sampling (auto: fp16 on a GPU)")
-        .choices(["auto", "fp32", "fp16"])
-        .default("auto"),
-    )
-    .addOption(
-      new Option("--train-dtype <dtype>", "compute dtype of the training graphs (mixed precision: fp16)")
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    ),
+  )
     .addOption(
       new Option("--preset <name>", "preset to time").choices([...PRESET_NAMES, "all"]).default("all"),
     )
-    .option("--steps-scale <f>", "run this fraction of every stage's steps (≥ 5 each) and extrapolate", "1")
-    .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
     .option(
       "--size <sizes>",
       'image sizes run in turn, comma-separated: a side or width×height, multiples of 64, e.g. "512,512x768" (default 512; 64 with --tiny)',
     )
     .option("--batches <list>", 'timestep batches to time one training step at ("none": skip)', "1,4")
-    .option("--json <file>", "also write the results as JSON")
-    .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)")
     .action(async (f: Flags) => {
-      const scale = Number(f.stepsScale);
-      if (!(scale > 0 && scale <= 1))
-        throw new UserFacingError(`--steps-scale must be in (0, 1], got ${f.stepsScale}`);
+      const scale = parseStepsScale(f);
       const side = f.tiny ? 64 : 512;
       const sizes = f.size ? parseBenchSizes(f.size) : [{ width: side, height: side }];
       const batches = f.batches === "none" ? [] : f.batches.split(",").map(Number);
@@ -280,59 +243,31 @@ export function imagicBenchCommand(): Command {
         throw new UserFacingError(`--batches must list whole numbers from 1 to 16, got ${f.batches}`);
       }
       const out = (s: string) => process.stdout.write(`${s}\n`);
-      const shapes = f.tiny ? tinyShapes() : sd15Shapes();
-      const gpu = new GpuMemorySampler();
-      gpu.stage("load");
       const l0 = performance.now();
-      const dir = f.modelDir ?? path.join(tmpdir(), `imagic-bench-${f.tiny ? "tiny" : "sd15"}`);
-      out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
-      let sd: StableDiffusion;
-      try {
-        sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
-          device: f.device,
-          dtype: f.dtype,
-          trainDtype: f.trainDtype,
-        });
-      } catch (error) {
-        await gpu.stop(); // the polling child would keep the process alive
-        throw error;
-      }
+      const run = await BenchRun.open("imagic", f, out);
+      const { sd, gpu, result } = run;
       out(
-        `bench imagic: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${sizes.map(formatSize).join(" then ")}, device ${sd.device}, sampling ${f.dtype}, ` +
-          `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}; ` +
-          "sessions are built once per shape, so only the first preset to use a batch size pays them (cold)",
+        `${run.describe(sizes.map(formatSize).join(" then "))}; ` +
+          "sessions are built once per shape (each size starts with none), so only the first preset to use a batch size pays them (cold)",
       );
-      const result: Record<string, unknown> = {
-        benchmark: "imagic",
-        device: sd.device,
-        dtype: f.dtype,
-        trainDtype: f.trainDtype,
-        tiny: f.tiny,
-        stepsScale: scale,
-        /** One entry per --size: its presets and, with --batches, its per-batch costs. */
-        sizes: [] as Array<Size & { presets: unknown[]; [k: string]: unknown }>,
-      };
-      // Written after every part, so a run cut short (device time limit) keeps what it measured.
-      const save = () => {
-        result.peakGpuMiB = gpu.peak();
-        result.gpuMiBByStage = gpu.byStage();
-        if (f.json) writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
-      };
-      const peakLine = () => {
-        const mib = gpu.peak();
-        // Device-wide and cumulative: sessions of earlier presets stay loaded (run one preset to isolate it).
-        if (mib !== undefined) {
-          out(`         peak GPU memory so far (nvidia-smi, whole device): ${(mib / 1024).toFixed(1)} GiB`);
-          out(`         GPU memory by stage (GiB at its start → its peak): ${gpu.summary()}`);
-        }
-      };
+      /** One entry per --size: its presets, its peak GPU memory and, with --batches, its per-batch costs. */
+      const entries: Array<Size & { presets: unknown[]; peakGpuMiB?: number; [k: string]: unknown }> = [];
+      result.sizes = entries;
+      const save = () => run.save();
+      // Device-wide and cumulative: sessions of earlier presets stay loaded (run one preset to isolate it).
+      const peakLine = () => run.memoryLines("         ");
       try {
         const presets = f.preset === "all" ? [...PRESET_NAMES] : [f.preset];
-        for (const size of sizes) {
+        for (const [k, size] of sizes.entries()) {
+          // Each size starts without sessions: its cold times include its own session builds, and the
+          // previous size's GPU memory is given back (a session's arena only grows while it lives; two
+          // sizes' sessions at once would measure, and may exhaust, more memory than either job needs).
+          if (k > 0) await sd.release();
+          const label = formatSize(size);
           const latents = sd.latentSize(size.height, size.width);
-          out(`— ${formatSize(size)} (latents ${latents.width}×${latents.height})`);
-          const entry = { ...size, presets: [] as unknown[] };
-          (result.sizes as unknown[]).push(entry);
+          out(`— ${label} (latents ${latents.width}×${latents.height})`);
+          const entry: (typeof entries)[number] = { ...size, presets: [] };
+          entries.push(entry);
           let lastLora: LoraWeights | undefined;
           for (const p of presets) {
             const { row, lora } = await benchPreset(sd, p, size, scale, out, gpu);
@@ -341,16 +276,22 @@ export function imagicBenchCommand(): Command {
             peakLine();
             save();
           }
-          gpu.stage(`${formatSize(size)} batches`);
+          gpu.stage(`${label} batches`);
           if (batches.length > 0) Object.assign(entry, await benchBatches(sd, size, batches, lastLora, out));
+          const own = gpu.byStage().filter((s) => s.stage.startsWith(`${label} `));
+          if (own.length > 0) {
+            entry.peakGpuMiB = Math.max(...own.map((s) => s.peakMiB));
+            out(
+              `         peak GPU memory at ${label} (whole device): ${(entry.peakGpuMiB / 1024).toFixed(1)} GiB`,
+            );
+          }
           save();
         }
         result.totalMs = performance.now() - l0;
         peakLine();
         save();
       } finally {
-        await gpu.stop();
-        await sd.release();
+        await run.close();
       }
     });
 }

@@ -9,11 +9,8 @@
  * creation and warm-up) plus (steps − 1) × the median of its later steps. Null-text never stops early on
  * random weights (its losses stay far above 1e-5), so its times are for the full `--inner` steps.
  */
-import { writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { Command, Option } from "commander";
-import { StableDiffusion } from "../../engine/index.js";
+import type { StableDiffusion } from "../../engine/index.js";
 import { learnConcept } from "../../engine/pipelines/concept.js";
 import { deserializeConcept, serializeConcept } from "../../engine/pipelines/concept-file.js";
 import { invertDirect, invertNullText, psnr, reconstructSource } from "../../engine/pipelines/inversion.js";
@@ -27,44 +24,28 @@ import {
   SWAP_GUIDANCE,
   SWAP_SAMPLING_STEPS,
 } from "../../spec/swap.js";
-import { GpuMemorySampler } from "./gpu-memory.js";
-import { randomCheckpoint } from "./random-checkpoint.js";
-import { sd15Shapes, tinyShapes } from "./sd.js";
+import type { GpuMemorySampler } from "./gpu-memory.js";
+import {
+  BenchRun,
+  type PipelineBenchFlags,
+  parseStepsScale,
+  pipelineBenchOptions,
+} from "./pipeline-bench.js";
 import { photo, StageClock, scaled } from "./timing.js";
 
 export const PHOTOSWAP_CASES = ["concept", "invert-direct", "invert-null-text"] as const;
 type Case = (typeof PHOTOSWAP_CASES)[number];
 
-interface Flags {
-  device: "auto" | "cpu" | "webgpu" | "cuda";
-  dtype: "auto" | "fp32" | "fp16";
-  trainDtype: "fp32" | "fp16";
+interface Flags extends PipelineBenchFlags {
   conceptPreset: ConceptPresetName;
   steps: string;
   inner: string;
-  stepsScale: string;
   only?: string;
-  tiny: boolean;
   size?: string;
-  json?: string;
-  modelDir?: string;
 }
 
 const PROMPT = "a photo of a cat";
 const sec = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
-
-/** A stage at its full step count from a scaled run: cold = first + (n − 1) × median; warm = n × median. */
-function extrapolate(clock: StageClock, stage: string, fullSteps: number) {
-  const s = clock.steps(stage);
-  if (!s || fullSteps === 0) return { cold: 0, warm: 0, perStep: 0, first: 0, ran: 0 };
-  return {
-    cold: s.first + (fullSteps - 1) * s.median,
-    warm: fullSteps * s.median,
-    perStep: s.median,
-    first: s.first,
-    ran: s.ran,
-  };
-}
 
 async function benchConcept(
   sd: StableDiffusion,
@@ -106,12 +87,12 @@ async function benchConcept(
   };
   const cold = await learn("dog", "cold");
   const chunks = prior ? Math.ceil(prior.images / Math.min(4, prior.images)) : 0;
-  const classImages = extrapolate(cold.clock, "class-images", prior ? chunks * prior.steps : 0);
-  const train = extrapolate(cold.clock, "concept", full.steps);
+  const classImages = cold.clock.extrapolate("class-images", prior ? chunks * prior.steps : 0);
+  const train = cold.clock.extrapolate("concept", full.steps);
   const encodeMs = (cold.concept.seconds?.encode ?? 0) * 1000;
   // The same subject again: the class images come from the cache, the sessions are warm.
   const warm = await learn("dog", "cached");
-  const warmTrain = extrapolate(warm.clock, "concept", full.steps);
+  const warmTrain = warm.clock.extrapolate("concept", full.steps);
   const t0 = performance.now();
   const bytes = serializeConcept(cold.concept);
   deserializeConcept(bytes);
@@ -195,8 +176,8 @@ async function benchInversions(
         if (p.stage === "invert" && p.step === p.total) clock.begin("null-text");
       },
     });
-    const invert = extrapolate(clock, "invert", steps);
-    const nullText = extrapolate(clock, "null-text", steps);
+    const invert = clock.extrapolate("invert", steps);
+    const nullText = clock.extrapolate("null-text", steps);
     const innerTaken = r.losses.reduce((a, l) => a + l.length, 0) / r.losses.length;
     const db = await report(r.source);
     rows.nullText = { steps, ran, inner, innerTaken, invert, nullText, psnr: db };
@@ -210,25 +191,11 @@ async function benchInversions(
 }
 
 export function photoswapBenchCommand(): Command {
-  return new Command("photoswap")
-    .description(
+  return pipelineBenchOptions(
+    new Command("photoswap").description(
       "Photoswap on SD 1.5 shapes with random weights: concept learning, direct and null-text inversion",
-    )
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
-    .addOption(
-      new Option("--dtype <dtype>", "UNet compute dtype for sampling (auto: fp16 on a GPU)")
-        .choices(["auto", "fp32", "fp16"])
-        .default("auto"),
-    )
-    .addOption(
-      new Option("--train-dtype <dtype>", "compute dtype of the training graphs (mixed precision: fp16)")
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    ),
+  )
     .addOption(
       new Option("--concept-preset <name>", "concept learning preset")
         .choices([...CONCEPT_PRESET_NAMES])
@@ -236,16 +203,10 @@ export function photoswapBenchCommand(): Command {
     )
     .option("--steps <n>", "DDIM steps of the inversions", String(SWAP_SAMPLING_STEPS))
     .option("--inner <n>", "null-text's inner steps per sampling step (official 10)", "10")
-    .option("--steps-scale <f>", "run this fraction of each stage's steps (≥ 5 each) and extrapolate", "1")
     .option("--only <cases>", `comma-separated cases (${PHOTOSWAP_CASES.join(", ")}); default all`)
-    .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
     .option("--size <pixels>", "image side (default 512; 64 with --tiny)")
-    .option("--json <file>", "also write the results as JSON")
-    .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)")
     .action(async (f: Flags) => {
-      const scale = Number(f.stepsScale);
-      if (!(scale > 0 && scale <= 1))
-        throw new UserFacingError(`--steps-scale must be in (0, 1], got ${f.stepsScale}`);
+      const scale = parseStepsScale(f);
       const steps = Number(f.steps);
       const inner = Number(f.inner);
       for (const [flag, v] of [
@@ -266,41 +227,11 @@ export function photoswapBenchCommand(): Command {
           `--only: unknown case(s) ${unknown.join(", ")} (${PHOTOSWAP_CASES.join(", ")})`,
         );
       const out = (s: string) => process.stdout.write(`${s}\n`);
-      const shapes = f.tiny ? tinyShapes(size) : sd15Shapes(size);
-      const gpu = new GpuMemorySampler();
-      gpu.stage("load");
-      const dir = f.modelDir ?? path.join(tmpdir(), `photoswap-bench-${f.tiny ? "tiny" : "sd15"}-${size}`);
-      out(`random-weight checkpoint in ${dir} (written once, reused by later runs)`);
-      let sd: StableDiffusion;
-      try {
-        sd = await StableDiffusion.load(randomCheckpoint(dir, shapes), {
-          device: f.device,
-          dtype: f.dtype,
-          trainDtype: f.trainDtype,
-        });
-      } catch (error) {
-        await gpu.stop(); // the polling child would keep the process alive
-        throw error;
-      }
-      out(
-        `bench photoswap: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${size}², device ${sd.device}, sampling ${f.dtype}, ` +
-          `training ${f.trainDtype}, steps × ${scale}${scale < 1 ? " (stage times extrapolated from the median step)" : ""}`,
-      );
-      const result: Record<string, unknown> = {
-        benchmark: "photoswap",
-        device: sd.device,
-        dtype: f.dtype,
-        trainDtype: f.trainDtype,
-        size,
-        tiny: f.tiny,
-        stepsScale: scale,
-      };
-      // Written after every part, so a run cut short (device time limit) keeps what it measured.
-      const save = () => {
-        result.peakGpuMiB = gpu.peak();
-        result.gpuMiBByStage = gpu.byStage();
-        if (f.json) writeFileSync(f.json, `${JSON.stringify(result, null, 2)}\n`);
-      };
+      const run = await BenchRun.open("photoswap", f, out, size);
+      const { sd, gpu, result } = run;
+      out(run.describe(`${size}²`));
+      result.size = size;
+      const save = () => run.save();
       try {
         if (cases.includes("concept")) {
           result.concept = await benchConcept(sd, size, f.conceptPreset, scale, out, gpu);
@@ -310,14 +241,9 @@ export function photoswapBenchCommand(): Command {
           result.inversion = await benchInversions(sd, size, steps, inner, scale, cases, out, gpu);
           save();
         }
-        const mib = gpu.peak();
-        if (mib !== undefined) {
-          out(`peak GPU memory (nvidia-smi, whole device): ${(mib / 1024).toFixed(1)} GiB`);
-          out(`GPU memory by stage (GiB at its start → its peak): ${gpu.summary()}`);
-        }
+        run.memoryLines();
       } finally {
-        await gpu.stop();
-        await sd.release();
+        await run.close();
       }
     });
 }

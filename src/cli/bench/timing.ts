@@ -76,6 +76,30 @@ export class StageClock {
       ran: list.length,
     };
   }
+  /**
+   * The stage at its full step count from a scaled run: cold = first step (session build and warm-up)
+   * + (steps − 1) × the median; warm = steps × the median. All zero for a stage that did not run.
+   */
+  extrapolate(stage: string, fullSteps: number): StageTimes {
+    const s = this.steps(stage);
+    if (!s || fullSteps === 0) return { cold: 0, warm: 0, perStep: 0, first: 0, ran: 0 };
+    return {
+      cold: s.first + (fullSteps - 1) * s.median,
+      warm: fullSteps * s.median,
+      perStep: s.median,
+      first: s.first,
+      ran: s.ran,
+    };
+  }
+}
+
+/** A stage's extrapolated times (ms) and how many of its steps ran. */
+export interface StageTimes {
+  cold: number;
+  warm: number;
+  perStep: number;
+  first: number;
+  ran: number;
 }
 
 /** A stage's steps scaled down for a quick run: at least 5 (or all, when fewer), none when it has none. */

@@ -247,11 +247,16 @@ export const ATTENTION_GRAD_CHUNK_BYTES = 256 * 2 ** 20;
  * The unfused form kept every [B, heads, L, S] map alive from the forward to the backward (2 GB per
  * self-attention layer for four 512² images in fp32); here at most a chunk's maps exist at once.
  *
- * The chunks' results go into one running sum (a flat tensor holding dQ, dK, dV and dMask, each chunk
- * contributing its part padded into place), so every chunk is a consumer of the one before:
+ * Where the maps fit the budget in one chunk (most layers), the gradients come straight from that chunk.
+ * Otherwise the chunks' results go into one running sum (dQ, dK, dV and dMask side by side, each chunk
+ * contributing its part, dQ padded into place), so every chunk is a consumer of the one before:
  * onnxruntime's default order walks the graph depth-first back from the outputs and so finishes a
  * chunk — and frees its maps — before the next one starts. Separate sums (or a concat of dQ rows) would
- * let the maps of every chunk wait for their last consumer.
+ * let the maps of every chunk wait for their last consumer. The sum is laid out as rows of a common
+ * width (`stackRows`), not as one flat vector: onnxruntime's CUDA Concat of inputs of unequal lengths
+ * builds and uploads an int64 table with one entry per index of the concatenated axis on every run: as
+ * flat vectors, 12M entries per SD 1.5 loss step at 512² (docs/PERFORMANCE.md, "Where the training
+ * step's time goes").
  *
  * fp16 attention recomputes the softmax and its VJP in float32, as the decomposition's ops do.
  */
@@ -262,8 +267,6 @@ function attentionGrad(node: Node, g: Tensor, needs: readonly boolean[]): (Tenso
   const [B, L, D] = q.shape as [number, number, number];
   const S = k.shape[1] as number;
   const Dv = v.shape[2] as number;
-  const d = D / heads;
-  const dv = Dv / heads;
   const dtype = q.dtype;
   const wide = dtype === "float16" ? "float32" : dtype;
   const [wantQ, wantK, wantV, wantMask] = [needs[0], needs[1], needs[2], needs[3] === true && !!mask];
@@ -279,51 +282,98 @@ function attentionGrad(node: Node, g: Tensor, needs: readonly boolean[]): (Tenso
   const rows = Math.max(1, Math.min(L, Math.floor(budget / perRow)));
   const maskRows = mask ? (mask.shape[2] as number) : 0;
 
-  const flat = (t: Tensor) => reshape(t, [-1]);
-  let sum: Tensor | undefined;
-  for (let r0 = 0; r0 < L; r0 += rows) {
-    const r1 = Math.min(L, r0 + rows);
+  // One chunk's gradients, [B, h, ·, ·] per head (dQ: the chunk's rows only; dMask: the chunk's rows
+  // unless the mask has one row for all).
+  const chunk = (r0: number, r1: number): Grads => {
     const qc = slice(qh, [r0], [r1], [2]);
     const gc = slice(gh, [r0], [r1], [2]);
     let scores = cast(matmul(qc, kT), wide); // [B, h, C, S]
     if (mask) scores = add(scores, cast(maskRows === 1 ? mask : slice(mask, [r0], [r1], [2]), wide));
     const p = softmax(scores, -1);
-    const parts: Tensor[] = [];
+    const out: Grads = {};
     if (wantS) {
       // Each product in the form autodiff gives the decomposition (softmax's VJP as its primitive writes
       // it, dK as (q·s)ᵀ·dS): with one chunk the gradients are bit for bit the decomposition's.
       const gp = mul(cast(matmul(gc, vT), wide), p);
       const ds = sub(gp, mul(p, reduceSum(gp, [3], true)));
       const dsc = cast(ds, dtype);
-      if (wantQ) parts.push(flat(pad(matmul(dsc, kh), [0, 0, r0, 0, 0, 0, L - r1, 0])));
-      if (wantK) parts.push(flat(transpose(matmul(transpose(qc, [0, 1, 3, 2]), dsc), [0, 1, 3, 2])));
+      if (wantQ) out.dQ = matmul(dsc, kh);
+      if (wantK) out.dK = transpose(matmul(transpose(qc, [0, 1, 3, 2]), dsc), [0, 1, 3, 2]);
       if (wantMask) {
         const m = mask as Tensor;
         const chunkShape =
           maskRows === 1 ? m.shape : [m.shape[0] as number, m.shape[1] as number, r1 - r0, S];
-        const dm = cast(sumToShape(ds, chunkShape), dtype);
-        parts.push(flat(maskRows === 1 ? dm : pad(dm, [0, 0, r0, 0, 0, 0, L - r1, 0])));
+        out.dMask = cast(sumToShape(ds, chunkShape), dtype);
       }
     }
-    if (wantV) parts.push(flat(matmul(transpose(cast(p, dtype), [0, 1, 3, 2]), gc)));
-    const part = parts.length === 1 ? (parts[0] as Tensor) : concat(parts, 0);
-    sum = sum ? add(sum, part) : part;
+    if (wantV) out.dV = matmul(transpose(cast(p, dtype), [0, 1, 3, 2]), gc);
+    return out;
+  };
+
+  let grads: Grads;
+  if (rows >= L) grads = chunk(0, L);
+  else {
+    const fullRows = (t: Tensor, r0: number, r1: number) => pad(t, [0, 0, r0, 0, 0, 0, L - r1, 0]);
+    let sum: Tensor | undefined;
+    let placed: Grads = {};
+    for (let r0 = 0; r0 < L; r0 += rows) {
+      const r1 = Math.min(L, r0 + rows);
+      const c = chunk(r0, r1);
+      placed = {
+        ...c,
+        ...(c.dQ ? { dQ: fullRows(c.dQ, r0, r1) } : {}),
+        ...(c.dMask && maskRows !== 1 ? { dMask: fullRows(c.dMask, r0, r1) } : {}),
+      };
+      const part = stackRows(GRADS.flatMap((key) => placed[key] ?? []));
+      sum = sum ? add(sum, part) : part;
+    }
+    const present = GRADS.filter((key) => placed[key]);
+    const back = unstackRows(
+      sum as Tensor,
+      present.map((key) => (placed[key] as Tensor).shape),
+    );
+    grads = Object.fromEntries(present.map((key, i) => [key, back[i]]));
   }
 
-  // Unpack the running sum: each wanted gradient's slice, heads merged back.
+  const merge = (t: Tensor | undefined, len: number, width: number) =>
+    t ? reshape(transpose(t, [0, 2, 1, 3]), [B, len, width]) : null;
+  const dQ = merge(grads.dQ, L, D);
+  return [
+    dQ && mul(dQ, scale),
+    merge(grads.dK, S, D),
+    merge(grads.dV, S, Dv),
+    grads.dMask ? reshape(grads.dMask, (mask as Tensor).shape) : null,
+  ];
+}
+
+/** Attention's input gradients per head, in the order a chunked backward stacks them. */
+const GRADS = ["dQ", "dK", "dMask", "dV"] as const;
+type Grads = Partial<Record<(typeof GRADS)[number], Tensor>>;
+
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+
+/**
+ * Tensors concatenated as rows of a common width (the gcd of their sizes): [Σ nᵢ/w, w]. Along that
+ * axis onnxruntime's CUDA Concat (inputs of unequal lengths) builds and uploads one int64 per row, so
+ * rows keep that table small where one flat vector would make it one entry per element.
+ */
+function stackRows(parts: readonly Tensor[]): Tensor {
+  const width = parts.map((t) => numel(t.shape)).reduce(gcd);
+  return concat(
+    parts.map((t) => reshape(t, [-1, width])),
+    0,
+  );
+}
+
+/** stackRows undone: the parts of `shapes` back out of [rows, width]. */
+function unstackRows(stacked: Tensor, shapes: readonly (readonly number[])[]): Tensor[] {
+  const width = stacked.shape[1] as number;
   let at = 0;
-  const take = (n: number) => {
-    const t = slice(sum as Tensor, [at], [at + n], [0]);
+  return shapes.map((shape) => {
+    const n = numel(shape) / width;
     at += n;
-    return t;
-  };
-  const merge = (t: Tensor, len: number, width: number, hd: number) =>
-    reshape(transpose(reshape(t, [B, heads, len, hd]), [0, 2, 1, 3]), [B, len, width]);
-  const dQ = wantQ ? mul(merge(take(B * L * D), L, D, d), scale) : null;
-  const dK = wantK ? merge(take(B * S * D), S, D, d) : null;
-  const dMask = wantMask ? reshape(take(numel((mask as Tensor).shape)), (mask as Tensor).shape) : null;
-  const dV = wantV ? merge(take(B * S * Dv), S, Dv, dv) : null;
-  return [dQ, dK, dV, dMask];
+    return reshape(slice(stacked, [at - n], [at], [0]), shape);
+  });
 }
 
 function composite(op: string, inputs: readonly Tensor[], attrs: Attrs): Tensor {

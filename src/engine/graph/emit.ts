@@ -37,15 +37,22 @@ export interface EmitOptions {
 }
 
 /**
- * Several outputs of one dtype delivered as one flat tensor, `parts` at their offsets: a GPU provider
+ * Several outputs of one dtype delivered as one tensor, `parts` at their (element) offsets: a GPU provider
  * reads each output back with its own wait for the device, so a LoRA step's 256 gradients cost 256 round
- * trips unpacked (~1 ms each on WebGPU) and one packed.
+ * trips unpacked (~1 ms each on WebGPU) and one packed. The tensor is [rows, PACK_ROW], each output
+ * zero-padded to whole rows: onnxruntime's CUDA Concat of inputs of unequal lengths builds and uploads
+ * an int64 table with one entry per index of the concatenated axis on every run, and as one flat vector
+ * the tree of Concats packing a LoRA step's gradients made 14.5M such entries per step (SD 1.5, 512²;
+ * docs/PERFORMANCE.md, "Where the training step's time goes").
  */
 export interface PackedOutput {
   name: string;
   dtype: DType;
   parts: { name: string; offset: number; size: number }[];
 }
+
+/** Elements per row of a packed output. */
+export const PACK_ROW = 256;
 
 export interface ValueSpec {
   name: string;
@@ -286,12 +293,22 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
       continue;
     }
     const p: PackedOutput = { name: fresh(`packed_${dtype}`), dtype, parts: [] };
+    let rows = 0;
     let level = group.map((o) => {
       const size = numel(o.tensor.shape);
-      p.parts.push({ name: o.name, offset: p.parts.reduce((s, q) => s + q.size, 0), size });
+      const n = Math.ceil(size / PACK_ROW);
+      p.parts.push({ name: o.name, offset: rows * PACK_ROW, size });
+      rows += n;
       const flat = fresh(`${o.name}_flat`);
+      const packedRows = fresh(`${o.name}_rows`);
       e.node("Reshape", [name(o.tensor), e.ints([size])], [flat]);
-      return flat;
+      if (size === n * PACK_ROW) e.node("Reshape", [flat, e.ints([n, PACK_ROW])], [packedRows]);
+      else {
+        const padded = fresh(`${o.name}_padded`);
+        e.node("Pad", [flat, e.ints([0, n * PACK_ROW - size])], [padded]);
+        e.node("Reshape", [padded, e.ints([n, PACK_ROW])], [packedRows]);
+      }
+      return packedRows;
     });
     // A tree of concatenations of at most 4 (a WebGPU shader binds few storage buffers by default).
     while (level.length > 1) {
@@ -304,7 +321,7 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
       level = next;
     }
     packed.push(p);
-    onnxOutputs.push({ name: p.name, dtype, shape: [p.parts.reduce((s, q) => s + q.size, 0)] });
+    onnxOutputs.push({ name: p.name, dtype, shape: [rows, PACK_ROW] });
   }
 
   const model: ModelJson = {

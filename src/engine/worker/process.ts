@@ -52,7 +52,7 @@ export function engineProcessService(options: EngineProcessOptions = {}): Servic
           `the engine process stopped before it was ready (${outcome}); its log says why`,
         );
       }
-      log.info({ pid: child.pid }, "engine process ready");
+      log.info({ enginePid: child.pid }, "engine process ready");
       let stopping = false;
       return {
         // A stop is not a failure: then it never settles.

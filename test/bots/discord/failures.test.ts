@@ -35,7 +35,7 @@ describe("bad attachments are refused privately, naming the attachment and the l
     [
       "not an image (declared type)",
       async () => ({ name: "notes.txt", bytes: Buffer.from("hello"), type: "text/plain" }),
-      /^⚠️ `image` \(notes\.txt\) is a text\/plain file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image$/,
+      /^⚠️ `image` \(notes\.txt\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/,
     ],
     [
       "too large (declared size, nothing downloaded)",
@@ -45,7 +45,7 @@ describe("bad attachments are refused privately, naming the attachment and the l
     [
       "a file that claims to be a PNG but is not",
       async () => ({ name: "fake.png", bytes: Buffer.from("not really a png at all"), type: "image/png" }),
-      /^⚠️ `image` \(fake\.png\) is not an image I can read \(send a jpeg, png, webp, gif, tiff, heif, avif file\)$/,
+      /^⚠️ `image` \(fake\.png\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/,
     ],
     [
       "animated",
@@ -96,7 +96,9 @@ describe("bad attachments are refused privately, naming the attachment and the l
     const channel = w.fake.addTextChannel("swap-bad");
     const ref2 = w.fake.attachment("ref2.pdf", Buffer.from("%PDF"), "application/pdf");
     const interaction = w.swap(channel, [w.photo("ref1.png"), ref2]);
-    expect(await w.ephemeral(interaction)).toMatch(/`reference2` \(ref2\.pdf\) is a application\/pdf file/);
+    expect(await w.ephemeral(interaction)).toMatch(
+      /`reference2` \(ref2\.pdf\) is a PDF document; send a JPEG/,
+    );
   });
 });
 

@@ -38,6 +38,7 @@ describe("registerCommands", () => {
       ["preset", 3, false],
       ["eta", 10, false],
       ["seeds", 3, false],
+      ["size", 3, false],
     ]);
     expect(imagic?.options?.find((o) => o.name === "eta")?.max_value).toBe(1.5);
     expect(imagic?.options?.find((o) => o.name === "prompt")?.max_length).toBe(500);

@@ -41,7 +41,7 @@ describe("bad files are refused, naming the field and the limit, before any job"
     const view = await w.form(channel, "/imagic");
     const notes = w.photo("notes.txt", Buffer.from("hello"));
     expect(await inlineErrors(view, { image: [notes], prompt: "a cat" })).toEqual({
-      image: "image (notes.txt) is a text/plain file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image",
+      image: "image (notes.txt) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
     });
     // The form stayed open: the user can send it again (here with another bad file).
     const huge = w.photo("huge.png", undefined, { size: 30 * 1024 * 1024 });
@@ -57,7 +57,7 @@ describe("bad files are refused, naming the field and the limit, before any job"
     [
       "a file that claims to be a PNG but is not",
       async () => w.photo("fake.png", Buffer.from("not really a png at all"), { mimetype: "image/png" }),
-      /^⚠️ `image` \(fake\.png\) is not an image I can read \(send a jpeg, png, webp, gif, tiff, heif, avif file\)$/,
+      /^⚠️ `image` \(fake\.png\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/,
     ],
     [
       "an animation",
@@ -113,7 +113,7 @@ describe("bad files are refused, naming the field and the limit, before any job"
     });
     expect(errors).toEqual({
       reference:
-        "reference2 (ref2.pdf) is a application/pdf file; send a JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF image",
+        "reference2 (ref2.pdf) is a PDF document; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
     });
   });
 });

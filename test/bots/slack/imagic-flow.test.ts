@@ -32,7 +32,7 @@ describe("/imagic", () => {
     expect((delivery.ackedAt ?? Infinity) - delivery.sentAt).toBeLessThan(3000);
     expect(view.view.title.text).toBe("Imagic photo edit");
     const blocks = Object.fromEntries(view.view.blocks.map((b) => [b.block_id, b]));
-    expect(Object.keys(blocks)).toEqual(["image", "prompt", "preset", "eta", "seeds"]);
+    expect(Object.keys(blocks)).toEqual(["image", "prompt", "preset", "eta", "seeds", "size"]);
     expect(blocks.image).toMatchObject({ optional: false, element: { type: "file_input", max_files: 1 } });
     expect(blocks.prompt).toMatchObject({
       optional: false,
@@ -150,6 +150,7 @@ describe("/imagic", () => {
       "input:preset",
       "input:eta",
       "input:seeds",
+      "input:size",
     ]);
     expect(JSON.stringify(view.view.blocks[0])).toContain("cat.png");
     w.fake.submit(view, w.author, { prompt: "a photo of a cat in a hat", seeds: "2" });

@@ -21,7 +21,7 @@ describe("edit imagic", () => {
     const out = path.join(dir, "out");
     const base = ["edit", "imagic", "--device", "cpu", "--out", out];
     const cases: Array<[string[], RegExp]> = [
-      [["--image", text, "--prompt", "a dog"], /--image .*notes\.png: That file is not an image I can read/],
+      [["--image", text, "--prompt", "a dog"], /--image .*notes\.png: That file is a text file; send a JPEG/],
       [
         ["--image", path.join(dir, "missing.jpg"), "--prompt", "a dog"],
         /cannot read --image .*missing\.jpg: no such file/,

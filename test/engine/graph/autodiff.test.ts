@@ -66,6 +66,25 @@ describe("grad", () => {
     expect(count(cpu, "Softmax")).toBe(5);
   });
 
+  it("sums attention's gradient chunks as rows of a common width, and needs no sum for one chunk", () => {
+    // onnxruntime's CUDA Concat of inputs of unequal lengths uploads one int64 per index of the
+    // concatenated axis on every run: as flat vectors the chunks' [dQ | dK | dV] made one per element.
+    const concats = (gradChunkBytes: number) => {
+      const g = new G.Graph("attention-grad-sum");
+      const q = g.input("q", "float32", [1, 8, 4]);
+      const k = g.input("k", "float32", [1, 6, 4]);
+      const v = g.input("v", "float32", [1, 6, 6]);
+      const y = G.attention(q, k, v, { heads: 2, gradChunkBytes });
+      const loss = G.reduceSum(G.mul(y, y), [0, 1, 2]);
+      G.grad(loss, [q, k, v]);
+      return g.nodes.filter((n) => n.op === "Concat").map((n) => n.outputs[0]?.shape);
+    };
+    // [B=1, heads=2, S=6] float32 scores: 48 B per query row; 96 B: 2 rows per chunk, 4 chunks.
+    // dQ (padded to all 8 rows) 32 values, dK 24, dV 36: rows of gcd = 4, 23 of them per chunk.
+    expect(concats(96)).toEqual(Array(4).fill([23, 4]));
+    expect(concats(1024)).toEqual([]);
+  });
+
   it("differentiates composites through their expansion and keeps the fused kernel elsewhere", () => {
     const g = new G.Graph("fusion");
     const x = g.input("x", "float32", [2, 4]);

@@ -4,7 +4,7 @@
  * within a step; bad inputs get one clear line; class images are generated once.
  */
 import { readFileSync } from "node:fs";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { CancelledError } from "../../../src/engine/errors.js";
 import type { StableDiffusion } from "../../../src/engine/index.js";
@@ -164,6 +164,48 @@ describe("concept learning details", () => {
     };
     expect(await run()).toBe(3);
     expect(await run()).toBe(0);
+  });
+
+  it("prior preservation: each step trains a reference under the instance prompt beside a class image under the class prompt", async () => {
+    const seen: { latents0: Float32Array; context: Float32Array; rows: number }[] = [];
+    const real = sd.lossAndGrads.bind(sd);
+    const spy = vi.spyOn(sd, "lossAndGrads").mockImplementation((a) => {
+      seen.push({ latents0: a.latents0.slice(), context: a.context.slice(), rows: a.t.length });
+      return real(a);
+    });
+    try {
+      await learnConcept(sd, {
+        references: [photo],
+        size: SIZE,
+        subject: "dog",
+        options: options({ steps: 3, prior: { images: 2, steps: 3 }, textualInversion: null }),
+      });
+    } finally {
+      spy.mockRestore();
+    }
+    const ctx = 77 * sd.contextShape[1];
+    const instance = await sd.encodeText([instancePrompt("sks", "dog")]);
+    const classContext = await sd.encodeText(["a photo of dog"]);
+    const reference = (await sd.encodeImage(photo, SIZE, SIZE)).mean;
+    const per = reference.length;
+    expect(seen).toHaveLength(3);
+    for (const step of seen) {
+      // One batch, one loss (a mean over its rows): the reference and the class image weigh the same.
+      expect(step.rows).toBe(2);
+      expect(Array.from(step.context.subarray(0, ctx))).toEqual(Array.from(instance));
+      expect(Array.from(step.context.subarray(ctx))).toEqual(Array.from(classContext));
+      expect(Array.from(step.latents0.subarray(0, per))).toEqual(Array.from(reference));
+    }
+    // The two generated class images in turn, neither of them the reference.
+    const [c1, c2, c3] = seen.map((s) => s.latents0.subarray(per)) as [
+      Float32Array,
+      Float32Array,
+      Float32Array,
+    ];
+    expect(Array.from(c3)).toEqual(Array.from(c1));
+    expect(maxAbsDiff(c1, c2)).toBeGreaterThan(1e-3);
+    expect(maxAbsDiff(c1, reference)).toBeGreaterThan(1e-3);
+    expect(maxAbsDiff(c2, reference)).toBeGreaterThan(1e-3);
   });
 
   it("without prior preservation or textual inversion: LoRA only, on the references alone", async () => {

@@ -34,12 +34,27 @@ async function encoded(sd: StableDiffusion) {
 }
 
 let sd1: StableDiffusion;
+/** The sd2 fixture, loaded by the first test that asks for it. */
+let sd2Loaded: Promise<StableDiffusion> | undefined;
+const sd2 = () => {
+  sd2Loaded ??= load("sd2");
+  return sd2Loaded;
+};
 beforeAll(async () => {
   sd1 = await load("sd1");
 });
 afterAll(async () => {
   await sd1?.release();
+  await (await sd2Loaded)?.release();
 });
+
+/** Each u_i differs from the u it started from (CLIP("") for u_0, u_{i−1} after): every step updated it. */
+async function expectEveryStepMovesU(sd: StableDiffusion, u: Float32Array[]): Promise<void> {
+  const uncond = await sd.encodeText([""]);
+  [uncond, ...u.slice(0, -1)].forEach((before, i) => {
+    expect(relativeDistance(u[i] as Float32Array, before), `step ${i}`).toBeGreaterThan(0);
+  });
+}
 
 describe("inversion on the sd1 fixture", () => {
   let sd: StableDiffusion;
@@ -156,11 +171,34 @@ describe("inversion on the sd1 fixture", () => {
       earlyStopEpsilon: 1e6,
     });
     expect(r.losses.map((l) => l.length)).toEqual(Array(STEPS).fill(1));
-    const u = r.source.nullEmbeddings as Float32Array[];
-    const uncond = await sd.encodeText([""]);
-    [uncond, ...u.slice(0, -1)].forEach((before, i) => {
-      expect(relativeDistance(u[i] as Float32Array, before), `step ${i}`).toBeGreaterThan(0);
+    await expectEveryStepMovesU(sd, r.source.nullEmbeddings as Float32Array[]);
+  });
+
+  it("direct inversion and its reconstruction stop within a step of a cancel", async () => {
+    const { latents0, size } = await encoded(sd);
+    const args = { latents0, size, prompt: PROMPT, steps: STEPS, guidance: GUIDANCE };
+    const inverting = new AbortController();
+    const steps: number[] = [];
+    const run = invertDirect(sd, {
+      ...args,
+      signal: inverting.signal,
+      onProgress: (p) => {
+        steps.push(p.step);
+        if (p.step === 2) inverting.abort();
+      },
     });
+    await expect(run).rejects.toThrow(CancelledError);
+    await expect(run).rejects.toThrow("cancelled at inversion step 3/8");
+    expect(steps).toEqual([1, 2]);
+    const source = await invertDirect(sd, args);
+    const sampling = new AbortController();
+    const rec = reconstructSource(sd, source, {
+      signal: sampling.signal,
+      onStep: (step) => {
+        if (step === 5) sampling.abort();
+      },
+    });
+    await expect(rec).rejects.toThrow("cancelled at reconstruction step 6/8");
   });
 
   it("null-text stops within an inner step of a cancel", async () => {
@@ -258,12 +296,20 @@ describe("the null-text loss and gradient: the guided DDIM step's residual pulle
     expect(err.grad).toBeLessThan(1e-3);
   };
   it("sd1 (ε-prediction)", () => check("sd1", sd1));
-  it("sd2 (v-prediction)", async () => {
-    const sd = await load("sd2");
-    try {
-      await check("sd2", sd);
-    } finally {
-      await sd.release();
-    }
+  it("sd2 (v-prediction)", async () => check("sd2", await sd2()));
+});
+
+describe("inversion on the sd2 fixture (v-prediction, SD 2.x)", () => {
+  it("both inversions end to end at non-square latents: direct reconstructs exactly, null-text moves u each step", async () => {
+    const sd = await sd2();
+    const size = { height: 8, width: 16 };
+    const latents0 = new GaussianRng(12).normal(4 * 8 * 16);
+    const args = { latents0, size, prompt: PROMPT, steps: 3, guidance: GUIDANCE };
+    const direct = await reconstructSource(sd, await invertDirect(sd, args));
+    expect(relativeDistance(direct.latents, latents0)).toBeLessThanOrEqual(1e-4);
+    const nullText = await invertNullText(sd, { ...args, innerSteps: 1 });
+    await expectEveryStepMovesU(sd, nullText.source.nullEmbeddings as Float32Array[]);
+    const rec = await reconstructSource(sd, nullText.source);
+    expect(rec.latents.every(Number.isFinite)).toBe(true);
   });
 });

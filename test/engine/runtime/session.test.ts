@@ -2,6 +2,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { PACK_ROW } from "../../../src/engine/graph/emit.js";
 import * as G from "../../../src/engine/graph/index.js";
 import {
   createSession,
@@ -265,6 +266,10 @@ describe("sessions", () => {
     expect(
       emitted.model.graph.node.filter((n) => n.opType === "Concat").every((n) => n.input.length <= 4),
     ).toBe(true);
+    // Concatenated as rows of PACK_ROW values, each output padded to whole rows (12 and 3 values: one
+    // row each): onnxruntime's CUDA Concat uploads one int64 per row, not one per value, on every run.
+    const packedDims = emitted.model.graph.output[0]?.type?.tensorType?.shape?.dim?.map((d) => d.dimValue);
+    expect(packedDims).toEqual([9, PACK_ROW]);
     const xv = randn(rng(4), 12);
     const feeds = { x: host("float32", [3, 4], xv) };
     const packed = await createSession(g, { device: "cpu", packOutputs: true });

@@ -1,4 +1,5 @@
-// `start` with a Discord token: the bot and an engine on one machine. Building and compiling the
+// `start` runs the engine in a process of its own. With a Discord token, the bot and an engine share
+// one machine: building and compiling the
 // engine's graphs holds the event loop of its process for seconds even on the tiny test checkpoint (up
 // to 6 s for Imagic's first loss graph on this machine, with nothing cached); the bot must still
 // acknowledge every command within Discord's 3 s. So the engine runs in a process of its own, and
@@ -92,4 +93,17 @@ describe("photo-edit-bot start with the Discord bot", () => {
       expect(await exited).toBe(0);
     }
   }, 240_000);
+
+  it("exits non-zero, saying why, when the engine process dies, so that a supervisor restarts it", async () => {
+    const child = spawnCli(["start"], { STATE_DIR: dir(), ENGINE_HTTP_PORT: "0", REDIS_URL: "" });
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk;
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+    const { enginePid } = await waitForLog(child, "engine process ready");
+    process.kill(Number(enginePid), "SIGKILL");
+    expect(await exited).toBe(1);
+    expect(stderr.trim().split("\n").at(-1)).toBe("the engine process stopped unexpectedly (signal SIGKILL)");
+  });
 });

@@ -1,0 +1,74 @@
+// Why a file that looked like a photo could not be decoded, said in the sender's words. The reason
+// comes from the file's own structure (does it end where its format says it ends? which coding does
+// it use?), never from the decoder's message: libvips keeps one error buffer per process, so under
+// concurrent decodes its text can belong to another upload, and words like "vipspng: libpng read
+// error" help nobody. The decoder's text goes to the log only (ImageInputError.detail).
+import { jpegStructure } from "./jpeg.js";
+
+export const FAILURE_TEXTS = {
+  truncated:
+    "The image is incomplete: the file ends before the picture does (the upload was probably cut short); send it again.",
+  damaged:
+    "The image is damaged and could not be decoded; send the original again, or open it and save it again as a JPEG or PNG.",
+} as const;
+
+const u32be = (b: Uint8Array, at: number) =>
+  (((b[at] as number) << 24) |
+    ((b[at + 1] as number) << 16) |
+    ((b[at + 2] as number) << 8) |
+    (b[at + 3] as number)) >>>
+  0;
+const u32le = (b: Uint8Array, at: number) =>
+  ((b[at] as number) |
+    ((b[at + 1] as number) << 8) |
+    ((b[at + 2] as number) << 16) |
+    ((b[at + 3] as number) << 24)) >>>
+  0;
+
+/** PNG: the chunks run to IEND without leaving the file. */
+function pngComplete(b: Uint8Array): boolean {
+  let at = 8;
+  while (at + 8 <= b.byteLength) {
+    const type = String.fromCharCode(...b.subarray(at + 4, at + 8));
+    at += 12 + u32be(b, at);
+    if (type === "IEND") return at <= b.byteLength;
+  }
+  return false;
+}
+
+/** ISO base media (HEIF, AVIF): every top-level box fits in the file. */
+function isoComplete(b: Uint8Array): boolean {
+  let at = 0;
+  while (at + 8 <= b.byteLength) {
+    let size = u32be(b, at);
+    if (size === 1 && at + 16 <= b.byteLength) size = u32be(b, at + 8) * 2 ** 32 + u32be(b, at + 12);
+    if (size === 0) return true; // the last box runs to the end of the file
+    if (size < 8) return false;
+    at += size;
+  }
+  return at === b.byteLength;
+}
+
+/** Whether the file stops before the end its own structure declares (TIFF: not judged). */
+export function isTruncated(bytes: Uint8Array, format: string): boolean {
+  switch (format) {
+    case "jpeg":
+      return !jpegStructure(bytes).complete;
+    case "png":
+      return !pngComplete(bytes);
+    case "gif":
+      return bytes.at(-1) !== 0x3b; // the trailer byte
+    case "webp":
+      return bytes.byteLength < 8 || u32le(bytes, 4) + 8 > bytes.byteLength;
+    case "heif":
+    case "avif":
+      return !isoComplete(bytes);
+    default:
+      return false;
+  }
+}
+
+/** The sender's reason a decode of `bytes` (sniffed as `format`) failed. */
+export function failureText(bytes: Uint8Array, format: string): string {
+  return isTruncated(bytes, format) ? FAILURE_TEXTS.truncated : FAILURE_TEXTS.damaged;
+}

@@ -1,0 +1,83 @@
+// HEIC photos (what iPhones save by default) hold HEVC-coded images. sharp's prebuilt libvips carries
+// libheif with the AV1 decoder only (AVIF works) — HEVC is left out for patent reasons — so HEVC HEIC
+// is decoded here with libheif-js: libheif with libde265 compiled to WebAssembly (LGPL-3.0, loaded
+// unmodified from node_modules). libheif applies the file's rotation, mirroring and crop (irot, imir,
+// clap) and composes grid images (iPhones store 512×512 tiles); the result is RGBA, 8 bits.
+import { createRequire } from "node:module";
+
+interface EmbindEnum {
+  value: number;
+}
+interface HeifChannel {
+  width: number;
+  height: number;
+  stride: number;
+  data: Uint8Array;
+}
+interface LibHeif {
+  heif_context_alloc(): unknown;
+  heif_context_free(context: unknown): void;
+  heif_context_read_from_memory(context: unknown, bytes: Uint8Array): { code: EmbindEnum; message: string };
+  heif_js_context_get_primary_image_handle(context: unknown): unknown;
+  heif_image_handle_release(handle: unknown): void;
+  heif_js_decode_image2(
+    handle: unknown,
+    colourspace: EmbindEnum,
+    chroma: EmbindEnum,
+  ): Promise<{ code?: EmbindEnum; message?: string; image: unknown; channels: HeifChannel[] }>;
+  heif_image_release(image: unknown): void;
+  heif_colorspace: { heif_colorspace_RGB: EmbindEnum };
+  heif_chroma: { heif_chroma_interleaved_RGBA: EmbindEnum };
+}
+
+let module: LibHeif | undefined;
+/** Loaded on first use: half a second and some 10 MB that most processes never need. */
+function libheif(): LibHeif {
+  module ??= createRequire(import.meta.url)("libheif-js/wasm-bundle") as LibHeif;
+  return module;
+}
+
+/** Raised with libheif's own words; the caller turns it into a message for the user. */
+export class HeifDecodeError extends Error {
+  override name = "HeifDecodeError";
+}
+
+export interface DecodedHeif {
+  width: number;
+  height: number;
+  /** RGBA, rows packed. */
+  rgba: Uint8Array;
+}
+
+/** Decodes the primary image of a HEIF file. */
+export async function decodeHeif(bytes: Uint8Array): Promise<DecodedHeif> {
+  const heif = libheif();
+  const context = heif.heif_context_alloc();
+  let handle: unknown;
+  let image: unknown;
+  try {
+    const read = heif.heif_context_read_from_memory(context, bytes);
+    if (read.code.value !== 0) throw new HeifDecodeError(`libheif: ${read.message}`);
+    handle = heif.heif_js_context_get_primary_image_handle(context);
+    if (!handle || (handle as { code?: unknown }).code !== undefined)
+      throw new HeifDecodeError("libheif: no primary image");
+    const decoded = await heif.heif_js_decode_image2(
+      handle,
+      heif.heif_colorspace.heif_colorspace_RGB,
+      heif.heif_chroma.heif_chroma_interleaved_RGBA,
+    );
+    if (!decoded || decoded.code !== undefined || !decoded.channels?.[0])
+      throw new HeifDecodeError(`libheif: ${decoded?.message ?? "decoding failed"}`);
+    image = decoded.image;
+    const { width, height, stride, data } = decoded.channels[0];
+    if (stride === width * 4) return { width, height, rgba: data.slice(0, width * height * 4) };
+    const rgba = new Uint8Array(width * height * 4);
+    for (let y = 0; y < height; y++)
+      rgba.set(data.subarray(y * stride, y * stride + width * 4), y * width * 4);
+    return { width, height, rgba };
+  } finally {
+    if (image) heif.heif_image_release(image);
+    if (handle) heif.heif_image_handle_release(handle);
+    heif.heif_context_free(context);
+  }
+}
