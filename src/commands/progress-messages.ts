@@ -77,6 +77,15 @@ export class ProgressMessages {
   /** Origin ids being finished here: their message takes no more progress from this process. */
   private readonly finishing = new Set<string>();
   /**
+   * The latest preview each job reported (by origin id), carried by its later updates that report none:
+   * the update that brought it may be coalesced away, the preview must not. Entries older than a lease
+   * are dropped, so the map holds only live jobs.
+   */
+  private readonly previews = new Map<
+    string,
+    { at: number; preview: NonNullable<ProgressUpdate["preview"]> }
+  >();
+  /**
    * The jobs (by origin id) whose lease this process took within the last lease: to give the leases back
    * on a clean stop, and the preview each one's message shows, so an unchanged one is not uploaded
    * again. Older entries are dropped (their leases have expired), so the map holds only live jobs.
@@ -109,7 +118,12 @@ export class ProgressMessages {
   /** Shows `update` on the job's message, at the platform's pace, if this process holds the job. */
   update(origin: MessageRef, update: ProgressUpdate): void {
     if (this.finishing.has(origin.id)) return;
-    this.throttle.schedule(origin.id, () => this.show(origin, update), update.stage);
+    const now = Date.now();
+    for (const [id, { at }] of this.previews) if (now - at > this.leaseMs) this.previews.delete(id);
+    if (update.preview) this.previews.set(origin.id, { at: now, preview: update.preview });
+    const preview = update.preview ?? this.previews.get(origin.id)?.preview;
+    const shown = preview ? { ...update, preview } : update;
+    this.throttle.schedule(origin.id, () => this.show(origin, shown), update.stage);
   }
 
   /**
@@ -119,6 +133,7 @@ export class ProgressMessages {
    */
   async finish(origin: MessageRef, text: string): Promise<void> {
     this.finishing.add(origin.id);
+    this.previews.delete(origin.id);
     try {
       // Before closing: the stage edits still claim the message as progress does.
       await this.throttle.settle(origin.id);
@@ -139,6 +154,7 @@ export class ProgressMessages {
   /** Stops editing and gives back the leases this process holds, so another process need not wait. */
   async stop(): Promise<void> {
     this.throttle.stop();
+    this.previews.clear();
     await Promise.all([...this.held.keys()].map((id) => this.release(id)));
   }
 
