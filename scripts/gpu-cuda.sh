@@ -40,7 +40,8 @@ for s in $steps; do
       --json "$OUT/sd-cuda-loss16.json" ;;
     imagic16) step imagic16 200 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
       --train-dtype fp16 --json "$OUT/imagic-balanced-fp16.json" ;;
-    # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run (bench photoswap).
+    # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run; the swap of 4
+    # variants and a cached-concept swap end to end at the full 50 steps (bench photoswap).
     photoswap) step photoswap 450 $cli bench photoswap --device cuda --steps-scale 0.1 --json "$OUT/photoswap-cuda.json" ;;
     ab)
       [ -f dist-gpu/cli-base.mjs ] || { echo "gpu-cuda.sh: ab needs dist-gpu/cli-base.mjs (gpu-bundle.sh --base <rev>)" >&2; continue; }

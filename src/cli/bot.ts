@@ -41,8 +41,10 @@ export function botCommand(): Command {
     });
   bot
     .command("register")
-    .description("register the slash commands: in DISCORD_GUILD_ID when set (instant), else globally")
-    .option("--global", "register globally even when DISCORD_GUILD_ID is set (takes up to an hour to show)")
+    .description(
+      "register the slash commands: in DISCORD_GUILD_ID when set, else globally (either takes effect at once)",
+    )
+    .option("--global", "register globally (every server and DM) even when DISCORD_GUILD_ID is set")
     .action(async (opts: { global?: boolean }) => {
       const config = appConfig();
       const guildId = opts.global ? undefined : config.discordGuildId;

@@ -23,3 +23,13 @@ export function dtypeOption(): Option {
     "fp16",
   ] satisfies DtypeFlag[]);
 }
+
+/** `--train-dtype`: the compute dtype of the training graphs (fp16: mixed precision, loss and gradients fp32). */
+export function trainDtypeOption(what = "training"): Option {
+  return new Option(
+    "--train-dtype <dtype>",
+    `compute dtype of ${what} (fp16: mixed precision, loss and gradients fp32)`,
+  )
+    .choices(["fp32", "fp16"])
+    .default("fp32");
+}

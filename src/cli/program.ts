@@ -24,6 +24,8 @@ export function buildProgram(): Command {
   const program = new Command("photo-edit-bot")
     .description("Discord/Slack bot that edits real photos with Imagic and Photoswap")
     .version(process.env.npm_package_version ?? "0.1.0", "-V, --version")
+    // A command's options are its own, not its parent's: `demo swap --out x` is the swap demo's --out.
+    .enablePositionalOptions()
     // Settings come from the environment (and .env), validated once before any action runs:
     // a bad one stops here with a line naming the variable, before anything is started.
     .hook("preAction", () => {

@@ -6,16 +6,15 @@
 // about its type, is corrupt, or takes too long to decode is refused before any job starts, and an
 // accepted one is known to convert. Every message names the attachment and the limit in the sender's
 // words; what the decoder said goes to the log.
-import { DEFAULT_IMAGE_LIMITS, ImageInputError, type ImageLimits } from "../engine/image.js";
+import { ImageInputError } from "../engine/image.js";
 import { describeMediaType, formatList } from "../engine/intake/kinds.js";
 import { decoderPool } from "../engine/intake/pool.js";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import { formatBytes } from "../queue/blobs.js";
-import { checkPhotoShape, SHAPE_LIMITS } from "../spec/shape.js";
+import { checkPhotoShape } from "../spec/shape.js";
+import { COLOUR_SPACES, type ImageLimits } from "../spec/upload.js";
 import type { ChatAdapter, IncomingAttachment } from "./chat.js";
-
-export type { ImageLimits };
 
 /** MIME types by the format names the image loader accepts. */
 const MIME_TYPES: Readonly<Record<string, readonly string[]>> = {
@@ -39,13 +38,6 @@ const EXTENSIONS: Readonly<Record<string, string>> = {
   heif: "heif",
   avif: "avif",
 };
-/** libvips colour spaces that the loader converts to sRGB faithfully. */
-const COLOUR_SPACES = new Set(["srgb", "rgb", "rgb16", "b-w", "grey16", "cmyk", "scrgb"]);
-
-/** The bot's limits: the loader's, with the blob store's byte limit and the edits' smallest side. */
-export function chatImageLimits(maxBytes: number, overrides: Partial<ImageLimits> = {}): ImageLimits {
-  return { ...DEFAULT_IMAGE_LIMITS, minSide: SHAPE_LIMITS.minPhotoSide, maxBytes, ...overrides };
-}
 
 const log = childLogger("uploads");
 const describe = (a: IncomingAttachment) => `\`${a.option}\` (${a.filename})`;
@@ -78,11 +70,12 @@ export async function fetchImage(
   adapter: ChatAdapter,
   attachment: IncomingAttachment,
   limits: ImageLimits,
+  sender?: string,
 ): Promise<Uint8Array> {
   // The adapter refuses more than maxBytes, whatever size the platform declared.
   const bytes = await adapter.download(attachment, limits.maxBytes);
   try {
-    const { bytes: photo, probe } = await decoderPool().convert(bytes, limits);
+    const { bytes: photo, probe } = await decoderPool().convert(bytes, limits, sender);
     if (!COLOUR_SPACES.has(probe.space)) {
       throw new ImageInputError(
         `The image uses the ${probe.space} colour space; send an sRGB, greyscale or CMYK image.`,

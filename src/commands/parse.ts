@@ -10,7 +10,17 @@ import {
   MAX_SUBJECT_LENGTH,
 } from "../spec/request.js";
 import { parseSize, type Size } from "../spec/shape.js";
-import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS, type SwapStrengthKey } from "../spec/swap.js";
+import {
+  checkSubjectWord,
+  checkVariantCount,
+  MAX_REFERENCES,
+  MAX_STRENGTHS_LENGTH,
+  parseStrengthList,
+  SWAP_SAMPLING_STEPS,
+  SWAP_STRENGTHS,
+  type SwapStrengthKey,
+  type SwapStrengths,
+} from "../spec/swap.js";
 import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
 import { ETA_RANGE, IMAGIC_PRESETS } from "./definitions.js";
 
@@ -33,6 +43,8 @@ export interface SwapRequest {
   seeds: number[];
   /** Only the swap strengths the user set; the queue's defaults (the paper's) fill the rest. */
   strengths: Partial<Record<SwapStrengthKey, number>>;
+  /** `strengths`: several full sets (one grid row each), instead of the single options above. */
+  strengthList?: SwapStrengths[];
 }
 
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
@@ -112,6 +124,7 @@ export function parseImagic(request: CommandRequest): ImagicRequest {
 export function parseSwap(request: CommandRequest): SwapRequest {
   const source = required(attachment(request, "source"), "source");
   const subject = required(text(request.options, "subject", MAX_SUBJECT_LENGTH), "subject");
+  checkSubjectWord(subject, "`subject`");
   const references = Array.from({ length: MAX_REFERENCES }, (_, i) =>
     attachment(request, `reference${i + 1}`),
   ).filter((a): a is IncomingAttachment => a !== undefined);
@@ -125,5 +138,16 @@ export function parseSwap(request: CommandRequest): SwapRequest {
       throw new UserFacingError(`\`${s.name}\` must be a whole number of steps (got ${steps})`);
     strengths[s.key] = steps;
   }
-  return { source, references, subject, seeds: parseSeeds(request.options.seeds), strengths };
+  const seeds = parseSeeds(request.options.seeds);
+  const listed = text(request.options, "strengths", MAX_STRENGTHS_LENGTH);
+  if (listed === undefined) return { source, references, subject, seeds, strengths };
+  const single = SWAP_STRENGTHS.find((s) => strengths[s.key] !== undefined);
+  if (single) {
+    throw new UserFacingError(
+      `\`strengths\` gives every step count itself: leave \`${single.name}\` out, or write it into \`strengths\``,
+    );
+  }
+  const strengthList = parseStrengthList(listed, "`strengths`", SWAP_SAMPLING_STEPS);
+  checkVariantCount(seeds.length, strengthList.length, "`strengths` × `seeds`");
+  return { source, references, subject, seeds, strengths, strengthList };
 }

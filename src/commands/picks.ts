@@ -7,6 +7,8 @@ import type { Conversation, Platform } from "./chat.js";
 export interface Choice {
   seed: number;
   eta?: number;
+  /** How the pick names it, where the seed alone does not (a swap variant: "seed 2 · φ10 M25 A20"). */
+  label?: string;
   blobId: string;
 }
 

@@ -109,6 +109,11 @@ export class ProgressMessages {
     return `pe:chat:progress-lease:${this.adapter.platform}:${originId}`;
   }
 
+  /** Jobs whose lease this process took within the last lease (for the tests' look at the map's size). */
+  get holding(): number {
+    return this.held.size;
+  }
+
   /** A progress message this process has just posted: it shows the job from now on, edited from here. */
   async adopt(ref: MessageRef): Promise<void> {
     await this.setCurrent(ref.id, ref.id);

@@ -21,6 +21,10 @@ const STAGE_LABELS: Record<string, string> = {
   load: "loading the model",
   invert: "inverting the photo",
   concept: "learning the subject",
+  "class-images": "drawing images of the subject's class",
+  "null-text": "fitting the photo's null-text embeddings",
+  swap: "swapping the subject",
+  decode: "decoding the images",
 };
 
 function bar(step: number, total: number, width = 12): string {

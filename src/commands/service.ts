@@ -11,7 +11,8 @@ import type { BlobStore } from "../queue/blobs.js";
 import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
 import { getPreset } from "../spec/imagic.js";
-import { chatImageLimits, checkDeclared, fetchImage, type ImageLimits } from "./attachments.js";
+import { chatImageLimits, type ImageLimits } from "../spec/upload.js";
+import { checkDeclared, fetchImage } from "./attachments.js";
 import type {
   ChatAdapter,
   CommandReply,
@@ -26,7 +27,7 @@ import { type Choice, type PickRecord, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
-import { choiceLine, etaLabel, expiredText, helpText } from "./texts.js";
+import { choiceLine, etaLabel, expiredText, helpText, SWAP_LEGEND } from "./texts.js";
 import { fitUpload } from "./uploads.js";
 
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
@@ -133,7 +134,7 @@ export class ChatCommands {
     const spec = parseImagic(request);
     checkDeclared(spec.image, this.imageLimits);
     await reply.acknowledge();
-    const imageBlobId = await this.storeImage(request.userId, spec.image);
+    const [imageBlobId] = await this.storeImages(request.userId, [spec.image]);
     const options: ImagicTrainOptions = {
       ...this.options.imagicDefaults,
       seeds: spec.seeds,
@@ -153,10 +154,10 @@ export class ChatCommands {
     const spec = parseSwap(request);
     for (const attachment of [spec.source, ...spec.references]) checkDeclared(attachment, this.imageLimits);
     await reply.acknowledge();
-    const sourceBlobId = await this.storeImage(request.userId, spec.source);
-    const referenceBlobIds: string[] = [];
-    for (const reference of spec.references)
-      referenceBlobIds.push(await this.storeImage(request.userId, reference));
+    const [sourceBlobId, ...referenceBlobIds] = await this.storeImages(request.userId, [
+      spec.source,
+      ...spec.references,
+    ]);
     await this.startJob(request, reply, {
       name: "swap.edit",
       title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${spec.subject}” from ${spec.references.length} reference photo(s)`,
@@ -167,18 +168,42 @@ export class ChatCommands {
         sourceBlobId,
         referenceBlobIds,
         subject: spec.subject,
-        options: { seeds: spec.seeds, ...spec.strengths },
+        options: {
+          seeds: spec.seeds,
+          ...(spec.strengthList ? { strengths: spec.strengthList } : spec.strengths),
+        },
       }),
     });
   }
 
-  private async storeImage(userId: string, attachment: IncomingAttachment): Promise<string> {
-    const bytes = await fetchImage(this.adapter, attachment, this.imageLimits);
-    return this.blobs.put(bytes, {
-      userId,
-      kind: "image",
-      label: `\`${attachment.option}\` (${attachment.filename})`,
-    });
+  /**
+   * Checks and converts every photo before any is stored: a refusal names each bad file on its own line
+   * (the sender fixes them all at once), and a refused command leaves no blob counting against the
+   * sender's quota.
+   */
+  private async storeImages(userId: string, attachments: IncomingAttachment[]): Promise<string[]> {
+    const checked = await Promise.allSettled(
+      attachments.map((attachment) => fetchImage(this.adapter, attachment, this.imageLimits, userId)),
+    );
+    const refusals: string[] = [];
+    for (const result of checked) {
+      if (result.status === "fulfilled") continue;
+      if (!(result.reason instanceof UserFacingError)) throw result.reason;
+      refusals.push(result.reason.message);
+    }
+    if (refusals.length > 0) throw new UserFacingError(refusals.join("\n"));
+    const photos = checked.map((result) => (result as PromiseFulfilledResult<Uint8Array>).value);
+    const ids: string[] = [];
+    for (const [i, attachment] of attachments.entries()) {
+      ids.push(
+        await this.blobs.put(photos[i] as Uint8Array, {
+          userId,
+          kind: "image",
+          label: `\`${attachment.option}\` (${attachment.filename})`,
+        }),
+      );
+    }
+    return ids;
   }
 
   /**
@@ -492,8 +517,9 @@ export class ChatCommands {
     const describe =
       record.command === "imagic"
         ? (c: Choice) => `${etaLabel(c.eta ?? 0)}, seed ${c.seed}`
-        : (c: Choice) => `seed ${c.seed}`;
-    return `**Pick the final image**: react with its number.\n${choiceLine(record.choices, describe)}`;
+        : (c: Choice) => c.label ?? `seed ${c.seed}`;
+    const legend = record.command === "swap" ? `\n${SWAP_LEGEND}` : "";
+    return `**Pick the final image**: react with its number.\n${choiceLine(record.choices, describe)}${legend}`;
   }
 
   // ── picks ─────────────────────────────────────────────────────────────────────────────────────
@@ -563,7 +589,8 @@ export class ChatCommands {
       return this.postExpired(record, "this image");
     }
     const label =
-      choice.eta === undefined ? `seed ${choice.seed}` : `seed ${choice.seed}, ${etaLabel(choice.eta)}`;
+      choice.label ??
+      (choice.eta === undefined ? `seed ${choice.seed}` : `seed ${choice.seed}, ${etaLabel(choice.eta)}`);
     const name = `${record.command}-seed${choice.seed}${choice.eta === undefined ? "" : `-eta${choice.eta}`}.png`;
     const image = await fitUpload({ name, bytes }, this.adapter.limits.maxUploadBytes);
     await this.adapter.post(record.conversation, {

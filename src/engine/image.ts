@@ -16,6 +16,7 @@
 import sharp, { type Metadata, type OutputInfo, type Sharp } from "sharp";
 import { UserFacingError } from "../errors.js";
 import { type Box, type ModelShape, type Size, type WorkingShape, workingShape } from "../spec/shape.js";
+import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from "../spec/upload.js";
 import { failureText } from "./intake/failures.js";
 import { decodeHeif } from "./intake/heif.js";
 import { jpegStructure } from "./intake/jpeg.js";
@@ -32,38 +33,6 @@ export class ImageInputError extends UserFacingError {
     this.detail = options.detail;
   }
 }
-
-export interface ImageLimits {
-  /** Largest encoded size. */
-  maxBytes: number;
-  /** Largest decoded pixel count (width × height of one frame). */
-  maxPixels: number;
-  /** Largest width or height. */
-  maxSide: number;
-  /** Smallest width or height. */
-  minSide: number;
-  /** Accepted container formats, as sharp names them ("avif" for HEIF files of AV1 images). */
-  formats: readonly string[];
-  /** Accept multi-frame images (animated GIF/WebP); only the first frame is used. */
-  allowAnimated: boolean;
-  /** Most scans a progressive JPEG may have (intake/jpeg.ts: each costs a pass over the whole image). */
-  maxScans: number;
-  /** Longest an upload's check and conversion may take in the intake's decoder (intake/pool.ts). */
-  decodeTimeoutMs: number;
-}
-
-export const DEFAULT_IMAGE_LIMITS: ImageLimits = {
-  maxBytes: 20 * 1024 * 1024,
-  maxPixels: 40_000_000,
-  maxSide: 12_000,
-  minSide: 32,
-  formats: ["jpeg", "png", "webp", "gif", "tiff", "heif", "avif"],
-  allowAnimated: false,
-  // Encoders write 1–12; TurboJPEG's own guard (TJPARAM_SCANLIMIT) suggests 500, but 500 scans over
-  // 40 megapixels take ~8 s on a 2-core machine: 100 keeps the worst case near a second.
-  maxScans: 100,
-  decodeTimeoutMs: 15_000,
-};
 
 export interface ImageProbe {
   /** sharp's format name, except "avif" for HEIF files of AV1 images. */

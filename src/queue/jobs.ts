@@ -12,6 +12,7 @@ import {
   SWAP_GUIDANCE,
   SWAP_LIMITS,
   SWAP_SAMPLING_STEPS,
+  SWAP_STRENGTHS,
 } from "../spec/swap.js";
 
 export const JOB_NAMES = ["imagic.train", "imagic.render", "swap.concept", "swap.edit"] as const;
@@ -139,8 +140,41 @@ const swapEditPayload = z.strictObject({
       selfOutputSteps: strengthSteps.default(swapDefaults.selfOutputSteps),
       selfMapSteps: strengthSteps.default(swapDefaults.selfMapSteps),
       crossMapSteps: strengthSteps.default(swapDefaults.crossMapSteps),
+      /** Several strengths (one grid row each): when given, replaces the three above. */
+      strengths: z
+        .array(
+          z.strictObject({
+            selfOutputSteps: strengthSteps,
+            selfMapSteps: strengthSteps,
+            crossMapSteps: strengthSteps,
+          }),
+        )
+        .min(1)
+        .max(SWAP_LIMITS.variants)
+        .optional(),
     })
-    .default(swapDefaults),
+    .default(swapDefaults)
+    .superRefine((o, ctx) => {
+      for (const [i, strengths] of (o.strengths ?? [o]).entries()) {
+        for (const s of SWAP_STRENGTHS) {
+          if (strengths[s.key] > o.steps) {
+            ctx.addIssue({
+              code: "custom",
+              path: o.strengths ? ["strengths", i, s.key] : [s.key],
+              message: `${s.name} counts sampling steps: at most steps (${o.steps}), got ${strengths[s.key]}`,
+            });
+          }
+        }
+      }
+      const variants = o.seeds.length * (o.strengths?.length ?? 1);
+      if (variants > SWAP_LIMITS.variants) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["strengths"],
+          message: `seeds × strengths must be at most ${SWAP_LIMITS.variants} variants, got ${variants}`,
+        });
+      }
+    }),
 });
 
 export const payloadSchemas = {
@@ -162,7 +196,11 @@ export const resultSchemas = {
   "imagic.train": z.object({ stateBlobId: blobId, images: z.array(renderedImage), gridBlobId: blobId }),
   "imagic.render": z.object({ images: z.array(renderedImage), gridBlobId: blobId }),
   "swap.concept": z.object({ conceptBlobId: blobId }),
-  "swap.edit": z.object({ images: z.array(z.object({ seed, blobId })), gridBlobId: blobId }),
+  "swap.edit": z.object({
+    /** Each variant; `label` names it (seed and strengths) where the user picks. */
+    images: z.array(z.object({ seed, blobId, label: z.string().max(100).optional() })),
+    gridBlobId: blobId,
+  }),
 } as const;
 export type JobResult<N extends JobName> = z.infer<(typeof resultSchemas)[N]>;
 

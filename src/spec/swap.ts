@@ -25,6 +25,9 @@ export const SWAP_STRENGTHS = [
 ] as const;
 export type SwapStrengthKey = (typeof SWAP_STRENGTHS)[number]["key"];
 
+/** One set of swap strengths: sampling steps for φ, M and A. */
+export type SwapStrengths = Record<SwapStrengthKey, number>;
+
 /** The paper's strengths, by key. */
 export const PAPER_STRENGTHS = Object.fromEntries(SWAP_STRENGTHS.map((s) => [s.key, s.paper])) as Record<
   SwapStrengthKey,
@@ -37,7 +40,106 @@ export const SWAP_LIMITS = {
   strengthSteps: 150,
   samplingSteps: 150,
   conceptSteps: 5000,
+  /** Images of one swap: seeds × strengths. */
+  variants: 16,
 } as const;
+
+/** Longest chat `strengths` option: 16 triples of three-digit step counts, with separators. */
+export const MAX_STRENGTHS_LENGTH = 200;
+
+/**
+ * A list of swap strengths written as φ/M/A step triples separated by commas or spaces
+ * ("10/25/20, 5/15/10"; chat's `strengths` option): each step count a whole number from 0 to `steps`,
+ * at most SWAP_LIMITS.variants triples, repeats dropped. `option` names the option in messages.
+ */
+export function parseStrengthList(value: string, option: string, steps: number): SwapStrengths[] {
+  const form = 'φ/M/A step triples separated by commas, e.g. "10/25/20,5/15/10"';
+  const parts = value
+    .trim()
+    .split(/[\s,]+/)
+    .filter(Boolean);
+  if (parts.length === 0) throw new UserFacingError(`${option} is empty: give ${form}`);
+  const list = new Map<string, SwapStrengths>();
+  for (const part of parts) {
+    const m = /^(\d+)\/(\d+)\/(\d+)$/.exec(part);
+    if (!m) throw new UserFacingError(`${option}: "${part}" is not three whole step counts; give ${form}`);
+    const [phi, map, cross] = m.slice(1).map(Number) as [number, number, number];
+    const over = [phi, map, cross].find((n) => n > steps);
+    if (over !== undefined) {
+      throw new UserFacingError(
+        `${option}: "${part}" asks for ${over} steps; each step count is at most the ${steps} sampling steps`,
+      );
+    }
+    list.set(`${phi}/${map}/${cross}`, { selfOutputSteps: phi, selfMapSteps: map, crossMapSteps: cross });
+  }
+  if (list.size > SWAP_LIMITS.variants) {
+    throw new UserFacingError(`${option} lists ${list.size} strengths; the limit is ${SWAP_LIMITS.variants}`);
+  }
+  return [...list.values()];
+}
+
+/** Refuses more than SWAP_LIMITS.variants images in one swap; `options` names what sets the two counts. */
+export function checkVariantCount(seeds: number, strengths: number, options: string): void {
+  if (seeds * strengths > SWAP_LIMITS.variants) {
+    throw new UserFacingError(
+      `${options}: ${seeds} seed(s) × ${strengths} strength(s) make ${seeds * strengths} variants; the limit is ${SWAP_LIMITS.variants}`,
+    );
+  }
+}
+
+/**
+ * How a swap inverts its source photo (docs/PHOTOSWAP.md §1): `direct` reconstructs it exactly at the cost
+ * of N UNet passes (the default); `null-text` is the official method, ≈ 30× that at its 10 inner steps.
+ */
+export const INVERSION_METHODS = ["direct", "null-text"] as const;
+export type InversionMethodName = (typeof INVERSION_METHODS)[number];
+export const DEFAULT_INVERSION: InversionMethodName = "direct";
+/** Null-text inversion's Adam steps per sampling step (the official code's). */
+export const NULL_TEXT_INNER_STEPS = 10;
+
+/**
+ * The local blend's threshold (the official 0.3): where the subject's normalized cross-attention exceeds
+ * it, in the source or the target, the target is its own; elsewhere it is the source photo.
+ */
+export const SWAP_BLEND_THRESHOLD = 0.3;
+/**
+ * How far a seed other than 0 moves a variant's starting noise from the photo's inverted noise (0…1,
+ * spherical interpolation; seed 0 is the official result). Chosen, not measured on real weights: small
+ * enough to keep the photo's layout, which the inverted noise carries.
+ */
+export const SWAP_VARIATION = 0.2;
+/** Variants (target rows) per UNet call: 4 is a batch of 10 rows with the source. */
+export const SWAP_BATCH = 4;
+
+/** "a photo of a cat": the source prompt when the user gives none. */
+export function sourcePromptFor(subject: string): string {
+  return `a photo of a ${subject}`;
+}
+
+/**
+ * Refuses a subject that is not a whole word of the source prompt (the official code matches
+ * space-separated words exactly), before anything is queued or loaded.
+ */
+export function checkSubjectInPrompt(subject: string, prompt: string): void {
+  if (!prompt.split(" ").includes(subject)) {
+    throw new UserFacingError(
+      `the subject "${subject}" is not a word of the source prompt "${prompt}": name the subject as the prompt spells it (a whole word, without punctuation)`,
+    );
+  }
+}
+
+/**
+ * Where the source prompt is made from the subject ("a photo of a <subject>": chat, the demo), the subject
+ * must be one word, since the swap finds it as a whole word of that prompt. Checked before anything is
+ * queued: a two-word subject would otherwise fail only after its concept was learned.
+ */
+export function checkSubjectWord(subject: string, option: string): void {
+  if (/\s/.test(subject.trim())) {
+    throw new UserFacingError(
+      `${option} must be one word, what the photo shows (e.g. "dog", not "${subject}"): the swap finds it as a word of "${sourcePromptFor(subject)}"`,
+    );
+  }
+}
 
 /**
  * Concept learning (DreamBooth-style LoRA on the reference photos, optional textual inversion of the

@@ -55,11 +55,60 @@ describe("demo", () => {
     expect(sweep.height).toBeLessThan(2 * 64);
   }, 180_000);
 
-  it("refuses a pick that is not a tile before starting anything", async () => {
+  it("swap: learns the subject, swaps it into the sample photo, keeps the pick, swaps again from the cache", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "swap-demo-"));
+    const out = path.join(dir, "out");
+    const r = await runCli(
+      ["demo", "swap", "--seeds", "0,1", "--pick", "2", "--concept-steps", "2", "--steps", "3", "--out", out],
+      { STATE_DIR: path.join(dir, "state"), ENGINE_DEVICE: "cpu", ENGINE_DTYPE: "fp32" },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/tiny TEST checkpoint, whose images are NOISE/);
+    expect(r.stderr).toMatch(/concept 2\/2/);
+    // The second swap: no concept learning, no inversion (both cached), straight to the swap.
+    const second = r.stderr.slice(r.stderr.indexOf("swap.edit again"));
+    expect(second).toMatch(/swap 3\/3/);
+    expect(second).not.toMatch(/concept \d|invert \d/);
+    expect(r.stdout).toMatch(/wrote 5 files to .*final\.png: variant 2/);
+    expect(r.stdout).toMatch(/the first swap took [^(]+ \(concept learning included\)/);
+    expect(readdirSync(out).sort()).toEqual(
+      ["final.png", "grid-again.png", "grid.png", "swap-1-seed-0.png", "swap-2-seed-1.png"].sort(),
+    );
+    // Run again on the same state: the concept learned above is in STATE_DIR's Redis, and says so.
+    const rerun = await runCli(
+      [
+        "demo",
+        "swap",
+        "--seeds",
+        "0",
+        "--concept-steps",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        path.join(dir, "rerun"),
+      ],
+      { STATE_DIR: path.join(dir, "state"), ENGINE_DEVICE: "cpu", ENGINE_DTYPE: "fp32" },
+    );
+    expect(rerun.code, rerun.stderr).toBe(0);
+    expect(rerun.stderr).not.toMatch(/concept \d/);
+    expect(rerun.stdout).toMatch(/\(its concept from the queue's cache: learned by an earlier run\)/);
+  }, 240_000);
+
+  it("refuses a pick that is not a tile, and a swap subject of two words, before starting anything", async () => {
     const r = await runCli(["demo", "--seeds", "1,2", "--pick", "3"]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--pick must be a tile number from 1 to 2 \(got 3\)/);
     expect(r.stderr).not.toMatch(/redis/i);
+    const swap = await runCli(["demo", "swap", "--seeds", "1,2", "--pick", "3"]);
+    expect(swap.code).toBe(1);
+    expect(swap.stderr).toMatch(/--pick must be a variant number from 1 to 2 \(got 3\)/);
+    const twoWords = await runCli(["demo", "swap", "--subject", "tabby cat"]);
+    expect(twoWords.code).toBe(1);
+    expect(twoWords.stderr).toMatch(
+      /--subject must be one word, what the photo shows \(e\.g\. "dog", not "tabby cat"\)/,
+    );
+    expect(twoWords.stderr).not.toMatch(/redis/i);
   });
 
   it("refuses a size it cannot serve before starting anything, naming the limit", async () => {

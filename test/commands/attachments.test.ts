@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
-import { chatImageLimits, checkDeclared, fetchImage } from "../../src/commands/attachments.js";
+import { checkDeclared, fetchImage } from "../../src/commands/attachments.js";
 import type { IncomingAttachment } from "../../src/commands/chat.js";
+import { chatImageLimits } from "../../src/spec/upload.js";
 import { PHOTO } from "../queue/support/setup.js";
 import { MemoryAdapter } from "./memory-adapter.js";
 

@@ -86,6 +86,19 @@ describe("ProgressMessages", () => {
     await pa.stop();
   });
 
+  it("forgets the jobs it held once their leases have run out, so that map shrinks back too", async () => {
+    const a = new RecordingAdapter("A");
+    const pa = new ProgressMessages({ adapter: a, redis: redis.client(), leaseMs: 100 });
+    for (let i = 0; i < 50; i++) await pa.adopt({ conversation: { channel: "c" }, id: `many-${i}` });
+    expect(pa.holding).toBe(50);
+    // Longer than a lease: every one of those leases has expired in Redis as well.
+    await new Promise((r) => setTimeout(r, 150));
+    await pa.adopt({ conversation: { channel: "c" }, id: "one-more" });
+    expect(pa.holding).toBe(1);
+    await pa.stop();
+    expect(pa.holding).toBe(0);
+  });
+
   it("replaces a message as it nears the platform's edit age limit, pointing the old one at the new", async () => {
     const a = new RecordingAdapter("A", { maxEditAgeMs: 300 });
     const pa = new ProgressMessages({ adapter: a, redis: redis.client(), leaseMs: 300 });

@@ -84,17 +84,6 @@ describe("ChatCommands with a console adapter", () => {
     expect(adapter.messages.filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
   });
 
-  it("passes a forced size to the job as width and height; without one the job has neither", async () => {
-    const ran = trainOptions.length;
-    await commands.handleCommand(imagic({ size: "768x512" }), adapter.reply(channel));
-    await until("the sized job", () => trainOptions[ran]);
-    await commands.handleCommand(imagic(), adapter.reply(channel));
-    await until("the unsized job", () => trainOptions[ran + 1]);
-    expect(trainOptions[ran]).toMatchObject({ width: 768, height: 512, seeds: [5, 6] });
-    expect(trainOptions[ran + 1]).not.toHaveProperty("width");
-    expect(trainOptions[ran + 1]).not.toHaveProperty("height");
-  });
-
   it("answers bad input privately and posts nothing", async () => {
     const before = adapter.messages.length;
     await commands.handleCommand(imagic({}, "video/mp4"), adapter.reply(channel));
@@ -106,5 +95,58 @@ describe("ChatCommands with a console adapter", () => {
       "⚠️ `size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1",
     ]);
     expect(adapter.messages).toHaveLength(before);
+  });
+
+  it("checks every photo of /swap before storing any: each bad one named on its own line, nothing kept", async () => {
+    adapter.files.set("memory://notes", new TextEncoder().encode("not a photo at all"));
+    adapter.files.set("memory://cut", PHOTO.subarray(0, PHOTO.byteLength >> 1));
+    const photo = (option: string, filename: string, url: string) => ({
+      option,
+      filename,
+      contentType: "image/png",
+      size: PHOTO.byteLength,
+      url,
+    });
+    const before = adapter.messages.length;
+    await commands.handleCommand(
+      {
+        command: "swap",
+        userId: "swapper",
+        conversation: channel,
+        options: { subject: "dog" },
+        attachments: [
+          photo("source", "cat.png", "memory://photo"),
+          photo("reference1", "dog1.png", "memory://photo"),
+          photo("reference2", "dog2.png", "memory://notes"),
+          photo("reference3", "dog3.png", "memory://cut"),
+        ],
+      },
+      adapter.reply(channel),
+    );
+    expect(adapter.privateReplies.at(-1)).toBe(
+      [
+        "⚠️ `reference2` (dog2.png) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
+        "`reference3` (dog3.png) is incomplete: the file ends before the picture does (the upload was probably cut short); send it again",
+      ].join("\n"),
+    );
+    // Nothing about the swap was posted (the earlier tests' jobs may still be posting in their threads).
+    expect(adapter.messages.slice(before).filter((m) => m.text.includes("Photoswap"))).toEqual([]);
+    // The good photos were not stored either: nothing counts against the sender's quota.
+    expect(await h.blobs.usage("swapper")).toBe(0);
+  });
+
+  it("passes a forced size to the job as width and height; without one the job has neither", async () => {
+    const ran = trainOptions.length;
+    const grids = () =>
+      adapter.messages.filter((m) => m.text.includes("Pick a seed") && m.reactions.length > 0);
+    const before = grids().length;
+    await commands.handleCommand(imagic({ size: "768x512" }), adapter.reply(channel));
+    await commands.handleCommand(imagic(), adapter.reply(channel));
+    // Both jobs run to their grids, so nothing of theirs is still being posted after this test.
+    await until("both grids", () => (grids().length === before + 2 ? true : undefined));
+    const jobs = trainOptions.slice(ran) as Array<Record<string, unknown>>;
+    expect(jobs).toHaveLength(2);
+    const sized = jobs.filter((o) => "width" in o || "height" in o);
+    expect(sized).toEqual([expect.objectContaining({ width: 768, height: 512, seeds: [5, 6] })]);
   });
 });

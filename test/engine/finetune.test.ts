@@ -7,7 +7,7 @@ import { StableDiffusion, TrainingMemoryError } from "../../src/engine/index.js"
 import { UNetConfigSchema } from "../../src/engine/models/config.js";
 import { estimateActivationBytes, estimateTrainingMemory } from "../../src/engine/models/finetune.js";
 import { Adam } from "../../src/engine/optim/adam.js";
-import { loadGolden, relError } from "../helpers/golden.js";
+import { fixture, loadGolden, relError } from "../helpers/golden.js";
 
 /** The parity suite's gradient tolerance (issue 4), relative ‖a−b‖/‖b‖. */
 const GRADIENT = 1e-3;
@@ -15,6 +15,13 @@ const GRADIENT = 1e-3;
 const ZERO = 1e-6;
 
 const g = loadGolden("test/fixtures/models/sd1");
+const exactLoss = fixture(g.dir).data("exact").f64("grad.loss");
+/**
+ * The loss is a forward value, held to the parity suite's rule for it rather than the gradients' 1e-3:
+ * against the exact (float64) loss, within 3 × torch's float32 error there or 4 float32 roundings of a
+ * scalar, whichever is larger (sd1: torch 6.2e-8 from exact → bound 2.4e-7).
+ */
+const LOSS = Math.max(3 * relError(g.f64("grad.loss"), exactLoss), 4 * 2 ** -24);
 /** The latent sizes of the golden's UNet call and loss step. */
 const latentSize = (name: string) => {
   const [, , height, width] = g.shape(name) as number[];
@@ -46,7 +53,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
       unet,
       wrt: ["unet"],
     });
-    expect(relError(Float32Array.of(r.loss), g.f32("grad.loss"))).toBeLessThan(GRADIENT);
+    expect(relError([r.loss], exactLoss)).toBeLessThan(LOSS);
     const dUnet = r.dUnet as Map<string, Float32Array>;
     expect(dUnet.size).toBe(wanted.size);
     const norm = (x: Float32Array) => Math.hypot(...x);
@@ -93,7 +100,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
       adam.step([...unet.keys()].map((n) => d.get(n) as Float32Array));
     }
     // The first loss is the frozen UNet's (the weights start as the checkpoint's).
-    expect(relError(Float32Array.of(losses[0] as number), g.f32("grad.loss"))).toBeLessThan(GRADIENT);
+    expect(relError([losses[0] as number], exactLoss)).toBeLessThan(LOSS);
     for (let i = 1; i < losses.length; i++) expect(losses[i]).toBeLessThan(losses[i - 1] as number);
     expect(losses.at(-1) as number).toBeLessThan(0.95 * (losses[0] as number));
   });

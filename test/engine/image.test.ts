@@ -4,13 +4,13 @@ import sharp from "sharp";
 import { describe, expect, it } from "vitest";
 import {
   cropImage,
-  DEFAULT_IMAGE_LIMITS,
   ImageInputError,
   loadImage,
   loadPhoto,
   probeImage,
   tensorToPng,
 } from "../../src/engine/image.js";
+import { DEFAULT_IMAGE_LIMITS } from "../../src/spec/upload.js";
 
 const photo = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 

@@ -2,22 +2,24 @@
  * The engine on non-square latents (6×10 and 10×6, images 48×80 and 80×48) against what must hold
  * exactly: transposing the input of the model whose k×k kernels are transposed transposes its output
  * (test/helpers/transpose.ts says why that, and not plain transposition, is the identity for a conv net
- * with attention), for the UNet, the VAE, txt2img, DDIM inversion, the loss and its gradients, and an
- * Imagic train + render; and the gradient step against central finite differences. The tolerances are
- * float32 summation-order differences (the two sides add the same products in another order), measured
- * with margin; the control (the same transposed input through the *untransposed* model) must miss them
- * by orders of magnitude, so a shape mix-up cannot pass.
+ * with attention), for the UNet, the VAE, txt2img, DDIM inversion, the loss and its gradients, an
+ * Imagic train + render and concept learning; the gradient step against central finite differences; and
+ * one compiled graph per shape. The tolerances are float32 summation-order differences (the two sides
+ * add the same products in another order), measured with margin; the control (the same transposed input
+ * through the *untransposed* model) must miss them by orders of magnitude, so a shape mix-up cannot pass.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GaussianRng } from "../../src/engine/diffusion/rng.js";
 import { type LatentSize, StableDiffusion } from "../../src/engine/index.js";
+import { learnConcept, loadReferences } from "../../src/engine/pipelines/concept.js";
 import { renderImagic, trainImagic } from "../../src/engine/pipelines/imagic.js";
 import { ddimInvert } from "../../src/engine/pipelines/invert.js";
 import { txt2img } from "../../src/engine/pipelines/txt2img.js";
 import { imagicOptions } from "../../src/spec/imagic.js";
+import { conceptOptions } from "../../src/spec/swap.js";
 import { relError } from "../helpers/golden.js";
 import { transposedCheckpoint, transposeHW } from "../helpers/transpose.js";
 
@@ -57,6 +59,35 @@ afterAll(async () => {
   await sd?.release();
   await sdT?.release();
   rmSync(tmp, { recursive: true, force: true });
+});
+
+describe("graphs per shape", () => {
+  it("compiles one UNet graph per latent shape: two shapes, two graphs; the first shape again, none more", async () => {
+    const dir = join(tmp, "graphs");
+    const own = await StableDiffusion.load(SD1, { device: "cpu", dtype: "fp32", graphCacheDir: dir });
+    try {
+      const runs: Array<[LatentSize, number]> = [
+        [WIDE, 1],
+        [TALL, 2],
+        [WIDE, 3],
+      ];
+      const out = [];
+      for (const [size, seed] of runs) {
+        out.push(await own.predictNoise(noise(4 * 60, seed), size, 500, context));
+      }
+      // Each compiled graph is a folder named after its key: the two shapes never share one.
+      const unets = readdirSync(dir)
+        .filter((d) => /_unet_/.test(d))
+        .map((d) => /_unet_1_(\d+x\d+)_/.exec(d)?.[1])
+        .sort();
+      expect(unets).toEqual(["10x6", "6x10"]);
+      // The WIDE graph run again computes what the shared engine's WIDE graph does.
+      const shared = await sd.predictNoise(noise(4 * 60, 3), WIDE, 500, context);
+      expect(relError(out[2] as Float32Array, shared)).toBeLessThan(SAME);
+    } finally {
+      await own.release();
+    }
+  });
 });
 
 describe("transposed input, transposed kernels: transposed output", () => {
@@ -240,5 +271,61 @@ describe("Imagic on a 48×80 photo", () => {
     expect(relError((a[1] as (typeof a)[number]).image, (a[0] as (typeof a)[number]).image)).toBeGreaterThan(
       1e-3,
     );
+  }, 180_000);
+});
+
+describe("concept learning on 80×48 references", () => {
+  it("learns the LoRA the transposed-kernel model learns from the transposed references", async () => {
+    const photos = ["coffee.png", "chelsea.png"].map((f) => readFileSync(`test/fixtures/images/${f}`));
+    const { images, size } = await loadReferences(sd, photos, { size: { width: W, height: H } });
+    expect(size).toEqual({ width: W, height: H });
+    expect(images.map((i) => i.length)).toEqual([3 * H * W, 3 * H * W]);
+    const steps = 3;
+    const drawn = Array.from({ length: steps }, (_, k) => noise(2 * 4 * 60, 40 + k));
+    const draws = (transposed: boolean) => {
+      let k = 0;
+      return {
+        noise: () => {
+          const n = drawn[k++] as Float32Array;
+          return transposed ? tWide(n) : n;
+        },
+        timesteps: () => [200 + 100 * k, 700 - 100 * k],
+      };
+    };
+    // Batch 2, LoRA rank 2, no class images or token embedding: the LoRA loss graph compiled above.
+    const options = conceptOptions("fast", {
+      steps,
+      batch: 2,
+      loraRank: 2,
+      loraAlpha: 2,
+      lr: 1e-2,
+      prior: null,
+      textualInversion: null,
+    });
+    const wide = await learnConcept(sd, {
+      references: images,
+      size,
+      subject: "dog",
+      options,
+      draws: draws(false),
+    });
+    const tall = await learnConcept(sdT, {
+      references: images.map((i) => transposeHW(i, H, W)),
+      size: { width: H, height: W },
+      subject: "dog",
+      options,
+      draws: draws(true),
+    });
+    expect(relError(Float32Array.from(tall.losses), Float32Array.from(wide.losses))).toBeLessThan(
+      SAME_PIPELINE,
+    );
+    const ups = (c: typeof wide) =>
+      Float32Array.from([...(c.lora?.values() ?? [])].flatMap((m) => [...m.up]));
+    const downs = (c: typeof wide) =>
+      Float32Array.from([...(c.lora?.values() ?? [])].flatMap((m) => [...m.down]));
+    expect(relError(ups(tall), ups(wide))).toBeLessThan(SAME_PIPELINE);
+    expect(relError(downs(tall), downs(wide))).toBeLessThan(SAME_PIPELINE);
+    // LoRA's B starts at zero: training moved it, so the comparison is not between two initial LoRAs.
+    expect(ups(wide).some((v) => Math.abs(v) > 1e-4)).toBe(true);
   }, 180_000);
 });

@@ -45,6 +45,27 @@ describe("job payloads", () => {
     ).toContain('Unrecognized key: "path"');
   });
 
+  it("takes a forced working size as width and height together, within src/spec/shape.ts's limits", () => {
+    const train = (options: Record<string, unknown>) => ({
+      ...base,
+      imageBlobId: id("a"),
+      prompt: "x",
+      options,
+    });
+    const { payload } = parsePayload<"imagic.train">("imagic.train", train({ width: 768, height: 512 }));
+    expect(payload.options).toMatchObject({ width: 768, height: 512 });
+    expect(refusal("imagic.train", train({ width: 768 }))).toContain(
+      "width: give both width and height, or neither",
+    );
+    expect(refusal("imagic.train", train({ width: 2048, height: 1024 }))).toContain(
+      "width: width × height must be at most 1048576 pixels (1024²)",
+    );
+    expect(refusal("imagic.train", train({ width: 1024, height: 128 }))).toContain(
+      "width: width × height must have an aspect ratio of at most 4:1",
+    );
+    expect(refusal("imagic.train", train({ width: 32, height: 64 }))).toMatch(/width: .*64/);
+  });
+
   it("refuses more images than a render may make", () => {
     const seeds = Array.from({ length: 16 }, (_, i) => i);
     const message = refusal("imagic.render", { ...base, stateBlobId: id("b"), seeds, etas: [0.5, 1, 1.5] });
@@ -56,6 +77,29 @@ describe("job payloads", () => {
     expect(refusal("imagic.train", { ...base, imageBlobId: id("a"), prompt })).toMatch(
       /^the imagic.train request is 16\.\d KiB; the limit is 16 KiB/,
     );
+  });
+
+  it("takes a swap's strengths list (one grid row each), each within steps, seeds × strengths within 16", () => {
+    const edit = (options: Record<string, unknown>) => ({
+      ...base,
+      sourceBlobId: id("a"),
+      referenceBlobIds: [id("b")],
+      subject: "cat",
+      options,
+    });
+    const strength = (n: number) => ({ selfOutputSteps: n, selfMapSteps: n, crossMapSteps: n });
+    const { payload } = parsePayload<"swap.edit">(
+      "swap.edit",
+      edit({ seeds: [1, 2], strengths: [strength(5), strength(20)] }),
+    );
+    expect(payload.options.strengths).toEqual([strength(5), strength(20)]);
+    expect(refusal("swap.edit", edit({ steps: 30, strengths: [strength(5), strength(31)] }))).toContain(
+      "strengths.1.selfOutputSteps: self_output_steps counts sampling steps: at most steps (30), got 31",
+    );
+    expect(
+      refusal("swap.edit", edit({ seeds: [1, 2, 3, 4, 5], strengths: [1, 2, 3, 4].map(strength) })),
+    ).toContain("strengths: seeds × strengths must be at most 16 variants, got 20");
+    expect(refusal("swap.edit", edit({ strengths: [] }))).toContain("strengths");
   });
 
   it("lists every blob of a swap with the words a user knows them by", () => {

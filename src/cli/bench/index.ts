@@ -1,12 +1,13 @@
 import { Command } from "commander";
 import { graphBenchCommand } from "./graph.js";
 import { imagicBenchCommand } from "./imagic.js";
+import { intakeBenchCommand } from "./intake.js";
 import { parityBenchCommand } from "./parity.js";
 import { photoswapBenchCommand } from "./photoswap.js";
 import { queueBenchCommand } from "./queue.js";
 import { sdBenchCommand } from "./sd.js";
 
-/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, photoswap.ts, parity.ts, queue.ts). */
+/** One factory per benchmark, each in its own file here (graph.ts, sd.ts, imagic.ts, photoswap.ts, parity.ts, queue.ts, intake.ts). */
 const BENCHMARKS: Array<() => Command> = [
   graphBenchCommand,
   sdBenchCommand,
@@ -14,6 +15,7 @@ const BENCHMARKS: Array<() => Command> = [
   photoswapBenchCommand,
   parityBenchCommand,
   queueBenchCommand,
+  intakeBenchCommand,
 ];
 
 export function benchCommand(): Command {

@@ -2,7 +2,10 @@
  * `bench photoswap`: Photoswap's stages on Stable Diffusion 1.5 shapes with random weights (timings do
  * not depend on weight values): concept learning (class images, then LoRA training; again with the class
  * images cached), direct inversion, null-text inversion, and both reconstructions' PSNR against the
- * decoded photo latents.
+ * decoded photo latents; the swap of `--variants` seed variants from the direct inversion (cold, then warm:
+ * one UNet call per step for all of them), and a swap with a cached concept end to end (concept file →
+ * new photo → encode → direct inversion → variants → decode → grid): the chat path once a subject is
+ * learned, the issue's "≤ 10 s" goal.
  *
  * `--steps-scale 0.1` runs 10 % of the concept's training steps, of its class images' DDIM steps and of
  * null-text's sampling steps (at least 5 each) and extrapolates each stage: its first step (session
@@ -14,15 +17,19 @@ import type { StableDiffusion } from "../../engine/index.js";
 import { learnConcept } from "../../engine/pipelines/concept.js";
 import { deserializeConcept, serializeConcept } from "../../engine/pipelines/concept-file.js";
 import { invertDirect, invertNullText, psnr, reconstructSource } from "../../engine/pipelines/inversion.js";
-import type { InvertedSource } from "../../engine/pipelines/photoswap-types.js";
+import { swapEdit, variantGrid } from "../../engine/pipelines/photoswap-edit.js";
+import type { ConceptAdapter, InvertedSource } from "../../engine/pipelines/photoswap-types.js";
 import { UserFacingError } from "../../errors.js";
 import {
   CONCEPT_PRESET_NAMES,
   type ConceptPresetName,
   conceptOptions,
   DEFAULT_CONCEPT_PRESET,
+  PAPER_STRENGTHS,
+  SWAP_BLEND_THRESHOLD,
   SWAP_GUIDANCE,
   SWAP_SAMPLING_STEPS,
+  SWAP_VARIATION,
 } from "../../spec/swap.js";
 import type { GpuMemorySampler } from "./gpu-memory.js";
 import {
@@ -33,7 +40,13 @@ import {
 } from "./pipeline-bench.js";
 import { photo, StageClock, scaled } from "./timing.js";
 
-export const PHOTOSWAP_CASES = ["concept", "invert-direct", "invert-null-text"] as const;
+export const PHOTOSWAP_CASES = [
+  "concept",
+  "invert-direct",
+  "invert-null-text",
+  "swap",
+  "swap-cached",
+] as const;
 type Case = (typeof PHOTOSWAP_CASES)[number];
 
 interface Flags extends PipelineBenchFlags {
@@ -41,6 +54,7 @@ interface Flags extends PipelineBenchFlags {
   steps: string;
   inner: string;
   only?: string;
+  variants: string;
   size?: string;
 }
 
@@ -121,7 +135,7 @@ async function benchConcept(
       `  references → concept: ${sec(row.ms.total.cold)} cold; ${sec(row.ms.total.cachedClassImages)} with the class images cached and warm sessions;  ` +
       `concept file ${(bytes.length / 1024 ** 2).toFixed(2)} MiB`,
   );
-  return row;
+  return { row, concept: cold.concept };
 }
 
 async function benchInversions(
@@ -190,10 +204,97 @@ async function benchInversions(
   return rows;
 }
 
+/**
+ * The swap of `variants` seeds from the direct inversion, twice (cold: sessions built; warm), and a swap
+ * with the concept read back from its file on a new photo, end to end with the grid.
+ */
+async function benchSwap(
+  sd: StableDiffusion,
+  size: number,
+  steps: number,
+  variants: number,
+  concept: ConceptAdapter,
+  cases: readonly Case[],
+  out: (s: string) => void,
+  gpu: GpuMemorySampler,
+) {
+  const args = {
+    height: size,
+    width: size,
+    subject: "cat",
+    concept,
+    inversion: "direct" as const,
+    steps,
+    guidance: SWAP_GUIDANCE,
+    seeds: Array.from({ length: variants }, (_, i) => i),
+    strengths: [
+      {
+        selfOutputSteps: Math.min(PAPER_STRENGTHS.selfOutputSteps, steps),
+        selfMapSteps: Math.min(PAPER_STRENGTHS.selfMapSteps, steps),
+        crossMapSteps: Math.min(PAPER_STRENGTHS.crossMapSteps, steps),
+      },
+    ],
+    variation: SWAP_VARIATION,
+    blendThreshold: SWAP_BLEND_THRESHOLD,
+    batch: variants,
+  };
+  const rows: Record<string, unknown> = {};
+  if (cases.includes("swap")) {
+    const image = photo(size);
+    const { mean: latents0, size: latentSize } = await sd.encodeImage(image, size, size);
+    const inverted = await invertDirect(sd, {
+      latents0,
+      size: latentSize,
+      prompt: PROMPT,
+      steps,
+      guidance: SWAP_GUIDANCE,
+    });
+    gpu.stage("swap/cold");
+    const cold = await swapEdit(sd, { ...args, image, inverted });
+    gpu.stage("swap/warm");
+    const warm = await swapEdit(sd, { ...args, image, inverted });
+    rows.swap = { variants, steps, cold: cold.seconds, warm: warm.seconds };
+    out(
+      `swap of ${variants} variants × ${steps} steps (one UNet call of ${2 * (variants + 1)} rows per step): ${sec(warm.seconds.swap * 1000)} warm ` +
+        `(${((warm.seconds.swap / steps) * 1000).toFixed(0)} ms/step), ${sec(cold.seconds.swap * 1000)} cold;  decode ${sec(warm.seconds.decode * 1000)}`,
+    );
+  }
+  if (cases.includes("swap-cached")) {
+    gpu.stage("swap-cached");
+    const bytes = serializeConcept({
+      ...concept,
+      modelId: sd.modelId,
+      contextDim: sd.contextShape[1],
+      options: conceptOptions(DEFAULT_CONCEPT_PRESET),
+      references: 1,
+      losses: [],
+    });
+    const t0 = performance.now();
+    const cached = deserializeConcept(bytes);
+    // A new photo: nothing of it is cached, only the concept and the sessions.
+    const image = photo(size).map((v, i) => v * Math.cos(i / 7000));
+    const r = await swapEdit(sd, { ...args, image, concept: cached });
+    let gridMs: number | undefined = performance.now();
+    try {
+      await variantGrid(r.variants);
+      gridMs = performance.now() - gridMs;
+    } catch {
+      gridMs = undefined; // no sharp in the GPU bundle (scripts/gpu-bundle.sh): grids are timed on the CPU
+    }
+    const totalMs = performance.now() - t0;
+    rows.cached = { variants, steps, seconds: r.seconds, gridMs, totalMs };
+    out(
+      `swap with a cached concept, end to end: ${sec(totalMs)} (encode ${sec(r.seconds.encode * 1000)}, direct inversion ${sec(r.seconds.invert * 1000)}, ` +
+        `${variants} variants ${sec(r.seconds.swap * 1000)}, decode ${sec(r.seconds.decode * 1000)}, grid ${gridMs === undefined ? "not timed (no sharp)" : sec(gridMs)})`,
+    );
+  }
+  return rows;
+}
+
 export function photoswapBenchCommand(): Command {
   return pipelineBenchOptions(
     new Command("photoswap").description(
-      "Photoswap on SD 1.5 shapes with random weights: concept learning, direct and null-text inversion",
+      "Photoswap on SD 1.5 shapes with random weights: concept learning, both inversions, the swap, a cached-concept swap end to end",
     ),
   )
     .addOption(
@@ -204,6 +305,7 @@ export function photoswapBenchCommand(): Command {
     .option("--steps <n>", "DDIM steps of the inversions", String(SWAP_SAMPLING_STEPS))
     .option("--inner <n>", "null-text's inner steps per sampling step (official 10)", "10")
     .option("--only <cases>", `comma-separated cases (${PHOTOSWAP_CASES.join(", ")}); default all`)
+    .option("--variants <n>", "seed variants of the swap cases (one UNet call for all)", "4")
     .option("--size <pixels>", "image side (default 512; 64 with --tiny)")
     .action(async (f: Flags) => {
       const scale = parseStepsScale(f);
@@ -216,6 +318,9 @@ export function photoswapBenchCommand(): Command {
         if (!Number.isInteger(v) || v < 1 || v > 1000)
           throw new UserFacingError(`${flag} must be a whole number from 1 to 1000`);
       }
+      const variants = Number(f.variants);
+      if (!Number.isInteger(variants) || variants < 1 || variants > 16)
+        throw new UserFacingError(`--variants must be a whole number from 1 to 16, got ${f.variants}`);
       const size = f.size ? Number(f.size) : f.tiny ? 64 : 512;
       if (!Number.isInteger(size) || size < 64 || size % 64 !== 0) {
         throw new UserFacingError(`--size must be a multiple of 64, got ${f.size}`);
@@ -233,12 +338,28 @@ export function photoswapBenchCommand(): Command {
       result.size = size;
       const save = () => run.save();
       try {
+        let learned: ConceptAdapter | undefined;
         if (cases.includes("concept")) {
-          result.concept = await benchConcept(sd, size, f.conceptPreset, scale, out, gpu);
+          const c = await benchConcept(sd, size, f.conceptPreset, scale, out, gpu);
+          result.concept = c.row;
+          learned = c.concept;
           save();
         }
         if (cases.some((c) => c.startsWith("invert-"))) {
           result.inversion = await benchInversions(sd, size, steps, inner, scale, cases, out, gpu);
+          save();
+        }
+        if (cases.some((c) => c.startsWith("swap"))) {
+          // The learned concept when this run learned one; else an adapter of the preset's rank (the swap's
+          // cost does not depend on its values).
+          const rank = conceptOptions(f.conceptPreset).loraRank;
+          const concept = learned ?? {
+            token: "sks",
+            tokenId: sd.tokenizer.tokenize("sks")[0] as number,
+            subject: "dog",
+            lora: sd.newLora(rank, rank, 1),
+          };
+          Object.assign(result, await benchSwap(sd, size, steps, variants, concept, cases, out, gpu));
           save();
         }
         run.memoryLines();

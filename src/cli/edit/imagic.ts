@@ -3,20 +3,16 @@
  * η × seed, and writes each image at full resolution, the grids, the state and a JSON report into --out.
  * Every input is checked before the model is touched, so a bad one costs nothing.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { SingleBar } from "cli-progress";
 import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
 import { loadPhoto, probeImage } from "../../engine/image.js";
-import { StableDiffusion } from "../../engine/index.js";
-import { modelLoadOptions } from "../../engine/load-options.js";
 import {
   checkPrompt,
   etaSweep,
   fullGrid,
-  type Progress,
   renderImagic,
   seedGrid,
   trainImagic,
@@ -41,7 +37,8 @@ import {
   validateRenderOptions,
 } from "../../spec/imagic.js";
 import { checkPhotoShape, parseSize } from "../../spec/shape.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption } from "../options.js";
+import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
+import { num, openModel, progressReporter, readInput } from "./shared.js";
 
 const log = childLogger("imagic-cli");
 
@@ -75,15 +72,6 @@ interface Flags {
   renderBatch?: string;
 }
 
-/** A numeric flag, or undefined when absent; a clear error naming the flag when it is not a number. */
-function num(flag: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n))
-    throw new UserFacingError(`${flag} must be a number (got "${v}")`);
-  return n;
-}
-
 /** Training overrides from the flags, on top of the preset. */
 function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
   const batch = num("--batch", f.batch);
@@ -113,50 +101,6 @@ function trainOverrides(f: Flags): DeepPartial<ImagicOptions> {
   };
 }
 
-/** One bar per stage on a terminal; a log line every 10 % otherwise. */
-function progressReporter(): { onProgress: (p: Progress) => void; stop: () => void } {
-  const tty = process.stderr.isTTY;
-  let bar: SingleBar | undefined;
-  let stage = "";
-  let lastTenth = -1;
-  return {
-    onProgress(p) {
-      if (p.stage === "encode") return;
-      if (p.stage !== stage) {
-        bar?.stop();
-        stage = p.stage;
-        lastTenth = -1;
-        if (tty) {
-          bar = new SingleBar({
-            format: `${p.stage.padEnd(9)} |{bar}| {value}/{total}  loss {loss}  ETA {left}`,
-            stream: process.stderr,
-            hideCursor: true,
-          });
-          bar.start(p.total, 0, { loss: "-", left: "…" });
-        }
-      }
-      const payload = {
-        loss: p.loss === undefined ? "-" : p.loss.toFixed(4),
-        left: p.etaSeconds === undefined ? "…" : formatSeconds(p.etaSeconds),
-      };
-      if (bar) {
-        bar.setTotal(p.total);
-        bar.update(p.step, payload);
-      } else {
-        const tenth = Math.floor((10 * p.step) / p.total);
-        if (tenth !== lastTenth) {
-          lastTenth = tenth;
-          log.info(
-            { stage: p.stage, step: p.step, total: p.total, loss: p.loss, eta: payload.left },
-            "progress",
-          );
-        }
-      }
-    },
-    stop: () => bar?.stop(),
-  };
-}
-
 function summary(losses: number[]): { steps: number; first?: number; last?: number } {
   if (losses.length === 0) return { steps: 0 };
   const k = Math.max(1, Math.min(10, Math.floor(losses.length / 4)));
@@ -182,14 +126,7 @@ export function imagicCommand(): Command {
     .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
     .addOption(deviceOption())
     .addOption(dtypeOption())
-    .addOption(
-      new Option(
-        "--train-dtype <dtype>",
-        "compute dtype of training (fp16: mixed precision, loss and gradients fp32)",
-      )
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    .addOption(trainDtypeOption())
     .option(
       "--size <size>",
       'force a working size: a side ("512") or width×height ("768x512"); the photo covers it, centre-cropped (default: the photo\'s aspect ratio at the model\'s pixel count, 512² for SD 1.5)',
@@ -271,18 +208,8 @@ export function imagicCommand(): Command {
       }
 
       // 2. The model (sessions are built lazily: nothing heavy runs before the prompt is checked).
-      const config = appConfig();
-      const model = f.model ?? saved?.modelId ?? config.model;
-      if (!f.model && !saved && config.modelIsFixture) {
-        log.warn("MODEL is unset: using the tiny TEST checkpoint, whose images are noise");
-      }
-      const sd = await StableDiffusion.load(model, {
-        ...modelLoadOptions(config),
-        device: f.device ?? config.engineDevice,
-        dtype: f.dtype ?? config.engineDtype,
-        trainDtype: f.trainDtype,
-      });
-      const bar = progressReporter();
+      const { sd, model, fixture } = await openModel({ ...f, savedOn: saved?.modelId });
+      const bar = progressReporter(["encode"]);
       try {
         // The last checks, which need the tokenizer; nothing is written before they pass.
         if (!saved) checkPrompt(sd, f.prompt as string);
@@ -332,7 +259,7 @@ export function imagicCommand(): Command {
         const report = {
           model,
           device: sd.device,
-          dtype: { sampling: f.dtype ?? config.engineDtype, training: f.trainDtype },
+          dtype: { sampling: f.dtype ?? appConfig().engineDtype, training: f.trainDtype },
           prompt: state.prompt,
           workingSize: { width: state.width, height: state.height },
           content: state.content,
@@ -356,7 +283,7 @@ export function imagicCommand(): Command {
           files,
         };
         write("report.json", new TextEncoder().encode(`${JSON.stringify(report, null, 2)}\n`));
-        if (config.modelIsFixture && !f.model && !saved) {
+        if (fixture) {
           log.warn("these images come from the tiny TEST checkpoint: expect noise, not an edit");
         }
         process.stdout.write(
@@ -367,15 +294,4 @@ export function imagicCommand(): Command {
         await sd.release();
       }
     });
-}
-
-function readInput(file: string, flag: string): Uint8Array {
-  try {
-    return readFileSync(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why =
-      code === "ENOENT" ? "no such file" : code === "EISDIR" ? "it is a folder" : (e as Error).message;
-    throw new UserFacingError(`cannot read ${flag} ${file}: ${why}`);
-  }
 }

@@ -4,17 +4,11 @@
 // photo at its centre crop) lets through files whose bottom rows or missing Huffman tables fail later
 // in the engine. The engine then decodes only PNGs this code wrote, never the sender's bytes.
 import sharp from "sharp";
-import { SHAPE_LIMITS } from "../../spec/shape.js";
-import { decoded, decodeImage, type ImageLimits, type ImageProbe, probeImage } from "../image.js";
-
-/**
- * Most pixels kept: twice the largest requested working size (SHAPE_LIMITS.maxPixels), so every working
- * shape is a reduction of it; larger photos are scaled down to it, smaller ones kept as they are.
- */
-export const INTAKE_MAX_PIXELS = 2 * SHAPE_LIMITS.maxPixels;
+import { type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../spec/upload.js";
+import { decoded, decodeImage, type ImageProbe, probeImage } from "../image.js";
 
 export interface AcceptedPhoto {
-  /** The photo, 8-bit sRGB without alpha, at most INTAKE_MAX_PIXELS: a PNG (a JPEG at quality 95 where the PNG would exceed limits.maxBytes). */
+  /** The photo, 8-bit sRGB without alpha, at most STORED_PHOTO_MAX_PIXELS (src/spec/upload.ts): a PNG (a JPEG at quality 95 where the PNG would exceed limits.maxBytes). */
   bytes: Uint8Array;
   width: number;
   height: number;
@@ -25,7 +19,7 @@ export interface AcceptedPhoto {
 /** Checks (probeImage), decodes and converts an upload; throws ImageInputError in the sender's words. */
 export async function convertPhoto(bytes: Uint8Array, limits: ImageLimits): Promise<AcceptedPhoto> {
   const probe = await probeImage(bytes, limits);
-  const scale = Math.min(1, Math.sqrt(INTAKE_MAX_PIXELS / probe.pixels));
+  const scale = Math.min(1, Math.sqrt(STORED_PHOTO_MAX_PIXELS / probe.pixels));
   const width = Math.max(1, Math.round(probe.width * scale));
   const height = Math.max(1, Math.round(probe.height * scale));
   const { data, info } = await decoded(bytes, probe, async () =>

@@ -12,7 +12,8 @@ import type { Socket } from "node:net";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { UserFacingError } from "../../errors.js";
-import { ImageInputError, type ImageLimits } from "../image.js";
+import { type ImageLimits, MAX_CHECKS_PER_SENDER } from "../../spec/upload.js";
+import { ImageInputError } from "../image.js";
 import type { AcceptedPhoto } from "./convert.js";
 import { FAILURE_TEXTS } from "./failures.js";
 
@@ -33,6 +34,11 @@ export interface DecoderPoolOptions {
   size?: number;
   /** Uploads that may wait for a free decoder before more are turned away (default 32). */
   maxWaiting?: number;
+  /**
+   * Uploads of one sender being checked at once, waiting included (default MAX_CHECKS_PER_SENDER): one
+   * sender's flood must not fill the line and turn everyone else away.
+   */
+  maxPerSender?: number;
   /** How long a decoder process may take to start (default 60 s: TypeScript is compiled on the fly in development). */
   startTimeoutMs?: number;
 }
@@ -63,6 +69,8 @@ const execArgv = () =>
 export class DecoderPool {
   private readonly size: number;
   private readonly maxWaiting: number;
+  private readonly maxPerSender: number;
+  private readonly perSender = new Map<string, number>();
   private readonly startTimeoutMs: number;
   private readonly decoders: Array<Decoder | undefined>;
   private readonly waiting: Job[] = [];
@@ -72,20 +80,49 @@ export class DecoderPool {
   constructor(options: DecoderPoolOptions = {}) {
     this.size = options.size ?? Math.min(2, os.availableParallelism());
     this.maxWaiting = options.maxWaiting ?? 32;
+    this.maxPerSender = options.maxPerSender ?? MAX_CHECKS_PER_SENDER;
     this.startTimeoutMs = options.startTimeoutMs ?? 60_000;
     this.decoders = new Array(this.size).fill(undefined);
   }
 
-  /** Checks and converts an upload in a decoder process within `limits.decodeTimeoutMs`. */
-  convert(bytes: Uint8Array, limits: ImageLimits): Promise<AcceptedPhoto> {
+  /**
+   * Checks and converts an upload in a decoder process within `limits.decodeTimeoutMs`; `sender` (a user
+   * id) is held to `maxPerSender` uploads at once.
+   */
+  convert(bytes: Uint8Array, limits: ImageLimits, sender?: string): Promise<AcceptedPhoto> {
     if (this.closed) return Promise.reject(new Error("the image decoders are closed"));
+    const held = sender === undefined ? 0 : (this.perSender.get(sender) ?? 0);
+    if (held >= this.maxPerSender) {
+      return Promise.reject(
+        new UserFacingError(
+          `You have ${held} photos being checked already (the most at once); send this one again when they are done.`,
+        ),
+      );
+    }
     if (this.waiting.length >= this.maxWaiting) {
       return Promise.reject(
         new UserFacingError("I am checking too many photos right now; try again in a minute."),
       );
     }
+    if (sender !== undefined) this.perSender.set(sender, held + 1);
+    const release = () => {
+      if (sender === undefined) return;
+      const left = (this.perSender.get(sender) ?? 1) - 1;
+      if (left > 0) this.perSender.set(sender, left);
+      else this.perSender.delete(sender);
+    };
     return new Promise((resolve, reject) => {
-      this.waiting.push({ request: { id: this.nextId++, bytes, limits }, resolve, reject });
+      this.waiting.push({
+        request: { id: this.nextId++, bytes, limits },
+        resolve: (photo) => {
+          release();
+          resolve(photo);
+        },
+        reject: (error) => {
+          release();
+          reject(error);
+        },
+      });
       this.pump();
     });
   }

@@ -16,16 +16,17 @@
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
-import type { ModelShape } from "../../spec/shape.js";
+import type { ModelShape, Size } from "../../spec/shape.js";
 import {
   type ConceptOptions,
   MAX_REFERENCES,
   MIN_REFERENCES,
   validateConceptOptions,
 } from "../../spec/swap.js";
+import type { ImageLimits } from "../../spec/upload.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
-import { ImageInputError, type ImageLimits, loadImage } from "../image.js";
+import { ImageInputError, loadImage } from "../image.js";
 import type { LatentSize, LoraWeights, StableDiffusion } from "../index.js";
 import { IO } from "../models/components.js";
 import { LEARNED_TOKEN_IO, learnedTokenGraph, tokenRowsGraph } from "../models/learned-token.js";
@@ -64,10 +65,10 @@ export interface ConceptProgress {
 }
 
 export interface LearnConceptArgs {
-  /** The reference photos, each [1, 3, size, size] in [-1, 1] (`loadReferences`). */
+  /** The reference photos, each [1, 3, height, width] in [-1, 1] (`loadReferences`). */
   references: Float32Array[];
-  /** Their side in pixels (square). */
-  size: number;
+  /** Their size in pixels: a side (the square `loadReferences` makes by default) or width × height. */
+  size: number | Size;
   /** The class word, e.g. "dog". */
   subject: string;
   options: ConceptOptions;
@@ -125,16 +126,17 @@ export function referenceSide(shape: ModelShape): number {
 
 /**
  * The reference photos as the model's input: 1–5 of them, each decoded, oriented and centre-cropped to
- * the model's square training resolution (`size`, default `referenceSide`), in a fixed order (by content hash:
- * the order they were sent in changes nothing learned, so the cache key treats them as a set).
+ * the model's square training resolution (`size`, default `referenceSide`; a width × height is taken too),
+ * in a fixed order (by content hash: the order they were sent in changes nothing learned, so the cache key
+ * treats them as a set).
  * DreamBooth trains on square crops; references should show the subject roughly centred. A reference that
  * is not a usable photo is refused naming which one it is.
  */
 export async function loadReferences(
   sd: Pick<StableDiffusion, "imageShape">,
   photos: readonly Uint8Array[],
-  o: { size?: number; limits?: ImageLimits } = {},
-): Promise<{ images: Float32Array[]; hashes: string[]; size: number }> {
+  o: { size?: number | Size; limits?: ImageLimits } = {},
+): Promise<{ images: Float32Array[]; hashes: string[]; size: number | Size }> {
   if (photos.length < MIN_REFERENCES || photos.length > MAX_REFERENCES) {
     throw new UserFacingError(
       `a concept is learned from ${MIN_REFERENCES} to ${MAX_REFERENCES} reference photos of the subject; got ${photos.length}`,
@@ -360,12 +362,14 @@ export async function learnConcept(sd: StableDiffusion, args: LearnConceptArgs):
       `a concept is learned from ${MIN_REFERENCES} to ${MAX_REFERENCES} reference photos of the subject; got ${n}`,
     );
   }
-  const { size: px, signal } = args;
+  const { signal } = args;
+  const px = typeof args.size === "number" ? { width: args.size, height: args.size } : args.size;
   for (const [i, r] of args.references.entries()) {
-    if (r.length !== 3 * px * px) throw new Error(`learnConcept: reference ${i + 1} is not 3×${px}×${px}`);
+    if (r.length !== 3 * px.height * px.width)
+      throw new Error(`learnConcept: reference ${i + 1} is not 3×${px.height}×${px.width}`);
   }
   const report = args.onProgress ?? (() => {});
-  const size = sd.latentSize(px, px);
+  const size = sd.latentSize(px.height, px.width);
   const per = sd.latentChannels * size.height * size.width;
   const classChunk = o.prior ? Math.min(4, o.prior.images) : 0;
   const eta = new EtaTracker([
@@ -401,7 +405,7 @@ export async function learnConcept(sd: StableDiffusion, args: LearnConceptArgs):
   const refs: Float32Array[] = [];
   for (const [i, image] of args.references.entries()) {
     throwIfCancelled(signal, `encoding reference ${i + 1}/${n}`);
-    refs.push((await sd.encodeImage(image, px, px)).mean);
+    refs.push((await sd.encodeImage(image, px.height, px.width)).mean);
     report({ stage: "encode", step: i + 1, total: n, etaSeconds: eta.step("encode", i + 1) });
   }
   const encodeSeconds = (performance.now() - started) / 1000 - classSeconds;

@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
-import type { SwapStrengthKey } from "../../spec/swap.js";
+import { checkSubjectInPrompt, SWAP_BATCH, type SwapStrengths } from "../../spec/swap.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import type { LatentSize, StableDiffusion } from "../index.js";
@@ -95,7 +95,8 @@ export interface JointSampleOptions {
   lora?: LoraWeights;
   /** Keep the latents after every step (tests, reports). */
   keepTrajectory?: boolean;
-  onStep?: (step: number, total: number) => void;
+  /** After each step; `preview` gives the first target's estimate of x₀ at that step (for previews). */
+  onStep?: (step: number, total: number, preview: () => Float32Array) => void;
   signal?: AbortSignal;
 }
 
@@ -299,7 +300,10 @@ export async function jointSample(sd: StableDiffusion, o: JointSampleOptions): P
       if (i >= (o.blend as BlendSettings).from) masks.push(blend.apply(source, targets));
     }
     trajectory?.push([source, ...targets]);
-    o.onStep?.(i + 1, timesteps.length);
+    // Computed only when asked: this step's guided output and latents are not touched again.
+    o.onStep?.(i + 1, timesteps.length, () =>
+      scheduler.predictOriginal(guided.subarray(per, 2 * per), t, current.subarray(per, 2 * per)),
+    );
   }
   return { source, targets, masks, ...(trajectory ? { trajectory } : {}) };
 }
@@ -312,7 +316,7 @@ export interface SwapSubject {
 }
 
 /** How many sampling steps each swap acts (src/spec/swap.ts: λφ, λM, λA as plain step counts). */
-export type SwapStrengths = Record<SwapStrengthKey, number>;
+export type { SwapStrengths };
 
 /** Plain step counts as windows: φ for i < λφ, M for i < λM, A for i < λA. */
 export function strengthWindows(s: SwapStrengths): SwapWindows {
@@ -339,14 +343,8 @@ export function planSwap(
   subjects: readonly SwapSubject[],
 ): SwapPlan {
   if (subjects.length === 0) throw new UserFacingError("a swap needs at least one subject");
+  for (const s of subjects) checkSubjectInPrompt(s.word, sourcePrompt);
   const words = sourcePrompt.split(" ");
-  for (const s of subjects) {
-    if (!words.includes(s.word)) {
-      throw new UserFacingError(
-        `the subject "${s.word}" is not a word of the source prompt "${sourcePrompt}": name the subject as the prompt spells it (a whole word, without punctuation)`,
-      );
-    }
-  }
   const byWord = new Map(subjects.map((s) => [s.word, s.concept]));
   const targetPrompt = words
     .map((w) => {
@@ -398,7 +396,7 @@ export function slerp(a: Float32Array, b: Float32Array, t: number): Float32Array
 export interface PhotoswapOptions {
   source: InvertedSource;
   subjects: readonly SwapSubject[];
-  /** Variants are every seed × every strength. */
+  /** Variants are every strength × every seed, in that order (one strength's seeds, then the next's). */
   seeds: readonly number[];
   strengths: readonly SwapStrengths[];
   /** How far a seed ≠ 0 moves the target's start from the inverted noise (0…1; see variantStart). */
@@ -410,10 +408,10 @@ export interface PhotoswapOptions {
    * embeddings (concept.ts). Default: the checkpoint's text encoder, for concepts without one.
    */
   encode?: (texts: string[]) => Promise<Float32Array>;
-  /** Target variants per UNet call (default 4): more run in several passes, each repeating the source. */
+  /** Target variants per UNet call (default SWAP_BATCH): more run in several passes, each repeating the source. */
   maxBatch?: number;
-  /** Called after each step of each pass: `step` counts over all passes. */
-  onStep?: (step: number, total: number) => void;
+  /** Called after each step of each pass: `step` counts over all passes; `preview` as jointSample's. */
+  onStep?: (step: number, total: number, preview: () => Float32Array) => void;
   signal?: AbortSignal;
 }
 
@@ -453,9 +451,10 @@ export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promi
   const texts = await encode([s.prompt, plan.targetPrompt]);
   const uncond = s.nullEmbeddings ?? (await sd.encodeText([""]));
   const loras = o.subjects.flatMap((x) => (x.concept.lora ? [x.concept.lora] : []));
-  const variants = o.seeds.flatMap((seed) => o.strengths.map((strengths) => ({ seed, strengths })));
+  // Strength-major, so a grid of one column per seed has one row per strength (variantGrid).
+  const variants = o.strengths.flatMap((strengths) => o.seeds.map((seed) => ({ seed, strengths })));
   const size = { height: s.height, width: s.width };
-  const maxBatch = o.maxBatch ?? 4;
+  const maxBatch = o.maxBatch ?? SWAP_BATCH;
   const passes = Math.ceil(variants.length / maxBatch);
   const out: PhotoswapVariant[] = [];
   let source = s.xT;
@@ -487,7 +486,7 @@ export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promi
       ...(s.trajectory ? { trajectory: s.trajectory } : {}),
       ...(loras.length ? { lora: concatLora(loras) } : {}),
       signal: o.signal,
-      onStep: (step) => o.onStep?.(p * s.steps + step, passes * s.steps),
+      onStep: (step, _, preview) => o.onStep?.(p * s.steps + step, passes * s.steps, preview),
     });
     source = r.source;
     r.targets.forEach((latents, i) => {

@@ -1,17 +1,16 @@
 // The engine's pipelines registry: job type → the pipeline that runs it on the loaded model.
-// A type missing here fails with "… is not available yet" (src/queue/worker.ts): Photoswap's
-// `swap.concept` / `swap.edit` plug in with one line each when src/engine/pipelines/photoswap.ts lands.
+// A type missing here fails with "… is not available yet" (src/queue/worker.ts). Photoswap's two job
+// types live in ./photoswap.ts.
 
 import type { JobName, JobResult } from "../../queue/jobs.js";
 import type { PipelineContext, PipelineRegistry } from "../../queue/worker.js";
 import { getPreset, type ImagicOptions, imagicOptions } from "../../spec/imagic.js";
 import { tileToPng } from "../grid.js";
-import { loadPhoto, tensorToPng } from "../image.js";
+import { loadPhoto } from "../image.js";
 import type { StableDiffusion } from "../index.js";
 import {
   etaSweep,
   fullGrid,
-  type Progress,
   type RenderedImage,
   renderImagic,
   seedGrid,
@@ -23,39 +22,14 @@ import {
   type ImagicState,
   serializeState,
 } from "../pipelines/imagic-state.js";
+import { type SwapPipelineOptions, swapConcept, swapEditJob } from "./photoswap.js";
+import { progressBridge } from "./progress.js";
 
 export interface EnginePipelineOptions {
   /** Images per UNet call when rendering. */
   renderBatch?: number;
-}
-
-/**
- * The engine's callbacks are synchronous; job progress is written to Redis. Reports are chained so
- * they arrive in order without holding up the GPU; `flush` waits for the last one.
- */
-function progressBridge<N extends JobName>(
-  ctx: PipelineContext<N>,
-  size: () => { height: number; width: number },
-) {
-  let chain = Promise.resolve();
-  const onProgress = (p: Progress) => {
-    const preview = p.preview;
-    chain = chain
-      .then(() =>
-        ctx.progress({
-          stage: p.stage,
-          step: p.step,
-          total: p.total,
-          ...(p.loss !== undefined ? { loss: p.loss } : {}),
-          ...(preview ? { preview: () => tensorToPng(preview, [3, size().height, size().width]) } : {}),
-        }),
-      )
-      // After a cancel, progress() throws; the pipeline itself stops at its next signal check.
-      .catch((err: unknown) => {
-        if (!ctx.signal.aborted) ctx.log.warn({ err }, "progress report failed");
-      });
-  };
-  return { onProgress, flush: () => chain };
+  /** Photoswap's engine-side settings (./photoswap.ts). */
+  swap?: SwapPipelineOptions;
 }
 
 async function storeImages<N extends JobName>(ctx: PipelineContext<N>, images: RenderedImage[]) {
@@ -156,5 +130,7 @@ export function enginePipelines(sd: StableDiffusion, options: EnginePipelineOpti
   return {
     "imagic.train": imagicTrain(sd, options),
     "imagic.render": imagicRender(sd, options),
+    "swap.concept": swapConcept(sd, options.swap),
+    "swap.edit": swapEditJob(sd, options.swap),
   };
 }

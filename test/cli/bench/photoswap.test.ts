@@ -5,7 +5,7 @@ import { describe, expect, it } from "vitest";
 import { runCli } from "../run-cli.js";
 
 describe("bench photoswap", () => {
-  it("learns a concept and runs both inversions on a random-weight checkpoint, extrapolating full schedules", async () => {
+  it("learns a concept, runs both inversions, the swap and a cached-concept swap on a random-weight checkpoint, extrapolating full schedules", async () => {
     const dir = mkdtempSync(path.join(tmpdir(), "bench-photoswap-"));
     const json = path.join(dir, "result.json");
     const r = await runCli([
@@ -44,5 +44,16 @@ describe("bench photoswap", () => {
     expect(nt.nullText.warm).toBeCloseTo(8 * nt.nullText.perStep, 6);
     expect(Number.isFinite(nt.psnr)).toBe(true);
     expect(result.inversion.direct.steps).toBe(8);
+    // The swap cases run at the full --steps with the learned concept: 4 variants in one UNet call a step.
+    expect(r.stdout).toMatch(/swap of 4 variants × 8 steps \(one UNet call of 10 rows per step\)/);
+    expect(r.stdout).toMatch(/swap with a cached concept, end to end: [\d.]+ s \(encode/);
+    expect(result.swap).toMatchObject({ variants: 4, steps: 8 });
+    expect(result.swap.warm.swap).toBeGreaterThan(0);
+    const cached = result.cached;
+    expect(cached).toMatchObject({ variants: 4, steps: 8 });
+    // End to end covers its parts: encode, inversion, the variants, decode and the grid (sharp is here);
+    // 1 µs of slack for the parts' ms → s → ms float round trip.
+    const parts = cached.seconds.encode + cached.seconds.invert + cached.seconds.swap + cached.seconds.decode;
+    expect(cached.totalMs).toBeGreaterThan(parts * 1000 + cached.gridMs - 1e-3);
   }, 150_000);
 });

@@ -116,11 +116,44 @@ describe("DDIM identities", () => {
   it("inverts a sampling step exactly when the predicted noise is the same (epsilon)", () => {
     const s = DDIMScheduler.fromConfig(SD_CONFIG);
     s.setTimesteps(4);
+    // With a constant ε every step keeps the first one's clean estimate (x₀ read as the sample at ᾱ_0 =
+    // 1 − β₀, set_alpha_to_one false): after the step to t, x_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε, from the
+    // schedule's definition. (The round trip below alone misses an error that undoes itself over an even
+    // number of steps, e.g. x̂₀ ↦ 1/x̂₀.)
+    const a0 = alphaBar(0);
+    const clean = x0.map((v, i) => (v - Math.sqrt(1 - a0) * (noise[i] as number)) / Math.sqrt(a0));
     let x = x0;
-    for (const t of s.inversionTimesteps()) x = s.invertStep(noise, t, x);
+    for (const t of s.inversionTimesteps()) {
+      x = s.invertStep(noise, t, x);
+      const want = clean.map(
+        (v, i) => Math.sqrt(alphaBar(t)) * v + Math.sqrt(1 - alphaBar(t)) * (noise[i] as number),
+      );
+      expect(relError(x, want), `x_${t}`).toBeLessThan(1e-6);
+    }
     // Deterministic DDIM with a constant ε is a bijection: sampling back lands on the start.
     for (const t of s.timesteps) x = s.step(noise, t, x);
     expect(relError(x, x0)).toBeLessThan(1e-5);
+  });
+
+  it("adds the DDIM paper's σ_t·z for eta > 0 (σ_t² = (1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev))", () => {
+    const s = DDIMScheduler.fromConfig(SD_CONFIG);
+    s.setTimesteps(10);
+    const z = new GaussianRng(8).normal(64);
+    const [t, prev] = [501, 401];
+    const [aT, aP] = [alphaBar(t), alphaBar(prev)];
+    const xt = Float32Array.from(noised(t));
+    const want = (eta: number) => {
+      const sigma = eta * Math.sqrt(((1 - aP) / (1 - aT)) * (1 - aT / aP));
+      return x0.map(
+        (v, i) =>
+          Math.sqrt(aP) * v +
+          Math.sqrt(1 - aP - sigma * sigma) * (noise[i] as number) +
+          sigma * (z[i] as number),
+      );
+    };
+    // float32 table against the float64 definition: measured ≤ 1e-7.
+    for (const eta of [0.5, 1])
+      expect(relError(s.step(noise, t, xt, { eta, noise: z }), want(eta))).toBeLessThan(1e-6);
   });
 
   it("lands on ᾱ_0's clean estimate at the last step and refuses bad arguments", () => {
@@ -133,8 +166,47 @@ describe("DDIM identities", () => {
     const xt = Float32Array.from(noised(1));
     expect(relError(s.step(noise, 1, xt), noised(0))).toBeLessThan(1e-6);
     expect(() => s.setTimesteps(0)).toThrow(/from 1 to 1000/);
+    expect(() => s.setTimesteps(1001)).toThrow(/from 1 to 1000/);
+    s.setTimesteps(1000);
+    expect(() => s.step(noise, 1000, xt)).toThrow(/timestep 1000 is outside 0…999/);
+    expect(() => s.step(noise, -1, xt)).toThrow(/timestep -1 is outside 0…999/);
+    s.setTimesteps(10);
     expect(() => s.step(noise.subarray(1), 1, xt)).toThrow(/63 values but the sample has 64/);
     expect(() => s.step(noise, 1, xt, { eta: 1 })).toThrow(/needs noise/);
+  });
+
+  it("clips x̂₀ to clip_sample_range in a sampling step (ε recomputed) but not ε in an inversion step", () => {
+    const s = DDIMScheduler.fromConfig({ ...SD_CONFIG, clip_sample: true, clip_sample_range: 0.5 });
+    s.setTimesteps(10);
+    const [t, prev] = [501, 401];
+    const [aT, aP] = [alphaBar(t), alphaBar(prev)];
+    const xt = Float32Array.from(noised(t));
+    // diffusers' DDIMScheduler.step: x̂₀ clipped, ε = (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t) from the clipped x̂₀.
+    const x0c = x0.map((v) => Math.min(0.5, Math.max(-0.5, v)));
+    const eps = x0c.map((v, i) => ((xt[i] as number) - Math.sqrt(aT) * v) / Math.sqrt(1 - aT));
+    const want = x0c.map((v, i) => Math.sqrt(aP) * v + Math.sqrt(1 - aP) * (eps[i] as number));
+    expect(relError(s.step(noise, t, xt), want)).toBeLessThan(1e-6);
+    // DDIMInverseScheduler.step: x̂₀ clipped, the model's ε kept.
+    const xp = Float32Array.from(noised(prev));
+    const up = x0c.map((v, i) => Math.sqrt(aT) * v + Math.sqrt(1 - aT) * (noise[i] as number));
+    expect(relError(s.invertStep(noise, t, xp), up)).toBeLessThan(1e-6);
+  });
+
+  it("builds the linear β schedule's ᾱ from its definition", () => {
+    const s = DDIMScheduler.fromConfig({
+      ...SD_CONFIG,
+      beta_schedule: "linear",
+      beta_start: 1e-4,
+      beta_end: 2e-2,
+    });
+    let p = 1;
+    const want: number[] = [];
+    for (let i = 0; i < 1000; i++) {
+      p *= 1 - (1e-4 + (i * (2e-2 - 1e-4)) / 999);
+      want.push(p);
+    }
+    // float32 betas and table against the float64 definition.
+    expect(relError(s.alphasCumprod, want)).toBeLessThan(1e-6);
   });
 
   it("supports trailing and linspace spacing as diffusers computes them", () => {

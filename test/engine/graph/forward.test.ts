@@ -125,6 +125,21 @@ describe("graph forward on the CPU provider", () => {
     for (let row = 0; row < p.length / 3; row++) {
       expect(p.slice(3 * row, 3 * row + 3).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
     }
+    // The default scale is 1/√(head dim), torch's scaled_dot_product_attention's: the map against a loop
+    // reference softmax_j(Σ_d q[b,i,h·4+d]·k[b,j,h·4+d] / √4). Measured: within 1e-12; 1/√8 (the whole
+    // width's scale) puts it 1.3e-1 off.
+    const [tv, kvv] = [values(feeds("float64").t), values(feeds("float64").kv)];
+    const scores: number[] = [];
+    for (let b = 0; b < 2; b++)
+      for (let h = 0; h < 2; h++)
+        for (let i = 0; i < 5; i++)
+          for (let j = 0; j < 3; j++) {
+            let s = 0;
+            for (let d = 0; d < 4; d++)
+              s += (tv[(b * 5 + i) * 8 + h * 4 + d] as number) * (kvv[(b * 3 + j) * 8 + h * 4 + d] as number);
+            scores.push(s / Math.sqrt(4));
+          }
+    expect(relError(p, refSoftmaxRows(scores, 3))).toBeLessThan(1e-12);
     // The causal mask: the first token attends only to itself, so its output is its own value row.
     expect(relError(values(o64.causal).slice(0, 8), values(feeds("float64").t).slice(0, 8))).toBeLessThan(
       1e-12,

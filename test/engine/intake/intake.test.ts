@@ -1,25 +1,21 @@
 // The intake (src/engine/intake): uploads checked and converted in decoder processes with a deadline.
-// Every hostile or broken file is generated here (test/helpers/hostile-images.ts); the one committed
+// Every hostile or broken file is generated here (src/cli/bench/hostile-images.ts); the one committed
 // sample is the HEVC HEIC, which nothing on npm can encode (test/fixtures/images/README.md).
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  DEFAULT_IMAGE_LIMITS,
-  ImageInputError,
-  type ImageLimits,
-  loadImage,
-  probeImage,
-} from "../../../src/engine/image.js";
-import { convertPhoto, INTAKE_MAX_PIXELS } from "../../../src/engine/intake/convert.js";
-import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
-import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import {
   corrupted,
   progressiveScanBomb,
   truncated,
   withoutHuffmanTables,
-} from "../../helpers/hostile-images.js";
+} from "../../../src/cli/bench/hostile-images.js";
+import { ImageInputError, loadImage, probeImage } from "../../../src/engine/image.js";
+import { convertPhoto } from "../../../src/engine/intake/convert.js";
+import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
+import { DecoderPool } from "../../../src/engine/intake/pool.js";
+import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
@@ -65,14 +61,51 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
     expect(Buffer.compare(got.data, want.data)).toBe(0);
   });
 
-  it("scales a larger photo down to INTAKE_MAX_PIXELS at its aspect ratio, oriented", async () => {
+  it("scales a larger photo down to STORED_PHOTO_MAX_PIXELS at its aspect ratio, oriented", async () => {
     // 3000×2000 stored, EXIF orientation 6: displayed 2000×3000.
     const big = await sharp(COFFEE).resize(3000, 2000).jpeg().withMetadata({ orientation: 6 }).toBuffer();
     const photo = await decoders.convert(big, DEFAULT_IMAGE_LIMITS);
-    expect(photo.width * photo.height).toBeLessThanOrEqual(INTAKE_MAX_PIXELS * 1.001);
-    expect(photo.width * photo.height).toBeGreaterThan(INTAKE_MAX_PIXELS * 0.99);
+    expect(photo.width * photo.height).toBeLessThanOrEqual(STORED_PHOTO_MAX_PIXELS * 1.001);
+    expect(photo.width * photo.height).toBeGreaterThan(STORED_PHOTO_MAX_PIXELS * 0.99);
     expect(photo.height / photo.width).toBeCloseTo(1.5, 2);
     expect([photo.probe.width, photo.probe.height, photo.probe.orientation]).toEqual([2000, 3000, 6]);
+  });
+
+  it("stores CMYK, Display P3, 16-bit, greyscale, transparent and rotated photos as the engine reads the originals", async () => {
+    // The engine loads the stored PNG, never the upload: it must see the same pixels as from the upload
+    // itself (no colour converted twice, no orientation applied twice, alpha already on white).
+    const gradient = Buffer.alloc(96 * 64 * 4);
+    for (let i = 0; i < 96 * 64; i++) {
+      const [x, y] = [i % 96, Math.floor(i / 96)];
+      gradient.set([40 + 2 * x, 30 + 3 * y, 200 - x, x < 48 ? 255 : 96], 4 * i);
+    }
+    const rgba = () => sharp(gradient, { raw: { width: 96, height: 64, channels: 4 } });
+    const rgb = () => rgba().removeAlpha();
+    const variants: Array<[string, Buffer]> = [
+      ["cmyk jpeg", await rgb().toColourspace("cmyk").jpeg({ quality: 100 }).toBuffer()],
+      ["display-p3 png", await rgb().withIccProfile("p3").png().toBuffer()],
+      ["16-bit png", await rgb().toColourspace("rgb16").png().toBuffer()],
+      ["greyscale png", await rgb().toColourspace("b-w").png().toBuffer()],
+      ["transparent png", await rgba().png().toBuffer()],
+      ["16-bit transparent tiff", await rgba().toColourspace("rgb16").tiff().toBuffer()],
+      ["rotated jpeg", await rgb().jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer()],
+      ["mirrored webp", await rgb().webp({ lossless: true }).withMetadata({ orientation: 2 }).toBuffer()],
+    ];
+    for (const [name, bytes] of variants) {
+      const photo = await decoders.convert(bytes, DEFAULT_IMAGE_LIMITS);
+      const size = { width: photo.width, height: photo.height };
+      const fromStored = await loadImage(photo.bytes, { size });
+      const fromUpload = await loadImage(bytes, { size });
+      // Both go through the same 8-bit conversion: at most one level apart (rounding), in [-1, 1] units.
+      let worst = 0;
+      for (let i = 0; i < fromStored.tensor.length; i++)
+        worst = Math.max(
+          worst,
+          Math.abs((fromStored.tensor[i] as number) - (fromUpload.tensor[i] as number)),
+        );
+      expect(worst * 127.5, name).toBeLessThanOrEqual(1.0001);
+      expect((await sharp(photo.bytes).metadata()).space, name).toBe("srgb");
+    }
   });
 
   it("decodes an iPhone-style HEVC HEIC that sharp alone cannot", async () => {
@@ -333,6 +366,19 @@ describe("cross-talk: concurrent uploads each get their own answer", () => {
     });
   });
 
+  it("holds each sender to maxPerSender uploads at once, so one sender's flood does not turn others away", async () => {
+    const decoders = pool({ size: 1, maxPerSender: 2 });
+    const ann = [0, 1, 2].map(() => decoders.convert(COFFEE, DEFAULT_IMAGE_LIMITS, "ann"));
+    const bob = decoders.convert(COFFEE, DEFAULT_IMAGE_LIMITS, "bob");
+    const results = await Promise.allSettled([...ann, bob]);
+    expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled"]);
+    expect((results[2] as PromiseRejectedResult).reason.message).toBe(
+      "You have 2 photos being checked already (the most at once); send this one again when they are done.",
+    );
+    // Done ones no longer count.
+    expect((await decoders.convert(COFFEE, DEFAULT_IMAGE_LIMITS, "ann")).width).toBe(600);
+  });
+
   it("turns uploads away, in words, when too many wait for a decoder", async () => {
     const decoders = pool({ size: 1, maxWaiting: 1 });
     const results = await Promise.allSettled(
@@ -342,6 +388,36 @@ describe("cross-talk: concurrent uploads each get their own answer", () => {
     expect((results[2] as PromiseRejectedResult).reason.message).toBe(
       "I am checking too many photos right now; try again in a minute.",
     );
+  });
+});
+
+describe("no orphans: decoders die with the process that started them", () => {
+  /** Alive and not a zombie (a killed process's children are reaped by init, which may take a moment). */
+  const running = (pid: number) => {
+    try {
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+    } catch {
+      return false;
+    }
+  };
+
+  it("a bot process SIGKILLed leaves no decoder behind", async () => {
+    const owner = spawn(process.execPath, ["--import", "tsx", "test/engine/intake/support/pool-owner.ts"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const line = await new Promise<string>((resolve, reject) => {
+      owner.stdout.setEncoding("utf8").on("data", (text: string) => resolve(text.split("\n")[0] as string));
+      owner.once("exit", (code) => reject(new Error(`the pool owner exited (${code}) before it was ready`)));
+    });
+    const pids = JSON.parse(line) as number[];
+    expect(pids).toHaveLength(2);
+    expect(pids.every(running)).toBe(true);
+    const exited = new Promise((resolve) => owner.once("exit", resolve));
+    owner.kill("SIGKILL");
+    await exited;
+    // Each decoder exits when its IPC channel closes: wait for that (bounded only against a hang).
+    for (let i = 0; i < 600 && pids.some(running); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(pids.filter(running)).toEqual([]);
   });
 });
 

@@ -1,8 +1,8 @@
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { describe, expect, it } from "vitest";
+import { progressiveScanBomb, truncated } from "../../../src/cli/bench/hostile-images.js";
 import { jpegStructure } from "../../../src/engine/intake/jpeg.js";
-import { progressiveScanBomb, truncated } from "../../helpers/hostile-images.js";
 
 const photo = sharp(readFileSync("test/fixtures/images/coffee.png"));
 

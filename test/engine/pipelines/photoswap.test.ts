@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
+import { CancelledError } from "../../../src/engine/errors.js";
 import { type LatentSize, type LoraWeights, StableDiffusion } from "../../../src/engine/index.js";
 import { concatLora } from "../../../src/engine/models/lora.js";
 import { invertDirect } from "../../../src/engine/pipelines/inversion.js";
@@ -224,6 +225,37 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
       (v, i) => v + (delta(fox.lora.get(path) as never)[i] as number),
     );
     expect(relError(delta(m as never), sum)).toBeLessThan(1e-6);
+  });
+
+  it("stops within a step of a cancel, in the second pass of a batched run too", async () => {
+    const source = await invertDirect(sd, {
+      size: small,
+      latents0: photo,
+      prompt: "a photo of a cat",
+      steps: 4,
+      guidance: 7.5,
+    });
+    // Two variants one per UNet call: 2 passes × 4 steps; cancelled after the first step of the second.
+    const controller = new AbortController();
+    const seen: number[] = [];
+    const run = photoswap(sd, {
+      source,
+      subjects: [{ word: "cat", concept: concept("sks", "dog", 5) }],
+      seeds: [0, 1],
+      strengths: [{ selfOutputSteps: 2, selfMapSteps: 3, crossMapSteps: 2 }],
+      variation: 0.2,
+      blendThreshold: 0.3,
+      maxBatch: 1,
+      signal: controller.signal,
+      onStep: (step, total) => {
+        seen.push(step);
+        expect(total).toBe(8);
+        if (step === 5) controller.abort();
+      },
+    });
+    await expect(run).rejects.toThrow(CancelledError);
+    await expect(run).rejects.toThrow("cancelled at Photoswap step 2/4");
+    expect(seen).toEqual([1, 2, 3, 4, 5]);
   });
 
   it("refuses a subject that is not a word of the source prompt, and strengths past the steps, before sampling", async () => {

@@ -6,16 +6,7 @@ import { loadConfig } from "../../../src/config.js";
 import { type RunningEngine, startEngine } from "../../../src/engine/worker/index.js";
 import type { QueueClient, QueueClientEvents } from "../../../src/queue/client.js";
 import type { JobResult } from "../../../src/queue/jobs.js";
-import {
-  FAST,
-  freePort,
-  type Harness,
-  harness,
-  origin,
-  PHOTO,
-  PHOTO2,
-  until,
-} from "../../queue/support/setup.js";
+import { FAST, freePort, type Harness, harness, origin, PHOTO, until } from "../../queue/support/setup.js";
 
 const config = loadConfig(
   { ENGINE_DEVICE: "cpu", ENGINE_DTYPE: "fp32", ENGINE_HTTP_PORT: "0", LOG_LEVEL: "silent" },
@@ -128,9 +119,12 @@ describe("the engine on the fixture model", () => {
     expect(metrics).toMatch(/engine_jobs_started_total\{type="imagic.train"\} 1/);
   });
 
-  it("fails a swap at once: Photoswap is not available yet", async () => {
+  it("fails a swap whose reference is not a photo with the reference named, before learning anything", async () => {
     const source = await h.blobs.put(PHOTO, { userId: "u2", kind: "image" });
-    const reference = await h.blobs.put(PHOTO2, { userId: "u2", kind: "image" });
+    const reference = await h.blobs.put(Buffer.from("these bytes are not a photo"), {
+      userId: "u2",
+      kind: "image",
+    });
     const { jobId } = await client.enqueue("swap.edit", {
       userId: "u2",
       origin,
@@ -139,9 +133,7 @@ describe("the engine on the fixture model", () => {
       subject: "cat",
     });
     await until(() => failed.some((e) => e.jobId === jobId), 20_000, "the swap's failure");
-    expect(failed.find((e) => e.jobId === jobId)?.message).toBe(
-      "swap.concept is not available yet on this engine",
-    );
+    expect(failed.find((e) => e.jobId === jobId)?.message).toMatch(/^reference photo 1: /);
   });
 
   it("refuses a blob that is not an Imagic state with a message, without retrying", async () => {

@@ -1,4 +1,5 @@
-// Hostile and broken uploads, generated: no sample of them is committed.
+// Hostile and broken uploads, generated (for `bench intake` and the intake tests): no sample of them is
+// committed.
 
 /** A JPEG marker segment: 0xff, marker, a 2-byte length, the body. */
 function segment(marker: number, body: number[]): Uint8Array {
