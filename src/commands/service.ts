@@ -353,6 +353,7 @@ export class ChatCommands {
     const maxBytes = this.adapter.limits.maxUploadBytes;
     this.progress.update(ref, {
       text: progressText(name, progress),
+      stage: progress.stage,
       ...(previewId
         ? {
             preview: {

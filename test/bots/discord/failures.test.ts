@@ -134,6 +134,7 @@ describe("permissions and places without threads", () => {
     const grid = await w.offer(channel.id, 1, 2);
     expect(w.fake.mustMessage(interaction.originalId ?? "").threadId).toBeUndefined();
     const [answer, note, progress] = w.posted(channel.id);
+    await w.fake.waitFor("the progress message's last word", () => progress?.content.startsWith("✅"));
     expect(answer?.id).toBe(interaction.originalId);
     expect(note?.content).toBe(
       "ℹ️ I am missing the Create Public Threads permission in this channel, so I answer here instead of in a thread.",
