@@ -4,7 +4,7 @@
 
 import { LIMITS, PRESET_NAMES } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
-import { MAX_REFERENCES, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS } from "../spec/swap.js";
+import { MAX_REFERENCES, MAX_STRENGTHS_LENGTH, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS } from "../spec/swap.js";
 
 /** `attachment` options all take a photo; `integer` takes whole numbers only, `number` any. */
 export type OptionType = "attachment" | "string" | "number" | "integer";
@@ -115,6 +115,13 @@ export const COMMANDS: readonly CommandDefinition[] = [
           max: SWAP_SAMPLING_STEPS,
         }),
       ),
+      {
+        name: "strengths",
+        type: "string",
+        description: `several strengths, one grid row each: φ/M/A steps (of ${SWAP_SAMPLING_STEPS}), e.g. "10/25/20,5/15/10"`,
+        required: false,
+        maxLength: MAX_STRENGTHS_LENGTH,
+      },
       seedsOption,
     ],
   },

@@ -12,10 +12,14 @@ import {
 import { parseSize, type Size } from "../spec/shape.js";
 import {
   checkSubjectWord,
+  checkVariantCount,
   MAX_REFERENCES,
+  MAX_STRENGTHS_LENGTH,
+  parseStrengthList,
   SWAP_SAMPLING_STEPS,
   SWAP_STRENGTHS,
   type SwapStrengthKey,
+  type SwapStrengths,
 } from "../spec/swap.js";
 import type { CommandRequest, IncomingAttachment, OptionValue } from "./chat.js";
 import { ETA_RANGE, IMAGIC_PRESETS } from "./definitions.js";
@@ -39,6 +43,8 @@ export interface SwapRequest {
   seeds: number[];
   /** Only the swap strengths the user set; the queue's defaults (the paper's) fill the rest. */
   strengths: Partial<Record<SwapStrengthKey, number>>;
+  /** `strengths`: several full sets (one grid row each), instead of the single options above. */
+  strengthList?: SwapStrengths[];
 }
 
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
@@ -132,5 +138,16 @@ export function parseSwap(request: CommandRequest): SwapRequest {
       throw new UserFacingError(`\`${s.name}\` must be a whole number of steps (got ${steps})`);
     strengths[s.key] = steps;
   }
-  return { source, references, subject, seeds: parseSeeds(request.options.seeds), strengths };
+  const seeds = parseSeeds(request.options.seeds);
+  const listed = text(request.options, "strengths", MAX_STRENGTHS_LENGTH);
+  if (listed === undefined) return { source, references, subject, seeds, strengths };
+  const single = SWAP_STRENGTHS.find((s) => strengths[s.key] !== undefined);
+  if (single) {
+    throw new UserFacingError(
+      `\`strengths\` gives every step count itself: leave \`${single.name}\` out, or write it into \`strengths\``,
+    );
+  }
+  const strengthList = parseStrengthList(listed, "`strengths`", SWAP_SAMPLING_STEPS);
+  checkVariantCount(seeds.length, strengthList.length, "`strengths` × `seeds`");
+  return { source, references, subject, seeds, strengths, strengthList };
 }

@@ -2,8 +2,9 @@
 //
 // Every bot process of a platform hears every job's progress. Only the process holding a job's lease (a
 // Redis key renewed with each of its edits) edits that job's message, so edits never interleave and a
-// late "⏳" from another process cannot land on "✅". The job's last word (`finish`) first closes the
-// message to progress everywhere, then waits out a lease another process still holds, so its edit is the
+// late "⏳" from another process cannot land on "✅". The job's last word (`finish`) first makes the
+// stage edits still pending here (a user sees every stage at least once), then closes the message to
+// progress everywhere, then waits out a lease another process still holds, so its edit is the
 // last. Where the platform refuses an edit but takes a post (MessageNotEditableError: an archived thread,
 // the edit limit on old messages), or the message nears the platform's edit age limit, a fresh message is
 // posted and carries on; the job's origin keeps naming the first message, Redis maps it to the current one.
@@ -16,6 +17,11 @@ import { EditThrottle } from "./throttle.js";
 
 export interface ProgressUpdate {
   text: string;
+  /**
+   * The job's stage, when the update reports one: the throttle never coalesces away the only update of a
+   * stage, so users see every stage a job goes through, however short.
+   */
+  stage?: string;
   /** The latest preview; its image is loaded and uploaded only when the message does not show it yet. */
   preview?: { id: string; image(): Promise<ImageFile | undefined> };
 }
@@ -68,6 +74,17 @@ export class ProgressMessages {
   private readonly leaseMs: number;
   private readonly me = randomUUID();
   private readonly throttle: EditThrottle;
+  /** Origin ids being finished here: their message takes no more progress from this process. */
+  private readonly finishing = new Set<string>();
+  /**
+   * The latest preview each job reported (by origin id), carried by its later updates that report none:
+   * the update that brought it may be coalesced away, the preview must not. Entries older than a lease
+   * are dropped, so the map holds only live jobs.
+   */
+  private readonly previews = new Map<
+    string,
+    { at: number; preview: NonNullable<ProgressUpdate["preview"]> }
+  >();
   /**
    * The jobs (by origin id) whose lease this process took within the last lease: to give the leases back
    * on a clean stop, and the preview each one's message shows, so an unchanged one is not uploaded
@@ -105,18 +122,31 @@ export class ProgressMessages {
 
   /** Shows `update` on the job's message, at the platform's pace, if this process holds the job. */
   update(origin: MessageRef, update: ProgressUpdate): void {
-    this.throttle.schedule(origin.id, () => this.show(origin, update));
+    if (this.finishing.has(origin.id)) return;
+    const now = Date.now();
+    for (const [id, { at }] of this.previews) if (now - at > this.leaseMs) this.previews.delete(id);
+    if (update.preview) this.previews.set(origin.id, { at: now, preview: update.preview });
+    const preview = update.preview ?? this.previews.get(origin.id)?.preview;
+    const shown = preview ? { ...update, preview } : update;
+    this.throttle.schedule(origin.id, () => this.show(origin, shown), update.stage);
   }
 
   /**
-   * The job's last word: closes the message to progress (here and in every other process), waits for an
-   * edit another process may still have in flight, then edits it in — or posts it where the message can
-   * no longer be edited.
+   * The job's last word: shows the stages it has not shown yet, closes the message to progress (here and
+   * in every other process), waits for an edit another process may still have in flight, then edits it
+   * in — or posts it where the message can no longer be edited.
    */
   async finish(origin: MessageRef, text: string): Promise<void> {
-    const key = this.stateKey(origin.id);
-    await this.redis.multi().hset(key, "closed", "1").expire(key, STATE_TTL_SECONDS).exec();
-    await this.throttle.settle(origin.id);
+    this.finishing.add(origin.id);
+    this.previews.delete(origin.id);
+    try {
+      // Before closing: the stage edits still claim the message as progress does.
+      await this.throttle.settle(origin.id);
+      const key = this.stateKey(origin.id);
+      await this.redis.multi().hset(key, "closed", "1").expire(key, STATE_TTL_SECONDS).exec();
+    } finally {
+      this.finishing.delete(origin.id);
+    }
     await this.takeOver(origin.id);
     try {
       const state = await this.state(origin.id);
@@ -129,6 +159,7 @@ export class ProgressMessages {
   /** Stops editing and gives back the leases this process holds, so another process need not wait. */
   async stop(): Promise<void> {
     this.throttle.stop();
+    this.previews.clear();
     await Promise.all([...this.held.keys()].map((id) => this.release(id)));
   }
 

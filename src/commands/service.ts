@@ -27,7 +27,7 @@ import { type Choice, type PickRecord, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
-import { choiceLine, etaLabel, expiredText, helpText } from "./texts.js";
+import { choiceLine, etaLabel, expiredText, helpText, SWAP_LEGEND } from "./texts.js";
 import { fitUpload } from "./uploads.js";
 
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
@@ -183,7 +183,10 @@ export class ChatCommands {
         sourceBlobId,
         referenceBlobIds,
         subject: spec.subject,
-        options: { seeds: spec.seeds, ...spec.strengths },
+        options: {
+          seeds: spec.seeds,
+          ...(spec.strengthList ? { strengths: spec.strengthList } : spec.strengths),
+        },
       }),
     });
   }
@@ -365,6 +368,7 @@ export class ChatCommands {
     const maxBytes = this.adapter.limits.maxUploadBytes;
     this.progress.update(ref, {
       text: progressText(name, progress),
+      stage: progress.stage,
       ...(previewId
         ? {
             preview: {
@@ -529,7 +533,8 @@ export class ChatCommands {
       record.command === "imagic"
         ? (c: Choice) => `${etaLabel(c.eta ?? 0)}, seed ${c.seed}`
         : (c: Choice) => c.label ?? `seed ${c.seed}`;
-    return `**Pick the final image**: react with its number.\n${choiceLine(record.choices, describe)}`;
+    const legend = record.command === "swap" ? `\n${SWAP_LEGEND}` : "";
+    return `**Pick the final image**: react with its number.\n${choiceLine(record.choices, describe)}${legend}`;
   }
 
   // ── picks ─────────────────────────────────────────────────────────────────────────────────────

@@ -1,7 +1,7 @@
 // Fixed texts users read: /help and the messages around picks.
 import { formatSeconds } from "../engine/progress.js";
 import { MAX_SEEDS } from "../spec/request.js";
-import { MAX_REFERENCES } from "../spec/swap.js";
+import { MAX_REFERENCES, SWAP_LIMITS, SWAP_SAMPLING_STEPS } from "../spec/swap.js";
 import type { Platform } from "./chat.js";
 import { IMAGIC_PRESETS } from "./definitions.js";
 import type { Choice } from "./picks.js";
@@ -43,11 +43,21 @@ export function helpText(platform: Platform): string {
       "post a grid with one tile per seed, and you react with the tile's number. Then I render that seed " +
       "from a weak to a strong edit; react again to get the final image. New renders reuse the fine-tune " +
       "and take seconds.",
-    `• ${usage.swap}`,
+    `• ${usage.swap} ` +
+      `Options: \`self_output_steps\`, \`self_map_steps\`, \`cross_map_steps\` (steps of ${SWAP_SAMPLING_STEPS} that keep the ` +
+      'source\'s φ, M and A: more keeps more of the photo), or `strengths` for several at once ("10/25/20,5/15/10", ' +
+      `one grid row each), \`seeds\` (seeds × strengths up to ${SWAP_LIMITS.variants}). I learn the new subject ` +
+      "(minutes, once per set of references), post a grid of the variants, and you react with a tile's number " +
+      "to get the final image.",
     `• ${usage.manage}`,
     "Only the person who started an edit can pick from its grids. Photos must be still PNG, JPEG, WebP or GIF images.",
   ].join("\n");
 }
+
+/** What a swap variant's label means ("seed 7 · φ10 M25 A20"), under its grid: one row per strength. */
+export const SWAP_LEGEND =
+  "φ/M/A: the steps that keep the source's self-attention output φ, self-attention map M and " +
+  "cross-attention map A (more: closer to the source photo); with several strengths, each grid row is one.";
 
 export function choiceLine(choices: readonly Choice[], describe: (c: Choice) => string): string {
   return choices.map((c, i) => `${NUMBER_EMOJIS[i]} ${describe(c)}`).join(" · ");

@@ -140,17 +140,39 @@ const swapEditPayload = z.strictObject({
       selfOutputSteps: strengthSteps.default(swapDefaults.selfOutputSteps),
       selfMapSteps: strengthSteps.default(swapDefaults.selfMapSteps),
       crossMapSteps: strengthSteps.default(swapDefaults.crossMapSteps),
+      /** Several strengths (one grid row each): when given, replaces the three above. */
+      strengths: z
+        .array(
+          z.strictObject({
+            selfOutputSteps: strengthSteps,
+            selfMapSteps: strengthSteps,
+            crossMapSteps: strengthSteps,
+          }),
+        )
+        .min(1)
+        .max(SWAP_LIMITS.variants)
+        .optional(),
     })
     .default(swapDefaults)
     .superRefine((o, ctx) => {
-      for (const s of SWAP_STRENGTHS) {
-        if (o[s.key] > o.steps) {
-          ctx.addIssue({
-            code: "custom",
-            path: [s.key],
-            message: `${s.name} counts sampling steps: at most steps (${o.steps}), got ${o[s.key]}`,
-          });
+      for (const [i, strengths] of (o.strengths ?? [o]).entries()) {
+        for (const s of SWAP_STRENGTHS) {
+          if (strengths[s.key] > o.steps) {
+            ctx.addIssue({
+              code: "custom",
+              path: o.strengths ? ["strengths", i, s.key] : [s.key],
+              message: `${s.name} counts sampling steps: at most steps (${o.steps}), got ${strengths[s.key]}`,
+            });
+          }
         }
+      }
+      const variants = o.seeds.length * (o.strengths?.length ?? 1);
+      if (variants > SWAP_LIMITS.variants) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["strengths"],
+          message: `seeds × strengths must be at most ${SWAP_LIMITS.variants} variants, got ${variants}`,
+        });
       }
     }),
 });

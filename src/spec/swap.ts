@@ -25,6 +25,9 @@ export const SWAP_STRENGTHS = [
 ] as const;
 export type SwapStrengthKey = (typeof SWAP_STRENGTHS)[number]["key"];
 
+/** One set of swap strengths: sampling steps for φ, M and A. */
+export type SwapStrengths = Record<SwapStrengthKey, number>;
+
 /** The paper's strengths, by key. */
 export const PAPER_STRENGTHS = Object.fromEntries(SWAP_STRENGTHS.map((s) => [s.key, s.paper])) as Record<
   SwapStrengthKey,
@@ -40,6 +43,49 @@ export const SWAP_LIMITS = {
   /** Images of one swap: seeds × strengths. */
   variants: 16,
 } as const;
+
+/** Longest chat `strengths` option: 16 triples of three-digit step counts, with separators. */
+export const MAX_STRENGTHS_LENGTH = 200;
+
+/**
+ * A list of swap strengths written as φ/M/A step triples separated by commas or spaces
+ * ("10/25/20, 5/15/10"; chat's `strengths` option): each step count a whole number from 0 to `steps`,
+ * at most SWAP_LIMITS.variants triples, repeats dropped. `option` names the option in messages.
+ */
+export function parseStrengthList(value: string, option: string, steps: number): SwapStrengths[] {
+  const form = 'φ/M/A step triples separated by commas, e.g. "10/25/20,5/15/10"';
+  const parts = value
+    .trim()
+    .split(/[\s,]+/)
+    .filter(Boolean);
+  if (parts.length === 0) throw new UserFacingError(`${option} is empty: give ${form}`);
+  const list = new Map<string, SwapStrengths>();
+  for (const part of parts) {
+    const m = /^(\d+)\/(\d+)\/(\d+)$/.exec(part);
+    if (!m) throw new UserFacingError(`${option}: "${part}" is not three whole step counts; give ${form}`);
+    const [phi, map, cross] = m.slice(1).map(Number) as [number, number, number];
+    const over = [phi, map, cross].find((n) => n > steps);
+    if (over !== undefined) {
+      throw new UserFacingError(
+        `${option}: "${part}" asks for ${over} steps; each step count is at most the ${steps} sampling steps`,
+      );
+    }
+    list.set(`${phi}/${map}/${cross}`, { selfOutputSteps: phi, selfMapSteps: map, crossMapSteps: cross });
+  }
+  if (list.size > SWAP_LIMITS.variants) {
+    throw new UserFacingError(`${option} lists ${list.size} strengths; the limit is ${SWAP_LIMITS.variants}`);
+  }
+  return [...list.values()];
+}
+
+/** Refuses more than SWAP_LIMITS.variants images in one swap; `options` names what sets the two counts. */
+export function checkVariantCount(seeds: number, strengths: number, options: string): void {
+  if (seeds * strengths > SWAP_LIMITS.variants) {
+    throw new UserFacingError(
+      `${options}: ${seeds} seed(s) × ${strengths} strength(s) make ${seeds * strengths} variants; the limit is ${SWAP_LIMITS.variants}`,
+    );
+  }
+}
 
 /**
  * How a swap inverts its source photo (docs/PHOTOSWAP.md §1): `direct` reconstructs it exactly at the cost

@@ -137,4 +137,64 @@ describe("parseSwap", () => {
       "`cross_map_steps` must be a whole number of steps (got 2.5)",
     );
   });
+
+  it("reads `strengths` as φ/M/A step triples, one grid row each, in place of the single strengths", () => {
+    const files = [file("source"), file("reference1")];
+    const swap = (options: CommandRequest["options"]) =>
+      parseSwap(request("swap", { subject: "cat", ...options }, files));
+    const parsed = swap({ strengths: " 10/25/20, 5/15/10  0/0/50,10/25/20 ", seeds: "1,2" });
+    // Commas or spaces between triples; a repeated triple counts once.
+    expect(parsed.strengthList).toEqual([
+      { selfOutputSteps: 10, selfMapSteps: 25, crossMapSteps: 20 },
+      { selfOutputSteps: 5, selfMapSteps: 15, crossMapSteps: 10 },
+      { selfOutputSteps: 0, selfMapSteps: 0, crossMapSteps: 50 },
+    ]);
+    expect(parsed.seeds).toEqual([1, 2]);
+    expect(parsed.strengths).toEqual({});
+    expect(swap({}).strengthList).toBeUndefined();
+    // 16 variants is the limit: 1 seed × 16 strengths, 8 seeds × 2, 4 × 4 pass.
+    const sixteen = Array.from({ length: 16 }, (_, i) => `${i}/0/0`).join(",");
+    expect(swap({ strengths: sixteen, seeds: "7," }).strengthList).toHaveLength(16);
+    expect(swap({ strengths: "1/1/1,2/2/2", seeds: "8" }).strengthList).toHaveLength(2);
+    expect(swap({ strengths: "1/1/1,2/2/2,3/3/3,4/4/4" }).seeds).toHaveLength(4);
+  });
+
+  it.each([
+    ["", "`strengths` is empty: write a few words"],
+    [" , ", '`strengths` is empty: give φ/M/A step triples separated by commas, e.g. "10/25/20,5/15/10"'],
+    ["10/25", '`strengths`: "10/25" is not three whole step counts; give φ/M/A step triples'],
+    ["10/25/20/5", '`strengths`: "10/25/20/5" is not three whole step counts'],
+    ["10/25/2.5", '`strengths`: "10/25/2.5" is not three whole step counts'],
+    ["10/-1/20", '`strengths`: "10/-1/20" is not three whole step counts'],
+    ["10;25;20", '`strengths`: "10;25;20" is not three whole step counts'],
+    ["a/b/c", '`strengths`: "a/b/c" is not three whole step counts'],
+    [
+      "10/25/20,5/51/10",
+      '`strengths`: "5/51/10" asks for 51 steps; each step count is at most the 50 sampling steps',
+    ],
+    [
+      Array.from({ length: 17 }, (_, i) => `${i}/0/0`).join(","),
+      "`strengths` lists 17 strengths; the limit is 16",
+    ],
+    [
+      "1/1/1,2/2/2,3/3/3,4/4/4,5/5/5",
+      "`strengths` × `seeds`: 4 seed(s) × 5 strength(s) make 20 variants; the limit is 16",
+    ],
+    ["x".repeat(201), "`strengths` is 201 characters; the limit is 200"],
+  ])("refuses strengths %j before anything is queued", (value, message) => {
+    const files = [file("source"), file("reference1")];
+    expect(() => parseSwap(request("swap", { subject: "cat", strengths: value }, files))).toThrow(message);
+  });
+
+  it("refuses `strengths` × `seeds` over 16 variants, and `strengths` together with a single strength", () => {
+    const files = [file("source"), file("reference1")];
+    const swap = (options: CommandRequest["options"]) => () =>
+      parseSwap(request("swap", { subject: "cat", ...options }, files));
+    expect(swap({ strengths: "1/1/1,2/2/2,3/3/3", seeds: "1,2,3,4,5,6" })).toThrow(
+      "`strengths` × `seeds`: 6 seed(s) × 3 strength(s) make 18 variants; the limit is 16",
+    );
+    expect(swap({ strengths: "1/1/1", self_map_steps: 40 })).toThrow(
+      "`strengths` gives every step count itself: leave `self_map_steps` out, or write it into `strengths`",
+    );
+  });
 });

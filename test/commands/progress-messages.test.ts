@@ -117,4 +117,33 @@ describe("ProgressMessages", () => {
     ]);
     await pa.stop();
   });
+
+  it("shows every stage a job went through before its last word, however fast the stages went", async () => {
+    const a = new RecordingAdapter("A", { minEditIntervalMs: 50 });
+    const pa = new ProgressMessages({ adapter: a, redis: redis.client(), leaseMs: 300 });
+    const origin = { conversation: { channel: "c" }, id: "job-4" };
+    await pa.adopt(origin);
+    // A whole job's progress between two edits (a fast machine, or a long edit interval): the updates
+    // are made before the first edit can run, so what shows does not depend on timing.
+    for (const [stage, step] of [
+      ["embedding", 1],
+      ["embedding", 2],
+      ["finetune", 1],
+      ["finetune", 2],
+    ] as const) {
+      pa.update(origin, { text: `⏳ ${stage} ${step}/2`, stage });
+    }
+    await pa.finish(origin, "✅ done");
+    expect(a.log).toEqual([
+      "A edit job-4 ⏳ embedding 2/2",
+      "A edit job-4 ⏳ finetune 2/2",
+      "A edit job-4 ✅ done",
+    ]);
+
+    // Closed: a late update of this job shows nothing.
+    pa.update(origin, { text: "⏳ finetune 2/2", stage: "finetune" });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(a.log).toHaveLength(3);
+    await pa.stop();
+  });
 });

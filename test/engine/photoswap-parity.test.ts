@@ -11,10 +11,15 @@
  *   (`min_margin_to_th`) exceeds twice our normalized map's largest deviation from the reference's: a
  *   pixel closer than that may legitimately flip in another float32 engine (none does on sd1);
  * - `real.*` chains a null-text inversion and the swap at 8×8 latents, where float32 rounding is
- *   amplified: the reference moves by `real.batch_spread` (≈ 8e-3, max|Δ|/max|x|) just from sampling at
- *   batch 2 instead of 1, and ours by ≈ 2–3e-2 when x_T moves by one ulp (measured in the test, as the SD
- *   parity suite measures spreads). It must lie within 2 × the larger of the two spreads, in the
- *   reference's max-relative measure (on sd1 it lies at ≈ 2e-2, inside our own spread).
+ *   amplified. The fixture measured that on the reference: `real.batch_spread` (8.1e-3, max|Δ|/max|x|) is
+ *   how far the reference moves just from sampling at batch 2 instead of 1 — one change of rounding in
+ *   one engine. A different float32 engine rounds every op differently, so it lands several such draws
+ *   away: a one-ulp nudge of x_T (two opposite patterns) moves ours by 3.2e-2 = 4.0 × batch_spread
+ *   (measured once, 2026-12-04, onnxruntime-node 1.29.0, CPU: `MEASURE_SPREAD=1 npx vitest run
+ *   test/engine/photoswap-parity.test.ts -t real`, which prints it). So `real.*` must lie within
+ *   REAL_SPREADS = 5 × the reference's batch_spread (4.0e-2), in its max-relative measure; a bug cannot
+ *   widen that, as it could a spread measured on our own code in the run. Ours lay at 2.1e-2 (source)
+ *   and 2.0e-2 (target) then. The final mask and each step's mask fraction must equal the reference's.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LatentSize, StableDiffusion } from "../../src/engine/index.js";
@@ -36,12 +41,14 @@ import {
   swapSession,
 } from "../../src/engine/pipelines/photoswap.js";
 import { alignTokens, promptTokens, wordIndices } from "../../src/engine/pipelines/photoswap-tokens.js";
-import { relError } from "../helpers/golden.js";
+import { PHASES, relError, ulpNudge } from "../helpers/golden.js";
 import { type BlendRun, photoswapGoldens } from "../helpers/photoswap-golden.js";
 
 const WELL_CONDITIONED = 1e-5;
-/** real.* within this multiple of the reference's own batch spread. */
-const SPREAD_MULTIPLE = 2;
+/** real.* within this multiple of the reference's own batch spread (the header says why 5). */
+const REAL_SPREADS = 5;
+/** Print our own one-ulp spread of real.* (the command in the header); it sets no bound. */
+const MEASURE = process.env.MEASURE_SPREAD === "1";
 
 const NO_WINDOWS: SwapWindows = { phiSteps: 0, selfMapSteps: 0, crossSteps: 0 };
 
@@ -331,7 +338,7 @@ for (const g of photoswapGoldens()) {
       });
     }
 
-    it("real: the official pipeline end to end at the native size, within twice its float32 spread", async () => {
+    it("real: the official pipeline end to end at the native size, within 5× the reference's float32 spread", async () => {
       const [nh, nw] = json.native_latent_hw;
       const n = 4 * nh * nw;
       const inverted = g.f32("inv.ddim_latents");
@@ -357,30 +364,34 @@ for (const g of photoswapGoldens()) {
           },
         });
       const r = await swap(xT);
-      // Our own spread: how far a one-ulp nudge of x_T (two opposite patterns) moves our result.
-      let spread = 0;
-      for (const phase of [0, 1]) {
-        const q = await swap(xT.map((v, i) => v * (1 + ((i + phase) % 2 ? 2 ** -23 : -(2 ** -23)))));
-        spread = Math.max(
-          spread,
-          maxRelative(q.source, r.source),
-          maxRelative(q.targets[0] as Float32Array, r.targets[0] as Float32Array),
-        );
-      }
-      const bound = SPREAD_MULTIPLE * Math.max(json.real.batch_spread, spread);
+      const bound = REAL_SPREADS * json.real.batch_spread;
       const errors = {
         source: maxRelative(r.source, g.f32("real.source_out")),
         target: maxRelative(r.targets[0] as Float32Array, g.f32("real.target_out")),
       };
       console.info(
-        `real.*: error source ${errors.source.toExponential(2)}, target ${errors.target.toExponential(2)}; spread: reference ${json.real.batch_spread.toExponential(2)}, ours ${spread.toExponential(2)}`,
+        `real.*: error source ${errors.source.toExponential(2)}, target ${errors.target.toExponential(2)}; bound ${REAL_SPREADS} × the reference's spread ${json.real.batch_spread.toExponential(2)}`,
       );
+      if (MEASURE) {
+        let spread = 0;
+        for (const phase of PHASES) {
+          const q = await swap(ulpNudge(xT, phase));
+          spread = Math.max(
+            spread,
+            maxRelative(q.source, r.source),
+            maxRelative(q.targets[0] as Float32Array, r.targets[0] as Float32Array),
+          );
+        }
+        console.info(`real.*: our one-ulp float32 spread ${spread.toExponential(2)}`);
+      }
       expect(errors.source).toBeLessThan(bound);
       expect(errors.target).toBeLessThan(bound);
       const last = r.masks[r.masks.length - 1]?.masks as Uint8Array[];
       expect(Float32Array.from([...(last[0] as Uint8Array), ...(last[1] as Uint8Array)])).toEqual(
         g.f32("real.mask"),
       );
+      // One mask per blended step: the blend's first step as the reference's.
+      expect(r.masks).toHaveLength(json.real.target_mask_fraction.length);
       r.masks.forEach((m, k) => {
         const fraction = (m.masks[1] as Uint8Array).reduce((a, v) => a + v, 0) / (nh * nw);
         expect(fraction).toBe(json.real.target_mask_fraction[k]);

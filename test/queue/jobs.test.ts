@@ -79,6 +79,29 @@ describe("job payloads", () => {
     );
   });
 
+  it("takes a swap's strengths list (one grid row each), each within steps, seeds × strengths within 16", () => {
+    const edit = (options: Record<string, unknown>) => ({
+      ...base,
+      sourceBlobId: id("a"),
+      referenceBlobIds: [id("b")],
+      subject: "cat",
+      options,
+    });
+    const strength = (n: number) => ({ selfOutputSteps: n, selfMapSteps: n, crossMapSteps: n });
+    const { payload } = parsePayload<"swap.edit">(
+      "swap.edit",
+      edit({ seeds: [1, 2], strengths: [strength(5), strength(20)] }),
+    );
+    expect(payload.options.strengths).toEqual([strength(5), strength(20)]);
+    expect(refusal("swap.edit", edit({ steps: 30, strengths: [strength(5), strength(31)] }))).toContain(
+      "strengths.1.selfOutputSteps: self_output_steps counts sampling steps: at most steps (30), got 31",
+    );
+    expect(
+      refusal("swap.edit", edit({ seeds: [1, 2, 3, 4, 5], strengths: [1, 2, 3, 4].map(strength) })),
+    ).toContain("strengths: seeds × strengths must be at most 16 variants, got 20");
+    expect(refusal("swap.edit", edit({ strengths: [] }))).toContain("strengths");
+  });
+
   it("lists every blob of a swap with the words a user knows them by", () => {
     const { payload } = parsePayload<"swap.edit">("swap.edit", {
       ...base,

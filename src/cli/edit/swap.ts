@@ -22,6 +22,7 @@ import { MAX_SEED } from "../../spec/request.js";
 import { checkPhotoShape } from "../../spec/shape.js";
 import {
   checkSubjectInPrompt,
+  checkVariantCount,
   DEFAULT_INVERSION,
   INVERSION_METHODS,
   type InversionMethodName,
@@ -196,11 +197,7 @@ export function swapCommand(): Command {
         throw new UserFacingError("--batch must be a whole number from 1 to 16");
       const seeds = wholeList("--seeds", f.seeds, 0, 0, MAX_SEED);
       const strengths = strengthGrid(f, steps);
-      if (seeds.length * strengths.length > SWAP_LIMITS.variants) {
-        throw new UserFacingError(
-          `${seeds.length} seed(s) × ${strengths.length} strength(s) make ${seeds.length * strengths.length} variants; at most ${SWAP_LIMITS.variants}`,
-        );
-      }
+      checkVariantCount(seeds.length, strengths.length, "--seeds × --lambda-phi/-m/-a");
       const sourcePrompt = f.sourcePrompt ?? sourcePromptFor(f.subject);
       checkSubjectInPrompt(f.subject, sourcePrompt);
       const others = otherSubjects(f, sourcePrompt);

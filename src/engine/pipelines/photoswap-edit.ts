@@ -123,16 +123,21 @@ export function variantLabel(v: { seed: number; strengths: Record<SwapStrengthKe
   return `seed ${v.seed} · φ${s.selfOutputSteps} M${s.selfMapSteps} A${s.crossMapSteps}`;
 }
 
-/** The grid a user picks from: one tile per variant, numbered; seeds across, strengths down. */
+/**
+ * The grid a user picks from: one tile per variant, numbered in the variants' order (strength-major, see
+ * photoswap): seeds across, strengths down. One strength's seeds wrap at 4 a row; with several strengths
+ * each takes one row of all its seeds (at most 8), so a row is always one strength.
+ */
 export function variantGrid(variants: readonly SwapVariantImage[]): Promise<Buffer> {
   const seeds = new Set(variants.map((v) => v.seed)).size;
+  const columns = seeds === variants.length ? Math.min(4, seeds) : seeds;
   const tiles: Tile[] = variants.map((v, i) => ({
     image: v.image,
     width: v.width,
     height: v.height,
     label: `${i + 1} · ${variantLabel(v)}`,
   }));
-  return tileGrid(tiles, { columns: Math.min(4, seeds) });
+  return tileGrid(tiles, { columns });
 }
 
 /** Runs the edit (see the file comment). */

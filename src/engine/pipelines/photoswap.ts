@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
-import { checkSubjectInPrompt, SWAP_BATCH, type SwapStrengthKey } from "../../spec/swap.js";
+import { checkSubjectInPrompt, SWAP_BATCH, type SwapStrengths } from "../../spec/swap.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import type { LatentSize, StableDiffusion } from "../index.js";
@@ -316,7 +316,7 @@ export interface SwapSubject {
 }
 
 /** How many sampling steps each swap acts (src/spec/swap.ts: λφ, λM, λA as plain step counts). */
-export type SwapStrengths = Record<SwapStrengthKey, number>;
+export type { SwapStrengths };
 
 /** Plain step counts as windows: φ for i < λφ, M for i < λM, A for i < λA. */
 export function strengthWindows(s: SwapStrengths): SwapWindows {
@@ -396,7 +396,7 @@ export function slerp(a: Float32Array, b: Float32Array, t: number): Float32Array
 export interface PhotoswapOptions {
   source: InvertedSource;
   subjects: readonly SwapSubject[];
-  /** Variants are every seed × every strength. */
+  /** Variants are every strength × every seed, in that order (one strength's seeds, then the next's). */
   seeds: readonly number[];
   strengths: readonly SwapStrengths[];
   /** How far a seed ≠ 0 moves the target's start from the inverted noise (0…1; see variantStart). */
@@ -451,7 +451,8 @@ export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promi
   const texts = await encode([s.prompt, plan.targetPrompt]);
   const uncond = s.nullEmbeddings ?? (await sd.encodeText([""]));
   const loras = o.subjects.flatMap((x) => (x.concept.lora ? [x.concept.lora] : []));
-  const variants = o.seeds.flatMap((seed) => o.strengths.map((strengths) => ({ seed, strengths })));
+  // Strength-major, so a grid of one column per seed has one row per strength (variantGrid).
+  const variants = o.strengths.flatMap((strengths) => o.seeds.map((seed) => ({ seed, strengths })));
   const size = { height: s.height, width: s.width };
   const maxBatch = o.maxBatch ?? SWAP_BATCH;
   const passes = Math.ceil(variants.length / maxBatch);

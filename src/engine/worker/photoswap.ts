@@ -111,7 +111,8 @@ export function swapEditJob(sd: StableDiffusion, o: SwapPipelineOptions = {}) {
       steps: options.steps,
       guidance: options.guidance,
       seeds: options.seeds,
-      strengths: [
+      // A list of strengths replaces the three single ones (src/queue/jobs.ts).
+      strengths: options.strengths ?? [
         {
           selfOutputSteps: options.selfOutputSteps,
           selfMapSteps: options.selfMapSteps,

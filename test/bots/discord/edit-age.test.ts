@@ -27,6 +27,10 @@ describe("the edit limit on old messages", () => {
     await w.worker(lightweightPipelines({ steps: 15, stepMs: 150 }));
     const thread = await w.thread(w.imagic(w.fake.addTextChannel("long"), [opt.string("seeds", "2")]));
     const grid = await w.offer(thread, 1, 2);
+    const live = w;
+    await live.fake.waitFor("the progress message's last word", () =>
+      live.posted(thread).some((m) => m.id !== grid.id && m.content.startsWith("✅")),
+    );
 
     const progress = w.posted(thread).filter((m) => m.id !== grid.id);
     expect(progress.length).toBeGreaterThan(1);
@@ -53,6 +57,10 @@ describe("the edit limit on old messages", () => {
     // it keeps editing it until Discord refuses.
     await w.h.redis.client().del(`pe:chat:progress:discord:${first.id}`);
     const grid = await w.offer(thread, 1, 2);
+    const live = w;
+    await live.fake.waitFor("the progress message's last word", () =>
+      live.posted(thread).some((m) => m.id !== grid.id && m.content.startsWith("✅")),
+    );
     expect(w.fake.refused(30046).length).toBeGreaterThan(0);
     const progress = w.posted(thread).filter((m) => m.id !== grid.id);
     expect(progress.length).toBeGreaterThan(1);

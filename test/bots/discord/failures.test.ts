@@ -8,7 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UserFacingError } from "../../../src/errors.js";
 import { keys } from "../../../src/queue/keys.js";
 import type { PipelineRegistry } from "../../../src/queue/worker.js";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { lightweightPipelines, recordedSwapPipelines } from "../../queue/support/pipelines.js";
 import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
 import { opt, PHOTO, type World, world } from "./support.js";
 
@@ -134,6 +134,7 @@ describe("permissions and places without threads", () => {
     const grid = await w.offer(channel.id, 1, 2);
     expect(w.fake.mustMessage(interaction.originalId ?? "").threadId).toBeUndefined();
     const [answer, note, progress] = w.posted(channel.id);
+    await w.fake.waitFor("the progress message's last word", () => progress?.content.startsWith("✅"));
     expect(answer?.id).toBe(interaction.originalId);
     expect(note?.content).toBe(
       "ℹ️ I am missing the Create Public Threads permission in this channel, so I answer here instead of in a thread.",
@@ -167,16 +168,8 @@ describe("jobs that do not end well", () => {
   });
 
   it("/swap's strengths reach the swap job: the ones set, the paper's for the rest", async () => {
-    const { "swap.concept": concept, "swap.edit": edit } = lightweightPipelines();
-    if (!edit) throw new Error("the lightweight pipelines lost swap.edit");
-    const seen: Array<Record<string, unknown>> = [];
-    await w.worker({
-      "swap.concept": concept,
-      "swap.edit": async (ctx) => {
-        seen.push(ctx.payload.options);
-        return edit(ctx);
-      },
-    });
+    const { pipelines, payloads } = recordedSwapPipelines();
+    await w.worker(pipelines);
     const channel = w.fake.addTextChannel("swap-strengths");
     const interaction = w.swap(
       channel,
@@ -185,8 +178,33 @@ describe("jobs that do not end well", () => {
     );
     const thread = await w.thread(interaction);
     await w.offer(thread, 1, 2);
-    expect(seen).toHaveLength(1);
-    expect(seen[0]).toMatchObject({ selfOutputSteps: 10, selfMapSteps: 40, crossMapSteps: 0 });
+    expect(payloads).toHaveLength(1);
+    expect(payloads[0]?.options).toMatchObject({ selfOutputSteps: 10, selfMapSteps: 40, crossMapSteps: 0 });
+  });
+
+  it("/swap's strengths list reaches the swap job as one strength per grid row; with a single strength it is refused", async () => {
+    const { pipelines, payloads } = recordedSwapPipelines();
+    await w.worker(pipelines);
+    const channel = w.fake.addTextChannel("swap-strength-list");
+    const both = w.swap(
+      channel,
+      [w.photo("ref.png")],
+      [opt.string("strengths", "10/25/20,5/15/10"), opt.integer("cross_map_steps", 0)],
+    );
+    expect(await w.ephemeral(both)).toContain(
+      "`strengths` gives every step count itself: leave `cross_map_steps` out, or write it into `strengths`",
+    );
+    const interaction = w.swap(
+      channel,
+      [w.photo("ref.png")],
+      [opt.string("strengths", "10/25/20,5/15/10"), opt.string("seeds", "2")],
+    );
+    await w.offer(await w.thread(interaction), 1, 2);
+    expect(payloads).toHaveLength(1);
+    expect(payloads[0]?.options.strengths).toEqual([
+      { selfOutputSteps: 10, selfMapSteps: 25, crossMapSteps: 20 },
+      { selfOutputSteps: 5, selfMapSteps: 15, crossMapSteps: 10 },
+    ]);
   });
 
   it("an engine failure shows the engine's message on the progress message", async () => {
@@ -265,7 +283,9 @@ describe("plain commands", () => {
   it("/help and /queue answer privately", async () => {
     const channel = w.fake.addTextChannel("help");
     const help = w.fake.runCommand({ name: "help", user: w.author, channel });
-    expect(await w.ephemeral(help)).toContain("/imagic image:<photo>");
+    const helpText = await w.ephemeral(help);
+    expect(helpText).toContain("/imagic image:<photo>");
+    expect(helpText).toContain('`strengths` for several at once ("10/25/20,5/15/10", one grid row each)');
     expect(help.callbackType).toBe(4);
     const queue = w.fake.runCommand({ name: "queue", user: w.other, channel });
     expect(await w.ephemeral(queue)).toBe("You have no edits queued or running.");

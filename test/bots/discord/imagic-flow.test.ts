@@ -37,6 +37,8 @@ describe("/imagic", () => {
     const seedGrid = await w.offer(thread, 1, 3);
     const progress = w.posted(thread)[0];
     if (!progress) throw new Error("no progress message");
+    // Each stage shows at least once, however short against the edit interval: the last word waits for them.
+    await w.fake.waitFor("the progress message's last word", () => progress.content.startsWith("✅"));
     const states = progress.history.map((h) => h.content);
     expect(states.some((s) => /optimizing the text embedding · `[█░]+` \d\/6/.test(s))).toBe(true);
     expect(states.some((s) => /fine-tuning the model .* loss /.test(s))).toBe(true);

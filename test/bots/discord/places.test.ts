@@ -28,6 +28,9 @@ describe("permissions per place", () => {
     expect(grid.content).toContain("**Pick a seed**");
     // The answer and everything after it stay in the post: no thread of a thread.
     expect(w.fake.mustMessage(interaction.originalId ?? "").channelId).toBe(post.id);
+    await w.fake.waitFor("the progress message's last word", () =>
+      w.posted(post.id)[1]?.content.startsWith("✅"),
+    );
     expect(w.posted(post.id).map((m) => [...m.content][0])).toEqual(["🎨", "✅", "<"]);
     expect(w.fake.refused(50013)).toEqual([]);
   });

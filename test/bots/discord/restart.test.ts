@@ -43,6 +43,7 @@ describe("bot restart mid-job", () => {
     await w.startBot();
     const grid = await w.offer(thread, 1, 2);
     // Events missed while down are replayed in order (progress, then the result), so the result is last.
+    await w.fake.waitFor("the progress message's last word", () => progress.content.startsWith("✅"));
     expect(progress.content).toBe("✅ Fine-tuned on your photo.");
     expect(progress.history.length).toBeGreaterThan(editsWhileDown);
     await new Promise((r) => setTimeout(r, 500));

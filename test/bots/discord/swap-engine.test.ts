@@ -1,7 +1,7 @@
 // /swap end to end on the real Photoswap pipelines: discord.js ↔ fake Discord, the queue's concept flow,
 // the engine worker (src/engine/worker/photoswap.ts) and the tiny fixture checkpoint on CPU. Concept
-// learning is cut to a few steps: this checks the wiring (concept, inversion, variants, grid, pick, final
-// image, the concept cache, the kept inversion), not image quality.
+// learning is cut to a few steps: this checks the wiring (concept, inversion, seeds × strengths variants,
+// grid, pick, final image, the concept cache, the kept inversion), not image quality.
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -29,19 +29,23 @@ afterAll(async () => {
 });
 
 describe("/swap on the Photoswap pipelines", () => {
-  it("learns the subject, posts the variants, posts the pick; a second swap reuses the learned concept", async () => {
+  it("learns the subject, posts a seeds × strengths grid, posts the pick; a second swap reuses the learned concept", async () => {
     const channel = w.fake.addTextChannel("swap-engine");
     const reference = () => w.fake.attachment("coffee.png", REFERENCE, "image/png");
-    const seeds = opt.string("seeds", "0,7");
-    const thread = await w.thread(w.swap(channel, [reference()], [seeds]));
-    const grid = await w.offer(thread, 1, 2);
-    expect(grid.content).toContain("1️⃣ seed 0 · φ10 M25 A20 · 2️⃣ seed 7 · φ10 M25 A20");
+    const options = [opt.string("seeds", "0,7"), opt.string("strengths", "10/25/20,5/15/10")];
+    const thread = await w.thread(w.swap(channel, [reference()], options));
+    const grid = await w.offer(thread, 1, 4);
+    // One row per strength, one column per seed, numbered row by row.
+    expect(grid.content).toContain(
+      "1️⃣ seed 0 · φ10 M25 A20 · 2️⃣ seed 7 · φ10 M25 A20 · 3️⃣ seed 0 · φ5 M15 A10 · 4️⃣ seed 7 · φ5 M15 A10",
+    );
     const gridImage = await sharp(grid.attachments[0]?.bytes).metadata();
-    // The 3:2 sample photo at the fixture's 64² pixel count (src/spec/shape.ts): two 64×43 tiles, 4-pixel gaps.
+    // The 3:2 sample photo at the fixture's 64² pixel count (src/spec/shape.ts): 2 × 2 tiles of 64×43,
+    // 4-pixel gaps.
     expect([gridImage.format, gridImage.width, gridImage.height]).toEqual([
       "png",
       2 * 64 + 3 * 4,
-      43 + 2 * 4,
+      2 * 43 + 3 * 4,
     ]);
     // The concept was learned (class images, references encoded, training), then the photo inverted and
     // swapped; the thread's progress message ends on the result.
@@ -57,15 +61,28 @@ describe("/swap on the Photoswap pipelines", () => {
       w.posted(thread).find((m) => m.content === "✅ Swapped."),
     );
 
-    w.fake.react(w.author, grid.id, "2️⃣");
+    // Tile 4: the second strength's row, seed 7.
+    w.fake.react(w.author, grid.id, "4️⃣");
     const final = await w.fake.waitFor(
       "the final image",
       () => w.posted(thread).find((m) => m.content.includes("**Final**")),
       60_000,
     );
-    expect(final.content).toContain("seed 7 · φ10 M25 A20");
+    expect(final.content).toContain("seed 7 · φ5 M15 A10");
     const image = await sharp(final.attachments[0]?.bytes).metadata();
     expect([image.format, image.width, image.height]).toEqual(["png", 64, 43]);
+    // The final image is the grid's fourth tile, pixel for pixel below the tile's label (top-left, 15
+    // pixels high on a 64-wide tile), and not the same seed's tile of the first strength.
+    const below = 20;
+    const tile = async (bytes: Uint8Array | undefined, left: number, top: number) =>
+      sharp(bytes)
+        .removeAlpha()
+        .extract({ left, top: top + below, width: 64, height: 43 - below })
+        .raw()
+        .toBuffer();
+    const picked = await tile(final.attachments[0]?.bytes, 0, 0);
+    expect(picked.equals(await tile(grid.attachments[0]?.bytes, 4 + 64 + 4, 4 + 43 + 4))).toBe(true);
+    expect(picked.equals(await tile(grid.attachments[0]?.bytes, 4 + 64 + 4, 4))).toBe(false);
 
     // The same references and subject: the concept comes from the cache, no second learning job; and the
     // photo's inversion from the worker's memory: the second swap goes straight to swapping.

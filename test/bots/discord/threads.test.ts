@@ -35,6 +35,9 @@ describe("archived threads", () => {
     expect(w.fake.archiveIdleThreads(Date.now() + 8 * DAY_MS).map((t) => t.id)).toContain(thread);
 
     const grid = await w.offer(thread, 1, 2);
+    await w.fake.waitFor("the progress message's last word", () =>
+      w.posted(thread).some((m) => m.id !== grid.id && m.content.startsWith("✅")),
+    );
     const progress = w.posted(thread).filter((m) => m.id !== grid.id);
     // The progress went on in a new message (which unarchived the thread) and ends with ✅ there.
     expect(progress.length).toBeGreaterThan(1);

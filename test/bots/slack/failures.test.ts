@@ -7,7 +7,7 @@ import { EDIT_SHORTCUT } from "../../../src/bots/slack/bot.js";
 import { UserFacingError } from "../../../src/errors.js";
 import { keys } from "../../../src/queue/keys.js";
 import type { PipelineRegistry } from "../../../src/queue/worker.js";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { lightweightPipelines, recordedSwapPipelines } from "../../queue/support/pipelines.js";
 import type { FakeFile, FakeView } from "./fake/server.js";
 import { type World, world } from "./support.js";
 
@@ -206,17 +206,41 @@ describe("jobs that do not end well", () => {
     expect(progress.text).toBe("❌ swap.concept is not available yet on this engine");
   });
 
-  it("/swap's form carries the references and strengths to the swap job, and a finished swap is offered and picked", async () => {
-    const { "swap.concept": concept, "swap.edit": edit } = lightweightPipelines();
-    if (!edit) throw new Error("the lightweight pipelines lost swap.edit");
-    const seen: Array<{ options: Record<string, unknown>; references: number }> = [];
-    await w.worker({
-      "swap.concept": concept,
-      "swap.edit": async (ctx) => {
-        seen.push({ options: ctx.payload.options, references: ctx.payload.referenceBlobIds.length });
-        return edit(ctx);
-      },
+  it("/swap's form takes several strengths as text: bad ones are named under the field, good ones reach the job as a list", async () => {
+    const { pipelines, payloads } = recordedSwapPipelines();
+    await w.worker(pipelines);
+    const channel = w.channel("swap-strength-list");
+    const view = await w.form(channel, "/swap", "cat");
+    expect(view.view.blocks.find((b) => b.block_id === "strengths")).toMatchObject({
+      element: { type: "plain_text_input", max_length: 200 },
     });
+    const form = { source: [w.photo()], subject: "cat", reference: [w.photo("ref1.png")] };
+    expect(await inlineErrors(view, { ...form, strengths: "10/25" })).toEqual({
+      strengths:
+        'strengths: "10/25" is not three whole step counts; give φ/M/A step triples separated by commas, e.g. "10/25/20,5/15/10"',
+    });
+    expect(await inlineErrors(view, { ...form, strengths: "1/1/1,2/2/2,3/3/3", seeds: "6" })).toEqual({
+      strengths: "strengths × seeds: 6 seed(s) × 3 strength(s) make 18 variants; the limit is 16",
+    });
+    expect(await inlineErrors(view, { ...form, strengths: "1/1/1", self_map_steps: "40" })).toEqual({
+      strengths:
+        "strengths gives every step count itself: leave self_map_steps out, or write it into strengths",
+    });
+    expect(payloads).toEqual([]);
+    const submission = w.fake.submit(view, w.author, { ...form, strengths: "10/25/20, 5/15/10", seeds: "2" });
+    const started = { view, submission, channel };
+    await w.offer(started.channel, await w.thread(started), 1, 2);
+    expect(payloads.map((p) => p.options.strengths)).toEqual([
+      [
+        { selfOutputSteps: 10, selfMapSteps: 25, crossMapSteps: 20 },
+        { selfOutputSteps: 5, selfMapSteps: 15, crossMapSteps: 10 },
+      ],
+    ]);
+  });
+
+  it("/swap's form carries the references and strengths to the swap job, and a finished swap is offered and picked", async () => {
+    const { pipelines, payloads } = recordedSwapPipelines();
+    await w.worker(pipelines);
     const channel = w.channel("swap-strengths");
     const view = await w.form(channel, "/swap", "cat");
     const blocks = view.view.blocks.map((b) => b.block_id);
@@ -227,6 +251,7 @@ describe("jobs that do not end well", () => {
       "self_output_steps",
       "self_map_steps",
       "cross_map_steps",
+      "strengths",
       "seeds",
     ]);
     expect(view.view.blocks[2]).toMatchObject({
@@ -245,7 +270,7 @@ describe("jobs that do not end well", () => {
     const started = { view, submission, channel };
     const thread = await w.thread(started);
     const offer = await w.offer(started.channel, thread, 1, 2);
-    expect(seen).toEqual([
+    expect(payloads.map((p) => ({ options: p.options, references: p.referenceBlobIds.length }))).toEqual([
       {
         options: expect.objectContaining({ selfOutputSteps: 10, selfMapSteps: 40, crossMapSteps: 0 }),
         references: 2,

@@ -48,6 +48,7 @@ describe("/imagic on the Imagic pipeline", () => {
       43 + 2 * 4,
     ]);
     const progress = w.posted(started.channel, thread)[0];
+    await w.fake.waitFor("the progress message's last word", () => progress?.text.startsWith("✅"));
     expect(
       progress?.history.some((h) =>
         /optimizing the text embedding|fine-tuning the model|rendering/.test(h.text),

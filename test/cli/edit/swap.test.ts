@@ -51,7 +51,7 @@ describe("edit swap", () => {
         ["--ref", COFFEE, "--steps", "20", "--lambda-m", "25"],
         /--lambda-m takes whole numbers from 0 to 20 \(got 25\)/,
       ],
-      [["--ref", COFFEE, "--seeds", "1,2,3,4,5,6", "--lambda-phi", "1,2,3"], /18 variants; at most 16/],
+      [["--ref", COFFEE, "--seeds", "1,2,3,4,5,6", "--lambda-phi", "1,2,3"], /18 variants; the limit is 16/],
       [["--ref", COFFEE, "--concept", foreign], /--concept is a learned subject: leave out --ref/],
       [["--concept", text], /cannot read|not a usable concept file/],
       [["--concept", foreign], /this concept was learned on model "someone\/another-model"/],
@@ -155,8 +155,8 @@ describe("edit swap", () => {
         "reconstruction.png",
         "report.json",
         "swap-1-seed-0-phi1-m2-a1.png",
-        "swap-2-seed-0-phi2-m2-a1.png",
-        "swap-3-seed-5-phi1-m2-a1.png",
+        "swap-2-seed-5-phi1-m2-a1.png",
+        "swap-3-seed-0-phi2-m2-a1.png",
         "swap-4-seed-5-phi2-m2-a1.png",
       ].sort(),
     );
@@ -172,10 +172,11 @@ describe("edit swap", () => {
     });
     expect(report.concept.losses).toHaveLength(2);
     expect(report.psnr.reconstruction).toBeGreaterThan(0);
+    // Strength-major, as the grid shows them: one row per strength, one column per seed.
     expect(report.variants.map((v: { label: string }) => v.label)).toEqual([
       "seed 0 · φ1 M2 A1",
-      "seed 0 · φ2 M2 A1",
       "seed 5 · φ1 M2 A1",
+      "seed 0 · φ2 M2 A1",
       "seed 5 · φ2 M2 A1",
     ]);
 

@@ -2,7 +2,7 @@
 // sharp, write PNG tiles, a grid and a state blob) and report per-step progress with previews, but in
 // milliseconds instead of minutes. They stand in for the GPU pipelines only in tests.
 import sharp from "sharp";
-import type { JobName } from "../../../src/queue/jobs.js";
+import type { JobName, JobPayload } from "../../../src/queue/jobs.js";
 import type { PipelineContext, PipelineRegistry } from "../../../src/queue/worker.js";
 
 export interface LightweightOptions {
@@ -113,5 +113,25 @@ export function lightweightPipelines(options: LightweightOptions = {}): Pipeline
       const { images, gridBlobId } = await render(ctx, source, ctx.payload.options.seeds, [1]);
       return { images: images.map(({ seed, blobId }) => ({ seed, blobId })), gridBlobId };
     }),
+  };
+}
+
+/** The lightweight swap pipelines, recording each swap.edit job's payload as it starts. */
+export function recordedSwapPipelines(): {
+  pipelines: PipelineRegistry;
+  payloads: Array<JobPayload<"swap.edit">>;
+} {
+  const { "swap.concept": concept, "swap.edit": edit } = lightweightPipelines();
+  if (!concept || !edit) throw new Error("the lightweight pipelines lost a swap pipeline");
+  const payloads: Array<JobPayload<"swap.edit">> = [];
+  return {
+    payloads,
+    pipelines: {
+      "swap.concept": concept,
+      "swap.edit": async (ctx) => {
+        payloads.push(ctx.payload);
+        return edit(ctx);
+      },
+    },
   };
 }

@@ -6,6 +6,7 @@
 // Events the app does not acknowledge in time are retried, as Slack does, with retry_attempt /
 // X-Slack-Retry-Num counting up.
 import { createHmac, randomBytes } from "node:crypto";
+import { request as httpRequest } from "node:http";
 import type { WebSocket } from "ws";
 
 export type EnvelopeType = "slash_commands" | "interactive" | "events_api";
@@ -178,20 +179,31 @@ export class Deliveries {
 
   /** A POST to the app's request URL, signed unless the test forges the signature or the timestamp. */
   async post(request: SignedRequest): Promise<{ status: number; text: string }> {
-    if (!this.http) throw new Error("the fake Slack is not in HTTP mode");
+    const target = this.http;
+    if (!target) throw new Error("the fake Slack is not in HTTP mode");
     const timestamp = request.timestamp ?? Math.floor(Date.now() / 1000);
-    const response = await fetch(this.http.url, {
-      method: "POST",
-      headers: {
-        "content-type": request.contentType,
-        "x-slack-request-timestamp": String(timestamp),
-        "x-slack-signature": request.signature ?? sign(this.http.signingSecret, timestamp, request.body),
-        ...(request.retry
-          ? { "x-slack-retry-num": String(request.retry), "x-slack-retry-reason": "http_timeout" }
-          : {}),
-      },
-      body: request.body,
+    const headers = {
+      "content-type": request.contentType,
+      "content-length": String(Buffer.byteLength(request.body)),
+      "x-slack-request-timestamp": String(timestamp),
+      "x-slack-signature": request.signature ?? sign(target.signingSecret, timestamp, request.body),
+      ...(request.retry
+        ? { "x-slack-retry-num": String(request.retry), "x-slack-retry-reason": "http_timeout" }
+        : {}),
+    };
+    // A connection per request, as Slack's many senders have: no idle keep-alive socket the app's server
+    // may be closing just then.
+    return new Promise((resolve, reject) => {
+      const req = httpRequest(target.url, { method: "POST", headers, agent: false }, (res) => {
+        let text = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk: string) => {
+          text += chunk;
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on("error", reject);
+      req.end(request.body);
     });
-    return { status: response.status, text: await response.text() };
   }
 }

@@ -232,6 +232,9 @@ export class FakeSlack {
     this.windowMs = options.windowMs ?? 3000;
     this.deliveries = new Deliveries(this.windowMs, this.appId);
     this.http = createServer((req, res) => void this.handleHttp(req, res));
+    // Idle keep-alive sockets are closed by the clients only: a server closing one while a client reuses it
+    // is a reset (ECONNRESET) that has nothing to do with what is tested.
+    this.http.keepAliveTimeout = 0;
     this.wss = new WebSocketServer({ server: this.http, path: "/link" });
     this.wss.on("connection", (socket) => this.deliveries.attach(socket));
     this.pinger = setInterval(() => this.deliveries.ping(), options.pingIntervalMs ?? 5000);
