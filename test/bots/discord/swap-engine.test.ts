@@ -5,28 +5,18 @@
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { StableDiffusion } from "../../../src/engine/index.js";
-import { type RanJob, swapTestPipelines } from "../../helpers/swap-pipelines.js";
+import { type RanJob, swapEngineWorld } from "../../helpers/swap-pipelines.js";
 import { opt, type World, world } from "./support.js";
 
-const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
 const REFERENCE = readFileSync(new URL("../../fixtures/images/coffee.png", import.meta.url));
 let w: World;
-let sd: StableDiffusion;
 let ran: RanJob[];
+let close: () => Promise<void>;
 
 beforeAll(async () => {
-  sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
-  w = await world({ timeoutMs: 180_000 });
-  await w.startBot();
-  const swap = swapTestPipelines(sd);
-  ran = swap.ran;
-  await w.worker(swap.pipelines, { lockDurationMs: 60_000, stalledIntervalMs: 30_000 });
+  ({ w, ran, close } = await swapEngineWorld(() => world({ timeoutMs: 180_000 })));
 });
-afterAll(async () => {
-  await w.close();
-  await sd.release();
-});
+afterAll(() => close());
 
 describe("/swap on the Photoswap pipelines", () => {
   it("learns the subject, posts a seeds × strengths grid, posts the pick; a second swap reuses the learned concept", async () => {

@@ -5,29 +5,19 @@
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { StableDiffusion } from "../../../src/engine/index.js";
-import { type RanJob, swapTestPipelines } from "../../helpers/swap-pipelines.js";
+import { type RanJob, swapEngineWorld } from "../../helpers/swap-pipelines.js";
 import { type World, world } from "./support.js";
 
-const MODEL = new URL("../../fixtures/models/sd1/model", import.meta.url).pathname;
 /** A 600×400 (3:2) photo as the source: every image the bot posts keeps that aspect ratio. */
 const COFFEE = readFileSync(new URL("../../fixtures/images/coffee.png", import.meta.url));
 let w: World;
-let sd: StableDiffusion;
 let ran: RanJob[];
+let close: () => Promise<void>;
 
 beforeAll(async () => {
-  sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32" });
-  w = await world({ timeoutMs: 180_000 });
-  await w.startBot();
-  const swap = swapTestPipelines(sd);
-  ran = swap.ran;
-  await w.worker(swap.pipelines, { lockDurationMs: 60_000, stalledIntervalMs: 30_000 });
+  ({ w, ran, close } = await swapEngineWorld(() => world({ timeoutMs: 180_000 })));
 });
-afterAll(async () => {
-  await w.close();
-  await sd.release();
-});
+afterAll(() => close());
 
 describe("/swap on the Photoswap pipelines", () => {
   it("form → thread → learns the subject → variants → pick → final image, 3:2; a second swap reuses the concept and the inversion", async () => {
