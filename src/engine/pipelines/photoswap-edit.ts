@@ -103,6 +103,8 @@ export function inversionKey(a: {
   image: Float32Array;
   height: number;
   width: number;
+  /** Ignored: the inversion is of the whole working image (a PhotoArgs can be passed as it is). */
+  content?: Box;
   prompt: string;
   steps: number;
   guidance: number;
@@ -112,7 +114,7 @@ export function inversionKey(a: {
 }): string {
   const h = createHash("sha256");
   h.update(new Uint8Array(a.image.buffer, a.image.byteOffset, a.image.byteLength));
-  const { image: _, ...settings } = a;
+  const { image: _, content: __, ...settings } = a;
   h.update(JSON.stringify({ ...settings, nullTextInnerSteps: a.nullTextInnerSteps ?? null }));
   return h.digest("hex");
 }
