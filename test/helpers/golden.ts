@@ -8,6 +8,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { expect } from "vitest";
 import type { GoldenTxt2img } from "../../src/cli/bench/golden.js";
+import { relativeDistance } from "../../src/engine/distance.js";
 import { viewAs } from "../../src/engine/models/dtype.js";
 import { openSafetensors, type Safetensors } from "../../src/engine/models/safetensors.js";
 
@@ -132,18 +133,8 @@ export function goldens(): Golden[] {
   return fixtureDirs().map(loadGolden);
 }
 
-/** ‖a − b‖ / ‖b‖, the parity measure (computed in float64). */
-export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`relError: lengths differ (${a.length} vs ${b.length})`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = (a[i] as number) - (b[i] as number);
-    num += d * d;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num) / Math.sqrt(den);
-}
+/** ‖a − b‖ / ‖b‖, the parity measure: the engine's own (src/engine/distance.ts). */
+export { relativeDistance as relError };
 
 /** ‖x‖₂. */
 export function norm(x: ArrayLike<number>): number {
@@ -165,7 +156,7 @@ export function expectClose(
   ref: ArrayLike<number>,
   tol: Tolerance,
 ): number {
-  const err = relError(ours, ref);
+  const err = relativeDistance(ours, ref);
   expect(
     err,
     `${what}: relative error ${err.toExponential(2)}, bound ${tol.max.toExponential(2)} (${tol.why})`,

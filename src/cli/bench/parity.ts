@@ -13,6 +13,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, Option } from "commander";
+import { relativeDistance } from "../../engine/distance.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { openCheckpoint } from "../../engine/models/checkpoint.js";
 import { viewAs } from "../../engine/models/dtype.js";
@@ -35,17 +36,6 @@ function tolerance(device: Device, dtype: Dtype, kind: Kind, steps = 1): number 
   if (dtype === "fp16") return (kind === "gradient" ? 3e-2 : 1e-2) * Math.sqrt(steps);
   const base = device === "cuda" ? 5e-3 : device === "webgpu" ? 1e-3 : 1e-4;
   return (kind === "gradient" ? 2 * base : base) * (device === "cpu" ? 1 : Math.sqrt(steps));
-}
-
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`relError: lengths differ (${a.length} vs ${b.length})`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += ((a[i] as number) - (b[i] as number)) ** 2;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 interface Golden {
@@ -158,8 +148,8 @@ export async function runParity(opts: {
       const cpu = device === "cpu" ? ours : await run(dir, g, "cpu", dtype);
       for (const [check, r] of Object.entries(ours)) {
         const ref = reference(dir, g, check);
-        const error = relError(r.value, ref);
-        const cpuError = relError((cpu[check] as Results[string]).value, ref);
+        const error = relativeDistance(r.value, ref);
+        const cpuError = relativeDistance((cpu[check] as Results[string]).value, ref);
         const tol = tolerance(device, dtype, r.kind, r.steps);
         const row = {
           fixture: dir.split("/").at(-1) as string,
