@@ -95,14 +95,17 @@ export interface SwapEditResult {
 }
 
 /**
- * What an inversion depends on, hashed: the photo's pixels, its size, the prompt, the steps and guidance
- * the swap samples with, the method and its settings, and the model. Two swaps with the same key share
- * one inversion (and so does every concept swapped into the photo: the inversion never sees the concept).
+ * What an inversion depends on, hashed: the photo's pixels, its working shape (size and where the photo
+ * sits in it: a forced size and the photo's own shape are different inversions), the prompt, the steps
+ * and guidance the swap samples with, the method and its settings, and the model. Two swaps with the same
+ * key share one inversion (and so does every concept swapped into the photo: the inversion never sees the
+ * concept).
  */
 export function inversionKey(a: {
   image: Float32Array;
   height: number;
   width: number;
+  content: Box;
   prompt: string;
   steps: number;
   guidance: number;

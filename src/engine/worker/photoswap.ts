@@ -3,6 +3,7 @@
 // source photo — inversion (kept for the next swap of the same photo), seed × strength variants, images
 // and the grid the user picks from.
 import type { PipelineContext } from "../../queue/worker.js";
+import { requestedSize } from "../../spec/shape.js";
 import {
   type ConceptOverrides,
   conceptOptions,
@@ -83,13 +84,15 @@ export function swapEditJob(sd: StableDiffusion, o: SwapPipelineOptions = {}) {
     const concept = deserializeConcept(await ctx.blobs.require(p.conceptBlobId, "the learned concept"));
     checkConceptModel(sd, concept);
     const photo = await ctx.blobs.require(p.sourceBlobId, "the source photo");
-    const { tensor, shape } = await loadPhoto(photo, sd.imageShape);
+    // Fitted as Imagic's photo is (src/spec/shape.ts): the requested size, else the photo's own shape.
+    const { tensor, shape } = await loadPhoto(photo, sd.imageShape, { requested: requestedSize(options) });
     const inversion = o.inversion ?? DEFAULT_INVERSION;
     const nullTextInnerSteps = o.nullTextInnerSteps ?? NULL_TEXT_INNER_STEPS;
     const key = inversionKey({
       image: tensor,
       height: shape.height,
       width: shape.width,
+      content: shape.content,
       prompt: sourcePromptFor(p.subject),
       steps: options.steps,
       guidance: options.guidance,
