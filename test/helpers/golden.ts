@@ -7,6 +7,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { expect } from "vitest";
+import type { GoldenTxt2img } from "../../src/cli/bench/golden.js";
 import { viewAs } from "../../src/engine/models/dtype.js";
 import { openSafetensors, type Safetensors } from "../../src/engine/models/safetensors.js";
 
@@ -67,14 +68,7 @@ export interface GoldenJson {
   input_ids: number[][];
   "ddim.step.timestep": number;
   "grad.timestep": number;
-  txt2img: {
-    prompt: string;
-    negative_prompt: string;
-    steps: number;
-    guidance_scale: number;
-    height: number;
-    width: number;
-  };
+  txt2img: GoldenTxt2img;
   tensors: Record<string, number[]>;
   [key: string]: unknown;
 }

@@ -20,6 +20,7 @@ import { openSafetensors } from "../../engine/models/safetensors.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { type Device, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
+import { type GoldenTxt2img, goldenTxt2imgOptions } from "./golden.js";
 
 type Dtype = "fp32" | "fp16";
 type Kind = "forward" | "gradient";
@@ -51,14 +52,7 @@ interface Golden {
   json: {
     prompts: string[];
     "grad.timestep": number;
-    txt2img: {
-      prompt: string;
-      negative_prompt: string;
-      steps: number;
-      guidance_scale: number;
-      height: number;
-      width: number;
-    };
+    txt2img: GoldenTxt2img;
   };
   f32(name: string): Float32Array;
   ints(name: string): number[];
@@ -114,15 +108,7 @@ async function run(dir: string, g: Golden, device: Device, dtype: Dtype): Promis
     const enc = await sd.encodeImage(g.f32("vae.image"), h, w);
     out["vae.encode.mean"] = { value: enc.mean, kind: "forward" };
     const o = g.json.txt2img;
-    const t2i = await txt2img(sd, {
-      prompt: o.prompt,
-      negativePrompt: o.negative_prompt,
-      steps: o.steps,
-      guidance: o.guidance_scale,
-      height: o.height,
-      width: o.width,
-      latents: g.f32("txt2img.latents_in"),
-    });
+    const t2i = await txt2img(sd, goldenTxt2imgOptions(o, g.f32("txt2img.latents_in")));
     out["txt2img.latents_out"] = { value: t2i.latents, kind: "forward", steps: o.steps };
     const [b, , gh, gw] = g.shape("grad.x0") as number[];
     const t = g.json["grad.timestep"];

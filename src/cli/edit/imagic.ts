@@ -8,7 +8,7 @@ import path from "node:path";
 import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
-import { loadPhoto, probeImage } from "../../engine/image.js";
+import { loadPhoto, photoArgs, probeImage } from "../../engine/image.js";
 import {
   checkPrompt,
   etaSweep,
@@ -228,10 +228,7 @@ export function imagicCommand(): Command {
             },
           );
           state = await trainImagic(sd, {
-            image: photo.tensor,
-            height: photo.shape.height,
-            width: photo.shape.width,
-            content: photo.shape.content,
+            ...photoArgs(photo),
             source: photo.source,
             prompt: f.prompt as string,
             options: options as ImagicOptions,

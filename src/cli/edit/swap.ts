@@ -10,7 +10,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Command, Option } from "commander";
 import { tileToPng } from "../../engine/grid.js";
-import { loadPhoto, probeImage } from "../../engine/image.js";
+import { loadPhoto, photoArgs, probeImage } from "../../engine/image.js";
 import { checkConceptModel, conceptTokenId } from "../../engine/pipelines/concept.js";
 import { deserializeConcept, serializeConcept } from "../../engine/pipelines/concept-file.js";
 import { planSwap, type SwapStrengths } from "../../engine/pipelines/photoswap.js";
@@ -254,12 +254,9 @@ export function swapCommand(): Command {
           files.push(name);
         };
         if (!saved) write("concept.safetensors", serializeConcept(concept));
-        const { tensor, shape } = await loadPhoto(photoBytes, sd.imageShape, { requested: f.size });
+        const loaded = await loadPhoto(photoBytes, sd.imageShape, { requested: f.size });
         const result = await swapEdit(sd, {
-          image: tensor,
-          height: shape.height,
-          width: shape.width,
-          content: shape.content,
+          ...photoArgs(loaded),
           subject: f.subject,
           sourcePrompt,
           concept,
@@ -288,7 +285,7 @@ export function swapCommand(): Command {
         const report = {
           model,
           device: sd.device,
-          source: { file: f.source, width: probe.width, height: probe.height, working: shape },
+          source: { file: f.source, width: probe.width, height: probe.height, working: loaded.shape },
           subject: f.subject,
           sourcePrompt: result.sourcePrompt,
           targetPrompt: plan.targetPrompt,

@@ -5,11 +5,11 @@
 import { PermissionFlagsBits } from "discord.js";
 import sharp from "sharp";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { ALL_BOT_PERMISSIONS } from "../../../src/bots/discord/fake/server.js";
 import { UserFacingError } from "../../../src/errors.js";
 import { keys } from "../../../src/queue/keys.js";
 import type { PipelineRegistry } from "../../../src/queue/worker.js";
 import { lightweightPipelines, recordedSwapPipelines } from "../../queue/support/pipelines.js";
-import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
 import { opt, PHOTO, type World, world } from "./support.js";
 
 let w: World;

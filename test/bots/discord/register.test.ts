@@ -1,8 +1,8 @@
 // `bot register`: the slash commands as Discord receives them, in a guild or globally, and the
 // messages for a refused token or an unknown application.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FakeDiscord } from "../../../src/bots/discord/fake/server.js";
 import { registerCommands } from "../../../src/bots/discord/register.js";
-import { FakeDiscord } from "./fake/server.js";
 
 let fake: FakeDiscord;
 beforeAll(async () => {
