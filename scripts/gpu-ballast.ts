@@ -10,6 +10,7 @@
  * Each chunk is one session's arena, filled by one Expand of ≤ 7 GiB (the CUDA kernels index with
  * 32-bit integers, so one tensor stays below 2^31 elements); arenas keep their regions after a run.
  */
+import "../src/cli/require-shim.js";
 import { execFileSync } from "node:child_process";
 import { expand, Graph, reduceSum } from "../src/engine/graph/index.js";
 import { createSession, type Session } from "../src/engine/runtime/index.js";
