@@ -34,7 +34,12 @@ export interface EngineModel {
 export type EngineConfig = ModelSettings &
   Pick<
     Config,
-    "model" | "modelIsFixture" | "engineHttpPort" | "engineLockSeconds" | "blobTtlSeconds" | "userMaxActiveJobs"
+    | "model"
+    | "modelIsFixture"
+    | "engineHttpPort"
+    | "engineLockSeconds"
+    | "blobTtlSeconds"
+    | "userMaxActiveJobs"
   >;
 
 export interface StartEngineOptions {
