@@ -45,6 +45,7 @@ import type { WeightStore } from "../src/engine/models/weights.js";
 import { txt2img } from "../src/engine/pipelines/txt2img.js";
 import { createSession, type HostTensor } from "../src/engine/runtime/index.js";
 import { ort } from "../src/engine/runtime/ort.js";
+import { emitThrough } from "../test/helpers/emit-through.js";
 import {
   type FixtureData,
   type Golden,
@@ -179,21 +180,9 @@ function withRounding(emit: OpEmit): OpEmit {
   return (e, node) => {
     const outs = node.outputs.filter((t) => t.dtype === "float64");
     if (roundingSeed === 0 || outs.length === 0) return emit(e, node);
-    const exact = new Map(outs.map((t) => [t, e.fresh("exact")]));
-    const inner: Emitter = {
-      device: e.device,
-      convAsMatMul: e.convAsMatMul,
-      name: (t: Tensor) => exact.get(t) ?? e.name(t),
-      fresh: (h) => e.fresh(h),
-      node: (...a) => e.node(...a),
-      ints: (v) => e.ints(v),
-      int64s: (v, h) => e.int64s(v, h),
-      fill: (d, sh, v) => e.fill(d, sh, v),
-    };
-    emit(inner, node);
-    for (const [t, name] of exact) {
+    emitThrough(emit, e, node, outs, "exact", (exact, out) => {
       const u = e.fresh("u");
-      e.node("RandomUniformLike", [name], [u], {
+      e.node("RandomUniformLike", [exact], [u], {
         dtype: 11,
         low: { f: -1 },
         high: { f: 1 },
@@ -203,8 +192,8 @@ function withRounding(emit: OpEmit): OpEmit {
       e.node("Mul", [u, e.fill("float64", [], 2 ** -24)], [scaled]);
       const factor = e.fresh("factor");
       e.node("Add", [scaled, e.fill("float64", [], 1)], [factor]);
-      e.node("Mul", [name, factor], [e.name(t)]);
-    }
+      e.node("Mul", [exact, factor], [out]);
+    });
   };
 }
 

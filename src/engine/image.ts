@@ -269,6 +269,21 @@ export async function loadPhoto(
   return { ...(await loadImage(bytes, { shape, limits: options.limits })), shape };
 }
 
+/** A photo as the pipelines take it (Imagic's TrainArgs, Photoswap's SwapEditArgs). */
+export interface PhotoArgs {
+  /** [1, 3, height, width] in [-1, 1], at the working shape. */
+  image: Float32Array;
+  height: number;
+  width: number;
+  /** Where the photo's own pixels are; results are cropped to it. */
+  content: Box;
+}
+
+export function photoArgs(photo: LoadedPhoto): PhotoArgs {
+  const { height, width, content } = photo.shape;
+  return { image: photo.tensor, height, width, content };
+}
+
 /** The `box` of a [3, height, width] (or [1, 3, …]) image, as [3, box.height, box.width]. */
 export function cropImage(image: Float32Array, size: Size, box: Box): Float32Array {
   const { width, height } = size;

@@ -419,25 +419,15 @@ export class StableDiffusion {
         wrtWeights: unet ? (name) => unet.has(name) : undefined,
       });
     });
-    const alphas = this.scheduler().alphasCumprod;
-    const sa = new Float32Array(batch);
-    const so = new Float32Array(batch);
-    args.t.forEach((t, i) => {
-      const ac = alphas[t];
-      if (!Number.isInteger(t) || ac === undefined) {
-        throw new Error(`lossAndGrads: timestep ${t} is outside 0…${alphas.length - 1}`);
-      }
-      sa[i] = Math.sqrt(ac);
-      so[i] = Math.sqrt(1 - ac);
-    });
+    const { sqrtAlpha, sqrtOneMinusAlpha } = this.scheduler().noiseScales(args.t);
     const shape = [batch, this.latentChannels, lh, lw];
     const context = ctxBatch === batch ? args.context : tile(args.context, batch);
     const feeds: Record<string, HostTensor> = {
       [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
       [IO.noise]: { dtype: "float32", shape, data: args.noise },
       [IO.timestep]: { dtype: "float32", shape: [batch], data: Float32Array.from(args.t) },
-      [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sa },
-      [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: so },
+      [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sqrtAlpha },
+      [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: sqrtOneMinusAlpha },
       [IO.context]: { dtype: "float32", shape: [batch, 77, this.contextShape[1]], data: context },
       ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
       ...(unet ? weightFeeds("lossAndGrads", weights, unet) : {}),

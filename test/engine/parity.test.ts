@@ -19,6 +19,7 @@
  *   guidance checked as tightly as sd1's.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { goldenTxt2imgOptions } from "../../src/cli/bench/golden.js";
 import { StableDiffusion } from "../../src/engine/index.js";
 import { openCheckpoint } from "../../src/engine/models/checkpoint.js";
 import { ddimInvert } from "../../src/engine/pipelines/invert.js";
@@ -180,15 +181,7 @@ function paritySuite(f: Fixture): void {
 
   it("txt2img: the whole pipeline with guidance and a negative prompt", async () => {
     const o = json.txt2img;
-    const { latents, image } = await txt2img(sd, {
-      prompt: o.prompt,
-      negativePrompt: o.negative_prompt,
-      steps: o.steps,
-      guidance: o.guidance_scale,
-      height: o.height,
-      width: o.width,
-      latents: g.f32("txt2img.latents_in"),
-    });
+    const { latents, image } = await txt2img(sd, goldenTxt2imgOptions(o, g.f32("txt2img.latents_in")));
     const ref = extra.f64("f64.txt2img.latents_out");
     expectExact("txt2img.latents_out vs exact", latents, g.f64("txt2img.latents_out"), ref, {
       scatter: scatter["txt2img.latents_out"],

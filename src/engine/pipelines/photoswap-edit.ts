@@ -95,7 +95,8 @@ export interface SwapEditResult {
 }
 
 /**
- * What an inversion depends on, hashed: the photo's pixels, its size, the prompt, the steps and guidance
+ * What an inversion depends on, hashed: the working image's pixels and its size (a forced size and the
+ * photo's own shape are different images, so different inversions), the prompt, the steps and guidance
  * the swap samples with, the method and its settings, and the model. Two swaps with the same key share
  * one inversion (and so does every concept swapped into the photo: the inversion never sees the concept).
  */
@@ -103,6 +104,8 @@ export function inversionKey(a: {
   image: Float32Array;
   height: number;
   width: number;
+  /** Ignored: the inversion is of the whole working image (a PhotoArgs can be passed as it is). */
+  content?: Box;
   prompt: string;
   steps: number;
   guidance: number;
@@ -112,7 +115,7 @@ export function inversionKey(a: {
 }): string {
   const h = createHash("sha256");
   h.update(new Uint8Array(a.image.buffer, a.image.byteOffset, a.image.byteLength));
-  const { image: _, ...settings } = a;
+  const { image: _, content: __, ...settings } = a;
   h.update(JSON.stringify({ ...settings, nullTextInnerSteps: a.nullTextInnerSteps ?? null }));
   return h.digest("hex");
 }

@@ -3,6 +3,7 @@
 // source photo — inversion (kept for the next swap of the same photo), seed × strength variants, images
 // and the grid the user picks from.
 import type { PipelineContext } from "../../queue/worker.js";
+import { requestedSize } from "../../spec/shape.js";
 import {
   type ConceptOverrides,
   conceptOptions,
@@ -16,7 +17,7 @@ import {
   sourcePromptFor,
 } from "../../spec/swap.js";
 import { tileToPng } from "../grid.js";
-import { loadPhoto } from "../image.js";
+import { loadPhoto, photoArgs } from "../image.js";
 import type { StableDiffusion } from "../index.js";
 import { checkConceptModel, learnConcept, loadReferences } from "../pipelines/concept.js";
 import { deserializeConcept, serializeConcept } from "../pipelines/concept-file.js";
@@ -82,14 +83,16 @@ export function swapEditJob(sd: StableDiffusion, o: SwapPipelineOptions = {}) {
     if (!p.conceptBlobId) throw new Error("swap.edit ran without its concept");
     const concept = deserializeConcept(await ctx.blobs.require(p.conceptBlobId, "the learned concept"));
     checkConceptModel(sd, concept);
-    const photo = await ctx.blobs.require(p.sourceBlobId, "the source photo");
-    const { tensor, shape } = await loadPhoto(photo, sd.imageShape);
+    // Fitted as Imagic's photo is (src/spec/shape.ts): the requested size, else the photo's own shape.
+    const photo = photoArgs(
+      await loadPhoto(await ctx.blobs.require(p.sourceBlobId, "the source photo"), sd.imageShape, {
+        requested: requestedSize(options),
+      }),
+    );
     const inversion = o.inversion ?? DEFAULT_INVERSION;
     const nullTextInnerSteps = o.nullTextInnerSteps ?? NULL_TEXT_INNER_STEPS;
     const key = inversionKey({
-      image: tensor,
-      height: shape.height,
-      width: shape.width,
+      ...photo,
       prompt: sourcePromptFor(p.subject),
       steps: options.steps,
       guidance: options.guidance,
@@ -97,12 +100,9 @@ export function swapEditJob(sd: StableDiffusion, o: SwapPipelineOptions = {}) {
       nullTextInnerSteps,
       modelId: sd.modelId,
     });
-    const progress = progressBridge(ctx, () => shape.content);
+    const progress = progressBridge(ctx, () => photo.content);
     const result = await swapEdit(sd, {
-      image: tensor,
-      height: shape.height,
-      width: shape.width,
-      content: shape.content,
+      ...photo,
       subject: p.subject,
       concept,
       inversion,

@@ -10,8 +10,8 @@
 // respond"), which would measure Discord, not us. Recovery is awaited the same way (a new gateway
 // session, a worker that says ready), so a seed replays the same schedule.
 import type { ChildProcess } from "node:child_process";
+import type { FakeUser } from "../../../src/bots/discord/fake/server.js";
 import { percentile } from "../../../src/cli/bench/queue.js";
-import type { FakeUser } from "../../bots/discord/fake/server.js";
 import { opt, type World, world } from "../../bots/discord/support.js";
 import { rng } from "../../engine/graph/helpers.js";
 import { alive } from "../../helpers/processes.js";

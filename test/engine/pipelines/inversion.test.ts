@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
+import { relativeDistance } from "../../../src/engine/distance.js";
 import { CancelledError } from "../../../src/engine/errors.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import {
@@ -16,7 +17,6 @@ import {
   nullTextLr,
   psnr,
   reconstructSource,
-  relativeDistance,
 } from "../../../src/engine/pipelines/inversion.js";
 import { SIZE, smoothPhoto } from "./imagic-fixture.js";
 

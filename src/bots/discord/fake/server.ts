@@ -21,6 +21,8 @@ import { type BucketLimit, RateLimiter } from "./rate-limits.js";
  * in threads and forum posts), archived threads (50083; a post unarchives), the edit limit on messages
  * older than an hour (30046 as a 429), thread-creation limits, `allowed_mentions`, several guilds spread
  * over gateway shards (4011 when one connection would carry too many) — and records what the bot did.
+ * The bot never uses it: the tests and the chaos benchmark (src/cli/bench/chaos-run.ts) run the bot
+ * against it, which is why it lives under src/ (product code may not import test code).
  */
 
 export const ALL_BOT_PERMISSIONS =
