@@ -27,6 +27,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { goldenTxt2imgOptions } from "../src/cli/bench/golden.js";
 import { DDIMScheduler } from "../src/engine/diffusion/ddim.js";
 import { GaussianRng } from "../src/engine/diffusion/rng.js";
 import type { Node } from "../src/engine/graph/graph.js";
@@ -709,16 +710,8 @@ async function engineSeeded(dir: string, size: LatentHW): Promise<Float32Array> 
   const o = loadGolden(dir).json.txt2img;
   const sd = await StableDiffusion.load(join(dir, "model"), { device: "cpu", dtype: "fp32" });
   try {
-    const r = await txt2img(sd, {
-      prompt: o.prompt,
-      negativePrompt: o.negative_prompt,
-      steps: o.steps,
-      guidance: o.guidance_scale,
-      height: size[0] * sd.vaeScale,
-      width: size[1] * sd.vaeScale,
-      seed: SEEDED_SEED,
-    });
-    return r.latents;
+    const start = { seed: SEEDED_SEED, height: size[0] * sd.vaeScale, width: size[1] * sd.vaeScale };
+    return (await txt2img(sd, goldenTxt2imgOptions(o, start))).latents;
   } finally {
     await sd.release();
   }

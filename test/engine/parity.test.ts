@@ -197,15 +197,10 @@ function paritySuite(f: Fixture): void {
     const o = json.txt2img;
     const run = exact.json.txt2img_seeded as { seed: number; latent_size: [number, number] };
     const [h, w] = run.latent_size;
-    const { latents } = await txt2img(sd, {
-      prompt: o.prompt,
-      negativePrompt: o.negative_prompt,
-      steps: o.steps,
-      guidance: o.guidance_scale,
-      height: h * sd.vaeScale,
-      width: w * sd.vaeScale,
-      seed: run.seed,
-    });
+    const { latents } = await txt2img(
+      sd,
+      goldenTxt2imgOptions(o, { seed: run.seed, height: h * sd.vaeScale, width: w * sd.vaeScale }),
+    );
     const spread = scatter["txt2img_seeded.latents_out"];
     if (!spread) throw new Error(`${exact.path}: exact.json has no float32_scatter for txt2img_seeded`);
     expectClose(
