@@ -39,7 +39,6 @@ import {
 import type { ProxySettings } from "./models/hub-http.js";
 import {
   type LoraFileOptions,
-  type LoraInputs,
   type LoraWeights,
   loraDownName,
   loraFromSafetensors,
