@@ -4,7 +4,7 @@
  * B [out, rank] ("up"). A and B are graph inputs, so one compiled session serves every LoRA state.
  */
 import { UserFacingError } from "../../errors.js";
-import { mulberry32 } from "../../random.js";
+import { mulberry32 } from "../diffusion/rng.js";
 import type { Graph, Tensor } from "../graph/index.js";
 import { add, cast, linear, mul, reshape } from "../graph/index.js";
 import type { HostTensor } from "../runtime/index.js";
@@ -122,7 +122,7 @@ export function newLoraWeights(
   if (!Number.isInteger(rank) || rank < 1)
     throw new Error(`LoRA rank must be a positive integer, got ${rank}`);
   if (!(alpha > 0)) throw new Error(`LoRA alpha must be positive, got ${alpha}`);
-  const rand = mulberry32(seed); // the same init on every machine
+  const rand = mulberry32(seed);
   const out: LoraWeights = new Map();
   for (const m of modules) {
     const bound = 1 / Math.sqrt(m.inF);

@@ -1,10 +1,10 @@
 /** Shared by the graph tests: seeded random data, host tensors, plain-loop reference ops, comparison. */
+import { mulberry32 } from "../../../src/engine/diffusion/rng.js";
 import type { DType } from "../../../src/engine/graph/index.js";
 import type { HostTensor } from "../../../src/engine/runtime/index.js";
-import { mulberry32 } from "../../../src/random.js";
 
-/** A small seeded PRNG (mulberry32), so failures reproduce. */
-export const rng = mulberry32;
+/** mulberry32: a small seeded PRNG, so failures reproduce. */
+export { mulberry32 as rng };
 
 export function randn(r: () => number, n: number): number[] {
   return Array.from({ length: n }, () => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r()));
