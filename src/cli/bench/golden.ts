@@ -89,15 +89,25 @@ export interface GoldenTxt2img {
   width: number;
 }
 
-/** The txt2img call the golden records, from its initial latents (`txt2img.latents_in`). */
-export function goldenTxt2imgOptions(o: GoldenTxt2img, latents: Float32Array): Txt2ImgOptions {
-  return {
+/** Where a txt2img run starts instead of the golden's latents: a seed's noise at another size (pixels). */
+export interface SeededStart {
+  seed: number;
+  height: number;
+  width: number;
+}
+
+/**
+ * The txt2img call the golden records, from its initial latents (`txt2img.latents_in`), or with the same
+ * prompt, steps and guidance from a seed at another size (the parity suite's seeded run).
+ */
+export function goldenTxt2imgOptions(o: GoldenTxt2img, start: Float32Array | SeededStart): Txt2ImgOptions {
+  const settings = {
     prompt: o.prompt,
     negativePrompt: o.negative_prompt,
     steps: o.steps,
     guidance: o.guidance_scale,
-    height: o.height,
-    width: o.width,
-    latents,
   };
+  return start instanceof Float32Array
+    ? { ...settings, height: o.height, width: o.width, latents: start }
+    : { ...settings, ...start };
 }
