@@ -26,6 +26,7 @@ bundle() { # entry, outfile
   echo "$2: $(du -h "$2" | cut -f1)"
 }
 bundle src/cli/index.ts dist-gpu/cli.mjs
+bundle scripts/gpu-ballast.ts dist-gpu/ballast.mjs   # gpu-cuda.sh's card16: a 16 GiB card on the H200
 rm -f dist-gpu/cli-base.mjs dist-gpu/cli-base.rev
 if [ -n "$base" ]; then
   # The commit's sources inside the project, so that its imports resolve to this tree's node_modules.

@@ -4,7 +4,7 @@
 # bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
-#                                       photoswap, shape, ab, full, full16, shape-full, profile (only when named)
+#                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32 (only when named)
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
 # another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
 # AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
@@ -70,6 +70,25 @@ for s in $steps; do
     # Where the UNet step and the LoRA step spend their time: onnxruntime's profiler, one file per session.
     profile) step profile 200 $cli bench sd --device cuda --only unet,loss-lora --runs 5 --profile /tmp/prof \
       --json "$OUT/sd-profile.json" ;;
+    # Imagic `balanced` in full on a smaller card, e.g. card16-fp16 (16 GiB, fp16 training) or card24-fp32:
+    # dist-gpu/ballast.mjs (scripts/gpu-ballast.ts) holds the rest of the H200 in arenas of its own, so a
+    # run that completes needed at most that much (the goal of issue 14: 16 GB).
+    card*-fp16 | card*-fp32)
+      gib=${s#card}
+      gib=${gib%-*}
+      node dist-gpu/ballast.mjs "$gib" > "$OUT/ballast-$s.log" 2>&1 &
+      ballast=$!
+      until grep -q "^ballast: holding" "$OUT/ballast-$s.log" 2>/dev/null; do
+        kill -0 "$ballast" 2>/dev/null || break
+        sleep 1
+      done
+      tee -a "$OUT/run.log" < "$OUT/ballast-$s.log"
+      if kill -0 "$ballast" 2>/dev/null; then
+        step "$s" 280 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype "${s##*-}" \
+          --json "$OUT/imagic-balanced-$s.json"
+        kill "$ballast"
+        wait "$ballast" 2>/dev/null
+      fi ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done

@@ -19,7 +19,7 @@ mkdir -p "$work/x/ort-cuda" "$work/x/dist-gpu"
 cp -r .gpu "$work/x/gpu"
 cp .gpu-cuda/cache/cuda.so.xz "$work/x/ort-cuda/part0"   # prelude-cuda.sh reads /root/ort-cuda/part*
 cp .gpu-cuda/cache/libonnxruntime_providers_shared.so "$work/x/ort-cuda/"
-for f in dist-gpu/cli.mjs dist-gpu/cli-base.mjs; do
+for f in dist-gpu/cli.mjs dist-gpu/cli-base.mjs dist-gpu/ballast.mjs; do
   [ -f "$f" ] && xz -9 -T0 -c "$f" > "$work/x/$f.xz"
 done
 cp dist-gpu/no-sharp.mjs scripts/gpu-cuda.sh "$work/x/dist-gpu/"

@@ -3,16 +3,21 @@
  *
  *   npx tsx scripts/parity-float64.ts exact [fixture dir …]
  *       writes <fixture>/exact.safetensors (+ exact.json): the fixture's single-call, loss, gradient, LoRA
- *       and odd-size results recomputed with the engine's own graphs in float64 (≈ 1 min per fixture).
- *   npx tsx scripts/parity-float64.ts simulate [--seeds N] [fixture dir]
- *       prints how far N float32 evaluations scatter from the exact answer (txt2img, inversion, loss and
- *       gradients): the same float64 graphs with every op's output perturbed by a float32 rounding error.
+ *       and odd-size results recomputed with the engine's own graphs in float64, and the seeded txt2img at
+ *       a well-conditioned size (SEEDED_SIZE) computed so (≈ 1–2 min per fixture).
+ *   npx tsx scripts/parity-float64.ts simulate [--seeds N] [--seeded] [--size HxW] [--write] [fixture dir]
+ *       prints how far N float32 evaluations scatter from the exact answer (txt2img, inversion, the seeded
+ *       txt2img, loss and gradients): the same float64 graphs with every op's output perturbed by a float32
+ *       rounding error; with the engine's own float32 error on the seeded txt2img. `--seeded`: that one
+ *       only; `--size`: at another latent size (how SEEDED_SIZE was chosen); `--write`: into exact.json.
  *
  * Why our own graphs: extra.safetensors holds torch's float64 answers for the txt2img, the inversion and
- * one UNet call, not for the gradients, LoRA or odd-size calls. `exact` recomputes the UNet call too and
- * refuses to write anything unless it lies within 1e-7 of torch's float64 `f64.unet.out` (it is 4.5e-8:
- * both compute the timestep embedding in float32, as diffusers does, and their sin/exp differ in the last
- * bit), so the file holds the same maths as torch's float64, independent of the float32 code under test.
+ * one UNet call, not for the gradients, LoRA, odd-size calls or a larger txt2img. `exact` recomputes the
+ * UNet call too and refuses to write anything unless it lies within 1e-7 of torch's float64 `f64.unet.out`
+ * (it is 4.5e-8: both compute the timestep embedding in float32, as diffusers does, and their sin/exp
+ * differ in the last bit), its float64 text encoder within 1e-4 of torch's float32 one (2.3e-7) and its
+ * float64 txt2img of the golden within CHAIN_TRIPWIRE of torch's float64 one, so the file holds the same
+ * maths as torch's float64, independent of the float32 code under test.
  *
  * onnxruntime's CPU provider has no float64 kernel for three ops the graphs use; they are patched into the
  * op table for this run only: k×k convolutions go out as im2col + MatMul (`convAsMatMul`), 1×1 ones as a
@@ -22,19 +27,26 @@
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { goldenTxt2imgOptions } from "../src/cli/bench/golden.js";
 import { DDIMScheduler } from "../src/engine/diffusion/ddim.js";
+import { GaussianRng } from "../src/engine/diffusion/rng.js";
 import type { Node } from "../src/engine/graph/graph.js";
 import { add, Graph, grad, mul, reduceMean, sub, type Tensor } from "../src/engine/graph/index.js";
 import type { Emitter } from "../src/engine/graph/op.js";
 import { PRIMITIVES } from "../src/engine/graph/primitives.js";
+import { StableDiffusion } from "../src/engine/index.js";
 import { type Checkpoint, openCheckpoint } from "../src/engine/models/checkpoint.js";
+import { clipTextEncoder } from "../src/engine/models/clip.js";
 import type { UNetConfig } from "../src/engine/models/config.js";
 import { LoraInputs, type LoraWeights, loraFromSafetensors, loraTargets } from "../src/engine/models/lora.js";
 import type { ParamSource } from "../src/engine/models/params.js";
 import { openSafetensors } from "../src/engine/models/safetensors.js";
 import { type UNetInputs, unet } from "../src/engine/models/unet.js";
+import type { WeightStore } from "../src/engine/models/weights.js";
+import { txt2img } from "../src/engine/pipelines/txt2img.js";
 import { createSession, type HostTensor } from "../src/engine/runtime/index.js";
 import { ort } from "../src/engine/runtime/ort.js";
+import { emitThrough } from "../test/helpers/emit-through.js";
 import {
   type FixtureData,
   type Golden,
@@ -169,21 +181,9 @@ function withRounding(emit: OpEmit): OpEmit {
   return (e, node) => {
     const outs = node.outputs.filter((t) => t.dtype === "float64");
     if (roundingSeed === 0 || outs.length === 0) return emit(e, node);
-    const exact = new Map(outs.map((t) => [t, e.fresh("exact")]));
-    const inner: Emitter = {
-      device: e.device,
-      convAsMatMul: e.convAsMatMul,
-      name: (t: Tensor) => exact.get(t) ?? e.name(t),
-      fresh: (h) => e.fresh(h),
-      node: (...a) => e.node(...a),
-      ints: (v) => e.ints(v),
-      int64s: (v, h) => e.int64s(v, h),
-      fill: (d, sh, v) => e.fill(d, sh, v),
-    };
-    emit(inner, node);
-    for (const [t, name] of exact) {
+    emitThrough(emit, e, node, outs, "exact", (exact, out) => {
       const u = e.fresh("u");
-      e.node("RandomUniformLike", [name], [u], {
+      e.node("RandomUniformLike", [exact], [u], {
         dtype: 11,
         low: { f: -1 },
         high: { f: 1 },
@@ -193,8 +193,8 @@ function withRounding(emit: OpEmit): OpEmit {
       e.node("Mul", [u, e.fill("float64", [], 2 ** -24)], [scaled]);
       const factor = e.fresh("factor");
       e.node("Add", [scaled, e.fill("float64", [], 1)], [factor]);
-      e.node("Mul", [name, factor], [e.name(t)]);
-    }
+      e.node("Mul", [exact, factor], [out]);
+    });
   };
 }
 
@@ -227,20 +227,20 @@ function patchOpsForFloat64(): void {
 
 // ---------------------------------------------------------------- float64 graphs of the engine's networks
 
-/** UNet parameters as float64: frozen ones as initializers, `trainable` ones as float64 graph inputs. */
+/** A component's parameters as float64: frozen ones as initializers, `trainable` ones as float64 graph inputs. */
 class Float64Params implements ParamSource {
   readonly dtype = "float64" as const;
   readonly inputs = new Map<string, Tensor>();
   private readonly made = new Map<string, Tensor>();
   constructor(
     readonly graph: Graph,
-    private readonly ckpt: Checkpoint,
+    private readonly weights: Pick<WeightStore, "float32">,
     private readonly trainable: (name: string) => boolean = () => false,
   ) {}
   get(name: string, shape: readonly number[]): Tensor {
     let t = this.made.get(name);
     if (!t) {
-      const f = Float64Array.from(this.ckpt.unet.weights.float32(name, shape));
+      const f = Float64Array.from(this.weights.float32(name, shape));
       if (this.trainable(name)) {
         t = this.graph.input(name, "float64", shape);
         this.inputs.set(name, t);
@@ -330,7 +330,7 @@ class Fixture {
     const shape = data.shape(sample);
     const b = shape[0] as number;
     const graph = new Graph("unet64");
-    const p = new Float64Params(graph, this.ckpt);
+    const p = new Float64Params(graph, this.ckpt.unet.weights);
     const li = lora ? new LoraInputs(graph, rankOf(this.lora)) : undefined;
     const x = {
       sample: graph.input("sample", "float64", shape),
@@ -345,6 +345,22 @@ class Fixture {
       ...(li ? li.feeds(this.lora) : {}),
     });
     return r.out?.data as Float64Array;
+  }
+
+  /**
+   * The text encoder's last_hidden_state [n, 77, D] for `prompts` (the engine's token ids, which the parity
+   * suite checks against the golden's) in float64: the context the exact txt2img conditions on.
+   */
+  async textEncoder(prompts: string[]): Promise<Float64Array> {
+    const n = prompts.length;
+    const graph = new Graph("text64");
+    const ids = graph.input("ids", "int64", [n, 77]);
+    const p = new Float64Params(graph, this.ckpt.textEncoder.weights);
+    const hidden = clipTextEncoder(p, this.ckpt.textEncoder.config, ids);
+    if (hidden.dtype !== "float64") throw new Error(`float64 text encoder output is ${hidden.dtype}`);
+    graph.output("out", hidden);
+    const data = BigInt64Array.from(prompts.flatMap((t) => this.ckpt.tokenizer.encode(t).ids.map(BigInt)));
+    return (await run64(graph, { ids: { dtype: "int64", shape: [n, 77], data } })).out?.data as Float64Array;
   }
 
   /**
@@ -364,7 +380,7 @@ class Fixture {
     const x0 = graph.input("x0", "float64", shape);
     const noise = graph.input("noise", "float64", shape);
     const context = graph.input("context", "float64", [b, 77, c.cross_attention_dim]);
-    const p = new Float64Params(graph, this.ckpt, (n) => wrt === "weights" && wanted.has(n));
+    const p = new Float64Params(graph, this.ckpt.unet.weights, (n) => wrt === "weights" && wanted.has(n));
     const li = wrt === "lora" ? new LoraInputs(graph, rankOf(this.lora)) : undefined;
     const noisy = add(mul(x0, sa), mul(noise, sb));
     const target =
@@ -416,6 +432,14 @@ function rankOf(lora: LoraWeights): number {
 
 /** torch's float64 UNet call and ours must agree this well for the file to be written. */
 const TRIPWIRE = 1e-7;
+/**
+ * … and the golden's txt2img, torch's float64 and ours: measured 4.9e-8 on sd1, 2.5e-4 on sd2, whose 8×8
+ * chain is ill-conditioned (docs/ENGINE.md, Parity) and carries the UNet call's 4.5e-8 (the float32
+ * timestep embedding's last bits) that far; a wrong text encoder, guidance or v conversion is ≥ 1e-2 off.
+ */
+const CHAIN_TRIPWIRE = 1e-3;
+/** The float64 text encoder against torch's float32 one: the parity suite's bound for a float32 call. */
+const TEXT_TRIPWIRE = 1e-4;
 
 async function writeExact(dir: string): Promise<void> {
   const f = new Fixture(dir);
@@ -433,6 +457,28 @@ async function writeExact(dir: string): Promise<void> {
   console.log(`${dir}: unet.out, ours in float64 vs torch's float64: ${vsTorch.toExponential(2)}`);
   if (!(vsTorch < TRIPWIRE)) throw new Error(`float64 UNet disagrees with torch's f64.unet.out (${vsTorch})`);
   out.set("unet.out", { shape: g.shape("unet.sample"), data: unetOut });
+
+  // The float64 text encoder and sampling loop: the encoder on the golden's prompts must land on torch's
+  // float32 output, and the golden's txt2img through both (its latents) on torch's float64 answer.
+  const encoded = g.shape("text_encoder.last_hidden_state")[0] as number;
+  const text = relError(
+    await f.textEncoder(g.json.prompts.slice(0, encoded)),
+    g.f64("text_encoder.last_hidden_state"),
+  );
+  console.log(`${dir}: text encoder, ours in float64 vs torch's float32: ${text.toExponential(2)}`);
+  if (!(text < TEXT_TRIPWIRE)) throw new Error(`float64 text encoder is ${text} from torch's float32`);
+  const golden = goldenStart(f);
+  const chain = relError(
+    await txt2img64(f, await exactStart(f, golden.latents, golden.size)),
+    f.extra.f64("f64.txt2img.latents_out"),
+  );
+  console.log(`${dir}: the golden's txt2img, ours in float64 vs torch's float64: ${chain.toExponential(2)}`);
+  if (!(chain < CHAIN_TRIPWIRE))
+    throw new Error(`float64 txt2img disagrees with torch's f64.txt2img.latents_out (${chain})`);
+  out.set("txt2img_seeded.latents_out", {
+    shape: [1, f.ckpt.unet.config.in_channels, ...SEEDED_SIZE],
+    data: await txt2img64(f, await exactStart(f, seededLatents(f, SEEDED_SEED, SEEDED_SIZE), SEEDED_SIZE)),
+  });
 
   const ctx = g.f32("unet.encoder_hidden_states");
   const first = ctx.subarray(0, ctx.length / (g.shape("unet.encoder_hidden_states")[0] as number));
@@ -481,10 +527,20 @@ async function writeExact(dir: string): Promise<void> {
     onnxruntime: ort.env.versions.common,
     desc:
       "The fixture's UNet call (unet.out), odd-size call (odd.out), LoRA call (lora.out), denoising loss and " +
-      "gradients (grad.*) and LoRA loss and gradients (lora.*) recomputed with the engine's graphs in float64 on " +
+      "gradients (grad.*), LoRA loss and gradients (lora.*) and seeded txt2img (txt2img_seeded, below) computed with the engine's graphs in float64 on " +
       "the CPU (stored weights exactly, timestep embedding in float32 as diffusers computes it). unet.out is " +
       "checked against torch's float64 f64.unet.out before the file is written.",
     "unet.out_vs_torch_f64": vsTorch,
+    "text_encoder.last_hidden_state_vs_torch_f32": text,
+    "txt2img.latents_out_vs_torch_f64": chain,
+    txt2img_seeded: {
+      desc:
+        "txt2img_seeded.latents_out: the golden's txt2img settings (prompt, negative prompt, steps, guidance) " +
+        "from the latents the engine's txt2img draws for `seed` (GaussianRng) at `latent_size` [height, width], " +
+        "contexts from the float64 text encoder; a size at which the chain is well conditioned",
+      seed: SEEDED_SEED,
+      latent_size: SEEDED_SIZE,
+    },
     tensors: Object.fromEntries(Object.entries(tensors).map(([n, t]) => [n, [t.shape, "float64"]])),
   };
   // `simulate --write` adds float32_scatter; rewriting the tensors keeps it.
@@ -505,12 +561,12 @@ function x0eps(vPred: boolean, m: number, x: number, sa: number, sb: number): [n
   return vPred ? [sa * x - sb * m, sa * m + sb * x] : [(x - sb * m) / sa, m];
 }
 
-/** A float64 UNet session for the txt2img/inversion loops, batch b, on the fixture's latent size. */
-async function unetLoopSession(f: Fixture, b: number) {
+/** A float64 UNet session for the txt2img/inversion loops, batch b, latents [b, 4, h, w]. */
+async function unetLoopSession(f: Fixture, b: number, [h, w]: LatentHW) {
   const c = f.ckpt.unet.config;
-  const [, ch, h, w] = f.golden.shape("txt2img.latents_in") as [number, number, number, number];
+  const ch = c.in_channels;
   const graph = new Graph("unet64");
-  const p = new Float64Params(graph, f.ckpt);
+  const p = new Float64Params(graph, f.ckpt.unet.weights);
   const x = {
     sample: graph.input("sample", "float64", [b, ch, h, w]),
     timestep: graph.input("timestep", "float32", [b]),
@@ -541,25 +597,47 @@ function promptRow(f: Fixture, prompt: string): Float64Array {
   return Float64Array.from(hidden.subarray(i * per, (i + 1) * per));
 }
 
-/** diffusers' guided DDIM loop (η 0) in float64 from the golden's latents and (float32) contexts. */
-async function txt2img64(f: Fixture): Promise<Float64Array> {
+/** What a guided txt2img run starts from: latents [1, 4, h, w] and the contexts [negative; prompt]. */
+interface Txt2ImgStart {
+  latents: Float64Array;
+  size: LatentHW;
+  context: Float64Array;
+}
+
+/** The golden's txt2img start: its latents, and its (float32) text-encoder output as the contexts. */
+function goldenStart(f: Fixture): Txt2ImgStart {
   const o = f.golden.json.txt2img;
-  const x0 = Float64Array.from(f.golden.f32("txt2img.latents_in"));
-  const n = x0.length;
-  const ctx = new Float64Array(2 * promptRow(f, o.prompt).length);
-  ctx.set(promptRow(f, o.negative_prompt));
-  ctx.set(promptRow(f, o.prompt), ctx.length / 2);
+  const [, , h, w] = f.golden.shape("txt2img.latents_in") as [number, number, number, number];
+  const context = new Float64Array(2 * promptRow(f, o.prompt).length);
+  context.set(promptRow(f, o.negative_prompt));
+  context.set(promptRow(f, o.prompt), context.length / 2);
+  return { latents: Float64Array.from(f.golden.f32("txt2img.latents_in")), size: [h, w], context };
+}
+
+/**
+ * The golden's prompts through the float64 text encoder, from `latents` at `size` (the fixture's own
+ * size with its golden latents: the check against torch's float64; a larger one with seeded latents).
+ */
+async function exactStart(f: Fixture, latents: Float64Array, size: LatentHW): Promise<Txt2ImgStart> {
+  const o = f.golden.json.txt2img;
+  return { latents, size, context: await f.textEncoder([o.negative_prompt, o.prompt]) };
+}
+
+/** diffusers' guided DDIM loop (η 0) in float64, with the golden's prompt settings (steps, guidance). */
+async function txt2img64(f: Fixture, start: Txt2ImgStart): Promise<Float64Array> {
+  const o = f.golden.json.txt2img;
+  const n = start.latents.length;
   const vPred = f.ckpt.scheduler.config.prediction_type === "v_prediction";
   const s = f.scheduler;
   s.setTimesteps(o.steps);
   const alpha = (t: number) => f.alpha(t);
-  const u = await unetLoopSession(f, 2);
-  let x = x0;
+  const u = await unetLoopSession(f, 2, start.size);
+  let x = start.latents;
   for (const t of s.timesteps) {
     const both = new Float64Array(2 * n);
     both.set(x);
     both.set(x, n);
-    const out = await u.run(both, t, ctx);
+    const out = await u.run(both, t, start.context);
     const [aT, aP] = [alpha(t), alpha(s.prevTimestep(t))];
     const [sa, sb] = [Math.sqrt(aT), Math.sqrt(1 - aT)];
     x = x.map((xi, i) => {
@@ -573,6 +651,23 @@ async function txt2img64(f: Fixture): Promise<Float64Array> {
   return x;
 }
 
+/** A latent size [height, width]. */
+type LatentHW = readonly [number, number];
+
+/**
+ * The golden's guided txt2img (prompt, negative prompt, steps, guidance) again at a latent size where the
+ * chain is well conditioned: at the fixtures' 8×8 the UNet's bottom level is 1×1 and its GroupNorms see 2
+ * values per group, which amplifies float32 rounding ~300× (docs/ENGINE.md, Parity). SEEDED_SIZE's bottom
+ * level is 3×4, 24 values per group. The latents are what the engine's txt2img draws for SEEDED_SEED
+ * (GaussianRng(seed).normal(n), float32 values, exact in float64), so the parity suite runs it by seed.
+ */
+const SEEDED_SEED = 0;
+const SEEDED_SIZE: LatentHW = [24, 32];
+
+function seededLatents(f: Fixture, seed: number, [h, w]: LatentHW): Float64Array {
+  return Float64Array.from(new GaussianRng(seed).normal(f.ckpt.unet.config.in_channels * h * w));
+}
+
 /** DDIMInverseScheduler's loop in float64, conditioned on prompt 0, no guidance. */
 async function inversion64(f: Fixture): Promise<Float64Array> {
   const g = f.golden;
@@ -581,7 +676,8 @@ async function inversion64(f: Fixture): Promise<Float64Array> {
   s.setTimesteps(g.shape("inversion.timesteps")[0] as number);
   const alpha = (t: number) => f.alpha(t);
   const ctx = promptRow(f, g.json.prompts[0] as string);
-  const u = await unetLoopSession(f, 1);
+  const [, , h, w] = g.shape("inversion.latents_in") as [number, number, number, number];
+  const u = await unetLoopSession(f, 1, [h, w]);
   let x = Float64Array.from(g.f32("inversion.latents_in"));
   for (const t of s.inversionTimesteps()) {
     const m = await u.run(x, t, ctx);
@@ -603,20 +699,45 @@ interface SimulateOptions {
   grads: boolean;
   /** Merge the pipeline results' scatter into <fixture>/exact.json (`float32_scatter`). */
   write: boolean;
+  /** The seeded txt2img's latent size (SEEDED_SIZE unless measuring another). */
+  size: LatentHW;
+  /** Only the seeded txt2img (not the golden's chains). */
+  seededOnly: boolean;
+}
+
+/** The engine's own float32 txt2img (public API, CPU) of the seeded run: what the parity suite checks. */
+async function engineSeeded(dir: string, size: LatentHW): Promise<Float32Array> {
+  const o = loadGolden(dir).json.txt2img;
+  const sd = await StableDiffusion.load(join(dir, "model"), { device: "cpu", dtype: "fp32" });
+  try {
+    const start = { seed: SEEDED_SEED, height: size[0] * sd.vaeScale, width: size[1] * sd.vaeScale };
+    return (await txt2img(sd, goldenTxt2imgOptions(o, start))).latents;
+  } finally {
+    await sd.release();
+  }
 }
 
 /**
  * N float32-rounded evaluations of the chained results (txt2img, inversion), each against torch's float64
  * answer (what the parity suite compares ours with: the float32 contexts' own rounding is part of what a
- * float32 engine cannot avoid), and optionally of the loss and gradients against the exact ones.
+ * float32 engine cannot avoid), and optionally of the loss and gradients against the exact ones. The
+ * seeded txt2img's evaluations (text encoder included) are measured against its exact answer.
  */
 async function simulate(dir: string, o: SimulateOptions): Promise<void> {
   const f = new Fixture(dir);
   const torch = (k: string) => f.extra.f64(`f64.${k}.latents_out`);
+  if (!o.seededOnly) {
+    console.log(
+      `${dir}: exact maths with the golden's float32 contexts vs torch's float64 (float64 contexts): txt2img ` +
+        `${relError(await txt2img64(f, goldenStart(f)), torch("txt2img")).toExponential(2)}, inversion ` +
+        `${relError(await inversion64(f), torch("inversion")).toExponential(2)}`,
+    );
+  }
+  const latents = seededLatents(f, SEEDED_SEED, o.size);
+  const seeded = await txt2img64(f, await exactStart(f, latents, o.size));
+  const ours = relError(await engineSeeded(dir, o.size), seeded);
   console.log(
-    `${dir}: exact maths with the golden's float32 contexts vs torch's float64 (float64 contexts): txt2img ` +
-      `${relError(await txt2img64(f), torch("txt2img")).toExponential(2)}, inversion ` +
-      `${relError(await inversion64(f), torch("inversion")).toExponential(2)}`,
+    `${dir}: seeded txt2img at ${o.size.join("×")} latents: the engine's float32 lies ${ours.toExponential(2)} from exact`,
   );
   const grads = o.grads ? await f.lossAndGrads("weights") : undefined;
   const rows: Record<string, number[]> = {};
@@ -625,8 +746,14 @@ async function simulate(dir: string, o: SimulateOptions): Promise<void> {
   };
   for (let seed = 1; seed <= o.seeds; seed++) {
     roundingSeed = seed;
-    note("txt2img.latents_out", relError(await txt2img64(f), torch("txt2img")));
-    note("inversion.latents_out", relError(await inversion64(f), torch("inversion")));
+    if (!o.seededOnly) {
+      note("txt2img.latents_out", relError(await txt2img64(f, goldenStart(f)), torch("txt2img")));
+      note("inversion.latents_out", relError(await inversion64(f), torch("inversion")));
+    }
+    note(
+      "txt2img_seeded.latents_out",
+      relError(await txt2img64(f, await exactStart(f, latents, o.size)), seeded),
+    );
     if (grads) {
       const r = await f.lossAndGrads("weights");
       let worst = 0;
@@ -658,16 +785,20 @@ async function simulate(dir: string, o: SimulateOptions): Promise<void> {
     );
   }
   if (o.write) {
+    // Only what this run measured is replaced: each entry records the command that made it.
     const path = join(dir, "exact.json");
     const json = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+    const made_by = `npx tsx scripts/parity-float64.ts simulate --seeds ${o.seeds}${o.seededOnly ? " --seeded" : ""} --write`;
+    const pipelines = ["txt2img.latents_out", "inversion.latents_out", "txt2img_seeded.latents_out"];
     json.float32_scatter = {
+      ...(json.float32_scatter as Record<string, unknown> | undefined),
       desc:
-        "relative distance from torch's float64 answer of float32 evaluations simulated on the exact maths " +
-        "(every float64 op output times 1 + u·2^-24, u ~ U(-1, 1), seeds 1…N; golden float32 contexts): " +
-        "how far a correctly rounded float32 engine scatters on this input",
-      made_by: `npx tsx scripts/parity-float64.ts simulate --seeds ${o.seeds} --write`,
-      "txt2img.latents_out": summary["txt2img.latents_out"],
-      "inversion.latents_out": summary["inversion.latents_out"],
+        "relative distance from the float64 answer of float32 evaluations simulated on the exact maths " +
+        "(every float64 op output times 1 + u·2^-24, u ~ U(-1, 1), seeds 1…N): how far a correctly rounded " +
+        "float32 engine scatters on this input. txt2img and inversion: from torch's float64 answer, fed the " +
+        "golden's float32 contexts (made by `made_by`); txt2img_seeded: from exact.safetensors' answer, the " +
+        "text encoder simulated too (made by its own `made_by`)",
+      ...Object.fromEntries(pipelines.filter((k) => summary[k]).map((k) => [k, { ...summary[k], made_by }])),
     };
     writeFileSync(path, `${JSON.stringify(json, null, 1)}\n`);
     console.log(`${path}: float32_scatter written`);
@@ -684,14 +815,29 @@ if (command === "exact") {
 } else if (command === "simulate") {
   const i = rest.indexOf("--seeds");
   const seeds = i >= 0 ? Number(rest[i + 1]) : 8;
-  const dirs = rest.filter((a, k) => !a.startsWith("--") && rest[k - 1] !== "--seeds");
+  const j = rest.indexOf("--size");
+  const size = j >= 0 ? (rest[j + 1]?.split("x").map(Number) as [number, number]) : SEEDED_SIZE;
+  if (size.length !== 2 || !size.every((v) => Number.isInteger(v) && v > 0))
+    throw new Error("--size takes the seeded txt2img's latent size as HxW, e.g. 24x32");
+  const write = rest.includes("--write");
+  if (write && size.join("x") !== SEEDED_SIZE.join("x"))
+    throw new Error(`--write records the scatter at SEEDED_SIZE (${SEEDED_SIZE.join("x")}) only`);
+  const dirs = rest.filter(
+    (a, k) => !a.startsWith("--") && !["--seeds", "--size"].includes(rest[k - 1] ?? ""),
+  );
   for (const dir of dirs.length > 0 ? dirs : ["test/fixtures/models/sd1", "test/fixtures/models/sd2"]) {
     if (!existsSync(join(dir, "exact.json"))) throw new Error(`${dir} has no exact.json: run exact first`);
-    await simulate(resolve(dir), { seeds, grads: rest.includes("--grads"), write: rest.includes("--write") });
+    await simulate(resolve(dir), {
+      seeds,
+      grads: rest.includes("--grads"),
+      write,
+      size,
+      seededOnly: rest.includes("--seeded"),
+    });
   }
 } else {
   console.error(
-    "usage: npx tsx scripts/parity-float64.ts exact [fixture dir …] | simulate [--seeds N] [--grads] [--write] [fixture dir …]",
+    "usage: npx tsx scripts/parity-float64.ts exact [fixture dir …] | simulate [--seeds N] [--size HxW] [--grads] [--write] [fixture dir …]",
   );
   process.exit(2);
 }

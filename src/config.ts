@@ -113,6 +113,10 @@ const SETTINGS = {
   },
   ENGINE_DTYPE: { schema: z.enum(["auto", "fp32", "fp16"]).default("auto"), expects: "auto|fp32|fp16" },
   ENGINE_HTTP_PORT: { schema: int(0, 65535).default(9464), expects: "a TCP port 0-65535 (0 disables)" },
+  ENGINE_LOCK_SECONDS: {
+    schema: int(5).default(120),
+    expects: "a whole number of seconds ≥ 5",
+  },
   ENGINE_MAX_TRAIN_BYTES: {
     schema: bytes.optional(),
     expects:

@@ -3,6 +3,7 @@
 // posted once, and only this platform's jobs are reported to it).
 import { Redis } from "ioredis";
 import type { Config } from "../config.js";
+import { childLogger } from "../log.js";
 import { type BlobLimits, BlobStore } from "../queue/blobs.js";
 import { QueueClient } from "../queue/client.js";
 import type { ChatOrigin } from "../queue/jobs.js";
@@ -28,6 +29,8 @@ export interface QueueSide {
  * Connects the queue side of `platform`'s bot and starts the bot on it; stopping the bot (or a failed
  * start) closes the connections again.
  */
+const log = childLogger("queue-side");
+
 export async function startOnQueue(
   platform: ChatOrigin["platform"],
   config: Config,
@@ -35,6 +38,9 @@ export async function startOnQueue(
   startBot: (side: QueueSide) => Promise<Pick<RunningService, "stop" | "failed">>,
 ): Promise<RunningService> {
   const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  // It reconnects by itself (commands wait meanwhile); unheard, ioredis prints every failed attempt as
+  // an "Unhandled error event" with its stack (the chaos run's Redis restarts showed it).
+  redis.on("error", (err) => log.warn({ err: err.message }, "redis connection error (reconnecting)"));
   const blobs = new BlobStore(redis, blobLimits(config));
   const queue = new QueueClient({
     redisUrl,

@@ -20,9 +20,10 @@ import { QueueClient } from "../queue/client.js";
 import type { JobName, JobResult } from "../queue/jobs.js";
 import { resolveRedis } from "../queue/redis-server.js";
 import { PRESET_NAMES, type PresetName, parseNumberList } from "../spec/imagic.js";
-import { parseSize, type Size } from "../spec/shape.js";
+import { requestedSizeOptions, type Size } from "../spec/shape.js";
 import { checkSubjectWord, PAPER_STRENGTHS } from "../spec/swap.js";
 import { collect } from "./edit/shared.js";
+import { sizeOption } from "./options.js";
 
 const log = childLogger("demo");
 
@@ -135,6 +136,7 @@ interface SwapFlags {
   out: string;
   conceptSteps?: string;
   steps?: string;
+  size?: Size;
 }
 
 /**
@@ -159,6 +161,7 @@ function swapDemoCommand(): Command {
     .option("--concept-steps <n>", "override the concept preset's training steps (a shorter demo)")
     .option("--steps <n>", "DDIM steps of the swap (default 50)")
     .option("--out <dir>", "where the grids and images go", "swap-demo")
+    .addOption(sizeOption("the source photo"))
     .action(async (f: SwapFlags) => {
       const config = appConfig();
       const seeds = parseNumberList(f.seeds, "--seeds");
@@ -198,6 +201,7 @@ function swapDemoCommand(): Command {
                       Object.entries(PAPER_STRENGTHS).map(([k, v]) => [k, Math.min(v, steps)]),
                     ),
                   }),
+              ...requestedSizeOptions(f.size),
             },
           });
         process.stderr.write(
@@ -249,11 +253,7 @@ export function demoCommand(): Command {
     .option("--embedding-steps <n>", "override the preset's embedding steps (a shorter demo)")
     .option("--finetune-steps <n>", "override the preset's fine-tune steps")
     .option("--ddim-steps <n>", "DDIM steps of both renders (default: the preset's / 50)")
-    .option(
-      "--size <size>",
-      'force the working size: a side ("512") or width×height ("768x512") (default: the photo\'s own shape)',
-      (v: string) => parseSize(v, "--size"),
-    )
+    .addOption(sizeOption())
     .action(async (f: Flags) => {
       const config = appConfig();
       const seeds = parseNumberList(f.seeds, "--seeds");
@@ -282,7 +282,7 @@ export function demoCommand(): Command {
             ...(embeddingSteps === undefined ? {} : { embeddingSteps }),
             ...(finetuneSteps === undefined ? {} : { finetuneSteps }),
             ...(steps === undefined ? {} : { steps }),
-            ...(f.size ? { width: f.size.width, height: f.size.height } : {}),
+            ...requestedSizeOptions(f.size),
           },
         });
         mkdirSync(f.out, { recursive: true });

@@ -1,6 +1,7 @@
 // Flags that several CLI commands share, spelled once so their choices and help stay alike.
 import { Option } from "commander";
 import type { Config } from "../config.js";
+import { parseSize } from "../spec/shape.js";
 
 export type DeviceFlag = Config["engineDevice"];
 export type DtypeFlag = Config["engineDtype"];
@@ -32,4 +33,15 @@ export function trainDtypeOption(what = "training"): Option {
   )
     .choices(["fp32", "fp16"])
     .default("fp32");
+}
+
+/**
+ * `--size`: a forced working size of `photo` (src/spec/shape.ts), parsed into a Size and checked against
+ * the limits before anything starts.
+ */
+export function sizeOption(photo = "the photo"): Option {
+  return new Option(
+    "--size <size>",
+    `force a working size: a side ("512") or width×height ("768x512"); ${photo} covers it, centre-cropped (default: ${photo}'s aspect ratio at the model's pixel count, 512² for SD 1.5)`,
+  ).argParser((v: string) => parseSize(v, "--size"));
 }

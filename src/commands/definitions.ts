@@ -38,6 +38,15 @@ const seedsOption: OptionDefinition = {
   maxLength: 100,
 };
 
+/** A forced working size (src/spec/shape.ts), for /imagic's photo and /swap's source photo alike. */
+const sizeOption: OptionDefinition = {
+  name: "size",
+  type: "string",
+  description: 'force a size: a side ("512") or width×height ("768x512"); default: your photo\'s own shape',
+  required: false,
+  maxLength: 20,
+};
+
 export const COMMANDS: readonly CommandDefinition[] = [
   {
     name: "imagic",
@@ -72,14 +81,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
         max: ETA_RANGE.max,
       },
       seedsOption,
-      {
-        name: "size",
-        type: "string",
-        description:
-          'force a size: a side ("512") or width×height ("768x512"); default: your photo\'s own shape',
-        required: false,
-        maxLength: 20,
-      },
+      sizeOption,
     ],
   },
   {
@@ -123,6 +125,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
         maxLength: MAX_STRENGTHS_LENGTH,
       },
       seedsOption,
+      sizeOption,
     ],
   },
   {

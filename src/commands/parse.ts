@@ -45,6 +45,8 @@ export interface SwapRequest {
   strengths: Partial<Record<SwapStrengthKey, number>>;
   /** `strengths`: several full sets (one grid row each), instead of the single options above. */
   strengthList?: SwapStrengths[];
+  /** A forced working size of the source photo (src/spec/shape.ts); absent: its own aspect ratio. */
+  size?: Size;
 }
 
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
@@ -102,6 +104,12 @@ export function parseSeeds(
   return seeds;
 }
 
+/** `size`, /imagic's and /swap's: a forced working size, checked against src/spec/shape.ts's limits. */
+function sizeOf(request: CommandRequest): { size?: Size } {
+  const value = request.options.size;
+  return value === undefined ? {} : { size: parseSize(String(value), "`size`") };
+}
+
 export function parseImagic(request: CommandRequest): ImagicRequest {
   const image = required(attachment(request, "image"), "image");
   const prompt = required(text(request.options, "prompt", MAX_PROMPT_LENGTH), "prompt");
@@ -116,9 +124,7 @@ export function parseImagic(request: CommandRequest): ImagicRequest {
     }
   }
   const eta = number(request.options.eta, "eta", ETA_RANGE.min, ETA_RANGE.max);
-  const sizeValue = request.options.size;
-  const size = sizeValue === undefined ? undefined : parseSize(String(sizeValue), "`size`");
-  return { image, prompt, preset, eta, seeds: parseSeeds(request.options.seeds), ...(size ? { size } : {}) };
+  return { image, prompt, preset, eta, seeds: parseSeeds(request.options.seeds), ...sizeOf(request) };
 }
 
 export function parseSwap(request: CommandRequest): SwapRequest {
@@ -139,8 +145,9 @@ export function parseSwap(request: CommandRequest): SwapRequest {
     strengths[s.key] = steps;
   }
   const seeds = parseSeeds(request.options.seeds);
+  const size = sizeOf(request);
   const listed = text(request.options, "strengths", MAX_STRENGTHS_LENGTH);
-  if (listed === undefined) return { source, references, subject, seeds, strengths };
+  if (listed === undefined) return { source, references, subject, seeds, strengths, ...size };
   const single = SWAP_STRENGTHS.find((s) => strengths[s.key] !== undefined);
   if (single) {
     throw new UserFacingError(
@@ -149,5 +156,5 @@ export function parseSwap(request: CommandRequest): SwapRequest {
   }
   const strengthList = parseStrengthList(listed, "`strengths`", SWAP_SAMPLING_STEPS);
   checkVariantCount(seeds.length, strengthList.length, "`strengths` × `seeds`");
-  return { source, references, subject, seeds, strengths, strengthList };
+  return { source, references, subject, seeds, strengths, strengthList, ...size };
 }

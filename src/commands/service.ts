@@ -11,6 +11,7 @@ import type { BlobStore } from "../queue/blobs.js";
 import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
 import { getPreset } from "../spec/imagic.js";
+import { requestedSizeOptions } from "../spec/shape.js";
 import { chatImageLimits, type ImageLimits } from "../spec/upload.js";
 import { checkDeclared, fetchImage } from "./attachments.js";
 import type {
@@ -157,7 +158,7 @@ export class ChatCommands {
       seeds: spec.seeds,
       ...(spec.preset ? { preset: spec.preset } : {}),
       ...(spec.eta !== undefined ? { eta: spec.eta } : {}),
-      ...(spec.size ? { width: spec.size.width, height: spec.size.height } : {}),
+      ...requestedSizeOptions(spec.size),
     };
     await this.startJob(request, reply, {
       name: "imagic.train",
@@ -188,6 +189,7 @@ export class ChatCommands {
         options: {
           seeds: spec.seeds,
           ...(spec.strengthList ? { strengths: spec.strengthList } : spec.strengths),
+          ...requestedSizeOptions(spec.size),
         },
       }),
     });

@@ -46,7 +46,8 @@ export function helpText(platform: Platform): string {
     `• ${usage.swap} ` +
       `Options: \`self_output_steps\`, \`self_map_steps\`, \`cross_map_steps\` (steps of ${SWAP_SAMPLING_STEPS} that keep the ` +
       'source\'s φ, M and A: more keeps more of the photo), or `strengths` for several at once ("10/25/20,5/15/10", ' +
-      `one grid row each), \`seeds\` (seeds × strengths up to ${SWAP_LIMITS.variants}). I learn the new subject ` +
+      `one grid row each), \`seeds\` (seeds × strengths up to ${SWAP_LIMITS.variants}), \`size\` (as for /imagic, ` +
+      "for the source photo). I learn the new subject " +
       "(minutes, once per set of references), post a grid of the variants, and you react with a tile's number " +
       "to get the final image.",
     `• ${usage.manage}`,

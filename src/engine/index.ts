@@ -39,7 +39,6 @@ import {
 import type { ProxySettings } from "./models/hub-http.js";
 import {
   type LoraFileOptions,
-  type LoraInputs,
   type LoraWeights,
   loraDownName,
   loraFromSafetensors,
@@ -153,7 +152,12 @@ export interface GraphParts {
 }
 
 export class StableDiffusion {
-  private readonly sessions = new Map<string, Promise<{ session: Session }>>();
+  /** What callers hold, per key: the build's extras and a handle that outlives its session (see `cached`). */
+  private readonly handles = new Map<string, Promise<{ session: Session }>>();
+  /** The sessions being built or holding device memory, per key. */
+  private readonly live = new Map<string, Promise<LiveSession>>();
+  /** Those of them that are built: what can be released when another session needs the room. */
+  private readonly ready = new Map<string, LiveSession>();
   private readonly unetDtype: ComputeDType;
   private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
@@ -419,25 +423,15 @@ export class StableDiffusion {
         wrtWeights: unet ? (name) => unet.has(name) : undefined,
       });
     });
-    const alphas = this.scheduler().alphasCumprod;
-    const sa = new Float32Array(batch);
-    const so = new Float32Array(batch);
-    args.t.forEach((t, i) => {
-      const ac = alphas[t];
-      if (!Number.isInteger(t) || ac === undefined) {
-        throw new Error(`lossAndGrads: timestep ${t} is outside 0…${alphas.length - 1}`);
-      }
-      sa[i] = Math.sqrt(ac);
-      so[i] = Math.sqrt(1 - ac);
-    });
+    const { sqrtAlpha, sqrtOneMinusAlpha } = this.scheduler().noiseScales(args.t);
     const shape = [batch, this.latentChannels, lh, lw];
     const context = ctxBatch === batch ? args.context : tile(args.context, batch);
     const feeds: Record<string, HostTensor> = {
       [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
       [IO.noise]: { dtype: "float32", shape, data: args.noise },
       [IO.timestep]: { dtype: "float32", shape: [batch], data: Float32Array.from(args.t) },
-      [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sa },
-      [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: so },
+      [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sqrtAlpha },
+      [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: sqrtOneMinusAlpha },
       [IO.context]: { dtype: "float32", shape: [batch, 77, this.contextShape[1]], data: context },
       ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
       ...(unet ? weightFeeds("lossAndGrads", weights, unet) : {}),
@@ -582,11 +576,9 @@ export class StableDiffusion {
     return DDIMScheduler.fromConfig(this.ckpt.scheduler.config);
   }
 
+  /** Releases every session (their device memory); the handles callers hold rebuild on their next run. */
   async release(): Promise<void> {
-    const all = [...this.sessions.values()];
-    this.sessions.clear();
-    for (const s of await Promise.allSettled(all))
-      if (s.status === "fulfilled") await s.value.session.release();
+    await this.evict(undefined);
   }
 
   /** Releases the sessions and the hold on the model's hub snapshot: the object is done with. */
@@ -610,54 +602,133 @@ export class StableDiffusion {
   }
 
   /**
-   * A session that, when the device runs out of memory, releases every session of this model: the job
-   * fails (DeviceMemoryError), and the next one starts with the device's memory back and rebuilds what
-   * it needs instead of failing too.
+   * The session for `key`, built once and then shared by every call. Callers get a handle, not the
+   * session: when the device runs out of memory (building a session or running one) the model releases
+   * its other sessions and tries once more — Imagic's training session, done with, makes room for the
+   * sampling one on a 16 GB card — and a handle whose session was released that way rebuilds it on its
+   * next run (from the on-disk graph cache). Out of memory again: every session is released and the
+   * call fails with DeviceMemoryError, so the next job starts with the device's memory back.
    */
-  private releasingOnOom(session: Session): Session {
-    return {
-      ...session,
-      run: async (feeds) => {
-        try {
-          return await session.run(feeds);
-        } catch (e) {
-          if (e instanceof DeviceMemoryError) {
-            log.warn({ model: this.modelId }, "out of device memory: releasing every session of the model");
-            await this.release();
-          }
-          throw e;
-        }
-      },
-    };
-  }
-
   private cached<T extends { graph: Graph }>(
     key: string,
     build: () => T,
   ): Promise<Omit<T, "graph"> & { session: Session }> {
-    let entry = this.sessions.get(key);
+    let entry = this.handles.get(key);
     if (!entry) {
       entry = (async () => {
-        const started = performance.now();
         const { graph, ...rest } = build();
-        const session = await createSession(graph, {
-          device: this.device,
-          cacheKey: `sd-${this.fingerprint}/${key}`,
-          cacheDir: this.graphCacheDir,
-        });
-        log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
-        return { ...rest, session: this.releasingOnOom(session) };
+        const { session } = await this.open(key, graph);
+        return { ...rest, session: this.handle(key, build, session) };
       })();
-      // A failed build is not cached, so a later call can retry (e.g. after freeing memory).
-      entry.catch((e) => {
-        this.sessions.delete(key);
-        if (e instanceof DeviceMemoryError) void this.release();
-      });
-      this.sessions.set(key, entry);
+      // A failed build is not kept, so a later call can retry (e.g. after freeing memory).
+      entry.catch(() => this.handles.delete(key));
+      this.handles.set(key, entry);
     }
     // Each key is only ever built by one builder, so the entry holds what that builder returned.
     return entry as Promise<Omit<T, "graph"> & { session: Session }>;
   }
+
+  /** Builds the session for `key`; out of device memory, once more after releasing the others. */
+  private open(key: string, graph: Graph): Promise<LiveSession> {
+    const entry = (async (): Promise<LiveSession> => {
+      const started = performance.now();
+      const create = () =>
+        createSession(graph, {
+          device: this.device,
+          cacheKey: `sd-${this.fingerprint}/${key}`,
+          cacheDir: this.graphCacheDir,
+        });
+      let session: Session;
+      try {
+        session = await create();
+      } catch (e) {
+        if (!(e instanceof DeviceMemoryError) || !(await this.evict(key))) throw e;
+        log.warn(
+          { model: this.modelId, key },
+          "out of device memory building a session: released the others",
+        );
+        session = await create();
+      }
+      log.debug({ key, ms: Math.round(performance.now() - started) }, "session ready");
+      const live = { session, running: new Set<Promise<unknown>>() };
+      this.ready.set(key, live);
+      return live;
+    })();
+    entry.catch((e) => {
+      if (this.live.get(key) === entry) this.live.delete(key);
+      if (e instanceof DeviceMemoryError) void this.release();
+    });
+    this.live.set(key, entry);
+    return entry;
+  }
+
+  /** A handle on the session for `key` that survives its release (see `cached`). */
+  private handle(key: string, build: () => { graph: Graph }, first: Session): Session {
+    const runOnce = async (feeds: Record<string, HostTensor>) => {
+      const live = await (this.live.get(key) ?? this.open(key, build().graph));
+      const run = live.session.run(feeds);
+      live.running.add(run);
+      try {
+        return await run;
+      } finally {
+        live.running.delete(run);
+      }
+    };
+    return {
+      device: first.device,
+      inputNames: first.inputNames,
+      outputNames: first.outputNames,
+      inputs: first.inputs,
+      outputs: first.outputs,
+      run: async (feeds) => {
+        try {
+          return await runOnce(feeds);
+        } catch (e) {
+          if (!(e instanceof DeviceMemoryError)) throw e;
+          if (await this.evict(key)) {
+            log.warn(
+              { model: this.modelId, key },
+              "out of device memory in a run: released the others, running again",
+            );
+            try {
+              return await runOnce(feeds);
+            } catch (again) {
+              if (!(again instanceof DeviceMemoryError)) throw again;
+            }
+          }
+          log.warn({ model: this.modelId }, "out of device memory: releasing every session of the model");
+          await this.release();
+          throw e;
+        }
+      },
+      endProfiling: () => undefined, // the model's sessions are built without the profiler
+      release: () => this.evict(undefined, key).then(() => undefined),
+    };
+  }
+
+  /**
+   * Releases the built sessions (all, or only `only`'s) but `keep`'s, each after its runs in flight;
+   * whether there was any. Sessions still being built are left alone: two builds out of memory at once
+   * would otherwise each wait for the other.
+   */
+  private async evict(keep: string | undefined, only?: string): Promise<boolean> {
+    const idle = [...this.ready].filter(([key]) => key !== keep && (only === undefined || key === only));
+    for (const [key] of idle) {
+      this.ready.delete(key);
+      this.live.delete(key);
+    }
+    for (const [, { session, running }] of idle) {
+      await Promise.allSettled([...running]);
+      await session.release();
+    }
+    return idle.length > 0;
+  }
+}
+
+/** A built session, and its runs in flight (a release waits for them). */
+interface LiveSession {
+  readonly session: Session;
+  readonly running: Set<Promise<unknown>>;
 }
 
 /** The UNet's compute dtype: fp16 when asked for, or by default on a GPU. */

@@ -4,7 +4,7 @@
 import { z } from "zod";
 import { LIMITS, PRESET_NAMES, type PresetName } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEED, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
-import { requestedSideSchema, requestedSizeIssues } from "../spec/shape.js";
+import { refineRequestedSize, requestedSizeFields } from "../spec/shape.js";
 import {
   MAX_REFERENCES,
   MIN_REFERENCES,
@@ -66,23 +66,14 @@ const imagicTrainPayload = z.strictObject({
        * A working size forced in pixels (both or neither; src/spec/shape.ts): the photo covers it,
        * centre-cropped. Unset: the photo's own aspect ratio at the model's pixel count.
        */
-      width: requestedSideSchema.optional(),
-      height: requestedSideSchema.optional(),
+      ...requestedSizeFields,
       /** The first grid: one tile per seed at `eta` (the preset's when unset). */
       seeds: imagicSeeds.max(MAX_SEEDS).optional(),
       eta: eta.optional(),
       guidance: guidance.optional(),
       steps: samplingSteps.optional(),
     })
-    .superRefine((o, ctx) => {
-      if ((o.width === undefined) !== (o.height === undefined)) {
-        ctx.addIssue({ code: "custom", path: ["width"], message: "give both width and height, or neither" });
-      } else if (o.width !== undefined && o.height !== undefined) {
-        for (const message of requestedSizeIssues({ width: o.width, height: o.height })) {
-          ctx.addIssue({ code: "custom", path: ["width"], message: `width × height ${message}` });
-        }
-      }
-    })
+    .superRefine(refineRequestedSize)
     .default({ preset: "balanced" }),
 });
 
@@ -140,6 +131,11 @@ const swapEditPayload = z.strictObject({
       selfOutputSteps: strengthSteps.default(swapDefaults.selfOutputSteps),
       selfMapSteps: strengthSteps.default(swapDefaults.selfMapSteps),
       crossMapSteps: strengthSteps.default(swapDefaults.crossMapSteps),
+      /**
+       * The source photo's working size, forced as imagic.train's is (src/spec/shape.ts); unset: the
+       * photo's own aspect ratio. The references are not affected: concepts learn at the model's square.
+       */
+      ...requestedSizeFields,
       /** Several strengths (one grid row each): when given, replaces the three above. */
       strengths: z
         .array(
@@ -155,6 +151,7 @@ const swapEditPayload = z.strictObject({
     })
     .default(swapDefaults)
     .superRefine((o, ctx) => {
+      refineRequestedSize(o, ctx);
       for (const [i, strengths] of (o.strengths ?? [o]).entries()) {
         for (const s of SWAP_STRENGTHS) {
           if (strengths[s.key] > o.steps) {

@@ -89,7 +89,8 @@ function findOnPath(binary: string): string | undefined {
   });
 }
 
-async function freePort(): Promise<number> {
+/** A loopback TCP port that was free a moment ago. */
+export async function freePort(): Promise<number> {
   const server = net.createServer();
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

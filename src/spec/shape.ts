@@ -109,10 +109,19 @@ export function parseSize(text: string, option = "--size"): Size {
 }
 
 /** One side of a requested size, as the queue's payloads check it. */
-export const requestedSideSchema = z.number().int().min(SHAPE_LIMITS.minSide).max(SHAPE_LIMITS.maxSide);
+const requestedSideSchema = z.number().int().min(SHAPE_LIMITS.minSide).max(SHAPE_LIMITS.maxSide);
+
+/**
+ * A forced working size in a job's options (`imagic.train`, `swap.edit`): `width` and `height` in pixels,
+ * both or neither. Spread into the options' object and check it with `refineRequestedSize`.
+ */
+export const requestedSizeFields = {
+  width: requestedSideSchema.optional(),
+  height: requestedSideSchema.optional(),
+};
 
 /** What is wrong with a requested size whose sides are each in range: too many pixels, too elongated. */
-export function requestedSizeIssues(size: Size): string[] {
+function requestedSizeIssues(size: Size): string[] {
   const { maxPixels, maxAspect } = SHAPE_LIMITS;
   return [
     ...(size.width * size.height > maxPixels
@@ -120,6 +129,28 @@ export function requestedSizeIssues(size: Size): string[] {
       : []),
     ...(ratio(size) > maxAspect ? [`must have an aspect ratio of at most ${maxAspect}:1`] : []),
   ];
+}
+
+/** The zod check of `requestedSizeFields` beyond each side's range: both or neither, pixels, aspect ratio. */
+export function refineRequestedSize(o: { width?: number; height?: number }, ctx: z.RefinementCtx): void {
+  if ((o.width === undefined) !== (o.height === undefined)) {
+    ctx.addIssue({ code: "custom", path: ["width"], message: "give both width and height, or neither" });
+    return;
+  }
+  const size = requestedSize(o);
+  for (const message of size ? requestedSizeIssues(size) : []) {
+    ctx.addIssue({ code: "custom", path: ["width"], message: `width × height ${message}` });
+  }
+}
+
+/** A job's forced size as a Size (undefined: the photo's own shape). */
+export function requestedSize(o: { width?: number; height?: number }): Size | undefined {
+  return o.width !== undefined && o.height !== undefined ? { width: o.width, height: o.height } : undefined;
+}
+
+/** A forced size as a job's options carry it (nothing when there is none: old jobs look the same). */
+export function requestedSizeOptions(size: Size | undefined): { width?: number; height?: number } {
+  return size ? { width: size.width, height: size.height } : {};
 }
 
 const roundTo = (v: number, m: number) => Math.max(m, Math.round(v / m) * m);

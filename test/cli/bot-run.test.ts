@@ -3,7 +3,7 @@
 // it: a process that stayed up would hear no command again. `bot run` exits 1 instead, saying why, so
 // that the supervisor restarts it and the new process asks Discord for the shard count again.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FakeDiscord } from "../bots/discord/fake/server.js";
+import { FakeDiscord } from "../../src/bots/discord/fake/server.js";
 import { startTestRedis, type TestRedis } from "../helpers/redis.js";
 import { tempDirs } from "../helpers/temp-dirs.js";
 import { spawnCli, waitForLog } from "./run-cli.js";

@@ -55,7 +55,7 @@ describe("demo", () => {
     expect(sweep.height).toBeLessThan(2 * 64);
   }, 180_000);
 
-  it("swap: learns the subject, swaps it into the sample photo, keeps the pick, swaps again from the cache", async () => {
+  it("swap: learns the subject, swaps it into the sample photo, keeps the pick, swaps again from the cache; a rerun at a forced --size", async () => {
     const dir = mkdtempSync(path.join(tmpdir(), "swap-demo-"));
     const out = path.join(dir, "out");
     const r = await runCli(
@@ -74,6 +74,8 @@ describe("demo", () => {
     expect(readdirSync(out).sort()).toEqual(
       ["final.png", "grid-again.png", "grid.png", "swap-1-seed-0.png", "swap-2-seed-1.png"].sort(),
     );
+    const unsized = await sharp(path.join(out, "swap-1-seed-0.png")).metadata();
+    expect([unsized.width, unsized.height]).toEqual([64, 43]);
     // Run again on the same state: the concept learned above is in STATE_DIR's Redis, and says so.
     const rerun = await runCli(
       [
@@ -85,6 +87,8 @@ describe("demo", () => {
         "2",
         "--steps",
         "3",
+        "--size",
+        "64x96",
         "--out",
         path.join(dir, "rerun"),
       ],
@@ -93,6 +97,11 @@ describe("demo", () => {
     expect(rerun.code, rerun.stderr).toBe(0);
     expect(rerun.stderr).not.toMatch(/concept \d/);
     expect(rerun.stdout).toMatch(/\(its concept from the queue's cache: learned by an earlier run\)/);
+    // --size 64x96 reaches the swap job: the variants come back 64×96 (the first run's were the photo's 64×43).
+    for (const name of ["swap-1-seed-0.png", "final.png"]) {
+      const image = await sharp(path.join(dir, "rerun", name)).metadata();
+      expect([image.width, image.height], name).toEqual([64, 96]);
+    }
   }, 240_000);
 
   it("refuses a pick that is not a tile, and a swap subject of two words, before starting anything", async () => {
@@ -112,9 +121,11 @@ describe("demo", () => {
   });
 
   it("refuses a size it cannot serve before starting anything, naming the limit", async () => {
-    const r = await runCli(["demo", "--size", "100x900"]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/--size 100×900 has an aspect ratio of 9\.00:1; the limit is 4:1/);
-    expect(r.stderr).not.toMatch(/redis/i);
+    for (const args of [["demo"], ["demo", "swap"]]) {
+      const r = await runCli([...args, "--size", "100x900"]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/--size 100×900 has an aspect ratio of 9\.00:1; the limit is 4:1/);
+      expect(r.stderr).not.toMatch(/redis/i);
+    }
   });
 });

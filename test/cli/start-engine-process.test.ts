@@ -5,7 +5,7 @@
 // acknowledge every command within Discord's 3 s. So the engine runs in a process of its own, and
 // commands sent while it compiles are acknowledged at once.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FakeDiscord, type FakeInteraction } from "../bots/discord/fake/server.js";
+import { FakeDiscord, type FakeInteraction } from "../../src/bots/discord/fake/server.js";
 import { opt, PHOTO } from "../bots/discord/support.js";
 import { tempDirs } from "../helpers/temp-dirs.js";
 import { spawnCli, waitForLog } from "./run-cli.js";

@@ -74,10 +74,25 @@ describe("parseImagic", () => {
       "`eta` must be a number from 0 to 1.5 (got -0.1)",
     );
   });
+});
 
+// /imagic's photo and /swap's source photo take the same `size`, read and refused alike.
+describe.each([
+  {
+    command: "imagic",
+    parse: (size?: string) =>
+      parseImagic(request("imagic", { prompt: "x", ...(size ? { size } : {}) }, [file("image")])),
+  },
+  {
+    command: "swap",
+    parse: (size?: string) =>
+      parseSwap(
+        request("swap", { subject: "cat", ...(size ? { size } : {}) }, [file("source"), file("reference1")]),
+      ),
+  },
+])("/$command `size`", ({ parse }) => {
   it("reads a forced size as a square or width×height, and none as the photo's own shape", () => {
-    const sized = (size?: string) =>
-      parseImagic(request("imagic", { prompt: "x", ...(size ? { size } : {}) }, [file("image")])).size;
+    const sized = (size?: string) => parse(size).size;
     expect(sized()).toBeUndefined();
     expect(sized(" 512 ")).toEqual({ width: 512, height: 512 });
     expect(sized("768x512")).toEqual({ width: 768, height: 512 });
@@ -85,8 +100,7 @@ describe("parseImagic", () => {
   });
 
   it("refuses a size it cannot serve, naming the option and the limit", () => {
-    const sized = (size: string) => () =>
-      parseImagic(request("imagic", { prompt: "x", size }, [file("image")]));
+    const sized = (size: string) => () => parse(size);
     expect(sized("big")).toThrow('`size` must be a side ("512") or width×height ("768x512"), got "big"');
     expect(sized("100x900")).toThrow("`size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1");
     expect(sized("32")).toThrow("`size` 32×32: each side must be a whole number of pixels from 64 to 2048");

@@ -33,6 +33,7 @@ import { openCheckpoint } from "../../src/engine/models/checkpoint.js";
 import { IO } from "../../src/engine/models/components.js";
 import {
   type BlendSettings,
+  type JointSampleOptions,
   jointSample,
   officialBlendFrom,
   officialWindows,
@@ -109,6 +110,21 @@ for (const g of photoswapGoldens()) {
     afterAll(async () => {
       await sd?.release();
     });
+
+    /** jointSample of the reference's swap from `xT`: its size, steps, windows, prompts and mapper; `o` on top. */
+    const officialSwap = (xT: Float32Array, o: Partial<JointSampleOptions> = {}) =>
+      jointSample(sd, {
+        size,
+        steps,
+        guidance: json.guidance_scale,
+        xT,
+        targets: [{ xT, windows }],
+        sourceContext: cond.source,
+        targetContext: cond.target,
+        uncond: cond.uncond,
+        mapper,
+        ...o,
+      });
 
     it("encodes both prompts and the empty one as the reference did", () => {
       expect(relError(cond.source, g.f32("text.cond_source"))).toBeLessThan(WELL_CONDITIONED);
@@ -219,19 +235,11 @@ for (const g of photoswapGoldens()) {
 
     it("joint swap without the blend: source, target and every step; with no window, the target alone", async () => {
       const xT = g.f32("swap.x_T");
-      const r = await jointSample(sd, {
-        size,
-        steps,
-        guidance: json.guidance_scale,
-        xT,
+      const r = await officialSwap(xT, {
         targets: [
           { xT, windows },
           { xT, windows: NO_WINDOWS },
         ],
-        sourceContext: cond.source,
-        targetContext: cond.target,
-        uncond: cond.uncond,
-        mapper,
         keepTrajectory: true,
       });
       expect(relError(r.source, g.f32("swap.source_out"))).toBeLessThan(WELL_CONDITIONED);
@@ -262,15 +270,8 @@ for (const g of photoswapGoldens()) {
 
     it("with the source prompt as the target, the target is the source", async () => {
       const xT = g.f32("swap.x_T");
-      const same = await jointSample(sd, {
-        size,
-        steps,
-        guidance: json.guidance_scale,
-        xT,
-        targets: [{ xT, windows }],
-        sourceContext: cond.source,
+      const same = await officialSwap(xT, {
         targetContext: cond.source,
-        uncond: cond.uncond,
         mapper: alignTokens(
           promptTokens(sd.tokenizer, json.prompts.source, "s"),
           promptTokens(sd.tokenizer, json.prompts.source, "s"),
@@ -295,19 +296,7 @@ for (const g of photoswapGoldens()) {
           from: officialBlendFrom(steps, fr.start_blend),
         };
         const xT = g.f32("swap.x_T");
-        const r = await jointSample(sd, {
-          size,
-          steps,
-          guidance: json.guidance_scale,
-          xT,
-          targets: [{ xT, windows }],
-          sourceContext: cond.source,
-          targetContext: cond.target,
-          uncond: cond.uncond,
-          mapper,
-          blend,
-          keepTrajectory: true,
-        });
+        const r = await officialSwap(xT, { blend, keepTrajectory: true });
         expect(r.masks.length).toBe(run.applied_steps.length);
         const hw = sh * sw;
         const last = r.masks[r.masks.length - 1];
@@ -346,16 +335,9 @@ for (const g of photoswapGoldens()) {
       const nulls = g.f32("inv.null_embeddings");
       const ctx = 77 * sd.contextShape[1];
       const swap = (start: Float32Array) =>
-        jointSample(sd, {
+        officialSwap(start, {
           size: { height: nh, width: nw },
-          steps,
-          guidance: json.guidance_scale,
-          xT: start,
-          targets: [{ xT: start, windows }],
-          sourceContext: cond.source,
-          targetContext: cond.target,
           uncond: Array.from({ length: steps }, (_, i) => nulls.slice(i * ctx, (i + 1) * ctx)),
-          mapper,
           blend: {
             sourceWords: [words.source],
             targetWords: [words.target],

@@ -4,74 +4,15 @@
  * with a `<stem>.json` beside it (golden, extra, exact, photoswap, …). `fixturesWith(stem)` lists the
  * folders in SD_FIXTURES that hold one, so a suite runs on whatever fixtures carry its data and names none.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { expect } from "vitest";
-import type { GoldenTxt2img } from "../../src/cli/bench/golden.js";
-import { viewAs } from "../../src/engine/models/dtype.js";
-import { openSafetensors, type Safetensors } from "../../src/engine/models/safetensors.js";
+import { type FixtureData, type GoldenJson, loadFixtureData } from "../../src/cli/bench/golden.js";
+import { relativeDistance } from "../../src/engine/distance.js";
+
+export { type FixtureData, type GoldenJson, loadFixtureData };
 
 const DEFAULT_FIXTURES = "test/fixtures/models/sd1,test/fixtures/models/sd2";
-
-/** One `<stem>.safetensors` + `<stem>.json` pair of a fixture folder. */
-export interface FixtureData {
-  readonly path: string;
-  readonly json: Record<string, unknown> & { tensors?: Record<string, unknown> };
-  readonly tensors: Safetensors;
-  has(name: string): boolean;
-  /** Tensor names starting with `prefix`, sorted. */
-  names(prefix?: string): string[];
-  shape(name: string): readonly number[];
-  /** A float tensor as float32 (float64 ones rounded). */
-  f32(name: string): Float32Array;
-  /** A float tensor exactly: float64 ones as stored, float32/float16 ones widened. */
-  f64(name: string): Float64Array;
-  /** An int64 tensor (token ids, timesteps) as plain numbers. */
-  ints(name: string): number[];
-}
-
-export function loadFixtureData(dir: string, stem: string): FixtureData {
-  const path = join(dir, `${stem}.safetensors`);
-  const jsonPath = join(dir, `${stem}.json`);
-  const json = existsSync(jsonPath)
-    ? (JSON.parse(readFileSync(jsonPath, "utf8")) as FixtureData["json"])
-    : {};
-  const tensors = openSafetensors(path);
-  const entry = (name: string) => {
-    const e = tensors.tensors.get(name);
-    if (!e) throw new Error(`${path} has no tensor "${name}"`);
-    return e;
-  };
-  return {
-    path,
-    json,
-    tensors,
-    has: (name) => tensors.tensors.has(name),
-    names: (prefix = "") => [...tensors.tensors.keys()].filter((n) => n.startsWith(prefix)).sort(),
-    shape: (name) => entry(name).shape,
-    f32: (name) => tensors.readFloat32(entry(name).name),
-    f64: (name) =>
-      entry(name).dtype === "F64"
-        ? viewAs(tensors.read(name), Float64Array).slice()
-        : Float64Array.from(tensors.readFloat32(name)),
-    ints: (name) => {
-      const e = entry(name);
-      if (e.dtype !== "I64") throw new Error(`${path}: tensor "${name}" is ${e.dtype}, not I64`);
-      return Array.from(viewAs(tensors.read(name), BigInt64Array), Number);
-    },
-  };
-}
-
-export interface GoldenJson {
-  variant: string;
-  prompts: string[];
-  input_ids: number[][];
-  "ddim.step.timestep": number;
-  "grad.timestep": number;
-  txt2img: GoldenTxt2img;
-  tensors: Record<string, number[]>;
-  [key: string]: unknown;
-}
 
 /** A fixture folder: its name, checkpoint, and the data files it holds. */
 export interface Fixture {
@@ -132,18 +73,8 @@ export function goldens(): Golden[] {
   return fixtureDirs().map(loadGolden);
 }
 
-/** ‖a − b‖ / ‖b‖, the parity measure (computed in float64). */
-export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`relError: lengths differ (${a.length} vs ${b.length})`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = (a[i] as number) - (b[i] as number);
-    num += d * d;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num) / Math.sqrt(den);
-}
+/** ‖a − b‖ / ‖b‖, the parity measure: the engine's own (src/engine/distance.ts). */
+export { relativeDistance as relError };
 
 /** ‖x‖₂. */
 export function norm(x: ArrayLike<number>): number {
@@ -165,7 +96,7 @@ export function expectClose(
   ref: ArrayLike<number>,
   tol: Tolerance,
 ): number {
-  const err = relError(ours, ref);
+  const err = relativeDistance(ours, ref);
   expect(
     err,
     `${what}: relative error ${err.toExponential(2)}, bound ${tol.max.toExponential(2)} (${tol.why})`,

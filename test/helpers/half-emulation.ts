@@ -11,6 +11,7 @@
 import type { Node, Tensor } from "../../src/engine/graph/graph.js";
 import type { Emitter, OpDef } from "../../src/engine/graph/op.js";
 import { PRIMITIVES } from "../../src/engine/graph/primitives.js";
+import { emitThrough, type OpEmit } from "./emit-through.js";
 
 const FLOAT = 1;
 const FLOAT16 = 10;
@@ -118,7 +119,7 @@ function emitHalfSoftmax(e: Emitter, node: Node): void {
   e.node("Reshape", [op("Cast", [probs], { to: FLOAT16 }), e.ints(y.shape)], [e.name(y)]);
 }
 
-function halfStorage(emit: NonNullable<OpDef["emit"]>): NonNullable<OpDef["emit"]> {
+function halfStorage(emit: OpEmit): OpEmit {
   return (e: Emitter, node: Node) => {
     if ((node.inputs[0] as Tensor | undefined)?.dtype === "float16") {
       if (node.op === "ReduceSum" || node.op === "ReduceMean") return emitHalfReduction(e, node);
@@ -126,25 +127,13 @@ function halfStorage(emit: NonNullable<OpDef["emit"]>): NonNullable<OpDef["emit"
     }
     const outs = node.outputs.filter((t) => t.dtype === "float16");
     if (outs.length === 0) return emit(e, node);
-    const raw = new Map(outs.map((t) => [t, e.fresh("half_raw")]));
-    const inner: Emitter = {
-      device: e.device,
-      convAsMatMul: e.convAsMatMul,
-      name: (t: Tensor) => raw.get(t) ?? e.name(t),
-      fresh: (h) => e.fresh(h),
-      node: (...a) => e.node(...a),
-      ints: (v) => e.ints(v),
-      int64s: (v, h) => e.int64s(v, h),
-      fill: (d, sh, v) => e.fill(d, sh, v),
-    };
-    emit(inner, node);
-    for (const [t, name] of raw) {
+    emitThrough(emit, e, node, outs, "half_raw", (raw, out) => {
       const wide = e.fresh("half_wide");
-      e.node("Cast", [name], [wide], { to: FLOAT });
+      e.node("Cast", [raw], [wide], { to: FLOAT });
       const rounded = e.fresh("half_rounded");
       emitRoundToHalf(e, wide, rounded);
-      e.node("Cast", [rounded], [e.name(t)], { to: FLOAT16 });
-    }
+      e.node("Cast", [rounded], [out], { to: FLOAT16 });
+    });
   };
 }
 

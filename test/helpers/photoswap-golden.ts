@@ -3,10 +3,9 @@
  * photoswap.json and the float32 tensors of photoswap.safetensors, for every folder in SD_FIXTURES that
  * has them.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
-import { openSafetensors } from "../../src/engine/models/safetensors.js";
-import { fixtureDirs } from "./golden.js";
+import { fixtureDirs, loadFixtureData } from "./golden.js";
 
 export interface PhotoswapJson {
   prompts: { source: string; target: string; source_word: string; target_word: string };
@@ -66,20 +65,14 @@ export interface PhotoswapGolden {
 }
 
 export function loadPhotoswapGolden(dir: string): PhotoswapGolden {
-  const json = JSON.parse(readFileSync(join(dir, "photoswap.json"), "utf8")) as PhotoswapJson;
-  const tensors = openSafetensors(join(dir, "photoswap.safetensors"));
-  const entry = (name: string) => {
-    const e = tensors.tensors.get(name);
-    if (!e) throw new Error(`${dir}/photoswap.safetensors has no tensor "${name}"`);
-    return e;
-  };
+  const data = loadFixtureData(dir, "photoswap");
   return {
     name: basename(dir),
     modelDir: join(dir, "model"),
-    json,
-    names: (prefix) => [...tensors.tensors.keys()].filter((n) => n.startsWith(prefix)).sort(),
-    shape: (name) => entry(name).shape,
-    f32: (name) => tensors.readFloat32(entry(name).name),
+    json: data.json as unknown as PhotoswapJson,
+    names: data.names,
+    shape: data.shape,
+    f32: data.f32,
   };
 }
 

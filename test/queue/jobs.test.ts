@@ -45,26 +45,42 @@ describe("job payloads", () => {
     ).toContain('Unrecognized key: "path"');
   });
 
-  it("takes a forced working size as width and height together, within src/spec/shape.ts's limits", () => {
-    const train = (options: Record<string, unknown>) => ({
-      ...base,
-      imageBlobId: id("a"),
-      prompt: "x",
-      options,
-    });
-    const { payload } = parsePayload<"imagic.train">("imagic.train", train({ width: 768, height: 512 }));
-    expect(payload.options).toMatchObject({ width: 768, height: 512 });
-    expect(refusal("imagic.train", train({ width: 768 }))).toContain(
-      "width: give both width and height, or neither",
-    );
-    expect(refusal("imagic.train", train({ width: 2048, height: 1024 }))).toContain(
-      "width: width × height must be at most 1048576 pixels (1024²)",
-    );
-    expect(refusal("imagic.train", train({ width: 1024, height: 128 }))).toContain(
-      "width: width × height must have an aspect ratio of at most 4:1",
-    );
-    expect(refusal("imagic.train", train({ width: 32, height: 64 }))).toMatch(/width: .*64/);
-  });
+  // imagic.train's photo and swap.edit's source photo: the same fields, checked by the same spec.
+  it.each([
+    {
+      name: "imagic.train" as const,
+      job: (options?: Record<string, unknown>) => ({ ...base, imageBlobId: id("a"), prompt: "x", options }),
+    },
+    {
+      name: "swap.edit" as const,
+      job: (options?: Record<string, unknown>) => ({
+        ...base,
+        sourceBlobId: id("a"),
+        referenceBlobIds: [id("b")],
+        subject: "cat",
+        options,
+      }),
+    },
+  ])(
+    "$name takes a forced working size as width and height together, within src/spec/shape.ts's limits",
+    ({ name, job }) => {
+      const { payload } = parsePayload<typeof name>(name, job({ seeds: [1], width: 768, height: 512 }));
+      expect(payload.options).toMatchObject({ width: 768, height: 512 });
+      // It survives the queue's JSON as it is; a job without one (as older jobs are) has neither field.
+      expect(parsePayload(name, JSON.parse(JSON.stringify(payload))).payload).toEqual(payload);
+      const unsized = parsePayload<typeof name>(name, job()).payload.options;
+      expect(unsized).not.toHaveProperty("width");
+      expect(unsized).not.toHaveProperty("height");
+      expect(refusal(name, job({ width: 768 }))).toContain("width: give both width and height, or neither");
+      expect(refusal(name, job({ width: 2048, height: 1024 }))).toContain(
+        "width: width × height must be at most 1048576 pixels (1024²)",
+      );
+      expect(refusal(name, job({ width: 1024, height: 128 }))).toContain(
+        "width: width × height must have an aspect ratio of at most 4:1",
+      );
+      expect(refusal(name, job({ width: 32, height: 64 }))).toMatch(/width: .*64/);
+    },
+  );
 
   it("refuses more images than a render may make", () => {
     const seeds = Array.from({ length: 16 }, (_, i) => i);

@@ -10,17 +10,16 @@
  * every provider (the CPU's fp16 d loss / d context: 13 % on sd1, 77 % on sd2) — the GPU is held to
  * what the CPU reaches at that dtype. The CPU references run in the same process (the fixtures are tiny).
  */
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, Option } from "commander";
+import { relativeDistance } from "../../engine/distance.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { openCheckpoint } from "../../engine/models/checkpoint.js";
-import { viewAs } from "../../engine/models/dtype.js";
-import { openSafetensors } from "../../engine/models/safetensors.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { type Device, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
-import { type GoldenTxt2img, goldenTxt2imgOptions } from "./golden.js";
+import { type GoldenData, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
 
 type Dtype = "fp32" | "fp16";
 type Kind = "forward" | "gradient";
@@ -37,43 +36,6 @@ function tolerance(device: Device, dtype: Dtype, kind: Kind, steps = 1): number 
   return (kind === "gradient" ? 2 * base : base) * (device === "cpu" ? 1 : Math.sqrt(steps));
 }
 
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`relError: lengths differ (${a.length} vs ${b.length})`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += ((a[i] as number) - (b[i] as number)) ** 2;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
-interface Golden {
-  json: {
-    prompts: string[];
-    "grad.timestep": number;
-    txt2img: GoldenTxt2img;
-  };
-  f32(name: string): Float32Array;
-  ints(name: string): number[];
-  shape(name: string): readonly number[];
-}
-
-function loadGolden(dir: string): Golden {
-  const st = openSafetensors(join(dir, "golden.safetensors"));
-  const entry = (name: string) => {
-    const e = st.tensors.get(name);
-    if (!e) throw new Error(`${dir}/golden.safetensors has no tensor "${name}"`);
-    return e;
-  };
-  return {
-    json: JSON.parse(readFileSync(join(dir, "golden.json"), "utf8")),
-    f32: (name) => st.readFloat32(entry(name).name),
-    ints: (name) => Array.from(viewAs(st.read(entry(name).name), BigInt64Array), Number),
-    shape: (name) => entry(name).shape,
-  };
-}
-
 export interface ParityRow {
   fixture: string;
   dtype: Dtype;
@@ -88,7 +50,7 @@ export interface ParityRow {
 type Results = Record<string, { value: Float32Array; kind: Kind; steps?: number }>;
 
 /** Every checked result of one fixture on one device and dtype. */
-async function run(dir: string, g: Golden, device: Device, dtype: Dtype): Promise<Results> {
+async function run(dir: string, g: GoldenData, device: Device, dtype: Dtype): Promise<Results> {
   const sd = await StableDiffusion.load(join(dir, "model"), { device, dtype, trainDtype: dtype });
   try {
     const out: Results = {};
@@ -129,7 +91,7 @@ async function run(dir: string, g: Golden, device: Device, dtype: Dtype): Promis
 }
 
 /** The golden a result is compared with (the engine scales VAE latents; the golden does not). */
-function reference(dir: string, g: Golden, name: string): Float32Array {
+function reference(dir: string, g: GoldenData, name: string): Float32Array {
   if (name === "text_encoder") return g.f32("text_encoder.last_hidden_state");
   if (name === "unet") return g.f32("unet.out");
   if (name === "vae.encode.mean") {
@@ -152,14 +114,14 @@ export async function runParity(opts: {
       throw new UserFacingError(
         `${dir} holds no golden.safetensors (a fixture folder of test/fixtures/models)`,
       );
-    const g = loadGolden(dir);
+    const g = loadGoldenData(dir);
     for (const dtype of opts.dtypes) {
       const ours = await run(dir, g, device, dtype);
       const cpu = device === "cpu" ? ours : await run(dir, g, "cpu", dtype);
       for (const [check, r] of Object.entries(ours)) {
         const ref = reference(dir, g, check);
-        const error = relError(r.value, ref);
-        const cpuError = relError((cpu[check] as Results[string]).value, ref);
+        const error = relativeDistance(r.value, ref);
+        const cpuError = relativeDistance((cpu[check] as Results[string]).value, ref);
         const tol = tolerance(device, dtype, r.kind, r.steps);
         const row = {
           fixture: dir.split("/").at(-1) as string,

@@ -36,8 +36,15 @@ import {
   parseNumberList,
   validateRenderOptions,
 } from "../../spec/imagic.js";
-import { checkPhotoShape, parseSize } from "../../spec/shape.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
+import { checkPhotoShape, type Size } from "../../spec/shape.js";
+import {
+  type DeviceFlag,
+  type DtypeFlag,
+  deviceOption,
+  dtypeOption,
+  sizeOption,
+  trainDtypeOption,
+} from "../options.js";
 import { num, openModel, progressReporter, readInput } from "./shared.js";
 
 const log = childLogger("imagic-cli");
@@ -54,7 +61,7 @@ interface Flags {
   device?: DeviceFlag;
   dtype?: DtypeFlag;
   trainDtype: "fp32" | "fp16";
-  size?: string;
+  size?: Size;
   upscale: boolean;
   embeddingSteps?: string;
   embeddingLr?: string;
@@ -127,10 +134,7 @@ export function imagicCommand(): Command {
     .addOption(deviceOption())
     .addOption(dtypeOption())
     .addOption(trainDtypeOption())
-    .option(
-      "--size <size>",
-      'force a working size: a side ("512") or width×height ("768x512"); the photo covers it, centre-cropped (default: the photo\'s aspect ratio at the model\'s pixel count, 512² for SD 1.5)',
-    )
+    .addOption(sizeOption())
     .option(
       "--upscale",
       "write each image at the photo's original size (lanczos3) instead of the working size",
@@ -177,7 +181,6 @@ export function imagicCommand(): Command {
         guidance: num("--guidance", f.guidance) ?? preset.render.guidance,
         steps: num("--ddim-steps", f.ddimSteps) ?? preset.render.steps,
       });
-      const requested = f.size === undefined ? undefined : parseSize(f.size, "--size");
       const renderBatch = num("--render-batch", f.renderBatch) ?? 4;
       if (!Number.isInteger(renderBatch) || renderBatch < 1 || renderBatch > 16) {
         throw new UserFacingError(
@@ -219,7 +222,7 @@ export function imagicCommand(): Command {
         if (saved) {
           state = saved;
         } else {
-          const photo = await loadPhoto(imageBytes as Uint8Array, sd.imageShape, { requested }).catch(
+          const photo = await loadPhoto(imageBytes as Uint8Array, sd.imageShape, { requested: f.size }).catch(
             (e: Error) => {
               throw new UserFacingError(`--image ${f.image}: ${e.message}`);
             },

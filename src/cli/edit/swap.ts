@@ -19,7 +19,7 @@ import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { parseNumberList } from "../../spec/imagic.js";
 import { MAX_SEED } from "../../spec/request.js";
-import { checkPhotoShape } from "../../spec/shape.js";
+import { checkPhotoShape, type Size } from "../../spec/shape.js";
 import {
   checkSubjectInPrompt,
   checkVariantCount,
@@ -36,7 +36,14 @@ import {
   SWAP_VARIATION,
   sourcePromptFor,
 } from "../../spec/swap.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
+import {
+  type DeviceFlag,
+  type DtypeFlag,
+  deviceOption,
+  dtypeOption,
+  sizeOption,
+  trainDtypeOption,
+} from "../options.js";
 import { addConceptOptions, type ConceptFlags, conceptInputs, learnFromFlags } from "./concept.js";
 import { collect, num, openModel, progressReporter, readInput } from "./shared.js";
 
@@ -59,6 +66,7 @@ interface Flags extends ConceptFlags {
   blendThreshold?: string;
   blend: boolean;
   batch?: string;
+  size?: Size;
   out: string;
   model?: string;
   device?: DeviceFlag;
@@ -171,6 +179,7 @@ export function swapCommand(): Command {
     .option("--blend-threshold <f>", `the local blend's threshold, 0–1 (default ${SWAP_BLEND_THRESHOLD})`)
     .option("--no-blend", "no local blend (the official code always blends)")
     .option("--batch <n>", `variants per UNet call (default ${SWAP_BATCH})`)
+    .addOption(sizeOption("the source photo"))
     .option("--out <dir>", "output folder", "swap-out")
     .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
     .addOption(deviceOption())
@@ -245,7 +254,7 @@ export function swapCommand(): Command {
           files.push(name);
         };
         if (!saved) write("concept.safetensors", serializeConcept(concept));
-        const loaded = await loadPhoto(photoBytes, sd.imageShape);
+        const loaded = await loadPhoto(photoBytes, sd.imageShape, { requested: f.size });
         const result = await swapEdit(sd, {
           ...photoArgs(loaded),
           subject: f.subject,

@@ -119,19 +119,20 @@ export class DDIMScheduler {
     return out;
   }
 
-  /** q(x_t | x₀): √ᾱ_t·x₀ + √(1−ᾱ_t)·noise; `t` per batch item (the batch is t.length equal parts). */
-  addNoise(x0: Float32Array, noise: Float32Array, t: number | readonly number[]): Float32Array {
-    return this.perItem(x0, noise, t, (a, x, n) => Math.sqrt(a) * x + Math.sqrt(1 - a) * n);
-  }
-
-  /** The v-prediction target: √ᾱ_t·noise − √(1−ᾱ_t)·x₀ (diffusers' get_velocity). */
-  velocity(x0: Float32Array, noise: Float32Array, t: number | readonly number[]): Float32Array {
-    return this.perItem(x0, noise, t, (a, x, n) => Math.sqrt(a) * n - Math.sqrt(1 - a) * x);
-  }
-
-  /** The training target of the checkpoint's prediction type: the noise (ε) or the velocity (v). */
-  target(x0: Float32Array, noise: Float32Array, t: number | readonly number[]): Float32Array {
-    return this.config.prediction_type === "v_prediction" ? this.velocity(x0, noise, t) : noise.slice();
+  /**
+   * √ᾱ_t and √(1−ᾱ_t) for each timestep of a batch, in float32: the scales of q(x_t | x₀) = √ᾱ_t·x₀ +
+   * √(1−ᾱ_t)·ε that the denoising loss graph (models/components.ts, lossGraph) takes as inputs, to noise x₀
+   * and form its ε or v target (√ᾱ_t·ε − √(1−ᾱ_t)·x₀) on the device.
+   */
+  noiseScales(ts: readonly number[]): { sqrtAlpha: Float32Array; sqrtOneMinusAlpha: Float32Array } {
+    const sqrtAlpha = new Float32Array(ts.length);
+    const sqrtOneMinusAlpha = new Float32Array(ts.length);
+    ts.forEach((t, i) => {
+      const a = this.alpha(t);
+      sqrtAlpha[i] = Math.sqrt(a);
+      sqrtOneMinusAlpha[i] = Math.sqrt(1 - a);
+    });
+    return { sqrtAlpha, sqrtOneMinusAlpha };
   }
 
   private requireSteps(): number {
@@ -181,26 +182,6 @@ export class DDIMScheduler {
       const [x0, eps] = this.toX0Eps(modelOutput[i] as number, sample[i] as number, sqA, sqB);
       each(i, x0, eps);
     }
-  }
-
-  private perItem(
-    x0: Float32Array,
-    noise: Float32Array,
-    t: number | readonly number[],
-    f: (alpha: number, x: number, n: number) => number,
-  ): Float32Array {
-    checkLengths(noise, x0);
-    const ts = typeof t === "number" ? [t] : t;
-    if (ts.length === 0 || x0.length % ts.length !== 0) {
-      throw new RangeError(`${ts.length} timesteps do not split a batch of ${x0.length} values evenly`);
-    }
-    const per = x0.length / ts.length;
-    const out = new Float32Array(x0.length);
-    ts.forEach((ti, b) => {
-      const a = this.alpha(ti);
-      for (let i = b * per; i < (b + 1) * per; i++) out[i] = f(a, x0[i] as number, noise[i] as number);
-    });
-    return out;
   }
 }
 

@@ -94,3 +94,18 @@ export class GaussianRng {
     return [Math.fround(r * Math.cos(theta)), Math.fround(r * Math.sin(theta))];
   }
 }
+
+/**
+ * Uniform numbers in [0, 1) from mulberry32: a small seeded generator for what needs the same draws on
+ * every machine but not Philox's statistical quality (LoRA's initial weights; the graph tests' data).
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -4,6 +4,7 @@
  * B [out, rank] ("up"). A and B are graph inputs, so one compiled session serves every LoRA state.
  */
 import { UserFacingError } from "../../errors.js";
+import { mulberry32 } from "../diffusion/rng.js";
 import type { Graph, Tensor } from "../graph/index.js";
 import { add, cast, linear, mul, reshape } from "../graph/index.js";
 import type { HostTensor } from "../runtime/index.js";
@@ -108,18 +109,6 @@ export class LoraInputs implements LoraHook {
   }
 }
 
-/** Deterministic uniform numbers in [0, 1) (mulberry32), so an init is the same on every machine. */
-function uniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * A fresh adapter per module, initialized as peft does: A ~ kaiming_uniform(a=√5) = U(−1/√in, 1/√in),
  * B = 0, so the adapted UNet starts out computing exactly the frozen one.
@@ -133,7 +122,7 @@ export function newLoraWeights(
   if (!Number.isInteger(rank) || rank < 1)
     throw new Error(`LoRA rank must be a positive integer, got ${rank}`);
   if (!(alpha > 0)) throw new Error(`LoRA alpha must be positive, got ${alpha}`);
-  const rand = uniform(seed);
+  const rand = mulberry32(seed);
   const out: LoraWeights = new Map();
   for (const m of modules) {
     const bound = 1 / Math.sqrt(m.inF);

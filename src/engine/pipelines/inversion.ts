@@ -11,6 +11,7 @@
  *   reconstructs the photo exactly and the target reads its attention from that path. N UNet forward
  *   passes: 10–50× cheaper than null-text.
  */
+import { relativeDistance } from "../distance.js";
 import { throwIfCancelled } from "../errors.js";
 import type { LatentSize, StableDiffusion } from "../index.js";
 import { IO } from "../models/components.js";
@@ -339,18 +340,6 @@ export async function reconstructSource(
       : {}),
   });
   return { latents, corrections };
-}
-
-/** ‖a − b‖ / ‖b‖ */
-export function relativeDistance(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = (a[i] as number) - (b[i] as number);
-    num += d * d;
-    den += (b[i] as number) ** 2;
-  }
-  return Math.sqrt(num / den);
 }
 
 /** PSNR in dB of two images in [-1, 1] (clamped first, as images are rendered), peak-to-peak 2. */

@@ -95,7 +95,8 @@ export interface SwapEditResult {
 }
 
 /**
- * What an inversion depends on, hashed: the photo's pixels, its size, the prompt, the steps and guidance
+ * What an inversion depends on, hashed: the working image's pixels and its size (a forced size and the
+ * photo's own shape are different images, so different inversions), the prompt, the steps and guidance
  * the swap samples with, the method and its settings, and the model. Two swaps with the same key share
  * one inversion (and so does every concept swapped into the photo: the inversion never sees the concept).
  */

@@ -32,7 +32,15 @@ export interface EngineModel {
 }
 
 export type EngineConfig = ModelSettings &
-  Pick<Config, "model" | "modelIsFixture" | "engineHttpPort" | "blobTtlSeconds" | "userMaxActiveJobs">;
+  Pick<
+    Config,
+    | "model"
+    | "modelIsFixture"
+    | "engineHttpPort"
+    | "engineLockSeconds"
+    | "blobTtlSeconds"
+    | "userMaxActiveJobs"
+  >;
 
 export interface StartEngineOptions {
   config: EngineConfig;
@@ -72,6 +80,15 @@ async function loadStableDiffusion(config: EngineConfig, signal?: AbortSignal): 
   }
   const sd = await StableDiffusion.load(config.model, { ...modelLoadOptions(config), signal });
   return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.close() };
+}
+
+/**
+ * ENGINE_LOCK_SECONDS as the worker's lock, and a stalled check every quarter of it (at most the
+ * default 30 s): a crashed engine's job goes to another engine within 1¼ locks.
+ */
+function lockTimings(lockSeconds: number): Pick<StartWorkerOptions, "lockDurationMs" | "stalledIntervalMs"> {
+  const lockDurationMs = lockSeconds * 1000;
+  return { lockDurationMs, stalledIntervalMs: Math.min(30_000, lockDurationMs / 4) };
 }
 
 export async function startEngine(options: StartEngineOptions): Promise<RunningEngine> {
@@ -140,6 +157,7 @@ export async function startEngine(options: StartEngineOptions): Promise<RunningE
       maxActivePerUser: config.userMaxActiveJobs,
       observer: metrics.observer,
       modelId: model.modelId,
+      ...lockTimings(config.engineLockSeconds),
       ...options.worker,
     });
   } catch (error) {

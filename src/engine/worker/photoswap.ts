@@ -3,6 +3,7 @@
 // source photo — inversion (kept for the next swap of the same photo), seed × strength variants, images
 // and the grid the user picks from.
 import type { PipelineContext } from "../../queue/worker.js";
+import { requestedSize } from "../../spec/shape.js";
 import {
   type ConceptOverrides,
   conceptOptions,
@@ -82,8 +83,11 @@ export function swapEditJob(sd: StableDiffusion, o: SwapPipelineOptions = {}) {
     if (!p.conceptBlobId) throw new Error("swap.edit ran without its concept");
     const concept = deserializeConcept(await ctx.blobs.require(p.conceptBlobId, "the learned concept"));
     checkConceptModel(sd, concept);
+    // Fitted as Imagic's photo is (src/spec/shape.ts): the requested size, else the photo's own shape.
     const photo = photoArgs(
-      await loadPhoto(await ctx.blobs.require(p.sourceBlobId, "the source photo"), sd.imageShape),
+      await loadPhoto(await ctx.blobs.require(p.sourceBlobId, "the source photo"), sd.imageShape, {
+        requested: requestedSize(options),
+      }),
     );
     const inversion = o.inversion ?? DEFAULT_INVERSION;
     const nullTextInnerSteps = o.nullTextInnerSteps ?? NULL_TEXT_INNER_STEPS;

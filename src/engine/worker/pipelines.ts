@@ -5,6 +5,7 @@
 import type { JobName, JobResult } from "../../queue/jobs.js";
 import type { PipelineContext, PipelineRegistry } from "../../queue/worker.js";
 import { getPreset, type ImagicOptions, imagicOptions } from "../../spec/imagic.js";
+import { requestedSize } from "../../spec/shape.js";
 import { tileToPng } from "../grid.js";
 import { loadPhoto, photoArgs } from "../image.js";
 import type { StableDiffusion } from "../index.js";
@@ -83,8 +84,7 @@ function imagicTrain(
     if (o.finetuneSteps !== undefined) overrides.finetune = { steps: o.finetuneSteps };
     const trainOptions: ImagicOptions = imagicOptions(o.preset, overrides);
     const photo = await ctx.blobs.require(ctx.payload.imageBlobId, "the photo");
-    const requested = o.width && o.height ? { width: o.width, height: o.height } : undefined;
-    const loaded = await loadPhoto(photo, sd.imageShape, { requested });
+    const loaded = await loadPhoto(photo, sd.imageShape, { requested: requestedSize(o) });
     const progress = progressBridge(ctx, () => loaded.shape.content);
     const state = await trainImagic(sd, {
       ...photoArgs(loaded),

@@ -5,11 +5,11 @@
 import { PermissionFlagsBits } from "discord.js";
 import sharp from "sharp";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { ALL_BOT_PERMISSIONS } from "../../../src/bots/discord/fake/server.js";
 import { UserFacingError } from "../../../src/errors.js";
 import { keys } from "../../../src/queue/keys.js";
 import type { PipelineRegistry } from "../../../src/queue/worker.js";
 import { lightweightPipelines, recordedSwapPipelines } from "../../queue/support/pipelines.js";
-import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
 import { opt, PHOTO, type World, world } from "./support.js";
 
 let w: World;
@@ -205,6 +205,33 @@ describe("jobs that do not end well", () => {
       { selfOutputSteps: 10, selfMapSteps: 25, crossMapSteps: 20 },
       { selfOutputSteps: 5, selfMapSteps: 15, crossMapSteps: 10 },
     ]);
+  });
+
+  it("/swap's `size` is refused as /imagic's is, naming the limit; a good one reaches the swap job as width and height", async () => {
+    const { pipelines, payloads } = recordedSwapPipelines();
+    await w.worker(pipelines);
+    const channel = w.fake.addTextChannel("swap-size");
+    const jobs = await jobCount();
+    const refused: Array<[string, string]> = [
+      ["big", '`size` must be a side ("512") or width×height ("768x512"), got "big"'],
+      ["100x900", "`size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1"],
+      ["32", "`size` 32×32: each side must be a whole number of pixels from 64 to 2048"],
+    ];
+    for (const [size, message] of refused) {
+      const imagic = w.imagic(channel, [opt.string("size", size)]);
+      const swap = w.swap(channel, [w.photo("ref.png")], [opt.string("size", size)]);
+      expect([await w.ephemeral(imagic), await w.ephemeral(swap)]).toEqual([`⚠️ ${message}`, `⚠️ ${message}`]);
+    }
+    await settle();
+    expect(w.posted(channel.id).filter((m) => (m.flags & 64) === 0)).toEqual([]);
+    expect(await jobCount()).toBe(jobs);
+    const sized = w.swap(
+      channel,
+      [w.photo("ref.png")],
+      [opt.string("seeds", "2"), opt.string("size", "768x512")],
+    );
+    await w.offer(await w.thread(sized), 1, 2);
+    expect(payloads.map((p) => [p.options.width, p.options.height])).toEqual([[768, 512]]);
   });
 
   it("an engine failure shows the engine's message on the progress message", async () => {

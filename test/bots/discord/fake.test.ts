@@ -1,7 +1,7 @@
 // The fake Discord enforces what Discord enforces, and discord.js runs against it unmodified.
 import { Client, DiscordAPIError, Events, GatewayIntentBits, RateLimitError, REST, Routes } from "discord.js";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { FakeDiscord } from "./fake/server.js";
+import { FakeDiscord } from "../../../src/bots/discord/fake/server.js";
 
 let fake: FakeDiscord;
 beforeEach(async () => {

@@ -3,8 +3,8 @@
 // user writes into a prompt. End to end through discord.js, the fake Discord, the queue and a worker.
 import { ChannelType, PermissionFlagsBits } from "discord.js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { ALL_BOT_PERMISSIONS } from "../../../src/bots/discord/fake/server.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
 import { opt, type World, world } from "./support.js";
 
 let w: World;

@@ -8,9 +8,9 @@
 // could pick from.)
 import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
 import { killBotProcess, startBotProcess } from "../support/bot-process.js";
-import type { StallRule } from "./fake/server.js";
 import { opt, type World, world } from "./support.js";
 
 const SEED_OFFER = "**Pick a seed**";

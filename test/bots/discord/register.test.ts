@@ -1,8 +1,8 @@
 // `bot register`: the slash commands as Discord receives them, in a guild or globally, and the
 // messages for a refused token or an unknown application.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FakeDiscord } from "../../../src/bots/discord/fake/server.js";
 import { registerCommands } from "../../../src/bots/discord/register.js";
-import { FakeDiscord } from "./fake/server.js";
 
 let fake: FakeDiscord;
 beforeAll(async () => {
@@ -61,10 +61,11 @@ describe("registerCommands", () => {
       ["self_map_steps", 4, 50],
       ["cross_map_steps", 4, 50],
     ]);
-    // Several strengths at once: φ/M/A triples as text (type 3), before `seeds`.
-    expect(swap?.options?.slice(-2).map((o) => [o.name, o.type, o.required ?? false, o.max_length])).toEqual([
+    // Several strengths at once: φ/M/A triples as text (type 3), before `seeds`; then `size`, as /imagic's.
+    expect(swap?.options?.slice(-3).map((o) => [o.name, o.type, o.required ?? false, o.max_length])).toEqual([
       ["strengths", 3, false, 200],
       ["seeds", 3, false, 100],
+      ["size", 3, false, 20],
     ]);
     // Usable in servers and in the bot's DMs.
     expect(imagic?.contexts).toEqual([0, 1]);

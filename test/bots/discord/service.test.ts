@@ -1,10 +1,10 @@
 // The Discord bot as `start` and `bot run` run it: from settings, against a Redis URL.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FakeDiscord } from "../../../src/bots/discord/fake/server.js";
 import { discordService } from "../../../src/bots/discord/service.js";
 import { loadConfig } from "../../../src/config.js";
 import { childLogger } from "../../../src/log.js";
 import { startTestRedis, type TestRedis } from "../../helpers/redis.js";
-import { FakeDiscord } from "./fake/server.js";
 
 let fake: FakeDiscord;
 let redis: TestRedis;

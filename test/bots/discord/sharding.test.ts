@@ -4,7 +4,7 @@
 // when Discord closes a shard for good it says so and settles `failed`, so the process can exit.
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ALL_BOT_PERMISSIONS } from "./fake/server.js";
+import { ALL_BOT_PERMISSIONS } from "../../../src/bots/discord/fake/server.js";
 import { type World, world } from "./support.js";
 
 let w: World;

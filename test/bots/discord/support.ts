@@ -2,11 +2,6 @@
 // worker (pipelines chosen per test), and the real bot (discord.js) between them.
 import { readFileSync } from "node:fs";
 import { type DiscordBot, startDiscordBot } from "../../../src/bots/discord/bot.js";
-import type { ChatLimits } from "../../../src/commands/chat.js";
-import type { ChatCommandsOptions } from "../../../src/commands/service.js";
-import type { QueueClient } from "../../../src/queue/client.js";
-import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
-import { type Harness, harness } from "../../queue/support/setup.js";
 import {
   type CommandOption,
   type FakeAttachment,
@@ -16,7 +11,12 @@ import {
   type FakeInteraction,
   type FakeMessage,
   type FakeUser,
-} from "./fake/server.js";
+} from "../../../src/bots/discord/fake/server.js";
+import type { ChatLimits } from "../../../src/commands/chat.js";
+import type { ChatCommandsOptions } from "../../../src/commands/service.js";
+import type { QueueClient } from "../../../src/queue/client.js";
+import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
+import { type Harness, harness } from "../../queue/support/setup.js";
 
 export const PHOTO = readFileSync(new URL("../../fixtures/images/chelsea.png", import.meta.url));
 

@@ -1,7 +1,7 @@
 // /swap end to end on the real Photoswap pipelines: discord.js ↔ fake Discord, the queue's concept flow,
 // the engine worker (src/engine/worker/photoswap.ts) and the tiny fixture checkpoint on CPU. Concept
 // learning is cut to a few steps: this checks the wiring (concept, inversion, seeds × strengths variants,
-// grid, pick, final image, the concept cache, the kept inversion), not image quality.
+// grid, pick, final image, the concept cache, the kept inversion, a forced size), not image quality.
 import { readFileSync } from "node:fs";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,7 +19,7 @@ beforeAll(async () => {
 afterAll(() => close());
 
 describe("/swap on the Photoswap pipelines", () => {
-  it("learns the subject, posts a seeds × strengths grid, posts the pick; a second swap reuses the learned concept", async () => {
+  it("learns the subject, posts a seeds × strengths grid, posts the pick; a second swap reuses the learned concept; a third at a forced size comes back at that size", async () => {
     const channel = w.fake.addTextChannel("swap-engine");
     const reference = () => w.fake.attachment("coffee.png", REFERENCE, "image/png");
     const options = [opt.string("seeds", "0,7"), opt.string("strengths", "10/25/20,5/15/10")];
@@ -79,5 +79,28 @@ describe("/swap on the Photoswap pipelines", () => {
     const again = await w.thread(w.swap(channel, [reference()], [opt.string("seeds", "3")]));
     await w.offer(again, 1, 1);
     expect(ran.slice(2)).toMatchObject([{ name: "swap.edit", stages: ["encode", "swap", "decode"] }]);
+
+    // `size` forces the working size (portrait 64×96 for a 3:2 landscape photo, which covers it): the
+    // photo is inverted again — the kept inversion is of its own shape — and the grid, the preview and the
+    // final image come back 64×96.
+    const sized = await w.thread(
+      w.swap(channel, [reference()], [opt.string("seeds", "3,"), opt.string("size", "64x96")]),
+    );
+    const sizedGrid = await w.offer(sized, 1, 1);
+    expect(ran.slice(3)).toMatchObject([
+      { name: "swap.edit", stages: ["encode", "invert", "swap", "decode"] },
+    ]);
+    const sizedGridImage = await sharp(sizedGrid.attachments[0]?.bytes).metadata();
+    expect([sizedGridImage.width, sizedGridImage.height]).toEqual([64 + 2 * 4, 96 + 2 * 4]);
+    const [sizedPreview] = ran[3]?.previews ?? [];
+    expect(await sharp(sizedPreview?.png).metadata()).toMatchObject({ width: 64, height: 96 });
+    w.fake.react(w.author, sizedGrid.id, "1️⃣");
+    const sizedFinal = await w.fake.waitFor(
+      "the sized swap's final image",
+      () => w.posted(sized).find((m) => m.content.includes("**Final**")),
+      60_000,
+    );
+    const sizedImage = await sharp(sizedFinal.attachments[0]?.bytes).metadata();
+    expect([sizedImage.width, sizedImage.height]).toEqual([64, 96]);
   }, 300_000);
 });

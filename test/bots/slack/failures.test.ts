@@ -238,6 +238,34 @@ describe("jobs that do not end well", () => {
     ]);
   });
 
+  it("/swap's form takes `size` as /imagic's does: bad ones are named with the limit under the field, a good one reaches the job", async () => {
+    const { pipelines, payloads } = recordedSwapPipelines();
+    await w.worker(pipelines);
+    const channel = w.channel("swap-size");
+    const refused: Array<[string, string]> = [
+      ["big", 'size must be a side ("512") or width×height ("768x512"), got "big"'],
+      ["100x900", "size 100×900 has an aspect ratio of 9.00:1; the limit is 4:1"],
+      ["32", "size 32×32: each side must be a whole number of pixels from 64 to 2048"],
+    ];
+    const imagic = await w.form(channel, "/imagic");
+    const swap = await w.form(channel, "/swap", "cat");
+    expect(swap.view.blocks.find((b) => b.block_id === "size")).toMatchObject({
+      optional: true,
+      element: { type: "plain_text_input", max_length: 20 },
+    });
+    const form = { source: [w.photo()], subject: "cat", reference: [w.photo("ref1.png")] };
+    for (const [size, message] of refused) {
+      expect(await inlineErrors(imagic, { image: [w.photo()], prompt: "a cat", size })).toEqual({
+        size: message,
+      });
+      expect(await inlineErrors(swap, { ...form, size })).toEqual({ size: message });
+    }
+    expect(payloads).toEqual([]);
+    const submission = w.fake.submit(swap, w.author, { ...form, size: "768x512", seeds: "2" });
+    await w.offer(channel, await w.thread({ view: swap, submission, channel }), 1, 2);
+    expect(payloads.map((p) => [p.options.width, p.options.height])).toEqual([[768, 512]]);
+  });
+
   it("/swap's form carries the references and strengths to the swap job, and a finished swap is offered and picked", async () => {
     const { pipelines, payloads } = recordedSwapPipelines();
     await w.worker(pipelines);
@@ -253,6 +281,7 @@ describe("jobs that do not end well", () => {
       "cross_map_steps",
       "strengths",
       "seeds",
+      "size",
     ]);
     expect(view.view.blocks[2]).toMatchObject({
       label: { text: "reference1 … reference5" },

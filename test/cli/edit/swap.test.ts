@@ -1,7 +1,7 @@
 // `edit swap` and `edit concept` as a user runs them, on the tiny fixture checkpoint: bad input refused
 // with one line before anything is learned or written; a swap that learns its concept (null-text
 // inversion), then one from that concept file (direct inversion) with a second subject's concept file
-// (--also); a concept learned alone.
+// (--also), at a forced --size; a concept learned alone.
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -65,6 +65,14 @@ describe("edit swap", () => {
         /--also takes word=concept-file, e\.g\. "sofa=chair\.safetensors"/,
       ],
       [["--ref", COFFEE, "--also", `cat=${foreign}`], /the subject "cat" is named twice/],
+      [
+        ["--ref", COFFEE, "--size", "100x900"],
+        /--size 100×900 has an aspect ratio of 9\.00:1; the limit is 4:1/,
+      ],
+      [
+        ["--ref", COFFEE, "--size", "32"],
+        /--size 32×32: each side must be a whole number of pixels from 64 to 2048/,
+      ],
       [
         ["--ref", COFFEE, "--also", `photo=${foreign}`],
         /this concept was learned on model "someone\/another-model"/,
@@ -202,10 +210,17 @@ describe("edit swap", () => {
       "2",
       "--seeds",
       "1",
+      "--size",
+      "64x96",
       "--out",
       again,
     ]);
     expect(r2.code, r2.stderr).toBe(0);
+    // --size 64x96 (portrait; the photo is 3:2 landscape): the photo covers it, and every image has that shape.
+    for (const name of ["reconstruction.png", "swap-1-seed-1-phi2-m2-a2.png", "grid.png"]) {
+      const image = await sharp(path.join(again, name)).metadata();
+      expect([image.width, image.height], name).toEqual(name === "grid.png" ? [64 + 8, 96 + 8] : [64, 96]);
+    }
     const report2 = JSON.parse(readFileSync(path.join(again, "report.json"), "utf8"));
     // Direct inversion gives the photo back exactly: the reconstruction is the encoded photo itself.
     // Both subjects swapped in one target prompt, each for its own concept's token.
@@ -215,6 +230,8 @@ describe("edit swap", () => {
       concept: { learned: false, subject: "cup" },
       others: [{ word: "sofa", file: chair, token: "olis", subject: "chair" }],
       psnr: { reconstruction: "exact" },
+      // Worked at 64×128 (the fixture's sides are multiples of 64): 96 rows of photo, padding cropped back.
+      source: { working: { width: 64, height: 128, content: { left: 0, top: 16, width: 64, height: 96 } } },
     });
     expect(report2.variants.map((v: { label: string }) => v.label)).toEqual(["seed 1 · φ2 M2 A2"]);
     expect(readdirSync(again)).not.toContain("concept.safetensors");

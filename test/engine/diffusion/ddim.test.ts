@@ -11,7 +11,10 @@ import { fixtureDirs, loadGolden, relError } from "../../helpers/golden.js";
  * (sd2) and 2.0e-4 (sd1), so the bound separates that by 48× and more.
  */
 const STEP = 1e-6;
-/** addNoise / velocity against diffusers' add_noise / get_velocity: measured 4.5e-8 … 5.1e-8. */
+/**
+ * The loss graph's noised sample and target on noiseScales' float32 scales against diffusers' add_noise /
+ * get_velocity: measured 3.8e-8 … 4.7e-8; the scales of the next timestep (501) move them by 1.4e-3.
+ */
 const NOISING = 1e-6;
 
 const SD_CONFIG = {
@@ -57,12 +60,17 @@ describe.each(fixtureDirs())("DDIM against the golden tensors of %s", (dir) => {
     expect(relError(prev, g.f32("ddim.step.prev_sample"))).toBeLessThan(STEP);
   });
 
-  it("noises x₀ and forms the training target as diffusers does (grad.noisy, grad.target)", () => {
-    const s = scheduler();
+  it("gives the loss graph the scales of diffusers' noising and training target (grad.noisy, grad.target)", () => {
     const t = g.json["grad.timestep"];
     const [x0, noise] = [g.f32("grad.x0"), g.f32("grad.noise")];
-    expect(relError(s.addNoise(x0, noise, t), g.f32("grad.noisy"))).toBeLessThan(NOISING);
-    expect(relError(s.target(x0, noise, t), g.f32("grad.target"))).toBeLessThan(NOISING);
+    const { sqrtAlpha, sqrtOneMinusAlpha } = scheduler().noiseScales([t]);
+    const [a, s] = [sqrtAlpha[0] as number, sqrtOneMinusAlpha[0] as number];
+    // The loss graph's formulas (models/components.ts, lossGraph) on those scales.
+    const noisy = x0.map((x, i) => a * x + s * (noise[i] as number));
+    const target =
+      config.prediction_type === "v_prediction" ? noise.map((n, i) => a * n - s * (x0[i] as number)) : noise;
+    expect(relError(noisy, g.f32("grad.noisy"))).toBeLessThan(NOISING);
+    expect(relError(target, g.f32("grad.target"))).toBeLessThan(NOISING);
   });
 
   it("evaluates the inversion at the golden inversion timesteps", () => {
@@ -90,27 +98,34 @@ describe("DDIM identities", () => {
   const noised = (t: number) =>
     x0.map((x, i) => Math.sqrt(alphaBar(t)) * x + Math.sqrt(1 - alphaBar(t)) * (noise[i] as number));
 
-  it("noises, forms v and recovers x₀ by the formulas, for epsilon and v-prediction", () => {
+  it("gives each batch item its own timestep's noise scales, as the formulas", () => {
+    const s = DDIMScheduler.fromConfig(SD_CONFIG);
+    const ts = [100, 600, 900];
+    const { sqrtAlpha, sqrtOneMinusAlpha } = s.noiseScales(ts);
+    expect(
+      relError(
+        sqrtAlpha,
+        ts.map((t) => Math.sqrt(alphaBar(t))),
+      ),
+    ).toBeLessThan(1e-6);
+    expect(
+      relError(
+        sqrtOneMinusAlpha,
+        ts.map((t) => Math.sqrt(1 - alphaBar(t))),
+      ),
+    ).toBeLessThan(1e-6);
+    expect(() => s.noiseScales([100, 1000])).toThrow(/timestep 1000 is outside 0…999/);
+  });
+
+  it("recovers x₀ from the noised sample for epsilon and v-prediction", () => {
     const a = alphaBar(600);
     const v = noise.map((n, i) => Math.sqrt(a) * n - Math.sqrt(1 - a) * (x0[i] as number));
     for (const prediction_type of ["epsilon", "v_prediction"]) {
       const s = DDIMScheduler.fromConfig({ ...SD_CONFIG, prediction_type });
       expect(relError(s.alphasCumprod.subarray(600, 601), [a])).toBeLessThan(1e-6);
-      const xt = s.addNoise(x0, noise, 600);
-      expect(relError(xt, noised(600))).toBeLessThan(1e-6);
-      expect(relError(s.velocity(x0, noise, 600), v)).toBeLessThan(1e-6);
       const output = prediction_type === "epsilon" ? noise : v;
-      expect(relError(s.target(x0, noise, 600), output)).toBeLessThan(1e-6);
-      expect(relError(s.predictOriginal(output, 600, xt), x0)).toBeLessThan(1e-6);
+      expect(relError(s.predictOriginal(output, 600, noised(600)), x0)).toBeLessThan(1e-6);
     }
-  });
-
-  it("adds noise per batch item with its own timestep", () => {
-    const s = DDIMScheduler.fromConfig(SD_CONFIG);
-    const both = s.addNoise(x0, noise, [100, 900]);
-    expect(Array.from(both.subarray(0, 32))).toEqual(Array.from(s.addNoise(x0, noise, 100).subarray(0, 32)));
-    expect(Array.from(both.subarray(32))).toEqual(Array.from(s.addNoise(x0, noise, 900).subarray(32)));
-    expect(() => s.addNoise(x0, noise, [1, 2, 3])).toThrow(/3 timesteps do not split a batch of 64/);
   });
 
   it("inverts a sampling step exactly when the predicted noise is the same (epsilon)", () => {

@@ -1,18 +1,10 @@
 /** Shared by the graph tests: seeded random data, host tensors, plain-loop reference ops, comparison. */
+import { mulberry32 } from "../../../src/engine/diffusion/rng.js";
 import type { DType } from "../../../src/engine/graph/index.js";
 import type { HostTensor } from "../../../src/engine/runtime/index.js";
 
 /** mulberry32: a small seeded PRNG, so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 as rng };
 
 export function randn(r: () => number, n: number): number[] {
   return Array.from({ length: n }, () => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r()));

@@ -25,6 +25,11 @@ export function smoothPhoto(): Float32Array {
   return photo;
 }
 
+/** trainImagic's photo, size and prompt in these tests: `photo` at SIZE² under PROMPT. */
+export function trainingOn(photo: Float32Array) {
+  return { image: photo, height: SIZE, width: SIZE, prompt: PROMPT };
+}
+
 /** The fast preset without early stopping, batch 2 in both stages, `finetune` under the test's own. */
 export function fastOptions(
   o: DeepPartial<ImagicOptions>,

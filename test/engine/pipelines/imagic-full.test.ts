@@ -27,11 +27,13 @@ import {
   PROMPT,
   SIZE,
   smoothPhoto,
+  trainingOn,
   untunedLoss,
 } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
 const photo = smoothPhoto();
+const onPhoto = trainingOn(photo);
 
 const options = (o: DeepPartial<ImagicOptions>): ImagicOptions => fastOptions(o, { method: "full" });
 
@@ -58,10 +60,7 @@ describe("Imagic full fine-tuning", () => {
 
   it("lowers the loss on fixed draws, starting from the frozen UNet's loss at e_opt", async () => {
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       draws: fixedDraws,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 4, lr: 1e-3 } }),
     });
@@ -79,10 +78,7 @@ describe("Imagic full fine-tuning", () => {
 
   it("renders the same images from a serialized-and-reloaded state; the delta changes the images", async () => {
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 3, lr: 1e-3, weights: "attention" } }),
     });
     const delta = state.unetDelta as Map<string, Float32Array>;
@@ -137,10 +133,7 @@ describe("Imagic full fine-tuning", () => {
     try {
       const events: Progress[] = [];
       const run = trainImagic(small, {
-        image: photo,
-        height: SIZE,
-        width: SIZE,
-        prompt: PROMPT,
+        ...onPhoto,
         onProgress: (p) => events.push(p),
         options: options({ embedding: { steps: 2 }, finetune: { steps: 2 } }),
       });

@@ -22,12 +22,14 @@ import {
   PROMPT,
   SIZE,
   smoothPhoto,
+  trainingOn,
   untunedLoss,
   untunedStep,
 } from "./imagic-fixture.js";
 
 let sd: StableDiffusion;
 const photo = smoothPhoto();
+const onPhoto = trainingOn(photo);
 
 const options = (o: DeepPartial<ImagicOptions>): ImagicOptions =>
   fastOptions(o, { loraRank: 4, loraAlpha: 4 });
@@ -61,10 +63,7 @@ describe("trainImagic on the fixture model", () => {
     // fall is 0.972…0.979 of lr·‖∇‖₁ (over one-ulp nudges of the noise): the bound is 5 %.
     const lr = 2e-4;
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       draws: fixedDraws,
       options: options({ embedding: { steps: 5, lr }, finetune: { steps: 6, lr: 1e-2 } }),
     });
@@ -88,10 +87,7 @@ describe("trainImagic on the fixture model", () => {
     const own = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32", graphCacheDir: dir });
     try {
       await trainImagic(own, {
-        image: photo,
-        height: SIZE,
-        width: SIZE,
-        prompt: PROMPT,
+        ...onPhoto,
         options: options({ embedding: { steps: 2 }, finetune: { steps: 2 } }),
       });
       // Each compiled graph is a folder named after its key: one loss graph, with both gradients.
@@ -107,10 +103,7 @@ describe("trainImagic on the fixture model", () => {
   it("reports every step with its loss and an ETA", async () => {
     const events: Progress[] = [];
     await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 3 }, finetune: { steps: 2 } }),
       onProgress: (p) => events.push(p),
     });
@@ -132,10 +125,7 @@ describe("trainImagic on the fixture model", () => {
   it("is deterministic for a seed and differs across seeds", async () => {
     const run = (seed: number) =>
       trainImagic(sd, {
-        image: photo,
-        height: SIZE,
-        width: SIZE,
-        prompt: PROMPT,
+        ...onPhoto,
         options: options({ seed, embedding: { steps: 2 }, finetune: { steps: 1 } }),
       });
     const [a, b, c] = [await run(5), await run(5), await run(6)];
@@ -150,10 +140,7 @@ describe("trainImagic on the fixture model", () => {
   it("stops a stage early when its loss EMA is flat", async () => {
     // Demanding a 99 % improvement can never be met: the stage must stop at its minimum, 30 % of 20 steps.
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({
         embedding: { steps: 20 },
         finetune: { steps: 0 },
@@ -167,10 +154,7 @@ describe("trainImagic on the fixture model", () => {
     const controller = new AbortController();
     const spy = vi.spyOn(sd, "lossAndGrads");
     const training = trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 50 } }),
       signal: controller.signal,
       onProgress: (p) => {
@@ -183,10 +167,7 @@ describe("trainImagic on the fixture model", () => {
     spy.mockRestore();
 
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
     });
     const stop = new AbortController();
@@ -210,10 +191,7 @@ describe("trainImagic on the fixture model", () => {
 describe("renderImagic on the fixture model", () => {
   it("at η = 1 with the un-tuned model equals plain txt2img for the target prompt and seed", async () => {
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 0 } }),
     });
     expect(state.lora).toBeNull();
@@ -244,10 +222,7 @@ describe("renderImagic on the fixture model", () => {
 
   it("renders η × seeds batched exactly as one at a time, padding a short last batch to one shape", async () => {
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 4, lr: 5e-2 }, finetune: { steps: 0 } }),
     });
     const unet = vi.spyOn(sd, "predictNoise");
@@ -290,10 +265,7 @@ describe("renderImagic on the fixture model", () => {
 
   it("renders the same images from a serialized-and-reloaded state", async () => {
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 3 }, finetune: { steps: 3 } }),
     });
     const bytes = serializeState(state);
@@ -313,10 +285,7 @@ describe("renderImagic on the fixture model", () => {
 
   it("refuses a state trained on another model", async () => {
     const state = await trainImagic(sd, {
-      image: photo,
-      height: SIZE,
-      width: SIZE,
-      prompt: PROMPT,
+      ...onPhoto,
       options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
     });
     await expect(
@@ -347,10 +316,7 @@ describe("Imagic on the SD 2.x fixture (v-prediction, per-level heads)", () => {
     );
     try {
       const tuned = await trainImagic(sd2, {
-        image: photo,
-        height: SIZE,
-        width: SIZE,
-        prompt: PROMPT,
+        ...onPhoto,
         options: options({ embedding: { steps: 2 }, finetune: { steps: 1 } }),
       });
       expect(tuned.contextShape).toEqual([77, 24]);

@@ -6,6 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
+import { relativeDistance } from "../../../src/engine/distance.js";
 import { CancelledError } from "../../../src/engine/errors.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import {
@@ -16,7 +17,6 @@ import {
   nullTextLr,
   psnr,
   reconstructSource,
-  relativeDistance,
 } from "../../../src/engine/pipelines/inversion.js";
 import { SIZE, smoothPhoto } from "./imagic-fixture.js";
 
@@ -28,9 +28,10 @@ async function load(name: "sd1" | "sd2"): Promise<StableDiffusion> {
   return StableDiffusion.load(`test/fixtures/models/${name}/model`, { device: "cpu", dtype: "fp32" });
 }
 
+/** The smooth photo's latents, with the prompt, steps and guidance the inversions here run at. */
 async function encoded(sd: StableDiffusion) {
   const { mean, size } = await sd.encodeImage(smoothPhoto(), SIZE, SIZE);
-  return { latents0: mean, size };
+  return { latents0: mean, size, prompt: PROMPT, steps: STEPS, guidance: GUIDANCE };
 }
 
 let sd1: StableDiffusion;
@@ -63,14 +64,9 @@ describe("inversion on the sd1 fixture", () => {
   });
 
   it("direct inversion keeps z_0 … z_N and its reconstruction is the encoded photo", async () => {
-    const { latents0, size } = await encoded(sd);
-    const source = await invertDirect(sd, {
-      latents0,
-      size,
-      prompt: PROMPT,
-      steps: STEPS,
-      guidance: GUIDANCE,
-    });
+    const args = await encoded(sd);
+    const { latents0 } = args;
+    const source = await invertDirect(sd, args);
     const path = source.trajectory as Float32Array[];
     expect(source.method).toBe("direct");
     expect(path).toHaveLength(STEPS + 1);
@@ -100,8 +96,8 @@ describe("inversion on the sd1 fixture", () => {
   });
 
   it("reports both reconstructions' PSNR against the decoded photo latents", async () => {
-    const { latents0, size } = await encoded(sd);
-    const args = { latents0, size, prompt: PROMPT, steps: STEPS, guidance: GUIDANCE };
+    const args = await encoded(sd);
+    const { latents0, size } = args;
     const direct = await reconstructSource(sd, await invertDirect(sd, args));
     const nullText = await reconstructSource(
       sd,
@@ -159,14 +155,9 @@ describe("inversion on the sd1 fixture", () => {
   });
 
   it("null-text: the early stop is tested after the update, on the loss from before it", async () => {
-    const { latents0, size } = await encoded(sd);
     // Every loss is below this threshold: each step stops after its first inner step, which still updates u.
     const r = await invertNullText(sd, {
-      latents0,
-      size,
-      prompt: PROMPT,
-      steps: STEPS,
-      guidance: GUIDANCE,
+      ...(await encoded(sd)),
       innerSteps: 3,
       earlyStopEpsilon: 1e6,
     });
@@ -175,8 +166,7 @@ describe("inversion on the sd1 fixture", () => {
   });
 
   it("direct inversion and its reconstruction stop within a step of a cancel", async () => {
-    const { latents0, size } = await encoded(sd);
-    const args = { latents0, size, prompt: PROMPT, steps: STEPS, guidance: GUIDANCE };
+    const args = await encoded(sd);
     const inverting = new AbortController();
     const steps: number[] = [];
     const run = invertDirect(sd, {
@@ -202,15 +192,11 @@ describe("inversion on the sd1 fixture", () => {
   });
 
   it("null-text stops within an inner step of a cancel", async () => {
-    const { latents0, size } = await encoded(sd);
+    const args = await encoded(sd);
     const controller = new AbortController();
     const seen: InversionProgress[] = [];
     const run = invertNullText(sd, {
-      latents0,
-      size,
-      prompt: PROMPT,
-      steps: STEPS,
-      guidance: GUIDANCE,
+      ...args,
       innerSteps: 3,
       signal: controller.signal,
       onProgress: (p) => {
@@ -234,9 +220,10 @@ describe("inversion on the sd1 fixture", () => {
  * loss bends within 1e-2 of u, and float32 leaves no smaller step.)
  */
 async function gradientIdentity(sd: StableDiffusion): Promise<{ loss: number; grad: number }> {
-  const { latents0, size } = await encoded(sd);
+  const args = await encoded(sd);
+  const { size } = args;
   const [uncond, cond] = [await sd.encodeText([""]), await sd.encodeText([PROMPT])];
-  const source = await invertDirect(sd, { latents0, size, prompt: PROMPT, steps: STEPS, guidance: GUIDANCE });
+  const source = await invertDirect(sd, args);
   const path = source.trajectory as Float32Array[];
   const i = 1;
   const [x, z] = [path[STEPS - i] as Float32Array, path[STEPS - 1 - i] as Float32Array];

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { CancelledError } from "../../../src/engine/errors.js";
 import { type LatentSize, type LoraWeights, StableDiffusion } from "../../../src/engine/index.js";
-import { concatLora } from "../../../src/engine/models/lora.js";
+import { concatLora, type LoraModule } from "../../../src/engine/models/lora.js";
 import { invertDirect } from "../../../src/engine/pipelines/inversion.js";
 import {
   jointSample,
@@ -146,6 +146,9 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
     for (const m of lora.values()) m.up.set(rng.normal(m.up.length).map((v) => v * 0.2));
     return { token, tokenId: sd.tokenizer.tokenize(token)[0] as number, subject, lora };
   };
+  /** The photo's direct inversion under "a photo of a cat" at `steps` steps. */
+  const invertPhoto = (steps: number) =>
+    invertDirect(sd, { size: small, latents0: photo, prompt: "a photo of a cat", steps, guidance: 7.5 });
 
   beforeAll(async () => {
     sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
@@ -155,13 +158,7 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
   });
 
   it("reconstructs the photo exactly (direct inversion) and batches variants as it samples them one by one", async () => {
-    const source = await invertDirect(sd, {
-      size: small,
-      latents0: photo,
-      prompt: "a photo of a cat",
-      steps: 4,
-      guidance: 7.5,
-    });
+    const source = await invertPhoto(4);
     const args = {
       source,
       subjects: [{ word: "cat", concept: concept("sks", "dog", 1) }],
@@ -205,14 +202,7 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
     const m = both.get(path);
     expect(m?.rank).toBe(4);
     const x = new GaussianRng(9).normal(m?.inF ?? 0);
-    const delta = (l: {
-      down: Float32Array;
-      up: Float32Array;
-      rank: number;
-      alpha: number;
-      inF: number;
-      outF: number;
-    }) => {
+    const delta = (l: LoraModule) => {
       const ax = Array.from({ length: l.rank }, (_, r) =>
         x.reduce((a, v, i) => a + (l.down[r * l.inF + i] as number) * v, 0),
       );
@@ -221,20 +211,14 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
         (_, o) => (l.alpha / l.rank) * ax.reduce((a, v, r) => a + (l.up[o * l.rank + r] as number) * v, 0),
       );
     };
-    const sum = delta(dog.lora.get(path) as never).map(
-      (v, i) => v + (delta(fox.lora.get(path) as never)[i] as number),
+    const sum = delta(dog.lora.get(path) as LoraModule).map(
+      (v, i) => v + (delta(fox.lora.get(path) as LoraModule)[i] as number),
     );
-    expect(relError(delta(m as never), sum)).toBeLessThan(1e-6);
+    expect(relError(delta(m as LoraModule), sum)).toBeLessThan(1e-6);
   });
 
   it("stops within a step of a cancel, in the second pass of a batched run too", async () => {
-    const source = await invertDirect(sd, {
-      size: small,
-      latents0: photo,
-      prompt: "a photo of a cat",
-      steps: 4,
-      guidance: 7.5,
-    });
+    const source = await invertPhoto(4);
     // Two variants one per UNet call: 2 passes × 4 steps; cancelled after the first step of the second.
     const controller = new AbortController();
     const seen: number[] = [];
@@ -263,13 +247,7 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
     expect(() =>
       planSwap(sd.tokenizer, "a photo of a cat, sleeping", [{ word: "cat", concept: dog }]),
     ).toThrow(/the subject "cat" is not a word of the source prompt/);
-    const source = await invertDirect(sd, {
-      size: small,
-      latents0: photo,
-      prompt: "a photo of a cat",
-      steps: 2,
-      guidance: 7.5,
-    });
+    const source = await invertPhoto(2);
     await expect(
       photoswap(sd, {
         source,

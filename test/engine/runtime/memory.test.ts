@@ -3,11 +3,19 @@
  * (a UserFacingError, so the queue does not retry it), and the model's sessions are released so the
  * next job gets the memory back.
  */
-import { afterAll, afterEach, describe, expect, it, vi } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { StableDiffusion } from "../../../src/engine/index.js";
+import { renderImagic, trainImagic } from "../../../src/engine/pipelines/imagic.js";
 import { ort } from "../../../src/engine/runtime/ort.js";
 import { asDeviceMemoryError, DeviceMemoryError } from "../../../src/engine/runtime/session.js";
 import { UserFacingError } from "../../../src/errors.js";
+import {
+  fastOptions,
+  fixedDraws,
+  loadFixtureModel,
+  smoothPhoto,
+  trainingOn,
+} from "../pipelines/imagic-fixture.js";
 
 afterEach(() => vi.restoreAllMocks());
 
@@ -47,28 +55,119 @@ describe("allocation failures", () => {
   });
 });
 
+/**
+ * A device with room for `room` sessions: onnxruntime's session creation fails as the CUDA arena does
+ * (bfc_arena's message) while that many are open. Returns the open ones.
+ */
+function deviceWithRoomFor(room: number): Set<unknown> {
+  const open = new Set<unknown>();
+  const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (
+    ...a: unknown[]
+  ) => Promise<ort.InferenceSession>;
+  vi.spyOn(ort.InferenceSession, "create").mockImplementation((async (...args: unknown[]) => {
+    if (open.size >= room)
+      throw new Error(
+        "/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate memory for requested buffer of size 3276800",
+      );
+    const session = await create(...args);
+    open.add(session);
+    const release = session.release.bind(session);
+    session.release = () => {
+      open.delete(session);
+      return release();
+    };
+    return session;
+  }) as never);
+  return open;
+}
+
+const SIZE = { height: 8, width: 8 };
+const latents = Float32Array.from({ length: 4 * 8 * 8 }, (_, i) => Math.sin(i));
+
 describe("a model whose device runs out of memory mid-job", () => {
-  let sd: StableDiffusion | undefined;
+  let sd: StableDiffusion;
+  beforeAll(async () => {
+    sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
+  });
+  afterEach(() => sd.release());
   afterAll(() => sd?.release());
 
-  it("fails that call with DeviceMemoryError, releases its sessions, and serves the next call", async () => {
-    sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
-    const latents = Float32Array.from({ length: 4 * 8 * 8 }, (_, i) => Math.sin(i));
+  // onnxruntime's session class (typed as a factory): its run rejects, as the CUDA allocator would.
+  const sessionClass = ort.InferenceSession as unknown as {
+    prototype: { run: () => Promise<unknown>; release: () => Promise<void> };
+  };
+  const failRuns = () => vi.spyOn(sessionClass.prototype, "run");
+  const oom = new Error("CUDA failure 2: out of memory ; GPU=0");
+
+  it("releases the model's other sessions and runs the call again", async () => {
     const context = await sd.encodeText(["a cat"]);
-    const before = await sd.predictNoise(latents, { height: 8, width: 8 }, 500, context);
-
+    const before = await sd.predictNoise(latents, SIZE, 500, context);
     const release = vi.spyOn(sd, "release");
-    // onnxruntime's session class (typed as a factory): its run rejects once, as the CUDA allocator would.
-    const sessionClass = ort.InferenceSession as unknown as { prototype: { run: () => Promise<unknown> } };
-    vi.spyOn(sessionClass.prototype, "run").mockRejectedValueOnce(
-      new Error("CUDA failure 2: out of memory ; GPU=0"),
-    );
-    await expect(sd.predictNoise(latents, { height: 8, width: 8 }, 500, context)).rejects.toBeInstanceOf(
-      DeviceMemoryError,
-    );
-    expect(release).toHaveBeenCalledTimes(1);
+    const sessions = vi.spyOn(sessionClass.prototype, "release");
+    failRuns().mockRejectedValueOnce(oom);
+    expect(await sd.predictNoise(latents, SIZE, 500, context)).toEqual(before);
+    expect(sessions).toHaveBeenCalledTimes(1); // the text encoder's, not the UNet's
+    expect(release).not.toHaveBeenCalled();
+    expect(await sd.encodeText(["a cat"])).toEqual(context); // rebuilt on demand
+  });
 
+  it("out of memory again: fails that call with DeviceMemoryError, releases every session, serves the next call", async () => {
+    const context = await sd.encodeText(["a cat"]);
+    const before = await sd.predictNoise(latents, SIZE, 500, context);
+    const release = vi.spyOn(sd, "release");
+    failRuns().mockRejectedValueOnce(oom).mockRejectedValueOnce(oom);
+    await expect(sd.predictNoise(latents, SIZE, 500, context)).rejects.toBeInstanceOf(DeviceMemoryError);
+    expect(release).toHaveBeenCalledTimes(1);
     // Every session was released; the next call rebuilds what it needs and computes the same thing.
-    expect(await sd.predictNoise(latents, { height: 8, width: 8 }, 500, context)).toEqual(before);
+    expect(await sd.predictNoise(latents, SIZE, 500, context)).toEqual(before);
+  });
+
+  it("alone on the device and out of memory: fails at once", async () => {
+    const context = await sd.encodeText(["a cat"]);
+    await sd.predictNoise(latents, SIZE, 500, context);
+    await sd.release();
+    await sd.predictNoise(latents, SIZE, 500, context); // only the UNet's session is open
+    const runs = failRuns().mockRejectedValueOnce(oom);
+    await expect(sd.predictNoise(latents, SIZE, 500, context)).rejects.toBeInstanceOf(DeviceMemoryError);
+    expect(runs).toHaveBeenCalledTimes(1);
+  });
+});
+
+describe("a device with room for one session at a time", () => {
+  let sd: StableDiffusion;
+  beforeAll(async () => {
+    sd = await loadFixtureModel();
+  });
+  afterAll(() => sd?.release());
+
+  it("runs Imagic's training and render, each session built after releasing the one before, as on a roomy device", async () => {
+    const photo = smoothPhoto();
+    const train = () =>
+      trainImagic(sd, {
+        ...trainingOn(photo),
+        draws: fixedDraws,
+        options: fastOptions(
+          { embedding: { steps: 2 }, finetune: { steps: 2 } },
+          { loraRank: 4, loraAlpha: 4 },
+        ),
+      });
+    const render = (state: Awaited<ReturnType<typeof train>>) =>
+      renderImagic(sd, state, { etas: [0.7], seeds: [3], guidance: 7.5, steps: 3, batch: 1 });
+    const roomy = await train();
+    const [roomyImage] = await render(roomy);
+    await sd.release();
+
+    const open = deviceWithRoomFor(1);
+    const creates = vi.mocked(ort.InferenceSession.create);
+    const state = await train();
+    const [image] = await render(state);
+    // The same sessions (rebuilt from the graph cache) compute the same numbers.
+    expect(state.losses).toEqual(roomy.losses);
+    expect(image?.image).toEqual(roomyImage?.image);
+    expect(open.size).toBe(1);
+    // Every build after the first ran out of room once and then succeeded.
+    const failed = creates.mock.settledResults.filter((r) => r.type === "rejected");
+    expect(failed.length).toBeGreaterThanOrEqual(3);
+    expect(creates.mock.settledResults.length - failed.length).toBe(failed.length + 1);
   });
 });

@@ -1,6 +1,5 @@
 // Shared wiring of the queue tests: a private Redis, a blob store, a client and workers on it.
 import { readFileSync } from "node:fs";
-import net from "node:net";
 import { type BlobLimits, BlobStore } from "../../../src/queue/blobs.js";
 import { QueueClient, type QueueClientOptions } from "../../../src/queue/client.js";
 import type { ChatOrigin } from "../../../src/queue/jobs.js";
@@ -105,10 +104,4 @@ export async function until(
 }
 
 /** A loopback TCP port that was free a moment ago (for ENGINE_HTTP_PORT in tests). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+export { freePort } from "../../../src/queue/redis-server.js";

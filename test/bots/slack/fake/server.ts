@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { WebSocketServer } from "ws";
-import { type BucketLimit, RateLimiter } from "../../discord/fake/rate-limits.js";
+import { type BucketLimit, RateLimiter } from "../../../../src/bots/discord/fake/rate-limits.js";
 import { Deliveries, type Delivery, type SignedRequest } from "./delivery.js";
 
 /**

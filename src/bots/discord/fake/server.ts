@@ -23,6 +23,8 @@ import { type BucketLimit, RateLimiter } from "./rate-limits.js";
  * `enforce_nonce` (a second create within the window returns the first message), several guilds spread
  * over gateway shards (4011 when one connection would carry too many) — and records what the bot did.
  * A test can stall a request (carried out or not, never answered): what a bot that dies mid-request leaves.
+ * The bot never uses it: the tests and the chaos benchmark (src/cli/bench/chaos-run.ts) run the bot
+ * against it, which is why it lives under src/ (product code may not import test code).
  */
 
 export const ALL_BOT_PERMISSIONS =
