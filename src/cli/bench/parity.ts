@@ -19,7 +19,7 @@ import { openCheckpoint } from "../../engine/models/checkpoint.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { type Device, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
-import { type GoldenData, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
+import { type GoldenData, goldenLossArgs, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
 
 type Dtype = "fp32" | "fp16";
 type Kind = "forward" | "gradient";
@@ -72,16 +72,7 @@ async function run(dir: string, g: GoldenData, device: Device, dtype: Dtype): Pr
     const o = g.json.txt2img;
     const t2i = await txt2img(sd, goldenTxt2imgOptions(o, g.f32("txt2img.latents_in")));
     out["txt2img.latents_out"] = { value: t2i.latents, kind: "forward", steps: o.steps };
-    const [b, , gh, gw] = g.shape("grad.x0") as number[];
-    const t = g.json["grad.timestep"];
-    const r = await sd.lossAndGrads({
-      latents0: g.f32("grad.x0"),
-      size: { height: gh as number, width: gw as number },
-      noise: g.f32("grad.noise"),
-      t: new Array<number>(b as number).fill(t),
-      context: g.f32("grad.context"),
-      wrt: ["context"],
-    });
+    const r = await sd.lossAndGrads({ ...goldenLossArgs(g), wrt: ["context"] });
     out["grad.loss"] = { value: Float32Array.of(r.loss), kind: "gradient" };
     out["grad.d_context"] = { value: r.dContext as Float32Array, kind: "gradient" };
     return out;
