@@ -31,6 +31,20 @@ export interface OutgoingMessage {
    * a prompt) is shown but not pinged; without `notify` nobody is.
    */
   notify?: readonly string[];
+  /**
+   * Makes the post idempotent: posted again with the same job and role (a result delivered again after
+   * the process that posted it died), it is not posted twice — Discord dedupes it by a nonce, Slack's
+   * adapter finds it by its metadata when `retry` says an earlier attempt may have posted it.
+   */
+  once?: PostOnce;
+}
+
+/** Names one post of a job's result: the job, and which of its posts this is ("grid", "last"…). */
+export interface PostOnce {
+  job: string;
+  role: string;
+  /** An earlier attempt at this post may have gone through. */
+  retry: boolean;
 }
 
 /** An attachment as the platform announces it, before any byte is downloaded. */

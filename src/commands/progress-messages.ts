@@ -12,7 +12,13 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Redis } from "ioredis";
 import { childLogger } from "../log.js";
-import { type ChatAdapter, type ImageFile, MessageNotEditableError, type MessageRef } from "./chat.js";
+import {
+  type ChatAdapter,
+  type ImageFile,
+  MessageNotEditableError,
+  type MessageRef,
+  type PostOnce,
+} from "./chat.js";
 import { EditThrottle } from "./throttle.js";
 
 export interface ProgressUpdate {
@@ -134,9 +140,10 @@ export class ProgressMessages {
   /**
    * The job's last word: shows the stages it has not shown yet, closes the message to progress (here and
    * in every other process), waits for an edit another process may still have in flight, then edits it
-   * in — or posts it where the message can no longer be edited.
+   * in — or posts it where the message can no longer be edited (`once` keeps that post single when the
+   * job's end is delivered again).
    */
-  async finish(origin: MessageRef, text: string): Promise<void> {
+  async finish(origin: MessageRef, text: string, once?: PostOnce): Promise<void> {
     this.finishing.add(origin.id);
     this.previews.delete(origin.id);
     try {
@@ -150,7 +157,7 @@ export class ProgressMessages {
     await this.takeOver(origin.id);
     try {
       const state = await this.state(origin.id);
-      await this.put(origin, state, { text }, []);
+      await this.put(origin, state, { text, ...(once ? { once } : {}) }, []);
     } finally {
       await this.release(origin.id);
     }
@@ -187,7 +194,7 @@ export class ProgressMessages {
   private async put(
     origin: MessageRef,
     state: State,
-    message: { text: string },
+    message: { text: string; once?: PostOnce },
     images: ImageFile[] | undefined,
   ): Promise<string> {
     const ref = { conversation: origin.conversation, id: state.current };
@@ -196,7 +203,7 @@ export class ProgressMessages {
       maxAge !== undefined && Date.now() - state.postedAt >= maxAge * FRESH_AT - 2 * minEditIntervalMs;
     if (!aged) {
       try {
-        await this.adapter.editMessage(ref, { ...message, ...(images ? { images } : {}) });
+        await this.adapter.editMessage(ref, { text: message.text, ...(images ? { images } : {}) });
         return state.current;
       } catch (error) {
         if (!(error instanceof MessageNotEditableError)) throw error;

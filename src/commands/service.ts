@@ -21,6 +21,7 @@ import type {
   Conversation,
   IncomingAttachment,
   MessageRef,
+  PostOnce,
   ReactionEvent,
 } from "./chat.js";
 import { parseImagic, parseSwap } from "./parse.js";
@@ -60,11 +61,11 @@ export class ChatCommands {
   private readonly log;
   /** Position refreshers of waiting jobs this process enqueued, by job id. */
   private readonly waiting = new Map<string, NodeJS.Timeout>();
-  private readonly listeners: { [K in keyof Events]: (event: Events[K]) => void };
+  private readonly listeners: { [K in keyof Events]: (event: Events[K]) => Promise<void> };
   /**
-   * Queue events being handled. A completed/failed event is claimed for this platform before it is
-   * emitted, so stop() lets these finish before the chat client goes away: a result cut off
-   * mid-post by a restart would be claimed and never posted (found by the chaos run).
+   * Queue events being handled. A completed/failed delivery is confirmed once its handler settles (the
+   * listener returns its promise), so stop() lets these finish before the chat client goes away; a
+   * process that dies mid-post has its deliveries redone, idempotently (PostOnce).
    */
   private readonly handling = new Set<Promise<void>>();
 
@@ -87,6 +88,7 @@ export class ChatCommands {
           .catch((err: unknown) => this.log.error({ err }, `${what} handler failed`))
           .finally(() => this.handling.delete(run));
         this.handling.add(run);
+        return run;
       };
     this.listeners = {
       progress: guard("progress", async (e) => this.onProgress(e)),
@@ -386,18 +388,25 @@ export class ChatCommands {
   }
 
   /** The job's last word on its progress message. Never throws: the result is posted regardless. */
-  private async finishProgress(jobId: string, ref: MessageRef, text: string): Promise<void> {
+  private async finishProgress(jobId: string, ref: MessageRef, text: string, once?: PostOnce): Promise<void> {
     this.stopWatching(jobId);
     if (!ref.id) return;
     try {
-      await this.progress.finish(ref, text);
+      await this.progress.finish(ref, text, once);
     } catch (err) {
       // Deleted by a moderator, or the bot lost access to it: the result goes out regardless.
       this.log.warn({ err, jobId, message: ref.id }, "could not update the progress message");
     }
   }
 
-  private async onFailed({ jobId, name, data, message, cancelled }: Events["failed"]): Promise<void> {
+  private async onFailed({
+    jobId,
+    name,
+    data,
+    message,
+    cancelled,
+    redelivery,
+  }: Events["failed"]): Promise<void> {
     // A concept child fails its swap.edit parent with it: the parent reports, once (the queue gives it the
     // child's reason).
     if (name === "swap.concept") return;
@@ -407,6 +416,7 @@ export class ChatCommands {
       jobId,
       this.progressRef(data.origin),
       fitText(text, this.adapter.limits.maxTextLength),
+      postOnce(jobId, "last", redelivery),
     );
   }
 
@@ -449,23 +459,32 @@ export class ChatCommands {
    * not wait for that edit (which may wait for another process, or for the platform).
    */
   private async finishWithOffer(
-    { jobId, data }: Events["completed"],
+    { jobId, data, redelivery }: Events["completed"],
     text: string,
     result: { gridBlobId: string; images: Choice[] },
     pick: Pick<PickRecord, "kind" | "command" | "prompt" | "stateBlobId" | "sweep">,
   ): Promise<void> {
-    const finished = this.finishProgress(jobId, this.progressRef(data.origin), text);
+    const finished = this.finishProgress(
+      jobId,
+      this.progressRef(data.origin),
+      text,
+      postOnce(jobId, "last", redelivery),
+    );
     const { kind, command, prompt, ...seedPick } = pick;
     try {
-      await this.offer(result.gridBlobId, {
-        kind,
-        command,
-        userId: data.userId,
-        conversation: this.conversationOf(data.origin),
-        prompt,
-        choices: result.images,
-        ...seedPick,
-      });
+      await this.offer(
+        result.gridBlobId,
+        {
+          kind,
+          command,
+          userId: data.userId,
+          conversation: this.conversationOf(data.origin),
+          prompt,
+          choices: result.images,
+          ...seedPick,
+        },
+        (role) => postOnce(jobId, role, redelivery),
+      );
     } finally {
       await finished;
     }
@@ -479,12 +498,19 @@ export class ChatCommands {
     );
   }
 
-  /** Posts a result grid with number reactions and remembers what each number picks. */
-  private async offer(gridBlobId: string, record: PickRecord): Promise<void> {
+  /**
+   * Posts a result grid with number reactions and remembers what each number picks. Every step may be
+   * done again by a redelivery: the post is single (`once`), the record and the reactions are the same.
+   */
+  private async offer(
+    gridBlobId: string,
+    record: PickRecord,
+    once?: (role: string) => PostOnce,
+  ): Promise<void> {
     const mention = this.adapter.mention(record.userId);
     const grid = await this.blobs.get(gridBlobId);
     if (!grid) {
-      return this.postExpired(record, "the result");
+      return this.postExpired(record, "the result", once?.("expired"));
     }
     const lines = this.offerText(record);
     const image = await fitUpload({ name: "grid.png", bytes: grid }, this.adapter.limits.maxUploadBytes);
@@ -492,6 +518,7 @@ export class ChatCommands {
       text: fitText(`${mention} ${lines}`, this.adapter.limits.maxTextLength),
       images: [image],
       notify: [record.userId],
+      ...(once ? { once: once("grid") } : {}),
     });
     // Saved before the reactions go up: a quick user may react while they are still being added.
     await this.picks.save(message.id, record);
@@ -499,8 +526,9 @@ export class ChatCommands {
   }
 
   /** Says that `what` a pick needs has outlived the blob TTL, and how to start again. */
-  private async postExpired(record: PickRecord, what: string): Promise<void> {
+  private async postExpired(record: PickRecord, what: string, once?: PostOnce): Promise<void> {
     await this.adapter.post(record.conversation, {
+      ...(once ? { once } : {}),
       text: expiredText(
         this.adapter.mention(record.userId),
         what,
@@ -619,6 +647,9 @@ export class ChatCommands {
     });
   }
 }
+
+/** One post of a job's end (its roles: "grid", "expired", "last"). */
+const postOnce = (job: string, role: string, retry: boolean): PostOnce => ({ job, role, retry });
 
 const renderPromptKey = (platform: string, messageId: string) =>
   `pe:chat:render-prompt:${platform}:${messageId}`;

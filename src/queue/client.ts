@@ -9,6 +9,7 @@ import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "./blobs.js";
 import { cachedConcept } from "./concepts.js";
+import { type ClaimOutcome, DeliveryClaims, type DeliveryRef } from "./delivery.js";
 import { typicalDurations } from "./durations.js";
 import {
   type ChatOrigin,
@@ -38,10 +39,16 @@ export interface QueueClientOptions {
   limits: UserLimits;
   /**
    * Names this consumer of results ("discord", "slack"). With a name, events resume after a restart
-   * from the last one handled, and `completed`/`failed` are emitted once per job across every process
-   * of that name (see claimDelivery). Without one, events start from now and each client emits all.
+   * from the last one handled, and `completed`/`failed` are delivered to one process of that name at a
+   * time, again after a crash until one confirms it (delivery.ts). Without one, events start from now
+   * and each client emits all.
    */
   consumer?: string;
+  /**
+   * How long a named consumer's process may go without renewing its claim on a result it delivers before
+   * another process (or itself, restarted) delivers it again (default 30 s). Renewed every third of it.
+   */
+  deliveryLeaseMs?: number;
   /** Only emit events of jobs that came from this chat platform. */
   platform?: ChatOrigin["platform"];
   /** The BullMQ queue (default "edits"; the benchmark uses its own). */
@@ -85,11 +92,24 @@ interface JobEventBase<N extends JobName = JobName> {
   data: JobPayload<N>;
 }
 
+/** A job's end as a named consumer gets it. */
+interface JobEndBase extends JobEventBase {
+  /**
+   * An earlier delivery of this result was claimed and never confirmed (its process died mid-post):
+   * some of it may be out already, so post it idempotently.
+   */
+  redelivery: boolean;
+}
+
+/**
+ * A `completed` or `failed` listener of a named consumer may return a promise: the delivery is confirmed
+ * once every listener's promise has settled, and delivered again (`redelivery`) if the process dies first.
+ */
 export interface QueueClientEvents {
   progress: [JobEventBase & { progress: JobProgress }];
-  completed: [JobEventBase & { result: JobResult<JobName> }];
+  completed: [JobEndBase & { result: JobResult<JobName> }];
   /** The job will not run again; `message` is fit to show the user. */
-  failed: [JobEventBase & { message: string; cancelled: boolean }];
+  failed: [JobEndBase & { message: string; cancelled: boolean }];
 }
 
 /** What job.data holds: the validated payload. */
@@ -103,7 +123,6 @@ const KEEP = {
 const CANCEL_TTL_SECONDS = 86_400;
 /** A reservation that an enqueue left behind when it crashed is ignored after this. */
 const RESERVATION_MS = 60_000;
-const DELIVERED_TTL_SECONDS = 30 * 86_400;
 const WORKER_COUNT_CACHE_MS = 5_000;
 
 function describeZodError(name: string, error: z.ZodError): string {
@@ -147,6 +166,11 @@ export class QueueClient {
   private readonly keys: QueueKeys;
   private workers: { count: number; at: number } | undefined;
   private readonly queueName: string;
+  private readonly claims: DeliveryClaims | undefined;
+  /** Deliveries under way in this process (by DeliveryClaims.member), each settling once confirmed. */
+  private readonly delivering = new Map<string, Promise<void>>();
+  /** Looks for abandoned deliveries while listening. */
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: QueueClientOptions) {
     this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
@@ -156,6 +180,9 @@ export class QueueClient {
     this.queue = new Queue(this.queueName, { connection: { url: options.redisUrl } });
     this.flows = new FlowProducer({ connection: { url: options.redisUrl } });
     this.blobs = options.blobs;
+    this.claims = options.consumer
+      ? new DeliveryClaims(this.redis, this.keys, options.consumer, options.deliveryLeaseMs ?? 30_000)
+      : undefined;
   }
 
   /**
@@ -405,18 +432,6 @@ export class QueueClient {
     return Promise.all(real.map((j) => this.position(j.jobId)));
   }
 
-  /**
-   * Claims the right to post a job's result: true for the first caller of this consumer name only,
-   * across processes and restarts (two replicas of one bot post it once; two different bots each
-   * may). `completed`/`failed` events of a named consumer are claimed before they are emitted.
-   */
-  async claimDelivery(jobId: string, consumer = this.options.consumer ?? "default"): Promise<boolean> {
-    // Keyed by creation time too: job ids start again at 1 if the queue is ever obliterated.
-    const createdAt = (await this.redis.hget(this.queue.toKey(jobId), "timestamp")) ?? "0";
-    const key = this.keys.delivered(`${consumer}:${jobId}:${createdAt}`);
-    return (await this.redis.set(key, "1", "EX", DELIVERED_TTL_SECONDS, "NX")) === "OK";
-  }
-
   /** Starts emitting `events` (BullMQ QueueEvents); resumes from the consumer's cursor when named. */
   async listen(): Promise<void> {
     if (this.queueEvents) return;
@@ -444,27 +459,100 @@ export class QueueClient {
         if (job) this.events.emit("progress", { ...job, progress: data as JobProgress });
       }),
     );
-    queueEvents.on("completed", ({ jobId, returnvalue }, id) =>
-      handle(id, async () => {
-        const job = await this.jobForEvent(jobId, "end");
-        if (job && (await this.claim(jobId))) {
-          const result = (
-            typeof returnvalue === "string" ? JSON.parse(returnvalue) : returnvalue
-          ) as JobResult<JobName>;
-          this.events.emit("completed", { ...job, result });
-        }
-      }),
-    );
-    queueEvents.on("failed", ({ jobId, failedReason }, id) =>
-      handle(id, async () => {
-        const job = await this.jobForEvent(jobId, "end");
-        if (job && (await this.claim(jobId))) {
-          const cancelled = (await this.redis.exists(this.keys.cancel(jobId))) === 1;
-          this.events.emit("failed", { ...job, message: await this.failureMessage(failedReason), cancelled });
-        }
-      }),
-    );
+    queueEvents.on("completed", ({ jobId }, id) => handle(id, () => this.deliverEnd(jobId, "completed")));
+    queueEvents.on("failed", ({ jobId }, id) => handle(id, () => this.deliverEnd(jobId, "failed")));
     await queueEvents.waitUntilReady();
+    if (this.claims) {
+      const sweep = () =>
+        void this.redeliverAbandoned().catch((err: unknown) =>
+          log.warn({ err }, "looking for abandoned result deliveries failed"),
+        );
+      sweep();
+      this.sweeper = setInterval(sweep, this.claims.leaseMs / 2);
+      this.sweeper.unref();
+    }
+  }
+
+  /**
+   * Delivers a finished job's end (its result, or why it failed) if this process wins the claim. The
+   * delivery runs on its own: the events behind it need not wait for a result to be posted.
+   */
+  private async deliverEnd(jobId: string, ended: "completed" | "failed", only?: ClaimOutcome): Promise<void> {
+    const job = await Job.fromId(this.queue, jobId);
+    const event = job ? await this.jobEvent(job, "end") : undefined;
+    if (!job || !event) return;
+    const ref: DeliveryRef = { jobId, createdAt: String(job.timestamp) };
+    const claim = this.claims ? await this.claims.take(ref) : "first";
+    if (!claim || (only && claim !== only)) return;
+    const redelivery = claim === "redelivery";
+    if (redelivery) log.info({ jobId }, "delivering a result again: its first delivery was never confirmed");
+    const end =
+      ended === "failed"
+        ? {
+            name: "failed" as const,
+            event: {
+              ...event,
+              redelivery,
+              message: await this.failureMessage(job.failedReason ?? "failed"),
+              cancelled: (await this.redis.exists(this.keys.cancel(jobId))) === 1,
+            },
+          }
+        : {
+            name: "completed" as const,
+            event: { ...event, redelivery, result: job.returnvalue as JobResult<JobName> },
+          };
+    const member = DeliveryClaims.member(ref);
+    const delivery = this.deliver(ref, end).finally(() => this.delivering.delete(member));
+    this.delivering.set(member, delivery);
+  }
+
+  /**
+   * Calls the listeners, renewing the claim while their promises run, and confirms it once they have
+   * settled: a listener's failure is logged (a post refused for good is not retried), a crash is not.
+   */
+  private async deliver(
+    ref: DeliveryRef,
+    end:
+      | { name: "completed"; event: QueueClientEvents["completed"][0] }
+      | { name: "failed"; event: QueueClientEvents["failed"][0] },
+  ): Promise<void> {
+    const claims = this.claims;
+    const renewal = claims
+      ? setInterval(
+          () =>
+            void claims
+              .renew(ref)
+              .catch((err: unknown) =>
+                log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
+              ),
+          claims.leaseMs / 3,
+        )
+      : undefined;
+    try {
+      const listeners = this.events.listeners(end.name) as Array<(event: typeof end.event) => unknown>;
+      const outcomes = await Promise.allSettled(listeners.map(async (listener) => listener(end.event)));
+      for (const outcome of outcomes)
+        if (outcome.status === "rejected")
+          log.error({ err: outcome.reason, jobId: ref.jobId }, `${end.name} listener failed`);
+      await claims?.confirm(ref);
+    } finally {
+      clearInterval(renewal);
+    }
+  }
+
+  /** Delivers again the results whose delivering process died before it confirmed them. */
+  private async redeliverAbandoned(): Promise<void> {
+    if (!this.claims) return;
+    for (const ref of await this.claims.abandoned()) {
+      if (this.delivering.has(DeliveryClaims.member(ref))) continue;
+      const job = await Job.fromId(this.queue, ref.jobId);
+      const state = job && String(job.timestamp) === ref.createdAt ? await job.getState() : undefined;
+      if (state !== "completed" && state !== "failed") {
+        await this.claims.drop(ref);
+        continue;
+      }
+      await this.deliverEnd(ref.jobId, state, "redelivery");
+    }
   }
 
   /** A flow parent fails with "child bull:edits:7 failed": the user gets the child's own reason. */
@@ -475,17 +563,18 @@ export class QueueClient {
     return childReason ? await this.failureMessage(childReason) : reason;
   }
 
-  private async claim(jobId: string): Promise<boolean> {
-    return this.options.consumer ? this.claimDelivery(jobId) : true;
-  }
-
   /**
    * The job an event is about, as the bots know it: a flow's swap.concept child reports its progress
    * as its swap.edit parent (the id the user got), and its end is told by the parent's end.
    */
   private async jobForEvent(jobId: string, kind: "progress" | "end"): Promise<JobEventBase | undefined> {
-    let job = await Job.fromId(this.queue, jobId);
-    const parentId = job?.parent?.id;
+    const job = await Job.fromId(this.queue, jobId);
+    return job ? this.jobEvent(job, kind) : undefined;
+  }
+
+  private async jobEvent(found: Job, kind: "progress" | "end"): Promise<JobEventBase | undefined> {
+    let job: Job | undefined = found;
+    const parentId = job.parent?.id;
     if (parentId) {
       if (kind === "end") return undefined;
       job = await Job.fromId(this.queue, parentId);
@@ -504,12 +593,16 @@ export class QueueClient {
   async unlisten(): Promise<void> {
     const queueEvents = this.queueEvents;
     this.queueEvents = undefined;
+    clearInterval(this.sweeper);
     await queueEvents?.close();
     await this.eventChain;
+    await Promise.all(this.delivering.values());
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweeper);
     await this.queueEvents?.close();
+    await Promise.all(this.delivering.values());
     await Promise.all([this.queue.close(), this.flows.close()]);
     this.redis.disconnect();
   }

@@ -29,8 +29,13 @@ export function queueKeys(queue: string = QUEUE_NAME) {
     userActive: (userId: string) => `${q}:user-active:${userId}`,
     /** Set by a cancel request; the worker turns it into an abort of the running job. */
     cancel: (jobId: string) => `${q}:cancel:${jobId}`,
-    /** Set once per consumer and job by the process that posts the result (client.ts claimDelivery). */
+    /**
+     * Per consumer and job: `pending:<process>` while a process posts the result, `done` once it has
+     * (delivery.ts).
+     */
     delivered: (jobRef: string) => `${q}:delivered:${jobRef}`,
+    /** Sorted set of a consumer's unconfirmed deliveries (`<job>:<created>`), scored by lease expiry (ms). */
+    delivering: (consumer: string) => `${q}:delivering:${consumer}`,
     /** Last QueueEvents stream id a consumer has handled, so a restarted bot replays what it missed. */
     eventCursor: (consumer: string) => `${q}:events-cursor:${consumer}`,
     /** List of recent job durations (seconds) per job name, newest first, for ETAs. */

@@ -3,6 +3,7 @@
  * `unetWeights`, `lossAndGrads({ unet, wrt: ["unet"] })`, `predictNoise(…, { unet })`), on the sd1 fixture.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { goldenLossArgs } from "../../src/cli/bench/golden.js";
 import { StableDiffusion, TrainingMemoryError } from "../../src/engine/index.js";
 import { UNetConfigSchema } from "../../src/engine/models/config.js";
 import { estimateActivationBytes, estimateTrainingMemory } from "../../src/engine/models/finetune.js";
@@ -22,13 +23,9 @@ const exactLoss = fixture(g.dir).data("exact").f64("grad.loss");
  * scalar, whichever is larger (sd1: torch 6.2e-8 from exact → bound 2.4e-7).
  */
 const LOSS = Math.max(3 * relError(g.f64("grad.loss"), exactLoss), 4 * 2 ** -24);
-/** The latent sizes of the golden's UNet call and loss step. */
-const latentSize = (name: string) => {
-  const [, , height, width] = g.shape(name) as number[];
-  return { height: height as number, width: width as number };
-};
-const unetSize = latentSize("unet.sample");
-const gradSize = latentSize("grad.x0");
+/** The latent size of the golden's UNet call. */
+const [, , uh, uw] = g.shape("unet.sample") as number[];
+const unetSize = { height: uh as number, width: uw as number };
 
 describe("full-weight fine-tuning (sd1 fixture)", () => {
   let sd: StableDiffusion;
@@ -45,11 +42,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
     const unet = sd.unetWeights((n) => wanted.has(n));
     expect([...unet.keys()].sort()).toEqual([...wanted].sort());
     const r = await sd.lossAndGrads({
-      latents0: g.f32("grad.x0"),
-      size: gradSize,
-      noise: g.f32("grad.noise"),
-      t: [g.json["grad.timestep"]],
-      context: g.f32("grad.context"),
+      ...goldenLossArgs(g),
       unet,
       wrt: ["unet"],
     });
@@ -85,13 +78,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
     const unet = sd.unetWeights("all");
     const params = [...unet.values()];
     const adam = new Adam(params, { lr: 1e-3 });
-    const args = {
-      latents0: g.f32("grad.x0"),
-      size: gradSize,
-      noise: g.f32("grad.noise"),
-      t: [g.json["grad.timestep"]],
-      context: g.f32("grad.context"),
-    };
+    const args = goldenLossArgs(g);
     const losses: number[] = [];
     for (let step = 0; step < 4; step++) {
       const r = await sd.lossAndGrads({ ...args, unet, wrt: ["unet"] });
@@ -106,13 +93,7 @@ describe("full-weight fine-tuning (sd1 fixture)", () => {
   });
 
   it("weights and wrt go together; a weight the UNet does not have is refused by name", async () => {
-    const base = {
-      latents0: g.f32("grad.x0"),
-      size: gradSize,
-      noise: g.f32("grad.noise"),
-      t: [g.json["grad.timestep"]],
-      context: g.f32("grad.context"),
-    };
+    const base = goldenLossArgs(g);
     await expect(sd.lossAndGrads({ ...base, wrt: ["unet"] })).rejects.toThrow(/go together/);
     const unet = sd.unetWeights((n) => n.startsWith("conv_out."));
     unet.set("not_a.weight", new Float32Array(4));
@@ -140,11 +121,7 @@ describe("training memory guard", () => {
       expect(m.limit).toBe(1_000_000);
       expect(m.total).toBeGreaterThan(m.limit);
       const run = sd.lossAndGrads({
-        latents0: g.f32("grad.x0"),
-        size: gradSize,
-        noise: g.f32("grad.noise"),
-        t: [500],
-        context: g.f32("grad.context"),
+        ...goldenLossArgs(g),
         unet,
         wrt: ["unet"],
       });

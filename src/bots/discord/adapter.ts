@@ -1,4 +1,5 @@
 // ChatAdapter on discord.js: posts, edits, threads and reactions through the client's channel managers.
+import { createHash } from "node:crypto";
 import {
   AttachmentBuilder,
   ChannelType,
@@ -21,6 +22,7 @@ import {
   MessageNotEditableError,
   type MessageRef,
   type OutgoingMessage,
+  type PostOnce,
   type ThreadResult,
 } from "../../commands/chat.js";
 import { fitText } from "../../commands/progress.js";
@@ -59,6 +61,18 @@ const THREAD_REFUSALS: Readonly<Partial<Record<number, string>>> = {
 
 const files = (images: readonly ImageFile[]) =>
   images.map((image) => new AttachmentBuilder(Buffer.from(image.bytes), { name: image.name }));
+
+/** Discord takes nonces of up to 25 characters. */
+const NONCE_LENGTH = 25;
+
+/**
+ * The nonce of one post of a job's result: the same for every attempt at it, so that with
+ * `enforce_nonce` Discord answers a second attempt (within a few minutes) with the first message
+ * instead of posting again. Hashed, so any job id fits the 25 characters.
+ */
+export function postNonce({ job, role }: Pick<PostOnce, "job" | "role">): string {
+  return createHash("sha256").update(`${job}:${role}`).digest("base64url").slice(0, NONCE_LENGTH);
+}
 
 /**
  * discord.js's REST `rejectOnRateLimit`: a 429 on an edit of a message past the edit age limit is
@@ -146,6 +160,7 @@ export class DiscordAdapter implements ChatAdapter {
       content: message.text,
       files: files(message.images ?? []),
       ...allowedMentions(message),
+      ...(message.once ? { nonce: postNonce(message.once), enforceNonce: true } : {}),
     });
     return { conversation: to, id: sent.id };
   }

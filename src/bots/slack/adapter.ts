@@ -3,6 +3,8 @@
 // (files.getUploadURLExternal, the upload, files.completeUploadExternal — the WebClient's filesUploadV2)
 // and are attached with chat.update's file_ids, because only chat.postMessage tells the message's ts,
 // which edits and reactions need. The WebClient queues calls and waits out 429s (Retry-After) itself.
+// Slack has no idempotency key: a post of a job's result carries message metadata naming the job and the
+// post, and a post that an earlier attempt may have made (a redelivery) is first looked for in its thread.
 import { webApi } from "@slack/bolt";
 import type {
   ChatAdapter,
@@ -12,10 +14,12 @@ import type {
   IncomingAttachment,
   MessageRef,
   OutgoingMessage,
+  PostOnce,
   ThreadResult,
 } from "../../commands/chat.js";
 import { slackEmojiName } from "../../commands/reactions.js";
 import { UserFacingError } from "../../errors.js";
+import { childLogger } from "../../log.js";
 import { formatBytes } from "../../queue/blobs.js";
 
 export const SLACK_LIMITS: ChatLimits = {
@@ -27,6 +31,13 @@ export const SLACK_LIMITS: ChatLimits = {
   // room for a few jobs and the posts around them.
   minEditIntervalMs: 3000,
 };
+
+const log = childLogger("slack");
+
+/** The metadata event type of the bot's result posts; its payload names the job and the post. */
+export const RESULT_EVENT = "photo_edit_result";
+
+const metadataOf = ({ job, role }: PostOnce) => ({ event_type: RESULT_EVENT, event_payload: { job, role } });
 
 /** A message's id for the commands: a ts is unique only within its channel. */
 export const messageId = (channel: string, ts: string) => `${channel}:${ts}`;
@@ -70,10 +81,20 @@ export class SlackAdapter implements ChatAdapter {
   }
 
   async post(to: Conversation, message: OutgoingMessage): Promise<MessageRef> {
+    if (message.once?.retry) {
+      const earlier = await this.findPost(to, message.once);
+      if (earlier) {
+        const ref: MessageRef = { conversation: to, id: messageId(to.channel, earlier.ts) };
+        // Cut off between the post and its files: attach them now.
+        if (message.images?.length && !earlier.hasFiles) await this.editMessage(ref, message);
+        return ref;
+      }
+    }
     const sent = await this.client.chat.postMessage({
       channel: to.channel,
       ...(to.thread ? { thread_ts: to.thread } : {}),
       text: mrkdwn(message.text),
+      ...(message.once ? { metadata: metadataOf(message.once) } : {}),
     });
     // A post to a user id lands in the bot's DM with them: the answer names that channel.
     const channel = sent.channel ?? to.channel;
@@ -89,6 +110,7 @@ export class SlackAdapter implements ChatAdapter {
       ts: tsOf(ref),
       text: mrkdwn(message.text),
       ...(files ? { file_ids: files } : {}),
+      ...(message.once ? { metadata: metadataOf(message.once) } : {}),
     });
     if (!files) return;
     const replaced = this.attached.get(ref.id) ?? [];
@@ -157,6 +179,45 @@ export class SlackAdapter implements ChatAdapter {
   private isSlack(url: URL): boolean {
     if (url.host === new URL(this.client.slackApiUrl).host) return true;
     return url.protocol === "https:" && /(^|\.)slack(-gov)?\.com$/.test(url.hostname);
+  }
+
+  /**
+   * The bot's message in the thread that carries this post's metadata, if an earlier attempt made it.
+   * Results always go to a thread (openThread never falls back), so only threads are searched. Without
+   * the history scopes (an install from before they were asked for) the post goes out again.
+   */
+  private async findPost(
+    to: Conversation,
+    once: PostOnce,
+  ): Promise<{ ts: string; hasFiles: boolean } | undefined> {
+    if (!to.thread) return undefined;
+    try {
+      let cursor: string | undefined;
+      do {
+        const page = await this.client.conversations.replies({
+          channel: to.channel,
+          ts: to.thread,
+          include_all_metadata: true,
+          limit: 200,
+          ...(cursor ? { cursor } : {}),
+        });
+        const found = page.messages?.find((m) => {
+          const payload = m.metadata?.event_payload as Record<string, unknown> | undefined;
+          return (
+            m.metadata?.event_type === RESULT_EVENT && payload?.job === once.job && payload.role === once.role
+          );
+        });
+        if (found?.ts) return { ts: found.ts, hasFiles: (found.files?.length ?? 0) > 0 };
+        cursor = page.response_metadata?.next_cursor || undefined;
+      } while (cursor);
+    } catch (error) {
+      if (slackError(error) !== "missing_scope") throw error;
+      log.warn(
+        { job: once.job },
+        "cannot look for an earlier post of this result (the app lacks the *:history scopes): posting it again",
+      );
+    }
+    return undefined;
   }
 
   /** Uploads files without sharing them anywhere; chat.update attaches them to a message. */

@@ -42,7 +42,10 @@ export interface SlackBotOptions extends QueueSide {
   /** Web API base URL (SLACK_API_URL); the tests point it at their fake Slack. */
   apiUrl?: string;
   limits?: Partial<ChatLimits>;
-  commands?: Pick<ChatCommandsOptions, "imagicDefaults" | "imageLimits" | "positionRefreshMs">;
+  commands?: Pick<
+    ChatCommandsOptions,
+    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs"
+  >;
 }
 
 export interface SlackBot {

@@ -5,6 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import type { LossArgs } from "../../engine/index.js";
 import { viewAs } from "../../engine/models/dtype.js";
 import { openSafetensors, type Safetensors } from "../../engine/models/safetensors.js";
 import type { Txt2ImgOptions } from "../../engine/pipelines/txt2img.js";
@@ -110,4 +111,16 @@ export function goldenTxt2imgOptions(o: GoldenTxt2img, start: Float32Array | See
   return start instanceof Float32Array
     ? { ...settings, height: o.height, width: o.width, latents: start }
     : { ...settings, ...start };
+}
+
+/** The golden's denoising loss step (grad.x0 noised by grad.noise at grad.timestep, under grad.context). */
+export function goldenLossArgs(g: GoldenData): Omit<LossArgs, "wrt"> {
+  const [batch, , height, width] = g.shape("grad.x0") as [number, number, number, number];
+  return {
+    latents0: g.f32("grad.x0"),
+    size: { height, width },
+    noise: g.f32("grad.noise"),
+    t: new Array<number>(batch).fill(g.json["grad.timestep"]),
+    context: g.f32("grad.context"),
+  };
 }

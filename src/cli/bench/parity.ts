@@ -12,14 +12,15 @@
  */
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Command, Option } from "commander";
+import { Command } from "commander";
 import { relativeDistance } from "../../engine/distance.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { openCheckpoint } from "../../engine/models/checkpoint.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { type Device, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
-import { type GoldenData, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
+import { benchDeviceOption } from "../options.js";
+import { type GoldenData, goldenLossArgs, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
 
 type Dtype = "fp32" | "fp16";
 type Kind = "forward" | "gradient";
@@ -72,16 +73,7 @@ async function run(dir: string, g: GoldenData, device: Device, dtype: Dtype): Pr
     const o = g.json.txt2img;
     const t2i = await txt2img(sd, goldenTxt2imgOptions(o, g.f32("txt2img.latents_in")));
     out["txt2img.latents_out"] = { value: t2i.latents, kind: "forward", steps: o.steps };
-    const [b, , gh, gw] = g.shape("grad.x0") as number[];
-    const t = g.json["grad.timestep"];
-    const r = await sd.lossAndGrads({
-      latents0: g.f32("grad.x0"),
-      size: { height: gh as number, width: gw as number },
-      noise: g.f32("grad.noise"),
-      t: new Array<number>(b as number).fill(t),
-      context: g.f32("grad.context"),
-      wrt: ["context"],
-    });
+    const r = await sd.lossAndGrads({ ...goldenLossArgs(g), wrt: ["context"] });
     out["grad.loss"] = { value: Float32Array.of(r.loss), kind: "gradient" };
     out["grad.d_context"] = { value: r.dContext as Float32Array, kind: "gradient" };
     return out;
@@ -145,11 +137,7 @@ export async function runParity(opts: {
 export function parityBenchCommand(): Command {
   return new Command("parity")
     .description("the fixture goldens on a device (GPU parity): forward, txt2img and gradients per dtype")
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
+    .addOption(benchDeviceOption())
     .option("--dtype <list>", "compute dtypes to check, comma-separated (fp32, fp16)", "fp32,fp16")
     .option(
       "--fixtures <dirs>",

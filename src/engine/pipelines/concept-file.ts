@@ -69,11 +69,8 @@ function bad(problem: string): never {
 }
 
 export function deserializeConcept(bytes: Uint8Array): Concept {
-  const file = decodeStateFile(bytes, META_KEY, "concept", bad);
-  const parsed = metadataSchema.safeParse(file.meta);
-  if (!parsed.success)
-    bad(`metadata: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
-  const m = parsed.data;
+  const file = decodeStateFile(bytes, META_KEY, "concept", bad, metadataSchema);
+  const m = file.meta;
   for (const [name, t] of file.tensors) if (t.dtype !== "F32") bad(`tensor ${name} is ${t.dtype}`);
   const lora = loraFromTensors(file.tensors, m.loraAlpha, bad);
   const embedding = file.tensors.has("token_embedding")

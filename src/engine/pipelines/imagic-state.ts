@@ -132,11 +132,8 @@ function bad(problem: string): never {
 }
 
 export function deserializeState(bytes: Uint8Array): ImagicState {
-  const file = decodeStateFile(bytes, META_KEY, "Imagic", bad);
-  const meta = metadataSchema.safeParse(file.meta);
-  if (!meta.success)
-    bad(`metadata: ${meta.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
-  const m = meta.data;
+  const file = decodeStateFile(bytes, META_KEY, "Imagic", bad, metadataSchema);
+  const m = file.meta;
   for (const [name, t] of file.tensors) {
     if ((t.dtype === "F16") !== name.startsWith(DELTA_PREFIX)) bad(`tensor ${name} is ${t.dtype}`);
   }

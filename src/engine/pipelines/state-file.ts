@@ -60,17 +60,23 @@ export function encodeStateFile(tensors: readonly StateTensor[], metaKey: string
   return out;
 }
 
+/** A zod error's issues as one line: "path: message; …". */
+function issues(e: z.ZodError): string {
+  return e.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ");
+}
+
 /**
- * The metadata JSON under `metaKey` (parsed, not validated) and every tensor, copied out of `bytes`.
- * `bad` throws the caller's "not a usable …" error with the problem found; `kind` names the content
- * ("Imagic") when the metadata is missing.
+ * The metadata JSON under `metaKey`, checked against `metaSchema`, and every tensor, copied out of
+ * `bytes`. `bad` throws the caller's "not a usable …" error with the problem found; `kind` names the
+ * content ("Imagic") when the metadata is missing.
  */
-export function decodeStateFile(
+export function decodeStateFile<M>(
   bytes: Uint8Array,
   metaKey: string,
   kind: string,
   bad: (problem: string) => never,
-): { meta: unknown; tensors: Map<string, DecodedTensor> } {
+  metaSchema: z.ZodType<M>,
+): { meta: M; tensors: Map<string, DecodedTensor> } {
   if (bytes.length < 8) bad(`${bytes.length} bytes is too short`);
   const headerLen = Number(
     new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true),
@@ -91,8 +97,7 @@ export function decodeStateFile(
   for (const [name, info] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     const t = tensorSchema.safeParse(info);
-    if (!t.success)
-      bad(`tensor ${name}: ${t.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+    if (!t.success) bad(`tensor ${name}: ${issues(t.error)}`);
     const [begin, end] = t.data.data_offsets;
     const count = t.data.shape.reduce((x, y) => x * y, 1);
     const f16 = t.data.dtype === "F16";
@@ -104,7 +109,9 @@ export function decodeStateFile(
     const data = raw instanceof Uint16Array ? f16ToF32(raw) : raw;
     tensors.set(name, { dtype: t.data.dtype, shape: t.data.shape, data });
   }
-  return { meta, tensors };
+  const parsed = metaSchema.safeParse(meta);
+  if (!parsed.success) bad(`metadata: ${issues(parsed.error)}`);
+  return { meta: parsed.data, tensors };
 }
 
 const LORA_PREFIX = "unet.";

@@ -99,4 +99,57 @@ describe("fake Discord", () => {
       code: 50013,
     });
   });
+
+  it("dedupes a create by the author's nonce with enforce_nonce, within its window, as Discord documents", async () => {
+    const general = fake.addTextChannel("general");
+    const other = fake.addTextChannel("other");
+    const api = rest();
+    const post = async (channelId: string, body: Record<string, unknown>) =>
+      (await api.post(Routes.channelMessages(channelId), { body })) as { id: string; nonce?: string };
+
+    const first = await post(general.id, { content: "grid", nonce: "job-7-grid", enforce_nonce: true });
+    expect(first.nonce).toBe("job-7-grid");
+    // The same author and nonce: the first message comes back, in any channel, and nothing is created.
+    expect((await post(general.id, { content: "grid", nonce: "job-7-grid", enforce_nonce: true })).id).toBe(
+      first.id,
+    );
+    expect((await post(other.id, { content: "grid", nonce: "job-7-grid", enforce_nonce: true })).id).toBe(
+      first.id,
+    );
+    expect(fake.messagesIn(general.id)).toHaveLength(1);
+    expect(fake.messagesIn(other.id)).toHaveLength(0);
+    // Without enforce_nonce a nonce dedupes nothing.
+    expect((await post(general.id, { content: "grid", nonce: "job-7-grid" })).id).not.toBe(first.id);
+    // A deleted message is not brought back: the retry is answered Unknown Message.
+    const deleted = await post(general.id, { content: "grid", nonce: "job-8-grid", enforce_nonce: true });
+    await api.delete(Routes.channelMessage(general.id, deleted.id));
+    const retried = await post(general.id, {
+      content: "grid",
+      nonce: "job-8-grid",
+      enforce_nonce: true,
+    }).catch((error: unknown) => error);
+    expect(retried).toBeInstanceOf(DiscordAPIError);
+    expect((retried as DiscordAPIError).code).toBe(10008);
+    // Nonces are integers or strings of up to 25 characters.
+    const long = await post(general.id, { content: "x", nonce: "n".repeat(26), enforce_nonce: true }).catch(
+      (error: unknown) => error,
+    );
+    expect((long as DiscordAPIError).code).toBe(50035);
+  });
+
+  it("forgets a nonce once its window has passed", async () => {
+    const short = await FakeDiscord.start({ nonceWindowMs: 200 });
+    try {
+      const channel = short.addTextChannel("general");
+      const api = new REST({ api: short.apiUrl, retries: 0 }).setToken(short.token);
+      const body = { content: "grid", nonce: 42, enforce_nonce: true };
+      const first = (await api.post(Routes.channelMessages(channel.id), { body })) as { id: string };
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      const later = (await api.post(Routes.channelMessages(channel.id), { body })) as { id: string };
+      expect(later.id).not.toBe(first.id);
+      expect(short.messagesIn(channel.id)).toHaveLength(2);
+    } finally {
+      await short.close();
+    }
+  });
 });

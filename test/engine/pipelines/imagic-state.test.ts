@@ -103,6 +103,14 @@ describe("Imagic state serialization", () => {
     new DataView(f.buffer).setBigUint64(0, BigInt(foreign.length), true);
     f.set(foreign, 8);
     expect(() => deserializeState(f)).toThrow(/no Imagic metadata/);
+    // Metadata under the right key that is not an Imagic state's: refused naming the fields.
+    const header = JSON.stringify({ __metadata__: { imagic: JSON.stringify({ format: "other" }) } });
+    const meta = new Uint8Array(8 + header.length);
+    new DataView(meta.buffer).setBigUint64(0, BigInt(header.length), true);
+    meta.set(new TextEncoder().encode(header), 8);
+    expect(() => deserializeState(meta)).toThrow(
+      /^not a usable Imagic state: metadata: format: .*; version: /,
+    );
     const wrongShape = serializeState({ ...sampleState(), contextShape: [7, 176] });
     expect(deserializeState(wrongShape).contextShape).toEqual([7, 176]);
     expect(() => serializeState({ ...sampleState(), contextShape: [7, 7] })).toThrow(

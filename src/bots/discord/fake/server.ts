@@ -19,8 +19,10 @@ import { type BucketLimit, RateLimiter } from "./rate-limits.js";
  * what Discord enforces — rate limits with 429s, the 3-second interaction window, 2,000-character
  * content, attachment size, permissions per place (Send Messages in channels, Send Messages in Threads
  * in threads and forum posts), archived threads (50083; a post unarchives), the edit limit on messages
- * older than an hour (30046 as a 429), thread-creation limits, `allowed_mentions`, several guilds spread
+ * older than an hour (30046 as a 429), thread-creation limits, `allowed_mentions`, `nonce` with
+ * `enforce_nonce` (a second create within the window returns the first message), several guilds spread
  * over gateway shards (4011 when one connection would carry too many) — and records what the bot did.
+ * A test can stall a request (carried out or not, never answered): what a bot that dies mid-request leaves.
  * The bot never uses it: the tests and the chaos benchmark (src/cli/bench/chaos-run.ts) run the bot
  * against it, which is why it lives under src/ (product code may not import test code).
  */
@@ -100,6 +102,15 @@ export interface FakeMessage {
   history: Array<{ at: number; content: string; attachments: string[] }>;
   threadId?: string;
   interactionId?: string;
+  /** The nonce it was created with, as Discord echoes it (string or integer). */
+  nonce?: string | number;
+}
+
+/** A request a test asked the fake to leave unanswered (see FakeDiscord.stall). */
+export interface StallRule {
+  /** Whether Discord carries the request out before it goes silent, or never sees it. */
+  when: "before" | "after";
+  match: (request: { route: string; json: Record<string, unknown> }) => boolean;
 }
 
 export interface RecordedRequest {
@@ -153,6 +164,11 @@ export interface FakeDiscordOptions {
   oldMessageEdits?: BucketLimit;
   /** Active threads per guild, and active announcement threads apart (Discord: 1,000 each). */
   maxActiveThreads?: number;
+  /**
+   * How long `enforce_nonce` dedupes a nonce: Discord says "the past few minutes" and gives no number,
+   * so 2 minutes, the short end of that, unless a test plays the window running out.
+   */
+  nonceWindowMs?: number;
 }
 
 const DISCORD_EPOCH = 1420070400000n;
@@ -227,6 +243,9 @@ export class FakeDiscord {
   private readonly oldEdits = new RateLimiter();
   private readonly limits: Record<"message" | "reaction" | "default", BucketLimit>;
   private readonly options: Required<Omit<FakeDiscordOptions, "limits">>;
+  /** Nonces of created messages by author, for `enforce_nonce`. */
+  private readonly nonces = new Map<string, { messageId: string; at: number }>();
+  private readonly stalls: Array<StallRule & { stalled: (request: RecordedRequest) => void }> = [];
   private guildClock = 0;
   private seq = 0;
   private port = 0;
@@ -252,6 +271,7 @@ export class FakeDiscord {
       oldMessageAgeMs: 3_600_000,
       oldMessageEdits: { limit: 1, windowMs: 60_000 },
       maxActiveThreads: 1000,
+      nonceWindowMs: 120_000,
       ...options,
     };
     this.guildId = this.addGuild("Fake Guild").id;
@@ -390,6 +410,15 @@ export class FakeDiscord {
       }
     }
     return archived;
+  }
+
+  /**
+   * The next request that `match`es is left unanswered — carried out first or not at all (`when`), its
+   * connection left hanging — as when the bot dies mid-request. Resolves with the request once it has
+   * stalled.
+   */
+  stall(rule: StallRule): Promise<RecordedRequest> {
+    return new Promise((resolve) => this.stalls.push({ ...rule, stalled: resolve }));
   }
 
   // ── what users do ─────────────────────────────────────────────────────────────────────────────
@@ -715,6 +744,14 @@ export class FakeDiscord {
         const path = url.pathname.replace(/^\/api\/v10/, "");
         const routed = await this.route(method, path, url, req, body);
         record.route = routed.route;
+        const stall = await this.stallFor(routed.route, req, body);
+        if (stall) {
+          if (stall.when === "after") await routed.run().catch(() => {});
+          record.status = 0;
+          this.requests.push(record);
+          stall.stalled(record);
+          return;
+        }
         const decision = routed.bucket
           ? this.limiter.decide(`${routed.bucket.kind}:${routed.bucket.key}`, this.limits[routed.bucket.kind])
           : undefined;
@@ -760,6 +797,14 @@ export class FakeDiscord {
     }
     res.writeHead(status, { ...headers, "content-type": "application/json" });
     res.end(JSON.stringify(payload));
+  }
+
+  /** The stall rule this request meets, taken off the list (each stalls one request). */
+  private async stallFor(route: string, req: IncomingMessage, body: Buffer) {
+    if (this.stalls.length === 0) return undefined;
+    const json = ((await parseBody(req, body)).json ?? {}) as Record<string, unknown>;
+    const index = this.stalls.findIndex((rule) => rule.match({ route, json }));
+    return index < 0 ? undefined : this.stalls.splice(index, 1)[0];
   }
 
   private async route(
@@ -1047,7 +1092,23 @@ export class FakeDiscord {
     opts: { checkPermissions: boolean },
   ): FakeMessage {
     const channel = this.mustChannel(channelId);
-    const json = body.json as { content?: string; flags?: number };
+    const json = body.json as {
+      content?: string;
+      flags?: number;
+      nonce?: unknown;
+      enforce_nonce?: boolean;
+    };
+    const nonce = validNonce(json.nonce);
+    // enforce_nonce: "if another message was created by the same author with the same nonce (within the
+    // past few minutes), that message is returned and no new message is created" — also when it has
+    // since been deleted, then as Unknown Message (a retry must not bring a deleted message back).
+    const nonceKey = `${author.id}:${String(nonce)}`;
+    if (json.enforce_nonce && nonce !== undefined) {
+      const earlier = this.nonces.get(nonceKey);
+      if (earlier && Date.now() - earlier.at < this.options.nonceWindowMs) {
+        return this.mustMessage(earlier.messageId);
+      }
+    }
     const inThread = THREAD_TYPES.includes(channel.type);
     if (opts.checkPermissions) {
       // In a thread (a forum post included) Send Messages has no effect: Send Messages in Threads does.
@@ -1070,12 +1131,17 @@ export class FakeDiscord {
       channel.archived = false;
       channel.lastActivity = Date.now();
     }
-    return this.storeMessage(
+    const message = this.storeMessage(
       channelId,
       { content: json.content ?? "", flags: json.flags ?? 0, attachments },
       author,
       pinged,
     );
+    if (nonce !== undefined) {
+      message.nonce = nonce;
+      this.nonces.set(nonceKey, { messageId: message.id, at: message.createdAt });
+    }
+    return message;
   }
 
   private storeMessage(
@@ -1274,6 +1340,7 @@ export class FakeDiscord {
       pinned: false,
       flags: message.flags,
       components: [],
+      ...(message.nonce !== undefined ? { nonce: message.nonce } : {}),
       ...(message.threadId ? { thread: this.channelJson(this.mustChannel(message.threadId)) } : {}),
     };
   }
@@ -1359,6 +1426,14 @@ function validateContent(content: string): void {
       },
     });
   }
+}
+
+/** A create's nonce: an integer, or a string of up to 25 characters (50035 otherwise). */
+function validNonce(nonce: unknown): string | number | undefined {
+  if (nonce === undefined || nonce === null) return undefined;
+  if (typeof nonce === "number" && Number.isSafeInteger(nonce)) return nonce;
+  if (typeof nonce === "string" && nonce.length <= 25) return nonce;
+  throw invalidForm("nonce", "Must be an integer or a string of 25 or fewer characters.");
 }
 
 function need(channel: FakeChannel, bits: bigint): void {

@@ -12,7 +12,10 @@ import { Deliveries, type Delivery, type SignedRequest } from "./delivery.js";
  * per method (429 + Retry-After), private file URLs that need the bot token (a sign-in page otherwise),
  * the external upload flow, and delivers slash commands, form submissions, shortcuts and events over Socket
  * Mode (apps.connections.open → a WebSocket of envelopes to acknowledge) or as signed HTTP requests. It
- * keeps Slack's 3-second windows and records what the bot did for tests to assert on.
+ * keeps Slack's 3-second windows, stores message metadata (returned by conversations.replies with
+ * include_all_metadata, which needs the history scope of the channel's kind) and records what the bot did
+ * for tests to assert on. A test can stall a Web API call (carried out or not, never answered): what a bot
+ * that dies mid-call leaves.
  */
 
 export interface FakeUser {
@@ -57,6 +60,15 @@ export interface FakeMessage {
   reactions: Map<string, Set<string>>;
   /** Every text/file state the message went through, creation first. */
   history: Array<{ at: number; text: string; files: string[] }>;
+  /** Message metadata, as chat.postMessage or chat.update set it. */
+  metadata?: { event_type: string; event_payload: Record<string, unknown> };
+}
+
+/** A Web API call a test asked the fake to leave unanswered (see FakeSlack.stall). */
+export interface SlackStallRule {
+  /** Whether Slack carries the call out before it goes silent, or never sees it. */
+  when: "before" | "after";
+  match: (call: { method: string; args: Record<string, unknown> }) => boolean;
 }
 
 export interface FakeEphemeral {
@@ -115,6 +127,10 @@ export interface FakeSlackOptions {
 export const BOT_SCOPES = [
   "commands",
   "chat:write",
+  "channels:history",
+  "groups:history",
+  "im:history",
+  "mpim:history",
   "reactions:read",
   "reactions:write",
   "files:read",
@@ -140,6 +156,14 @@ const DEFAULT_LIMITS: Record<string, BucketLimit> = {
   "files.getUploadURLExternal": TIER[4],
   "files.completeUploadExternal": TIER[4],
   "files.delete": TIER[3],
+  "conversations.replies": TIER[3],
+};
+
+/** The scope conversations.replies needs, by the kind of channel it reads. */
+const HISTORY_SCOPES: Record<FakeChannel["kind"], string> = {
+  public: "channels:history",
+  private: "groups:history",
+  im: "im:history",
 };
 
 /** Scopes each method needs (missing_scope otherwise). */
@@ -218,6 +242,7 @@ export class FakeSlack {
   private readonly triggers = new Map<string, { user: string; at: number; used: boolean }>();
   private readonly responseUrls = new Map<string, { user: string; channel: string }>();
   private readonly limiter = new RateLimiter();
+  private readonly stalls: Array<SlackStallRule & { stalled: () => void }> = [];
   private readonly limits: Record<string, BucketLimit>;
   private readonly windowMs: number;
   private readonly http: Server;
@@ -332,6 +357,14 @@ export class FakeSlack {
   }
 
   // ── what users do ─────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * The next Web API call that `match`es is left unanswered — carried out first or not at all (`when`) —
+   * as when the bot dies mid-call. Resolves once it has stalled.
+   */
+  stall(rule: SlackStallRule): Promise<void> {
+    return new Promise((resolve) => this.stalls.push({ ...rule, stalled: resolve }));
+  }
 
   /** A user runs a slash command: the app gets it with a trigger_id valid for 3 s. */
   command(
@@ -576,6 +609,13 @@ export class FakeSlack {
       res.end(JSON.stringify({ ok: false, error: "ratelimited" }));
       return;
     }
+    const stall = this.stalls.findIndex((rule) => rule.match({ method, args }));
+    if (stall >= 0) {
+      const [rule] = this.stalls.splice(stall, 1);
+      if (rule?.when === "after") await this.run(method, token, args).catch(() => {});
+      rule?.stalled();
+      return;
+    }
     let result: Record<string, unknown>;
     try {
       result = { ok: true, ...(await this.run(method, token, args)) };
@@ -621,12 +661,14 @@ export class FakeSlack {
       case "chat.postMessage": {
         const channel = this.postable(str("channel") ?? "");
         const text = this.text(str("text"));
+        const metadata = args.metadata === undefined ? undefined : validMetadata(args.metadata);
         const message = this.store({
           channel: channel.id,
           user: this.botUser.id,
           text,
           files: [],
           threadTs: str("thread_ts"),
+          ...(metadata ? { metadata } : {}),
         });
         return { channel: channel.id, ts: message.ts, message: this.messageJson(message) };
       }
@@ -635,6 +677,8 @@ export class FakeSlack {
         if (!message) throw fail("message_not_found");
         if (message.user !== this.botUser.id) throw fail("cant_update_message");
         message.text = this.text(str("text"));
+        // Left as it was unless the update sets it.
+        if (args.metadata !== undefined) message.metadata = validMetadata(args.metadata);
         if (args.file_ids !== undefined) {
           const ids = listArg(args.file_ids);
           for (const fileId of ids) {
@@ -729,6 +773,34 @@ export class FakeSlack {
           });
         }
         return { files: files.map((f) => ({ id: f.id, title: f.title })) };
+      }
+      case "conversations.replies": {
+        const channel = this.channels.get(str("channel") ?? "");
+        if (!channel || (channel.kind !== "public" && !channel.members.has(this.botUser.id)))
+          throw fail("channel_not_found");
+        const needed = HISTORY_SCOPES[channel.kind];
+        if (!this.scopes.has(needed))
+          throw fail("missing_scope", { needed, provided: [...this.scopes].join(",") });
+        const ts = str("ts") ?? "";
+        const parent = this.messages.get(`${channel.id}:${ts}`);
+        if (!parent) throw fail("thread_not_found");
+        const root = parent.threadTs ?? parent.ts;
+        const thread = [...this.messages.values()]
+          .filter((m) => m.channel === channel.id && (m.ts === root || m.threadTs === root))
+          .sort((a, b) => Number(a.ts) - Number(b.ts));
+        // Pages of `limit` (Slack: at most 1,000), the cursor being where the next page starts.
+        const limit = Math.min(Number(str("limit") ?? 1000) || 1000, 1000);
+        const start = Number(Buffer.from(str("cursor") ?? "", "base64url").toString() || 0);
+        const page = thread.slice(start, start + limit);
+        const more = start + limit < thread.length;
+        const metadata = ["true", "1"].includes(str("include_all_metadata") ?? "");
+        return {
+          messages: page.map((m) => this.messageJson(m, { metadata })),
+          has_more: more,
+          response_metadata: {
+            next_cursor: more ? Buffer.from(String(start + limit)).toString("base64url") : "",
+          },
+        };
       }
       case "files.delete": {
         const file = this.files.get(str("file") ?? "");
@@ -916,13 +988,16 @@ export class FakeSlack {
     };
   }
 
-  messageJson(message: FakeMessage): Record<string, unknown> {
+  /** A message as the Web API shows it; its metadata only where asked for (include_all_metadata). */
+  messageJson(message: FakeMessage, { metadata = false } = {}): Record<string, unknown> {
     return {
       type: "message",
       user: message.user,
       ts: message.ts,
       text: message.text,
+      ...(message.user === this.botUser.id ? { bot_id: this.botId, app_id: this.appId } : {}),
       ...(message.threadTs ? { thread_ts: message.threadTs } : {}),
+      ...(metadata && message.metadata ? { metadata: message.metadata } : {}),
       ...(message.files.length > 0
         ? {
             files: message.files
@@ -989,6 +1064,20 @@ async function parseArgs(req: IncomingMessage, body: Buffer): Promise<Record<str
 /** Complex arguments arrive JSON-encoded in form bodies. */
 function jsonArg(value: unknown): unknown {
   return typeof value === "string" ? JSON.parse(value) : value;
+}
+
+/** Message metadata as Slack takes it: an event_type and an event_payload object (JSON in form bodies). */
+function validMetadata(value: unknown): NonNullable<FakeMessage["metadata"]> {
+  let metadata: unknown;
+  try {
+    metadata = jsonArg(value);
+  } catch {
+    throw fail("invalid_metadata_format");
+  }
+  const { event_type, event_payload } = (metadata ?? {}) as Record<string, unknown>;
+  if (typeof event_type !== "string" || !event_type || typeof event_payload !== "object" || !event_payload)
+    throw fail("invalid_metadata_format");
+  return { event_type, event_payload: event_payload as Record<string, unknown> };
 }
 
 /** file_ids: a JSON array, or ids separated by commas. */

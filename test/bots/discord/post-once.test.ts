@@ -1,0 +1,74 @@
+// A result is posted exactly once when the bot process is SIGKILLed mid-post (issue 13). The bot runs
+// in a child process; the fake Discord stalls the result's post — before Discord sees it, or after it
+// created the message but before the bot hears back — and the test kills the bot right there, with no
+// cleanup of any kind, then starts a new one. The claim taken before the post was never confirmed, so
+// the new bot delivers the result again: posted anew in the first case, and in the second answered by
+// Discord with the first message (the post's nonce, enforce_nonce), which then gets its reactions.
+// (Before the fix the claim was final: the first case lost the result, the second left a grid nobody
+// could pick from.)
+import type { ChildProcess } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { StallRule } from "../../../src/bots/discord/fake/server.js";
+import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { killBotProcess, startBotProcess } from "../support/bot-process.js";
+import { opt, type World, world } from "./support.js";
+
+const SEED_OFFER = "**Pick a seed**";
+let w: World;
+/** The bot process running now: each test kills it and leaves its successor to the next. */
+let running: ChildProcess | undefined;
+
+beforeAll(async () => {
+  w = await world();
+  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
+});
+afterAll(async () => {
+  if (running) await killBotProcess(running);
+  await w.close();
+});
+
+async function bot(): Promise<ChildProcess> {
+  running = await startBotProcess({
+    PLATFORM: "discord",
+    REDIS_URL: w.h.redis.url,
+    API_URL: w.fake.apiUrl,
+    BOT_TOKEN: w.fake.token,
+    DELIVERY_LEASE_MS: "1000",
+  });
+  return running;
+}
+
+const gridPost: StallRule["match"] = ({ route, json }) =>
+  route === "POST /channels/:id/messages" && String(json.content ?? "").includes(SEED_OFFER);
+
+describe.each([
+  { when: "before" as const, what: "before Discord sees the grid" },
+  { when: "after" as const, what: "after Discord created the grid, before the bot hears back" },
+])("a bot SIGKILLed mid-post ($what)", ({ when }) => {
+  it("posts the grid once after a restart, with its reactions, and the pick works", async () => {
+    const first = running ?? (await bot());
+    const stalled = w.fake.stall({ when, match: gridPost });
+    const channel = w.fake.addTextChannel(`killed-${when}`);
+    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
+    await stalled;
+    await killBotProcess(first);
+    const grids = () => w.posted(thread).filter((m) => m.content.includes(SEED_OFFER));
+    expect(grids()).toHaveLength(when === "after" ? 1 : 0);
+
+    await bot();
+    const grid = await w.offer(thread, 1, 2);
+    // A moment for a second post, which must not come.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(grids()).toEqual([grid]);
+    const progress = w.posted(thread)[0];
+    expect(progress?.content).toBe("✅ Fine-tuned on your photo.");
+    // The new bot's post carried the first one's nonce: Discord answered with the first message.
+    const posts = w.fake.requests.filter((r) => r.route === "POST /channels/:id/messages");
+    expect(posts.length).toBeGreaterThanOrEqual(when === "after" ? 2 : 1);
+
+    // The pick record was saved by the redelivery.
+    w.fake.react(w.author, grid.id, "2️⃣");
+    const sweep = await w.offer(thread, 2, 5);
+    expect(sweep.content).toContain("**Pick the final image**");
+  });
+});

@@ -1,0 +1,89 @@
+// A result is posted exactly once when the Slack bot process is SIGKILLed mid-post (issue 13). The bot
+// runs in a child process; the fake Slack stalls a call of the grid's post — chat.postMessage before or
+// after Slack took it, or the chat.update that attaches the grid's file — and the test kills the bot right
+// there, with no cleanup, then starts a new one. The new bot delivers the result again and, Slack having
+// no idempotency key, first looks in the thread (conversations.replies) for a message whose metadata
+// names this job's grid: found, it attaches the file if the post was cut off before it, and adds the
+// reactions; not found, it posts. (Before the fix the first delivery's claim was final: the result was
+// lost, or left without its image or reactions.)
+import type { ChildProcess } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { killBotProcess, startBotProcess } from "../support/bot-process.js";
+import type { SlackStallRule } from "./fake/server.js";
+import { type World, world } from "./support.js";
+
+const SEED_OFFER = "*Pick a seed*";
+let w: World;
+/** The bot process running now: each test kills it and leaves its successor to the next. */
+let running: ChildProcess | undefined;
+
+beforeAll(async () => {
+  w = await world();
+  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
+});
+afterAll(async () => {
+  if (running) await killBotProcess(running);
+  await w.close();
+});
+
+async function bot(): Promise<ChildProcess> {
+  running = await startBotProcess({
+    PLATFORM: "slack",
+    REDIS_URL: w.h.redis.url,
+    API_URL: w.fake.apiUrl,
+    BOT_TOKEN: w.fake.botToken,
+    APP_TOKEN: w.fake.appToken,
+    DELIVERY_LEASE_MS: "1000",
+  });
+  return running;
+}
+
+const gridText = (args: Record<string, unknown>) => String(args.text ?? "").includes(SEED_OFFER);
+
+describe.each<{ what: string; stall: SlackStallRule; before: { grids: number; files: number } }>([
+  {
+    what: "before Slack takes the grid's post",
+    stall: { when: "before", match: ({ method, args }) => method === "chat.postMessage" && gridText(args) },
+    before: { grids: 0, files: 0 },
+  },
+  {
+    what: "after Slack took the grid's post, before its file is attached",
+    stall: { when: "after", match: ({ method, args }) => method === "chat.postMessage" && gridText(args) },
+    before: { grids: 1, files: 0 },
+  },
+  {
+    what: "after the grid's file is attached, before the bot hears back",
+    stall: {
+      when: "after",
+      match: ({ method, args }) => method === "chat.update" && gridText(args) && args.file_ids !== undefined,
+    },
+    before: { grids: 1, files: 1 },
+  },
+])("a Slack bot SIGKILLed mid-post ($what)", ({ stall, before }) => {
+  it("posts the grid once after a restart, with its image and reactions, and the pick works", async () => {
+    const first = running ?? (await bot());
+    const stalled = w.fake.stall(stall);
+    const started = await w.imagic(w.channel("killed"), { seeds: "2" });
+    const thread = await w.thread(started);
+    await stalled;
+    await killBotProcess(first);
+    const grids = () => w.posted(started.channel, thread).filter((m) => m.text.includes(SEED_OFFER));
+    expect(grids()).toHaveLength(before.grids);
+    expect(grids().flatMap((m) => m.files)).toHaveLength(before.files);
+
+    await bot();
+    const grid = await w.offer(started.channel, thread, 1, 2);
+    await w.fake.waitFor("the grid's image", () => w.fake.filesOf(grid).length === 1);
+    // A moment for a second post, which must not come.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(grids()).toEqual([grid]);
+    expect(grid.metadata?.event_payload).toMatchObject({ role: "grid" });
+    expect(w.posted(started.channel, thread)[0]?.text).toBe("✅ Fine-tuned on your photo.");
+
+    // The pick record was saved by the redelivery.
+    w.fake.react(w.author, grid, "two");
+    const sweep = await w.offer(started.channel, thread, 2, 5);
+    expect(sweep.text).toContain("*Pick the final image*");
+  });
+});

@@ -1,0 +1,47 @@
+// A chat bot in its own process (bot-child.ts), started and ready to be SIGKILLed: what a bot that dies
+// mid-post leaves behind, with no cleanup of any kind.
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import type { BlobLimits } from "../../../src/queue/blobs.js";
+
+const CHILD = fileURLToPath(new URL("./bot-child.ts", import.meta.url));
+
+/** The blob limits of the chat tests' worlds (each platform's support.ts): the child shares their blobs. */
+export const BOT_BLOB_LIMITS: BlobLimits = {
+  ttlSeconds: 3600,
+  maxBytes: 12 * 1024 * 1024,
+  userQuotaBytes: 64 * 1024 * 1024,
+};
+
+export interface BotProcessEnv {
+  PLATFORM: "discord" | "slack";
+  REDIS_URL: string;
+  API_URL: string;
+  BOT_TOKEN: string;
+  /** Slack's Socket Mode token. */
+  APP_TOKEN?: string;
+  DELIVERY_LEASE_MS: string;
+}
+
+/** Starts bot-child.ts and resolves once its bot is connected and following the queue. */
+export async function startBotProcess(env: BotProcessEnv): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", CHILD], {
+    env: { ...process.env, LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.once("exit", (code) => reject(new Error(`bot process exited with ${code} before it was ready`)));
+    child.stdout?.on("data", (chunk: Buffer) => {
+      if (chunk.toString().includes("ready")) resolve();
+    });
+  });
+  return child;
+}
+
+/** SIGKILLs a bot process and resolves once it is gone. */
+export async function killBotProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await gone;
+}
