@@ -331,6 +331,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         }
       }
     })();
+    // Awaited after the users; a fault that fails meanwhile must not count as an unhandled rejection.
+    faults.catch(() => {});
     const users = Array.from({ length: options.users }, async (_, u) => {
       const deadline = started + (options.durationMs ?? Number.POSITIVE_INFINITY);
       for (let n = 0; n < options.sessions && Date.now() < deadline; n++) {
