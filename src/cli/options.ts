@@ -6,14 +6,16 @@ import { parseSize } from "../spec/shape.js";
 export type DeviceFlag = Config["engineDevice"];
 export type DtypeFlag = Config["engineDtype"];
 
+const DEVICES = ["auto", "cpu", "webgpu", "cuda"] satisfies DeviceFlag[];
+
 /** `--device`: the execution provider, overriding ENGINE_DEVICE. */
 export function deviceOption(): Option {
-  return new Option("--device <device>", "execution provider (default: ENGINE_DEVICE)").choices([
-    "auto",
-    "cpu",
-    "webgpu",
-    "cuda",
-  ] satisfies DeviceFlag[]);
+  return new Option("--device <device>", "execution provider (default: ENGINE_DEVICE)").choices(DEVICES);
+}
+
+/** A benchmark's `--device`: the execution provider it measures, `auto` unless named. */
+export function benchDeviceOption(): Option {
+  return new Option("--device <device>", "execution provider").choices(DEVICES).default("auto");
 }
 
 /** `--dtype`: the UNet's compute dtype, overriding ENGINE_DTYPE. */

@@ -1,7 +1,7 @@
 // The chaos run (issue 13): the real bot against the fake Discord, a private Redis and two engine worker
 // processes on the tiny sd1 fixture model (chaos-system.ts), simulated users running /imagic sessions —
 // the command, the seed grid (a real Imagic training and render), a pick (the η sweep, rendered from the
-// cached state), a pick (the final image) — while a seeded schedule SIGKILLs an engine, restarts Redis,
+// cached state), a pick (the final image, the sweep's tile at full size) — while a seeded schedule SIGKILLs an engine, restarts Redis,
 // restarts the bot and drops the gateway. Shared by `npm run bench -- chaos` (chaos.ts) and its short CI
 // form (test/cli/bench/chaos.test.ts), so both check the same invariants.
 //
@@ -9,7 +9,8 @@
 // API requests (the run's own clock), then for no command or pick to be waiting on its first answer —
 // what a user sends while the bot is down is lost on real Discord too ("the application did not
 // respond"), which would measure Discord, not us. Recovery is awaited the same way (a new gateway
-// session, an engine that says ready). An engine kill waits for an engine to be running a job and kills
+// session, an engine that says ready). A run of fixed length (the bench's --minutes) spreads them: the
+// k-th of n waits for k/n of it first. An engine kill waits for an engine to be running a job and kills
 // that one. Which job that is depends on timing, so a seed replays the order and the picks, not every
 // interleaving.
 import { readFileSync } from "node:fs";
@@ -27,8 +28,11 @@ export const FAULTS = ["kill-worker", "restart-redis", "restart-bot", "drop-gate
 export type Fault = (typeof FAULTS)[number];
 
 const PHOTO = readFileSync(new URL("../../../test/fixtures/images/chelsea.png", import.meta.url));
-/** The operator's /imagic settings: the fast preset cut to two steps per stage (seconds per job on CPU). */
-const IMAGIC_DEFAULTS = { preset: "fast", embeddingSteps: 2, finetuneSteps: 2, steps: 2 } as const;
+/**
+ * The operator's /imagic settings: the fast preset cut to 8 optimizer steps per stage and 4 DDIM steps,
+ * so that a job takes a second or two on the CPU — long enough for an engine kill to land mid-job.
+ */
+const IMAGIC_DEFAULTS = { preset: "fast", embeddingSteps: 8, finetuneSteps: 8, steps: 4 } as const;
 const BLOB_TTL_SECONDS = 3600;
 
 export interface ChaosOptions {
@@ -55,15 +59,20 @@ export interface ChaosReport {
   commands: number;
   picks: number;
   faults: Record<Fault, number>;
-  /** Engine kills that hit an engine while it ran a job. */
-  killsMidJob: number;
+  /**
+   * Engine kills of an engine whose /metrics said it was running a job a moment before (the job may
+   * have finished in between; jobsRestarted counts the jobs that did run again).
+   */
+  killsWhileBusy: number;
   acknowledged: number;
   /** Sessions that ended with the final image, or with a failure told to their user. */
   finished: number;
   failedReported: number;
   jobsLost: number;
-  /** Jobs that ran to completion or failure (BullMQ's record), and those that became active more than once. */
+  /** Jobs that completed or failed (BullMQ's record). */
   jobs: number;
+  /** Jobs still waiting, delayed or active after every session ended: each must have finished. */
+  jobsUnfinished: number;
   /**
    * Jobs started more than once: the queue is at-least-once (a killed engine's job, or one whose lock
    * lapsed while Redis was down, runs again); what the user sees must still be once (duplicatePosts).
@@ -75,7 +84,7 @@ export interface ChaosReport {
   ackMs: { p50: number; p99: number };
   /** Command → seed grid posted (training and the first render). */
   resultMs: { p50: number; p99: number };
-  /** Pick → its answer posted (the η sweep or the final image, rendered from the cached state). */
+  /** Pick → its answer posted: the η sweep (rendered from the cached state) or the final image (its tile). */
   pickMs: { p50: number; p99: number };
   wallMs: number;
 }
@@ -152,7 +161,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   let finished = 0;
   let failedReported = 0;
   let lost = 0;
-  let killsMidJob = 0;
+  let killsWhileBusy = 0;
 
   /** The first bot message in `thread` that is `answer` (an offer with all `choices` reactions), or a ❌. */
   const outcome = (thread: string, answer: (typeof ANSWERS)[number], choices: number) =>
@@ -251,13 +260,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
           timeoutMs,
           "an engine running a job",
         ).catch(() => log("no engine ran a job: killing an idle one"));
-        if (busy.length > 0) killsMidJob++;
+        if (busy.length > 0) killsWhileBusy++;
         const candidates = busy.length > 0 ? busy : engines.map((_, i) => i);
         const i = candidates[Math.floor(rand() * candidates.length)] ?? 0;
         const victim = engines[i] as ChaosEngine;
         victim.process.child.kill("SIGKILL");
         await victim.process.exited;
-        log(`killed ${victim.name}${busy.includes(i) ? " mid-job" : ""}`);
+        log(`killed ${victim.name}${busy.includes(i) ? " while busy" : ""}`);
         // The replacement loads the model while users go on (as a supervisor restarting it would).
         replacing = system.startEngine(`engine-${i}-${system.engines.length}`).then((engine) => {
           engines[i] = engine;
@@ -300,7 +309,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     for (let i = 0; i < 2; i++) engines.push(await system.startEngine(`engine-${i}`));
     log(`bot and ${engines.length} engines ready after ${Date.now() - started} ms`);
     const faults = (async () => {
-      for (const fault of schedule) {
+      for (const [k, fault] of schedule.entries()) {
+        // A run of fixed length spreads its faults over it: the k-th not before the k-th slot.
+        const slot = started + (k * (options.durationMs ?? 0)) / schedule.length;
+        await until(() => usersDone || Date.now() >= slot, Number.POSITIVE_INFINITY, "the fault's slot");
         const at = fake.requests.length + 3 + Math.floor(rand() * 15);
         await until(() => usersDone || fake.requests.length >= at, 10 * timeoutMs, "the next fault");
         if (usersDone) return;
@@ -342,6 +354,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       );
     const queue = new Queue(QUEUE_NAME, { connection: { url: system.redisUrl() } });
     const jobs = await queue.getJobs(["completed", "failed"]);
+    const unfinished = await queue.getJobCountByTypes(
+      "active",
+      "waiting",
+      "delayed",
+      "prioritized",
+      "waiting-children",
+    );
     await queue.close();
     const redis = new Redis(system.redisUrl());
     const blobKeys = await redis.keys("pe:blob:*");
@@ -354,12 +373,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       commands,
       picks,
       faults: injected,
-      killsMidJob,
+      killsWhileBusy,
       acknowledged,
       finished,
       failedReported,
       jobsLost: lost,
       jobs: jobs.length,
+      jobsUnfinished: unfinished,
       jobsRestarted: jobs.filter((job) => job.attemptsStarted > 1).length,
       duplicatePosts,
       orphanProcesses: 0,

@@ -3,8 +3,8 @@
  * the fake Discord, a private Redis and two engine worker processes on the tiny sd1 fixture model, N
  * users running /imagic sessions (command, seed grid, η sweep, final image), while a seeded schedule
  * SIGKILLs engines, restarts Redis, restarts the bot and drops the gateway (chaos-run.ts, shared with
- * the CI test). Fails (exit 1) when a command goes unacknowledged, a session is lost, an answer is
- * posted twice or a process outlives the run.
+ * the CI test). Fails (exit 1) when a command goes unacknowledged, a session is lost, a job is left
+ * unfinished, an answer is posted twice, a process outlives the run or a blob has no TTL.
  */
 import { Command } from "commander";
 import { UserFacingError } from "../../errors.js";
@@ -42,6 +42,7 @@ export function chaosBenchCommand(): Command {
       process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
       if (
         report.jobsLost > 0 ||
+        report.jobsUnfinished > 0 ||
         report.duplicatePosts > 0 ||
         report.acknowledged < report.commands ||
         report.orphanProcesses > 0 ||

@@ -11,6 +11,7 @@ import { Command, Option } from "commander";
 import * as G from "../../engine/graph/index.js";
 import { createSession, type Device, type HostTensor, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
+import { benchDeviceOption } from "../options.js";
 import { type SessionTimings, timeSession } from "./timing.js";
 
 type Dtype = "fp32" | "fp16";
@@ -195,11 +196,7 @@ export function graphBenchCommand(): Command {
     .description(
       "graph builder + runtime micro-benchmark: matmul chain, conv stack, attention block, forward and backward",
     )
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
+    .addOption(benchDeviceOption())
     .addOption(new Option("--dtype <dtype>", "compute dtype").choices(["fp32", "fp16"]).default("fp32"))
     .option(
       "--small",

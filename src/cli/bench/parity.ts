@@ -12,13 +12,14 @@
  */
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Command, Option } from "commander";
+import { Command } from "commander";
 import { relativeDistance } from "../../engine/distance.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { openCheckpoint } from "../../engine/models/checkpoint.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
 import { type Device, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
+import { benchDeviceOption } from "../options.js";
 import { type GoldenData, goldenLossArgs, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
 
 type Dtype = "fp32" | "fp16";
@@ -136,11 +137,7 @@ export async function runParity(opts: {
 export function parityBenchCommand(): Command {
   return new Command("parity")
     .description("the fixture goldens on a device (GPU parity): forward, txt2img and gradients per dtype")
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
+    .addOption(benchDeviceOption())
     .option("--dtype <list>", "compute dtypes to check, comma-separated (fp32, fp16)", "fp32,fp16")
     .option(
       "--fixtures <dirs>",

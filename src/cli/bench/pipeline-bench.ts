@@ -9,6 +9,7 @@ import path from "node:path";
 import { type Command, Option } from "commander";
 import { StableDiffusion } from "../../engine/index.js";
 import { UserFacingError } from "../../errors.js";
+import { benchDeviceOption } from "../options.js";
 import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
 import { sd15Shapes, tinyShapes } from "./sd.js";
@@ -26,11 +27,7 @@ export interface PipelineBenchFlags {
 /** Adds --device, --dtype, --train-dtype, --steps-scale, --tiny, --json and --model-dir. */
 export function pipelineBenchOptions(command: Command): Command {
   return command
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
+    .addOption(benchDeviceOption())
     .addOption(
       new Option("--dtype <dtype>", "UNet compute dtype for sampling (auto: fp16 on a GPU)")
         .choices(["auto", "fp32", "fp16"])

@@ -32,6 +32,7 @@ import {
 } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 import { parseSize, type Size } from "../../spec/shape.js";
+import { benchDeviceOption } from "../options.js";
 import type { CheckpointShapes } from "./random-checkpoint.js";
 import { type SessionTimings, timeSession } from "./timing.js";
 
@@ -350,11 +351,7 @@ function formatRow(r: BenchRow): string {
 export function sdBenchCommand(): Command {
   return new Command("sd")
     .description("SD 1.5-shaped UNet/VAE/CLIP graphs with random weights: forward and gradient step timings")
-    .addOption(
-      new Option("--device <device>", "execution provider")
-        .choices(["auto", "cpu", "webgpu", "cuda"])
-        .default("auto"),
-    )
+    .addOption(benchDeviceOption())
     .addOption(
       new Option("--dtype <dtype>", "UNet forward compute dtype").choices(["fp16", "fp32"]).default("fp16"),
     )

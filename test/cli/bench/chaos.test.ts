@@ -24,6 +24,7 @@ describe("chaos run", () => {
     expect(report.acknowledged).toBe(4);
     expect(report.jobsLost).toBe(0);
     expect(report.finished).toBe(4);
+    expect(report.jobsUnfinished).toBe(0);
     expect(report.duplicatePosts).toBe(0);
     expect(report.orphanProcesses).toBe(0);
     expect(report.blobsWithoutTtl).toBe(0);
