@@ -17,7 +17,8 @@ step() { # label, seconds, command…
   local label=$1 limit=$2
   shift 2
   echo "=== $label: $* ($(date -u +%T))" | tee -a "$OUT/run.log"
-  timeout "$limit" "$@" 2>&1 | grep -v '^{"level"' | tee -a "$OUT/run.log"
+  # pino's JSON lines below warnings (trace, debug, info) stay out; warnings and errors are kept.
+  timeout "$limit" "$@" 2>&1 | grep -v '^{"level":[123]0,' | tee -a "$OUT/run.log"
   echo "--- $label exit ${PIPESTATUS[0]} ($(date -u +%T))" | tee -a "$OUT/run.log"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee -a "$OUT/run.log"

@@ -29,7 +29,7 @@ import { type Choice, type PickRecord, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
-import { choiceLine, etaLabel, expiredText, helpText, SWAP_LEGEND } from "./texts.js";
+import { choiceLine, etaLabel, expiredText, helpText, retypeText, SWAP_LEGEND } from "./texts.js";
 import { fitUpload } from "./uploads.js";
 
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
@@ -50,6 +50,9 @@ export interface ChatCommandsOptions {
 }
 
 type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
+
+/** The commands that start an edit, whose refusals say what they were sent with. */
+const WORK_COMMANDS = new Set(["imagic", "swap"]);
 
 export class ChatCommands {
   private readonly adapter: ChatAdapter;
@@ -140,12 +143,24 @@ export class ChatCommands {
       }
     } catch (error) {
       if (error instanceof UserFacingError) {
-        await reply.private(`⚠️ ${error.message}`);
+        await reply.private(this.refusal(request, error.message));
         return;
       }
       this.log.error({ err: error, command: request.command }, "command failed");
       await reply.private("⚠️ Something went wrong on my side; it has been logged. Please try again later.");
     }
+  }
+
+  /**
+   * Why a command was refused; for /imagic and /swap followed by what it was sent with, so that the user
+   * fixes the one thing instead of retyping everything (the reason is cut first if both do not fit).
+   */
+  private refusal(request: CommandRequest, why: string): string {
+    const max = this.adapter.limits.maxTextLength;
+    const sent = WORK_COMMANDS.has(request.command) ? retypeText(this.adapter.platform, request) : undefined;
+    // A prompt near the option's length limit leaves the reason room enough; longer, it is left out.
+    if (!sent || sent.length > max / 2) return fitText(`⚠️ ${why}`, max);
+    return `${fitText(`⚠️ ${why}`, max - sent.length - 1)}\n${sent}`;
   }
 
   private async imagic(request: CommandRequest, reply: CommandReply): Promise<void> {

@@ -2,10 +2,40 @@
 import { formatSeconds } from "../engine/progress.js";
 import { MAX_SEEDS } from "../spec/request.js";
 import { MAX_REFERENCES, SWAP_LIMITS, SWAP_SAMPLING_STEPS } from "../spec/swap.js";
-import type { Platform } from "./chat.js";
+import type { CommandRequest, Platform } from "./chat.js";
 import { IMAGIC_PRESETS } from "./definitions.js";
 import type { Choice } from "./picks.js";
 import { NUMBER_EMOJIS } from "./reactions.js";
+
+/**
+ * Markdown inline code showing `text` as written (on one line): fenced with more backticks than any run
+ * inside it, so a backtick in a prompt does not end it, and a mention in it is plain text that pings nobody.
+ */
+export function codeSpan(text: string): string {
+  const flat = text.replace(/\s*\n\s*/g, " ");
+  const longest = Math.max(0, ...(flat.match(/`+/g) ?? []).map((run) => run.length));
+  const fence = "`".repeat(longest + 1);
+  const pad = flat.startsWith("`") || flat.endsWith("`") ? " " : "";
+  return `${fence}${pad}${flat}${pad}${fence}`;
+}
+
+/**
+ * What a refused command was sent with, to send it again without retyping it: the slash command with its
+ * options, to copy, and the files to attach again. Undefined on Slack, whose form stays open with
+ * everything the user entered in it.
+ */
+export function retypeText(
+  platform: Platform,
+  request: Pick<CommandRequest, "command" | "options" | "attachments">,
+): string | undefined {
+  if (platform === "slack") return undefined;
+  const options = Object.entries(request.options).map(([name, value]) => `${name}:${value}`);
+  const files = request.attachments.map((a) => `\`${a.option}\` ${codeSpan(a.filename)}`);
+  return [
+    `Your command, to copy: ${codeSpan([`/${request.command}`, ...options].join(" "))}`,
+    ...(files.length > 0 ? [`Attach again: ${files.join(", ")}`] : []),
+  ].join("\n");
+}
 
 /** Slash commands with options and files (Discord, and the console adapter that mirrors it). */
 const SLASH_USAGE = {

@@ -158,6 +158,8 @@ export class StableDiffusion {
   private readonly live = new Map<string, Promise<LiveSession>>();
   /** Those of them that are built: what can be released when another session needs the room. */
   private readonly ready = new Map<string, LiveSession>();
+  /** The last session build started (see `open`). */
+  private building: Promise<unknown> = Promise.resolve();
   private readonly unetDtype: ComputeDType;
   private readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
@@ -630,7 +632,9 @@ export class StableDiffusion {
 
   /** Builds the session for `key`; out of device memory, once more after releasing the others. */
   private open(key: string, graph: Graph): Promise<LiveSession> {
-    const entry = (async (): Promise<LiveSession> => {
+    // One build at a time: a build out of memory can then make room from every other session, built
+    // ones all (a build in flight could hold memory that nothing would release).
+    const entry = this.building.then(async (): Promise<LiveSession> => {
       const started = performance.now();
       const create = () =>
         createSession(graph, {
@@ -653,7 +657,8 @@ export class StableDiffusion {
       const live = { session, running: new Set<Promise<unknown>>() };
       this.ready.set(key, live);
       return live;
-    })();
+    });
+    this.building = entry.catch(() => undefined);
     entry.catch((e) => {
       if (this.live.get(key) === entry) this.live.delete(key);
       if (e instanceof DeviceMemoryError) void this.release();
@@ -665,7 +670,10 @@ export class StableDiffusion {
   /** A handle on the session for `key` that survives its release (see `cached`). */
   private handle(key: string, build: () => { graph: Graph }, first: Session): Session {
     const runOnce = async (feeds: Record<string, HostTensor>) => {
-      const live = await (this.live.get(key) ?? this.open(key, build().graph));
+      let live = await (this.live.get(key) ?? this.open(key, build().graph));
+      // Released while we waited (another session's build made room): look again. From this check to
+      // `running.add` nothing else runs, so a release either came before it or waits for this run.
+      while (this.ready.get(key) !== live) live = await (this.live.get(key) ?? this.open(key, build().graph));
       const run = live.session.run(feeds);
       live.running.add(run);
       try {
@@ -708,8 +716,7 @@ export class StableDiffusion {
 
   /**
    * Releases the built sessions (all, or only `only`'s) but `keep`'s, each after its runs in flight;
-   * whether there was any. Sessions still being built are left alone: two builds out of memory at once
-   * would otherwise each wait for the other.
+   * whether there was any. The one being built (builds take turns) is not among them.
    */
   private async evict(keep: string | undefined, only?: string): Promise<boolean> {
     const idle = [...this.ready].filter(([key]) => key !== keep && (only === undefined || key === only));

@@ -89,10 +89,20 @@ describe("ChatCommands with a console adapter", () => {
     await commands.handleCommand(imagic({}, "video/mp4"), adapter.reply(channel));
     await commands.handleCommand({ ...imagic(), command: "dance" }, adapter.reply(channel));
     await commands.handleCommand(imagic({ size: "100x900" }), adapter.reply(channel));
+    // A refused /imagic is followed by what it was sent with, to send it again without retyping it.
+    const attach = "Attach again: `image` `photo.png`";
     expect(adapter.privateReplies.slice(-3)).toEqual([
-      "⚠️ `image` (photo.png) is an MP4 video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
+      [
+        "⚠️ `image` (photo.png) is an MP4 video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
+        "Your command, to copy: `/imagic prompt:a photo of a cat seeds:5,6`",
+        attach,
+      ].join("\n"),
       "I do not know `/dance`; try `/help`",
-      "⚠️ `size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1",
+      [
+        "⚠️ `size` 100×900 has an aspect ratio of 9.00:1; the limit is 4:1",
+        "Your command, to copy: `/imagic prompt:a photo of a cat seeds:5,6 size:100x900`",
+        attach,
+      ].join("\n"),
     ]);
     expect(adapter.messages).toHaveLength(before);
   });
@@ -127,6 +137,8 @@ describe("ChatCommands with a console adapter", () => {
       [
         "⚠️ `reference2` (dog2.png) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
         "`reference3` (dog3.png) is incomplete: the file ends before the picture does (the upload was probably cut short); send it again",
+        "Your command, to copy: `/swap subject:dog`",
+        "Attach again: `source` `cat.png`, `reference1` `dog1.png`, `reference2` `dog2.png`, `reference3` `dog3.png`",
       ].join("\n"),
     );
     // Nothing about the swap was posted (the earlier tests' jobs may still be posting in their threads).

@@ -12,6 +12,7 @@ import {
 import type { Redis } from "ioredis";
 import type { ChatLimits } from "../../commands/chat.js";
 import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.js";
+import { retypeText } from "../../commands/texts.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import type { BlobStore } from "../../queue/blobs.js";
@@ -132,7 +133,8 @@ export async function startDiscordBot(options: DiscordBotOptions): Promise<Disco
       const lacking = missing(interaction.appPermissions, REQUIRED[place]);
       if (WORK_COMMANDS.has(interaction.commandName) && lacking.length > 0) {
         await reply.private(
-          `⚠️ ${missingText(lacking, place)}: ask a server admin to grant them (see /help), then run /${interaction.commandName} again.`,
+          `⚠️ ${missingText(lacking, place)}: ask a server admin to grant them (see /help), then run /${interaction.commandName} again.\n` +
+            retypeText("discord", commandRequest(interaction)),
         );
         return;
       }

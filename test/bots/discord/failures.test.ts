@@ -35,17 +35,17 @@ describe("bad attachments are refused privately, naming the attachment and the l
     [
       "not an image (declared type)",
       async () => ({ name: "notes.txt", bytes: Buffer.from("hello"), type: "text/plain" }),
-      /^⚠️ `image` \(notes\.txt\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/,
+      /^⚠️ `image` \(notes\.txt\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/m,
     ],
     [
       "too large (declared size, nothing downloaded)",
       async () => ({ name: "huge.png", bytes: PHOTO, type: "image/png", size: 30 * 1024 * 1024 }),
-      /^⚠️ `image` \(huge\.png\) is 30\.0 MiB; the limit is 12\.0 MiB$/,
+      /^⚠️ `image` \(huge\.png\) is 30\.0 MiB; the limit is 12\.0 MiB$/m,
     ],
     [
       "a file that claims to be a PNG but is not",
       async () => ({ name: "fake.png", bytes: Buffer.from("not really a png at all"), type: "image/png" }),
-      /^⚠️ `image` \(fake\.png\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/,
+      /^⚠️ `image` \(fake\.png\) is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image$/m,
     ],
     [
       "animated",
@@ -63,7 +63,7 @@ describe("bad attachments are refused privately, naming the attachment and the l
           .toBuffer();
         return { name: "anim.gif", bytes: gif, type: "image/gif" };
       },
-      /^⚠️ `image` \(anim\.gif\) is animated \(2 frames\); send a still image$/,
+      /^⚠️ `image` \(anim\.gif\) is animated \(2 frames\); send a still image$/m,
     ],
     [
       "too small",
@@ -74,7 +74,7 @@ describe("bad attachments are refused privately, naming the attachment and the l
           .toBuffer(),
         type: "image/png",
       }),
-      /^⚠️ `image` \(tiny\.png\) is 32×32; each side must be at least 64 pixels$/,
+      /^⚠️ `image` \(tiny\.png\) is 32×32; each side must be at least 64 pixels$/m,
     ],
   ];
   for (const [what, make, message] of cases) {
@@ -99,6 +99,24 @@ describe("bad attachments are refused privately, naming the attachment and the l
     expect(await w.ephemeral(interaction)).toMatch(
       /`reference2` \(ref2\.pdf\) is a PDF document; send a JPEG/,
     );
+  });
+});
+
+describe("a refusal says what the command was sent with", () => {
+  it("the command and its options to copy, in a code span that pings nobody, and the files to attach again", async () => {
+    const channel = w.fake.addTextChannel("retype");
+    const prompt = `a \`cat\` like <@${w.other.id}>'s`;
+    const photo = w.photo("my photo.png");
+    const refused = w.imagic(channel, [opt.string("prompt", prompt), opt.number("eta", 3)], photo);
+    const text = await w.ephemeral(refused);
+    expect(text.split("\n")).toEqual([
+      "⚠️ `eta` must be a number from 0 to 1.5 (got 3)",
+      `Your command, to copy: \`\`/imagic prompt:a \`cat\` like <@${w.other.id}>'s eta:3\`\``,
+      "Attach again: `image` `my photo.png`",
+    ]);
+    // Nobody is pinged by the mention in the prompt.
+    const message = [...w.fake.messages.values()].find((m) => m.content === text);
+    expect(message?.pinged.users).toEqual([]);
   });
 });
 
@@ -220,7 +238,9 @@ describe("jobs that do not end well", () => {
     for (const [size, message] of refused) {
       const imagic = w.imagic(channel, [opt.string("size", size)]);
       const swap = w.swap(channel, [w.photo("ref.png")], [opt.string("size", size)]);
-      expect([await w.ephemeral(imagic), await w.ephemeral(swap)]).toEqual([`⚠️ ${message}`, `⚠️ ${message}`]);
+      // (Each followed by the command as sent, to copy.)
+      const reasons = [await w.ephemeral(imagic), await w.ephemeral(swap)].map((text) => text.split("\n")[0]);
+      expect(reasons).toEqual([`⚠️ ${message}`, `⚠️ ${message}`]);
     }
     await settle();
     expect(w.posted(channel.id).filter((m) => (m.flags & 64) === 0)).toEqual([]);

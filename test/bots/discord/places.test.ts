@@ -43,7 +43,11 @@ describe("permissions per place", () => {
     const thread = w.fake.addThread(channel, "talk", w.author);
     const interaction = w.imagic(thread);
     expect(await w.ephemeral(interaction)).toBe(
-      "⚠️ I am missing the Send Messages in Threads permission in this thread: ask a server admin to grant them (see /help), then run /imagic again.",
+      [
+        "⚠️ I am missing the Send Messages in Threads permission in this thread: ask a server admin to grant them (see /help), then run /imagic again.",
+        "Your command, to copy: `/imagic prompt:a photo of a sleeping cat`",
+        "Attach again: `image` `chelsea.png`",
+      ].join("\n"),
     );
     expect(w.posted(thread.id).filter((m) => (m.flags & 64) === 0)).toEqual([]);
     expect(w.fake.refused(50013)).toEqual([]);

@@ -61,15 +61,17 @@ describe("allocation failures", () => {
  */
 function deviceWithRoomFor(room: number): Set<unknown> {
   const open = new Set<unknown>();
+  let building = 0; // a session takes its room when its build starts
   const create = ort.InferenceSession.create.bind(ort.InferenceSession) as (
     ...a: unknown[]
   ) => Promise<ort.InferenceSession>;
   vi.spyOn(ort.InferenceSession, "create").mockImplementation((async (...args: unknown[]) => {
-    if (open.size >= room)
+    if (open.size + building >= room)
       throw new Error(
         "/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate memory for requested buffer of size 3276800",
       );
-    const session = await create(...args);
+    building++;
+    const session = await create(...args).finally(() => building--);
     open.add(session);
     const release = session.release.bind(session);
     session.release = () => {
@@ -139,6 +141,25 @@ describe("a device with room for one session at a time", () => {
     sd = await loadFixtureModel();
   });
   afterAll(() => sd?.release());
+
+  it("serves calls made at once, a build waiting for the runs of the sessions it releases", async () => {
+    const context = await sd.encodeText(["a cat", "a dog"]);
+    const noise = await sd.predictNoise(latents, SIZE, 500, context.subarray(0, context.length / 2));
+    const image = await sd.decodeLatents(latents, SIZE);
+    await sd.release();
+
+    const open = deviceWithRoomFor(1);
+    const calls = () =>
+      Promise.all([
+        sd.encodeText(["a cat", "a dog"]),
+        sd.predictNoise(latents, SIZE, 500, context.subarray(0, context.length / 2)),
+        sd.decodeLatents(latents, SIZE),
+      ]);
+    for (let round = 0; round < 3; round++) expect(await calls()).toEqual([context, noise, image]);
+    expect(open.size).toBe(1);
+    vi.restoreAllMocks();
+    await sd.release();
+  });
 
   it("runs Imagic's training and render, each session built after releasing the one before, as on a roomy device", async () => {
     const photo = smoothPhoto();
