@@ -1,0 +1,80 @@
+// Delivery of finished jobs to a named consumer is at-least-once and confirmed: a result whose delivering
+// process died (its claim taken, never confirmed — what a SIGKILL leaves) is delivered again, marked as a
+// redelivery, by any process of the consumer once the lease runs out; a live delivery is left alone, and a
+// confirmed one is never delivered again.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
+import { DeliveryClaims } from "../../src/queue/delivery.js";
+import { queueKeys } from "../../src/queue/keys.js";
+import { lightweightPipelines } from "./support/pipelines.js";
+import { type Harness, harness, origin, PHOTO, until } from "./support/setup.js";
+
+type Completed = QueueClientEvents["completed"][0];
+const LEASE_MS = 300;
+let h: Harness;
+let photo: string;
+beforeAll(async () => {
+  h = await harness();
+  photo = await h.blobs.put(PHOTO, { userId: "u1", kind: "image" });
+  await h.worker({ pipelines: lightweightPipelines({ steps: 1, stepMs: 1 }) });
+});
+afterAll(() => h.close());
+
+/** A job run to completion, with nobody of `consumer` listening. */
+async function completedJob(): Promise<{ jobId: string; createdAt: string }> {
+  const client = await h.client();
+  const { jobId } = await client.enqueue("imagic.train", {
+    userId: "u1",
+    origin,
+    imageBlobId: photo,
+    prompt: "a dog",
+  });
+  await until(async () => (await client.queue.getJobState(jobId)) === "completed", 10_000, "completion");
+  const job = await client.queue.getJob(jobId);
+  return { jobId, createdAt: String(job?.timestamp) };
+}
+
+/** A process of `consumer` whose listener records what it was given, settling when `settle` says. */
+async function listener(consumer: string, settle: () => Promise<void> = async () => {}) {
+  const client: QueueClient = await h.client({ consumer, deliveryLeaseMs: LEASE_MS });
+  const completed: Completed[] = [];
+  client.events.on("completed", (event) => {
+    completed.push(event);
+    return settle();
+  });
+  await client.listen();
+  return { client, completed };
+}
+
+describe("result delivery", () => {
+  it("delivers again, once, a result whose delivering process died before confirming it", async () => {
+    const job = await completedJob();
+    // What a process SIGKILLed mid-post leaves: the claim taken, never confirmed nor renewed.
+    const dead = new DeliveryClaims(h.redis.client(), queueKeys(), "bot", LEASE_MS);
+    expect(await dead.take(job)).toBe("first");
+
+    const alive = await listener("bot");
+    await until(() => alive.completed.length > 0, 5_000, "the redelivery");
+    expect(alive.completed.map((e) => [e.jobId, e.redelivery])).toEqual([[job.jobId, true]]);
+    // Confirmed: neither this process nor a later one delivers it again.
+    await until(async () => (await dead.abandoned()).length === 0, 5_000, "the confirmation");
+    const later = await listener("bot");
+    await new Promise((resolve) => setTimeout(resolve, 3 * LEASE_MS));
+    expect(alive.completed).toHaveLength(1);
+    expect(later.completed).toEqual([]);
+    expect(await dead.take(job)).toBeUndefined();
+  });
+
+  it("leaves a delivery under way alone while its process renews the lease", async () => {
+    let finish = () => {};
+    const slow = await listener("slow-bot", () => new Promise<void>((resolve) => (finish = resolve)));
+    const job = await completedJob();
+    await until(() => slow.completed.length > 0, 5_000, "the delivery");
+    const other = await listener("slow-bot");
+    // Many leases long: the holder keeps renewing, so nobody delivers it again.
+    await new Promise((resolve) => setTimeout(resolve, 5 * LEASE_MS));
+    expect(slow.completed.map((e) => [e.jobId, e.redelivery])).toEqual([[job.jobId, false]]);
+    expect(other.completed).toEqual([]);
+    finish();
+  });
+});
