@@ -1,8 +1,7 @@
 import { Command } from "commander";
+import { runServicesAsChild } from "../child-process.js";
 import { appConfig } from "../config.js";
 import { engineService } from "../engine/worker/index.js";
-import { ENGINE_READY } from "../engine/worker/process.js";
-import { runServices } from "../services.js";
 
 /**
  * `engine`: one engine worker (run one per GPU) against REDIS_URL, or an embedded Redis when unset.
@@ -15,19 +14,9 @@ export function engineCommand(): Command {
     )
     .action(async () => {
       const config = appConfig();
-      // Started by `start` (an IPC channel to it): say when jobs are taken, and stop with it.
-      const parent = process.send ? process : undefined;
-      const orphaned = () => process.kill(process.pid, "SIGTERM");
-      parent?.once("disconnect", orphaned);
-      try {
-        await runServices(config, [engineService], {
-          ports: [[config.engineHttpPort, "ENGINE_HTTP_PORT"]],
-          onReady: () => parent?.send?.(ENGINE_READY),
-        });
-      } finally {
-        // The open channel would keep this process alive.
-        parent?.off("disconnect", orphaned);
-        parent?.disconnect?.();
-      }
+      // Started by `start` (or the chaos benchmark): says when jobs are taken, and stops with it.
+      await runServicesAsChild(config, [engineService], {
+        ports: [[config.engineHttpPort, "ENGINE_HTTP_PORT"]],
+      });
     });
 }

@@ -2,12 +2,16 @@
 import { requireSetting } from "../../config.js";
 import type { Service } from "../../services.js";
 import { startOnQueue } from "../queue-side.js";
-import { startDiscordBot } from "./bot.js";
+import { type DiscordBotOptions, startDiscordBot } from "./bot.js";
 
 /**
- * `required`: `bot run` needs DISCORD_TOKEN; `start` runs the bot only when it is set.
+ * `required`: `bot run` needs DISCORD_TOKEN; `start` runs the bot only when it is set. `commands`: the
+ * operator's command settings (the chaos benchmark cuts /imagic's steps).
  */
-export function discordService(options: { required: boolean }): Service {
+export function discordService(options: {
+  required: boolean;
+  commands?: DiscordBotOptions["commands"];
+}): Service {
   return {
     name: "discord",
     async start({ config, redisUrl, log }) {
@@ -17,7 +21,7 @@ export function discordService(options: { required: boolean }): Service {
       }
       const token = requireSetting(config, "discordToken", "the Discord bot").reveal();
       return startOnQueue("discord", config, redisUrl, (side) =>
-        startDiscordBot({ token, apiUrl: config.discordApiUrl, ...side }),
+        startDiscordBot({ token, apiUrl: config.discordApiUrl, ...side, commands: options.commands }),
       );
     },
   };

@@ -1,9 +1,10 @@
-// The chaos run (issue 13): the real bot against the fake Discord, a private Redis and two engine worker
-// processes on the tiny sd1 fixture model (chaos-system.ts), simulated users running /imagic sessions —
-// the command, the seed grid (a real Imagic training and render), a pick (the η sweep, rendered from the
-// cached state), a pick (the final image, the sweep's tile at full size) — while a seeded schedule SIGKILLs an engine, restarts Redis,
-// restarts the bot and drops the gateway. Shared by `npm run bench -- chaos` (chaos.ts) and its short CI
-// form (test/cli/bench/chaos.test.ts), so both check the same invariants.
+// The chaos run (issue 13): the real bot process against the fake Discord, a private Redis and two
+// engine worker processes on the tiny sd1 fixture model (chaos-system.ts), simulated users running
+// /imagic sessions — the command, the seed grid (a real Imagic training and render), a pick (the η
+// sweep, rendered from the cached state), a pick (the final image, the sweep's tile at full size) —
+// while a seeded schedule SIGKILLs an engine, restarts Redis, restarts the bot (SIGTERM), SIGKILLs the
+// bot and drops the gateway. Shared by `npm run bench -- chaos` (chaos.ts) and its short CI form
+// (test/cli/bench/chaos.test.ts), so both check the same invariants.
 //
 // Faults are injected on events, never on timers: each waits for a seeded number of further Discord
 // API requests (the run's own clock), then for no command or pick to be waiting on its first answer —
@@ -21,18 +22,14 @@ import { NUMBER_EMOJIS } from "../../commands/reactions.js";
 import { mulberry32 } from "../../engine/diffusion/rng.js";
 import { QUEUE_NAME } from "../../queue/keys.js";
 import { PRESETS } from "../../spec/imagic.js";
+import { CHAOS_IMAGIC_DEFAULTS } from "./chaos-bot.js";
 import { type ChaosEngine, type ChaosSystem, startChaosSystem } from "./chaos-system.js";
 import { percentile } from "./queue.js";
 
-export const FAULTS = ["kill-worker", "restart-redis", "restart-bot", "drop-gateway"] as const;
+export const FAULTS = ["kill-worker", "restart-redis", "restart-bot", "kill-bot", "drop-gateway"] as const;
 export type Fault = (typeof FAULTS)[number];
 
 const PHOTO = readFileSync(new URL("../../../test/fixtures/images/chelsea.png", import.meta.url));
-/**
- * The operator's /imagic settings: the fast preset cut to 8 optimizer steps per stage and 4 DDIM steps,
- * so that a job takes a second or two on the CPU — long enough for an engine kill to land mid-job.
- */
-const IMAGIC_DEFAULTS = { preset: "fast", embeddingSteps: 8, finetuneSteps: 8, steps: 4 } as const;
 const BLOB_TTL_SECONDS = 3600;
 
 export interface ChaosOptions {
@@ -46,8 +43,8 @@ export interface ChaosOptions {
   faults?: Partial<Record<Fault, number>>;
   /** ENGINE_LOCK_SECONDS of the engines (default 20: a killed engine's job runs again within 25 s). */
   lockSeconds?: number;
-  /** The command line that runs `engine` (default: this CLI's own). */
-  engineCommand?: readonly string[];
+  /** This CLI's command line without a command, for the bot and engine processes (default: this process's). */
+  cli?: readonly string[];
   /** How long a session may wait for each answer before it counts as lost (default 3 min). */
   timeoutMs?: number;
   log?: (line: string) => void;
@@ -131,9 +128,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
   const started = Date.now();
   const system: ChaosSystem = await startChaosSystem({
     lockSeconds: options.lockSeconds ?? 20,
-    imagicDefaults: IMAGIC_DEFAULTS,
     blobTtlSeconds: BLOB_TTL_SECONDS,
-    ...(options.engineCommand ? { engineCommand: options.engineCommand } : {}),
+    ...(options.cli ? { cli: options.cli } : {}),
   });
   const { fake } = system;
   const botMessages = (channelId: string) =>
@@ -226,7 +222,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
     if (!failure(grid)) resultMs.push((grid.history[0]?.at ?? Date.now()) - interaction.dispatchedAt);
     let offer = grid;
     for (const [answer, choices] of [
-      [SWEEP_OFFER, PRESETS[IMAGIC_DEFAULTS.preset].render.etas.length],
+      [SWEEP_OFFER, PRESETS[CHAOS_IMAGIC_DEFAULTS.preset].render.etas.length],
       [FINAL, 0],
     ] as const) {
       if (failure(offer)) {
@@ -279,7 +275,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         redisPids.add(system.redisPid());
         return;
       case "restart-bot":
-        await system.stopBot();
+      case "kill-bot":
+        await system.stopBot(fault === "kill-bot" ? "SIGKILL" : "SIGTERM");
         await system.startBot();
         return;
       case "drop-gateway": {
@@ -331,6 +328,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         }
       }
     })();
+    // Awaited after the users; a fault that fails meanwhile must not count as an unhandled rejection.
+    faults.catch(() => {});
     const users = Array.from({ length: options.users }, async (_, u) => {
       const deadline = started + (options.durationMs ?? Number.POSITIVE_INFINITY);
       for (let n = 0; n < options.sessions && Date.now() < deadline; n++) {
@@ -390,7 +389,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
       wallMs: 0,
     };
     await system.close();
-    const pids = [...system.engines.map((e) => e.process.child.pid), ...redisPids];
+    const pids = [
+      ...[...system.engines.map((e) => e.process), ...system.bots].map((p) => p.child.pid),
+      ...redisPids,
+    ];
     report.orphanProcesses = pids.filter(alive).length;
     report.wallMs = Date.now() - started;
     return report;

@@ -1,37 +1,27 @@
-// The system the chaos run (chaos-run.ts) breaks, wired as `start` wires it: the Discord bot (its queue
-// side from src/bots/queue-side.ts) against the fake Discord, a private redis-server with its
-// append-only file, and engine worker processes — this CLI's own `engine` command on the tiny sd1
-// fixture checkpoint, on the CPU — all on loopback. Each part can be broken and brought back.
+// The system the chaos run (chaos-run.ts) breaks, on loopback, each part in the process it has in
+// production: the fake Discord (here), a private redis-server with its append-only file (here, restarted
+// on the same port and data), the Discord bot (a child process running `bench chaos-bot`: `bot run
+// discord` with the run's /imagic settings) and engine workers (child processes running this CLI's own
+// `engine` on the tiny sd1 fixture checkpoint, on the CPU). Each part can be broken and brought back.
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { startDiscordBot } from "../../bots/discord/bot.js";
 import { FakeDiscord } from "../../bots/discord/fake/server.js";
-import { startOnQueue } from "../../bots/queue-side.js";
-import type { ChatCommandsOptions } from "../../commands/service.js";
-import { FIXTURE_MODEL, loadConfig } from "../../config.js";
-import {
-  type EngineProcess,
-  engineCommandLine,
-  spawnEngineProcess,
-  stopEngineProcess,
-} from "../../engine/worker/process.js";
+import { type CliProcess, cliCommandLine, spawnCliProcess, stopCliProcess } from "../../child-process.js";
+import { FIXTURE_MODEL } from "../../config.js";
 import { type EmbeddedRedis, freePort, startEmbeddedRedis } from "../../queue/redis-server.js";
-import type { RunningService } from "../../services.js";
 
 export interface ChaosSystemOptions {
-  /** The command line that runs `engine` (default: this CLI's own; the CI test runs it through tsx). */
-  engineCommand?: readonly string[];
+  /** This CLI's command line, without a command (default: this process's; the CI test runs it through tsx). */
+  cli?: readonly string[];
   /** ENGINE_LOCK_SECONDS of the engines: how long a killed engine's job waits before it runs again. */
   lockSeconds: number;
-  /** The operator's /imagic settings (the bot's imagicDefaults): few steps, so a job takes seconds. */
-  imagicDefaults: ChatCommandsOptions["imagicDefaults"];
   blobTtlSeconds: number;
 }
 
 export interface ChaosEngine {
   name: string;
-  process: EngineProcess;
+  process: CliProcess;
   /** Its ENGINE_HTTP_PORT (/metrics says whether it is running a job). */
   port: number;
 }
@@ -42,15 +32,18 @@ export interface ChaosSystem {
   /** redis-server's pid now (it changes on each restart). */
   redisPid(): number;
   restartRedis(): Promise<void>;
+  /** Starts a bot process and resolves once it is on the gateway and following the queue. */
   startBot(): Promise<void>;
-  stopBot(): Promise<void>;
+  /** Stops the bot: SIGTERM (a clean stop), or SIGKILL (whatever it was doing is cut off). */
+  stopBot(how: "SIGTERM" | "SIGKILL"): Promise<void>;
   /** Starts an engine process and resolves once it takes jobs. */
   startEngine(name: string): Promise<ChaosEngine>;
   /** Whether the engine is running a job now (its engine_jobs_active gauge). */
   busy(engine: ChaosEngine): Promise<boolean>;
-  /** Every engine process started so far, alive or not. */
+  /** Every engine and bot process started so far, alive or not. */
   engines: ChaosEngine[];
-  /** Stops the bot, every engine still alive (SIGTERM), Redis and the fake, and removes the data. */
+  bots: CliProcess[];
+  /** Stops the bot and every engine still alive (SIGTERM), Redis and the fake, and removes the data. */
   close(): Promise<void>;
 }
 
@@ -60,20 +53,29 @@ export async function startChaosSystem(options: ChaosSystemOptions): Promise<Cha
   const redisDir = path.join(dir, "redis");
   let redis: EmbeddedRedis = await startEmbeddedRedis({ dir: redisDir });
   const port = redis.port;
-  // The settings an operator would give: the fixture model, blob TTL, state (compiled graphs) in one
-  // folder that every engine process shares, as engines on one host do.
-  const settings = {
+  const cli = options.cli ?? cliCommandLine();
+  // The settings an operator would give every process: the fixture model, the blob TTL, and one state
+  // folder (compiled graphs) that every engine process shares, as engines on one host do.
+  const settings = () => ({
+    REDIS_URL: redis.url,
     MODEL: FIXTURE_MODEL,
     STATE_DIR: dir,
     BLOB_TTL_SECONDS: String(options.blobTtlSeconds),
-  };
-  const config = loadConfig(settings, { envFile: false });
-  let bot: RunningService | undefined;
+    HF_HUB_OFFLINE: "1",
+    // Reconnect warnings during a Redis restart are the chaos, not news.
+    LOG_LEVEL: "error",
+  });
+  // In the run's folder, outside the project: a developer's .env does not reach the children.
+  const spawnChild = (what: string, command: string[], env: NodeJS.ProcessEnv) =>
+    spawnCliProcess(what, [...cli, ...command], { ...settings(), ...env }, { cwd: dir });
+  let bot: CliProcess | undefined;
+  const bots: CliProcess[] = [];
   const engines: ChaosEngine[] = [];
 
   const system: ChaosSystem = {
     fake,
     engines,
+    bots,
     redisUrl: () => redis.url,
     redisPid: () => redis.pid,
     async restartRedis() {
@@ -81,37 +83,29 @@ export async function startChaosSystem(options: ChaosSystemOptions): Promise<Cha
       redis = await startEmbeddedRedis({ dir: redisDir, port });
     },
     async startBot() {
-      bot = await startOnQueue("discord", config, redis.url, (side) =>
-        startDiscordBot({
-          token: fake.token,
-          apiUrl: fake.apiUrl,
-          ...side,
-          commands: { imagicDefaults: options.imagicDefaults },
-        }),
-      );
+      bot = await spawnChild("bot", ["bench", "chaos-bot"], {
+        DISCORD_TOKEN: fake.token,
+        DISCORD_API_URL: fake.apiUrl,
+      });
+      bots.push(bot);
     },
-    async stopBot() {
-      await bot?.stop();
+    async stopBot(how) {
+      if (!bot) return;
+      if (how === "SIGTERM") await stopCliProcess(bot, 30_000);
+      else {
+        bot.child.kill("SIGKILL");
+        await bot.exited;
+      }
       bot = undefined;
     },
     async startEngine(name) {
       const httpPort = await freePort();
-      const process = await spawnEngineProcess(
-        options.engineCommand ?? engineCommandLine(),
-        {
-          ...settings,
-          REDIS_URL: redis.url,
-          ENGINE_DEVICE: "cpu",
-          ENGINE_DTYPE: "fp32",
-          ENGINE_HTTP_PORT: String(httpPort),
-          ENGINE_LOCK_SECONDS: String(options.lockSeconds),
-          HF_HUB_OFFLINE: "1",
-          // Their reconnect warnings during a Redis restart are the chaos, not news.
-          LOG_LEVEL: "error",
-        },
-        // Outside the project: a developer's .env does not reach the engines.
-        { cwd: dir },
-      );
+      const process = await spawnChild("engine", ["engine"], {
+        ENGINE_DEVICE: "cpu",
+        ENGINE_DTYPE: "fp32",
+        ENGINE_HTTP_PORT: String(httpPort),
+        ENGINE_LOCK_SECONDS: String(options.lockSeconds),
+      });
       const engine = { name, process, port: httpPort };
       engines.push(engine);
       return engine;
@@ -123,8 +117,8 @@ export async function startChaosSystem(options: ChaosSystemOptions): Promise<Cha
       return /^engine_jobs_active 1$/m.test(metrics);
     },
     async close() {
-      await system.stopBot();
-      await Promise.all(engines.map((engine) => stopEngineProcess(engine.process, 30_000)));
+      await system.stopBot("SIGTERM");
+      await Promise.all(engines.map((engine) => stopCliProcess(engine.process, 30_000)));
       await redis.stop();
       await fake.close();
       await rm(dir, { recursive: true, force: true });

@@ -2,7 +2,7 @@
  * `bench chaos`: the whole bot under load while things break (issue 13). The real Discord bot against
  * the fake Discord, a private Redis and two engine worker processes on the tiny sd1 fixture model, N
  * users running /imagic sessions (command, seed grid, η sweep, final image), while a seeded schedule
- * SIGKILLs engines, restarts Redis, restarts the bot and drops the gateway (chaos-run.ts, shared with
+ * SIGKILLs engines, restarts Redis, restarts and SIGKILLs the bot and drops the gateway (chaos-run.ts, shared with
  * the CI test). Fails (exit 1) when a command goes unacknowledged, a session is lost, a job is left
  * unfinished, an answer is posted twice, a process outlives the run or a blob has no TTL.
  */
@@ -20,14 +20,14 @@ interface Flags {
 export function chaosBenchCommand(): Command {
   return new Command("chaos")
     .description(
-      "the bot, Redis and two engines (tiny model) under load with engine kills, Redis and bot restarts, gateway drops",
+      "the bot, Redis and two engines (tiny model) under load with engine and bot kills, Redis and bot restarts, gateway drops",
     )
     .option("--users <n>", "simulated users, each running /imagic sessions one after another", "8")
     .option("--minutes <m>", "how long users keep starting sessions", "2")
     .option("--seed <n>", "seed of the fault schedule and the picks (the same seed replays it)", "1")
     .option("--faults <n>", "how many of each fault to inject", "2")
     .action(async (f: Flags) => {
-      const { runChaos } = await import("./chaos-run.js");
+      const { FAULTS, runChaos } = await import("./chaos-run.js");
       const minutes = Number(f.minutes);
       if (!(minutes > 0)) throw new UserFacingError(`--minutes must be a number > 0 (got "${f.minutes}")`);
       const each = positiveInt("--faults", f.faults);
@@ -36,7 +36,7 @@ export function chaosBenchCommand(): Command {
         sessions: Number.POSITIVE_INFINITY,
         durationMs: minutes * 60_000,
         seed: positiveInt("--seed", f.seed, 0),
-        faults: { "kill-worker": each, "restart-redis": each, "restart-bot": each, "drop-gateway": each },
+        faults: Object.fromEntries(FAULTS.map((fault) => [fault, each])),
         log: (line) => process.stderr.write(`${line}\n`),
       });
       process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);

@@ -1,5 +1,6 @@
 import { Command } from "commander";
 import { chaosBenchCommand } from "./chaos.js";
+import { chaosBotCommand } from "./chaos-bot.js";
 import { graphBenchCommand } from "./graph.js";
 import { imagicBenchCommand } from "./imagic.js";
 import { intakeBenchCommand } from "./intake.js";
@@ -25,5 +26,7 @@ export function benchCommand(): Command {
     "measure the engine: npm run bench -- <name> [--device cpu|webgpu|cuda]",
   );
   for (const make of BENCHMARKS) bench.addCommand(make());
+  // The chaos run's bot process: started by `bench chaos`, not listed.
+  bench.addCommand(chaosBotCommand(), { hidden: true });
   return bench;
 }
