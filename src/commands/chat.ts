@@ -62,6 +62,8 @@ export interface IncomingAttachment {
 export type OptionValue = string | number | boolean;
 
 export interface CommandRequest {
+  /** The platform's id of this one request (Discord's interaction id), when it has one. */
+  id?: string;
   command: string;
   userId: string;
   /** Where the command was run. */

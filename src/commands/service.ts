@@ -25,6 +25,7 @@ import type {
   ReactionEvent,
 } from "./chat.js";
 import { parseImagic, parseSwap } from "./parse.js";
+import { type PendingCommand, PendingCommands } from "./pending.js";
 import { type Choice, type PickRecord, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
@@ -47,6 +48,11 @@ export interface ChatCommandsOptions {
   positionRefreshMs?: number;
   /** How long one bot process keeps editing a job's progress message after its last edit (30 s). */
   progressLeaseMs?: number;
+  /**
+   * How long an acknowledged command whose job is not queued yet may go without its process renewing
+   * its record before another process (or this one, restarted) resumes it (default 30 s; pending.ts).
+   */
+  commandLeaseMs?: number;
 }
 
 type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
@@ -60,6 +66,9 @@ export class ChatCommands {
   private readonly blobs: BlobStore;
   private readonly picks: PickStore;
   private readonly progress: ProgressMessages;
+  private readonly pending: PendingCommands;
+  /** Looks for commands whose process died before their job was queued. */
+  private sweeper: NodeJS.Timeout | undefined;
   private readonly imageLimits: ImageLimits;
   private readonly log;
   /** Position refreshers of waiting jobs this process enqueued, by job id. */
@@ -82,6 +91,11 @@ export class ChatCommands {
       redis: options.redis,
       leaseMs: options.progressLeaseMs,
     });
+    this.pending = new PendingCommands(
+      options.redis,
+      options.adapter.platform,
+      options.commandLeaseMs ?? 30_000,
+    );
     this.imageLimits = chatImageLimits(options.blobs.limits.maxBytes, options.imageLimits);
     this.log = childLogger("commands", { platform: options.adapter.platform });
     const guard =
@@ -100,12 +114,22 @@ export class ChatCommands {
     };
   }
 
-  /** Starts following the queue's events (from where this platform's consumer left off). */
+  /**
+   * Starts following the queue's events (from where this platform's consumer left off) and resuming
+   * the commands whose process died before their job was queued.
+   */
   async start(): Promise<void> {
     this.queue.events.on("progress", this.listeners.progress);
     this.queue.events.on("completed", this.listeners.completed);
     this.queue.events.on("failed", this.listeners.failed);
     await this.queue.listen();
+    const sweep = () =>
+      void this.resumeAbandoned().catch((err: unknown) =>
+        this.log.warn({ err }, "looking for abandoned commands failed"),
+      );
+    sweep();
+    this.sweeper = setInterval(sweep, this.pending.leaseMs / 2);
+    this.sweeper.unref();
   }
 
   /**
@@ -113,6 +137,7 @@ export class ChatCommands {
    * process edits back to the others.
    */
   async stop(): Promise<void> {
+    clearInterval(this.sweeper);
     await this.queue.unlisten();
     this.queue.events.off("progress", this.listeners.progress);
     this.queue.events.off("completed", this.listeners.completed);
@@ -125,13 +150,14 @@ export class ChatCommands {
 
   // ── commands ──────────────────────────────────────────────────────────────────────────────────
 
-  async handleCommand(request: CommandRequest, reply: CommandReply): Promise<void> {
+  /** Handles a command; `resumed` runs again one whose process died before its job was queued. */
+  async handleCommand(request: CommandRequest, reply: CommandReply, resumed?: PendingCommand): Promise<void> {
     try {
       switch (request.command) {
         case "imagic":
-          return await this.imagic(request, reply);
+          return await this.imagic(request, reply, resumed);
         case "swap":
-          return await this.swap(request, reply);
+          return await this.swap(request, reply, resumed);
         case "cancel":
           return await this.cancel(request, reply);
         case "queue":
@@ -142,13 +168,72 @@ export class ChatCommands {
           return await reply.private(`I do not know \`/${request.command}\`; try \`/help\``);
       }
     } catch (error) {
-      if (error instanceof UserFacingError) {
-        await reply.private(this.refusal(request, error.message));
-        return;
-      }
-      this.log.error({ err: error, command: request.command }, "command failed");
-      await reply.private("⚠️ Something went wrong on my side; it has been logged. Please try again later.");
+      await this.tell(request, reply, error);
     }
+  }
+
+  /** Tells the author why their command failed. */
+  private async tell(request: CommandRequest, reply: CommandReply, error: unknown): Promise<void> {
+    if (error instanceof UserFacingError) {
+      await reply.private(this.refusal(request, error.message));
+      return;
+    }
+    this.log.error({ err: error, command: request.command }, "command failed");
+    await reply.private("⚠️ Something went wrong on my side; it has been logged. Please try again later.");
+  }
+
+  /**
+   * Acknowledges a command that starts a job and runs it under a record (pending.ts) until its job is
+   * queued or its author told why not, so that a process dying in between does not lose it.
+   */
+  private async recorded(
+    request: CommandRequest,
+    reply: CommandReply,
+    resumed: PendingCommand | undefined,
+    run: (command: PendingCommand) => Promise<void>,
+  ): Promise<void> {
+    await reply.acknowledge();
+    const command = resumed ?? (await this.pending.open(request));
+    try {
+      await run(command);
+    } catch (error) {
+      await this.tell(request, reply, error);
+    } finally {
+      await command.close();
+    }
+  }
+
+  /** Runs again the commands whose process died before their job was queued (pending.ts). */
+  private async resumeAbandoned(): Promise<void> {
+    for (const command of await this.pending.takeAbandoned()) {
+      const run = this.handleCommand(command.request, this.resumedReply(command), command)
+        .catch((err: unknown) => this.log.error({ err, command: command.id }, "resuming a command failed"))
+        .finally(() => this.handling.delete(run));
+      this.handling.add(run);
+    }
+  }
+
+  /**
+   * The reply of a command run again by another process: the interaction went with the process that
+   * died, so the public answer (if it was not out yet) is a plain post, and what only the author would
+   * have seen is said to them where their command was answered.
+   */
+  private resumedReply(command: PendingCommand): CommandReply {
+    const { request } = command;
+    return {
+      acknowledge: async () => {},
+      public: (message) => this.adapter.post(request.conversation, message),
+      private: async (text) => {
+        const conversation = command.recorded<Conversation>("thread") ?? request.conversation;
+        await this.adapter.post(conversation, {
+          text: fitText(
+            `${this.adapter.mention(request.userId)} I was restarted while starting your \`/${request.command}\`:\n${text}`,
+            this.adapter.limits.maxTextLength,
+          ),
+          notify: [request.userId],
+        });
+      },
+    };
   }
 
   /**
@@ -163,50 +248,55 @@ export class ChatCommands {
     return `${fitText(`⚠️ ${why}`, max - sent.length - 1)}\n${sent}`;
   }
 
-  private async imagic(request: CommandRequest, reply: CommandReply): Promise<void> {
+  private async imagic(
+    request: CommandRequest,
+    reply: CommandReply,
+    resumed?: PendingCommand,
+  ): Promise<void> {
     const spec = parseImagic(request);
     checkDeclared(spec.image, this.imageLimits);
-    await reply.acknowledge();
-    const [imageBlobId] = await this.storeImages(request.userId, [spec.image]);
-    const options: ImagicTrainOptions = {
-      ...this.options.imagicDefaults,
-      seeds: spec.seeds,
-      ...(spec.preset ? { preset: spec.preset } : {}),
-      ...(spec.eta !== undefined ? { eta: spec.eta } : {}),
-      ...requestedSizeOptions(spec.size),
-    };
-    await this.startJob(request, reply, {
-      name: "imagic.train",
-      title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${spec.prompt}”`,
-      thread: `Imagic: ${spec.prompt}`,
-      payload: (origin) => ({ userId: request.userId, origin, imageBlobId, prompt: spec.prompt, options }),
+    await this.recorded(request, reply, resumed, async (command) => {
+      const [imageBlobId] = await command.step("blobs", () => this.storeImages(request.userId, [spec.image]));
+      const options: ImagicTrainOptions = {
+        ...this.options.imagicDefaults,
+        seeds: spec.seeds,
+        ...(spec.preset ? { preset: spec.preset } : {}),
+        ...(spec.eta !== undefined ? { eta: spec.eta } : {}),
+        ...requestedSizeOptions(spec.size),
+      };
+      await this.startJob(command, reply, {
+        name: "imagic.train",
+        title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${spec.prompt}”`,
+        thread: `Imagic: ${spec.prompt}`,
+        payload: (origin) => ({ userId: request.userId, origin, imageBlobId, prompt: spec.prompt, options }),
+      });
     });
   }
 
-  private async swap(request: CommandRequest, reply: CommandReply): Promise<void> {
+  private async swap(request: CommandRequest, reply: CommandReply, resumed?: PendingCommand): Promise<void> {
     const spec = parseSwap(request);
     for (const attachment of [spec.source, ...spec.references]) checkDeclared(attachment, this.imageLimits);
-    await reply.acknowledge();
-    const [sourceBlobId, ...referenceBlobIds] = await this.storeImages(request.userId, [
-      spec.source,
-      ...spec.references,
-    ]);
-    await this.startJob(request, reply, {
-      name: "swap.edit",
-      title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${spec.subject}” from ${spec.references.length} reference photo(s)`,
-      thread: `Photoswap: ${spec.subject}`,
-      payload: (origin) => ({
-        userId: request.userId,
-        origin,
-        sourceBlobId,
-        referenceBlobIds,
-        subject: spec.subject,
-        options: {
-          seeds: spec.seeds,
-          ...(spec.strengthList ? { strengths: spec.strengthList } : spec.strengths),
-          ...requestedSizeOptions(spec.size),
-        },
-      }),
+    await this.recorded(request, reply, resumed, async (command) => {
+      const [sourceBlobId, ...referenceBlobIds] = await command.step("blobs", () =>
+        this.storeImages(request.userId, [spec.source, ...spec.references]),
+      );
+      await this.startJob(command, reply, {
+        name: "swap.edit",
+        title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${spec.subject}” from ${spec.references.length} reference photo(s)`,
+        thread: `Photoswap: ${spec.subject}`,
+        payload: (origin) => ({
+          userId: request.userId,
+          origin,
+          sourceBlobId,
+          referenceBlobIds,
+          subject: spec.subject,
+          options: {
+            seeds: spec.seeds,
+            ...(spec.strengthList ? { strengths: spec.strengthList } : spec.strengths),
+            ...requestedSizeOptions(spec.size),
+          },
+        }),
+      });
     });
   }
 
@@ -243,28 +333,40 @@ export class ChatCommands {
   /**
    * Validates the payload, answers in public, opens the thread, posts the progress message and
    * enqueues: the job's origin names that message, so any bot process can keep it up to date. Should
-   * anything fail after the public answer, the answer says so instead of promising an edit.
+   * anything fail after the public answer, the answer says so instead of promising an edit. Each step
+   * is recorded, so a resumed command does not do it again; the progress post names the job
+   * (PostOnce), for the case where its process died after the platform took it but before it heard.
    */
   private async startJob(
-    request: CommandRequest,
+    command: PendingCommand,
     reply: CommandReply,
     job: { name: JobName; title: string; thread: string; payload: (origin: ChatOrigin) => unknown },
   ): Promise<void> {
+    const { request } = command;
     // Everything but the origin's ids is known now: a bad payload is refused before anything is posted.
     parsePayload(
       job.name,
       job.payload({ platform: this.adapter.platform, ...request.conversation, message: "0" }),
     );
     const title = fitText(job.title, this.adapter.limits.maxTextLength);
-    const answer = await reply.public({ text: title });
+    const answer = await command.step("answer", () => reply.public({ text: title }));
     try {
-      const { conversation, fallbackNote } = await this.adapter.openThread(answer, job.thread);
-      // Why there is no thread stays readable in its own message; the progress message changes all the time.
-      if (fallbackNote) await this.adapter.post(conversation, { text: `ℹ️ ${fallbackNote}` });
-      const progress = await this.adapter.post(conversation, { text: "🕒 Sending to the queue…" });
+      const conversation = await command.step("thread", async () => {
+        const opened = await this.adapter.openThread(answer, job.thread);
+        // Why there is no thread stays readable in its own message; the progress message changes all the time.
+        if (opened.fallbackNote)
+          await this.adapter.post(opened.conversation, { text: `ℹ️ ${opened.fallbackNote}` });
+        return opened.conversation;
+      });
+      const progress = await command.step("progress", () =>
+        this.adapter.post(conversation, {
+          text: "🕒 Sending to the queue…",
+          once: { job: command.jobId, role: "progress", retry: command.resumed },
+        }),
+      );
       await this.progress.adopt(progress);
       const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
-      const jobId = await this.enqueueOn(progress, job.name, job.payload(origin));
+      const jobId = await this.enqueueOn(progress, job.name, job.payload(origin), command.jobId);
       if (jobId) this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
     } catch (error) {
       const why =
@@ -283,11 +385,16 @@ export class ChatCommands {
   }
 
   /** Enqueues a job that reports on `progress`; a refusal (a limit, an expired input) is said there. */
-  private async enqueueOn(progress: MessageRef, name: JobName, input: unknown): Promise<string | undefined> {
+  private async enqueueOn(
+    progress: MessageRef,
+    name: JobName,
+    input: unknown,
+    jobId?: string,
+  ): Promise<string | undefined> {
     try {
-      const { jobId, position } = await this.queue.enqueue(name, input);
-      this.showPosition(jobId, progress, position);
-      return jobId;
+      const { jobId: queued, position } = await this.queue.enqueue(name, input, { jobId });
+      this.showPosition(queued, progress, position);
+      return queued;
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.progress.finish(progress, `❌ Not started: ${error.message}`);

@@ -81,6 +81,14 @@ export interface JobPosition {
   etaSeconds?: number;
 }
 
+export interface EnqueueOptions {
+  /**
+   * The job's id instead of BullMQ's counter (no ':', not an integer): enqueueing under an id that
+   * exists returns that job, so work that may be redone (a resumed command) makes one job.
+   */
+  jobId?: string;
+}
+
 export interface EnqueueResult {
   jobId: string;
   position: JobPosition;
@@ -189,9 +197,17 @@ export class QueueClient {
    * Validates and enqueues a job. Throws UserFacingError (unknown type, bad or oversized payload,
    * expired blob, user over the cap) with a message for the user; nothing is enqueued then.
    */
-  async enqueue<N extends JobName>(name: N | string, input: unknown): Promise<EnqueueResult> {
+  async enqueue<N extends JobName>(
+    name: N | string,
+    input: unknown,
+    options: EnqueueOptions = {},
+  ): Promise<EnqueueResult> {
     const parsed = parsePayload<N>(name, input);
     const payload = parsed.payload as AnyPayload;
+    const { jobId: givenId } = options;
+    // A job enqueued again under its id (a command resumed after its bot died) is the same job.
+    if (givenId && (await this.queue.getJob(givenId)))
+      return { jobId: givenId, position: await this.position(givenId) };
     const refs = referencedBlobs(parsed.name, parsed.payload);
     const missing = new Set(await this.blobs.touch(refs.map((r) => r.id)));
     const expired = refs.find((r) => missing.has(r.id));
@@ -209,7 +225,7 @@ export class QueueClient {
         );
       }
       const waiting = inFlight.filter((j) => j.state !== "active").length - 1;
-      const jobId = await this.add(parsed.name, payload, waiting);
+      const jobId = await this.add(parsed.name, payload, waiting, givenId);
       await this.redis.multi().zrem(userKey, reservation).zadd(userKey, Date.now(), jobId).exec();
       log.info({ jobId, name: parsed.name, userId: payload.userId }, "job enqueued");
       return { jobId, position: await this.position(jobId) };
@@ -218,10 +234,20 @@ export class QueueClient {
     }
   }
 
-  private async add(name: JobName, payload: AnyPayload, waitingOfUser: number): Promise<string> {
+  private async add(
+    name: JobName,
+    payload: AnyPayload,
+    waitingOfUser: number,
+    jobId?: string,
+  ): Promise<string> {
     const { attempts, backoffMs } = this.options.retry ?? { attempts: 3, backoffMs: 5_000 };
     const retry = { attempts, backoff: { type: "exponential", delay: backoffMs } };
-    const opts = { ...retry, ...KEEP, priority: priorityFor(name, waitingOfUser) };
+    const opts = {
+      ...retry,
+      ...KEEP,
+      priority: priorityFor(name, waitingOfUser),
+      ...(jobId ? { jobId } : {}),
+    };
     if (name === "swap.edit") {
       const edit = payload as JobPayload<"swap.edit">;
       const concept = {

@@ -42,64 +42,54 @@ return 1`;
 const ABANDONED = `${NOW}
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))`;
 
-/** One job's delivery: the job and its creation time (ids start again at 1 if a queue is obliterated). */
-export interface DeliveryRef {
-  jobId: string;
-  createdAt: string;
-}
-
-export type ClaimOutcome = "first" | "redelivery" | undefined;
-
-export class DeliveryClaims {
+/**
+ * Claims with a lease on named pieces of work (`members`), taken by one process at a time: `take` gives
+ * the first claim or an abandoned one (its holder stopped renewing), `confirm` ends it for good. Result
+ * deliveries use it (DeliveryClaims), and so do chat commands between their acknowledgement and their
+ * job (src/commands/pending.ts).
+ */
+export class LeasedClaims {
   /** This process, as claims name their holder. */
   readonly owner = randomUUID();
 
+  /**
+   * @param claimKey the key that holds one member's claim (`pending:<process>`, then `done`)
+   * @param pendingKey the sorted set of unconfirmed members, scored by lease expiry (ms)
+   * @param ttlSeconds how long a claim is kept: longer than the work can come back
+   */
   constructor(
     private readonly redis: Redis,
-    private readonly keys: QueueKeys,
-    private readonly consumer: string,
+    private readonly claimKey: (member: string) => string,
+    private readonly pendingKey: string,
     readonly leaseMs: number,
+    private readonly ttlSeconds: number,
   ) {}
 
-  private claimKey({ jobId, createdAt }: DeliveryRef): string {
-    return this.keys.delivered(`${this.consumer}:${jobId}:${createdAt}`);
-  }
-
-  private get pendingKey(): string {
-    return this.keys.delivering(this.consumer);
-  }
-
-  /** Job ids never hold ':' (BullMQ refuses them), so the member splits back at its last one. */
-  static member({ jobId, createdAt }: DeliveryRef): string {
-    return `${jobId}:${createdAt}`;
-  }
-
-  /** Takes the claim: a first delivery, a redelivery of an abandoned one, or undefined (not ours). */
-  async take(ref: DeliveryRef): Promise<ClaimOutcome> {
+  /** Takes the claim: a first one, a retake of an abandoned one, or undefined (not ours). */
+  async take(member: string): Promise<ClaimOutcome> {
     const taken = Number(
       await this.redis.eval(
         TAKE,
         2,
-        this.claimKey(ref),
+        this.claimKey(member),
         this.pendingKey,
         this.owner,
         this.leaseMs,
-        CLAIM_TTL_SECONDS,
-        DeliveryClaims.member(ref),
+        this.ttlSeconds,
+        member,
       ),
     );
     return taken === 1 ? "first" : taken === 2 ? "redelivery" : undefined;
   }
 
-  /** Extends this process's lease while it is still delivering; false when the claim is no longer its. */
-  async renew(ref: DeliveryRef): Promise<boolean> {
-    const member = DeliveryClaims.member(ref);
+  /** Extends this process's lease while it is still at work; false when the claim is no longer its. */
+  async renew(member: string): Promise<boolean> {
     return (
       Number(
         await this.redis.eval(
           RENEW,
           2,
-          this.claimKey(ref),
+          this.claimKey(member),
           this.pendingKey,
           this.owner,
           this.leaseMs,
@@ -109,24 +99,80 @@ export class DeliveryClaims {
     );
   }
 
-  /** The result is out: nobody delivers it again. */
-  async confirm(ref: DeliveryRef): Promise<void> {
+  /** The work is done: nobody takes it again. */
+  async confirm(member: string): Promise<void> {
     await this.redis
       .multi()
-      .set(this.claimKey(ref), "done", "EX", CLAIM_TTL_SECONDS)
-      .zrem(this.pendingKey, DeliveryClaims.member(ref))
+      .set(this.claimKey(member), "done", "EX", this.ttlSeconds)
+      .zrem(this.pendingKey, member)
       .exec();
   }
 
+  /** Forgets an abandoned claim whose work no longer exists. */
+  async drop(member: string): Promise<void> {
+    await this.redis.zrem(this.pendingKey, member);
+  }
+
+  /** Members whose holder stopped renewing its lease (it died at work), oldest first. */
+  async abandoned(limit = 50): Promise<string[]> {
+    return (await this.redis.eval(ABANDONED, 1, this.pendingKey, limit)) as string[];
+  }
+}
+
+/** One job's delivery: the job and its creation time (ids start again at 1 if a queue is obliterated). */
+export interface DeliveryRef {
+  jobId: string;
+  createdAt: string;
+}
+
+export type ClaimOutcome = "first" | "redelivery" | undefined;
+
+/** The delivery claims of one consumer ("discord", "slack"), by job. */
+export class DeliveryClaims {
+  private readonly claims: LeasedClaims;
+
+  constructor(redis: Redis, keys: QueueKeys, consumer: string, leaseMs: number) {
+    this.claims = new LeasedClaims(
+      redis,
+      (member) => keys.delivered(`${consumer}:${member}`),
+      keys.delivering(consumer),
+      leaseMs,
+      CLAIM_TTL_SECONDS,
+    );
+  }
+
+  get leaseMs(): number {
+    return this.claims.leaseMs;
+  }
+
+  /** Job ids never hold ':' (BullMQ refuses them), so the member splits back at its last one. */
+  static member({ jobId, createdAt }: DeliveryRef): string {
+    return `${jobId}:${createdAt}`;
+  }
+
+  /** Takes the claim: a first delivery, a redelivery of an abandoned one, or undefined (not ours). */
+  take(ref: DeliveryRef): Promise<ClaimOutcome> {
+    return this.claims.take(DeliveryClaims.member(ref));
+  }
+
+  /** Extends this process's lease while it is still delivering; false when the claim is no longer its. */
+  renew(ref: DeliveryRef): Promise<boolean> {
+    return this.claims.renew(DeliveryClaims.member(ref));
+  }
+
+  /** The result is out: nobody delivers it again. */
+  confirm(ref: DeliveryRef): Promise<void> {
+    return this.claims.confirm(DeliveryClaims.member(ref));
+  }
+
   /** Forgets an abandoned claim whose job no longer exists (removed after its 7 days). */
-  async drop(ref: DeliveryRef): Promise<void> {
-    await this.redis.zrem(this.pendingKey, DeliveryClaims.member(ref));
+  drop(ref: DeliveryRef): Promise<void> {
+    return this.claims.drop(DeliveryClaims.member(ref));
   }
 
   /** Claims whose holder stopped renewing its lease (it died mid-delivery), oldest first. */
   async abandoned(limit = 50): Promise<DeliveryRef[]> {
-    const members = (await this.redis.eval(ABANDONED, 1, this.pendingKey, limit)) as string[];
-    return members.map((member) => {
+    return (await this.claims.abandoned(limit)).map((member) => {
       const at = member.lastIndexOf(":");
       return { jobId: member.slice(0, at), createdAt: member.slice(at + 1) };
     });

@@ -50,6 +50,7 @@ export function commandRequest(interaction: ChatInputCommandInteraction): Comman
   };
   for (const option of interaction.options.data) visit(option);
   return {
+    id: interaction.id,
     command: interaction.commandName,
     userId: interaction.user.id,
     conversation: conversationOf(interaction),

@@ -1,0 +1,88 @@
+// A command the bot acknowledged is not lost when the bot process is SIGKILLed before its job is queued
+// (issue 13). The bot runs in a child process; the fake Discord stalls the thread's "Sending to the
+// queue…" post — before Discord sees it, or after it created the message but before the bot hears back —
+// the last chat step before the enqueue, and the test kills the bot right there, with no cleanup of any
+// kind, then starts a new one. The command's record (src/commands/pending.ts) outlives the process: the
+// new bot resumes it from the steps it recorded (answer and thread done, progress message not), posts
+// the progress message (in the second case Discord answers with the first one, by its nonce) and queues
+// the job under the command's id. (Before the fix nothing recorded the command: no job, and a thread
+// saying "Sending to the queue…" for ever.)
+import type { ChildProcess } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { StallRule } from "../../../src/bots/discord/fake/server.js";
+import type { QueueClient } from "../../../src/queue/client.js";
+import type { ChatOrigin } from "../../../src/queue/jobs.js";
+import { lightweightPipelines } from "../../queue/support/pipelines.js";
+import { killBotProcess, startBotProcess } from "../support/bot-process.js";
+import { opt, type World, world } from "./support.js";
+
+const SENDING = "🕒 Sending to the queue";
+const SEED_OFFER = "**Pick a seed**";
+let w: World;
+/** A client on the world's queue, to look at the jobs the bot processes queued. */
+let queue: QueueClient;
+/** The bot process running now: each test kills it and leaves its successor to the next. */
+let running: ChildProcess | undefined;
+
+beforeAll(async () => {
+  w = await world();
+  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
+  queue = await w.h.client();
+});
+afterAll(async () => {
+  if (running) await killBotProcess(running);
+  await queue.close();
+  await w.close();
+});
+
+async function bot(): Promise<ChildProcess> {
+  running = await startBotProcess({
+    PLATFORM: "discord",
+    REDIS_URL: w.h.redis.url,
+    API_URL: w.fake.apiUrl,
+    BOT_TOKEN: w.fake.token,
+    DELIVERY_LEASE_MS: "1000",
+  });
+  return running;
+}
+
+const progressPost: StallRule["match"] = ({ route, json }) =>
+  route === "POST /channels/:id/messages" && String(json.content ?? "").startsWith(SENDING);
+
+/** The ids of the jobs queued for a thread. */
+async function jobsOf(thread: string): Promise<string[]> {
+  const jobs = await queue.queue.getJobs();
+  return jobs
+    .filter((job) => (job.data as { origin: ChatOrigin }).origin.thread === thread)
+    .map((j) => String(j.id));
+}
+
+describe.each([
+  { when: "before" as const, what: "before Discord sees the progress message" },
+  { when: "after" as const, what: "after Discord created the progress message, before the bot hears back" },
+])("a bot SIGKILLed between a command's thread and its job ($what)", ({ when }) => {
+  it("queues the job once after a restart, and the thread gets one progress message and one grid", async () => {
+    const first = running ?? (await bot());
+    const stalled = w.fake.stall({ when, match: progressPost });
+    const channel = w.fake.addTextChannel(`command-killed-${when}`);
+    const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
+    const thread = await w.thread(interaction);
+    await stalled;
+    await killBotProcess(first);
+    expect(await jobsOf(thread)).toEqual([]);
+    expect(w.posted(thread)).toHaveLength(when === "after" ? 1 : 0);
+
+    await bot();
+    const grid = await w.offer(thread, 1, 2);
+    // A moment for a second post or job, which must not come.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(await jobsOf(thread)).toEqual([`imagic-${interaction.id}`]);
+    // The grid does not wait for the progress message's last edit.
+    const done = "✅ Fine-tuned on your photo.";
+    await w.fake.waitFor("the progress message's last word", () => w.posted(thread)[0]?.content === done);
+    expect(w.posted(thread).slice(1)).toEqual([grid]);
+    expect(grid.content).toContain(SEED_OFFER);
+    // The public answer is the interaction's, posted by the first bot and not again.
+    expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toHaveLength(1);
+  });
+});
