@@ -148,6 +148,14 @@ export class DiscordAdapter implements ChatAdapter {
       });
       return { conversation: { channel: channel.id, thread: thread.id } };
     } catch (error) {
+      // Opened already (a command resumed after its process died before it heard back): a thread
+      // started from a message has that message's id.
+      if (
+        error instanceof DiscordAPIError &&
+        error.code === RESTJSONErrorCodes.ThreadAlreadyCreatedForMessage
+      ) {
+        return { conversation: { channel: channel.id, thread: on.id } };
+      }
       const why = error instanceof DiscordAPIError ? THREAD_REFUSALS[Number(error.code)] : undefined;
       if (why === undefined) throw error;
       return inChannel(why);

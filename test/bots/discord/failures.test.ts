@@ -281,9 +281,9 @@ describe("jobs that do not end well", () => {
     const queue = w.fake.runCommand({ name: "queue", user: w.author, channel });
     const lines = (await w.ephemeral(queue)).split("\n");
     expect(lines[0]).toMatch(
-      /^⏳ Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job \d+\)$/,
+      /^⏳ Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job [\w-]+\)$/,
     );
-    expect(lines[1]).toMatch(/^🕒 Imagic fine-tune: next in line .*\(job \d+\)$/);
+    expect(lines[1]).toMatch(/^🕒 Imagic fine-tune: next in line .*\(job [\w-]+\)$/);
 
     const inThread = w.fake.runCommand({
       name: "cancel",
@@ -291,7 +291,7 @@ describe("jobs that do not end well", () => {
       channel: w.fake.mustChannel(running),
     });
     expect(await w.ephemeral(inThread)).toMatch(
-      /^• imagic\.train \(job \d+\): stopping after the current step$/,
+      /^• imagic\.train \(job [\w-]+\): stopping after the current step$/,
     );
     const stopped = await w.postedStartingWith(running, "🛑");
     expect(stopped.content).toBe("🛑 Cancelled.");
@@ -301,7 +301,7 @@ describe("jobs that do not end well", () => {
     // job back), /cancel in the channel removes it from the queue and says so on its progress message.
     await w.h.stopWorkers();
     const everywhere = w.fake.runCommand({ name: "cancel", user: w.author, channel });
-    expect(await w.ephemeral(everywhere)).toMatch(/^• imagic\.train \(job \d+\): cancelled$/);
+    expect(await w.ephemeral(everywhere)).toMatch(/^• imagic\.train \(job [\w-]+\): cancelled$/);
     const removed = await w.postedStartingWith(waiting, "🛑");
     expect(removed.content).toBe("🛑 Cancelled before it started.");
   });

@@ -60,7 +60,7 @@ describe("archived threads", () => {
     await w.postedStartingWith(thread, "🕒 Imagic fine-tune: next in line");
     w.fake.archiveIdleThreads(Date.now() + 8 * DAY_MS);
     const cancel = w.fake.runCommand({ name: "cancel", user: w.author, channel: w.fake.mustChannel(thread) });
-    expect(await w.ephemeral(cancel)).toMatch(/^• imagic\.train \(job \d+\): cancelled$/);
+    expect(await w.ephemeral(cancel)).toMatch(/^• imagic\.train \(job [\w-]+\): cancelled$/);
     const said = await w.postedStartingWith(thread, "🛑");
     expect(said.content).toBe("🛑 Cancelled before it started.");
   });

@@ -345,9 +345,9 @@ describe("jobs that do not end well", () => {
     w.fake.command(w.author, channel, "/imagic", "queue");
     const lines = (await w.ephemeral(w.author, since)).split("\n");
     expect(lines[0]).toMatch(
-      /^⏳ Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job \d+\)$/,
+      /^⏳ Imagic fine-tune: optimizing the text embedding .* \d+\/400 .*\(job [\w-]+\)$/,
     );
-    expect(lines[1]).toMatch(/^🕒 Imagic fine-tune: next in line .*\(job \d+\)$/);
+    expect(lines[1]).toMatch(/^🕒 Imagic fine-tune: next in line .*\(job [\w-]+\)$/);
 
     // With no engine to run the waiting one (a worker that stops hands its job back), cancel removes it
     // from the queue and says so on its progress message; the running one stops after its step.
@@ -355,7 +355,7 @@ describe("jobs that do not end well", () => {
     w.fake.command(w.author, channel, "/imagic", "cancel");
     const said = await w.ephemeral(w.author, since);
     expect(said).toMatch(
-      /^• imagic\.train \(job \d+\): stopping after the current step\n• imagic\.train \(job \d+\): cancelled$/,
+      /^• imagic\.train \(job [\w-]+\): stopping after the current step\n• imagic\.train \(job [\w-]+\): cancelled$/,
     );
     expect((await w.postedStartingWith(channel, runningThread, "🛑")).text).toBe("🛑 Cancelled.");
     expect((await w.postedStartingWith(waiting.channel, waitingThread, "🛑")).text).toBe(
