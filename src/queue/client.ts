@@ -516,28 +516,18 @@ export class QueueClient {
       | { name: "completed"; event: QueueClientEvents["completed"][0] }
       | { name: "failed"; event: QueueClientEvents["failed"][0] },
   ): Promise<void> {
-    const claims = this.claims;
-    const renewal = claims
-      ? setInterval(
-          () =>
-            void claims
-              .renew(ref)
-              .catch((err: unknown) =>
-                log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
-              ),
-          claims.leaseMs / 3,
-        )
-      : undefined;
-    try {
+    const run = async () => {
       const listeners = this.events.listeners(end.name) as Array<(event: typeof end.event) => unknown>;
       const outcomes = await Promise.allSettled(listeners.map(async (listener) => listener(end.event)));
       for (const outcome of outcomes)
         if (outcome.status === "rejected")
           log.error({ err: outcome.reason, jobId: ref.jobId }, `${end.name} listener failed`);
-      await claims?.confirm(ref);
-    } finally {
-      clearInterval(renewal);
-    }
+    };
+    if (!this.claims) return run();
+    await this.claims.whileHeld(ref, run, (err) =>
+      log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
+    );
+    await this.claims.confirm(ref);
   }
 
   /** Delivers again the results whose delivering process died before it confirmed them. */
