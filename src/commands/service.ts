@@ -25,7 +25,7 @@ import type {
   ReactionEvent,
 } from "./chat.js";
 import { parseImagic, parseSwap } from "./parse.js";
-import { type Choice, type PickRecord, PickStore } from "./picks.js";
+import { type Choice, type PickRecord, type PickRef, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
@@ -47,6 +47,8 @@ export interface ChatCommandsOptions {
   positionRefreshMs?: number;
   /** How long one bot process keeps editing a job's progress message after its last edit (30 s). */
   progressLeaseMs?: number;
+  /** How long a process that acts on a pick may go silent before another takes the pick over (30 s). */
+  pickLeaseMs?: number;
 }
 
 type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
@@ -71,12 +73,15 @@ export class ChatCommands {
    * process that dies mid-post has its deliveries redone, idempotently (PostOnce).
    */
   private readonly handling = new Set<Promise<void>>();
+  /** Picks this process is acting on ("message:index"), which its sweep for abandoned picks leaves alone. */
+  private readonly picking = new Set<string>();
+  private pickSweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: ChatCommandsOptions) {
     this.adapter = options.adapter;
     this.queue = options.queue;
     this.blobs = options.blobs;
-    this.picks = new PickStore(options.redis, options.adapter.platform);
+    this.picks = new PickStore(options.redis, options.adapter.platform, options.pickLeaseMs ?? 30_000);
     this.progress = new ProgressMessages({
       adapter: options.adapter,
       redis: options.redis,
@@ -106,6 +111,14 @@ export class ChatCommands {
     this.queue.events.on("completed", this.listeners.completed);
     this.queue.events.on("failed", this.listeners.failed);
     await this.queue.listen();
+    // Picks a dead process claimed and never finished: taken over now, and every half lease.
+    const sweep = () =>
+      void this.retryAbandonedPicks().catch((err: unknown) =>
+        this.log.warn({ err }, "looking for abandoned picks failed"),
+      );
+    sweep();
+    this.pickSweeper = setInterval(sweep, this.picks.leaseMs / 2);
+    this.pickSweeper.unref();
   }
 
   /**
@@ -113,6 +126,7 @@ export class ChatCommands {
    * process edits back to the others.
    */
   async stop(): Promise<void> {
+    clearInterval(this.pickSweeper);
     await this.queue.unlisten();
     this.queue.events.off("progress", this.listeners.progress);
     this.queue.events.off("completed", this.listeners.completed);
@@ -283,9 +297,14 @@ export class ChatCommands {
   }
 
   /** Enqueues a job that reports on `progress`; a refusal (a limit, an expired input) is said there. */
-  private async enqueueOn(progress: MessageRef, name: JobName, input: unknown): Promise<string | undefined> {
+  private async enqueueOn(
+    progress: MessageRef,
+    name: JobName,
+    input: unknown,
+    fixedId?: string,
+  ): Promise<string | undefined> {
     try {
-      const { jobId, position } = await this.queue.enqueue(name, input);
+      const { jobId, position } = await this.queue.enqueue(name, input, fixedId ? { jobId: fixedId } : {});
       this.showPosition(jobId, progress, position);
       return jobId;
     } catch (error) {
@@ -594,29 +613,70 @@ export class ChatCommands {
     const index = choiceIndex(event.emoji, record.choices.length);
     const choice = index === undefined ? undefined : record.choices[index];
     if (index === undefined || !choice) return;
-    if (!(await this.picks.claim(event.message.id, index))) return;
+    const pick = { messageId: event.message.id, index };
+    const claim = await this.picks.claim(pick);
+    if (claim) await this.actOnPick(pick, record, choice, claim === "retry");
+  }
+
+  /**
+   * Renders a seed pick's sweep or posts a final pick's image, under the pick's claim. Every step may be
+   * done again by a process that takes over the claim (`retry`): the posts are single (PostOnce), the
+   * render job has a fixed id. The claim is done only after, so a process that dies midway loses nothing.
+   */
+  private async actOnPick(pick: PickRef, record: PickRecord, choice: Choice, retry: boolean): Promise<void> {
+    const id = pickId(this.adapter.platform, pick);
+    this.picking.add(id);
     try {
-      if (record.kind === "seed") await this.renderSweep(record, choice);
-      else await this.postFinal(record, choice);
+      await this.picks.whileClaimed(
+        pick,
+        () =>
+          record.kind === "seed"
+            ? this.renderSweep(record, choice, id, retry)
+            : this.postFinal(record, choice, postOnce(id, "final", retry)),
+        (err) => this.log.warn({ err, pick }, "could not renew a pick's claim"),
+      );
+      await this.picks.done(pick);
     } catch (error) {
-      await this.picks.release(event.message.id, index);
+      await this.picks.release(pick);
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.post(record.conversation, {
         text: `⚠️ ${this.adapter.mention(record.userId)} ${error.message}`,
         notify: [record.userId],
       });
+    } finally {
+      this.picking.delete(id);
     }
   }
 
-  private async renderSweep(record: PickRecord, choice: Choice): Promise<void> {
+  /** Acts on the picks whose process died before it was done with them (the user's reaction stands). */
+  private async retryAbandonedPicks(): Promise<void> {
+    for (const pick of await this.picks.abandoned()) {
+      if (this.picking.has(pickId(this.adapter.platform, pick))) continue;
+      const record = await this.picks.get(pick.messageId);
+      const choice = record?.choices[pick.index];
+      if (!record || !choice) {
+        await this.picks.drop(pick);
+        continue;
+      }
+      if (!(await this.picks.claim(pick))) continue;
+      this.log.info({ pick }, "acting on a pick again: the process that took it died before it was done");
+      await this.actOnPick(pick, record, choice, true).catch((err: unknown) =>
+        this.log.error({ err, pick }, "acting on an abandoned pick failed"),
+      );
+    }
+  }
+
+  /** Queues the η sweep of a seed pick as job `id` (a fixed id: queued once however often this runs). */
+  private async renderSweep(record: PickRecord, choice: Choice, id: string, retry: boolean): Promise<void> {
     const mention = this.adapter.mention(record.userId);
     const stateBlobId = record.stateBlobId ?? "";
     if ((await this.blobs.touch([stateBlobId])).length > 0) {
-      return this.postExpired(record, "the fine-tune of this edit");
+      return this.postExpired(record, "the fine-tune of this edit", postOnce(id, "expired", retry));
     }
     const { etas, guidance, steps } = record.sweep ?? this.sweepSettings(undefined);
     const progress = await this.adapter.post(record.conversation, {
       text: `🕒 ${mention} rendering seed ${choice.seed} at ${etas.map(etaLabel).join(", ")}…`,
+      once: postOnce(id, "progress", retry),
     });
     await this.progress.adopt(progress);
     const origin: ChatOrigin = {
@@ -639,14 +699,14 @@ export class ChatCommands {
       "EX",
       30 * 86_400,
     );
-    await this.enqueueOn(progress, "imagic.render", payload);
+    await this.enqueueOn(progress, "imagic.render", payload, id);
   }
 
-  private async postFinal(record: PickRecord, choice: Choice): Promise<void> {
+  private async postFinal(record: PickRecord, choice: Choice, once: PostOnce): Promise<void> {
     const mention = this.adapter.mention(record.userId);
     const bytes = await this.blobs.get(choice.blobId);
     if (!bytes) {
-      return this.postExpired(record, "this image");
+      return this.postExpired(record, "this image", { ...once, role: "expired" });
     }
     const label =
       choice.label ??
@@ -659,12 +719,19 @@ export class ChatCommands {
         this.adapter.limits.maxTextLength,
       ),
       images: [image],
+      once,
     });
   }
 }
 
 /** One post of a job's end (its roles: "grid", "expired", "last"). */
 const postOnce = (job: string, role: string, retry: boolean): PostOnce => ({ job, role, retry });
+
+/**
+ * A pick, as its posts and its render job are named: the same for every attempt at it. BullMQ job ids
+ * hold no ':' and are not all digits; message ids (Discord snowflakes, Slack timestamps) hold neither.
+ */
+const pickId = (platform: string, { messageId, index }: PickRef) => `pick-${platform}-${messageId}-${index}`;
 
 const renderPromptKey = (platform: string, messageId: string) =>
   `pe:chat:render-prompt:${platform}:${messageId}`;

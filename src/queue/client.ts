@@ -188,8 +188,19 @@ export class QueueClient {
   /**
    * Validates and enqueues a job. Throws UserFacingError (unknown type, bad or oversized payload,
    * expired blob, user over the cap) with a message for the user; nothing is enqueued then.
+   *
+   * With a `jobId` the enqueue is idempotent: when a job of that id exists already (an earlier attempt
+   * that died before it could say so), that job is the answer and nothing is added.
    */
-  async enqueue<N extends JobName>(name: N | string, input: unknown): Promise<EnqueueResult> {
+  async enqueue<N extends JobName>(
+    name: N | string,
+    input: unknown,
+    { jobId: fixedId }: { jobId?: string } = {},
+  ): Promise<EnqueueResult> {
+    if (fixedId && (await this.queue.getJob(fixedId))) {
+      log.info({ jobId: fixedId, name }, "job enqueued already");
+      return { jobId: fixedId, position: await this.position(fixedId) };
+    }
     const parsed = parsePayload<N>(name, input);
     const payload = parsed.payload as AnyPayload;
     const refs = referencedBlobs(parsed.name, parsed.payload);
@@ -209,7 +220,7 @@ export class QueueClient {
         );
       }
       const waiting = inFlight.filter((j) => j.state !== "active").length - 1;
-      const jobId = await this.add(parsed.name, payload, waiting);
+      const jobId = await this.add(parsed.name, payload, waiting, fixedId);
       await this.redis.multi().zrem(userKey, reservation).zadd(userKey, Date.now(), jobId).exec();
       log.info({ jobId, name: parsed.name, userId: payload.userId }, "job enqueued");
       return { jobId, position: await this.position(jobId) };
@@ -218,10 +229,21 @@ export class QueueClient {
     }
   }
 
-  private async add(name: JobName, payload: AnyPayload, waitingOfUser: number): Promise<string> {
+  private async add(
+    name: JobName,
+    payload: AnyPayload,
+    waitingOfUser: number,
+    jobId: string | undefined,
+  ): Promise<string> {
     const { attempts, backoffMs } = this.options.retry ?? { attempts: 3, backoffMs: 5_000 };
     const retry = { attempts, backoff: { type: "exponential", delay: backoffMs } };
-    const opts = { ...retry, ...KEEP, priority: priorityFor(name, waitingOfUser) };
+    // BullMQ adds nothing under an id it holds already, so a fixed id is taken once even in a race.
+    const opts = {
+      ...retry,
+      ...KEEP,
+      priority: priorityFor(name, waitingOfUser),
+      ...(jobId ? { jobId } : {}),
+    };
     if (name === "swap.edit") {
       const edit = payload as JobPayload<"swap.edit">;
       const concept = {
