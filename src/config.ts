@@ -112,6 +112,14 @@ const SETTINGS = {
     expects: "auto|cuda|webgpu|cpu",
   },
   ENGINE_DTYPE: { schema: z.enum(["auto", "fp32", "fp16"]).default("auto"), expects: "auto|fp32|fp16" },
+  /**
+   * The training graphs' compute dtype (mixed precision: loss and gradients stay fp32). auto: fp16 on the
+   * CUDA provider, where it was measured faster and smaller (Imagic balanced on the H200: first grid 80.4 s
+   * vs 93.9 s in fp32, and the whole job fits a 16 GiB card only with it; docs/PERFORMANCE.md); fp32 on the
+   * CPU, which has no fp16 arithmetic (2.4× slower, docs/IMAGIC.md), and on WebGPU, where it saved no
+   * memory and 4 % of the time in its one run (docs/PERFORMANCE.md, Imagic on WebGPU).
+   */
+  ENGINE_TRAIN_DTYPE: { schema: z.enum(["auto", "fp32", "fp16"]).default("auto"), expects: "auto|fp32|fp16" },
   ENGINE_HTTP_PORT: { schema: int(0, 65535).default(9464), expects: "a TCP port 0-65535 (0 disables)" },
   ENGINE_LOCK_SECONDS: {
     schema: int(5).default(120),

@@ -5,8 +5,10 @@ import { parseSize } from "../spec/shape.js";
 
 export type DeviceFlag = Config["engineDevice"];
 export type DtypeFlag = Config["engineDtype"];
+export type TrainDtypeFlag = Config["engineTrainDtype"];
 
 const DEVICES = ["auto", "cpu", "webgpu", "cuda"] satisfies DeviceFlag[];
+const TRAIN_DTYPES = ["auto", "fp32", "fp16"] satisfies TrainDtypeFlag[];
 
 /** `--device`: the execution provider, overriding ENGINE_DEVICE. */
 export function deviceOption(): Option {
@@ -27,13 +29,24 @@ export function dtypeOption(): Option {
   ] satisfies DtypeFlag[]);
 }
 
-/** `--train-dtype`: the compute dtype of the training graphs (fp16: mixed precision, loss and gradients fp32). */
+/**
+ * `--train-dtype`: the compute dtype of the training graphs (fp16: mixed precision, loss and gradients
+ * fp32), overriding ENGINE_TRAIN_DTYPE.
+ */
 export function trainDtypeOption(what = "training"): Option {
   return new Option(
     "--train-dtype <dtype>",
-    `compute dtype of ${what} (fp16: mixed precision, loss and gradients fp32)`,
+    `compute dtype of ${what} (fp16: mixed precision, loss and gradients fp32; auto: fp16 on cuda; default: ENGINE_TRAIN_DTYPE)`,
+  ).choices(TRAIN_DTYPES);
+}
+
+/** A benchmark's `--train-dtype`: fp32 unless named, so that a run measures what its command line says. */
+export function benchTrainDtypeOption(): Option {
+  return new Option(
+    "--train-dtype <dtype>",
+    "compute dtype of the training graphs (mixed precision: fp16; auto: fp16 on cuda)",
   )
-    .choices(["fp32", "fp16"])
+    .choices(TRAIN_DTYPES)
     .default("fp32");
 }
 

@@ -99,8 +99,12 @@ export interface LoadOptions {
   /** Stops a download in progress (shutdown during start-up). */
   signal?: AbortSignal;
   onProgress?: (p: { file: string; received: number; total: number }) => void;
-  /** Compute dtype of the loss-and-gradient graphs (default fp32; the loss and gradients stay fp32). */
-  trainDtype?: "fp32" | "fp16";
+  /**
+   * Compute dtype of the loss-and-gradient graphs (the loss and gradients stay fp32). auto: fp16 on the
+   * CUDA provider only (see `trainComputeDtype`). Default fp32: a caller of the engine gets full-precision
+   * training unless it asks; the app passes ENGINE_TRAIN_DTYPE (default auto) through `modelLoadOptions`.
+   */
+  trainDtype?: "fp32" | "fp16" | "auto";
   /** Where compiled graphs (ONNX + external weights) are cached across restarts (default: the OS temp folder). */
   graphCacheDir?: string;
   /**
@@ -161,7 +165,8 @@ export class StableDiffusion {
   /** The last session build started (see `open`). */
   private building: Promise<unknown> = Promise.resolve();
   private readonly unetDtype: ComputeDType;
-  private readonly trainDtype: ComputeDType;
+  /** The loss-and-gradient graphs' compute dtype (LoadOptions.trainDtype resolved for the device). */
+  readonly trainDtype: ComputeDType;
   /** Stands for the weights in graph cache keys: the runtime's cache hashes structure, not weight bytes. */
   private readonly fingerprint: string;
   /** The memory budget of a full-weight fine-tune (LoadOptions.maxTrainBytes). */
@@ -173,14 +178,14 @@ export class StableDiffusion {
     readonly device: "cuda" | "webgpu" | "cpu",
     dtype: "fp32" | "fp16" | "auto",
     private readonly graphCacheDir: string | undefined,
-    trainDtype: "fp32" | "fp16" = "fp32",
+    trainDtype: "fp32" | "fp16" | "auto" = "fp32",
     maxTrainBytes?: number,
     /** Lets go of the hub snapshot (its cleanup waits while we hold it). */
     private readonly releaseModel: () => Promise<void> = async () => {},
   ) {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
-    this.trainDtype = trainDtype === "fp16" ? "float16" : "float32";
+    this.trainDtype = trainComputeDtype(trainDtype, device);
     this.fingerprint = weightsFingerprint(ckpt);
     this.unetDtype = unetComputeDtype(dtype, device);
   }
@@ -220,8 +225,7 @@ export class StableDiffusion {
       await model.release();
       throw err;
     }
-    log.info({ model: pathOrId, device, dtype, weights: ckpt.unet.weightsFile }, "model opened");
-    return new StableDiffusion(
+    const sd = new StableDiffusion(
       pathOrId,
       ckpt,
       device,
@@ -231,6 +235,11 @@ export class StableDiffusion {
       opts.maxTrainBytes,
       model.release,
     );
+    log.info(
+      { model: pathOrId, device, dtype, trainDtype: sd.trainDtype, weights: ckpt.unet.weightsFile },
+      "model opened",
+    );
+    return sd;
   }
 
   /** The VAE's down-sampling factor (8 for SD). */
@@ -741,6 +750,18 @@ interface LiveSession {
 /** The UNet's compute dtype: fp16 when asked for, or by default on a GPU. */
 function unetComputeDtype(dtype: "fp32" | "fp16" | "auto", device: Device): ComputeDType {
   return dtype === "fp16" || (dtype === "auto" && device !== "cpu") ? "float16" : "float32";
+}
+
+/**
+ * The training graphs' compute dtype for a setting on the resolved device. auto is fp16 on CUDA only:
+ * there fp16 training was measured faster and smaller (ENGINE_TRAIN_DTYPE in src/config.ts says by how
+ * much); the CPU has no fp16 arithmetic and WebGPU gained too little to leave fp32.
+ */
+export function trainComputeDtype(
+  setting: "fp32" | "fp16" | "auto",
+  device: "cuda" | "webgpu" | "cpu",
+): ComputeDType {
+  return setting === "fp16" || (setting === "auto" && device === "cuda") ? "float16" : "float32";
 }
 
 /** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */

@@ -16,6 +16,7 @@ export type ModelSettings = Pick<
   | "noProxy"
   | "engineDevice"
   | "engineDtype"
+  | "engineTrainDtype"
 > &
   Partial<Pick<Config, "engineMaxTrainBytes">>;
 
@@ -29,6 +30,7 @@ export function modelLoadOptions(settings: ModelSettings): LoadOptions {
   return {
     device: settings.engineDevice,
     dtype: settings.engineDtype,
+    trainDtype: settings.engineTrainDtype,
     maxTrainBytes: settings.engineMaxTrainBytes,
     cacheDir: settings.modelCacheDir,
     endpoint: settings.hfEndpoint,

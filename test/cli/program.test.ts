@@ -56,6 +56,20 @@ describe("CLI parsing", () => {
     expect(err).toBe("error: unknown option '--turbo'\n");
   });
 
+  it.each([
+    ["edit", "imagic"],
+    ["edit", "concept"],
+    ["edit", "swap"],
+    ["bench", "imagic"],
+    ["bench", "photoswap"],
+  ])("`%s %s --train-dtype bf16` is refused, naming the choices", async (...command) => {
+    const { err, error } = await parse([...command, "--train-dtype", "bf16"]);
+    expect(error).toMatchObject({ code: "commander.invalidArgument", exitCode: 1 });
+    expect(err).toBe(
+      "error: option '--train-dtype <dtype>' argument 'bf16' is invalid. Allowed choices are auto, fp32, fp16.\n",
+    );
+  });
+
   it("exits 1 with one line for an unknown subcommand when run as a program", async () => {
     const { code, stdout, stderr } = await runCli(["frobnicate"]);
     expect(code).toBe(1);

@@ -9,7 +9,7 @@ import path from "node:path";
 import { type Command, Option } from "commander";
 import { StableDiffusion } from "../../engine/index.js";
 import { UserFacingError } from "../../errors.js";
-import { benchDeviceOption } from "../options.js";
+import { benchDeviceOption, benchTrainDtypeOption, type TrainDtypeFlag } from "../options.js";
 import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
 import { sd15Shapes, tinyShapes } from "./sd.js";
@@ -17,7 +17,7 @@ import { sd15Shapes, tinyShapes } from "./sd.js";
 export interface PipelineBenchFlags {
   device: "auto" | "cpu" | "webgpu" | "cuda";
   dtype: "auto" | "fp32" | "fp16";
-  trainDtype: "fp32" | "fp16";
+  trainDtype: TrainDtypeFlag;
   stepsScale: string;
   tiny: boolean;
   json?: string;
@@ -33,11 +33,7 @@ export function pipelineBenchOptions(command: Command): Command {
         .choices(["auto", "fp32", "fp16"])
         .default("auto"),
     )
-    .addOption(
-      new Option("--train-dtype <dtype>", "compute dtype of the training graphs (mixed precision: fp16)")
-        .choices(["fp32", "fp16"])
-        .default("fp32"),
-    )
+    .addOption(benchTrainDtypeOption())
     .option("--steps-scale <f>", "run this fraction of each stage's steps (≥ 5 each) and extrapolate", "1")
     .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
     .option("--json <file>", "also write the results as JSON")
@@ -72,7 +68,7 @@ export class BenchRun {
       benchmark: name,
       device: sd.device,
       dtype: f.dtype,
-      trainDtype: f.trainDtype,
+      trainDtype: sd.trainDtype,
       tiny: f.tiny,
       stepsScale: parseStepsScale(f),
     };
@@ -114,7 +110,7 @@ export class BenchRun {
     const scale = parseStepsScale(f);
     return (
       `bench ${this.name}: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${sizes}, device ${sd.device}, ` +
-      `sampling ${f.dtype}, training ${f.trainDtype}, steps × ${scale}` +
+      `sampling ${f.dtype}, training ${sd.trainDtype}, steps × ${scale}` +
       (scale < 1 ? " (stage times extrapolated from the median step)" : "")
     );
   }

@@ -27,7 +27,14 @@ import {
   MAX_REFERENCES,
   MIN_REFERENCES,
 } from "../../spec/swap.js";
-import { type DeviceFlag, type DtypeFlag, deviceOption, dtypeOption, trainDtypeOption } from "../options.js";
+import {
+  type DeviceFlag,
+  type DtypeFlag,
+  deviceOption,
+  dtypeOption,
+  type TrainDtypeFlag,
+  trainDtypeOption,
+} from "../options.js";
 import { collect, num, openModel, progressReporter, readInput } from "./shared.js";
 
 /** The concept-learning flags `edit concept` and `edit swap` share. */
@@ -115,7 +122,7 @@ interface Flags extends ConceptFlags {
   model?: string;
   device?: DeviceFlag;
   dtype?: DtypeFlag;
-  trainDtype: "fp32" | "fp16";
+  trainDtype?: TrainDtypeFlag;
 }
 
 export function conceptCommand(): Command {

@@ -43,6 +43,7 @@ import {
   deviceOption,
   dtypeOption,
   sizeOption,
+  type TrainDtypeFlag,
   trainDtypeOption,
 } from "../options.js";
 import { num, openModel, progressReporter, readInput } from "./shared.js";
@@ -60,7 +61,7 @@ interface Flags {
   model?: string;
   device?: DeviceFlag;
   dtype?: DtypeFlag;
-  trainDtype: "fp32" | "fp16";
+  trainDtype?: TrainDtypeFlag;
   size?: Size;
   upscale: boolean;
   embeddingSteps?: string;
@@ -259,7 +260,7 @@ export function imagicCommand(): Command {
         const report = {
           model,
           device: sd.device,
-          dtype: { sampling: f.dtype ?? appConfig().engineDtype, training: f.trainDtype },
+          dtype: { sampling: f.dtype ?? appConfig().engineDtype, training: sd.trainDtype },
           prompt: state.prompt,
           workingSize: { width: state.width, height: state.height },
           content: state.content,

@@ -7,7 +7,7 @@ import { modelLoadOptions } from "../../engine/load-options.js";
 import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
-import type { DeviceFlag, DtypeFlag } from "../options.js";
+import type { DeviceFlag, DtypeFlag, TrainDtypeFlag } from "../options.js";
 
 const log = childLogger("edit-cli");
 
@@ -96,7 +96,7 @@ export async function openModel(f: {
   savedOn?: string;
   device?: DeviceFlag;
   dtype?: DtypeFlag;
-  trainDtype?: "fp32" | "fp16";
+  trainDtype?: TrainDtypeFlag;
 }): Promise<{ sd: StableDiffusion; model: string; fixture: boolean }> {
   const config = appConfig();
   const model = f.model ?? f.savedOn ?? config.model;
@@ -106,7 +106,7 @@ export async function openModel(f: {
     ...modelLoadOptions(config),
     device: f.device ?? config.engineDevice,
     dtype: f.dtype ?? config.engineDtype,
-    ...(f.trainDtype ? { trainDtype: f.trainDtype } : {}),
+    trainDtype: f.trainDtype ?? config.engineTrainDtype,
   });
   return { sd, model, fixture };
 }

@@ -42,6 +42,7 @@ import {
   deviceOption,
   dtypeOption,
   sizeOption,
+  type TrainDtypeFlag,
   trainDtypeOption,
 } from "../options.js";
 import { addConceptOptions, type ConceptFlags, conceptInputs, learnFromFlags } from "./concept.js";
@@ -71,7 +72,7 @@ interface Flags extends ConceptFlags {
   model?: string;
   device?: DeviceFlag;
   dtype?: DtypeFlag;
-  trainDtype: "fp32" | "fp16";
+  trainDtype?: TrainDtypeFlag;
 }
 
 /** Whole numbers from `lo` to `hi`, from a comma list (or the default). */

@@ -153,8 +153,18 @@ function modelFile(emitted: EmittedModel, device: ConcreteDevice, opts: SessionO
   mkdirSync(tmp, { recursive: true });
   const started = Date.now();
   writeFileSync(join(tmp, "model.onnx"), serializeExternal(emitted, join(tmp, "weights.bin"), "weights.bin"));
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(tmp, dir);
+  // Engines sharing a STATE_DIR may write the same graph at once. A folder with its model.onnx is
+  // complete (renames are atomic) and may be loading in another process: never remove it (the chaos
+  // run's two engines did, and one's session load failed: "External data path does not exist"). The
+  // loser of the rename drops its copy: the same structure hash, the same bytes.
+  if (!existsSync(file)) rmSync(dir, { recursive: true, force: true });
+  try {
+    renameSync(tmp, dir);
+  } catch (error) {
+    if (!existsSync(file)) throw error;
+    rmSync(tmp, { recursive: true, force: true });
+    return file;
+  }
   log.info({ dir, ms: Date.now() - started }, "graph written to cache");
   return file;
 }

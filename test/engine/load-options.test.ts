@@ -1,0 +1,61 @@
+/**
+ * The training graphs' compute dtype: ENGINE_TRAIN_DTYPE reaches `StableDiffusion.load` through
+ * `modelLoadOptions` (what the engine worker and the CLI's edits load with), and a setting resolves per
+ * provider — a pure function, so the CUDA and WebGPU rows run without a GPU.
+ */
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "../../src/config.js";
+import { StableDiffusion, trainComputeDtype } from "../../src/engine/index.js";
+import { modelLoadOptions } from "../../src/engine/load-options.js";
+
+const MODEL = "test/fixtures/models/sd1/model";
+const config = (env: Record<string, string>) => loadConfig(env, { envFile: false, isTTY: false });
+
+describe("trainComputeDtype", () => {
+  it.each([
+    ["auto", "cuda", "float16"],
+    ["auto", "webgpu", "float32"],
+    ["auto", "cpu", "float32"],
+    ["fp16", "cuda", "float16"],
+    ["fp16", "webgpu", "float16"],
+    ["fp16", "cpu", "float16"],
+    ["fp32", "cuda", "float32"],
+    ["fp32", "webgpu", "float32"],
+    ["fp32", "cpu", "float32"],
+  ] as const)("%s on %s computes in %s", (setting, device, expected) => {
+    expect(trainComputeDtype(setting, device)).toBe(expected);
+  });
+});
+
+describe("modelLoadOptions", () => {
+  it("passes ENGINE_TRAIN_DTYPE (auto unless set) beside ENGINE_DEVICE and ENGINE_DTYPE", () => {
+    expect(modelLoadOptions(config({}))).toMatchObject({ device: "auto", dtype: "auto", trainDtype: "auto" });
+    expect(
+      modelLoadOptions(config({ ENGINE_DEVICE: "cpu", ENGINE_DTYPE: "fp32", ENGINE_TRAIN_DTYPE: "fp16" })),
+    ).toMatchObject({ device: "cpu", dtype: "fp32", trainDtype: "fp16" });
+  });
+});
+
+describe("StableDiffusion.load's trainDtype", () => {
+  it.each([
+    [{}, "float32"], // the engine's own default: fp32 unless asked
+    [{ trainDtype: "auto" }, "float32"], // auto on the CPU, which has no fp16 arithmetic
+    [{ trainDtype: "fp16" }, "float16"],
+  ] as const)("%o on the CPU trains in %s, and pipelines' graph builders get it", async (opts, expected) => {
+    const sd = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32", ...opts });
+    try {
+      expect(sd.trainDtype).toBe(expected);
+      // The builder throws once it has seen its parts, so no graph is built or compiled.
+      let seen: string | undefined;
+      await expect(
+        sd.compile(`train-dtype-probe:${expected}`, ({ trainDtype }) => {
+          seen = trainDtype;
+          throw new Error("probe only");
+        }),
+      ).rejects.toThrow("probe only");
+      expect(seen).toBe(expected);
+    } finally {
+      await sd.close();
+    }
+  });
+});
