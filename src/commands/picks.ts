@@ -39,7 +39,7 @@ export interface PickRef {
   index: number;
 }
 
-/** Message ids (Discord snowflakes, Slack timestamps) hold no ':', so a member splits at its last one. */
+/** The index holds no ':' (Slack's message ids do), so a member splits back at its last one. */
 const member = ({ messageId, index }: PickRef) => `${messageId}:${index}`;
 
 export class PickStore {

@@ -729,9 +729,10 @@ const postOnce = (job: string, role: string, retry: boolean): PostOnce => ({ job
 
 /**
  * A pick, as its posts and its render job are named: the same for every attempt at it. BullMQ job ids
- * hold no ':' and are not all digits; message ids (Discord snowflakes, Slack timestamps) hold neither.
+ * may hold no ':', which Slack's message ids ("channel:ts") do: escaped (%3A), so no two picks collide.
  */
-const pickId = (platform: string, { messageId, index }: PickRef) => `pick-${platform}-${messageId}-${index}`;
+const pickId = (platform: string, { messageId, index }: PickRef) =>
+  `pick-${platform}-${encodeURIComponent(messageId)}-${index}`;
 
 const renderPromptKey = (platform: string, messageId: string) =>
   `pe:chat:render-prompt:${platform}:${messageId}`;
