@@ -11,6 +11,7 @@ import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import type { QueueClient } from "../../../src/queue/client.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
 import { killBotProcess } from "../support/bot-process.js";
+import { renderJobIds } from "../support/jobs.js";
 import { opt, startDiscordBotProcess, type World, world } from "./support.js";
 
 const RENDERING = "rendering seed";
@@ -38,18 +39,6 @@ async function bot(): Promise<ChildProcess> {
 const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").includes(RENDERING);
 
-async function renderJobs(): Promise<string[]> {
-  const jobs = await probe.queue.getJobs([
-    "completed",
-    "active",
-    "waiting",
-    "prioritized",
-    "delayed",
-    "failed",
-  ]);
-  return jobs.filter((job) => job.name === "imagic.render").map((job) => String(job.id));
-}
-
 describe.each([
   { when: "before" as const, what: "before Discord sees the sweep's progress message" },
   { when: "after" as const, what: "after Discord created it, before the bot hears back" },
@@ -59,7 +48,7 @@ describe.each([
     const channel = w.fake.addTextChannel(`pick-killed-${when}`);
     const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
     const grid = await w.offer(thread, 1, 2);
-    const before = await renderJobs();
+    const before = await renderJobIds(probe);
 
     const stalled = w.fake.stall({ when, match: progressPost });
     w.fake.react(w.author, grid.id, "2️⃣");
@@ -67,7 +56,7 @@ describe.each([
     await killBotProcess(first);
     const stalledPost = w.posted(thread).filter((m) => m.content.includes(RENDERING));
     expect(stalledPost).toHaveLength(when === "after" ? 1 : 0);
-    expect(await renderJobs()).toEqual(before);
+    expect(await renderJobIds(probe)).toEqual(before);
 
     await bot();
     const sweep = await w.offer(thread, 2, 5);
@@ -79,16 +68,16 @@ describe.each([
     const afterGrid = w.posted(thread).slice(w.posted(thread).indexOf(grid) + 1);
     expect(afterGrid).toHaveLength(2);
     const [progress] = afterGrid;
-    expect(progress?.content).toMatch(/rendering seed|Imagic render/);
+    expect(progress?.content).toMatch(/rendering seed|Imagic render|Rendered/);
     if (stalledPost[0]) expect(progress?.id).toBe(stalledPost[0].id);
     expect(afterGrid[1]).toBe(sweep);
-    const rendered = (await renderJobs()).filter((id) => !before.includes(id));
+    const rendered = (await renderJobIds(probe)).filter((id) => !before.includes(id));
     expect(rendered).toHaveLength(1);
     expect(w.posted(thread).filter((m) => m.reactions.size > 0)).toHaveLength(2);
 
     // Taken once: reacting again queues nothing more.
     w.fake.react(w.author, grid.id, "2️⃣");
     await new Promise((resolve) => setTimeout(resolve, 500));
-    expect((await renderJobs()).filter((id) => !before.includes(id))).toEqual(rendered);
+    expect((await renderJobIds(probe)).filter((id) => !before.includes(id))).toEqual(rendered);
   });
 });
