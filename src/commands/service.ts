@@ -73,7 +73,7 @@ export class ChatCommands {
    * process that dies mid-post has its deliveries redone, idempotently (PostOnce).
    */
   private readonly handling = new Set<Promise<void>>();
-  /** Picks this process is acting on ("message:index"), which its sweep for abandoned picks leaves alone. */
+  /** Picks this process is acting on (by pickId), which its sweep for abandoned picks leaves alone. */
   private readonly picking = new Set<string>();
   private pickSweeper: NodeJS.Timeout | undefined;
 
@@ -724,7 +724,7 @@ export class ChatCommands {
   }
 }
 
-/** One post of a job's end (its roles: "grid", "expired", "last"). */
+/** One post of a job's end (roles "grid", "expired", "last") or of a pick ("progress", "final", "expired"). */
 const postOnce = (job: string, role: string, retry: boolean): PostOnce => ({ job, role, retry });
 
 /**
