@@ -2,7 +2,7 @@
 // between does not lose a command it has already answered (Discord does not send an interaction twice).
 //
 // Once /imagic or /swap is acknowledged, its request is written to Redis under a claim with a lease
-// (LeasedClaims, as result deliveries use: src/queue/delivery.ts), renewed while the command runs. Each
+// (LeasedClaims, as result deliveries and picks use), renewed while the command runs. Each
 // step whose outcome must not happen twice (the photos stored, the public answer, the thread, the
 // progress message) records its outcome as it finishes. The job goes in under an id derived from the
 // command, and the record is cleared once it is queued (or the user was told why not). A process that
@@ -12,7 +12,7 @@
 import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { childLogger } from "../log.js";
-import { LeasedClaims } from "../queue/delivery.js";
+import { LeasedClaims } from "../queue/leased-claims.js";
 import type { CommandRequest } from "./chat.js";
 
 /** A pending command is resumed within leases; one a day old is only cleared. */
@@ -23,8 +23,6 @@ export type CommandStep = "blobs" | "answer" | "thread" | "progress";
 
 /** One acknowledged command until its job is queued: its request and the steps it has done. */
 export class PendingCommand {
-  private readonly renewal: NodeJS.Timeout;
-
   constructor(
     private readonly store: PendingCommands,
     /** Unique per command (the Discord interaction id); the job's id derives from it. */
@@ -33,10 +31,7 @@ export class PendingCommand {
     /** Run again from its record by another process (or this one) after its first run died. */
     readonly resumed: boolean,
     private readonly done: Partial<Record<CommandStep, string>>,
-  ) {
-    this.renewal = setInterval(() => void this.store.renew(this.id), this.store.leaseMs / 3);
-    this.renewal.unref();
-  }
+  ) {}
 
   /** The job this command enqueues: the same however often the command is resumed. */
   get jobId(): string {
@@ -60,7 +55,6 @@ export class PendingCommand {
 
   /** The command is over (its job queued, or the user told why not): nobody resumes it. */
   async close(): Promise<void> {
-    clearInterval(this.renewal);
     await this.store.clear(this.id);
   }
 }
@@ -79,7 +73,6 @@ export class PendingCommands {
       (id) => `pe:chat:command-claim:${platform}:${id}`,
       `pe:chat:commands-pending:${platform}`,
       leaseMs,
-      RECORD_TTL_SECONDS,
     );
     this.log = childLogger("commands", { platform });
   }
@@ -105,7 +98,7 @@ export class PendingCommands {
   async takeAbandoned(): Promise<PendingCommand[]> {
     const taken: PendingCommand[] = [];
     for (const id of await this.claims.abandoned()) {
-      if ((await this.claims.take(id)) !== "redelivery") continue;
+      if ((await this.claims.take(id)) !== "retry") continue;
       const { request, ...done } = await this.redis.hgetall(this.recordKey(id));
       if (!request) {
         await this.clear(id);
@@ -117,11 +110,11 @@ export class PendingCommands {
     return taken;
   }
 
-  async renew(id: string): Promise<void> {
-    const mine = await this.claims
-      .renew(id)
-      .catch((err: unknown) => this.log.warn({ err, command: id }, "could not renew a command's lease"));
-    if (mine === false) this.log.warn({ command: id }, "another process took over a command running here");
+  /** Runs `work` on `command`, renewing its lease meanwhile. */
+  whileHeld<T>(command: PendingCommand, work: () => Promise<T>): Promise<T> {
+    return this.claims.whileHeld(command.id, work, (err) =>
+      this.log.warn({ err, command: command.id }, "could not renew a command's lease"),
+    );
   }
 
   async record(id: string, step: CommandStep, outcome: string): Promise<void> {

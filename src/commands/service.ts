@@ -26,7 +26,7 @@ import type {
 } from "./chat.js";
 import { parseImagic, parseSwap } from "./parse.js";
 import { type PendingCommand, PendingCommands } from "./pending.js";
-import { type Choice, type PickRecord, PickStore } from "./picks.js";
+import { type Choice, type PickRecord, type PickRef, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
@@ -48,6 +48,8 @@ export interface ChatCommandsOptions {
   positionRefreshMs?: number;
   /** How long one bot process keeps editing a job's progress message after its last edit (30 s). */
   progressLeaseMs?: number;
+  /** How long a process that acts on a pick may go silent before another takes the pick over (30 s). */
+  pickLeaseMs?: number;
   /**
    * How long an acknowledged command whose job is not queued yet may go without its process renewing
    * its record before another process (or this one, restarted) resumes it (default 30 s; pending.ts).
@@ -68,7 +70,7 @@ export class ChatCommands {
   private readonly progress: ProgressMessages;
   private readonly pending: PendingCommands;
   /** Looks for commands whose process died before their job was queued. */
-  private sweeper: NodeJS.Timeout | undefined;
+  private commandSweeper: NodeJS.Timeout | undefined;
   private readonly imageLimits: ImageLimits;
   private readonly log;
   /** Position refreshers of waiting jobs this process enqueued, by job id. */
@@ -80,12 +82,15 @@ export class ChatCommands {
    * process that dies mid-post has its deliveries redone, idempotently (PostOnce).
    */
   private readonly handling = new Set<Promise<void>>();
+  /** Picks this process is acting on (by pickId), which its sweep for abandoned picks leaves alone. */
+  private readonly picking = new Set<string>();
+  private pickSweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: ChatCommandsOptions) {
     this.adapter = options.adapter;
     this.queue = options.queue;
     this.blobs = options.blobs;
-    this.picks = new PickStore(options.redis, options.adapter.platform);
+    this.picks = new PickStore(options.redis, options.adapter.platform, options.pickLeaseMs ?? 30_000);
     this.progress = new ProgressMessages({
       adapter: options.adapter,
       redis: options.redis,
@@ -123,13 +128,22 @@ export class ChatCommands {
     this.queue.events.on("completed", this.listeners.completed);
     this.queue.events.on("failed", this.listeners.failed);
     await this.queue.listen();
+    // Picks a dead process claimed and never finished: taken over now, and every half lease.
     const sweep = () =>
+      void this.retryAbandonedPicks().catch((err: unknown) =>
+        this.log.warn({ err }, "looking for abandoned picks failed"),
+      );
+    sweep();
+    this.pickSweeper = setInterval(sweep, this.picks.leaseMs / 2);
+    this.pickSweeper.unref();
+    // Commands whose process died before their job was queued: resumed now, and every half lease.
+    const resume = () =>
       void this.resumeAbandoned().catch((err: unknown) =>
         this.log.warn({ err }, "looking for abandoned commands failed"),
       );
-    sweep();
-    this.sweeper = setInterval(sweep, this.pending.leaseMs / 2);
-    this.sweeper.unref();
+    resume();
+    this.commandSweeper = setInterval(resume, this.pending.leaseMs / 2);
+    this.commandSweeper.unref();
   }
 
   /**
@@ -137,7 +151,8 @@ export class ChatCommands {
    * process edits back to the others.
    */
   async stop(): Promise<void> {
-    clearInterval(this.sweeper);
+    clearInterval(this.pickSweeper);
+    clearInterval(this.commandSweeper);
     await this.queue.unlisten();
     this.queue.events.off("progress", this.listeners.progress);
     this.queue.events.off("completed", this.listeners.completed);
@@ -195,7 +210,7 @@ export class ChatCommands {
     await reply.acknowledge();
     const command = resumed ?? (await this.pending.open(request));
     try {
-      await run(command);
+      await this.pending.whileHeld(command, () => run(command));
     } catch (error) {
       await this.tell(request, reply, error);
     } finally {
@@ -389,12 +404,12 @@ export class ChatCommands {
     progress: MessageRef,
     name: JobName,
     input: unknown,
-    jobId?: string,
+    fixedId?: string,
   ): Promise<string | undefined> {
     try {
-      const { jobId: queued, position } = await this.queue.enqueue(name, input, { jobId });
-      this.showPosition(queued, progress, position);
-      return queued;
+      const { jobId, position } = await this.queue.enqueue(name, input, fixedId ? { jobId: fixedId } : {});
+      this.showPosition(jobId, progress, position);
+      return jobId;
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
       await this.progress.finish(progress, `❌ Not started: ${error.message}`);
@@ -701,29 +716,70 @@ export class ChatCommands {
     const index = choiceIndex(event.emoji, record.choices.length);
     const choice = index === undefined ? undefined : record.choices[index];
     if (index === undefined || !choice) return;
-    if (!(await this.picks.claim(event.message.id, index))) return;
+    const pick = { messageId: event.message.id, index };
+    const claim = await this.picks.claim(pick);
+    if (claim) await this.actOnPick(pick, record, choice, claim === "retry");
+  }
+
+  /**
+   * Renders a seed pick's sweep or posts a final pick's image, under the pick's claim. Every step may be
+   * done again by a process that takes over the claim (`retry`): the posts are single (PostOnce), the
+   * render job has a fixed id. The claim is done only after, so a process that dies midway loses nothing.
+   */
+  private async actOnPick(pick: PickRef, record: PickRecord, choice: Choice, retry: boolean): Promise<void> {
+    const id = pickId(this.adapter.platform, pick);
+    this.picking.add(id);
     try {
-      if (record.kind === "seed") await this.renderSweep(record, choice);
-      else await this.postFinal(record, choice);
+      await this.picks.whileClaimed(
+        pick,
+        () =>
+          record.kind === "seed"
+            ? this.renderSweep(record, choice, id, retry)
+            : this.postFinal(record, choice, postOnce(id, "final", retry)),
+        (err) => this.log.warn({ err, pick }, "could not renew a pick's claim"),
+      );
+      await this.picks.done(pick);
     } catch (error) {
-      await this.picks.release(event.message.id, index);
+      await this.picks.release(pick);
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.post(record.conversation, {
         text: `⚠️ ${this.adapter.mention(record.userId)} ${error.message}`,
         notify: [record.userId],
       });
+    } finally {
+      this.picking.delete(id);
     }
   }
 
-  private async renderSweep(record: PickRecord, choice: Choice): Promise<void> {
+  /** Acts on the picks whose process died before it was done with them (the user's reaction stands). */
+  private async retryAbandonedPicks(): Promise<void> {
+    for (const pick of await this.picks.abandoned()) {
+      if (this.picking.has(pickId(this.adapter.platform, pick))) continue;
+      const record = await this.picks.get(pick.messageId);
+      const choice = record?.choices[pick.index];
+      if (!record || !choice) {
+        await this.picks.drop(pick);
+        continue;
+      }
+      if (!(await this.picks.claim(pick))) continue;
+      this.log.info({ pick }, "acting on a pick again: the process that took it died before it was done");
+      await this.actOnPick(pick, record, choice, true).catch((err: unknown) =>
+        this.log.error({ err, pick }, "acting on an abandoned pick failed"),
+      );
+    }
+  }
+
+  /** Queues the η sweep of a seed pick as job `id` (a fixed id: queued once however often this runs). */
+  private async renderSweep(record: PickRecord, choice: Choice, id: string, retry: boolean): Promise<void> {
     const mention = this.adapter.mention(record.userId);
     const stateBlobId = record.stateBlobId ?? "";
     if ((await this.blobs.touch([stateBlobId])).length > 0) {
-      return this.postExpired(record, "the fine-tune of this edit");
+      return this.postExpired(record, "the fine-tune of this edit", postOnce(id, "expired", retry));
     }
     const { etas, guidance, steps } = record.sweep ?? this.sweepSettings(undefined);
     const progress = await this.adapter.post(record.conversation, {
       text: `🕒 ${mention} rendering seed ${choice.seed} at ${etas.map(etaLabel).join(", ")}…`,
+      once: postOnce(id, "progress", retry),
     });
     await this.progress.adopt(progress);
     const origin: ChatOrigin = {
@@ -746,14 +802,14 @@ export class ChatCommands {
       "EX",
       30 * 86_400,
     );
-    await this.enqueueOn(progress, "imagic.render", payload);
+    await this.enqueueOn(progress, "imagic.render", payload, id);
   }
 
-  private async postFinal(record: PickRecord, choice: Choice): Promise<void> {
+  private async postFinal(record: PickRecord, choice: Choice, once: PostOnce): Promise<void> {
     const mention = this.adapter.mention(record.userId);
     const bytes = await this.blobs.get(choice.blobId);
     if (!bytes) {
-      return this.postExpired(record, "this image");
+      return this.postExpired(record, "this image", { ...once, role: "expired" });
     }
     const label =
       choice.label ??
@@ -766,12 +822,20 @@ export class ChatCommands {
         this.adapter.limits.maxTextLength,
       ),
       images: [image],
+      once,
     });
   }
 }
 
-/** One post of a job's end (its roles: "grid", "expired", "last"). */
+/** One post of a job's end (roles "grid", "expired", "last") or of a pick ("progress", "final", "expired"). */
 const postOnce = (job: string, role: string, retry: boolean): PostOnce => ({ job, role, retry });
+
+/**
+ * A pick, as its posts and its render job are named: the same for every attempt at it. BullMQ job ids
+ * may hold no ':', which Slack's message ids ("channel:ts") do: escaped (%3A), so no two picks collide.
+ */
+const pickId = (platform: string, { messageId, index }: PickRef) =>
+  `pick-${platform}-${encodeURIComponent(messageId)}-${index}`;
 
 const renderPromptKey = (platform: string, messageId: string) =>
   `pe:chat:render-prompt:${platform}:${messageId}`;

@@ -81,14 +81,6 @@ export interface JobPosition {
   etaSeconds?: number;
 }
 
-export interface EnqueueOptions {
-  /**
-   * The job's id instead of BullMQ's counter (no ':', not an integer): enqueueing under an id that
-   * exists returns that job, so work that may be redone (a resumed command) makes one job.
-   */
-  jobId?: string;
-}
-
 export interface EnqueueResult {
   jobId: string;
   position: JobPosition;
@@ -196,18 +188,21 @@ export class QueueClient {
   /**
    * Validates and enqueues a job. Throws UserFacingError (unknown type, bad or oversized payload,
    * expired blob, user over the cap) with a message for the user; nothing is enqueued then.
+   *
+   * With a `jobId` the enqueue is idempotent: when a job of that id exists already (an earlier attempt
+   * that died before it could say so), that job is the answer and nothing is added.
    */
   async enqueue<N extends JobName>(
     name: N | string,
     input: unknown,
-    options: EnqueueOptions = {},
+    { jobId: fixedId }: { jobId?: string } = {},
   ): Promise<EnqueueResult> {
+    if (fixedId && (await this.queue.getJob(fixedId))) {
+      log.info({ jobId: fixedId, name }, "job enqueued already");
+      return { jobId: fixedId, position: await this.position(fixedId) };
+    }
     const parsed = parsePayload<N>(name, input);
     const payload = parsed.payload as AnyPayload;
-    const { jobId: givenId } = options;
-    // A job enqueued again under its id (a command resumed after its bot died) is the same job.
-    if (givenId && (await this.queue.getJob(givenId)))
-      return { jobId: givenId, position: await this.position(givenId) };
     const refs = referencedBlobs(parsed.name, parsed.payload);
     const missing = new Set(await this.blobs.touch(refs.map((r) => r.id)));
     const expired = refs.find((r) => missing.has(r.id));
@@ -225,7 +220,7 @@ export class QueueClient {
         );
       }
       const waiting = inFlight.filter((j) => j.state !== "active").length - 1;
-      const jobId = await this.add(parsed.name, payload, waiting, givenId);
+      const jobId = await this.add(parsed.name, payload, waiting, fixedId);
       await this.redis.multi().zrem(userKey, reservation).zadd(userKey, Date.now(), jobId).exec();
       log.info({ jobId, name: parsed.name, userId: payload.userId }, "job enqueued");
       return { jobId, position: await this.position(jobId) };
@@ -238,10 +233,11 @@ export class QueueClient {
     name: JobName,
     payload: AnyPayload,
     waitingOfUser: number,
-    jobId?: string,
+    jobId: string | undefined,
   ): Promise<string> {
     const { attempts, backoffMs } = this.options.retry ?? { attempts: 3, backoffMs: 5_000 };
     const retry = { attempts, backoff: { type: "exponential", delay: backoffMs } };
+    // BullMQ adds nothing under an id it holds already, so a fixed id is taken once even in a race.
     const opts = {
       ...retry,
       ...KEEP,
@@ -542,28 +538,18 @@ export class QueueClient {
       | { name: "completed"; event: QueueClientEvents["completed"][0] }
       | { name: "failed"; event: QueueClientEvents["failed"][0] },
   ): Promise<void> {
-    const claims = this.claims;
-    const renewal = claims
-      ? setInterval(
-          () =>
-            void claims
-              .renew(ref)
-              .catch((err: unknown) =>
-                log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
-              ),
-          claims.leaseMs / 3,
-        )
-      : undefined;
-    try {
+    const run = async () => {
       const listeners = this.events.listeners(end.name) as Array<(event: typeof end.event) => unknown>;
       const outcomes = await Promise.allSettled(listeners.map(async (listener) => listener(end.event)));
       for (const outcome of outcomes)
         if (outcome.status === "rejected")
           log.error({ err: outcome.reason, jobId: ref.jobId }, `${end.name} listener failed`);
-      await claims?.confirm(ref);
-    } finally {
-      clearInterval(renewal);
-    }
+    };
+    if (!this.claims) return run();
+    await this.claims.whileHeld(ref, run, (err) =>
+      log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
+    );
+    await this.claims.confirm(ref);
   }
 
   /** Delivers again the results whose delivering process died before it confirmed them. */

@@ -56,7 +56,7 @@ export interface DiscordBotOptions {
   limits?: Partial<ChatLimits>;
   commands?: Pick<
     ChatCommandsOptions,
-    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs"
+    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs" | "pickLeaseMs"
   >;
 }
 

@@ -44,7 +44,7 @@ export interface SlackBotOptions extends QueueSide {
   limits?: Partial<ChatLimits>;
   commands?: Pick<
     ChatCommandsOptions,
-    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs"
+    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs" | "pickLeaseMs"
   >;
 }
 

@@ -10,8 +10,8 @@ import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess, startBotProcess } from "../support/bot-process.js";
-import { opt, type World, world } from "./support.js";
+import { killBotProcess } from "../support/bot-process.js";
+import { opt, startDiscordBotProcess, type World, world } from "./support.js";
 
 const SEED_OFFER = "**Pick a seed**";
 let w: World;
@@ -28,13 +28,7 @@ afterAll(async () => {
 });
 
 async function bot(): Promise<ChildProcess> {
-  running = await startBotProcess({
-    PLATFORM: "discord",
-    REDIS_URL: w.h.redis.url,
-    API_URL: w.fake.apiUrl,
-    BOT_TOKEN: w.fake.token,
-    DELIVERY_LEASE_MS: "1000",
-  });
+  running = await startDiscordBotProcess(w);
   return running;
 }
 

@@ -1,5 +1,6 @@
 // One world for the Discord tests: a fake Discord, a private Redis with the real queue and engine
 // worker (pipelines chosen per test), and the real bot (discord.js) between them.
+import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { type DiscordBot, startDiscordBot } from "../../../src/bots/discord/bot.js";
 import {
@@ -17,6 +18,7 @@ import type { ChatCommandsOptions } from "../../../src/commands/service.js";
 import type { QueueClient } from "../../../src/queue/client.js";
 import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
 import { type Harness, harness } from "../../queue/support/setup.js";
+import { startBotProcess } from "../support/bot-process.js";
 
 export const PHOTO = readFileSync(new URL("../../fixtures/images/chelsea.png", import.meta.url));
 
@@ -186,6 +188,20 @@ export async function world(options: WorldOptions = {}): Promise<World> {
     },
   };
   return w;
+}
+
+/**
+ * A bot in its own process (test/bots/support/bot-child.ts) on this world's fake and Redis, with 1 s
+ * leases, for the tests that SIGKILL it (killBotProcess).
+ */
+export function startDiscordBotProcess(w: World): Promise<ChildProcess> {
+  return startBotProcess({
+    PLATFORM: "discord",
+    REDIS_URL: w.h.redis.url,
+    API_URL: w.fake.apiUrl,
+    BOT_TOKEN: w.fake.token,
+    DELIVERY_LEASE_MS: "1000",
+  });
 }
 
 /** Option shapes as Discord sends them (type numbers of ApplicationCommandOptionType). */

@@ -9,9 +9,9 @@
 import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess, startBotProcess } from "../support/bot-process.js";
+import { killBotProcess } from "../support/bot-process.js";
 import type { SlackStallRule } from "./fake/server.js";
-import { type World, world } from "./support.js";
+import { startSlackBotProcess, type World, world } from "./support.js";
 
 const SEED_OFFER = "*Pick a seed*";
 let w: World;
@@ -28,14 +28,7 @@ afterAll(async () => {
 });
 
 async function bot(): Promise<ChildProcess> {
-  running = await startBotProcess({
-    PLATFORM: "slack",
-    REDIS_URL: w.h.redis.url,
-    API_URL: w.fake.apiUrl,
-    BOT_TOKEN: w.fake.botToken,
-    APP_TOKEN: w.fake.appToken,
-    DELIVERY_LEASE_MS: "1000",
-  });
+  running = await startSlackBotProcess(w);
   return running;
 }
 

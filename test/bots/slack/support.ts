@@ -1,6 +1,7 @@
 // One world for the Slack tests: a fake Slack, a private Redis with the real queue and engine worker
 // (pipelines chosen per test), and the real bot (Bolt + the WebClient) between them, in Socket Mode or
 // HTTP mode.
+import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { type SlackBot, startSlackBot } from "../../../src/bots/slack/bot.js";
 import type { ChatLimits } from "../../../src/commands/chat.js";
@@ -8,6 +9,7 @@ import type { ChatCommandsOptions } from "../../../src/commands/service.js";
 import type { QueueClient } from "../../../src/queue/client.js";
 import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
 import { freePort, type Harness, harness } from "../../queue/support/setup.js";
+import { startBotProcess } from "../support/bot-process.js";
 import type { Delivery } from "./fake/delivery.js";
 import {
   type FakeChannel,
@@ -197,4 +199,19 @@ export async function world(options: WorldOptions = {}): Promise<World> {
     },
   };
   return w;
+}
+
+/**
+ * A bot in its own process (test/bots/support/bot-child.ts) on this world's fake and Redis, in Socket
+ * Mode with 1 s leases, for the tests that SIGKILL it (killBotProcess).
+ */
+export function startSlackBotProcess(w: World): Promise<ChildProcess> {
+  return startBotProcess({
+    PLATFORM: "slack",
+    REDIS_URL: w.h.redis.url,
+    API_URL: w.fake.apiUrl,
+    BOT_TOKEN: w.fake.botToken,
+    APP_TOKEN: w.fake.appToken,
+    DELIVERY_LEASE_MS: "1000",
+  });
 }

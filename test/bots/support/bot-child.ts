@@ -1,6 +1,7 @@
 // A chat bot in its own process, for the tests that SIGKILL it mid-post: the Discord or Slack bot
 // (PLATFORM) on the fake at API_URL, with the queue side as `bot run` builds it, and short leases
-// (DELIVERY_LEASE_MS for result deliveries and pending commands, progress edits 1 s) so that a restarted bot takes over within seconds.
+// (DELIVERY_LEASE_MS for result deliveries, picks and pending commands, progress edits 1 s) so that a
+// restarted bot takes over within seconds.
 import { Redis } from "ioredis";
 import { startDiscordBot } from "../../../src/bots/discord/bot.js";
 import { startSlackBot } from "../../../src/bots/slack/bot.js";
@@ -25,7 +26,8 @@ const queue = new QueueClient({
   platform,
   deliveryLeaseMs: Number(env("DELIVERY_LEASE_MS")),
 });
-const commands = { progressLeaseMs: 1000, commandLeaseMs: Number(env("DELIVERY_LEASE_MS")) };
+const lease = Number(env("DELIVERY_LEASE_MS"));
+const commands = { progressLeaseMs: 1000, pickLeaseMs: lease, commandLeaseMs: lease };
 if (platform === "discord") {
   await startDiscordBot({
     token: env("BOT_TOKEN"),

@@ -1,0 +1,129 @@
+// Claims held under a lease: which process does a piece of work that must be done once (post a result,
+// act on a pick), and whether an earlier attempt may have done part of it.
+//
+// A claim is taken (`pending:<process>`, with a lease in a sorted set of pending claims) before the
+// work and confirmed (`done`) once it is done. A process that dies in between (SIGKILL, power loss)
+// stops renewing its lease; any process then finds the claim among the abandoned ones and does the
+// work again, told that it is a retry, so the work must be idempotent (a post named by PostOnce, a job
+// added under a fixed id).
+import { randomUUID } from "node:crypto";
+import type { Redis } from "ioredis";
+
+/** A claim is kept this long: longer than a job is kept (7 days), so a replay never acts twice. */
+const CLAIM_TTL_SECONDS = 30 * 86_400;
+
+// Redis's clock for every lease, so that processes on hosts with skewed clocks agree.
+const NOW = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+// KEYS: claim, pending set. ARGV: process, lease ms, ttl s, member.
+// 0: claimed elsewhere (done, or a live lease); 1: first attempt; 2: retry of an abandoned claim.
+const TAKE = `${NOW}
+local v = redis.call('GET', KEYS[1])
+local again = 0
+if v then
+  if string.sub(v, 1, 8) ~= 'pending:' then return 0 end
+  local leased = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[4]) or '0')
+  if leased > now then return 0 end
+  again = 1
+end
+redis.call('SET', KEYS[1], 'pending:' .. ARGV[1], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+return 1 + again`;
+
+// KEYS: claim, pending set. ARGV: process, lease ms, member.
+const RENEW = `${NOW}
+if redis.call('GET', KEYS[1]) ~= 'pending:' .. ARGV[1] then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[2]), ARGV[3])
+return 1`;
+
+// KEYS: pending set. ARGV: how many. The members whose lease has run out.
+const ABANDONED = `${NOW}
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))`;
+
+/** "first": nobody tried before; "retry": an earlier holder died before it confirmed; undefined: not ours. */
+export type TakeOutcome = "first" | "retry" | undefined;
+
+export class LeasedClaims {
+  /** This process, as claims name their holder. */
+  readonly owner = randomUUID();
+
+  /**
+   * @param claimKey the key that holds one member's claim
+   * @param pendingKey the sorted set of pending members, scored by when their lease runs out
+   */
+  constructor(
+    private readonly redis: Redis,
+    private readonly claimKey: (member: string) => string,
+    private readonly pendingKey: string,
+    readonly leaseMs: number,
+  ) {}
+
+  /** Takes the claim on `member`: a first attempt, a retry of an abandoned one, or undefined (not ours). */
+  async take(member: string): Promise<TakeOutcome> {
+    const taken = Number(
+      await this.redis.eval(
+        TAKE,
+        2,
+        this.claimKey(member),
+        this.pendingKey,
+        this.owner,
+        this.leaseMs,
+        CLAIM_TTL_SECONDS,
+        member,
+      ),
+    );
+    return taken === 1 ? "first" : taken === 2 ? "retry" : undefined;
+  }
+
+  /** Extends this process's lease while it still holds the claim; false when the claim is no longer its. */
+  async renew(member: string): Promise<boolean> {
+    return (
+      Number(
+        await this.redis.eval(
+          RENEW,
+          2,
+          this.claimKey(member),
+          this.pendingKey,
+          this.owner,
+          this.leaseMs,
+          member,
+        ),
+      ) === 1
+    );
+  }
+
+  /** Runs `work`, renewing the lease every third of it meanwhile (a failed renewal goes to `onError`). */
+  async whileHeld<T>(member: string, work: () => Promise<T>, onError: (err: unknown) => void): Promise<T> {
+    const renewal = setInterval(() => void this.renew(member).catch(onError), this.leaseMs / 3);
+    try {
+      return await work();
+    } finally {
+      clearInterval(renewal);
+    }
+  }
+
+  /** The work is done: nobody does it again. */
+  async confirm(member: string): Promise<void> {
+    await this.redis
+      .multi()
+      .set(this.claimKey(member), "done", "EX", CLAIM_TTL_SECONDS)
+      .zrem(this.pendingKey, member)
+      .exec();
+  }
+
+  /** Gives the claim back (the work failed in a way the user can retry): the next take is a first one. */
+  async release(member: string): Promise<void> {
+    await this.redis.multi().del(this.claimKey(member)).zrem(this.pendingKey, member).exec();
+  }
+
+  /** Forgets an abandoned claim whose work can no longer be done; its claim stays pending, not retried. */
+  async drop(member: string): Promise<void> {
+    await this.redis.zrem(this.pendingKey, member);
+  }
+
+  /** Members whose holder stopped renewing its lease (it died mid-work), oldest first. */
+  async abandoned(limit = 50): Promise<string[]> {
+    return (await this.redis.eval(ABANDONED, 1, this.pendingKey, limit)) as string[];
+  }
+}

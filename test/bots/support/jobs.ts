@@ -1,0 +1,15 @@
+// What the chat tests read back from the shared queue.
+import type { QueueClient } from "../../../src/queue/client.js";
+
+/** The ids of the η sweep render jobs in the queue, in whatever state (picks queue them). */
+export async function renderJobIds(queue: QueueClient): Promise<string[]> {
+  const jobs = await queue.queue.getJobs([
+    "completed",
+    "active",
+    "waiting",
+    "prioritized",
+    "delayed",
+    "failed",
+  ]);
+  return jobs.filter((job) => job.name === "imagic.render").map((job) => String(job.id));
+}
