@@ -400,19 +400,23 @@ export class ChatCommands {
   }
 
   /** Enqueues a job that reports on `progress`; a refusal (a limit, an expired input) is said there. */
+  /** Queues a job shown on `progress`; refused (the user's cap, a bad payload): says so there, undefined. */
   private async enqueueOn(
     progress: MessageRef,
     name: JobName,
     input: unknown,
-    fixedId?: string,
+    fixed?: { jobId: string; whenRefused: string },
   ): Promise<string | undefined> {
     try {
-      const { jobId, position } = await this.queue.enqueue(name, input, fixedId ? { jobId: fixedId } : {});
+      const { jobId, position } = await this.queue.enqueue(name, input, fixed ? { jobId: fixed.jobId } : {});
       this.showPosition(jobId, progress, position);
       return jobId;
     } catch (error) {
       if (!(error instanceof UserFacingError)) throw error;
-      await this.progress.finish(progress, `❌ Not started: ${error.message}`);
+      await this.progress.finish(
+        progress,
+        `❌ Not started: ${error.message}${fixed ? ` ${fixed.whenRefused}` : ""}`,
+      );
       return undefined;
     }
   }
@@ -730,15 +734,16 @@ export class ChatCommands {
     const id = pickId(this.adapter.platform, pick);
     this.picking.add(id);
     try {
-      await this.picks.whileClaimed(
+      const acted = await this.picks.whileClaimed(
         pick,
-        () =>
+        async () =>
           record.kind === "seed"
             ? this.renderSweep(record, choice, id, retry)
-            : this.postFinal(record, choice, postOnce(id, "final", retry)),
+            : (await this.postFinal(record, choice, postOnce(id, "final", retry)), true),
         (err) => this.log.warn({ err, pick }, "could not renew a pick's claim"),
       );
-      await this.picks.done(pick);
+      // A sweep the queue refused (the user's cap) is not a pick used up: the reaction may be made again.
+      await (acted ? this.picks.done(pick) : this.picks.release(pick));
     } catch (error) {
       await this.picks.release(pick);
       if (!(error instanceof UserFacingError)) throw error;
@@ -769,12 +774,21 @@ export class ChatCommands {
     }
   }
 
-  /** Queues the η sweep of a seed pick as job `id` (a fixed id: queued once however often this runs). */
-  private async renderSweep(record: PickRecord, choice: Choice, id: string, retry: boolean): Promise<void> {
+  /**
+   * Queues the η sweep of a seed pick as job `id` (a fixed id: queued once however often this runs);
+   * false when the queue refused it.
+   */
+  private async renderSweep(
+    record: PickRecord,
+    choice: Choice,
+    id: string,
+    retry: boolean,
+  ): Promise<boolean> {
     const mention = this.adapter.mention(record.userId);
     const stateBlobId = record.stateBlobId ?? "";
     if ((await this.blobs.touch([stateBlobId])).length > 0) {
-      return this.postExpired(record, "the fine-tune of this edit", postOnce(id, "expired", retry));
+      await this.postExpired(record, "the fine-tune of this edit", postOnce(id, "expired", retry));
+      return true;
     }
     const { etas, guidance, steps } = record.sweep ?? this.sweepSettings(undefined);
     const progress = await this.adapter.post(record.conversation, {
@@ -802,7 +816,11 @@ export class ChatCommands {
       "EX",
       30 * 86_400,
     );
-    await this.enqueueOn(progress, "imagic.render", payload, id);
+    const jobId = await this.enqueueOn(progress, "imagic.render", payload, {
+      jobId: id,
+      whenRefused: "Remove your reaction and react again to try once more.",
+    });
+    return jobId !== undefined;
   }
 
   private async postFinal(record: PickRecord, choice: Choice, once: PostOnce): Promise<void> {

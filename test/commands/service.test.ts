@@ -1,8 +1,9 @@
 // ChatCommands against the real queue and worker through the in-memory adapter: the flows need
 // nothing from Discord.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { CommandRequest } from "../../src/commands/chat.js";
 import { ChatCommands } from "../../src/commands/service.js";
+import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient } from "../../src/queue/client.js";
 import { lightweightPipelines } from "../queue/support/pipelines.js";
 import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
@@ -82,6 +83,29 @@ describe("ChatCommands with a console adapter", () => {
     expect(final.images?.[0]?.name).toBe("imagic-seed6-eta1.4.png");
     // Only one sweep: bob's reaction did nothing.
     expect(adapter.messages.filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
+  });
+
+  it("a sweep the queue refuses says why and leaves the pick open: reacting again renders it", async () => {
+    const before = adapter.messages.length;
+    const since = () => adapter.messages.slice(before);
+    await commands.handleCommand(imagic(), adapter.reply(channel));
+    const offer = (what: string) =>
+      until(what, () => since().find((m) => m.text.includes(what) && m.reactions.length > 0));
+    const grid = await offer("Pick a seed");
+
+    const cap = "you already have 3 jobs in the queue, the limit is 3; wait for one to finish";
+    const enqueue = vi.spyOn(queue, "enqueue").mockRejectedValueOnce(new UserFacingError(cap));
+    await commands.handleReaction({ userId: "ann", emoji: "1️⃣", message: grid.ref });
+    const refused = await until("the refusal", () => since().find((m) => m.text.includes("❌ Not started")));
+    expect(refused.text).toContain(
+      `❌ Not started: ${cap} Remove your reaction and react again to try once more.`,
+    );
+    enqueue.mockRestore();
+
+    await commands.handleReaction({ userId: "ann", emoji: "1️⃣", message: grid.ref });
+    const sweep = await offer("Pick the final image");
+    expect(sweep.text).toContain("seed 5");
+    expect(since().filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
   });
 
   it("answers bad input privately and posts nothing", async () => {
