@@ -381,7 +381,7 @@ export class ChatCommands {
       );
       await this.progress.adopt(progress);
       const origin: ChatOrigin = { platform: this.adapter.platform, ...conversation, message: progress.id };
-      const jobId = await this.enqueueOn(progress, job.name, job.payload(origin), command.jobId);
+      const jobId = await this.enqueueOn(progress, job.name, job.payload(origin), { jobId: command.jobId });
       if (jobId) this.log.info({ jobId, name: job.name, userId: request.userId }, "job started from chat");
     } catch (error) {
       const why =
@@ -399,13 +399,12 @@ export class ChatCommands {
     }
   }
 
-  /** Enqueues a job that reports on `progress`; a refusal (a limit, an expired input) is said there. */
   /** Queues a job shown on `progress`; refused (the user's cap, a bad payload): says so there, undefined. */
   private async enqueueOn(
     progress: MessageRef,
     name: JobName,
     input: unknown,
-    fixed?: { jobId: string; whenRefused: string },
+    fixed?: { jobId: string; whenRefused?: string },
   ): Promise<string | undefined> {
     try {
       const { jobId, position } = await this.queue.enqueue(name, input, fixed ? { jobId: fixed.jobId } : {});
@@ -415,7 +414,7 @@ export class ChatCommands {
       if (!(error instanceof UserFacingError)) throw error;
       await this.progress.finish(
         progress,
-        `❌ Not started: ${error.message}${fixed ? ` ${fixed.whenRefused}` : ""}`,
+        `❌ Not started: ${error.message}${fixed?.whenRefused ? ` ${fixed.whenRefused}` : ""}`,
       );
       return undefined;
     }
