@@ -272,6 +272,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosReport> {
         return;
       }
       case "restart-redis":
+        // An engine replaced after a kill checks Redis as it starts and exits when it cannot reach it
+        // (found by the CI run: "Cannot reach Redis", the run failed); a supervisor would start it
+        // again, the run waits for it instead.
+        await replacing;
         await system.restartRedis();
         redisPids.add(system.redisPid());
         return;
