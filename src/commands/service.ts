@@ -735,10 +735,11 @@ export class ChatCommands {
     try {
       const acted = await this.picks.whileClaimed(
         pick,
-        async () =>
-          record.kind === "seed"
-            ? this.renderSweep(record, choice, id, retry)
-            : (await this.postFinal(record, choice, postOnce(id, "final", retry)), true),
+        async () => {
+          if (record.kind === "seed") return this.renderSweep(record, choice, id, retry);
+          await this.postFinal(record, choice, postOnce(id, "final", retry));
+          return true;
+        },
         (err) => this.log.warn({ err, pick }, "could not renew a pick's claim"),
       );
       // A sweep the queue refused (the user's cap) is not a pick used up: the reaction may be made again.

@@ -27,7 +27,7 @@ export function tensorToRgb(image: Float32Array, width: number, height: number):
   for (let c = 0; c < 3; c++) {
     for (let i = 0; i < plane; i++) {
       const v = Math.round(((image[c * plane + i] as number) + 1) * 127.5);
-      out[3 * i + c] = v < 0 ? 0 : v > 255 ? 255 : v;
+      out[3 * i + c] = Math.min(255, Math.max(0, v));
     }
   }
   return out;
