@@ -10,6 +10,7 @@ import { childLogger } from "../log.js";
 import type { BlobStore } from "../queue/blobs.js";
 import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
+import { sweepAbandoned } from "../queue/leased-claims.js";
 import { getPreset } from "../spec/imagic.js";
 import { requestedSizeOptions } from "../spec/shape.js";
 import { chatImageLimits, type ImageLimits } from "../spec/upload.js";
@@ -128,22 +129,18 @@ export class ChatCommands {
     this.queue.events.on("completed", this.listeners.completed);
     this.queue.events.on("failed", this.listeners.failed);
     await this.queue.listen();
-    // Picks a dead process claimed and never finished: taken over now, and every half lease.
-    const sweep = () =>
-      void this.retryAbandonedPicks().catch((err: unknown) =>
-        this.log.warn({ err }, "looking for abandoned picks failed"),
-      );
-    sweep();
-    this.pickSweeper = setInterval(sweep, this.picks.leaseMs / 2);
-    this.pickSweeper.unref();
-    // Commands whose process died before their job was queued: resumed now, and every half lease.
-    const resume = () =>
-      void this.resumeAbandoned().catch((err: unknown) =>
-        this.log.warn({ err }, "looking for abandoned commands failed"),
-      );
-    resume();
-    this.commandSweeper = setInterval(resume, this.pending.leaseMs / 2);
-    this.commandSweeper.unref();
+    // Picks a dead process claimed and never finished, and commands whose process died before their
+    // job was queued: taken over now, and every half lease.
+    this.pickSweeper = sweepAbandoned(
+      this.picks.leaseMs,
+      () => this.retryAbandonedPicks(),
+      (err) => this.log.warn({ err }, "looking for abandoned picks failed"),
+    );
+    this.commandSweeper = sweepAbandoned(
+      this.pending.leaseMs,
+      () => this.resumeAbandoned(),
+      (err) => this.log.warn({ err }, "looking for abandoned commands failed"),
+    );
   }
 
   /**

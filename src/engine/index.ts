@@ -589,7 +589,7 @@ export class StableDiffusion {
 
   /** Releases every session (their device memory); the handles callers hold rebuild on their next run. */
   async release(): Promise<void> {
-    await this.evict(undefined);
+    await this.releaseWhere(() => true);
   }
 
   /** Releases the sessions and the hold on the model's hub snapshot: the object is done with. */
@@ -655,7 +655,7 @@ export class StableDiffusion {
       try {
         session = await create();
       } catch (e) {
-        if (!(e instanceof DeviceMemoryError) || !(await this.evict(key))) throw e;
+        if (!(e instanceof DeviceMemoryError) || !(await this.releaseWhere((k) => k !== key))) throw e;
         log.warn(
           { model: this.modelId, key },
           "out of device memory building a session: released the others",
@@ -702,7 +702,7 @@ export class StableDiffusion {
           return await runOnce(feeds);
         } catch (e) {
           if (!(e instanceof DeviceMemoryError)) throw e;
-          if (await this.evict(key)) {
+          if (await this.releaseWhere((k) => k !== key)) {
             log.warn(
               { model: this.modelId, key },
               "out of device memory in a run: released the others, running again",
@@ -719,16 +719,16 @@ export class StableDiffusion {
         }
       },
       endProfiling: () => undefined, // the model's sessions are built without the profiler
-      release: () => this.evict(undefined, key).then(() => undefined),
+      release: () => this.releaseWhere((k) => k === key).then(() => undefined),
     };
   }
 
   /**
-   * Releases the built sessions (all, or only `only`'s) but `keep`'s, each after its runs in flight;
-   * whether there was any. The one being built (builds take turns) is not among them.
+   * Releases the built sessions whose key `which` picks, each after its runs in flight; whether there
+   * was any. The one being built (builds take turns) is not among them.
    */
-  private async evict(keep: string | undefined, only?: string): Promise<boolean> {
-    const idle = [...this.ready].filter(([key]) => key !== keep && (only === undefined || key === only));
+  private async releaseWhere(which: (key: string) => boolean): Promise<boolean> {
+    const idle = [...this.ready].filter(([key]) => which(key));
     for (const [key] of idle) {
       this.ready.delete(key);
       this.live.delete(key);

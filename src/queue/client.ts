@@ -24,6 +24,7 @@ import {
   referencedBlobs,
 } from "./jobs.js";
 import { QUEUE_NAME, type QueueKeys, queueKeys } from "./keys.js";
+import { sweepAbandoned } from "./leased-claims.js";
 import { bandScores, priorityFor } from "./priority.js";
 
 const log = childLogger("queue");
@@ -485,13 +486,11 @@ export class QueueClient {
     queueEvents.on("failed", ({ jobId }, id) => handle(id, () => this.deliverEnd(jobId, "failed")));
     await queueEvents.waitUntilReady();
     if (this.claims) {
-      const sweep = () =>
-        void this.redeliverAbandoned().catch((err: unknown) =>
-          log.warn({ err }, "looking for abandoned result deliveries failed"),
-        );
-      sweep();
-      this.sweeper = setInterval(sweep, this.claims.leaseMs / 2);
-      this.sweeper.unref();
+      this.sweeper = sweepAbandoned(
+        this.claims.leaseMs,
+        () => this.redeliverAbandoned(),
+        (err) => log.warn({ err }, "looking for abandoned result deliveries failed"),
+      );
     }
   }
 

@@ -41,6 +41,20 @@ return 1`;
 const ABANDONED = `${NOW}
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))`;
 
+/**
+ * Runs `resume` now and every half of `leaseMs` — how often each process looks for the claims whose
+ * holder died — a failure to `onError`. The timer it returns does not keep the process alive.
+ */
+export function sweepAbandoned(
+  leaseMs: number,
+  resume: () => Promise<void>,
+  onError: (err: unknown) => void,
+): NodeJS.Timeout {
+  const sweep = () => void resume().catch(onError);
+  sweep();
+  return setInterval(sweep, leaseMs / 2).unref();
+}
+
 /** "first": nobody tried before; "retry": an earlier holder died before it confirmed; undefined: not ours. */
 export type TakeOutcome = "first" | "retry" | undefined;
 
