@@ -7,22 +7,20 @@
 // the progress message (in the second case Discord answers with the first one, by its nonce) and queues
 // the job under the command's id. (Before the fix nothing recorded the command: no job, and a thread
 // saying "Sending to the queue…" for ever.)
-import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import type { QueueClient } from "../../../src/queue/client.js";
 import type { ChatOrigin } from "../../../src/queue/jobs.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess, startBotProcess } from "../support/bot-process.js";
-import { opt, type World, world } from "./support.js";
+import { botProcesses, killBotProcess } from "../support/bot-process.js";
+import { opt, startDiscordBotProcess, type World, world } from "./support.js";
 
 const SENDING = "🕒 Sending to the queue";
 const SEED_OFFER = "**Pick a seed**";
 let w: World;
 /** A client on the world's queue, to look at the jobs the bot processes queued. */
 let queue: QueueClient;
-/** The bot process running now: each test kills it and leaves its successor to the next. */
-let running: ChildProcess | undefined;
+const bots = botProcesses(() => startDiscordBotProcess(w));
 
 beforeAll(async () => {
   w = await world();
@@ -30,21 +28,10 @@ beforeAll(async () => {
   queue = await w.h.client();
 });
 afterAll(async () => {
-  if (running) await killBotProcess(running);
+  await bots.close();
   await queue.close();
   await w.close();
 });
-
-async function bot(): Promise<ChildProcess> {
-  running = await startBotProcess({
-    PLATFORM: "discord",
-    REDIS_URL: w.h.redis.url,
-    API_URL: w.fake.apiUrl,
-    BOT_TOKEN: w.fake.token,
-    DELIVERY_LEASE_MS: "1000",
-  });
-  return running;
-}
 
 const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").startsWith(SENDING);
@@ -73,7 +60,7 @@ describe.each([
   },
 ])("a bot SIGKILLed between a command's answer and its job ($what)", ({ when, match }) => {
   it("queues the job once after a restart, and the thread gets one progress message and one grid", async () => {
-    const first = running ?? (await bot());
+    const first = await bots.current();
     const stalled = w.fake.stall({ when, match });
     const channel = w.fake.addTextChannel(`command-killed-${w.fake.requests.length}`);
     const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
@@ -83,7 +70,7 @@ describe.each([
     expect(await jobsOf(thread)).toEqual([]);
     expect(w.posted(thread)).toHaveLength(when === "after" && match === progressPost ? 1 : 0);
 
-    await bot();
+    await bots.next();
     const grid = await w.offer(thread, 1, 2);
     // A moment for a second post or job, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));

@@ -5,12 +5,11 @@
 // then starts a new one. The pick's claim was never done, so the new bot takes it over by itself (no
 // second reaction): one progress message (its nonce), one render job (its fixed id), one sweep grid.
 // (Before the fix the claim was final: the pick was lost and reacting again did nothing.)
-import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import type { QueueClient } from "../../../src/queue/client.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess } from "../support/bot-process.js";
+import { botProcesses, killBotProcess } from "../support/bot-process.js";
 import { renderJobIds } from "../support/jobs.js";
 import { opt, startDiscordBotProcess, type World, world } from "./support.js";
 
@@ -18,8 +17,7 @@ const RENDERING = "rendering seed";
 let w: World;
 /** Reads the shared queue: the render jobs the picks queued. */
 let probe: QueueClient;
-/** The bot process running now: each test kills it and leaves its successor to the next. */
-let running: ChildProcess | undefined;
+const bots = botProcesses(() => startDiscordBotProcess(w));
 
 beforeAll(async () => {
   w = await world();
@@ -27,14 +25,9 @@ beforeAll(async () => {
   probe = await w.h.client();
 });
 afterAll(async () => {
-  if (running) await killBotProcess(running);
+  await bots.close();
   await w.close();
 });
-
-async function bot(): Promise<ChildProcess> {
-  running = await startDiscordBotProcess(w);
-  return running;
-}
 
 const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").includes(RENDERING);
@@ -44,7 +37,7 @@ describe.each([
   { when: "after" as const, what: "after Discord created it, before the bot hears back" },
 ])("a bot SIGKILLed between a pick's claim and its queue add ($what)", ({ when }) => {
   it("renders the pick once after a restart, without a second reaction", async () => {
-    const first = running ?? (await bot());
+    const first = await bots.current();
     const channel = w.fake.addTextChannel(`pick-killed-${when}`);
     const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
     const grid = await w.offer(thread, 1, 2);
@@ -58,7 +51,7 @@ describe.each([
     expect(stalledPost).toHaveLength(when === "after" ? 1 : 0);
     expect(await renderJobIds(probe)).toEqual(before);
 
-    await bot();
+    await bots.next();
     const sweep = await w.offer(thread, 2, 5);
     expect(sweep.content).toContain("**Pick the final image**");
     // A moment for a second render or post, which must not come.

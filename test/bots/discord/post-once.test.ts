@@ -6,31 +6,24 @@
 // Discord with the first message (the post's nonce, enforce_nonce), which then gets its reactions.
 // (Before the fix the claim was final: the first case lost the result, the second left a grid nobody
 // could pick from.)
-import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess } from "../support/bot-process.js";
+import { botProcesses, killBotProcess } from "../support/bot-process.js";
 import { opt, startDiscordBotProcess, type World, world } from "./support.js";
 
 const SEED_OFFER = "**Pick a seed**";
 let w: World;
-/** The bot process running now: each test kills it and leaves its successor to the next. */
-let running: ChildProcess | undefined;
+const bots = botProcesses(() => startDiscordBotProcess(w));
 
 beforeAll(async () => {
   w = await world();
   await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
 });
 afterAll(async () => {
-  if (running) await killBotProcess(running);
+  await bots.close();
   await w.close();
 });
-
-async function bot(): Promise<ChildProcess> {
-  running = await startDiscordBotProcess(w);
-  return running;
-}
 
 const gridPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").includes(SEED_OFFER);
@@ -40,7 +33,7 @@ describe.each([
   { when: "after" as const, what: "after Discord created the grid, before the bot hears back" },
 ])("a bot SIGKILLed mid-post ($what)", ({ when }) => {
   it("posts the grid once after a restart, with its reactions, and the pick works", async () => {
-    const first = running ?? (await bot());
+    const first = await bots.current();
     const stalled = w.fake.stall({ when, match: gridPost });
     const channel = w.fake.addTextChannel(`killed-${when}`);
     const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
@@ -49,7 +42,7 @@ describe.each([
     const grids = () => w.posted(thread).filter((m) => m.content.includes(SEED_OFFER));
     expect(grids()).toHaveLength(when === "after" ? 1 : 0);
 
-    await bot();
+    await bots.next();
     const grid = await w.offer(thread, 1, 2);
     // A moment for a second post, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));

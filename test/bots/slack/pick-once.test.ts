@@ -3,11 +3,10 @@
 // the fake Slack stalls the sweep's progress post (chat.postMessage) before or after Slack took it, the
 // test kills the bot there and starts a new one, which takes the pick over by itself (no second
 // reaction): one progress message (found by its metadata), one render job (its fixed id), one sweep.
-import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { QueueClient } from "../../../src/queue/client.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess } from "../support/bot-process.js";
+import { botProcesses, killBotProcess } from "../support/bot-process.js";
 import { renderJobIds } from "../support/jobs.js";
 import { startSlackBotProcess, type World, world } from "./support.js";
 
@@ -15,8 +14,7 @@ const RENDERING = "rendering seed";
 let w: World;
 /** Reads the shared queue: the render jobs the picks queued. */
 let probe: QueueClient;
-/** The bot process running now: each test kills it and leaves its successor to the next. */
-let running: ChildProcess | undefined;
+const bots = botProcesses(() => startSlackBotProcess(w));
 
 beforeAll(async () => {
   w = await world();
@@ -24,21 +22,16 @@ beforeAll(async () => {
   probe = await w.h.client();
 });
 afterAll(async () => {
-  if (running) await killBotProcess(running);
+  await bots.close();
   await w.close();
 });
-
-async function bot(): Promise<ChildProcess> {
-  running = await startSlackBotProcess(w);
-  return running;
-}
 
 describe.each([
   { when: "before" as const, what: "before Slack takes the sweep's progress message" },
   { when: "after" as const, what: "after Slack took it, before the bot hears back" },
 ])("a Slack bot SIGKILLed between a pick's claim and its queue add ($what)", ({ when }) => {
   it("renders the pick once after a restart, without a second reaction", async () => {
-    const first = running ?? (await bot());
+    const first = await bots.current();
     const started = await w.imagic(w.channel(`pick-killed-${when}`), { seeds: "2" });
     const thread = await w.thread(started);
     const grid = await w.offer(started.channel, thread, 1, 2);
@@ -56,7 +49,7 @@ describe.each([
     expect(stalledPost).toHaveLength(when === "after" ? 1 : 0);
     expect(await renderJobIds(probe)).toEqual(before);
 
-    await bot();
+    await bots.next();
     const sweep = await w.offer(started.channel, thread, 2, 5);
     expect(sweep.text).toContain("*Pick the final image*");
     // A moment for a second render or post, which must not come.

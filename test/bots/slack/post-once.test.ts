@@ -6,31 +6,24 @@
 // names this job's grid: found, it attaches the file if the post was cut off before it, and adds the
 // reactions; not found, it posts. (Before the fix the first delivery's claim was final: the result was
 // lost, or left without its image or reactions.)
-import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { killBotProcess } from "../support/bot-process.js";
+import { botProcesses, killBotProcess } from "../support/bot-process.js";
 import type { SlackStallRule } from "./fake/server.js";
 import { startSlackBotProcess, type World, world } from "./support.js";
 
 const SEED_OFFER = "*Pick a seed*";
 let w: World;
-/** The bot process running now: each test kills it and leaves its successor to the next. */
-let running: ChildProcess | undefined;
+const bots = botProcesses(() => startSlackBotProcess(w));
 
 beforeAll(async () => {
   w = await world();
   await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
 });
 afterAll(async () => {
-  if (running) await killBotProcess(running);
+  await bots.close();
   await w.close();
 });
-
-async function bot(): Promise<ChildProcess> {
-  running = await startSlackBotProcess(w);
-  return running;
-}
 
 const gridText = (args: Record<string, unknown>) => String(args.text ?? "").includes(SEED_OFFER);
 
@@ -55,7 +48,7 @@ describe.each<{ what: string; stall: SlackStallRule; before: { grids: number; fi
   },
 ])("a Slack bot SIGKILLed mid-post ($what)", ({ stall, before }) => {
   it("posts the grid once after a restart, with its image and reactions, and the pick works", async () => {
-    const first = running ?? (await bot());
+    const first = await bots.current();
     const stalled = w.fake.stall(stall);
     const started = await w.imagic(w.channel("killed"), { seeds: "2" });
     const thread = await w.thread(started);
@@ -65,7 +58,7 @@ describe.each<{ what: string; stall: SlackStallRule; before: { grids: number; fi
     expect(grids()).toHaveLength(before.grids);
     expect(grids().flatMap((m) => m.files)).toHaveLength(before.files);
 
-    await bot();
+    await bots.next();
     const grid = await w.offer(started.channel, thread, 1, 2);
     await w.fake.waitFor("the grid's image", () => w.fake.filesOf(grid).length === 1);
     // A moment for a second post, which must not come.

@@ -45,3 +45,22 @@ export async function killBotProcess(child: ChildProcess): Promise<void> {
   child.kill("SIGKILL");
   await gone;
 }
+
+/**
+ * The bot process a kill test's cases share: each case kills the one running and starts its successor
+ * (`next`), which the following case goes on with (`current`); `close` kills whichever still runs.
+ */
+export function botProcesses(start: () => Promise<ChildProcess>) {
+  let running: ChildProcess | undefined;
+  const next = async () => {
+    running = await start();
+    return running;
+  };
+  return {
+    next,
+    current: async () => running ?? next(),
+    close: async () => {
+      if (running) await killBotProcess(running);
+    },
+  };
+}
