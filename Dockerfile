@@ -10,12 +10,17 @@ COPY package.json package-lock.json .npmrc ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+COPY native ./native
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 # onnxruntime's CUDA provider next to onnxruntime-node (no GPU here, so install only: `setup cuda --no-check`;
-# the engine checks CUDA, cuDNN and the GPU when it starts).
+# the engine checks CUDA, cuDNN and the GPU when it starts), and the add-on that hands it ENGINE_CUDA_OPTIONS,
+# compiled here with gcc (the runtime image needs no compiler).
 FROM node:20-bookworm-slim AS cuda-provider
 WORKDIR /app
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /app ./
 RUN node dist/cli/index.js setup cuda --no-check
 

@@ -27,6 +27,8 @@ bundle() { # entry, outfile
 }
 bundle src/cli/index.ts dist-gpu/cli.mjs
 bundle scripts/gpu-ballast.ts dist-gpu/ballast.mjs   # gpu-cuda.sh's card16: a 16 GiB card on the H200
+# The CUDA options add-on, built here (the GPU machine may have no compiler); gpu-cuda.sh installs it.
+npx tsx -e 'import("./src/engine/runtime/cuda-options.ts").then((m) => m.buildCudaOptionsAddon("dist-gpu")).then((f) => console.log(f))'
 rm -f dist-gpu/cli-base.mjs dist-gpu/cli-base.rev
 if [ -n "$base" ]; then
   # The commit's sources inside the project, so that its imports resolve to this tree's node_modules.

@@ -4,7 +4,8 @@
 # bundle (scripts/gpu-bundle.sh). Most important first: a run cut short by the call's time limit keeps
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
-#                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32 (only when named)
+#                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
+#                                       cuda-options, fp32-smoke (only when named)
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
 # another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
 # AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
@@ -21,6 +22,8 @@ step() { # label, seconds, command…
   timeout "$limit" "$@" 2>&1 | grep -v '^{"level":[123]0,' | tee -a "$OUT/run.log"
   echo "--- $label exit ${PIPESTATUS[0]} ($(date -u +%T))" | tee -a "$OUT/run.log"
 }
+# The CUDA options add-on (built by gpu-bundle.sh) where `setup cuda` puts it: beside the binding.
+cp dist-gpu/photo_edit_cuda_options.node node_modules/onnxruntime-node/bin/napi-v6/linux/x64/
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee -a "$OUT/run.log"
 for s in $steps; do
   case $s in
@@ -33,6 +36,24 @@ for s in $steps; do
       for key in ep.cuda.gpu_mem_limit ep.cudaexecutionprovider.gpu_mem_limit; do
         step "options-$key" 60 $cli bench sd --tiny --device cuda --only unet --runs 2 --session-config "$key=1048576"
       done ;;
+    # The CUDA provider's options through the add-on: the UNet step (fp16) and the LoRA step (fp16
+    # training) under each set, spelled out whole (the first is onnxruntime's defaults, the last ours).
+    cuda-options)
+      for set in "prefer_nhwc=0 cudnn_conv_algo_search=EXHAUSTIVE fuse_conv_bias=0" \
+        "prefer_nhwc=1 cudnn_conv_algo_search=EXHAUSTIVE fuse_conv_bias=0" \
+        "prefer_nhwc=0 cudnn_conv_algo_search=HEURISTIC fuse_conv_bias=0" \
+        "prefer_nhwc=1 cudnn_conv_algo_search=HEURISTIC fuse_conv_bias=0" \
+        "prefer_nhwc=0 cudnn_conv_algo_search=DEFAULT fuse_conv_bias=0" \
+        "prefer_nhwc=0 cudnn_conv_algo_search=EXHAUSTIVE fuse_conv_bias=1" \
+        "prefer_nhwc=1 cudnn_conv_algo_search=EXHAUSTIVE fuse_conv_bias=1" \
+        "prefer_nhwc=1 cudnn_conv_algo_search=HEURISTIC fuse_conv_bias=1"; do
+        args=()
+        for o in $set; do args+=(--ep-option "$o"); done
+        step "cuda-options ${set// /,}" 200 $cli bench sd --device cuda --only unet,loss-lora --loss-dtype fp16 \
+          --runs 10 "${args[@]}" --json "$OUT/sd-cuda-options-${set// /+}.json"
+      done ;;
+    # The defaults (CUDA_OPTION_DEFAULTS) in fp32 too, a few runs: every session builds and runs.
+    fp32-smoke) step fp32-smoke 170 $cli bench sd --device cuda --dtype fp32 --only unet,loss-context,loss-lora --runs 3 ;;
     imagic) step imagic 260 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
       --json "$OUT/imagic-balanced.json" ;;
     sd) step sd 170 $cli bench sd --device cuda --only unet,loss-context,loss-lora --runs 10 --json "$OUT/sd-cuda.json" ;;

@@ -22,7 +22,7 @@ cp .gpu-cuda/cache/libonnxruntime_providers_shared.so "$work/x/ort-cuda/"
 for f in dist-gpu/cli.mjs dist-gpu/cli-base.mjs dist-gpu/ballast.mjs; do
   [ -f "$f" ] && xz -9 -T0 -c "$f" > "$work/x/$f.xz"
 done
-cp dist-gpu/no-sharp.mjs scripts/gpu-cuda.sh "$work/x/dist-gpu/"
+cp dist-gpu/no-sharp.mjs dist-gpu/photo_edit_cuda_options.node scripts/gpu-cuda.sh "$work/x/dist-gpu/"
 [ -f dist-gpu/cli-base.rev ] && cp dist-gpu/cli-base.rev "$work/x/dist-gpu/"
 tar cf "$work/stream.tar" -C "$work/x" .
 tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
@@ -38,4 +38,4 @@ echo "$n parts in .gpu-stash/1 … .gpu-stash/$n. Device calls, back to back:"
 for k in $(seq 1 $((n - 1))); do
   echo "  carry [\".gpu-stash/$k\"]   command: mkdir -p /root/s && cp .gpu-stash/$k/* /root/s/"
 done
-echo "  carry [\".gpu-stash/$n\"]   command: mkdir -p /root/s && cp .gpu-stash/$n/* /root/s/ && mkdir -p /root/x && cat /root/s/chunk* | tar x -C /root/x && mkdir -p /root/ort-cuda && cp /root/x/ort-cuda/* /root/ort-cuda/ && rm -rf .gpu && cp -r /root/x/gpu .gpu && mkdir -p dist-gpu && for f in /root/x/dist-gpu/*.xz; do xz -dc \$f > dist-gpu/\$(basename \$f .xz); done && cp /root/x/dist-gpu/no-sharp.mjs /root/x/dist-gpu/gpu-cuda.sh dist-gpu/ && { cp /root/x/dist-gpu/cli-base.rev dist-gpu/ 2>/dev/null || true; } && source .gpu/prelude.sh && source .gpu/prelude-cuda.sh && bash dist-gpu/gpu-cuda.sh $* > \$OUT/stdout.log 2>&1; tail -c 11000 \$OUT/run.log"
+echo "  carry [\".gpu-stash/$n\"]   command: mkdir -p /root/s && cp .gpu-stash/$n/* /root/s/ && mkdir -p /root/x && cat /root/s/chunk* | tar x -C /root/x && mkdir -p /root/ort-cuda && cp /root/x/ort-cuda/* /root/ort-cuda/ && rm -rf .gpu && cp -r /root/x/gpu .gpu && mkdir -p dist-gpu && for f in /root/x/dist-gpu/*.xz; do xz -dc \$f > dist-gpu/\$(basename \$f .xz); done && cp /root/x/dist-gpu/no-sharp.mjs /root/x/dist-gpu/photo_edit_cuda_options.node /root/x/dist-gpu/gpu-cuda.sh dist-gpu/ && { cp /root/x/dist-gpu/cli-base.rev dist-gpu/ 2>/dev/null || true; } && source .gpu/prelude.sh && source .gpu/prelude-cuda.sh && bash dist-gpu/gpu-cuda.sh $* > \$OUT/stdout.log 2>&1; tail -c 11000 \$OUT/run.log"

@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { inspect } from "node:util";
 import { parse as parseDotenv } from "dotenv";
 import { z } from "zod";
+import { parseCudaOptions } from "./engine/runtime/cuda-options.js";
 import { ConfigError } from "./errors.js";
 
 /**
@@ -120,6 +121,23 @@ const SETTINGS = {
    * memory and 4 % of the time in its one run (docs/PERFORMANCE.md, Imagic on WebGPU).
    */
   ENGINE_TRAIN_DTYPE: { schema: z.enum(["auto", "fp32", "fp16"]).default("auto"), expects: "auto|fp32|fp16" },
+  /**
+   * The CUDA provider's options over the engine's defaults (CUDA_OPTION_DEFAULTS in
+   * src/engine/runtime/cuda-options.ts), e.g. "prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC"; set
+   * through the add-on `setup cuda` builds (onnxruntime-node passes the provider only a device id).
+   */
+  ENGINE_CUDA_OPTIONS: {
+    schema: z
+      .string()
+      .transform((value, ctx) => {
+        const options = parseCudaOptions(value);
+        if (typeof options !== "string") return options;
+        ctx.addIssue({ code: "custom", message: options });
+        return z.NEVER;
+      })
+      .default({}),
+    expects: 'comma-separated CUDA provider options "key=value,…" (e.g. prefer_nhwc=1)',
+  },
   ENGINE_HTTP_PORT: { schema: int(0, 65535).default(9464), expects: "a TCP port 0-65535 (0 disables)" },
   ENGINE_LOCK_SECONDS: {
     schema: int(5).default(120),

@@ -7,15 +7,20 @@ import {
   installCudaProvider,
   systemCudaHost,
 } from "../engine/runtime/cuda.js";
+import { buildCudaOptionsAddon, cudaOptionsText } from "../engine/runtime/cuda-options.js";
 import { UserFacingError } from "../errors.js";
 
 /**
  * `setup cuda`: puts onnxruntime's CUDA provider (from the npm registry) next to onnxruntime-node's
  * binding and checks that it can run here; one line says what is missing otherwise (exit 1).
  * `--check` only checks; `--no-check` only installs (a Docker build, which has no GPU); `--from` takes a
- * tarball already downloaded (`npm pack com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9`).
+ * tarball already downloaded (`npm pack com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9`). Installing also
+ * builds the add-on that passes the provider its options (runtime/cuda-options.ts).
  */
-export function setupCommand(host: () => CudaHost = systemCudaHost): Command {
+export function setupCommand(
+  host: () => CudaHost = systemCudaHost,
+  buildAddon: (dir: string) => Promise<string> = buildCudaOptionsAddon,
+): Command {
   const setup = new Command("setup").description("install optional parts of the engine (setup cuda)");
   setup
     .command("cuda")
@@ -37,6 +42,19 @@ export function setupCommand(host: () => CudaHost = systemCudaHost): Command {
       } catch (e) {
         if (e instanceof CudaSetupError) throw new UserFacingError(`setup cuda: ${e.message}`);
         throw e;
+      }
+      if (!checkOnly) {
+        // Without the add-on the provider still runs, at onnxruntime's defaults: a warning, not a failure.
+        await buildAddon(h.bindingDir).then(
+          (file) =>
+            out(
+              `built ${file} (hands the provider ENGINE_CUDA_OPTIONS; defaults: ${cudaOptionsText({}) || "onnxruntime's"})`,
+            ),
+          (e: Error) =>
+            out(
+              `warning: the CUDA options add-on was not built (${e.message}): ENGINE_CUDA_OPTIONS cannot reach the provider, which runs with onnxruntime's default options`,
+            ),
+        );
       }
       if (installOnly) return;
       const report = await checkCuda(h);

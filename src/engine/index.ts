@@ -113,6 +113,11 @@ export interface LoadOptions {
    * when the caller passes it, else 24 GiB on a GPU and 75 % of the machine's memory on the CPU.
    */
   maxTrainBytes?: number;
+  /**
+   * The CUDA provider's options (its own names) over the engine's defaults (CUDA_OPTION_DEFAULTS in
+   * runtime/cuda-options.ts); other providers ignore them. The app passes ENGINE_CUDA_OPTIONS.
+   */
+  cudaOptions?: Record<string, string>;
 }
 
 /** 24 GiB: the consumer cards issue 5 aims at; a larger GPU raises it with ENGINE_MAX_TRAIN_BYTES. */
@@ -182,6 +187,8 @@ export class StableDiffusion {
     maxTrainBytes?: number,
     /** Lets go of the hub snapshot (its cleanup waits while we hold it). */
     private readonly releaseModel: () => Promise<void> = async () => {},
+    /** LoadOptions.cudaOptions. */
+    private readonly cudaOptions: Record<string, string> = {},
   ) {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
@@ -234,6 +241,7 @@ export class StableDiffusion {
       opts.trainDtype,
       opts.maxTrainBytes,
       model.release,
+      opts.cudaOptions,
     );
     log.info(
       { model: pathOrId, device, dtype, trainDtype: sd.trainDtype, weights: ckpt.unet.weightsFile },
@@ -650,6 +658,7 @@ export class StableDiffusion {
           device: this.device,
           cacheKey: `sd-${this.fingerprint}/${key}`,
           cacheDir: this.graphCacheDir,
+          ...(this.device === "cuda" ? { providerOptions: this.cudaOptions } : {}),
         });
       let session: Session;
       try {

@@ -18,6 +18,7 @@ export type ModelSettings = Pick<
   | "engineDtype"
   | "engineTrainDtype"
 > &
+  Partial<Pick<Config, "engineCudaOptions">> &
   Partial<Pick<Config, "engineMaxTrainBytes">>;
 
 /**
@@ -32,6 +33,7 @@ export function modelLoadOptions(settings: ModelSettings): LoadOptions {
     dtype: settings.engineDtype,
     trainDtype: settings.engineTrainDtype,
     maxTrainBytes: settings.engineMaxTrainBytes,
+    cudaOptions: settings.engineCudaOptions,
     cacheDir: settings.modelCacheDir,
     endpoint: settings.hfEndpoint,
     token: settings.hfToken?.reveal(),

@@ -8,11 +8,12 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { type Command, Option } from "commander";
 import { StableDiffusion } from "../../engine/index.js";
+import { cudaOptionsStatus } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 import { benchDeviceOption, benchTrainDtypeOption, type TrainDtypeFlag } from "../options.js";
 import { GpuMemorySampler } from "./gpu-memory.js";
 import { randomCheckpoint } from "./random-checkpoint.js";
-import { sd15Shapes, tinyShapes } from "./sd.js";
+import { cudaOptionsLine, keyValue, sd15Shapes, tinyShapes } from "./sd.js";
 
 export interface PipelineBenchFlags {
   device: "auto" | "cpu" | "webgpu" | "cuda";
@@ -22,6 +23,7 @@ export interface PipelineBenchFlags {
   tiny: boolean;
   json?: string;
   modelDir?: string;
+  cudaOption: Record<string, string>;
 }
 
 /** Adds --device, --dtype, --train-dtype, --steps-scale, --tiny, --json and --model-dir. */
@@ -37,7 +39,13 @@ export function pipelineBenchOptions(command: Command): Command {
     .option("--steps-scale <f>", "run this fraction of each stage's steps (≥ 5 each) and extrapolate", "1")
     .option("--tiny", "toy-width networks at 64² (a CPU smoke run of the whole path)", false)
     .option("--json <file>", "also write the results as JSON")
-    .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)");
+    .option("--model-dir <dir>", "where to write the random-weight checkpoint (default: the temp folder)")
+    .option(
+      "--cuda-option <key=value>",
+      "CUDA provider option over the engine's defaults (repeatable), e.g. prefer_nhwc=0",
+      keyValue,
+      {},
+    );
 }
 
 /** --steps-scale as a number in (0, 1]. */
@@ -96,6 +104,7 @@ export class BenchRun {
         device: f.device,
         dtype: f.dtype,
         trainDtype: f.trainDtype,
+        cudaOptions: f.cudaOption,
       });
       return new BenchRun(name, f, sd, gpu, out);
     } catch (error) {
@@ -131,6 +140,10 @@ export class BenchRun {
   }
 
   async close(): Promise<void> {
+    const cuda = cudaOptionsLine();
+    if (cuda) this.out(cuda);
+    this.result.cudaOptions = cudaOptionsStatus()?.applied;
+    this.save();
     await this.gpu.stop();
     await this.sd.release();
   }

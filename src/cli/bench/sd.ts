@@ -25,6 +25,7 @@ import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
 import {
   createSession,
+  cudaOptionsStatus,
   type Device,
   type HostTensor,
   type ProviderOptions,
@@ -263,7 +264,15 @@ function loraModules(lora: LoraInputs) {
   return [...lora.modules].map(([path, m]) => ({ path, inF: m.inF, outF: m.outF }));
 }
 
-function keyValue(v: string, into: Record<string, string>): Record<string, string> {
+/** What the CUDA provider took from the add-on at the last session (null when no add-on was loaded). */
+export function cudaOptionsLine(): string | null {
+  const s = cudaOptionsStatus();
+  if (!s) return null;
+  return `CUDA provider options as the provider took them: ${s.applied || `none (${s.error || "no CUDA session"})`}`;
+}
+
+/** A repeatable key=value flag, collected into a record. */
+export function keyValue(v: string, into: Record<string, string>): Record<string, string> {
   const eq = v.indexOf("=");
   if (eq < 1) throw new UserFacingError(`expected key=value, got "${v}"`);
   return { ...into, [v.slice(0, eq)]: v.slice(eq + 1) };
@@ -378,7 +387,7 @@ export function sdBenchCommand(): Command {
     )
     .option(
       "--ep-option <key=value>",
-      "execution-provider option for every session (repeatable), e.g. validationMode=disabled",
+      "execution-provider option for every session (repeatable), e.g. validationMode=disabled (webgpu), prefer_nhwc=1 (cuda)",
       keyValue,
       {},
     )
@@ -449,10 +458,12 @@ export function sdBenchCommand(): Command {
             if (!l.startsWith("…")) out(l);
           },
         });
+        const cuda = cudaOptionsLine();
+        if (cuda) out(cuda);
         if (o.json) {
           writeFileSync(
             o.json,
-            `${JSON.stringify({ benchmark: "sd", tiny: o.tiny, sizes, ...result }, null, 2)}\n`,
+            `${JSON.stringify({ benchmark: "sd", tiny: o.tiny, sizes, ...result, cudaOptions: cudaOptionsStatus()?.applied }, null, 2)}\n`,
           );
           out(`wrote ${o.json}`);
         }

@@ -342,12 +342,19 @@ export async function nvidiaSmiGpus(command = "nvidia-smi"): Promise<GpuInfo[] |
   }
 }
 
+let installed: { version: string; bindingDir: string } | undefined;
 /** onnxruntime-node's binding folder for this platform, and its version. */
 export function onnxruntimeNode(): { version: string; bindingDir: string } {
-  const req = createRequire(import.meta.url);
-  const pkgFile = req.resolve("onnxruntime-node/package.json");
-  const version = (JSON.parse(readFileSync(pkgFile, "utf8")) as { version: string }).version;
-  return { version, bindingDir: join(dirname(pkgFile), "bin", "napi-v6", process.platform, process.arch) };
+  if (!installed) {
+    const req = createRequire(import.meta.url);
+    const pkgFile = req.resolve("onnxruntime-node/package.json");
+    const version = (JSON.parse(readFileSync(pkgFile, "utf8")) as { version: string }).version;
+    installed = {
+      version,
+      bindingDir: join(dirname(pkgFile), "bin", "napi-v6", process.platform, process.arch),
+    };
+  }
+  return installed;
 }
 
 export function systemCudaHost(): CudaHost {

@@ -18,6 +18,8 @@ import {
   type ValueSpec,
 } from "../graph/emit.js";
 import type { Graph } from "../graph/graph.js";
+import { onnxruntimeNode } from "./cuda.js";
+import { configureCudaProvider } from "./cuda-options.js";
 import { type ConcreteDevice, type Device, resolveDevice } from "./device.js";
 import { ort } from "./ort.js";
 import { latestProfile } from "./profile.js";
@@ -55,8 +57,9 @@ export interface SessionOptions {
   optimization?: "all" | "basic" | "disabled";
 }
 
-/** Options as onnxruntime-node passes them to the provider (webgpu: preferredLayout, validationMode, …);
- *  none is set by default: those measured on the H200 changed nothing (docs/PERFORMANCE.md). */
+/** Options as onnxruntime-node passes them to the provider (webgpu: preferredLayout, validationMode, …;
+ *  none is set by default: those measured on the H200 changed nothing, docs/PERFORMANCE.md); on cuda, the
+ *  CUDA provider's options over CUDA_OPTION_DEFAULTS, set through the add-on (cuda-options.ts). */
 export type ProviderOptions = Record<string, string | boolean | number>;
 
 export interface Session {
@@ -91,10 +94,11 @@ export class DeviceMemoryError extends UserFacingError {
   }
 }
 
-/** onnxruntime's ways of saying an allocation failed (CUDA arena and cudaMalloc, cuBLAS/cuDNN workspaces,
- *  WebGPU buffers, the CPU allocator). */
+/** onnxruntime's ways of saying an allocation failed (CUDA arena and cudaMalloc, cuBLAS/cuDNN workspaces and
+ *  handles — cublasCreate's "CUBLAS failure 3: the resource allocation failed" —, WebGPU buffers, the CPU
+ *  allocator). */
 const OUT_OF_MEMORY =
-  /out of memory|failed to allocate memory|_ALLOC_FAILED|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer/i;
+  /out of memory|failed to allocate memory|_ALLOC_FAILED|resource allocation failed|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer/i;
 
 /** `err` as a DeviceMemoryError when it is an allocation failure, else unchanged. */
 export function asDeviceMemoryError(err: unknown, device: ConcreteDevice): unknown {
@@ -129,8 +133,12 @@ const open = new Set<Session>();
 
 function sessionOptions(device: ConcreteDevice, opts: SessionOptions): ort.InferenceSession.SessionOptions {
   const provider = opts.providerOptions ?? {};
+  // onnxruntime-node passes the CUDA provider nothing but a device id: its options go through our add-on.
+  if (device === "cuda") configureCudaProvider(onnxruntimeNode().bindingDir, provider);
   return {
-    executionProviders: [Object.keys(provider).length > 0 ? { name: device, ...provider } : device],
+    executionProviders: [
+      device !== "cuda" && Object.keys(provider).length > 0 ? { name: device, ...provider } : device,
+    ],
     graphOptimizationLevel: opts.optimization ?? "all",
     logSeverityLevel: 3,
     ...(opts.sessionConfig ? { extra: opts.sessionConfig } : {}),

@@ -23,6 +23,7 @@ import {
   nvidiaSmiGpus,
   PROVIDER_STAMP,
 } from "../../../src/engine/runtime/cuda.js";
+import { CUDA_OPTIONS_ADDON } from "../../../src/engine/runtime/cuda-options.js";
 import { setCudaHostForTests } from "../../../src/engine/runtime/device.js";
 import { DeviceUnavailableError, resolveDevice } from "../../../src/engine/runtime/index.js";
 import { UserFacingError } from "../../../src/errors.js";
@@ -229,14 +230,14 @@ describe("installing the provider", () => {
 });
 
 describe("`setup cuda`", () => {
-  const run = async (host: CudaHost, args: string[]) => {
+  const run = async (host: CudaHost, args: string[], buildAddon?: (dir: string) => Promise<string>) => {
     const out: string[] = [];
     const spy = vi.spyOn(process.stdout, "write").mockImplementation((s) => {
       out.push(String(s));
       return true;
     });
     try {
-      await setupCommand(() => host).parseAsync(["cuda", ...args], { from: "user" });
+      await setupCommand(() => host, buildAddon).parseAsync(["cuda", ...args], { from: "user" });
       return { out: out.join(""), error: undefined };
     } catch (error) {
       return { out: out.join(""), error: error as Error };
@@ -267,6 +268,22 @@ describe("`setup cuda`", () => {
     expect(ready.error).toBeUndefined();
     expect(ready.out).toMatch(/ok {3}gpu {16}NVIDIA H200 \(140 GiB, driver 580\.95\.05\)/);
     expect(ready.out).toContain("the CUDA provider is ready: ENGINE_DEVICE=cuda (or auto) uses it");
+    // The options add-on, compiled with this machine's cc beside the provider.
+    expect(ready.out).toContain(`built ${join(host.bindingDir, CUDA_OPTIONS_ADDON)}`);
+    expect(existsSync(join(host.bindingDir, CUDA_OPTIONS_ADDON))).toBe(true);
+    expect(checked.out).not.toContain("built");
+  });
+
+  it("without a compiler the provider is still installed and ready, with a warning that says what is lost", async () => {
+    const noCompiler = async () => {
+      throw new Error("no C compiler (cc) on this machine: install gcc (apt install gcc)");
+    };
+    const r = await run(fakeHost(), ["--from", fakeTarball("1.29.0")], noCompiler);
+    expect(r.error).toBeUndefined();
+    expect(r.out).toContain(
+      "warning: the CUDA options add-on was not built (no C compiler (cc) on this machine: install gcc (apt install gcc)): ENGINE_CUDA_OPTIONS cannot reach the provider, which runs with onnxruntime's default options",
+    );
+    expect(r.out).toContain("the CUDA provider is ready");
   });
 });
 

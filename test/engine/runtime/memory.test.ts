@@ -25,6 +25,8 @@ describe("allocation failures", () => {
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. Name:'Conv_12' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:359 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 849346560",
     "CUDA failure 2: out of memory ; GPU=0 ; hostname=h200 ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_allocator.cc ; line=47 ; expr=cudaMalloc((void**)&p, size);",
     "CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED ; GPU=0",
+    // onnxruntime 1.29 + CUDA 13, a session's cuBLAS handle on a full 16 GiB card (the H200 with ballast)
+    "CUBLAS failure 3: the resource allocation failed ; GPU=0 ; hostname=vm ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/cuda_stream_handle.cc ; line=79 ; expr=cublasCreate(&cublas_handle_);",
     "CUDNN failure 4: CUDNN_STATUS_ALLOC_FAILED ; GPU=0",
     "WebGPU validation error: OutOfMemory while calling [Device].CreateBuffer",
     "std::bad_alloc",

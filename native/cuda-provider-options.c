@@ -1,0 +1,225 @@
+/*
+ * CUDA provider options for onnxruntime-node.
+ *
+ * onnxruntime-node (1.29) appends the CUDA provider with only its device id set: NHWC convolutions,
+ * cuDNN's algorithm search, the arena's growth — every other CUDA provider option stays at its default,
+ * and the binding has no way to pass them. This Node add-on closes that gap from the outside, through
+ * onnxruntime's stable C API: it finds the OrtApi table of the libonnxruntime the binding loaded and
+ * replaces its SessionOptionsAppendExecutionProvider_CUDA_V2 entry with one that first updates the
+ * binding's OrtCUDAProviderOptionsV2 with the options given to configure(), then calls the original.
+ * Options the binding set (the device id) are kept: the update starts from the options' own string
+ * form (GetCUDAProviderOptionsAsString) with ours laid over it.
+ *
+ * The OrtApi table only ever grows at its end (onnxruntime's ABI promise), so the entries below keep
+ * their positions in every onnxruntime from API version 21 on; test/engine/runtime/cuda-options.test.ts
+ * checks them against onnxruntime_c_api.h where that header is installed.
+ *
+ * Built by `photo-edit-bot setup cuda` (src/engine/runtime/cuda-options.ts) with the system's C
+ * compiler and the node-api-headers package; nothing here needs onnxruntime's headers.
+ */
+#include <dlfcn.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Positions in the OrtApi table (a struct of function pointers): offsetof(OrtApi, f) / sizeof(void*). */
+enum {
+  ORT_GET_ERROR_MESSAGE = 2,
+  ORT_ALLOCATOR_FREE = 76,
+  ORT_GET_ALLOCATOR_WITH_DEFAULT_OPTIONS = 78,
+  ORT_RELEASE_STATUS = 93,
+  ORT_APPEND_CUDA_V2 = 204,
+  ORT_UPDATE_CUDA_OPTIONS = 206,
+  ORT_CUDA_OPTIONS_AS_STRING = 207,
+};
+/* The API version whose table holds all of the above (onnxruntime 1.21). */
+#define ORT_API_VERSION_NEEDED 21
+
+typedef void *Status; /* OrtStatus*: NULL is success */
+typedef struct {
+  const void *(*GetApi)(uint32_t version);
+  const char *(*GetVersionString)(void);
+} ApiBase;
+typedef const ApiBase *(*GetApiBaseFn)(void);
+typedef const char *(*GetErrorMessageFn)(const Status);
+typedef void (*ReleaseStatusFn)(Status);
+typedef Status (*GetAllocatorFn)(void **allocator);
+typedef Status (*AllocatorFreeFn)(void *allocator, void *p);
+typedef Status (*AppendCudaFn)(void *session_options, const void *cuda_options);
+typedef Status (*UpdateCudaOptionsFn)(void *cuda_options, const char *const *keys, const char *const *values,
+                                      size_t n);
+typedef Status (*CudaOptionsAsStringFn)(const void *cuda_options, void *allocator, char **out);
+
+#define MAX_OPTIONS 64
+#define MAX_TEXT 4096
+
+static void **api_table;  /* the OrtApi table, patched in place */
+static AppendCudaFn original_append;
+static char version[32];
+
+/* What configure() set: key/value pairs in one buffer, pointers into it. */
+static char option_text[MAX_TEXT];
+static const char *option_keys[MAX_OPTIONS];
+static const char *option_values[MAX_OPTIONS];
+static size_t option_count;
+
+/* What the last append did, for status(): the options it passed on, or why it could not. */
+static char last_applied[MAX_TEXT];
+static char last_error[512];
+static uint32_t append_calls;
+
+#define API(fn_type, index) ((fn_type)api_table[index])
+
+static void keep_error(Status st, const char *what) {
+  snprintf(last_error, sizeof last_error, "%s: %s", what, API(GetErrorMessageFn, ORT_GET_ERROR_MESSAGE)(st));
+}
+
+/* The options' string form ("k=v;k=v;"), or NULL with last_error set. Free with free_string. */
+static char *options_as_string(const void *cuda_options, void **allocator) {
+  Status st = API(GetAllocatorFn, ORT_GET_ALLOCATOR_WITH_DEFAULT_OPTIONS)(allocator);
+  char *text = NULL;
+  if (!st) st = API(CudaOptionsAsStringFn, ORT_CUDA_OPTIONS_AS_STRING)(cuda_options, *allocator, &text);
+  if (st) {
+    keep_error(st, "reading the CUDA provider options");
+    API(ReleaseStatusFn, ORT_RELEASE_STATUS)(st);
+    return NULL;
+  }
+  return text;
+}
+
+static void free_string(void *allocator, char *text) {
+  Status st = API(AllocatorFreeFn, ORT_ALLOCATOR_FREE)(allocator, text);
+  if (st) API(ReleaseStatusFn, ORT_RELEASE_STATUS)(st);
+}
+
+/* Splits "k=v;k=v;" in place into keys/values after those already there; returns the new count. */
+static size_t split_pairs(char *text, const char **keys, const char **values, size_t n) {
+  for (char *save = NULL, *pair = strtok_r(text, ";", &save); pair && n < MAX_OPTIONS * 2;
+       pair = strtok_r(NULL, ";", &save)) {
+    char *eq = strchr(pair, '=');
+    if (!eq) continue;
+    *eq = '\0';
+    keys[n] = pair;
+    values[n] = eq + 1;
+    n++;
+  }
+  return n;
+}
+
+/* The table's new SessionOptionsAppendExecutionProvider_CUDA_V2. */
+static Status append_cuda_with_options(void *session_options, const void *cuda_options) {
+  append_calls++;
+  if (option_count == 0) return original_append(session_options, cuda_options);
+  void *allocator = NULL;
+  char *current = options_as_string(cuda_options, &allocator);
+  /* Without a CUDA provider there is nothing to read: the original says so in its own words. */
+  if (!current) return original_append(session_options, cuda_options);
+  char merged[MAX_TEXT * 2];
+  snprintf(merged, sizeof merged, "%s", current);
+  free_string(allocator, current);
+  const char *keys[MAX_OPTIONS * 2], *values[MAX_OPTIONS * 2];
+  size_t n = split_pairs(merged, keys, values, 0);
+  /* Ours last: onnxruntime's option parser keeps the last value of a key. */
+  for (size_t i = 0; i < option_count && n < MAX_OPTIONS * 2; i++, n++) {
+    keys[n] = option_keys[i];
+    values[n] = option_values[i];
+  }
+  /* The binding created these options for this call and releases them after it: updating is safe. */
+  Status st = API(UpdateCudaOptionsFn, ORT_UPDATE_CUDA_OPTIONS)((void *)cuda_options, keys, values, n);
+  if (st) {
+    keep_error(st, "setting the CUDA provider options");
+    return st; /* the session fails with onnxruntime's message (e.g. an unknown value) */
+  }
+  char *applied = options_as_string(cuda_options, &allocator);
+  if (applied) {
+    snprintf(last_applied, sizeof last_applied, "%s", applied);
+    free_string(allocator, applied);
+  }
+  return original_append(session_options, cuda_options);
+}
+
+/* Replaces one entry of the table, which lives in read-only memory after relocation. */
+static int patch_entry(void **entry, void *fn) {
+  long page = sysconf(_SC_PAGESIZE);
+  void *start = (void *)((uintptr_t)entry & ~(uintptr_t)(page - 1));
+  if (mprotect(start, (size_t)page, PROT_READ | PROT_WRITE) != 0) return -1;
+  *entry = fn;
+  return mprotect(start, (size_t)page, PROT_READ);
+}
+
+static napi_value throw_error(napi_env env, const char *message) {
+  napi_throw_error(env, NULL, message);
+  return NULL;
+}
+
+static size_t string_arg(napi_env env, napi_value v, char *buf, size_t size) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return (size_t)-1;
+  return len;
+}
+
+/*
+ * configure(libonnxruntimePath, "k=v;k=v") → onnxruntime's version string. Finds the library's OrtApi
+ * (the one the binding already loaded), patches it once, and sets the options later appends get.
+ */
+static napi_value configure(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[4096];
+  if (argc != 2 || string_arg(env, argv[0], path, sizeof path) == (size_t)-1)
+    return throw_error(env, "configure(libonnxruntimePath, options): the path must be a string");
+  char text[MAX_TEXT];
+  size_t len = string_arg(env, argv[1], text, sizeof text);
+  if (len == (size_t)-1) return throw_error(env, "configure: the options must be a string");
+  if (len >= sizeof text - 1) return throw_error(env, "configure: the options are too long");
+
+  if (!api_table) {
+    void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) lib = dlopen(path, RTLD_NOW);
+    if (!lib) return throw_error(env, dlerror());
+    GetApiBaseFn get_base = (GetApiBaseFn)dlsym(lib, "OrtGetApiBase");
+    if (!get_base) return throw_error(env, "the library has no OrtGetApiBase: not onnxruntime");
+    const ApiBase *base = get_base();
+    snprintf(version, sizeof version, "%s", base->GetVersionString());
+    void **table = (void **)base->GetApi(ORT_API_VERSION_NEEDED);
+    if (!table) return throw_error(env, "onnxruntime is older than 1.21: its C API lacks what this needs");
+    original_append = (AppendCudaFn)table[ORT_APPEND_CUDA_V2];
+    if (patch_entry(&table[ORT_APPEND_CUDA_V2], (void *)append_cuda_with_options) != 0)
+      return throw_error(env, "could not make onnxruntime's API table writable (mprotect)");
+    api_table = table;
+  }
+
+  memcpy(option_text, text, len + 1);
+  option_count = split_pairs(option_text, option_keys, option_values, 0);
+  napi_value result;
+  napi_create_string_utf8(env, version, NAPI_AUTO_LENGTH, &result);
+  return result;
+}
+
+/* status() → { calls, applied, error }: what the appends since configure() did. */
+static napi_value status(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result, calls, applied, error;
+  napi_create_object(env, &result);
+  napi_create_uint32(env, append_calls, &calls);
+  napi_create_string_utf8(env, last_applied, NAPI_AUTO_LENGTH, &applied);
+  napi_create_string_utf8(env, last_error, NAPI_AUTO_LENGTH, &error);
+  napi_set_named_property(env, result, "calls", calls);
+  napi_set_named_property(env, result, "applied", applied);
+  napi_set_named_property(env, result, "error", error);
+  return result;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  napi_property_descriptor props[] = {
+      {"configure", NULL, configure, NULL, NULL, NULL, napi_default, NULL},
+      {"status", NULL, status, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}

@@ -1,0 +1,177 @@
+/**
+ * The CUDA provider's options: parsing ENGINE_CUDA_OPTIONS, building the add-on, and the add-on itself on
+ * this machine's (CPU-only) onnxruntime — it attaches to the binding's libonnxruntime, sees the binding's
+ * CUDA append, and leaves onnxruntime's own answer in place when there is no CUDA provider. Whether the
+ * provider takes the options is checked on the lent GPU (`gpu-cuda.sh cuda-options`, docs/PERFORMANCE.md).
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { emitGraph, serializeInline } from "../../../src/engine/graph/emit.js";
+import { Graph } from "../../../src/engine/graph/graph.js";
+import { neg } from "../../../src/engine/graph/ops.js";
+import { onnxruntimeNode } from "../../../src/engine/runtime/cuda.js";
+import {
+  ADDON_SOURCE,
+  buildCudaOptionsAddon,
+  CUDA_OPTION_DEFAULTS,
+  CUDA_OPTIONS_ADDON,
+  configureCudaProvider,
+  cudaOptionsStatus,
+  cudaOptionsText,
+  parseCudaOptions,
+  resetCudaOptionsForTests,
+} from "../../../src/engine/runtime/cuda-options.js";
+import { ort } from "../../../src/engine/runtime/ort.js";
+
+const root = mkdtempSync(join(tmpdir(), "cuda-options-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+describe("ENGINE_CUDA_OPTIONS", () => {
+  it("parses key=value pairs and names the part that is not one", () => {
+    expect(parseCudaOptions("prefer_nhwc=1, cudnn_conv_algo_search=HEURISTIC")).toEqual({
+      prefer_nhwc: "1",
+      cudnn_conv_algo_search: "HEURISTIC",
+    });
+    expect(parseCudaOptions("")).toEqual({});
+    expect(parseCudaOptions("prefer_nhwc")).toBe(
+      '"prefer_nhwc" is not key=value (a CUDA provider option such as prefer_nhwc=1)',
+    );
+    // A ';' or '=' in a value would split the add-on's "k=v;k=v" differently from what was meant.
+    expect(parseCudaOptions("gpu_mem_limit=1;prefer_nhwc=1")).toMatch(
+      /^"gpu_mem_limit=1;prefer_nhwc=1" is not/,
+    );
+    expect(parseCudaOptions("Prefer_NHWC=1")).toMatch(/is not key=value/);
+  });
+
+  it("lays the overrides over the defaults, booleans as 1/0", () => {
+    const pairs = (o: Parameters<typeof cudaOptionsText>[0]) =>
+      Object.fromEntries(
+        cudaOptionsText(o)
+          .split(";")
+          .filter((p) => p !== "")
+          .map((p) => p.split("=") as [string, string]),
+      );
+    expect(pairs({})).toEqual(CUDA_OPTION_DEFAULTS);
+    expect(pairs({ prefer_nhwc: true, fuse_conv_bias: false, gpu_mem_limit: 1024 })).toEqual({
+      ...CUDA_OPTION_DEFAULTS,
+      prefer_nhwc: "1",
+      fuse_conv_bias: "0",
+      gpu_mem_limit: "1024",
+    });
+  });
+});
+
+describe("building the add-on", () => {
+  it("says in one line when there is no compiler or the source does not compile", async () => {
+    await expect(buildCudaOptionsAddon(join(root, "none"), { cc: "photo-edit-no-such-cc" })).rejects.toThrow(
+      "no C compiler (photo-edit-no-such-cc) on this machine: install gcc (apt install gcc)",
+    );
+    const broken = join(root, "broken.c");
+    writeFileSync(broken, "int main( {\n");
+    const err = await buildCudaOptionsAddon(join(root, "broken"), { source: broken }).catch((e: Error) => e);
+    expect((err as Error).message).toMatch(/^cc failed: .*error/);
+    expect(existsSync(join(root, "broken", CUDA_OPTIONS_ADDON))).toBe(false);
+  });
+});
+
+describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
+  const { bindingDir } = onnxruntimeNode();
+  // The binding's folder stand-in: the add-on beside (a link to) the very libonnxruntime the binding uses.
+  const dir = join(root, "binding");
+  beforeAll(async () => {
+    await buildCudaOptionsAddon(dir);
+    symlinkSync(join(bindingDir, "libonnxruntime.so.1"), join(dir, "libonnxruntime.so.1"));
+  });
+
+  const probeModel = () => {
+    const g = new Graph("probe");
+    g.output("y", neg(g.input("x", "float32", [1])));
+    return serializeInline(emitGraph(g));
+  };
+  const cudaSessionError = () =>
+    ort.InferenceSession.create(probeModel(), { executionProviders: ["cuda"], logSeverityLevel: 4 }).then(
+      () => "created",
+      (e: Error) => e.message,
+    );
+
+  it("is missing: the provider keeps onnxruntime's defaults, and the reason names setup cuda", () => {
+    resetCudaOptionsForTests();
+    // onnxruntime's own defaults need no add-on: none is looked for.
+    expect(configureCudaProvider(join(root, "empty"))).toEqual({ ok: true, options: "" });
+    expect(cudaOptionsStatus()).toBeNull();
+    const r = configureCudaProvider(join(root, "empty"), { prefer_nhwc: 1 });
+    expect(r).toEqual({
+      ok: false,
+      why: `${CUDA_OPTIONS_ADDON} is not in ${join(root, "empty")}: run \`photo-edit-bot setup cuda\``,
+    });
+  });
+
+  it("attaches to the binding's onnxruntime, sees its CUDA append and keeps onnxruntime's own error", async () => {
+    const before = await cudaSessionError();
+    expect(before).not.toBe("created");
+    resetCudaOptionsForTests();
+    const r = configureCudaProvider(dir, { prefer_nhwc: 1 });
+    expect(r).toEqual({
+      ok: true,
+      options: cudaOptionsText({ prefer_nhwc: 1 }),
+      onnxruntime: ort.env.versions.common,
+    });
+    expect(await cudaSessionError()).toBe(before);
+    const status = cudaOptionsStatus();
+    // The binding called our entry once; reading the options needed the provider, which is not here.
+    expect(status?.calls).toBe(1);
+    expect(status?.applied).toBe("");
+    expect(status?.error).toMatch(
+      /^reading the CUDA provider options: .*libonnxruntime_providers_shared\.so/,
+    );
+    // Configuring again with the same options is a no-op; other options replace them for later sessions.
+    expect(configureCudaProvider(dir, { prefer_nhwc: 1 })).toBe(r);
+    expect(configureCudaProvider(dir, { prefer_nhwc: 0 })).toMatchObject({ ok: true });
+    expect(await cudaSessionError()).toBe(before);
+    expect(cudaOptionsStatus()?.calls).toBe(2);
+  });
+
+  it("holds the OrtApi positions onnxruntime's C API header gives (scripts/onnxruntime-headers.sh)", () => {
+    const header = join(process.cwd(), ".cache/onnxruntime-headers/onnxruntime_c_api.h");
+    if (!existsSync(header))
+      throw new Error(`${header} is missing: run \`bash scripts/onnxruntime-headers.sh\` (.ci/run does)`);
+    // Our names for the entries, as the C source declares them: ORT_NAME = index.
+    const ours = new Map(
+      [...readFileSync(ADDON_SOURCE, "utf8").matchAll(/^\s+ORT_([A-Z0-9_]+) = (\d+),$/gm)].map((m) => [
+        m[1] as string,
+        Number(m[2]),
+      ]),
+    );
+    const fields: Record<string, string> = {
+      GET_ERROR_MESSAGE: "GetErrorMessage",
+      ALLOCATOR_FREE: "AllocatorFree",
+      GET_ALLOCATOR_WITH_DEFAULT_OPTIONS: "GetAllocatorWithDefaultOptions",
+      RELEASE_STATUS: "ReleaseStatus",
+      APPEND_CUDA_V2: "SessionOptionsAppendExecutionProvider_CUDA_V2",
+      UPDATE_CUDA_OPTIONS: "UpdateCUDAProviderOptions",
+      CUDA_OPTIONS_AS_STRING: "GetCUDAProviderOptionsAsString",
+    };
+    expect([...ours.keys()].sort()).toEqual(Object.keys(fields).sort());
+    const program = join(root, "offsets.c");
+    writeFileSync(
+      program,
+      `#include <stdio.h>\n#include <stddef.h>\n#include "onnxruntime_c_api.h"\nint main(void) {\n${Object.entries(
+        fields,
+      )
+        .map(([ours, f]) => `  printf("${ours} %zu\\n", offsetof(OrtApi, ${f}) / sizeof(void*));`)
+        .join("\n")}\n  return 0;\n}\n`,
+    );
+    execFileSync("cc", ["-I", join(header, ".."), program, "-o", join(root, "offsets")]);
+    const theirs = new Map(
+      execFileSync(join(root, "offsets"), { encoding: "utf8" })
+        .trim()
+        .split("\n")
+        .map((l) => l.split(" ") as [string, string])
+        .map(([k, v]) => [k, Number(v)]),
+    );
+    expect(ours).toEqual(theirs);
+  });
+});
