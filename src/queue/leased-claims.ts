@@ -58,23 +58,70 @@ export function sweepAbandoned(
 /** "first": nobody tried before; "retry": an earlier holder died before it confirmed; undefined: not ours. */
 export type TakeOutcome = "first" | "retry" | undefined;
 
-export class LeasedClaims {
+/**
+ * How the piece of work a claim is on (its ref) is written as the member that names the claim in Redis
+ * (in its claim's key and in the pending set), and read back from an abandoned one.
+ */
+export interface ClaimCodec<Ref> {
+  encode(ref: Ref): string;
+  decode(member: string): Ref;
+}
+
+/** Refs that are plain ids, each its own member. */
+export const plainIds: ClaimCodec<string> = { encode: (id) => id, decode: (member) => member };
+
+/**
+ * Refs of two parts, as the member `<head>:<tail>`. It splits back at its last ':', so the head may hold
+ * ':' (Slack's message ids, "channel:ts", do); a tail with one would split wrongly, so it is refused.
+ */
+export function pairCodec<Ref>(
+  parts: (ref: Ref) => readonly [head: string, tail: string | number],
+  join: (head: string, tail: string) => Ref,
+): ClaimCodec<Ref> {
+  return {
+    encode(ref) {
+      const [head, tail] = parts(ref);
+      if (String(tail).includes(":")) throw new Error(`a claim's tail may hold no ':' (got "${tail}")`);
+      return `${head}:${tail}`;
+    },
+    decode(member) {
+      const at = member.lastIndexOf(":");
+      return join(member.slice(0, at), member.slice(at + 1));
+    },
+  };
+}
+
+/** The codec argument: optional for plain string refs (plainIds), required for any other. */
+type CodecArgument<Ref> = [Ref] extends [string]
+  ? [string] extends [Ref]
+    ? [refs?: ClaimCodec<Ref>]
+    : [refs: ClaimCodec<Ref>]
+  : [refs: ClaimCodec<Ref>];
+
+export class LeasedClaims<Ref = string> {
   /** This process, as claims name their holder. */
   readonly owner = randomUUID();
+  readonly refs: ClaimCodec<Ref>;
 
   /**
    * @param claimKey the key that holds one member's claim
    * @param pendingKey the sorted set of pending members, scored by when their lease runs out
+   * @param refs how a ref is written as its member (plain string refs need none)
    */
   constructor(
     private readonly redis: Redis,
     private readonly claimKey: (member: string) => string,
     private readonly pendingKey: string,
     readonly leaseMs: number,
-  ) {}
+    ...[refs]: CodecArgument<Ref>
+  ) {
+    // CodecArgument leaves the codec out only where Ref is string, for which plainIds is the codec.
+    this.refs = refs ?? (plainIds as ClaimCodec<unknown> as ClaimCodec<Ref>);
+  }
 
-  /** Takes the claim on `member`: a first attempt, a retry of an abandoned one, or undefined (not ours). */
-  async take(member: string): Promise<TakeOutcome> {
+  /** Takes the claim on `ref`: a first attempt, a retry of an abandoned one, or undefined (not ours). */
+  async take(ref: Ref): Promise<TakeOutcome> {
+    const member = this.refs.encode(ref);
     const taken = Number(
       await this.redis.eval(
         TAKE,
@@ -91,7 +138,8 @@ export class LeasedClaims {
   }
 
   /** Extends this process's lease while it still holds the claim; false when the claim is no longer its. */
-  async renew(member: string): Promise<boolean> {
+  async renew(ref: Ref): Promise<boolean> {
+    const member = this.refs.encode(ref);
     return (
       Number(
         await this.redis.eval(
@@ -108,8 +156,8 @@ export class LeasedClaims {
   }
 
   /** Runs `work`, renewing the lease every third of it meanwhile (a failed renewal goes to `onError`). */
-  async whileHeld<T>(member: string, work: () => Promise<T>, onError: (err: unknown) => void): Promise<T> {
-    const renewal = setInterval(() => void this.renew(member).catch(onError), this.leaseMs / 3);
+  async whileHeld<T>(ref: Ref, work: () => Promise<T>, onError: (err: unknown) => void): Promise<T> {
+    const renewal = setInterval(() => void this.renew(ref).catch(onError), this.leaseMs / 3);
     try {
       return await work();
     } finally {
@@ -118,7 +166,8 @@ export class LeasedClaims {
   }
 
   /** The work is done: nobody does it again. */
-  async confirm(member: string): Promise<void> {
+  async confirm(ref: Ref): Promise<void> {
+    const member = this.refs.encode(ref);
     await this.redis
       .multi()
       .set(this.claimKey(member), "done", "EX", CLAIM_TTL_SECONDS)
@@ -127,17 +176,19 @@ export class LeasedClaims {
   }
 
   /** Gives the claim back (the work failed in a way the user can retry): the next take is a first one. */
-  async release(member: string): Promise<void> {
+  async release(ref: Ref): Promise<void> {
+    const member = this.refs.encode(ref);
     await this.redis.multi().del(this.claimKey(member)).zrem(this.pendingKey, member).exec();
   }
 
   /** Forgets an abandoned claim whose work can no longer be done; its claim stays pending, not retried. */
-  async drop(member: string): Promise<void> {
-    await this.redis.zrem(this.pendingKey, member);
+  async drop(ref: Ref): Promise<void> {
+    await this.redis.zrem(this.pendingKey, this.refs.encode(ref));
   }
 
-  /** Members whose holder stopped renewing its lease (it died mid-work), oldest first. */
-  async abandoned(limit = 50): Promise<string[]> {
-    return (await this.redis.eval(ABANDONED, 1, this.pendingKey, limit)) as string[];
+  /** Refs whose holder stopped renewing its lease (it died mid-work), oldest first. */
+  async abandoned(limit = 50): Promise<Ref[]> {
+    const members = (await this.redis.eval(ABANDONED, 1, this.pendingKey, limit)) as string[];
+    return members.map((member) => this.refs.decode(member));
   }
 }
