@@ -9,7 +9,7 @@ import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "./blobs.js";
 import { cachedConcept } from "./concepts.js";
-import { type ClaimOutcome, DeliveryClaims, type DeliveryRef } from "./delivery.js";
+import { DeliveryClaims, type DeliveryRef, deliveryRefs } from "./delivery.js";
 import { typicalDurations } from "./durations.js";
 import {
   type ChatOrigin,
@@ -24,7 +24,7 @@ import {
   referencedBlobs,
 } from "./jobs.js";
 import { QUEUE_NAME, type QueueKeys, queueKeys } from "./keys.js";
-import { sweepAbandoned } from "./leased-claims.js";
+import { sweepAbandoned, type TakeOutcome } from "./leased-claims.js";
 import { bandScores, priorityFor } from "./priority.js";
 
 const log = childLogger("queue");
@@ -168,7 +168,7 @@ export class QueueClient {
   private workers: { count: number; at: number } | undefined;
   private readonly queueName: string;
   private readonly claims: DeliveryClaims | undefined;
-  /** Deliveries under way in this process (by DeliveryClaims.member), each settling once confirmed. */
+  /** Deliveries under way in this process (by their member, deliveryRefs), each settling once confirmed. */
   private readonly delivering = new Map<string, Promise<void>>();
   /** Looks for abandoned deliveries while listening. */
   private sweeper: NodeJS.Timeout | undefined;
@@ -498,14 +498,14 @@ export class QueueClient {
    * Delivers a finished job's end (its result, or why it failed) if this process wins the claim. The
    * delivery runs on its own: the events behind it need not wait for a result to be posted.
    */
-  private async deliverEnd(jobId: string, ended: "completed" | "failed", only?: ClaimOutcome): Promise<void> {
+  private async deliverEnd(jobId: string, ended: "completed" | "failed", only?: TakeOutcome): Promise<void> {
     const job = await Job.fromId(this.queue, jobId);
     const event = job ? await this.jobEvent(job, "end") : undefined;
     if (!job || !event) return;
     const ref: DeliveryRef = { jobId, createdAt: String(job.timestamp) };
     const claim = this.claims ? await this.claims.take(ref) : "first";
     if (!claim || (only && claim !== only)) return;
-    const redelivery = claim === "redelivery";
+    const redelivery = claim === "retry";
     if (redelivery) log.info({ jobId }, "delivering a result again: its first delivery was never confirmed");
     const end =
       ended === "failed"
@@ -522,7 +522,7 @@ export class QueueClient {
             name: "completed" as const,
             event: { ...event, redelivery, result: job.returnvalue as JobResult<JobName> },
           };
-    const member = DeliveryClaims.member(ref);
+    const member = deliveryRefs.encode(ref);
     const delivery = this.deliver(ref, end).finally(() => this.delivering.delete(member));
     this.delivering.set(member, delivery);
   }
@@ -555,14 +555,14 @@ export class QueueClient {
   private async redeliverAbandoned(): Promise<void> {
     if (!this.claims) return;
     for (const ref of await this.claims.abandoned()) {
-      if (this.delivering.has(DeliveryClaims.member(ref))) continue;
+      if (this.delivering.has(deliveryRefs.encode(ref))) continue;
       const job = await Job.fromId(this.queue, ref.jobId);
       const state = job && String(job.timestamp) === ref.createdAt ? await job.getState() : undefined;
       if (state !== "completed" && state !== "failed") {
         await this.claims.drop(ref);
         continue;
       }
-      await this.deliverEnd(ref.jobId, state, "redelivery");
+      await this.deliverEnd(ref.jobId, state, "retry");
     }
   }
 

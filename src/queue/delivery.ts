@@ -8,7 +8,7 @@
 // the result once.
 import type { Redis } from "ioredis";
 import type { QueueKeys } from "./keys.js";
-import { LeasedClaims } from "./leased-claims.js";
+import { LeasedClaims, pairCodec } from "./leased-claims.js";
 
 /** One job's delivery: the job and its creation time (ids start again at 1 if a queue is obliterated). */
 export interface DeliveryRef {
@@ -16,55 +16,21 @@ export interface DeliveryRef {
   createdAt: string;
 }
 
-export type ClaimOutcome = "first" | "redelivery" | undefined;
+/** A delivery's member, `<jobId>:<createdAt>` (the creation time, a number, holds no ':'). */
+export const deliveryRefs = pairCodec<DeliveryRef>(
+  ({ jobId, createdAt }) => [jobId, createdAt],
+  (jobId, createdAt) => ({ jobId, createdAt }),
+);
 
-export class DeliveryClaims {
-  private readonly claims: LeasedClaims;
-
+/** A consumer's delivery claims: a "retry" is a redelivery, which the chat side posts idempotently. */
+export class DeliveryClaims extends LeasedClaims<DeliveryRef> {
   constructor(redis: Redis, keys: QueueKeys, consumer: string, leaseMs: number) {
-    this.claims = new LeasedClaims(
+    super(
       redis,
       (member) => keys.delivered(`${consumer}:${member}`),
       keys.delivering(consumer),
       leaseMs,
+      deliveryRefs,
     );
-  }
-
-  get leaseMs(): number {
-    return this.claims.leaseMs;
-  }
-
-  /** Job ids never hold ':' (BullMQ refuses them), so the member splits back at its last one. */
-  static member({ jobId, createdAt }: DeliveryRef): string {
-    return `${jobId}:${createdAt}`;
-  }
-
-  /** Takes the claim: a first delivery, a redelivery of an abandoned one, or undefined (not ours). */
-  async take(ref: DeliveryRef): Promise<ClaimOutcome> {
-    const taken = await this.claims.take(DeliveryClaims.member(ref));
-    return taken === "retry" ? "redelivery" : taken;
-  }
-
-  /** Runs `work` (the delivery), renewing the lease meanwhile. */
-  async whileHeld<T>(ref: DeliveryRef, work: () => Promise<T>, onError: (err: unknown) => void): Promise<T> {
-    return this.claims.whileHeld(DeliveryClaims.member(ref), work, onError);
-  }
-
-  /** The result is out: nobody delivers it again. */
-  async confirm(ref: DeliveryRef): Promise<void> {
-    await this.claims.confirm(DeliveryClaims.member(ref));
-  }
-
-  /** Forgets an abandoned claim whose job no longer exists (removed after its 7 days). */
-  async drop(ref: DeliveryRef): Promise<void> {
-    await this.claims.drop(DeliveryClaims.member(ref));
-  }
-
-  /** Claims whose holder stopped renewing its lease (it died mid-delivery), oldest first. */
-  async abandoned(limit = 50): Promise<DeliveryRef[]> {
-    return (await this.claims.abandoned(limit)).map((member) => {
-      const at = member.lastIndexOf(":");
-      return { jobId: member.slice(0, at), createdAt: member.slice(at + 1) };
-    });
   }
 }
