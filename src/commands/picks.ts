@@ -2,7 +2,7 @@
 // works after the bot restarts. A record outlives the blobs it points to, so that a late pick can say
 // "this expired, start again" instead of nothing.
 import type { Redis } from "ioredis";
-import { LeasedClaims, type TakeOutcome } from "../queue/leased-claims.js";
+import { LeasedClaims, pairCodec } from "../queue/leased-claims.js";
 import type { Conversation, Platform } from "./chat.js";
 
 export interface Choice {
@@ -39,26 +39,24 @@ export interface PickRef {
   index: number;
 }
 
-/** The index holds no ':' (Slack's message ids do), so a member splits back at its last one. */
-const member = ({ messageId, index }: PickRef) => `${messageId}:${index}`;
+/** A pick's member, `<messageId>:<index>`: the message id may hold ':' (Slack's do), the index does not. */
+export const pickRefs = pairCodec<PickRef>(
+  ({ messageId, index }) => [messageId, index],
+  (messageId, index) => ({ messageId, index: Number(index) }),
+);
 
-export class PickStore {
-  /**
-   * Who acts on each pick. A claim is pending while its render job is queued (or its final image
-   * posted) and done after, so a pick whose bot died in between is taken again (retry), not lost.
-   */
-  private readonly claims: LeasedClaims;
-
+/**
+ * The offers' records, and who acts on each pick. A pick's claim is pending while its render job is
+ * queued (or its final image posted) and confirmed after, so a pick whose bot died in between is taken
+ * again (retry), not lost; a claim given back (release) lets the user react again.
+ */
+export class PickStore extends LeasedClaims<PickRef> {
   constructor(
-    private readonly redis: Redis,
+    redis: Redis,
     private readonly platform: Platform,
     leaseMs: number,
   ) {
-    this.claims = new LeasedClaims(redis, (m) => pickedKey(platform, m), pickingKey(platform), leaseMs);
-  }
-
-  get leaseMs(): number {
-    return this.claims.leaseMs;
+    super(redis, (m) => pickedKey(platform, m), pickingKey(platform), leaseMs, pickRefs);
   }
 
   async save(messageId: string, record: PickRecord): Promise<void> {
@@ -68,41 +66,5 @@ export class PickStore {
   async get(messageId: string): Promise<PickRecord | undefined> {
     const raw = await this.redis.get(key(this.platform, messageId));
     return raw ? (JSON.parse(raw) as PickRecord) : undefined;
-  }
-
-  /**
-   * Takes choice `index` of a message: "first" the first time, "retry" when an earlier taker died before
-   * it was done, undefined when it is taken (a repeated reaction, or another process acting on it).
-   */
-  async claim(pick: PickRef): Promise<TakeOutcome> {
-    return this.claims.take(member(pick));
-  }
-
-  /** Runs `work` on a claimed pick, keeping the claim's lease meanwhile. */
-  async whileClaimed<T>(pick: PickRef, work: () => Promise<T>, onError: (err: unknown) => void): Promise<T> {
-    return this.claims.whileHeld(member(pick), work, onError);
-  }
-
-  /** The pick has been acted on: taken for good. */
-  async done(pick: PickRef): Promise<void> {
-    await this.claims.confirm(member(pick));
-  }
-
-  /** Gives a claim back when acting on it failed, so the user can react again. */
-  async release(pick: PickRef): Promise<void> {
-    await this.claims.release(member(pick));
-  }
-
-  /** Picks whose process died before it was done with them. */
-  async abandoned(): Promise<PickRef[]> {
-    return (await this.claims.abandoned()).map((m) => {
-      const at = m.lastIndexOf(":");
-      return { messageId: m.slice(0, at), index: Number(m.slice(at + 1)) };
-    });
-  }
-
-  /** Forgets an abandoned pick that can no longer be acted on (its record is gone). */
-  async drop(pick: PickRef): Promise<void> {
-    await this.claims.drop(member(pick));
   }
 }

@@ -717,7 +717,7 @@ export class ChatCommands {
     const choice = index === undefined ? undefined : record.choices[index];
     if (index === undefined || !choice) return;
     const pick = { messageId: event.message.id, index };
-    const claim = await this.picks.claim(pick);
+    const claim = await this.picks.take(pick);
     if (claim) await this.actOnPick(pick, record, choice, claim === "retry");
   }
 
@@ -730,7 +730,7 @@ export class ChatCommands {
     const id = pickId(this.adapter.platform, pick);
     this.picking.add(id);
     try {
-      const acted = await this.picks.whileClaimed(
+      const acted = await this.picks.whileHeld(
         pick,
         async () => {
           if (record.kind === "seed") return this.renderSweep(record, choice, id, retry);
@@ -740,7 +740,7 @@ export class ChatCommands {
         (err) => this.log.warn({ err, pick }, "could not renew a pick's claim"),
       );
       // A sweep the queue refused (the user's cap) is not a pick used up: the reaction may be made again.
-      await (acted ? this.picks.done(pick) : this.picks.release(pick));
+      await (acted ? this.picks.confirm(pick) : this.picks.release(pick));
     } catch (error) {
       await this.picks.release(pick);
       if (!(error instanceof UserFacingError)) throw error;
@@ -763,7 +763,7 @@ export class ChatCommands {
         await this.picks.drop(pick);
         continue;
       }
-      if (!(await this.picks.claim(pick))) continue;
+      if (!(await this.picks.take(pick))) continue;
       this.log.info({ pick }, "acting on a pick again: the process that took it died before it was done");
       await this.actOnPick(pick, record, choice, true).catch((err: unknown) =>
         this.log.error({ err, pick }, "acting on an abandoned pick failed"),

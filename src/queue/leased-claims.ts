@@ -109,7 +109,7 @@ export class LeasedClaims<Ref = string> {
    * @param refs how a ref is written as its member (plain string refs need none)
    */
   constructor(
-    private readonly redis: Redis,
+    protected readonly redis: Redis,
     private readonly claimKey: (member: string) => string,
     private readonly pendingKey: string,
     readonly leaseMs: number,
