@@ -85,14 +85,13 @@ export class PendingCommands {
   async open(request: CommandRequest): Promise<PendingCommand> {
     // A snowflake or a UUID: no ':', and the job id `<command>-<id>` is no integer (BullMQ's custom ids).
     const id = request.id ?? randomUUID();
-    await this.redis
-      .multi()
-      .hset(this.recordKey(id), "request", JSON.stringify(request))
-      .expire(this.recordKey(id), RECORD_TTL_SECONDS)
-      .exec();
-    // (A process killed in the one round trip between the record and its claim leaves a record that
-    // nobody resumes: the claim's script and the record are not one transaction.)
-    await this.claims.take(id);
+    // The record and its claim in one transaction: a process killed on the way leaves both (resumed
+    // once the lease runs out) or neither (lost with the process, as if it had died just before).
+    await this.claims.take(id, (tx) =>
+      tx
+        .hset(this.recordKey(id), "request", JSON.stringify(request))
+        .expire(this.recordKey(id), RECORD_TTL_SECONDS),
+    );
     return new PendingCommand(this, id, request, false, {});
   }
 

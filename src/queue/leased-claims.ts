@@ -7,7 +7,7 @@
 // work again, told that it is a retry, so the work must be idempotent (a post named by PostOnce, a job
 // added under a fixed id).
 import { randomUUID } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { ChainableCommander, Redis } from "ioredis";
 
 /** A claim is kept this long: longer than a job is kept (7 days), so a replay never acts twice. */
 const CLAIM_TTL_SECONDS = 30 * 86_400;
@@ -119,21 +119,30 @@ export class LeasedClaims<Ref = string> {
     this.refs = refs ?? (plainIds as ClaimCodec<unknown> as ClaimCodec<Ref>);
   }
 
-  /** Takes the claim on `ref`: a first attempt, a retry of an abandoned one, or undefined (not ours). */
-  async take(ref: Ref): Promise<TakeOutcome> {
+  /**
+   * Takes the claim on `ref`: a first attempt, a retry of an abandoned one, or undefined (not ours).
+   * `alongside` adds writes that must exist exactly when the claim does (a pending command's record):
+   * they and the claim's script are one MULTI, which Redis runs only once its EXEC has arrived, all at
+   * once, so a process killed meanwhile leaves both or neither. They are made whatever the outcome.
+   */
+  async take(ref: Ref, alongside?: (tx: ChainableCommander) => void): Promise<TakeOutcome> {
     const member = this.refs.encode(ref);
-    const taken = Number(
-      await this.redis.eval(
-        TAKE,
-        2,
-        this.claimKey(member),
-        this.pendingKey,
-        this.owner,
-        this.leaseMs,
-        CLAIM_TTL_SECONDS,
-        member,
-      ),
+    const tx = this.redis.multi();
+    alongside?.(tx);
+    tx.eval(
+      TAKE,
+      2,
+      this.claimKey(member),
+      this.pendingKey,
+      this.owner,
+      this.leaseMs,
+      CLAIM_TTL_SECONDS,
+      member,
     );
+    // Without WATCH a MULTI is never aborted: exec gives a reply per command.
+    const replies = (await tx.exec()) ?? [];
+    for (const [err] of replies) if (err) throw err;
+    const taken = Number(replies.at(-1)?.[1]);
     return taken === 1 ? "first" : taken === 2 ? "retry" : undefined;
   }
 
