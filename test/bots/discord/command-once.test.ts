@@ -10,9 +10,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import type { QueueClient } from "../../../src/queue/client.js";
-import type { ChatOrigin } from "../../../src/queue/jobs.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
 import { botProcesses, killBotProcess } from "../support/bot-process.js";
+import { jobIdsInThread } from "../support/jobs.js";
 import { opt, startDiscordBotProcess, type World, world } from "./support.js";
 
 const SENDING = "🕒 Sending to the queue";
@@ -37,14 +37,6 @@ const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").startsWith(SENDING);
 const threadOpen: StallRule["match"] = ({ route }) => route === "POST /channels/:id/messages/:id/threads";
 
-/** The ids of the jobs queued for a thread. */
-async function jobsOf(thread: string): Promise<string[]> {
-  const jobs = await queue.queue.getJobs();
-  return jobs
-    .filter((job) => (job.data as { origin: ChatOrigin }).origin.thread === thread)
-    .map((j) => String(j.id));
-}
-
 describe.each([
   { when: "before" as const, match: progressPost, what: "before Discord sees the progress message" },
   {
@@ -67,14 +59,14 @@ describe.each([
     const thread = await w.thread(interaction);
     await stalled;
     await killBotProcess(first);
-    expect(await jobsOf(thread)).toEqual([]);
+    expect(await jobIdsInThread(queue, thread)).toEqual([]);
     expect(w.posted(thread)).toHaveLength(when === "after" && match === progressPost ? 1 : 0);
 
     await bots.next();
     const grid = await w.offer(thread, 1, 2);
     // A moment for a second post or job, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(await jobsOf(thread)).toEqual([`imagic-${interaction.id}`]);
+    expect(await jobIdsInThread(queue, thread)).toEqual([`imagic-${interaction.id}`]);
     // The grid does not wait for the progress message's last edit.
     const done = "✅ Fine-tuned on your photo.";
     await w.fake.waitFor("the progress message's last word", () => w.posted(thread)[0]?.content === done);
