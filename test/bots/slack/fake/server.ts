@@ -12,8 +12,8 @@ import { Deliveries, type Delivery, type SignedRequest } from "./delivery.js";
  * per method (429 + Retry-After), private file URLs that need the bot token (a sign-in page otherwise),
  * the external upload flow, and delivers slash commands, form submissions, shortcuts and events over Socket
  * Mode (apps.connections.open → a WebSocket of envelopes to acknowledge) or as signed HTTP requests. It
- * keeps Slack's 3-second windows, stores message metadata (returned by conversations.replies with
- * include_all_metadata, which needs the history scope of the channel's kind) and records what the bot did
+ * keeps Slack's 3-second windows, stores message metadata (returned by conversations.replies and
+ * .history with include_all_metadata, which needs the history scope of the channel's kind) and records what the bot did
  * for tests to assert on. A test can stall a Web API call (carried out or not, never answered): what a bot
  * that dies mid-call leaves.
  */
@@ -157,9 +157,10 @@ const DEFAULT_LIMITS: Record<string, BucketLimit> = {
   "files.completeUploadExternal": TIER[4],
   "files.delete": TIER[3],
   "conversations.replies": TIER[3],
+  "conversations.history": TIER[3],
 };
 
-/** The scope conversations.replies needs, by the kind of channel it reads. */
+/** The scope conversations.replies and .history need, by the kind of channel they read. */
 const HISTORY_SCOPES: Record<FakeChannel["kind"], string> = {
   public: "channels:history",
   private: "groups:history",
@@ -775,12 +776,7 @@ export class FakeSlack {
         return { files: files.map((f) => ({ id: f.id, title: f.title })) };
       }
       case "conversations.replies": {
-        const channel = this.channels.get(str("channel") ?? "");
-        if (!channel || (channel.kind !== "public" && !channel.members.has(this.botUser.id)))
-          throw fail("channel_not_found");
-        const needed = HISTORY_SCOPES[channel.kind];
-        if (!this.scopes.has(needed))
-          throw fail("missing_scope", { needed, provided: [...this.scopes].join(",") });
+        const channel = this.readableChannel(str("channel"));
         const ts = str("ts") ?? "";
         const parent = this.messages.get(`${channel.id}:${ts}`);
         if (!parent) throw fail("thread_not_found");
@@ -788,19 +784,15 @@ export class FakeSlack {
         const thread = [...this.messages.values()]
           .filter((m) => m.channel === channel.id && (m.ts === root || m.threadTs === root))
           .sort((a, b) => Number(a.ts) - Number(b.ts));
-        // Pages of `limit` (Slack: at most 1,000), the cursor being where the next page starts.
-        const limit = Math.min(Number(str("limit") ?? 1000) || 1000, 1000);
-        const start = Number(Buffer.from(str("cursor") ?? "", "base64url").toString() || 0);
-        const page = thread.slice(start, start + limit);
-        const more = start + limit < thread.length;
-        const metadata = ["true", "1"].includes(str("include_all_metadata") ?? "");
-        return {
-          messages: page.map((m) => this.messageJson(m, { metadata })),
-          has_more: more,
-          response_metadata: {
-            next_cursor: more ? Buffer.from(String(start + limit)).toString("base64url") : "",
-          },
-        };
+        return this.messagePage(thread, str);
+      }
+      case "conversations.history": {
+        // The channel's own messages (thread replies stay in their threads), newest first.
+        const channel = this.readableChannel(str("channel"));
+        const history = [...this.messages.values()]
+          .filter((m) => m.channel === channel.id && (!m.threadTs || m.threadTs === m.ts))
+          .sort((a, b) => Number(b.ts) - Number(a.ts));
+        return this.messagePage(history, str);
       }
       case "files.delete": {
         const file = this.files.get(str("file") ?? "");
@@ -985,6 +977,32 @@ export class FakeSlack {
       url_private_download: `${base}/download/${encodeURIComponent(file.name)}`,
       permalink: `https://fake.slack.com/files/${file.owner}/${file.id}/${encodeURIComponent(file.name)}`,
       file_access: "visible",
+    };
+  }
+
+  /** A channel conversations.* may read: one the bot sees, with the history scope of its kind. */
+  private readableChannel(id: string | undefined): FakeChannel {
+    const channel = this.channels.get(id ?? "");
+    if (!channel || (channel.kind !== "public" && !channel.members.has(this.botUser.id)))
+      throw fail("channel_not_found");
+    const needed = HISTORY_SCOPES[channel.kind];
+    if (!this.scopes.has(needed))
+      throw fail("missing_scope", { needed, provided: [...this.scopes].join(",") });
+    return channel;
+  }
+
+  /** One page of `limit` messages (Slack: at most 1,000), the cursor being where the next page starts. */
+  private messagePage(messages: FakeMessage[], str: (name: string) => string | undefined) {
+    const limit = Math.min(Number(str("limit") ?? 1000) || 1000, 1000);
+    const start = Number(Buffer.from(str("cursor") ?? "", "base64url").toString() || 0);
+    const more = start + limit < messages.length;
+    const metadata = ["true", "1"].includes(str("include_all_metadata") ?? "");
+    return {
+      messages: messages.slice(start, start + limit).map((m) => this.messageJson(m, { metadata })),
+      has_more: more,
+      response_metadata: {
+        next_cursor: more ? Buffer.from(String(start + limit)).toString("base64url") : "",
+      },
     };
   }
 
