@@ -361,7 +361,11 @@ export class ChatCommands {
       job.payload({ platform: this.adapter.platform, ...request.conversation, message: "0" }),
     );
     const title = fitText(job.title, this.adapter.limits.maxTextLength);
-    const answer = await command.step("answer", () => reply.public({ text: title }));
+    // Named like the progress post: where the answer is a plain post (Slack; a resumed command on
+    // Discord), a process that died after the platform took it but before it heard leaves it to be found.
+    const answer = await command.step("answer", () =>
+      reply.public({ text: title, once: { job: command.jobId, role: "answer", retry: command.resumed } }),
+    );
     try {
       const conversation = await command.step("thread", async () => {
         const opened = await this.adapter.openThread(answer, job.thread);

@@ -182,33 +182,38 @@ export class SlackAdapter implements ChatAdapter {
   }
 
   /**
-   * The bot's message in the thread that carries this post's metadata, if an earlier attempt made it.
-   * Results always go to a thread (openThread never falls back), so only threads are searched. Without
-   * the history scopes (an install from before they were asked for) the post goes out again.
+   * The bot's message that carries this post's metadata, if an earlier attempt made it: in the thread
+   * (every page), or for a post outside threads (a command's public answer) among the channel's latest
+   * 200 messages — a command is resumed within a lease or two of its answer, and paging a busy channel's
+   * whole history would eat its rate limit. Without the history scopes (an install from before they were
+   * asked for), or not found, the post goes out again.
    */
   private async findPost(
     to: Conversation,
     once: PostOnce,
   ): Promise<{ ts: string; hasFiles: boolean } | undefined> {
-    if (!to.thread) return undefined;
+    const page = (cursor?: string) =>
+      to.thread
+        ? this.client.conversations.replies({
+            channel: to.channel,
+            ts: to.thread,
+            include_all_metadata: true,
+            limit: 200,
+            ...(cursor ? { cursor } : {}),
+          })
+        : this.client.conversations.history({ channel: to.channel, include_all_metadata: true, limit: 200 });
     try {
       let cursor: string | undefined;
       do {
-        const page = await this.client.conversations.replies({
-          channel: to.channel,
-          ts: to.thread,
-          include_all_metadata: true,
-          limit: 200,
-          ...(cursor ? { cursor } : {}),
-        });
-        const found = page.messages?.find((m) => {
+        const { messages, response_metadata } = await page(cursor);
+        const found = messages?.find((m) => {
           const payload = m.metadata?.event_payload as Record<string, unknown> | undefined;
           return (
             m.metadata?.event_type === RESULT_EVENT && payload?.job === once.job && payload.role === once.role
           );
         });
         if (found?.ts) return { ts: found.ts, hasFiles: (found.files?.length ?? 0) > 0 };
-        cursor = page.response_metadata?.next_cursor || undefined;
+        cursor = (to.thread && response_metadata?.next_cursor) || undefined;
       } while (cursor);
     } catch (error) {
       if (slackError(error) !== "missing_scope") throw error;
