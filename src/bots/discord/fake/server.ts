@@ -883,13 +883,14 @@ export class FakeDiscord {
       };
     }
     if (p(0) === "webhooks") {
+      const application = p(1);
       const token = p(2);
       const target = p(3) === "messages" ? p(4) : undefined;
       const route = `${method} /webhooks/:app/:token${target ? (target === "@original" ? "/messages/@original" : "/messages/:id") : ""}`;
       return {
         route,
         bucket: { kind: "default", key: token },
-        run: async () => this.webhook(method, token, target, await form()),
+        run: async () => this.webhook(method, application, token, target, await form()),
       };
     }
     if (p(0) === "channels") {
@@ -1026,13 +1027,16 @@ export class FakeDiscord {
 
   private webhook(
     method: string,
+    application: string,
     token: string,
     target: string | undefined,
     body: ParsedBody,
   ): { status: number; body?: unknown } {
     const interaction = this.interactions.get(token);
-    if (!interaction || interaction.acknowledgedAt === undefined) throw unknown("Webhook", 10015);
-    if (Date.now() - interaction.acknowledgedAt > 15 * 60 * 1000) throw unknown("Webhook", 10015);
+    if (!interaction || interaction.acknowledgedAt === undefined || application !== this.applicationId)
+      throw unknown("Webhook", 10015);
+    // The token lives 15 minutes from the interaction, whichever process uses it.
+    if (Date.now() - interaction.dispatchedAt > 15 * 60 * 1000) throw unknown("Webhook", 10015);
     const original = interaction.originalId ? this.messages.get(interaction.originalId) : undefined;
     if (target === undefined) {
       if (method !== "POST") throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
