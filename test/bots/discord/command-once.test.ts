@@ -97,11 +97,12 @@ describe.each([
 describe("a bot SIGKILLed before it hears back from its public answer", () => {
   /** Kills the bot at the answer's edit; `expire` ages the interaction past its token's 15 minutes. */
   async function killedAtAnswer(when: StallRule["when"], expire = false) {
+    const first = await bots.current();
     const stalled = w.fake.stall({ when, match: publicAnswer });
     const channel = w.fake.addTextChannel(`answer-killed-${w.fake.requests.length}`);
     const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
     await stalled;
-    await killBotProcess(await bots.current());
+    await killBotProcess(first);
     const original = w.fake.messages.get(interaction.originalId ?? "");
     expect(original && (original.flags & 128) !== 0).toBe(when === "before");
     if (expire) interaction.dispatchedAt -= 15 * 60_000;
