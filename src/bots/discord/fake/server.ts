@@ -398,6 +398,11 @@ export class FakeDiscord {
     return attachment;
   }
 
+  /** The attachment's CDN link expires (Discord signs them for a day): its URL answers 404 from now on. */
+  expireAttachment(attachment: FakeAttachment): void {
+    this.files.delete(attachment.id);
+  }
+
   /** What inactivity does: a thread archives once its last message is older than its duration. */
   archiveIdleThreads(now = Date.now()): FakeChannel[] {
     const archived: FakeChannel[] = [];
@@ -735,10 +740,17 @@ export class FakeDiscord {
     let raw: { bytes: Uint8Array; type: string } | undefined;
     try {
       if (url.pathname.startsWith("/attachments/")) {
+        record.route = "GET /attachments";
+        // A download stalls whichever `when`: there is nothing for Discord to carry out.
+        const stall = await this.stallFor(record.route, req, body);
+        if (stall) {
+          this.requests.push(record);
+          stall.stalled(record);
+          return;
+        }
         const id = url.pathname.split("/")[2] ?? "";
         const file = this.files.get(id);
         if (!file) throw unknown("Attachment", 0);
-        record.route = "GET /attachments";
         raw = { bytes: file.bytes, type: file.content_type };
       } else {
         const path = url.pathname.replace(/^\/api\/v10/, "");
