@@ -12,7 +12,8 @@
 // command is resumed with the interaction's webhook (kept in its record): the new bot edits that same
 // message into the answer while the token lives (before, it posted the answer beside a "thinking…"
 // that stayed up for 15 minutes, or beside the answer Discord had already filled in), and posts it
-// plainly once Discord refuses the token, losing nothing.
+// plainly once Discord refuses the token, losing nothing. Killed while it downloads the photo, whose
+// link then expires, the new bot says so in place of the "thinking…" (before: in a post beside it).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import type { QueueClient } from "../../../src/queue/client.js";
@@ -136,4 +137,26 @@ describe("a bot SIGKILLed before it hears back from its public answer", () => {
     );
     expect(refused).toHaveLength(1);
   });
+});
+
+it("a resumed command that cannot fetch its photo any more says so in place of the interaction's 'thinking…'", async () => {
+  const first = await bots.current();
+  const stalled = w.fake.stall({ when: "before", match: ({ route }) => route === "GET /attachments" });
+  const channel = w.fake.addTextChannel(`download-killed-${w.fake.requests.length}`);
+  const photo = w.photo();
+  const interaction = w.imagic(channel, [], photo);
+  await stalled;
+  await killBotProcess(first);
+  w.fake.expireAttachment(photo);
+  await bots.next();
+  const original = await w.fake.waitFor("the note", () => {
+    const message = w.fake.messages.get(interaction.originalId ?? "");
+    return message?.content.includes("I was restarted") ? message : undefined;
+  });
+  expect(original.flags & 128).toBe(0);
+  expect(original.content).toContain("could not be downloaded from Discord (HTTP 404); send it again");
+  expect(w.posted(channel.id)).toEqual([original]);
+  expect(await queue.queue.getJobs()).not.toContainEqual(
+    expect.objectContaining({ id: `imagic-${interaction.id}` }),
+  );
 });
