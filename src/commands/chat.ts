@@ -80,6 +80,23 @@ export interface CommandReply {
   private(text: string): Promise<void>;
   /** The public answer in the channel; threads open on it. */
   public(message: OutgoingMessage): Promise<MessageRef>;
+  /**
+   * How another process may still answer this request after this one died (kept in the command's
+   * record): where the platform shows a placeholder until the answer (Discord's "thinking…").
+   */
+  readonly handle?: ReplyHandle;
+}
+
+/**
+ * A credential with which any process may answer a request in place of the one that received it
+ * (Discord: the interaction's application id and token). Kept only in the pending command's record,
+ * never logged.
+ */
+export interface ReplyHandle {
+  /** The adapter's own encoding; only ChatAdapter.answerOriginal reads it. */
+  secret: string;
+  /** When (epoch ms) the platform stops accepting it. */
+  until: number;
 }
 
 export interface ReactionEvent {
@@ -135,4 +152,14 @@ export interface ChatAdapter {
   download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array>;
   /** How to mention a user in a public message. */
   mention(userId: string): string;
+  /**
+   * Turns the placeholder a request left (CommandReply.handle) into `message`, from any process; `to` is
+   * where the request was made. Undefined when the platform refuses (the placeholder is gone, the
+   * handle expired): the caller posts instead. Platforms without a placeholder leave it out.
+   */
+  answerOriginal?(
+    handle: ReplyHandle,
+    to: Conversation,
+    message: OutgoingMessage,
+  ): Promise<MessageRef | undefined>;
 }

@@ -13,7 +13,7 @@ import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { childLogger } from "../log.js";
 import { LeasedClaims } from "../queue/leased-claims.js";
-import type { CommandRequest } from "./chat.js";
+import type { CommandRequest, ReplyHandle } from "./chat.js";
 
 /** A pending command is resumed within leases; one a day old is only cleared. */
 const RECORD_TTL_SECONDS = 86_400;
@@ -30,6 +30,8 @@ export class PendingCommand {
     readonly request: CommandRequest,
     /** Run again from its record by another process (or this one) after its first run died. */
     readonly resumed: boolean,
+    /** How to answer the request in its first process's place (a credential: never logged). */
+    readonly handle: ReplyHandle | undefined,
     private readonly done: Partial<Record<CommandStep, string>>,
   ) {}
 
@@ -82,17 +84,20 @@ export class PendingCommands {
   }
 
   /** Records an acknowledged command; from now on it is resumed if this process dies. */
-  async open(request: CommandRequest): Promise<PendingCommand> {
+  async open(request: CommandRequest, handle?: ReplyHandle): Promise<PendingCommand> {
     // A snowflake or a UUID: no ':', and the job id `<command>-<id>` is no integer (BullMQ's custom ids).
     const id = request.id ?? randomUUID();
     // The record and its claim in one transaction: a process killed on the way leaves both (resumed
     // once the lease runs out) or neither (lost with the process, as if it had died just before).
     await this.claims.take(id, (tx) =>
       tx
-        .hset(this.recordKey(id), "request", JSON.stringify(request))
+        .hset(this.recordKey(id), {
+          request: JSON.stringify(request),
+          ...(handle ? { handle: JSON.stringify(handle) } : {}),
+        })
         .expire(this.recordKey(id), RECORD_TTL_SECONDS),
     );
-    return new PendingCommand(this, id, request, false, {});
+    return new PendingCommand(this, id, request, false, handle, {});
   }
 
   /**
@@ -103,13 +108,14 @@ export class PendingCommands {
     const taken: PendingCommand[] = [];
     for (const id of await this.claims.abandoned()) {
       if ((await this.claims.take(id)) !== "retry") continue;
-      const { request, ...done } = await this.redis.hgetall(this.recordKey(id));
+      const { request, handle, ...done } = await this.redis.hgetall(this.recordKey(id));
       if (!request) {
         await this.clear(id);
         continue;
       }
       this.log.info({ command: id }, "resuming a command whose bot died before its job was queued");
-      taken.push(new PendingCommand(this, id, JSON.parse(request) as CommandRequest, true, done));
+      const reply = handle === undefined ? undefined : (JSON.parse(handle) as ReplyHandle);
+      taken.push(new PendingCommand(this, id, JSON.parse(request) as CommandRequest, true, reply, done));
     }
     return taken;
   }

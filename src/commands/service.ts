@@ -22,6 +22,7 @@ import type {
   Conversation,
   IncomingAttachment,
   MessageRef,
+  OutgoingMessage,
   PostOnce,
   ReactionEvent,
 } from "./chat.js";
@@ -205,7 +206,7 @@ export class ChatCommands {
     run: (command: PendingCommand) => Promise<void>,
   ): Promise<void> {
     await reply.acknowledge();
-    const command = resumed ?? (await this.pending.open(request));
+    const command = resumed ?? (await this.pending.open(request, reply.handle));
     try {
       await this.pending.whileHeld(command, () => run(command));
     } catch (error) {
@@ -227,25 +228,39 @@ export class ChatCommands {
 
   /**
    * The reply of a command run again by another process: the interaction went with the process that
-   * died, so the public answer (if it was not out yet) is a plain post, and what only the author would
-   * have seen is said to them where their command was answered.
+   * died, so the public answer (if it was not out yet) replaces the request's placeholder while the
+   * platform still lets it (else it is a plain post), and what only the author would have seen is said
+   * to them there, or where their command was answered.
    */
   private resumedReply(command: PendingCommand): CommandReply {
     const { request } = command;
     return {
       acknowledge: async () => {},
-      public: (message) => this.adapter.post(request.conversation, message),
+      public: async (message) =>
+        (await this.answerOriginal(command, message)) ?? this.adapter.post(request.conversation, message),
       private: async (text) => {
-        const conversation = command.recorded<Conversation>("thread") ?? request.conversation;
-        await this.adapter.post(conversation, {
+        const note = {
           text: fitText(
             `${this.adapter.mention(request.userId)} I was restarted while starting your \`/${request.command}\`:\n${text}`,
             this.adapter.limits.maxTextLength,
           ),
           notify: [request.userId],
-        });
+        };
+        // Before the public answer the placeholder is still up: the note takes its place.
+        if (command.recorded("answer") === undefined && (await this.answerOriginal(command, note))) return;
+        await this.adapter.post(command.recorded<Conversation>("thread") ?? request.conversation, note);
       },
     };
+  }
+
+  /** Answers in place of the placeholder the command's request left, while its handle is valid. */
+  private async answerOriginal(
+    command: PendingCommand,
+    message: OutgoingMessage,
+  ): Promise<MessageRef | undefined> {
+    const { handle } = command;
+    if (!handle || !this.adapter.answerOriginal || Date.now() >= handle.until) return undefined;
+    return this.adapter.answerOriginal(handle, command.request.conversation, message);
   }
 
   /**
@@ -361,8 +376,9 @@ export class ChatCommands {
       job.payload({ platform: this.adapter.platform, ...request.conversation, message: "0" }),
     );
     const title = fitText(job.title, this.adapter.limits.maxTextLength);
-    // Named like the progress post: where the answer is a plain post (Slack; a resumed command on
-    // Discord), a process that died after the platform took it but before it heard leaves it to be found.
+    // Named like the progress post: where the answer is a plain post (Slack; on Discord a resumed command
+    // past its interaction's token), a process that died after the platform took it but before it heard
+    // leaves it to be found.
     const answer = await command.step("answer", () =>
       reply.public({ text: title, once: { job: command.jobId, role: "answer", retry: command.resumed } }),
     );

@@ -5,6 +5,7 @@ import {
   ChannelType,
   type Client,
   DiscordAPIError,
+  InteractionWebhook,
   type PermissionsBitField,
   type RateLimitData,
   RateLimitError,
@@ -23,12 +24,14 @@ import {
   type MessageRef,
   type OutgoingMessage,
   type PostOnce,
+  type ReplyHandle,
   type ThreadResult,
 } from "../../commands/chat.js";
 import { fitText } from "../../commands/progress.js";
 import { UserFacingError } from "../../errors.js";
+import { childLogger } from "../../log.js";
 import { formatBytes } from "../../queue/blobs.js";
-import { allowedMentions } from "./interactions.js";
+import { allowedMentions, type InteractionHandle } from "./interactions.js";
 import { FOR_THREADS, missing, missingText } from "./permissions.js";
 
 /** Discord's limits for a bot without server boosts. */
@@ -42,6 +45,8 @@ export const DISCORD_LIMITS: ChatLimits = {
 };
 
 const THREAD_NAME_MAX = 100;
+
+const log = childLogger("discord");
 
 /** How long the interaction that reported a channel's permissions stays their source (its token's life). */
 const PERMISSIONS_KEPT_MS = 15 * 60_000;
@@ -229,5 +234,32 @@ export class DiscordAdapter implements ChatAdapter {
 
   mention(userId: string): string {
     return `<@${userId}>`;
+  }
+
+  /** Edits the interaction's original response (its deferred "thinking…") through its webhook. */
+  async answerOriginal(
+    handle: ReplyHandle,
+    to: Conversation,
+    message: OutgoingMessage,
+  ): Promise<MessageRef | undefined> {
+    const { application, token } = JSON.parse(handle.secret) as InteractionHandle;
+    try {
+      const webhook = new InteractionWebhook(this.client as Client<true>, application, token);
+      const sent = await webhook.editMessage("@original", {
+        content: message.text,
+        files: files(message.images ?? []),
+        ...allowedMentions(message),
+      });
+      return { conversation: to, id: sent.id };
+    } catch (error) {
+      // Not the error itself: its url holds the token.
+      log.warn(
+        error instanceof DiscordAPIError
+          ? { status: error.status, code: error.code, reason: error.message }
+          : { reason: String(error) },
+        "could not edit a resumed command's interaction response; posting the answer instead",
+      );
+      return undefined;
+    }
   }
 }

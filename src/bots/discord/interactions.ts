@@ -24,6 +24,15 @@ const log = childLogger("discord");
 /** If a command has not answered by then, defer (privately) so the 3-second window cannot pass. */
 const SAFETY_DEFER_MS = 2000;
 
+/** How long Discord accepts an interaction's token, from the interaction. */
+const INTERACTION_TOKEN_MS = 15 * 60_000;
+
+/** What a ReplyHandle's secret holds on Discord: the interaction's webhook. */
+export interface InteractionHandle {
+  application: string;
+  token: string;
+}
+
 export function conversationOf(interaction: ChatInputCommandInteraction): Conversation {
   const channel = interaction.channel;
   if (channel?.isThread() && channel.parentId) return { channel: channel.parentId, thread: channel.id };
@@ -84,7 +93,13 @@ export function commandReply(interaction: ChatInputCommandInteraction): CommandR
   const files = (message: OutgoingMessage) =>
     (message.images ?? []).map((i) => new AttachmentBuilder(Buffer.from(i.bytes), { name: i.name }));
 
+  const handle: InteractionHandle = { application: interaction.applicationId, token: interaction.token };
   return {
+    // A process resuming the command edits the deferred "thinking…" message into the answer, as here.
+    handle: {
+      secret: JSON.stringify(handle),
+      until: interaction.createdTimestamp + INTERACTION_TOKEN_MS,
+    },
     async acknowledge() {
       await settled();
       if (!interaction.deferred && !interaction.replied) await interaction.deferReply();

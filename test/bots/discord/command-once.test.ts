@@ -7,6 +7,13 @@
 // the progress message (in the second case Discord answers with the first one, by its nonce) and queues
 // the job under the command's id. (Before the fix nothing recorded the command: no job, and a thread
 // saying "Sending to the queue…" for ever.)
+//
+// Killed before its public answer — the edit of the interaction's deferred "thinking…" message — the
+// command is resumed with the interaction's webhook (kept in its record): the new bot edits that same
+// message into the answer while the token lives (before, it posted the answer beside a "thinking…"
+// that stayed up for 15 minutes, or beside the answer Discord had already filled in), and posts it
+// plainly once Discord refuses the token, losing nothing. Killed while it downloads the photo, whose
+// link then expires, the new bot says so in place of the "thinking…" (before: in a post beside it).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import type { QueueClient } from "../../../src/queue/client.js";
@@ -35,6 +42,9 @@ afterAll(async () => {
 
 const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").startsWith(SENDING);
+const publicAnswer: StallRule["match"] = ({ route, json }) =>
+  route === "PATCH /webhooks/:app/:token/messages/@original" &&
+  String(json.content ?? "").includes("asked Imagic");
 const threadOpen: StallRule["match"] = ({ route }) => route === "POST /channels/:id/messages/:id/threads";
 
 describe.each([
@@ -75,4 +85,70 @@ describe.each([
     // The public answer is the interaction's, posted by the first bot and not again.
     expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toHaveLength(1);
   });
+});
+
+describe("a bot SIGKILLed before it hears back from its public answer", () => {
+  /** Kills the bot at the answer's edit; `expire` ages the interaction past its token's 15 minutes. */
+  async function killedAtAnswer(when: StallRule["when"], expire = false) {
+    const first = await bots.current();
+    const stalled = w.fake.stall({ when, match: publicAnswer });
+    const channel = w.fake.addTextChannel(`answer-killed-${w.fake.requests.length}`);
+    const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
+    await stalled;
+    await killBotProcess(first);
+    const original = w.fake.messages.get(interaction.originalId ?? "");
+    expect(original && (original.flags & 128) !== 0).toBe(when === "before");
+    if (expire) interaction.dispatchedAt -= 15 * 60_000;
+    await bots.next();
+    const answer = await w.fake.waitFor("the resumed answer", () =>
+      w.posted(channel.id).find((m) => m.content.includes("asked Imagic")),
+    );
+    const thread = await w.fake.waitFor("a thread on the answer", () => answer.threadId);
+    await w.offer(thread, 1, 2);
+    expect(await jobsOf(thread)).toEqual([`imagic-${interaction.id}`]);
+    return { channel, interaction, answer };
+  }
+
+  it.each(["before", "after"] as const)(
+    "edits the interaction's deferred response into the answer (killed %s Discord saw the edit)",
+    async (when) => {
+      const { channel, interaction, answer } = await killedAtAnswer(when);
+      expect(answer.id).toBe(interaction.originalId);
+      expect(answer.flags & 128).toBe(0);
+      expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
+    },
+  );
+
+  it("posts the answer in the channel once the interaction's token has expired", async () => {
+    const { channel, interaction, answer } = await killedAtAnswer("before", true);
+    expect(answer.id).not.toBe(interaction.originalId);
+    expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
+    // The edit was tried and refused (10015), which cost nothing but the request.
+    const refused = w.fake.requests.filter(
+      (r) => r.path.includes(interaction.token) && r.route.startsWith("PATCH") && r.code === 10015,
+    );
+    expect(refused).toHaveLength(1);
+  });
+});
+
+it("a resumed command that cannot fetch its photo any more says so in place of the interaction's 'thinking…'", async () => {
+  const first = await bots.current();
+  const stalled = w.fake.stall({ when: "before", match: ({ route }) => route === "GET /attachments" });
+  const channel = w.fake.addTextChannel(`download-killed-${w.fake.requests.length}`);
+  const photo = w.photo();
+  const interaction = w.imagic(channel, [], photo);
+  await stalled;
+  await killBotProcess(first);
+  w.fake.expireAttachment(photo);
+  await bots.next();
+  const original = await w.fake.waitFor("the note", () => {
+    const message = w.fake.messages.get(interaction.originalId ?? "");
+    return message?.content.includes("I was restarted") ? message : undefined;
+  });
+  expect(original.flags & 128).toBe(0);
+  expect(original.content).toContain("could not be downloaded from Discord (HTTP 404); send it again");
+  expect(w.posted(channel.id)).toEqual([original]);
+  expect(await queue.queue.getJobs()).not.toContainEqual(
+    expect.objectContaining({ id: `imagic-${interaction.id}` }),
+  );
 });

@@ -398,6 +398,11 @@ export class FakeDiscord {
     return attachment;
   }
 
+  /** The attachment's CDN link expires (Discord signs them for a day): its URL answers 404 from now on. */
+  expireAttachment(attachment: FakeAttachment): void {
+    this.files.delete(attachment.id);
+  }
+
   /** What inactivity does: a thread archives once its last message is older than its duration. */
   archiveIdleThreads(now = Date.now()): FakeChannel[] {
     const archived: FakeChannel[] = [];
@@ -735,10 +740,17 @@ export class FakeDiscord {
     let raw: { bytes: Uint8Array; type: string } | undefined;
     try {
       if (url.pathname.startsWith("/attachments/")) {
+        record.route = "GET /attachments";
+        // A download stalls whichever `when`: there is nothing for Discord to carry out.
+        const stall = await this.stallFor(record.route, req, body);
+        if (stall) {
+          this.requests.push(record);
+          stall.stalled(record);
+          return;
+        }
         const id = url.pathname.split("/")[2] ?? "";
         const file = this.files.get(id);
         if (!file) throw unknown("Attachment", 0);
-        record.route = "GET /attachments";
         raw = { bytes: file.bytes, type: file.content_type };
       } else {
         const path = url.pathname.replace(/^\/api\/v10/, "");
@@ -883,13 +895,14 @@ export class FakeDiscord {
       };
     }
     if (p(0) === "webhooks") {
+      const application = p(1);
       const token = p(2);
       const target = p(3) === "messages" ? p(4) : undefined;
       const route = `${method} /webhooks/:app/:token${target ? (target === "@original" ? "/messages/@original" : "/messages/:id") : ""}`;
       return {
         route,
         bucket: { kind: "default", key: token },
-        run: async () => this.webhook(method, token, target, await form()),
+        run: async () => this.webhook(method, application, token, target, await form()),
       };
     }
     if (p(0) === "channels") {
@@ -1026,13 +1039,16 @@ export class FakeDiscord {
 
   private webhook(
     method: string,
+    application: string,
     token: string,
     target: string | undefined,
     body: ParsedBody,
   ): { status: number; body?: unknown } {
     const interaction = this.interactions.get(token);
-    if (!interaction || interaction.acknowledgedAt === undefined) throw unknown("Webhook", 10015);
-    if (Date.now() - interaction.acknowledgedAt > 15 * 60 * 1000) throw unknown("Webhook", 10015);
+    if (!interaction || interaction.acknowledgedAt === undefined || application !== this.applicationId)
+      throw unknown("Webhook", 10015);
+    // The token lives 15 minutes from the interaction, whichever process uses it.
+    if (Date.now() - interaction.dispatchedAt > 15 * 60 * 1000) throw unknown("Webhook", 10015);
     const original = interaction.originalId ? this.messages.get(interaction.originalId) : undefined;
     if (target === undefined) {
       if (method !== "POST") throw new HttpError(405, { message: "405: Method Not Allowed", code: 0 });
