@@ -105,7 +105,7 @@ describe("a bot SIGKILLed before it hears back from its public answer", () => {
     );
     const thread = await w.fake.waitFor("a thread on the answer", () => answer.threadId);
     await w.offer(thread, 1, 2);
-    expect(await jobsOf(thread)).toEqual([`imagic-${interaction.id}`]);
+    expect(await jobIdsInThread(queue, thread)).toEqual([`imagic-${interaction.id}`]);
     return { channel, interaction, answer };
   }
 
