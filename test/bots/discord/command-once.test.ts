@@ -14,31 +14,15 @@
 // that stayed up for 15 minutes, or beside the answer Discord had already filled in), and posts it
 // plainly once Discord refuses the token, losing nothing. Killed while it downloads the photo, whose
 // link then expires, the new bot says so in place of the "thinking…" (before: in a post beside it).
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
-import type { QueueClient } from "../../../src/queue/client.js";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { botProcesses, killBotProcess } from "../support/bot-process.js";
+import { killBotProcess, killTestWorld } from "../support/bot-process.js";
 import { jobIdsInThread } from "../support/jobs.js";
-import { opt, startDiscordBotProcess, type World, world } from "./support.js";
+import { opt, startDiscordBotProcess, world } from "./support.js";
 
 const SENDING = "🕒 Sending to the queue";
 const SEED_OFFER = "**Pick a seed**";
-let w: World;
-/** A client on the world's queue, to look at the jobs the bot processes queued. */
-let queue: QueueClient;
-const bots = botProcesses(() => startDiscordBotProcess(w));
-
-beforeAll(async () => {
-  w = await world();
-  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
-  queue = await w.h.client();
-});
-afterAll(async () => {
-  await bots.close();
-  await queue.close();
-  await w.close();
-});
+const t = killTestWorld(world, startDiscordBotProcess);
 
 const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").startsWith(SENDING);
@@ -62,50 +46,50 @@ describe.each([
   },
 ])("a bot SIGKILLed between a command's answer and its job ($what)", ({ when, match }) => {
   it("queues the job once after a restart, and the thread gets one progress message and one grid", async () => {
-    const first = await bots.current();
-    const stalled = w.fake.stall({ when, match });
-    const channel = w.fake.addTextChannel(`command-killed-${w.fake.requests.length}`);
-    const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
-    const thread = await w.thread(interaction);
+    const first = await t.bots.current();
+    const stalled = t.w.fake.stall({ when, match });
+    const channel = t.w.fake.addTextChannel(`command-killed-${t.w.fake.requests.length}`);
+    const interaction = t.w.imagic(channel, [opt.string("seeds", "2")]);
+    const thread = await t.w.thread(interaction);
     await stalled;
     await killBotProcess(first);
-    expect(await jobIdsInThread(queue, thread)).toEqual([]);
-    expect(w.posted(thread)).toHaveLength(when === "after" && match === progressPost ? 1 : 0);
+    expect(await jobIdsInThread(t.queue, thread)).toEqual([]);
+    expect(t.w.posted(thread)).toHaveLength(when === "after" && match === progressPost ? 1 : 0);
 
-    await bots.next();
-    const grid = await w.offer(thread, 1, 2);
+    await t.bots.next();
+    const grid = await t.w.offer(thread, 1, 2);
     // A moment for a second post or job, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(await jobIdsInThread(queue, thread)).toEqual([`imagic-${interaction.id}`]);
+    expect(await jobIdsInThread(t.queue, thread)).toEqual([`imagic-${interaction.id}`]);
     // The grid does not wait for the progress message's last edit.
     const done = "✅ Fine-tuned on your photo.";
-    await w.fake.waitFor("the progress message's last word", () => w.posted(thread)[0]?.content === done);
-    expect(w.posted(thread).slice(1)).toEqual([grid]);
+    await t.w.fake.waitFor("the progress message's last word", () => t.w.posted(thread)[0]?.content === done);
+    expect(t.w.posted(thread).slice(1)).toEqual([grid]);
     expect(grid.content).toContain(SEED_OFFER);
     // The public answer is the interaction's, posted by the first bot and not again.
-    expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toHaveLength(1);
+    expect(t.w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toHaveLength(1);
   });
 });
 
 describe("a bot SIGKILLed before it hears back from its public answer", () => {
   /** Kills the bot at the answer's edit; `expire` ages the interaction past its token's 15 minutes. */
   async function killedAtAnswer(when: StallRule["when"], expire = false) {
-    const first = await bots.current();
-    const stalled = w.fake.stall({ when, match: publicAnswer });
-    const channel = w.fake.addTextChannel(`answer-killed-${w.fake.requests.length}`);
-    const interaction = w.imagic(channel, [opt.string("seeds", "2")]);
+    const first = await t.bots.current();
+    const stalled = t.w.fake.stall({ when, match: publicAnswer });
+    const channel = t.w.fake.addTextChannel(`answer-killed-${t.w.fake.requests.length}`);
+    const interaction = t.w.imagic(channel, [opt.string("seeds", "2")]);
     await stalled;
     await killBotProcess(first);
-    const original = w.fake.messages.get(interaction.originalId ?? "");
+    const original = t.w.fake.messages.get(interaction.originalId ?? "");
     expect(original && (original.flags & 128) !== 0).toBe(when === "before");
     if (expire) interaction.dispatchedAt -= 15 * 60_000;
-    await bots.next();
-    const answer = await w.fake.waitFor("the resumed answer", () =>
-      w.posted(channel.id).find((m) => m.content.includes("asked Imagic")),
+    await t.bots.next();
+    const answer = await t.w.fake.waitFor("the resumed answer", () =>
+      t.w.posted(channel.id).find((m) => m.content.includes("asked Imagic")),
     );
-    const thread = await w.fake.waitFor("a thread on the answer", () => answer.threadId);
-    await w.offer(thread, 1, 2);
-    expect(await jobIdsInThread(queue, thread)).toEqual([`imagic-${interaction.id}`]);
+    const thread = await t.w.fake.waitFor("a thread on the answer", () => answer.threadId);
+    await t.w.offer(thread, 1, 2);
+    expect(await jobIdsInThread(t.queue, thread)).toEqual([`imagic-${interaction.id}`]);
     return { channel, interaction, answer };
   }
 
@@ -115,16 +99,16 @@ describe("a bot SIGKILLed before it hears back from its public answer", () => {
       const { channel, interaction, answer } = await killedAtAnswer(when);
       expect(answer.id).toBe(interaction.originalId);
       expect(answer.flags & 128).toBe(0);
-      expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
+      expect(t.w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
     },
   );
 
   it("posts the answer in the channel once the interaction's token has expired", async () => {
     const { channel, interaction, answer } = await killedAtAnswer("before", true);
     expect(answer.id).not.toBe(interaction.originalId);
-    expect(w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
+    expect(t.w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
     // The edit was tried and refused (10015), which cost nothing but the request.
-    const refused = w.fake.requests.filter(
+    const refused = t.w.fake.requests.filter(
       (r) => r.path.includes(interaction.token) && r.route.startsWith("PATCH") && r.code === 10015,
     );
     expect(refused).toHaveLength(1);
@@ -132,23 +116,23 @@ describe("a bot SIGKILLed before it hears back from its public answer", () => {
 });
 
 it("a resumed command that cannot fetch its photo any more says so in place of the interaction's 'thinking…'", async () => {
-  const first = await bots.current();
-  const stalled = w.fake.stall({ when: "before", match: ({ route }) => route === "GET /attachments" });
-  const channel = w.fake.addTextChannel(`download-killed-${w.fake.requests.length}`);
-  const photo = w.photo();
-  const interaction = w.imagic(channel, [], photo);
+  const first = await t.bots.current();
+  const stalled = t.w.fake.stall({ when: "before", match: ({ route }) => route === "GET /attachments" });
+  const channel = t.w.fake.addTextChannel(`download-killed-${t.w.fake.requests.length}`);
+  const photo = t.w.photo();
+  const interaction = t.w.imagic(channel, [], photo);
   await stalled;
   await killBotProcess(first);
-  w.fake.expireAttachment(photo);
-  await bots.next();
-  const original = await w.fake.waitFor("the note", () => {
-    const message = w.fake.messages.get(interaction.originalId ?? "");
+  t.w.fake.expireAttachment(photo);
+  await t.bots.next();
+  const original = await t.w.fake.waitFor("the note", () => {
+    const message = t.w.fake.messages.get(interaction.originalId ?? "");
     return message?.content.includes("I was restarted") ? message : undefined;
   });
   expect(original.flags & 128).toBe(0);
   expect(original.content).toContain("could not be downloaded from Discord (HTTP 404); send it again");
-  expect(w.posted(channel.id)).toEqual([original]);
-  expect(await queue.queue.getJobs()).not.toContainEqual(
+  expect(t.w.posted(channel.id)).toEqual([original]);
+  expect(await t.queue.queue.getJobs()).not.toContainEqual(
     expect.objectContaining({ id: `imagic-${interaction.id}` }),
   );
 });

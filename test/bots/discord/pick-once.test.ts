@@ -5,29 +5,14 @@
 // then starts a new one. The pick's claim was never done, so the new bot takes it over by itself (no
 // second reaction): one progress message (its nonce), one render job (its fixed id), one sweep grid.
 // (Before the fix the claim was final: the pick was lost and reacting again did nothing.)
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
-import type { QueueClient } from "../../../src/queue/client.js";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { botProcesses, killBotProcess } from "../support/bot-process.js";
+import { killBotProcess, killTestWorld } from "../support/bot-process.js";
 import { renderJobIds } from "../support/jobs.js";
-import { opt, startDiscordBotProcess, type World, world } from "./support.js";
+import { opt, startDiscordBotProcess, world } from "./support.js";
 
 const RENDERING = "rendering seed";
-let w: World;
-/** Reads the shared queue: the render jobs the picks queued. */
-let probe: QueueClient;
-const bots = botProcesses(() => startDiscordBotProcess(w));
-
-beforeAll(async () => {
-  w = await world();
-  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
-  probe = await w.h.client();
-});
-afterAll(async () => {
-  await bots.close();
-  await w.close();
-});
+const t = killTestWorld(world, startDiscordBotProcess);
 
 const progressPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").includes(RENDERING);
@@ -37,40 +22,40 @@ describe.each([
   { when: "after" as const, what: "after Discord created it, before the bot hears back" },
 ])("a bot SIGKILLed between a pick's claim and its queue add ($what)", ({ when }) => {
   it("renders the pick once after a restart, without a second reaction", async () => {
-    const first = await bots.current();
-    const channel = w.fake.addTextChannel(`pick-killed-${when}`);
-    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
-    const grid = await w.offer(thread, 1, 2);
-    const before = await renderJobIds(probe);
+    const first = await t.bots.current();
+    const channel = t.w.fake.addTextChannel(`pick-killed-${when}`);
+    const thread = await t.w.thread(t.w.imagic(channel, [opt.string("seeds", "2")]));
+    const grid = await t.w.offer(thread, 1, 2);
+    const before = await renderJobIds(t.queue);
 
-    const stalled = w.fake.stall({ when, match: progressPost });
-    w.fake.react(w.author, grid.id, "2️⃣");
+    const stalled = t.w.fake.stall({ when, match: progressPost });
+    t.w.fake.react(t.w.author, grid.id, "2️⃣");
     await stalled;
     await killBotProcess(first);
-    const stalledPost = w.posted(thread).filter((m) => m.content.includes(RENDERING));
+    const stalledPost = t.w.posted(thread).filter((m) => m.content.includes(RENDERING));
     expect(stalledPost).toHaveLength(when === "after" ? 1 : 0);
-    expect(await renderJobIds(probe)).toEqual(before);
+    expect(await renderJobIds(t.queue)).toEqual(before);
 
-    await bots.next();
-    const sweep = await w.offer(thread, 2, 5);
+    await t.bots.next();
+    const sweep = await t.w.offer(thread, 2, 5);
     expect(sweep.content).toContain("**Pick the final image**");
     // A moment for a second render or post, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 1500));
     // After the grid: one progress message (the one Discord created before the kill, if it did; edited
     // by the render since) and the sweep.
-    const afterGrid = w.posted(thread).slice(w.posted(thread).indexOf(grid) + 1);
+    const afterGrid = t.w.posted(thread).slice(t.w.posted(thread).indexOf(grid) + 1);
     expect(afterGrid).toHaveLength(2);
     const [progress] = afterGrid;
     expect(progress?.content).toMatch(/rendering seed|Imagic render|Rendered/);
     if (stalledPost[0]) expect(progress?.id).toBe(stalledPost[0].id);
     expect(afterGrid[1]).toBe(sweep);
-    const rendered = (await renderJobIds(probe)).filter((id) => !before.includes(id));
+    const rendered = (await renderJobIds(t.queue)).filter((id) => !before.includes(id));
     expect(rendered).toHaveLength(1);
-    expect(w.posted(thread).filter((m) => m.reactions.size > 0)).toHaveLength(2);
+    expect(t.w.posted(thread).filter((m) => m.reactions.size > 0)).toHaveLength(2);
 
     // Taken once: reacting again queues nothing more.
-    w.fake.react(w.author, grid.id, "2️⃣");
+    t.w.fake.react(t.w.author, grid.id, "2️⃣");
     await new Promise((resolve) => setTimeout(resolve, 500));
-    expect((await renderJobIds(probe)).filter((id) => !before.includes(id))).toEqual(rendered);
+    expect((await renderJobIds(t.queue)).filter((id) => !before.includes(id))).toEqual(rendered);
   });
 });

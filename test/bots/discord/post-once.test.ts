@@ -6,24 +6,13 @@
 // Discord with the first message (the post's nonce, enforce_nonce), which then gets its reactions.
 // (Before the fix the claim was final: the first case lost the result, the second left a grid nobody
 // could pick from.)
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { botProcesses, killBotProcess } from "../support/bot-process.js";
-import { opt, startDiscordBotProcess, type World, world } from "./support.js";
+import { killBotProcess, killTestWorld } from "../support/bot-process.js";
+import { opt, startDiscordBotProcess, world } from "./support.js";
 
 const SEED_OFFER = "**Pick a seed**";
-let w: World;
-const bots = botProcesses(() => startDiscordBotProcess(w));
-
-beforeAll(async () => {
-  w = await world();
-  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
-});
-afterAll(async () => {
-  await bots.close();
-  await w.close();
-});
+const t = killTestWorld(world, startDiscordBotProcess);
 
 const gridPost: StallRule["match"] = ({ route, json }) =>
   route === "POST /channels/:id/messages" && String(json.content ?? "").includes(SEED_OFFER);
@@ -33,29 +22,29 @@ describe.each([
   { when: "after" as const, what: "after Discord created the grid, before the bot hears back" },
 ])("a bot SIGKILLed mid-post ($what)", ({ when }) => {
   it("posts the grid once after a restart, with its reactions, and the pick works", async () => {
-    const first = await bots.current();
-    const stalled = w.fake.stall({ when, match: gridPost });
-    const channel = w.fake.addTextChannel(`killed-${when}`);
-    const thread = await w.thread(w.imagic(channel, [opt.string("seeds", "2")]));
+    const first = await t.bots.current();
+    const stalled = t.w.fake.stall({ when, match: gridPost });
+    const channel = t.w.fake.addTextChannel(`killed-${when}`);
+    const thread = await t.w.thread(t.w.imagic(channel, [opt.string("seeds", "2")]));
     await stalled;
     await killBotProcess(first);
-    const grids = () => w.posted(thread).filter((m) => m.content.includes(SEED_OFFER));
+    const grids = () => t.w.posted(thread).filter((m) => m.content.includes(SEED_OFFER));
     expect(grids()).toHaveLength(when === "after" ? 1 : 0);
 
-    await bots.next();
-    const grid = await w.offer(thread, 1, 2);
+    await t.bots.next();
+    const grid = await t.w.offer(thread, 1, 2);
     // A moment for a second post, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(grids()).toEqual([grid]);
-    const progress = w.posted(thread)[0];
+    const progress = t.w.posted(thread)[0];
     expect(progress?.content).toBe("✅ Fine-tuned on your photo.");
     // The new bot's post carried the first one's nonce: Discord answered with the first message.
-    const posts = w.fake.requests.filter((r) => r.route === "POST /channels/:id/messages");
+    const posts = t.w.fake.requests.filter((r) => r.route === "POST /channels/:id/messages");
     expect(posts.length).toBeGreaterThanOrEqual(when === "after" ? 2 : 1);
 
     // The pick record was saved by the redelivery.
-    w.fake.react(w.author, grid.id, "2️⃣");
-    const sweep = await w.offer(thread, 2, 5);
+    t.w.fake.react(t.w.author, grid.id, "2️⃣");
+    const sweep = await t.w.offer(thread, 2, 5);
     expect(sweep.content).toContain("**Pick the final image**");
   });
 });

@@ -7,34 +7,18 @@
 // one. The command's record (src/commands/pending.ts) outlives the process: the new bot resumes it from
 // the steps it recorded, finds a post Slack took by its metadata instead of posting it again, and queues
 // the job under the command's id: one answer, one progress message, one job, one grid.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { QueueClient } from "../../../src/queue/client.js";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { botProcesses, killBotProcess } from "../support/bot-process.js";
+import { describe, expect, it } from "vitest";
+import { killBotProcess, killTestWorld } from "../support/bot-process.js";
 import { jobIdsInThread } from "../support/jobs.js";
 import type { SlackStallRule } from "./fake/server.js";
-import { startSlackBotProcess, type World, world } from "./support.js";
+import { startSlackBotProcess, world } from "./support.js";
 
 const SENDING = "🕒 Sending to the queue";
 const ANSWER = "asked Imagic";
 const SEED_OFFER = "*Pick a seed*";
-let w: World;
-/** A client on the world's queue, to look at the jobs the bot processes queued. */
-let queue: QueueClient;
 /** The cases run so far: each gets its own channel. */
 let cases = 0;
-const bots = botProcesses(() => startSlackBotProcess(w));
-
-beforeAll(async () => {
-  w = await world();
-  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
-  queue = await w.h.client();
-});
-afterAll(async () => {
-  await bots.close();
-  await queue.close();
-  await w.close();
-});
+const t = killTestWorld(world, startSlackBotProcess);
 
 const postOf =
   (text: string): SlackStallRule["match"] =>
@@ -60,31 +44,31 @@ describe.each<{ what: string; stall: SlackStallRule; progressBefore: number }>([
   },
 ])("a Slack bot SIGKILLed between a command's answer and its job ($what)", ({ stall, progressBefore }) => {
   it("queues the job once after a restart, and the thread gets one progress message and one grid", async () => {
-    const first = await bots.current();
-    const stalled = w.fake.stall(stall);
-    const started = await w.imagic(w.channel(`command-killed-${++cases}`), { seeds: "2" });
-    const thread = await w.thread(started);
+    const first = await t.bots.current();
+    const stalled = t.w.fake.stall(stall);
+    const started = await t.w.imagic(t.w.channel(`command-killed-${++cases}`), { seeds: "2" });
+    const thread = await t.w.thread(started);
     await stalled;
     await killBotProcess(first);
-    expect(await jobIdsInThread(queue, thread)).toEqual([]);
-    expect(w.posted(started.channel, thread)).toHaveLength(progressBefore);
+    expect(await jobIdsInThread(t.queue, thread)).toEqual([]);
+    expect(t.w.posted(started.channel, thread)).toHaveLength(progressBefore);
 
-    await bots.next();
-    const grid = await w.offer(started.channel, thread, 1, 2);
+    await t.bots.next();
+    const grid = await t.w.offer(started.channel, thread, 1, 2);
     // A moment for a second post or job, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));
-    const jobs = await jobIdsInThread(queue, thread);
+    const jobs = await jobIdsInThread(t.queue, thread);
     expect(jobs).toHaveLength(1);
     expect(jobs[0]).toMatch(/^imagic-/);
     // The grid does not wait for the progress message's last edit.
     const done = "✅ Fine-tuned on your photo.";
-    await w.fake.waitFor(
+    await t.w.fake.waitFor(
       "the progress message's last word",
-      () => w.posted(started.channel, thread)[0]?.text === done,
+      () => t.w.posted(started.channel, thread)[0]?.text === done,
     );
-    expect(w.posted(started.channel, thread).slice(1)).toEqual([grid]);
+    expect(t.w.posted(started.channel, thread).slice(1)).toEqual([grid]);
     expect(grid.text).toContain(SEED_OFFER);
     // One public answer (the thread's), whichever bot posted it.
-    expect(w.fake.posted(started.channel.id).filter((m) => m.text.includes(ANSWER))).toHaveLength(1);
+    expect(t.w.fake.posted(started.channel.id).filter((m) => m.text.includes(ANSWER))).toHaveLength(1);
   });
 });

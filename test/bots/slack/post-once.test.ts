@@ -6,24 +6,13 @@
 // names this job's grid: found, it attaches the file if the post was cut off before it, and adds the
 // reactions; not found, it posts. (Before the fix the first delivery's claim was final: the result was
 // lost, or left without its image or reactions.)
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { botProcesses, killBotProcess } from "../support/bot-process.js";
+import { describe, expect, it } from "vitest";
+import { killBotProcess, killTestWorld } from "../support/bot-process.js";
 import type { SlackStallRule } from "./fake/server.js";
-import { startSlackBotProcess, type World, world } from "./support.js";
+import { startSlackBotProcess, world } from "./support.js";
 
 const SEED_OFFER = "*Pick a seed*";
-let w: World;
-const bots = botProcesses(() => startSlackBotProcess(w));
-
-beforeAll(async () => {
-  w = await world();
-  await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
-});
-afterAll(async () => {
-  await bots.close();
-  await w.close();
-});
+const t = killTestWorld(world, startSlackBotProcess);
 
 const gridText = (args: Record<string, unknown>) => String(args.text ?? "").includes(SEED_OFFER);
 
@@ -48,28 +37,28 @@ describe.each<{ what: string; stall: SlackStallRule; before: { grids: number; fi
   },
 ])("a Slack bot SIGKILLed mid-post ($what)", ({ stall, before }) => {
   it("posts the grid once after a restart, with its image and reactions, and the pick works", async () => {
-    const first = await bots.current();
-    const stalled = w.fake.stall(stall);
-    const started = await w.imagic(w.channel("killed"), { seeds: "2" });
-    const thread = await w.thread(started);
+    const first = await t.bots.current();
+    const stalled = t.w.fake.stall(stall);
+    const started = await t.w.imagic(t.w.channel("killed"), { seeds: "2" });
+    const thread = await t.w.thread(started);
     await stalled;
     await killBotProcess(first);
-    const grids = () => w.posted(started.channel, thread).filter((m) => m.text.includes(SEED_OFFER));
+    const grids = () => t.w.posted(started.channel, thread).filter((m) => m.text.includes(SEED_OFFER));
     expect(grids()).toHaveLength(before.grids);
     expect(grids().flatMap((m) => m.files)).toHaveLength(before.files);
 
-    await bots.next();
-    const grid = await w.offer(started.channel, thread, 1, 2);
-    await w.fake.waitFor("the grid's image", () => w.fake.filesOf(grid).length === 1);
+    await t.bots.next();
+    const grid = await t.w.offer(started.channel, thread, 1, 2);
+    await t.w.fake.waitFor("the grid's image", () => t.w.fake.filesOf(grid).length === 1);
     // A moment for a second post, which must not come.
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(grids()).toEqual([grid]);
     expect(grid.metadata?.event_payload).toMatchObject({ role: "grid" });
-    expect(w.posted(started.channel, thread)[0]?.text).toBe("✅ Fine-tuned on your photo.");
+    expect(t.w.posted(started.channel, thread)[0]?.text).toBe("✅ Fine-tuned on your photo.");
 
     // The pick record was saved by the redelivery.
-    w.fake.react(w.author, grid, "two");
-    const sweep = await w.offer(started.channel, thread, 2, 5);
+    t.w.fake.react(t.w.author, grid, "two");
+    const sweep = await t.w.offer(started.channel, thread, 2, 5);
     expect(sweep.text).toContain("*Pick the final image*");
   });
 });

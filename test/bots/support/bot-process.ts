@@ -2,7 +2,11 @@
 // mid-post leaves behind, with no cleanup of any kind.
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll } from "vitest";
 import type { BlobLimits } from "../../../src/queue/blobs.js";
+import type { QueueClient } from "../../../src/queue/client.js";
+import type { PipelineRegistry } from "../../../src/queue/worker.js";
+import { lightweightPipelines } from "../../queue/support/pipelines.js";
 
 const CHILD = fileURLToPath(new URL("./bot-child.ts", import.meta.url));
 
@@ -61,6 +65,50 @@ export function botProcesses(start: () => Promise<ChildProcess>) {
     current: async () => running ?? next(),
     close: async () => {
       if (running) await killBotProcess(running);
+    },
+  };
+}
+
+/** What a chat platform's test world (its support.ts) gives a kill test. */
+interface KillTestWorld {
+  h: { client(): Promise<QueueClient> };
+  worker(pipelines: PipelineRegistry): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/**
+ * A kill test's shared setup, registered as the file's beforeAll/afterAll: the platform's world with a
+ * worker on lightweight pipelines, a client on its queue (to look at the jobs the bot processes queued)
+ * and the bot processes the cases kill and restart.
+ */
+export function killTestWorld<W extends KillTestWorld>(
+  world: () => Promise<W>,
+  startBot: (w: W) => Promise<ChildProcess>,
+) {
+  let w: W | undefined;
+  let queue: QueueClient | undefined;
+  const started = <T>(v: T | undefined): T => {
+    if (v === undefined) throw new Error("killTestWorld: used before its beforeAll ran");
+    return v;
+  };
+  const bots = botProcesses(() => startBot(started(w)));
+  beforeAll(async () => {
+    w = await world();
+    await w.worker(lightweightPipelines({ steps: 3, stepMs: 20 }));
+    queue = await w.h.client();
+  });
+  afterAll(async () => {
+    await bots.close();
+    await queue?.close();
+    await w?.close();
+  });
+  return {
+    bots,
+    get w(): W {
+      return started(w);
+    },
+    get queue(): QueueClient {
+      return started(queue);
     },
   };
 }
