@@ -128,6 +128,7 @@ export class BenchRun {
   save(): void {
     this.result.peakGpuMiB = this.gpu.peak();
     this.result.gpuMiBByStage = this.gpu.byStage();
+    this.result.cudaOptions = cudaOptionsStatus()?.applied;
     if (this.f.json) writeFileSync(this.f.json, `${JSON.stringify(this.result, null, 2)}\n`);
   }
 
@@ -142,8 +143,6 @@ export class BenchRun {
   async close(): Promise<void> {
     const cuda = cudaOptionsLine();
     if (cuda) this.out(cuda);
-    this.result.cudaOptions = cudaOptionsStatus()?.applied;
-    this.save();
     await this.gpu.stop();
     await this.sd.release();
   }
