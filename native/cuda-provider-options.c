@@ -10,54 +10,26 @@
  * Options the binding set (the device id) are kept: the update starts from the options' own string
  * form (GetCUDAProviderOptionsAsString) with ours laid over it.
  *
- * The OrtApi table only ever grows at its end (onnxruntime's ABI promise), so the entries below keep
- * their positions in every onnxruntime from API version 21 on; test/engine/runtime/cuda-options.test.ts
- * checks them against onnxruntime_c_api.h where that header is installed.
+ * With enable_cuda_graph=1 among the options, the session created from those options is also handed to
+ * bound-runs.c, which runs it through IO binding (what the provider's CUDA graphs need).
  *
- * Built by `photo-edit-bot setup cuda` (src/engine/runtime/cuda-options.ts) with the system's C
+ * The positions of what is used in the OrtApi table are in ort-api.h. Built by `photo-edit-bot setup cuda` (src/engine/runtime/cuda-options.ts) with the system's C
  * compiler and the node-api-headers package; nothing here needs onnxruntime's headers.
  */
 #include <dlfcn.h>
 #include <node_api.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Positions in the OrtApi table (a struct of function pointers): offsetof(OrtApi, f) / sizeof(void*). */
-enum {
-  ORT_GET_ERROR_MESSAGE = 2,
-  ORT_ALLOCATOR_FREE = 76,
-  ORT_GET_ALLOCATOR_WITH_DEFAULT_OPTIONS = 78,
-  ORT_RELEASE_STATUS = 93,
-  ORT_APPEND_CUDA_V2 = 204,
-  ORT_UPDATE_CUDA_OPTIONS = 206,
-  ORT_CUDA_OPTIONS_AS_STRING = 207,
-};
-/* The API version whose table holds all of the above (onnxruntime 1.21). */
-#define ORT_API_VERSION_NEEDED 21
-
-typedef void *Status; /* OrtStatus*: NULL is success */
-typedef struct {
-  const void *(*GetApi)(uint32_t version);
-  const char *(*GetVersionString)(void);
-} ApiBase;
-typedef const ApiBase *(*GetApiBaseFn)(void);
-typedef const char *(*GetErrorMessageFn)(const Status);
-typedef void (*ReleaseStatusFn)(Status);
-typedef Status (*GetAllocatorFn)(void **allocator);
-typedef Status (*AllocatorFreeFn)(void *allocator, void *p);
-typedef Status (*AppendCudaFn)(void *session_options, const void *cuda_options);
-typedef Status (*UpdateCudaOptionsFn)(void *cuda_options, const char *const *keys, const char *const *values,
-                                      size_t n);
-typedef Status (*CudaOptionsAsStringFn)(const void *cuda_options, void *allocator, char **out);
+#include "ort-api.h"
 
 #define MAX_OPTIONS 64
 #define MAX_TEXT 4096
 
-static void **api_table;  /* the OrtApi table, patched in place */
+void **ort_api; /* the OrtApi table, patched in place */
 static AppendCudaFn original_append;
 static char version[32];
 
@@ -71,8 +43,6 @@ static size_t option_count;
 static char last_applied[MAX_TEXT];
 static char last_error[512];
 static uint32_t append_calls;
-
-#define API(fn_type, index) ((fn_type)api_table[index])
 
 static void keep_error(Status st, const char *what) {
   snprintf(last_error, sizeof last_error, "%s: %s", what, API(GetErrorMessageFn, ORT_GET_ERROR_MESSAGE)(st));
@@ -110,6 +80,14 @@ static size_t split_pairs(char *text, const char **keys, const char **values, si
   return n;
 }
 
+/* The value of `key` in "k=v;k=v;" (pointing into the text, up to its ';'), or NULL. */
+static const char *option_value(const char *text, const char *key) {
+  size_t len = strlen(key);
+  for (const char *p = text; p && *p; p = strchr(p, ';') ? strchr(p, ';') + 1 : NULL)
+    if (strncmp(p, key, len) == 0 && p[len] == '=') return p + len + 1;
+  return NULL;
+}
+
 /* The table's new SessionOptionsAppendExecutionProvider_CUDA_V2. */
 static Status append_cuda_with_options(void *session_options, const void *cuda_options) {
   append_calls++;
@@ -138,12 +116,17 @@ static Status append_cuda_with_options(void *session_options, const void *cuda_o
   if (applied) {
     snprintf(last_applied, sizeof last_applied, "%s", applied);
     free_string(allocator, applied);
+    /* The provider captures CUDA graphs only of runs whose inputs and outputs are bound (bound-runs.c). */
+    const char *graph = option_value(last_applied, "enable_cuda_graph");
+    const char *device = option_value(last_applied, "device_id");
+    if (graph && *graph == '1') bound_runs_expect(session_options, device ? atoi(device) : 0);
   }
   return original_append(session_options, cuda_options);
 }
 
 /* Replaces one entry of the table, which lives in read-only memory after relocation. */
-static int patch_entry(void **entry, void *fn) {
+int patch_api_entry(int index, void *fn) {
+  void **entry = &ort_api[index];
   long page = sysconf(_SC_PAGESIZE);
   void *start = (void *)((uintptr_t)entry & ~(uintptr_t)(page - 1));
   if (mprotect(start, (size_t)page, PROT_READ | PROT_WRITE) != 0) return -1;
@@ -178,7 +161,7 @@ static napi_value configure(napi_env env, napi_callback_info info) {
   if (len == (size_t)-1) return throw_error(env, "configure: the options must be a string");
   if (len >= sizeof text - 1) return throw_error(env, "configure: the options are too long");
 
-  if (!api_table) {
+  if (!ort_api) {
     void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     if (!lib) lib = dlopen(path, RTLD_NOW);
     if (!lib) return throw_error(env, dlerror());
@@ -188,10 +171,10 @@ static napi_value configure(napi_env env, napi_callback_info info) {
     snprintf(version, sizeof version, "%s", base->GetVersionString());
     void **table = (void **)base->GetApi(ORT_API_VERSION_NEEDED);
     if (!table) return throw_error(env, "onnxruntime is older than 1.21: its C API lacks what this needs");
-    original_append = (AppendCudaFn)table[ORT_APPEND_CUDA_V2];
-    if (patch_entry(&table[ORT_APPEND_CUDA_V2], (void *)append_cuda_with_options) != 0)
+    ort_api = table;
+    original_append = API(AppendCudaFn, ORT_APPEND_CUDA_V2);
+    if (patch_api_entry(ORT_APPEND_CUDA_V2, (void *)append_cuda_with_options) != 0 || bound_runs_install() != 0)
       return throw_error(env, "could not make onnxruntime's API table writable (mprotect)");
-    api_table = table;
   }
 
   memcpy(option_text, text, len + 1);
@@ -201,11 +184,18 @@ static napi_value configure(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* status() → { calls, applied, error }: what the appends since configure() did. */
+/* status() → { calls, applied, error, boundSessions, boundRuns }: what the appends since configure() did,
+ * the sessions bound now and the runs done bound (bound-runs.c). */
 static napi_value status(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value result, calls, applied, error;
+  napi_value result, calls, applied, error, sessions_value, runs_value;
+  uint32_t sessions = 0, runs = 0;
+  bound_runs_counts(&sessions, &runs);
   napi_create_object(env, &result);
+  napi_create_uint32(env, sessions, &sessions_value);
+  napi_create_uint32(env, runs, &runs_value);
+  napi_set_named_property(env, result, "boundSessions", sessions_value);
+  napi_set_named_property(env, result, "boundRuns", runs_value);
   napi_create_uint32(env, append_calls, &calls);
   napi_create_string_utf8(env, last_applied, NAPI_AUTO_LENGTH, &applied);
   napi_create_string_utf8(env, last_error, NAPI_AUTO_LENGTH, &error);
@@ -215,10 +205,25 @@ static napi_value status(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* bindAll(on): every session created while on is bound, whatever its provider (after configure()). The tests
+ * run bound sessions on the CPU provider this way: the same binding, checks and copies, in host memory. */
+static napi_value bind_all(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool on = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok)
+    return throw_error(env, "bindAll(on): on must be a boolean");
+  if (!ort_api) return throw_error(env, "bindAll: call configure() first");
+  bound_runs_for_all(on);
+  return NULL;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
       {"configure", NULL, configure, NULL, NULL, NULL, napi_default, NULL},
       {"status", NULL, status, NULL, NULL, NULL, napi_default, NULL},
+      {"bindAll", NULL, bind_all, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

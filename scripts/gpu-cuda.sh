@@ -5,7 +5,8 @@
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
-#                                       cuda-options, fp32-smoke (only when named)
+#                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph,
+#                                       full16-graph-opts (only when named)
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
 # another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
 # AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
@@ -52,6 +53,24 @@ for s in $steps; do
         step "cuda-options ${set// /,}" 200 $cli bench sd --device cuda --only unet,loss-lora --loss-dtype fp16 \
           --runs 10 "${args[@]}" --json "$OUT/sd-cuda-options-${set// /+}.json"
       done ;;
+    # CUDA graphs (enable_cuda_graph=1: the add-on binds the sessions' inputs and outputs, native/bound-runs.c):
+    # the UNet step (fp16) and both gradient steps (fp16 training) without, with, and with the option set above.
+    graphs)
+      for set in "" "enable_cuda_graph=1" \
+        "enable_cuda_graph=1 prefer_nhwc=1 cudnn_conv_algo_search=HEURISTIC fuse_conv_bias=1"; do
+        args=()
+        for o in $set; do args+=(--ep-option "$o"); done
+        step "graphs ${set// /,}" 240 $cli bench sd --device cuda --only unet,loss-context,loss-lora --loss-dtype fp16 \
+          --runs 10 "${args[@]}" --json "$OUT/sd-graphs-${set// /+}.json"
+      done ;;
+    parity-graph) step parity-graph 150 $cli bench parity --device cuda --cuda-option enable_cuda_graph=1 \
+      --json "$OUT/parity-cuda-graph.json" ;;
+    full16-graph) step full16-graph 580 $cli bench imagic --device cuda --preset balanced --batches none \
+      --train-dtype fp16 --cuda-option enable_cuda_graph=1 --json "$OUT/imagic-balanced-full-fp16-graph.json" ;;
+    full16-graph-opts) step full16-graph-opts 580 $cli bench imagic --device cuda --preset balanced --batches none \
+      --train-dtype fp16 --cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 \
+      --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
+      --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
     # The defaults (CUDA_OPTION_DEFAULTS) in fp32 too, a few runs: every session builds and runs.
     fp32-smoke) step fp32-smoke 170 $cli bench sd --device cuda --dtype fp32 --only unet,loss-context,loss-lora --runs 3 ;;
     imagic) step imagic 260 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \

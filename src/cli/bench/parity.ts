@@ -21,6 +21,7 @@ import { type Device, resolveDevice } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 import { benchDeviceOption } from "../options.js";
 import { type GoldenData, goldenLossArgs, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
+import { keyValue } from "./sd.js";
 
 type Dtype = "fp32" | "fp16";
 type Kind = "forward" | "gradient";
@@ -51,8 +52,19 @@ export interface ParityRow {
 type Results = Record<string, { value: Float32Array; kind: Kind; steps?: number }>;
 
 /** Every checked result of one fixture on one device and dtype. */
-async function run(dir: string, g: GoldenData, device: Device, dtype: Dtype): Promise<Results> {
-  const sd = await StableDiffusion.load(join(dir, "model"), { device, dtype, trainDtype: dtype });
+async function run(
+  dir: string,
+  g: GoldenData,
+  device: Device,
+  dtype: Dtype,
+  cudaOptions: Record<string, string> = {},
+): Promise<Results> {
+  const sd = await StableDiffusion.load(join(dir, "model"), {
+    device,
+    dtype,
+    trainDtype: dtype,
+    cudaOptions,
+  });
   try {
     const out: Results = {};
     const n = g.shape("text_encoder.input_ids")[0] as number;
@@ -97,6 +109,8 @@ export async function runParity(opts: {
   device: Device;
   dtypes: Dtype[];
   fixtures: string[];
+  /** CUDA provider options for the device's runs (e.g. enable_cuda_graph=1), not the CPU's. */
+  cudaOptions?: Record<string, string>;
   log?: (line: string) => void;
 }): Promise<{ device: string; rows: ParityRow[] }> {
   const device = await resolveDevice(opts.device);
@@ -108,7 +122,7 @@ export async function runParity(opts: {
       );
     const g = loadGoldenData(dir);
     for (const dtype of opts.dtypes) {
-      const ours = await run(dir, g, device, dtype);
+      const ours = await run(dir, g, device, dtype, opts.cudaOptions);
       const cpu = device === "cpu" ? ours : await run(dir, g, "cpu", dtype);
       for (const [check, r] of Object.entries(ours)) {
         const ref = reference(dir, g, check);
@@ -145,26 +159,41 @@ export function parityBenchCommand(): Command {
       "test/fixtures/models/sd1,test/fixtures/models/sd2",
     )
     .option("--json <file>", "also write the results as JSON")
-    .action(async (o: { device: Device; dtype: string; fixtures: string; json?: string }) => {
-      const dtypes = o.dtype.split(",").map((d) => d.trim());
-      const bad = dtypes.filter((d) => d !== "fp32" && d !== "fp16");
-      if (bad.length) throw new UserFacingError(`--dtype: ${bad.join(", ")} is not fp32 or fp16`);
-      const out = (line: string) => process.stdout.write(`${line}\n`);
-      const result = await runParity({
-        device: o.device,
-        dtypes: dtypes as Dtype[],
-        fixtures: o.fixtures.split(",").map((d) => d.trim()),
-        log: out,
-      });
-      const failed = result.rows.filter((r) => !r.pass);
-      out(
-        `bench parity on ${result.device}: ${result.rows.length - failed.length}/${result.rows.length} within tolerance`,
-      );
-      if (o.json) writeFileSync(o.json, `${JSON.stringify({ benchmark: "parity", ...result }, null, 2)}\n`);
-      if (failed.length) {
-        throw new UserFacingError(
-          `bench parity: ${failed.length} result(s) outside tolerance: ${failed.map((r) => `${r.fixture} ${r.dtype} ${r.check}`).join(", ")}`,
+    .option(
+      "--cuda-option <key=value>",
+      "CUDA provider option for the device's runs (repeatable), e.g. enable_cuda_graph=1",
+      keyValue,
+      {},
+    )
+    .action(
+      async (o: {
+        device: Device;
+        dtype: string;
+        fixtures: string;
+        json?: string;
+        cudaOption: Record<string, string>;
+      }) => {
+        const dtypes = o.dtype.split(",").map((d) => d.trim());
+        const bad = dtypes.filter((d) => d !== "fp32" && d !== "fp16");
+        if (bad.length) throw new UserFacingError(`--dtype: ${bad.join(", ")} is not fp32 or fp16`);
+        const out = (line: string) => process.stdout.write(`${line}\n`);
+        const result = await runParity({
+          device: o.device,
+          dtypes: dtypes as Dtype[],
+          fixtures: o.fixtures.split(",").map((d) => d.trim()),
+          cudaOptions: o.cudaOption,
+          log: out,
+        });
+        const failed = result.rows.filter((r) => !r.pass);
+        out(
+          `bench parity on ${result.device}: ${result.rows.length - failed.length}/${result.rows.length} within tolerance`,
         );
-      }
-    });
+        if (o.json) writeFileSync(o.json, `${JSON.stringify({ benchmark: "parity", ...result }, null, 2)}\n`);
+        if (failed.length) {
+          throw new UserFacingError(
+            `bench parity: ${failed.length} result(s) outside tolerance: ${failed.map((r) => `${r.fixture} ${r.dtype} ${r.check}`).join(", ")}`,
+          );
+        }
+      },
+    );
 }

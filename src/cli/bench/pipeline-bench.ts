@@ -129,6 +129,7 @@ export class BenchRun {
     this.result.peakGpuMiB = this.gpu.peak();
     this.result.gpuMiBByStage = this.gpu.byStage();
     this.result.cudaOptions = cudaOptionsStatus()?.applied;
+    this.result.boundRuns = cudaOptionsStatus()?.boundRuns;
     if (this.f.json) writeFileSync(this.f.json, `${JSON.stringify(this.result, null, 2)}\n`);
   }
 

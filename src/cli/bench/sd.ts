@@ -268,7 +268,8 @@ function loraModules(lora: LoraInputs) {
 export function cudaOptionsLine(): string | null {
   const s = cudaOptionsStatus();
   if (!s) return null;
-  return `CUDA provider options as the provider took them: ${s.applied || `none (${s.error || "no CUDA session"})`}`;
+  const bound = s.boundRuns > 0 ? `; ${s.boundRuns} runs through IO binding (CUDA graphs)` : "";
+  return `CUDA provider options as the provider took them: ${s.applied || `none (${s.error || "no CUDA session"})`}${bound}`;
 }
 
 /** A repeatable key=value flag, collected into a record. */

@@ -5,6 +5,9 @@
  * through onnxruntime's C API; `photo-edit-bot setup cuda` builds it beside the provider with the
  * system's C compiler. Without it the provider runs, at its defaults, and the engine says so once.
  *
+ * With `enable_cuda_graph=1` the add-on also runs those sessions through IO binding (native/bound-runs.c),
+ * which the provider's CUDA graphs need and onnxruntime-node does not offer for CUDA.
+ *
  * The options are process-wide: the add-on holds one set and applies it to every CUDA session created
  * after `configureCudaProvider` — the engine and the benchmarks configure it once, before their first
  * session.
@@ -33,15 +36,26 @@ export const CUDA_OPTIONS_ADDON = "photo_edit_cuda_options.node";
  */
 export const CUDA_OPTION_DEFAULTS: Readonly<Record<string, string>> = {};
 
-/** What the add-on exports (native/cuda-provider-options.c). */
-interface Addon {
-  configure(library: string, options: string): string;
-  status(): { calls: number; applied: string; error: string };
+/** What the add-on did: the CUDA appends since configure() and the options the last one passed on (or why
+ *  not); the sessions it runs through IO binding now and the runs it did that way. */
+export interface CudaOptionsStatus {
+  calls: number;
+  applied: string;
+  error: string;
+  boundSessions: number;
+  boundRuns: number;
 }
 
-/** Where the add-on's C source is: beside src/ in a checkout, beside dist/ in a build. */
-export const ADDON_SOURCE = fileURLToPath(
-  new URL("../../../native/cuda-provider-options.c", import.meta.url),
+/** What the add-on exports (native/cuda-provider-options.c, native/bound-runs.c). */
+interface Addon {
+  configure(library: string, options: string): string;
+  status(): CudaOptionsStatus;
+  bindAll(on: boolean): void;
+}
+
+/** Where the add-on's C sources are (ort-api.h beside them): beside src/ in a checkout, beside dist/ in a build. */
+export const ADDON_SOURCES = ["cuda-provider-options.c", "bound-runs.c"].map((f) =>
+  fileURLToPath(new URL(`../../../native/${f}`, import.meta.url)),
 );
 
 /**
@@ -72,7 +86,7 @@ export function cudaOptionsText(overrides: Readonly<Record<string, string | numb
 /** Compiles the add-on into `dir` (atomically); the compiler's first error line when it cannot. */
 export async function buildCudaOptionsAddon(
   dir: string,
-  opts: { cc?: string; source?: string } = {},
+  opts: { cc?: string; sources?: readonly string[] } = {},
 ): Promise<string> {
   const req = createRequire(import.meta.url);
   const headers = join(dirname(req.resolve("node-api-headers/package.json")), "include");
@@ -91,7 +105,7 @@ export async function buildCudaOptionsAddon(
         "-D_GNU_SOURCE",
         "-I",
         headers,
-        opts.source ?? ADDON_SOURCE,
+        ...(opts.sources ?? ADDON_SOURCES),
         "-o",
         tmp,
       ],
@@ -161,8 +175,18 @@ function attach(bindingDir: string, text: string): CudaOptionsOutcome {
 }
 
 /** What the add-on did at the last CUDA session's creation (the options as the provider took them). */
-export function cudaOptionsStatus(): { calls: number; applied: string; error: string } | null {
+export function cudaOptionsStatus(): CudaOptionsStatus | null {
   return addon ? addon.status() : null;
+}
+
+/**
+ * For tests: while on, every session created (any provider) runs through the add-on's IO binding, in host
+ * memory off CUDA — the same binding, shape checks and copies that CUDA graphs use, on this machine's CPU.
+ * Needs the add-on attached (configureCudaProvider with options).
+ */
+export function bindAllSessionsForTests(on: boolean): void {
+  if (!addon) throw new Error("the CUDA options add-on is not attached");
+  addon.bindAll(on);
 }
 
 /** For tests: forget the configured options (the add-on stays loaded, as a process keeps it). */

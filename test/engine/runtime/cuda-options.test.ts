@@ -7,14 +7,15 @@
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { emitGraph, serializeInline } from "../../../src/engine/graph/emit.js";
 import { Graph } from "../../../src/engine/graph/graph.js";
-import { neg } from "../../../src/engine/graph/ops.js";
+import { add, cast, matmul, mul, neg } from "../../../src/engine/graph/ops.js";
 import { onnxruntimeNode } from "../../../src/engine/runtime/cuda.js";
 import {
-  ADDON_SOURCE,
+  ADDON_SOURCES,
+  bindAllSessionsForTests,
   buildCudaOptionsAddon,
   CUDA_OPTION_DEFAULTS,
   CUDA_OPTIONS_ADDON,
@@ -71,7 +72,9 @@ describe("building the add-on", () => {
     );
     const broken = join(root, "broken.c");
     writeFileSync(broken, "int main( {\n");
-    const err = await buildCudaOptionsAddon(join(root, "broken"), { source: broken }).catch((e: Error) => e);
+    const err = await buildCudaOptionsAddon(join(root, "broken"), { sources: [broken] }).catch(
+      (e: Error) => e,
+    );
     expect((err as Error).message).toMatch(/^cc failed: .*error/);
     expect(existsSync(join(root, "broken", CUDA_OPTIONS_ADDON))).toBe(false);
   });
@@ -134,22 +137,132 @@ describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
     expect(cudaOptionsStatus()?.calls).toBe(2);
   });
 
+  describe("bound runs (IO binding, what CUDA graphs need), on the CPU provider", () => {
+    // y = x·w + b (float32) and its float16 copy: two inputs, two outputs of different types.
+    const model = () => {
+      const g = new Graph("bound");
+      const x = g.input("x", "float32", [2, 3]);
+      const w = g.input("w", "float32", [3, 4]);
+      const y = add(matmul(x, w), g.input("b", "float32", [4]));
+      g.output("y", y);
+      g.output("y16", cast(mul(y, y), "float16"));
+      return serializeInline(emitGraph(g));
+    };
+    const feeds = (seed: number, rows = 2) => ({
+      x: new ort.Tensor(
+        "float32",
+        Float32Array.from({ length: rows * 3 }, (_, i) => Math.sin(seed + i)),
+        [rows, 3],
+      ),
+      w: new ort.Tensor(
+        "float32",
+        Float32Array.from({ length: 12 }, (_, i) => Math.cos(seed * i)),
+        [3, 4],
+      ),
+      b: new ort.Tensor(
+        "float32",
+        Float32Array.from({ length: 4 }, (_, i) => seed - i),
+        [4],
+      ),
+    });
+    const values = (r: ort.InferenceSession.ReturnType, name: string) => {
+      const t = r[name];
+      if (!t) throw new Error(`no output ${name}`);
+      return [...(t.data as Float32Array | Uint16Array)];
+    };
+    const plain = (s: ort.InferenceSession, f: ReturnType<typeof feeds>) =>
+      s.run(f).then((r) => ({ y: values(r, "y"), y16: values(r, "y16") }));
+
+    it("give what plain runs give, run after run, into outputs of their own, and stop at release", async () => {
+      configureCudaProvider(dir, { prefer_nhwc: 1 });
+      const reference = await ort.InferenceSession.create(model());
+      bindAllSessionsForTests(true);
+      const file = join(root, "bound.onnx");
+      writeFileSync(file, model());
+      // From bytes (CreateSessionFromArray) and from a file (CreateSession): both are bound.
+      const fromBytes = await ort.InferenceSession.create(model());
+      const fromFile = await ort.InferenceSession.create(file);
+      bindAllSessionsForTests(false);
+      const before = cudaOptionsStatus();
+      expect(before?.boundSessions).toBe(2);
+      for (const bound of [fromBytes, fromFile]) {
+        const first = await bound.run(feeds(1));
+        const firstY = values(first, "y");
+        // Each run's inputs are copied in anew, and its outputs are new tensors: the first run's stay as they were.
+        for (const seed of [2, 3, 1])
+          expect(await plain(bound, feeds(seed))).toEqual(await plain(reference, feeds(seed)));
+        expect(values(first, "y")).toEqual(firstY);
+        expect(firstY).toEqual((await plain(reference, feeds(1))).y);
+      }
+      expect(cudaOptionsStatus()?.boundRuns).toBe((before?.boundRuns ?? 0) + 8);
+      await fromBytes.release();
+      expect(cudaOptionsStatus()?.boundSessions).toBe(1);
+      await fromFile.release();
+      expect(cudaOptionsStatus()?.boundSessions).toBe(0);
+      // A session created after bindAll(false) runs plainly.
+      const later = await ort.InferenceSession.create(model());
+      const runs = cudaOptionsStatus()?.boundRuns;
+      expect(await plain(later, feeds(4))).toEqual(await plain(reference, feeds(4)));
+      expect(cudaOptionsStatus()?.boundRuns).toBe(runs);
+      await Promise.all([later.release(), reference.release()]);
+    });
+
+    it("refuse a run whose inputs differ in shape from the first run's, in one line", async () => {
+      bindAllSessionsForTests(true);
+      const bound = await ort.InferenceSession.create(model());
+      bindAllSessionsForTests(false);
+      await bound.run(feeds(1));
+      await expect(bound.run(feeds(1, 3))).rejects.toThrow(
+        "bound run: input x changed its type or shape since the session's first run (a bound session keeps one shape: CUDA graphs replay the first)",
+      );
+      // A run with the first shape still goes.
+      expect((await bound.run(feeds(5))).y?.dims).toEqual([2, 4]);
+      await bound.release();
+    });
+  });
+
   it("holds the OrtApi positions onnxruntime's C API header gives (scripts/onnxruntime-headers.sh)", () => {
     const header = join(process.cwd(), ".cache/onnxruntime-headers/onnxruntime_c_api.h");
     if (!existsSync(header))
       throw new Error(`${header} is missing: run \`bash scripts/onnxruntime-headers.sh\` (.ci/run does)`);
-    // Our names for the entries, as the C source declares them: ORT_NAME = index.
+    // Our names for the entries, as native/ort-api.h declares them: ORT_NAME = index.
     const ours = new Map(
-      [...readFileSync(ADDON_SOURCE, "utf8").matchAll(/^\s+ORT_([A-Z0-9_]+) = (\d+),$/gm)].map((m) => [
-        m[1] as string,
-        Number(m[2]),
-      ]),
+      [
+        ...readFileSync(join(dirname(ADDON_SOURCES[0] as string), "ort-api.h"), "utf8").matchAll(
+          /^\s+ORT_([A-Z0-9_]+) = (\d+),$/gm,
+        ),
+      ].map((m) => [m[1] as string, Number(m[2])]),
     );
     const fields: Record<string, string> = {
+      CREATE_STATUS: "CreateStatus",
       GET_ERROR_MESSAGE: "GetErrorMessage",
+      CREATE_SESSION: "CreateSession",
+      CREATE_SESSION_FROM_ARRAY: "CreateSessionFromArray",
+      RUN: "Run",
+      CREATE_TENSOR_AS_ORT_VALUE: "CreateTensorAsOrtValue",
+      GET_TENSOR_MUTABLE_DATA: "GetTensorMutableData",
+      GET_TENSOR_ELEMENT_TYPE: "GetTensorElementType",
+      GET_DIMENSIONS_COUNT: "GetDimensionsCount",
+      GET_DIMENSIONS: "GetDimensions",
+      GET_TENSOR_TYPE_AND_SHAPE: "GetTensorTypeAndShape",
+      CREATE_MEMORY_INFO: "CreateMemoryInfo",
       ALLOCATOR_FREE: "AllocatorFree",
       GET_ALLOCATOR_WITH_DEFAULT_OPTIONS: "GetAllocatorWithDefaultOptions",
       RELEASE_STATUS: "ReleaseStatus",
+      RELEASE_MEMORY_INFO: "ReleaseMemoryInfo",
+      RELEASE_SESSION: "ReleaseSession",
+      RELEASE_VALUE: "ReleaseValue",
+      RELEASE_TENSOR_TYPE_AND_SHAPE_INFO: "ReleaseTensorTypeAndShapeInfo",
+      CREATE_ALLOCATOR: "CreateAllocator",
+      RELEASE_ALLOCATOR: "ReleaseAllocator",
+      RUN_WITH_BINDING: "RunWithBinding",
+      CREATE_IO_BINDING: "CreateIoBinding",
+      RELEASE_IO_BINDING: "ReleaseIoBinding",
+      BIND_INPUT: "BindInput",
+      BIND_OUTPUT: "BindOutput",
+      BIND_OUTPUT_TO_DEVICE: "BindOutputToDevice",
+      GET_BOUND_OUTPUT_VALUES: "GetBoundOutputValues",
+      CLEAR_BOUND_OUTPUTS: "ClearBoundOutputs",
       APPEND_CUDA_V2: "SessionOptionsAppendExecutionProvider_CUDA_V2",
       UPDATE_CUDA_OPTIONS: "UpdateCUDAProviderOptions",
       CUDA_OPTIONS_AS_STRING: "GetCUDAProviderOptionsAsString",
