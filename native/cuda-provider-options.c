@@ -116,11 +116,14 @@ static Status append_cuda_with_options(void *session_options, const void *cuda_o
   if (applied) {
     snprintf(last_applied, sizeof last_applied, "%s", applied);
     free_string(allocator, applied);
-    /* The provider captures CUDA graphs only of runs whose inputs and outputs are bound (bound-runs.c). */
-    const char *graph = option_value(last_applied, "enable_cuda_graph");
-    const char *device = option_value(last_applied, "device_id");
-    if (graph && *graph == '1') bound_runs_expect(session_options, device ? atoi(device) : 0);
   }
+  /* The provider captures CUDA graphs only of runs whose inputs and outputs are bound (bound-runs.c). Its string
+   * form leaves enable_cuda_graph out, so ours say whether it is on; the device id is the binding's. */
+  for (size_t i = 0; i < option_count; i++)
+    if (strcmp(option_keys[i], "enable_cuda_graph") == 0 && strcmp(option_values[i], "1") == 0) {
+      const char *device = option_value(last_applied, "device_id");
+      bound_runs_expect(session_options, device ? atoi(device) : 0);
+    }
   return original_append(session_options, cuda_options);
 }
 
