@@ -5,8 +5,9 @@
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
-#                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph,
-#                                       full16-graph-opts (only when named)
+#                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts
+#                                       (only when named); STEP-graph: the step's bench with CUDA graphs
+#                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
 # another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
 # AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
@@ -27,7 +28,9 @@ step() { # label, seconds, command…
 cp dist-gpu/photo_edit_cuda_options.node node_modules/onnxruntime-node/bin/napi-v6/linux/x64/
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee -a "$OUT/run.log"
 for s in $steps; do
-  case $s in
+  graph=()
+  case $s in *-graph) graph=(--cuda-option enable_cuda_graph=1) ;; esac
+  case ${s%-graph} in
     # The provider's checks (versions, CUDA 13, cuDNN 9, driver, GPU) on a machine that has them.
     setup) step setup 60 $cli setup cuda --check ;;
     # Whether the CUDA provider reads options from session config entries (onnxruntime-node passes it
@@ -65,10 +68,10 @@ for s in $steps; do
       done ;;
     parity-graph) step parity-graph 150 $cli bench parity --device cuda --cuda-option enable_cuda_graph=1 \
       --json "$OUT/parity-cuda-graph.json" ;;
-    full16-graph) step full16-graph 580 $cli bench imagic --device cuda --preset balanced --batches none \
-      --train-dtype fp16 --cuda-option enable_cuda_graph=1 --json "$OUT/imagic-balanced-full-fp16-graph.json" ;;
+    # Imagic `balanced` in full with CUDA graphs and the option set above; then the same job again in the
+    # worker, timed end to end (its encode and decode sessions warm too).
     full16-graph-opts) step full16-graph-opts 580 $cli bench imagic --device cuda --preset balanced --batches none \
-      --train-dtype fp16 --cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 \
+      --second-job --train-dtype fp16 --cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 \
       --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
       --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
     # The defaults (CUDA_OPTION_DEFAULTS) in fp32 too, a few runs: every session builds and runs.
@@ -83,7 +86,7 @@ for s in $steps; do
       --train-dtype fp16 --json "$OUT/imagic-balanced-fp16.json" ;;
     # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run; the swap of 4
     # variants and a cached-concept swap end to end at the full 50 steps (bench photoswap).
-    photoswap) step photoswap 450 $cli bench photoswap --device cuda --steps-scale 0.1 --json "$OUT/photoswap-cuda.json" ;;
+    photoswap) step "$s" 450 $cli bench photoswap --device cuda --steps-scale 0.1 "${graph[@]}" --json "$OUT/$s-cuda.json" ;;
     ab)
       [ -f dist-gpu/cli-base.mjs ] || { echo "gpu-cuda.sh: ab needs dist-gpu/cli-base.mjs (gpu-bundle.sh --base <rev>)" >&2; continue; }
       echo "ab: base $(cat dist-gpu/cli-base.rev 2>/dev/null || echo '?') against this bundle" | tee -a "$OUT/run.log"
@@ -104,8 +107,8 @@ for s in $steps; do
     # Imagic `balanced` run in full (every step of every stage, no extrapolation): the headline numbers.
     full) step full 580 $cli bench imagic --device cuda --preset balanced --batches none \
       --json "$OUT/imagic-balanced-full.json" ;;
-    full16) step full16 580 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype fp16 \
-      --json "$OUT/imagic-balanced-full-fp16.json" ;;
+    full16) step "$s" 580 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype fp16 \
+      --second-job "${graph[@]}" --json "$OUT/imagic-balanced-$s.json" ;;
     shape-full) step shape-full 580 $cli bench imagic --device cuda --preset balanced --batches none --size 512x768 \
       --json "$OUT/imagic-balanced-full-512x768.json" ;;
     # Where the UNet step and the LoRA step spend their time: onnxruntime's profiler, one file per session.
@@ -116,7 +119,7 @@ for s in $steps; do
     # run that completes needed at most that much (the goal of issue 14: 16 GB).
     card*-fp16 | card*-fp32)
       gib=${s#card}
-      gib=${gib%-*}
+      gib=${gib%%-*}
       node dist-gpu/ballast.mjs "$gib" > "$OUT/ballast-$s.log" 2>&1 &
       ballast=$!
       until grep -q "^ballast: holding" "$OUT/ballast-$s.log" 2>/dev/null; do
@@ -125,8 +128,9 @@ for s in $steps; do
       done
       tee -a "$OUT/run.log" < "$OUT/ballast-$s.log"
       if kill -0 "$ballast" 2>/dev/null; then
-        step "$s" 280 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype "${s##*-}" \
-          --json "$OUT/imagic-balanced-$s.json"
+        dtype=${s%-graph}
+        step "$s" 280 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype "${dtype##*-}" \
+          "${graph[@]}" --json "$OUT/imagic-balanced-$s.json"
         kill "$ballast"
         wait "$ballast" 2>/dev/null
       fi ;;
