@@ -96,9 +96,17 @@ export class DeviceMemoryError extends UserFacingError {
 
 /** onnxruntime's ways of saying an allocation failed (CUDA arena and cudaMalloc, cuBLAS/cuDNN workspaces and
  *  handles — cublasCreate's "CUBLAS failure 3: the resource allocation failed" —, WebGPU buffers, the CPU
- *  allocator). */
+ *  allocator), and a CUDA graph capture that failed (CAPTURE_FAILED). */
 const OUT_OF_MEMORY =
-  /out of memory|failed to allocate memory|_ALLOC_FAILED|resource allocation failed|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer/i;
+  /out of memory|failed to allocate memory|_ALLOC_FAILED|resource allocation failed|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer|stream is capturing|error during capture/i;
+
+/**
+ * A CUDA graph capture (enable_cuda_graph=1) that something broke: seen on the H200 held to 16 GiB, where a
+ * capture run met "operation not permitted when stream is capturing" (an allocation the arena could not
+ * serve without cudaMalloc, which a capture forbids) and then "operation failed due to a previous error
+ * during capture". Taken for out of memory: the engine makes room and runs again, else fails the job.
+ */
+const CAPTURE_FAILED = /stream is capturing|error during capture/i;
 
 /** `err` as a DeviceMemoryError when it is an allocation failure, else unchanged. */
 export function asDeviceMemoryError(err: unknown, device: ConcreteDevice): unknown {
@@ -112,7 +120,13 @@ async function guardMemory<T>(f: () => Promise<T>, graph: string, device: Concre
     return await f();
   } catch (err) {
     const e = asDeviceMemoryError(err, device);
-    if (e instanceof DeviceMemoryError) log.warn({ graph, device, detail: e.detail }, "out of device memory");
+    if (e instanceof DeviceMemoryError && CAPTURE_FAILED.test(e.detail))
+      log.error(
+        { graph, device, detail: e.detail },
+        "CUDA graph capture failed: the provider needed memory while capturing; on this card set enable_cuda_graph=0 in ENGINE_CUDA_OPTIONS",
+      );
+    else if (e instanceof DeviceMemoryError)
+      log.warn({ graph, device, detail: e.detail }, "out of device memory");
     throw e;
   }
 }
