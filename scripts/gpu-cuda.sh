@@ -5,7 +5,8 @@
 # what it measured in $OUT (run.log, the JSON files, nvidia-smi's memory samples).
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
-#                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts
+#                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts,
+#                                       full16-large
 #                                       (only when named); STEP-graph: the step's bench with CUDA graphs
 #                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
@@ -74,6 +75,11 @@ for s in $steps; do
       --second-job --train-dtype fp16 --cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 \
       --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
       --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
+    # The large-card setup of README: the same with Imagic's training sessions per stage.
+    full16-large) step full16-large 580 $cli bench imagic --device cuda --preset balanced --batches none \
+      --second-job --train-dtype fp16 --training-sessions per-stage --cuda-option enable_cuda_graph=1 \
+      --cuda-option prefer_nhwc=1 --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
+      --json "$OUT/imagic-balanced-full-fp16-large.json" ;;
     # The defaults (CUDA_OPTION_DEFAULTS) in fp32 too, a few runs: every session builds and runs.
     fp32-smoke) step fp32-smoke 170 $cli bench sd --device cuda --dtype fp32 --only unet,loss-context,loss-lora --runs 3 ;;
     imagic) step imagic 260 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \

@@ -122,6 +122,17 @@ const SETTINGS = {
    */
   ENGINE_TRAIN_DTYPE: { schema: z.enum(["auto", "fp32", "fp16"]).default("auto"), expects: "auto|fp32|fp16" },
   /**
+   * Imagic's training sessions: `shared` (one compiled graph for both stages, with the gradients of both,
+   * so the device holds one training session: what a 16 GB card needs) or `per-stage` (stage 1 on a
+   * context-only graph, stage 2 on a LoRA-only one: each computes only its own gradients, at the memory of a
+   * second session; on the H200 with CUDA graphs Imagic `balanced` took 63.6 s instead of 77.6 s,
+   * docs/PERFORMANCE.md).
+   */
+  ENGINE_TRAINING_SESSIONS: {
+    schema: z.enum(["shared", "per-stage"]).default("shared"),
+    expects: "shared|per-stage",
+  },
+  /**
    * The CUDA provider's options over the engine's defaults (CUDA_OPTION_DEFAULTS in
    * src/engine/runtime/cuda-options.ts), e.g. "prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC"; set
    * through the add-on `setup cuda` builds (onnxruntime-node passes the provider only a device id).

@@ -118,7 +118,15 @@ export interface LoadOptions {
    * runtime/cuda-options.ts); other providers ignore them. The app passes ENGINE_CUDA_OPTIONS.
    */
   cudaOptions?: Record<string, string>;
+  /**
+   * Imagic's training sessions (default "shared"): one graph with both stages' gradients, or one graph per
+   * stage with its own gradients only (faster, a second session's memory). The app passes
+   * ENGINE_TRAINING_SESSIONS.
+   */
+  trainingSessions?: TrainingSessions;
 }
+
+export type TrainingSessions = "shared" | "per-stage";
 
 /** 24 GiB: the consumer cards issue 5 aims at; a larger GPU raises it with ENGINE_MAX_TRAIN_BYTES. */
 const DEFAULT_GPU_TRAIN_BYTES = 24 * 1024 ** 3;
@@ -189,6 +197,8 @@ export class StableDiffusion {
     private readonly releaseModel: () => Promise<void> = async () => {},
     /** LoadOptions.cudaOptions. */
     private readonly cudaOptions: Record<string, string> = {},
+    /** LoadOptions.trainingSessions. */
+    readonly trainingSessions: TrainingSessions = "shared",
   ) {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
@@ -242,6 +252,7 @@ export class StableDiffusion {
       opts.maxTrainBytes,
       model.release,
       opts.cudaOptions,
+      opts.trainingSessions,
     );
     log.info(
       { model: pathOrId, device, dtype, trainDtype: sd.trainDtype, weights: ckpt.unet.weightsFile },

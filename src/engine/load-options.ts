@@ -18,7 +18,7 @@ export type ModelSettings = Pick<
   | "engineDtype"
   | "engineTrainDtype"
 > &
-  Partial<Pick<Config, "engineCudaOptions">> &
+  Partial<Pick<Config, "engineCudaOptions" | "engineTrainingSessions">> &
   Partial<Pick<Config, "engineMaxTrainBytes">>;
 
 /**
@@ -34,6 +34,7 @@ export function modelLoadOptions(settings: ModelSettings): LoadOptions {
     trainDtype: settings.engineTrainDtype,
     maxTrainBytes: settings.engineMaxTrainBytes,
     cudaOptions: settings.engineCudaOptions,
+    trainingSessions: settings.engineTrainingSessions,
     cacheDir: settings.modelCacheDir,
     endpoint: settings.hfEndpoint,
     token: settings.hfToken?.reveal(),

@@ -7,7 +7,7 @@ import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type Command, Option } from "commander";
-import { StableDiffusion } from "../../engine/index.js";
+import { StableDiffusion, type TrainingSessions } from "../../engine/index.js";
 import { cudaOptionsStatus } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 import { benchDeviceOption, benchTrainDtypeOption, type TrainDtypeFlag } from "../options.js";
@@ -24,6 +24,7 @@ export interface PipelineBenchFlags {
   json?: string;
   modelDir?: string;
   cudaOption: Record<string, string>;
+  trainingSessions: TrainingSessions;
 }
 
 /** Adds --device, --dtype, --train-dtype, --steps-scale, --tiny, --json and --model-dir. */
@@ -45,6 +46,11 @@ export function pipelineBenchOptions(command: Command): Command {
       "CUDA provider option over the engine's defaults (repeatable), e.g. prefer_nhwc=0",
       keyValue,
       {},
+    )
+    .addOption(
+      new Option("--training-sessions <mode>", "Imagic's training sessions (ENGINE_TRAINING_SESSIONS)")
+        .choices(["shared", "per-stage"])
+        .default("shared"),
     );
 }
 
@@ -105,6 +111,7 @@ export class BenchRun {
         dtype: f.dtype,
         trainDtype: f.trainDtype,
         cudaOptions: f.cudaOption,
+        trainingSessions: f.trainingSessions,
       });
       return new BenchRun(name, f, sd, gpu, out);
     } catch (error) {
@@ -119,7 +126,7 @@ export class BenchRun {
     const scale = parseStepsScale(f);
     return (
       `bench ${this.name}: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${sizes}, device ${sd.device}, ` +
-      `sampling ${f.dtype}, training ${sd.trainDtype}, steps × ${scale}` +
+      `sampling ${f.dtype}, training ${sd.trainDtype} (${sd.trainingSessions} sessions), steps × ${scale}` +
       (scale < 1 ? " (stage times extrapolated from the median step)" : "")
     );
   }

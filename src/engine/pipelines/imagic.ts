@@ -229,10 +229,14 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
 
   // The LoRA adapter, created before stage 1: when stage 2 trains it at stage 1's batch, both stages run
   // one compiled graph (gradients w.r.t. the context and the adapter), so the device holds one training
-  // session instead of two. It starts as peft does (B = 0): during stage 1 it adds exactly nothing.
+  // session instead of two. It starts as peft does (B = 0): during stage 1 it adds exactly nothing. With
+  // trainingSessions "per-stage" each stage has a graph of its own gradients only: onnxruntime runs every
+  // node of a graph whatever is fetched, so the shared graph's stage 1 also computes the adapter's
+  // gradients (on the H200: 175–184 ms per step instead of 129; docs/PERFORMANCE.md, "CUDA graphs").
   const adapter =
     o.finetune.steps > 0 && !full ? sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed) : null;
-  const shared = adapter && o.finetune.batch === o.embedding.batch ? adapter : null;
+  const shared =
+    adapter && o.finetune.batch === o.embedding.batch && sd.trainingSessions === "shared" ? adapter : null;
   const wrt = (own: "context" | "lora"): LossArgs["wrt"] => (shared ? ["context", "lora"] : [own]);
 
   // Stage 1: the text embedding.
