@@ -6,7 +6,7 @@
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
 #                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts,
-#                                       full16-large
+#                                       full16-large, sdpa
 #                                       (only when named); STEP-graph: the step's bench with CUDA graphs
 #                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
@@ -75,6 +75,14 @@ for s in $steps; do
       --second-job --train-dtype fp16 --cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 \
       --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
       --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
+    # The UNet step under the attention kernels the provider may pick (sdpa_kernel: 0 lets it choose, 2 flash,
+    # 4 memory-efficient), with graphs and the option set.
+    sdpa)
+      for k in 0 2 4; do
+        step "sdpa $k" 120 $cli bench sd --device cuda --only unet --runs 10 --ep-option enable_cuda_graph=1 \
+          --ep-option prefer_nhwc=1 --ep-option cudnn_conv_algo_search=HEURISTIC --ep-option fuse_conv_bias=1 \
+          --ep-option sdpa_kernel=$k --json "$OUT/sd-sdpa-$k.json"
+      done ;;
     # The large-card setup of README: the same with Imagic's training sessions per stage.
     full16-large) step full16-large 580 $cli bench imagic --device cuda --preset balanced --batches none \
       --second-job --train-dtype fp16 --training-sessions per-stage --cuda-option enable_cuda_graph=1 \
