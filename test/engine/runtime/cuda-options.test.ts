@@ -173,8 +173,12 @@ describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
     const plain = (s: ort.InferenceSession, f: ReturnType<typeof feeds>) =>
       s.run(f).then((r) => ({ y: values(r, "y"), y16: values(r, "y16") }));
 
-    it("give what plain runs give, run after run, into outputs of their own, and stop at release", async () => {
+    // The add-on attached (any options: attaching installs the bound-run hooks), whichever test runs first.
+    beforeAll(() => {
       configureCudaProvider(dir, { prefer_nhwc: 1 });
+    });
+
+    it("give what plain runs give, run after run, into outputs of their own, and stop at release", async () => {
       const reference = await ort.InferenceSession.create(model());
       bindAllSessionsForTests(true);
       const file = join(root, "bound.onnx");
