@@ -145,11 +145,21 @@ const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
 
 const open = new Set<Session>();
 
-function sessionOptions(device: ConcreteDevice, opts: SessionOptions): ort.InferenceSession.SessionOptions {
+/** onnxruntime's session options for `opts` on `device` (exported for its tests). */
+export function sessionOptions(
+  device: ConcreteDevice,
+  opts: SessionOptions,
+): ort.InferenceSession.SessionOptions {
   const provider = opts.providerOptions ?? {};
   // onnxruntime-node passes the CUDA provider nothing but a device id: its options go through our add-on.
   if (device === "cuda") configureCudaProvider(onnxruntimeNode().bindingDir, provider);
+  // A CUDA graph capture may not allocate device memory, and with memory patterns on the run after the
+  // first allocates each pattern's block anew: the run the provider captures (onnxruntime's own CUDA graph
+  // tests turn patterns off). Replays allocate nothing, so nothing is lost. The capture that failed on a
+  // 16 GiB card (docs/PERFORMANCE.md, "CUDA graphs") ran with patterns on.
+  const graphs = device === "cuda" && ["1", "true", true, 1].includes(provider.enable_cuda_graph ?? "0");
   return {
+    ...(graphs ? { enableMemPattern: false } : {}),
     executionProviders: [
       device !== "cuda" && Object.keys(provider).length > 0 ? { name: device, ...provider } : device,
     ],

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { PACK_ROW } from "../../../src/engine/graph/emit.js";
 import * as G from "../../../src/engine/graph/index.js";
+import { resetCudaOptionsForTests } from "../../../src/engine/runtime/cuda-options.js";
 import {
   createSession,
   DeviceUnavailableError,
@@ -11,6 +12,7 @@ import {
   resolveDevice,
   summarizeProfile,
 } from "../../../src/engine/runtime/index.js";
+import { sessionOptions } from "../../../src/engine/runtime/session.js";
 import { type ConvGeom, host, randn, refConv, relError, rng, values } from "../graph/helpers.js";
 
 const cacheDir = mkdtempSync(join(tmpdir(), "graph-cache-test-"));
@@ -51,6 +53,31 @@ function linearGraph(name: string, reads: { n: number }, extra = false) {
   g.output("y", extra ? G.relu(y) : y);
   return g;
 }
+
+describe("session options", () => {
+  it("turns memory patterns off for CUDA sessions that capture CUDA graphs, and only for them", () => {
+    const graphs = { enable_cuda_graph: "1" };
+    try {
+      expect(sessionOptions("cuda", { device: "cuda", providerOptions: graphs }).enableMemPattern).toBe(
+        false,
+      );
+      expect(
+        sessionOptions("cuda", { device: "cuda", providerOptions: { enable_cuda_graph: true } }),
+      ).toMatchObject({ enableMemPattern: false });
+      for (const off of [{}, { enable_cuda_graph: "0" }, { prefer_nhwc: "1" }] as Record<string, string>[])
+        expect(sessionOptions("cuda", { device: "cuda", providerOptions: off })).not.toHaveProperty(
+          "enableMemPattern",
+        );
+      // Other providers take no CUDA options.
+      expect(sessionOptions("cpu", { device: "cpu", providerOptions: graphs })).not.toHaveProperty(
+        "enableMemPattern",
+      );
+    } finally {
+      // sessionOptions("cuda") configures the (absent) CUDA add-on: forget it for the other tests.
+      resetCudaOptionsForTests();
+    }
+  });
+});
 
 describe("sessions", () => {
   it("writes keyed graphs to the cache as model + external weights and reloads them without reading weights", async () => {
