@@ -257,6 +257,11 @@ export function imagicBenchCommand(): Command {
       'image sizes run in turn, comma-separated: a side or width×height, multiples of 64, e.g. "512,512x768" (default 512; 64 with --tiny)',
     )
     .option("--batches <list>", 'timestep batches to time one training step at ("none": skip)', "1,4")
+    .addOption(
+      new Option("--training-sessions <mode>", "Imagic's training sessions (ENGINE_TRAINING_SESSIONS)")
+        .choices(["shared", "per-stage"])
+        .default("shared"),
+    )
     .option(
       "--second-job",
       "after the first job, run the same photo → first grid again in this worker and time it end to end",

@@ -24,7 +24,8 @@ export interface PipelineBenchFlags {
   json?: string;
   modelDir?: string;
   cudaOption: Record<string, string>;
-  trainingSessions: TrainingSessions;
+  /** bench imagic's --training-sessions (the other benches train no Imagic stages). */
+  trainingSessions?: TrainingSessions;
 }
 
 /** Adds --device, --dtype, --train-dtype, --steps-scale, --tiny, --json and --model-dir. */
@@ -46,11 +47,6 @@ export function pipelineBenchOptions(command: Command): Command {
       "CUDA provider option over the engine's defaults (repeatable), e.g. prefer_nhwc=0",
       keyValue,
       {},
-    )
-    .addOption(
-      new Option("--training-sessions <mode>", "Imagic's training sessions (ENGINE_TRAINING_SESSIONS)")
-        .choices(["shared", "per-stage"])
-        .default("shared"),
     );
 }
 
@@ -111,7 +107,7 @@ export class BenchRun {
         dtype: f.dtype,
         trainDtype: f.trainDtype,
         cudaOptions: f.cudaOption,
-        trainingSessions: f.trainingSessions,
+        ...(f.trainingSessions ? { trainingSessions: f.trainingSessions } : {}),
       });
       return new BenchRun(name, f, sd, gpu, out);
     } catch (error) {
@@ -126,7 +122,7 @@ export class BenchRun {
     const scale = parseStepsScale(f);
     return (
       `bench ${this.name}: ${f.tiny ? "tiny" : "SD 1.5"} shapes, random weights, ${sizes}, device ${sd.device}, ` +
-      `sampling ${f.dtype}, training ${sd.trainDtype} (${sd.trainingSessions} sessions), steps × ${scale}` +
+      `sampling ${f.dtype}, training ${sd.trainDtype}${f.trainingSessions ? ` (${f.trainingSessions} sessions)` : ""}, steps × ${scale}` +
       (scale < 1 ? " (stage times extrapolated from the median step)" : "")
     );
   }
