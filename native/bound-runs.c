@@ -30,6 +30,7 @@
 typedef struct {
   char *name;
   void *value; /* device OrtValue, bound */
+  void *data;  /* its buffer: fixed for the session's life, looked up once */
   size_t rank;
   int64_t dims[MAX_RANK];
   int type;
@@ -174,6 +175,7 @@ static Status set_up(Bound *b, const char *const *input_names, const void *const
     if (!st)
       st = API(CreateTensorAsOrtValueFn, ORT_CREATE_TENSOR_AS_ORT_VALUE)(b->allocator, s->dims, s->rank, s->type,
                                                                         &s->value);
+    if (!st) st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)(s->value, &s->data);
     if (!st) st = API(BindValueFn, ORT_BIND_INPUT)(b->binding, s->name, s->value);
   }
   for (size_t i = 0; i < n_out && !st; i++) {
@@ -218,6 +220,7 @@ static Status fix_outputs(Bound *b) {
     if (!st) {
       b->out[i].value = values[i];
       st = describe(values[i], &b->out[i]);
+      if (!st) st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)(values[i], &b->out[i].data);
     } else {
       API(ReleaseFn, ORT_RELEASE_VALUE)(values[i]);
     }
@@ -237,11 +240,10 @@ static Status hand_out(const Bound *b, void **outputs) {
   Status st = API(GetAllocatorFn, ORT_GET_ALLOCATOR_WITH_DEFAULT_OPTIONS)(&host);
   for (size_t i = 0; i < b->n_out && !st; i++) {
     const Slot *s = &b->out[i];
-    void *value = NULL, *dst = NULL, *src = NULL;
+    void *value = NULL, *dst = NULL;
     st = API(CreateTensorAsOrtValueFn, ORT_CREATE_TENSOR_AS_ORT_VALUE)(host, s->dims, s->rank, s->type, &value);
     if (!st) st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)(value, &dst);
-    if (!st) st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)(s->value, &src);
-    if (!st) st = copy(b, dst, src, s->bytes, 0);
+    if (!st) st = copy(b, dst, s->data, s->bytes, 0);
     if (st && value) API(ReleaseFn, ORT_RELEASE_VALUE)(value);
     if (!st) outputs[i] = value;
   }
@@ -275,10 +277,9 @@ static Status bound_run(Bound *b, const void *run_options, const char *const *in
     if (err) return fail("bound run: cudaSetDevice failed: %s", cuda_error_string(err));
   }
   for (size_t i = 0; i < n_in && !st; i++) {
-    void *dst = NULL, *src = NULL;
-    st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)(b->in[i].value, &dst);
-    if (!st) st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)((void *)inputs[i], &src);
-    if (!st) st = copy(b, dst, src, b->in[i].bytes, 1);
+    void *src = NULL;
+    st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)((void *)inputs[i], &src);
+    if (!st) st = copy(b, b->in[i].data, src, b->in[i].bytes, 1);
   }
   if (!st) st = API(RunWithBindingFn, ORT_RUN_WITH_BINDING)(b->session, run_options, b->binding);
   if (!st && !b->outputs_fixed) st = fix_outputs(b);

@@ -28,6 +28,9 @@ step() { # label, seconds, command…
 # The CUDA options add-on (built by gpu-bundle.sh) where `setup cuda` puts it: beside the binding.
 cp dist-gpu/photo_edit_cuda_options.node node_modules/onnxruntime-node/bin/napi-v6/linux/x64/
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee -a "$OUT/run.log"
+# README's CUDA options for a large card (graphs, NHWC, heuristic cuDNN search, bias-fused convolutions).
+large_card=(--cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 --cuda-option cudnn_conv_algo_search=HEURISTIC
+  --cuda-option fuse_conv_bias=1)
 for s in $steps; do
   graph=()
   case $s in *-graph) graph=(--cuda-option enable_cuda_graph=1) ;; esac
@@ -72,9 +75,7 @@ for s in $steps; do
     # Imagic `balanced` in full with CUDA graphs and the option set above; then the same job again in the
     # worker, timed end to end (its encode and decode sessions warm too).
     full16-graph-opts) step full16-graph-opts 580 $cli bench imagic --device cuda --preset balanced --batches none \
-      --second-job --train-dtype fp16 --cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 \
-      --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
-      --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
+      --second-job --train-dtype fp16 "${large_card[@]}" --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
     # The UNet step under the attention kernels the provider may pick (sdpa_kernel: 0 lets it choose, 2 flash,
     # 4 memory-efficient), with graphs and the option set.
     sdpa)
@@ -85,8 +86,7 @@ for s in $steps; do
       done ;;
     # The large-card setup of README: the same with Imagic's training sessions per stage.
     full16-large) step full16-large 580 $cli bench imagic --device cuda --preset balanced --batches none \
-      --second-job --train-dtype fp16 --training-sessions per-stage --cuda-option enable_cuda_graph=1 \
-      --cuda-option prefer_nhwc=1 --cuda-option cudnn_conv_algo_search=HEURISTIC --cuda-option fuse_conv_bias=1 \
+      --second-job --train-dtype fp16 --training-sessions per-stage "${large_card[@]}" \
       --json "$OUT/imagic-balanced-full-fp16-large.json" ;;
     # The defaults (CUDA_OPTION_DEFAULTS) in fp32 too, a few runs: every session builds and runs.
     fp32-smoke) step fp32-smoke 170 $cli bench sd --device cuda --dtype fp32 --only unet,loss-context,loss-lora --runs 3 ;;

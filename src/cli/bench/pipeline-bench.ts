@@ -131,8 +131,9 @@ export class BenchRun {
   save(): void {
     this.result.peakGpuMiB = this.gpu.peak();
     this.result.gpuMiBByStage = this.gpu.byStage();
-    this.result.cudaOptions = cudaOptionsStatus()?.applied;
-    this.result.boundRuns = cudaOptionsStatus()?.boundRuns;
+    const cuda = cudaOptionsStatus();
+    this.result.cudaOptions = cuda?.applied;
+    this.result.boundRuns = cuda?.boundRuns;
     if (this.f.json) writeFileSync(this.f.json, `${JSON.stringify(this.result, null, 2)}\n`);
   }
 

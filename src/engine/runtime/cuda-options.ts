@@ -73,14 +73,26 @@ export function parseCudaOptions(text: string): Record<string, string> | string 
   return out;
 }
 
-/** The add-on's input: the defaults with `overrides` laid over them, as "k=v;k=v". */
-export function cudaOptionsText(overrides: Readonly<Record<string, string | number | boolean>>): string {
+type CudaOptions = Readonly<Record<string, string | number | boolean>>;
+
+/** The defaults with `overrides` laid over them, each value as the provider reads it (booleans as 1/0). */
+function mergedOptions(overrides: CudaOptions): Record<string, string> {
   const merged: Record<string, string> = { ...CUDA_OPTION_DEFAULTS };
   for (const [k, v] of Object.entries(overrides))
     merged[k] = typeof v === "boolean" ? (v ? "1" : "0") : String(v);
-  return Object.entries(merged)
+  return merged;
+}
+
+/** The add-on's input: the defaults with `overrides` laid over them, as "k=v;k=v". */
+export function cudaOptionsText(overrides: CudaOptions): string {
+  return Object.entries(mergedOptions(overrides))
     .map(([k, v]) => `${k}=${v}`)
     .join(";");
+}
+
+/** Whether sessions with these options capture CUDA graphs, as the add-on decides it (its value "1"). */
+export function capturesCudaGraphs(overrides: CudaOptions): boolean {
+  return mergedOptions(overrides).enable_cuda_graph === "1";
 }
 
 /** Compiles the add-on into `dir` (atomically); the compiler's first error line when it cannot. */
@@ -136,10 +148,7 @@ let addon: Addon | undefined;
  * add-on (or when it cannot attach) the provider keeps onnxruntime's defaults, logged once per options set.
  * An option the provider rejects fails the next session's creation with onnxruntime's own message.
  */
-export function configureCudaProvider(
-  bindingDir: string,
-  overrides: Readonly<Record<string, string | number | boolean>> = {},
-): CudaOptionsOutcome {
+export function configureCudaProvider(bindingDir: string, overrides: CudaOptions = {}): CudaOptionsOutcome {
   const text = cudaOptionsText(overrides);
   if (configured?.text !== text) {
     // Nothing to hand over and nothing handed over before: the provider's defaults need no add-on.

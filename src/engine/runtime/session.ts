@@ -19,7 +19,7 @@ import {
 } from "../graph/emit.js";
 import type { Graph } from "../graph/graph.js";
 import { onnxruntimeNode } from "./cuda.js";
-import { configureCudaProvider } from "./cuda-options.js";
+import { capturesCudaGraphs, configureCudaProvider } from "./cuda-options.js";
 import { type ConcreteDevice, type Device, resolveDevice } from "./device.js";
 import { ort } from "./ort.js";
 import { latestProfile } from "./profile.js";
@@ -94,12 +94,6 @@ export class DeviceMemoryError extends UserFacingError {
   }
 }
 
-/** onnxruntime's ways of saying an allocation failed (CUDA arena and cudaMalloc, cuBLAS/cuDNN workspaces and
- *  handles — cublasCreate's "CUBLAS failure 3: the resource allocation failed" —, WebGPU buffers, the CPU
- *  allocator), and a CUDA graph capture that failed (CAPTURE_FAILED). */
-const OUT_OF_MEMORY =
-  /out of memory|failed to allocate memory|_ALLOC_FAILED|resource allocation failed|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer|stream is capturing|error during capture/i;
-
 /**
  * A CUDA graph capture (enable_cuda_graph=1) that something broke: seen on the H200 held to 16 GiB, where a
  * capture run met "operation not permitted when stream is capturing" (an allocation the arena could not
@@ -107,6 +101,13 @@ const OUT_OF_MEMORY =
  * during capture". Taken for out of memory: the engine makes room and runs again, else fails the job.
  */
 const CAPTURE_FAILED = /stream is capturing|error during capture/i;
+
+/** onnxruntime's ways of saying an allocation failed (CUDA arena and cudaMalloc, cuBLAS/cuDNN workspaces and
+ *  handles — cublasCreate's "CUBLAS failure 3: the resource allocation failed" —, WebGPU buffers, the CPU
+ *  allocator); OUT_OF_MEMORY adds a failed CUDA graph capture. */
+const ALLOCATION_FAILED =
+  /out of memory|failed to allocate memory|_ALLOC_FAILED|resource allocation failed|cudaErrorMemoryAllocation|std::bad_alloc|OutOfMemory|Failed to create buffer/i;
+const OUT_OF_MEMORY = new RegExp(`${ALLOCATION_FAILED.source}|${CAPTURE_FAILED.source}`, "i");
 
 /** `err` as a DeviceMemoryError when it is an allocation failure, else unchanged. */
 export function asDeviceMemoryError(err: unknown, device: ConcreteDevice): unknown {
@@ -157,7 +158,7 @@ export function sessionOptions(
   // first allocates each pattern's block anew: the run the provider captures (onnxruntime's own CUDA graph
   // tests turn patterns off). Replays allocate nothing, so nothing is lost. The capture that failed on a
   // 16 GiB card (docs/PERFORMANCE.md, "CUDA graphs") ran with patterns on.
-  const graphs = device === "cuda" && ["1", "true", true, 1].includes(provider.enable_cuda_graph ?? "0");
+  const graphs = device === "cuda" && capturesCudaGraphs(provider);
   return {
     ...(graphs ? { enableMemPattern: false } : {}),
     executionProviders: [
