@@ -28,8 +28,8 @@ const I = (node: Node, i: number) => node.inputs[i] as Tensor;
 
 function checkAffine(op: string, inputs: readonly Tensor[], channels: number): void {
   const [x, gamma, beta] = inputs as [Tensor, Tensor, Tensor];
-  if (x.dtype !== "float32" && x.dtype !== "float64")
-    throw opError(op, inputs, "x must be float32 or float64");
+  if (x.dtype !== "float32" && x.dtype !== "float64" && x.dtype !== "float16")
+    throw opError(op, inputs, "x must be float32, float64 or float16");
   for (const p of [gamma, beta]) {
     if (p.dtype !== x.dtype) throw opError(op, inputs, `gamma and beta must be ${x.dtype} like x`);
     if (!sameShape(p.shape, [channels])) throw opError(op, inputs, `gamma and beta must be [${channels}]`);
@@ -48,9 +48,16 @@ export const COMPOSITES: Record<string, OpDef> = {
     },
     decompose: (node) => {
       const x = I(node, 0);
+      if (x.dtype === "float16") return [inFloat32(node)];
       return [add(mul(standardize(x, x.rank - 1, node.attrs.eps as number), I(node, 1)), I(node, 2))];
     },
-    fusable: floatKernels({ cpu: ["float32", "float64"], cuda: ["float32"], webgpu: ["float32"] }),
+    // float16 on CUDA: its kernel keeps the statistics in float (stash_type 1) and reads and writes
+    // float16, so the Cast pair around the norm (≈ 3 passes over the activation) is not needed.
+    fusable: floatKernels({
+      cpu: ["float32", "float64"],
+      cuda: ["float32", "float16"],
+      webgpu: ["float32"],
+    }),
     emit: (e, node) =>
       e.node(
         "LayerNormalization",
@@ -78,13 +85,16 @@ export const COMPOSITES: Record<string, OpDef> = {
     },
     decompose: (node) => {
       const x = I(node, 0);
+      if (x.dtype === "float16") return [inFloat32(node)];
       const [N, C] = x.shape as [number, number];
       const groups = node.attrs.groups as number;
       const y = reshape(standardize(reshape(x, [N, groups, -1]), 2, node.attrs.eps as number), x.shape);
       const perChannel = [C, ...x.shape.slice(2).map(() => 1)];
       return [add(mul(y, reshape(I(node, 1), perChannel)), reshape(I(node, 2), perChannel))];
     },
-    fusable: floatKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] }),
+    // float16 on CUDA: its InstanceNormalization keeps the statistics in float and reads and writes
+    // float16; the affine part then runs in float16 (one more rounding than the float32 form's).
+    fusable: floatKernels({ cpu: ["float32"], cuda: ["float32", "float16"], webgpu: ["float32"] }),
     // InstanceNormalization over [N, groups, rest] is group norm without the affine part (one kernel,
     // and unlike GroupNormalization its meaning did not change between opsets).
     emit: (e, node) => {
@@ -380,30 +390,23 @@ function composite(op: string, inputs: readonly Tensor[], attrs: Attrs): Tensor 
   return (inputs[0] as Tensor).graph.apply(op, COMPOSITES[op] as OpDef, inputs, attrs)[0] as Tensor;
 }
 
-/** Runs a norm in float32 for a float16 x (the fp16 policy), casting back after. */
-function inFloat32(x: Tensor, params: Tensor[], f: (x: Tensor, params: Tensor[]) => Tensor): Tensor {
-  if (x.dtype !== "float16") return f(x, params);
-  return cast(
-    f(
-      cast(x, "float32"),
-      params.map((p) => cast(p, "float32")),
-    ),
-    "float16",
-  );
+/**
+ * A float16 norm node as the fp16 policy computes it where its fused float16 kernel is not used (other
+ * devices, gradients): the same norm in float32 between Casts (float16 parameters widen exactly).
+ */
+function inFloat32(node: Node): Tensor {
+  const wide = node.inputs.map((t) => cast(t, "float32"));
+  return cast(composite(node.op, wide, node.attrs), "float16");
 }
 
 /** Layer norm over the last axis (torch.nn.LayerNorm(D)): gamma, beta are [D]. */
 export function layerNorm(x: Tensor, gamma: Tensor, beta: Tensor, eps = 1e-5): Tensor {
-  return inFloat32(x, [gamma, beta], (x32, [g, b]) =>
-    composite("LayerNorm", [x32, g as Tensor, b as Tensor], { eps }),
-  );
+  return composite("LayerNorm", [x, gamma, beta], { eps });
 }
 
 /** torch.nn.GroupNorm over x[N, C, ...]: gamma, beta are [C]. */
 export function groupNorm(x: Tensor, groups: number, gamma: Tensor, beta: Tensor, eps = 1e-5): Tensor {
-  return inFloat32(x, [gamma, beta], (x32, [g, b]) =>
-    composite("GroupNorm", [x32, g as Tensor, b as Tensor], { groups, eps }),
-  );
+  return composite("GroupNorm", [x, gamma, beta], { groups, eps });
 }
 
 export interface AttentionOptions {
