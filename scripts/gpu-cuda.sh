@@ -6,12 +6,14 @@
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
 #                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts,
-#                                       full16-large, sdpa
+#                                       full16-large, sdpa, ab-unet, card<GiB>-large
 #                                       (only when named); STEP-graph: the step's bench with CUDA graphs
 #                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
 # another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
-# AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
+# AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny;
+# AB_ONLY picks other components (bench sd --only), e.g. AB_ONLY=unet.
+# ab-unet: the UNet step (fp16) that way, with README's large-card options.
 set -u
 OUT=${OUT:-/tmp/gpu-cuda-out}
 mkdir -p "$OUT"
@@ -76,10 +78,11 @@ for s in $steps; do
     # worker, timed end to end (its encode and decode sessions warm too).
     full16-graph-opts) step full16-graph-opts 580 $cli bench imagic --device cuda --preset balanced --batches none \
       --second-job --train-dtype fp16 "${large_card[@]}" --json "$OUT/imagic-balanced-full-fp16-graph-opts.json" ;;
-    # The UNet step under the attention kernels the provider may pick (sdpa_kernel: 0 lets it choose, 2 flash,
-    # 4 memory-efficient), with graphs and the option set.
+    # The UNet step under the attention kernels the provider may pick (sdpa_kernel, a bit set of
+    # onnxruntime's AttentionBackend: 0 lets it choose, 1 flash, 2 memory-efficient, 8 cuDNN flash), with
+    # graphs and the option set.
     sdpa)
-      for k in 0 2 4; do
+      for k in 0 1 2 8; do
         step "sdpa $k" 120 $cli bench sd --device cuda --only unet --runs 10 --ep-option enable_cuda_graph=1 \
           --ep-option prefer_nhwc=1 --ep-option cudnn_conv_algo_search=HEURISTIC --ep-option fuse_conv_bias=1 \
           --ep-option sdpa_kernel=$k --json "$OUT/sd-sdpa-$k.json"
@@ -108,9 +111,10 @@ for s in $steps; do
         bin=dist-gpu/cli.mjs
         [ "$b" = base ] && bin=dist-gpu/cli-base.mjs
         # shellcheck disable=SC2086 # AB_ARGS holds several options
-        step "ab-$b" 110 node "$bin" bench sd --device "${AB_DEVICE:-cuda}" --only loss-context,loss-lora --runs 10 \
-          ${AB_ARGS:-} --json "$OUT/ab-$b.json"
+        step "ab-$b" 110 node "$bin" bench sd --device "${AB_DEVICE:-cuda}" --only "${AB_ONLY:-loss-context,loss-lora}" \
+          --runs 10 ${AB_ARGS:-} --json "$OUT/ab-$b.json"
       done ;;
+    ab-unet) AB_ONLY=unet AB_ARGS="${large_card[*]//--cuda-option/--ep-option}" bash "$0" ab ;;
     # Issue 11: a 512×768 photo (64×96 latents) next to 512², UNet step and gradient steps, then Imagic
     # `balanced` at both sizes in one process (each size's sessions built, and released, on their own).
     shape)
@@ -131,7 +135,7 @@ for s in $steps; do
     # Imagic `balanced` in full on a smaller card, e.g. card16-fp16 (16 GiB, fp16 training) or card24-fp32:
     # dist-gpu/ballast.mjs (scripts/gpu-ballast.ts) holds the rest of the H200 in arenas of its own, so a
     # run that completes needed at most that much (the goal of issue 14: 16 GB).
-    card*-fp16 | card*-fp32)
+    card*-fp16 | card*-fp32 | card*-large)
       gib=${s#card}
       gib=${gib%%-*}
       node dist-gpu/ballast.mjs "$gib" > "$OUT/ballast-$s.log" 2>&1 &
@@ -143,8 +147,13 @@ for s in $steps; do
       tee -a "$OUT/run.log" < "$OUT/ballast-$s.log"
       if kill -0 "$ballast" 2>/dev/null; then
         dtype=${s%-graph}
-        step "$s" 280 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype "${dtype##*-}" \
-          "${graph[@]}" --json "$OUT/imagic-balanced-$s.json"
+        dtype=${dtype##*-}
+        setup=("${graph[@]}")
+        # -large: README's large-card setup (the option set, training sessions per stage), fp16 training,
+        # and the second job timed end to end.
+        [ "$dtype" = large ] && dtype=fp16 && setup=("${large_card[@]}" --training-sessions per-stage --second-job)
+        step "$s" 420 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype "$dtype" \
+          "${setup[@]}" --json "$OUT/imagic-balanced-$s.json"
         kill "$ballast"
         wait "$ballast" 2>/dev/null
       fi ;;
