@@ -32,6 +32,7 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Tensor[] {
     }
   }
   const targets = new Set(wrt);
+  graph.hasGradients = true;
 
   // depends(t): does t depend differentiably on some wrt tensor? (memoized, iterative)
   const memo = new Map<Tensor, boolean>();

@@ -71,6 +71,8 @@ export class Graph {
   readonly weights: Tensor[] = [];
   readonly outputs: { name: string; tensor: Tensor }[] = [];
   readonly nodes: Node[] = [];
+  /** Set by grad(): the graph computes gradients (some fused forms are kept to graphs without). */
+  hasGradients = false;
   private nextId = 0;
   private readonly names = new Set<string>();
 

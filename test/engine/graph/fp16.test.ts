@@ -101,6 +101,18 @@ describe("float16 graphs keep softmax, reductions, norms and the loss in float32
       expect(o.casts, device).toBe(2 + 2 * 4); // x, gamma, beta up and the result down, per norm
       expect(o.lnInput, device).not.toBe("t");
     }
+    // In a graph that computes gradients, CUDA gets the float32 norm between Casts even where no gradient
+    // flows through the norm (its backward is built on the expansion's values).
+    const d = new G.Graph("fp16-norm-in-training");
+    const w = d.input("w", "float32", [8]);
+    const off = G.layerNorm(
+      d.input("t", "float16", [2, 7, 8]),
+      d.input("g", "float16", [8]),
+      d.input("b", "float16", [8]),
+    );
+    d.output("gw", G.grad(G.reduceSum(G.mul(G.cast(off, "float32"), w), [0, 1, 2]), [w])[0] as G.Tensor);
+    expect(off.node?.differentiated).toBe(false);
+    expect(emittedAs(off, "cuda").node?.op).toBe("Cast");
     // The CUDA form computes the norms: grouping, statistics, eps and the affine part, checked here by the
     // CPU provider running it against a float64 loop. That provider computes in float32 inside, so this
     // checks what the model says, not CUDA's float16 rounding (the GPU parity run, `bench parity --device
