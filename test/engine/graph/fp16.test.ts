@@ -102,7 +102,7 @@ describe("float16 graphs keep softmax, reductions, norms and the loss in float32
       expect(o.lnInput, device).not.toBe("t");
     }
     // In a graph that computes gradients, CUDA gets the float32 norm between Casts even where no gradient
-    // flows through the norm (its backward is built on the expansion's values).
+    // flows through the norm (fused there, such norms moved the fixtures' fp16 gradients: halfOnCuda).
     const d = new G.Graph("fp16-norm-in-training");
     const w = d.input("w", "float32", [8]);
     const off = G.layerNorm(
