@@ -205,8 +205,12 @@ export class ChatCommands {
     resumed: PendingCommand | undefined,
     run: (command: PendingCommand) => Promise<void>,
   ): Promise<void> {
-    await reply.acknowledge();
+    // The record before the acknowledgement: a process killed between the two leaves a command that
+    // another resumes (answering with a plain post where the platform never saw the acknowledgement),
+    // where the other order left an acknowledged command that nothing would ever run. A failed
+    // acknowledgement leaves the record too: the command is resumed once its lease runs out.
     const command = resumed ?? (await this.pending.open(request, reply.handle));
+    await reply.acknowledge();
     try {
       await this.pending.whileHeld(command, () => run(command));
     } catch (error) {

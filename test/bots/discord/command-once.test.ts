@@ -14,6 +14,7 @@
 // that stayed up for 15 minutes, or beside the answer Discord had already filled in), and posts it
 // plainly once Discord refuses the token, losing nothing. Killed while it downloads the photo, whose
 // link then expires, the new bot says so in place of the "thinking…" (before: in a post beside it).
+// Killed at its acknowledgement (the deferral), the command is resumed too: its record is written first.
 import { describe, expect, it } from "vitest";
 import type { StallRule } from "../../../src/bots/discord/fake/server.js";
 import { killBotProcess, killTestWorld } from "../support/bot-process.js";
@@ -113,6 +114,38 @@ describe("a bot SIGKILLed before it hears back from its public answer", () => {
     );
     expect(refused).toHaveLength(1);
   });
+});
+
+describe("a bot SIGKILLed at its acknowledgement", () => {
+  // The record is written before the deferral goes out (src/commands/service.ts). Before, the bot
+  // deferred first: killed there, it left a "thinking…" (or Discord's "did not respond") and no record,
+  // so the command was lost.
+  const deferral: StallRule["match"] = ({ route }) => route === "POST /interactions/:id/:token/callback";
+
+  it.each(["before", "after"] as const)(
+    "is resumed by the next bot, which answers and queues the job once (killed %s Discord saw the deferral)",
+    async (when) => {
+      const first = await t.bots.current();
+      const stalled = t.w.fake.stall({ when, match: deferral });
+      const channel = t.w.fake.addTextChannel(`ack-killed-${when}-${t.w.fake.requests.length}`);
+      const interaction = t.w.imagic(channel, [opt.string("seeds", "2")]);
+      await stalled;
+      await killBotProcess(first);
+      expect(t.w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([]);
+      await t.bots.next();
+      const answer = await t.w.fake.waitFor("the resumed answer", () =>
+        t.w.posted(channel.id).find((m) => m.content.includes("asked Imagic")),
+      );
+      // Deferred before the kill: the "thinking…" becomes the answer. Never acknowledged: Discord refuses
+      // the webhook (10015), and the answer is a post of its own.
+      if (when === "after") expect(answer.id).toBe(interaction.originalId);
+      else expect(interaction.originalId).toBeUndefined();
+      const thread = await t.w.fake.waitFor("a thread on the answer", () => answer.threadId);
+      await t.w.offer(thread, 1, 2);
+      expect(await jobIdsInThread(t.queue, thread)).toEqual([`imagic-${interaction.id}`]);
+      expect(t.w.posted(channel.id).filter((m) => m.content.includes("asked Imagic"))).toEqual([answer]);
+    },
+  );
 });
 
 it("a resumed command that cannot fetch its photo any more says so in place of the interaction's 'thinking…'", async () => {
