@@ -1,7 +1,7 @@
-// Commands between their acknowledgement and their job: a durable record, so that a bot SIGKILLed in
-// between does not lose a command it has already answered (Discord does not send an interaction twice).
+// Commands until their job is queued: a durable record, so that a bot SIGKILLed before does not lose a
+// command (Discord does not send an interaction twice).
 //
-// Once /imagic or /swap is acknowledged, its request is written to Redis under a claim with a lease
+// Before /imagic or /swap is acknowledged, its request is written to Redis under a claim with a lease
 // (LeasedClaims, as result deliveries and picks use), renewed while the command runs. Each
 // step whose outcome must not happen twice (the photos stored, the public answer, the thread, the
 // progress message) records its outcome as it finishes. The job goes in under an id derived from the
@@ -21,7 +21,7 @@ const RECORD_TTL_SECONDS = 86_400;
 /** The steps of a command that are done once, in the order they happen. */
 export type CommandStep = "blobs" | "answer" | "thread" | "progress";
 
-/** One acknowledged command until its job is queued: its request and the steps it has done. */
+/** One command, from before its acknowledgement until its job is queued: its request and the steps it has done. */
 export class PendingCommand {
   constructor(
     private readonly store: PendingCommands,
@@ -83,7 +83,7 @@ export class PendingCommands {
     return `pe:chat:command:${this.platform}:${id}`;
   }
 
-  /** Records an acknowledged command; from now on it is resumed if this process dies. */
+  /** Records a command (before it is acknowledged); from now on it is resumed if this process dies. */
   async open(request: CommandRequest, handle?: ReplyHandle): Promise<PendingCommand> {
     // A snowflake or a UUID: no ':', and the job id `<command>-<id>` is no integer (BullMQ's custom ids).
     const id = request.id ?? randomUUID();
