@@ -208,10 +208,10 @@ export class ChatCommands {
     // The record before the acknowledgement: a process killed between the two leaves a command that
     // another resumes (answering with a plain post where the platform never saw the acknowledgement),
     // where the other order left an acknowledged command that nothing would ever run. A failed
-    // acknowledgement leaves the record too: the command is resumed once its lease runs out.
+    // acknowledgement fails the command, as any error here: its author is told, the record cleared.
     const command = resumed ?? (await this.pending.open(request, reply.handle));
-    await reply.acknowledge();
     try {
+      await reply.acknowledge();
       await this.pending.whileHeld(command, () => run(command));
     } catch (error) {
       await this.tell(request, reply, error);
