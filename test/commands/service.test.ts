@@ -38,7 +38,7 @@ beforeAll(async () => {
   });
 });
 afterAll(async () => {
-  commands.stop();
+  await commands.stop();
   await h.close();
 });
 
