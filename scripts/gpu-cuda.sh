@@ -11,8 +11,7 @@
 #                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
 # another commit (dist-gpu/cli-base.mjs, `gpu-bundle.sh --base <rev>`) and then from this one, ≈ 2–3 min;
-# AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny;
-# AB_ONLY picks other components (bench sd --only), e.g. AB_ONLY=unet.
+# AB_DEVICE and AB_ARGS (extra bench sd options) let it run elsewhere, e.g. AB_DEVICE=cpu AB_ARGS=--tiny.
 # ab-unet: the UNet step (fp16) that way, with README's large-card options.
 set -u
 OUT=${OUT:-/tmp/gpu-cuda-out}
@@ -33,6 +32,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 # README's CUDA options for a large card (graphs, NHWC, heuristic cuDNN search, bias-fused convolutions).
 large_card=(--cuda-option enable_cuda_graph=1 --cuda-option prefer_nhwc=1 --cuda-option cudnn_conv_algo_search=HEURISTIC
   --cuda-option fuse_conv_bias=1)
+large_card_sd=("${large_card[@]/--cuda-option/--ep-option}")   # the same for bench sd, whose flag is --ep-option
+large_setup=("${large_card[@]}" --training-sessions per-stage)   # README's large-card setup for Imagic
+# ab: `bench sd --only <components> [options…]` from the base bundle, then from this one.
+ab() {
+  [ -f dist-gpu/cli-base.mjs ] || { echo "gpu-cuda.sh: ab needs dist-gpu/cli-base.mjs (gpu-bundle.sh --base <rev>)" >&2; return; }
+  echo "ab: base $(cat dist-gpu/cli-base.rev 2>/dev/null || echo '?') against this bundle" | tee -a "$OUT/run.log"
+  local only=$1 b bin
+  shift
+  for b in base fix; do
+    bin=dist-gpu/cli.mjs
+    [ "$b" = base ] && bin=dist-gpu/cli-base.mjs
+    step "ab-$b" 110 node "$bin" bench sd --device "${AB_DEVICE:-cuda}" --only "$only" --runs 10 "$@" \
+      --json "$OUT/ab-$b.json"
+  done
+}
 for s in $steps; do
   graph=()
   case $s in *-graph) graph=(--cuda-option enable_cuda_graph=1) ;; esac
@@ -83,14 +97,12 @@ for s in $steps; do
     # graphs and the option set.
     sdpa)
       for k in 0 1 2 8; do
-        step "sdpa $k" 120 $cli bench sd --device cuda --only unet --runs 10 --ep-option enable_cuda_graph=1 \
-          --ep-option prefer_nhwc=1 --ep-option cudnn_conv_algo_search=HEURISTIC --ep-option fuse_conv_bias=1 \
+        step "sdpa $k" 120 $cli bench sd --device cuda --only unet --runs 10 "${large_card_sd[@]}" \
           --ep-option sdpa_kernel=$k --json "$OUT/sd-sdpa-$k.json"
       done ;;
     # The large-card setup of README: the same with Imagic's training sessions per stage.
     full16-large) step full16-large 580 $cli bench imagic --device cuda --preset balanced --batches none \
-      --second-job --train-dtype fp16 --training-sessions per-stage "${large_card[@]}" \
-      --json "$OUT/imagic-balanced-full-fp16-large.json" ;;
+      --second-job --train-dtype fp16 "${large_setup[@]}" --json "$OUT/imagic-balanced-full-fp16-large.json" ;;
     # The defaults (CUDA_OPTION_DEFAULTS) in fp32 too, a few runs: every session builds and runs.
     fp32-smoke) step fp32-smoke 170 $cli bench sd --device cuda --dtype fp32 --only unet,loss-context,loss-lora --runs 3 ;;
     imagic) step imagic 260 $cli bench imagic --device cuda --preset balanced --steps-scale 0.02 --batches none \
@@ -104,17 +116,9 @@ for s in $steps; do
     # Concept learning (fast preset) and both inversions at 50 steps, 10 % of each stage run; the swap of 4
     # variants and a cached-concept swap end to end at the full 50 steps (bench photoswap).
     photoswap) step "$s" 450 $cli bench photoswap --device cuda --steps-scale 0.1 "${graph[@]}" --json "$OUT/$s-cuda.json" ;;
-    ab)
-      [ -f dist-gpu/cli-base.mjs ] || { echo "gpu-cuda.sh: ab needs dist-gpu/cli-base.mjs (gpu-bundle.sh --base <rev>)" >&2; continue; }
-      echo "ab: base $(cat dist-gpu/cli-base.rev 2>/dev/null || echo '?') against this bundle" | tee -a "$OUT/run.log"
-      for b in base fix; do
-        bin=dist-gpu/cli.mjs
-        [ "$b" = base ] && bin=dist-gpu/cli-base.mjs
-        # shellcheck disable=SC2086 # AB_ARGS holds several options
-        step "ab-$b" 110 node "$bin" bench sd --device "${AB_DEVICE:-cuda}" --only "${AB_ONLY:-loss-context,loss-lora}" \
-          --runs 10 ${AB_ARGS:-} --json "$OUT/ab-$b.json"
-      done ;;
-    ab-unet) AB_ONLY=unet AB_ARGS="${large_card[*]//--cuda-option/--ep-option}" bash "$0" ab ;;
+    # shellcheck disable=SC2086 # AB_ARGS holds several options
+    ab) ab loss-context,loss-lora ${AB_ARGS:-} ;;
+    ab-unet) ab unet "${large_card_sd[@]}" ;;
     # Issue 11: a 512×768 photo (64×96 latents) next to 512², UNet step and gradient steps, then Imagic
     # `balanced` at both sizes in one process (each size's sessions built, and released, on their own).
     shape)
@@ -151,7 +155,7 @@ for s in $steps; do
         setup=("${graph[@]}")
         # -large: README's large-card setup (the option set, training sessions per stage), fp16 training,
         # and the second job timed end to end.
-        [ "$dtype" = large ] && dtype=fp16 && setup=("${large_card[@]}" --training-sessions per-stage --second-job)
+        [ "$dtype" = large ] && dtype=fp16 && setup=("${large_setup[@]}" --second-job)
         step "$s" 420 $cli bench imagic --device cuda --preset balanced --batches none --train-dtype "$dtype" \
           "${setup[@]}" --json "$OUT/imagic-balanced-$s.json"
         kill "$ballast"

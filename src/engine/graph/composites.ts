@@ -50,6 +50,12 @@ const floatKernels = (dtypes: Partial<Record<Device, DType[]>>) => (node: Node, 
 const halfOnCuda = (node: Node, device: Device) =>
   device === "cuda" && I(node, 0).dtype === "float16" && !I(node, 0).graph.hasGradients;
 
+/** A norm's fused kernels: those of `dtypes` per device, and float16 on CUDA (halfOnCuda). */
+const normKernels = (dtypes: Partial<Record<Device, DType[]>>) => {
+  const float = floatKernels(dtypes);
+  return (node: Node, device: Device) => float(node, device) || halfOnCuda(node, device);
+};
+
 export const COMPOSITES: Record<string, OpDef> = {
   LayerNorm: {
     infer: (inputs) => {
@@ -62,9 +68,7 @@ export const COMPOSITES: Record<string, OpDef> = {
       if (x.dtype === "float16") return [inFloat32(node)];
       return [add(mul(standardize(x, x.rank - 1, node.attrs.eps as number), I(node, 1)), I(node, 2))];
     },
-    fusable: (node, device) =>
-      floatKernels({ cpu: ["float32", "float64"], cuda: ["float32"], webgpu: ["float32"] })(node, device) ||
-      halfOnCuda(node, device),
+    fusable: normKernels({ cpu: ["float32", "float64"], cuda: ["float32"], webgpu: ["float32"] }),
     emit: (e, node) =>
       e.node(
         "LayerNormalization",
@@ -101,9 +105,7 @@ export const COMPOSITES: Record<string, OpDef> = {
     },
     // float16 on CUDA (halfOnCuda): the affine part then runs in float16, one rounding more than the
     // float32 form's.
-    fusable: (node, device) =>
-      floatKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] })(node, device) ||
-      halfOnCuda(node, device),
+    fusable: normKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] }),
     // InstanceNormalization over [N, groups, rest] is group norm without the affine part (one kernel,
     // and unlike GroupNormalization its meaning did not change between opsets).
     emit: (e, node) => {

@@ -156,8 +156,8 @@ export function sessionOptions(
   if (device === "cuda") configureCudaProvider(onnxruntimeNode().bindingDir, provider);
   // A CUDA graph capture may not allocate device memory, and with memory patterns on the run after the
   // first allocates each pattern's block anew: the run the provider captures (onnxruntime's own CUDA graph
-  // tests turn patterns off). Replays allocate nothing, so nothing is lost. The capture that failed on a
-  // 16 GiB card (docs/PERFORMANCE.md, "CUDA graphs") ran with patterns on.
+  // tests turn patterns off). Replays allocate nothing, so nothing is lost. On a 16 GiB card the capture
+  // failed with patterns on and works with them off (docs/PERFORMANCE.md, "CUDA graphs" and after).
   const graphs = device === "cuda" && capturesCudaGraphs(provider);
   return {
     ...(graphs ? { enableMemPattern: false } : {}),
