@@ -14,6 +14,7 @@ import { totalmem } from "node:os";
 import { resolve } from "node:path";
 import { childLogger } from "../log.js";
 import type { ModelShape } from "../spec/shape.js";
+import { repeatBatch } from "./batch.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
 import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
@@ -455,7 +456,7 @@ export class StableDiffusion {
     });
     const { sqrtAlpha, sqrtOneMinusAlpha } = this.scheduler().noiseScales(args.t);
     const shape = [batch, this.latentChannels, lh, lw];
-    const context = ctxBatch === batch ? args.context : tile(args.context, batch);
+    const context = ctxBatch === batch ? args.context : repeatBatch(args.context, batch);
     const feeds: Record<string, HostTensor> = {
       [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
       [IO.noise]: { dtype: "float32", shape, data: args.noise },
@@ -860,12 +861,6 @@ function batchOf(what: string, x: Float32Array, perItem: number): number {
   if (!Number.isInteger(b) || b < 1)
     throw new Error(`${what} holds ${x.length} values, not a multiple of ${perItem}`);
   return b;
-}
-
-function tile(x: Float32Array, n: number): Float32Array {
-  const out = new Float32Array(x.length * n);
-  for (let i = 0; i < n; i++) out.set(x, i * x.length);
-  return out;
 }
 
 function sumBatches(x: Float32Array, n: number): Float32Array {

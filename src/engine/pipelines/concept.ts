@@ -24,6 +24,7 @@ import {
   validateConceptOptions,
 } from "../../spec/swap.js";
 import type { ImageLimits } from "../../spec/upload.js";
+import { repeatBatch } from "../batch.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { ImageInputError, loadImage } from "../image.js";
@@ -202,7 +203,7 @@ async function classLatents(
       const latents = await sampleLatents(sd, {
         latents: rng.normal(chunk * per),
         size: a.size,
-        contexts: repeat(cond, chunk),
+        contexts: repeatBatch(cond, chunk),
         uncond,
         guidance: a.prior.guidance,
         steps: a.prior.steps,
@@ -219,12 +220,6 @@ async function classLatents(
   // A failed or cancelled generation is not kept.
   made.catch(() => cache.delete(key));
   return made;
-}
-
-function repeat(x: Float32Array, n: number): Float32Array {
-  const out = new Float32Array(x.length * n);
-  for (let i = 0; i < n; i++) out.set(x, i * x.length);
-  return out;
 }
 
 /** Token ids and each learned token's mask for prompts, as the learned-token graphs take them. */

@@ -21,6 +21,7 @@ import {
   validateRenderOptions,
 } from "../../spec/imagic.js";
 import type { Box, Size } from "../../spec/shape.js";
+import { repeatBatch } from "../batch.js";
 import { GaussianRng } from "../diffusion/rng.js";
 import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
@@ -129,12 +130,6 @@ function short(s: string, tail: boolean): string {
   return tail ? `…${s.slice(-60)}` : `${s.slice(0, 60)}…`;
 }
 
-function repeat(x: Float32Array, n: number): Float32Array {
-  const out = new Float32Array(x.length * n);
-  for (let i = 0; i < n; i++) out.set(x, i * x.length);
-  return out;
-}
-
 function plateauFor(es: EarlyStopOptions | null, steps: number): LossPlateau | undefined {
   if (!es) return undefined;
   return new LossPlateau({
@@ -219,7 +214,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     gradsOf: (r: LossResult) => Float32Array[],
   ) => {
     const adam = new Adam(params, { lr: s.lr });
-    const latents0 = repeat(x0, s.batch);
+    const latents0 = repeatBatch(x0, s.batch);
     return run(stage, s.steps, s.batch, async (noise, t) => {
       const r = await sd.lossAndGrads({ latents0, size, noise, t, context: eOpt, ...trained });
       adam.step(gradsOf(r));

@@ -1,6 +1,8 @@
 // What the Imagic pipeline tests share: the tiny SD 1.x fixture on the CPU at 64² (8×8 latents), a
 // synthetic photo, and the fast preset at a batch of 2 timesteps, so that the tests share one compiled
 // loss session per gradient kind.
+
+import { repeatBatch } from "../../../src/engine/batch.js";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { type DeepPartial, type ImagicOptions, imagicOptions } from "../../../src/spec/imagic.js";
@@ -51,20 +53,20 @@ export const FIXED_T = [150, 600];
 export const FIXED_NOISE = new GaussianRng(99).normal(FIXED_T.length * 4 * 8 * 8);
 export const fixedDraws = { timesteps: () => [...FIXED_T], noise: () => FIXED_NOISE };
 
+/** A training step's draws on the photo: its latents once per fixed timestep, the fixed noise. */
+export async function fixedStep(sd: StableDiffusion, photo: Float32Array) {
+  const { mean: x0, size } = await sd.encodeImage(photo, SIZE, SIZE);
+  return { latents0: repeatBatch(x0, FIXED_T.length), size, noise: FIXED_NOISE, t: FIXED_T };
+}
+
 /** The un-tuned UNet's loss on the fixed draws of the photo under `context`, and its context gradient. */
 export async function untunedStep(
   sd: StableDiffusion,
   photo: Float32Array,
   context: Float32Array,
 ): Promise<{ loss: number; dContext: Float32Array }> {
-  const { mean: x0, size } = await sd.encodeImage(photo, SIZE, SIZE);
-  const latents0 = new Float32Array(FIXED_T.length * x0.length);
-  for (let i = 0; i < FIXED_T.length; i++) latents0.set(x0, i * x0.length);
   const { loss, dContext } = await sd.lossAndGrads({
-    latents0,
-    size,
-    noise: FIXED_NOISE,
-    t: FIXED_T,
+    ...(await fixedStep(sd, photo)),
     context,
     wrt: ["context"],
   });

@@ -17,10 +17,9 @@ import { loraGrads } from "../../../src/engine/pipelines/training.js";
 import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
 import type { DeepPartial, ImagicOptions } from "../../../src/spec/imagic.js";
 import {
-  FIXED_NOISE,
-  FIXED_T,
   fastOptions,
   fixedDraws,
+  fixedStep,
   loadFixtureModel,
   MODEL,
   PROMPT,
@@ -130,11 +129,7 @@ describe("trainImagic on the fixture model", () => {
       // one ulp in the loss, moves it by 2.1e-4 relative (measured; the CPU's float32 parity check of d/d
       // context against float64 is 4.2e-5 at the goldens' draws), so 1e-3 here — and bitwise equal to the
       // shared graph compiled for d/d context alone, whose numbers the per-stage graph computes.
-      const { mean: x0, size } = await sd.encodeImage(photo, SIZE, SIZE);
-      const latents0 = new Float32Array(2 * x0.length);
-      latents0.set(x0);
-      latents0.set(x0, x0.length);
-      const step = { latents0, size, noise: FIXED_NOISE, t: FIXED_T, context: ours.eOpt };
+      const step = { ...(await fixedStep(sd, photo)), context: ours.eOpt };
       const fresh = sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed);
       const both = await sd.lossAndGrads({ ...step, lora: fresh, wrt: ["context", "lora"] });
       const contextOnly = await sd.lossAndGrads({ ...step, lora: fresh, wrt: ["context"] });
