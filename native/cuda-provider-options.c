@@ -10,8 +10,9 @@
  * Options the binding set (the device id) are kept: the update starts from the options' own string
  * form (GetCUDAProviderOptionsAsString) with ours laid over it.
  *
- * With enable_cuda_graph=1 among the options, the session created from those options is also handed to
- * bound-runs.c, which runs it through IO binding (what the provider's CUDA graphs need).
+ * Every session created from options the append saw is also handed to bound-runs.c, which runs it through IO
+ * binding when the options have enable_cuda_graph=1 (what the provider's CUDA graphs need) or when the session
+ * carries state from run to run (carry.* outputs). carried() reads that state.
  *
  * The positions of what is used in the OrtApi table are in ort-api.h. Built by `photo-edit-bot setup cuda` (src/engine/runtime/cuda-options.ts) with the system's C
  * compiler and the node-api-headers package; nothing here needs onnxruntime's headers.
@@ -88,17 +89,15 @@ static const char *option_value(const char *text, const char *key) {
   return NULL;
 }
 
-/* The table's new SessionOptionsAppendExecutionProvider_CUDA_V2. */
-static Status append_cuda_with_options(void *session_options, const void *cuda_options) {
-  append_calls++;
-  if (option_count == 0) return original_append(session_options, cuda_options);
-  void *allocator = NULL;
-  char *current = options_as_string(cuda_options, &allocator);
-  /* Without a CUDA provider there is nothing to read: the original says so in its own words. */
-  if (!current) return original_append(session_options, cuda_options);
-  char merged[MAX_TEXT * 2];
-  snprintf(merged, sizeof merged, "%s", current);
-  free_string(allocator, current);
+/* Whether configure()'s options turn CUDA graphs on (the provider's string form leaves that key out). */
+static int graphs_on(void) {
+  for (size_t i = 0; i < option_count; i++)
+    if (strcmp(option_keys[i], "enable_cuda_graph") == 0 && strcmp(option_values[i], "1") == 0) return 1;
+  return 0;
+}
+
+/* Lays configure()'s options over the binding's (`merged`: their string form, split in place here). */
+static Status lay_ours_over(const void *cuda_options, char *merged) {
   const char *keys[MAX_OPTIONS * 2], *values[MAX_OPTIONS * 2];
   size_t n = split_pairs(merged, keys, values, 0);
   /* Ours last: onnxruntime's option parser keeps the last value of a key. */
@@ -110,21 +109,39 @@ static Status append_cuda_with_options(void *session_options, const void *cuda_o
   Status st = API(UpdateCudaOptionsFn, ORT_UPDATE_CUDA_OPTIONS)((void *)cuda_options, keys, values, n);
   if (st) {
     keep_error(st, "setting the CUDA provider options");
-    return st; /* the session fails with onnxruntime's message (e.g. an unknown value) */
+    return st;
   }
+  void *allocator = NULL;
   char *applied = options_as_string(cuda_options, &allocator);
   if (applied) {
     snprintf(last_applied, sizeof last_applied, "%s", applied);
     free_string(allocator, applied);
   }
-  /* The provider captures CUDA graphs only of runs whose inputs and outputs are bound (bound-runs.c). Its string
-   * form leaves enable_cuda_graph out, so ours say whether it is on; the device id is the binding's. */
-  for (size_t i = 0; i < option_count; i++)
-    if (strcmp(option_keys[i], "enable_cuda_graph") == 0 && strcmp(option_values[i], "1") == 0) {
-      const char *device = option_value(last_applied, "device_id");
-      bound_runs_expect(session_options, device ? atoi(device) : 0);
-    }
-  return original_append(session_options, cuda_options);
+  return NULL;
+}
+
+/* The table's new SessionOptionsAppendExecutionProvider_CUDA_V2. */
+static Status append_cuda_with_options(void *session_options, const void *cuda_options) {
+  append_calls++;
+  void *allocator = NULL;
+  char *current = options_as_string(cuda_options, &allocator);
+  /* Without a CUDA provider there is nothing to read: the original says so in its own words. */
+  if (!current) return original_append(session_options, cuda_options);
+  char text[MAX_TEXT * 2];
+  snprintf(text, sizeof text, "%s", current);
+  free_string(allocator, current);
+  if (option_count > 0) {
+    Status st = lay_ours_over(cuda_options, text);
+    if (st) return st; /* the session fails with onnxruntime's message (e.g. an unknown value) */
+    snprintf(text, sizeof text, "%s", last_applied);
+  }
+  const char *device = option_value(text, "device_id");
+  int device_id = device ? atoi(device) : 0;
+  Status st = original_append(session_options, cuda_options);
+  /* The session made from these options is bound (bound-runs.c) when it captures CUDA graphs, which need bound
+   * inputs and outputs, or when it carries state, which bound runs keep on the device. */
+  if (!st) bound_runs_expect(session_options, device_id, graphs_on());
+  return st;
 }
 
 /* Replaces one entry of the table, which lives in read-only memory after relocation. */
@@ -222,11 +239,43 @@ static napi_value bind_all(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+typedef struct {
+  napi_env env;
+  napi_value result;
+} CarriedResult;
+
+/* An ArrayBuffer for one carried input, set on the result under its name. */
+static int carried_buffer(void *context, const char *name, size_t bytes, void **data) {
+  CarriedResult *r = context;
+  napi_value buffer;
+  if (napi_create_arraybuffer(r->env, bytes, data, &buffer) != napi_ok) return -1;
+  return napi_set_named_property(r->env, r->result, name, buffer) == napi_ok ? 0 : -1;
+}
+
+/* carried(id) → { X: ArrayBuffer }: each carried input of the session whose runs are tagged carry:<id>:…, as its
+ * last run left it (bound-runs.c). */
+static napi_value carried(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char id[128];
+  size_t len = argc == 1 ? string_arg(env, argv[0], id, sizeof id) : (size_t)-1;
+  if (len == (size_t)-1 || len == 0 || len >= sizeof id - 1)
+    return throw_error(env, "carried(id): id must be a short string (the <id> of the runs' carry:<id>:… tags)");
+  if (!ort_api) return throw_error(env, "carried: call configure() first");
+  CarriedResult r = {env, NULL};
+  napi_create_object(env, &r.result);
+  char why[512];
+  if (bound_runs_carried(id, carried_buffer, &r, why, sizeof why) != 0) return throw_error(env, why);
+  return r.result;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
       {"configure", NULL, configure, NULL, NULL, NULL, napi_default, NULL},
       {"status", NULL, status, NULL, NULL, NULL, napi_default, NULL},
       {"bindAll", NULL, bind_all, NULL, NULL, NULL, napi_default, NULL},
+      {"carried", NULL, carried, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -18,6 +18,11 @@ enum {
   ORT_CREATE_SESSION = 7,
   ORT_CREATE_SESSION_FROM_ARRAY = 8,
   ORT_RUN = 9,
+  ORT_SESSION_GET_INPUT_COUNT = 30,
+  ORT_SESSION_GET_OUTPUT_COUNT = 31,
+  ORT_SESSION_GET_INPUT_NAME = 36,
+  ORT_SESSION_GET_OUTPUT_NAME = 37,
+  ORT_RUN_OPTIONS_GET_RUN_TAG = 45,
   ORT_CREATE_TENSOR_AS_ORT_VALUE = 48,
   ORT_GET_TENSOR_MUTABLE_DATA = 51,
   ORT_GET_TENSOR_ELEMENT_TYPE = 60,
@@ -71,6 +76,9 @@ typedef Status (*RunFn)(void *session, const void *run_options, const char *cons
                         const void *const *inputs, size_t input_count, const char *const *output_names,
                         size_t output_count, void **outputs);
 typedef void (*ReleaseFn)(void *object);
+typedef Status (*SessionGetCountFn)(const void *session, size_t *count);
+typedef Status (*SessionGetNameFn)(const void *session, size_t index, void *allocator, char **name);
+typedef Status (*RunOptionsGetRunTagFn)(const void *run_options, const char **tag);
 typedef Status (*CreateTensorAsOrtValueFn)(void *allocator, const int64_t *shape, size_t rank, int type,
                                            void **value);
 typedef Status (*GetTensorMutableDataFn)(void *value, void **data);
@@ -103,11 +111,17 @@ int patch_api_entry(int index, void *fn);
 
 /* bound-runs.c: patches Run, CreateSession(FromArray) and ReleaseSession (once, after ort_api is found). */
 int bound_runs_install(void);
-/* The CUDA append saw `session_options` with enable_cuda_graph=1: the session created from them is bound. */
-void bound_runs_expect(const void *session_options, int device_id);
+/* The CUDA append passed on `session_options` for `device_id`: the session created from them is bound when
+ * `graphs` (enable_cuda_graph=1) or when it has carried state (carry.* outputs, bound-runs.c). */
+void bound_runs_expect(const void *session_options, int device_id, int graphs);
 /* Every session created while on (any provider; host memory when not CUDA) is bound: for tests on CPU. */
 void bound_runs_for_all(int on);
 /* Sessions bound now, and runs done bound since the start. */
 void bound_runs_counts(uint32_t *sessions, uint32_t *runs);
+/* A host buffer of `bytes` for the carried input `name` into *data; 0, or -1 (the copy then stops). */
+typedef int (*CarriedBufferFn)(void *context, const char *name, size_t bytes, void **data);
+/* Copies the carried inputs of the session whose last run was tagged carry:<id>:… into buffers from `make`;
+ * 0, or -1 with the reason in `why`. */
+int bound_runs_carried(const char *id, CarriedBufferFn make, void *context, char *why, size_t why_size);
 
 #endif
