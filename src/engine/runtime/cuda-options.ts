@@ -6,7 +6,9 @@
  * system's C compiler. Without it the provider runs, at its defaults, and the engine says so once.
  *
  * With `enable_cuda_graph=1` the add-on also runs those sessions through IO binding (native/bound-runs.c),
- * which the provider's CUDA graphs need and onnxruntime-node does not offer for CUDA.
+ * which the provider's CUDA graphs need and onnxruntime-node does not offer for CUDA. Sessions with carried
+ * state (an output `carry.X` beside an input `X`) are bound too, graphs or not: their state stays on the
+ * device from run to run (runs tagged `carry:<id>:reset` / `carry:<id>:continue`; `readCarried` reads it).
  *
  * The options are process-wide: the add-on holds one set and applies it to every CUDA session created
  * after `configureCudaProvider` — the engine and the benchmarks configure it once, before their first
@@ -51,6 +53,7 @@ interface Addon {
   configure(library: string, options: string): string;
   status(): CudaOptionsStatus;
   bindAll(on: boolean): void;
+  carried(id: string): Record<string, ArrayBuffer>;
 }
 
 /** Where the add-on's C sources are (ort-api.h beside them): beside src/ in a checkout, beside dist/ in a build. */
@@ -142,6 +145,8 @@ export type CudaOptionsOutcome =
 
 let configured: { text: string; outcome: CudaOptionsOutcome } | undefined;
 let addon: Addon | undefined;
+let attached = false;
+let bindingAll = false;
 
 /**
  * Sets the options every later CUDA session gets: the defaults with `overrides` over them. Without the
@@ -171,6 +176,7 @@ function attach(bindingDir: string, text: string): CudaOptionsOutcome {
       addon = mod.exports;
     }
     const onnxruntime = addon.configure(join(bindingDir, "libonnxruntime.so.1"), text);
+    attached = true;
     log.info({ options: text }, "CUDA provider options");
     return { ok: true, options: text, onnxruntime };
   } catch (e) {
@@ -181,6 +187,23 @@ function attach(bindingDir: string, text: string): CudaOptionsOutcome {
     );
     return { ok: false, why };
   }
+}
+
+/** Whether the add-on is loaded and has attached to onnxruntime (a configure succeeded): bound runs and carried
+ *  state work from then on. */
+export function addonAttached(): boolean {
+  return attached;
+}
+
+/**
+ * The carried state of the session whose runs are tagged `carry:<id>:…`: each carried input `X` (the session's
+ * `carry.X` output of its last run) as the bytes of its tensor. Throws when the add-on is not attached, no bound
+ * session ran with that id, or none of its runs has set the state yet.
+ */
+export function readCarried(id: string): Record<string, ArrayBuffer> {
+  if (!addon || !attached)
+    throw new Error("the CUDA options add-on is not attached: no carried state to read");
+  return addon.carried(id);
 }
 
 /** What the add-on did at the last CUDA session's creation (the options as the provider took them). */
@@ -196,6 +219,12 @@ export function cudaOptionsStatus(): CudaOptionsStatus | null {
 export function bindAllSessionsForTests(on: boolean): void {
   if (!addon) throw new Error("the CUDA options add-on is not attached");
   addon.bindAll(on);
+  bindingAll = on;
+}
+
+/** Whether bindAllSessionsForTests(true) is in effect: sessions created now are bound whatever their options. */
+export function bindsAllSessions(): boolean {
+  return bindingAll;
 }
 
 /** For tests: forget the configured options (the add-on stays loaded, as a process keeps it). */

@@ -5,17 +5,18 @@
  * provider takes the options is checked on the lent GPU (`gpu-cuda.sh cuda-options`, docs/PERFORMANCE.md).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { emitGraph, serializeInline } from "../../../src/engine/graph/emit.js";
 import { Graph } from "../../../src/engine/graph/graph.js";
 import { add, cast, matmul, mul, neg } from "../../../src/engine/graph/ops.js";
-import { onnxruntimeNode } from "../../../src/engine/runtime/cuda.js";
 import {
   ADDON_SOURCES,
+  addonAttached,
   bindAllSessionsForTests,
+  bindsAllSessions,
   buildCudaOptionsAddon,
   CUDA_OPTION_DEFAULTS,
   CUDA_OPTIONS_ADDON,
@@ -23,9 +24,11 @@ import {
   cudaOptionsStatus,
   cudaOptionsText,
   parseCudaOptions,
+  readCarried,
   resetCudaOptionsForTests,
 } from "../../../src/engine/runtime/cuda-options.js";
 import { ort } from "../../../src/engine/runtime/ort.js";
+import { addonBesideOnnxruntime } from "../../helpers/cuda-options-addon.js";
 
 const root = mkdtempSync(join(tmpdir(), "cuda-options-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -81,13 +84,8 @@ describe("building the add-on", () => {
 });
 
 describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
-  const { bindingDir } = onnxruntimeNode();
-  // The binding's folder stand-in: the add-on beside (a link to) the very libonnxruntime the binding uses.
   const dir = join(root, "binding");
-  beforeAll(async () => {
-    await buildCudaOptionsAddon(dir);
-    symlinkSync(join(bindingDir, "libonnxruntime.so.1"), join(dir, "libonnxruntime.so.1"));
-  });
+  beforeAll(() => addonBesideOnnxruntime(dir));
 
   const probeModel = () => {
     const g = new Graph("probe");
@@ -110,6 +108,10 @@ describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
       ok: false,
       why: `${CUDA_OPTIONS_ADDON} is not in ${join(root, "empty")}: run \`photo-edit-bot setup cuda\``,
     });
+    expect(addonAttached()).toBe(false);
+    expect(() => readCarried("s1")).toThrow(
+      "the CUDA options add-on is not attached: no carried state to read",
+    );
   });
 
   it("attaches to the binding's onnxruntime, sees its CUDA append and keeps onnxruntime's own error", async () => {
@@ -122,6 +124,7 @@ describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
       options: cudaOptionsText({ prefer_nhwc: 1 }),
       onnxruntime: ort.env.versions.common,
     });
+    expect(addonAttached()).toBe(true);
     expect(await cudaSessionError()).toBe(before);
     const status = cudaOptionsStatus();
     // The binding called our entry once; reading the options needed the provider, which is not here.
@@ -181,12 +184,14 @@ describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
     it("give what plain runs give, run after run, into outputs of their own, and stop at release", async () => {
       const reference = await ort.InferenceSession.create(model());
       bindAllSessionsForTests(true);
+      expect(bindsAllSessions()).toBe(true);
       const file = join(root, "bound.onnx");
       writeFileSync(file, model());
       // From bytes (CreateSessionFromArray) and from a file (CreateSession): both are bound.
       const fromBytes = await ort.InferenceSession.create(model());
       const fromFile = await ort.InferenceSession.create(file);
       bindAllSessionsForTests(false);
+      expect(bindsAllSessions()).toBe(false);
       const before = cudaOptionsStatus();
       expect(before?.boundSessions).toBe(2);
       for (const bound of [fromBytes, fromFile]) {
