@@ -156,9 +156,12 @@ let bindingAll = false;
 export function configureCudaProvider(bindingDir: string, overrides: CudaOptions = {}): CudaOptionsOutcome {
   const text = cudaOptionsText(overrides);
   if (configured?.text !== text) {
-    // Nothing to hand over and nothing handed over before: the provider's defaults need no add-on.
+    // Nothing to hand over and nothing handed over before: the provider's defaults need no add-on, but
+    // where `setup cuda` installed it, it is attached anyway — it keeps training graphs' carried state
+    // (LoRA, Adam) on the device. Without it that state crosses to the host and back every step.
+    const installed = existsSync(join(bindingDir, CUDA_OPTIONS_ADDON));
     const outcome: CudaOptionsOutcome =
-      text === "" && !addon ? { ok: true, options: "" } : attach(bindingDir, text);
+      text === "" && !addon && !installed ? { ok: true, options: "" } : attach(bindingDir, text);
     configured = { text, outcome };
   }
   return configured.outcome;

@@ -118,6 +118,14 @@ describe("the add-on on this machine's onnxruntime (no CUDA provider)", () => {
     const before = await cudaSessionError();
     expect(before).not.toBe("created");
     resetCudaOptionsForTests();
+    // With onnxruntime's defaults too, once `setup cuda` has installed it: it keeps training graphs'
+    // carried state on the device.
+    expect(configureCudaProvider(dir)).toEqual({
+      ok: true,
+      options: "",
+      onnxruntime: ort.env.versions.common,
+    });
+    expect(addonAttached()).toBe(true);
     const r = configureCudaProvider(dir, { prefer_nhwc: 1 });
     expect(r).toEqual({
       ok: true,
