@@ -40,6 +40,7 @@ import {
 import type { ProxySettings } from "./models/hub-http.js";
 import {
   type LoraFileOptions,
+  type LoraInputs,
   type LoraWeights,
   loraDownName,
   loraFromSafetensors,
@@ -48,7 +49,9 @@ import {
   newLoraWeights,
 } from "./models/lora.js";
 import { openSafetensors, type Safetensors } from "./models/safetensors.js";
+import { type StepFeeds, Trainer, type TrainerArgs } from "./optim/trainer.js";
 import {
+  type CarryMode,
   createSession,
   type Device,
   DeviceMemoryError,
@@ -150,6 +153,15 @@ export interface LossArgs {
    */
   unet?: UnetWeights;
   wrt: ReadonlyArray<"context" | "lora" | "unet">;
+}
+
+/** What a loss step needs to pick its graph (a trainer's first call gives no photo, noise or context yet). */
+type LossStepArgs = Omit<LossArgs, "wrt" | "latents0" | "noise" | "context"> &
+  Partial<Pick<LossArgs, "latents0" | "noise" | "context">>;
+
+/** The session of a loss step's graph, and the step's feeds (none without a photo) and context gradient. */
+interface LossStep extends StepFeeds {
+  graph: Promise<{ session: Session; lora: LoraInputs | undefined; weights: Map<string, Tensor> }>;
 }
 
 export interface LossResult {
@@ -412,35 +424,85 @@ export class StableDiffusion {
    * does, target ε or v per the checkpoint) and its gradients w.r.t. the context and/or the LoRA weights.
    */
   async lossAndGrads(args: LossArgs): Promise<LossResult> {
-    const batch = args.t.length;
-    if (batch === 0) throw new Error("lossAndGrads: no timesteps given");
-    const [lh, lw] = this.latentDims("lossAndGrads: latents0", args.latents0, batch, args.size);
-    expectLength("lossAndGrads: noise", args.noise, args.latents0.length);
-    const ctxSize = this.contextSize();
-    const ctxBatch = batchOf("lossAndGrads: context", args.context, ctxSize);
-    if (ctxBatch !== batch && ctxBatch !== 1) {
-      throw new Error(
-        `lossAndGrads: context holds ${ctxBatch} items for a batch of ${batch} (give ${batch} or 1)`,
-      );
+    const step = this.lossStep(args, args.wrt, false);
+    const { session, lora: inputs, weights } = await step.graph;
+    const out = await session.run({
+      ...step.feeds,
+      ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
+      ...(args.unet ? weightFeeds("lossAndGrads", weights, args.unet) : {}),
+    });
+    const result: LossResult = step.result(out);
+    if (args.wrt.includes("lora") && args.lora) {
+      const dLora: LoraWeights = new Map();
+      for (const [path, m] of args.lora) {
+        dLora.set(path, {
+          ...m,
+          down: f32(out, IO.grad + loraDownName(path)),
+          up: f32(out, IO.grad + loraUpName(path)),
+        });
+      }
+      result.dLora = dLora;
     }
-    const wantContext = args.wrt.includes("context");
-    const wantLora = args.wrt.includes("lora");
-    const wantUnet = args.wrt.includes("unet");
-    if (wantLora && !args.lora) throw new Error("lossAndGrads: gradients w.r.t. LoRA need LoRA weights");
-    const unet = args.unet;
-    if (wantUnet !== (unet !== undefined)) {
-      throw new Error(
-        'lossAndGrads: UNet weights (`unet`) and wrt "unet" go together (trained weights are graph inputs whose gradients the graph computes)',
-      );
+    if (args.unet) {
+      const unet = args.unet;
+      result.dUnet = new Map([...unet.keys()].map((name) => [name, f32(out, IO.grad + name)]));
     }
-    const rank = args.lora ? loraRank(args.lora) : 0;
-    const trained = unet ? `:w${subsetKey(unet.keys())}` : "";
-    const key = `loss:${batch}:${lh}x${lw}:${this.trainDtype}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}${trained}`;
+    return result;
+  }
+
+  /**
+   * A training run of a LoRA adapter or of UNet weights with Adam inside the compiled graph: the trained
+   * tensors and Adam's state stay with the session (on the GPU where the runtime can) from one `step` to
+   * the next, instead of crossing to the host and back each step; `finish` writes the trained values into
+   * `lora` / `unet`. One run per session at a time: its state is the session's.
+   */
+  async trainer(args: TrainerArgs): Promise<Trainer> {
+    const wrt: LossArgs["wrt"] = [
+      ...(args.wrtContext ? (["context"] as const) : []),
+      ...(args.lora ? (["lora"] as const) : []),
+      ...(args.unet ? (["unet"] as const) : []),
+    ];
+    if (!args.lora === !args.unet)
+      throw new Error("trainer: train a LoRA adapter or UNet weights, one of them");
+    const shape = { size: args.size, lora: args.lora, unet: args.unet };
     const {
       session,
       lora: inputs,
       weights,
-    } = await this.cached(key, () => {
+    } = await this.lossStep({ ...shape, t: new Array<number>(args.batch).fill(0) }, wrt, true).graph;
+    const trained: Record<string, HostTensor> = {
+      ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
+      ...(args.unet ? weightFeeds("trainer", weights, args.unet) : {}),
+    };
+    return new Trainer(session, trained, args.adam, (step) => {
+      const { feeds, result } = this.lossStep({ ...shape, ...step }, wrt, true);
+      return { feeds, result };
+    });
+  }
+
+  /**
+   * What lossAndGrads and a trainer share: the checked arguments, the session of their loss graph (with
+   * the optimizer inside when `optimize`) and the feeds of one step's photo, noise, timesteps and context.
+   */
+  private lossStep(args: LossStepArgs, wrt: LossArgs["wrt"], optimize: boolean): LossStep {
+    const batch = args.t.length;
+    const what = optimize ? "trainer" : "lossAndGrads";
+    if (batch === 0) throw new Error(`${what}: no timesteps given`);
+    const [lh, lw] = checkSize(`${what}: latents`, args.size);
+    const wantContext = wrt.includes("context");
+    const wantLora = wrt.includes("lora");
+    const wantUnet = wrt.includes("unet");
+    if (wantLora && !args.lora) throw new Error(`${what}: gradients w.r.t. LoRA need LoRA weights`);
+    const unet = args.unet;
+    if (wantUnet !== (unet !== undefined)) {
+      throw new Error(
+        `${what}: UNet weights (\`unet\`) and wrt "unet" go together (trained weights are graph inputs whose gradients the graph computes)`,
+      );
+    }
+    const rank = args.lora ? loraRank(args.lora) : 0;
+    const trained = unet ? `:w${subsetKey(unet.keys())}` : "";
+    const key = `${optimize ? "train" : "loss"}:${batch}:${lh}x${lw}:${this.trainDtype}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}${trained}`;
+    const graph = this.cached(key, () => {
       if (unet) this.checkTrainingMemory({ names: [...unet.keys()], batch, height: lh, width: lw });
       return lossGraph(this.ckpt.unet.weights, this.ckpt.unet.config, {
         batch,
@@ -452,42 +514,46 @@ export class StableDiffusion {
         wrtContext: wantContext,
         wrtLora: wantLora,
         wrtWeights: unet ? (name) => unet.has(name) : undefined,
+        optimize,
       });
     });
+    if (!args.latents0 || !args.noise || !args.context)
+      return {
+        graph,
+        feeds: {},
+        result: () => {
+          throw new Error(`${what}: a step without a photo`);
+        },
+      };
+    this.latentDims(`${what}: latents0`, args.latents0, batch, args.size);
+    expectLength(`${what}: noise`, args.noise, args.latents0.length);
+    const ctxSize = this.contextSize();
+    const ctxBatch = batchOf(`${what}: context`, args.context, ctxSize);
+    if (ctxBatch !== batch && ctxBatch !== 1) {
+      throw new Error(
+        `${what}: context holds ${ctxBatch} items for a batch of ${batch} (give ${batch} or 1)`,
+      );
+    }
     const { sqrtAlpha, sqrtOneMinusAlpha } = this.scheduler().noiseScales(args.t);
     const shape = [batch, this.latentChannels, lh, lw];
     const context = ctxBatch === batch ? args.context : repeatBatch(args.context, batch);
-    const feeds: Record<string, HostTensor> = {
-      [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
-      [IO.noise]: { dtype: "float32", shape, data: args.noise },
-      [IO.timestep]: { dtype: "float32", shape: [batch], data: Float32Array.from(args.t) },
-      [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sqrtAlpha },
-      [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: sqrtOneMinusAlpha },
-      [IO.context]: { dtype: "float32", shape: [batch, 77, this.contextShape[1]], data: context },
-      ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
-      ...(unet ? weightFeeds("lossAndGrads", weights, unet) : {}),
+    return {
+      graph,
+      feeds: {
+        [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
+        [IO.noise]: { dtype: "float32", shape, data: args.noise },
+        [IO.timestep]: { dtype: "float32", shape: [batch], data: Float32Array.from(args.t) },
+        [IO.sqrtAlpha]: { dtype: "float32", shape: [batch], data: sqrtAlpha },
+        [IO.sqrtOneMinusAlpha]: { dtype: "float32", shape: [batch], data: sqrtOneMinusAlpha },
+        [IO.context]: { dtype: "float32", shape: [batch, 77, this.contextShape[1]], data: context },
+      },
+      result: (out) => {
+        const loss = f32(out, IO.loss)[0] as number;
+        if (!wantContext) return { loss };
+        const d = f32(out, IO.dContext);
+        return { loss, dContext: ctxBatch === batch ? d : sumBatches(d, batch) };
+      },
     };
-    const out = await session.run(feeds);
-    const result: LossResult = { loss: f32(out, IO.loss)[0] as number };
-    if (wantContext) {
-      const d = f32(out, IO.dContext);
-      result.dContext = ctxBatch === batch ? d : sumBatches(d, batch);
-    }
-    if (wantLora && args.lora) {
-      const dLora: LoraWeights = new Map();
-      for (const [path, m] of args.lora) {
-        dLora.set(path, {
-          ...m,
-          down: f32(out, IO.grad + loraDownName(path)),
-          up: f32(out, IO.grad + loraUpName(path)),
-        });
-      }
-      result.dLora = dLora;
-    }
-    if (unet) {
-      result.dUnet = new Map([...unet.keys()].map((name) => [name, f32(out, IO.grad + name)]));
-    }
-    return result;
   }
 
   /**
@@ -699,12 +765,12 @@ export class StableDiffusion {
 
   /** A handle on the session for `key` that survives its release (see `cached`). */
   private handle(key: string, build: () => { graph: Graph }, first: Session): Session {
-    const runOnce = async (feeds: Record<string, HostTensor>) => {
+    const runOnce = async (feeds: Record<string, HostTensor>, opts?: { carry?: CarryMode }) => {
       let live = await (this.live.get(key) ?? this.open(key, build().graph));
       // Released while we waited (another session's build made room): look again. From this check to
       // `running.add` nothing else runs, so a release either came before it or waits for this run.
       while (this.ready.get(key) !== live) live = await (this.live.get(key) ?? this.open(key, build().graph));
-      const run = live.session.run(feeds);
+      const run = live.session.run(feeds, opts);
       live.running.add(run);
       try {
         return await run;
@@ -718,9 +784,11 @@ export class StableDiffusion {
       outputNames: first.outputNames,
       inputs: first.inputs,
       outputs: first.outputs,
-      run: async (feeds) => {
+      carried: first.carried,
+      // A rebuilt session starts without carried state: its first "continue" says so (runtime/session.ts).
+      run: async (feeds, opts) => {
         try {
-          return await runOnce(feeds);
+          return await runOnce(feeds, opts);
         } catch (e) {
           if (!(e instanceof DeviceMemoryError)) throw e;
           if (await this.releaseWhere((k) => k !== key)) {
@@ -729,7 +797,7 @@ export class StableDiffusion {
               "out of device memory in a run: released the others, running again",
             );
             try {
-              return await runOnce(feeds);
+              return await runOnce(feeds, opts);
             } catch (again) {
               if (!(again instanceof DeviceMemoryError)) throw again;
             }
@@ -738,6 +806,11 @@ export class StableDiffusion {
           await this.release();
           throw e;
         }
+      },
+      readCarried: async () => {
+        const live = this.ready.get(key);
+        if (!live) throw new Error(`the session of ${key} was released: its carried state is gone`);
+        return live.session.readCarried();
       },
       endProfiling: () => undefined, // the model's sessions are built without the profiler
       release: () => this.releaseWhere((k) => k === key).then(() => undefined),

@@ -34,6 +34,8 @@ export interface EmitOptions {
   convAsMatMul?: boolean;
   /** Concatenate the float outputs of each dtype into one flat output (see PackedOutput). */
   packOutputs?: boolean;
+  /** Outputs left out of the packing, each its own ONNX output (carried state the runtime keeps on the device). */
+  unpacked?: (name: string) => boolean;
 }
 
 /**
@@ -283,13 +285,16 @@ export function emitGraph(graph: Graph, opts: EmitOptions = {}): EmittedModel {
   }));
   const packed: PackedOutput[] = [];
   const onnxOutputs: ValueSpec[] = [];
+  const single = (o: (typeof graph.outputs)[number]) => {
+    e.node("Identity", [name(o.tensor)], [o.name]);
+    onnxOutputs.push({ name: o.name, dtype: o.tensor.dtype, shape: [...o.tensor.shape] });
+  };
+  for (const o of graph.outputs.filter((o) => opts.unpacked?.(o.name))) single(o);
   for (const dtype of new Set(outputs.map((o) => o.dtype))) {
-    const group = graph.outputs.filter((o) => o.tensor.dtype === dtype);
+    const group = graph.outputs.filter((o) => o.tensor.dtype === dtype && !opts.unpacked?.(o.name));
+    if (group.length === 0) continue;
     if (!opts.packOutputs || group.length < 2 || (dtype !== "float32" && dtype !== "float16")) {
-      for (const o of group) {
-        e.node("Identity", [name(o.tensor)], [o.name]);
-        onnxOutputs.push({ name: o.name, dtype, shape: [...o.tensor.shape] });
-      }
+      for (const o of group) single(o);
       continue;
     }
     const p: PackedOutput = { name: fresh(`packed_${dtype}`), dtype, parts: [] };

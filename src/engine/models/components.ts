@@ -5,6 +5,8 @@
  */
 import type { Tensor } from "../graph/index.js";
 import { add, Graph, grad, mul, reduceMean, reshape, sub } from "../graph/index.js";
+import { adamCoefficientTensors, adamUpdate } from "../optim/adam.js";
+import { CARRY_PREFIX } from "../runtime/carry.js";
 import type { AttentionHook } from "./attention.js";
 import { clipTextEncoder } from "./clip.js";
 import type { TextEncoderConfig, UNetConfig, VaeConfig } from "./config.js";
@@ -33,6 +35,11 @@ export const IO = {
   dContext: "d_context",
   /** Prefix of the gradient outputs: `d.<input name>` for LoRA and weight inputs. */
   grad: "d.",
+  /** An optimizing loss graph's Adam state per trained input: `adam.m.<input name>`, `adam.v.<input name>`. */
+  adamM: "adam.m.",
+  adamV: "adam.v.",
+  /** Its step's coefficients, [7] (optim/adam.ts, adamCoefficients). */
+  adamCoefficients: "adam.coefficients",
 } as const;
 
 export type ComputeDType = "float32" | "float16";
@@ -131,6 +138,13 @@ export interface LossGraphOptions extends UNetGraphOptions {
   wrtContext: boolean;
   wrtLora: boolean;
   wrtWeights?: (name: string) => boolean;
+  /**
+   * Adam inside the graph for the LoRA and weight inputs differentiated: instead of their gradients the
+   * graph outputs their next values and Adam's next m and v, as carried outputs (`carry.<input>`) that
+   * the session feeds back into the next run — on the device where the runtime can (runtime/session.ts).
+   * The context's gradient stays an output.
+   */
+  optimize?: boolean;
 }
 
 export interface LossGraph {
@@ -182,8 +196,24 @@ export function lossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOption
       loss,
       wrt.map(([, t]) => t),
     );
-    wrt.forEach(([name], i) => {
-      g.output(name, grads[i] as Tensor);
+    const c = o.optimize ? adamCoefficientTensors(g.input(IO.adamCoefficients, "float32", [7])) : [];
+    wrt.forEach(([name, t], i) => {
+      const d = grads[i] as Tensor;
+      if (!o.optimize || t === context) {
+        g.output(name, d);
+        return;
+      }
+      // The input's own name: the gradient output's without its prefix.
+      const input = name.slice(IO.grad.length);
+      const state = {
+        p: t,
+        m: g.input(IO.adamM + input, "float32", t.shape),
+        v: g.input(IO.adamV + input, "float32", t.shape),
+      };
+      const next = adamUpdate(state, d, c);
+      g.output(CARRY_PREFIX + input, next.p);
+      g.output(CARRY_PREFIX + IO.adamM + input, next.m);
+      g.output(CARRY_PREFIX + IO.adamV + input, next.v);
     });
   }
   return { graph: g, lora, weights: p.inputs };

@@ -1,9 +1,14 @@
 /**
  * Adam (Kingma & Ba, 2015) over plain Float32Arrays, updated in place, as torch.optim.Adam computes it:
  * m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε).
- * The optimizer runs on the host because the engine's graphs are stateless: a step's gradients come back
- * from onnxruntime and the updated parameters go into the next step's feeds.
+ * The host form serves small parameters (a text embedding, a token's row); the trained tensors of the UNet
+ * (LoRA, fine-tuned weights) are updated inside their training graph instead (`adamUpdate`), so that their
+ * values and Adam's state can stay on the device from step to step (runtime/session.ts, "carried inputs").
  */
+
+import type { Tensor } from "../graph/graph.js";
+import { add, div, mul, slice, sqrt, sub } from "../graph/ops.js";
+
 export interface AdamOptions {
   lr: number;
   beta1?: number;
@@ -72,4 +77,49 @@ export class Adam {
       }
     }
   }
+}
+
+/**
+ * Adam's update at step t as seven numbers, so a graph can apply it (`adamUpdate`) with the step as an
+ * input: m ← a₁m + b₁g, v ← a₂v + b₂g², p ← p − s·m / (√v·k + ε), where s = lr/(1−β₁ᵗ) and
+ * k = 1/√(1−β₂ᵗ) fold in the bias corrections — the host update above, rearranged.
+ */
+export function adamCoefficients(opts: AdamOptions, t: number): Float32Array {
+  const beta1 = opts.beta1 ?? 0.9;
+  const beta2 = opts.beta2 ?? 0.999;
+  return Float32Array.of(
+    beta1,
+    1 - beta1,
+    beta2,
+    1 - beta2,
+    opts.lr / (1 - beta1 ** t),
+    1 / Math.sqrt(1 - beta2 ** t),
+    opts.eps ?? 1e-8,
+  );
+}
+
+/** Coefficients of an update that leaves p, m and v as they are (a graph's tensors another stage trains). */
+export const ADAM_HOLD = Float32Array.of(1, 0, 1, 0, 0, 1, 1);
+
+/** Adam's state of one trained tensor in a graph, and its next values. */
+export interface AdamTensors {
+  p: Tensor;
+  m: Tensor;
+  v: Tensor;
+}
+
+/** The seven coefficients of `adamCoefficients`, sliced once from their [7] input for every update. */
+export function adamCoefficientTensors(c: Tensor): Tensor[] {
+  if (c.shape.length !== 1 || c.shape[0] !== 7)
+    throw new Error(`Adam coefficients must be [7], got [${c.shape}]`);
+  return Array.from({ length: 7 }, (_, i) => slice(c, [i], [i + 1]));
+}
+
+/** One Adam update of (p, m, v) with gradient g, in the graph (float32 throughout). */
+export function adamUpdate(s: AdamTensors, g: Tensor, c: readonly Tensor[]): AdamTensors {
+  const [a1, b1, a2, b2, step, k, eps] = c as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
+  const m = add(mul(a1, s.m), mul(b1, g));
+  const v = add(mul(a2, s.v), mul(b2, mul(g, g)));
+  const p = sub(s.p, div(mul(step, m), add(mul(sqrt(v), k), eps)));
+  return { p, m, v };
 }

@@ -36,7 +36,7 @@ import { EtaTracker } from "../progress.js";
 import type { HostTensor } from "../runtime/index.js";
 import type { ConceptAdapter } from "./photoswap-types.js";
 import { sampleLatents } from "./sample.js";
-import { loraGrads, loraParams, SeededDraws, type TrainingDraws } from "./training.js";
+import { SeededDraws, type TrainingDraws } from "./training.js";
 
 const log = childLogger("concept");
 
@@ -408,13 +408,20 @@ export async function learnConcept(sd: StableDiffusion, args: LearnConceptArgs):
   // 3. LoRA (and the token's embedding) on the denoising loss of references + class images.
   const prompt = instancePrompt(o.token, subject);
   const lora = sd.newLora(o.loraRank, o.loraAlpha, o.seed);
-  const adam = new Adam(loraParams(lora), { lr: o.lr });
   const row = o.textualInversion ? await vocabularyRow(sd, tokenId) : undefined;
   const rowAdam = row && o.textualInversion ? new Adam([row], { lr: o.textualInversion.lr }) : undefined;
   const classContext = o.prior ? await sd.encodeText([classPrompt(subject)]) : undefined;
   const fixedInstance = row ? undefined : await sd.encodeText([prompt]);
   const ctxSize = 77 * sd.contextShape[1];
   const rows = o.batch * (o.prior ? 2 : 1);
+  // Adam for the adapter inside its training graph (optim/trainer.ts); the token's row, small, on the host.
+  const trainer = await sd.trainer({
+    lora,
+    wrtContext: row !== undefined,
+    batch: rows,
+    size,
+    adam: { lr: o.lr },
+  });
   const draws = args.draws ?? new SeededDraws(o.seed, sd.scheduler().numTrainTimesteps);
   const losses: number[] = [];
   eta.begin("concept");
@@ -436,18 +443,14 @@ export async function learnConcept(sd: StableDiffusion, args: LearnConceptArgs):
         context.set(classContext, (o.batch + k) * ctxSize);
       }
     }
-    const r = await sd.lossAndGrads({
+    const r = await trainer.step({
       latents0,
-      size,
       noise: draws.noise(rows * per),
       t: draws.timesteps(rows),
       context,
-      lora,
-      wrt: row ? ["lora", "context"] : ["lora"],
     });
     if (!Number.isFinite(r.loss))
       throw new Error(`concept learning: the loss became ${r.loss} at step ${step}`);
-    if (!r.dLora) throw new Error("concept learning: the engine returned no LoRA gradients");
     if (row && rowAdam) {
       // The instance rows' d/d context, summed (they share one context), pulled back to the token's row.
       const upstream = new Float32Array(ctxSize);
@@ -457,10 +460,10 @@ export async function learnConcept(sd: StableDiffusion, args: LearnConceptArgs):
           upstream[j] = (upstream[j] as number) + (d[k * ctxSize + j] as number);
       rowAdam.step([await rowGradient(sd, prompt, tokenId, row, upstream)]);
     }
-    adam.step(loraGrads(lora, r.dLora));
     losses.push(r.loss);
     report({ stage: "concept", step, total: o.steps, loss: r.loss, etaSeconds: eta.step("concept", step) });
   }
+  await trainer.finish();
   const trainSeconds = (performance.now() - trainStarted) / 1000;
   log.info({ subject, steps: o.steps, classSeconds, encodeSeconds, trainSeconds }, "concept learned");
   return {

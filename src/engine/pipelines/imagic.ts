@@ -27,13 +27,13 @@ import { throwIfCancelled } from "../errors.js";
 import { f16ToF32, f32ToF16 } from "../graph/dtype.js";
 import { type Tile, tileGrid } from "../grid.js";
 import { cropImage } from "../image.js";
-import type { LoraWeights, LossArgs, LossResult, StableDiffusion, UnetWeights } from "../index.js";
+import type { StableDiffusion, UnetWeights } from "../index.js";
 import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
 import { EtaTracker, type StagePlan } from "../progress.js";
 import type { ImagicState } from "./imagic-state.js";
 import { sampleLatents } from "./sample.js";
-import { loraGrads, loraParams, SeededDraws, type TrainingDraws } from "./training.js";
+import { SeededDraws, type TrainingDraws } from "./training.js";
 
 const log = childLogger("imagic");
 
@@ -202,82 +202,64 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     return { losses, seconds: (performance.now() - t0) / 1000 };
   };
 
-  // Stage 1 optimizes this text embedding; stage 2 then trains the UNet with it fixed.
+  // Stage 1 optimizes this text embedding (Adam on the host: 77 vectors); stage 2 then trains the UNet with
+  // it fixed (Adam in the training graph, its state kept with the session: optim/trainer.ts).
   const eOpt = Float32Array.from(eTgt);
-
-  /** A stage that steps Adam on `params` with the denoising loss of the photo under e_opt. */
-  const train = (
-    stage: "embedding" | "finetune",
-    s: { steps: number; lr: number; batch: number },
-    params: Float32Array[],
-    trained: Pick<LossArgs, "wrt" | "lora" | "unet">,
-    gradsOf: (r: LossResult) => Float32Array[],
-  ) => {
-    const adam = new Adam(params, { lr: s.lr });
-    const latents0 = repeatBatch(x0, s.batch);
-    return run(stage, s.steps, s.batch, async (noise, t) => {
-      const r = await sd.lossAndGrads({ latents0, size, noise, t, context: eOpt, ...trained });
-      adam.step(gradsOf(r));
-      return r.loss;
-    });
-  };
 
   // The LoRA adapter, created before stage 1: when stage 2 trains it at stage 1's batch, both stages run
   // one compiled graph (gradients w.r.t. the context and the adapter), so the device holds one training
-  // session instead of two. It starts as peft does (B = 0): during stage 1 it adds exactly nothing. With
-  // trainingSessions "per-stage" each stage has a graph of its own gradients only: onnxruntime runs every
-  // node of a graph whatever is fetched, so the shared graph's stage 1 also computes the adapter's
-  // gradients (on the H200: 175–184 ms per step instead of 129; docs/PERFORMANCE.md, "CUDA graphs").
+  // session instead of two; stage 1 holds the adapter as it is. It starts as peft does (B = 0): during
+  // stage 1 it adds exactly nothing. With trainingSessions "per-stage" each stage has a graph of its own
+  // gradients only: onnxruntime runs every node of a graph whatever is fetched, so the shared graph's
+  // stage 1 also computes the adapter's gradients (on the H200: 175–184 ms per step instead of 129;
+  // docs/PERFORMANCE.md, "CUDA graphs").
   const adapter =
     o.finetune.steps > 0 && !full ? sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed) : null;
   const shared =
-    adapter && o.finetune.batch === o.embedding.batch && sd.trainingSessions === "shared" ? adapter : null;
-  const wrt = (own: "context" | "lora"): LossArgs["wrt"] => (shared ? ["context", "lora"] : [own]);
+    adapter && o.finetune.batch === o.embedding.batch && sd.trainingSessions === "shared"
+      ? await sd.trainer({
+          lora: adapter,
+          wrtContext: true,
+          batch: o.finetune.batch,
+          size,
+          adam: { lr: o.finetune.lr },
+        })
+      : null;
 
   // Stage 1: the text embedding.
-  const embedding = await train(
-    "embedding",
-    o.embedding,
-    [eOpt],
-    { wrt: wrt("context"), ...(shared ? { lora: shared } : {}) },
-    (r) => {
-      if (!r.dContext) throw new Error("imagic: the engine returned no context gradient");
-      return [r.dContext];
-    },
-  );
+  const embeddingAdam = new Adam([eOpt], { lr: o.embedding.lr });
+  const latentsE = repeatBatch(x0, o.embedding.batch);
+  const embedding = await run("embedding", o.embedding.steps, o.embedding.batch, async (noise, t) => {
+    const step = { latents0: latentsE, size, noise, t, context: eOpt };
+    const r = shared
+      ? await shared.step({ ...step, hold: true })
+      : await sd.lossAndGrads({ ...step, wrt: ["context"] });
+    if (!r.dContext) throw new Error("imagic: the engine returned no context gradient");
+    embeddingAdam.step([r.dContext]);
+    return r.loss;
+  });
 
   // Stage 2: LoRA on the UNet (or its own weights), with e_opt fixed.
-  let lora: LoraWeights | null = null;
-  let unetDelta: UnetWeights | null = null;
+  const weights = full && o.finetune.steps > 0 ? sd.unetWeights(o.finetune.weights ?? "all") : null;
+  const trained = { batch: o.finetune.batch, size, adam: { lr: o.finetune.lr } };
+  const trainer =
+    shared ??
+    (weights
+      ? await sd.trainer({ unet: weights, ...trained })
+      : adapter
+        ? await sd.trainer({ lora: adapter, ...trained })
+        : null);
   let finetune = { losses: [] as number[], seconds: 0 };
-  if (o.finetune.steps > 0 && full) {
-    const weights = sd.unetWeights(o.finetune.weights ?? "all");
-    const names = [...weights.keys()];
-    finetune = await train(
-      "finetune",
-      o.finetune,
-      [...weights.values()],
-      { unet: weights, wrt: ["unet"] },
-      (r) => {
-        const d = r.dUnet;
-        if (!d) throw new Error("imagic: the engine returned no UNet gradients");
-        return names.map((name) => d.get(name) as Float32Array);
-      },
-    );
-    unetDelta = changedDelta(sd, weights);
-  } else if (adapter) {
-    finetune = await train(
-      "finetune",
-      o.finetune,
-      loraParams(adapter),
-      { lora: adapter, wrt: wrt("lora") },
-      (r) => {
-        if (!r.dLora) throw new Error("imagic: the engine returned no LoRA gradients");
-        return loraGrads(adapter, r.dLora);
-      },
-    );
-    lora = adapter;
+  if (trainer) {
+    const latentsF = repeatBatch(x0, o.finetune.batch);
+    finetune = await run("finetune", o.finetune.steps, o.finetune.batch, async (noise, t) => {
+      const r = await trainer.step({ latents0: latentsF, noise, t, context: eOpt });
+      return r.loss;
+    });
+    await trainer.finish();
   }
+  const lora = adapter;
+  const unetDelta = weights ? changedDelta(sd, weights) : null;
   log.info(
     {
       encodeSeconds,

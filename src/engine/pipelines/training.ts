@@ -1,9 +1,7 @@
 /**
- * What the training loops (Imagic, concept learning) share: seeded draws of timesteps and noise, and LoRA
- * adapters as one flat parameter list for the host-side Adam.
+ * What the training loops (Imagic, concept learning) share: seeded draws of timesteps and noise.
  */
 import { GaussianRng, philox4x32 } from "../diffusion/rng.js";
-import type { LoraWeights } from "../index.js";
 
 /** Where each training step's timesteps and noise come from. */
 export interface TrainingDraws {
@@ -36,17 +34,4 @@ export class SeededDraws implements TrainingDraws {
   noise(n: number): Float32Array {
     return this.rng.normal(n);
   }
-}
-
-/** LoRA tensors as one flat parameter list (down, up per module, in the map's order). */
-export function loraParams(lora: LoraWeights): Float32Array[] {
-  return [...lora.values()].flatMap((m) => [m.down, m.up]);
-}
-
-export function loraGrads(lora: LoraWeights, grads: LoraWeights): Float32Array[] {
-  return [...lora.keys()].flatMap((k) => {
-    const g = grads.get(k);
-    if (!g) throw new Error(`no gradient for LoRA module ${k}`);
-    return [g.down, g.up];
-  });
 }

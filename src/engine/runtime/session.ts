@@ -18,8 +18,15 @@ import {
   type ValueSpec,
 } from "../graph/emit.js";
 import type { Graph } from "../graph/graph.js";
+import { CARRY_PREFIX, type CarryMode, carriedInputs, isCarryOutput } from "./carry.js";
 import { onnxruntimeNode } from "./cuda.js";
-import { capturesCudaGraphs, configureCudaProvider } from "./cuda-options.js";
+import {
+  addonAttached,
+  bindsAllSessions,
+  capturesCudaGraphs,
+  configureCudaProvider,
+  readCarried,
+} from "./cuda-options.js";
 import { type ConcreteDevice, type Device, resolveDevice } from "./device.js";
 import { ort } from "./ort.js";
 import { latestProfile } from "./profile.js";
@@ -68,8 +75,16 @@ export interface Session {
   readonly outputNames: string[];
   readonly inputs: readonly ValueSpec[];
   readonly outputs: readonly ValueSpec[];
-  /** Runs the graph. Feeds the graph does not use (pruned inputs) are ignored. */
-  run(feeds: Record<string, HostTensor>): Promise<Record<string, HostTensor>>;
+  /** The inputs the graph carries from run to run (runtime/carry.ts): none for most graphs. */
+  readonly carried: readonly ValueSpec[];
+  /**
+   * Runs the graph. Feeds the graph does not use (pruned inputs) are ignored. In a graph with carried
+   * inputs, `carry` "reset" (the default) takes them from `feeds` and "continue" from the previous run
+   * (`feeds` may then leave them out); the carried outputs are not among the results (`readCarried`).
+   */
+  run(feeds: Record<string, HostTensor>, opts?: { carry?: CarryMode }): Promise<Record<string, HostTensor>>;
+  /** The carried inputs' values for the next run, i.e. what the last run computed. */
+  readCarried(): Promise<Record<string, HostTensor>>;
   /** Stops the profiler (sessions created with `profile`) and returns the file it wrote. */
   endProfiling(): string | undefined;
   release(): Promise<void>;
@@ -135,7 +150,8 @@ async function guardMemory<T>(f: () => Promise<T>, graph: string, device: Concre
 /** Weights above this total go to external data even without a cache key (protobuf's limit is 2 GB). */
 const INLINE_LIMIT = 1 << 30;
 
-const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
+/** Each dtype's host array; over an ArrayBuffer for the carried values the add-on copies back. */
+const HOST_ARRAY: Record<DType, { new (n: number): HostData; new (b: ArrayBuffer): HostData }> = {
   float32: Float32Array,
   float16: Uint16Array,
   float64: Float64Array,
@@ -145,6 +161,7 @@ const HOST_ARRAY: Record<DType, new (n: number) => HostData> = {
 };
 
 const open = new Set<Session>();
+let sessionCount = 0;
 
 /** onnxruntime's session options for `opts` on `device` (exported for its tests). */
 export function sessionOptions(
@@ -204,14 +221,19 @@ function modelFile(emitted: EmittedModel, device: ConcreteDevice, opts: SessionO
 
 export async function createSession(graph: Graph, opts: SessionOptions): Promise<Session> {
   const device = await resolveDevice(opts.device);
+  // First: on cuda this attaches the add-on, which decides where carried inputs live.
+  const options = sessionOptions(device, opts);
+  const carryOnDevice = addonAttached() && (device === "cuda" || bindsAllSessions());
   const emitted = emitGraph(graph, {
     device,
     fuse: opts.fuse ?? true,
     convAsMatMul: opts.convAsMatMul,
     packOutputs: opts.packOutputs ?? device !== "cpu",
+    // The add-on copies each carried output into its input's buffer: they must be outputs of their own.
+    ...(carryOnDevice ? { unpacked: isCarryOutput } : {}),
   });
+  const carried = carriedInputs(graph.name, emitted.inputs, emitted.outputs);
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
-  const options = sessionOptions(device, opts);
   const started = Date.now();
   const load = async (): Promise<ort.InferenceSession> => {
     if (opts.cacheKey) return ort.InferenceSession.create(modelFile(emitted, device, opts), options);
@@ -229,6 +251,8 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
     }
   };
   const ortSession = await guardMemory(load, graph.name, device);
+  // On the device the add-on hands out only what was asked for: the carried outputs stay there.
+  const fetched = ortSession.outputNames.filter((n) => !isCarryOutput(n));
   log.debug(
     { graph: graph.name, device, ms: Date.now() - started, nodes: emitted.model.graph.node.length },
     "session created",
@@ -236,15 +260,37 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
 
   const inputs = emitted.inputs;
   const byName = new Map(inputs.map((v) => [v.name, v]));
+  const outputs = emitted.outputs.filter((o) => !isCarryOutput(o.name));
+  // Carried state: on the device, the add-on's (runs tagged with this session's id; the host feeds the
+  // last values it gave, which the add-on ignores); else the last run's carried outputs, fed back here.
+  const carry = {
+    id: `s${++sessionCount}`,
+    given: undefined as Record<string, HostTensor> | undefined,
+    computed: undefined as Record<string, HostTensor> | undefined,
+  };
   let released = false;
   const session: Session = {
     device,
     inputNames: inputs.map((v) => v.name),
-    outputNames: emitted.outputs.map((v) => v.name),
+    outputNames: outputs.map((v) => v.name),
     inputs,
-    outputs: emitted.outputs,
-    async run(feeds) {
+    outputs,
+    carried,
+    async run(given, runOpts) {
       if (released) throw new Error(`session for graph "${graph.name}" was released`);
+      let feeds = given;
+      const mode = carried.length > 0 ? (runOpts?.carry ?? "reset") : undefined;
+      if (mode === "continue") {
+        const state = carryOnDevice ? carry.given : carry.computed;
+        if (!state)
+          throw new Error(
+            `graph "${graph.name}": a run continuing its carried inputs, but no run has set them in this session`,
+          );
+        feeds = { ...given, ...state };
+      } else if (mode === "reset") {
+        carry.given = Object.fromEntries(carried.map((c) => [c.name, given[c.name] as HostTensor]));
+        carry.computed = undefined;
+      }
       const ortFeeds: Record<string, ort.Tensor> = {};
       for (const [name, spec] of byName) {
         const t = feeds[name];
@@ -255,18 +301,50 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
         checkFeed(graph.name, spec, t);
         ortFeeds[name] = new ort.Tensor(t.dtype, t.data as never, t.shape);
       }
-      const results = await guardMemory(() => ortSession.run(ortFeeds), graph.name, device);
+      const results = await guardMemory(
+        () =>
+          mode && carryOnDevice
+            ? ortSession.run(ortFeeds, fetched, { tag: `carry:${carry.id}:${mode}` })
+            : ortSession.run(ortFeeds),
+        graph.name,
+        device,
+      );
       const out: Record<string, HostTensor> = {};
       const parts = new Map<string, HostData>();
       for (const p of emitted.packed) {
         const data = (results[p.name] as ort.Tensor).data as HostData;
         for (const q of p.parts) parts.set(q.name, data.subarray(q.offset, q.offset + q.size));
       }
-      for (const spec of emitted.outputs) {
-        const data = parts.get(spec.name) ?? ((results[spec.name] as ort.Tensor).data as HostData);
-        out[spec.name] = { dtype: spec.dtype, shape: [...spec.shape], data };
+      const read = (spec: ValueSpec): HostTensor => ({
+        dtype: spec.dtype,
+        shape: [...spec.shape],
+        data: parts.get(spec.name) ?? ((results[spec.name] as ort.Tensor).data as HostData),
+      });
+      for (const spec of outputs) out[spec.name] = read(spec);
+      if (mode && !carryOnDevice) {
+        carry.computed = Object.fromEntries(
+          carried.map((c) => [
+            c.name,
+            read(emitted.outputs.find((o) => o.name === CARRY_PREFIX + c.name) as ValueSpec),
+          ]),
+        );
       }
       return out;
+    },
+    async readCarried() {
+      if (released) throw new Error(`session for graph "${graph.name}" was released`);
+      if (!carryOnDevice) {
+        if (!carry.computed) throw new Error(`graph "${graph.name}": no run has computed its carried inputs`);
+        return carry.computed;
+      }
+      const buffers = readCarried(carry.id);
+      return Object.fromEntries(
+        carried.map((c) => {
+          const buffer = buffers[c.name];
+          if (!buffer) throw new Error(`graph "${graph.name}": the add-on holds no value of ${c.name}`);
+          return [c.name, { dtype: c.dtype, shape: [...c.shape], data: new HOST_ARRAY[c.dtype](buffer) }];
+        }),
+      );
     },
     endProfiling() {
       if (!opts.profile) return undefined;

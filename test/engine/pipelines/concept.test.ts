@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { GaussianRng } from "../../../src/engine/diffusion/rng.js";
 import { CancelledError } from "../../../src/engine/errors.js";
 import type { StableDiffusion } from "../../../src/engine/index.js";
+import { Trainer } from "../../../src/engine/optim/trainer.js";
 import {
   type Concept,
   type ConceptProgress,
@@ -168,10 +169,10 @@ describe("concept learning details", () => {
 
   it("prior preservation: each step trains a reference under the instance prompt beside a class image under the class prompt", async () => {
     const seen: { latents0: Float32Array; context: Float32Array; rows: number }[] = [];
-    const real = sd.lossAndGrads.bind(sd);
-    const spy = vi.spyOn(sd, "lossAndGrads").mockImplementation((a) => {
+    const real = Trainer.prototype.step;
+    const spy = vi.spyOn(Trainer.prototype, "step").mockImplementation(function (this: Trainer, a) {
       seen.push({ latents0: a.latents0.slice(), context: a.context.slice(), rows: a.t.length });
-      return real(a);
+      return real.call(this, a);
     });
     try {
       await learnConcept(sd, {

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { relativeDistance } from "../../../src/engine/distance.js";
 import { CancelledError } from "../../../src/engine/errors.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
+import { Trainer } from "../../../src/engine/optim/trainer.js";
 import {
   checkPrompt,
   interpolate,
@@ -13,7 +14,6 @@ import {
   trainImagic,
 } from "../../../src/engine/pipelines/imagic.js";
 import { deserializeState, serializeState } from "../../../src/engine/pipelines/imagic-state.js";
-import { loraGrads } from "../../../src/engine/pipelines/training.js";
 import { txt2img } from "../../../src/engine/pipelines/txt2img.js";
 import type { DeepPartial, ImagicOptions } from "../../../src/spec/imagic.js";
 import {
@@ -93,10 +93,11 @@ describe("trainImagic on the fixture model", () => {
         ...onPhoto,
         options: options({ embedding: { steps: 2 }, finetune: { steps: 2 } }),
       });
-      // Each compiled graph is a folder named after its key: one loss graph, with both gradients.
-      const loss = readdirSync(dir).filter((d) => /_loss_/.test(d));
+      // Each compiled graph is a folder named after its key: one training graph (d/d context, Adam on the
+      // adapter inside), and no other loss graph.
+      const loss = readdirSync(dir).filter((d) => /_(loss|train)_/.test(d));
       expect(loss).toHaveLength(1);
-      expect(loss[0]).toMatch(/_loss_2_8x8_float32_r4_cl-cpu-/);
+      expect(loss[0]).toMatch(/_train_2_8x8_float32_r4_cl-cpu-/);
     } finally {
       await own.release();
       rmSync(dir, { recursive: true, force: true });
@@ -114,21 +115,22 @@ describe("trainImagic on the fixture model", () => {
     try {
       const o = options({ embedding: { steps: 2 }, finetune: { steps: 2 } });
       const ours = await trainImagic(perStage, { ...onPhoto, options: o });
-      // Two loss graphs: the context's gradient without an adapter (stage 1), the adapter's alone (stage 2).
+      // Two graphs: the context's gradient without an adapter (stage 1), Adam on the adapter alone (stage 2).
       const loss = readdirSync(dir)
-        .filter((d) => /_loss_/.test(d))
+        .filter((d) => /_(loss|train)_/.test(d))
         .sort();
       expect(loss).toHaveLength(2);
       expect(loss[0]).toMatch(/_loss_2_8x8_float32_r0_c-cpu-/);
-      expect(loss[1]).toMatch(/_loss_2_8x8_float32_r4_l-cpu-/);
+      expect(loss[1]).toMatch(/_train_2_8x8_float32_r4_l-cpu-/);
       expect(ours.lora?.size).toBeGreaterThan(0);
 
-      // Each stage's gradient is the shared graph's, on the fixed draws: stage 1's at a fresh adapter (B = 0
-      // adds exact zeros), stage 2's at the adapter just trained. The loss agrees to float32 rounding. d/d
-      // context is ill-conditioned on the fixture (sums that cancel): the shared graph's float32 rounding,
-      // one ulp in the loss, moves it by 2.1e-4 relative (measured; the CPU's float32 parity check of d/d
-      // context against float64 is 4.2e-5 at the goldens' draws), so 1e-3 here — and bitwise equal to the
-      // shared graph compiled for d/d context alone, whose numbers the per-stage graph computes.
+      // Each stage computes what the shared graph computes for it, on the fixed draws: stage 1's gradient
+      // at a fresh adapter (B = 0 adds exact zeros), stage 2's Adam step from the adapter just trained. The
+      // loss agrees to float32 rounding. d/d context is ill-conditioned on the fixture (sums that cancel):
+      // the shared graph's float32 rounding, one ulp in the loss, moves it by 2.1e-4 relative (measured; the
+      // CPU's float32 parity check of d/d context against float64 is 4.2e-5 at the goldens' draws), so 1e-3
+      // here — and bitwise equal to the shared graph compiled for d/d context alone, whose numbers the
+      // per-stage graph computes.
       const step = { ...(await fixedStep(sd, photo)), context: ours.eOpt };
       const fresh = sd.newLora(o.finetune.loraRank, o.finetune.loraAlpha, o.seed);
       const both = await sd.lossAndGrads({ ...step, lora: fresh, wrt: ["context", "lora"] });
@@ -138,18 +140,21 @@ describe("trainImagic on the fixture model", () => {
       expect(stage1.loss).toBeCloseTo(both.loss, 6);
       expect(relativeDistance(d1, both.dContext as Float32Array)).toBeLessThan(1e-3);
       expect(relativeDistance(d1, contextOnly.dContext as Float32Array)).toBe(0);
+      // Stage 2: one Adam step of the trained adapter on each graph. Measured bitwise equal (the shared
+      // graph's extra d/d context does not touch the adapter's gradient); 1e-6 allows float32 reordering.
       const trained = ours.lora as NonNullable<typeof ours.lora>;
-      const shared2 = await sd.lossAndGrads({ ...step, lora: trained, wrt: ["context", "lora"] });
-      const stage2 = await perStage.lossAndGrads({ ...step, lora: trained, wrt: ["lora"] });
-      expect(stage2.loss).toBeCloseTo(shared2.loss, 6);
-      // d/d LoRA as one vector (the adapter's modules in order, as Adam steps them): measured 0 relative (the
-      // shared graph's extra d/d context does not touch it); 1e-5 allows float32 reordering.
-      const flat = (r: typeof stage2) => {
-        const parts = loraGrads(trained, r.dLora ?? new Map());
-        return Float32Array.from(parts.flatMap((p) => [...p]));
-      };
-      expect(relativeDistance(flat(stage2), flat(shared2))).toBeLessThan(1e-5);
-      expect(stage2.dLora?.size).toBe(trained.size);
+      const copy = () =>
+        new Map([...trained].map(([k, m]) => [k, { ...m, down: m.down.slice(), up: m.up.slice() }]));
+      const flat = (l: typeof trained) =>
+        Float32Array.from([...l.values()].flatMap((m) => [...m.down, ...m.up]));
+      const [viaShared, viaOwn] = [copy(), copy()];
+      const adam = { lr: o.finetune.lr };
+      const shared = await sd.trainer({ lora: viaShared, wrtContext: true, batch: 2, size: step.size, adam });
+      const own = await perStage.trainer({ lora: viaOwn, batch: 2, size: step.size, adam });
+      expect((await own.step(step)).loss).toBeCloseTo((await shared.step(step)).loss, 6);
+      await Promise.all([shared.finish(), own.finish()]);
+      expect(relativeDistance(flat(viaOwn), flat(viaShared))).toBeLessThan(1e-6);
+      expect(relativeDistance(flat(viaOwn), flat(trained))).toBeGreaterThan(1e-4);
     } finally {
       await perStage.release();
       rmSync(dir, { recursive: true, force: true });
@@ -208,7 +213,7 @@ describe("trainImagic on the fixture model", () => {
 
   it("stops within one step when cancelled, in training and in rendering", async () => {
     const controller = new AbortController();
-    const spy = vi.spyOn(sd, "lossAndGrads");
+    const spy = vi.spyOn(Trainer.prototype, "step");
     const training = trainImagic(sd, {
       ...onPhoto,
       options: options({ embedding: { steps: 2 }, finetune: { steps: 50 } }),

@@ -1,0 +1,101 @@
+/**
+ * A training run with Adam inside the compiled loss graph (models/components.ts, lossGraph's `optimize`):
+ * the trained tensors (a LoRA adapter or UNet weights) and Adam's m and v are carried inputs of the session
+ * (runtime/carry.ts), so from the second step on they stay where the session keeps them — on the GPU with
+ * the CUDA add-on — and a step sends only the photo's noise and timesteps and reads back only the loss (and
+ * the context's gradient, when asked for). Host Adam (optim/adam.ts) would send every trained tensor and
+ * read back every gradient each step, then update them on one CPU core.
+ */
+import { numel } from "../graph/dtype.js";
+import type { LatentSize } from "../index.js";
+import { IO } from "../models/components.js";
+import type { UnetWeights } from "../models/finetune.js";
+import type { LoraWeights } from "../models/lora.js";
+import type { HostTensor, Session } from "../runtime/index.js";
+import { ADAM_HOLD, type AdamOptions, adamCoefficients } from "./adam.js";
+
+export interface TrainerArgs {
+  /** The adapter or the UNet weights to train (one of them); `finish` writes the trained values into them. */
+  lora?: LoraWeights;
+  unet?: UnetWeights;
+  /** Also d loss / d context each step (Imagic's shared stage 1 optimizes the context on the host with it). */
+  wrtContext?: boolean;
+  batch: number;
+  size: LatentSize;
+  adam: AdamOptions;
+}
+
+export interface TrainerStepArgs {
+  /** Clean latents [B, 4, h, w] (scaled), the noise added to them, one timestep per batch item. */
+  latents0: Float32Array;
+  noise: Float32Array;
+  t: number[];
+  /** [B, 77, D] or [1, 77, D]. */
+  context: Float32Array;
+  /** Leave the trained tensors and Adam's state as they are this step (the step still gives the loss and
+   *  the context's gradient): Imagic's stage 1 on the graph that stage 2 trains the adapter with. */
+  hold?: boolean;
+}
+
+/** One step's feeds and how to read its loss (and the context's gradient) from its outputs (the model builds them). */
+export interface StepFeeds {
+  feeds: Record<string, HostTensor>;
+  result(out: Record<string, HostTensor>): { loss: number; dContext?: Float32Array };
+}
+
+export class Trainer {
+  /** Adam's t: the steps that updated the trained tensors. */
+  private updates = 0;
+  private started = false;
+  /** What the first step feeds for the trained tensors: their values, m = v = 0 (and the adapter's scale). */
+  private readonly initial: Record<string, HostTensor>;
+
+  constructor(
+    private readonly session: Session,
+    /** The trained tensors' feeds, over the caller's arrays (`finish` writes into them). */
+    private readonly trained: Record<string, HostTensor>,
+    private readonly adam: AdamOptions,
+    private readonly stepFeeds: (s: TrainerStepArgs) => StepFeeds,
+  ) {
+    this.initial = { ...trained };
+    for (const c of session.carried) {
+      if (c.name.startsWith(IO.adamM) || c.name.startsWith(IO.adamV))
+        this.initial[c.name] = {
+          dtype: "float32",
+          shape: [...c.shape],
+          data: new Float32Array(numel(c.shape)),
+        };
+    }
+  }
+
+  /** Adam's steps so far. */
+  get steps(): number {
+    return this.updates;
+  }
+
+  async step(s: TrainerStepArgs): Promise<{ loss: number; dContext?: Float32Array }> {
+    const { feeds, result } = this.stepFeeds(s);
+    const coefficients = s.hold ? ADAM_HOLD : adamCoefficients(this.adam, this.updates + 1);
+    const out = await this.session.run(
+      {
+        ...feeds,
+        ...this.initial,
+        [IO.adamCoefficients]: { dtype: "float32", shape: [7], data: coefficients },
+      },
+      { carry: this.started ? "continue" : "reset" },
+    );
+    this.started = true;
+    if (!s.hold) this.updates++;
+    return result(out);
+  }
+
+  /** Writes the trained values into the arrays the trainer was given (nothing to write before a step). */
+  async finish(): Promise<void> {
+    if (!this.started) return;
+    const values = await this.session.readCarried();
+    for (const [name, t] of Object.entries(this.trained)) {
+      const v = values[name];
+      if (v) (t.data as Float32Array).set(v.data as Float32Array);
+    }
+  }
+}
