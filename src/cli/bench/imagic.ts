@@ -172,12 +172,19 @@ async function benchPreset(
       ...(secondJobMs === undefined ? {} : { secondJob: secondJobMs }),
     },
     stateBytes: stateBytes.length,
+    // Each stage's first and last loss: runs of one seed on one model compare (e.g. two builds, A/B).
+    losses: {
+      embedding: [state.losses.embedding[0], state.losses.embedding.at(-1)],
+      finetune: [state.losses.finetune[0], state.losses.finetune.at(-1)],
+    },
   };
   const sec = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  const loss = (l: (number | undefined)[]) => l.map((v) => v?.toFixed(5) ?? "-").join(" → ");
   out(
     `${name.padEnd(8)} embedding ${full.embedding.steps}×b${full.embedding.batch} ${sec(embedding.warm)} (${embedding.perStep.toFixed(0)} ms/step, first ${sec(embedding.first)})  ` +
       `fine-tune ${full.finetune.steps}×b${full.finetune.batch} ${sec(finetune.warm)} (${finetune.perStep.toFixed(0)} ms/step, first ${sec(finetune.first)})  ` +
       `render 4 seeds × ${preset.render.steps} ${sec(render.warm + tail)} (${render.perStep.toFixed(0)} ms/step)\n` +
+      `         loss: embedding ${loss(row.losses.embedding)}, fine-tune ${loss(row.losses.finetune)}\n` +
       `         photo → first 4-seed grid: ${sec(firstGrid.warm)} warm, ${sec(firstGrid.cold)} cold (incl. session builds);  ` +
       `4 new variants from the cached state: ${sec(cachedVariants)};  state ${(stateBytes.length / 1024 ** 2).toFixed(1)} MiB` +
       (gridMs === undefined ? "  (no sharp here: grid PNGs not timed)" : "") +
