@@ -155,15 +155,6 @@ export interface LossArgs {
   wrt: ReadonlyArray<"context" | "lora" | "unet">;
 }
 
-/** What a loss step needs to pick its graph (a trainer's first call gives no photo, noise or context yet). */
-type LossStepArgs = Omit<LossArgs, "wrt" | "latents0" | "noise" | "context"> &
-  Partial<Pick<LossArgs, "latents0" | "noise" | "context">>;
-
-/** The session of a loss step's graph, and the step's feeds (none without a photo) and context gradient. */
-interface LossStep extends StepFeeds {
-  graph: Promise<{ session: Session; lora: LoraInputs | undefined; weights: Map<string, Tensor> }>;
-}
-
 export interface LossResult {
   loss: number;
   dContext?: Float32Array;
@@ -424,8 +415,16 @@ export class StableDiffusion {
    * does, target ε or v per the checkpoint) and its gradients w.r.t. the context and/or the LoRA weights.
    */
   async lossAndGrads(args: LossArgs): Promise<LossResult> {
-    const step = this.lossStep(args, args.wrt, false);
-    const { session, lora: inputs, weights } = await step.graph;
+    const step = this.lossFeeds(args, args.wrt.includes("context"), "lossAndGrads");
+    const {
+      session,
+      lora: inputs,
+      weights,
+    } = await this.lossSession(
+      { batch: args.t.length, size: args.size, lora: args.lora, unet: args.unet },
+      args.wrt,
+      false,
+    );
     const out = await session.run({
       ...step.feeds,
       ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
@@ -457,55 +456,51 @@ export class StableDiffusion {
    * `lora` / `unet`. One run per session at a time: its state is the session's.
    */
   async trainer(args: TrainerArgs): Promise<Trainer> {
-    const wrt: LossArgs["wrt"] = [
-      ...(args.wrtContext ? (["context"] as const) : []),
-      ...(args.lora ? (["lora"] as const) : []),
-      ...(args.unet ? (["unet"] as const) : []),
-    ];
     if (!args.lora === !args.unet)
       throw new Error("trainer: train a LoRA adapter or UNet weights, one of them");
-    const shape = { size: args.size, lora: args.lora, unet: args.unet };
-    const {
-      session,
-      lora: inputs,
-      weights,
-    } = await this.lossStep({ ...shape, t: new Array<number>(args.batch).fill(0) }, wrt, true).graph;
+    const wantContext = args.wrtContext ?? false;
+    const wrt: LossArgs["wrt"] = [
+      ...(wantContext ? (["context"] as const) : []),
+      args.lora ? "lora" : "unet",
+    ];
+    const { session, lora: inputs, weights } = await this.lossSession(args, wrt, true);
     const trained: Record<string, HostTensor> = {
       ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
       ...(args.unet ? weightFeeds("trainer", weights, args.unet) : {}),
     };
-    return new Trainer(session, trained, args.adam, (step) => {
-      const { feeds, result } = this.lossStep({ ...shape, ...step }, wrt, true);
-      return { feeds, result };
-    });
+    return new Trainer(session, trained, args.adam, (step) =>
+      this.lossFeeds({ ...step, size: args.size }, wantContext, "trainer"),
+    );
   }
 
   /**
-   * What lossAndGrads and a trainer share: the checked arguments, the session of their loss graph (with
-   * the optimizer inside when `optimize`) and the feeds of one step's photo, noise, timesteps and context.
+   * The session of the loss graph for a batch, latent size and trained tensors: gradients w.r.t. `wrt`,
+   * or (`optimize`) Adam inside for the LoRA/weight inputs (lossAndGrads and a trainer share the rest).
    */
-  private lossStep(args: LossStepArgs, wrt: LossArgs["wrt"], optimize: boolean): LossStep {
-    const batch = args.t.length;
+  private lossSession(
+    a: { batch: number; size: LatentSize; lora?: LoraWeights; unet?: UnetWeights },
+    wrt: LossArgs["wrt"],
+    optimize: boolean,
+  ): Promise<{ session: Session; lora: LoraInputs | undefined; weights: Map<string, Tensor> }> {
     const what = optimize ? "trainer" : "lossAndGrads";
-    if (batch === 0) throw new Error(`${what}: no timesteps given`);
-    const [lh, lw] = checkSize(`${what}: latents`, args.size);
+    if (a.batch === 0) throw new Error(`${what}: no timesteps given`);
+    const [lh, lw] = checkSize(`${what}: latents`, a.size);
     const wantContext = wrt.includes("context");
     const wantLora = wrt.includes("lora");
-    const wantUnet = wrt.includes("unet");
-    if (wantLora && !args.lora) throw new Error(`${what}: gradients w.r.t. LoRA need LoRA weights`);
-    const unet = args.unet;
-    if (wantUnet !== (unet !== undefined)) {
+    if (wantLora && !a.lora) throw new Error(`${what}: gradients w.r.t. LoRA need LoRA weights`);
+    const unet = a.unet;
+    if (wrt.includes("unet") !== (unet !== undefined)) {
       throw new Error(
         `${what}: UNet weights (\`unet\`) and wrt "unet" go together (trained weights are graph inputs whose gradients the graph computes)`,
       );
     }
-    const rank = args.lora ? loraRank(args.lora) : 0;
+    const rank = a.lora ? loraRank(a.lora) : 0;
     const trained = unet ? `:w${subsetKey(unet.keys())}` : "";
-    const key = `${optimize ? "train" : "loss"}:${batch}:${lh}x${lw}:${this.trainDtype}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}${trained}`;
-    const graph = this.cached(key, () => {
-      if (unet) this.checkTrainingMemory({ names: [...unet.keys()], batch, height: lh, width: lw });
+    const key = `${optimize ? "train" : "loss"}:${a.batch}:${lh}x${lw}:${this.trainDtype}:r${rank}:${wantContext ? "c" : ""}${wantLora ? "l" : ""}${trained}`;
+    return this.cached(key, () => {
+      if (unet) this.checkTrainingMemory({ names: [...unet.keys()], batch: a.batch, height: lh, width: lw });
       return lossGraph(this.ckpt.unet.weights, this.ckpt.unet.config, {
-        batch,
+        batch: a.batch,
         height: lh,
         width: lw,
         loraRank: rank || undefined,
@@ -517,18 +512,18 @@ export class StableDiffusion {
         optimize,
       });
     });
-    if (!args.latents0 || !args.noise || !args.context)
-      return {
-        graph,
-        feeds: {},
-        result: () => {
-          throw new Error(`${what}: a step without a photo`);
-        },
-      };
-    this.latentDims(`${what}: latents0`, args.latents0, batch, args.size);
+  }
+
+  /** One loss step's feeds (the photo's latents, noise, timesteps and their noise scales, the context), checked. */
+  private lossFeeds(
+    args: Pick<LossArgs, "latents0" | "size" | "noise" | "t" | "context">,
+    wantContext: boolean,
+    what: string,
+  ): StepFeeds {
+    const batch = args.t.length;
+    const [lh, lw] = this.latentDims(`${what}: latents0`, args.latents0, batch, args.size);
     expectLength(`${what}: noise`, args.noise, args.latents0.length);
-    const ctxSize = this.contextSize();
-    const ctxBatch = batchOf(`${what}: context`, args.context, ctxSize);
+    const ctxBatch = batchOf(`${what}: context`, args.context, this.contextSize());
     if (ctxBatch !== batch && ctxBatch !== 1) {
       throw new Error(
         `${what}: context holds ${ctxBatch} items for a batch of ${batch} (give ${batch} or 1)`,
@@ -538,7 +533,6 @@ export class StableDiffusion {
     const shape = [batch, this.latentChannels, lh, lw];
     const context = ctxBatch === batch ? args.context : repeatBatch(args.context, batch);
     return {
-      graph,
       feeds: {
         [IO.x0]: { dtype: "float32", shape, data: args.latents0 },
         [IO.noise]: { dtype: "float32", shape, data: args.noise },
