@@ -137,8 +137,9 @@ static Status copy(const Bound *b, void *dst, const void *src, size_t n, CopyKin
   return err ? fail("bound run: cudaMemcpy failed: %s", cuda_error_string(err)) : NULL;
 }
 
-/* A device-to-device cudaMemcpy returns before it is done, on the legacy stream, which the provider's
- * (non-blocking) stream does not wait for: the next run would read the carried inputs half copied. */
+/* Waits for the copies on the legacy stream, which the provider's (non-blocking) stream does not wait for:
+ * a device-to-device cudaMemcpy returns before it is done, so the next run could read the carried inputs
+ * half copied (and see bound_run for the host's). */
 static Status settle(const Bound *b) {
   int err = b->cuda ? cuda_stream_synchronize(NULL) : 0;
   return err ? fail("bound run: cudaStreamSynchronize failed: %s", cuda_error_string(err)) : NULL;
@@ -468,6 +469,9 @@ static Status bound_run(Bound *b, int continuing, const char *id, const void *ru
     st = API(GetTensorMutableDataFn, ORT_GET_TENSOR_MUTABLE_DATA)((void *)inputs[i], &src);
     if (!st) st = copy(b, b->in[i].data, src, b->in[i].bytes, TO_DEVICE);
   }
+  /* From pageable host memory cudaMemcpy returns once the bytes are staged, and the DMA to the device may
+   * still be on the legacy stream when the provider's non-blocking stream starts reading them. */
+  if (!st) st = settle(b);
   if (!st) st = API(RunWithBindingFn, ORT_RUN_WITH_BINDING)(b->session, run_options, b->binding);
   if (!st && !b->outputs_fixed) {
     st = fix_outputs(b);
