@@ -43,6 +43,13 @@ export interface StepFeeds {
   result(out: Record<string, HostTensor>): { loss: number; dContext?: Float32Array };
 }
 
+/**
+ * The trainer whose state each training session holds: the one that last started on it. Another trainer
+ * starting on the same session (same shapes and trained set) replaces the state, and the one it replaced
+ * must fail rather than go on from the newcomer's values.
+ */
+const holders = new WeakMap<Session, Trainer>();
+
 export class Trainer {
   /** Adam's t: the steps that updated the trained tensors. */
   private updates = 0;
@@ -74,6 +81,7 @@ export class Trainer {
   }
 
   async step(s: TrainerStepArgs): Promise<{ loss: number; dContext?: Float32Array }> {
+    if (this.started) this.checkHolder();
     const { feeds, result } = this.stepFeeds(s);
     const coefficients = s.hold ? ADAM_HOLD : adamCoefficients(this.adam, this.updates + 1);
     const out = await this.session.run(
@@ -84,14 +92,23 @@ export class Trainer {
       },
       { carry: this.started ? "continue" : "reset" },
     );
+    if (!this.started) holders.set(this.session, this);
     this.started = true;
     if (!s.hold) this.updates++;
     return result(out);
   }
 
+  private checkHolder(): void {
+    if (holders.get(this.session) !== this)
+      throw new Error(
+        "trainer: another training run started on this training session, replacing this one's state",
+      );
+  }
+
   /** Writes the trained values into the arrays the trainer was given (nothing to write before a step). */
   async finish(): Promise<void> {
     if (!this.started) return;
+    this.checkHolder();
     const values = await this.session.readCarried();
     for (const [name, t] of Object.entries(this.trained)) {
       const v = values[name];

@@ -177,6 +177,28 @@ describe("Trainer: Adam inside the training graph", () => {
     expect(relativeDistance(flatLora(again), flatLora(reference))).toBeGreaterThan(1e-3);
   });
 
+  it("fails a trainer whose session another trainer has started on, instead of going on from its state", async () => {
+    const first = await sd.trainer({
+      lora: sd.newLora(4, 4, 1),
+      batch: 2,
+      size: step.size,
+      adam: { lr: LR },
+    });
+    await first.step({ ...step, context });
+    const second = await sd.trainer({
+      lora: sd.newLora(4, 4, 2),
+      batch: 2,
+      size: step.size,
+      adam: { lr: LR },
+    });
+    await second.step({ ...step, context });
+    const replaced = /another training run started on this training session/;
+    await expect(first.step({ ...step, context })).rejects.toThrow(replaced);
+    await expect(first.finish()).rejects.toThrow(replaced);
+    await second.step({ ...step, context });
+    await second.finish();
+  });
+
   it("refuses to train both an adapter and weights, or neither", async () => {
     const lora = sd.newLora(4, 4, 1);
     const unet = sd.unetWeights("attention-projections");
