@@ -267,6 +267,7 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
     id: `s${++sessionCount}`,
     given: undefined as Record<string, HostTensor> | undefined,
     computed: undefined as Record<string, HostTensor> | undefined,
+    confirmed: false,
   };
   let released = false;
   const session: Session = {
@@ -321,6 +322,18 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
         data: parts.get(spec.name) ?? ((results[spec.name] as ort.Tensor).data as HostData),
       });
       for (const spec of outputs) out[spec.name] = read(spec);
+      if (mode === "reset" && carryOnDevice && !carry.confirmed) {
+        // Once per session: the add-on holds the state (had it not bound the session, every "continue"
+        // would silently start again from the values given here).
+        try {
+          readCarried(carry.id);
+        } catch (e) {
+          throw new Error(
+            `graph "${graph.name}": the CUDA add-on keeps no carried state of it: ${(e as Error).message}`,
+          );
+        }
+        carry.confirmed = true;
+      }
       if (mode && !carryOnDevice) {
         carry.computed = Object.fromEntries(
           carried.map((c) => [
