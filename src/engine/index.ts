@@ -49,6 +49,7 @@ import {
   newLoraWeights,
 } from "./models/lora.js";
 import { openSafetensors, type Safetensors } from "./models/safetensors.js";
+import type { FlatLayout } from "./optim/flat-params.js";
 import { type StepFeeds, Trainer, type TrainerArgs } from "./optim/trainer.js";
 import {
   type CarryMode,
@@ -463,12 +464,25 @@ export class StableDiffusion {
       ...(wantContext ? (["context"] as const) : []),
       args.lora ? "lora" : "unet",
     ];
-    const { session, lora: inputs, weights } = await this.lossSession(args, wrt, true);
-    const trained: Record<string, HostTensor> = {
-      ...(args.lora && inputs ? inputs.feeds(args.lora) : {}),
-      ...(args.unet ? weightFeeds("trainer", weights, args.unet) : {}),
+    const { session, lora: inputs, trained } = await this.lossSession(args, wrt, true);
+    if (!trained) throw new Error("trainer: the training graph has no flat parameters");
+    const arrays = new Map<string, Float32Array>(
+      args.lora
+        ? [...args.lora].flatMap(([path, m]) => [
+            [loraDownName(path), m.down],
+            [loraUpName(path), m.up],
+          ])
+        : [...(args.unet ?? [])],
+    );
+    const values = (name: string) => {
+      const a = arrays.get(name);
+      if (!a) throw new Error(`trainer: the trained tensors lack ${name}`);
+      return a;
     };
-    return new Trainer(session, trained, args.adam, (step) =>
+    // The adapter's feeds check it against the graph's modules and give its scale (its tensors are the
+    // flat parameters' pieces here, not inputs: the session ignores them).
+    const extra = args.lora && inputs ? inputs.feeds(args.lora) : {};
+    return new Trainer(session, { layout: trained, values }, extra, args.adam, (step) =>
       this.lossFeeds({ ...step, size: args.size }, wantContext, "trainer"),
     );
   }
@@ -481,7 +495,12 @@ export class StableDiffusion {
     a: { batch: number; size: LatentSize; lora?: LoraWeights; unet?: UnetWeights },
     wrt: LossArgs["wrt"],
     optimize: boolean,
-  ): Promise<{ session: Session; lora: LoraInputs | undefined; weights: Map<string, Tensor> }> {
+  ): Promise<{
+    session: Session;
+    lora: LoraInputs | undefined;
+    weights: Map<string, Tensor>;
+    trained?: FlatLayout;
+  }> {
     const what = optimize ? "trainer" : "lossAndGrads";
     if (a.batch === 0) throw new Error(`${what}: no timesteps given`);
     const [lh, lw] = checkSize(`${what}: latents`, a.size);

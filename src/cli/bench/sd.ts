@@ -9,6 +9,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command, Option } from "commander";
+import { PACK_ROW } from "../../engine/graph/emit.js";
 import type { Graph } from "../../engine/graph/index.js";
 import {
   type ComputeDType,
@@ -23,6 +24,7 @@ import {
 import { TextEncoderConfigSchema, UNetConfigSchema, VaeConfigSchema } from "../../engine/models/config.js";
 import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
+import { adamCoefficients } from "../../engine/optim/adam.js";
 import {
   createSession,
   cudaOptionsStatus,
@@ -182,10 +184,12 @@ function cases(
     ...(lora ? lora.feeds(newLoraWeights(loraModules(lora), lora.rank, lora.rank, 0)) : {}),
   });
   // The denoising loss at batch 1 with gradients w.r.t. what `wrt` names.
+  // The denoising loss at batch 1 with gradients w.r.t. what `wrt` names; with `optimize`, Adam on them in
+  // the graph instead, its state carried from run to run (the runs after the first continue it).
   const lossCase = (
     id: string,
     name: string,
-    wrt: Pick<LossGraphOptions, "wrtContext" | "wrtLora" | "loraRank">,
+    wrt: Pick<LossGraphOptions, "wrtContext" | "wrtLora" | "loraRank" | "optimize">,
   ): Case => ({
     id,
     name,
@@ -199,7 +203,22 @@ function cases(
         ...wrt,
         dtype: lossDtype,
       });
-      return { graph: lg.graph, feeds: () => lossFeeds(lg.lora) };
+      // The flat parameters (random here) with Adam's state at zero, as a trainer's first step feeds them.
+      const adam = (): Record<string, HostTensor> => {
+        const rows = lg.trained?.rows ?? 0;
+        const zero = (): HostTensor => ({
+          dtype: "float32",
+          shape: [rows, PACK_ROW],
+          data: new Float32Array(rows * PACK_ROW),
+        });
+        return {
+          [IO.trainParams]: f32([rows, PACK_ROW], 6, 0.01),
+          [IO.adamM]: zero(),
+          [IO.adamV]: zero(),
+          [IO.adamCoefficients]: { dtype: "float32", shape: [7], data: adamCoefficients({ lr: 1e-4 }, 1) },
+        };
+      };
+      return { graph: lg.graph, feeds: () => ({ ...lossFeeds(lg.lora), ...(wrt.optimize ? adam() : {}) }) };
     },
   });
   return [
@@ -255,10 +274,16 @@ function cases(
       wrtLora: true,
       loraRank: 16,
     }),
+    lossCase("train-lora", "loss + Adam on LoRA r=16 in the graph (batch 1)", {
+      wrtContext: false,
+      wrtLora: true,
+      loraRank: 16,
+      optimize: true,
+    }),
   ];
 }
 
-const CASE_IDS = ["text", "unet", "vae-encode", "vae-decode", "loss-context", "loss-lora"];
+const CASE_IDS = ["text", "unet", "vae-encode", "vae-decode", "loss-context", "loss-lora", "train-lora"];
 
 function loraModules(lora: LoraInputs) {
   return [...lora.modules].map(([path, m]) => ({ path, inF: m.inF, outF: m.outF }));

@@ -3,9 +3,18 @@
  * what the engine compiles into sessions (one per component, batch, size and variant) and what the parity
  * suite and the benchmark build; the networks themselves live in clip.ts, unet.ts and vae.ts.
  */
+
+import { PACK_ROW } from "../graph/emit.js";
 import type { Tensor } from "../graph/index.js";
 import { add, Graph, grad, mul, reduceMean, reshape, sub } from "../graph/index.js";
 import { adamCoefficientTensors, adamUpdate } from "../optim/adam.js";
+import {
+  type FlatLayout,
+  flatGradient,
+  flatLayout,
+  flatSource,
+  type TrainedSource,
+} from "../optim/flat-params.js";
 import { CARRY_PREFIX } from "../runtime/carry.js";
 import type { AttentionHook } from "./attention.js";
 import { clipTextEncoder } from "./clip.js";
@@ -35,10 +44,11 @@ export const IO = {
   dContext: "d_context",
   /** Prefix of the gradient outputs: `d.<input name>` for LoRA and weight inputs. */
   grad: "d.",
-  /** An optimizing loss graph's Adam state per trained input: `adam.m.<input name>`, `adam.v.<input name>`. */
-  adamM: "adam.m.",
-  adamV: "adam.v.",
-  /** Its step's coefficients, [7] (optim/adam.ts, adamCoefficients). */
+  /** An optimizing loss graph's trained tensors as one flat input (optim/flat-params.ts), Adam's m and v
+   *  laid out the same, and the step's coefficients, [7] (optim/adam.ts, adamCoefficients). */
+  trainParams: "train.params",
+  adamM: "adam.m",
+  adamV: "adam.v",
   adamCoefficients: "adam.coefficients",
 } as const;
 
@@ -139,10 +149,10 @@ export interface LossGraphOptions extends UNetGraphOptions {
   wrtLora: boolean;
   wrtWeights?: (name: string) => boolean;
   /**
-   * Adam inside the graph for the LoRA and weight inputs differentiated: instead of their gradients the
-   * graph outputs their next values and Adam's next m and v, as carried outputs (`carry.<input>`) that
-   * the session feeds back into the next run — on the device where the runtime can (runtime/session.ts).
-   * The context's gradient stays an output.
+   * Adam inside the graph for the LoRA and weight tensors differentiated: they are one flat input
+   * (`train.params`), and instead of their gradients the graph outputs its next value and Adam's next m and
+   * v, as carried outputs (`carry.<input>`) that the session feeds back into the next run — on the device
+   * where the runtime can (runtime/carry.ts). The context's gradient stays an output.
    */
   optimize?: boolean;
 }
@@ -152,6 +162,8 @@ export interface LossGraph {
   lora: LoraInputs | undefined;
   /** UNet weights delivered as inputs, by checkpoint name (their gradients are `d.<name>`). */
   weights: Map<string, Tensor>;
+  /** With `optimize`: where each trained tensor sits in the flat `train.params`. */
+  trained?: FlatLayout;
 }
 
 /**
@@ -161,7 +173,87 @@ export interface LossGraph {
  */
 export function lossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOptions): LossGraph {
   if (o.wrtLora && !o.loraRank) throw new Error("loss graph: gradients w.r.t. LoRA need a LoRA rank");
+  if (o.optimize) return optimizingLossGraph(store, c, o);
   const g = new Graph("unet_loss");
+  const f = lossForward(g, store, c, o);
+  const wrt = [
+    ...(o.wrtContext ? [[IO.dContext, f.context] as const] : []),
+    ...trainedTensors(f, o).map(([name, t]) => [IO.grad + name, t] as const),
+  ];
+  if (wrt.length > 0) {
+    const grads = grad(
+      f.loss,
+      wrt.map(([, t]) => t),
+    );
+    wrt.forEach(([name], i) => {
+      g.output(name, grads[i] as Tensor);
+    });
+  }
+  return { graph: g, lora: f.lora, weights: f.p.inputs };
+}
+
+/**
+ * The loss graph with Adam inside: the trained tensors are pieces of one flat input (optim/flat-params.ts)
+ * — found by a first, forward-only build that records what the UNet asks for — and Adam updates that flat
+ * tensor with the gradients laid out the same way.
+ */
+function optimizingLossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOptions): LossGraph {
+  const probe = new Graph("trained_tensors");
+  const found: { name: string; shape: readonly number[] }[] = [];
+  // Names and shapes are all the probe needs: it reads no weight (the real build checks them).
+  const shapes: WeightSource = {
+    has: (name) => store.has(name),
+    data: (name, request) => {
+      if (!request?.shape) throw new Error(`loss graph: weight ${name} requested without a shape`);
+      return {
+        dtype: request.dtype ?? "float32",
+        shape: request.shape,
+        bytes: () => {
+          throw new Error("loss graph: the trained tensors' probe reads no weight");
+        },
+      };
+    },
+  };
+  lossForward(probe, shapes, c, o, (name, shape) => {
+    found.push({ name, shape });
+    return probe.input(name, "float32", shape);
+  });
+  const layout = flatLayout(found);
+  const g = new Graph("unet_loss");
+  const flat = g.input(IO.trainParams, "float32", [layout.rows, PACK_ROW]);
+  const f = lossForward(g, store, c, o, flatSource(flat, layout));
+  const trained = trainedTensors(f, o);
+  const grads = grad(f.loss, [...(o.wrtContext ? [f.context] : []), ...trained.map(([, t]) => t)]);
+  if (o.wrtContext) g.output(IO.dContext, grads[0] as Tensor);
+  const offset = o.wrtContext ? 1 : 0;
+  const gradient = flatGradient(
+    layout,
+    new Map(trained.map(([name], i) => [name, grads[i + offset] as Tensor])),
+  );
+  const state = {
+    p: flat,
+    m: g.input(IO.adamM, "float32", flat.shape),
+    v: g.input(IO.adamV, "float32", flat.shape),
+  };
+  const next = adamUpdate(
+    state,
+    gradient,
+    adamCoefficientTensors(g.input(IO.adamCoefficients, "float32", [7])),
+  );
+  g.output(CARRY_PREFIX + IO.trainParams, next.p);
+  g.output(CARRY_PREFIX + IO.adamM, next.m);
+  g.output(CARRY_PREFIX + IO.adamV, next.v);
+  return { graph: g, lora: f.lora, weights: f.p.inputs, trained: layout };
+}
+
+/** The loss's forward part in `g`; `source` gives the trained tensors (LoRA when differentiated, weights). */
+function lossForward(
+  g: Graph,
+  store: WeightSource,
+  c: UNetConfig,
+  o: LossGraphOptions,
+  source?: TrainedSource,
+) {
   const shape = [o.batch, c.in_channels, o.height, o.width];
   const x0 = g.input(IO.x0, "float32", shape);
   const noise = g.input(IO.noise, "float32", shape);
@@ -174,47 +266,26 @@ export function lossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOption
     origin: "unet",
     trainable: o.wrtWeights,
     dtype: o.dtype ?? "float32",
+    ...(source ? { trainedSource: source } : {}),
   });
-  const lora = o.loraRank ? new LoraInputs(g, o.loraRank) : undefined;
+  const lora = o.loraRank
+    ? new LoraInputs(g, o.loraRank, undefined, o.wrtLora ? source : undefined)
+    : undefined;
   const noisy = add(mul(a, x0), mul(s, noise));
   const target = o.prediction === "epsilon" ? noise : sub(mul(a, noise), mul(s, x0));
   const pred = unet(p, c, { sample: noisy, timestep, context }, lora);
   const diff = sub(pred, target);
   const loss = reduceMean(mul(diff, diff), [0, 1, 2, 3], false);
   g.output(IO.loss, loss);
+  return { loss, context, p, lora };
+}
 
-  const wrt: Array<[string, Tensor]> = [];
-  if (o.wrtContext) wrt.push([IO.dContext, context]);
-  if (o.wrtLora && lora) {
-    for (const [path, m] of lora.modules) {
-      wrt.push([IO.grad + loraDownName(path), m.down], [IO.grad + loraUpName(path), m.up]);
-    }
+/** The tensors a loss graph trains, by input name: the LoRA's (when differentiated), then the weights'. */
+function trainedTensors(f: ReturnType<typeof lossForward>, o: LossGraphOptions): Array<[string, Tensor]> {
+  const out: Array<[string, Tensor]> = [];
+  if (o.wrtLora && f.lora) {
+    for (const [path, m] of f.lora.modules) out.push([loraDownName(path), m.down], [loraUpName(path), m.up]);
   }
-  for (const [name, t] of p.inputs) wrt.push([`${IO.grad}${name}`, t]);
-  if (wrt.length > 0) {
-    const grads = grad(
-      loss,
-      wrt.map(([, t]) => t),
-    );
-    const c = o.optimize ? adamCoefficientTensors(g.input(IO.adamCoefficients, "float32", [7])) : [];
-    wrt.forEach(([name, t], i) => {
-      const d = grads[i] as Tensor;
-      if (!o.optimize || t === context) {
-        g.output(name, d);
-        return;
-      }
-      // The input's own name: the gradient output's without its prefix.
-      const input = name.slice(IO.grad.length);
-      const state = {
-        p: t,
-        m: g.input(IO.adamM + input, "float32", t.shape),
-        v: g.input(IO.adamV + input, "float32", t.shape),
-      };
-      const next = adamUpdate(state, d, c);
-      g.output(CARRY_PREFIX + input, next.p);
-      g.output(CARRY_PREFIX + IO.adamM + input, next.m);
-      g.output(CARRY_PREFIX + IO.adamV + input, next.v);
-    });
-  }
-  return { graph: g, lora, weights: p.inputs };
+  for (const [name, t] of f.p.inputs) out.push([name, t]);
+  return out;
 }

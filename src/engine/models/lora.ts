@@ -7,6 +7,7 @@ import { UserFacingError } from "../../errors.js";
 import { mulberry32 } from "../diffusion/rng.js";
 import type { Graph, Tensor } from "../graph/index.js";
 import { add, cast, linear, mul, reshape } from "../graph/index.js";
+import type { TrainedSource } from "../optim/flat-params.js";
 import type { HostTensor } from "../runtime/index.js";
 import type { Safetensors } from "./safetensors.js";
 
@@ -45,10 +46,13 @@ export class LoraInputs implements LoraHook {
   readonly scale: Tensor;
 
   /** `rows`: one scale per batch row (so the adapter can act on some rows only, e.g. Photoswap's targets). */
+  /** `source`: where the adapter's tensors come from (default: a graph input each; a training graph with
+   *  Adam inside slices them from one flat input, optim/flat-params.ts). */
   constructor(
     readonly graph: Graph,
     readonly rank: number,
     readonly rows?: number,
+    private readonly source: TrainedSource = (name, shape) => graph.input(name, "float32", shape),
   ) {
     if (!Number.isInteger(rank) || rank < 1)
       throw new Error(`LoRA rank must be a positive integer, got ${rank}`);
@@ -58,8 +62,8 @@ export class LoraInputs implements LoraHook {
   apply(path: string, x: Tensor, y: Tensor, inF: number, outF: number): Tensor {
     if (!isLoraTarget(path)) return y;
     if (this.modules.has(path)) throw new Error(`LoRA: module ${path} adapted twice`);
-    const down = this.graph.input(loraDownName(path), "float32", [this.rank, inF]);
-    const up = this.graph.input(loraUpName(path), "float32", [outF, this.rank]);
+    const down = this.source(loraDownName(path), [this.rank, inF]);
+    const up = this.source(loraUpName(path), [outF, this.rank]);
     this.modules.set(path, { down, up, inF, outF });
     const lowered = (t: Tensor) => cast(t, x.dtype);
     const delta = linear(linear(x, lowered(down)), lowered(up));

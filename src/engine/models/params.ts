@@ -6,6 +6,7 @@
  */
 import type { DType, Graph, Tensor } from "../graph/index.js";
 import { cast } from "../graph/index.js";
+import type { TrainedSource } from "../optim/flat-params.js";
 import type { WeightStore } from "./weights.js";
 
 export interface ParamSource {
@@ -24,6 +25,8 @@ export interface StoreParamsOptions {
   dtype?: "float32" | "float16";
   /** Parameters delivered as float32 graph inputs (named as the parameter) instead of initializers. */
   trainable?: (name: string) => boolean;
+  /** Where the trainable parameters come from instead (a training graph's flat input, optim/flat-params.ts). */
+  trainedSource?: TrainedSource;
   /** Names the source is known by in error messages (a file or folder). */
   origin?: string;
   /** The older name diffusers still loads a parameter under, read when the store lacks `name`. */
@@ -53,7 +56,7 @@ export class StoreParams implements ParamSource {
     if (this.opts.trainable?.(name)) {
       // Checks shape and dtype the same way an initializer would, without reading the bytes.
       this.store.data(stored, { shape, dtype: "float32" });
-      t = this.graph.input(name, "float32", shape);
+      t = this.opts.trainedSource?.(name, shape) ?? this.graph.input(name, "float32", shape);
       this.inputs.set(name, t);
       t = cast(t, this.dtype);
     } else {

@@ -6,13 +6,14 @@
  * the context's gradient, when asked for). Host Adam (optim/adam.ts) would send every trained tensor and
  * read back every gradient each step, then update them on one CPU core.
  */
-import { numel } from "../graph/dtype.js";
+import { PACK_ROW } from "../graph/emit.js";
 import type { LatentSize } from "../index.js";
 import { IO } from "../models/components.js";
 import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
 import type { HostTensor, Session } from "../runtime/index.js";
 import { ADAM_HOLD, type AdamOptions, adamCoefficients } from "./adam.js";
+import { type FlatLayout, packFlat, unpackFlat } from "./flat-params.js";
 
 export interface TrainerArgs {
   /** The adapter or the UNet weights to train (one of them); `finish` writes the trained values into them. */
@@ -54,26 +55,17 @@ export class Trainer {
   /** Adam's t: the steps that updated the trained tensors. */
   private updates = 0;
   private started = false;
-  /** What the first step feeds for the trained tensors: their values, m = v = 0 (and the adapter's scale). */
-  private readonly initial: Record<string, HostTensor>;
 
   constructor(
     private readonly session: Session,
-    /** The trained tensors' feeds, over the caller's arrays (`finish` writes into them). */
-    private readonly trained: Record<string, HostTensor>,
+    /** Where each trained tensor sits in the graph's flat parameters, and the caller's array of it
+     *  (read at the first step, written by `finish`). */
+    private readonly trained: { layout: FlatLayout; values: (name: string) => Float32Array },
+    /** The graph's other inputs for the trained tensors (the adapter's scale). */
+    private readonly extra: Record<string, HostTensor>,
     private readonly adam: AdamOptions,
     private readonly stepFeeds: (s: TrainerStepArgs) => StepFeeds,
-  ) {
-    this.initial = { ...trained };
-    for (const c of session.carried) {
-      if (c.name.startsWith(IO.adamM) || c.name.startsWith(IO.adamV))
-        this.initial[c.name] = {
-          dtype: "float32",
-          shape: [...c.shape],
-          data: new Float32Array(numel(c.shape)),
-        };
-    }
-  }
+  ) {}
 
   /** Adam's steps so far. */
   get steps(): number {
@@ -87,7 +79,9 @@ export class Trainer {
     const out = await this.session.run(
       {
         ...feeds,
-        ...this.initial,
+        ...this.extra,
+        // The first step starts Adam from the caller's values, m = v = 0; later ones go on from the session's.
+        ...(this.started ? {} : this.initial()),
         [IO.adamCoefficients]: { dtype: "float32", shape: [7], data: coefficients },
       },
       { carry: this.started ? "continue" : "reset" },
@@ -96,6 +90,21 @@ export class Trainer {
     this.started = true;
     if (!s.hold) this.updates++;
     return result(out);
+  }
+
+  private initial(): Record<string, HostTensor> {
+    const { layout, values } = this.trained;
+    const shape = [layout.rows, PACK_ROW];
+    const zeros = (): HostTensor => ({
+      dtype: "float32",
+      shape,
+      data: new Float32Array(layout.rows * PACK_ROW),
+    });
+    return {
+      [IO.trainParams]: { dtype: "float32", shape, data: packFlat(layout, values) },
+      [IO.adamM]: zeros(),
+      [IO.adamV]: zeros(),
+    };
   }
 
   private checkHolder(): void {
@@ -109,10 +118,8 @@ export class Trainer {
   async finish(): Promise<void> {
     if (!this.started) return;
     this.checkHolder();
-    const values = await this.session.readCarried();
-    for (const [name, t] of Object.entries(this.trained)) {
-      const v = values[name];
-      if (v) (t.data as Float32Array).set(v.data as Float32Array);
-    }
+    const flat = (await this.session.readCarried())[IO.trainParams];
+    if (!flat) throw new Error("trainer: the session carries no trained parameters");
+    unpackFlat(this.trained.layout, flat.data as Float32Array, this.trained.values);
   }
 }

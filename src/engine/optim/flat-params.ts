@@ -1,0 +1,91 @@
+/**
+ * A training graph's trained tensors as one flat float32 input, [rows, PACK_ROW], each tensor in whole rows
+ * (zero-padded). Adam then updates one tensor instead of each of SD 1.5's 626 LoRA tensors (13 ops apiece:
+ * ≈ 8 100 small kernels per step on a GPU, more than the update's arithmetic), and the session carries three
+ * tensors (values, m, v) from step to step. Whole rows, as emit.ts's packed outputs: onnxruntime's CUDA
+ * Concat of unequal flat pieces uploads an index table as long as the result on every run; of [rows, 256]
+ * pieces along rows, one entry per row.
+ */
+import { PACK_ROW } from "../graph/emit.js";
+import type { Tensor } from "../graph/graph.js";
+import { concat, pad, reshape, slice } from "../graph/ops.js";
+
+/** Where a graph's trained tensors come from (LoraInputs, StoreParams): by default an input each. */
+export type TrainedSource = (name: string, shape: readonly number[]) => Tensor;
+
+export interface FlatPart {
+  name: string;
+  shape: number[];
+  /** Values of the tensor, and its first row and rows in the flat tensor. */
+  size: number;
+  row: number;
+  rows: number;
+}
+
+export interface FlatLayout {
+  parts: FlatPart[];
+  rows: number;
+}
+
+export function flatLayout(tensors: readonly { name: string; shape: readonly number[] }[]): FlatLayout {
+  let row = 0;
+  const parts = tensors.map(({ name, shape }) => {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const rows = Math.ceil(size / PACK_ROW);
+    const part = { name, shape: [...shape], size, row, rows };
+    row += rows;
+    return part;
+  });
+  return { parts, rows: row };
+}
+
+/** The flat input's pieces, as a TrainedSource: each trained tensor is its rows, reshaped. */
+export function flatSource(flat: Tensor, layout: FlatLayout): TrainedSource {
+  const byName = new Map(layout.parts.map((p) => [p.name, p]));
+  return (name, shape) => {
+    const p = byName.get(name);
+    if (!p || p.shape.join() !== shape.join())
+      throw new Error(
+        `flat parameters: ${name} [${shape}] is not in the layout (${p ? `[${p.shape}]` : "absent"})`,
+      );
+    const rows = reshape(slice(flat, [p.row], [p.row + p.rows], [0]), [p.rows * PACK_ROW]);
+    return reshape(p.size < p.rows * PACK_ROW ? slice(rows, [0], [p.size]) : rows, p.shape);
+  };
+}
+
+/** The parts' gradients laid out as the flat tensor, [rows, PACK_ROW]. */
+export function flatGradient(layout: FlatLayout, grads: ReadonlyMap<string, Tensor>): Tensor {
+  return concat(
+    layout.parts.map((p) => {
+      const g = grads.get(p.name);
+      if (!g) throw new Error(`flat parameters: no gradient for ${p.name}`);
+      const flat = reshape(g, [p.size]);
+      return reshape(p.size < p.rows * PACK_ROW ? pad(flat, [0, p.rows * PACK_ROW - p.size]) : flat, [
+        p.rows,
+        PACK_ROW,
+      ]);
+    }),
+    0,
+  );
+}
+
+/** The host's side: the named arrays packed as the flat tensor's values. */
+export function packFlat(layout: FlatLayout, values: (name: string) => Float32Array): Float32Array {
+  const out = new Float32Array(layout.rows * PACK_ROW);
+  for (const p of layout.parts) {
+    const v = values(p.name);
+    if (v.length !== p.size)
+      throw new Error(`flat parameters: ${p.name} holds ${v.length} values, not ${p.size}`);
+    out.set(v, p.row * PACK_ROW);
+  }
+  return out;
+}
+
+/** The flat tensor's values written back into the named arrays. */
+export function unpackFlat(
+  layout: FlatLayout,
+  flat: Float32Array,
+  into: (name: string) => Float32Array,
+): void {
+  for (const p of layout.parts) into(p.name).set(flat.subarray(p.row * PACK_ROW, p.row * PACK_ROW + p.size));
+}
