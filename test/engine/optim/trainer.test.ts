@@ -24,6 +24,9 @@ const cloneLora = (l: LoraWeights): LoraWeights =>
   new Map([...l].map(([k, m]) => [k, { ...m, down: m.down.slice(), up: m.up.slice() }]));
 const flatLora = (l: LoraWeights) => Float32Array.from([...l.values()].flatMap((m) => [...m.down, ...m.up]));
 const flatUnet = (w: UnetWeights) => Float32Array.from([...w.values()].flatMap((a) => [...a]));
+/** A trainer of `trained` (an adapter or weights) on the fixed step's batch and size, at LR. */
+const trainer = (trained: { lora: LoraWeights } | { unet: UnetWeights }, wrtContext = false) =>
+  sd.trainer({ ...trained, wrtContext, batch: step.t.length, size: step.size, adam: { lr: LR } });
 
 /**
  * Adam's update exactly as the graph computes it (optim/adam.ts, adamUpdate): every operation rounded to
@@ -98,17 +101,12 @@ describe("Trainer: Adam inside the training graph", () => {
     const host = cloneLora(start);
     const graph = cloneLora(start);
     const hostLosses = await onHost(host, null, STEPS, "float32");
-    const trainer = await sd.trainer({
-      lora: graph,
-      batch: step.t.length,
-      size: step.size,
-      adam: { lr: LR },
-    });
-    const graphLosses = await inGraph(trainer);
+    const t = await trainer({ lora: graph });
+    const graphLosses = await inGraph(t);
     // The graph's gradients and float32 update, bitwise (measured: identical losses and adapters).
     expect(graphLosses).toEqual(hostLosses);
     expect(flatLora(graph)).toEqual(flatLora(host));
-    expect(trainer.steps).toBe(STEPS);
+    expect(t.steps).toBe(STEPS);
     expect(relativeDistance(flatLora(graph), flatLora(start))).toBeGreaterThan(1e-2);
   });
 
@@ -121,7 +119,7 @@ describe("Trainer: Adam inside the training graph", () => {
     const host = cloneLora(start);
     const graph = cloneLora(start);
     await onHost(host, null, 1, "float64");
-    await inGraph(await sd.trainer({ lora: graph, batch: 2, size: step.size, adam: { lr: LR } }), 1);
+    await inGraph(await trainer({ lora: graph }), 1);
     expect(relativeDistance(flatLora(graph), flatLora(host))).toBeLessThan(1e-6);
     expect(relativeDistance(flatLora(graph), flatLora(start))).toBeGreaterThan(1e-2);
   });
@@ -131,7 +129,7 @@ describe("Trainer: Adam inside the training graph", () => {
     const graph = sd.unetWeights("attention-projections");
     const start = flatUnet(host);
     await onHost(null, host, STEPS, "float32");
-    await inGraph(await sd.trainer({ unet: graph, batch: step.t.length, size: step.size, adam: { lr: LR } }));
+    await inGraph(await trainer({ unet: graph }));
     expect(flatUnet(graph)).toEqual(flatUnet(host));
     expect(relativeDistance(flatUnet(graph), start)).toBeGreaterThan(1e-3);
   });
@@ -141,7 +139,7 @@ describe("Trainer: Adam inside the training graph", () => {
     // Two hold steps, then two updates, against two updates alone: bitwise the same adapter (a hold is
     // m ← 1·m + 0·g, p ← p − 0·…: exact), and the hold steps' context gradient is lossAndGrads'.
     const held = cloneLora(start);
-    const a = await sd.trainer({ lora: held, wrtContext: true, batch: 2, size: step.size, adam: { lr: LR } });
+    const a = await trainer({ lora: held }, true);
     const r = await a.step({ ...step, context, hold: true });
     const ref = await sd.lossAndGrads({ ...step, context, lora: start, wrt: ["context", "lora"] });
     expect(r.loss).toBeCloseTo(ref.loss, 6);
@@ -152,13 +150,7 @@ describe("Trainer: Adam inside the training graph", () => {
     await a.step({ ...step, context });
     await a.finish();
     const plain = cloneLora(start);
-    const b = await sd.trainer({
-      lora: plain,
-      wrtContext: true,
-      batch: 2,
-      size: step.size,
-      adam: { lr: LR },
-    });
+    const b = await trainer({ lora: plain }, true);
     await b.step({ ...step, context });
     await b.step({ ...step, context });
     await b.finish();
@@ -169,28 +161,18 @@ describe("Trainer: Adam inside the training graph", () => {
   it("starts each trainer from its own adapter, not from the session's last state", async () => {
     // Both trainers share one compiled session (same shapes): the second's first step must reset it.
     const first = cloneLora(sd.newLora(4, 4, 1));
-    await inGraph(await sd.trainer({ lora: first, batch: 2, size: step.size, adam: { lr: LR } }));
+    await inGraph(await trainer({ lora: first }));
     const again = sd.newLora(4, 4, 1);
     const reference = cloneLora(again);
-    await inGraph(await sd.trainer({ lora: again, batch: 2, size: step.size, adam: { lr: LR } }));
+    await inGraph(await trainer({ lora: again }));
     expect(flatLora(again)).toEqual(flatLora(first));
     expect(relativeDistance(flatLora(again), flatLora(reference))).toBeGreaterThan(1e-3);
   });
 
   it("fails a trainer whose session another trainer has started on, instead of going on from its state", async () => {
-    const first = await sd.trainer({
-      lora: sd.newLora(4, 4, 1),
-      batch: 2,
-      size: step.size,
-      adam: { lr: LR },
-    });
+    const first = await trainer({ lora: sd.newLora(4, 4, 1) });
     await first.step({ ...step, context });
-    const second = await sd.trainer({
-      lora: sd.newLora(4, 4, 2),
-      batch: 2,
-      size: step.size,
-      adam: { lr: LR },
-    });
+    const second = await trainer({ lora: sd.newLora(4, 4, 2) });
     await second.step({ ...step, context });
     const replaced = /another training run started on this training session/;
     await expect(first.step({ ...step, context })).rejects.toThrow(replaced);
