@@ -24,7 +24,7 @@ import {
 import { TextEncoderConfigSchema, UNetConfigSchema, VaeConfigSchema } from "../../engine/models/config.js";
 import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
-import { adamCoefficients } from "../../engine/optim/adam.js";
+import { ADAM_COEFFICIENTS, adamCoefficients } from "../../engine/optim/adam.js";
 import {
   createSession,
   cudaOptionsStatus,
@@ -215,7 +215,11 @@ function cases(
           [IO.trainParams]: f32([rows, PACK_ROW], 6, 0.01),
           [IO.adamM]: zero(),
           [IO.adamV]: zero(),
-          [IO.adamCoefficients]: { dtype: "float32", shape: [7], data: adamCoefficients({ lr: 1e-4 }, 1) },
+          [IO.adamCoefficients]: {
+            dtype: "float32",
+            shape: [ADAM_COEFFICIENTS],
+            data: adamCoefficients({ lr: 1e-4 }, 1),
+          },
         };
       };
       return { graph: lg.graph, feeds: () => ({ ...lossFeeds(lg.lora), ...(wrt.optimize ? adam() : {}) }) };

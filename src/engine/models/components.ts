@@ -7,7 +7,7 @@
 import { PACK_ROW } from "../graph/emit.js";
 import type { Tensor } from "../graph/index.js";
 import { add, Graph, grad, mul, reduceMean, reshape, sub } from "../graph/index.js";
-import { adamCoefficientTensors, adamUpdate } from "../optim/adam.js";
+import { ADAM_COEFFICIENTS, adamUpdate } from "../optim/adam.js";
 import {
   type FlatLayout,
   flatGradient,
@@ -45,7 +45,7 @@ export const IO = {
   /** Prefix of the gradient outputs: `d.<input name>` for LoRA and weight inputs. */
   grad: "d.",
   /** An optimizing loss graph's trained tensors as one flat input (optim/flat-params.ts), Adam's m and v
-   *  laid out the same, and the step's coefficients, [7] (optim/adam.ts, adamCoefficients). */
+   *  laid out the same, and the step's coefficients (optim/adam.ts, adamCoefficients). */
   trainParams: "train.params",
   adamM: "adam.m",
   adamV: "adam.v",
@@ -235,11 +235,7 @@ function optimizingLossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOpt
     m: g.input(IO.adamM, "float32", flat.shape),
     v: g.input(IO.adamV, "float32", flat.shape),
   };
-  const next = adamUpdate(
-    state,
-    gradient,
-    adamCoefficientTensors(g.input(IO.adamCoefficients, "float32", [7])),
-  );
+  const next = adamUpdate(state, gradient, g.input(IO.adamCoefficients, "float32", [ADAM_COEFFICIENTS]));
   g.output(CARRY_PREFIX + IO.trainParams, next.p);
   g.output(CARRY_PREFIX + IO.adamM, next.m);
   g.output(CARRY_PREFIX + IO.adamV, next.v);

@@ -80,46 +80,48 @@ export class Adam {
 }
 
 /**
- * Adam's update at step t as seven numbers, so a graph can apply it (`adamUpdate`) with the step as an
- * input: m ← a₁m + b₁g, v ← a₂v + b₂g², p ← p − s·m / (√v·k + ε), where s = lr/(1−β₁ᵗ) and
- * k = 1/√(1−β₂ᵗ) fold in the bias corrections — the host update above, rearranged.
+ * Adam's update at step t as torch.optim.Adam computes it on a float32 tensor, its scalars as numbers a graph
+ * takes as an input (`adamUpdate`), so one graph serves every step:
+ *   m ← m + w·(g − m)            exp_avg.lerp_(g, 1 − β₁)
+ *   v ← β₂·v + ((1 − β₂)·g)·g    exp_avg_sq.mul_(β₂).addcmul_(g, g, value=1 − β₂)
+ *   p ← p − s·(m / (√v / r + ε))  p.addcdiv_(exp_avg, exp_avg_sq.sqrt() / r + ε, value=−s)
+ * with w = 1 − β₁, s = lr/(1 − β₁ᵗ), r = √(1 − β₂ᵗ): [w, β₂, 1 − β₂, s, r, ε].
  */
 export function adamCoefficients(opts: AdamOptions, t: number): Float32Array {
   const beta1 = opts.beta1 ?? 0.9;
   const beta2 = opts.beta2 ?? 0.999;
   return Float32Array.of(
-    beta1,
     1 - beta1,
     beta2,
     1 - beta2,
     opts.lr / (1 - beta1 ** t),
-    1 / Math.sqrt(1 - beta2 ** t),
+    Math.sqrt(1 - beta2 ** t),
     opts.eps ?? 1e-8,
   );
 }
 
-/** Coefficients of an update that leaves p, m and v as they are (a graph's tensors another stage trains). */
-export const ADAM_HOLD = Float32Array.of(1, 0, 1, 0, 0, 1, 1);
+/** How many numbers `adamCoefficients` gives. */
+export const ADAM_COEFFICIENTS = 6;
 
-/** Adam's state of one trained tensor in a graph, and its next values. */
+/** Coefficients of an update that leaves p, m and v exactly as they are (w = 0, β₂ = 1, s = 0). */
+export const ADAM_HOLD = Float32Array.of(0, 1, 0, 0, 1, 1);
+
+/** Adam's state of a trained tensor in a graph, and its next values. */
 export interface AdamTensors {
   p: Tensor;
   m: Tensor;
   v: Tensor;
 }
 
-/** The seven coefficients of `adamCoefficients`, sliced once from their [7] input for every update. */
-export function adamCoefficientTensors(c: Tensor): Tensor[] {
-  if (c.shape.length !== 1 || c.shape[0] !== 7)
-    throw new Error(`Adam coefficients must be [7], got [${c.shape}]`);
-  return Array.from({ length: 7 }, (_, i) => slice(c, [i], [i + 1]));
-}
-
-/** One Adam update of (p, m, v) with gradient g, in the graph (float32 throughout). */
-export function adamUpdate(s: AdamTensors, g: Tensor, c: readonly Tensor[]): AdamTensors {
-  const [a1, b1, a2, b2, step, k, eps] = c as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
-  const m = add(mul(a1, s.m), mul(b1, g));
-  const v = add(mul(a2, s.v), mul(b2, mul(g, g)));
-  const p = sub(s.p, div(mul(step, m), add(mul(sqrt(v), k), eps)));
+/** One Adam update of (p, m, v) with gradient g, in the graph (float32), as `adamCoefficients` says. */
+export function adamUpdate(s: AdamTensors, g: Tensor, coefficients: Tensor): AdamTensors {
+  if (coefficients.shape.join() !== String(ADAM_COEFFICIENTS))
+    throw new Error(`Adam coefficients must be [${ADAM_COEFFICIENTS}], got [${coefficients.shape}]`);
+  const [w, beta2, c2, step, r, eps] = Array.from({ length: ADAM_COEFFICIENTS }, (_, i) =>
+    slice(coefficients, [i], [i + 1]),
+  ) as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
+  const m = add(s.m, mul(w, sub(g, s.m)));
+  const v = add(mul(beta2, s.v), mul(mul(c2, g), g));
+  const p = sub(s.p, mul(step, div(m, add(div(sqrt(v), r), eps))));
   return { p, m, v };
 }

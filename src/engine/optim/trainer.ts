@@ -12,7 +12,7 @@ import { IO } from "../models/components.js";
 import type { UnetWeights } from "../models/finetune.js";
 import type { LoraWeights } from "../models/lora.js";
 import type { HostTensor, Session } from "../runtime/index.js";
-import { ADAM_HOLD, type AdamOptions, adamCoefficients } from "./adam.js";
+import { ADAM_COEFFICIENTS, ADAM_HOLD, type AdamOptions, adamCoefficients } from "./adam.js";
 import { type FlatLayout, packFlat, unpackFlat } from "./flat-params.js";
 
 export interface TrainerArgs {
@@ -82,7 +82,7 @@ export class Trainer {
         ...this.extra,
         // The first step starts Adam from the caller's values, m = v = 0; later ones go on from the session's.
         ...(this.started ? {} : this.initial()),
-        [IO.adamCoefficients]: { dtype: "float32", shape: [7], data: coefficients },
+        [IO.adamCoefficients]: { dtype: "float32", shape: [ADAM_COEFFICIENTS], data: coefficients },
       },
       { carry: this.started ? "continue" : "reset" },
     );
