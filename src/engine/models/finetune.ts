@@ -63,7 +63,8 @@ export interface TrainingMemoryArgs {
 }
 
 export interface TrainingMemory {
-  /** fp32 trained weights + their gradients + Adam's m and v (16 bytes per trained value). */
+  /** The trained weights and Adam's m and v in and out of the training graph, the gradient and its flat
+   *  layout (32 bytes per trained value, fp32: optim/flat-params.ts). */
   trained: number;
   /** Frozen weights held by the session in the compute dtype. */
   frozen: number;
@@ -73,11 +74,12 @@ export interface TrainingMemory {
 }
 
 /**
- * What one full fine-tune step needs, roughly: 16 B per trained value (weights, gradients, Adam m and
- * v, all fp32), the frozen weights in the compute dtype, and the activations the backward pass keeps.
+ * What one full fine-tune step needs, roughly: 32 B per trained value (weights, m and v as the training
+ * graph's carried inputs and as its outputs, the gradient and its flat layout, all fp32; optim/flat-params.ts),
+ * the frozen weights in the compute dtype, and the activations the backward pass keeps.
  */
 export function estimateTrainingMemory(a: TrainingMemoryArgs): TrainingMemory {
-  const trained = 16 * a.trainedParams;
+  const trained = 32 * a.trainedParams;
   const frozen = a.computeBytes * a.frozenParams;
   const activations = estimateActivationBytes(a);
   return { trained, frozen, activations, total: trained + frozen + activations };
@@ -90,7 +92,7 @@ export function estimateTrainingMemory(a: TrainingMemoryArgs): TrainingMemory {
  * probabilities (2 × heads × (hw)²) and the cross-attention ones (2 × heads × hw × 77). Down blocks
  * have layers_per_block blocks, up blocks one more, the mid block 2 resnets + 1 transformer. A 1.5×
  * margin covers the backward pass's transient buffers. For SD 1.5 at 64² latents, batch 1: ≈ 12 GB
- * in fp32 (6 GB in fp16), beside the 13.8 GB of weights, gradients and Adam state when every weight
+ * in fp32 (6 GB in fp16), beside the 27.5 GB of weights, gradients and Adam state when every weight
  * is trained.
  */
 export function estimateActivationBytes(a: TrainingMemoryArgs): number {
