@@ -2,10 +2,11 @@
  * Full-weight fine-tuning of the UNet: which weights are trained, how they are named in a session
  * cache key, and whether a training run fits the memory budget before it starts.
  *
- * Trained weights are float32 graph *inputs* (StoreParams' `trainable`), the rest stay initializers in
- * the compute dtype. One compiled session per trained subset then serves every fine-tune of the model
- * (as LoRA's inputs do), and the session holds no second copy of the trained weights: the host's
- * Float32Arrays are fed on each call.
+ * Trained weights are float32 graph *inputs* (StoreParams' `trainable`; in a training graph with Adam
+ * inside, pieces of its one flat input), the rest stay initializers in the compute dtype. One compiled
+ * session per trained subset then serves every fine-tune of the model (as LoRA's inputs do), and no
+ * session holds a second copy of them as weights: a render feeds the host's Float32Arrays on each call,
+ * a training run carries them (and Adam's state) from step to step.
  */
 import { createHash } from "node:crypto";
 import { UserFacingError } from "../../errors.js";
