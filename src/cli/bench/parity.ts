@@ -2,7 +2,8 @@
  * `bench parity`: the fixture goldens (test/fixtures/models, diffusers + transformers in float32) checked
  * on a device — the GPU counterpart of test/engine/parity.test.ts, which runs on the CPU. For each
  * fixture and dtype: text encoder, one UNet call, VAE encode/decode, the 4-step guided txt2img, and the
- * denoising loss with d loss / d context, each as ‖ours − golden‖/‖golden‖.
+ * denoising loss with d loss / d context, each as ‖ours − golden‖/‖golden‖; and, once per device, that a
+ * session carries its state from run to run exactly (what training's Adam state rides on).
  *
  * A result passes within its tolerance (below), or within twice the CPU provider's error at the same
  * dtype where that is larger: the sd2 txt2img is ill-conditioned in float32 (docs/ENGINE.md, "Parity"),
@@ -14,10 +15,17 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
 import { relativeDistance } from "../../engine/distance.js";
+import { add, Graph, mul } from "../../engine/graph/index.js";
 import { StableDiffusion } from "../../engine/index.js";
 import { openCheckpoint } from "../../engine/models/checkpoint.js";
 import { txt2img } from "../../engine/pipelines/txt2img.js";
-import { type Device, resolveDevice } from "../../engine/runtime/index.js";
+import {
+  CARRY_PREFIX,
+  createSession,
+  type Device,
+  type HostTensor,
+  resolveDevice,
+} from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 import { benchDeviceOption } from "../options.js";
 import { type GoldenData, goldenLossArgs, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
@@ -145,7 +153,52 @@ export async function runParity(opts: {
       }
     }
   }
+  const carry = await carriedStateError(device);
+  const row = {
+    fixture: "runtime",
+    dtype: "fp32" as const,
+    check: "carried state",
+    tolerance: 0,
+    error: carry,
+    cpuError: device === "cpu" ? carry : await carriedStateError("cpu"),
+    pass: carry === 0,
+  };
+  rows.push(row);
+  opts.log?.(
+    `runtime fp32 carried state        error ${carry}  (a counter graph's state kept by the session: exact)  ${row.pass ? "ok" : "FAIL"}`,
+  );
   return { device, rows };
+}
+
+/**
+ * Carried inputs on the device (runtime/carry.ts; on CUDA the add-on's device buffers, as a training step's
+ * LoRA and Adam state): a graph whose carried x steps by s each run, run reset, continue, continue and read
+ * back. Small whole numbers: any deviation is a fault, not rounding. The largest one.
+ */
+async function carriedStateError(device: Device): Promise<number> {
+  const g = new Graph("carried_state_check");
+  const x = g.input("x", "float32", [4]);
+  const s = g.input("s", "float32", [4]);
+  g.output("y", mul(x, 2));
+  g.output(`${CARRY_PREFIX}x`, add(x, s));
+  const session = await createSession(g, { device });
+  const vec = (v: number): HostTensor => ({
+    dtype: "float32",
+    shape: [4],
+    data: new Float32Array(4).fill(v),
+  });
+  const off = (t: HostTensor | undefined, want: number) =>
+    Math.max(...Array.from((t?.data as Float32Array | undefined) ?? [Number.NaN], (v) => Math.abs(v - want)));
+  try {
+    const errors = [off((await session.run({ x: vec(1), s: vec(1) }, { carry: "reset" })).y, 2)];
+    // The fed x (100) must be ignored: x is what the last run computed, 2 and then 3.
+    errors.push(off((await session.run({ x: vec(100), s: vec(1) }, { carry: "continue" })).y, 4));
+    errors.push(off((await session.run({ x: vec(100), s: vec(1) }, { carry: "continue" })).y, 6));
+    errors.push(off((await session.readCarried()).x, 4));
+    return Math.max(...errors);
+  } finally {
+    await session.release();
+  }
 }
 
 export function parityBenchCommand(): Command {
