@@ -1,7 +1,8 @@
 /**
  * `bench sd`: Stable Diffusion 1.5-shaped graphs with random weights made here (no checkpoint needed):
  * the UNet CFG step (batch 2), VAE encode and decode, a text-encoder call, and denoising-loss steps with
- * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1), at one or more image sizes (`--size
+ * gradients w.r.t. the context and w.r.t. LoRA r=16 (batch 1) — and the LoRA step as training runs it, Adam
+ * inside the graph and its state carried (`train-lora`) —, at one or more image sizes (`--size
  * 512,512x768`: square and portrait side by side). `--tiny` shrinks every network so the whole thing
  * runs on a CPU in seconds (a smoke test of the bundle and the graphs).
  */
