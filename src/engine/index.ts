@@ -479,9 +479,13 @@ export class StableDiffusion {
       if (!a) throw new Error(`trainer: the trained tensors lack ${name}`);
       return a;
     };
-    // The adapter's feeds check it against the graph's modules and give its scale (its tensors are the
-    // flat parameters' pieces here, not inputs: the session ignores them).
-    const extra = args.lora && inputs ? inputs.feeds(args.lora) : {};
+    // The adapter's feeds check it against the graph's modules; of them the graph takes its scale alone
+    // (its tensors are the flat parameters' pieces here).
+    const extra = Object.fromEntries(
+      Object.entries(args.lora && inputs ? inputs.feeds(args.lora) : {}).filter(([name]) =>
+        session.inputNames.includes(name),
+      ),
+    );
     return new Trainer(session, { layout: trained, values }, extra, args.adam, (step) =>
       this.lossFeeds({ ...step, size: args.size }, wantContext, "trainer"),
     );

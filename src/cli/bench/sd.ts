@@ -26,6 +26,8 @@ import { TextEncoderConfigSchema, UNetConfigSchema, VaeConfigSchema } from "../.
 import { type LoraInputs, newLoraWeights } from "../../engine/models/lora.js";
 import { randomWeights } from "../../engine/models/random-weights.js";
 import { ADAM_COEFFICIENTS, adamCoefficients } from "../../engine/optim/adam.js";
+import type { FlatLayout } from "../../engine/optim/flat-params.js";
+import { startingState } from "../../engine/optim/trainer.js";
 import {
   createSession,
   cudaOptionsStatus,
@@ -205,25 +207,18 @@ function cases(
         dtype: lossDtype,
       });
       // The flat parameters (random here) with Adam's state at zero, as a trainer's first step feeds them.
-      const adam = (): Record<string, HostTensor> => {
-        const rows = lg.trained?.rows ?? 0;
-        const zero = (): HostTensor => ({
+      const adam = (layout: FlatLayout): Record<string, HostTensor> => ({
+        ...startingState(layout, f32([layout.rows, PACK_ROW], 6, 0.01).data as Float32Array),
+        [IO.adamCoefficients]: {
           dtype: "float32",
-          shape: [rows, PACK_ROW],
-          data: new Float32Array(rows * PACK_ROW),
-        });
-        return {
-          [IO.trainParams]: f32([rows, PACK_ROW], 6, 0.01),
-          [IO.adamM]: zero(),
-          [IO.adamV]: zero(),
-          [IO.adamCoefficients]: {
-            dtype: "float32",
-            shape: [ADAM_COEFFICIENTS],
-            data: adamCoefficients({ lr: 1e-4 }, 1),
-          },
-        };
+          shape: [ADAM_COEFFICIENTS],
+          data: adamCoefficients({ lr: 1e-4 }, 1),
+        },
+      });
+      return {
+        graph: lg.graph,
+        feeds: () => ({ ...lossFeeds(lg.lora), ...(lg.trained ? adam(lg.trained) : {}) }),
       };
-      return { graph: lg.graph, feeds: () => ({ ...lossFeeds(lg.lora), ...(wrt.optimize ? adam() : {}) }) };
     },
   });
   return [

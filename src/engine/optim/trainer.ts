@@ -44,6 +44,21 @@ export interface StepFeeds {
   result(out: Record<string, HostTensor>): { loss: number; dContext?: Float32Array };
 }
 
+/** A training graph's carried inputs at the start: the flat parameters `params`, Adam's m = v = 0. */
+export function startingState(layout: FlatLayout, params: Float32Array): Record<string, HostTensor> {
+  const shape = [layout.rows, PACK_ROW];
+  const zeros = (): HostTensor => ({
+    dtype: "float32",
+    shape,
+    data: new Float32Array(layout.rows * PACK_ROW),
+  });
+  return {
+    [IO.trainParams]: { dtype: "float32", shape, data: params },
+    [IO.adamM]: zeros(),
+    [IO.adamV]: zeros(),
+  };
+}
+
 /**
  * The trainer whose state each training session holds: the one that last started on it. Another trainer
  * starting on the same session (same shapes and trained set) replaces the state, and the one it replaced
@@ -94,17 +109,7 @@ export class Trainer {
 
   private initial(): Record<string, HostTensor> {
     const { layout, values } = this.trained;
-    const shape = [layout.rows, PACK_ROW];
-    const zeros = (): HostTensor => ({
-      dtype: "float32",
-      shape,
-      data: new Float32Array(layout.rows * PACK_ROW),
-    });
-    return {
-      [IO.trainParams]: { dtype: "float32", shape, data: packFlat(layout, values) },
-      [IO.adamM]: zeros(),
-      [IO.adamV]: zeros(),
-    };
+    return startingState(layout, packFlat(layout, values));
   }
 
   private checkHolder(): void {

@@ -258,7 +258,6 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     });
     await trainer.finish();
   }
-  const lora = adapter;
   const unetDelta = weights ? changedDelta(sd, weights) : null;
   log.info(
     {
@@ -279,7 +278,7 @@ export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise
     contextShape: [...sd.contextShape],
     eTgt,
     eOpt,
-    lora,
+    lora: adapter,
     ...(unetDelta ? { unetDelta } : {}),
     losses: { embedding: embedding.losses, finetune: finetune.losses },
     seconds: { encode: encodeSeconds, embedding: embedding.seconds, finetune: finetune.seconds },

@@ -15,21 +15,22 @@ export type CarryMode = "reset" | "continue";
 
 export const isCarryOutput = (name: string): boolean => name.startsWith(CARRY_PREFIX);
 
-/** The carried inputs of a graph with these inputs and outputs; an error names an output without its input. */
+/** The carried inputs of a graph with these inputs and outputs, each with its output; an error names an
+ *  output without its input. */
 export function carriedInputs(
   graph: string,
   inputs: readonly ValueSpec[],
   outputs: readonly ValueSpec[],
-): ValueSpec[] {
+): { input: ValueSpec; output: ValueSpec }[] {
   const byName = new Map(inputs.map((v) => [v.name, v]));
   return outputs
     .filter((o) => isCarryOutput(o.name))
-    .map((o) => {
-      const input = byName.get(o.name.slice(CARRY_PREFIX.length));
-      if (!input || input.dtype !== o.dtype || input.shape.join() !== o.shape.join())
+    .map((output) => {
+      const input = byName.get(output.name.slice(CARRY_PREFIX.length));
+      if (!input || input.dtype !== output.dtype || input.shape.join() !== output.shape.join())
         throw new Error(
-          `graph "${graph}": output ${o.name} (${o.dtype}[${o.shape}]) carries no input of its name, type and shape`,
+          `graph "${graph}": output ${output.name} (${output.dtype}[${output.shape}]) carries no input of its name, type and shape`,
         );
-      return input;
+      return { input, output };
     });
 }

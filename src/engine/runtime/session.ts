@@ -18,7 +18,7 @@ import {
   type ValueSpec,
 } from "../graph/emit.js";
 import type { Graph } from "../graph/graph.js";
-import { CARRY_PREFIX, type CarryMode, carriedInputs, isCarryOutput } from "./carry.js";
+import { type CarryMode, carriedInputs, isCarryOutput } from "./carry.js";
 import { onnxruntimeNode } from "./cuda.js";
 import {
   addonAttached,
@@ -232,7 +232,8 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
     // The add-on copies each carried output into its input's buffer: they must be outputs of their own.
     ...(carryOnDevice ? { unpacked: isCarryOutput } : {}),
   });
-  const carried = carriedInputs(graph.name, emitted.inputs, emitted.outputs);
+  const pairs = carriedInputs(graph.name, emitted.inputs, emitted.outputs);
+  const carried = pairs.map((p) => p.input);
   const weightBytes = emitted.initializers.reduce((s, i) => s + i.byteLength, 0);
   const started = Date.now();
   const load = async (): Promise<ort.InferenceSession> => {
@@ -335,12 +336,7 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
         carry.confirmed = true;
       }
       if (mode && !carryOnDevice) {
-        carry.computed = Object.fromEntries(
-          carried.map((c) => [
-            c.name,
-            read(emitted.outputs.find((o) => o.name === CARRY_PREFIX + c.name) as ValueSpec),
-          ]),
-        );
+        carry.computed = Object.fromEntries(pairs.map((p) => [p.input.name, read(p.output)]));
       }
       return out;
     },
