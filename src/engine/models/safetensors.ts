@@ -77,6 +77,18 @@ export function openSafetensors(path: string): Safetensors {
   const { entries, metadata } = path.endsWith(".index.json")
     ? { entries: readShardedHeaders(path), metadata: {} }
     : readHeader(path);
+  return safetensorsView(path, entries, metadata);
+}
+
+/**
+ * Tensors at known places in files, read as openSafetensors reads them. Entries may be renamed, reshaped
+ * (same bytes) or a contiguous part of another tensor: a single-file checkpoint's renamed view is one.
+ */
+export function safetensorsView(
+  path: string,
+  entries: readonly TensorEntry[],
+  metadata: Readonly<Record<string, string>> = {},
+): Safetensors {
   const tensors = new Map(entries.map((e) => [e.name, e]));
   const files = [...new Set(entries.map((e) => e.file))];
   const entry = (name: string): TensorEntry => {
