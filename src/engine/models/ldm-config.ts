@@ -257,7 +257,14 @@ function vaeConfig(shapes: ShapeTable, family: SdFamily, need: Need): Record<str
 function textConfig(shapes: ShapeTable, family: SdFamily, need: Need): Record<string, unknown> {
   // Both repositories' text_encoder/config.json carry CLIP's original token ids (bos 0, eos 2, pad 1);
   // the engine's tokenizer takes its own from the vocabulary.
-  const ids = { bos_token_id: 0, eos_token_id: 2, pad_token_id: 1, layer_norm_eps: 1e-5 };
+  const ids = {
+    architectures: ["CLIPTextModel"],
+    model_type: "clip_text_model",
+    bos_token_id: 0,
+    eos_token_id: 2,
+    pad_token_id: 1,
+    layer_norm_eps: 1e-5,
+  };
   if (family === "sd1") {
     const p = [...shapes.keys()].some((n) => n.startsWith(`${LDM_PREFIX.clip}text_model.`))
       ? `${LDM_PREFIX.clip}text_model.`
