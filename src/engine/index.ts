@@ -28,7 +28,7 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "./models/components.js";
-import { sampleSizeHW } from "./models/config.js";
+import { parseConfig, SchedulerConfigSchema, sampleSizeHW } from "./models/config.js";
 import {
   checkTrainingMemory,
   estimateTrainingMemory,
@@ -908,10 +908,13 @@ function withPredictionType(ckpt: Checkpoint, predictionType: LoadOptions["predi
     { from: ckpt.scheduler.config.prediction_type, to: predictionType },
     "prediction type set by MODEL_PREDICTION_TYPE",
   );
-  return {
-    ...ckpt,
-    scheduler: { ...ckpt.scheduler, config: { ...ckpt.scheduler.config, prediction_type: predictionType } },
-  };
+  // Validated again: some settings hold only with one prediction type (zero terminal SNR needs v).
+  const config = parseConfig(
+    SchedulerConfigSchema,
+    { ...ckpt.scheduler.config, prediction_type: predictionType },
+    `the scheduler config with MODEL_PREDICTION_TYPE=${predictionType}`,
+  );
+  return { ...ckpt, scheduler: { ...ckpt.scheduler, config } };
 }
 
 function weightsFingerprint(ckpt: Checkpoint): string {
