@@ -206,6 +206,11 @@ function roundHalfEven(v: number): number {
 }
 
 function betas(config: SchedulerConfig): number[] {
+  const base = scheduleBetas(config);
+  return config.rescale_betas_zero_snr ? rescaleZeroTerminalSnr(base) : base;
+}
+
+function scheduleBetas(config: SchedulerConfig): number[] {
   const n = config.num_train_timesteps;
   if (config.trained_betas) {
     if (config.trained_betas.length !== n) {
@@ -233,18 +238,37 @@ function betas(config: SchedulerConfig): number[] {
 }
 
 /**
+ * diffusers' rescale_zero_terminal_snr (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps
+ * are Flawed", Algorithm 1), in torch's float32 operations and order: √ᾱ is shifted so that its last value
+ * is 0 and scaled so that its first is kept, and the betas are recomputed from the new ᾱ — the last β is 1,
+ * so ᾱ at the last timestep is exactly 0 (pure noise, zero signal-to-noise ratio).
+ */
+function rescaleZeroTerminalSnr(b: readonly number[]): number[] {
+  const f = Math.fround;
+  const sqrtBar = cumprodF32(b.map((x) => f(1 - x))).map((a) => f(Math.sqrt(a)));
+  const first = sqrtBar[0] as number;
+  const last = sqrtBar[sqrtBar.length - 1] as number;
+  const scale = f(first / f(first - last));
+  const bar = sqrtBar.map((s) => f(f(f(s - last) * scale) ** 2));
+  return bar.map((a, i) => f(1 - (i === 0 ? a : f(a / (bar[i - 1] as number)))));
+}
+
+/** torch.cumprod over float32 values on the CPU: the running product in float64, each entry rounded. */
+function cumprodF32(values: readonly number[]): number[] {
+  let acc = 1;
+  return values.map((v) => {
+    acc *= v;
+    return Math.fround(acc);
+  });
+}
+
+/**
  * ᾱ_t = Π (1 − β_i) over float32 alphas, as torch.cumprod computes it on the CPU: the running product in
  * float64 (its accumulation type for float32), each ᾱ_t rounded to float32 — a float32 running product
  * drifts a few ulps from it by the end of the table.
  */
 function alphasCumprod(config: SchedulerConfig): Float32Array {
-  const out = new Float32Array(config.num_train_timesteps);
-  let acc = 1;
-  betas(config).forEach((b, i) => {
-    acc *= Math.fround(1 - b);
-    out[i] = acc;
-  });
-  return out;
+  return Float32Array.from(cumprodF32(betas(config).map((b) => Math.fround(1 - b))));
 }
 
 /** Sampling timesteps, descending, for each of diffusers' timestep_spacing modes. */

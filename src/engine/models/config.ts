@@ -248,21 +248,33 @@ export const TextEncoderConfigSchema = z.looseObject({
 });
 export type TextEncoderConfig = z.infer<typeof TextEncoderConfigSchema>;
 
-export const SchedulerConfigSchema = z.looseObject({
-  num_train_timesteps: posInt.default(1000),
-  beta_start: z.number().positive().default(0.0001),
-  beta_end: z.number().positive().default(0.02),
-  beta_schedule: z.enum(["linear", "scaled_linear", "squaredcos_cap_v2"]).default("linear"),
-  trained_betas: z.array(z.number()).nullable().default(null),
-  prediction_type: z.enum(["epsilon", "v_prediction"]).default("epsilon"),
-  set_alpha_to_one: z.boolean().default(true),
-  steps_offset: z.number().int().nonnegative().default(0),
-  timestep_spacing: z.enum(["leading", "trailing", "linspace"]).default("leading"),
-  clip_sample: z.boolean().default(true),
-  clip_sample_range: z.number().positive().default(1),
-  thresholding: z.literal(false).default(false),
-  rescale_betas_zero_snr: z.literal(false).default(false),
-});
+export const SchedulerConfigSchema = z
+  .looseObject({
+    num_train_timesteps: posInt.default(1000),
+    beta_start: z.number().positive().default(0.0001),
+    beta_end: z.number().positive().default(0.02),
+    beta_schedule: z.enum(["linear", "scaled_linear", "squaredcos_cap_v2"]).default("linear"),
+    trained_betas: z.array(z.number()).nullable().default(null),
+    prediction_type: z.enum(["epsilon", "v_prediction"]).default("epsilon"),
+    set_alpha_to_one: z.boolean().default(true),
+    steps_offset: z.number().int().nonnegative().default(0),
+    timestep_spacing: z.enum(["leading", "trailing", "linspace"]).default("leading"),
+    clip_sample: z.boolean().default(true),
+    clip_sample_range: z.number().positive().default(1),
+    thresholding: z.literal(false).default(false),
+    rescale_betas_zero_snr: z.boolean().default(false),
+  })
+  .superRefine((c, ctx) => {
+    // Zero terminal SNR makes ᾱ at the last timestep 0, where an ε-prediction's x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ
+    // divides by zero: trailing and linspace spacing sample that timestep first, so every image would be NaN.
+    if (c.rescale_betas_zero_snr && c.prediction_type === "epsilon" && c.timestep_spacing !== "leading") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["rescale_betas_zero_snr"],
+        message: `zero terminal SNR with epsilon prediction and ${c.timestep_spacing} spacing samples timestep ${c.num_train_timesteps - 1}, where ᾱ = 0 and x̂₀ divides by zero; such checkpoints are trained for v_prediction`,
+      });
+    }
+  });
 export type SchedulerConfig = z.infer<typeof SchedulerConfigSchema>;
 
 /** Reads a JSON object from a file, or throws a ModelFileError naming the file. */

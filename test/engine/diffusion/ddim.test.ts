@@ -224,6 +224,42 @@ describe("DDIM identities", () => {
     expect(relError(s.alphasCumprod, want)).toBeLessThan(1e-6);
   });
 
+  it("rescales the schedule to zero terminal SNR (rescale_betas_zero_snr) as Lin et al.'s Algorithm 1", () => {
+    const config = { ...SD_CONFIG, rescale_betas_zero_snr: true, prediction_type: "v_prediction" };
+    const s = DDIMScheduler.fromConfig(config);
+    // The definition in float64: √ᾱ'_t = (√ᾱ_t − √ᾱ_T)·√ᾱ_0/(√ᾱ_0 − √ᾱ_T), from SD's own ᾱ.
+    const [first, last] = [Math.sqrt(alphaBar(0)), Math.sqrt(alphaBar(999))];
+    const want = Array.from(
+      { length: 1000 },
+      (_, t) => ((Math.sqrt(alphaBar(t)) - last) * first) / (first - last),
+    );
+    // float32 betas and table against it (the plain schedule's table is also within 1e-6, above).
+    expect(relError(s.alphasCumprod.map(Math.sqrt), want)).toBeLessThan(1e-6);
+    expect(s.alphasCumprod[999]).toBe(0);
+    expect(Math.abs((s.alphasCumprod[0] as number) - alphaBar(0))).toBeLessThan(ulp(alphaBar(0)));
+    // Pure noise at the last timestep: a v-prediction's x̂₀ is −v and ε is the sample itself.
+    const v = rng.normal(64);
+    const x = rng.normal(64);
+    const trailing = DDIMScheduler.fromConfig({ ...config, timestep_spacing: "trailing" });
+    trailing.setTimesteps(2);
+    expect(trailing.timesteps[0]).toBe(999);
+    const x0 = trailing.predictOriginal(v, 999, x);
+    expect([...x0]).toEqual([...v].map((e) => -e));
+    const next = trailing.step(v, 999, x);
+    const aPrev = trailing.alphasCumprod[499] as number;
+    const stepWant = x0.map((e, i) => Math.sqrt(aPrev) * e + Math.sqrt(1 - aPrev) * (x[i] as number));
+    expect(relError(next, stepWant)).toBeLessThan(1e-6);
+    expect(next.every(Number.isFinite)).toBe(true);
+  });
+
+  it("refuses zero terminal SNR with epsilon prediction where sampling starts at ᾱ = 0", () => {
+    const config = { ...SD_CONFIG, rescale_betas_zero_snr: true, timestep_spacing: "trailing" };
+    expect(() => DDIMScheduler.fromConfig(config)).toThrow(/rescale_betas_zero_snr/);
+    expect(() => DDIMScheduler.fromConfig({ ...config, prediction_type: "v_prediction" })).not.toThrow();
+    // Leading spacing never reaches the last timestep (diffusers samples such configs without NaN).
+    expect(() => DDIMScheduler.fromConfig({ ...config, timestep_spacing: "leading" })).not.toThrow();
+  });
+
   it("supports trailing and linspace spacing as diffusers computes them", () => {
     const trailing = DDIMScheduler.fromConfig({ ...SD_CONFIG, timestep_spacing: "trailing" });
     trailing.setTimesteps(3);
