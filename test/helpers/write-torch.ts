@@ -5,7 +5,9 @@
  * pieces (the state dict's pickle, the archive) are exported so tests can break either on purpose.
  */
 import { writeFileSync } from "node:fs";
+import { basename } from "node:path";
 import { crc32 } from "node:zlib";
+import { openSafetensors } from "../../src/engine/models/safetensors.js";
 
 export interface TorchTestTensor {
   dtype: "F32" | "F16" | "BF16" | "F64" | "I64" | "I32" | "BOOL";
@@ -39,6 +41,20 @@ export function writeTorchFile(
     path,
     torchArchive(options.prefix ?? "archive", [["data.pkl", pickle], ...torchRecords(storages)]),
   );
+}
+
+/** A safetensors file's tensors re-saved as torch.save would (`model.bin` is archived under `model/`). */
+export function writeTorchCopy(safetensorsFile: string, torchFile: string): void {
+  const st = openSafetensors(safetensorsFile);
+  const tensors: Record<string, TorchTestTensor> = {};
+  for (const e of st.tensors.values()) {
+    tensors[e.name] = {
+      dtype: e.dtype as TorchTestTensor["dtype"],
+      shape: [...e.shape],
+      data: st.read(e.name),
+    };
+  }
+  writeTorchFile(torchFile, tensors, { prefix: basename(torchFile).replace(/\.[^.]*$/, "") });
 }
 
 /** The records around data.pkl and the storages, in torch.save's order. */

@@ -19,6 +19,7 @@ import {
   type TorchTestTensor,
   torchArchive,
   torchRecords,
+  writeTorchCopy,
   writeTorchFile,
 } from "../../helpers/write-torch.js";
 
@@ -91,24 +92,17 @@ describe("files in torch.save's layout", () => {
 
 /** The component folders' weights rewritten as the .bin files diffusers and transformers save. */
 function toPickles(modelDir: string): void {
-  for (const [component, from, to] of [
-    ["unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"],
-    ["vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"],
-    ["text_encoder", "model.safetensors", "pytorch_model.bin"],
-  ] as const) {
-    const st = openSafetensors(join(modelDir, component, from));
-    const tensors: Record<string, TorchTestTensor> = {};
-    for (const e of st.tensors.values()) {
-      tensors[e.name] = {
-        dtype: e.dtype as TorchTestTensor["dtype"],
-        shape: [...e.shape],
-        data: st.read(e.name),
-      };
-    }
-    writeTorchFile(join(modelDir, component, to), tensors, { prefix: to.slice(0, -4) });
+  for (const [component, from, to] of PICKLED) {
+    writeTorchCopy(join(modelDir, component, from), join(modelDir, component, to));
     rmSync(join(modelDir, component, from));
   }
 }
+
+const PICKLED = [
+  ["unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"],
+  ["vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"],
+  ["text_encoder", "model.safetensors", "pytorch_model.bin"],
+] as const;
 
 describe("checkpoints that ship only .bin weights", () => {
   const loaded: StableDiffusion[] = [];
@@ -120,13 +114,9 @@ describe("checkpoints that ship only .bin weights", () => {
     const source = `test/fixtures/models/${name}/model`;
     const dir = copy(source);
     toPickles(dir);
-    for (const [component, st, bin] of [
-      ["unet", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"],
-      ["vae", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"],
-      ["text_encoder", "model.safetensors", "pytorch_model.bin"],
-    ]) {
-      const expected = openSafetensors(join(source, component as string, st as string));
-      const actual = openWeightFile(join(dir, component as string, bin as string));
+    for (const [component, st, bin] of PICKLED) {
+      const expected = openSafetensors(join(source, component, st));
+      const actual = openWeightFile(join(dir, component, bin));
       expect([...actual.tensors.keys()]).toEqual([...expected.tensors.keys()]);
       for (const e of expected.tensors.values()) {
         expect(actual.tensors.get(e.name)).toMatchObject({
