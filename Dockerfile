@@ -34,6 +34,8 @@ COPY --from=builder /usr/local/bin/node /usr/local/bin/node
 COPY --from=cuda-provider /app/package.json ./
 COPY --from=cuda-provider /app/node_modules ./node_modules
 COPY --from=cuda-provider /app/dist ./dist
+# CLIP's vocabulary, the tokenizer of single-file checkpoints.
+COPY assets ./assets
 COPY test/fixtures/models/sd1/model ./test/fixtures/models/sd1/model
 RUN mkdir -p /data && chown ubuntu:ubuntu /data
 USER ubuntu
@@ -52,6 +54,8 @@ WORKDIR /app
 COPY --from=builder /app/package.json ./
 COPY --from=builder /app/node_modules ./node_modules
 COPY --from=builder /app/dist ./dist
+# CLIP's vocabulary, the tokenizer of single-file checkpoints.
+COPY assets ./assets
 # The tiny test checkpoint: what the engine loads (with a loud warning) when MODEL is unset.
 COPY test/fixtures/models/sd1/model ./test/fixtures/models/sd1/model
 RUN mkdir -p /data && chown node:node /data

@@ -83,7 +83,18 @@ const SETTINGS = {
     schema: z.url({ protocol: /^rediss?$/ }).optional(),
     expects: "a redis:// or rediss:// URL (unset: start an embedded redis-server)",
   },
-  MODEL: { schema: z.string().optional(), expects: "a diffusers model folder or a Hugging Face hub id" },
+  MODEL: {
+    schema: z.string().optional(),
+    expects: "a diffusers model folder, a Hugging Face hub id or a single-file .safetensors checkpoint",
+  },
+  MODEL_CONFIG: {
+    schema: z.string().optional(),
+    expects: "a diffusers model folder whose configs and tokenizer a single-file MODEL uses",
+  },
+  MODEL_PREDICTION_TYPE: {
+    schema: z.enum(["auto", "epsilon", "v_prediction"]).default("auto"),
+    expects: "auto (the scheduler config's), epsilon or v_prediction",
+  },
   MODEL_REVISION: {
     schema: revision.default("main"),
     expects: "a branch, tag or commit sha of the model's repository",

@@ -12,6 +12,7 @@ import { createHash } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import { totalmem } from "node:os";
 import { resolve } from "node:path";
+import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { ModelShape } from "../spec/shape.js";
 import { repeatBatch } from "./batch.js";
@@ -27,7 +28,7 @@ import {
   vaeDecodeGraph,
   vaeEncodeGraph,
 } from "./models/components.js";
-import { sampleSizeHW } from "./models/config.js";
+import { parseConfig, SchedulerConfigSchema, sampleSizeHW } from "./models/config.js";
 import {
   checkTrainingMemory,
   estimateTrainingMemory,
@@ -49,6 +50,7 @@ import {
   newLoraWeights,
 } from "./models/lora.js";
 import { openSafetensors } from "./models/safetensors.js";
+import { isSingleFile, openSingleFile } from "./models/single-file.js";
 import type { TensorFile } from "./models/tensor-file.js";
 import type { FlatLayout } from "./optim/flat-params.js";
 import { type StepFeeds, Trainer, type TrainerArgs } from "./optim/trainer.js";
@@ -130,6 +132,13 @@ export interface LoadOptions {
    * ENGINE_TRAINING_SESSIONS.
    */
   trainingSessions?: TrainingSessions;
+  /**
+   * A single-file model's configs and tokenizer: a diffusers folder (MODEL_CONFIG, diffusers'
+   * `from_single_file(…, config=)`); unset, they are inferred from the file's tensors.
+   */
+  modelConfig?: string;
+  /** Overrides the scheduler config's prediction type (MODEL_PREDICTION_TYPE); unset: the config's. */
+  predictionType?: "epsilon" | "v_prediction";
 }
 
 export type TrainingSessions = "shared" | "per-stage";
@@ -226,24 +235,40 @@ export class StableDiffusion {
             ? "fp16"
             : undefined
           : setting;
-    // The hub client is loaded only for a model id: a local folder needs no network code.
-    const model = existsSync(pathOrId)
-      ? { folder: pathOrId, release: async () => {} }
-      : await (await import("./models/hub.js")).resolveModel(pathOrId, {
-          cacheDir: opts.cacheDir ?? ".state/models",
-          endpoint: opts.endpoint,
-          token: opts.token,
-          revision: opts.revision,
-          variant,
-          variantRequired: setting !== "auto" && setting !== "none",
-          offline: opts.offline,
-          proxy: opts.proxy,
-          signal: opts.signal,
-          onProgress: opts.onProgress,
-        });
+    if (opts.modelConfig && !isSingleFile(pathOrId)) {
+      throw new UserFacingError(
+        `MODEL_CONFIG is set but MODEL (${pathOrId}) is not a single-file checkpoint (.safetensors): a diffusers folder or hub id brings its own configs`,
+      );
+    }
+    if (opts.modelConfig && !existsSync(opts.modelConfig)) {
+      throw new UserFacingError(
+        `MODEL_CONFIG ${opts.modelConfig} is not a folder: give a diffusers model folder (model_index.json and the component configs, e.g. the configs and tokenizer files of a hub repository downloaded with huggingface-cli)`,
+      );
+    }
+    // The hub client is loaded only for a model id: a local folder or file needs no network code.
+    const model =
+      existsSync(pathOrId) || isSingleFile(pathOrId)
+        ? { folder: pathOrId, release: async () => {} }
+        : await (await import("./models/hub.js")).resolveModel(pathOrId, {
+            cacheDir: opts.cacheDir ?? ".state/models",
+            endpoint: opts.endpoint,
+            token: opts.token,
+            revision: opts.revision,
+            variant,
+            variantRequired: setting !== "auto" && setting !== "none",
+            offline: opts.offline,
+            proxy: opts.proxy,
+            signal: opts.signal,
+            onProgress: opts.onProgress,
+          });
     let ckpt: Checkpoint;
     try {
-      ckpt = openCheckpoint(model.folder, { variant });
+      ckpt = withPredictionType(
+        isSingleFile(model.folder)
+          ? openSingleFile(model.folder, { configDir: opts.modelConfig })
+          : openCheckpoint(model.folder, { variant }),
+        opts.predictionType,
+      );
     } catch (err) {
       await model.release();
       throw err;
@@ -877,6 +902,22 @@ export function trainComputeDtype(
 }
 
 /** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */
+/** The checkpoint with its scheduler's prediction type replaced, where the operator says so. */
+function withPredictionType(ckpt: Checkpoint, predictionType: LoadOptions["predictionType"]): Checkpoint {
+  if (!predictionType || predictionType === ckpt.scheduler.config.prediction_type) return ckpt;
+  log.info(
+    { from: ckpt.scheduler.config.prediction_type, to: predictionType },
+    "prediction type set by MODEL_PREDICTION_TYPE",
+  );
+  // Validated again: some settings hold only with one prediction type (zero terminal SNR needs v).
+  const config = parseConfig(
+    SchedulerConfigSchema,
+    { ...ckpt.scheduler.config, prediction_type: predictionType },
+    `the scheduler config with MODEL_PREDICTION_TYPE=${predictionType}`,
+  );
+  return { ...ckpt, scheduler: { ...ckpt.scheduler, config } };
+}
+
 function weightsFingerprint(ckpt: Checkpoint): string {
   const files = [ckpt.unet.weightsFile, ckpt.vae.weightsFile, ckpt.textEncoder.weightsFile].map((f) => {
     const st = statSync(f);

@@ -8,6 +8,8 @@ export type ModelSettings = Pick<
   | "modelCacheDir"
   | "modelRevision"
   | "modelVariant"
+  | "modelConfig"
+  | "modelPredictionType"
   | "hfEndpoint"
   | "hfToken"
   | "hfHubOffline"
@@ -40,6 +42,8 @@ export function modelLoadOptions(settings: ModelSettings): LoadOptions {
     token: settings.hfToken?.reveal(),
     revision: settings.modelRevision,
     variant: settings.modelVariant,
+    modelConfig: settings.modelConfig,
+    predictionType: settings.modelPredictionType === "auto" ? undefined : settings.modelPredictionType,
     offline: settings.hfHubOffline,
     proxy: { httpsProxy: settings.httpsProxy, httpProxy: settings.httpProxy, noProxy: settings.noProxy },
     graphCacheDir: join(settings.stateDir, "graphs"),

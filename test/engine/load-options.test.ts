@@ -3,12 +3,16 @@
  * `modelLoadOptions` (what the engine worker and the CLI's edits load with), and a setting resolves per
  * provider — a pure function, so the CUDA and WebGPU rows run without a GPU.
  */
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
 import { StableDiffusion, trainComputeDtype } from "../../src/engine/index.js";
 import { modelLoadOptions } from "../../src/engine/load-options.js";
+import { scratchCopies } from "../helpers/model-files.js";
 
 const MODEL = "test/fixtures/models/sd1/model";
+const scratch = scratchCopies("load-options-");
 const config = (env: Record<string, string>) => loadConfig(env, { envFile: false, isTTY: false });
 
 describe("trainComputeDtype", () => {
@@ -57,5 +61,35 @@ describe("StableDiffusion.load's trainDtype", () => {
     } finally {
       await sd.close();
     }
+  });
+});
+
+describe("MODEL_CONFIG and MODEL_PREDICTION_TYPE", () => {
+  it("reach StableDiffusion.load through modelLoadOptions (auto: no override)", () => {
+    expect(modelLoadOptions(config({}))).toMatchObject({ modelConfig: undefined, predictionType: undefined });
+    expect(
+      modelLoadOptions(config({ MODEL_CONFIG: "/models/sd15", MODEL_PREDICTION_TYPE: "epsilon" })),
+    ).toMatchObject({ modelConfig: "/models/sd15", predictionType: "epsilon" });
+    expect(() => config({ MODEL_PREDICTION_TYPE: "sample" })).toThrow(/MODEL_PREDICTION_TYPE/);
+  });
+
+  it("the override replaces the scheduler config's prediction type, and is validated with it", async () => {
+    const sd = await StableDiffusion.load(MODEL, { device: "cpu", predictionType: "v_prediction" });
+    try {
+      expect(sd.predictionType).toBe("v_prediction");
+      expect(sd.scheduler().config.prediction_type).toBe("v_prediction");
+    } finally {
+      await sd.close();
+    }
+    const dir = scratch("test/fixtures/models/sd2/model");
+    const file = join(dir, "scheduler", "scheduler_config.json");
+    const scheduler = JSON.parse(readFileSync(file, "utf8"));
+    writeFileSync(
+      file,
+      JSON.stringify({ ...scheduler, rescale_betas_zero_snr: true, timestep_spacing: "trailing" }),
+    );
+    await expect(StableDiffusion.load(dir, { device: "cpu", predictionType: "epsilon" })).rejects.toThrow(
+      /the scheduler config with MODEL_PREDICTION_TYPE=epsilon: setting "rescale_betas_zero_snr" = true is not supported \(zero terminal SNR with epsilon prediction/,
+    );
   });
 });

@@ -134,7 +134,7 @@ export function conceptCommand(): Command {
       .requiredOption("--subject <word>", 'the class of the new subject, e.g. "dog"')
       .requiredOption("--out <file>", "where to write the concept (safetensors)"),
   )
-    .option("--model <pathOrId>", "diffusers folder or hub id (default: MODEL)")
+    .option("--model <pathOrId>", "diffusers folder, hub id or single-file .safetensors (default: MODEL)")
     .addOption(deviceOption())
     .addOption(dtypeOption())
     .addOption(trainDtypeOption())

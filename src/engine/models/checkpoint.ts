@@ -51,7 +51,7 @@ export interface OpenCheckpointOptions {
 
 export function openCheckpoint(dir: string, options: OpenCheckpointOptions = {}): Checkpoint {
   if (!existsSync(dir)) throw new ModelFileError(dir, "checkpoint folder not found");
-  const index = loadConfig(ModelIndexSchema, join(dir, "model_index.json"), SD_PIPELINES);
+  const configs = readConfigs(dir);
   const open = <C>(name: string, config: C, base: string, stripPrefix = ""): Component<C> => {
     const componentDir = join(dir, name);
     const weightsFile = findWeightsFile(componentDir, base, options.variant);
@@ -63,44 +63,76 @@ export function openCheckpoint(dir: string, options: OpenCheckpointOptions = {})
       weightsFile,
     };
   };
-  const unet = open(
-    "unet",
-    loadConfig(UNetConfigSchema, join(dir, "unet", "config.json"), ["UNet2DConditionModel"]),
-    "diffusion_pytorch_model",
-  );
-  const vae = open(
-    "vae",
-    loadConfig(VaeConfigSchema, join(dir, "vae", "config.json"), ["AutoencoderKL"]),
-    "diffusion_pytorch_model",
-  );
-  const textEncoder = open(
-    "text_encoder",
-    loadConfig(TextEncoderConfigSchema, join(dir, "text_encoder", "config.json")),
-    "model",
-    "text_model.",
-  );
-  const schedulerFile = join(dir, "scheduler", "scheduler_config.json");
-  const scheduler = {
-    className: index.scheduler[1],
-    config: loadConfig(SchedulerConfigSchema, schedulerFile),
+  const checkpoint: Checkpoint = {
+    dir,
+    index: configs.index,
+    unet: open("unet", configs.unet, "diffusion_pytorch_model"),
+    vae: open("vae", configs.vae, "diffusion_pytorch_model"),
+    textEncoder: open("text_encoder", configs.textEncoder, "model", "text_model."),
+    tokenizer: configs.tokenizer,
+    scheduler: configs.scheduler,
   };
+  checkComponents(checkpoint, configs.files);
+  return checkpoint;
+}
 
+/** A checkpoint's configs and tokenizer, and the config files they came from (for messages). */
+export interface CheckpointConfigs {
+  readonly index: ModelIndex;
+  readonly unet: UNetConfig;
+  readonly vae: VaeConfig;
+  readonly textEncoder: TextEncoderConfig;
+  readonly tokenizer: ClipTokenizer;
+  readonly scheduler: Checkpoint["scheduler"];
+  readonly files: { readonly unet: string; readonly vae: string; readonly textEncoder: string };
+}
+
+/**
+ * Every config of a diffusers folder, validated, and its tokenizer. A single-file checkpoint takes these
+ * from a diffusers folder too (MODEL_CONFIG, diffusers' `from_single_file(…, config=)`).
+ */
+export function readConfigs(dir: string): CheckpointConfigs {
+  const index = loadConfig(ModelIndexSchema, join(dir, "model_index.json"), SD_PIPELINES);
+  const files = {
+    unet: join(dir, "unet", "config.json"),
+    vae: join(dir, "vae", "config.json"),
+    textEncoder: join(dir, "text_encoder", "config.json"),
+  };
+  const textEncoder = loadConfig(TextEncoderConfigSchema, files.textEncoder);
+  const tokenizerDir = join(dir, "tokenizer");
+  if (!existsSync(tokenizerDir)) throw new ModelFileError(tokenizerDir, "tokenizer folder not found");
+  return {
+    index,
+    unet: loadConfig(UNetConfigSchema, files.unet, ["UNet2DConditionModel"]),
+    vae: loadConfig(VaeConfigSchema, files.vae, ["AutoencoderKL"]),
+    textEncoder,
+    tokenizer: ClipTokenizer.fromFolder(tokenizerDir, textEncoder.max_position_embeddings),
+    scheduler: {
+      className: index.scheduler[1],
+      config: loadConfig(SchedulerConfigSchema, join(dir, "scheduler", "scheduler_config.json")),
+    },
+    files,
+  };
+}
+
+/** The components must fit together: the UNet attends to the text encoder's states and denoises the VAE's latents. */
+export function checkComponents(
+  ckpt: Pick<Checkpoint, "unet" | "vae" | "textEncoder">,
+  files: CheckpointConfigs["files"],
+): void {
+  const { unet, vae, textEncoder } = ckpt;
   if (unet.config.cross_attention_dim !== textEncoder.config.hidden_size) {
     throw new ModelFileError(
-      join(unet.dir, "config.json"),
-      `cross_attention_dim ${unet.config.cross_attention_dim} does not match the text encoder's hidden_size ${textEncoder.config.hidden_size} (${join(textEncoder.dir, "config.json")})`,
+      files.unet,
+      `cross_attention_dim ${unet.config.cross_attention_dim} does not match the text encoder's hidden_size ${textEncoder.config.hidden_size} (${files.textEncoder})`,
     );
   }
   if (unet.config.in_channels !== vae.config.latent_channels) {
     throw new ModelFileError(
-      join(unet.dir, "config.json"),
+      files.unet,
       `in_channels ${unet.config.in_channels} does not match the VAE's latent_channels ${vae.config.latent_channels}`,
     );
   }
-  const tokenizerDir = join(dir, "tokenizer");
-  if (!existsSync(tokenizerDir)) throw new ModelFileError(tokenizerDir, "tokenizer folder not found");
-  const tokenizer = ClipTokenizer.fromFolder(tokenizerDir, textEncoder.config.max_position_embeddings);
-  return { dir, index, unet, vae, textEncoder, tokenizer, scheduler };
 }
 
 /**

@@ -90,10 +90,12 @@ export class ClipTokenizer {
 
   /**
    * Loads `dir` (a checkpoint's tokenizer/ folder). `maxLength` caps model_max_length (the text encoder's
-   * max_position_embeddings; some checkpoints declare a huge model_max_length).
+   * max_position_embeddings; some checkpoints declare a huge model_max_length). `padToken` replaces the
+   * folder's own (the bundled vocabulary serves SD 1.x, which pads with `<|endoftext|>`, and SD 2.x: `!`).
    */
-  static fromFolder(dir: string, maxLength = 77): ClipTokenizer {
-    const specials = readSpecials(dir, maxLength);
+  static fromFolder(dir: string, maxLength = 77, padToken?: string): ClipTokenizer {
+    const declared = readSpecials(dir, maxLength);
+    const specials = padToken === undefined ? declared : { ...declared, pad: padToken };
     const jsonFile = join(dir, "tokenizer.json");
     if (existsSync(jsonFile)) {
       const { vocab, merges } = readTokenizerJson(jsonFile);

@@ -1,0 +1,122 @@
+/**
+ * Single-file (ldm layout) checkpoints: each fixture's `single-file.safetensors` was written from its
+ * diffusers folder by diffusers' own scripts/convert_diffusers_to_original_stable_diffusion.py
+ * (test/fixtures/models/README.md says how), so the renaming is checked against diffusers' mapping, not
+ * against itself: opened with MODEL_CONFIG = the fixture folder, every tensor the folder has must come back
+ * under its diffusers name with the same dtype, shape and bytes — and nothing more.
+ */
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLIP_TOKENIZER_DIR } from "../../../src/assets.js";
+import { StableDiffusion } from "../../../src/engine/index.js";
+import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
+import { isSingleFile, openSingleFile } from "../../../src/engine/models/single-file.js";
+import { ClipTokenizer } from "../../../src/engine/models/tokenizer.js";
+import type { WeightStore } from "../../../src/engine/models/weights.js";
+import {
+  expectClose,
+  type Fixture,
+  fixturesWith,
+  type GoldenJson,
+  type Tolerance,
+} from "../../helpers/golden.js";
+import { modelFileErrorOf } from "../../helpers/model-files.js";
+
+/** The parity suite's bound for one float32 network call against torch's float32 one (parity.test.ts). */
+const FORWARD: Tolerance = { max: 1e-4, why: "one float32 network call against torch's float32 one" };
+
+const singleFile = (f: Fixture) => join(f.dir, "single-file.safetensors");
+
+function expectSameTensors(what: string, ours: WeightStore, folder: WeightStore): void {
+  expect(ours.names().sort(), `${what}: names`).toEqual(folder.names().sort());
+  for (const name of folder.names()) {
+    const a = ours.info(name);
+    const b = folder.info(name);
+    expect([a.dtype, a.shape], `${what} ${name}`).toEqual([b.dtype, b.shape]);
+    expect(
+      Buffer.from(ours.data(name).bytes()).equals(Buffer.from(folder.data(name).bytes())),
+      `${what} ${name}: bytes`,
+    ).toBe(true);
+  }
+}
+
+for (const f of fixturesWith("golden")) {
+  describe(`single-file checkpoint: ${f.name}`, () => {
+    it("every diffusers tensor of the folder, bitwise, under the same name (MODEL_CONFIG = the folder)", () => {
+      const ours = openSingleFile(singleFile(f), { configDir: f.modelDir });
+      const folder = openCheckpoint(f.modelDir);
+      expectSameTensors("unet", ours.unet.weights, folder.unet.weights);
+      expectSameTensors("vae", ours.vae.weights, folder.vae.weights);
+      expectSameTensors("text_encoder", ours.textEncoder.weights, folder.textEncoder.weights);
+      expect(ours.unet.config).toEqual(folder.unet.config);
+      expect(ours.scheduler).toEqual(folder.scheduler);
+    });
+
+    it("the bundled CLIP vocabulary tokenizes every golden prompt as the checkpoint's tokenizer", () => {
+      const json = f.data("golden").json as unknown as GoldenJson;
+      const pad = openCheckpoint(f.modelDir).tokenizer.padId === 0 ? "!" : "<|endoftext|>";
+      const bundled = ClipTokenizer.fromFolder(CLIP_TOKENIZER_DIR, 77, pad);
+      json.prompts.forEach((prompt, i) => {
+        expect(bundled.encode(prompt).ids, `prompt ${i}`).toEqual(json.input_ids[i]);
+      });
+    });
+
+    describe("the engine on the single file matches diffusers' goldens", () => {
+      const g = f.data("golden");
+      let sd: StableDiffusion;
+      beforeAll(async () => {
+        sd = await StableDiffusion.load(singleFile(f), {
+          device: "cpu",
+          dtype: "fp32",
+          modelConfig: f.modelDir,
+        });
+      });
+      afterAll(async () => {
+        await sd?.release();
+      });
+
+      it("text encoder, one UNet call, VAE encode and decode", async () => {
+        const json = g.json as unknown as GoldenJson;
+        const n = g.shape("text_encoder.input_ids")[0] as number;
+        const text = await sd.encodeText(json.prompts.slice(0, n));
+        expectClose("text_encoder.last_hidden_state", text, g.f32("text_encoder.last_hidden_state"), FORWARD);
+        const [, , h, w] = g.shape("unet.sample") as number[];
+        const out = await sd.predictNoise(
+          g.f32("unet.sample"),
+          { height: h as number, width: w as number },
+          g.ints("unet.timestep"),
+          g.f32("unet.encoder_hidden_states"),
+        );
+        expectClose("unet.out", out, g.f32("unet.out"), FORWARD);
+        const [, , ih, iw] = g.shape("vae.image") as number[];
+        const sf = openCheckpoint(f.modelDir).vae.config.scaling_factor;
+        const { mean, size } = await sd.encodeImage(g.f32("vae.image"), ih as number, iw as number);
+        expectClose(
+          "vae.encode.mean",
+          mean,
+          g.f32("vae.encode.mean").map((x) => x * sf),
+          FORWARD,
+        );
+        const image = await sd.decodeLatents(
+          g.f32("vae.encode.mean").map((x) => x * sf),
+          size,
+        );
+        expectClose("vae.decode.out", image, g.f32("vae.decode.out"), FORWARD);
+      });
+    });
+  });
+}
+
+describe("single-file MODEL", () => {
+  it("is told from a folder or a hub id by its extension", () => {
+    expect(isSingleFile("/models/v1-5-pruned-emaonly.safetensors")).toBe(true);
+    expect(isSingleFile("/models/sd-v1-4.ckpt")).toBe(true);
+    expect(isSingleFile("stable-diffusion-v1-5/stable-diffusion-v1-5")).toBe(false);
+    expect(isSingleFile("/models/sd15")).toBe(false);
+  });
+
+  it("a torch pickle (.ckpt) is refused with what to do", () => {
+    const err = modelFileErrorOf(() => openSingleFile("/models/sd-v1-4.ckpt"));
+    expect(err.message).toMatch(/sd-v1-4\.ckpt: is a PyTorch pickle; .*convert it/);
+  });
+});
