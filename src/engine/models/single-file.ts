@@ -5,6 +5,7 @@
  * (`configDir`, MODEL_CONFIG: diffusers' `config=`) with its tokenizer, or inferred from the file's tensor
  * shapes (ldm-config.ts) with the CLIP vocabulary shipped in assets/. Only the header is read here.
  */
+import { existsSync } from "node:fs";
 import { extname } from "node:path";
 import { CLIP_TOKENIZER_DIR } from "../../assets.js";
 import type { Checkpoint, CheckpointConfigs, Component } from "./checkpoint.js";
@@ -36,6 +37,12 @@ export function openSingleFile(file: string, options: OpenSingleFileOptions = {}
     throw new ModelFileError(
       file,
       "is a PyTorch pickle; the engine loads safetensors only (loading a pickle runs code): convert it, e.g. with `safetensors`' convert tool or by loading it once with torch and saving it with safetensors.torch.save_file",
+    );
+  }
+  if (!existsSync(file)) {
+    throw new ModelFileError(
+      file,
+      "file not found (a single-file MODEL is read from this machine's disk: hub single files are not downloaded)",
     );
   }
   const st = openSafetensors(file);

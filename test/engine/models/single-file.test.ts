@@ -5,11 +5,13 @@
  * against itself: opened with MODEL_CONFIG = the fixture folder, every tensor the folder has must come back
  * under its diffusers name with the same dtype, shape and bytes — and nothing more.
  */
+import { closeSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLIP_TOKENIZER_DIR } from "../../../src/assets.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
+import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { isSingleFile, openSingleFile } from "../../../src/engine/models/single-file.js";
 import { ClipTokenizer } from "../../../src/engine/models/tokenizer.js";
 import type { WeightStore } from "../../../src/engine/models/weights.js";
@@ -20,11 +22,12 @@ import {
   type GoldenJson,
   type Tolerance,
 } from "../../helpers/golden.js";
-import { modelFileErrorOf } from "../../helpers/model-files.js";
+import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 
 /** The parity suite's bound for one float32 network call against torch's float32 one (parity.test.ts). */
 const FORWARD: Tolerance = { max: 1e-4, why: "one float32 network call against torch's float32 one" };
 
+const scratch = scratchCopies("single-file-");
 const singleFile = (f: Fixture) => join(f.dir, "single-file.safetensors");
 
 function expectSameTensors(what: string, ours: WeightStore, folder: WeightStore): void {
@@ -113,6 +116,32 @@ describe("single-file MODEL", () => {
     expect(isSingleFile("/models/sd-v1-4.ckpt")).toBe(true);
     expect(isSingleFile("stable-diffusion-v1-5/stable-diffusion-v1-5")).toBe(false);
     expect(isSingleFile("/models/sd15")).toBe(false);
+  });
+
+  it("is read when the graph asks for a tensor, not when opened (a large file streams)", () => {
+    const dir = scratch("test/fixtures/models/sd2");
+    const file = join(dir, "single-file.safetensors");
+    const ckpt = openSingleFile(file, { configDir: join(dir, "model") });
+    const name = "encoder.layers.1.self_attn.k_proj.weight";
+    const entry = ckpt.textEncoder.weights.info(name);
+    const before = ckpt.textEncoder.weights.data(name).bytes();
+    // Overwrite that tensor's bytes in the file after opening: k is the second third of in_proj_weight.
+    const fused = openSafetensors(file).tensors.get(
+      "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight",
+    );
+    if (!fused) throw new Error("fixture lacks resblocks.1's in_proj_weight");
+    const fd = openSync(file, "r+");
+    writeSync(fd, Buffer.alloc(entry.byteLength, 0x3c), 0, entry.byteLength, fused.offset + entry.byteLength);
+    closeSync(fd);
+    const after = ckpt.textEncoder.weights.data(name).bytes();
+    expect(Buffer.from(before).equals(Buffer.from(after))).toBe(false);
+    expect(after.every((b) => b === 0x3c)).toBe(true);
+  });
+
+  it("a missing file says it is read from the local disk", () => {
+    expect(modelFileErrorOf(() => openSingleFile("owner/name/model.safetensors")).message).toMatch(
+      /owner\/name\/model\.safetensors: file not found \(a single-file MODEL is read from this machine's disk/,
+    );
   });
 
   it("a torch pickle (.ckpt) is refused with what to do", () => {
