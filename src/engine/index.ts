@@ -49,8 +49,9 @@ import {
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
-import { openSafetensors, type Safetensors } from "./models/safetensors.js";
+import { openSafetensors } from "./models/safetensors.js";
 import { isSingleFile, openSingleFile } from "./models/single-file.js";
+import type { TensorFile } from "./models/tensor-file.js";
 import type { FlatLayout } from "./optim/flat-params.js";
 import { type StepFeeds, Trainer, type TrainerArgs } from "./optim/trainer.js";
 import {
@@ -684,7 +685,7 @@ export class StableDiffusion {
    * or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights for this UNet; alpha from `alpha`,
    * else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit.
    */
-  loadLora(file: string | Safetensors, options: LoraFileOptions = {}): LoraWeights {
+  loadLora(file: string | TensorFile, options: LoraFileOptions = {}): LoraWeights {
     const store = this.ckpt.unet.weights;
     const st = typeof file === "string" ? openSafetensors(file) : file;
     return loraFromSafetensors(

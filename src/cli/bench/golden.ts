@@ -7,14 +7,15 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { LossArgs } from "../../engine/index.js";
 import { viewAs } from "../../engine/models/dtype.js";
-import { openSafetensors, type Safetensors } from "../../engine/models/safetensors.js";
+import { openSafetensors } from "../../engine/models/safetensors.js";
+import type { TensorFile } from "../../engine/models/tensor-file.js";
 import type { Txt2ImgOptions } from "../../engine/pipelines/txt2img.js";
 
 /** One `<stem>.safetensors` + `<stem>.json` pair of a fixture folder. */
 export interface FixtureData {
   readonly path: string;
   readonly json: Record<string, unknown> & { tensors?: Record<string, unknown> };
-  readonly tensors: Safetensors;
+  readonly tensors: TensorFile;
   has(name: string): boolean;
   /** Tensor names starting with `prefix`, sorted. */
   names(prefix?: string): string[];

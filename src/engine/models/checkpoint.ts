@@ -20,7 +20,9 @@ import {
 } from "./config.js";
 import { ModelFileError } from "./errors.js";
 import { openSafetensors } from "./safetensors.js";
+import type { TensorFile } from "./tensor-file.js";
 import { ClipTokenizer } from "./tokenizer.js";
+import { openTorchFile } from "./torch-file.js";
 import { type WeightStore, weightStore, withoutPrefix } from "./weights.js";
 
 export interface Component<C> {
@@ -43,7 +45,7 @@ export interface Checkpoint {
 }
 
 export interface OpenCheckpointOptions {
-  /** Prefer `*.<variant>.safetensors` files (diffusers' `variant="fp16"`), falling back to the plain ones. */
+  /** Prefer `*.<variant>.safetensors` (or `.bin`) files (diffusers' `variant="fp16"`), falling back to the plain ones. */
   variant?: string;
 }
 
@@ -53,7 +55,7 @@ export function openCheckpoint(dir: string, options: OpenCheckpointOptions = {})
   const open = <C>(name: string, config: C, base: string, stripPrefix = ""): Component<C> => {
     const componentDir = join(dir, name);
     const weightsFile = findWeightsFile(componentDir, base, options.variant);
-    const store = weightStore(openSafetensors(weightsFile));
+    const store = weightStore(openWeightFile(weightsFile));
     return {
       dir: componentDir,
       config,
@@ -134,20 +136,32 @@ export function checkComponents(
 }
 
 /**
- * The weight file of a component, by diffusers' naming: `<base>[.<variant>].safetensors`, or a sharded
- * `<base>.safetensors.index[.<variant>].json`. Pickle formats (.bin, .ckpt, .pt) are refused: loading them
- * runs arbitrary code, and the engine reads safetensors only.
+ * A weight file or sharded index by its name: safetensors, or a torch.save file (`.bin`) whose pickle is
+ * parsed, never executed (torch-file.ts).
+ */
+export function openWeightFile(file: string): TensorFile {
+  return /\.safetensors(\.index(\.[A-Za-z0-9_]+)?\.json)?$/.test(file)
+    ? openSafetensors(file)
+    : openTorchFile(file);
+}
+
+/**
+ * The weight file of a component, by diffusers' naming and order: `<base>[.<variant>].safetensors` or a
+ * sharded `<base>.safetensors.index[.<variant>].json`, else the PyTorch pickles diffusers and
+ * transformers also load (`diffusion_pytorch_model[.<variant>].bin`, `pytorch_model.bin`, sharded
+ * `*.bin.index[.<variant>].json`). Other pickles (.ckpt, .pt, .pth) in a component folder are not
+ * diffusers weights and are named in the refusal.
  */
 export function findWeightsFile(componentDir: string, base: string, variant?: string): string {
   if (!existsSync(componentDir)) throw new ModelFileError(componentDir, "component folder not found");
   const files = new Set(readdirSync(componentDir));
   const found = weightCandidates(base, variant, files).find((name) => files.has(name));
   if (found) return join(componentDir, found);
-  const pickles = [...files].filter((f) => /\.(bin|ckpt|pt|pth)$/.test(f));
-  if (pickles.length > 0) {
+  const others = [...files].filter((f) => /\.(bin|ckpt|pt|pth)$/.test(f));
+  if (others.length > 0) {
     throw new ModelFileError(
       componentDir,
-      `holds only PyTorch pickle weights (${pickles.join(", ")}); the engine loads safetensors only — convert them (e.g. with diffusers' save_pretrained(safe_serialization=True))`,
+      `holds no weight file diffusers loads for this component (found ${others.join(", ")}; looked for ${weightCandidates(base, variant, []).join(", ")})`,
     );
   }
   throw new ModelFileError(
@@ -156,23 +170,28 @@ export function findWeightsFile(componentDir: string, base: string, variant?: st
   );
 }
 
+/** transformers names its safetensors `model.safetensors` but its pickles `pytorch_model.bin`. */
+const PICKLE_BASE: Readonly<Record<string, string>> = { model: "pytorch_model" };
+
 /**
- * A component's weight file names in the order they are preferred: the variant's (single or sharded
- * index), the plain ones, then any other variant among `present` — a folder or repository holding only
- * fp16 weights is still usable. The hub download and openCheckpoint choose by the same order, so the
- * engine opens the files that were downloaded.
+ * A component's weight file names in the order they are preferred: safetensors first — the variant's
+ * (single or sharded index), the plain ones, any other variant among `present` (a folder or repository
+ * holding only fp16 weights is still usable) — then the PyTorch pickles in the same order, so a pickle
+ * is opened (and downloaded) only where a component has no safetensors at all. The hub download and
+ * openCheckpoint choose by the same order, so the engine opens the files that were downloaded.
  */
 export function weightCandidates(
   base: string,
   variant: string | undefined,
   present: Iterable<string>,
 ): string[] {
-  const variants = variant
-    ? [`${base}.${variant}.safetensors`, `${base}.safetensors.index.${variant}.json`]
-    : [];
-  const plain = [`${base}.safetensors`, `${base}.safetensors.index.json`];
-  const anyVariant = [...present].filter(
-    (f) => f.startsWith(`${base}.`) && /^[^.]+\.[A-Za-z0-9_]+\.safetensors$/.test(f),
-  );
-  return [...new Set([...variants, ...plain, ...anyVariant.sort()])];
+  const names = [...present];
+  const inOrder = (stem: string, ext: "safetensors" | "bin") => {
+    const variants = variant ? [`${stem}.${variant}.${ext}`, `${stem}.${ext}.index.${variant}.json`] : [];
+    const plain = [`${stem}.${ext}`, `${stem}.${ext}.index.json`];
+    const pattern = new RegExp(`^[^.]+\\.[A-Za-z0-9_]+\\.${ext}$`);
+    const anyVariant = names.filter((f) => f.startsWith(`${stem}.`) && pattern.test(f)).sort();
+    return [...variants, ...plain, ...anyVariant];
+  };
+  return [...new Set([...inOrder(base, "safetensors"), ...inOrder(PICKLE_BASE[base] ?? base, "bin")])];
 }

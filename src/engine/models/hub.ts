@@ -1,8 +1,9 @@
 /**
  * A Hugging Face hub model id → a diffusers folder in the standard Hugging Face cache (hub-cache.ts),
  * downloading only what the engine reads: model_index.json, the configs of unet/vae/text_encoder/
- * scheduler, the tokenizer files, and one safetensors variant of each network (never .bin/.ckpt pickles,
- * safety checker or feature extractor).
+ * scheduler, the tokenizer files, and one weight variant of each network: safetensors, or the `.bin`
+ * pickles diffusers also loads only where a network has no safetensors at all (they are parsed, never
+ * executed: torch-file.ts); never a safety checker or feature extractor.
  *
  * Protocol (the hub's public HTTP API):
  *   GET {endpoint}/api/models/{id}/revision/{rev}?blobs=true
@@ -344,13 +345,13 @@ class HubDownload {
     }
     const [name] = names;
     if (name === undefined) {
-      const pickles = inComponent
+      const others = inComponent
         .filter((f) => /\.(bin|ckpt|pt|pth)$/.test(f))
         .map((f) => `${component}/${f}`);
       throw new HubError(
-        pickles.length > 0
-          ? `${this.id} ships ${component} only as PyTorch pickles (${pickles.join(", ")}); the engine loads safetensors only`
-          : `${this.id} has no ${component} weights (${component}/${base}.safetensors)`,
+        others.length > 0
+          ? `${this.id} ships ${component} only as ${others.join(", ")}, which diffusers does not load as a component's weights`
+          : `${this.id} has no ${component} weights (${component}/${base}.safetensors or a .bin)`,
         "repo",
       );
     }
@@ -630,7 +631,11 @@ function snapshotGap(folder: string, variant: string | undefined, strict: boolea
 }
 
 function isVariantFile(name: string, variant: string): boolean {
-  return name.includes(`.${variant}.safetensors`) || name.endsWith(`.index.${variant}.json`);
+  return (
+    name.includes(`.${variant}.safetensors`) ||
+    name.endsWith(`.${variant}.bin`) ||
+    name.endsWith(`.index.${variant}.json`)
+  );
 }
 
 function etagOf(f: Sibling): string | undefined {

@@ -12,7 +12,7 @@
  * dropping it would compute another function.
  */
 import { ModelFileError } from "./errors.js";
-import type { TensorEntry } from "./safetensors.js";
+import type { TensorEntry } from "./tensor-file.js";
 
 export const LDM_PREFIX = {
   unet: "model.diffusion_model.",

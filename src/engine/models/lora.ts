@@ -9,7 +9,7 @@ import type { Graph, Tensor } from "../graph/index.js";
 import { add, cast, linear, mul, reshape } from "../graph/index.js";
 import type { TrainedSource } from "../optim/flat-params.js";
 import type { HostTensor } from "../runtime/index.js";
-import type { Safetensors } from "./safetensors.js";
+import type { TensorFile } from "./tensor-file.js";
 
 export interface LoraModule {
   down: Float32Array;
@@ -202,7 +202,7 @@ export interface LoraFileOptions {
  * by name rather than silently left out, since leaving them out would change what the LoRA does.
  */
 export function loraFromSafetensors(
-  st: Pick<Safetensors, "path" | "metadata" | "tensors" | "readFloat32">,
+  st: Pick<TensorFile, "path" | "metadata" | "tensors" | "readFloat32">,
   targets: ReadonlyArray<{ path: string; inF: number; outF: number }>,
   o: LoraFileOptions = {},
 ): LoraWeights {
@@ -272,7 +272,7 @@ export function loraFromSafetensors(
 }
 
 function matrix(
-  st: Pick<Safetensors, "tensors" | "readFloat32">,
+  st: Pick<TensorFile, "tensors" | "readFloat32">,
   name: string,
   origin: string,
 ): { shape: [number, number]; data: Float32Array } {

@@ -5,166 +5,29 @@
  * Only the header is read when a file is opened; tensor bytes are read by offset when asked for, so a
  * 3.4 GB UNet never sits in memory whole. Sharded checkpoints (`*.safetensors.index.json`) open as one.
  */
-import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { bf16ToF32, f16ToF32 } from "../graph/dtype.js";
-import { viewAs } from "./dtype.js";
+import { closeSync, fstatSync, readSync } from "node:fs";
 import { ModelFileError } from "./errors.js";
-
-export type SafetensorsDType =
-  | "F64"
-  | "F32"
-  | "F16"
-  | "BF16"
-  | "I64"
-  | "I32"
-  | "I16"
-  | "I8"
-  | "U64"
-  | "U32"
-  | "U16"
-  | "U8"
-  | "BOOL"
-  | "F8_E4M3"
-  | "F8_E5M2";
-
-const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = {
-  F64: 8,
-  F32: 4,
-  F16: 2,
-  BF16: 2,
-  I64: 8,
-  I32: 4,
-  I16: 2,
-  I8: 1,
-  U64: 8,
-  U32: 4,
-  U16: 2,
-  U8: 1,
-  BOOL: 1,
-  F8_E4M3: 1,
-  F8_E5M2: 1,
-};
-
-export interface TensorEntry {
-  readonly name: string;
-  readonly dtype: SafetensorsDType;
-  readonly shape: readonly number[];
-  /** Absolute byte offset of the tensor's data in `file`. */
-  readonly offset: number;
-  readonly length: number;
-  readonly file: string;
-}
-
-export interface Safetensors {
-  /** The path that was opened: a `.safetensors` file or a sharded checkpoint's index. */
-  readonly path: string;
-  readonly files: readonly string[];
-  readonly metadata: Readonly<Record<string, string>>;
-  readonly tensors: ReadonlyMap<string, TensorEntry>;
-  /** The tensor's raw little-endian bytes, read from disk now (not cached). */
-  read(name: string): Uint8Array;
-  /** The tensor as float32, converting F16/BF16/F64; refuses integer tensors. */
-  readFloat32(name: string): Float32Array;
-}
+import {
+  DTYPE_BYTES,
+  openModelFile,
+  readShardedIndex,
+  type TensorDType,
+  type TensorEntry,
+  type TensorFile,
+  tensorFile,
+} from "./tensor-file.js";
 
 /** The header is JSON text; real ones are well under a megabyte, the format caps them at 100 MB. */
 const MAX_HEADER_BYTES = 100_000_000;
-/** fs.readSync reads at most 2 GiB at once. */
-const READ_CHUNK = 1 << 30;
 
-export function openSafetensors(path: string): Safetensors {
-  const { entries, metadata } = path.endsWith(".index.json")
-    ? { entries: readShardedHeaders(path), metadata: {} }
-    : readHeader(path);
-  return safetensorsView(path, entries, metadata);
-}
-
-/**
- * Tensors at known places in files, read as openSafetensors reads them. Entries may be renamed, reshaped
- * (same bytes) or a contiguous part of another tensor: a single-file checkpoint's renamed view is one.
- */
-export function safetensorsView(
-  path: string,
-  entries: readonly TensorEntry[],
-  metadata: Readonly<Record<string, string>> = {},
-): Safetensors {
-  const tensors = new Map(entries.map((e) => [e.name, e]));
-  const files = [...new Set(entries.map((e) => e.file))];
-  const entry = (name: string): TensorEntry => {
-    const e = tensors.get(name);
-    if (!e)
-      throw new ModelFileError(path, `has no tensor named "${name}" (it holds ${tensors.size} tensors)`);
-    return e;
-  };
-  return {
-    path,
-    files,
-    metadata,
-    tensors,
-    read: (name) => readTensorBytes(entry(name)),
-    readFloat32: (name) => {
-      const e = entry(name);
-      return bytesToFloat32(readTensorBytes(e), e.dtype, e.file, name);
-    },
-  };
-}
-
-/** Raw bytes of a floating-point tensor → float32. Integer and fp8 tensors are refused by name. */
-export function bytesToFloat32(
-  bytes: Uint8Array,
-  dtype: SafetensorsDType,
-  file: string,
-  name: string,
-): Float32Array {
-  switch (dtype) {
-    case "F32":
-      return viewAs(bytes, Float32Array);
-    case "F16":
-      return f16ToF32(viewAs(bytes, Uint16Array));
-    case "BF16":
-      return bf16ToF32(viewAs(bytes, Uint16Array));
-    case "F64":
-      return Float32Array.from(viewAs(bytes, Float64Array));
-    default:
-      throw new ModelFileError(
-        file,
-        `tensor "${name}" has dtype ${dtype}, expected a floating-point tensor (F32, F16, BF16)`,
-      );
-  }
-}
-
-function readTensorBytes(e: TensorEntry): Uint8Array {
-  const out = new Uint8Array(e.length);
-  const fd = openFile(e.file);
-  try {
-    let done = 0;
-    while (done < e.length) {
-      const n = readSync(fd, out, done, Math.min(READ_CHUNK, e.length - done), e.offset + done);
-      if (n === 0) {
-        throw new ModelFileError(
-          e.file,
-          `ended while reading tensor "${e.name}" (${done} of ${e.length} bytes at offset ${e.offset}); the file was truncated after it was opened`,
-        );
-      }
-      done += n;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return out;
-}
-
-function openFile(file: string): number {
-  try {
-    return openSync(file, "r");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new ModelFileError(
-      file,
-      code === "ENOENT" ? "file not found" : `cannot be opened (${code ?? String(err)})`,
+export function openSafetensors(path: string): TensorFile {
+  if (path.endsWith(".index.json"))
+    return tensorFile(
+      path,
+      readShardedIndex(path, (p) => readHeader(p).entries),
     );
-  }
+  const { entries, metadata } = readHeader(path);
+  return tensorFile(path, entries, metadata);
 }
 
 interface Header {
@@ -173,7 +36,7 @@ interface Header {
 }
 
 function readHeader(file: string): Header {
-  const fd = openFile(file);
+  const fd = openModelFile(file);
   try {
     const size = fstatSync(fd).size;
     if (size < 8) throw new ModelFileError(file, `is ${size} bytes long, too short to be a safetensors file`);
@@ -237,7 +100,7 @@ function parseHeader(file: string, json: unknown, dataStart: number, dataSize: n
     if (!isNonNegInt(begin) || !isNonNegInt(end) || begin > end) {
       throw new ModelFileError(file, `tensor "${name}" has invalid data_offsets ${JSON.stringify(offsets)}`);
     }
-    const itemSize = DTYPE_BYTES[dtype as SafetensorsDType];
+    const itemSize = DTYPE_BYTES[dtype as TensorDType];
     const expected = shape.reduce((a: number, b: number) => a * b, 1) * itemSize;
     if (end - begin !== expected) {
       throw new ModelFileError(
@@ -254,7 +117,7 @@ function parseHeader(file: string, json: unknown, dataStart: number, dataSize: n
     spans.push({ name, begin, end });
     entries.push({
       name,
-      dtype: dtype as SafetensorsDType,
+      dtype: dtype as TensorDType,
       shape,
       offset: dataStart + begin,
       length: end - begin,
@@ -270,43 +133,4 @@ function parseHeader(file: string, json: unknown, dataStart: number, dataSize: n
     }
   }
   return { entries, metadata };
-}
-
-/** `model.safetensors.index.json`: {"metadata": {...}, "weight_map": {tensor name: shard file name}}. */
-function readShardedHeaders(indexPath: string): TensorEntry[] {
-  let index: unknown;
-  try {
-    index = JSON.parse(readFileSync(indexPath, "utf8"));
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new ModelFileError(
-      indexPath,
-      code === "ENOENT" ? "file not found" : `is not valid JSON (${(err as Error).message})`,
-    );
-  }
-  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
-  if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
-    throw new ModelFileError(indexPath, `has no "weight_map" object`);
-  }
-  const byShard = new Map<string, string[]>();
-  for (const [name, shard] of Object.entries(weightMap as Record<string, unknown>)) {
-    if (typeof shard !== "string" || shard.includes("..") || shard.startsWith("/")) {
-      throw new ModelFileError(
-        indexPath,
-        `maps tensor "${name}" to an invalid shard ${JSON.stringify(shard)}`,
-      );
-    }
-    byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
-  }
-  const entries: TensorEntry[] = [];
-  for (const [shard, names] of byShard) {
-    const shardPath = join(dirname(indexPath), shard);
-    const inShard = new Map(readHeader(shardPath).entries.map((e) => [e.name, e]));
-    for (const name of names) {
-      const e = inShard.get(name);
-      if (!e) throw new ModelFileError(shardPath, `has no tensor "${name}", which ${indexPath} places there`);
-      entries.push(e);
-    }
-  }
-  return entries;
 }

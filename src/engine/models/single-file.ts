@@ -13,7 +13,8 @@ import { checkComponents, readConfigs } from "./checkpoint.js";
 import { ModelFileError } from "./errors.js";
 import { inferLdmConfigs } from "./ldm-config.js";
 import { ldmToDiffusers } from "./ldm-names.js";
-import { openSafetensors, safetensorsView, type TensorEntry } from "./safetensors.js";
+import { openSafetensors } from "./safetensors.js";
+import { type TensorEntry, tensorFile } from "./tensor-file.js";
 import { ClipTokenizer } from "./tokenizer.js";
 import { weightStore } from "./weights.js";
 
@@ -56,7 +57,7 @@ export function openSingleFile(file: string, options: OpenSingleFileOptions = {}
     file,
   );
   const component = <C>(config: C, entries: TensorEntry[], what: string, anchor: string): Component<C> => {
-    const weights = weightStore(safetensorsView(file, entries, st.metadata));
+    const weights = weightStore(tensorFile(file, entries, st.metadata));
     if (!weights.has(anchor)) throw new ModelFileError(file, `holds no ${what} (no tensor for ${anchor})`);
     return { dir: file, config, weights, weightsFile: file };
   };

@@ -5,7 +5,7 @@
  */
 import { f32ToF16 } from "../graph/dtype.js";
 import { ModelFileError } from "./errors.js";
-import { bytesToFloat32, type Safetensors, type SafetensorsDType } from "./safetensors.js";
+import { bytesToFloat32, type TensorDType, type TensorFile } from "./tensor-file.js";
 
 /** Mirrors the graph's DType (CONTRACTS.md §1) for the dtypes a checkpoint can hold. */
 export type WeightDType = "float32" | "float16" | "float64" | "int64" | "int32" | "bool";
@@ -13,7 +13,7 @@ export type WeightData = { dtype: WeightDType; shape: readonly number[]; bytes: 
 
 export interface WeightInfo {
   readonly name: string;
-  readonly dtype: SafetensorsDType;
+  readonly dtype: TensorDType;
   readonly shape: readonly number[];
   readonly file: string;
   readonly byteLength: number;
@@ -35,7 +35,7 @@ export interface WeightStore {
   float32(name: string, shape?: readonly number[]): Float32Array;
 }
 
-const NATIVE: Partial<Record<SafetensorsDType, WeightDType>> = {
+const NATIVE: Partial<Record<TensorDType, WeightDType>> = {
   F32: "float32",
   F16: "float16",
   F64: "float64",
@@ -43,13 +43,13 @@ const NATIVE: Partial<Record<SafetensorsDType, WeightDType>> = {
   I32: "int32",
   BOOL: "bool",
 };
-const FLOATS: ReadonlySet<SafetensorsDType> = new Set(["F32", "F16", "BF16", "F64"]);
+const FLOATS: ReadonlySet<TensorDType> = new Set(["F32", "F16", "BF16", "F64"]);
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-export function weightStore(st: Safetensors): WeightStore {
+export function weightStore(st: TensorFile): WeightStore {
   const info = (name: string): WeightInfo => {
     const e = st.tensors.get(name);
     if (!e)

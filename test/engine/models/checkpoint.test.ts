@@ -252,7 +252,7 @@ describe("config validation", () => {
 });
 
 describe("weight files", () => {
-  it("prefers the asked-for variant, falls back to plain files, and refuses pickles", () => {
+  it("prefers the asked-for variant, falls back to plain files, and refuses pickles diffusers does not load", () => {
     const dir = copySd1();
     const unet = join(dir, "unet");
     cpSync(
@@ -274,10 +274,16 @@ describe("weight files", () => {
     );
 
     const te = join(dir, "text_encoder");
-    renameSync(join(te, "model.safetensors"), join(te, "pytorch_model.bin"));
+    renameSync(join(te, "model.safetensors"), join(te, "model.ckpt"));
     const e = modelFileErrorOf(() => openCheckpoint(dir));
     expect(e.file).toBe(te);
-    expect(e.message).toMatch(/only PyTorch pickle weights \(pytorch_model\.bin\)/);
+    expect(e.message).toMatch(
+      /holds no weight file diffusers loads for this component \(found model\.ckpt; looked for model\.safetensors.*pytorch_model\.bin/,
+    );
+    renameSync(join(te, "model.ckpt"), join(te, "pytorch_model.bin"));
+    const notTorch = modelFileErrorOf(() => openCheckpoint(dir));
+    expect(notTorch.file).toBe(join(te, "pytorch_model.bin"));
+    expect(notTorch.message).toMatch(/is not a torch\.save file \(it does not start with a zip header\)/);
     rmSync(join(te, "pytorch_model.bin"));
     expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(
       /no weight file found \(looked for model\.safetensors/,

@@ -26,6 +26,7 @@ import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { FakeHub, gitBlobId, isLfs, OTHER_TOKEN, sha256, TOKEN } from "../../helpers/fake-hub.js";
 import { tempDirs } from "../../helpers/temp-dirs.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
+import { writeTorchCopy } from "../../helpers/write-torch.js";
 import { until } from "../../queue/support/setup.js";
 
 const SD1 = "test/fixtures/models/sd1/model";
@@ -495,9 +496,52 @@ describe("resolveModel: when the hub fails or refuses", () => {
 
     const pickles = tinyRepo();
     pickles.delete(UNET);
+    pickles.delete("unet/diffusion_pytorch_model.bin");
+    pickles.set("unet/sd-v1-5.ckpt", Buffer.from("pickle"));
     hub.publish("test/pickle", pickles);
     await expect(resolveModel("test/pickle", options())).rejects.toThrow(
-      /ships unet only as PyTorch pickles \(unet\/diffusion_pytorch_model\.bin\)/,
+      /ships unet only as unet\/sd-v1-5\.ckpt, which diffusers does not load as a component's weights/,
+    );
+  });
+
+  it("downloads the .bin weights of a repository that ships no safetensors, the variant's where it has one", async () => {
+    // An older community fine-tune: every network as PyTorch pickles, the UNet also in fp16.
+    const files = sd1Repo();
+    const dir = tempDir();
+    const pickled: Array<[string, string]> = [
+      [UNET, "unet/diffusion_pytorch_model.bin"],
+      ["vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"],
+      ["text_encoder/model.safetensors", "text_encoder/pytorch_model.bin"],
+    ];
+    for (const [from, to] of pickled) {
+      const file = join(dir, to.replace("/", "-"));
+      writeTorchCopy(join(SD1, from), file);
+      files.delete(from);
+      files.set(to, readFileSync(file));
+    }
+    files.set(
+      "unet/diffusion_pytorch_model.fp16.bin",
+      files.get("unet/diffusion_pytorch_model.bin") as Buffer,
+    );
+    hub.publish("test/bin", files);
+    const folder = await folderOf("test/bin", { variant: "fp16" });
+    const weights = [
+      "unet/diffusion_pytorch_model.fp16.bin",
+      "vae/diffusion_pytorch_model.bin",
+      "text_encoder/pytorch_model.bin",
+    ];
+    expect(hub.downloads().sort()).toEqual(
+      [...ENGINE_FILES.filter((f) => !f.endsWith(".safetensors")), ...weights].sort(),
+    );
+    const ckpt = openCheckpoint(folder, { variant: "fp16" });
+    expect(ckpt.unet.weightsFile).toBe(join(folder, "unet/diffusion_pytorch_model.fp16.bin"));
+    expect(ckpt.textEncoder.weightsFile).toBe(join(folder, "text_encoder/pytorch_model.bin"));
+    const reference = openCheckpoint(SD1);
+    expect(Array.from(ckpt.unet.weights.float32("conv_in.weight"))).toEqual(
+      Array.from(reference.unet.weights.float32("conv_in.weight")),
+    );
+    expect(Array.from(ckpt.textEncoder.weights.float32("final_layer_norm.weight"))).toEqual(
+      Array.from(reference.textEncoder.weights.float32("final_layer_norm.weight")),
     );
   });
 });

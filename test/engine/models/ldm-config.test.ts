@@ -23,7 +23,7 @@ import {
 import { inferLdmConfigs, type ShapeTable } from "../../../src/engine/models/ldm-config.js";
 import { ldmToDiffusers } from "../../../src/engine/models/ldm-names.js";
 import type { WeightSource } from "../../../src/engine/models/params.js";
-import { safetensorsView, type TensorEntry } from "../../../src/engine/models/safetensors.js";
+import { type TensorEntry, tensorFile } from "../../../src/engine/models/tensor-file.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
 import { clipTable, sd15, sd21, type Table, unetTable, vaeTable } from "../../helpers/ldm-tables.js";
 import { modelFileErrorOf } from "../../helpers/model-files.js";
@@ -141,7 +141,7 @@ function entriesOf(table: ShapeTable): TensorEntry[] {
 
 /** A WeightSource over entries that records which names a builder asks for (no data is ever read). */
 function recording(entries: TensorEntry[]): WeightSource & { asked: Set<string> } {
-  const store = weightStore(safetensorsView("table", entries));
+  const store = weightStore(tensorFile("table", entries));
   const asked = new Set<string>();
   return {
     asked,
