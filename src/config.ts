@@ -85,7 +85,7 @@ const SETTINGS = {
   },
   MODEL: {
     schema: z.string().optional(),
-    expects: "a diffusers model folder, a Hugging Face hub id or a single-file .safetensors checkpoint",
+    expects: "a diffusers model folder, a Hugging Face hub id or a single-file .safetensors/.ckpt checkpoint",
   },
   MODEL_CONFIG: {
     schema: z.string().optional(),

@@ -237,7 +237,7 @@ export class StableDiffusion {
           : setting;
     if (opts.modelConfig && !isSingleFile(pathOrId)) {
       throw new UserFacingError(
-        `MODEL_CONFIG is set but MODEL (${pathOrId}) is not a single-file checkpoint (.safetensors): a diffusers folder or hub id brings its own configs`,
+        `MODEL_CONFIG is set but MODEL (${pathOrId}) is not a single-file checkpoint (.safetensors, .ckpt): a diffusers folder or hub id brings its own configs`,
       );
     }
     if (opts.modelConfig && !existsSync(opts.modelConfig)) {

@@ -134,7 +134,10 @@ export function conceptCommand(): Command {
       .requiredOption("--subject <word>", 'the class of the new subject, e.g. "dog"')
       .requiredOption("--out <file>", "where to write the concept (safetensors)"),
   )
-    .option("--model <pathOrId>", "diffusers folder, hub id or single-file .safetensors (default: MODEL)")
+    .option(
+      "--model <pathOrId>",
+      "diffusers folder, hub id or single-file .safetensors/.ckpt (default: MODEL)",
+    )
     .addOption(deviceOption())
     .addOption(dtypeOption())
     .addOption(trainDtypeOption())

@@ -131,7 +131,10 @@ export function imagicCommand(): Command {
     .option("--eta <list>", "edit strengths η, 0–1.5 (default: the preset's sweep 0.6,0.8,1,1.2,1.4)")
     .option("--seeds <list>", "render seeds (default 1,2,3,4)")
     .option("--out <dir>", "output folder", "imagic-out")
-    .option("--model <pathOrId>", "diffusers folder, hub id or single-file .safetensors (default: MODEL)")
+    .option(
+      "--model <pathOrId>",
+      "diffusers folder, hub id or single-file .safetensors/.ckpt (default: MODEL)",
+    )
     .addOption(deviceOption())
     .addOption(dtypeOption())
     .addOption(trainDtypeOption())

@@ -182,7 +182,10 @@ export function swapCommand(): Command {
     .option("--batch <n>", `variants per UNet call (default ${SWAP_BATCH})`)
     .addOption(sizeOption("the source photo"))
     .option("--out <dir>", "output folder", "swap-out")
-    .option("--model <pathOrId>", "diffusers folder, hub id or single-file .safetensors (default: MODEL)")
+    .option(
+      "--model <pathOrId>",
+      "diffusers folder, hub id or single-file .safetensors/.ckpt (default: MODEL)",
+    )
     .addOption(deviceOption())
     .addOption(dtypeOption())
     .addOption(trainDtypeOption("concept learning and null-text"))

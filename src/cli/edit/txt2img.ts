@@ -32,7 +32,10 @@ export function txt2imgCommand(): Command {
     .requiredOption("--prompt <text>", "what to draw")
     .requiredOption("--out <file.png>", "where to write the PNG")
     .option("--negative <text>", "negative prompt", "")
-    .option("--model <pathOrId>", "diffusers folder, hub id or single-file .safetensors (default: MODEL)")
+    .option(
+      "--model <pathOrId>",
+      "diffusers folder, hub id or single-file .safetensors/.ckpt (default: MODEL)",
+    )
     .option("--seed <n>", "noise seed", int("--seed", 0, 2 ** 32 - 1), 0)
     .option("--steps <n>", "DDIM steps", int("--steps", 1, 1000), 25)
     .option("--guidance <scale>", "classifier-free guidance scale", Number.parseFloat, 7.5)

@@ -3,7 +3,8 @@
  * fine-tunes) opened as a Checkpoint, as diffusers' `StableDiffusionPipeline.from_single_file`: the weights
  * from the file under diffusers' names (ldm-names.ts), the configs either from a diffusers folder
  * (`configDir`, MODEL_CONFIG: diffusers' `config=`) with its tokenizer, or inferred from the file's tensor
- * shapes (ldm-config.ts) with the CLIP vocabulary shipped in assets/. Only the header is read here.
+ * shapes (ldm-config.ts) with the CLIP vocabulary shipped in assets/. Only the header (a `.ckpt`'s pickle,
+ * read without running it) is read here.
  */
 import { existsSync } from "node:fs";
 import { extname } from "node:path";
@@ -16,9 +17,10 @@ import { ldmToDiffusers } from "./ldm-names.js";
 import { openSafetensors } from "./safetensors.js";
 import { type TensorEntry, tensorFile } from "./tensor-file.js";
 import { ClipTokenizer } from "./tokenizer.js";
+import { openTorchFile } from "./torch-file.js";
 import { weightStore } from "./weights.js";
 
-/** File names a single-file checkpoint may have: safetensors, or a torch pickle (refused). */
+/** File names a single-file checkpoint may have: safetensors, or a torch.save file (`.ckpt`). */
 const PICKLES = new Set([".ckpt", ".pt", ".pth", ".bin"]);
 
 /** Whether MODEL names one checkpoint file rather than a diffusers folder or a hub id. */
@@ -33,19 +35,14 @@ export interface OpenSingleFileOptions {
 }
 
 export function openSingleFile(file: string, options: OpenSingleFileOptions = {}): Checkpoint {
-  if (PICKLES.has(extname(file).toLowerCase())) {
-    throw new ModelFileError(
-      file,
-      "is a PyTorch pickle; the engine loads safetensors only (loading a pickle runs code): convert it, e.g. with `safetensors`' convert tool or by loading it once with torch and saving it with safetensors.torch.save_file",
-    );
-  }
   if (!existsSync(file)) {
     throw new ModelFileError(
       file,
       "file not found (a single-file MODEL is read from this machine's disk: hub single files are not downloaded)",
     );
   }
-  const st = openSafetensors(file);
+  // A .ckpt is read without running its pickle (torch-file.ts); its tensors are its `state_dict`'s.
+  const st = PICKLES.has(extname(file).toLowerCase()) ? openTorchFile(file) : openSafetensors(file);
   const configs = options.configDir ? readConfigs(options.configDir) : inferredConfigs(st.tensors, file);
   const parts = ldmToDiffusers(
     st.tensors.values(),

@@ -44,7 +44,7 @@ describe("edit txt2img on a single-file MODEL", () => {
     ).toBe(true);
   });
 
-  it("stops with one line on a pickle, or MODEL_CONFIG beside a folder", async () => {
+  it("stops with one line on a missing file, or MODEL_CONFIG beside a folder", async () => {
     const dir = mkdtempSync(path.join(tmpdir(), "single-file-cli-"));
     const out = path.join(dir, "x.png");
     const base = [
@@ -61,9 +61,11 @@ describe("edit txt2img on a single-file MODEL", () => {
       "--out",
       out,
     ];
-    const pickle = await runCli(base, { STATE_DIR: dir, MODEL: path.join(dir, "sd-v1-4.ckpt") });
-    expect(pickle.code).toBe(1);
-    expect(pickle.stderr).toMatch(/sd-v1-4\.ckpt: is a PyTorch pickle; the engine loads safetensors only/);
+    const missing = await runCli(base, { STATE_DIR: dir, MODEL: path.join(dir, "sd-v1-4.ckpt") });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(
+      /sd-v1-4\.ckpt: file not found \(a single-file MODEL is read from this machine's disk/,
+    );
     const both = await runCli(base, { STATE_DIR: dir, MODEL: FOLDER, MODEL_CONFIG: FOLDER });
     expect(both.code).toBe(1);
     expect(both.stderr).toMatch(/MODEL_CONFIG is set but MODEL \(.*\) is not a single-file checkpoint/);

@@ -33,6 +33,7 @@ import {
 } from "../../helpers/ldm-tables.js";
 import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
+import { writeTorchCopy } from "../../helpers/write-torch.js";
 
 /** The parity suite's bound for one float32 network call against torch's float32 one (parity.test.ts). */
 const FORWARD: Tolerance = { max: 1e-4, why: "one float32 network call against torch's float32 one" };
@@ -154,9 +155,21 @@ describe("single-file MODEL", () => {
     );
   });
 
-  it("a torch pickle (.ckpt) is refused with what to do", () => {
-    const err = modelFileErrorOf(() => openSingleFile("/models/sd-v1-4.ckpt"));
-    expect(err.message).toMatch(/sd-v1-4\.ckpt: is a PyTorch pickle; .*convert it/);
+  it("a .ckpt (torch.save) opens to the same tensors as the safetensors file, read without running its pickle", () => {
+    const dir = mkdtempSync(join(tmpdir(), "single-file-ckpt-"));
+    try {
+      const source = "test/fixtures/models/sd2/single-file.safetensors";
+      const ckptFile = join(dir, "sd2.ckpt");
+      writeTorchCopy(source, ckptFile);
+      const config = { configDir: "test/fixtures/models/sd2/model" };
+      const ckpt = openSingleFile(ckptFile, config);
+      const st = openSingleFile(source, config);
+      expectSameTensors("unet", ckpt.unet.weights, st.unet.weights);
+      expectSameTensors("vae", ckpt.vae.weights, st.vae.weights);
+      expectSameTensors("text_encoder", ckpt.textEncoder.weights, st.textEncoder.weights);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
