@@ -5,7 +5,8 @@
  * against itself: opened with MODEL_CONFIG = the fixture folder, every tensor the folder has must come back
  * under its diffusers name with the same dtype, shape and bytes — and nothing more.
  */
-import { closeSync, openSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLIP_TOKENIZER_DIR } from "../../../src/assets.js";
@@ -22,7 +23,16 @@ import {
   type GoldenJson,
   type Tolerance,
 } from "../../helpers/golden.js";
+import {
+  clipTable,
+  extras,
+  openClipTable,
+  type Table,
+  unetTable,
+  vaeTable,
+} from "../../helpers/ldm-tables.js";
 import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
+import { writeSafetensors } from "../../helpers/write-safetensors.js";
 
 /** The parity suite's bound for one float32 network call against torch's float32 one (parity.test.ts). */
 const FORWARD: Tolerance = { max: 1e-4, why: "one float32 network call against torch's float32 one" };
@@ -148,4 +158,69 @@ describe("single-file MODEL", () => {
     const err = modelFileErrorOf(() => openSingleFile("/models/sd-v1-4.ckpt"));
     expect(err.message).toMatch(/sd-v1-4\.ckpt: is a PyTorch pickle; .*convert it/);
   });
+});
+
+/** A small file of the table's tensors, float32, filled with a fixed smooth pattern (no reference: it must run). */
+function writeTable(file: string, table: Table): void {
+  let k = 0;
+  const tensors = Object.fromEntries(
+    [...table].map(([name, shape]) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const values = Float32Array.from({ length: n }, () => 0.05 * Math.sin(++k));
+      return [name, { dtype: "F32", shape, data: new Uint8Array(values.buffer) }];
+    }),
+  );
+  writeSafetensors(file, tensors);
+}
+
+describe("a single file without MODEL_CONFIG: configs inferred from its shapes, CLIP's vocabulary from assets/", () => {
+  const tmp = mkdtempSync(join(tmpdir(), "single-file-inferred-"));
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const small = {
+    sd1: () => {
+      const t: Table = new Map();
+      unetTable(t, { ch: 32, mult: [1, 1], res: 1, ctx: 64, linear: false });
+      vaeTable(t, { ch: 32, mult: [1, 1], res: 1 });
+      clipTable(t, { width: 64, layers: 2, mlp: 128 });
+      extras(t);
+      return t;
+    },
+    // SD 2.x heads are 64 channels wide: levels of 64.
+    sd2: () => {
+      const t: Table = new Map();
+      unetTable(t, { ch: 64, mult: [1, 1], res: 1, ctx: 64, linear: true });
+      vaeTable(t, { ch: 32, mult: [1, 1], res: 1 });
+      openClipTable(t, { width: 64, layers: 3, mlp: 128 });
+      extras(t);
+      return t;
+    },
+  };
+  for (const f of fixturesWith("golden")) {
+    const family = f.name === "sd2" ? "sd2" : "sd1";
+    it(`${f.name}-shaped: the engine opens it, tokenizes as the fixture, encodes, denoises and decodes`, async () => {
+      const file = join(tmp, `${family}.safetensors`);
+      writeTable(file, small[family]());
+      const sd = await StableDiffusion.load(file, { device: "cpu", dtype: "fp32" });
+      try {
+        expect(sd.predictionType).toBe(family === "sd2" ? "v_prediction" : "epsilon");
+        const json = f.data("golden").json as unknown as GoldenJson;
+        json.prompts.forEach((prompt, i) => {
+          expect(sd.tokenize(prompt).ids, `prompt ${i}`).toEqual(json.input_ids[i]);
+        });
+        const context = await sd.encodeText(["a photo of a cat"]);
+        expect(context.length).toBe(77 * 64);
+        const size = { height: 8, width: 8 };
+        const latents = Float32Array.from({ length: 4 * 64 }, (_, i) => Math.cos(i));
+        const out = await sd.predictNoise(latents, size, 500, context);
+        const image = await sd.decodeLatents(out, size);
+        expect([out.every(Number.isFinite), image.every(Number.isFinite), image.length]).toEqual([
+          true,
+          true,
+          3 * 16 * 16,
+        ]);
+      } finally {
+        await sd.release();
+      }
+    });
+  }
 });
