@@ -18,7 +18,7 @@ import type { ModelShape } from "../spec/shape.js";
 import { repeatBatch } from "./batch.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
-import { type Checkpoint, openCheckpoint } from "./models/checkpoint.js";
+import { type Checkpoint, openCheckpoint, openWeightFile } from "./models/checkpoint.js";
 import {
   type ComputeDType,
   IO,
@@ -49,7 +49,6 @@ import {
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
-import { openSafetensors } from "./models/safetensors.js";
 import { isSingleFile, openSingleFile } from "./models/single-file.js";
 import type { TensorFile } from "./models/tensor-file.js";
 import type { FlatLayout } from "./optim/flat-params.js";
@@ -683,11 +682,12 @@ export class StableDiffusion {
   /**
    * A LoRA file (peft / diffusers `…to_q.lora_A.weight`, diffusers' older `…processor.to_q_lora.down.weight`
    * or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights for this UNet; alpha from `alpha`,
-   * else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit.
+   * else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit. A `.bin`
+   * (diffusers' older `pytorch_lora_weights.bin`) is read as a torch.save file, its pickle never executed.
    */
   loadLora(file: string | TensorFile, options: LoraFileOptions = {}): LoraWeights {
     const store = this.ckpt.unet.weights;
-    const st = typeof file === "string" ? openSafetensors(file) : file;
+    const st = typeof file === "string" ? openWeightFile(file) : file;
     return loraFromSafetensors(
       st,
       loraTargets(store.names(), (n) => store.info(n).shape),

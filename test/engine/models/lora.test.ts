@@ -15,6 +15,7 @@ import {
 import { relError } from "../../helpers/golden.js";
 import { tempDirs } from "../../helpers/temp-dirs.js";
 import { type TestTensor, writeSafetensors } from "../../helpers/write-safetensors.js";
+import { writeTorchCopy } from "../../helpers/write-torch.js";
 
 const tempDir = tempDirs("lora-file-");
 
@@ -194,6 +195,10 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
       return `unet.${m[1]}.processor.${(m[2] as string).replace(".0", "")}_lora.${part}.weight`;
     });
     same(sd.loadLora(proc.file, { alpha: 4 }), proc.lora, 4);
+    // diffusers saved these as pytorch_lora_weights.bin: the same adapter from a torch.save file.
+    const bin = join(tempDir(), "pytorch_lora_weights.bin");
+    writeTorchCopy(proc.file, bin);
+    same(sd.loadLora(bin, { alpha: 4 }), proc.lora, 4);
     const kohyaName = (p: string) => `lora_unet_${p.replaceAll(".", "_")}`;
     const alphas: Record<string, TestTensor> = {};
     for (const p of sd.newLora(2, 2, 5).keys()) alphas[`${kohyaName(p)}.alpha`] = f32([], Float32Array.of(6));
