@@ -10,23 +10,21 @@ import { existsSync } from "node:fs";
 import { extname } from "node:path";
 import { CLIP_TOKENIZER_DIR } from "../../assets.js";
 import type { Checkpoint, CheckpointConfigs, Component } from "./checkpoint.js";
-import { checkComponents, readConfigs } from "./checkpoint.js";
+import { checkComponents, openWeightFile, readConfigs } from "./checkpoint.js";
 import { ModelFileError } from "./errors.js";
 import { inferLdmConfigs } from "./ldm-config.js";
 import { ldmToDiffusers } from "./ldm-names.js";
-import { openSafetensors } from "./safetensors.js";
 import { type TensorEntry, tensorFile } from "./tensor-file.js";
 import { ClipTokenizer } from "./tokenizer.js";
-import { openTorchFile } from "./torch-file.js";
 import { weightStore } from "./weights.js";
 
 /** File names a single-file checkpoint may have: safetensors, or a torch.save file (`.ckpt`). */
-const PICKLES = new Set([".ckpt", ".pt", ".pth", ".bin"]);
+const TORCH_FILES = new Set([".ckpt", ".pt", ".pth", ".bin"]);
 
 /** Whether MODEL names one checkpoint file rather than a diffusers folder or a hub id. */
 export function isSingleFile(model: string): boolean {
   const ext = extname(model).toLowerCase();
-  return ext === ".safetensors" || PICKLES.has(ext);
+  return ext === ".safetensors" || TORCH_FILES.has(ext);
 }
 
 export interface OpenSingleFileOptions {
@@ -42,7 +40,7 @@ export function openSingleFile(file: string, options: OpenSingleFileOptions = {}
     );
   }
   // A .ckpt is read without running its pickle (torch-file.ts); its tensors are its `state_dict`'s.
-  const st = PICKLES.has(extname(file).toLowerCase()) ? openTorchFile(file) : openSafetensors(file);
+  const st = openWeightFile(file);
   const configs = options.configDir ? readConfigs(options.configDir) : inferredConfigs(st.tensors, file);
   const parts = ldmToDiffusers(
     st.tensors.values(),
