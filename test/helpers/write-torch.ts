@@ -207,11 +207,14 @@ const U32 = 0xffffffff;
 /**
  * A zip archive laid out as torch's PyTorchStreamWriter writes it through miniz. `method` overrides
  * the compression method a record's headers declare (the data stays stored), for broken files.
+ * `zip64`: every entry written as miniz writes one whose size and offset reach 4 GiB (zip64 extra
+ * fields in both headers, 32-bit fields 0xFFFFFFFF, a 64-bit data descriptor), without 4 GiB of data.
  */
 export function torchArchive(
   prefix: string,
   records: Array<[string, Uint8Array]>,
   method: Record<string, number> = {},
+  zip64 = false,
 ): Uint8Array {
   const out: Buffer[] = [];
   const central: Buffer[] = [];
@@ -223,8 +226,16 @@ export function torchArchive(
   for (const [name, data] of records) {
     const full = Buffer.from(`${prefix}/${name}`);
     if (data.length >= U32 || at >= U32) throw new Error("test writer: zip64 entries not written here");
-    const pad = (64 - ((at + 30 + full.length + 4) % 64)) % 64;
-    const extra = Buffer.concat([Buffer.from("FB"), Buffer.from(le(pad, 2)), Buffer.alloc(pad, "Z")]);
+    const wide = (values: number[]) =>
+      Buffer.from([1, 0, ...le(8 * values.length, 2), ...values.flatMap((v) => le(v, 8))]);
+    const localZip64 = zip64 ? wide([data.length, 0, at]) : Buffer.alloc(0);
+    const pad = (64 - ((at + 30 + full.length + 4 + localZip64.length) % 64)) % 64;
+    const extra = Buffer.concat([
+      localZip64,
+      Buffer.from("FB"),
+      Buffer.from(le(pad, 2)),
+      Buffer.alloc(pad, "Z"),
+    ]);
     const flags = (data.length ? 0x08 : 0) | 0x800;
     const m = method[name] ?? 0;
     const local = Buffer.alloc(30);
@@ -238,11 +249,16 @@ export function torchArchive(
     push(Buffer.concat([local, full, extra, Buffer.from(data)]));
     const crc = crc32(data);
     if (data.length) {
-      const dd = Buffer.alloc(16);
+      const dd = Buffer.alloc(zip64 ? 24 : 16);
       dd.writeUInt32LE(0x08074b50, 0);
       dd.writeUInt32LE(crc, 4);
-      dd.writeUInt32LE(data.length, 8);
-      dd.writeUInt32LE(data.length, 12);
+      if (zip64) {
+        dd.writeBigUInt64LE(BigInt(data.length), 8);
+        dd.writeBigUInt64LE(BigInt(data.length), 16);
+      } else {
+        dd.writeUInt32LE(data.length, 8);
+        dd.writeUInt32LE(data.length, 12);
+      }
       push(dd);
     }
     const c = Buffer.alloc(46);
@@ -251,11 +267,13 @@ export function torchArchive(
     c.writeUInt16LE(m, 10);
     c.writeUInt16LE(0x5b81, 14);
     c.writeUInt32LE(crc, 16);
-    c.writeUInt32LE(data.length, 20);
-    c.writeUInt32LE(data.length, 24);
+    c.writeUInt32LE(zip64 ? U32 : data.length, 20);
+    c.writeUInt32LE(zip64 ? U32 : data.length, 24);
     c.writeUInt16LE(full.length, 28);
-    c.writeUInt32LE(offset, 42);
-    central.push(c, full);
+    c.writeUInt32LE(zip64 ? U32 : offset, 42);
+    const centralZip64 = zip64 ? wide([data.length, data.length, offset]) : Buffer.alloc(0);
+    c.writeUInt16LE(centralZip64.length, 30);
+    central.push(c, full, centralZip64);
   }
   const cd = Buffer.concat(central);
   const cdOffset = at;

@@ -290,6 +290,44 @@ describe("weight files", () => {
     );
   });
 
+  it("takes .bin pickles in diffusers' order: after every safetensors, the variant's first", () => {
+    const dir = copySd1();
+    const unet = join(dir, "unet");
+    const bin = (name: string) => writeFileSync(join(unet, name), "");
+    bin("diffusion_pytorch_model.bin");
+    bin("diffusion_pytorch_model.fp16.bin");
+    // Any safetensors, even another variant's, comes before a pickle.
+    renameSync(
+      join(unet, "diffusion_pytorch_model.safetensors"),
+      join(unet, "diffusion_pytorch_model.bf16.safetensors"),
+    );
+    expect(findWeightsFile(unet, "diffusion_pytorch_model", "fp16")).toBe(
+      join(unet, "diffusion_pytorch_model.bf16.safetensors"),
+    );
+    rmSync(join(unet, "diffusion_pytorch_model.bf16.safetensors"));
+    expect(findWeightsFile(unet, "diffusion_pytorch_model", "fp16")).toBe(
+      join(unet, "diffusion_pytorch_model.fp16.bin"),
+    );
+    expect(findWeightsFile(unet, "diffusion_pytorch_model")).toBe(join(unet, "diffusion_pytorch_model.bin"));
+    rmSync(join(unet, "diffusion_pytorch_model.bin"));
+    expect(findWeightsFile(unet, "diffusion_pytorch_model")).toBe(
+      join(unet, "diffusion_pytorch_model.fp16.bin"),
+    );
+    bin("diffusion_pytorch_model.bin.index.fp16.json");
+    expect(findWeightsFile(unet, "diffusion_pytorch_model", "fp16")).toBe(
+      join(unet, "diffusion_pytorch_model.fp16.bin"),
+    );
+    rmSync(join(unet, "diffusion_pytorch_model.fp16.bin"));
+    expect(findWeightsFile(unet, "diffusion_pytorch_model", "fp16")).toBe(
+      join(unet, "diffusion_pytorch_model.bin.index.fp16.json"),
+    );
+    // transformers names its pickles pytorch_model*.bin, not model*.bin.
+    const te = join(dir, "text_encoder");
+    rmSync(join(te, "model.safetensors"));
+    writeFileSync(join(te, "pytorch_model.bin.index.json"), "");
+    expect(findWeightsFile(te, "model")).toBe(join(te, "pytorch_model.bin.index.json"));
+  });
+
   it("reads text encoders saved with transformers' `text_model.` prefix under the same names", () => {
     const dir = copySd1();
     const file = join(dir, "text_encoder/model.safetensors");

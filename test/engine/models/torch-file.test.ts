@@ -72,6 +72,19 @@ describe("files in torch.save's layout", () => {
     expect(Array.from(t.readFloat32("model.diffusion_model.out.2.bias"))).toEqual([0.5, -1]);
   });
 
+  it("follows zip64 extra fields, which torch writes for entries and offsets past 4 GiB", () => {
+    const data = f32([1, 2, 3, 4]);
+    const pickle = stateDictPickle({ w: { dtype: "F32", shape: [2, 2], data } });
+    const file = join(copy(FIXTURES), "zip64.bin");
+    writeFileSync(
+      file,
+      torchArchive("archive", [["data.pkl", pickle], ...torchRecords([["data/0", data]])], {}, true),
+    );
+    const t = openTorchFile(file);
+    expect(t.tensors.get("w")?.offset ?? 1).toSatisfy((o: number) => o % 64 === 0);
+    expect(Array.from(t.readFloat32("w"))).toEqual([1, 2, 3, 4]);
+  });
+
   it("writes, in the test helper, the same bytes as the torch-layout script", () => {
     const file = join(scratch, "plain-ts.bin");
     writeTorchFile(
