@@ -11,6 +11,7 @@ import { StableDiffusion } from "../../../src/engine/index.js";
 import { openWeightFile } from "../../../src/engine/models/checkpoint.js";
 import { PICKLE_LIMITS } from "../../../src/engine/models/pickle-vm.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
+import { readStoredZip } from "../../../src/engine/models/stored-zip.js";
 import { openTorchFile } from "../../../src/engine/models/torch-file.js";
 import { loadGolden } from "../../helpers/golden.js";
 import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
@@ -70,6 +71,20 @@ describe("files in torch.save's layout", () => {
     const t = openTorchFile(join(FIXTURES, "lightning.ckpt"));
     expect([...t.tensors.keys()]).toEqual(["model.diffusion_model.out.2.bias"]);
     expect(Array.from(t.readFloat32("model.diffusion_model.out.2.bias"))).toEqual([0.5, -1]);
+  });
+
+  it("parses a file torch itself wrote (picklescan's new_pytorch_model.bin: one bare tensor, not a dict)", () => {
+    const file = join(FIXTURES, "written-by-torch.bin");
+    const records = readStoredZip(file);
+    expect([...records.keys()]).toEqual(["archive/data.pkl", "archive/data/0", "archive/version"]);
+    const data = records.get("archive/data/0");
+    // The tensor's storage as Python's zipfile reads it: 12 float32 values.
+    const bytes = readFileSync(file).subarray(data?.offset, (data?.offset ?? 0) + (data?.size ?? 0));
+    expect(
+      Array.from(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength))),
+    ).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 122, 13, 14, 15]);
+    // Its pickle is parsed to the end (a tensor rebuilt from a FloatStorage), then refused as no state dict.
+    expect(modelFileErrorOf(() => openTorchFile(file)).message).toMatch(/does not hold a dict of tensors/);
   });
 
   it("follows zip64 extra fields, which torch writes for entries and offsets past 4 GiB", () => {
