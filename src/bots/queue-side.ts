@@ -8,6 +8,7 @@ import { type BlobLimits, BlobStore } from "../queue/blobs.js";
 import { QueueClient } from "../queue/client.js";
 import type { ChatOrigin } from "../queue/jobs.js";
 import type { RunningService } from "../services.js";
+import { configuredModelIdentity } from "../spec/model.js";
 import { MAX_REFERENCES } from "../spec/swap.js";
 
 /** Blob limits from the settings: one user may hold the inputs of one full /swap at a time. */
@@ -48,7 +49,7 @@ export async function startOnQueue(
     limits: { maxQueued: config.userMaxQueuedJobs },
     consumer: platform,
     platform,
-    model: config.model,
+    model: configuredModelIdentity(config),
   });
   const close = async () => {
     await queue.close();

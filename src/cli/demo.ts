@@ -20,6 +20,7 @@ import { QueueClient } from "../queue/client.js";
 import type { JobName, JobResult } from "../queue/jobs.js";
 import { resolveRedis } from "../queue/redis-server.js";
 import { PRESET_NAMES, type PresetName, parseNumberList } from "../spec/imagic.js";
+import { configuredModelIdentity } from "../spec/model.js";
 import { requestedSizeOptions, type Size } from "../spec/shape.js";
 import { checkSubjectWord, PAPER_STRENGTHS } from "../spec/swap.js";
 import { collect } from "./edit/shared.js";
@@ -93,7 +94,7 @@ async function withDemoQueue(body: (q: DemoQueue) => Promise<void>): Promise<voi
     redisUrl: redis.url,
     blobs,
     limits: { maxQueued: config.userMaxQueuedJobs },
-    model: config.model,
+    model: configuredModelIdentity(config),
   });
   try {
     await client.listen();

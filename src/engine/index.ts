@@ -14,6 +14,7 @@ import { totalmem } from "node:os";
 import { resolve } from "node:path";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
+import { modelIdentity } from "../spec/model.js";
 import type { ModelShape } from "../spec/shape.js";
 import { repeatBatch } from "./batch.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
@@ -273,7 +274,7 @@ export class StableDiffusion {
       throw err;
     }
     const sd = new StableDiffusion(
-      pathOrId,
+      modelIdentity(pathOrId, opts),
       ckpt,
       device,
       dtype,

@@ -57,7 +57,7 @@ export interface QueueClientOptions {
   /** Runs per job for transient faults, with exponential backoff from backoffMs. Default 3, 5 s. */
   retry?: { attempts: number; backoffMs: number };
   /**
-   * The model the engines run (MODEL): a swap whose concept is cached for it skips concept learning.
+   * The model the engines run (its identity, spec/model.ts): a swap whose concept is cached for it skips concept learning.
    * Unset, every swap enqueues its concept job (which an engine then answers from the cache if it can).
    */
   model?: string;

@@ -9,6 +9,7 @@ import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config.js";
 import { StableDiffusion, trainComputeDtype } from "../../src/engine/index.js";
 import { modelLoadOptions } from "../../src/engine/load-options.js";
+import { configuredModelIdentity } from "../../src/spec/model.js";
 import { scratchCopies } from "../helpers/model-files.js";
 
 const MODEL = "test/fixtures/models/sd1/model";
@@ -91,5 +92,32 @@ describe("MODEL_CONFIG and MODEL_PREDICTION_TYPE", () => {
     await expect(StableDiffusion.load(dir, { device: "cpu", predictionType: "epsilon" })).rejects.toThrow(
       /the scheduler config with MODEL_PREDICTION_TYPE=epsilon: setting "rescale_betas_zero_snr" = true is not supported \(zero terminal SNR with epsilon prediction/,
     );
+  });
+});
+
+describe("the model's identity (concept cache, concept files, Imagic states)", () => {
+  it("is MODEL alone at the default settings, so concepts saved before keep matching", () => {
+    expect(configuredModelIdentity(config({ MODEL }))).toBe(MODEL);
+    expect(configuredModelIdentity(config({ MODEL, MODEL_REVISION: "main" }))).toBe(MODEL);
+  });
+
+  it("names a revision, a MODEL_CONFIG and a prediction override, which change what one MODEL computes", () => {
+    expect(configuredModelIdentity(config({ MODEL: "owner/sd", MODEL_REVISION: "v2" }))).toBe("owner/sd@v2");
+    expect(
+      configuredModelIdentity(
+        config({ MODEL: "m.safetensors", MODEL_CONFIG: "/cfg", MODEL_PREDICTION_TYPE: "epsilon" }),
+      ),
+    ).toBe("m.safetensors (config /cfg, prediction epsilon)");
+  });
+
+  it("is what the engine loaded from the same settings reports, which the bot's cache lookups use", async () => {
+    const settings = config({ MODEL, MODEL_PREDICTION_TYPE: "v_prediction", ENGINE_DEVICE: "cpu" });
+    const sd = await StableDiffusion.load(MODEL, modelLoadOptions(settings));
+    try {
+      expect(sd.modelId).toBe(configuredModelIdentity(settings));
+      expect(sd.modelId).not.toBe(configuredModelIdentity(config({ MODEL })));
+    } finally {
+      await sd.close();
+    }
   });
 });
