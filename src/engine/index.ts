@@ -8,10 +8,8 @@
  * Every call that takes latents takes their `LatentSize` too (height and width in latent pixels): a
  * flat array's length does not say its shape, and latents need not be square.
  */
-import { createHash } from "node:crypto";
-import { existsSync, statSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { totalmem } from "node:os";
-import { resolve } from "node:path";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import { modelIdentity } from "../spec/model.js";
@@ -19,7 +17,12 @@ import type { ModelShape } from "../spec/shape.js";
 import { repeatBatch } from "./batch.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
-import { type Checkpoint, openCheckpoint, openWeightFile } from "./models/checkpoint.js";
+import {
+  type Checkpoint,
+  checkpointFingerprint,
+  openCheckpoint,
+  openWeightFile,
+} from "./models/checkpoint.js";
 import {
   type ComputeDType,
   IO,
@@ -218,7 +221,7 @@ export class StableDiffusion {
     this.maxTrainBytes =
       maxTrainBytes ?? (device === "cpu" ? Math.floor(0.75 * totalmem()) : DEFAULT_GPU_TRAIN_BYTES);
     this.trainDtype = trainComputeDtype(trainDtype, device);
-    this.fingerprint = weightsFingerprint(ckpt);
+    this.fingerprint = checkpointFingerprint(ckpt);
     this.unetDtype = unetComputeDtype(dtype, device);
   }
 
@@ -917,14 +920,6 @@ function withPredictionType(ckpt: Checkpoint, predictionType: LoadOptions["predi
     `the scheduler config with MODEL_PREDICTION_TYPE=${predictionType}`,
   );
   return { ...ckpt, scheduler: { ...ckpt.scheduler, config } };
-}
-
-function weightsFingerprint(ckpt: Checkpoint): string {
-  const files = [ckpt.unet.weightsFile, ckpt.vae.weightsFile, ckpt.textEncoder.weightsFile].map((f) => {
-    const st = statSync(f);
-    return [resolve(f), st.size, st.mtimeMs];
-  });
-  return createHash("sha256").update(JSON.stringify(files)).digest("hex").slice(0, 16);
 }
 
 function checkSize(what: string, size: LatentSize): [number, number] {

@@ -2,8 +2,9 @@
  * A diffusers-format Stable Diffusion folder: model_index.json, unet/, vae/, text_encoder/, tokenizer/,
  * scheduler/. Opening one validates every config and reads the weight files' headers (not their data).
  */
-import { existsSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
 import {
   loadConfig,
   type ModelIndex,
@@ -143,6 +144,25 @@ export function openWeightFile(file: string): TensorFile {
   return /\.safetensors(\.index(\.[A-Za-z0-9_]+)?\.json)?$/.test(file)
     ? openSafetensors(file)
     : openTorchFile(file);
+}
+
+/**
+ * Stands for a checkpoint's weights in graph cache keys (the runtime's cache hashes a graph's structure, not
+ * its weight bytes): the path, size and modification time of every file its tensors are read from — each
+ * shard of a sharded checkpoint, not only the index that names them, so a re-downloaded shard misses the
+ * cache as a changed single file does.
+ */
+export function checkpointFingerprint(ckpt: Checkpoint): string {
+  const files = new Set<string>();
+  for (const c of [ckpt.unet, ckpt.vae, ckpt.textEncoder]) {
+    files.add(c.weightsFile);
+    for (const name of c.weights.names()) files.add(c.weights.info(name).file);
+  }
+  const stats = [...files].map((f) => {
+    const st = statSync(f);
+    return [resolve(f), st.size, st.mtimeMs];
+  });
+  return createHash("sha256").update(JSON.stringify(stats)).digest("hex").slice(0, 16);
 }
 
 /**

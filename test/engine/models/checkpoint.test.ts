@@ -1,7 +1,11 @@
-import { cpSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, readFileSync, renameSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { findWeightsFile, openCheckpoint } from "../../../src/engine/models/checkpoint.js";
+import {
+  checkpointFingerprint,
+  findWeightsFile,
+  openCheckpoint,
+} from "../../../src/engine/models/checkpoint.js";
 import {
   parseConfig,
   SchedulerConfigSchema,
@@ -357,5 +361,39 @@ describe("weight files", () => {
     const e = modelFileErrorOf(() => openCheckpoint(dir));
     expect(e.file).toBe(file);
     expect(e.message).toMatch(/truncated file/);
+  });
+});
+
+describe("checkpointFingerprint (the graph cache's stand-in for the weights)", () => {
+  it("changes when any shard of a sharded component changes, not only its index", () => {
+    const dir = copySd1();
+    const vae = join(dir, "vae");
+    const whole = openSafetensors(join(vae, "diffusion_pytorch_model.safetensors"));
+    const names = [...whole.tensors.keys()];
+    const shards = [names.slice(0, names.length / 2), names.slice(names.length / 2)];
+    const weightMap: Record<string, string> = {};
+    shards.forEach((part, i) => {
+      const file = `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`;
+      const tensors = Object.fromEntries(
+        part.map((name) => {
+          const e = whole.tensors.get(name);
+          if (!e) throw new Error(name);
+          weightMap[name] = file;
+          return [name, { dtype: e.dtype, shape: [...e.shape], data: whole.read(name) }];
+        }),
+      );
+      writeSafetensors(join(vae, file), tensors);
+    });
+    rmSync(join(vae, "diffusion_pytorch_model.safetensors"));
+    writeFileSync(
+      join(vae, "diffusion_pytorch_model.safetensors.index.json"),
+      JSON.stringify({ weight_map: weightMap }),
+    );
+    const before = checkpointFingerprint(openCheckpoint(dir));
+    expect(checkpointFingerprint(openCheckpoint(dir))).toBe(before);
+    // A re-downloaded second shard: same index, same size, a new modification time.
+    const later = new Date(Date.now() + 60_000);
+    utimesSync(join(vae, "diffusion_pytorch_model-00002-of-00002.safetensors"), later, later);
+    expect(checkpointFingerprint(openCheckpoint(dir))).not.toBe(before);
   });
 });
