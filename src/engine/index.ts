@@ -8,21 +8,14 @@
  * Every call that takes latents takes their `LatentSize` too (height and width in latent pixels): a
  * flat array's length does not say its shape, and latents need not be square.
  */
-import { existsSync } from "node:fs";
 import { totalmem } from "node:os";
-import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import { modelIdentity } from "../spec/model.js";
 import type { ModelShape } from "../spec/shape.js";
 import { repeatBatch } from "./batch.js";
 import { DDIMScheduler } from "./diffusion/ddim.js";
 import type { Graph, Tensor } from "./graph/index.js";
-import {
-  type Checkpoint,
-  checkpointFingerprint,
-  openCheckpoint,
-  openWeightFile,
-} from "./models/checkpoint.js";
+import { type Checkpoint, checkpointFingerprint, openWeightFile } from "./models/checkpoint.js";
 import {
   type ComputeDType,
   IO,
@@ -53,8 +46,8 @@ import {
   loraUpName,
   newLoraWeights,
 } from "./models/lora.js";
-import { isSingleFile, openSingleFile } from "./models/single-file.js";
 import type { TensorFile } from "./models/tensor-file.js";
+import { openModel } from "./open-model.js";
 import type { FlatLayout } from "./optim/flat-params.js";
 import { type StepFeeds, Trainer, type TrainerArgs } from "./optim/trainer.js";
 import {
@@ -225,7 +218,10 @@ export class StableDiffusion {
     this.unetDtype = unetComputeDtype(dtype, device);
   }
 
-  /** Opens a diffusers folder, or downloads a hub model id into `cacheDir` first. */
+  /**
+   * Opens a diffusers folder or a single-file checkpoint, or downloads a hub model id or a hub single
+   * file (and a hub MODEL_CONFIG) into `cacheDir` first.
+   */
   static async load(pathOrId: string, opts: LoadOptions): Promise<StableDiffusion> {
     const device = await resolveDevice(opts.device);
     const dtype = opts.dtype ?? "auto";
@@ -238,40 +234,10 @@ export class StableDiffusion {
             ? "fp16"
             : undefined
           : setting;
-    if (opts.modelConfig && !isSingleFile(pathOrId)) {
-      throw new UserFacingError(
-        `MODEL_CONFIG is set but MODEL (${pathOrId}) is not a single-file checkpoint (.safetensors, .ckpt): a diffusers folder or hub id brings its own configs`,
-      );
-    }
-    if (opts.modelConfig && !existsSync(opts.modelConfig)) {
-      throw new UserFacingError(
-        `MODEL_CONFIG ${opts.modelConfig} is not a folder: give a diffusers model folder (model_index.json and the component configs, e.g. the configs and tokenizer files of a hub repository downloaded with huggingface-cli)`,
-      );
-    }
-    // The hub client is loaded only for a model id: a local folder or file needs no network code.
-    const model =
-      existsSync(pathOrId) || isSingleFile(pathOrId)
-        ? { folder: pathOrId, release: async () => {} }
-        : await (await import("./models/hub.js")).resolveModel(pathOrId, {
-            cacheDir: opts.cacheDir ?? ".state/models",
-            endpoint: opts.endpoint,
-            token: opts.token,
-            revision: opts.revision,
-            variant,
-            variantRequired: setting !== "auto" && setting !== "none",
-            offline: opts.offline,
-            proxy: opts.proxy,
-            signal: opts.signal,
-            onProgress: opts.onProgress,
-          });
+    const model = await openModel(pathOrId, opts, variant, setting);
     let ckpt: Checkpoint;
     try {
-      ckpt = withPredictionType(
-        isSingleFile(model.folder)
-          ? openSingleFile(model.folder, { configDir: opts.modelConfig })
-          : openCheckpoint(model.folder, { variant }),
-        opts.predictionType,
-      );
+      ckpt = withPredictionType(model.checkpoint, opts.predictionType);
     } catch (err) {
       await model.release();
       throw err;

@@ -48,6 +48,8 @@ export interface HubHttpOptions {
   id: string;
   endpoint: string;
   revision: string;
+  /** The settings that named the repository and the revision, for messages: MODEL and MODEL_REVISION unless said. */
+  namedBy?: { id: string; revision: string };
   token?: string;
   proxy?: ProxySettings;
   signal?: AbortSignal;
@@ -119,6 +121,7 @@ export class HubHttp {
   /** The hub's refusal of `file` as a message that names the cause and the setting to change. */
   refusal(res: Response, file: string): HubError {
     const { id, endpoint, revision, token } = this.o;
+    const namedBy = this.o.namedBy ?? { id: "MODEL", revision: "MODEL_REVISION" };
     const status = res.status;
     const code = res.headers.get("x-error-code") ?? undefined;
     const said = res.headers.get("x-error-message") ?? undefined;
@@ -140,7 +143,7 @@ export class HubHttp {
     }
     if (code === "RevisionNotFound") {
       return new HubError(
-        `${id} has no revision "${revision}" (${http}${server}): check MODEL_REVISION (a branch, tag or full commit sha)`,
+        `${id} has no revision "${revision}" (${http}${server}): check ${namedBy.revision} (a branch, tag or full commit sha)`,
         "refused",
       );
     }
@@ -150,8 +153,8 @@ export class HubHttp {
     if (code === "RepoNotFound" || status === 401) {
       return new HubError(
         token
-          ? `${id} was not found on ${endpoint} (${http}), or the account of HF_TOKEN cannot see it: check MODEL for a typo`
-          : `${id} was not found on ${endpoint} (${http}): check MODEL for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
+          ? `${id} was not found on ${endpoint} (${http}), or the account of HF_TOKEN cannot see it: check ${namedBy.id} for a typo`
+          : `${id} was not found on ${endpoint} (${http}): check ${namedBy.id} for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
         "refused",
       );
     }

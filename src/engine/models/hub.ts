@@ -16,6 +16,10 @@
  * before they are renamed into place; one weight variant per network is chosen (fp16 where the engine
  * computes in fp16, or what the cache already holds).
  *
+ * The same download puts one file of a repository in the cache (a single-file checkpoint that MODEL
+ * names on the hub: resolveHubFile), or only the configs and tokenizer of a diffusers repository
+ * (MODEL_CONFIG: resolveConfigs).
+ *
  * The cache is used without asking the hub when HF_HUB_OFFLINE is set or the revision is a commit
  * already complete there, and instead of the hub when the hub cannot be reached or refuses (any HTTP
  * error: a repository deleted or gated since, an expired token), with a warning.
@@ -33,6 +37,8 @@ import { FileLock, type LockOptions } from "./file-lock.js";
 import { RepoCache } from "./hub-cache.js";
 import { HubError, HubHttp, type ProxySettings } from "./hub-http.js";
 import { DownloadMeter, type DownloadProgress, type HubLog } from "./hub-progress.js";
+import { type HubFileRef, isModelId } from "./hub-ref.js";
+import { isSingleFile } from "./single-file.js";
 
 export { HubError, type HubErrorKind, type ProxySettings } from "./hub-http.js";
 export type { DownloadProgress, HubLog } from "./hub-progress.js";
@@ -71,7 +77,16 @@ export interface ResolveOptions {
   stallTimeoutMs?: number;
 }
 
-/** A folder to open, held so that no other process's cleanup deletes it while in use. */
+/** What of a repository the cache must hold. */
+type Wanted =
+  /** A diffusers folder the engine opens: configs, tokenizer, one variant of each network's weights. */
+  | { kind: "model" }
+  /** MODEL_CONFIG's configs and tokenizer, without weights. */
+  | { kind: "configs" }
+  /** One file (a single-file checkpoint); `urlRevision`: the revision is the one MODEL's URL names. */
+  | { kind: "file"; path: string; urlRevision: boolean };
+
+/** A folder (or, for a single file, the file) to open, held so that no other process's cleanup deletes it while in use. */
 export interface ResolvedModel {
   folder: string;
   /** The commit the folder holds; undefined for a local folder. */
@@ -93,7 +108,6 @@ interface RepoInfo {
   siblings: Sibling[];
 }
 
-const MODEL_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const COMMIT = /^[0-9a-f]{40}$/;
 /** The components' configs a Stable Diffusion checkpoint cannot do without. */
 const REQUIRED_CONFIGS = [
@@ -116,10 +130,6 @@ const WEIGHTS: ReadonlyArray<[component: string, base: string]> = [
   ["text_encoder", "model"],
 ];
 
-function isModelId(value: string): boolean {
-  return MODEL_ID.test(value) && !value.includes("..");
-}
-
 /** A local folder as is, or a hub model id found complete in the cache or downloaded into it. */
 export async function resolveModel(pathOrId: string, options: ResolveOptions): Promise<ResolvedModel> {
   if (existsSync(pathOrId)) return { folder: pathOrId, release: async () => {} };
@@ -129,7 +139,53 @@ export async function resolveModel(pathOrId: string, options: ResolveOptions): P
       "repo",
     );
   }
-  const download = new HubDownload(pathOrId, options);
+  return fetchRepo(pathOrId, options, { kind: "model" });
+}
+
+/** A hub file (MODEL as a hub URL or owner/name/path.safetensors) found in the cache or downloaded into it. */
+export async function resolveHubFile(ref: HubFileRef, options: ResolveOptions): Promise<ResolvedModel> {
+  const revision = hubFileRevision(ref, options.revision);
+  return fetchRepo(
+    ref.id,
+    { ...options, revision },
+    { kind: "file", path: ref.path, urlRevision: ref.revision !== undefined },
+  );
+}
+
+/** The configs and tokenizer of a diffusers repository (MODEL_CONFIG as a hub id), at its main branch. */
+export async function resolveConfigs(id: string, options: ResolveOptions): Promise<ResolvedModel> {
+  return fetchRepo(id, { ...options, revision: "main" }, { kind: "configs" });
+}
+
+/**
+ * The revision to download a hub file at: the URL's, else MODEL_REVISION. Both set and different is
+ * refused rather than one silently winning; MODEL_REVISION=main (its default) gives way to a URL's.
+ * A file that is no safetensors checkpoint is refused here, before any download.
+ */
+function hubFileRevision(ref: HubFileRef, setting: string | undefined): string {
+  const where = `${ref.id}/${ref.path}`;
+  if (!ref.path.toLowerCase().endsWith(".safetensors")) {
+    throw new HubError(
+      isSingleFile(ref.path)
+        ? `${where} is a torch.save pickle: a single file is taken from the hub only as .safetensors; name the repository's .safetensors copy if it has one, or download the file and set MODEL to its local path (a local .ckpt is read without running its pickle)`
+        : `${where} is not a single-file checkpoint: MODEL names a hub file only as a .safetensors file (or give the repository id ${ref.id} for a diffusers repository)`,
+      "repo",
+    );
+  }
+  if (ref.revision === undefined || setting === undefined || setting === "main") {
+    return ref.revision ?? setting ?? "main";
+  }
+  if (ref.revision !== setting) {
+    throw new HubError(
+      `MODEL names revision ${ref.revision} of ${where} but MODEL_REVISION is ${setting}: drop one of them`,
+      "repo",
+    );
+  }
+  return setting;
+}
+
+async function fetchRepo(id: string, options: ResolveOptions, wanted: Wanted): Promise<ResolvedModel> {
+  const download = new HubDownload(id, options, wanted);
   try {
     return await download.run();
   } finally {
@@ -151,6 +207,7 @@ class HubDownload {
   constructor(
     private readonly id: string,
     private readonly options: ResolveOptions,
+    private readonly wanted: Wanted,
   ) {
     this.endpoint = (options.endpoint ?? "https://huggingface.co").replace(/\/+$/, "");
     this.revision = options.revision ?? "main";
@@ -163,6 +220,11 @@ class HubDownload {
       token: options.token,
       proxy: options.proxy,
       signal: options.signal,
+      namedBy: {
+        id: wanted.kind === "configs" ? "MODEL_CONFIG" : "MODEL",
+        revision:
+          wanted.kind === "file" && wanted.urlRevision ? "the revision in MODEL's URL" : "MODEL_REVISION",
+      },
     });
   }
 
@@ -212,12 +274,12 @@ class HubDownload {
     const commit = COMMIT.test(this.revision) ? this.revision : this.cache.readRef(this.revision);
     if (!commit) return `no snapshot of revision ${this.revision} was recorded there`;
     const hold = await this.lock(this.cache.snapshotLock(commit), { shared: true });
-    const gap = snapshotGap(this.cache.snapshot(commit), this.options.variant, strict);
+    const gap = this.gap(this.cache.snapshot(commit), strict);
     if (gap) {
       await hold.release();
       return `its snapshot ${commit} is incomplete (${gap})`;
     }
-    return { folder: this.cache.snapshot(commit), commit, release: () => hold.release() };
+    return { folder: this.target(commit), commit, release: () => hold.release() };
   }
 
   private async download(): Promise<ResolvedModel> {
@@ -243,7 +305,7 @@ class HubDownload {
       }
       const superseded = previous && previous !== info.sha ? previous : undefined;
       if (superseded || this.cache.hasTemps() || this.cache.pending().length > 0) await this.tidy(superseded);
-      return { folder, commit: info.sha, release: () => hold.release() };
+      return { folder: this.target(info.sha), commit: info.sha, release: () => hold.release() };
     } catch (err) {
       await hold.release();
       throw err;
@@ -279,9 +341,28 @@ class HubDownload {
     }
   }
 
-  /** Fetches what the engine reads of a commit; returns the bytes downloaded. */
+  /** What the caller opens of a snapshot: the folder, or the wanted file in it. */
+  private target(commit: string): string {
+    const folder = this.cache.snapshot(commit);
+    return this.wanted.kind === "file" ? join(folder, this.wanted.path) : folder;
+  }
+
+  /** What the snapshot lacks of what is wanted, or undefined. */
+  private gap(folder: string, strict: boolean): string | undefined {
+    if (this.wanted.kind === "file") {
+      return existsSync(join(folder, this.wanted.path)) ? undefined : `no ${this.wanted.path}`;
+    }
+    return (
+      configGap(folder) ??
+      (this.wanted.kind === "model" ? weightsGap(folder, this.options.variant, strict) : undefined)
+    );
+  }
+
+  /** Fetches what is wanted of a commit; returns the bytes downloaded. */
   private async fetchSnapshot(info: RepoInfo): Promise<number> {
     const byName = new Map(info.siblings.map((s) => [s.rfilename, s]));
+    if (this.wanted.kind === "file")
+      return this.fetchFiles(info.sha, [this.wantedFile(byName, this.wanted.path)]);
     // model_index.json first: another model family is refused before gigabytes are fetched.
     let fetched = await this.fetchFiles(info.sha, [this.sibling(byName, "model_index.json")]);
     parseConfig(
@@ -293,6 +374,7 @@ class HubDownload {
     for (const required of REQUIRED_CONFIGS) this.sibling(byName, required);
     const configs = CONFIG_FILES.filter((f) => byName.has(f)).map((f) => this.sibling(byName, f));
     fetched += await this.fetchFiles(info.sha, configs);
+    if (this.wanted.kind === "configs") return fetched;
 
     const chosen: Array<{ component: string; name: string; files: Sibling[]; cached: boolean }> = [];
     for (const [component, base] of WEIGHTS) {
@@ -305,6 +387,21 @@ class HubDownload {
         info.sha,
         chosen.flatMap((c) => c.files),
       ))
+    );
+  }
+
+  /** The single file MODEL names, or a refusal that lists the checkpoints the repository has. */
+  private wantedFile(byName: Map<string, Sibling>, path: string): Sibling {
+    const file = byName.get(path);
+    if (file) return file;
+    const checkpoints = [...byName.keys()].filter((f) => f.endsWith(".safetensors") && !f.includes("/"));
+    throw new HubError(
+      `${this.id} has no ${path} at revision ${this.revision}; ${
+        checkpoints.length > 0
+          ? `its single files are ${checkpoints.join(", ")}`
+          : "it has no .safetensors file at its top level"
+      }`,
+      "repo",
     );
   }
 
@@ -600,17 +697,24 @@ class HubDownload {
 }
 
 /**
- * What keeps a cached snapshot from being opened — a missing config, tokenizer or weight file (links
- * whose blob is gone count as missing) — or undefined when complete. `strict`: the variant's weights
- * must be there (a pinned commit then skips the hub only if it holds what would be downloaded).
+ * What keeps a cached snapshot's configs from being read — a missing config or tokenizer file (links
+ * whose blob is gone count as missing) — or undefined when they are complete.
  */
-function snapshotGap(folder: string, variant: string | undefined, strict: boolean): string | undefined {
+function configGap(folder: string): string | undefined {
   const missing = ["model_index.json", ...REQUIRED_CONFIGS].find((f) => !existsSync(join(folder, f)));
   if (missing) return `no ${missing}`;
   const tokenizer =
     ["tokenizer/tokenizer.json"].every((f) => existsSync(join(folder, f))) ||
     ["tokenizer/vocab.json", "tokenizer/merges.txt"].every((f) => existsSync(join(folder, f)));
   if (!tokenizer) return "no tokenizer/tokenizer.json, nor vocab.json and merges.txt";
+  return undefined;
+}
+
+/**
+ * A missing weight file of a cached snapshot, or undefined. `strict`: the variant's weights must be
+ * there (a pinned commit then skips the hub only if it holds what would be downloaded).
+ */
+function weightsGap(folder: string, variant: string | undefined, strict: boolean): string | undefined {
   for (const [component, base] of WEIGHTS) {
     let weights: string;
     try {

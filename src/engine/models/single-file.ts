@@ -36,7 +36,7 @@ export function openSingleFile(file: string, options: OpenSingleFileOptions = {}
   if (!existsSync(file)) {
     throw new ModelFileError(
       file,
-      "file not found (a single-file MODEL is read from this machine's disk: hub single files are not downloaded)",
+      "file not found (a single-file MODEL is read from this machine's disk; one on the hub is named by its URL, https://huggingface.co/owner/name/blob/main/file.safetensors, or as owner/name/file.safetensors)",
     );
   }
   // A .ckpt is read without running its pickle (torch-file.ts); its tensors are its `state_dict`'s.

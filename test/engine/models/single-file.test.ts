@@ -15,7 +15,6 @@ import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { isSingleFile, openSingleFile } from "../../../src/engine/models/single-file.js";
 import { ClipTokenizer } from "../../../src/engine/models/tokenizer.js";
-import type { WeightStore } from "../../../src/engine/models/weights.js";
 import {
   expectClose,
   type Fixture,
@@ -31,7 +30,7 @@ import {
   unetTable,
   vaeTable,
 } from "../../helpers/ldm-tables.js";
-import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
+import { expectSameTensors, modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
 import { writeTorchCopy } from "../../helpers/write-torch.js";
 
@@ -40,19 +39,6 @@ const FORWARD: Tolerance = { max: 1e-4, why: "one float32 network call against t
 
 const scratch = scratchCopies("single-file-");
 const singleFile = (f: Fixture) => join(f.dir, "single-file.safetensors");
-
-function expectSameTensors(what: string, ours: WeightStore, folder: WeightStore): void {
-  expect(ours.names().sort(), `${what}: names`).toEqual(folder.names().sort());
-  for (const name of folder.names()) {
-    const a = ours.info(name);
-    const b = folder.info(name);
-    expect([a.dtype, a.shape], `${what} ${name}`).toEqual([b.dtype, b.shape]);
-    expect(
-      Buffer.from(ours.data(name).bytes()).equals(Buffer.from(folder.data(name).bytes())),
-      `${what} ${name}: bytes`,
-    ).toBe(true);
-  }
-}
 
 for (const f of fixturesWith("golden")) {
   describe(`single-file checkpoint: ${f.name}`, () => {
@@ -150,8 +136,8 @@ describe("single-file MODEL", () => {
   });
 
   it("a missing file says it is read from the local disk", () => {
-    expect(modelFileErrorOf(() => openSingleFile("owner/name/model.safetensors")).message).toMatch(
-      /owner\/name\/model\.safetensors: file not found \(a single-file MODEL is read from this machine's disk/,
+    expect(modelFileErrorOf(() => openSingleFile("/nowhere/model.safetensors")).message).toMatch(
+      /^\/nowhere\/model\.safetensors: file not found \(a single-file MODEL is read from this machine's disk; one on the hub is named by its URL/,
     );
   });
 

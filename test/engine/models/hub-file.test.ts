@@ -1,0 +1,272 @@
+/**
+ * Single-file checkpoints named on the hub (a hub URL, or owner/name/path.safetensors) and MODEL_CONFIG as
+ * a hub id: downloaded by hub.ts into the Hugging Face cache from the local fake hub, then opened as the
+ * local files they are copies of.
+ */
+import { lstatSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { StableDiffusion } from "../../../src/engine/index.js";
+import { ModelFileError } from "../../../src/engine/models/errors.js";
+import {
+  HubError,
+  type ResolveOptions,
+  resolveConfigs,
+  resolveHubFile,
+} from "../../../src/engine/models/hub.js";
+import { type HubFileRef, parseHubFile } from "../../../src/engine/models/hub-ref.js";
+import { openSingleFile } from "../../../src/engine/models/single-file.js";
+import { FakeHub, sha256 } from "../../helpers/fake-hub.js";
+import { expectSameTensors } from "../../helpers/model-files.js";
+import { tempDirs } from "../../helpers/temp-dirs.js";
+import { f32Bytes, writeSafetensors } from "../../helpers/write-safetensors.js";
+
+const SD2_FILE = "test/fixtures/models/sd2/single-file.safetensors";
+const SD1_FILE = "test/fixtures/models/sd1/single-file.safetensors";
+const SD2_MODEL = "test/fixtures/models/sd2/model";
+
+const hub = new FakeHub();
+const tempDir = tempDirs("hub-file-test-");
+let cacheDir = "";
+beforeAll(() => hub.start());
+afterAll(() => hub.stop());
+beforeEach(() => {
+  cacheDir = tempDir();
+  hub.log.length = 0;
+});
+
+const quiet = { info: () => {}, warn: () => {} };
+const options = (extra: Partial<ResolveOptions> = {}): ResolveOptions => ({
+  cacheDir,
+  endpoint: hub.url,
+  log: quiet,
+  ...extra,
+});
+const apiCalls = () => hub.log.filter((r) => r.path.startsWith("/api/"));
+
+/** The hub file `model` names; the test fails where it names none. */
+function refOf(model: string): HubFileRef {
+  const ref = parseHubFile(model, hub.url);
+  if (!ref) throw new Error(`${model} names no hub file`);
+  return ref;
+}
+
+/** Resolves a hub file and lets go of its snapshot at once: the file's path. */
+async function fileOf(model: string, extra: Partial<ResolveOptions> = {}): Promise<string> {
+  const resolved = await resolveHubFile(refOf(model), options(extra));
+  await resolved.release();
+  return resolved.folder;
+}
+
+/** The error `promise` rejects with; the test fails if it resolves. */
+const errorOf = (promise: Promise<unknown>) =>
+  promise.then(
+    () => new Error("resolved"),
+    (e: unknown) => e as Error,
+  );
+
+/** A repository of single files, as community fine-tunes are published, with files nobody asked for. */
+function singleFileRepo(): Map<string, Buffer> {
+  return new Map([
+    ["v2-mini.safetensors", readFileSync(SD2_FILE)],
+    ["v2-mini.ckpt", Buffer.from("pickle")],
+    ["other/v1-mini.safetensors", readFileSync(SD1_FILE)],
+    ["README.md", Buffer.from("# model card")],
+  ]);
+}
+
+describe("hub file references", () => {
+  it("reads hub URLs (blob or resolve, any revision) and owner/name/path.safetensors, and nothing else", () => {
+    expect(parseHubFile("https://huggingface.co/a/b/blob/main/v1-5.safetensors")).toEqual({
+      id: "a/b",
+      revision: "main",
+      path: "v1-5.safetensors",
+    });
+    expect(parseHubFile("https://hf.co/a/b/resolve/refs%2Fpr%2F3/sub/dir/x.safetensors")).toEqual({
+      id: "a/b",
+      revision: "refs/pr/3",
+      path: "sub/dir/x.safetensors",
+    });
+    expect(parseHubFile(`${hub.url}/a/b/blob/v1/x.ckpt`, hub.url)).toEqual({
+      id: "a/b",
+      revision: "v1",
+      path: "x.ckpt",
+    });
+    expect(parseHubFile("a/b/sub/x.safetensors")).toEqual({ id: "a/b", path: "sub/x.safetensors" });
+    for (const notOne of [
+      "a/b", // a repository id
+      "a/b/README.md",
+      "/models/x.safetensors",
+      "./a/b/x.safetensors",
+      "../a/b/x.safetensors",
+      "a/b/../x.safetensors",
+      "https://example.com/a/b/blob/main/x.safetensors", // not the hub, nor HF_ENDPOINT
+      "https://huggingface.co/a/b", // a repository page
+      "https://huggingface.co/a/b/tree/main/unet",
+    ]) {
+      expect(parseHubFile(notOne, hub.url), notOne).toBeUndefined();
+    }
+  });
+});
+
+describe("resolveHubFile: a single-file checkpoint from the hub", () => {
+  it("downloads the one file into the standard layout, opens to bitwise the local file's tensors, and is not downloaded again", async () => {
+    const sha = hub.publish("test/single", singleFileRepo());
+    const url = `${hub.url}/test/single/blob/main/v2-mini.safetensors`;
+    // Through the engine: MODEL as the URL.
+    // Through the engine: MODEL as the URL (the tiny fixture's configs cannot be inferred from its shapes).
+    const sd = await StableDiffusion.load(url, {
+      device: "cpu",
+      cacheDir,
+      endpoint: hub.url,
+      modelConfig: SD2_MODEL,
+    });
+    await sd.close();
+    expect(sd.modelId).toBe(`${url} (config ${SD2_MODEL})`);
+    expect(hub.downloads()).toEqual(["v2-mini.safetensors"]);
+
+    const repo = join(cacheDir, "models--test--single");
+    const file = join(repo, "snapshots", sha, "v2-mini.safetensors");
+    const data = readFileSync(SD2_FILE);
+    expect(lstatSync(file).isSymbolicLink()).toBe(true);
+    expect(readlinkSync(file)).toBe(relative(dirname(file), join(repo, "blobs", sha256(data))));
+    expect(readFileSync(file).equals(data)).toBe(true);
+    expect(readdirSync(join(repo, "blobs"))).toEqual([sha256(data)]);
+    expect(readFileSync(join(repo, "refs", "main"), "utf8")).toBe(sha);
+
+    // The short form finds it in the cache: one API call, no download.
+    hub.log.length = 0;
+    expect(await fileOf("test/single/v2-mini.safetensors")).toBe(file);
+    expect(apiCalls()).toHaveLength(1);
+    expect(hub.downloads()).toEqual([]);
+    // And offline, no call at all.
+    hub.log.length = 0;
+    expect(await fileOf("test/single/v2-mini.safetensors", { offline: true })).toBe(file);
+    expect(hub.log).toEqual([]);
+
+    const ours = openSingleFile(file, { configDir: SD2_MODEL });
+    const local = openSingleFile(SD2_FILE, { configDir: SD2_MODEL });
+    expectSameTensors("unet", ours.unet.weights, local.unet.weights);
+    expectSameTensors("vae", ours.vae.weights, local.vae.weights);
+    expectSameTensors("text_encoder", ours.textEncoder.weights, local.textEncoder.weights);
+    expect(ours.unet.config).toEqual(local.unet.config);
+    expect(ours.scheduler).toEqual(local.scheduler);
+  });
+
+  it("downloads at the URL's revision, or MODEL_REVISION's, and refuses both when they differ", async () => {
+    const files = singleFileRepo();
+    const v1 = hub.publish("test/moving-file", files);
+    hub.repos.get("test/moving-file")?.tags.set("v1", v1);
+    files.set("v2-mini.safetensors", readFileSync(SD1_FILE));
+    const head = hub.publish("test/moving-file", files);
+
+    const atTag = await fileOf(`${hub.url}/test/moving-file/resolve/v1/v2-mini.safetensors`);
+    expect(atTag).toBe(join(cacheDir, "models--test--moving-file", "snapshots", v1, "v2-mini.safetensors"));
+    expect(readFileSync(atTag).equals(readFileSync(SD2_FILE))).toBe(true);
+    hub.log.length = 0;
+    expect(await fileOf("test/moving-file/v2-mini.safetensors", { revision: v1 })).toBe(atTag);
+    expect(hub.log).toEqual([]); // a commit complete in the cache needs no hub
+
+    const atHead = await fileOf("test/moving-file/v2-mini.safetensors");
+    expect(atHead).toContain(head);
+    expect(readFileSync(atHead).equals(readFileSync(SD1_FILE))).toBe(true);
+
+    hub.log.length = 0;
+    const conflict = await errorOf(
+      resolveHubFile(
+        refOf(`${hub.url}/test/moving-file/blob/v1/v2-mini.safetensors`),
+        options({ revision: "v2" }),
+      ),
+    );
+    expect(conflict).toBeInstanceOf(HubError);
+    expect(conflict.message).toBe(
+      "MODEL names revision v1 of test/moving-file/v2-mini.safetensors but MODEL_REVISION is v2: drop one of them",
+    );
+    expect(hub.log).toEqual([]);
+  });
+
+  it("says in one line what is wrong: an unknown revision, a missing file, a .ckpt, a file that is no SD checkpoint", async () => {
+    const files = singleFileRepo();
+    const notSd = join(tempDir(), "not-sd.safetensors");
+    writeSafetensors(notSd, { "classifier.weight": { dtype: "F32", shape: [2], data: f32Bytes([1, 2]) } });
+    files.set("not-sd.safetensors", readFileSync(notSd));
+    hub.publish("test/errors", files);
+    const load = (model: string) =>
+      errorOf(StableDiffusion.load(model, { device: "cpu", cacheDir, endpoint: hub.url }));
+
+    const errors = {
+      revision: await load(`${hub.url}/test/errors/blob/nope/v2-mini.safetensors`),
+      missing: await load("test/errors/v3-mini.safetensors"),
+      ckpt: await load(`${hub.url}/test/errors/blob/main/v2-mini.ckpt`),
+      notSd: await load("test/errors/not-sd.safetensors"),
+    };
+    for (const [what, err] of Object.entries(errors)) {
+      expect(err.message, what).not.toContain("\n");
+      expect(err, what).toBeInstanceOf(what === "notSd" ? ModelFileError : HubError);
+    }
+    expect(errors.revision.message).toBe(
+      `test/errors has no revision "nope" (HTTP 404, RevisionNotFound: Invalid rev id: nope): check the revision in MODEL's URL (a branch, tag or full commit sha)`,
+    );
+    expect(errors.missing.message).toBe(
+      "test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, not-sd.safetensors",
+    );
+    expect(errors.ckpt.message).toMatch(
+      /^test\/errors\/v2-mini\.ckpt is a torch\.save pickle: a single file is taken from the hub only as \.safetensors/,
+    );
+    expect(errors.notSd.message).toMatch(
+      /\/snapshots\/[0-9a-f]{40}\/not-sd\.safetensors: is not a Stable Diffusion checkpoint in the original layout: it has no model\.diffusion_model\.input_blocks\.0\.0\.weight$/,
+    );
+    // The .ckpt was refused before any request; nothing but the file that was asked for was fetched.
+    expect(hub.downloads()).toEqual(["not-sd.safetensors"]);
+  });
+});
+
+describe("resolveConfigs: MODEL_CONFIG as a hub id", () => {
+  it("downloads a diffusers repository's configs and tokenizer, no weights, and a single file opens with them", async () => {
+    const repo = new Map<string, Buffer>();
+    for (const e of readdirSync(SD2_MODEL, { recursive: true, withFileTypes: true })) {
+      if (e.isFile()) {
+        const path = join(e.parentPath, e.name);
+        repo.set(relative(SD2_MODEL, path), readFileSync(path));
+      }
+    }
+    hub.publish("test/sd2-configs", repo);
+    hub.publish("test/single-cfg", singleFileRepo());
+
+    const configs = await resolveConfigs("test/sd2-configs", options());
+    await configs.release();
+    expect(hub.downloads("test/sd2-configs").sort()).toEqual(
+      [...repo.keys()].filter((f) => !f.endsWith(".safetensors")).sort(),
+    );
+    const withHub = openSingleFile(SD2_FILE, { configDir: configs.folder });
+    const withLocal = openSingleFile(SD2_FILE, { configDir: SD2_MODEL });
+    expect(withHub.unet.config).toEqual(withLocal.unet.config);
+    expect(withHub.textEncoder.config).toEqual(withLocal.textEncoder.config);
+    expect(withHub.scheduler).toEqual(withLocal.scheduler);
+    expect(withHub.tokenizer.encode("a photo of a cat").ids).toEqual(
+      withLocal.tokenizer.encode("a photo of a cat").ids,
+    );
+
+    // Through the engine, beside a hub single file: the configs come from the cache.
+    hub.log.length = 0;
+    const sd = await StableDiffusion.load("test/single-cfg/v2-mini.safetensors", {
+      device: "cpu",
+      cacheDir,
+      endpoint: hub.url,
+      modelConfig: "test/sd2-configs",
+    });
+    await sd.close();
+    expect(sd.modelId).toBe("test/single-cfg/v2-mini.safetensors (config test/sd2-configs)");
+    expect(hub.downloads()).toEqual(["v2-mini.safetensors"]);
+
+    expect((await errorOf(resolveConfigs("test/no-such-configs", options()))).message).toBe(
+      `test/no-such-configs was not found on ${hub.url} (HTTP 401, RepoNotFound): check MODEL_CONFIG for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
+    );
+    const neither = await errorOf(
+      StableDiffusion.load(SD2_FILE, { device: "cpu", cacheDir, modelConfig: "./no/such/folder" }),
+    );
+    expect(neither.message).toMatch(
+      /^MODEL_CONFIG \.\/no\/such\/folder is neither a folder nor a hub model id/,
+    );
+  });
+});
