@@ -85,11 +85,12 @@ const SETTINGS = {
   },
   MODEL: {
     schema: z.string().optional(),
-    expects: "a diffusers model folder, a Hugging Face hub id or a single-file .safetensors/.ckpt checkpoint",
+    expects:
+      "a diffusers model folder, a Hugging Face hub id, a single-file .safetensors/.ckpt checkpoint, or a hub file (its huggingface.co URL or owner/name/file.safetensors)",
   },
   MODEL_CONFIG: {
     schema: z.string().optional(),
-    expects: "a diffusers model folder whose configs and tokenizer a single-file MODEL uses",
+    expects: "a diffusers model folder or hub id whose configs and tokenizer a single-file MODEL uses",
   },
   MODEL_PREDICTION_TYPE: {
     schema: z.enum(["auto", "epsilon", "v_prediction"]).default("auto"),
