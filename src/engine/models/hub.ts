@@ -145,11 +145,20 @@ export async function resolveModel(pathOrId: string, options: ResolveOptions): P
 /** A hub file (MODEL as a hub URL or owner/name/path.safetensors) found in the cache or downloaded into it. */
 export async function resolveHubFile(ref: HubFileRef, options: ResolveOptions): Promise<ResolvedModel> {
   const revision = hubFileRevision(ref, options.revision);
-  return fetchRepo(
-    ref.id,
-    { ...options, revision },
-    { kind: "file", path: ref.path, urlRevision: ref.revision !== undefined },
-  );
+  try {
+    return await fetchRepo(
+      ref.id,
+      { ...options, revision },
+      { kind: "file", path: ref.path, urlRevision: ref.revision !== undefined },
+    );
+  } catch (err) {
+    // The short form reads like a relative path too: say why the hub was asked at all.
+    if (ref.revision !== undefined || !(err instanceof HubError) || err.kind === "interrupted") throw err;
+    throw new HubError(
+      `MODEL ${ref.id}/${ref.path} is no file on this machine, so it was taken as ${ref.path} of the hub repository ${ref.id}: ${err.message}`,
+      err.kind,
+    );
+  }
 }
 
 /** The configs and tokenizer of a diffusers repository (MODEL_CONFIG as a hub id), at its main branch. */

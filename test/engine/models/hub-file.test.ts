@@ -185,7 +185,7 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     expect(hub.log).toEqual([]);
   });
 
-  it("says in one line what is wrong: an unknown revision, a missing file, a .ckpt, a file that is no SD checkpoint", async () => {
+  it("says in one line what is wrong: an unknown revision, a missing file or repository, a .ckpt, a file that is no SD checkpoint", async () => {
     const files = singleFileRepo();
     const notSd = join(tempDir(), "not-sd.safetensors");
     writeSafetensors(notSd, { "classifier.weight": { dtype: "F32", shape: [2], data: f32Bytes([1, 2]) } });
@@ -199,6 +199,8 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
       missing: await load("test/errors/v3-mini.safetensors"),
       ckpt: await load(`${hub.url}/test/errors/blob/main/v2-mini.ckpt`),
       notSd: await load("test/errors/not-sd.safetensors"),
+      // A mistyped relative path reads as the short form.
+      localTypo: await load("models/sd/v1.safetensors"),
     };
     for (const [what, err] of Object.entries(errors)) {
       expect(err.message, what).not.toContain("\n");
@@ -208,7 +210,10 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
       `test/errors has no revision "nope" (HTTP 404, RevisionNotFound: Invalid rev id: nope): check the revision in MODEL's URL (a branch, tag or full commit sha)`,
     );
     expect(errors.missing.message).toBe(
-      "test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, not-sd.safetensors",
+      "MODEL test/errors/v3-mini.safetensors is no file on this machine, so it was taken as v3-mini.safetensors of the hub repository test/errors: test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, not-sd.safetensors",
+    );
+    expect(errors.localTypo.message).toBe(
+      `MODEL models/sd/v1.safetensors is no file on this machine, so it was taken as v1.safetensors of the hub repository models/sd: models/sd was not found on ${hub.url} (HTTP 401, RepoNotFound): check MODEL for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
     );
     expect(errors.ckpt.message).toMatch(
       /^test\/errors\/v2-mini\.ckpt is a torch\.save pickle: a single file is taken from the hub only as \.safetensors/,
