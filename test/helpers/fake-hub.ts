@@ -5,7 +5,7 @@
  *   git blob id, size and (for LFS files) sha256; a new commit sha whenever the files change; tags,
  *   and old commits reachable by their sha;
  * - `resolve` URLs: small files served from the hub, LFS files redirected (302) to a CDN on another
- *   origin that takes no token, both with Range; the CDN can ignore Range once (answering 200 with the
+ *   origin that takes no token, both with Range (`bytes=N-` and `bytes=N-M`); the CDN can ignore Range once (answering 200 with the
  *   whole file, as a cold CDN edge does);
  * - refusals with the hub's headers: `X-Error-Code` (RepoNotFound, GatedRepo, RevisionNotFound,
  *   EntryNotFound) and `X-Error-Message`: an unknown or private repository is 401 without a token and
@@ -257,17 +257,20 @@ export class FakeHub {
     file: string,
     headers: Record<string, string>,
   ): void {
-    const start = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? "")?.[1] ?? 0);
+    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
+    const start = Number(range?.[1] ?? 0);
+    const end = range?.[2] ? Math.min(Number(range[2]) + 1, data.length) : data.length;
     if (start >= data.length && start > 0) {
       entry.status = 416;
       return void res.writeHead(416, { "content-range": `bytes */${data.length}` }).end();
     }
-    const body = data.subarray(start);
-    entry.status = start > 0 ? 206 : 200;
+    const body = data.subarray(start, end);
+    const partial = start > 0 || end < data.length;
+    entry.status = partial ? 206 : 200;
     res.writeHead(entry.status, {
       ...headers,
       "content-length": body.length,
-      ...(start > 0 ? { "content-range": `bytes ${start}-${data.length - 1}/${data.length}` } : {}),
+      ...(partial ? { "content-range": `bytes ${start}-${end - 1}/${data.length}` } : {}),
     });
     const drop = this.dropAfter.get(file);
     if (drop !== undefined) {

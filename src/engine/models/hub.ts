@@ -38,6 +38,8 @@ import { RepoCache } from "./hub-cache.js";
 import { HubError, HubHttp, type ProxySettings } from "./hub-http.js";
 import { DownloadMeter, type DownloadProgress, type HubLog } from "./hub-progress.js";
 import { type HubFileRef, isModelId } from "./hub-ref.js";
+import { checkLdmFamily } from "./ldm-config.js";
+import { MAX_HEADER_BYTES, parseHeader } from "./safetensors.js";
 import { isSingleFile } from "./single-file.js";
 
 export { HubError, type HubErrorKind, type ProxySettings } from "./hub-http.js";
@@ -370,8 +372,11 @@ class HubDownload {
   /** Fetches what is wanted of a commit; returns the bytes downloaded. */
   private async fetchSnapshot(info: RepoInfo): Promise<number> {
     const byName = new Map(info.siblings.map((s) => [s.rfilename, s]));
-    if (this.wanted.kind === "file")
-      return this.fetchFiles(info.sha, [this.wantedFile(byName, this.wanted.path)]);
+    if (this.wanted.kind === "file") {
+      const file = this.wantedFile(byName, this.wanted.path);
+      if (!this.cache.has(info.sha, file.rfilename)) await this.checkRemoteHeader(file, info.sha);
+      return this.fetchFiles(info.sha, [file]);
+    }
     // model_index.json first: another model family is refused before gigabytes are fetched.
     let fetched = await this.fetchFiles(info.sha, [this.sibling(byName, "model_index.json")]);
     parseConfig(
@@ -608,10 +613,60 @@ class HubDownload {
     }
   }
 
+  private fileUrl(sha: string, path: string): string {
+    return `${this.endpoint}/${this.id}/resolve/${sha}/${path.split("/").map(encodeURIComponent).join("/")}`;
+  }
+
+  /**
+   * Refuses a single file that is no SD 1.x/2.x checkpoint from its safetensors header alone (two Range
+   * requests: its length, then the JSON), before gigabytes are fetched. Where the server ignores Range,
+   * or the header is not one, the check is left to the engine once the file is here.
+   */
+  private async checkRemoteHeader(file: Sibling, sha: string): Promise<void> {
+    const url = this.fileUrl(sha, file.rfilename);
+    const where = `${this.id}/${file.rfilename}`;
+    const size = expectedSize(file);
+    const length = await this.fetchRange(url, file, 0, 8);
+    if (length?.byteLength !== 8) return;
+    const n = length.readBigUInt64LE(0);
+    if (n > BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) return;
+    const header = await this.fetchRange(url, file, 8, Number(n));
+    if (header?.byteLength !== Number(n)) return;
+    let json: unknown;
+    try {
+      json = JSON.parse(header.toString("utf8"));
+    } catch {
+      return;
+    }
+    const { entries } = parseHeader(where, json, 8 + Number(n), size - 8 - Number(n));
+    checkLdmFamily(new Map(entries.map((e) => [e.name, e.shape])), where);
+  }
+
+  /** `length` bytes of a file from `start`, or undefined where the server does not answer the range. */
+  private async fetchRange(
+    url: string,
+    file: Sibling,
+    start: number,
+    length: number,
+  ): Promise<Buffer | undefined> {
+    const { res, done } = await this.http.get(url, { range: `bytes=${start}-${start + length - 1}` }, 30_000);
+    try {
+      if (!res.ok) throw this.http.refusal(res, file.rfilename);
+      if (res.status !== 206) return undefined;
+      return Buffer.from(await res.arrayBuffer());
+    } catch (err) {
+      if (err instanceof HubError) throw err;
+      throw this.http.transferError(url, err);
+    } finally {
+      done();
+      await discard(res);
+    }
+  }
+
   /** Downloads into `temp`, resuming what it holds, across dropped connections. */
   private async transfer(file: Sibling, sha: string, temp: string, progress: (bytes: number) => void) {
     const size = expectedSize(file);
-    const url = `${this.endpoint}/${this.id}/resolve/${sha}/${file.rfilename.split("/").map(encodeURIComponent).join("/")}`;
+    const url = this.fileUrl(sha, file.rfilename);
     const attempts = this.options.attempts ?? 5;
     for (let attempt = 1; ; attempt++) {
       const have = sizeOf(temp);

@@ -87,7 +87,11 @@ const SD2_HEAD_CHANNELS = 64;
 /** CLIP ViT-L/14 and OpenCLIP ViT-H/14 text towers both have heads of 64 channels. */
 const CLIP_HEAD_CHANNELS = 64;
 
-export function inferLdmConfigs(shapes: ShapeTable, file: string): InferredConfigs {
+/**
+ * Refuses a file that is no SD 1.x/2.x text-to-image checkpoint in the original layout, by its tensor
+ * names and the UNet's input channels: what a header alone tells (hub.ts asks it before downloading).
+ */
+export function checkLdmFamily(shapes: ShapeTable, file: string): void {
   const names = [...shapes.keys()];
   for (const { family, match } of OTHER_FAMILIES) {
     const found = names.find(match);
@@ -98,12 +102,8 @@ export function inferLdmConfigs(shapes: ShapeTable, file: string): InferredConfi
       );
     }
   }
-  const need = (name: string, what: string): readonly number[] => {
-    const s = shapes.get(name);
-    if (!s) throw new ModelFileError(file, `has no tensor ${name} (${what})`);
-    return s;
-  };
-  if (!shapes.has(`${U}input_blocks.0.0.weight`)) {
+  const convIn = shapes.get(`${U}input_blocks.0.0.weight`);
+  if (!convIn) {
     const diffusersNamed = names.some((n) => /^(unet\.)?(conv_in|down_blocks\.0\.)/.test(n));
     throw new ModelFileError(
       file,
@@ -112,13 +112,22 @@ export function inferLdmConfigs(shapes: ShapeTable, file: string): InferredConfi
         : `is not a Stable Diffusion checkpoint in the original layout: it has no ${U}input_blocks.0.0.weight`,
     );
   }
-  const inChannels = need(`${U}input_blocks.0.0.weight`, "the UNet's conv_in")[1] as number;
+  const inChannels = convIn[1];
   if (inChannels !== 4) {
     throw new ModelFileError(
       file,
-      `this is ${OTHER_IN_CHANNELS[inChannels] ?? "not a text-to-image checkpoint"} (the UNet takes ${inChannels} input channels, not 4); the engine supports Stable Diffusion 1.x and 2.x text-to-image checkpoints only`,
+      `this is ${(inChannels !== undefined && OTHER_IN_CHANNELS[inChannels]) || "not a text-to-image checkpoint"} (the UNet takes ${inChannels} input channels, not 4); the engine supports Stable Diffusion 1.x and 2.x text-to-image checkpoints only`,
     );
   }
+}
+
+export function inferLdmConfigs(shapes: ShapeTable, file: string): InferredConfigs {
+  checkLdmFamily(shapes, file);
+  const need = (name: string, what: string): readonly number[] => {
+    const s = shapes.get(name);
+    if (!s) throw new ModelFileError(file, `has no tensor ${name} (${what})`);
+    return s;
+  };
   const family = textFamily(shapes, file);
   const unet = parseConfig(UNetConfigSchema, unetConfig(shapes, family, need, file), file);
   const vae = parseConfig(VaeConfigSchema, vaeConfig(shapes, family, need), file);

@@ -18,7 +18,7 @@ import {
 } from "./tensor-file.js";
 
 /** The header is JSON text; real ones are well under a megabyte, the format caps them at 100 MB. */
-const MAX_HEADER_BYTES = 100_000_000;
+export const MAX_HEADER_BYTES = 100_000_000;
 
 export function openSafetensors(path: string): TensorFile {
   if (path.endsWith(".index.json"))
@@ -30,7 +30,7 @@ export function openSafetensors(path: string): TensorFile {
   return tensorFile(path, entries, metadata);
 }
 
-interface Header {
+export interface Header {
   entries: TensorEntry[];
   metadata: Record<string, string>;
 }
@@ -74,7 +74,8 @@ function isNonNegInt(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
 
-function parseHeader(file: string, json: unknown, dataStart: number, dataSize: number): Header {
+/** A header's JSON (`dataStart`: its end in the file; `dataSize`: the bytes after it) checked and read. */
+export function parseHeader(file: string, json: unknown, dataStart: number, dataSize: number): Header {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new ModelFileError(file, "header is not a JSON object");
   }

@@ -43,6 +43,12 @@ const options = (extra: Partial<ResolveOptions> = {}): ResolveOptions => ({
   ...extra,
 });
 const apiCalls = () => hub.log.filter((r) => r.path.startsWith("/api/"));
+/** The files the CDN (which serves LFS files) sent whole, not a range of. */
+const wholeFiles = () =>
+  hub.log.filter((r) => r.server === "cdn" && r.range === undefined).map((r) => r.file);
+/** The byte ranges the CDN was asked for, by file. */
+const rangesOf = (file: string) =>
+  hub.log.filter((r) => r.server === "cdn" && r.file === file && r.range).map((r) => r.range);
 
 /** The hub file `model` names; the test fails where it names none. */
 function refOf(model: string): HubFileRef {
@@ -123,7 +129,10 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     });
     await sd.close();
     expect(sd.modelId).toBe(`${url} (config ${SD2_MODEL})`);
-    expect(hub.downloads()).toEqual(["v2-mini.safetensors"]);
+    // Its header was checked first (its length, then the JSON), then the file fetched whole.
+    const headerBytes = readFileSync(SD2_FILE).readUInt32LE(0);
+    expect(rangesOf("v2-mini.safetensors")).toEqual(["bytes=0-7", `bytes=8-${8 + headerBytes - 1}`]);
+    expect(wholeFiles()).toEqual(["v2-mini.safetensors"]);
 
     const repo = join(cacheDir, "models--test--single");
     const file = join(repo, "snapshots", sha, "v2-mini.safetensors");
@@ -190,6 +199,21 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     const notSd = join(tempDir(), "not-sd.safetensors");
     writeSafetensors(notSd, { "classifier.weight": { dtype: "F32", shape: [2], data: f32Bytes([1, 2]) } });
     files.set("not-sd.safetensors", readFileSync(notSd));
+    // An SDXL file, padded so that fetching it whole would show.
+    const sdxl = join(tempDir(), "sdxl.safetensors");
+    writeSafetensors(sdxl, {
+      "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": {
+        dtype: "F32",
+        shape: [2],
+        data: f32Bytes([1, 2]),
+      },
+      "model.diffusion_model.input_blocks.0.0.weight": {
+        dtype: "F32",
+        shape: [65536],
+        data: new Uint8Array(65536 * 4),
+      },
+    });
+    files.set("sdxl.safetensors", readFileSync(sdxl));
     hub.publish("test/errors", files);
     const load = (model: string) =>
       errorOf(StableDiffusion.load(model, { device: "cpu", cacheDir, endpoint: hub.url }));
@@ -199,18 +223,19 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
       missing: await load("test/errors/v3-mini.safetensors"),
       ckpt: await load(`${hub.url}/test/errors/blob/main/v2-mini.ckpt`),
       notSd: await load("test/errors/not-sd.safetensors"),
+      sdxl: await load(`${hub.url}/test/errors/resolve/main/sdxl.safetensors`),
       // A mistyped relative path reads as the short form.
       localTypo: await load("models/sd/v1.safetensors"),
     };
     for (const [what, err] of Object.entries(errors)) {
       expect(err.message, what).not.toContain("\n");
-      expect(err, what).toBeInstanceOf(what === "notSd" ? ModelFileError : HubError);
+      expect(err, what).toBeInstanceOf(what === "notSd" || what === "sdxl" ? ModelFileError : HubError);
     }
     expect(errors.revision.message).toBe(
       `test/errors has no revision "nope" (HTTP 404, RevisionNotFound: Invalid rev id: nope): check the revision in MODEL's URL (a branch, tag or full commit sha)`,
     );
     expect(errors.missing.message).toBe(
-      "MODEL test/errors/v3-mini.safetensors is no file on this machine, so it was taken as v3-mini.safetensors of the hub repository test/errors: test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, not-sd.safetensors",
+      "MODEL test/errors/v3-mini.safetensors is no file on this machine, so it was taken as v3-mini.safetensors of the hub repository test/errors: test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, not-sd.safetensors, sdxl.safetensors",
     );
     expect(errors.localTypo.message).toBe(
       `MODEL models/sd/v1.safetensors is no file on this machine, so it was taken as v1.safetensors of the hub repository models/sd: models/sd was not found on ${hub.url} (HTTP 401, RepoNotFound): check MODEL for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
@@ -218,11 +243,16 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     expect(errors.ckpt.message).toMatch(
       /^test\/errors\/v2-mini\.ckpt is a torch\.save pickle: a single file is taken from the hub only as \.safetensors/,
     );
-    expect(errors.notSd.message).toMatch(
-      /\/snapshots\/[0-9a-f]{40}\/not-sd\.safetensors: is not a Stable Diffusion checkpoint in the original layout: it has no model\.diffusion_model\.input_blocks\.0\.0\.weight$/,
+    expect(errors.notSd.message).toBe(
+      "test/errors/not-sd.safetensors: is not a Stable Diffusion checkpoint in the original layout: it has no model.diffusion_model.input_blocks.0.0.weight",
     );
-    // The .ckpt was refused before any request; nothing but the file that was asked for was fetched.
-    expect(hub.downloads()).toEqual(["not-sd.safetensors"]);
+    expect(errors.sdxl.message).toBe(
+      "test/errors/sdxl.safetensors: this is a Stable Diffusion XL checkpoint (it holds conditioner.embedders.0.transformer.text_model.final_layer_norm.weight); the engine supports Stable Diffusion 1.x and 2.x only",
+    );
+    // The .ckpt was refused before any request, the others from their headers: no file was fetched whole.
+    expect(hub.log.filter((r) => r.file === "v2-mini.ckpt")).toEqual([]);
+    expect(rangesOf("sdxl.safetensors")).toHaveLength(2);
+    expect(wholeFiles()).toEqual([]);
   });
 });
 
@@ -262,7 +292,8 @@ describe("resolveConfigs: MODEL_CONFIG as a hub id", () => {
     });
     await sd.close();
     expect(sd.modelId).toBe("test/single-cfg/v2-mini.safetensors (config test/sd2-configs)");
-    expect(hub.downloads()).toEqual(["v2-mini.safetensors"]);
+    expect(hub.downloads("test/sd2-configs")).toEqual([]);
+    expect(wholeFiles()).toEqual(["v2-mini.safetensors"]);
 
     expect((await errorOf(resolveConfigs("test/no-such-configs", options()))).message).toBe(
       `test/no-such-configs was not found on ${hub.url} (HTTP 401, RepoNotFound): check MODEL_CONFIG for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
