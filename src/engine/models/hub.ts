@@ -88,7 +88,10 @@ type Wanted =
   /** One file (a single-file checkpoint); `urlRevision`: the revision is the one MODEL's URL names. */
   | { kind: "file"; path: string; urlRevision: boolean };
 
-/** A folder (or, for a single file, the file) to open, held so that no other process's cleanup deletes it while in use. */
+/**
+ * A folder (for a single file: the file) to open, held so that no other process's cleanup deletes it
+ * while in use.
+ */
 export interface ResolvedModel {
   folder: string;
   /** The commit the folder holds; undefined for a local folder. */
