@@ -871,7 +871,6 @@ export function trainComputeDtype(
   return setting === "fp16" || (setting === "auto" && device === "cuda") ? "float16" : "float32";
 }
 
-/** Folder and weight files' sizes and modification times, hashed: changes when any weight file does. */
 /** The checkpoint with its scheduler's prediction type replaced, where the operator says so. */
 function withPredictionType(ckpt: Checkpoint, predictionType: LoadOptions["predictionType"]): Checkpoint {
   if (!predictionType || predictionType === ckpt.scheduler.config.prediction_type) return ckpt;
