@@ -174,15 +174,14 @@ export async function resolveConfigs(id: string, options: ResolveOptions): Promi
 /**
  * The revision to download a hub file at: the URL's, else MODEL_REVISION. Both set and different is
  * refused rather than one silently winning; MODEL_REVISION=main (its default) gives way to a URL's.
- * A file that is no safetensors checkpoint is refused here, before any download.
+ * A file that is no checkpoint by its name is refused here, before any download. A .ckpt is fetched like a
+ * .safetensors file: the engine reads its pickle without running it (torch-file.ts), as diffusers' from_single_file loads it.
  */
 function hubFileRevision(ref: HubFileRef, setting: string | undefined): string {
   const where = `${ref.id}/${ref.path}`;
-  if (!ref.path.toLowerCase().endsWith(".safetensors")) {
+  if (!isSingleFile(ref.path)) {
     throw new HubError(
-      isSingleFile(ref.path)
-        ? `${where} is a torch.save pickle: a single file is taken from the hub only as .safetensors; name the repository's .safetensors copy if it has one, or download the file and set MODEL to its local path (a local .ckpt is read without running its pickle)`
-        : `${where} is not a single-file checkpoint: MODEL names a hub file only as a .safetensors file (or give the repository id ${ref.id} for a diffusers repository)`,
+      `${where} is not a single-file checkpoint: MODEL names a hub file only as a .safetensors or .ckpt file (or give the repository id ${ref.id} for a diffusers repository)`,
       "repo",
     );
   }
@@ -377,7 +376,10 @@ class HubDownload {
     const byName = new Map(info.siblings.map((s) => [s.rfilename, s]));
     if (this.wanted.kind === "file") {
       const file = this.wantedFile(byName, this.wanted.path);
-      if (!this.cache.has(info.sha, file.rfilename)) await this.checkRemoteHeader(file, info.sha);
+      // A .ckpt's tensors sit behind its zip directory at the end: it is judged once it is here.
+      const safetensors = file.rfilename.toLowerCase().endsWith(".safetensors");
+      if (safetensors && !this.cache.has(info.sha, file.rfilename))
+        await this.checkRemoteHeader(file, info.sha);
       return this.fetchFiles(info.sha, [file]);
     }
     // model_index.json first: another model family is refused before gigabytes are fetched.
@@ -411,12 +413,12 @@ class HubDownload {
   private wantedFile(byName: Map<string, Sibling>, path: string): Sibling {
     const file = byName.get(path);
     if (file) return file;
-    const checkpoints = [...byName.keys()].filter((f) => f.endsWith(".safetensors") && !f.includes("/"));
+    const checkpoints = [...byName.keys()].filter((f) => isSingleFile(f) && !f.includes("/"));
     throw new HubError(
       `${this.id} has no ${path} at revision ${this.revision}; ${
         checkpoints.length > 0
           ? `its single files are ${checkpoints.join(", ")}`
-          : "it has no .safetensors file at its top level"
+          : "it has no .safetensors or .ckpt file at its top level"
       }`,
       "repo",
     );

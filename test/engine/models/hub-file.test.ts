@@ -20,6 +20,7 @@ import { FakeHub, sha256 } from "../../helpers/fake-hub.js";
 import { expectSameTensors } from "../../helpers/model-files.js";
 import { tempDirs } from "../../helpers/temp-dirs.js";
 import { f32Bytes, writeSafetensors } from "../../helpers/write-safetensors.js";
+import { writeTorchCopy } from "../../helpers/write-torch.js";
 
 const SD2_FILE = "test/fixtures/models/sd2/single-file.safetensors";
 const SD1_FILE = "test/fixtures/models/sd1/single-file.safetensors";
@@ -71,11 +72,18 @@ const errorOf = (promise: Promise<unknown>) =>
     (e: unknown) => e as Error,
   );
 
+/** A torch.save copy of a safetensors file (the .ckpt a repository publishes beside it). */
+function torchCopyOf(file: string): Buffer {
+  const ckpt = join(tempDir(), "copy.ckpt");
+  writeTorchCopy(file, ckpt);
+  return readFileSync(ckpt);
+}
+
 /** A repository of single files, as community fine-tunes are published, with files nobody asked for. */
 function singleFileRepo(): Map<string, Buffer> {
   return new Map([
     ["v2-mini.safetensors", readFileSync(SD2_FILE)],
-    ["v2-mini.ckpt", Buffer.from("pickle")],
+    ["v2-mini.ckpt", torchCopyOf(SD2_FILE)],
     ["other/v1-mini.safetensors", readFileSync(SD1_FILE)],
     ["README.md", Buffer.from("# model card")],
   ]);
@@ -162,6 +170,19 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     expect(ours.scheduler).toEqual(local.scheduler);
   });
 
+  it("downloads a .ckpt whole (its pickle is read, never run) and opens it to the .safetensors copy's tensors", async () => {
+    hub.publish("test/ckpt", singleFileRepo());
+    const file = await fileOf(`${hub.url}/test/ckpt/resolve/main/v2-mini.ckpt`);
+    // No header ranges: a torch.save file's directory is at its end; it is judged once here.
+    expect(rangesOf("v2-mini.ckpt")).toEqual([]);
+    expect(wholeFiles()).toEqual(["v2-mini.ckpt"]);
+    const ckpt = openSingleFile(file, { configDir: SD2_MODEL });
+    const local = openSingleFile(SD2_FILE, { configDir: SD2_MODEL });
+    expectSameTensors("unet", ckpt.unet.weights, local.unet.weights);
+    expectSameTensors("vae", ckpt.vae.weights, local.vae.weights);
+    expectSameTensors("text_encoder", ckpt.textEncoder.weights, local.textEncoder.weights);
+  });
+
   it("downloads at the URL's revision, or MODEL_REVISION's, and refuses both when they differ", async () => {
     const files = singleFileRepo();
     const v1 = hub.publish("test/moving-file", files);
@@ -194,7 +215,7 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     expect(hub.log).toEqual([]);
   });
 
-  it("says in one line what is wrong: an unknown revision, a missing file or repository, a .ckpt, a file that is no SD checkpoint", async () => {
+  it("says in one line what is wrong: an unknown revision, a missing file or repository, a file that is no checkpoint or no SD checkpoint", async () => {
     const files = singleFileRepo();
     const notSd = join(tempDir(), "not-sd.safetensors");
     writeSafetensors(notSd, { "classifier.weight": { dtype: "F32", shape: [2], data: f32Bytes([1, 2]) } });
@@ -221,7 +242,7 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     const errors = {
       revision: await load(`${hub.url}/test/errors/blob/nope/v2-mini.safetensors`),
       missing: await load("test/errors/v3-mini.safetensors"),
-      ckpt: await load(`${hub.url}/test/errors/blob/main/v2-mini.ckpt`),
+      readme: await load(`${hub.url}/test/errors/blob/main/README.md`),
       notSd: await load("test/errors/not-sd.safetensors"),
       sdxl: await load(`${hub.url}/test/errors/resolve/main/sdxl.safetensors`),
       // A mistyped relative path reads as the short form.
@@ -235,13 +256,13 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
       `test/errors has no revision "nope" (HTTP 404, RevisionNotFound: Invalid rev id: nope): check the revision in MODEL's URL (a branch, tag or full commit sha)`,
     );
     expect(errors.missing.message).toBe(
-      "MODEL test/errors/v3-mini.safetensors is no file on this machine, so it was taken as v3-mini.safetensors of the hub repository test/errors: test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, not-sd.safetensors, sdxl.safetensors",
+      "MODEL test/errors/v3-mini.safetensors is no file on this machine, so it was taken as v3-mini.safetensors of the hub repository test/errors: test/errors has no v3-mini.safetensors at revision main; its single files are v2-mini.safetensors, v2-mini.ckpt, not-sd.safetensors, sdxl.safetensors",
     );
     expect(errors.localTypo.message).toBe(
       `MODEL models/sd/v1.safetensors is no file on this machine, so it was taken as v1.safetensors of the hub repository models/sd: models/sd was not found on ${hub.url} (HTTP 401, RepoNotFound): check MODEL for a typo; if it is private, set HF_TOKEN to a token of an account that can read it`,
     );
-    expect(errors.ckpt.message).toMatch(
-      /^test\/errors\/v2-mini\.ckpt is a torch\.save pickle: a single file is taken from the hub only as \.safetensors/,
+    expect(errors.readme.message).toBe(
+      "test/errors/README.md is not a single-file checkpoint: MODEL names a hub file only as a .safetensors or .ckpt file (or give the repository id test/errors for a diffusers repository)",
     );
     expect(errors.notSd.message).toBe(
       "test/errors/not-sd.safetensors: is not a Stable Diffusion checkpoint in the original layout: it has no model.diffusion_model.input_blocks.0.0.weight",
@@ -249,8 +270,8 @@ describe("resolveHubFile: a single-file checkpoint from the hub", () => {
     expect(errors.sdxl.message).toBe(
       "test/errors/sdxl.safetensors: this is a Stable Diffusion XL checkpoint (it holds conditioner.embedders.0.transformer.text_model.final_layer_norm.weight); the engine supports Stable Diffusion 1.x and 2.x only",
     );
-    // The .ckpt was refused before any request, the others from their headers: no file was fetched whole.
-    expect(hub.log.filter((r) => r.file === "v2-mini.ckpt")).toEqual([]);
+    // The README was refused before any request, the others from their headers: no file was fetched whole.
+    expect(hub.log.filter((r) => r.file === "README.md")).toEqual([]);
     expect(rangesOf("sdxl.safetensors")).toHaveLength(2);
     expect(wholeFiles()).toEqual([]);
   });
