@@ -15,6 +15,7 @@ import {
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
 import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
+import { SD15, SD21 } from "../../helpers/sd-hub-configs.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
 
 const copy = scratchCopies("checkpoint-test-");
@@ -94,76 +95,15 @@ describe("config validation", () => {
   });
 
   it("accepts the configs Stable Diffusion 1.5 and 2.1 ship on the hub", () => {
-    const down = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"];
-    const up = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"];
-    const sd15 = {
-      _class_name: "UNet2DConditionModel",
-      _diffusers_version: "0.6.0",
-      act_fn: "silu",
-      attention_head_dim: 8,
-      block_out_channels: [320, 640, 1280, 1280],
-      center_input_sample: false,
-      cross_attention_dim: 768,
-      down_block_types: down,
-      downsample_padding: 1,
-      flip_sin_to_cos: true,
-      freq_shift: 0,
-      in_channels: 4,
-      layers_per_block: 2,
-      mid_block_scale_factor: 1,
-      norm_eps: 1e-5,
-      norm_num_groups: 32,
-      out_channels: 4,
-      sample_size: 64,
-      up_block_types: up,
-    };
-    expect(parseConfig(UNetConfigSchema, sd15, "sd15/unet/config.json")).toMatchObject({
+    expect(parseConfig(UNetConfigSchema, SD15.unet, "sd15/unet/config.json")).toMatchObject({
       cross_attention_dim: 768,
     });
-    const sd21 = {
-      ...sd15,
-      _diffusers_version: "0.10.0.dev0",
-      attention_head_dim: [5, 10, 20, 20],
-      cross_attention_dim: 1024,
-      dual_cross_attention: false,
-      num_class_embeds: null,
-      only_cross_attention: false,
-      sample_size: 96,
-      use_linear_projection: true,
-      upcast_attention: true,
-    };
-    expect(parseConfig(UNetConfigSchema, sd21, "sd21/unet/config.json")).toMatchObject({
+    expect(parseConfig(UNetConfigSchema, SD21.unet, "sd21/unet/config.json")).toMatchObject({
       sample_size: 96,
       upcast_attention: true,
     });
-    const vae = {
-      _class_name: "AutoencoderKL",
-      _diffusers_version: "0.6.0",
-      act_fn: "silu",
-      block_out_channels: [128, 256, 512, 512],
-      down_block_types: Array(4).fill("DownEncoderBlock2D"),
-      in_channels: 3,
-      latent_channels: 4,
-      layers_per_block: 2,
-      norm_num_groups: 32,
-      out_channels: 3,
-      sample_size: 512,
-      up_block_types: Array(4).fill("UpDecoderBlock2D"),
-    };
-    expect(parseConfig(VaeConfigSchema, vae, "vae/config.json").scaling_factor).toBe(0.18215);
-    const pndm = {
-      _class_name: "PNDMScheduler",
-      _diffusers_version: "0.6.0",
-      beta_end: 0.012,
-      beta_schedule: "scaled_linear",
-      beta_start: 0.00085,
-      num_train_timesteps: 1000,
-      set_alpha_to_one: false,
-      skip_prk_steps: true,
-      steps_offset: 1,
-      trained_betas: null,
-      clip_sample: false,
-    };
+    expect(parseConfig(VaeConfigSchema, SD15.vae, "vae/config.json").scaling_factor).toBe(0.18215);
+    const pndm = SD15.scheduler;
     // The fixtures' DDIM config differs only in class and bookkeeping: the same schedule follows.
     const fixture = readFileSync(join(SD1, "scheduler/scheduler_config.json"), "utf8");
     const fromPndm = parseConfig(SchedulerConfigSchema, pndm, "scheduler/scheduler_config.json");
