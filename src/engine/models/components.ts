@@ -221,7 +221,9 @@ function optimizingLossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOpt
   const layout = flatLayout(found);
   const g = new Graph("unet_loss");
   const flat = g.input(IO.trainParams, "float32", [layout.rows, PACK_ROW]);
-  const f = lossForward(g, store, c, o, flatSource(flat, layout));
+  // The pieces and their gradients in the UNet's compute dtype: one Cast each way for the flat tensor.
+  const dtype = o.dtype ?? "float32";
+  const f = lossForward(g, store, c, o, flatSource(flat, layout, dtype));
   const trained = trainedTensors(f, o);
   const grads = grad(f.loss, [...(o.wrtContext ? [f.context] : []), ...trained.map(([, t]) => t)]);
   if (o.wrtContext) g.output(IO.dContext, grads[0] as Tensor);
@@ -229,6 +231,7 @@ function optimizingLossGraph(store: WeightSource, c: UNetConfig, o: LossGraphOpt
   const gradient = flatGradient(
     layout,
     new Map(trained.map(([name], i) => [name, grads[i + offset] as Tensor])),
+    dtype,
   );
   const state = {
     p: flat,

@@ -4,11 +4,15 @@
  * ≈ 8 100 small kernels per step on a GPU, more than the update's arithmetic), and the session carries three
  * tensors (values, m, v) from step to step. Whole rows, as emit.ts's packed outputs: onnxruntime's CUDA
  * Concat of unequal flat pieces uploads an index table as long as the result on every run; of [rows, 256]
- * pieces along rows, one entry per row.
+ * pieces along rows, one entry per row. In a float16 graph the flat tensor is cast once and sliced in
+ * float16, and the gradient is laid out in float16 and cast back once: the same values as a Cast per piece
+ * and per gradient (slicing and Concat do not round), without two small kernels per tensor.
  */
+
+import type { DType } from "../graph/dtype.js";
 import { PACK_ROW } from "../graph/emit.js";
 import type { Tensor } from "../graph/graph.js";
-import { concat, pad, reshape, slice } from "../graph/ops.js";
+import { cast, concat, pad, reshape, slice } from "../graph/ops.js";
 
 /** Where a graph's trained tensors come from (LoraInputs, StoreParams): by default an input each. */
 export type TrainedSource = (name: string, shape: readonly number[]) => Tensor;
@@ -39,27 +43,35 @@ export function flatLayout(tensors: readonly { name: string; shape: readonly num
   return { parts, rows: row };
 }
 
-/** The flat input's pieces, as a TrainedSource: each trained tensor is its rows, reshaped. */
-export function flatSource(flat: Tensor, layout: FlatLayout): TrainedSource {
+/**
+ * The flat input's pieces, as a TrainedSource: each trained tensor is its rows, reshaped, in `dtype` (the
+ * dtype the graph computes with them; their users' casts to it are then no-ops).
+ */
+export function flatSource(flat: Tensor, layout: FlatLayout, dtype: DType = flat.dtype): TrainedSource {
   const byName = new Map(layout.parts.map((p) => [p.name, p]));
+  const values = cast(flat, dtype);
   return (name, shape) => {
     const p = byName.get(name);
     if (!p || p.shape.join() !== shape.join())
       throw new Error(
         `flat parameters: ${name} [${shape}] is not in the layout (${p ? `[${p.shape}]` : "absent"})`,
       );
-    const rows = reshape(slice(flat, [p.row], [p.row + p.rows], [0]), [p.rows * PACK_ROW]);
+    const rows = reshape(slice(values, [p.row], [p.row + p.rows], [0]), [p.rows * PACK_ROW]);
     return reshape(p.size < p.rows * PACK_ROW ? slice(rows, [0], [p.size]) : rows, p.shape);
   };
 }
 
-/** The parts' gradients laid out as the flat tensor, [rows, PACK_ROW]. */
-export function flatGradient(layout: FlatLayout, grads: ReadonlyMap<string, Tensor>): Tensor {
-  return concat(
+/** The parts' gradients laid out as the flat tensor, [rows, PACK_ROW], float32; laid out in `dtype`. */
+export function flatGradient(
+  layout: FlatLayout,
+  grads: ReadonlyMap<string, Tensor>,
+  dtype: DType = "float32",
+): Tensor {
+  const laidOut = concat(
     layout.parts.map((p) => {
       const g = grads.get(p.name);
       if (!g) throw new Error(`flat parameters: no gradient for ${p.name}`);
-      const flat = reshape(g, [p.size]);
+      const flat = reshape(cast(g, dtype), [p.size]);
       return reshape(p.size < p.rows * PACK_ROW ? pad(flat, [0, p.rows * PACK_ROW - p.size]) : flat, [
         p.rows,
         PACK_ROW,
@@ -67,6 +79,7 @@ export function flatGradient(layout: FlatLayout, grads: ReadonlyMap<string, Tens
     }),
     0,
   );
+  return cast(laidOut, "float32");
 }
 
 /** The host's side: the named arrays packed as the flat tensor's values. */

@@ -2,10 +2,10 @@
 // fixture: the same losses and the same trained tensors, step for step.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { relativeDistance } from "../../../src/engine/distance.js";
-import type { LoraWeights, StableDiffusion, UnetWeights } from "../../../src/engine/index.js";
+import { type LoraWeights, StableDiffusion, type UnetWeights } from "../../../src/engine/index.js";
 import { Adam, adamCoefficients } from "../../../src/engine/optim/adam.js";
 import type { Trainer } from "../../../src/engine/optim/trainer.js";
-import { fixedStep, loadFixtureModel, PROMPT, smoothPhoto } from "../pipelines/imagic-fixture.js";
+import { fixedStep, loadFixtureModel, MODEL, PROMPT, smoothPhoto } from "../pipelines/imagic-fixture.js";
 
 let sd: StableDiffusion;
 let step: Awaited<ReturnType<typeof fixedStep>>;
@@ -25,8 +25,8 @@ const cloneLora = (l: LoraWeights): LoraWeights =>
 const flatLora = (l: LoraWeights) => Float32Array.from([...l.values()].flatMap((m) => [...m.down, ...m.up]));
 const flatUnet = (w: UnetWeights) => Float32Array.from([...w.values()].flatMap((a) => [...a]));
 /** A trainer of `trained` (an adapter or weights) on the fixed step's batch and size, at LR. */
-const trainer = (trained: { lora: LoraWeights } | { unet: UnetWeights }, wrtContext = false) =>
-  sd.trainer({ ...trained, wrtContext, batch: step.t.length, size: step.size, adam: { lr: LR } });
+const trainer = (trained: { lora: LoraWeights } | { unet: UnetWeights }, wrtContext = false, model = sd) =>
+  model.trainer({ ...trained, wrtContext, batch: step.t.length, size: step.size, adam: { lr: LR } });
 
 /**
  * Adam's update exactly as the graph computes it (optim/adam.ts, adamUpdate: torch.optim.Adam's float32
@@ -63,6 +63,7 @@ async function onHost(
   unet: UnetWeights | null,
   steps: number,
   arithmetic: "float64" | "float32",
+  model = sd,
 ): Promise<number[]> {
   const params = lora
     ? [...lora.values()].flatMap((m) => [m.down, m.up])
@@ -73,7 +74,7 @@ async function onHost(
     arithmetic === "float64" ? (g: Float32Array[]) => adam.step(g) : adamInFloat32(params, zeros(), zeros());
   const losses: number[] = [];
   for (let i = 1; i <= steps; i++) {
-    const r = await sd.lossAndGrads({
+    const r = await model.lossAndGrads({
       ...step,
       context,
       ...(lora ? { lora, wrt: ["lora"] as const } : { unet: unet as UnetWeights, wrt: ["unet"] as const }),
@@ -107,6 +108,30 @@ describe("Trainer: Adam inside the training graph", () => {
     expect(flatLora(graph)).toEqual(flatLora(host));
     expect(t.steps).toBe(STEPS);
     expect(relativeDistance(flatLora(graph), flatLora(start))).toBeGreaterThan(1e-2);
+  });
+
+  it("trains in a float16 graph as the per-tensor loss graph's gradients do, bitwise", async () => {
+    // The optimizing graph casts the flat tensor to float16 once and its gradient back once; the loss
+    // graph casts each adapter or weight tensor and each gradient. Slicing and Concat do not round, so
+    // the two must agree exactly (an adapter, and weights through the store's parameters).
+    const sd16 = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp32", trainDtype: "fp16" });
+    try {
+      expect(sd16.trainDtype).toBe("float16");
+      const start = sd16.newLora(4, 4, 7);
+      const host = cloneLora(start);
+      const graph = cloneLora(start);
+      const hostLosses = await onHost(host, null, STEPS, "float32", sd16);
+      expect(await inGraph(await trainer({ lora: graph }, false, sd16))).toEqual(hostLosses);
+      expect(flatLora(graph)).toEqual(flatLora(host));
+      expect(relativeDistance(flatLora(graph), flatLora(start))).toBeGreaterThan(1e-2);
+      const hostUnet = sd16.unetWeights("attention-projections");
+      const graphUnet = sd16.unetWeights("attention-projections");
+      await onHost(null, hostUnet, 2, "float32", sd16);
+      await inGraph(await trainer({ unet: graphUnet }, false, sd16), 2);
+      expect(flatUnet(graphUnet)).toEqual(flatUnet(hostUnet));
+    } finally {
+      await sd16.release();
+    }
   });
 
   it("agrees with Adam in float64 arithmetic after one step; the fixture amplifies rounding after that", async () => {
