@@ -61,7 +61,7 @@ export function flatSource(flat: Tensor, layout: FlatLayout, dtype: DType = flat
   };
 }
 
-/** The parts' gradients laid out as the flat tensor, [rows, PACK_ROW], float32; laid out in `dtype`. */
+/** The parts' gradients as one float32 tensor shaped as the flat one, [rows, PACK_ROW]; padded and concatenated in `dtype`. */
 export function flatGradient(
   layout: FlatLayout,
   grads: ReadonlyMap<string, Tensor>,
