@@ -29,6 +29,7 @@ import { ADAM_COEFFICIENTS, adamCoefficients } from "../../engine/optim/adam.js"
 import type { FlatLayout } from "../../engine/optim/flat-params.js";
 import { startingState } from "../../engine/optim/trainer.js";
 import {
+  type CudaOptionsStatus,
   createSession,
   cudaOptionsStatus,
   type Device,
@@ -292,9 +293,23 @@ function loraModules(lora: LoraInputs) {
 /** What the CUDA provider took from the add-on at the last session (null when no add-on was loaded). */
 export function cudaOptionsLine(): string | null {
   const s = cudaOptionsStatus();
-  if (!s) return null;
+  return s && describeCudaOptions(s);
+}
+
+/**
+ * The add-on's status in words. With no options set the add-on hands the provider nothing and reads back
+ * nothing: its sessions run on onnxruntime's defaults, which is not the same as no CUDA session at all.
+ */
+export function describeCudaOptions(s: CudaOptionsStatus): string {
+  const took = s.applied
+    ? s.applied
+    : s.error
+      ? `none (${s.error})`
+      : s.calls > 0
+        ? "onnxruntime's defaults (none set)"
+        : "none (no CUDA session)";
   const bound = s.boundRuns > 0 ? `; ${s.boundRuns} runs through IO binding (CUDA graphs)` : "";
-  return `CUDA provider options as the provider took them: ${s.applied || `none (${s.error || "no CUDA session"})`}${bound}`;
+  return `CUDA provider options as the provider took them: ${took}${bound}`;
 }
 
 /** A repeatable key=value flag, collected into a record. */

@@ -1,6 +1,6 @@
 /** The runtime: provider choice and sessions over built graphs (docs/ENGINE.md). */
 export { CARRY_PREFIX, type CarryMode } from "./carry.js";
-export { cudaOptionsStatus } from "./cuda-options.js";
+export { type CudaOptionsStatus, cudaOptionsStatus } from "./cuda-options.js";
 export {
   type ConcreteDevice,
   DEVICES,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseBenchSizes, runSdBench, tinyShapes } from "../../../src/cli/bench/sd.js";
+import { describeCudaOptions, parseBenchSizes, runSdBench, tinyShapes } from "../../../src/cli/bench/sd.js";
 
 describe("bench sd", () => {
   it("times each case at every --size, square and portrait (64² and 64×128: 8×8 and 8×16 latents)", async () => {
@@ -32,5 +32,20 @@ describe("bench sd", () => {
       "--size 500x768: each side must be a multiple of 64",
     );
     expect(() => parseBenchSizes("512x4096")).toThrow(/--size 512×4096: each side must be a whole number/);
+  });
+
+  it("tells CUDA sessions on onnxruntime's defaults from no CUDA session, and names what the provider took", () => {
+    const status = { calls: 0, applied: "", error: "", boundSessions: 0, boundRuns: 0 };
+    const line = (s: Partial<typeof status>) => describeCudaOptions({ ...status, ...s });
+    const head = "CUDA provider options as the provider took them: ";
+    expect(line({})).toBe(`${head}none (no CUDA session)`);
+    // The add-on attached with no options: sessions were made, on the provider's defaults.
+    expect(line({ calls: 2 })).toBe(`${head}onnxruntime's defaults (none set)`);
+    expect(line({ calls: 1, applied: "prefer_nhwc=1;device_id=0", boundRuns: 11 })).toBe(
+      `${head}prefer_nhwc=1;device_id=0; 11 runs through IO binding (CUDA graphs)`,
+    );
+    expect(line({ calls: 1, error: "setting the CUDA provider options: bad value" })).toBe(
+      `${head}none (setting the CUDA provider options: bad value)`,
+    );
   });
 });
