@@ -5,7 +5,8 @@
  * against itself: opened with MODEL_CONFIG = the fixture folder, every tensor the folder has must come back
  * under its diffusers name with the same dtype, shape and bytes — and nothing more.
  */
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -31,6 +32,7 @@ import {
   vaeTable,
 } from "../../helpers/ldm-tables.js";
 import { expectSameTensors, modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
+import { assembleSingleFile, type SingleFileManifest } from "../../helpers/single-file-fixtures.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
 import { writeTorchCopy } from "../../helpers/write-torch.js";
 
@@ -40,8 +42,29 @@ const FORWARD: Tolerance = { max: 1e-4, why: "one float32 network call against t
 const scratch = scratchCopies("single-file-");
 const singleFile = (f: Fixture) => join(f.dir, "single-file.safetensors");
 
+const sha256 = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+
 for (const f of fixturesWith("golden")) {
   describe(`single-file checkpoint: ${f.name}`, () => {
+    it("is the conversion script's output, rebuilt from model/ to the SHA-256 the fixtures' README records", () => {
+      const manifest = JSON.parse(
+        readFileSync(join(f.dir, "single-file.json"), "utf8"),
+      ) as SingleFileManifest;
+      const readme = readFileSync("test/fixtures/models/README.md", "utf8");
+      const recorded = new RegExp(`${f.name}: \\d+ tensors[^;]*?sha256\\s+([0-9a-f]{64})`).exec(readme)?.[1];
+      expect(recorded, "README's hash of the script's output").toMatch(/^[0-9a-f]{64}$/);
+      expect(manifest.sha256).toBe(recorded);
+      // What the tests open is that file: rebuilt by the global setup, or assembled here again.
+      expect(sha256(readFileSync(singleFile(f)))).toBe(recorded);
+      expect(sha256(assembleSingleFile(manifest, f.modelDir))).toBe(recorded);
+      // The same tensors in another order: the rebuild refuses, naming both hashes.
+      const [first, ...rest] = manifest.pieces;
+      const swapped = { ...manifest, pieces: [...rest, first] } as SingleFileManifest;
+      expect(() => assembleSingleFile(swapped, f.modelDir)).toThrow(
+        /sha256 [0-9a-f]{64}; the conversion script's output is/,
+      );
+    });
+
     it("every diffusers tensor of the folder, bitwise, under the same name (MODEL_CONFIG = the folder)", () => {
       const ours = openSingleFile(singleFile(f), { configDir: f.modelDir });
       const folder = openCheckpoint(f.modelDir);
