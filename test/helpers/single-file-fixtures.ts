@@ -30,7 +30,10 @@ interface Entry {
   end: number;
 }
 
-/** A safetensors file split into its header text and each tensor's bytes. */
+/**
+ * A safetensors file split into its header text and each tensor's bytes; read here, not by the engine's
+ * reader, so that the fixture which checks the engine's loaders is built without them.
+ */
 export function readTensors(path: string): { header: string; data: Buffer; tensors: Map<string, Entry> } {
   const buf = readFileSync(path);
   const n = Number(buf.readBigUInt64LE(0));
