@@ -11,8 +11,11 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-/** One run of the data: a model tensor's bytes (folder-relative file, tensor name), or bytes given inline. */
-export type Piece = { file: string; tensor: string } | { base64: string };
+/** One run of the data: a model tensor's bytes (its file relative to `model/`, its name). */
+export interface Piece {
+  file: string;
+  tensor: string;
+}
 
 export interface SingleFileManifest {
   /** SHA-256 and length of the conversion script's output. */
@@ -66,10 +69,6 @@ export function assembleSingleFile(manifest: SingleFileManifest, modelDir: strin
   length.writeBigUInt64LE(BigInt(header.length));
   const parts: Buffer[] = [length, header];
   for (const p of manifest.pieces) {
-    if ("base64" in p) {
-      parts.push(Buffer.from(p.base64, "base64"));
-      continue;
-    }
     const f = open(p.file);
     const t = f.tensors.get(p.tensor);
     if (!t) throw new Error(`single-file fixture: ${p.file} has no tensor ${p.tensor}`);
@@ -100,8 +99,9 @@ export function ensureSingleFileFixtures(fixtures: readonly string[] = SINGLE_FI
 
 /**
  * The manifest of `file` (the script's output) over `modelDir`: each tensor's bytes as the model tensors
- * that hold them, matched by content (where several tensors hold equal bytes any one will do), and bytes
- * no model tensor holds inline. Used once, to replace the tracked file (single-file-script/manifest.ts).
+ * that hold them, matched by content (where several tensors hold equal bytes any one will do); throws where
+ * no run of model tensors makes a tensor's bytes. Used once, to replace the tracked file
+ * (single-file-script/manifest.ts).
  */
 export function manifestOf(file: string, modelDir: string): SingleFileManifest {
   const bytes = readFileSync(file);
@@ -119,32 +119,20 @@ export function manifestOf(file: string, modelDir: string): SingleFileManifest {
   }
   const longestFirst = [...lengths].sort((a, b) => b - a);
   const pieces: Piece[] = [];
-  const inline = (b: Buffer) => {
-    const last = pieces.at(-1);
-    if (last && "base64" in last)
-      pieces[pieces.length - 1] = {
-        base64: Buffer.concat([Buffer.from(last.base64, "base64"), b]).toString("base64"),
-      };
-    else pieces.push({ base64: b.toString("base64") });
-  };
-  const entries = [...tensors.values()].sort((a, b) => a.begin - b.begin);
-  let at = 0;
-  for (const e of entries) {
-    if (e.begin > at) inline(data.subarray(at, e.begin));
-    // The tensor as a run of whole model tensors, longest match first at each position.
+  // The data in file order, each tensor as a run of whole model tensors, longest match first at each
+  // position (safetensors data has no gaps: the header's offsets tile it).
+  const entries = [...tensors].sort(([, a], [, b]) => a.begin - b.begin);
+  for (const [name, e] of entries) {
     for (let pos = e.begin; pos < e.end; ) {
-      const len = longestFirst.find(
-        (l) => pos + l <= e.end && byContent.has(`${l}:${hash(data.subarray(pos, pos + l))}`),
-      );
-      if (len === undefined) {
-        inline(data.subarray(pos, e.end));
-        break;
-      }
-      pieces.push(byContent.get(`${len}:${hash(data.subarray(pos, pos + len))}`) as Piece);
+      const key = (l: number) => `${l}:${hash(data.subarray(pos, pos + l))}`;
+      const len = longestFirst.find((l) => pos + l <= e.end && byContent.has(key(l)));
+      if (len === undefined)
+        throw new Error(
+          `${file}: no model tensor in ${modelDir} holds ${name}'s bytes from ${pos - e.begin} on`,
+        );
+      pieces.push(byContent.get(key(len)) as Piece);
       pos += len;
     }
-    at = Math.max(at, e.end);
   }
-  if (at < data.length) inline(data.subarray(at));
   return { sha256: hash(bytes), bytes: bytes.length, header, pieces };
 }
