@@ -104,8 +104,11 @@ export const COMPOSITES: Record<string, OpDef> = {
       return [add(mul(y, reshape(I(node, 1), perChannel)), reshape(I(node, 2), perChannel))];
     },
     // float16 on CUDA (halfOnCuda): the affine part then runs in float16, one rounding more than the
-    // float32 form's.
-    fusable: normKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] }),
+    // float32 form's. Not on WebGPU: onnxruntime 1.29's WebGPU InstanceNormalization fails to build its
+    // pipeline for the VAE's norms at 512² ("workgroup storage (65536 bytes) is larger than the maximum
+    // allowed (49152 bytes)", H100, 2026-12-05), so a 512² photo could not be encoded there; the expansion
+    // is the primitives every WebGPU training graph runs (docs/PERFORMANCE.md, "WebGPU on onnxruntime 1.29").
+    fusable: normKernels({ cpu: ["float32"], cuda: ["float32"] }),
     // InstanceNormalization over [N, groups, rest] is group norm without the affine part (one kernel,
     // and unlike GroupNormalization its meaning did not change between opsets).
     emit: (e, node) => {
