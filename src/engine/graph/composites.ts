@@ -104,11 +104,8 @@ export const COMPOSITES: Record<string, OpDef> = {
       return [add(mul(y, reshape(I(node, 1), perChannel)), reshape(I(node, 2), perChannel))];
     },
     // float16 on CUDA (halfOnCuda): the affine part then runs in float16, one rounding more than the
-    // float32 form's. Not on WebGPU: onnxruntime 1.29's WebGPU InstanceNormalization fails to build its
-    // pipeline for the VAE's norms at 512² ("workgroup storage (65536 bytes) is larger than the maximum
-    // allowed (49152 bytes)", H100, 2026-12-05), so a 512² photo could not be encoded there; the expansion
-    // is the primitives every WebGPU training graph runs (docs/PERFORMANCE.md, "WebGPU on onnxruntime 1.29").
-    fusable: normKernels({ cpu: ["float32"], cuda: ["float32"] }),
+    // float32 form's.
+    fusable: normKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] }),
     // InstanceNormalization over [N, groups, rest] is group norm without the affine part (one kernel,
     // and unlike GroupNormalization its meaning did not change between opsets).
     emit: (e, node) => {
@@ -161,6 +158,7 @@ export const COMPOSITES: Record<string, OpDef> = {
       // On the CPU a differentiated attention keeps the decomposed forward: the fused kernel's float32
       // rounding moved sd2's gradients from 1.7e-3 to 2.5e-3 off the golden (parity suite).
       if (device === "cpu") return maskOk && dt === "float32" && !node.differentiated;
+      if (device === "webgpu" && !webgpuAttentionFits(node)) return false;
       return maskOk && (dt === "float32" || dt === "float16");
     },
     emit: (e, node) => {
@@ -180,6 +178,27 @@ export const COMPOSITES: Record<string, OpDef> = {
     },
   },
 };
+
+/**
+ * Whether WebGPU's fused attention can hold its key and value tiles in a workgroup's storage: onnxruntime's
+ * WebGPU attention keeps 16 keys and values of a head in workgroup memory (2 · 16 · head dim · element
+ * size), and 1.29 builds that shader whatever the device allows. The SD VAE's one 512-wide head in float32
+ * asked for 65 536 bytes where an H100 allows 49 152: the pipeline failed and the photo was not encoded
+ * (the error surfaced at the next node, a group norm; docs/PERFORMANCE.md, "WebGPU on onnxruntime 1.29").
+ * Fused only within the 16 KiB every WebGPU device offers; wider heads run as the decomposition, whose maps
+ * are small where heads are wide (the VAE's 4096 tokens, the UNet's 1280-channel level).
+ */
+function webgpuAttentionFits(node: Node): boolean {
+  const q = I(node, 0);
+  const v = I(node, 2);
+  const heads = node.attrs.heads as number;
+  const widest = Math.max(q.shape[2] as number, v.shape[2] as number) / heads;
+  const bytes = q.dtype === "float16" ? 2 : 4;
+  return 2 * 16 * widest * bytes <= WEBGPU_MIN_WORKGROUP_STORAGE;
+}
+
+/** maxComputeWorkgroupStorageSize that the WebGPU specification guarantees on every device. */
+const WEBGPU_MIN_WORKGROUP_STORAGE = 16384;
 
 /** Checks attention's operands (v is left out by attentionProbs) and names what is wrong. */
 function checkAttention(
