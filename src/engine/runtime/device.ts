@@ -1,10 +1,13 @@
 /**
  * Execution-provider choice. `auto` takes cuda when its provider binaries load, else webgpu when a GPU
- * adapter exists, else cpu. A provider is probed by creating a one-node session on it (a failed load or
+ * adapter exists (on Linux only beside a GPU's device node: a Vulkan software renderer such as Mesa's
+ * lavapipe also gives WebGPU an adapter, and runs the engine far slower than the cpu provider), else cpu. A provider is probed by creating a one-node session on it (a failed load or
  * a missing adapter throws there); for cuda, the provider's version and the CUDA/cuDNN libraries are
  * checked first (cuda.ts), since a mismatched provider can take the process down instead of throwing.
  * Each answer is cached for the life of the process.
  */
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import { emitGraph, serializeInline } from "../graph/emit.js";
@@ -47,6 +50,33 @@ export function setCudaHostForTests(host: (() => CudaHost) | null): void {
   autoChoice = undefined;
 }
 
+/**
+ * The device nodes in `dev` that a hardware GPU's driver makes on Linux: DRM render nodes (Mesa's AMD and
+ * Intel drivers, NVIDIA's open module), NVIDIA's own nodes, WSL's GPU. A machine without any has no GPU
+ * for WebGPU to use, whatever adapter a software Vulkan driver offers.
+ */
+export function gpuDeviceNodes(dev = "/dev"): string[] {
+  const names = (dir: string) => {
+    try {
+      return readdirSync(dir);
+    } catch {
+      return [];
+    }
+  };
+  return [...names(dev), ...names(join(dev, "dri")).map((n) => `dri/${n}`)].filter((n) =>
+    /^(dri\/renderD\d+|nvidia\d+|dxg)$/.test(n),
+  );
+}
+
+/** This machine's GPU device nodes; elsewhere than Linux the adapter's probe alone decides. */
+const systemGpuNodes = () => (process.platform === "linux" ? gpuDeviceNodes() : ["(not Linux)"]);
+/** Where `auto` looks for a GPU's device nodes (tests substitute a machine with or without them). */
+let gpuNodes = systemGpuNodes;
+export function setGpuNodesForTests(nodes: (() => string[]) | null): void {
+  gpuNodes = nodes ?? systemGpuNodes;
+  autoChoice = undefined;
+}
+
 /** null when `device` works here, else why not. */
 export function probeDevice(device: ConcreteDevice): Promise<string | null> {
   let p = probes.get(device);
@@ -86,7 +116,10 @@ export async function resolveDevice(requested: Device): Promise<ConcreteDevice> 
   }
   autoChoice ??= (async () => {
     for (const d of ["cuda", "webgpu"] as const) {
-      const why = await probeDevice(d);
+      const why =
+        d === "webgpu" && gpuNodes().length === 0
+          ? "no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg): a WebGPU adapter here would be a software renderer (ENGINE_DEVICE=webgpu still uses it)"
+          : await probeDevice(d);
       if (!why) {
         log.info({ device: d }, "auto device");
         return d;

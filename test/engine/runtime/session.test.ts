@@ -1,10 +1,16 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { PACK_ROW } from "../../../src/engine/graph/emit.js";
 import * as G from "../../../src/engine/graph/index.js";
+import type { CudaHost } from "../../../src/engine/runtime/cuda.js";
 import { resetCudaOptionsForTests } from "../../../src/engine/runtime/cuda-options.js";
+import {
+  gpuDeviceNodes,
+  setCudaHostForTests,
+  setGpuNodesForTests,
+} from "../../../src/engine/runtime/device.js";
 import {
   createSession,
   DeviceUnavailableError,
@@ -19,6 +25,35 @@ const cacheDir = mkdtempSync(join(tmpdir(), "graph-cache-test-"));
 afterAll(() => rmSync(cacheDir, { recursive: true, force: true }));
 
 describe("devices", () => {
+  afterEach(() => {
+    setGpuNodesForTests(null);
+    setCudaHostForTests(null);
+  });
+
+  it("finds a GPU's device nodes on Linux: render nodes, NVIDIA's, WSL's — not card nodes or other devices", () => {
+    const dev = mkdtempSync(join(tmpdir(), "dev-"));
+    try {
+      expect(gpuDeviceNodes(dev)).toEqual([]);
+      mkdirSync(join(dev, "dri"));
+      for (const f of ["dri/card0", "null", "nvidiactl", "nvidia-uvm", "fb0"])
+        writeFileSync(join(dev, f), "");
+      expect(gpuDeviceNodes(dev)).toEqual([]); // a card node alone is a display (e.g. a VM's), no compute
+      for (const f of ["dri/renderD128", "nvidia0", "dxg"]) writeFileSync(join(dev, f), "");
+      expect(gpuDeviceNodes(dev).sort()).toEqual(["dri/renderD128", "dxg", "nvidia0"]);
+    } finally {
+      rmSync(dev, { recursive: true, force: true });
+    }
+    expect(gpuDeviceNodes(join(tmpdir(), "no-such-dev"))).toEqual([]);
+  });
+
+  it("auto skips WebGPU on a machine without a GPU device node (its adapter would be a software renderer)", async () => {
+    // No cuda either way (a fake machine whose nvidia-smi is absent), and no GPU node: cpu, whatever
+    // adapter a software Vulkan driver (Mesa's lavapipe) would give WebGPU here.
+    setCudaHostForTests(() => noCudaHost());
+    setGpuNodesForTests(() => []);
+    expect(await resolveDevice("auto")).toBe("cpu");
+  });
+
   it("resolves cpu, picks a provider for auto, and names what is wrong otherwise", async () => {
     expect(await resolveDevice("cpu")).toBe("cpu");
     expect(["cuda", "webgpu", "cpu"]).toContain(await resolveDevice("auto"));
@@ -35,6 +70,20 @@ describe("devices", () => {
     }
   });
 });
+
+/** A machine without CUDA: the provider's check stops at the platform. */
+function noCudaHost(): CudaHost {
+  return {
+    platform: "darwin/arm64",
+    onnxruntimeVersion: "1.29.0",
+    bindingDir: "/nonexistent",
+    loadLibraries: async () => ({}),
+    gpus: async () => null,
+    npmPack: async () => {
+      throw new Error("not on this machine");
+    },
+  };
+}
 
 function linearGraph(name: string, reads: { n: number }, extra = false) {
   const r = rng(5);
