@@ -20,15 +20,16 @@ import {
 } from "./onnx-schema.js";
 import type { Device, Emitter, OnnxAttr } from "./op.js";
 import { postOrder } from "./post-order.js";
-import { emittedAs, opDef } from "./registry.js";
+import { emittedAs, type Fuse, opDef } from "./registry.js";
 
 export const OPSET = 17;
 
 export interface EmitOptions {
   /** The device the model is for: it decides which fused kernels may be used (default cpu). */
   device?: Device;
-  /** Use fused kernels for composites where possible (default true; false emits every composite as primitives). */
-  fuse?: boolean;
+  /** Use fused kernels for composites where possible (default true; false emits every composite as primitives;
+   *  a predicate decides per composite op, e.g. all but "Attention"). */
+  fuse?: Fuse;
   /** Emit k×k convolutions as an index gather (im2col) + MatMul (default: on webgpu, whose MatMul
    *  kernels run them about twice as fast as its direct Conv; docs/PERFORMANCE.md). */
   convAsMatMul?: boolean;
@@ -128,7 +129,7 @@ function transposeBytes(b: Uint8Array, rows: number, cols: number, size: number)
 function reachable(
   roots: readonly Tensor[],
   device: Device,
-  fuse: boolean,
+  fuse: Fuse,
 ): { nodes: Node[]; leaves: Set<Tensor> } {
   const leaves = new Set<Tensor>();
   // The nodes that compute `ts`; the tensors that come from no node (inputs, weights) are leaves.

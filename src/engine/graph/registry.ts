@@ -20,15 +20,20 @@ export function expansion(node: Node): Tensor[] {
   return node.expansion;
 }
 
+/** Whether composites may run fused: all, none, or per composite op. */
+export type Fuse = boolean | ((op: string) => boolean);
+
 /** The tensor that emission computes for `t`: a composite whose fused kernel the device lacks at this
- *  dtype, or that is differentiated through its expansion (no VJP of its own), is emitted as its expansion. */
-export function emittedAs(t: Tensor, device: Device, fuse = true): Tensor {
+ *  dtype, that `fuse` excludes, or that is differentiated through its expansion (no VJP of its own), is
+ *  emitted as its expansion. */
+export function emittedAs(t: Tensor, device: Device, fuse: Fuse = true): Tensor {
   let cur = t;
   for (;;) {
     const node = cur.node;
     if (!node || !isComposite(node)) return cur;
     const def = opDef(node.op);
-    if (fuse && (!node.differentiated || def.vjp) && def.fusable?.(node, device)) return cur;
+    const fused = typeof fuse === "function" ? fuse(node.op) : fuse;
+    if (fused && (!node.differentiated || def.vjp) && def.fusable?.(node, device)) return cur;
     cur = expansion(node)[cur.index] as Tensor;
   }
 }

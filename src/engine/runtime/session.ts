@@ -30,6 +30,7 @@ import {
 import { type ConcreteDevice, type Device, resolveDevice } from "./device.js";
 import { ort } from "./ort.js";
 import { latestProfile } from "./profile.js";
+import { webgpuAttentionAgrees } from "./webgpu-attention.js";
 
 const log = childLogger("runtime");
 
@@ -224,9 +225,14 @@ export async function createSession(graph: Graph, opts: SessionOptions): Promise
   // First: on cuda this attaches the add-on, which decides where carried inputs live.
   const options = sessionOptions(device, opts);
   const carryOnDevice = addonAttached() && (device === "cuda" || bindsAllSessions());
+  // On WebGPU, fused attention only where this adapter computes it right (webgpu-attention.ts).
+  const fuse =
+    device === "webgpu" && opts.fuse !== false && !(await webgpuAttentionAgrees())
+      ? (op: string) => op !== "Attention"
+      : (opts.fuse ?? true);
   const emitted = emitGraph(graph, {
     device,
-    fuse: opts.fuse ?? true,
+    fuse,
     convAsMatMul: opts.convAsMatMul,
     packOutputs: opts.packOutputs ?? device !== "cpu",
     // The add-on copies each carried output into its input's buffer: they must be outputs of their own.

@@ -28,6 +28,25 @@ describe("fused composites per device", () => {
     expect(attentionOps("float16", 514, 2)("webgpu").has("MultiHeadAttention")).toBe(false);
   });
 
+  it("leaves out of fusion the composite ops a predicate excludes, and only those", () => {
+    // What a session on a WebGPU adapter whose fused attention is wrong emits (runtime/webgpu-attention.ts).
+    const g = new G.Graph("mixed");
+    const t = g.input("t", "float32", [1, 6, 16]);
+    const gamma = g.input("gamma", "float32", [16]);
+    const beta = g.input("beta", "float32", [16]);
+    g.output("y", G.attention(G.layerNorm(t, gamma, beta), t, t, { heads: 2 }));
+    const ops = (fuse: boolean | ((op: string) => boolean)) =>
+      new Set((G.emitGraph(g, { device: "webgpu", fuse }).model.graph?.node ?? []).map((n) => n.opType));
+    expect(
+      [...ops(true)].filter((o) => o === "LayerNormalization" || o === "MultiHeadAttention"),
+    ).toHaveLength(2);
+    const mixed = ops((op) => op !== "Attention");
+    expect(mixed.has("LayerNormalization")).toBe(true);
+    expect(mixed.has("MultiHeadAttention")).toBe(false);
+    expect(mixed.has("Softmax")).toBe(true);
+    expect(ops(false).has("LayerNormalization")).toBe(false);
+  });
+
   it("runs group and layer norm fused on every device (float32)", () => {
     const g = new G.Graph("norms");
     const x = g.input("x", "float32", [1, 8, 4, 4]);
