@@ -89,4 +89,3 @@ async function fusedAttentionError(): Promise<number> {
   }
   return diff / scale;
 }
-
