@@ -1,8 +1,8 @@
 /**
  * Execution-provider choice. `auto` takes cuda when its provider binaries load, else webgpu when a GPU
  * adapter exists (on Linux only beside a GPU's device node: a Vulkan software renderer such as Mesa's
- * lavapipe also gives WebGPU an adapter, and runs the engine far slower than the cpu provider), else cpu. A provider is probed by creating a one-node session on it (a failed load or
- * a missing adapter throws there); for cuda, the provider's version and the CUDA/cuDNN libraries are
+ * lavapipe also gives WebGPU an adapter, the CPU emulating a GPU), else cpu. A provider is probed by
+ * creating a one-node session on it (a failed load or a missing adapter throws there); for cuda, the provider's version and the CUDA/cuDNN libraries are
  * checked first (cuda.ts), since a mismatched provider can take the process down instead of throwing.
  * Each answer is cached for the life of the process.
  */
