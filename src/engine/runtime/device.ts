@@ -68,12 +68,12 @@ export function gpuDeviceNodes(dev = "/dev"): string[] {
   );
 }
 
-/** This machine's GPU device nodes; elsewhere than Linux the adapter's probe alone decides. */
-const systemGpuNodes = () => (process.platform === "linux" ? gpuDeviceNodes() : ["(not Linux)"]);
-/** Where `auto` looks for a GPU's device nodes (tests substitute a machine with or without them). */
-let gpuNodes = systemGpuNodes;
+/** Whether this machine has a GPU for WebGPU; elsewhere than Linux the adapter's probe alone decides. */
+const systemHasGpu = () => process.platform !== "linux" || gpuDeviceNodes().length > 0;
+let hasGpu = systemHasGpu;
+/** Tests substitute a machine with or without GPU device nodes (null: this machine again). */
 export function setGpuNodesForTests(nodes: (() => string[]) | null): void {
-  gpuNodes = nodes ?? systemGpuNodes;
+  hasGpu = nodes ? () => nodes().length > 0 : systemHasGpu;
   autoChoice = undefined;
 }
 
@@ -117,7 +117,7 @@ export async function resolveDevice(requested: Device): Promise<ConcreteDevice> 
   autoChoice ??= (async () => {
     for (const d of ["cuda", "webgpu"] as const) {
       const why =
-        d === "webgpu" && gpuNodes().length === 0
+        d === "webgpu" && !hasGpu()
           ? "no GPU device node (/dev/dri/renderD*, /dev/nvidia*, /dev/dxg): a WebGPU adapter here would be a software renderer (ENGINE_DEVICE=webgpu still uses it)"
           : await probeDevice(d);
       if (!why) {
