@@ -6,7 +6,7 @@
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
 #                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts,
-#                                       full16-large, sdpa, ab-unet, card<GiB>-large
+#                                       full16-large, sdpa, ab-unet, card<GiB>-large, webgpu
 #                                       (only when named); STEP-graph: the step's bench with CUDA graphs
 #                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
@@ -161,6 +161,14 @@ for s in $steps; do
         kill "$ballast"
         wait "$ballast" 2>/dev/null
       fi ;;
+    # WebGPU on the same card (no CUDA provider needed: `gpu-stash.sh --webgpu webgpu`): the VAE and UNet
+    # steps, a short Imagic job from photo to grid, and the fixture goldens (docs/ENGINE.md, "GPU parity").
+    webgpu)
+      step webgpu-sd 150 $cli bench sd --device webgpu --only vae-encode,vae-decode,unet --runs 5 \
+        --json "$OUT/sd-webgpu.json"
+      step webgpu-imagic 240 $cli bench imagic --device webgpu --preset fast --steps-scale 0.02 --batches none \
+        --json "$OUT/imagic-fast-webgpu.json"
+      step webgpu-parity 150 $cli bench parity --device webgpu --json "$OUT/parity-webgpu.json" ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done
