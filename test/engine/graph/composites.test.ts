@@ -55,10 +55,45 @@ describe("fused composites per device", () => {
     const beta = g.input("beta", "float32", [8]);
     g.output("gn", G.groupNorm(x, 4, gamma, beta));
     g.output("ln", G.layerNorm(t, gamma, beta));
-    for (const device of ["cpu", "webgpu", "cuda"] as const) {
-      const ops = new Set((G.emitGraph(g, { device }).model.graph?.node ?? []).map((n) => n.opType));
-      expect(ops.has("InstanceNormalization"), device).toBe(true);
-      expect(ops.has("LayerNormalization"), device).toBe(true);
-    }
+    const normOps = (device: "cpu" | "webgpu" | "cuda") =>
+      (G.emitGraph(g, { device }).model.graph?.node ?? [])
+        .map((n) => n.opType)
+        .filter((o) => o.endsWith("Normalization"))
+        .sort();
+    for (const device of ["cpu", "cuda"] as const)
+      expect(normOps(device), device).toEqual(["InstanceNormalization", "LayerNormalization"]);
+    // WebGPU's InstanceNormalization keeps the first node's epsilon for every later one: group norm runs
+    // as a layer norm over each group's values there.
+    expect(normOps("webgpu")).toEqual(["LayerNormalization", "LayerNormalization"]);
+  });
+
+  it("centres the norms' input on WebGPU only, whose kernels take the variance as E[x²] − mean²", () => {
+    const g = new G.Graph("norms");
+    const x = g.input("x", "float32", [1, 8, 4, 4]);
+    const t = g.input("t", "float32", [1, 5, 8]);
+    const gamma = g.input("gamma", "float32", [8]);
+    const beta = g.input("beta", "float32", [8]);
+    g.output("gn", G.groupNorm(x, 4, gamma, beta));
+    g.output("ln", G.layerNorm(t, gamma, beta));
+    const normInputs = (device: "cpu" | "webgpu" | "cuda") => {
+      const nodes = G.emitGraph(g, { device }).model.graph?.node ?? [];
+      const producer = new Map(nodes.flatMap((n) => (n.output ?? []).map((o) => [o, n])));
+      return nodes
+        .filter((n) => n.opType === "InstanceNormalization" || n.opType === "LayerNormalization")
+        .map((n) => {
+          const sub = producer.get(n.input?.[0] ?? "");
+          const mean = producer.get(sub?.input?.[1] ?? "");
+          return `${n.opType}<-${sub?.opType}(${mean?.opType})`;
+        });
+    };
+    expect(normInputs("webgpu")).toEqual([
+      "LayerNormalization<-Sub(ReduceMean)",
+      "LayerNormalization<-Sub(ReduceMean)",
+    ]);
+    for (const device of ["cpu", "cuda"] as const)
+      expect(
+        normInputs(device).every((s) => !s.includes("Sub")),
+        device,
+      ).toBe(true);
   });
 });

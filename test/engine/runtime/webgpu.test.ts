@@ -10,10 +10,13 @@
  */
 import { describe, expect, it } from "vitest";
 import { sd15Shapes } from "../../../src/cli/bench/sd.js";
+import { relativeDistance } from "../../../src/engine/distance.js";
 import * as G from "../../../src/engine/graph/index.js";
+import { StableDiffusion } from "../../../src/engine/index.js";
 import { IO, vaeDecodeGraph, vaeEncodeGraph } from "../../../src/engine/models/components.js";
 import { randomWeights } from "../../../src/engine/models/random-weights.js";
 import { createSession, probeDevice } from "../../../src/engine/runtime/index.js";
+import { fixturesWith, loadGolden } from "../../helpers/golden.js";
 import { host, randn, relError, rng, values } from "../graph/helpers.js";
 
 const why = await probeDevice("webgpu");
@@ -37,6 +40,17 @@ async function againstCpu(
     await Promise.all([gpu.release(), cpu.release()]);
   }
   return errors;
+}
+
+/** Each run of `size` consecutive values (as float32 holds them) normalized in float64, epsilon 1e-5. */
+function exactNorm(values: number[], size: number): number[] {
+  const held = Array.from(Float32Array.from(values));
+  return held.map((_, i) => {
+    const run = held.slice(i - (i % size), i - (i % size) + size);
+    const mean = run.reduce((a, b) => a + b, 0) / size;
+    const variance = run.reduce((a, b) => a + (b - mean) ** 2, 0) / size;
+    return ((held[i] as number) - mean) / Math.sqrt(variance + 1e-5);
+  });
 }
 
 describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}`, () => {
@@ -70,6 +84,92 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
       expect(errors.y, `${heads} heads of ${width}`).toBeLessThan(1e-5);
     }
   }, 120_000);
+
+  it("normalizes groups and layers whose mean is large against their spread to float32 precision", async () => {
+    // onnxruntime 1.29's WebGPU norm kernels take the variance as E[x²] − mean², which cancels there; the
+    // emitted graph centres their input first (composites.ts, centeredForWebgpu). Against float64 on the
+    // host, largest error over the largest value, measured on lavapipe: without the centring 2.1e-2 (group
+    // norm, 2 values per group, mean 3 × the spread) and 4.0e-3 (layer norm over 2, mean 30 ×); with it
+    // 1.1e-7 and 8.1e-8 (the CPU provider's own kernels: 6.9e-5 and 1.8e-5).
+    const r = rng(11);
+    const x = randn(r, 128).map((v) => 3 + v);
+    const t = randn(r, 20).map((v) => 30 + v);
+    const build = () => {
+      const g = new G.Graph("norms");
+      const affine = (n: number) =>
+        [g.input(`one${n}`, "float32", [n]), g.input(`zero${n}`, "float32", [n])] as const;
+      g.output("gn", G.groupNorm(g.input("x", "float32", [2, 64, 1, 1]), 32, ...affine(64)));
+      g.output("ln", G.layerNorm(g.input("t", "float32", [2, 5, 2]), ...affine(2)));
+      return g;
+    };
+    const session = await createSession(build(), { device: "webgpu" });
+    try {
+      const y = await session.run({
+        x: host("float32", [2, 64, 1, 1], x),
+        t: host("float32", [2, 5, 2], t),
+        ...Object.fromEntries(
+          [64, 2].flatMap((n) => [
+            [`one${n}`, host("float32", [n], new Array(n).fill(1))],
+            [`zero${n}`, host("float32", [n], new Array(n).fill(0))],
+          ]),
+        ),
+      });
+      expect(relError(values(y.gn), exactNorm(x, 2))).toBeLessThan(1e-5);
+      expect(relError(values(y.ln), exactNorm(t, 2))).toBeLessThan(1e-5);
+    } finally {
+      await session.release();
+    }
+  });
+
+  it("gives each group norm its own epsilon, whatever norms ran before it", async () => {
+    // onnxruntime 1.29's WebGPU InstanceNormalization keeps the epsilon of the first one it compiles in
+    // the process; group norm runs as a layer norm of each group there (composites.ts). Three group norms
+    // of one shape and three epsilons, on values whose variance (≈ 3e-5) makes epsilon count. Measured on
+    // lavapipe: without the change EPS_BEFORE; with it EPS_AFTER.
+    const r = rng(13);
+    const build = () => {
+      const g = new G.Graph("epsilons");
+      const x = g.input("x", "float32", [2, 32, 4, 4]);
+      const [gamma, beta] = [g.input("gamma", "float32", [32]), g.input("beta", "float32", [32])];
+      for (const [i, eps] of [1e-5, 1e-6, 1e-3].entries())
+        g.output(`y${i}`, G.groupNorm(x, 8, gamma, beta, eps));
+      return g;
+    };
+    const errors = await againstCpu(build, {
+      x: host(
+        "float32",
+        [2, 32, 4, 4],
+        randn(r, 1024).map((v) => 0.006 * v),
+      ),
+      gamma: host("float32", [32], new Array(32).fill(1)),
+      beta: host("float32", [32], new Array(32).fill(0)),
+    });
+    for (const [k, e] of Object.entries(errors)) expect(e, k).toBeLessThan(2e-5);
+  });
+
+  it.each(fixturesWith("golden").map((f) => f.name))(
+    "calls the %s fixture's UNet as torch does (float32)",
+    async (name) => {
+      // The fixtures' bottom level holds 2 values per group of 32: sd2's call was 3.2e-2 off its golden
+      // here and on an H100 before the norms were centred; now 1.7e-5. The parity suite's bound for one
+      // float32 network call.
+      const g = loadGolden(fixturesWith("golden").find((f) => f.name === name)?.dir as string);
+      const sd = await StableDiffusion.load(g.modelDir, { device: "webgpu", dtype: "fp32" });
+      try {
+        const [, , h, w] = g.shape("unet.sample") as number[];
+        const out = await sd.predictNoise(
+          g.f32("unet.sample"),
+          { height: h as number, width: w as number },
+          g.ints("unet.timestep"),
+          g.f32("unet.encoder_hidden_states"),
+        );
+        expect(relativeDistance(out, g.f32("unet.out"))).toBeLessThan(1e-4);
+      } finally {
+        await sd.release();
+      }
+    },
+    120_000,
+  );
 
   it("encodes and decodes with SD 1.5's VAE (a 512-wide attention head) as the CPU provider does", async () => {
     const r = rng(3);
