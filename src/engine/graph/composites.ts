@@ -57,13 +57,14 @@ const normKernels = (dtypes: Partial<Record<Device, DType[]>>) => {
 };
 
 /**
- * A norm's input, on WebGPU less its mean over `axis` (its last): onnxruntime 1.29's
- * WebGPU LayerNormalization and InstanceNormalization take the variance as E[x²] − mean², which cancels
- * where a group's mean is large against its spread. Measured on lavapipe and on an H100 alike (the same
- * digits): group norm of 2 values per group at mean/spread 3 is 6.2e-4 off, layer norm at 30 is 1.1e-4 off
- * (the CPU's kernel: 3.5e-6), and the fixtures' sd2 UNet call came out 3.2e-2 off its golden. Centred
- * first, the kernel's mean² is rounding-small and its variance that of the centred values: one ReduceMean
- * and one Sub more, still far fewer kernels than the decomposition.
+ * A norm's input, on WebGPU less its mean over `axis` (its last): onnxruntime 1.29's WebGPU
+ * LayerNormalization and InstanceNormalization take the variance as E[x²] − mean², which cancels where a
+ * group's mean is large against its spread. Measured on lavapipe against float64, largest error over the
+ * largest value: group norm of 2 values per group at mean 3 × the spread 2.1e-2, layer norm over 2 at 30 ×
+ * 4.0e-3; centred first, 1.1e-7 and 8.1e-8 (the CPU provider's kernels: 6.9e-5 and 1.8e-5;
+ * test/engine/runtime/webgpu.test.ts). The kernel's mean² is then rounding-small, and its own mean pass
+ * corrects the rounding of this one: one ReduceMean and one Sub more, far fewer kernels than the
+ * decomposition.
  */
 function centeredForWebgpu(e: Emitter, x: string, axis: number): string {
   if (e.device !== "webgpu") return x;
