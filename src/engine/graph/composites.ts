@@ -74,6 +74,25 @@ function centeredForWebgpu(e: Emitter, x: string, axis: number): string {
   return centered;
 }
 
+/** The one epsilon of every InstanceNormalization emitted for WebGPU (webgpuEpsilon). */
+const WEBGPU_INSTANCE_NORM_EPSILON = 1e-5;
+
+/**
+ * An InstanceNormalization's input and epsilon such that, on WebGPU, every such node carries the same
+ * epsilon: onnxruntime 1.29's WebGPU kernel bakes the epsilon into a shader that it caches without it, so
+ * every later node of the process runs with the first one's (measured: a second group norm of another
+ * epsilon came out 0.13 … 4 off; the fixtures' transformer norms, epsilon 1e-6 after resnet norms of 1e-5,
+ * put sd2's UNet call 3.2e-2 off its golden, here and on an H100). Norm(x; ε) = Norm(s·x; s²·ε), so the input
+ * is scaled by s = √(E/ε) and the node given E; the Mul is left out where ε is E already.
+ */
+function webgpuEpsilon(e: Emitter, x: string, dtype: DType, eps: number): [string, number] {
+  const E = WEBGPU_INSTANCE_NORM_EPSILON;
+  if (e.device !== "webgpu" || eps === E) return [x, eps];
+  const scaled = e.fresh("norm_eps_scaled");
+  e.node("Mul", [x, e.fill(dtype, [], Math.sqrt(E / eps))], [scaled]);
+  return [scaled, E];
+}
+
 export const COMPOSITES: Record<string, OpDef> = {
   LayerNorm: {
     infer: (inputs) => {
@@ -127,17 +146,11 @@ export const COMPOSITES: Record<string, OpDef> = {
     // float32 form's.
     fusable: normKernels({ cpu: ["float32"], cuda: ["float32"], webgpu: ["float32"] }),
     // InstanceNormalization over [N, groups, rest] is group norm without the affine part (one kernel,
-    // and unlike GroupNormalization its meaning did not change between opsets). On WebGPU the same
-    // normalization as a layer norm over each group's values: onnxruntime 1.29's WebGPU
-    // InstanceNormalization keeps the epsilon of the first such node it compiles for every later one in
-    // the process (measured: a second group norm of another epsilon came out 0.13 … 4 off; the fixtures'
-    // transformer norms, epsilon 1e-6 after resnet norms of 1e-5, put sd2's UNet call 3.2e-2 off its
-    // golden), while its LayerNormalization takes each node's own.
+    // and unlike GroupNormalization its meaning did not change between opsets).
     emit: (e, node) => {
       const x = I(node, 0);
       const [N, C] = x.shape as [number, number];
       const groups = node.attrs.groups as number;
-      const rest = numel(x.shape) / N / groups;
       const grouped = e.fresh("gn_grouped");
       const normed = e.fresh("gn_normed");
       const back = e.fresh("gn_back");
@@ -145,22 +158,15 @@ export const COMPOSITES: Record<string, OpDef> = {
       const perChannel = [C, ...x.shape.slice(2).map(() => 1)];
       const gamma = e.fresh("gn_gamma");
       const beta = e.fresh("gn_beta");
-      const epsilon = { f: node.attrs.eps as number };
-      e.node("Reshape", [e.name(x), e.ints([N, groups, rest])], [grouped]);
+      e.node("Reshape", [e.name(x), e.ints([N, groups, numel(x.shape) / N / groups])], [grouped]);
       const centered = centeredForWebgpu(e, grouped, 2);
-      if (e.device === "webgpu")
-        e.node("LayerNormalization", [centered, e.fill(x.dtype, [rest], 1)], [normed], {
-          axis: -1,
-          epsilon,
-          stash_type: 1,
-        });
-      else
-        e.node(
-          "InstanceNormalization",
-          [centered, e.fill(x.dtype, [groups], 1), e.fill(x.dtype, [groups], 0)],
-          [normed],
-          { epsilon },
-        );
+      const [input, epsilon] = webgpuEpsilon(e, centered, x.dtype, node.attrs.eps as number);
+      e.node(
+        "InstanceNormalization",
+        [input, e.fill(x.dtype, [groups], 1), e.fill(x.dtype, [groups], 0)],
+        [normed],
+        { epsilon: { f: epsilon } },
+      );
       e.node("Reshape", [normed, e.ints(x.shape)], [back]);
       e.node("Reshape", [e.name(I(node, 1)), e.ints(perChannel)], [gamma]);
       e.node("Reshape", [e.name(I(node, 2)), e.ints(perChannel)], [beta]);

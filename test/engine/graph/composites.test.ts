@@ -55,16 +55,45 @@ describe("fused composites per device", () => {
     const beta = g.input("beta", "float32", [8]);
     g.output("gn", G.groupNorm(x, 4, gamma, beta));
     g.output("ln", G.layerNorm(t, gamma, beta));
-    const normOps = (device: "cpu" | "webgpu" | "cuda") =>
-      (G.emitGraph(g, { device }).model.graph?.node ?? [])
-        .map((n) => n.opType)
-        .filter((o) => o.endsWith("Normalization"))
-        .sort();
-    for (const device of ["cpu", "cuda"] as const)
-      expect(normOps(device), device).toEqual(["InstanceNormalization", "LayerNormalization"]);
-    // WebGPU's InstanceNormalization keeps the first node's epsilon for every later one: group norm runs
-    // as a layer norm over each group's values there.
-    expect(normOps("webgpu")).toEqual(["LayerNormalization", "LayerNormalization"]);
+    for (const device of ["cpu", "webgpu", "cuda"] as const) {
+      const ops = new Set((G.emitGraph(g, { device }).model.graph?.node ?? []).map((n) => n.opType));
+      expect(ops.has("InstanceNormalization"), device).toBe(true);
+      expect(ops.has("LayerNormalization"), device).toBe(true);
+    }
+  });
+
+  it("gives every WebGPU group norm one epsilon, its own folded into a scale of the input", () => {
+    // onnxruntime 1.29's WebGPU InstanceNormalization runs every node with the first one's epsilon
+    // (composites.ts, webgpuEpsilon): Norm(x; ε) = Norm(√(1e-5/ε)·x; 1e-5).
+    const g = new G.Graph("epsilons");
+    const x = g.input("x", "float32", [1, 8, 4, 4]);
+    const gamma = g.input("gamma", "float32", [8]);
+    const beta = g.input("beta", "float32", [8]);
+    g.output("a", G.groupNorm(x, 4, gamma, beta, 1e-5));
+    g.output("b", G.groupNorm(x, 4, gamma, beta, 1e-6));
+    const norms = (device: "cpu" | "webgpu") => {
+      const emitted = G.emitGraph(g, { device });
+      const nodes = emitted.model.graph?.node ?? [];
+      const producer = new Map(nodes.flatMap((n) => (n.output ?? []).map((o) => [o, n])));
+      const init = (name: string) => emitted.initializers.find((t) => t.name === name)?.bytes();
+      const scalar = (name: string) => new Float32Array((init(name) as Uint8Array).slice().buffer)[0];
+      return nodes
+        .filter((n) => n.opType === "InstanceNormalization")
+        .map((n) => {
+          const before = producer.get(n.input?.[0] ?? "");
+          const scale = before?.opType === "Mul" ? scalar(before.input?.[1] ?? "") : undefined;
+          return { epsilon: n.attribute?.find((a) => a.name === "epsilon")?.f, scale };
+        })
+        .sort((a, b) => (a.scale ?? 0) - (b.scale ?? 0) || (b.epsilon ?? 0) - (a.epsilon ?? 0));
+    };
+    expect(norms("cpu")).toEqual([
+      { epsilon: 1e-5, scale: undefined },
+      { epsilon: 1e-6, scale: undefined },
+    ]);
+    const webgpu = norms("webgpu");
+    expect(webgpu.map((n) => n.epsilon)).toEqual([1e-5, 1e-5]);
+    expect(webgpu[0]?.scale).toBeUndefined();
+    expect(webgpu[1]?.scale).toBeCloseTo(Math.sqrt(10), 6);
   });
 
   it("centres the norms' input on WebGPU only, whose kernels take the variance as E[x²] − mean²", () => {
@@ -86,8 +115,8 @@ describe("fused composites per device", () => {
           return `${n.opType}<-${sub?.opType}(${mean?.opType})`;
         });
     };
-    expect(normInputs("webgpu")).toEqual([
-      "LayerNormalization<-Sub(ReduceMean)",
+    expect(normInputs("webgpu").sort()).toEqual([
+      "InstanceNormalization<-Sub(ReduceMean)",
       "LayerNormalization<-Sub(ReduceMean)",
     ]);
     for (const device of ["cpu", "cuda"] as const)

@@ -90,7 +90,7 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
     // emitted graph centres their input first (composites.ts, centeredForWebgpu). Against float64 on the
     // host, largest error over the largest value, measured on lavapipe: without the centring 2.1e-2 (group
     // norm, 2 values per group, mean 3 × the spread) and 4.0e-3 (layer norm over 2, mean 30 ×); with it
-    // 1.1e-7 and 8.1e-8 (the CPU provider's own kernels: 6.9e-5 and 1.8e-5).
+    // 1.1e-7 and 8.1e-8 (the CPU provider's own kernels: 6.9e-5 and 1.8e-5). Bound: float32 rounding.
     const r = rng(11);
     const x = randn(r, 128).map((v) => 3 + v);
     const t = randn(r, 20).map((v) => 30 + v);
@@ -122,10 +122,11 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
   });
 
   it("gives each group norm its own epsilon, whatever norms ran before it", async () => {
-    // onnxruntime 1.29's WebGPU InstanceNormalization keeps the epsilon of the first one it compiles in
-    // the process; group norm runs as a layer norm of each group there (composites.ts). Three group norms
-    // of one shape and three epsilons, on values whose variance (≈ 3e-5) makes epsilon count. Measured on
-    // lavapipe: without the change EPS_BEFORE; with it EPS_AFTER.
+    // onnxruntime 1.29's WebGPU InstanceNormalization runs every node with the first one's epsilon; every
+    // node gets one epsilon there, each norm's own folded into a scale of its input (composites.ts,
+    // webgpuEpsilon). Three group norms of one shape and three epsilons, on values whose variance (≈ 4e-5)
+    // makes epsilon count. Measured on lavapipe: without the fold 0.13 (1e-6) and 3.9 (1e-3) off; with it
+    // ≤ 1.9e-7. Bound: float32 rounding.
     const r = rng(13);
     const build = () => {
       const g = new G.Graph("epsilons");
@@ -150,9 +151,10 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
   it.each(fixturesWith("golden").map((f) => f.name))(
     "calls the %s fixture's UNet as torch does (float32)",
     async (name) => {
-      // The fixtures' bottom level holds 2 values per group of 32: sd2's call was 3.2e-2 off its golden
-      // here and on an H100 before the norms were centred; now 1.7e-5. The parity suite's bound for one
-      // float32 network call.
+      // sd2's transformer norms (epsilon 1e-6) ran with its resnet norms' 1e-5 (webgpuEpsilon): its call
+      // was 3.2e-2 off its golden, here and on an H100. Now 7.5e-5 here (the CPU provider: 2.2e-5; sd2's
+      // bottom level, 2 values per group, magnifies float32 rounding), sd1 1.3e-6. The bound is the WebGPU
+      // float32 tolerance of `bench parity` for one network call.
       const g = loadGolden(fixturesWith("golden").find((f) => f.name === name)?.dir as string);
       const sd = await StableDiffusion.load(g.modelDir, { device: "webgpu", dtype: "fp32" });
       try {
@@ -163,7 +165,7 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
           g.ints("unet.timestep"),
           g.f32("unet.encoder_hidden_states"),
         );
-        expect(relativeDistance(out, g.f32("unet.out"))).toBeLessThan(1e-4);
+        expect(relativeDistance(out, g.f32("unet.out"))).toBeLessThan(1e-3);
       } finally {
         await sd.release();
       }
