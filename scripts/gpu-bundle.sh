@@ -27,6 +27,7 @@ bundle() { # entry, outfile
 }
 bundle src/cli/index.ts dist-gpu/cli.mjs
 bundle scripts/gpu-ballast.ts dist-gpu/ballast.mjs   # gpu-cuda.sh's card16: a 16 GiB card on the H200
+bundle scripts/fp16-precision.ts dist-gpu/fp16-precision.mjs   # gpu-cuda.sh's webgpu
 # The CUDA options add-on, built here (the GPU machine may have no compiler); gpu-cuda.sh installs it.
 npx tsx -e 'import("./src/engine/runtime/cuda-options.ts").then((m) => m.buildCudaOptionsAddon("dist-gpu")).then((f) => console.log(f))'
 rm -f dist-gpu/cli-base.mjs dist-gpu/cli-base.rev

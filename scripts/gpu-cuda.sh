@@ -168,7 +168,8 @@ for s in $steps; do
         --json "$OUT/sd-webgpu.json"
       step webgpu-imagic 240 $cli bench imagic --device webgpu --preset fast --steps-scale 0.02 --batches none \
         --json "$OUT/imagic-fast-webgpu.json"
-      step webgpu-parity 150 $cli bench parity --device webgpu --json "$OUT/parity-webgpu.json" ;;
+      step webgpu-parity 150 $cli bench parity --device webgpu --json "$OUT/parity-webgpu.json"
+      step webgpu-fp16 200 node dist-gpu/fp16-precision.mjs --device webgpu --latents 64 --cpu-reference ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done

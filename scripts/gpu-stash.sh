@@ -27,7 +27,7 @@ if [ -n "$cuda" ]; then
   cp .gpu-cuda/cache/cuda.so.xz "$work/x/ort-cuda/part0"   # prelude-cuda.sh reads /root/ort-cuda/part*
   cp .gpu-cuda/cache/libonnxruntime_providers_shared.so "$work/x/ort-cuda/"
 fi
-for f in dist-gpu/cli.mjs dist-gpu/cli-base.mjs dist-gpu/ballast.mjs; do
+for f in dist-gpu/cli.mjs dist-gpu/cli-base.mjs dist-gpu/ballast.mjs dist-gpu/fp16-precision.mjs; do
   [ -f "$f" ] && xz -9 -T0 -c "$f" > "$work/x/$f.xz"
 done
 cp dist-gpu/no-sharp.mjs dist-gpu/photo_edit_cuda_options.node scripts/gpu-cuda.sh "$work/x/dist-gpu/"
