@@ -2,8 +2,9 @@
  * Whether this WebGPU adapter computes onnxruntime's fused attention right. onnxruntime 1.29's WebGPU
  * MultiHeadAttention takes a flash-attention path for heads whose width is a multiple of 4, and on Mesa's
  * lavapipe that path is 10–25 % off (measured 2026-12-05: heads of 4, 8, 16, 40 and 64 wide; 6-wide heads,
- * which take the plain path, and the decomposition agree to 4e-7). Which real adapters share the fault is
- * not known, so each process measures its own once: one small attention, fused on WebGPU, against its
+ * which take the plain path, and the decomposition agree to 4e-7). A lent H100's Vulkan driver does not
+ * share it (the check passed there; docs/PERFORMANCE.md, 2026-12-05); which other adapters do is not known,
+ * so each process measures its own once: one small attention, fused on WebGPU, against its
  * decomposition on the CPU provider. Where it disagrees, attention runs as its decomposition on this
  * adapter (correct, slower), and the log says so once.
  */
