@@ -19,7 +19,7 @@
  *   guidance checked as tightly as sd1's.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { goldenTxt2imgOptions } from "../../src/cli/bench/golden.js";
+import { goldenTxt2imgOptions, goldenUnetArgs } from "../../src/cli/bench/golden.js";
 import { StableDiffusion } from "../../src/engine/index.js";
 import { openCheckpoint } from "../../src/engine/models/checkpoint.js";
 import { ddimInvert } from "../../src/engine/pipelines/invert.js";
@@ -286,13 +286,7 @@ function paritySuite(f: Fixture): void {
       const alpha = (extra.json.lora as { alpha: number; rank: number }).alpha;
       const lora = sd.loadLora(extra.path, { prefix: "lora.weight.", alpha });
       expect(lora.size).toBe(extra.names("lora.weight.").length / 2);
-      const out = await sd.predictNoise(
-        g.f32("unet.sample"),
-        sizeOf(g, "unet.sample"),
-        g.ints("unet.timestep"),
-        g.f32("unet.encoder_hidden_states"),
-        { lora },
-      );
+      const out = await sd.predictNoise(...goldenUnetArgs(g), { lora });
       expectClose("lora.out vs torch float32", out, extra.f32("lora.out"), FORWARD);
       expectExact("lora.out vs exact", out, extra.f64("lora.out"), exact.f64("lora.out"));
       const r = await sd.lossAndGrads({ ...args(), lora, wrt: ["lora"] });

@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { LossArgs } from "../../engine/index.js";
+import type { LatentSize, LossArgs } from "../../engine/index.js";
 import { viewAs } from "../../engine/models/dtype.js";
 import { openSafetensors } from "../../engine/models/safetensors.js";
 import type { TensorFile } from "../../engine/models/tensor-file.js";
@@ -115,6 +115,20 @@ export function goldenTxt2imgOptions(o: GoldenTxt2img, start: Float32Array | See
 }
 
 /** The golden's denoising loss step (grad.x0 noised by grad.noise at grad.timestep, under grad.context). */
+/** The goldens' one UNet call (`unet.sample` at `unet.timestep`, given `unet.encoder_hidden_states`) as
+ *  `predictNoise`'s arguments. */
+export function goldenUnetArgs(
+  g: Pick<FixtureData, "f32" | "ints" | "shape">,
+): [Float32Array, LatentSize, number[], Float32Array] {
+  const [, , height, width] = g.shape("unet.sample") as [number, number, number, number];
+  return [
+    g.f32("unet.sample"),
+    { height, width },
+    g.ints("unet.timestep"),
+    g.f32("unet.encoder_hidden_states"),
+  ];
+}
+
 export function goldenLossArgs(g: GoldenData): Omit<LossArgs, "wrt"> {
   const [batch, , height, width] = g.shape("grad.x0") as [number, number, number, number];
   return {

@@ -28,7 +28,13 @@ import {
 } from "../../engine/runtime/index.js";
 import { UserFacingError } from "../../errors.js";
 import { benchDeviceOption } from "../options.js";
-import { type GoldenData, goldenLossArgs, goldenTxt2imgOptions, loadGoldenData } from "./golden.js";
+import {
+  type GoldenData,
+  goldenLossArgs,
+  goldenTxt2imgOptions,
+  goldenUnetArgs,
+  loadGoldenData,
+} from "./golden.js";
 import { keyValue } from "./sd.js";
 
 type Dtype = "fp32" | "fp16";
@@ -77,16 +83,7 @@ async function run(
     const out: Results = {};
     const n = g.shape("text_encoder.input_ids")[0] as number;
     out.text_encoder = { value: await sd.encodeText(g.json.prompts.slice(0, n)), kind: "forward" };
-    const [, , uh, uw] = g.shape("unet.sample") as number[];
-    out.unet = {
-      value: await sd.predictNoise(
-        g.f32("unet.sample"),
-        { height: uh as number, width: uw as number },
-        g.ints("unet.timestep"),
-        g.f32("unet.encoder_hidden_states"),
-      ),
-      kind: "forward",
-    };
+    out.unet = { value: await sd.predictNoise(...goldenUnetArgs(g)), kind: "forward" };
     const [, , h, w] = g.shape("vae.image") as [number, number, number, number];
     const enc = await sd.encodeImage(g.f32("vae.image"), h, w);
     out["vae.encode.mean"] = { value: enc.mean, kind: "forward" };

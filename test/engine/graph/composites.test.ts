@@ -2,6 +2,22 @@
 import { describe, expect, it } from "vitest";
 import * as G from "../../../src/engine/graph/index.js";
 
+/** Group norm (4 groups over 8 channels) and layer norm (over 8), default epsilon. */
+function normsGraph(): G.Graph {
+  const g = new G.Graph("norms");
+  const gamma = g.input("gamma", "float32", [8]);
+  const beta = g.input("beta", "float32", [8]);
+  g.output("gn", G.groupNorm(g.input("x", "float32", [1, 8, 4, 4]), 4, gamma, beta));
+  g.output("ln", G.layerNorm(g.input("t", "float32", [1, 5, 8]), gamma, beta));
+  return g;
+}
+
+/** An emitted model's nodes, and the node that produces each value. */
+function withProducers(emitted: G.EmittedModel) {
+  const nodes = emitted.model.graph?.node ?? [];
+  return [nodes, new Map(nodes.flatMap((n) => (n.output ?? []).map((o) => [o, n])))] as const;
+}
+
 describe("fused composites per device", () => {
   const attentionOps = (dtype: "float32" | "float16", width: number, heads: number) => {
     const g = new G.Graph("attention");
@@ -48,13 +64,7 @@ describe("fused composites per device", () => {
   });
 
   it("runs group and layer norm fused on every device (float32)", () => {
-    const g = new G.Graph("norms");
-    const x = g.input("x", "float32", [1, 8, 4, 4]);
-    const t = g.input("t", "float32", [1, 5, 8]);
-    const gamma = g.input("gamma", "float32", [8]);
-    const beta = g.input("beta", "float32", [8]);
-    g.output("gn", G.groupNorm(x, 4, gamma, beta));
-    g.output("ln", G.layerNorm(t, gamma, beta));
+    const g = normsGraph();
     for (const device of ["cpu", "webgpu", "cuda"] as const) {
       const ops = new Set((G.emitGraph(g, { device }).model.graph?.node ?? []).map((n) => n.opType));
       expect(ops.has("InstanceNormalization"), device).toBe(true);
@@ -73,8 +83,7 @@ describe("fused composites per device", () => {
     g.output("b", G.groupNorm(x, 4, gamma, beta, 1e-6));
     const norms = (device: "cpu" | "webgpu") => {
       const emitted = G.emitGraph(g, { device });
-      const nodes = emitted.model.graph?.node ?? [];
-      const producer = new Map(nodes.flatMap((n) => (n.output ?? []).map((o) => [o, n])));
+      const [nodes, producer] = withProducers(emitted);
       const init = (name: string) => emitted.initializers.find((t) => t.name === name)?.bytes();
       const scalar = (name: string) => new Float32Array((init(name) as Uint8Array).slice().buffer)[0];
       return nodes
@@ -97,16 +106,9 @@ describe("fused composites per device", () => {
   });
 
   it("centres the norms' input on WebGPU only, whose kernels take the variance as E[x²] − mean²", () => {
-    const g = new G.Graph("norms");
-    const x = g.input("x", "float32", [1, 8, 4, 4]);
-    const t = g.input("t", "float32", [1, 5, 8]);
-    const gamma = g.input("gamma", "float32", [8]);
-    const beta = g.input("beta", "float32", [8]);
-    g.output("gn", G.groupNorm(x, 4, gamma, beta));
-    g.output("ln", G.layerNorm(t, gamma, beta));
+    const g = normsGraph();
     const normInputs = (device: "cpu" | "webgpu" | "cuda") => {
-      const nodes = G.emitGraph(g, { device }).model.graph?.node ?? [];
-      const producer = new Map(nodes.flatMap((n) => (n.output ?? []).map((o) => [o, n])));
+      const [nodes, producer] = withProducers(G.emitGraph(g, { device }));
       return nodes
         .filter((n) => n.opType === "InstanceNormalization" || n.opType === "LayerNormalization")
         .map((n) => {

@@ -5,12 +5,14 @@
  * against itself: opened with MODEL_CONFIG = the fixture folder, every tensor the folder has must come back
  * under its diffusers name with the same dtype, shape and bytes — and nothing more.
  */
+
 import { createHash } from "node:crypto";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLIP_TOKENIZER_DIR } from "../../../src/assets.js";
+import { goldenUnetArgs } from "../../../src/cli/bench/golden.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
@@ -103,13 +105,7 @@ for (const f of fixturesWith("golden")) {
         const n = g.shape("text_encoder.input_ids")[0] as number;
         const text = await sd.encodeText(json.prompts.slice(0, n));
         expectClose("text_encoder.last_hidden_state", text, g.f32("text_encoder.last_hidden_state"), FORWARD);
-        const [, , h, w] = g.shape("unet.sample") as number[];
-        const out = await sd.predictNoise(
-          g.f32("unet.sample"),
-          { height: h as number, width: w as number },
-          g.ints("unet.timestep"),
-          g.f32("unet.encoder_hidden_states"),
-        );
+        const out = await sd.predictNoise(...goldenUnetArgs(g));
         expectClose("unet.out", out, g.f32("unet.out"), FORWARD);
         const [, , ih, iw] = g.shape("vae.image") as number[];
         const sf = openCheckpoint(f.modelDir).vae.config.scaling_factor;

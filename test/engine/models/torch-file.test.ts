@@ -4,9 +4,11 @@
  * to `.bin` (identical tensors, bitwise the same UNet output), and one refusal per guard against a
  * hostile or damaged file.
  */
+
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { goldenUnetArgs } from "../../../src/cli/bench/golden.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { openWeightFile } from "../../../src/engine/models/checkpoint.js";
 import { PICKLE_LIMITS } from "../../../src/engine/models/pickle-vm.js";
@@ -162,19 +164,11 @@ describe("checkpoints that ship only .bin weights", () => {
     const dir = copy(source);
     toPickles(dir);
     const g = loadGolden("test/fixtures/models/sd1");
-    const [, , height, width] = g.shape("unet.sample") as number[];
     const outputs: Float32Array[] = [];
     for (const model of [source, dir]) {
       const sd = await StableDiffusion.load(model, { device: "cpu", dtype: "fp32" });
       loaded.push(sd);
-      outputs.push(
-        await sd.predictNoise(
-          g.f32("unet.sample"),
-          { height: height as number, width: width as number },
-          g.ints("unet.timestep"),
-          g.f32("unet.encoder_hidden_states"),
-        ),
-      );
+      outputs.push(await sd.predictNoise(...goldenUnetArgs(g)));
     }
     const [fromSafetensors, fromPickles] = outputs as [Float32Array, Float32Array];
     expect(fromPickles.length).toBe(fromSafetensors.length);

@@ -2,7 +2,9 @@
  * UNet behaviour the golden tensors do not cover: latent sizes that are not multiples of 8 (up-sampling
  * to the skip connection's size), and configs that disagree with the weights.
  */
+
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { goldenUnetArgs } from "../../../src/cli/bench/golden.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { openCheckpoint } from "../../../src/engine/models/checkpoint.js";
 import { unetGraph } from "../../../src/engine/models/components.js";
@@ -53,13 +55,7 @@ describe("UNet2DConditionModel", () => {
     const g = loadGolden("test/fixtures/models/sd1");
     const half = await StableDiffusion.load(MODEL, { device: "cpu", dtype: "fp16" });
     try {
-      const [, , height, width] = g.shape("unet.sample") as number[];
-      const out = await half.predictNoise(
-        g.f32("unet.sample"),
-        { height: height as number, width: width as number },
-        g.ints("unet.timestep"),
-        g.f32("unet.encoder_hidden_states"),
-      );
+      const out = await half.predictNoise(...goldenUnetArgs(g));
       expect(relError(out, g.f32("unet.out"))).toBeLessThan(2.5e-3);
     } finally {
       await half.release();

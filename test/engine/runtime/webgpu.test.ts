@@ -8,7 +8,9 @@
  * float32 head, and the photo's encode failed on a lent H100 (docs/PERFORMANCE.md, "WebGPU on onnxruntime
  * 1.29"); it fails the same way here with the fused attention.
  */
+
 import { describe, expect, it } from "vitest";
+import { goldenUnetArgs } from "../../../src/cli/bench/golden.js";
 import { sd15Shapes } from "../../../src/cli/bench/sd.js";
 import { relativeDistance } from "../../../src/engine/distance.js";
 import * as G from "../../../src/engine/graph/index.js";
@@ -158,13 +160,7 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
       const g = loadGolden(fixturesWith("golden").find((f) => f.name === name)?.dir as string);
       const sd = await StableDiffusion.load(g.modelDir, { device: "webgpu", dtype: "fp32" });
       try {
-        const [, , h, w] = g.shape("unet.sample") as number[];
-        const out = await sd.predictNoise(
-          g.f32("unet.sample"),
-          { height: h as number, width: w as number },
-          g.ints("unet.timestep"),
-          g.f32("unet.encoder_hidden_states"),
-        );
+        const out = await sd.predictNoise(...goldenUnetArgs(g));
         expect(relativeDistance(out, g.f32("unet.out"))).toBeLessThan(1e-3);
       } finally {
         await sd.release();
