@@ -114,7 +114,6 @@ export function goldenTxt2imgOptions(o: GoldenTxt2img, start: Float32Array | See
     : { ...settings, ...start };
 }
 
-/** The golden's denoising loss step (grad.x0 noised by grad.noise at grad.timestep, under grad.context). */
 /** The goldens' one UNet call (`unet.sample` at `unet.timestep`, given `unet.encoder_hidden_states`) as
  *  `predictNoise`'s arguments. */
 export function goldenUnetArgs(
@@ -129,6 +128,7 @@ export function goldenUnetArgs(
   ];
 }
 
+/** The golden's denoising loss step (grad.x0 noised by grad.noise at grad.timestep, under grad.context). */
 export function goldenLossArgs(g: GoldenData): Omit<LossArgs, "wrt"> {
   const [batch, , height, width] = g.shape("grad.x0") as [number, number, number, number];
   return {
