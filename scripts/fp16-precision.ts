@@ -15,7 +15,7 @@
  */
 import "../src/cli/require-shim.js";
 import { Command } from "commander";
-import { goldenLossArgs, loadGoldenData } from "../src/cli/bench/golden.js";
+import { goldenLossArgs, goldenUnetArgs, loadGoldenData } from "../src/cli/bench/golden.js";
 import { sd15Shapes } from "../src/cli/bench/sd.js";
 import { mulberry32 } from "../src/engine/diffusion/rng.js";
 import { relativeDistance } from "../src/engine/distance.js";
@@ -33,7 +33,7 @@ const o = new Command()
   .parse()
   .opts<{ device: Device; latents: string; roundings: string; cpuReference?: boolean }>();
 const devices: Device[] = ["cpu", o.device];
-const f32 = (dtype: HostTensor["dtype"], shape: number[], data: Float32Array | Uint16Array) =>
+const tensor = (dtype: HostTensor["dtype"], shape: number[], data: Float32Array | Uint16Array) =>
   ({ dtype, shape, data }) as HostTensor;
 
 async function run(graph: Graph, device: Device, feeds: Record<string, HostTensor>) {
@@ -61,7 +61,7 @@ async function matmulAgainstFloat64(): Promise<void> {
       }
     const g = new Graph("fp16_matmul");
     g.output("y", cast(matmul(g.input("a", "float16", [M, K]), g.input("b", "float16", [K, N])), "float32"));
-    const feeds = { a: f32("float16", [M, K], a), b: f32("float16", [K, N], b) };
+    const feeds = { a: tensor("float16", [M, K], a), b: tensor("float16", [K, N], b) };
     const errors: string[] = [];
     for (const device of devices) {
       const y = (await run(g, device, feeds)).y?.data as Float32Array;
@@ -77,9 +77,9 @@ async function sd15Unet(): Promise<void> {
   const randn = (len: number) =>
     Float32Array.from({ length: len }, () => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r()));
   const feeds = {
-    [IO.sample]: f32("float32", [2, 4, n, n], randn(2 * 4 * n * n)),
-    [IO.timestep]: f32("float32", [2], Float32Array.of(500, 500)),
-    [IO.context]: f32("float32", [2, 77, 768], randn(2 * 77 * 768)),
+    [IO.sample]: tensor("float32", [2, 4, n, n], randn(2 * 4 * n * n)),
+    [IO.timestep]: tensor("float32", [2], Float32Array.of(500, 500)),
+    [IO.context]: tensor("float32", [2, 77, 768], randn(2 * 77 * 768)),
   };
   const call = async (device: Device, dtype: "float32" | "float16") => {
     const { graph } = unetGraph(randomWeights(dtype), sd15Shapes().unet, {
@@ -102,7 +102,9 @@ async function sd15Unet(): Promise<void> {
 async function fixtureSpread(fixture: string): Promise<void> {
   const dir = `test/fixtures/models/${fixture}`;
   const g = loadGoldenData(dir);
-  const [, , h, w] = g.shape("unet.sample") as number[];
+  const [sample, size, t, ctx] = goldenUnetArgs(g);
+  const [unetOut, dContext] = [g.f32("unet.out"), g.f32("grad.d_context")];
+  const loss = goldenLossArgs(g);
   const nudge = (x: Float32Array, k: number) => {
     const r = mulberry32(k);
     return k === 0 ? x : x.map((v) => v * (1 + (r() - 0.5) * 2 ** -11));
@@ -113,13 +115,9 @@ async function fixtureSpread(fixture: string): Promise<void> {
     const grad: number[] = [];
     try {
       for (let k = 0; k < Number(o.roundings); k++) {
-        const size = { height: h as number, width: w as number };
-        const ctx = g.f32("unet.encoder_hidden_states");
-        const out = await sd.predictNoise(nudge(g.f32("unet.sample"), k), size, g.ints("unet.timestep"), ctx);
-        unet.push(relativeDistance(out, g.f32("unet.out")));
-        const args = goldenLossArgs(g);
-        const r = await sd.lossAndGrads({ ...args, latents0: nudge(args.latents0, k), wrt: ["context"] });
-        grad.push(relativeDistance(r.dContext as Float32Array, g.f32("grad.d_context")));
+        unet.push(relativeDistance(await sd.predictNoise(nudge(sample, k), size, t, ctx), unetOut));
+        const r = await sd.lossAndGrads({ ...loss, latents0: nudge(loss.latents0, k), wrt: ["context"] });
+        grad.push(relativeDistance(r.dContext as Float32Array, dContext));
       }
     } finally {
       await sd.release();

@@ -25,23 +25,22 @@ const why = await probeDevice("webgpu");
 if (why && process.env.WEBGPU_TESTS === "required")
   throw new Error(`WEBGPU_TESTS=required but WebGPU is unavailable here: ${why}`);
 
-/** The graph run on WebGPU and on the CPU provider from the same feeds; each output's relative error. */
-async function againstCpu(
-  graph: () => ReturnType<typeof vaeEncodeGraph>,
-  feeds: Parameters<Awaited<ReturnType<typeof createSession>>["run"]>[0],
-) {
-  const errors: Record<string, number> = {};
-  const [gpu, cpu] = [
-    await createSession(graph(), { device: "webgpu" }),
-    await createSession(graph(), { device: "cpu" }),
-  ];
+type Feeds = Parameters<Awaited<ReturnType<typeof createSession>>["run"]>[0];
+
+/** The graph's outputs on one device, its session released after. */
+async function runOn(device: "webgpu" | "cpu", graph: G.Graph, feeds: Feeds) {
+  const session = await createSession(graph, { device });
   try {
-    const [a, b] = [await gpu.run(feeds), await cpu.run(feeds)];
-    for (const k of Object.keys(b)) errors[k] = relError(values(a[k]), values(b[k]));
+    return await session.run(feeds);
   } finally {
-    await Promise.all([gpu.release(), cpu.release()]);
+    await session.release();
   }
-  return errors;
+}
+
+/** The graph run on WebGPU and on the CPU provider from the same feeds; each output's relative error. */
+async function againstCpu(graph: () => G.Graph, feeds: Feeds) {
+  const [a, b] = [await runOn("webgpu", graph(), feeds), await runOn("cpu", graph(), feeds)];
+  return Object.fromEntries(Object.keys(b).map((k) => [k, relError(values(a[k]), values(b[k]))]));
 }
 
 /** Each run of `size` consecutive values (as float32 holds them) normalized in float64, epsilon 1e-5. */
@@ -96,31 +95,23 @@ describe.skipIf(why !== null)(`WebGPU provider${why ? ` (skipped: ${why})` : ""}
     const r = rng(11);
     const x = randn(r, 128).map((v) => 3 + v);
     const t = randn(r, 20).map((v) => 30 + v);
-    const build = () => {
-      const g = new G.Graph("norms");
-      const affine = (n: number) =>
-        [g.input(`one${n}`, "float32", [n]), g.input(`zero${n}`, "float32", [n])] as const;
-      g.output("gn", G.groupNorm(g.input("x", "float32", [2, 64, 1, 1]), 32, ...affine(64)));
-      g.output("ln", G.layerNorm(g.input("t", "float32", [2, 5, 2]), ...affine(2)));
-      return g;
-    };
-    const session = await createSession(build(), { device: "webgpu" });
-    try {
-      const y = await session.run({
-        x: host("float32", [2, 64, 1, 1], x),
-        t: host("float32", [2, 5, 2], t),
-        ...Object.fromEntries(
-          [64, 2].flatMap((n) => [
-            [`one${n}`, host("float32", [n], new Array(n).fill(1))],
-            [`zero${n}`, host("float32", [n], new Array(n).fill(0))],
-          ]),
-        ),
-      });
-      expect(relError(values(y.gn), exactNorm(x, 2))).toBeLessThan(1e-5);
-      expect(relError(values(y.ln), exactNorm(t, 2))).toBeLessThan(1e-5);
-    } finally {
-      await session.release();
-    }
+    const g = new G.Graph("norms");
+    const affine = (n: number) =>
+      [g.input(`one${n}`, "float32", [n]), g.input(`zero${n}`, "float32", [n])] as const;
+    g.output("gn", G.groupNorm(g.input("x", "float32", [2, 64, 1, 1]), 32, ...affine(64)));
+    g.output("ln", G.layerNorm(g.input("t", "float32", [2, 5, 2]), ...affine(2)));
+    const y = await runOn("webgpu", g, {
+      x: host("float32", [2, 64, 1, 1], x),
+      t: host("float32", [2, 5, 2], t),
+      ...Object.fromEntries(
+        [64, 2].flatMap((n) => [
+          [`one${n}`, host("float32", [n], new Array(n).fill(1))],
+          [`zero${n}`, host("float32", [n], new Array(n).fill(0))],
+        ]),
+      ),
+    });
+    expect(relError(values(y.gn), exactNorm(x, 2))).toBeLessThan(1e-5);
+    expect(relError(values(y.ln), exactNorm(t, 2))).toBeLessThan(1e-5);
   });
 
   it("gives each group norm its own epsilon, whatever norms ran before it", async () => {
