@@ -6,7 +6,7 @@
 #   bash scripts/gpu-cuda.sh [step…]    steps: setup options imagic parity sd loss16 imagic16 (default: all),
 #                                       photoswap, shape, ab, full, full16, shape-full, profile, card<GiB>-fp16|fp32,
 #                                       cuda-options, fp32-smoke, graphs, parity-graph, full16-graph-opts,
-#                                       full16-large, sdpa, ab-unet, card<GiB>-large, webgpu
+#                                       full16-large, sdpa, ab-unet, card<GiB>-large, webgpu, webgpu-full
 #                                       (only when named); STEP-graph: the step's bench with CUDA graphs
 #                                       (--cuda-option enable_cuda_graph=1), e.g. full16-graph, card16-fp16-graph
 # ab: the gradient steps (loss + d/d context, loss + d/d LoRA, 512², fp32, 10 runs) from the bundle of
@@ -170,6 +170,9 @@ for s in $steps; do
         --json "$OUT/imagic-fast-webgpu.json"
       step webgpu-parity 150 $cli bench parity --device webgpu --json "$OUT/parity-webgpu.json"
       step webgpu-fp16 200 node dist-gpu/fp16-precision.mjs --device webgpu --latents 64 --cpu-reference ;;
+    # Imagic `fast` on WebGPU run in full (every step, no extrapolation): its headline number.
+    webgpu-full) step webgpu-full 580 $cli bench imagic --device webgpu --preset fast --batches none \
+      --json "$OUT/imagic-fast-full-webgpu.json" ;;
     *) echo "gpu-cuda.sh: unknown step $s" >&2 ;;
   esac
 done
