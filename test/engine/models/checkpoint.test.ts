@@ -175,6 +175,29 @@ describe("config validation", () => {
     expect(modelFileErrorOf(() => openCheckpoint(dir)).message).toMatch(/this is a Flux checkpoint/);
   });
 
+  it("reads configs as Python's json writes them: bare Infinity, -Infinity and NaN outside strings", () => {
+    // What diffusers saves for a DPMSolverMultistepScheduler (lambda_min_clipped defaults to -inf).
+    const dir = copySd1();
+    editJson(join(dir, "model_index.json"), (j) => {
+      j.scheduler = ["diffusers", "DPMSolverMultistepScheduler"];
+    });
+    writeFileSync(
+      join(dir, "scheduler/scheduler_config.json"),
+      `{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++", "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "beta_start": 0.00085, "lambda_min_clipped": -Infinity,
+        "note": "NaN and -Infinity in a \\"string\\" stay text", "sigma_max": Infinity, "sigma_min": NaN,
+        "solver_order": 2, "steps_offset": 1, "timestep_spacing": "leading", "variance_type": null}`,
+    );
+    const { config } = openCheckpoint(dir).scheduler;
+    expect(config).toMatchObject({
+      beta_schedule: "scaled_linear",
+      lambda_min_clipped: Number.NEGATIVE_INFINITY,
+      sigma_max: Number.POSITIVE_INFINITY,
+      note: 'NaN and -Infinity in a "string" stay text',
+    });
+    expect(config.sigma_min).toBeNaN();
+  });
+
   it("names the file when a config is missing, is not JSON, or disagrees with another component", () => {
     const dir = copySd1();
     writeFileSync(join(dir, "vae/config.json"), "{ broken");
