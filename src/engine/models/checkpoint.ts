@@ -20,6 +20,7 @@ import {
   VaeConfigSchema,
 } from "./config.js";
 import { ModelFileError } from "./errors.js";
+import { readModelJson } from "./files.js";
 import { openSafetensors } from "./safetensors.js";
 import type { TensorFile } from "./tensor-file.js";
 import { ClipTokenizer } from "./tokenizer.js";
@@ -102,18 +103,35 @@ export function readConfigs(dir: string): CheckpointConfigs {
   const textEncoder = loadConfig(TextEncoderConfigSchema, files.textEncoder);
   const tokenizerDir = join(dir, "tokenizer");
   if (!existsSync(tokenizerDir)) throw new ModelFileError(tokenizerDir, "tokenizer folder not found");
+  const unet = loadConfig(UNetConfigSchema, files.unet, ["UNet2DConditionModel"]);
+  const scheduler = loadConfig(SchedulerConfigSchema, join(dir, "scheduler", "scheduler_config.json"));
   return {
     index,
-    unet: loadConfig(UNetConfigSchema, files.unet, ["UNet2DConditionModel"]),
+    unet: { ...unet, sample_size: pipelineSampleSize(unet.sample_size, files.unet) },
     vae: loadConfig(VaeConfigSchema, files.vae, ["AutoencoderKL"]),
     textEncoder,
     tokenizer: ClipTokenizer.fromFolder(tokenizerDir, textEncoder.max_position_embeddings),
     scheduler: {
       className: index.scheduler[1],
-      config: loadConfig(SchedulerConfigSchema, join(dir, "scheduler", "scheduler_config.json")),
+      // StableDiffusionPipeline.__init__ rewrites outdated scheduler configs before any sampling: a
+      // steps_offset other than 1 becomes 1 and clip_sample true becomes false (SD 1.x-era configs omit
+      // both, and DDIM's defaults are 0 and true), so every SD pipeline samples with these two values.
+      config: { ...scheduler, steps_offset: 1, clip_sample: false },
     },
     files,
   };
+}
+
+/**
+ * StableDiffusionPipeline.__init__ also rewrites a UNet config written by diffusers < 0.9.0 whose
+ * sample_size is under 64 (SD 1.1–1.4 fine-tunes said 32) to 64, the size those models were trained at.
+ */
+function pipelineSampleSize(sampleSize: UNetConfig["sample_size"], file: string): UNetConfig["sample_size"] {
+  if (typeof sampleSize !== "number" || sampleSize >= 64) return sampleSize;
+  const version = (readModelJson(file) as { _diffusers_version?: unknown })._diffusers_version;
+  const m = /^(\d+)\.(\d+)/.exec(typeof version === "string" ? version : "");
+  if (!m) return sampleSize;
+  return Number(m[1]) === 0 && Number(m[2]) < 9 ? 64 : sampleSize;
 }
 
 /** The components must fit together: the UNet attends to the text encoder's states and denoises the VAE's latents. */

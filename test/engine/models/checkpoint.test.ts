@@ -126,6 +126,27 @@ describe("config validation", () => {
     }
   });
 
+  it("samples as StableDiffusionPipeline does after rewriting outdated configs (steps_offset, clip_sample, sample_size)", () => {
+    // StableDiffusionPipeline.__init__ sets steps_offset 1 and clip_sample false on any scheduler config
+    // that says otherwise or, as SD 1.x-era ones, omits them (DDIM's defaults are 0 and true), and a UNet
+    // sample_size under 64 written by diffusers < 0.9 to 64.
+    const dir = copySd1();
+    writeFileSync(
+      join(dir, "scheduler/scheduler_config.json"),
+      JSON.stringify({ _class_name: "LMSDiscreteScheduler", beta_schedule: "scaled_linear" }),
+    );
+    editJson(join(dir, "unet/config.json"), (j) => {
+      j._diffusers_version = "0.8.1";
+    });
+    const old = openCheckpoint(dir);
+    expect(old.scheduler.config).toMatchObject({ steps_offset: 1, clip_sample: false });
+    expect(old.unet.config.sample_size).toBe(64);
+    editJson(join(dir, "unet/config.json"), (j) => {
+      j._diffusers_version = "0.9.0";
+    });
+    expect(openCheckpoint(dir).unet.config.sample_size).toBe(8);
+  });
+
   it("refuses an unknown setting by name", () => {
     const e = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json"),
