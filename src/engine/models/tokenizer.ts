@@ -9,7 +9,7 @@
  *   frame      <|startoftext|> … <|endoftext|>, truncated to model_max_length (77) and padded with the
  *              checkpoint's pad token (`<|endoftext|>` in SD 1.x, `!` = id 0 in SD 2.x).
  * Sources: tokenizer/tokenizer.json when present, else vocab.json + merges.txt; special tokens from
- * tokenizer_config.json / special_tokens_map.json.
+ * tokenizer_config.json / special_tokens_map.json (the map overriding a legacy config, as transformers).
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -321,7 +321,13 @@ function readSpecials(dir: string, maxLength: number): Specials {
   const mapFile = join(dir, "special_tokens_map.json");
   const config = existsSync(configFile) ? (readModelJson(configFile) as Record<string, unknown>) : {};
   const map = existsSync(mapFile) ? (readModelJson(mapFile) as Record<string, unknown>) : {};
-  const get = (key: string) => tokenContent(config[key]) ?? tokenContent(map[key]);
+  // Which file wins where they disagree is transformers' rule (tokenization_utils_base._from_pretrained): a
+  // tokenizer_config.json with `added_tokens_decoder` (transformers >= 4.34) was saved whole and is final;
+  // without it (the legacy format) special_tokens_map.json overrides it, as older transformers did by
+  // setting the map's tokens after init. Stable Diffusion 2.x ships exactly that disagreement — the
+  // config's pad_token "<|endoftext|>", the map's "!" — and pads with "!".
+  const [first, second] = "added_tokens_decoder" in config ? [config, map] : [map, config];
+  const get = (key: string) => tokenContent(first[key]) ?? tokenContent(second[key]);
   const eos = get("eos_token") ?? "<|endoftext|>";
   const declared = Number(config.model_max_length);
   return {

@@ -67,6 +67,38 @@ describe("positionsOf", () => {
   });
 });
 
+describe("special tokens from tokenizer_config.json and special_tokens_map.json", () => {
+  const SD2_TOKENIZER = "test/fixtures/models/sd2/model/tokenizer";
+  const AS_SD21 = {
+    // stabilityai/stable-diffusion-2-1's tokenizer_config.json (legacy format: no added_tokens_decoder).
+    bos_token: { __type: "AddedToken", content: "<|startoftext|>", lstrip: false, normalized: true },
+    eos_token: { __type: "AddedToken", content: "<|endoftext|>", lstrip: false, normalized: true },
+    model_max_length: 77,
+    pad_token: "<|endoftext|>",
+    special_tokens_map_file: "./special_tokens_map.json",
+    tokenizer_class: "CLIPTokenizer",
+  };
+
+  it("lets special_tokens_map.json override a legacy tokenizer_config.json, as transformers does (SD 2.x pads with !)", () => {
+    const dir = copy(SD2_TOKENIZER);
+    writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(AS_SD21));
+    const ids = ClipTokenizer.fromFolder(dir).encode("a photo of a cat").ids;
+    expect(ids.slice(6, 9)).toEqual([49407, 0, 0]);
+    expect(ids).toEqual(ClipTokenizer.fromFolder(SD2_TOKENIZER).encode("a photo of a cat").ids);
+  });
+
+  it("takes a tokenizer_config.json with added_tokens_decoder (transformers >= 4.34) as final", () => {
+    const dir = copy(SD2_TOKENIZER);
+    writeFileSync(
+      join(dir, "tokenizer_config.json"),
+      JSON.stringify({ ...AS_SD21, added_tokens_decoder: {} }),
+    );
+    expect(ClipTokenizer.fromFolder(dir).encode("a photo of a cat").ids.slice(6, 9)).toEqual([
+      49407, 49407, 49407,
+    ]);
+  });
+});
+
 describe("ClipTokenizer from tokenizer.json", () => {
   it("gives the same ids as vocab.json + merges.txt", () => {
     const dir = copyTokenizer();
@@ -136,6 +168,8 @@ describe("damaged tokenizer files", () => {
 
   it("names the file whose special token is missing from the vocabulary", () => {
     const dir = copyTokenizer();
+    // Alone: a legacy tokenizer_config.json's tokens give way to special_tokens_map.json's.
+    rmSync(join(dir, "special_tokens_map.json"));
     writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ pad_token: { content: "<pad>" } }));
     expect(modelFileErrorOf(() => ClipTokenizer.fromFolder(dir)).message).toMatch(
       /the pad token "<pad>" is not in the vocabulary/,
