@@ -126,6 +126,7 @@ const TOKENIZER_FILES = [
   "tokenizer/merges.txt",
   "tokenizer/tokenizer_config.json",
   "tokenizer/special_tokens_map.json",
+  "tokenizer/added_tokens.json",
   "tokenizer/tokenizer.json",
 ];
 const CONFIG_FILES = [...REQUIRED_CONFIGS, ...TOKENIZER_FILES];

@@ -51,6 +51,12 @@ interface Specials {
   pad: string;
   unk: string;
   maxLength: number;
+  /**
+   * Tokens added to the vocabulary (textual inversion's placeholders saved with the pipeline), by content:
+   * tokenizer_config.json's `added_tokens_decoder`, else added_tokens.json, and tokenizer.json's
+   * `added_tokens` where that file is read.
+   */
+  added: ReadonlyMap<string, number>;
 }
 
 export class ClipTokenizer {
@@ -58,6 +64,10 @@ export class ClipTokenizer {
   /** id → token, built on first decodeToken(). */
   private tokens?: Map<number, string>;
   private readonly specialPattern: RegExp;
+  /** Ids of the tokens split out of the text whole (bos, eos, added tokens), by their normalized text. */
+  private readonly wholeIds = new Map<string, number>();
+  /** Added tokens by content (decodeToken). */
+  private readonly added: ReadonlyMap<string, number>;
   readonly bosId: number;
   readonly eosId: number;
   readonly padId: number;
@@ -71,7 +81,7 @@ export class ClipTokenizer {
     source: string,
   ) {
     const id = (role: string, token: string) => {
-      const v = vocab.get(token);
+      const v = specials.added.get(token) ?? vocab.get(token);
       if (v === undefined)
         throw new ModelFileError(
           source,
@@ -84,8 +94,19 @@ export class ClipTokenizer {
     this.padId = id("pad", specials.pad);
     this.unkId = id("unk", specials.unk);
     this.maxLength = specials.maxLength;
-    const escaped = [specials.bos, specials.eos].map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    // transformers splits added tokens out of the text before BPE, each as its own id ("a <cat-toy> toy"
+    // → a, <cat-toy>, toy). tokenizers matches added tokens that are `normalized` (its default for
+    // non-special ones) against the normalized text, so their content is normalized the same way here;
+    // longest first, as its leftmost-longest matching.
+    this.wholeIds.set(normalize(specials.bos), this.bosId);
+    this.wholeIds.set(normalize(specials.eos), this.eosId);
+    for (const [token, tokenId] of specials.added)
+      if (token !== "") this.wholeIds.set(normalize(token), tokenId);
+    const escaped = [...this.wholeIds.keys()]
+      .sort((a, b) => b.length - a.length)
+      .map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
     this.specialPattern = new RegExp(`(${escaped.join("|")})`);
+    this.added = specials.added;
   }
 
   /**
@@ -98,8 +119,13 @@ export class ClipTokenizer {
     const specials = padToken === undefined ? declared : { ...declared, pad: padToken };
     const jsonFile = join(dir, "tokenizer.json");
     if (existsSync(jsonFile)) {
-      const { vocab, merges } = readTokenizerJson(jsonFile);
-      return new ClipTokenizer(vocab, rankMerges(merges, vocab, jsonFile), specials, jsonFile);
+      const { vocab, merges, added } = readTokenizerJson(jsonFile);
+      return new ClipTokenizer(
+        vocab,
+        rankMerges(merges, vocab, jsonFile),
+        { ...specials, added: new Map([...added, ...specials.added]) },
+        jsonFile,
+      );
     }
     const vocabFile = join(dir, "vocab.json");
     const mergesFile = join(dir, "merges.txt");
@@ -148,7 +174,7 @@ export class ClipTokenizer {
    * U+FFFD), the end-of-word mark as a space, trimmed ("cat</w>" → "cat").
    */
   decodeToken(id: number): string {
-    if (!this.tokens) this.tokens = new Map([...this.vocab].map(([t, i]) => [i, t]));
+    if (!this.tokens) this.tokens = new Map([...this.vocab, ...this.added].map(([t, i]) => [i, t]));
     const token = this.tokens.get(id);
     if (token === undefined) throw new Error(`token id ${id} is not in the vocabulary`);
     const bytes = Uint8Array.from(Array.from(token, (c) => CHAR_BYTES.get(c) ?? 0x3f));
@@ -157,12 +183,11 @@ export class ClipTokenizer {
 
   /** The prompt's pre-tokenizer pieces (normalized text) with their token ids. */
   private pieces(text: string): Array<{ text: string; ids: number[] }> {
-    const normalized = text.normalize("NFC").replace(WHITESPACE, " ").toLowerCase();
     const out: Array<{ text: string; ids: number[] }> = [];
-    for (const [i, part] of normalized.split(this.specialPattern).entries()) {
-      // split() with a capture group alternates text and special tokens.
+    for (const [i, part] of normalize(text).split(this.specialPattern).entries()) {
+      // split() with a capture group alternates text and tokens taken whole.
       if (i % 2 === 1) {
-        out.push({ text: part, ids: [this.vocab.get(part) as number] });
+        out.push({ text: part, ids: [this.wholeIds.get(part) as number] });
         continue;
       }
       for (const match of part.matchAll(SPLIT)) out.push({ text: match[0], ids: this.bpe(match[0]) });
@@ -213,6 +238,11 @@ export class ClipTokenizer {
     this.cache.set(piece, ids);
     return ids;
   }
+}
+
+/** CLIP's normalizer: NFC, runs of whitespace → one space, lower-case. */
+function normalize(text: string): string {
+  return text.normalize("NFC").replace(WHITESPACE, " ").toLowerCase();
 }
 
 function readVocab(file: string, json: unknown): Map<string, number> {
@@ -276,9 +306,11 @@ function rankMerges(
 function readTokenizerJson(file: string): {
   vocab: Map<string, number>;
   merges: Array<{ pair: [string, string]; where: string }>;
+  added: Map<string, number>;
 } {
   const json = readModelJson(file) as {
     model?: { type?: unknown; vocab?: unknown; merges?: unknown };
+    added_tokens?: unknown;
   } | null;
   const model = json?.model;
   if (model?.type !== undefined && model.type !== "BPE") {
@@ -300,7 +332,61 @@ function readTokenizerJson(file: string): {
     }
     return { pair: pair as [string, string], where: `model.merges[${i}]` };
   });
-  return { vocab, merges };
+  const added = new Map<string, number>();
+  const list = Array.isArray(json?.added_tokens) ? (json.added_tokens as unknown[]) : [];
+  list.forEach((t, i) => {
+    const { id, content } = (t ?? {}) as { id?: unknown; content?: unknown };
+    addedToken(added, file, `added_tokens[${i}]`, content, id);
+  });
+  return { vocab, merges, added };
+}
+
+/** Records one added token, or refuses the file naming the entry. */
+function addedToken(
+  added: Map<string, number>,
+  file: string,
+  where: string,
+  content: unknown,
+  id: unknown,
+): void {
+  if (typeof content !== "string" || !Number.isInteger(id) || (id as number) < 0) {
+    throw new ModelFileError(
+      file,
+      `${where} is not an added token (content ${JSON.stringify(content)}, id ${JSON.stringify(id)})`,
+    );
+  }
+  added.set(content, id as number);
+}
+
+/**
+ * The added tokens as transformers reads them: a tokenizer_config.json's `added_tokens_decoder` (id →
+ * AddedToken, transformers >= 4.34), else the legacy added_tokens.json (content → id).
+ */
+function readAddedTokens(
+  dir: string,
+  config: Record<string, unknown>,
+  configFile: string,
+): Map<string, number> {
+  const added = new Map<string, number>();
+  const decoder = config.added_tokens_decoder;
+  if (decoder !== undefined) {
+    if (typeof decoder !== "object" || decoder === null || Array.isArray(decoder)) {
+      throw new ModelFileError(configFile, "added_tokens_decoder is not an object of id → token");
+    }
+    for (const [id, token] of Object.entries(decoder)) {
+      const where = `added_tokens_decoder[${JSON.stringify(id)}]`;
+      addedToken(added, configFile, where, tokenContent(token), /^\d+$/.test(id) ? Number(id) : id);
+    }
+    return added;
+  }
+  const file = join(dir, "added_tokens.json");
+  if (!existsSync(file)) return added;
+  const json = readModelJson(file);
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new ModelFileError(file, "is not a JSON object of token → id");
+  }
+  for (const [token, id] of Object.entries(json)) addedToken(added, file, JSON.stringify(token), token, id);
+  return added;
 }
 
 /** A token setting as transformers writes it: a string, or an AddedToken object with `content`. */
@@ -336,5 +422,6 @@ function readSpecials(dir: string, maxLength: number): Specials {
     pad: get("pad_token") ?? eos,
     unk: get("unk_token") ?? eos,
     maxLength: Number.isFinite(declared) && declared >= 2 ? Math.min(declared, maxLength) : maxLength,
+    added: readAddedTokens(dir, config, configFile),
   };
 }

@@ -99,6 +99,56 @@ describe("special tokens from tokenizer_config.json and special_tokens_map.json"
   });
 });
 
+describe("added tokens (textual inversion's placeholders saved with the pipeline)", () => {
+  const reference = ClipTokenizer.fromFolder(SD1_TOKENIZER);
+  const prompt = "a photo of a <cat-toy> toy, A <Cat-Toy>s";
+  // transformers splits them out of the (normalized) text whole, each as its own id.
+  const expected = [
+    49406,
+    ...reference.tokenize("a photo of a"),
+    49408,
+    ...reference.tokenize("toy, a"),
+    49408,
+    ...reference.tokenize("s"),
+    49407,
+  ];
+
+  it("reads them from added_tokens.json, tokenizer_config.json's added_tokens_decoder (first) and tokenizer.json", () => {
+    expect(reference.tokenize("<cat-toy>")).not.toEqual([49408]);
+    const legacy = copyTokenizer();
+    writeFileSync(join(legacy, "added_tokens.json"), JSON.stringify({ "<cat-toy>": 49408 }));
+    const tok = ClipTokenizer.fromFolder(legacy);
+    expect(tok.encode(prompt).ids.slice(0, expected.length)).toEqual(expected);
+    expect(tok.decodeToken(49408)).toBe("<cat-toy>");
+    expect(tok.positionsOf(prompt, "<cat-toy>")).toEqual([5, 9]);
+
+    const modern = copyTokenizer();
+    writeFileSync(join(modern, "added_tokens.json"), JSON.stringify({ "<cat-toy>": 49409 }));
+    const config = JSON.parse(readFileSync(join(modern, "tokenizer_config.json"), "utf8"));
+    const added = { content: "<cat-toy>", lstrip: false, normalized: true, rstrip: false, special: false };
+    config.added_tokens_decoder = { "49408": added };
+    writeFileSync(join(modern, "tokenizer_config.json"), JSON.stringify(config));
+    expect(ClipTokenizer.fromFolder(modern).encode(prompt).ids.slice(0, expected.length)).toEqual(expected);
+
+    const fast = copyTokenizer();
+    const vocab = JSON.parse(readFileSync(join(fast, "vocab.json"), "utf8"));
+    const merges = readFileSync(join(fast, "merges.txt"), "utf8").split("\n").slice(1).filter(Boolean);
+    writeFileSync(
+      join(fast, "tokenizer.json"),
+      JSON.stringify({ added_tokens: [{ id: 49408, ...added }], model: { type: "BPE", vocab, merges } }),
+    );
+    expect(ClipTokenizer.fromFolder(fast).encode(prompt).ids.slice(0, expected.length)).toEqual(expected);
+  });
+
+  it("names the file of a malformed added token", () => {
+    const dir = copyTokenizer();
+    writeFileSync(join(dir, "added_tokens.json"), JSON.stringify({ "<cat-toy>": "one" }));
+    const e = modelFileErrorOf(() => ClipTokenizer.fromFolder(dir));
+    expect(e.file).toBe(join(dir, "added_tokens.json"));
+    expect(e.message).toMatch(/"<cat-toy>" is not an added token \(content "<cat-toy>", id "one"\)/);
+  });
+});
+
 describe("ClipTokenizer from tokenizer.json", () => {
   it("gives the same ids as vocab.json + merges.txt", () => {
     const dir = copyTokenizer();
