@@ -89,6 +89,9 @@ export interface CheckpointConfigs {
   readonly files: { readonly unet: string; readonly vae: string; readonly textEncoder: string };
 }
 
+/** The prompt length, in tokens, of every SD 1.x/2.x text encoder: contexts are [B, 77, D]. */
+const CONTEXT_TOKENS = 77;
+
 /**
  * Every config of a diffusers folder, validated, and its tokenizer. A single-file checkpoint takes these
  * from a diffusers folder too (MODEL_CONFIG, diffusers' `from_single_file(…, config=)`).
@@ -103,6 +106,16 @@ export function readConfigs(dir: string): CheckpointConfigs {
   const textEncoder = loadConfig(TextEncoderConfigSchema, files.textEncoder);
   const tokenizerDir = join(dir, "tokenizer");
   if (!existsSync(tokenizerDir)) throw new ModelFileError(tokenizerDir, "tokenizer folder not found");
+  const tokenizer = ClipTokenizer.fromFolder(tokenizerDir, textEncoder.max_position_embeddings);
+  // diffusers pads every prompt to the tokenizer's model_max_length (which the text encoder's positions
+  // bound); the engine's graphs and pipelines condition on the 77 tokens of every SD 1.x/2.x checkpoint, so
+  // another length would silently compute another function.
+  if (tokenizer.maxLength !== CONTEXT_TOKENS) {
+    throw new ModelFileError(
+      join(tokenizerDir, "tokenizer_config.json"),
+      `prompts are ${tokenizer.maxLength} tokens long here (model_max_length, at most the text encoder's max_position_embeddings ${textEncoder.max_position_embeddings}); the engine supports the ${CONTEXT_TOKENS} tokens of Stable Diffusion 1.x and 2.x only`,
+    );
+  }
   const unet = loadConfig(UNetConfigSchema, files.unet, ["UNet2DConditionModel"]);
   const scheduler = loadConfig(SchedulerConfigSchema, join(dir, "scheduler", "scheduler_config.json"));
   return {
@@ -110,7 +123,7 @@ export function readConfigs(dir: string): CheckpointConfigs {
     unet: { ...unet, sample_size: pipelineSampleSize(unet.sample_size, files.unet) },
     vae: loadConfig(VaeConfigSchema, files.vae, ["AutoencoderKL"]),
     textEncoder,
-    tokenizer: ClipTokenizer.fromFolder(tokenizerDir, textEncoder.max_position_embeddings),
+    tokenizer,
     scheduler: {
       className: index.scheduler[1],
       // StableDiffusionPipeline.__init__ rewrites outdated scheduler configs before any sampling: a

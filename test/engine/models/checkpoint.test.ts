@@ -147,6 +147,23 @@ describe("config validation", () => {
     expect(openCheckpoint(dir).unet.config.sample_size).toBe(8);
   });
 
+  it("refuses a prompt length other than SD's 77 tokens instead of computing another function", () => {
+    const dir = copySd1();
+    editJson(join(dir, "tokenizer/tokenizer_config.json"), (j) => {
+      j.model_max_length = 64;
+    });
+    const e = modelFileErrorOf(() => openCheckpoint(dir));
+    expect(e.file).toBe(join(dir, "tokenizer/tokenizer_config.json"));
+    expect(e.message).toMatch(
+      /prompts are 64 tokens long here \(model_max_length, at most the text encoder's max_position_embeddings 77\); the engine supports the 77 tokens of Stable Diffusion 1\.x and 2\.x only/,
+    );
+    // A huge model_max_length (some checkpoints declare 1e30) is bounded by the text encoder's positions.
+    editJson(join(dir, "tokenizer/tokenizer_config.json"), (j) => {
+      j.model_max_length = 1e30;
+    });
+    expect(openCheckpoint(dir).tokenizer.maxLength).toBe(77);
+  });
+
   it("refuses an unknown setting by name", () => {
     const e = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json"),
