@@ -242,7 +242,10 @@ export function weightCandidates(
     const plain = [`${stem}.${ext}`, `${stem}.${ext}.index.json`];
     const pattern = new RegExp(`^[^.]+\\.[A-Za-z0-9_]+\\.${ext}$`);
     const anyVariant = names.filter((f) => f.startsWith(`${stem}.`) && pattern.test(f)).sort();
-    return [...variants, ...plain, ...anyVariant];
+    // A variant's sharded index (`<stem>.<ext>.index.<variant>.json`), after the single files.
+    const indexPattern = new RegExp(`^[^.]+\\.${ext}\\.index\\.[A-Za-z0-9_]+\\.json$`);
+    const anyShardedVariant = names.filter((f) => f.startsWith(`${stem}.`) && indexPattern.test(f)).sort();
+    return [...variants, ...plain, ...anyVariant, ...anyShardedVariant];
   };
   return [...new Set([...inOrder(base, "safetensors"), ...inOrder(PICKLE_BASE[base] ?? base, "bin")])];
 }

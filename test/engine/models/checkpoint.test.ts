@@ -333,6 +333,22 @@ describe("weight files", () => {
     expect(findWeightsFile(te, "model")).toBe(join(te, "pytorch_model.bin.index.json"));
   });
 
+  it("falls back to another variant's sharded index as to its single file, after the plain weights", () => {
+    const dir = copySd1();
+    const unet = join(dir, "unet");
+    writeFileSync(join(unet, "diffusion_pytorch_model.safetensors.index.fp16.json"), "{}");
+    expect(findWeightsFile(unet, "diffusion_pytorch_model")).toBe(
+      join(unet, "diffusion_pytorch_model.safetensors"),
+    );
+    rmSync(join(unet, "diffusion_pytorch_model.safetensors"));
+    expect(findWeightsFile(unet, "diffusion_pytorch_model")).toBe(
+      join(unet, "diffusion_pytorch_model.safetensors.index.fp16.json"),
+    );
+    expect(findWeightsFile(unet, "diffusion_pytorch_model", "bf16")).toBe(
+      join(unet, "diffusion_pytorch_model.safetensors.index.fp16.json"),
+    );
+  });
+
   it("reads text encoders saved with transformers' `text_model.` prefix under the same names", () => {
     const dir = copySd1();
     const file = join(dir, "text_encoder/model.safetensors");
