@@ -3,12 +3,13 @@
  * header length, a JSON header mapping tensor names to {dtype, shape, data_offsets}, then the raw data.
  *
  * Only the header is read when a file is opened; tensor bytes are read by offset when asked for, so a
- * 3.4 GB UNet never sits in memory whole. Sharded checkpoints (`*.safetensors.index.json`) open as one.
+ * 3.4 GB UNet never sits in memory whole. Sharded checkpoints (`*.safetensors.index[.<variant>].json`) open as one.
  */
 import { closeSync, fstatSync, readSync } from "node:fs";
 import { ModelFileError } from "./errors.js";
 import {
   DTYPE_BYTES,
+  isShardedIndex,
   openModelFile,
   readShardedIndex,
   type TensorDType,
@@ -21,7 +22,7 @@ import {
 export const MAX_HEADER_BYTES = 100_000_000;
 
 export function openSafetensors(path: string): TensorFile {
-  if (path.endsWith(".index.json"))
+  if (isShardedIndex(path))
     return tensorFile(
       path,
       readShardedIndex(path, (p) => readHeader(p).entries),

@@ -161,6 +161,15 @@ export function openModelFile(file: string): number {
 }
 
 /**
+ * Whether `path` names a sharded checkpoint's index rather than a weight file: `<name>.index.json`, or a
+ * variant's, which diffusers and transformers name `<name>.index.<variant>.json`
+ * (`diffusion_pytorch_model.safetensors.index.fp16.json`).
+ */
+export function isShardedIndex(path: string): boolean {
+  return /\.index(\.[A-Za-z0-9_]+)?\.json$/.test(path);
+}
+
+/**
  * A sharded checkpoint's index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`):
  * {"metadata": {...}, "weight_map": {tensor name: shard file name}}; each shard is opened with
  * `readShard` and must hold the tensors the index places there.

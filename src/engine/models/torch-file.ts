@@ -20,6 +20,7 @@ import { type PickleHooks, PyDict, PyObject, PyTuple, type PyValue, unpickle } f
 import { readStoredZip, type ZipEntry } from "./stored-zip.js";
 import {
   DTYPE_BYTES,
+  isShardedIndex,
   openModelFile,
   readFileRange,
   readShardedIndex,
@@ -88,11 +89,11 @@ class Tensor extends PyObject {
   }
 }
 
-/** A torch.save file, or a sharded `*.bin.index.json`, as named tensors read by offset. */
+/** A torch.save file, or a sharded `*.bin.index[.<variant>].json`, as named tensors read by offset. */
 export function openTorchFile(path: string): TensorFile {
   return tensorFile(
     path,
-    path.endsWith(".index.json") ? readShardedIndex(path, readTorchEntries) : readTorchEntries(path),
+    isShardedIndex(path) ? readShardedIndex(path, readTorchEntries) : readTorchEntries(path),
   );
 }
 

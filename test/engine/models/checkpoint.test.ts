@@ -14,9 +14,10 @@ import {
 } from "../../../src/engine/models/config.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
-import { modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
+import { expectSameTensors, modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { SD15, SD21 } from "../../helpers/sd-hub-configs.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
+import { writeTorchCopy } from "../../helpers/write-torch.js";
 
 const copy = scratchCopies("checkpoint-test-");
 const SD1 = "test/fixtures/models/sd1/model";
@@ -347,6 +348,46 @@ describe("weight files", () => {
     expect(findWeightsFile(unet, "diffusion_pytorch_model", "bf16")).toBe(
       join(unet, "diffusion_pytorch_model.safetensors.index.fp16.json"),
     );
+  });
+
+  it("opens a variant's sharded index (`*.safetensors.index.fp16.json`, `*.bin.index.fp16.json`)", () => {
+    const dir = copySd1();
+    /** Splits a component's weights into two shards named as diffusers and transformers name a variant's. */
+    const shard = (component: string, stem: string, ext: "safetensors" | "bin") => {
+      const file = join(
+        dir,
+        component,
+        component === "text_encoder" ? "model.safetensors" : `${stem}.safetensors`,
+      );
+      const whole = openSafetensors(file);
+      const names = [...whole.tensors.keys()];
+      const weightMap: Record<string, string> = {};
+      [names.slice(0, names.length / 2), names.slice(names.length / 2)].forEach((part, i) => {
+        const shardFile = `${stem}.fp16-0000${i + 1}-of-00002.${ext}`;
+        const tensors = Object.fromEntries(
+          part.map((name) => {
+            const e = whole.tensors.get(name);
+            if (!e) throw new Error(name);
+            weightMap[name] = shardFile;
+            return [name, { dtype: e.dtype, shape: [...e.shape], data: whole.read(name) }];
+          }),
+        );
+        const target = join(dir, component, shardFile);
+        writeSafetensors(ext === "bin" ? `${target}.safetensors` : target, tensors);
+        if (ext === "bin") writeTorchCopy(`${target}.safetensors`, target);
+      });
+      rmSync(file);
+      const index = join(dir, component, `${stem}.${ext}.index.fp16.json`);
+      writeFileSync(index, JSON.stringify({ metadata: {}, weight_map: weightMap }));
+      return index;
+    };
+    const vaeIndex = shard("vae", "diffusion_pytorch_model", "safetensors");
+    const teIndex = shard("text_encoder", "pytorch_model", "bin");
+    const ckpt = openCheckpoint(dir, { variant: "fp16" });
+    const reference = openCheckpoint(SD1);
+    expect([ckpt.vae.weightsFile, ckpt.textEncoder.weightsFile]).toEqual([vaeIndex, teIndex]);
+    expectSameTensors("vae", ckpt.vae.weights, reference.vae.weights);
+    expectSameTensors("text encoder", ckpt.textEncoder.weights, reference.textEncoder.weights);
   });
 
   it("reads text encoders saved with transformers' `text_model.` prefix under the same names", () => {
