@@ -68,7 +68,9 @@ export const ModelIndexSchema = z.strictObject({
     absent,
     component("transformers", ["CLIPImageProcessor", "CLIPFeatureExtractor"]),
   ]),
-  image_encoder: absent,
+  // StableDiffusionPipeline's optional components: saved with the pipeline, never run by the engine (which
+  // has no safety checker and no IP-Adapter; a pipeline saved after load_ip_adapter names its image encoder).
+  image_encoder: z.union([absent, component("transformers", "CLIPVisionModelWithProjection")]),
   requires_safety_checker: z.boolean().optional(),
 });
 export type ModelIndex = z.infer<typeof ModelIndexSchema>;

@@ -165,6 +165,20 @@ describe("config validation", () => {
     expect(openCheckpoint(dir).tokenizer.maxLength).toBe(77);
   });
 
+  it("accepts the optional components StableDiffusionPipeline saves (safety checker, feature extractor, image encoder)", () => {
+    const dir = copySd1();
+    editJson(join(dir, "model_index.json"), (j) => {
+      j.safety_checker = ["stable_diffusion", "StableDiffusionSafetyChecker"];
+      j.feature_extractor = ["transformers", "CLIPImageProcessor"];
+      j.image_encoder = ["transformers", "CLIPVisionModelWithProjection"];
+      j.requires_safety_checker = true;
+    });
+    expect(openCheckpoint(dir).index.image_encoder).toEqual([
+      "transformers",
+      "CLIPVisionModelWithProjection",
+    ]);
+  });
+
   it("refuses an unknown setting by name", () => {
     const e = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json"),
