@@ -181,6 +181,15 @@ export const UNetConfigSchema = z
         });
       }
     }
+    // UNet2DConditionModel.__init__ raises on it (diffusers issue 2011: attention_head_dim is the head count).
+    if (c.num_attention_heads !== null) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["num_attention_heads"],
+        message:
+          "diffusers refuses it for UNet2DConditionModel; SD checkpoints give the head count as attention_head_dim",
+      });
+    }
     checkGroups(c, ctx);
     // Each level's attention splits its channels into heads of channels // heads (diffusers' integer
     // division: a remainder just narrows the attention's inner width); no head may be empty.

@@ -195,6 +195,12 @@ describe("config validation", () => {
       parseConfig(UNetConfigSchema, { ...rawUNet, attention_head_dim: [8, 8] }, "u.json"),
     );
     expect(e2.message).toMatch(/"attention_head_dim" = \[8,8\] is not supported \(needs one entry per level/);
+    const e4 = modelFileErrorOf(() =>
+      parseConfig(UNetConfigSchema, { ...rawUNet, num_attention_heads: 8 }, "u.json"),
+    );
+    expect(e4.message).toMatch(
+      /^u\.json: setting "num_attention_heads" = 8 is not supported \(diffusers refuses it for UNet2DConditionModel/,
+    );
     const e3 = modelFileErrorOf(() =>
       parseConfig(SchedulerConfigSchema, { prediction_type: "sample" }, "s.json"),
     );
