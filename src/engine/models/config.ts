@@ -126,7 +126,8 @@ export const UNetConfigSchema = z
     block_out_channels: z.array(posInt).min(1).default([320, 640, 1280, 1280]),
     layers_per_block: posInt.default(2),
     downsample_padding: z.number().int().nonnegative().default(1),
-    mid_block_scale_factor: z.number().default(1),
+    /** The mid block's resnets divide their output by it (output_scale_factor); every SD checkpoint has 1. */
+    mid_block_scale_factor: z.literal(1).default(1),
     dropout: z.number().default(0),
     act_fn: z.literal("silu").default("silu"),
     norm_num_groups: posInt.default(32),

@@ -195,6 +195,16 @@ describe("config validation", () => {
       parseConfig(UNetConfigSchema, { ...rawUNet, attention_head_dim: [8, 8] }, "u.json"),
     );
     expect(e2.message).toMatch(/"attention_head_dim" = \[8,8\] is not supported \(needs one entry per level/);
+    // diffusers divides the mid block's resnet outputs by it; the engine does not, so it must refuse it.
+    const e5 = modelFileErrorOf(() =>
+      parseConfig(UNetConfigSchema, { ...rawUNet, mid_block_scale_factor: 2 }, "u.json"),
+    );
+    expect(e5.message).toMatch(/setting "mid_block_scale_factor" = 2 is not supported/);
+    expect(
+      parseConfig(UNetConfigSchema, { ...rawUNet, mid_block_scale_factor: 1.0 }, "u.json"),
+    ).toMatchObject({
+      mid_block_scale_factor: 1,
+    });
     const e4 = modelFileErrorOf(() =>
       parseConfig(UNetConfigSchema, { ...rawUNet, num_attention_heads: 8 }, "u.json"),
     );
