@@ -131,7 +131,7 @@ export function inferLdmConfigs(shapes: ShapeTable, file: string): InferredConfi
   const family = textFamily(shapes, file);
   const unet = parseConfig(UNetConfigSchema, unetConfig(shapes, family, need, file), file);
   const vae = parseConfig(VaeConfigSchema, vaeConfig(shapes, family, need), file);
-  const textEncoder = parseConfig(TextEncoderConfigSchema, textConfig(shapes, family, need), file);
+  const textEncoder = parseConfig(TextEncoderConfigSchema, textConfig(shapes, family, need, file), file);
   const className = family === "sd1" ? "PNDMScheduler" : "DDIMScheduler";
   const scheduler = {
     className,
@@ -263,7 +263,18 @@ function vaeConfig(shapes: ShapeTable, family: SdFamily, need: Need): Record<str
   };
 }
 
-function textConfig(shapes: ShapeTable, family: SdFamily, need: Need): Record<string, unknown> {
+function textConfig(shapes: ShapeTable, family: SdFamily, need: Need, file: string): Record<string, unknown> {
+  // The head count is the width over CLIP's 64-channel heads: a width that is no multiple of 64 is no
+  // CLIP text tower the configs could describe.
+  const heads = (hidden: number) => {
+    if (hidden % CLIP_HEAD_CHANNELS !== 0) {
+      throw new ModelFileError(
+        file,
+        `its text encoder's width of ${hidden} channels cannot hold CLIP's heads of ${CLIP_HEAD_CHANNELS}; give its configs with MODEL_CONFIG`,
+      );
+    }
+    return hidden / CLIP_HEAD_CHANNELS;
+  };
   // Both repositories' text_encoder/config.json carry CLIP's original token ids (bos 0, eos 2, pad 1);
   // the engine's tokenizer takes its own from the vocabulary.
   const ids = {
@@ -287,7 +298,7 @@ function textConfig(shapes: ShapeTable, family: SdFamily, need: Need): Record<st
       hidden_act: "quick_gelu",
       hidden_size: hidden,
       intermediate_size: need(`${p}encoder.layers.0.mlp.fc1.weight`, "the text encoder's MLP")[0],
-      num_attention_heads: hidden / CLIP_HEAD_CHANNELS,
+      num_attention_heads: heads(hidden),
       num_hidden_layers: indices(shapes, `${p}encoder.layers.`).length,
       max_position_embeddings: need(
         `${p}embeddings.position_embedding.weight`,
@@ -303,7 +314,7 @@ function textConfig(shapes: ShapeTable, family: SdFamily, need: Need): Record<st
     hidden_act: "gelu",
     hidden_size: hidden,
     intermediate_size: need(`${p}transformer.resblocks.0.mlp.c_fc.weight`, "the text encoder's MLP")[0],
-    num_attention_heads: hidden / CLIP_HEAD_CHANNELS,
+    num_attention_heads: heads(hidden),
     // SD 2.x takes OpenCLIP's penultimate layer: diffusers' config leaves the last one out.
     num_hidden_layers: indices(shapes, `${p}transformer.resblocks.`).length - 1,
     max_position_embeddings: need(`${p}positional_embedding`, "the text encoder's positions")[0],

@@ -178,6 +178,16 @@ describe("single-file refusals: one line naming what was found", () => {
     );
   });
 
+  it("a text encoder whose width is no multiple of CLIP's 64-channel heads", () => {
+    const t: Table = new Map();
+    unetTable(t, { ch: 320, mult: [1, 2, 4, 4], res: 2, ctx: 16, linear: false });
+    vaeTable(t);
+    clipTable(t, { width: 16, layers: 3, mlp: 37 });
+    expect(refusal(t)).toBe(
+      "model.safetensors: its text encoder's width of 16 channels cannot hold CLIP's heads of 64; give its configs with MODEL_CONFIG",
+    );
+  });
+
   it("missing parts: no text encoder, no VAE", () => {
     const noText: Table = new Map();
     unetTable(noText, { ch: 320, mult: [1, 2, 4, 4], res: 2, ctx: 768, linear: false });
