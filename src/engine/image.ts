@@ -20,7 +20,7 @@ import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from "../spec/upload.js";
 import { failureText } from "./intake/failures.js";
 import { decodeHeif } from "./intake/heif.js";
 import { jpegStructure } from "./intake/jpeg.js";
-import { formatList, sniffKind } from "./intake/kinds.js";
+import { apngFrames, formatList, sniffKind } from "./intake/kinds.js";
 
 /** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
 export class ImageInputError extends UserFacingError {
@@ -101,7 +101,7 @@ export async function probeImage(
   const storedW = meta.width ?? 0;
   const storedH = meta.pageHeight ?? meta.height ?? 0;
   const [width, height] = orientation >= 5 ? [storedH, storedW] : [storedW, storedH];
-  const pages = meta.pages ?? 1;
+  const pages = format === "png" ? Math.max(meta.pages ?? 1, apngFrames(bytes)) : (meta.pages ?? 1);
   const probe: ImageProbe = {
     format,
     width,
@@ -109,7 +109,7 @@ export async function probeImage(
     orientation,
     pages,
     // A HEIF file's other images (bursts, thumbnails) are not frames: its primary image is the photo.
-    animated: pages > 1 && (format === "gif" || format === "webp"),
+    animated: pages > 1 && (format === "gif" || format === "webp" || format === "png"),
     pixels: width * height,
     hasAlpha: meta.hasAlpha ?? false,
     space: meta.space ?? "unknown",

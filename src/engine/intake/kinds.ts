@@ -73,6 +73,22 @@ export function sniffKind(bytes: Uint8Array): FileKind {
   return { described: "a file of an unknown kind" };
 }
 
+/**
+ * The frames an animated PNG (APNG) declares in its acTL chunk, which comes before the image data; 1
+ * for a still PNG. libvips reads only the default image of an APNG and reports a single page, so
+ * without this an animation would be taken as a still of its first frame, while an animated GIF or
+ * WebP is refused.
+ */
+export function apngFrames(png: Uint8Array): number {
+  const view = new DataView(png.buffer, png.byteOffset, png.byteLength);
+  for (let at = 8; at + 12 <= png.byteLength; at += 12 + view.getUint32(at)) {
+    const type = ascii(png, at + 4, at + 8);
+    if (type === "IDAT") break;
+    if (type === "acTL") return Math.max(1, view.getUint32(at + 8));
+  }
+  return 1;
+}
+
 /** Media types as platforms declare them → the same words ("image/bmp" → "a BMP image"). */
 const MEDIA_TYPES: Readonly<Record<string, string>> = {
   "image/jpeg": "a JPEG image",

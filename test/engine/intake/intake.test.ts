@@ -16,6 +16,7 @@ import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
+import { apng } from "./support/edge-images.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
@@ -418,6 +419,27 @@ describe("no orphans: decoders die with the process that started them", () => {
     // Each decoder exits when its IPC channel closes: wait for that (bounded only against a hang).
     for (let i = 0; i < 600 && pids.some(running); i++) await new Promise((r) => setTimeout(r, 50));
     expect(pids.filter(running)).toEqual([]);
+  });
+});
+
+describe("edge formats: converted right or refused in words", () => {
+  const flat = (r: number, g: number, b: number) =>
+    sharp({ create: { width: 80, height: 80, channels: 3, background: { r, g, b } } })
+      .png()
+      .toBuffer();
+
+  it("refuses an animated PNG (APNG) as it does an animated GIF or WebP; allowed, its first frame", async () => {
+    // libvips reads only an APNG's default image and reports one page: the acTL chunk says how many.
+    const animated = apng([await flat(255, 0, 0), await flat(0, 0, 255)]);
+    expect((await refusal(convertPhoto(animated, DEFAULT_IMAGE_LIMITS)))?.message).toBe(
+      "The image is animated (2 frames); send a still image.",
+    );
+    const allowed = { ...DEFAULT_IMAGE_LIMITS, allowAnimated: true };
+    expect(await probeImage(animated, allowed)).toMatchObject({ format: "png", pages: 2, animated: true });
+    const first = await rgb((await convertPhoto(animated, allowed)).bytes);
+    expect([...first.data.subarray(0, 3)]).toEqual([255, 0, 0]);
+    // An APNG of one frame is a still.
+    expect((await probeImage(apng([await flat(0, 255, 0)]))).animated).toBe(false);
   });
 });
 

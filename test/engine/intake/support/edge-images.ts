@@ -1,0 +1,251 @@
+// Legal images at the edges of what photo tools write, built byte by byte because sharp cannot write
+// them: TIFFs of any sample layout (float, 32-bit, extra channels), animated PNGs, and Adobe CMYK and
+// YCCK JPEGs.
+import { crc32 } from "node:zlib";
+
+export interface TiffSpec {
+  width: number;
+  height: number;
+  /** BitsPerSample, one per sample of a pixel. */
+  bits: number[];
+  /** 1 grey (min is black), 2 RGB, 5 CMYK. */
+  photometric: number;
+  /** 1 unsigned integer, 2 signed integer, 3 IEEE float. */
+  sampleFormat?: number;
+  /** ExtraSamples: 0 unspecified, 1 associated alpha, 2 unassociated alpha. */
+  extra?: number[];
+  /** The pixels, interleaved, rows packed, little-endian. */
+  data: Uint8Array;
+}
+
+/** A little-endian baseline TIFF of one uncompressed strip. */
+export function tiff(spec: TiffSpec): Uint8Array {
+  const samples = spec.bits.length;
+  const tags: Array<[tag: number, type: 3 | 4, values: number[]]> = [
+    [256, 4, [spec.width]],
+    [257, 4, [spec.height]],
+    [258, 3, spec.bits],
+    [259, 3, [1]],
+    [262, 3, [spec.photometric]],
+    [273, 4, [0]], // StripOffsets: set below
+    [277, 3, [samples]],
+    [278, 4, [spec.height]],
+    [279, 4, [spec.data.byteLength]],
+    [284, 3, [1]],
+    ...(spec.photometric === 5 ? [[332, 3, [1]] as [number, 3, number[]]] : []),
+    ...(spec.extra ? [[338, 3, spec.extra] as [number, 3, number[]]] : []),
+    ...(spec.sampleFormat
+      ? [[339, 3, new Array(samples).fill(spec.sampleFormat)] as [number, 3, number[]]]
+      : []),
+  ];
+  const size = (type: 3 | 4) => (type === 3 ? 2 : 4);
+  const outside = tags.reduce(
+    (n, [, type, v]) => n + (v.length * size(type) > 4 ? v.length * size(type) : 0),
+    0,
+  );
+  const ifdLength = 2 + tags.length * 12 + 4;
+  const dataAt = 8 + ifdLength + outside;
+  const out = new Uint8Array(dataAt + spec.data.byteLength);
+  const view = new DataView(out.buffer);
+  out.set([0x49, 0x49, 42, 0]);
+  view.setUint32(4, 8, true);
+  view.setUint16(8, tags.length, true);
+  let extraAt = 8 + ifdLength;
+  tags.forEach(([tag, type, values], i) => {
+    const entry = 10 + i * 12;
+    const written = tag === 273 ? [dataAt] : values;
+    view.setUint16(entry, tag, true);
+    view.setUint16(entry + 2, type, true);
+    view.setUint32(entry + 4, written.length, true);
+    let at = entry + 8;
+    if (written.length * size(type) > 4) {
+      view.setUint32(at, extraAt, true);
+      at = extraAt;
+      extraAt += written.length * size(type);
+    }
+    written.forEach((v, j) => {
+      if (type === 3) view.setUint16(at + 2 * j, v, true);
+      else view.setUint32(at + 4 * j, v, true);
+    });
+  });
+  out.set(spec.data, dataAt);
+  return out;
+}
+
+/** `count` pixels of `fill(i)`, as the bytes of a `Typed` array. */
+export function pixels(
+  count: number,
+  fill: (i: number) => number[],
+  Typed:
+    | Uint8ArrayConstructor
+    | Uint16ArrayConstructor
+    | Uint32ArrayConstructor
+    | Float32ArrayConstructor = Uint8Array,
+): Uint8Array {
+  const samples = fill(0).length;
+  const out = new Typed(count * samples);
+  for (let i = 0; i < count; i++) out.set(fill(i), i * samples);
+  return new Uint8Array(out.buffer);
+}
+
+const pngChunk = (type: string, body: Uint8Array) => {
+  const out = Buffer.alloc(12 + body.byteLength);
+  out.writeUInt32BE(body.byteLength, 0);
+  out.write(type, 4, "ascii");
+  out.set(body, 8);
+  out.writeUInt32BE(crc32(out.subarray(4, 8 + body.byteLength)), 8 + body.byteLength);
+  return out;
+};
+
+/** The chunks of a PNG after its signature, as [type, body]. */
+function pngChunks(png: Uint8Array): Array<[string, Uint8Array]> {
+  const chunks: Array<[string, Uint8Array]> = [];
+  const view = Buffer.from(png.buffer, png.byteOffset, png.byteLength);
+  for (let at = 8; at + 8 <= view.byteLength; at += 12 + view.readUInt32BE(at)) {
+    chunks.push([
+      view.toString("ascii", at + 4, at + 8),
+      view.subarray(at + 8, at + 8 + view.readUInt32BE(at)),
+    ]);
+  }
+  return chunks;
+}
+
+/**
+ * An animated PNG (APNG) of same-sized non-interlaced PNG `frames`: the first is also the default image
+ * (its IDAT), the others fdAT chunks. Decoders without APNG support show the first frame only.
+ */
+export function apng(frames: Uint8Array[]): Uint8Array {
+  const [first, ...rest] = frames.map(pngChunks);
+  if (!first) throw new RangeError("apng: no frames");
+  const ihdr = first.find(([type]) => type === "IHDR")?.[1] as Uint8Array;
+  const head = Buffer.from(ihdr.buffer, ihdr.byteOffset, ihdr.byteLength);
+  let sequence = 0;
+  const fcTL = () => {
+    const body = Buffer.alloc(26);
+    body.writeUInt32BE(sequence++, 0);
+    body.writeUInt32BE(head.readUInt32BE(0), 4); // width
+    body.writeUInt32BE(head.readUInt32BE(4), 8); // height
+    body.writeUInt16BE(1, 20); // delay 1/10 s
+    body.writeUInt16BE(10, 22);
+    return pngChunk("fcTL", body);
+  };
+  const acTL = Buffer.alloc(8);
+  acTL.writeUInt32BE(frames.length, 0); // frames; 0 plays: loop forever
+  const parts: Uint8Array[] = [
+    Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk("IHDR", ihdr),
+    pngChunk("acTL", acTL),
+    fcTL(),
+    ...first.filter(([type]) => type === "IDAT").map(([, body]) => pngChunk("IDAT", body)),
+  ];
+  for (const frame of rest) {
+    parts.push(fcTL());
+    for (const [type, body] of frame) {
+      if (type !== "IDAT") continue;
+      const seq = Buffer.alloc(4);
+      seq.writeUInt32BE(sequence++);
+      parts.push(pngChunk("fdAT", Buffer.concat([seq, body])));
+    }
+  }
+  parts.push(pngChunk("IEND", new Uint8Array(0)));
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+/** Huffman-coded bits, MSB first, with JPEG's byte stuffing and 1-bit padding. */
+class Bits {
+  readonly bytes: number[] = [];
+  private acc = 0;
+  private n = 0;
+  put(code: number, length: number): void {
+    for (let i = length - 1; i >= 0; i--) {
+      this.acc = (this.acc << 1) | ((code >> i) & 1);
+      if (++this.n === 8) {
+        this.bytes.push(this.acc);
+        if (this.acc === 0xff) this.bytes.push(0);
+        [this.acc, this.n] = [0, 0];
+      }
+    }
+  }
+  end(): number[] {
+    if (this.n > 0) this.put((1 << (8 - this.n)) - 1, 8 - this.n);
+    return this.bytes;
+  }
+}
+
+const segment = (marker: number, body: number[]) => [
+  0xff,
+  marker,
+  (body.length + 2) >> 8,
+  (body.length + 2) & 255,
+  ...body,
+];
+
+/**
+ * A baseline 4-component JPEG as Photoshop writes CMYK: an Adobe APP14 segment, the samples stored
+ * inverted (255 − ink), and with `transform` 2 coded as YCCK (the inverted C, M, Y as YCbCr; K as is).
+ * Each 8×8 block is flat: `ink(bx, by)` gives its C, M, Y, K ink (0–255) by block column and row.
+ */
+export function adobeCmykJpeg(
+  blocksWide: number,
+  blocksHigh: number,
+  ink: (bx: number, by: number) => number[],
+  transform: 0 | 2,
+): Uint8Array {
+  const [width, height] = [blocksWide * 8, blocksHigh * 8];
+  const out = [0xff, 0xd8];
+  out.push(...segment(0xee, [0x41, 0x64, 0x6f, 0x62, 0x65, 0, 100, 0, 0, 0, 0, transform]));
+  out.push(...segment(0xdb, [0, ...new Array(64).fill(1)])); // quantisation: all ones
+  out.push(
+    ...segment(0xc0, [
+      8,
+      height >> 8,
+      height & 255,
+      width >> 8,
+      width & 255,
+      4,
+      ...[1, 2, 3, 4].flatMap((c) => [c, 0x11, 0]),
+    ]),
+  );
+  // DC: the 12 difference categories, 4-bit codes; AC: end-of-block only, coded "0" (flat blocks).
+  out.push(
+    ...segment(0xc4, [
+      0x00,
+      0,
+      0,
+      0,
+      12,
+      ...new Array(12).fill(0),
+      ...Array.from({ length: 12 }, (_, i) => i),
+    ]),
+  );
+  out.push(...segment(0xc4, [0x10, 1, ...new Array(15).fill(0), 0x00]));
+  out.push(...segment(0xda, [4, ...[1, 2, 3, 4].flatMap((c) => [c, 0x00]), 0, 63, 0]));
+  const bits = new Bits();
+  const previous = [0, 0, 0, 0];
+  for (let by = 0; by < blocksHigh; by++) {
+    for (let bx = 0; bx < blocksWide; bx++) {
+      const [c, m, y, k] = ink(bx, by).map((v) => 255 - v) as [number, number, number, number];
+      const [r, g, b] = [255 - c, 255 - m, 255 - y];
+      const samples =
+        transform === 0
+          ? [c, m, y, k]
+          : [
+              0.299 * r + 0.587 * g + 0.114 * b,
+              -0.168736 * r - 0.331264 * g + 0.5 * b + 128,
+              0.5 * r - 0.418688 * g - 0.081312 * b + 128,
+              k,
+            ].map((v) => Math.max(0, Math.min(255, Math.round(v))));
+      samples.forEach((v, i) => {
+        const dc = 8 * (v - 128); // a flat block's DC coefficient
+        const diff = dc - (previous[i] as number);
+        previous[i] = dc;
+        const category = diff === 0 ? 0 : 32 - Math.clz32(Math.abs(diff));
+        bits.put(category, 4);
+        if (category > 0) bits.put(diff > 0 ? diff : diff + (1 << category) - 1, category);
+        bits.put(0, 1); // end of block
+      });
+    }
+  }
+  out.push(...bits.end(), 0xff, 0xd9);
+  return Uint8Array.from(out);
+}
