@@ -67,6 +67,56 @@ function megapixels(pixels: number, limit: number): [string, string] {
 /** Codings inside HEIF that sharp (AV1) or intake/heif.ts (HEVC) decode. */
 const HEIF_CODINGS = ["hevc", "av1"];
 
+/** The colour channels of the colour spaces whose samples checkSamples judges, and their names. */
+const COLOUR_BANDS: Readonly<Record<string, { bands: number; name: string }>> = {
+  srgb: { bands: 3, name: "RGB" },
+  rgb: { bands: 3, name: "RGB" },
+  rgb16: { bands: 3, name: "RGB" },
+  scrgb: { bands: 3, name: "RGB" },
+  "b-w": { bands: 1, name: "greyscale" },
+  grey16: { bands: 1, name: "greyscale" },
+  cmyk: { bands: 4, name: "CMYK" },
+};
+
+/** libvips sample formats other than 8- and 16-bit unsigned integers, in words. */
+const SAMPLE_FORMATS: Readonly<Record<string, string>> = {
+  char: "8-bit signed integer",
+  short: "16-bit signed integer",
+  uint: "32-bit integer",
+  int: "32-bit signed integer",
+  float: "32-bit floating-point",
+  double: "64-bit floating-point",
+  complex: "complex",
+  dpcomplex: "complex",
+};
+
+/**
+ * Refuses what the conversion to 8-bit sRGB decodes without an error but into wrong pixels, or fails
+ * on with a decoder message that would call the file damaged. libvips scales 8- and 16-bit samples,
+ * and reads float RGB as scRGB (linear light, 1.0 white: what HDR and 32-bit TIFFs hold), but it takes
+ * float grey and CMYK as 0–255 and 32-bit or signed integers unscaled: such a TIFF would come out
+ * black or clipped. A TIFF with more channels than its colours and one alpha (Photoshop's saved
+ * selections, spot colours) cannot be converted at all. Colour spaces not listed (Lab…) are judged by
+ * their name (COLOUR_SPACES in src/spec/upload.ts).
+ */
+function checkSamples(meta: Metadata): void {
+  const space = COLOUR_BANDS[meta.space ?? ""];
+  if (!space) return;
+  const sample = SAMPLE_FORMATS[meta.depth ?? ""];
+  const floatRgb = meta.space === "scrgb" && (meta.depth === "float" || meta.depth === "double");
+  if (sample && !floatRgb) {
+    throw new ImageInputError(
+      `The image stores ${sample} ${space.name} pixels; I read 8- and 16-bit images (and 32-bit floating-point RGB) — save it as an 8- or 16-bit image.`,
+    );
+  }
+  const channels = meta.channels ?? space.bands;
+  if (channels > space.bands + 1) {
+    throw new ImageInputError(
+      `The image has ${channels} channels: ${space.name}, alpha and ${channels - space.bands - 1} more; save it without the extra channels (as a PNG, say).`,
+    );
+  }
+}
+
 /** Reads the header and checks it against `limits`; throws ImageInputError naming what is wrong. */
 export async function probeImage(
   bytes: Uint8Array,
@@ -140,6 +190,7 @@ export async function probeImage(
       `The image is ${width}×${height}; each side must be at least ${limits.minSide} pixels.`,
     );
   }
+  checkSamples(meta);
   if (format === "jpeg") {
     const { scans } = jpegStructure(bytes);
     if (scans > limits.maxScans) {

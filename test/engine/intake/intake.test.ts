@@ -16,7 +16,7 @@ import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
-import { apng } from "./support/edge-images.js";
+import { apng, pixels, tiff } from "./support/edge-images.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
@@ -212,6 +212,8 @@ describe("messages: the sender's words, never the decoder's", () => {
     /^The image is a TIFF of \d+ pages; send one page, saved as a single-page image\.$/,
     /^The image is a progressive JPEG of \d+ scans; the limit is \d+ /,
     /^The image is a HEIF file of [A-Z0-9]+-coded pictures, which I cannot decode; send it as a JPEG\.$/,
+    /^The image stores [\w -]+ (RGB|greyscale|CMYK) pixels; I read 8- and 16-bit images \(and 32-bit floating-point RGB\) — save it as an 8- or 16-bit image\.$/,
+    /^The image has \d+ channels: (RGB|greyscale|CMYK), alpha and \d+ more; save it without the extra channels \(as a PNG, say\)\.$/,
   ];
 
   async function brokenFiles(): Promise<Array<[string, Uint8Array]>> {
@@ -440,6 +442,96 @@ describe("edge formats: converted right or refused in words", () => {
     expect([...first.data.subarray(0, 3)]).toEqual([255, 0, 0]);
     // An APNG of one frame is a still.
     expect((await probeImage(apng([await flat(0, 255, 0)]))).animated).toBe(false);
+  });
+
+  it("converts a 32-bit float RGB TIFF as linear light, and refuses sample layouts it would turn into wrong colours", async () => {
+    // 64×64, left half one colour, right half another.
+    const halves = (left: number[], right: number[]) => (i: number) => (i % 64 < 32 ? left : right);
+    const tif = (bits: number[], photometric: number, data: Uint8Array, more: object = {}) =>
+      tiff({ width: 64, height: 64, bits, photometric, data, ...more });
+    const sides = async (bytes: Uint8Array) => {
+      const { data } = await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes);
+      return [[...data.subarray(3 * 8, 3 * 9)], [...data.subarray(3 * 56, 3 * 57)]];
+    };
+    // Float RGB is scRGB to libvips (linear, 1.0 white): 0.5 and 0.2 encode as sRGB 188 and 124.
+    const float = Float32Array;
+    const hdr = tif([32, 32, 32], 2, pixels(64 * 64, halves([0.5, 0.2, 0], [4, 4, 4]), float), {
+      sampleFormat: 3,
+    });
+    expect(await sides(hdr)).toEqual([
+      [188, 124, 0],
+      [255, 255, 255],
+    ]);
+    // These decode, but to black or clipped colours: libvips reads float grey and CMYK as 0–255, and
+    // 32-bit and signed integers without scaling them.
+    const wrong: Array<[string, Uint8Array, string]> = [
+      [
+        "float grey",
+        tif([32], 1, pixels(64 * 64, halves([0.5], [1]), float), { sampleFormat: 3 }),
+        "The image stores 32-bit floating-point greyscale pixels; I read 8- and 16-bit images (and 32-bit floating-point RGB) — save it as an 8- or 16-bit image.",
+      ],
+      [
+        "float cmyk",
+        tif(
+          [32, 32, 32, 32],
+          5,
+          pixels(64 * 64, () => [0, 0.5, 0.5, 0], float),
+          { sampleFormat: 3 },
+        ),
+        "The image stores 32-bit floating-point CMYK pixels; I read 8- and 16-bit images (and 32-bit floating-point RGB) — save it as an 8- or 16-bit image.",
+      ],
+      [
+        "uint32 rgb",
+        tif(
+          [32, 32, 32],
+          2,
+          pixels(64 * 64, () => [2 ** 31, 2 ** 31, 0], Uint32Array),
+        ),
+        "The image stores 32-bit integer RGB pixels; I read 8- and 16-bit images (and 32-bit floating-point RGB) — save it as an 8- or 16-bit image.",
+      ],
+      [
+        "int8 rgb",
+        tif(
+          [8, 8, 8],
+          2,
+          pixels(64 * 64, () => [100, 20, 0]),
+          { sampleFormat: 2 },
+        ),
+        "The image stores 8-bit signed integer RGB pixels; I read 8- and 16-bit images (and 32-bit floating-point RGB) — save it as an 8- or 16-bit image.",
+      ],
+    ];
+    for (const [name, bytes, message] of wrong) {
+      expect((await refusal(convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)))?.message, name).toBe(message);
+    }
+  });
+
+  it("refuses a TIFF with extra channels (Photoshop's saved selections) in words, not as damaged", async () => {
+    // RGB, its alpha, and one more channel: the conversion to sRGB cannot take the fifth band.
+    const extra = tiff({
+      width: 64,
+      height: 64,
+      bits: [8, 8, 8, 8, 8],
+      photometric: 2,
+      extra: [2, 0],
+      data: pixels(64 * 64, () => [200, 40, 60, 255, 10]),
+    });
+    expect((await refusal(convertPhoto(extra, DEFAULT_IMAGE_LIMITS)))?.message).toBe(
+      "The image has 5 channels: RGB, alpha and 1 more; save it without the extra channels (as a PNG, say).",
+    );
+    // One alpha channel is transparency: flattened onto white.
+    const rgba = tiff({
+      width: 64,
+      height: 64,
+      bits: [8, 8, 8, 8],
+      photometric: 2,
+      extra: [2],
+      data: pixels(64 * 64, (i) => (i % 64 < 32 ? [200, 40, 60, 255] : [0, 0, 0, 0])),
+    });
+    const { data } = await rgb((await convertPhoto(rgba, DEFAULT_IMAGE_LIMITS)).bytes);
+    expect([[...data.subarray(24, 27)], [...data.subarray(168, 171)]]).toEqual([
+      [200, 40, 60],
+      [255, 255, 255],
+    ]);
   });
 });
 
