@@ -57,6 +57,18 @@ export interface WorkingShape extends Size {
 }
 
 const ratio = (s: Size) => Math.max(s.width, s.height) / Math.min(s.width, s.height);
+
+/**
+ * An aspect ratio over `limit`, with two decimals or as many more as it takes to show it is over:
+ * 4001×1000 is "4.001", not "4.00" (which would read as within a 4:1 limit).
+ */
+function ratioOver(size: Size, limit: number): string {
+  const r = ratio(size);
+  for (let digits = 2; digits < 6; digits++) {
+    if (Number(r.toFixed(digits)) > limit) return r.toFixed(digits);
+  }
+  return r.toFixed(6);
+}
 const dims = (s: Size) => `${s.width}×${s.height}`;
 
 /** Refuses a photo the working-size rule cannot serve, naming the limit (any model). */
@@ -69,7 +81,7 @@ export function checkPhotoShape(photo: Size, what = "the photo"): void {
   }
   if (ratio(photo) > maxAspect) {
     throw new UserFacingError(
-      `${what} is ${dims(photo)} pixels, an aspect ratio of ${ratio(photo).toFixed(2)}:1; the limit is ${maxAspect}:1 — crop it closer to what should change`,
+      `${what} is ${dims(photo)} pixels, an aspect ratio of ${ratioOver(photo, maxAspect)}:1; the limit is ${maxAspect}:1 — crop it closer to what should change`,
     );
   }
 }
@@ -91,7 +103,7 @@ export function checkRequestedSize(size: Size, option = "size"): void {
   }
   if (ratio(size) > maxAspect) {
     throw new UserFacingError(
-      `${option} ${dims(size)} has an aspect ratio of ${ratio(size).toFixed(2)}:1; the limit is ${maxAspect}:1`,
+      `${option} ${dims(size)} has an aspect ratio of ${ratioOver(size, maxAspect)}:1; the limit is ${maxAspect}:1`,
     );
   }
 }

@@ -95,5 +95,10 @@ describe("fetchImage", () => {
     await expect(fetch("pano.png", panorama)).rejects.toThrow(
       "`image` (pano.png) is 900×200 pixels, an aspect ratio of 4.50:1; the limit is 4:1 — crop it closer to what should change",
     );
+    // One pixel over: the ratio shows it (4.00:1 would read as within the limit).
+    const justOver = await sharp(PHOTO).resize(1001, 250, { fit: "fill" }).png().toBuffer();
+    await expect(fetch("over.png", justOver)).rejects.toThrow(
+      "`image` (over.png) is 1001×250 pixels, an aspect ratio of 4.004:1; the limit is 4:1 — crop it closer to what should change",
+    );
   });
 });

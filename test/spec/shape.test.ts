@@ -116,6 +116,10 @@ describe("limits, each named in one line", () => {
       "the photo is 63×200 pixels; each side must be at least 64 pixels",
     );
     expect(() => checkPhotoShape({ width: 64, height: 256 })).not.toThrow();
+    // Just over the limit: as many decimals as it takes to show it is over (4.00 would read as within).
+    expect(() => checkPhotoShape({ width: 4001, height: 1000 })).toThrow(
+      "the photo is 4001×1000 pixels, an aspect ratio of 4.001:1; the limit is 4:1 — crop it closer to what should change",
+    );
   });
 
   it("parses sizes and refuses ones outside the limits, naming the option", () => {
@@ -133,6 +137,9 @@ describe("limits, each named in one line", () => {
     );
     expect(() => parseSize("1024x128")).toThrow(
       "--size 1024×128 has an aspect ratio of 8.00:1; the limit is 4:1",
+    );
+    expect(() => parseSize("2045x511")).toThrow(
+      "--size 2045×511 has an aspect ratio of 4.002:1; the limit is 4:1",
     );
   });
 
