@@ -18,7 +18,7 @@ import { UserFacingError } from "../errors.js";
 import { type Box, type ModelShape, type Size, type WorkingShape, workingShape } from "../spec/shape.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from "../spec/upload.js";
 import { failureText } from "./intake/failures.js";
-import { decodeHeif } from "./intake/heif.js";
+import { decodeHeif, rgbaTiff } from "./intake/heif.js";
 import { jpegStructure } from "./intake/jpeg.js";
 import { apngFrames, formatList, sniffKind } from "./intake/kinds.js";
 
@@ -209,8 +209,11 @@ export async function probeImage(
 export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: ImageLimits): Promise<Sharp> {
   if (probe.compression === "hevc") {
     try {
-      const { width, height, rgba } = await decodeHeif(bytes);
-      return sharp(rgba, { raw: { width, height, channels: 4 } });
+      const heif = await decodeHeif(bytes);
+      // libheif-js gives the coded values; the profile (Display P3 on iPhones) says what they mean.
+      const { icc } = await sharp(bytes).metadata();
+      if (icc) return sharp(rgbaTiff(heif, icc), { limitInputPixels: limits.maxPixels });
+      return sharp(heif.rgba, { raw: { width: heif.width, height: heif.height, channels: 4 } });
     } catch (err) {
       throw new ImageInputError(failureText(bytes, probe.format), { detail: (err as Error).message });
     }

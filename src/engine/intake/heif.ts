@@ -81,3 +81,47 @@ export async function decodeHeif(bytes: Uint8Array): Promise<DecodedHeif> {
     heif.heif_context_free(context);
   }
 }
+
+/**
+ * Decoded HEIF pixels with the file's ICC profile, as an uncompressed baseline TIFF (RGBA, one strip,
+ * little-endian). libvips converts to sRGB through a profile embedded in what it loads, and raw pixels
+ * cannot carry one: iPhones tag their photos Display P3, whose values read as sRGB look dull.
+ */
+export function rgbaTiff({ width, height, rgba }: DecodedHeif, icc: Uint8Array): Uint8Array {
+  // Tag, type (3 SHORT, 4 LONG, 7 UNDEFINED), count, value (or the offset of values over 4 bytes).
+  const entries = 12;
+  const bitsAt = 8 + 2 + entries * 12 + 4;
+  const iccAt = bitsAt + 8;
+  const dataAt = iccAt + icc.byteLength + (icc.byteLength % 2); // offsets are even
+  const tags: Array<[number, number, number, number]> = [
+    [256, 4, 1, width],
+    [257, 4, 1, height],
+    [258, 3, 4, bitsAt], // 8, 8, 8, 8
+    [259, 3, 1, 1], // no compression
+    [262, 3, 1, 2], // RGB
+    [273, 4, 1, dataAt],
+    [277, 3, 1, 4],
+    [278, 4, 1, height],
+    [279, 4, 1, rgba.byteLength],
+    [284, 3, 1, 1], // interleaved
+    [338, 3, 1, 2], // the fourth sample is unassociated alpha
+    [34675, 7, icc.byteLength, iccAt], // InterColorProfile
+  ];
+  const out = new Uint8Array(dataAt + rgba.byteLength);
+  const view = new DataView(out.buffer);
+  out.set([0x49, 0x49, 42, 0]);
+  view.setUint32(4, 8, true);
+  view.setUint16(8, entries, true);
+  tags.forEach(([tag, type, count, value], i) => {
+    const at = 10 + 12 * i;
+    view.setUint16(at, tag, true);
+    view.setUint16(at + 2, type, true);
+    view.setUint32(at + 4, count, true);
+    if (type === 3 && count === 1) view.setUint16(at + 8, value, true);
+    else view.setUint32(at + 8, value, true);
+  });
+  for (let i = 0; i < 4; i++) view.setUint16(bitsAt + 2 * i, 8, true);
+  out.set(icc, iccAt);
+  out.set(rgba, dataAt);
+  return out;
+}

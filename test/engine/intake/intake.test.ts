@@ -16,7 +16,7 @@ import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
-import { apng, pixels, tiff } from "./support/edge-images.js";
+import { apng, heifWithIcc, pixels, pngWithIcc, tiff } from "./support/edge-images.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
@@ -129,6 +129,29 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
     // The engine's own loader reads HEIC the same way (the CLI's `edit imagic --image photo.heic`).
     const loaded = await loadImage(heic, { size: { width: 192, height: 128 } });
     expect(loaded.tensor).toHaveLength(3 * 192 * 128);
+  });
+
+  it("converts an HEVC HEIC through its ICC profile, as iPhones tag their Display P3 photos", async () => {
+    // libheif-js hands back the coded RGB values; without the profile a P3 photo would be read as
+    // sRGB, its colours duller than the sender's. The same values in a P3-tagged PNG are the reference.
+    const heic = fixture("chelsea.heic");
+    const p3 = (
+      await sharp(COFFEE)
+        .withIccProfile("p3")
+        .png()
+        .toBuffer()
+        .then((b) => sharp(b).metadata())
+    ).icc as Buffer;
+    const tagged = heifWithIcc(heic, p3);
+    expect((await probeImage(tagged)).compression).toBe("hevc");
+    const untagged = await convertPhoto(heic, DEFAULT_IMAGE_LIMITS);
+    const reference = await convertPhoto(pngWithIcc(untagged.bytes, p3), DEFAULT_IMAGE_LIMITS);
+    const photo = await convertPhoto(tagged, DEFAULT_IMAGE_LIMITS);
+    const [got, want, plain] = await Promise.all(
+      [photo, reference, untagged].map(async (p) => (await rgb(p.bytes)).data),
+    );
+    expect(meanAbsDiff(plain as Buffer, want as Buffer)).toBeGreaterThan(2); // the profile matters here
+    expect(meanAbsDiff(got as Buffer, want as Buffer)).toBeLessThan(0.5);
   });
 
   it("refuses a portrait JPEG without Huffman tables that a 64-pixel check let through", async () => {

@@ -1,7 +1,7 @@
 // Legal images at the edges of what photo tools write, built byte by byte because sharp cannot write
 // them: TIFFs of any sample layout (float, 32-bit, extra channels), animated PNGs, and Adobe CMYK and
 // YCCK JPEGs.
-import { crc32 } from "node:zlib";
+import { crc32, deflateSync } from "node:zlib";
 
 export interface TiffSpec {
   width: number;
@@ -108,6 +108,15 @@ function pngChunks(png: Uint8Array): Array<[string, Uint8Array]> {
     ]);
   }
   return chunks;
+}
+
+/** `png` with an ICC profile (an iCCP chunk) right after its header. */
+export function pngWithIcc(png: Uint8Array, icc: Uint8Array): Uint8Array {
+  const body = Buffer.concat([Buffer.from("icc\0\0", "latin1"), deflateSync(icc)]);
+  const headerEnd = 8 + 12 + 13; // signature, IHDR
+  return new Uint8Array(
+    Buffer.concat([png.subarray(0, headerEnd), pngChunk("iCCP", body), png.subarray(headerEnd)]),
+  );
 }
 
 /**
@@ -248,4 +257,94 @@ export function adobeCmykJpeg(
   }
   out.push(...bits.end(), 0xff, 0xd9);
   return Uint8Array.from(out);
+}
+
+/**
+ * `heif` with an ICC profile (a `colr` box of type `prof`, as iPhones tag their Display P3 photos)
+ * added to its primary image's properties: the meta boxes grow and every iloc offset moves past them.
+ */
+export function heifWithIcc(heif: Uint8Array, icc: Uint8Array): Uint8Array {
+  const b = Buffer.from(heif);
+  const size = (at: number) => b.readUInt32BE(at);
+  const type = (at: number) => b.toString("ascii", at + 4, at + 8);
+  const child = (from: number, end: number, name: string) => {
+    for (let at = from; at < end; at += size(at)) if (type(at) === name) return at;
+    throw new RangeError(`heifWithIcc: no ${name} box`);
+  };
+  const meta = child(0, b.byteLength, "meta");
+  const [pitm, iloc, iprp] = ["pitm", "iloc", "iprp"].map((n) => child(meta + 12, meta + size(meta), n)) as [
+    number,
+    number,
+    number,
+  ];
+  const [ipco, ipma] = ["ipco", "ipma"].map((n) => child(iprp + 8, iprp + size(iprp), n)) as [number, number];
+  const primary = b[pitm + 8] === 0 ? b.readUInt16BE(pitm + 12) : size(pitm + 12);
+  let properties = 0;
+  for (let at = ipco + 8; at < ipco + size(ipco); at += size(at)) properties++;
+  const colr = Buffer.alloc(12 + icc.byteLength);
+  colr.writeUInt32BE(colr.byteLength);
+  colr.write("colrprof", 4, "ascii");
+  colr.set(icc, 12);
+  // ipma: the primary item gets one more association, essential, to the new property.
+  const version = b[ipma + 8] as number;
+  const wide = ((b[ipma + 11] as number) & 1) === 1;
+  const parts: Buffer[] = [b.subarray(ipma + 8, ipma + 16)];
+  let at = ipma + 16;
+  for (let i = size(ipma + 12); i > 0; i--) {
+    const id = version < 1 ? b.readUInt16BE(at) : size(at);
+    const idEnd = at + (version < 1 ? 2 : 4);
+    const count = b[idEnd] as number;
+    const end = idEnd + 1 + count * (wide ? 2 : 1);
+    const added = id === primary ? 1 : 0;
+    const association = Buffer.alloc(added * (wide ? 2 : 1));
+    if (added && wide) association.writeUInt16BE(0x8000 | (properties + 1));
+    else if (added) association[0] = 0x80 | (properties + 1);
+    parts.push(b.subarray(at, idEnd), Buffer.from([count + added]), b.subarray(idEnd + 1, end), association);
+    at = end;
+  }
+  const newIpma = Buffer.concat([Buffer.alloc(8), ...parts]);
+  newIpma.writeUInt32BE(newIpma.byteLength);
+  newIpma.write("ipma", 4, "ascii");
+  const grown = colr.byteLength + newIpma.byteLength - size(ipma);
+  // iloc: the image data lies after meta, so every file offset (construction method 0) moves.
+  const locations = Buffer.from(b.subarray(iloc, iloc + size(iloc)));
+  const v = locations[8] as number;
+  const [offsetSize, lengthSize] = [(locations[12] as number) >> 4, (locations[12] as number) & 15];
+  const baseSize = (locations[13] as number) >> 4;
+  const indexSize = v === 1 || v === 2 ? (locations[13] as number) & 15 : 0;
+  let p = v < 2 ? 16 : 18;
+  const move = (bytes: number, shift: boolean) => {
+    if (shift && bytes === 4) locations.writeUInt32BE(locations.readUInt32BE(p) + grown, p);
+    if (shift && bytes === 8) locations.writeBigUInt64BE(locations.readBigUInt64BE(p) + BigInt(grown), p);
+    p += bytes;
+  };
+  for (let i = v < 2 ? locations.readUInt16BE(14) : locations.readUInt32BE(14); i > 0; i--) {
+    p += v < 2 ? 2 : 4;
+    let method = 0;
+    if (v === 1 || v === 2) {
+      method = locations.readUInt16BE(p) & 15;
+      p += 2;
+    }
+    p += 2; // data reference index
+    move(baseSize, method === 0);
+    const extents = locations.readUInt16BE(p);
+    p += 2;
+    for (let e = extents; e > 0; e--) {
+      p += indexSize;
+      move(offsetSize, method === 0 && baseSize === 0);
+      p += lengthSize;
+    }
+  }
+  const out = Buffer.concat([
+    b.subarray(0, iloc),
+    locations,
+    b.subarray(iloc + size(iloc), ipco + size(ipco)),
+    colr,
+    b.subarray(ipco + size(ipco), ipma),
+    newIpma,
+    b.subarray(ipma + size(ipma)),
+  ]);
+  for (const box of [meta, iprp]) out.writeUInt32BE(out.readUInt32BE(box) + grown, box);
+  out.writeUInt32BE(out.readUInt32BE(ipco) + colr.byteLength, ipco);
+  return new Uint8Array(out);
 }
