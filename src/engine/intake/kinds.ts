@@ -37,6 +37,31 @@ function isoKind(brand: string): FileKind {
   return { described: "an MP4 video" };
 }
 
+/**
+ * A TIFF, or a camera raw photo built on TIFF: of those libvips reads only the first image, a
+ * thumbnail or preview, while the photo is a raw sensor image elsewhere in the file. Known by the
+ * CR2 header, a DNGVersion tag, or a first image marked as a reduced-resolution copy (NewSubFileType
+ * bit 0: Nikon, Sony, Pentax raws). Reads the first directory's entries only, bounds-checked.
+ */
+function tiffKind(bytes: Uint8Array): FileKind {
+  if (ascii(bytes, 8, 11) === "CR\x02") return { described: "a Canon raw photo (CR2)" };
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const little = bytes[0] === 0x49;
+  const ifd = bytes.byteLength >= 8 ? view.getUint32(4, little) : 0;
+  const entries = ifd + 2 <= bytes.byteLength ? view.getUint16(ifd, little) : 0;
+  let preview = false;
+  for (let i = 0; i < entries && ifd + 2 + 12 * (i + 1) <= bytes.byteLength; i++) {
+    const at = ifd + 2 + 12 * i;
+    const tag = view.getUint16(at, little);
+    if (tag === 50706) return { described: "a DNG raw photo" };
+    // NewSubFileType is a LONG (SHORT in old files): big-endian, the short's value is the first 2 bytes.
+    const value =
+      view.getUint16(at + 2, little) === 3 ? view.getUint16(at + 8, little) : view.getUint32(at + 8, little);
+    if (tag === 254 && (value & 1) === 1) preview = true;
+  }
+  return preview ? { described: "a camera raw photo" } : { format: "tiff", described: "a TIFF image" };
+}
+
 /** The kind of `bytes` by their first bytes; `described` is "a file of an unknown kind" when none fits. */
 export function sniffKind(bytes: Uint8Array): FileKind {
   if (startsWith(bytes, [0xff, 0xd8, 0xff])) return { format: "jpeg", described: "a JPEG image" };
@@ -47,7 +72,7 @@ export function sniffKind(bytes: Uint8Array): FileKind {
     return { format: "gif", described: "a GIF image" };
   if (head.startsWith("RIFF") && head.slice(8, 12) === "WEBP")
     return { format: "webp", described: "a WebP image" };
-  if (["II*\0", "MM\0*"].includes(head.slice(0, 4))) return { format: "tiff", described: "a TIFF image" };
+  if (["II*\0", "MM\0*"].includes(head.slice(0, 4))) return tiffKind(bytes);
   if (head.slice(4, 8) === "ftyp") return isoKind(head.slice(8, 12));
   if (["II+\0", "MM\0+"].includes(head.slice(0, 4))) return { described: "a BigTIFF image" };
   if (head.startsWith("BM")) return { described: "a BMP image" };
@@ -106,6 +131,9 @@ const MEDIA_TYPES: Readonly<Record<string, string>> = {
   "image/vnd.microsoft.icon": "an icon file",
   "image/vnd.adobe.photoshop": "a Photoshop document (PSD)",
   "image/jxl": "a JPEG XL image",
+  "image/x-adobe-dng": "a DNG raw photo",
+  "image/dng": "a DNG raw photo",
+  "image/x-canon-cr2": "a Canon raw photo (CR2)",
   "image/jp2": "a JPEG 2000 image",
   "application/pdf": "a PDF document",
   "application/zip": "a ZIP archive",

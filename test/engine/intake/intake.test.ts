@@ -528,6 +528,39 @@ describe("edge formats: converted right or refused in words", () => {
     }
   });
 
+  it("refuses camera raw photos built on TIFF (DNG, CR2, NEF…) instead of editing their preview", async () => {
+    // Their first image, all libvips reads, is a thumbnail or preview; the photo itself is a raw
+    // sensor image in another directory. A CR3 is refused by its brand; these start like any TIFF.
+    const preview = {
+      width: 128,
+      height: 85,
+      bits: [8, 8, 8],
+      photometric: 2,
+      data: pixels(128 * 85, () => [200, 40, 60]),
+    };
+    const raws: Array<[Uint8Array, string]> = [
+      [
+        tiff({
+          ...preview,
+          tags: [
+            [254, 4, [1]],
+            [50706, 1, [1, 4, 0, 0]],
+          ],
+        }),
+        "a DNG raw photo",
+      ],
+      [tiff({ ...preview, cr2: true }), "a Canon raw photo (CR2)"],
+      // NewSubFileType 1: the first image is a reduced-resolution copy (Nikon, Sony, Pentax raws).
+      [tiff({ ...preview, tags: [[254, 4, [1]]] }), "a camera raw photo"],
+    ];
+    for (const [bytes, kind] of raws) {
+      expect((await refusal(convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)))?.message).toBe(
+        `That file is ${kind}; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.`,
+      );
+    }
+    expect((await convertPhoto(tiff(preview), DEFAULT_IMAGE_LIMITS)).width).toBe(128);
+  });
+
   it("refuses a TIFF with extra channels (Photoshop's saved selections) in words, not as damaged", async () => {
     // RGB, its alpha, and one more channel: the conversion to sRGB cannot take the fifth band.
     const extra = tiff({

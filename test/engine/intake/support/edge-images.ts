@@ -16,12 +16,16 @@ export interface TiffSpec {
   extra?: number[];
   /** The pixels, interleaved, rows packed, little-endian. */
   data: Uint8Array;
+  /** More tags: [tag, type (1 BYTE, 3 SHORT, 4 LONG), values]. */
+  tags?: Array<[number, 1 | 3 | 4, number[]]>;
+  /** A Canon CR2 header: "CR", version 2 and a raw IFD offset after the TIFF header. */
+  cr2?: boolean;
 }
 
 /** A little-endian baseline TIFF of one uncompressed strip. */
 export function tiff(spec: TiffSpec): Uint8Array {
   const samples = spec.bits.length;
-  const tags: Array<[tag: number, type: 3 | 4, values: number[]]> = [
+  const tags: Array<[tag: number, type: 1 | 3 | 4, values: number[]]> = [
     [256, 4, [spec.width]],
     [257, 4, [spec.height]],
     [258, 3, spec.bits],
@@ -37,22 +41,26 @@ export function tiff(spec: TiffSpec): Uint8Array {
     ...(spec.sampleFormat
       ? [[339, 3, new Array(samples).fill(spec.sampleFormat)] as [number, 3, number[]]]
       : []),
+    ...(spec.tags ?? []),
   ];
-  const size = (type: 3 | 4) => (type === 3 ? 2 : 4);
+  tags.sort((a, b) => a[0] - b[0]);
+  const size = (type: 1 | 3 | 4) => (type === 1 ? 1 : type === 3 ? 2 : 4);
   const outside = tags.reduce(
     (n, [, type, v]) => n + (v.length * size(type) > 4 ? v.length * size(type) : 0),
     0,
   );
+  const ifdAt = spec.cr2 ? 16 : 8;
   const ifdLength = 2 + tags.length * 12 + 4;
-  const dataAt = 8 + ifdLength + outside;
+  const dataAt = ifdAt + ifdLength + outside;
   const out = new Uint8Array(dataAt + spec.data.byteLength);
   const view = new DataView(out.buffer);
   out.set([0x49, 0x49, 42, 0]);
-  view.setUint32(4, 8, true);
-  view.setUint16(8, tags.length, true);
-  let extraAt = 8 + ifdLength;
+  view.setUint32(4, ifdAt, true);
+  if (spec.cr2) out.set([0x43, 0x52, 2, 0], 8);
+  view.setUint16(ifdAt, tags.length, true);
+  let extraAt = ifdAt + ifdLength;
   tags.forEach(([tag, type, values], i) => {
-    const entry = 10 + i * 12;
+    const entry = ifdAt + 2 + i * 12;
     const written = tag === 273 ? [dataAt] : values;
     view.setUint16(entry, tag, true);
     view.setUint16(entry + 2, type, true);
@@ -64,7 +72,8 @@ export function tiff(spec: TiffSpec): Uint8Array {
       extraAt += written.length * size(type);
     }
     written.forEach((v, j) => {
-      if (type === 3) view.setUint16(at + 2 * j, v, true);
+      if (type === 1) view.setUint8(at + j, v);
+      else if (type === 3) view.setUint16(at + 2 * j, v, true);
       else view.setUint32(at + 4 * j, v, true);
     });
   });
