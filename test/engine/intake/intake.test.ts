@@ -16,7 +16,7 @@ import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
-import { apng, heifWithIcc, pixels, pngWithIcc, tiff } from "./support/edge-images.js";
+import { adobeCmykJpeg, apng, heifWithIcc, pixels, pngWithIcc, tiff } from "./support/edge-images.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
@@ -452,6 +452,153 @@ describe("edge formats: converted right or refused in words", () => {
     sharp({ create: { width: 80, height: 80, channels: 3, background: { r, g, b } } })
       .png()
       .toBuffer();
+
+  /** The colour at the centre of each quadrant of an 8-bit RGB(A) PNG: top left, top right, bottom left, bottom right. */
+  const quadrants = async (png: Uint8Array) => {
+    const { data, info } = await rgb(png);
+    const at = (fx: number, fy: number) => {
+      const i = (Math.floor(info.height * fy) * info.width + Math.floor(info.width * fx)) * 3;
+      return [...data.subarray(i, i + 3)];
+    };
+    return {
+      size: [info.width, info.height],
+      colours: [at(0.25, 0.25), at(0.75, 0.25), at(0.25, 0.75), at(0.75, 0.75)],
+    };
+  };
+  const near = (got: number[][], want: number[][], tolerance: number) =>
+    got.every((c, i) => c.every((v, j) => Math.abs(v - (want[i]?.[j] as number)) <= tolerance));
+
+  it("turns every EXIF orientation upright in JPEG, PNG, WebP, TIFF and AVIF, at the displayed width and height", async () => {
+    // Displayed: 96×64 in four coloured quadrants. Each file stores the pixels that orientation o shows
+    // that way (transposed for 5–8, so stored 64×96).
+    const QUADS = [
+      [220, 30, 30],
+      [30, 200, 60],
+      [40, 50, 210],
+      [230, 210, 40],
+    ];
+    const shown = (x: number, y: number) => QUADS[(y < 32 ? 0 : 2) + (x < 48 ? 0 : 1)] as number[];
+    for (let o = 1; o <= 8; o++) {
+      const [w, h] = o >= 5 ? [64, 96] : [96, 64];
+      const stored = Buffer.alloc(w * h * 3);
+      for (let y = 0; y < 64; y++) {
+        for (let x = 0; x < 96; x++) {
+          // Where displayed (x, y) is stored, per the EXIF definition of each orientation.
+          const [sx, sy] = [
+            [x, y],
+            [w - 1 - x, y],
+            [w - 1 - x, h - 1 - y],
+            [x, h - 1 - y],
+            [y, x],
+            [y, h - 1 - x],
+            [w - 1 - y, h - 1 - x],
+            [w - 1 - y, x],
+          ][o - 1] as [number, number];
+          stored.set(shown(x, y), (sy * w + sx) * 3);
+        }
+      }
+      const base = () =>
+        sharp(stored, { raw: { width: w, height: h, channels: 3 } }).withMetadata({ orientation: o });
+      const files: Array<[string, Buffer, number]> = [
+        ["jpeg", await base().jpeg({ quality: 95 }).toBuffer(), 30],
+        ["png", await base().png().toBuffer(), 0],
+        ["webp", await base().webp({ lossless: true }).toBuffer(), 0],
+        ["tiff", await base().tiff({ compression: "lzw" }).toBuffer(), 0],
+        ["avif", await base().avif({ quality: 90, effort: 0 }).toBuffer(), 40],
+      ];
+      for (const [format, bytes, tolerance] of files) {
+        const photo = await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS);
+        const { size, colours } = await quadrants(photo.bytes);
+        expect(size, `${format} orientation ${o}`).toEqual([96, 64]);
+        expect(
+          near(colours, QUADS, tolerance),
+          `${format} orientation ${o}: ${JSON.stringify(colours)}`,
+        ).toBe(true);
+      }
+    }
+  });
+
+  it("reads Photoshop's CMYK and YCCK JPEGs (Adobe marker, inverted samples) as the same inks in a TIFF", async () => {
+    // Left: C0 M60 Y50 K10 (a muted red); right: C60 M10 Y30 K0 (a muted teal), in flat 8×8 blocks.
+    const inks = [
+      [0, 153, 128, 26],
+      [153, 26, 77, 0],
+    ];
+    const ink = (bx: number) => inks[bx < 4 ? 0 : 1] as number[];
+    const reference = tiff({
+      width: 64,
+      height: 64,
+      bits: [8, 8, 8, 8],
+      photometric: 5,
+      data: pixels(64 * 64, (i) => ink(Math.floor((i % 64) / 8))),
+    });
+    const want = (await quadrants((await convertPhoto(reference, DEFAULT_IMAGE_LIMITS)).bytes)).colours;
+    expect(
+      near(
+        want,
+        [
+          [217, 106, 96],
+          [81, 166, 169],
+          [217, 106, 96],
+          [81, 166, 169],
+        ],
+        8,
+      ),
+    ).toBe(true);
+    for (const transform of [0, 2] as const) {
+      const jpeg = adobeCmykJpeg(8, 8, ink, transform);
+      expect((await probeImage(jpeg)).space).toBe("cmyk");
+      const got = (await quadrants((await convertPhoto(jpeg, DEFAULT_IMAGE_LIMITS)).bytes)).colours;
+      expect(near(got, want, 2), `transform ${transform}: ${JSON.stringify(got)}`).toBe(true);
+    }
+  });
+
+  it("puts transparent pixels on white in every format that has transparency, whatever colour they hide", async () => {
+    // Top right transparent (its hidden colour black), the rest opaque quadrant colours.
+    const QUADS = [
+      [220, 30, 30],
+      [0, 0, 0],
+      [40, 50, 210],
+      [230, 210, 40],
+    ];
+    const rgba = Buffer.alloc(96 * 64 * 4);
+    for (let i = 0; i < 96 * 64; i++) {
+      const q = ((i / 96) | 0) < 32 ? (i % 96 < 48 ? 0 : 1) : i % 96 < 48 ? 2 : 3;
+      rgba.set([...(QUADS[q] as number[]), q === 1 ? 0 : 255], 4 * i);
+    }
+    const image = () => sharp(rgba, { raw: { width: 96, height: 64, channels: 4 } });
+    // [name, bytes, how far opaque pixels may drift (undefined: greyscale, not compared)]
+    const files: Array<[string, Uint8Array, number | undefined]> = [
+      ["png", await image().png().toBuffer(), 0],
+      ["16-bit png", await image().toColourspace("rgb16").png().toBuffer(), 0],
+      ["palette png (tRNS)", await image().png({ palette: true }).toBuffer(), 0],
+      ["greyscale png with alpha", await image().toColourspace("b-w").png().toBuffer(), undefined],
+      ["gif", await image().gif().toBuffer(), 0],
+      ["webp", await image().webp({ lossless: true }).toBuffer(), 0],
+      ["avif", await image().avif({ quality: 90, effort: 0 }).toBuffer(), 40],
+      [
+        "tiff",
+        tiff({
+          width: 96,
+          height: 64,
+          bits: [8, 8, 8, 8],
+          photometric: 2,
+          extra: [2],
+          data: new Uint8Array(rgba),
+        }),
+        0,
+      ],
+    ];
+    for (const [name, bytes, tolerance] of files) {
+      const { colours } = await quadrants((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes);
+      expect(colours[1], name).toEqual([255, 255, 255]);
+      if (tolerance === undefined) continue;
+      expect(
+        near([colours[0] as number[]], [QUADS[0] as number[]], tolerance),
+        `${name}: ${colours[0]}`,
+      ).toBe(true);
+    }
+  });
 
   it("refuses an animated PNG (APNG) as it does an animated GIF or WebP; allowed, its first frame", async () => {
     // libvips reads only an APNG's default image and reports one page: the acTL chunk says how many.
