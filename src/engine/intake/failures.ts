@@ -49,7 +49,55 @@ function isoComplete(b: Uint8Array): boolean {
   return at === b.byteLength;
 }
 
-/** Whether the file stops before the end its own structure declares (TIFF: not judged). */
+/**
+ * TIFF: the first directory, and every strip or tile it points to, lie within the file. libtiff
+ * writes the directory after the pixels, so a file cut short often has none left at all.
+ */
+function tiffComplete(b: Uint8Array): boolean {
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const little = b[0] === 0x49;
+  const fits = (at: number, length: number) => at + length <= b.byteLength;
+  if (!fits(0, 8)) return false;
+  const ifd = view.getUint32(4, little);
+  if (!fits(ifd, 2)) return false;
+  const entries = view.getUint16(ifd, little);
+  if (!fits(ifd, 2 + 12 * entries)) return false;
+  /** A SHORT or LONG array tag's values; undefined when they lie outside the file. */
+  const values = new Map<number, number[] | undefined>();
+  for (let i = 0; i < entries; i++) {
+    const at = ifd + 2 + 12 * i;
+    const [tag, type, count] = [
+      view.getUint16(at, little),
+      view.getUint16(at + 2, little),
+      view.getUint32(at + 4, little),
+    ];
+    if (![273, 279, 324, 325].includes(tag) || (type !== 3 && type !== 4)) continue;
+    const size = type === 3 ? 2 : 4;
+    const from = count * size <= 4 ? at + 8 : view.getUint32(at + 8, little);
+    if (!fits(from, count * size)) {
+      values.set(tag, undefined);
+      continue;
+    }
+    const read = (k: number) =>
+      size === 2 ? view.getUint16(from + 2 * k, little) : view.getUint32(from + 4 * k, little);
+    values.set(
+      tag,
+      Array.from({ length: count }, (_, k) => read(k)),
+    );
+  }
+  for (const [offsetsTag, countsTag] of [
+    [273, 279],
+    [324, 325],
+  ] as const) {
+    if (!values.has(offsetsTag)) continue;
+    const [offsets, counts] = [values.get(offsetsTag), values.get(countsTag)];
+    if (!offsets || !counts) return false;
+    if (offsets.some((at, k) => !fits(at, counts[k] ?? 0))) return false;
+  }
+  return true;
+}
+
+/** Whether the file stops before the end its own structure declares. */
 export function isTruncated(bytes: Uint8Array, format: string): boolean {
   switch (format) {
     case "jpeg":
@@ -63,6 +111,8 @@ export function isTruncated(bytes: Uint8Array, format: string): boolean {
     case "heif":
     case "avif":
       return !isoComplete(bytes);
+    case "tiff":
+      return !tiffComplete(bytes);
     default:
       return false;
   }

@@ -708,6 +708,28 @@ describe("edge formats: converted right or refused in words", () => {
     expect((await convertPhoto(tiff(preview), DEFAULT_IMAGE_LIMITS)).width).toBe(128);
   });
 
+  it("says a TIFF cut short is incomplete, as for every other format", async () => {
+    // libtiff writes the directory after the pixels (a cut loses it); ours writes it first (a cut loses
+    // the strip's end). Both are the upload cut short, not a damaged file.
+    const libtiff = await sharp(COFFEE).resize(120, 80).tiff({ compression: "lzw" }).toBuffer();
+    const ours = tiff({
+      width: 64,
+      height: 64,
+      bits: [8, 8, 8],
+      photometric: 2,
+      data: pixels(64 * 64, () => [1, 2, 3]),
+    });
+    for (const [name, bytes] of [
+      ["libtiff", libtiff],
+      ["directory first", ours],
+    ] as const) {
+      for (const fraction of [0.3, 0.9]) {
+        const error = await refusal(convertPhoto(truncated(bytes, fraction), DEFAULT_IMAGE_LIMITS));
+        expect(error?.message, `${name} cut at ${fraction}`).toBe(FAILURE_TEXTS.truncated);
+      }
+    }
+  });
+
   it("refuses a TIFF with extra channels (Photoshop's saved selections) in words, not as damaged", async () => {
     // RGB, its alpha, and one more channel: the conversion to sRGB cannot take the fifth band.
     const extra = tiff({
