@@ -92,7 +92,11 @@ export function sniffKind(bytes: Uint8Array): FileKind {
     .decode(bytes.subarray(0, 512))
     .replace(/^\uFEFF/, "")
     .trimStart();
-  if (/^<(\?xml|svg|!DOCTYPE svg)/i.test(text) && /<svg/i.test(text)) return { described: "an SVG image" };
+  // Illustrator and Inkscape put a comment before the <svg> element; a saved web page may begin with one.
+  if (/^<(\?xml|svg|!DOCTYPE svg|!--)/i.test(text) && /<svg/i.test(text))
+    return { described: "an SVG image" };
+  if (/^(<!--[\s\S]*?-->\s*)?<(!DOCTYPE html|html|head|body)[\s>]/i.test(text))
+    return { described: "a web page (HTML)" };
   if (bytes.byteLength > 0 && /^[\t\n\r\x20-\x7e\u00a0-\uffff]*$/.test(text) && !text.includes("\ufffd"))
     return { described: "a text file" };
   return { described: "a file of an unknown kind" };
@@ -127,6 +131,7 @@ const MEDIA_TYPES: Readonly<Record<string, string>> = {
   "image/bmp": "a BMP image",
   "image/x-ms-bmp": "a BMP image",
   "image/svg+xml": "an SVG image",
+  "text/html": "a web page (HTML)",
   "image/x-icon": "an icon file",
   "image/vnd.microsoft.icon": "an icon file",
   "image/vnd.adobe.photoshop": "a Photoshop document (PSD)",

@@ -730,6 +730,21 @@ describe("edge formats: converted right or refused in words", () => {
     }
   });
 
+  it("names an SVG that starts with a comment, and an HTML page, for what they are", async () => {
+    const said = async (text: string) =>
+      (await refusal(convertPhoto(new TextEncoder().encode(text), DEFAULT_IMAGE_LIMITS)))?.message;
+    const send = "send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.";
+    expect(
+      await said('<!-- Generator: Adobe Illustrator --><svg xmlns="http://www.w3.org/2000/svg" width="9"/>'),
+    ).toBe(`That file is an SVG image; ${send}`);
+    expect(await said("<!DOCTYPE html>\n<html><body><img src=cat.jpg></body></html>")).toBe(
+      `That file is a web page (HTML); ${send}`,
+    );
+    expect(await said("<html lang=en><head><title>cat</title></head></html>")).toBe(
+      `That file is a web page (HTML); ${send}`,
+    );
+  });
+
   it("refuses a TIFF with extra channels (Photoshop's saved selections) in words, not as damaged", async () => {
     // RGB, its alpha, and one more channel: the conversion to sRGB cannot take the fifth band.
     const extra = tiff({
