@@ -125,6 +125,9 @@ export async function probeImage(
   if (bytes.byteLength > limits.maxBytes) {
     throw new ImageInputError(`The image is ${mib(bytes.byteLength)}; the limit is ${mib(limits.maxBytes)}.`);
   }
+  // An upload that arrived empty (a failed upload, a placeholder file): not "an image I cannot read".
+  if (bytes.byteLength === 0)
+    throw new ImageInputError("That file is empty (0 bytes); send the photo again.");
   const accepted = formatList(limits.formats);
   const kind = sniffKind(bytes);
   if (!kind.format || !limits.formats.includes(kind.format)) {

@@ -228,6 +228,7 @@ describe("messages: the sender's words, never the decoder's", () => {
     FAILURE_TEXTS.truncated,
     FAILURE_TEXTS.damaged,
     /^That file is (not an image I can read|an? [A-Za-z0-9 ()]+); send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image\.$/,
+    "That file is empty (0 bytes); send the photo again.",
     /^The image is \d+×\d+; each side must be at least \d+ pixels\.$/,
     /^The image is \d+×\d+; the largest side allowed is \d+ pixels\.$/,
     /^The image is \d+×\d+, [\d.]+ megapixels; the limit is [\d.]+ megapixels\.$/,
@@ -332,6 +333,7 @@ describe("messages: the sender's words, never the decoder's", () => {
     }
     expect(refused).toBeGreaterThan(files.length * 0.8);
     const said = Object.fromEntries(answers.map(([name, error]) => [name, error?.message]));
+    expect(said.empty).toBe("That file is empty (0 bytes); send the photo again.");
     expect(said["png cut at 0.6"]).toBe(FAILURE_TEXTS.truncated);
     expect(said["heic cut at 0.8"]).toBe(FAILURE_TEXTS.truncated);
     expect(said["progressive jpeg cut at 0.6"]).toBe(FAILURE_TEXTS.truncated);
