@@ -13,7 +13,7 @@ import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import { formatBytes } from "../queue/blobs.js";
 import { checkPhotoShape } from "../spec/shape.js";
-import { COLOUR_SPACES, type ImageLimits } from "../spec/upload.js";
+import { COLOUR_SPACES, describeColourSpace, type ImageLimits } from "../spec/upload.js";
 import type { ChatAdapter, IncomingAttachment } from "./chat.js";
 
 /** MIME types by the format names the image loader accepts. */
@@ -78,7 +78,7 @@ export async function fetchImage(
     const { bytes: photo, probe } = await decoderPool().convert(bytes, limits, sender);
     if (!COLOUR_SPACES.has(probe.space)) {
       throw new ImageInputError(
-        `The image uses the ${probe.space} colour space; send an sRGB, greyscale or CMYK image.`,
+        `The image uses ${describeColourSpace(probe.space)}; send an sRGB, greyscale or CMYK image.`,
       );
     }
     // The working-size rule's limits (aspect ratio), before any job waits in line.

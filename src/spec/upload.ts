@@ -54,6 +54,26 @@ export const COLOUR_SPACES: ReadonlySet<string> = new Set([
   "scrgb",
 ]);
 
+/** The colour spaces outside COLOUR_SPACES by the names people know them by, not libvips' ("labs"). */
+const SPACE_NAMES: Readonly<Record<string, string>> = {
+  lab: "CIELAB",
+  labq: "CIELAB",
+  labs: "CIELAB",
+  lch: "CIE LCh",
+  cmc: "CMC",
+  xyz: "CIE XYZ",
+  yxy: "CIE Yxy",
+  hsv: "HSV",
+  oklab: "Oklab",
+  oklch: "Oklch",
+};
+
+/** "the CIELAB colour space" for libvips' "labs"; "an unknown colour space" for what has no name. */
+export function describeColourSpace(space: string): string {
+  const name = SPACE_NAMES[space];
+  return name ? `the ${name} colour space` : "an unknown colour space";
+}
+
 /** Uploads of one sender checked at once (waiting included): the photos of one /swap (source + 5 references). */
 export const MAX_CHECKS_PER_SENDER = 1 + MAX_REFERENCES;
 

@@ -78,7 +78,7 @@ describe("fetchImage", () => {
       .toBuffer();
     expect((await sharp(lab).metadata()).space).toBe("lab");
     await expect(fetch("lab.tif", lab)).rejects.toThrow(
-      /^`image` \(lab\.tif\) uses the lab\w* colour space; send an sRGB, greyscale or CMYK image$/,
+      "`image` (lab.tif) uses the CIELAB colour space; send an sRGB, greyscale or CMYK image",
     );
     const truncated = PHOTO.subarray(0, Math.floor(PHOTO.byteLength / 2));
     await expect(fetch("cut.png", truncated)).rejects.toThrow(
