@@ -19,7 +19,7 @@ import { type Box, type ModelShape, type Size, type WorkingShape, workingShape }
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from "../spec/upload.js";
 import { failureText } from "./intake/failures.js";
 import { decodeHeif, rgbaTiff } from "./intake/heif.js";
-import { jpegStructure } from "./intake/jpeg.js";
+import { jpegStructure, mayLackOnlyEoi } from "./intake/jpeg.js";
 import { apngFrames, formatList, sniffKind } from "./intake/kinds.js";
 
 /** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
@@ -223,7 +223,18 @@ export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: 
   }
   // HEIF: no page, so libvips loads the primary image rather than the first one in the file.
   const frame = probe.format === "heif" || probe.format === "avif" ? {} : { page: 0, pages: 1 };
-  return sharp(bytes, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+  // A JPEG without its end marker: with one appended, a whole picture decodes without a warning and a
+  // cut one still warns of a premature end (refused as incomplete, judged on the bytes as sent).
+  const input = probe.format === "jpeg" && mayLackOnlyEoi(bytes) ? withEoi(bytes) : bytes;
+  return sharp(input, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+}
+
+/** `jpeg` with an end-of-image marker appended. */
+function withEoi(jpeg: Uint8Array): Uint8Array {
+  const out = new Uint8Array(jpeg.byteLength + 2);
+  out.set(jpeg);
+  out.set([0xff, 0xd9], jpeg.byteLength);
+  return out;
 }
 
 /** Runs `pipeline` (the end of a decode); a decoder failure becomes the sender's reason, its text the detail. */

@@ -59,3 +59,30 @@ export function jpegStructure(bytes: Uint8Array): JpegStructure {
   }
   return out;
 }
+
+/** Sequential (not progressive, lossless or hierarchical) frames: baseline, extended, arithmetic. */
+const SEQUENTIAL = [0xc0, 0xc1, 0xc9];
+
+/**
+ * Whether `bytes` may be a whole JPEG that lacks only its end-of-image marker (some cameras and apps
+ * leave it off): a sequential frame whose one scan covers every component, and no EOI. The markers
+ * cannot tell whether that scan's data is whole; the decoder can, once EOI is appended: if data is
+ * missing it warns of a premature end. Progressive and multi-scan files are left out, since one cut
+ * between two scans is a valid picture with fewer scans (blurrier, or missing a colour).
+ */
+export function mayLackOnlyEoi(bytes: Uint8Array): boolean {
+  const { scans, complete, frame } = jpegStructure(bytes);
+  if (complete || scans !== 1 || frame === undefined || !SEQUENTIAL.includes(frame)) return false;
+  // The component counts of the frame (SOF: precision, height, width, count) and of its scan (SOS).
+  let [frameComponents, scanComponents] = [-1, -2];
+  for (let i = 2; i + 4 < bytes.byteLength && bytes[i] === 0xff; ) {
+    const marker = bytes[i + 1] as number;
+    if (marker === frame) frameComponents = bytes[i + 9] ?? -1;
+    if (marker === SOS) {
+      scanComponents = bytes[i + 4] as number;
+      break;
+    }
+    i += 2 + (((bytes[i + 2] as number) << 8) | (bytes[i + 3] as number));
+  }
+  return frameComponents === scanComponents;
+}

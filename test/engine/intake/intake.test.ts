@@ -710,6 +710,27 @@ describe("edge formats: converted right or refused in words", () => {
     expect((await convertPhoto(tiff(preview), DEFAULT_IMAGE_LIMITS)).width).toBe(128);
   });
 
+  it("accepts a whole JPEG that lacks only its end marker; a progressive one cut between scans stays incomplete", async () => {
+    // Some cameras and apps leave off the final EOI: every pixel is there (browsers show it), but the
+    // decoder warns of a premature end. Cut mid-data, the same file is still incomplete.
+    const jpeg = await sharp(COFFEE).jpeg({ quality: 90 }).toBuffer();
+    const withoutEoi = jpeg.subarray(0, jpeg.byteLength - 2);
+    const photo = await convertPhoto(withoutEoi, DEFAULT_IMAGE_LIMITS);
+    const whole = await convertPhoto(jpeg, DEFAULT_IMAGE_LIMITS);
+    expect(Buffer.compare((await rgb(photo.bytes)).data, (await rgb(whole.bytes)).data)).toBe(0);
+    expect((await refusal(convertPhoto(truncated(jpeg, 0.999), DEFAULT_IMAGE_LIMITS)))?.message).toBe(
+      FAILURE_TEXTS.truncated,
+    );
+    // A progressive JPEG cut right before its third scan is a valid, blurrier picture with an end
+    // marker added: it must not be taken for a whole one.
+    const progressive = await sharp(COFFEE).jpeg({ quality: 90, progressive: true }).toBuffer();
+    const scans = [...progressive.keys()].filter(
+      (i) => progressive[i] === 0xff && progressive[i + 1] === 0xda,
+    );
+    const cut = new Uint8Array(progressive.subarray(0, scans[2]));
+    expect((await refusal(convertPhoto(cut, DEFAULT_IMAGE_LIMITS)))?.message).toBe(FAILURE_TEXTS.truncated);
+  });
+
   it("says a TIFF cut short is incomplete, as for every other format", async () => {
     // libtiff writes the directory after the pixels (a cut loses it); ours writes it first (a cut loses
     // the strip's end). Both are the upload cut short, not a damaged file.
