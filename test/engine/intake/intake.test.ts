@@ -1,6 +1,7 @@
 // The intake (src/engine/intake): uploads checked and converted in decoder processes with a deadline.
-// Every hostile or broken file is generated here (src/cli/bench/hostile-images.ts); the one committed
-// sample is the HEVC HEIC, which nothing on npm can encode (test/fixtures/images/README.md).
+// Every hostile, broken or unusual file is generated here (src/cli/bench/hostile-images.ts,
+// support/edge-images.ts); the one committed sample is the HEVC HEIC, which nothing on npm can encode
+// (test/fixtures/images/README.md).
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import sharp from "sharp";

@@ -1,6 +1,6 @@
 // Legal images at the edges of what photo tools write, built byte by byte because sharp cannot write
-// them: TIFFs of any sample layout (float, 32-bit, extra channels), animated PNGs, and Adobe CMYK and
-// YCCK JPEGs.
+// them: TIFFs of any sample layout (float, 32-bit, extra channels) and camera raws' TIFF headers,
+// animated PNGs, Adobe CMYK and YCCK JPEGs, and ICC profiles added to a PNG or a HEIF file.
 import { crc32, deflateSync } from "node:zlib";
 
 export interface TiffSpec {
