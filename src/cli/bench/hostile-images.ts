@@ -2,12 +2,12 @@
 // committed.
 
 /** A JPEG marker segment: 0xff, marker, a 2-byte length, the body. */
-function segment(marker: number, body: number[]): Uint8Array {
+export function segment(marker: number, body: number[]): Uint8Array {
   return Uint8Array.from([0xff, marker, (body.length + 2) >> 8, (body.length + 2) & 0xff, ...body]);
 }
 
 /** Huffman-coded bits, MSB first, with JPEG's byte stuffing (0xff → 0xff 0x00) and 1-bit padding. */
-class BitWriter {
+export class BitWriter {
   private readonly bytes: number[] = [];
   private acc = 0;
   private n = 0;

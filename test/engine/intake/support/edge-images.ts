@@ -2,6 +2,7 @@
 // them: TIFFs of any sample layout (float, 32-bit, extra channels) and camera raws' TIFF headers,
 // animated PNGs, Adobe CMYK and YCCK JPEGs, and ICC profiles added to a PNG or a HEIF file.
 import { crc32, deflateSync } from "node:zlib";
+import { BitWriter, segment } from "../../../../src/cli/bench/hostile-images.js";
 
 export interface TiffSpec {
   width: number;
@@ -169,35 +170,6 @@ export function apng(frames: Uint8Array[]): Uint8Array {
   return new Uint8Array(Buffer.concat(parts));
 }
 
-/** Huffman-coded bits, MSB first, with JPEG's byte stuffing and 1-bit padding. */
-class Bits {
-  readonly bytes: number[] = [];
-  private acc = 0;
-  private n = 0;
-  put(code: number, length: number): void {
-    for (let i = length - 1; i >= 0; i--) {
-      this.acc = (this.acc << 1) | ((code >> i) & 1);
-      if (++this.n === 8) {
-        this.bytes.push(this.acc);
-        if (this.acc === 0xff) this.bytes.push(0);
-        [this.acc, this.n] = [0, 0];
-      }
-    }
-  }
-  end(): number[] {
-    if (this.n > 0) this.put((1 << (8 - this.n)) - 1, 8 - this.n);
-    return this.bytes;
-  }
-}
-
-const segment = (marker: number, body: number[]) => [
-  0xff,
-  marker,
-  (body.length + 2) >> 8,
-  (body.length + 2) & 255,
-  ...body,
-];
-
 /**
  * A baseline 4-component JPEG as Photoshop writes CMYK: an Adobe APP14 segment, the samples stored
  * inverted (255 − ink), and with `transform` 2 coded as YCCK (the inverted C, M, Y as YCbCr; K as is).
@@ -238,7 +210,7 @@ export function adobeCmykJpeg(
   );
   out.push(...segment(0xc4, [0x10, 1, ...new Array(15).fill(0), 0x00]));
   out.push(...segment(0xda, [4, ...[1, 2, 3, 4].flatMap((c) => [c, 0x00]), 0, 63, 0]));
-  const bits = new Bits();
+  const bits = new BitWriter();
   const previous = [0, 0, 0, 0];
   for (let by = 0; by < blocksHigh; by++) {
     for (let bx = 0; bx < blocksWide; bx++) {
