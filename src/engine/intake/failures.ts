@@ -4,6 +4,7 @@
 // concurrent decodes its text can belong to another upload, and words like "vipspng: libpng read
 // error" help nobody. The decoder's text goes to the log only (ImageInputError.detail).
 import { jpegStructure } from "./jpeg.js";
+import { firstDirectory } from "./tiff.js";
 
 export const FAILURE_TEXTS = {
   truncated:
@@ -54,45 +55,20 @@ function isoComplete(b: Uint8Array): boolean {
  * writes the directory after the pixels, so a file cut short often has none left at all.
  */
 function tiffComplete(b: Uint8Array): boolean {
-  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const little = b[0] === 0x49;
-  const fits = (at: number, length: number) => at + length <= b.byteLength;
-  if (!fits(0, 8)) return false;
-  const ifd = view.getUint32(4, little);
-  if (!fits(ifd, 2)) return false;
-  const entries = view.getUint16(ifd, little);
-  if (!fits(ifd, 2 + 12 * entries)) return false;
-  /** A SHORT or LONG array tag's values; undefined when they lie outside the file. */
-  const values = new Map<number, number[] | undefined>();
-  for (let i = 0; i < entries; i++) {
-    const at = ifd + 2 + 12 * i;
-    const [tag, type, count] = [
-      view.getUint16(at, little),
-      view.getUint16(at + 2, little),
-      view.getUint32(at + 4, little),
-    ];
-    if (![273, 279, 324, 325].includes(tag) || (type !== 3 && type !== 4)) continue;
-    const size = type === 3 ? 2 : 4;
-    const from = count * size <= 4 ? at + 8 : view.getUint32(at + 8, little);
-    if (!fits(from, count * size)) {
-      values.set(tag, undefined);
-      continue;
-    }
-    const read = (k: number) =>
-      size === 2 ? view.getUint16(from + 2 * k, little) : view.getUint32(from + 4 * k, little);
-    values.set(
-      tag,
-      Array.from({ length: count }, (_, k) => read(k)),
-    );
-  }
+  const dir = firstDirectory(b);
+  if (!dir.whole) return false;
+  // StripOffsets with StripByteCounts, TileOffsets with TileByteCounts (SHORT or LONG arrays).
+  const arrays = new Map(dir.entries.filter((e) => e.type === 3 || e.type === 4).map((e) => [e.tag, e]));
   for (const [offsetsTag, countsTag] of [
     [273, 279],
     [324, 325],
   ] as const) {
-    if (!values.has(offsetsTag)) continue;
-    const [offsets, counts] = [values.get(offsetsTag), values.get(countsTag)];
+    const offsetsEntry = arrays.get(offsetsTag);
+    if (!offsetsEntry) continue;
+    const countsEntry = arrays.get(countsTag);
+    const [offsets, counts] = [dir.values(offsetsEntry), countsEntry && dir.values(countsEntry)];
     if (!offsets || !counts) return false;
-    if (offsets.some((at, k) => !fits(at, counts[k] ?? 0))) return false;
+    if (offsets.some((at, k) => at + (counts[k] ?? 0) > b.byteLength)) return false;
   }
   return true;
 }

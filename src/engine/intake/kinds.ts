@@ -2,6 +2,7 @@
 // to the person who sent it ("a BMP image", "an MP4 video"). The loader hands bytes to libvips only
 // when they start like a format we accept: libvips picks its loader from the same bytes, so nothing
 // else it can read (SVG, PDF, matrix and CSV files, FITS…) is ever reached through an upload.
+import { firstDirectory } from "./tiff.js";
 
 /** Accepted formats, as sharp names them (ImageLimits.formats), with the name people know them by. */
 export const FORMAT_NAMES: Readonly<Record<string, string>> = {
@@ -45,20 +46,11 @@ function isoKind(brand: string): FileKind {
  */
 function tiffKind(bytes: Uint8Array): FileKind {
   if (ascii(bytes, 8, 11) === "CR\x02") return { described: "a Canon raw photo (CR2)" };
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const little = bytes[0] === 0x49;
-  const ifd = bytes.byteLength >= 8 ? view.getUint32(4, little) : 0;
-  const entries = ifd + 2 <= bytes.byteLength ? view.getUint16(ifd, little) : 0;
-  let preview = false;
-  for (let i = 0; i < entries && ifd + 2 + 12 * (i + 1) <= bytes.byteLength; i++) {
-    const at = ifd + 2 + 12 * i;
-    const tag = view.getUint16(at, little);
-    if (tag === 50706) return { described: "a DNG raw photo" };
-    // NewSubFileType is a LONG (SHORT in old files): big-endian, the short's value is the first 2 bytes.
-    const value =
-      view.getUint16(at + 2, little) === 3 ? view.getUint16(at + 8, little) : view.getUint32(at + 8, little);
-    if (tag === 254 && (value & 1) === 1) preview = true;
-  }
+  const dir = firstDirectory(bytes);
+  if (dir.entries.some((e) => e.tag === 50706)) return { described: "a DNG raw photo" };
+  // NewSubFileType (a LONG, a SHORT in old files), bit 0: a reduced-resolution copy.
+  const subfile = dir.entries.find((e) => e.tag === 254);
+  const preview = subfile !== undefined && ((dir.values(subfile)?.[0] ?? 0) & 1) === 1;
   return preview ? { described: "a camera raw photo" } : { format: "tiff", described: "a TIFF image" };
 }
 
