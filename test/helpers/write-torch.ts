@@ -10,7 +10,7 @@ import { crc32 } from "node:zlib";
 import { openSafetensors } from "../../src/engine/models/safetensors.js";
 
 export interface TorchTestTensor {
-  dtype: "F32" | "F16" | "BF16" | "F64" | "I64" | "I32" | "BOOL";
+  dtype: "F32" | "F16" | "BF16" | "F64" | "F8_E4M3" | "F8_E5M2" | "I64" | "I32" | "BOOL";
   shape: number[];
   data: Uint8Array;
   /** Overrides for broken files: the element offset, strides and storage size the pickle declares. */
@@ -24,6 +24,8 @@ const STORAGE: Record<TorchTestTensor["dtype"], [type: string, itemSize: number]
   F16: ["HalfStorage", 2],
   BF16: ["BFloat16Storage", 2],
   F64: ["DoubleStorage", 8],
+  F8_E4M3: ["Float8_e4m3fnStorage", 1],
+  F8_E5M2: ["Float8_e5m2Storage", 1],
   I64: ["LongStorage", 8],
   I32: ["IntStorage", 4],
   BOOL: ["BoolStorage", 1],

@@ -102,6 +102,41 @@ export function bf16ToF32(bits: Uint16Array): Float32Array {
   return new Float32Array(out.buffer);
 }
 
+/**
+ * The 256 values of an 8-bit float with `exponentBits` exponent bits (bias 2^(e−1) − 1), the rest
+ * mantissa: E4M3 as torch's float8_e4m3fn (no infinities; S.1111.111 is NaN, so its largest value is
+ * 448), E5M2 as IEEE (float16's upper byte: infinities and NaNs at the top exponent).
+ */
+function fp8Table(exponentBits: 4 | 5): Float32Array {
+  const mantissaBits = 7 - exponentBits;
+  const bias = 2 ** (exponentBits - 1) - 1;
+  const top = 2 ** exponentBits - 1;
+  const table = new Float32Array(256);
+  for (let b = 0; b < 256; b++) {
+    const sign = b & 0x80 ? -1 : 1;
+    const exp = (b >> mantissaBits) & top;
+    const frac = b & ((1 << mantissaBits) - 1);
+    const scale = 2 ** mantissaBits;
+    if (exponentBits === 4 && exp === top && frac === (1 << mantissaBits) - 1) table[b] = Number.NaN;
+    else if (exponentBits === 5 && exp === top)
+      table[b] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+    else if (exp === 0) table[b] = sign * (frac / scale) * 2 ** (1 - bias);
+    else table[b] = sign * (1 + frac / scale) * 2 ** (exp - bias);
+  }
+  return table;
+}
+
+const fp8Tables: Partial<Record<"E4M3" | "E5M2", Float32Array>> = {};
+
+/** 8-bit floats (safetensors' F8_E4M3 / F8_E5M2, torch's float8_e4m3fn / float8_e5m2) → float32, exactly. */
+export function fp8ToF32(bytes: Uint8Array, format: "E4M3" | "E5M2"): Float32Array {
+  fp8Tables[format] ??= fp8Table(format === "E4M3" ? 4 : 5);
+  const table = fp8Tables[format];
+  const out = new Float32Array(bytes.length);
+  for (let i = 0; i < bytes.length; i++) out[i] = table[bytes[i] as number] as number;
+  return out;
+}
+
 /** float32 → fp16 bits with round-to-nearest-even, overflow to ±Inf, subnormals kept (as numpy/torch do). */
 export function f32ToF16(values: Float32Array): Uint16Array {
   const u32 = new Uint32Array(values.buffer, values.byteOffset, values.length);

@@ -5,7 +5,7 @@
  */
 import { closeSync, openSync, readSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { bf16ToF32, f16ToF32 } from "../graph/dtype.js";
+import { bf16ToF32, f16ToF32, fp8ToF32 } from "../graph/dtype.js";
 import { viewAs } from "./dtype.js";
 import { ModelFileError } from "./errors.js";
 import { readModelJson } from "./files.js";
@@ -64,7 +64,7 @@ export interface TensorFile {
   readonly tensors: ReadonlyMap<string, TensorEntry>;
   /** The tensor's raw little-endian bytes, read from disk now (not cached). */
   read(name: string): Uint8Array;
-  /** The tensor as float32, converting F16/BF16/F64; refuses integer tensors. */
+  /** The tensor as float32, converting F16/BF16/F64/FP8; refuses integer tensors. */
   readFloat32(name: string): Float32Array;
 }
 
@@ -98,7 +98,7 @@ export function tensorFile(
   };
 }
 
-/** Raw bytes of a floating-point tensor → float32. Integer and fp8 tensors are refused by name. */
+/** Raw bytes of a floating-point tensor → float32. Integer tensors are refused by name. */
 export function bytesToFloat32(
   bytes: Uint8Array,
   dtype: TensorDType,
@@ -114,10 +114,15 @@ export function bytesToFloat32(
       return bf16ToF32(viewAs(bytes, Uint16Array));
     case "F64":
       return Float32Array.from(viewAs(bytes, Float64Array));
+    // fp8 checkpoints (weights stored in 8 bits to halve a file): every value is exact in float32.
+    case "F8_E4M3":
+      return fp8ToF32(bytes, "E4M3");
+    case "F8_E5M2":
+      return fp8ToF32(bytes, "E5M2");
     default:
       throw new ModelFileError(
         file,
-        `tensor "${name}" has dtype ${dtype}, expected a floating-point tensor (F32, F16, BF16)`,
+        `tensor "${name}" has dtype ${dtype}, expected a floating-point tensor (F32, F16, BF16, F64, F8_E4M3, F8_E5M2)`,
       );
   }
 }

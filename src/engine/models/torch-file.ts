@@ -35,6 +35,8 @@ const STORAGE_DTYPES: Readonly<Record<string, TensorDType>> = {
   FloatStorage: "F32",
   HalfStorage: "F16",
   BFloat16Storage: "BF16",
+  Float8_e4m3fnStorage: "F8_E4M3",
+  Float8_e5m2Storage: "F8_E5M2",
   DoubleStorage: "F64",
   LongStorage: "I64",
   IntStorage: "I32",

@@ -43,7 +43,7 @@ const NATIVE: Partial<Record<TensorDType, WeightDType>> = {
   I32: "int32",
   BOOL: "bool",
 };
-const FLOATS: ReadonlySet<TensorDType> = new Set(["F32", "F16", "BF16", "F64"]);
+const FLOATS: ReadonlySet<TensorDType> = new Set(["F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2"]);
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
@@ -82,7 +82,7 @@ export function weightStore(st: TensorFile): WeightStore {
     data(name, request) {
       const i = checked(name, request);
       const target: WeightDType | undefined =
-        request?.dtype ?? (i.dtype === "BF16" ? "float32" : NATIVE[i.dtype]);
+        request?.dtype ?? NATIVE[i.dtype] ?? (FLOATS.has(i.dtype) ? "float32" : undefined);
       if (!target)
         throw new ModelFileError(
           i.file,

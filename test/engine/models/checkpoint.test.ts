@@ -1,6 +1,9 @@
 import { cpSync, readFileSync, renameSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { goldenUnetArgs } from "../../../src/cli/bench/golden.js";
+import { fp8ToF32 } from "../../../src/engine/graph/dtype.js";
+import { StableDiffusion } from "../../../src/engine/index.js";
 import {
   checkpointFingerprint,
   findWeightsFile,
@@ -13,11 +16,12 @@ import {
   VaeConfigSchema,
 } from "../../../src/engine/models/config.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
+import { weightStore } from "../../../src/engine/models/weights.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
 import { expectSameTensors, modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { SD15, SD21 } from "../../helpers/sd-hub-configs.js";
 import { writeSafetensors } from "../../helpers/write-safetensors.js";
-import { writeTorchCopy } from "../../helpers/write-torch.js";
+import { type TorchTestTensor, writeTorchCopy, writeTorchFile } from "../../helpers/write-torch.js";
 
 const copy = scratchCopies("checkpoint-test-");
 const SD1 = "test/fixtures/models/sd1/model";
@@ -288,6 +292,81 @@ describe("config validation", () => {
 });
 
 describe("weight files", () => {
+  /** The sd1 fixture with its UNet's weights rounded to `format` and stored by `write` (nearest value, ties up). */
+  function fp8Unet(
+    format: "E4M3" | "E5M2",
+    write: (file: string, tensors: Record<string, TorchTestTensor>) => void,
+  ) {
+    const dir = copySd1();
+    const file = join(dir, "unet/diffusion_pytorch_model.safetensors");
+    const store = weightStore(openSafetensors(file));
+    const codes = Uint8Array.from({ length: 127 }, (_, b) => b); // the positive finite codes, ascending
+    const values = fp8ToF32(codes, format).filter(Number.isFinite);
+    const nearest = (v: number) => {
+      let i = 0;
+      while (i + 1 < values.length && (values[i + 1] as number) <= Math.abs(v)) i++;
+      const up =
+        i + 1 < values.length &&
+        (values[i + 1] as number) - Math.abs(v) <= Math.abs(v) - (values[i] as number);
+      return (up ? i + 1 : i) | (v < 0 ? 0x80 : 0);
+    };
+    const tensors: Record<string, TorchTestTensor> = {};
+    for (const name of store.names()) {
+      const { shape } = store.info(name);
+      tensors[name] = {
+        dtype: `F8_${format}`,
+        shape: [...shape],
+        data: Uint8Array.from(store.float32(name), nearest),
+      };
+    }
+    rmSync(file);
+    write(dir, tensors);
+    return dir;
+  }
+
+  it("loads a UNet stored in fp8 (F8_E4M3, F8_E5M2; safetensors or a torch pickle) as exactly its values in float32", async () => {
+    const g = loadGolden("test/fixtures/models/sd1");
+    const safetensors = (dir: string, t: Record<string, TorchTestTensor>) =>
+      writeSafetensors(join(dir, "unet/diffusion_pytorch_model.safetensors"), t);
+    const pickle = (dir: string, t: Record<string, TorchTestTensor>) =>
+      writeTorchFile(join(dir, "unet/diffusion_pytorch_model.bin"), t);
+    for (const [format, write] of [
+      ["E4M3", safetensors],
+      ["E5M2", safetensors],
+      ["E4M3", pickle],
+    ] as const) {
+      const dir = fp8Unet(format, write);
+      // The same checkpoint with the decoded values written as float32: what the fp8 one must compute.
+      const reference = copySd1();
+      const decoded = openCheckpoint(dir).unet.weights;
+      writeSafetensors(
+        join(reference, "unet/diffusion_pytorch_model.safetensors"),
+        Object.fromEntries(
+          decoded.names().map((n) => {
+            const values = decoded.float32(n);
+            expect(decoded.info(n).dtype).toBe(`F8_${format}`);
+            return [
+              n,
+              { dtype: "F32", shape: [...decoded.info(n).shape], data: new Uint8Array(values.buffer) },
+            ];
+          }),
+        ),
+      );
+      const outputs: Float32Array[] = [];
+      for (const model of [dir, reference]) {
+        const sd = await StableDiffusion.load(model, { device: "cpu", dtype: "fp32" });
+        try {
+          outputs.push(await sd.predictNoise(...goldenUnetArgs(g)));
+        } finally {
+          await sd.release();
+        }
+      }
+      const [fp8, f32] = outputs as [Float32Array, Float32Array];
+      expect(fp8.every(Number.isFinite)).toBe(true);
+      expect(Buffer.compare(Buffer.from(fp8.buffer), Buffer.from(f32.buffer))).toBe(0);
+    }
+  });
+
   it("prefers the asked-for variant, falls back to plain files, and refuses pickles diffusers does not load", () => {
     const dir = copySd1();
     const unet = join(dir, "unet");

@@ -2,7 +2,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFil
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { bf16ToF32, f16ToF32, f32ToF16 } from "../../../src/engine/graph/dtype.js";
+import { bf16ToF32, f16ToF32, f32ToF16, fp8ToF32 } from "../../../src/engine/graph/dtype.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
@@ -54,6 +54,25 @@ describe("half-precision conversion", () => {
 
   it("decodes bf16 as the top half of a float32", () => {
     expect(Array.from(bf16ToF32(new Uint16Array([0x3f80, 0xc040, 0x0000])))).toEqual([1, -3, 0]);
+  });
+
+  it("decodes every fp8 byte exactly: E4M3 as torch's float8_e4m3fn, E5M2 as float16's upper byte", () => {
+    const all = Uint8Array.from({ length: 256 }, (_, b) => b);
+    // E5M2 is IEEE half precision with its low 8 mantissa bits dropped.
+    expect(Array.from(fp8ToF32(all, "E5M2"))).toEqual(
+      Array.from(f16ToF32(Uint16Array.from(all, (b) => b << 8))),
+    );
+    // E4M3 (bias 7, 3 mantissa bits, no infinities): zero, one, two, 1.875, the largest (448), the
+    // smallest subnormal (2^-9) and normal (2^-6), a negative, and S.1111.111 as NaN.
+    const e4m3 = fp8ToF32(
+      Uint8Array.from([0x00, 0x80, 0x38, 0x40, 0x3f, 0x7e, 0x01, 0x08, 0xfe, 0x7f, 0xff]),
+      "E4M3",
+    );
+    expect(Array.from(e4m3.subarray(0, 9))).toEqual([0, -0, 1, 2, 1.875, 448, 2 ** -9, 2 ** -6, -448]);
+    expect(Number.isNaN(e4m3[9]) && Number.isNaN(e4m3[10])).toBe(true);
+    // The 127 positive finite values increase strictly: no code is decoded twice or out of order.
+    const positive = Array.from(fp8ToF32(all.subarray(0, 127), "E4M3"));
+    expect(positive.every((v, i) => i === 0 || v > (positive[i - 1] as number))).toBe(true);
   });
 });
 
