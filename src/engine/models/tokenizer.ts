@@ -97,9 +97,16 @@ export class ClipTokenizer {
     // transformers splits added tokens out of the text before BPE, each as its own id ("a <cat-toy> toy"
     // → a, <cat-toy>, toy). tokenizers matches added tokens that are `normalized` (its default for
     // non-special ones) against the normalized text, so their content is normalized the same way here;
-    // longest first, as its leftmost-longest matching.
-    this.wholeIds.set(normalize(specials.bos), this.bosId);
-    this.wholeIds.set(normalize(specials.eos), this.eosId);
+    // longest first, as its leftmost-longest matching. Every special token is such an added token, the
+    // pad token included: SD 2.x's pad "!" is split out of a prompt too, so "a cat!!" ends in two ids 0
+    // where BPE alone gives "!!</w>" (diffusers issue 4153 shows it).
+    for (const [token, tokenId] of [
+      [specials.bos, this.bosId],
+      [specials.eos, this.eosId],
+      [specials.pad, this.padId],
+      [specials.unk, this.unkId],
+    ] as const)
+      this.wholeIds.set(normalize(token), tokenId);
     for (const [token, tokenId] of specials.added)
       if (token !== "") this.wholeIds.set(normalize(token), tokenId);
     const escaped = [...this.wholeIds.keys()]

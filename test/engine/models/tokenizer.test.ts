@@ -87,6 +87,18 @@ describe("special tokens from tokenizer_config.json and special_tokens_map.json"
     expect(ids).toEqual(ClipTokenizer.fromFolder(SD2_TOKENIZER).encode("a photo of a cat").ids);
   });
 
+  it("splits SD 2.x's pad token '!' out of a prompt as transformers splits every special token", () => {
+    const sd2 = ClipTokenizer.fromFolder(SD2_TOKENIZER);
+    const sd1 = ClipTokenizer.fromFolder(SD1_TOKENIZER);
+    // diffusers issue 4153: "! !! !!!" through SD 2's CLIPTokenizer is six ids 0 between bos and eos.
+    expect(sd2.encode("! !! !!!").ids.slice(0, 9)).toEqual([49406, 0, 0, 0, 0, 0, 0, 49407, 0]);
+    // "!" alone is "!</w>" (256) to BPE, the pad token (0) to SD 2's tokenizer; SD 1 pads with
+    // <|endoftext|> and so tokenizes it by BPE.
+    expect(sd2.encode("a cat!").ids.slice(0, 6)).toEqual([49406, 320, 2368, 0, 49407, 0]);
+    expect(sd1.encode("a cat!").ids.slice(0, 6)).toEqual([49406, 320, 2368, 256, 49407, 49407]);
+    expect(sd1.encode("a cat!!").ids.slice(0, 5)).toEqual([49406, 320, 2368, sd1.tokenize("!!")[0], 49407]);
+  });
+
   it("takes a tokenizer_config.json with added_tokens_decoder (transformers >= 4.34) as final", () => {
     const dir = copy(SD2_TOKENIZER);
     writeFileSync(
