@@ -93,14 +93,35 @@ export function promptTokens(tok: PromptTokenizer, text: string, what: string): 
 
 /**
  * get_word_inds(text, word): the positions (bos = 0) of the tokens of every space-separated word of
- * `text` equal to `word` — an exact match, so "woman," is not "woman". The tokens are walked by the
- * length of their decoded text, as the reference does.
+ * `text` equal to `word` — an exact match, so "woman," is not "woman".
+ *
+ * Each word's tokens are counted by tokenizing the word alone: CLIP's pre-tokenizer never joins text
+ * across a space, so the prompt's tokens are the words' tokens one after the other. The reference instead
+ * walks the prompt's tokens by the length of each one's decoded text; that agrees wherever a token
+ * decodes to whole characters, but a character that BPE splits into byte tokens ("猫", "ﬁ": each byte
+ * decodes to one "�") throws its count off, and every word after it is then found at the wrong tokens
+ * ("a 猫 on a sofa" gave "sofa" the tokens of "a" and "sofa"). Should the counts ever not add up to the
+ * prompt's tokens (text cleanup that spans words), the reference's walk is used as it is.
  */
 export function wordIndices(tok: PromptTokenizer, text: string, word: string): number[] {
   const words = text.split(" ");
   const wanted = new Set(words.flatMap((w, i) => (w === word ? [i] : [])));
   if (wanted.size === 0) return [];
   const e = tok.encode(text);
+  const tokens = e.length - 2;
+  const counts = words.map((w) => {
+    const one = tok.encode(w);
+    return one.length - 2;
+  });
+  if (counts.reduce((a, b) => a + b, 0) === tokens) {
+    const out: number[] = [];
+    let at = 1;
+    counts.forEach((n, i) => {
+      if (wanted.has(i)) for (let k = 0; k < n; k++) out.push(at + k);
+      at += n;
+    });
+    return out;
+  }
   const pieces = e.ids.slice(1, e.length - 1).map((id) => [...tok.decodeToken(id).replace(/^#+|#+$/g, "")]);
   const out: number[] = [];
   let ptr = 0;

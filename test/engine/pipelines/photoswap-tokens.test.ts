@@ -61,4 +61,13 @@ describe("Photoswap word indices", () => {
       Array.from({ length: parts }, (_, i) => 5 + i),
     );
   });
+
+  it("finds the word's own tokens after a character BPE splits into bytes", () => {
+    // 猫 is three byte tokens (each decodes to one "�"): bos a 猫 猫 猫 on a sofa eos.
+    expect(wordIndices(tok, "a 猫 on a sofa", "sofa")).toEqual([7]);
+    expect(wordIndices(tok, "a photo of a 猫", "猫")).toEqual([5, 6, 7]);
+    // ﬁ is three byte tokens too: bos a ﬁ ﬁ ﬁ sh and a cat eos — the whole word, then the next one's own.
+    expect(wordIndices(tok, "a ﬁsh and a cat", "ﬁsh")).toEqual([2, 3, 4, 5]);
+    expect(wordIndices(tok, "a ﬁsh and a cat", "cat")).toEqual([8]);
+  });
 });
