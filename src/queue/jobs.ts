@@ -6,6 +6,7 @@ import { LIMITS, PRESET_NAMES, type PresetName } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEED, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
 import { refineRequestedSize, requestedSizeFields } from "../spec/shape.js";
 import {
+  isSubjectWord,
   MAX_REFERENCES,
   MIN_REFERENCES,
   PAPER_STRENGTHS,
@@ -13,6 +14,7 @@ import {
   SWAP_LIMITS,
   SWAP_SAMPLING_STEPS,
   SWAP_STRENGTHS,
+  sourcePromptFor,
 } from "../spec/swap.js";
 
 export const JOB_NAMES = ["imagic.train", "imagic.render", "swap.concept", "swap.edit"] as const;
@@ -118,7 +120,13 @@ const swapEditPayload = z.strictObject({
   sourceBlobId: blobId,
   /** The concept to swap in: learned from these references (or taken from the cache, see client.ts). */
   referenceBlobIds,
-  subject,
+  /**
+   * One word: the engine describes the photo as "a photo of a <subject>" and finds the subject as a word
+   * of it, so a phrase would be refused only after its swap.concept child had learned the concept.
+   */
+  subject: subject.refine(isSubjectWord, {
+    message: `must be one word, what the photo shows (e.g. "dog"): the swap finds it as a word of "${sourcePromptFor("<subject>")}"`,
+  }),
   /** Filled in at enqueue when the concept is already cached; otherwise the swap.concept child's result. */
   conceptBlobId: blobId.optional(),
   conceptOptions: swapConceptPayload.shape.options,

@@ -128,13 +128,18 @@ export function checkSubjectInPrompt(subject: string, prompt: string): void {
   }
 }
 
+/** Whether a subject is one word (surrounding whitespace aside): see checkSubjectWord. */
+export function isSubjectWord(subject: string): boolean {
+  return !/\s/.test(subject.trim());
+}
+
 /**
  * Where the source prompt is made from the subject ("a photo of a <subject>": chat, the demo), the subject
  * must be one word, since the swap finds it as a whole word of that prompt. Checked before anything is
  * queued: a two-word subject would otherwise fail only after its concept was learned.
  */
 export function checkSubjectWord(subject: string, option: string): void {
-  if (/\s/.test(subject.trim())) {
+  if (!isSubjectWord(subject)) {
     throw new UserFacingError(
       `${option} must be one word, what the photo shows (e.g. "dog", not "${subject}"): the swap finds it as a word of "${sourcePromptFor(subject)}"`,
     );

@@ -118,6 +118,21 @@ describe("job payloads", () => {
     expect(refusal("swap.edit", edit({ strengths: [] }))).toContain("strengths");
   });
 
+  it("refuses a swap whose subject is more than one word, before its concept is learned", () => {
+    const edit = (subject: string) => ({
+      ...base,
+      sourceBlobId: id("a"),
+      referenceBlobIds: [id("b")],
+      subject,
+    });
+    expect(parsePayload<"swap.edit">("swap.edit", edit(" cat ")).payload.subject).toBe("cat");
+    expect(refusal("swap.edit", edit("hot dog"))).toMatch(/subject: must be one word/);
+    expect(refusal("swap.edit", edit("cat\tdog"))).toMatch(/subject: must be one word/);
+    // A concept alone may be learned for a phrase ("sks hot dog").
+    const concept = { ...base, referenceBlobIds: [id("b")], subject: "hot dog" };
+    expect(parsePayload<"swap.concept">("swap.concept", concept).payload.subject).toBe("hot dog");
+  });
+
   it("lists every blob of a swap with the words a user knows them by", () => {
     const { payload } = parsePayload<"swap.edit">("swap.edit", {
       ...base,
