@@ -355,7 +355,9 @@ export async function renderImagic(
   const size = sd.latentSize(height, width);
   const per = sd.latentChannels * size.height * size.width;
   const ctxSize = state.eTgt.length;
-  const pairs = r.etas.flatMap((eta) => r.seeds.map((seed) => ({ eta, seed })));
+  // A repeated η or seed is rendered once (as chat's seed lists drop repeats): a copy would cost a render
+  // and break the grids' one row per η and one column per seed.
+  const pairs = [...new Set(r.etas)].flatMap((eta) => [...new Set(r.seeds)].map((seed) => ({ eta, seed })));
   const chunks: Array<typeof pairs> = [];
   for (let i = 0; i < pairs.length; i += batch) chunks.push(pairs.slice(i, i + batch));
   // A short last batch is padded with copies of its last image (dropped afterwards), so every call of a

@@ -344,6 +344,13 @@ export function planSwap(
 ): SwapPlan {
   if (subjects.length === 0) throw new UserFacingError("a swap needs at least one subject");
   for (const s of subjects) checkSubjectInPrompt(s.word, sourcePrompt);
+  // One concept per word: a second would silently take the word's place in the target prompt while both
+  // LoRAs still acted on the target rows.
+  const twice = subjects.find((s, i) => subjects.findIndex((x) => x.word === s.word) !== i);
+  if (twice)
+    throw new UserFacingError(
+      `the subject "${twice.word}" is named twice: each subject of the photo takes one concept`,
+    );
   const words = sourcePrompt.split(" ");
   const byWord = new Map(subjects.map((s) => [s.word, s.concept]));
   const targetPrompt = words
@@ -451,8 +458,16 @@ export async function photoswap(sd: StableDiffusion, o: PhotoswapOptions): Promi
   const texts = await encode([s.prompt, plan.targetPrompt]);
   const uncond = s.nullEmbeddings ?? (await sd.encodeText([""]));
   const loras = o.subjects.flatMap((x) => (x.concept.lora ? [x.concept.lora] : []));
-  // Strength-major, so a grid of one column per seed has one row per strength (variantGrid).
-  const variants = o.strengths.flatMap((strengths) => o.seeds.map((seed) => ({ seed, strengths })));
+  // Strength-major, so a grid of one column per seed has one row per strength (variantGrid). A repeated
+  // seed or strength is swapped once (chat's lists drop repeats too): a copy would cost a pass and break
+  // the grid's one column per seed.
+  const seeds = [...new Set(o.seeds)];
+  const strengths = [
+    ...new Map(
+      o.strengths.map((st) => [`${st.selfOutputSteps}/${st.selfMapSteps}/${st.crossMapSteps}`, st]),
+    ).values(),
+  ];
+  const variants = strengths.flatMap((st) => seeds.map((seed) => ({ seed, strengths: st })));
   const size = { height: s.height, width: s.width };
   const maxBatch = o.maxBatch ?? SWAP_BATCH;
   const passes = Math.ceil(variants.length / maxBatch);

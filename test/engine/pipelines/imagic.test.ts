@@ -1,6 +1,7 @@
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { relativeDistance } from "../../../src/engine/distance.js";
 import { CancelledError } from "../../../src/engine/errors.js";
@@ -8,6 +9,7 @@ import { StableDiffusion } from "../../../src/engine/index.js";
 import { Trainer } from "../../../src/engine/optim/trainer.js";
 import {
   checkPrompt,
+  fullGrid,
   interpolate,
   type Progress,
   renderImagic,
@@ -322,6 +324,26 @@ describe("renderImagic on the fixture model", () => {
     expect(maxAbsDiff(all[3]?.image as Float32Array, single?.image as Float32Array)).toBeLessThan(1e-4);
     expect(maxAbsDiff(all[0]?.image as Float32Array, all[2]?.image as Float32Array)).toBeGreaterThan(1e-3);
     expect(all[0]?.image).toHaveLength(3 * SIZE * SIZE);
+  });
+
+  it("renders a repeated η or seed once, so the grid keeps one row per η and one column per seed", async () => {
+    const state = await trainImagic(sd, {
+      ...onPhoto,
+      options: options({ embedding: { steps: 1 }, finetune: { steps: 0 } }),
+    });
+    const images = await renderImagic(sd, state, {
+      etas: [1, 0.5, 1],
+      seeds: [2, 2],
+      guidance: 7.5,
+      steps: 1,
+    });
+    expect(images.map((i) => [i.eta, i.seed])).toEqual([
+      [1, 2],
+      [0.5, 2],
+    ]);
+    // One column (seed 2), two rows (η 1 and 0.5).
+    const grid = await sharp(await fullGrid(images)).metadata();
+    expect(grid.height).toBeGreaterThan(grid.width as number);
   });
 
   it("renders the same images from a serialized-and-reloaded state", async () => {

@@ -184,6 +184,22 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
     ).toBeGreaterThan(1e-3);
   });
 
+  it("swaps a repeated seed or strength once", async () => {
+    const strength = { selfOutputSteps: 1, selfMapSteps: 1, crossMapSteps: 1 };
+    const r = await photoswap(sd, {
+      source: await invertPhoto(2),
+      subjects: [{ word: "cat", concept: concept("sks", "dog", 1) }],
+      seeds: [3, 0, 3],
+      strengths: [strength, { ...strength }],
+      variation: 0.2,
+      blendThreshold: 0.3,
+    });
+    expect(r.variants.map((v) => [v.seed, v.strengths])).toEqual([
+      [3, strength],
+      [0, strength],
+    ]);
+  });
+
   it("swaps two subjects at once: one prompt, a token of each concept, a mask for each", async () => {
     const dog = concept("sks", "dog", 2);
     const fox = concept("olis", "fox", 3);
@@ -247,6 +263,12 @@ describe("Photoswap end to end on an inverted photo (sd1)", () => {
     expect(() =>
       planSwap(sd.tokenizer, "a photo of a cat, sleeping", [{ word: "cat", concept: dog }]),
     ).toThrow(/the subject "cat" is not a word of the source prompt/);
+    expect(() =>
+      planSwap(sd.tokenizer, "a photo of a cat", [
+        { word: "cat", concept: dog },
+        { word: "cat", concept: concept("olis", "fox", 5) },
+      ]),
+    ).toThrow(/the subject "cat" is named twice/);
     const source = await invertPhoto(2);
     await expect(
       photoswap(sd, {
