@@ -99,15 +99,25 @@ const STEP_COST = { embedding: 1, finetune: 1.15 } as const;
  * The prompt as CLIP will read it, or a UserFacingError: empty, or longer than the 75 tokens CLIP reads
  * (the message shows where it would be cut).
  */
-export function checkPrompt(sd: Pick<StableDiffusion, "tokenize">, prompt: string, maxChars = 500): string {
+export function checkPrompt(
+  sd: Pick<StableDiffusion, "tokenize" | "tokenizer">,
+  prompt: string,
+  maxChars = 500,
+): string {
   const text = prompt.trim().replace(/\s+/g, " ");
-  if (text.length === 0)
-    throw new UserFacingError("the prompt is empty: describe the photo as it should look after the edit");
+  const empty = "the prompt is empty: describe the photo as it should look after the edit";
+  if (text.length === 0) throw new UserFacingError(empty);
   if (text.length > maxChars) {
     throw new UserFacingError(
       `the prompt is ${text.length} characters; the limit is ${maxChars} (CLIP reads about 75 words)`,
     );
   }
+  // The tokenizer splits "<|startoftext|>" and "<|endoftext|>" out whole: a prompt of nothing else
+  // reads to CLIP as the empty one.
+  const { bosId, eosId } = sd.tokenizer;
+  const content = sd.tokenizer.encode(text);
+  if (content.ids.slice(1, content.length - 1).every((id) => id === bosId || id === eosId))
+    throw new UserFacingError(`${empty} (it holds only the text encoder's start and end markers)`);
   if (!sd.tokenize(text).truncated) return text;
   // The longest run of leading words that still fits, found by bisection over the word count.
   const words = text.split(" ");

@@ -431,6 +431,10 @@ describe("Imagic on the SD 2.x fixture (v-prediction, per-level heads)", () => {
 describe("checkPrompt", () => {
   it("refuses an empty prompt and an over-long one, saying where CLIP would cut it", () => {
     expect(() => checkPrompt(sd, "   ")).toThrow("the prompt is empty");
+    // Special tokens are split out whole: these read to CLIP as "".
+    expect(() => checkPrompt(sd, "<|endoftext|>")).toThrow("the prompt is empty");
+    expect(() => checkPrompt(sd, "<|startoftext|> <|endoftext|>")).toThrow("the prompt is empty");
+    expect(checkPrompt(sd, "!")).toBe("!");
     const long = Array.from({ length: 90 }, (_, i) => ["red", "cat", "big", "dog"][i % 4]).join(" ");
     let message = "";
     try {
