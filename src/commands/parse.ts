@@ -49,11 +49,36 @@ export interface SwapRequest {
   size?: Size;
 }
 
+/**
+ * Characters that show nothing but reach the model and every echo of the text: controls (NUL, BEL…; the
+ * line breaks among them are whitespace) and format characters (zero-width spaces, bidi overrides that
+ * turn the rest of a message around, BOM, soft hyphen). The zero-width joiner and the tag characters stay:
+ * they hold emoji sequences together (👩‍💻, a subdivision's flag).
+ */
+const INVISIBLE = /[\p{Cc}\p{Cf}]/gu;
+const KEPT_FORMAT = /\u200d|[\u{e0020}-\u{e007f}]/u;
+/** Whether anything of a text shows: something other than whitespace, joiners and combining marks. */
+const visible = (text: string) => text.replace(/\s|\p{M}|\u200d|[\u{e0020}-\u{e007f}]/gu, "").length > 0;
+
+/** `text` with each decimal digit of any script (Arabic-Indic ٣, fullwidth ３…) as its ASCII digit. */
+export function asciiDigits(text: string): string {
+  return text.replace(/\p{Nd}/gu, (digit) => {
+    // Unicode's decimal digits come in runs of ten (0…9) in code point order: count back to the run's 0.
+    let zero = digit.codePointAt(0) as number;
+    while (/\p{Nd}/u.test(String.fromCodePoint(zero - 1))) zero--;
+    return String(((digit.codePointAt(0) as number) - zero) % 10);
+  });
+}
+
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
   const value = options[name];
   if (value === undefined) return undefined;
-  const trimmed = String(value).trim().replace(/\s+/g, " ");
-  if (trimmed.length === 0) throw new UserFacingError(`\`${name}\` is empty: write a few words`);
+  const trimmed = String(value)
+    .replace(INVISIBLE, (c) => (/\s/.test(c) ? " " : KEPT_FORMAT.test(c) ? c : ""))
+    .trim()
+    .replace(/\s+/g, " ");
+  // Only invisible characters (a zero-width space, a bidi mark) is as empty as nothing, for the user.
+  if (!visible(trimmed)) throw new UserFacingError(`\`${name}\` is empty: write a few words`);
   if (trimmed.length > maxLength) {
     throw new UserFacingError(`\`${name}\` is ${trimmed.length} characters; the limit is ${maxLength}`);
   }
@@ -69,11 +94,17 @@ function attachment(request: CommandRequest, option: string): IncomingAttachment
   return request.attachments.find((a) => a.option === option);
 }
 
+const DECIMAL = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?$/i;
+
 function number(value: OptionValue | undefined, name: string, min: number, max: number): number | undefined {
   if (value === undefined) return undefined;
-  const n = typeof value === "number" ? value : Number(String(value).trim());
+  // A decimal number as people write it (Slack's number inputs arrive as text): Number() alone would read
+  // "" and " " as 0 and "0x1" as hex.
+  const written = asciiDigits(String(value).trim());
+  const n = typeof value === "number" ? value : DECIMAL.test(written) ? Number(written) : Number.NaN;
   if (!Number.isFinite(n) || n < min || n > max) {
-    throw new UserFacingError(`\`${name}\` must be a number from ${min} to ${max} (got ${String(value)})`);
+    const got = String(value).trim() === "" ? '""' : String(value);
+    throw new UserFacingError(`\`${name}\` must be a number from ${min} to ${max} (got ${got})`);
   }
   return n;
 }
@@ -87,7 +118,7 @@ export function parseSeeds(
   random: () => number = () => randomInt(0, 2 ** 31),
 ): number[] {
   if (value === undefined) return Array.from({ length: DEFAULT_SEED_COUNT }, random);
-  const raw = String(value).trim();
+  const raw = asciiDigits(String(value).trim());
   if (/^\d+$/.test(raw) && Number(raw) >= 1 && Number(raw) <= MAX_SEEDS) {
     return Array.from({ length: Number(raw) }, random);
   }
@@ -107,7 +138,7 @@ export function parseSeeds(
 /** `size`, /imagic's and /swap's: a forced working size, checked against src/spec/shape.ts's limits. */
 function sizeOf(request: CommandRequest): { size?: Size } {
   const value = request.options.size;
-  return value === undefined ? {} : { size: parseSize(String(value), "`size`") };
+  return value === undefined ? {} : { size: parseSize(asciiDigits(String(value)), "`size`") };
 }
 
 export function parseImagic(request: CommandRequest): ImagicRequest {
@@ -154,7 +185,7 @@ export function parseSwap(request: CommandRequest): SwapRequest {
       `\`strengths\` gives every step count itself: leave \`${single.name}\` out, or write it into \`strengths\``,
     );
   }
-  const strengthList = parseStrengthList(listed, "`strengths`", SWAP_SAMPLING_STEPS);
+  const strengthList = parseStrengthList(asciiDigits(listed), "`strengths`", SWAP_SAMPLING_STEPS);
   checkVariantCount(seeds.length, strengthList.length, "`strengths` × `seeds`");
   return { source, references, subject, seeds, strengths, strengthList, ...size };
 }

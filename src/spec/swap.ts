@@ -56,6 +56,8 @@ export function parseStrengthList(value: string, option: string, steps: number):
   const form = 'φ/M/A step triples separated by commas, e.g. "10/25/20,5/15/10"';
   const parts = value
     .trim()
+    // "10 / 25 / 20" is one triple: spaces also separate triples, so they go from around the slashes first.
+    .replace(/\s*\/\s*/g, "/")
     .split(/[\s,]+/)
     .filter(Boolean);
   if (parts.length === 0) throw new UserFacingError(`${option} is empty: give ${form}`);

@@ -46,6 +46,13 @@ describe("parseSeeds", () => {
     expect(() => parseSeeds("4294967296,", counter)).toThrow(/got "4294967296,"/);
     expect(parseSeeds("0", counter)).toEqual([0]);
   });
+
+  it("reads digits of any script (Arabic-Indic, fullwidth) as the digits they are", () => {
+    next = 100;
+    expect(parseSeeds("٣", counter)).toEqual([100, 101, 102]);
+    expect(parseSeeds("٧, ٤٢", counter)).toEqual([7, 42]);
+    expect(parseSeeds("１２３４,", counter)).toEqual([1234]);
+  });
 });
 
 describe("parseImagic", () => {
@@ -74,6 +81,31 @@ describe("parseImagic", () => {
       "`eta` must be a number from 0 to 1.5 (got -0.1)",
     );
   });
+
+  it("reads a prompt of only invisible characters as empty, and drops them from one with words", () => {
+    const prompt = (p: string) => parseImagic(request("imagic", { prompt: p }, [file("image")])).prompt;
+    // Zero-width space, BOM, bidi override and isolate, word joiner, NUL, BEL, soft hyphen.
+    for (const invisible of ["\u200b\u200b", "\ufeff", "\u202e\u2066", "\u2060", "\u0000", "\u0007\u00ad"]) {
+      expect(() => prompt(invisible), JSON.stringify(invisible)).toThrow("`prompt` is empty");
+    }
+    expect(prompt("a\u0000 photo\u200b of a \u202ecat\u0007")).toBe("a photo of a cat");
+    // Emoji stay whole: the joiner and the variation selector hold a sequence together.
+    expect(prompt("😀😀")).toBe("😀😀");
+    expect(prompt("a 👩‍💻 and a ❤️")).toBe("a 👩‍💻 and a ❤️");
+  });
+
+  it("reads η as a decimal number: empty text and hex are refused, not read as 0 and 1", () => {
+    const eta = (value: string) => () =>
+      parseImagic(request("imagic", { prompt: "x", eta: value }, [file("image")]));
+    // Slack's number inputs arrive as text; Number("") is 0, Number("0x1") is 1.
+    expect(eta("")).toThrow('`eta` must be a number from 0 to 1.5 (got "")');
+    expect(eta("  ")).toThrow('`eta` must be a number from 0 to 1.5 (got "")');
+    expect(eta("0x1")).toThrow("`eta` must be a number from 0 to 1.5 (got 0x1)");
+    expect(eta("1e309")).toThrow("`eta` must be a number from 0 to 1.5 (got 1e309)");
+    expect(eta("Infinity")).toThrow("`eta` must be a number from 0 to 1.5 (got Infinity)");
+    expect(eta(" .5 ")()).toMatchObject({ eta: 0.5 });
+    expect(eta("٠.٧٥")()).toMatchObject({ eta: 0.75 });
+  });
 });
 
 // /imagic's photo and /swap's source photo take the same `size`, read and refused alike.
@@ -97,6 +129,8 @@ describe.each([
     expect(sized(" 512 ")).toEqual({ width: 512, height: 512 });
     expect(sized("768x512")).toEqual({ width: 768, height: 512 });
     expect(sized("512 × 768")).toEqual({ width: 512, height: 768 });
+    expect(sized("٧٦٨x٥١٢")).toEqual({ width: 768, height: 512 });
+    expect(sized("５１２")).toEqual({ width: 512, height: 512 });
   });
 
   it("refuses a size it cannot serve, naming the option and the limit", () => {
@@ -152,6 +186,25 @@ describe("parseSwap", () => {
     );
   });
 
+  it("reads a strength as a decimal whole number: empty text and hex are refused, not read as 0 and 16", () => {
+    const files = [file("source"), file("reference1")];
+    const steps = (value: string) => () =>
+      parseSwap(request("swap", { subject: "cat", self_map_steps: value }, files)).strengths;
+    expect(steps("")).toThrow('`self_map_steps` must be a number from 0 to 50 (got "")');
+    expect(steps("0x10")).toThrow("`self_map_steps` must be a number from 0 to 50 (got 0x10)");
+    expect(steps(" 30 ")()).toEqual({ selfMapSteps: 30 });
+    expect(steps("٣٠")()).toEqual({ selfMapSteps: 30 });
+  });
+
+  it("reads a subject of only invisible characters as empty, and drops them from a word", () => {
+    const files = [file("source"), file("reference1")];
+    const subject = (s: string) => parseSwap(request("swap", { subject: s }, files)).subject;
+    expect(() => subject("\u200b")).toThrow("`subject` is empty");
+    expect(() => subject("\u202e\u0000")).toThrow("`subject` is empty");
+    expect(subject("c\u0000a\u200bt")).toBe("cat");
+    expect(subject("🐈")).toBe("🐈");
+  });
+
   it("reads `strengths` as φ/M/A step triples, one grid row each, in place of the single strengths", () => {
     const files = [file("source"), file("reference1")];
     const swap = (options: CommandRequest["options"]) =>
@@ -171,6 +224,11 @@ describe("parseSwap", () => {
     expect(swap({ strengths: sixteen, seeds: "7," }).strengthList).toHaveLength(16);
     expect(swap({ strengths: "1/1/1,2/2/2", seeds: "8" }).strengthList).toHaveLength(2);
     expect(swap({ strengths: "1/1/1,2/2/2,3/3/3,4/4/4" }).seeds).toHaveLength(4);
+    // Spaces around the slashes, and digits of any script, read as written.
+    expect(swap({ strengths: "10 / 25 / 20, ٥/١٥/١٠" }).strengthList).toEqual([
+      { selfOutputSteps: 10, selfMapSteps: 25, crossMapSteps: 20 },
+      { selfOutputSteps: 5, selfMapSteps: 15, crossMapSteps: 10 },
+    ]);
   });
 
   it.each([
