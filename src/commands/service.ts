@@ -32,7 +32,7 @@ import { type Choice, type PickRecord, type PickRef, PickStore } from "./picks.j
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
-import { choiceLine, etaLabel, expiredText, helpText, retypeText, SWAP_LEGEND } from "./texts.js";
+import { choiceLine, etaLabel, expiredText, helpText, inert, retypeText, SWAP_LEGEND } from "./texts.js";
 import { fitUpload } from "./uploads.js";
 
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
@@ -267,6 +267,11 @@ export class ChatCommands {
     return this.adapter.answerOriginal(handle, command.request.conversation, message);
   }
 
+  /** What a user wrote, to show in a message of this platform without mentioning anyone (texts.ts). */
+  private shown(text: string): string {
+    return inert(this.adapter.platform, text);
+  }
+
   /**
    * Why a command was refused; for /imagic and /swap followed by what it was sent with, so that the user
    * fixes the one thing instead of retyping everything (the reason is cut first if both do not fit).
@@ -275,8 +280,8 @@ export class ChatCommands {
     const max = this.adapter.limits.maxTextLength;
     const sent = WORK_COMMANDS.has(request.command) ? retypeText(this.adapter.platform, request) : undefined;
     // A prompt near the option's length limit leaves the reason room enough; longer, it is left out.
-    if (!sent || sent.length > max / 2) return fitText(`⚠️ ${why}`, max);
-    return `${fitText(`⚠️ ${why}`, max - sent.length - 1)}\n${sent}`;
+    if (!sent || sent.length > max / 2) return fitText(`⚠️ ${this.shown(why)}`, max);
+    return `${fitText(`⚠️ ${this.shown(why)}`, max - sent.length - 1)}\n${sent}`;
   }
 
   private async imagic(
@@ -297,8 +302,8 @@ export class ChatCommands {
       };
       await this.startJob(command, reply, {
         name: "imagic.train",
-        title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${spec.prompt}”`,
-        thread: `Imagic: ${spec.prompt}`,
+        title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${this.shown(spec.prompt)}”`,
+        thread: `Imagic: ${this.shown(spec.prompt)}`,
         payload: (origin) => ({ userId: request.userId, origin, imageBlobId, prompt: spec.prompt, options }),
       });
     });
@@ -313,8 +318,8 @@ export class ChatCommands {
       );
       await this.startJob(command, reply, {
         name: "swap.edit",
-        title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${spec.subject}” from ${spec.references.length} reference photo(s)`,
-        thread: `Photoswap: ${spec.subject}`,
+        title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${this.shown(spec.subject)}” from ${spec.references.length} reference photo(s)`,
+        thread: `Photoswap: ${this.shown(spec.subject)}`,
         payload: (origin) => ({
           userId: request.userId,
           origin,
@@ -411,7 +416,7 @@ export class ChatCommands {
           : "something went wrong on my side (it has been logged); please try again later";
       await this.adapter
         .editMessage(answer, {
-          text: fitText(`${title}\n❌ Not started: ${why}`, this.adapter.limits.maxTextLength),
+          text: fitText(`${title}\n❌ Not started: ${this.shown(why)}`, this.adapter.limits.maxTextLength),
         })
         .catch((err: unknown) =>
           this.log.warn({ err }, "could not say on the answer that the job did not start"),
@@ -435,7 +440,7 @@ export class ChatCommands {
       if (!(error instanceof UserFacingError)) throw error;
       await this.progress.finish(
         progress,
-        `❌ Not started: ${error.message}${fixed?.whenRefused ? ` ${fixed.whenRefused}` : ""}`,
+        `❌ Not started: ${this.shown(error.message)}${fixed?.whenRefused ? ` ${fixed.whenRefused}` : ""}`,
       );
       return undefined;
     }
@@ -572,7 +577,7 @@ export class ChatCommands {
     // child's reason).
     if (name === "swap.concept") return;
     this.log.info({ jobId, name, cancelled }, "job failed");
-    const text = cancelled ? "🛑 Cancelled." : `❌ ${message}`;
+    const text = cancelled ? "🛑 Cancelled." : `❌ ${this.shown(message)}`;
     await this.finishProgress(
       jobId,
       this.progressRef(data.origin),
@@ -715,7 +720,7 @@ export class ChatCommands {
     if (record.kind === "seed") {
       const eta = record.choices[0]?.eta;
       return (
-        `**Pick a seed** for “${record.prompt}”${eta === undefined ? "" : ` (${etaLabel(eta)})`}: react with a tile's ` +
+        `**Pick a seed** for “${this.shown(record.prompt)}”${eta === undefined ? "" : ` (${etaLabel(eta)})`}: react with a tile's ` +
         `number and I render it from a weak to a strong edit (${etaLabel(sweep[0] ?? 0)} → ${etaLabel(sweep.at(-1) ?? 0)}).\n` +
         choiceLine(record.choices, (c) => `seed ${c.seed}`)
       );
@@ -769,7 +774,7 @@ export class ChatCommands {
       await this.picks.release(pick);
       if (!(error instanceof UserFacingError)) throw error;
       await this.adapter.post(record.conversation, {
-        text: `⚠️ ${this.adapter.mention(record.userId)} ${error.message}`,
+        text: `⚠️ ${this.adapter.mention(record.userId)} ${this.shown(error.message)}`,
         notify: [record.userId],
       });
     } finally {
@@ -857,7 +862,7 @@ export class ChatCommands {
     const image = await fitUpload({ name, bytes }, this.adapter.limits.maxUploadBytes);
     await this.adapter.post(record.conversation, {
       text: fitText(
-        `🖼️ ${mention} **Final** for “${record.prompt}” — ${label}, full resolution.`,
+        `🖼️ ${mention} **Final** for “${this.shown(record.prompt)}” — ${label}, full resolution.`,
         this.adapter.limits.maxTextLength,
       ),
       images: [image],

@@ -20,6 +20,18 @@ export function codeSpan(text: string): string {
 }
 
 /**
+ * What a user wrote (a prompt, a subject, a file name, a value quoted in a refusal), to show in a message
+ * on `platform` without mentioning anyone. Discord's allowed_mentions keeps such text from pinging (the
+ * adapters send only `notify`), so it is shown as written there. Slack has nothing like it: every "<@U…>"
+ * in a message's text notifies that user, so a prompt "<@U123> as a cat" pinged U123 from the bot's public
+ * answer, its grids and its final image. There a zero-width space after each "<" that opens a mention
+ * ("<@…>", "<!…>") shows the same text and links nothing.
+ */
+export function inert(platform: Platform, text: string): string {
+  return platform === "slack" ? text.replace(/<(?=[@!])/g, "<\u200b") : text;
+}
+
+/**
  * What a refused command was sent with, to send it again without retyping it: the slash command with its
  * options, to copy, and the files to attach again. Undefined on Slack, whose form stays open with
  * everything the user entered in it.

@@ -171,6 +171,20 @@ describe("/imagic", () => {
     expect(stored.equals(sent)).toBe(true);
   });
 
+  it("a prompt that writes mentions is shown in the answer and the grid, but mentions only the author", async () => {
+    await w.worker(lightweightPipelines({ steps: 1, stepMs: 1 }));
+    const channel = w.channel("mentions");
+    const prompt = `<@${w.other.id}> <!channel> <!here> @everyone as a cat`;
+    const thread = await w.thread(await w.imagic(channel, { prompt, seeds: "1" }));
+    const grid = await w.offer(channel, thread, 1, 1);
+    const answer = w.fake.posted(channel.id).find((m) => m.ts === thread);
+    for (const message of [answer, grid]) {
+      expect(message?.text).toContain(w.other.id); // shown, as written
+      // Slack notifies whoever a "<@U…>" or "<!…>" in a message's text names (it has no allowed_mentions).
+      expect([...(message?.text ?? "").matchAll(/<[@!]([^>|]+)/g)].map((m) => m[1])).toEqual([w.author.id]);
+    }
+  });
+
   it("shows a waiting job's place in line and keeps it current until the job starts", async () => {
     const a = await w.imagic(w.channel("first"));
     const threadA = await w.thread(a);
