@@ -456,8 +456,14 @@ export class ChatCommands {
       }),
     );
     const thread = request.conversation.thread;
-    const inThread = thread ? jobs.filter((j) => j.origin?.thread === thread) : [];
-    const chosen = inThread.length > 0 ? inThread : jobs;
+    const chosen = thread ? jobs.filter((j) => j.origin?.thread === thread) : jobs;
+    // In a thread, /cancel means that thread's edit. With none of the user's there (another user's edit,
+    // theirs already done) it cancels nothing: falling back to all of them stopped edits they never meant.
+    if (thread && chosen.length === 0 && jobs.length > 0) {
+      return reply.private(
+        `You have no edits queued or running in this thread. Run \`/cancel\` outside a thread to cancel all of yours (${jobs.length}).`,
+      );
+    }
     if (chosen.length === 0) return reply.private("You have no edits queued or running.");
     const lines: string[] = [];
     for (const { jobId, name, origin } of chosen) {

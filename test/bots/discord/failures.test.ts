@@ -306,6 +306,25 @@ describe("jobs that do not end well", () => {
     expect(removed.content).toBe("🛑 Cancelled before it started.");
   });
 
+  it("/cancel in a thread without an edit of the user's (another's edit) cancels nothing, and says how to cancel all", async () => {
+    const channel = w.fake.addTextChannel("cancel-others");
+    const mine = await w.thread(w.imagic(channel));
+    const theirs = await w.thread(w.imagic(channel, [], w.photo(), w.other));
+    await w.postedStartingWith(mine, "🕒 Imagic fine-tune:");
+    await w.postedStartingWith(theirs, "🕒 Imagic fine-tune:");
+    const before = (await w.queue.listForUser(w.author.id)).map((j) => j.jobId);
+    expect(before).toHaveLength(1);
+
+    // In bob's edit's thread, "/cancel: just that one" can only mean bob's edit, which ann may not cancel.
+    const cancel = w.fake.runCommand({ name: "cancel", user: w.author, channel: w.fake.mustChannel(theirs) });
+    expect(await w.ephemeral(cancel)).toBe(
+      "You have no edits queued or running in this thread. Run `/cancel` outside a thread to cancel all of yours (1).",
+    );
+    expect((await w.queue.listForUser(w.author.id)).map((j) => j.jobId)).toEqual(before);
+    expect(await w.queue.listForUser(w.other.id)).toHaveLength(1);
+    expect(w.posted(mine).some((m) => m.content.startsWith("🛑"))).toBe(false);
+  });
+
   it("a pick whose state expired says so and offers to start again", async () => {
     await w.worker(lightweightPipelines({ steps: 1, stepMs: 1 }));
     const channel = w.fake.addTextChannel("expired");
