@@ -90,8 +90,14 @@ function required<T>(value: T | undefined, name: string): T {
   return value;
 }
 
+/**
+ * The photo an attachment option carries. One option carries one photo: a second one (a Slack form sent
+ * other than by Slack's client, which enforces the inputs' max_files) is refused, not silently left out.
+ */
 function attachment(request: CommandRequest, option: string): IncomingAttachment | undefined {
-  return request.attachments.find((a) => a.option === option);
+  const given = request.attachments.filter((a) => a.option === option);
+  if (given.length > 1) throw new UserFacingError(`\`${option}\` takes one photo; ${given.length} were sent`);
+  return given[0];
 }
 
 const DECIMAL = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?$/i;
@@ -162,6 +168,13 @@ export function parseSwap(request: CommandRequest): SwapRequest {
   const source = required(attachment(request, "source"), "source");
   const subject = required(text(request.options, "subject", MAX_SUBJECT_LENGTH), "subject");
   checkSubjectWord(subject, "`subject`");
+  // Photos past the last reference option (reference6…: a form's extra files) are refused, not dropped.
+  const sent = request.attachments.filter((a) => /^reference\d+$/.test(a.option)).length;
+  if (sent > MAX_REFERENCES) {
+    throw new UserFacingError(
+      `\`reference1\`…\`reference${MAX_REFERENCES}\` take at most ${MAX_REFERENCES} photos; ${sent} were sent`,
+    );
+  }
   const references = Array.from({ length: MAX_REFERENCES }, (_, i) =>
     attachment(request, `reference${i + 1}`),
   ).filter((a): a is IncomingAttachment => a !== undefined);

@@ -172,6 +172,27 @@ describe("parseSwap", () => {
     );
   });
 
+  it("refuses a second photo for one option and more references than it takes, instead of dropping them", () => {
+    const refs = (n: number) => Array.from({ length: n }, (_, i) => file(`reference${i + 1}`));
+    expect(() => parseSwap(request("swap", { subject: "cat" }, [file("source"), ...refs(6)]))).toThrow(
+      "`reference1`…`reference5` take at most 5 photos; 6 were sent",
+    );
+    expect(() =>
+      parseSwap(request("swap", { subject: "cat" }, [file("source"), file("source"), file("reference1")])),
+    ).toThrow("`source` takes one photo; 2 were sent");
+    expect(() =>
+      parseSwap(
+        request("swap", { subject: "cat" }, [file("source"), file("reference1"), file("reference1")]),
+      ),
+    ).toThrow("`reference1` takes one photo; 2 were sent");
+    expect(() => parseImagic(request("imagic", { prompt: "x" }, [file("image"), file("image")]))).toThrow(
+      "`image` takes one photo; 2 were sent",
+    );
+    expect(
+      parseSwap(request("swap", { subject: "cat" }, [file("source"), ...refs(5)])).references,
+    ).toHaveLength(5);
+  });
+
   it("takes the swap strengths the user set, whole steps from 0 to 50, and leaves the rest to the defaults", () => {
     const files = [file("source"), file("reference1")];
     expect(parseSwap(request("swap", { subject: "cat" }, files)).strengths).toEqual({});

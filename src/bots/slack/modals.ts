@@ -172,6 +172,13 @@ export function readSubmission(view: ViewOutput): Submission {
         if (value !== undefined && value !== null) options[option.name] = value;
       }
     });
+    // Files past the field's max_files (a form not sent by Slack's client) go on, named after the options
+    // they would follow (reference6…; a second `image`), so that the command refuses them by name.
+    const last = field.options.at(-1);
+    for (const [i, file] of (state?.files ?? []).entries()) {
+      if (i < field.options.length || !last || last.type !== "attachment") continue;
+      files.push({ option: field.options.length > 1 ? `${field.block}${i + 1}` : last.name, id: file.id });
+    }
   }
   return { command: definition.name, context, options, files };
 }

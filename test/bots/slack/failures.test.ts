@@ -116,6 +116,26 @@ describe("bad files are refused, naming the field and the limit, before any job"
         "reference2 (ref2.pdf) is a PDF document; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image",
     });
   });
+
+  it("a form sent with more files than an input takes (not by Slack's client) is refused under the input, not cut short", async () => {
+    const channel = w.channel("too-many");
+    const jobs = await jobCount();
+    const swap = await w.form(channel, "/swap");
+    const references = Array.from({ length: 6 }, (_, i) => w.photo(`ref${i + 1}.png`));
+    expect(() =>
+      w.fake.submit(swap, w.author, { source: [w.photo()], subject: "cat", reference: references }),
+    ).toThrow(/reference takes 5 files at most/);
+    expect(await inlineErrors(swap, { source: [w.photo()], subject: "cat", reference: references })).toEqual({
+      reference: "reference1…reference5 take at most 5 photos; 6 were sent",
+    });
+    const imagic = await w.form(channel, "/imagic");
+    expect(await inlineErrors(imagic, { image: [w.photo(), w.photo("b.png")], prompt: "a cat" })).toEqual({
+      image: "image takes one photo; 2 were sent",
+    });
+    await settle();
+    expect(w.fake.posted(channel.id)).toEqual([]);
+    expect(await jobCount()).toBe(jobs);
+  });
 });
 
 describe("forms submitted with nothing, or with values out of range", () => {
