@@ -70,13 +70,23 @@ export function asciiDigits(text: string): string {
   });
 }
 
+/** An option's value as text without its invisible characters (the line breaks among them become spaces). */
+function visibleText(value: OptionValue): string {
+  return String(value).replace(INVISIBLE, (c) => (/\s/.test(c) ? " " : KEPT_FORMAT.test(c) ? c : ""));
+}
+
+/**
+ * A number-like option's value as typed, for its own parser: the invisible characters dropped (a "512" pasted
+ * with a zero-width space was refused with a message that showed "512") and every digit as ASCII.
+ */
+function plainValue(value: OptionValue): string {
+  return asciiDigits(visibleText(value)).trim();
+}
+
 function text(options: CommandRequest["options"], name: string, maxLength: number): string | undefined {
   const value = options[name];
   if (value === undefined) return undefined;
-  const trimmed = String(value)
-    .replace(INVISIBLE, (c) => (/\s/.test(c) ? " " : KEPT_FORMAT.test(c) ? c : ""))
-    .trim()
-    .replace(/\s+/g, " ");
+  const trimmed = visibleText(value).trim().replace(/\s+/g, " ");
   // Only invisible characters (a zero-width space, a bidi mark) is as empty as nothing, for the user.
   if (!visible(trimmed)) throw new UserFacingError(`\`${name}\` is empty: write a few words`);
   if (trimmed.length > maxLength) {
@@ -106,10 +116,10 @@ function number(value: OptionValue | undefined, name: string, min: number, max: 
   if (value === undefined) return undefined;
   // A decimal number as people write it (Slack's number inputs arrive as text): Number() alone would read
   // "" and " " as 0 and "0x1" as hex.
-  const written = asciiDigits(String(value).trim());
+  const written = plainValue(value);
   const n = typeof value === "number" ? value : DECIMAL.test(written) ? Number(written) : Number.NaN;
   if (!Number.isFinite(n) || n < min || n > max) {
-    const got = String(value).trim() === "" ? '""' : String(value);
+    const got = written === "" ? '""' : String(value);
     throw new UserFacingError(`\`${name}\` must be a number from ${min} to ${max} (got ${got})`);
   }
   return n;
@@ -124,7 +134,7 @@ export function parseSeeds(
   random: () => number = () => randomInt(0, 2 ** 31),
 ): number[] {
   if (value === undefined) return Array.from({ length: DEFAULT_SEED_COUNT }, random);
-  const raw = asciiDigits(String(value).trim());
+  const raw = plainValue(value);
   if (/^\d+$/.test(raw) && Number(raw) >= 1 && Number(raw) <= MAX_SEEDS) {
     return Array.from({ length: Number(raw) }, random);
   }
@@ -144,7 +154,7 @@ export function parseSeeds(
 /** `size`, /imagic's and /swap's: a forced working size, checked against src/spec/shape.ts's limits. */
 function sizeOf(request: CommandRequest): { size?: Size } {
   const value = request.options.size;
-  return value === undefined ? {} : { size: parseSize(asciiDigits(String(value)), "`size`") };
+  return value === undefined ? {} : { size: parseSize(plainValue(value), "`size`") };
 }
 
 export function parseImagic(request: CommandRequest): ImagicRequest {
@@ -153,7 +163,7 @@ export function parseImagic(request: CommandRequest): ImagicRequest {
   const presetValue = request.options.preset;
   let preset: ImagicPreset | undefined;
   if (presetValue !== undefined) {
-    preset = IMAGIC_PRESETS.find((p) => p === String(presetValue).trim().toLowerCase());
+    preset = IMAGIC_PRESETS.find((p) => p === visibleText(presetValue).trim().toLowerCase());
     if (!preset) {
       throw new UserFacingError(
         `\`preset\` must be one of ${IMAGIC_PRESETS.join(", ")} (got "${String(presetValue)}")`,

@@ -53,6 +53,11 @@ describe("parseSeeds", () => {
     expect(parseSeeds("٧, ٤٢", counter)).toEqual([7, 42]);
     expect(parseSeeds("１２３４,", counter)).toEqual([1234]);
   });
+
+  it("reads past invisible characters pasted with the numbers", () => {
+    expect(parseSeeds("7,\u200b42\u2060", counter)).toEqual([7, 42]);
+    expect(parseSeeds("\ufeff1234\u200e", counter)).toEqual([1234]);
+  });
 });
 
 describe("parseImagic", () => {
@@ -105,6 +110,10 @@ describe("parseImagic", () => {
     expect(eta("Infinity")).toThrow("`eta` must be a number from 0 to 1.5 (got Infinity)");
     expect(eta(" .5 ")()).toMatchObject({ eta: 0.5 });
     expect(eta("٠.٧٥")()).toMatchObject({ eta: 0.75 });
+    expect(eta("\u200b0.5\u200e")()).toMatchObject({ eta: 0.5 });
+    expect(() =>
+      parseImagic(request("imagic", { prompt: "x", preset: "fast\u200b" }, [file("image")])),
+    ).not.toThrow();
   });
 });
 
@@ -131,6 +140,7 @@ describe.each([
     expect(sized("512 × 768")).toEqual({ width: 512, height: 768 });
     expect(sized("٧٦٨x٥١٢")).toEqual({ width: 768, height: 512 });
     expect(sized("５１２")).toEqual({ width: 512, height: 512 });
+    expect(sized("768\u200bx512\u2060")).toEqual({ width: 768, height: 512 });
   });
 
   it("refuses a size it cannot serve, naming the option and the limit", () => {
