@@ -24,9 +24,13 @@ export function slackEmojiName(emoji: string): string {
   return name;
 }
 
-/** The 0-based choice an emoji stands for among `count`, or undefined when it is not one of them. */
-export function choiceIndex(emoji: string, count: number): number | undefined {
+/**
+ * The 0-based choice an emoji stands for among `count`, or undefined when it is not one of them.
+ * `byName`: also Slack's names ("two"). Only where names are the platform's spelling of its keycaps: on
+ * Discord a name without a glyph is a server's custom emoji, which one may well call "two".
+ */
+export function choiceIndex(emoji: string, count: number, byName = true): number | undefined {
   const byGlyph = NUMBER_EMOJIS.findIndex((e) => bare(e) === bare(emoji));
-  const index = byGlyph >= 0 ? byGlyph : SLACK_NAMES.indexOf(emoji.replace(/^:|:$/g, ""));
+  const index = byGlyph >= 0 ? byGlyph : byName ? SLACK_NAMES.indexOf(emoji.replace(/^:|:$/g, "")) : -1;
   return index >= 0 && index < count ? index : undefined;
 }

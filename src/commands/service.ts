@@ -748,7 +748,8 @@ export class ChatCommands {
       this.log.debug({ message: event.message.id, userId: event.userId }, "reaction by someone else ignored");
       return;
     }
-    const index = choiceIndex(event.emoji, record.choices.length);
+    // Reactions by name are Slack's spelling; elsewhere a name is a custom emoji (reactions.ts).
+    const index = choiceIndex(event.emoji, record.choices.length, this.adapter.platform === "slack");
     const choice = index === undefined ? undefined : record.choices[index];
     if (index === undefined || !choice) return;
     const pick = { messageId: event.message.id, index };

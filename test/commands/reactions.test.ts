@@ -21,6 +21,12 @@ describe("number reactions", () => {
     expect(choiceIndex("four", 3)).toBeUndefined();
   });
 
+  it("reads Slack's names only where asked: elsewhere a name is a custom emoji", () => {
+    expect(choiceIndex("two", 3, false)).toBeUndefined();
+    expect(choiceIndex(":keycap_ten:", 10, false)).toBeUndefined();
+    expect(choiceIndex("2️⃣", 3, false)).toBe(1);
+  });
+
   it("names each number the way Slack's reactions.add wants it, and back", () => {
     const names = numberEmojis(10).map(slackEmojiName);
     expect(names).toEqual([

@@ -94,6 +94,20 @@ describe("/imagic", () => {
     expect(refused.filter((r) => !(r.status === 429 && r.route.includes("/reactions/")))).toEqual([]);
   });
 
+  it('picks by keycap only: a custom emoji named like a number (Slack\'s "two") or another emoji picks nothing', async () => {
+    await w.worker(lightweightPipelines({ steps: 1, stepMs: 1 }));
+    const thread = await w.thread(
+      w.imagic(w.fake.addTextChannel("custom-emoji"), [opt.string("seeds", "2")]),
+    );
+    const grid = await w.offer(thread, 1, 2);
+    // (The fake sends every reaction as a name; a server's custom emoji has just a name, too.)
+    for (const emoji of ["two", ":two:", "one", "👍", "3️⃣"]) w.fake.react(w.author, grid.id, emoji);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(w.posted(thread)).toHaveLength(2);
+    w.fake.react(w.author, grid.id, "2\u20e3");
+    expect((await w.offer(thread, 2, 5)).content).toContain("**Pick the final image**");
+  });
+
   it("shows a waiting job's place in line and keeps it current until the job starts", async () => {
     const first = w.fake.addTextChannel("first");
     const second = w.fake.addTextChannel("second");
