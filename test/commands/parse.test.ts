@@ -236,6 +236,16 @@ describe("parseSwap", () => {
     expect(subject("🐈")).toBe("🐈");
   });
 
+  it("refuses the concept token as the subject before anything is queued", () => {
+    const files = [file("source"), file("reference1")];
+    for (const word of ["sks", "SKS"]) {
+      expect(() => parseSwap(request("swap", { subject: word }, files))).toThrow(
+        `\`subject\` cannot be "${word}": I learn the new subject as "sks <subject>"; name what the photo shows (e.g. "dog")`,
+      );
+    }
+    expect(parseSwap(request("swap", { subject: "skis" }, files)).subject).toBe("skis");
+  });
+
   it("reads `strengths` as φ/M/A step triples, one grid row each, in place of the single strengths", () => {
     const files = [file("source"), file("reference1")];
     const swap = (options: CommandRequest["options"]) =>
