@@ -146,6 +146,13 @@ export function checkSubjectWord(subject: string, option: string): void {
       `${option} must be one word, what the photo shows (e.g. "dog", not "${subject}"): the swap finds it as a word of "${sourcePromptFor(subject)}"`,
     );
   }
+  // "a" (or "photo", "of") is also another word of the prompt made from it: the swap would replace each.
+  const others = sourcePromptFor("").trim().split(" ");
+  if (others.includes(subject.trim())) {
+    throw new UserFacingError(
+      `${option} "${subject.trim()}" is also another word of "${sourcePromptFor(subject.trim())}", where the swap finds it: name what the photo shows (e.g. "dog")`,
+    );
+  }
 }
 
 /**

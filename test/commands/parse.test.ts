@@ -246,6 +246,16 @@ describe("parseSwap", () => {
     expect(parseSwap(request("swap", { subject: "skis" }, files)).subject).toBe("skis");
   });
 
+  it("refuses a subject that is also another word of the prompt made from it", () => {
+    const files = [file("source"), file("reference1")];
+    for (const word of ["a", "photo", "of"]) {
+      expect(() => parseSwap(request("swap", { subject: word }, files))).toThrow(
+        `\`subject\` "${word}" is also another word of "a photo of a ${word}", where the swap finds it: name what the photo shows (e.g. "dog")`,
+      );
+    }
+    expect(parseSwap(request("swap", { subject: "Photo" }, files)).subject).toBe("Photo");
+  });
+
   it("reads `strengths` as φ/M/A step triples, one grid row each, in place of the single strengths", () => {
     const files = [file("source"), file("reference1")];
     const swap = (options: CommandRequest["options"]) =>
