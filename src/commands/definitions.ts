@@ -2,9 +2,11 @@
 // slash commands, the Slack adapter into modals; the parser (parse.ts) checks values against the same
 // bounds, because a platform's own checks (Discord's min/max) are a convenience, not a guarantee.
 
+import { formatList } from "../engine/intake/kinds.js";
 import { LIMITS, PRESET_NAMES } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
 import { MAX_REFERENCES, MAX_STRENGTHS_LENGTH, SWAP_SAMPLING_STEPS, SWAP_STRENGTHS } from "../spec/swap.js";
+import { DEFAULT_IMAGE_LIMITS } from "../spec/upload.js";
 
 /** `attachment` options all take a photo; `integer` takes whole numbers only, `number` any. */
 export type OptionType = "attachment" | "string" | "number" | "integer";
@@ -55,7 +57,7 @@ export const COMMANDS: readonly CommandDefinition[] = [
       {
         name: "image",
         type: "attachment",
-        description: "the photo to edit (PNG, JPEG or WebP)",
+        description: `the photo to edit (${formatList(DEFAULT_IMAGE_LIMITS.formats)})`,
         required: true,
       },
       {

@@ -1,7 +1,9 @@
 // Fixed texts users read: /help and the messages around picks.
+import { formatList } from "../engine/intake/kinds.js";
 import { formatSeconds } from "../engine/progress.js";
 import { MAX_SEEDS } from "../spec/request.js";
 import { MAX_REFERENCES, SWAP_LIMITS, SWAP_SAMPLING_STEPS } from "../spec/swap.js";
+import { DEFAULT_IMAGE_LIMITS } from "../spec/upload.js";
 import type { CommandRequest, Platform } from "./chat.js";
 import { IMAGIC_PRESETS } from "./definitions.js";
 import type { Choice } from "./picks.js";
@@ -93,7 +95,8 @@ export function helpText(platform: Platform): string {
       "(minutes, once per set of references), post a grid of the variants, and you react with a tile's number " +
       "to get the final image.",
     `• ${usage.manage}`,
-    "Only the person who started an edit can pick from its grids. Photos must be still PNG, JPEG, WebP or GIF images.",
+    // The formats the uploads' check accepts (it names them too when it refuses one), not a list of its own.
+    `Only the person who started an edit can pick from its grids. Photos must be still ${formatList(DEFAULT_IMAGE_LIMITS.formats)} images.`,
   ].join("\n");
 }
 
