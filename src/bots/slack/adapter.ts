@@ -63,6 +63,14 @@ export function mrkdwn(text: string): string {
     .replace(/\*\*(.+?)\*\*/g, "*$1*");
 }
 
+/**
+ * Text as the user typed it, from text Slack delivers escaped (a slash command's `text`: &, < and > arrive
+ * as &amp;, &lt; and &gt;); `&amp;` last, so that a typed "&lt;" stays "&lt;".
+ */
+export function typedText(escaped: string): string {
+  return escaped.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&");
+}
+
 export class SlackAdapter implements ChatAdapter {
   readonly platform = "slack" as const;
   /** Files this process attached to each message it edits, deleted when replaced (previews pile up otherwise). */

@@ -21,7 +21,7 @@ import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.j
 import { UserFacingError } from "../../errors.js";
 import { childLogger, type Logger as Pino } from "../../log.js";
 import type { QueueSide } from "../queue-side.js";
-import { messageId, SLACK_LIMITS, SlackAdapter, slackError } from "./adapter.js";
+import { messageId, SLACK_LIMITS, SlackAdapter, slackError, typedText } from "./adapter.js";
 import { commandForm, FORM_COMMANDS, type FormContext, formContext } from "./modals.js";
 import { conversationOf, formReply, formRequest, slashReply } from "./requests.js";
 
@@ -161,7 +161,7 @@ export async function startSlackBot(options: SlackBotOptions): Promise<SlackBot>
 
   app.command(/^\/(imagic|swap)$/, async ({ command, ack, respond, client }) => {
     const name = command.command.slice(1);
-    const text = command.text.trim();
+    const text = typedText(command.text).trim();
     const conversation = { channel: command.channel_id };
     if (name === "imagic" && SUBCOMMANDS.has(text.toLowerCase())) {
       const reply = slashReply({ adapter, client, userId: command.user_id, conversation, respond }, ack);

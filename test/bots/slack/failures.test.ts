@@ -422,4 +422,12 @@ describe("plain commands", () => {
     // No form opens for them.
     expect([...w.fake.views.values()].filter((v) => v.trigger === help.trigger)).toEqual([]);
   });
+
+  it("a slash command's text, which Slack sends with &, < and > escaped, prefills the form as it was typed", async () => {
+    const typed = "a cat & a dog <3, not &lt;";
+    const view = await w.form(w.channel("escaped"), "/imagic", typed);
+    expect(view.view.blocks.find((b) => b.block_id === "prompt")).toMatchObject({
+      element: { initial_value: typed },
+    });
+  });
 });

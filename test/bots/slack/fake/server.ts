@@ -385,7 +385,8 @@ export class FakeSlack {
       user_id: user.id,
       user_name: user.name,
       command,
-      text,
+      // Slack escapes its three control characters in what the user typed (&amp; &lt; &gt;).
+      text: text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"),
       api_app_id: this.appId,
       is_enterprise_install: "false",
       response_url: responseUrl,
