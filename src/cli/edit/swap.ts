@@ -22,6 +22,7 @@ import { MAX_SEED } from "../../spec/request.js";
 import { checkPhotoShape, type Size } from "../../spec/shape.js";
 import {
   checkSubjectInPrompt,
+  checkSubjectWord,
   checkVariantCount,
   DEFAULT_INVERSION,
   INVERSION_METHODS,
@@ -211,6 +212,8 @@ export function swapCommand(): Command {
       const seeds = wholeList("--seeds", f.seeds, 0, 0, MAX_SEED);
       const strengths = strengthGrid(f, steps);
       checkVariantCount(seeds.length, strengths.length, "--seeds × --lambda-phi/-m/-a");
+      // Without --source-prompt the photo is "a photo of a <subject>": one word, said as chat says it.
+      if (f.sourcePrompt === undefined) checkSubjectWord(f.subject, "--subject");
       const sourcePrompt = f.sourcePrompt ?? sourcePromptFor(f.subject);
       checkSubjectInPrompt(f.subject, sourcePrompt);
       const others = otherSubjects(f, sourcePrompt);

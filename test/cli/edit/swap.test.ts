@@ -65,6 +65,7 @@ describe("edit swap", () => {
         /--also takes word=concept-file, e\.g\. "sofa=chair\.safetensors"/,
       ],
       [["--ref", COFFEE, "--also", `cat=${foreign}`], /the subject "cat" is named twice/],
+      [["--ref", COFFEE, "--subject", "hot dog"], /--subject must be one word, what the photo shows/],
       [
         ["--ref", COFFEE, "--size", "100x900"],
         /--size 100×900 has an aspect ratio of 9\.00:1; the limit is 4:1/,
