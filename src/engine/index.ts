@@ -18,6 +18,7 @@ import type { Graph, Tensor } from "./graph/index.js";
 import { type Checkpoint, checkpointFingerprint, openWeightFile } from "./models/checkpoint.js";
 import {
   type ComputeDType,
+  checkNetworkWeights,
   IO,
   lossGraph,
   textEncoderGraph,
@@ -238,6 +239,7 @@ export class StableDiffusion {
     let ckpt: Checkpoint;
     try {
       ckpt = withPredictionType(model.checkpoint, opts.predictionType);
+      checkNetworkWeights(ckpt);
     } catch (err) {
       await model.release();
       throw err;

@@ -17,8 +17,10 @@ import {
 } from "../optim/flat-params.js";
 import { CARRY_PREFIX } from "../runtime/carry.js";
 import type { AttentionHook } from "./attention.js";
+import type { Checkpoint, Component } from "./checkpoint.js";
 import { clipTextEncoder } from "./clip.js";
 import type { TextEncoderConfig, UNetConfig, VaeConfig } from "./config.js";
+import { MissingParameterError, ModelFileError } from "./errors.js";
 import { LoraInputs, loraDownName, loraUpName } from "./lora.js";
 import { StoreParams, type WeightSource } from "./params.js";
 import { unet } from "./unet.js";
@@ -138,6 +140,47 @@ export function vaeDecodeGraph(
     vaeDecode(new StoreParams(g, store, { origin: "vae", dtype, legacyName: vaeLegacyName }), c, latents),
   );
   return g;
+}
+
+/**
+ * Builds each network's graph once at its smallest size, reading no weight bytes (an initializer's bytes
+ * are read only when a session is compiled): every parameter the configs imply must be in the checkpoint,
+ * with that shape and a floating-point dtype. So a checkpoint missing a tensor, or holding one of another
+ * shape, is refused when it is opened, naming the file and the tensor, and not by the first job that needs
+ * the network. Some tens of milliseconds for SD 1.5.
+ */
+export function checkNetworkWeights(ckpt: Pick<Checkpoint, "textEncoder" | "unet" | "vae">): void {
+  const latent = 2 ** (ckpt.unet.config.block_out_channels.length - 1);
+  const vaeScale = 2 ** (ckpt.vae.config.block_out_channels.length - 1);
+  const networks: Array<[Component<unknown>, string, () => unknown]> = [
+    [
+      ckpt.textEncoder,
+      "text encoder",
+      () => textEncoderGraph(ckpt.textEncoder.weights, ckpt.textEncoder.config, 1),
+    ],
+    [
+      ckpt.unet,
+      "UNet",
+      () => unetGraph(ckpt.unet.weights, ckpt.unet.config, { batch: 1, height: latent, width: latent }),
+    ],
+    [
+      ckpt.vae,
+      "VAE",
+      () => vaeEncodeGraph(ckpt.vae.weights, ckpt.vae.config, latent * vaeScale, latent * vaeScale),
+    ],
+    [ckpt.vae, "VAE", () => vaeDecodeGraph(ckpt.vae.weights, ckpt.vae.config, 1, latent, latent)],
+  ];
+  for (const [component, what, build] of networks) {
+    try {
+      build();
+    } catch (err) {
+      if (!(err instanceof MissingParameterError)) throw err;
+      throw new ModelFileError(
+        component.weightsFile,
+        `has no tensor "${err.parameter}", which the ${what} its config describes needs (a checkpoint of another architecture, or a damaged or partial file)`,
+      );
+    }
+  }
 }
 
 export type PredictionType = "epsilon" | "v_prediction";

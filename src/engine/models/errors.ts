@@ -13,3 +13,17 @@ export class ModelFileError extends UserFacingError {
     super(`${file}: ${problem}`);
   }
 }
+
+/**
+ * A network asked its weights for a parameter the checkpoint does not hold (params.ts). Where the file is
+ * known (checkNetworkWeights, at load) it becomes a ModelFileError naming it.
+ */
+export class MissingParameterError extends Error {
+  override readonly name = "MissingParameterError";
+  constructor(
+    readonly origin: string,
+    readonly parameter: string,
+  ) {
+    super(`${origin}: parameter "${parameter}" is missing`);
+  }
+}

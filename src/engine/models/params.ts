@@ -7,6 +7,7 @@
 import type { DType, Graph, Tensor } from "../graph/index.js";
 import { cast } from "../graph/index.js";
 import type { TrainedSource } from "../optim/flat-params.js";
+import { MissingParameterError } from "./errors.js";
 import type { WeightStore } from "./weights.js";
 
 export interface ParamSource {
@@ -70,6 +71,6 @@ export class StoreParams implements ParamSource {
     if (this.store.has(name)) return name;
     const legacy = this.opts.legacyName?.(name);
     if (legacy !== undefined && this.store.has(legacy)) return legacy;
-    throw new Error(`${this.opts.origin ?? "the checkpoint"}: parameter "${name}" is missing`);
+    throw new MissingParameterError(this.opts.origin ?? "the checkpoint", name);
   }
 }

@@ -15,6 +15,7 @@ import {
   UNetConfigSchema,
   VaeConfigSchema,
 } from "../../../src/engine/models/config.js";
+import { ModelFileError } from "../../../src/engine/models/errors.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
@@ -323,6 +324,54 @@ describe("weight files", () => {
     write(dir, tensors);
     return dir;
   }
+
+  it("refuses at load a checkpoint missing a tensor, or holding one of another shape, naming the file and tensor", async () => {
+    /** The sd1 fixture with `component`'s weights rewritten by `edit` (name → tensor, as float32). */
+    const edited = (component: "unet" | "vae", edit: (t: Record<string, TorchTestTensor>) => void) => {
+      const dir = copySd1();
+      const file = join(dir, component, "diffusion_pytorch_model.safetensors");
+      const store = weightStore(openSafetensors(file));
+      const tensors: Record<string, TorchTestTensor> = {};
+      for (const n of store.names())
+        tensors[n] = {
+          dtype: "F32",
+          shape: [...store.info(n).shape],
+          data: new Uint8Array(store.float32(n).buffer),
+        };
+      edit(tensors);
+      writeSafetensors(file, tensors);
+      return { dir, file };
+    };
+    const refusal = async (dir: string) => {
+      const err = await StableDiffusion.load(dir, { device: "cpu", dtype: "fp32" }).then(
+        async (sd) => {
+          await sd.release();
+          return undefined;
+        },
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(ModelFileError);
+      return err as ModelFileError;
+    };
+    const attention = "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
+    const noKey = edited("unet", (t) => delete t[attention]);
+    const missing = await refusal(noKey.dir);
+    expect(missing.file).toBe(noKey.file);
+    expect(missing.message).toContain(
+      `has no tensor "${attention}", which the UNet its config describes needs`,
+    );
+    const decoder = "decoder.conv_out.bias";
+    const noDecoder = edited("vae", (t) => delete t[decoder]);
+    expect(await refusal(noDecoder.dir)).toMatchObject({ file: noDecoder.file });
+    expect((await refusal(noDecoder.dir)).message).toContain(`"${decoder}"`);
+    const reshaped = edited("unet", (t) => {
+      const w = t["conv_in.bias"] as TorchTestTensor;
+      t["conv_in.bias"] = { ...w, shape: [w.shape[0] as number, 1] };
+    });
+    expect((await refusal(reshaped.dir)).message).toMatch(
+      /tensor "conv_in\.bias" has shape \[\d+, 1\], expected \[\d+\]/,
+    );
+  });
 
   it("loads a UNet stored in fp8 (F8_E4M3, F8_E5M2; safetensors or a torch pickle) as exactly its values in float32", async () => {
     const g = loadGolden("test/fixtures/models/sd1");
