@@ -18,7 +18,7 @@ import { UserFacingError } from "../errors.js";
 import { type Box, type ModelShape, type Size, type WorkingShape, workingShape } from "../spec/shape.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits } from "../spec/upload.js";
 import { failureText } from "./intake/failures.js";
-import { decodeHeif, rgbaTiff } from "./intake/heif.js";
+import { type DecodedHeif, decodeHeif, nclxPrimaries, rgbaTiff } from "./intake/heif.js";
 import { jpegStructure, mayLackOnlyEoi } from "./intake/jpeg.js";
 import { apngFrames, formatList, sniffKind } from "./intake/kinds.js";
 
@@ -210,11 +210,13 @@ export async function probeImage(
  * with the EXIF orientation applied. Throws ImageInputError when the bytes cannot be decoded.
  */
 export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: ImageLimits): Promise<Sharp> {
-  if (probe.compression === "hevc") {
+  // A HEIF's colour may be given by codes rather than a profile: Display P3 by codes gets P3's profile.
+  const p3ByCodes = (probe.format === "heif" || probe.format === "avif") && nclxPrimaries(bytes) === P3_D65;
+  if (probe.compression === "hevc" || p3ByCodes) {
     try {
-      const heif = await decodeHeif(bytes);
       // libheif-js gives the coded values; the profile (Display P3 on iPhones) says what they mean.
-      const { icc } = await sharp(bytes).metadata();
+      const heif = probe.compression === "hevc" ? await decodeHeif(bytes) : await rgbaOf(bytes, limits);
+      const icc = p3ByCodes ? await displayP3Profile() : (await sharp(bytes).metadata()).icc;
       if (icc) return sharp(rgbaTiff(heif, icc), { limitInputPixels: limits.maxPixels });
       return sharp(heif.rgba, { raw: { width: heif.width, height: heif.height, channels: 4 } });
     } catch (err) {
@@ -227,6 +229,38 @@ export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: 
   // cut one still warns of a premature end (refused as incomplete, judged on the bytes as sent).
   const input = probe.format === "jpeg" && mayLackOnlyEoi(bytes) ? withEoi(bytes) : bytes;
   return sharp(input, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+}
+
+/** ISO/IEC 23091-2's colour primaries code of P3 with D65 white: Display P3, as phones tag wide-gamut photos. */
+const P3_D65 = 12;
+
+let displayP3: Promise<Uint8Array> | undefined;
+/** libvips' built-in Display P3 profile, as the ICC bytes it embeds in an image. */
+function displayP3Profile(): Promise<Uint8Array> {
+  displayP3 ??= sharp({ create: { width: 1, height: 1, channels: 3, background: "#000" } })
+    .withIccProfile("p3")
+    .png()
+    .toBuffer()
+    .then(async (png) => {
+      const { icc } = await sharp(png).metadata();
+      if (!icc) throw new Error("libvips embedded no Display P3 profile");
+      return new Uint8Array(icc);
+    });
+  return displayP3;
+}
+
+/** A HEIF (AV1) image's primary picture as 8-bit RGBA, its coded values as they are (no profile applied). */
+async function rgbaOf(bytes: Uint8Array, limits: ImageLimits): Promise<DecodedHeif> {
+  const { data, info } = await sharp(bytes, { limitInputPixels: limits.maxPixels, failOn: "warning" })
+    .toColourspace("srgb") // 10- and 12-bit pictures to 8 bits
+    .ensureAlpha()
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  return {
+    width: info.width,
+    height: info.height,
+    rgba: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+  };
 }
 
 /** `jpeg` with an end-of-image marker appended. */

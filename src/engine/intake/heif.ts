@@ -125,3 +125,75 @@ export function rgbaTiff({ width, height, rgba }: DecodedHeif, icc: Uint8Array):
   out.set(rgba, dataAt);
   return out;
 }
+
+/** One ISO BMFF box: its type and where its payload lies (after the 8- or 16-byte header). */
+interface IsoBox {
+  type: string;
+  start: number;
+  end: number;
+}
+
+/** The boxes in bytes [from, to), each within its parent; a box overrunning it ends the list. */
+function isoBoxes(b: Uint8Array, from: number, to: number): IsoBox[] {
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const out: IsoBox[] = [];
+  for (let at = from; at + 8 <= to; ) {
+    let size = view.getUint32(at);
+    let header = 8;
+    if (size === 1 && at + 16 <= to) {
+      size = view.getUint32(at + 8) * 2 ** 32 + view.getUint32(at + 12);
+      header = 16;
+    } else if (size === 0) size = to - at;
+    if (size < header || at + size > to) break;
+    out.push({
+      type: String.fromCharCode(...b.subarray(at + 4, at + 8)),
+      start: at + header,
+      end: at + size,
+    });
+    at += size;
+  }
+  return out;
+}
+
+/**
+ * The colour primaries (ISO/IEC 23091-2 codes: 1 BT.709/sRGB, 12 P3-D65, 9 BT.2020) that a HEIF or AVIF
+ * file's primary image declares in an `nclx` colour box, when it has no ICC profile (`prof`, `rICC`);
+ * undefined otherwise, or where the boxes do not say. libvips converts through an ICC profile only and
+ * takes code-tagged pixels as sRGB, so a Display P3 photo tagged by codes would come out dull.
+ */
+export function nclxPrimaries(b: Uint8Array): number | undefined {
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const find = (boxes: IsoBox[], type: string) => boxes.find((x) => x.type === type);
+  const meta = find(isoBoxes(b, 0, b.byteLength), "meta");
+  if (!meta) return undefined;
+  const inMeta = isoBoxes(b, meta.start + 4, meta.end); // meta is a full box: version and flags first
+  const [pitm, iprp] = [find(inMeta, "pitm"), find(inMeta, "iprp")];
+  if (!pitm || !iprp || pitm.start + 6 > pitm.end) return undefined;
+  const primary = b[pitm.start] === 0 ? view.getUint16(pitm.start + 4) : view.getUint32(pitm.start + 4);
+  const inIprp = isoBoxes(b, iprp.start, iprp.end);
+  const [ipco, ipma] = [find(inIprp, "ipco"), find(inIprp, "ipma")];
+  if (!ipco || !ipma || ipma.start + 8 > ipma.end) return undefined;
+  const properties = isoBoxes(b, ipco.start, ipco.end);
+  // ipma: for each item, its properties by 1-based index into ipco (7 or 15 bits, the top bit "essential").
+  const version = b[ipma.start] as number;
+  const wide = ((b[ipma.start + 3] as number) & 1) === 1;
+  const colours: IsoBox[] = [];
+  let at = ipma.start + 8;
+  for (let n = view.getUint32(ipma.start + 4); n > 0; n--) {
+    const idBytes = version < 1 ? 2 : 4;
+    if (at + idBytes + 1 > ipma.end) return undefined;
+    const id = version < 1 ? view.getUint16(at) : view.getUint32(at);
+    const count = b[at + idBytes] as number;
+    at += idBytes + 1;
+    if (at + count * (wide ? 2 : 1) > ipma.end) return undefined;
+    for (let k = 0; k < count; k++, at += wide ? 2 : 1) {
+      const index = wide ? view.getUint16(at) & 0x7fff : (b[at] as number) & 0x7f;
+      const box = properties[index - 1];
+      if (id === primary && box?.type === "colr") colours.push(box);
+    }
+  }
+  const kind = (box: IsoBox) => String.fromCharCode(...b.subarray(box.start, box.start + 4));
+  if (colours.some((c) => kind(c) === "prof" || kind(c) === "rICC")) return undefined;
+  const nclx = colours.find((c) => kind(c) === "nclx" && c.start + 6 <= c.end);
+  return nclx ? view.getUint16(nclx.start + 4) : undefined;
+}

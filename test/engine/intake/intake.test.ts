@@ -17,7 +17,15 @@ import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
-import { adobeCmykJpeg, apng, heifWithIcc, pixels, pngWithIcc, tiff } from "./support/edge-images.js";
+import {
+  adobeCmykJpeg,
+  apng,
+  heifWithIcc,
+  heifWithNclx,
+  pixels,
+  pngWithIcc,
+  tiff,
+} from "./support/edge-images.js";
 
 const fixture = (name: string) => new Uint8Array(readFileSync(`test/fixtures/images/${name}`));
 const COFFEE = fixture("coffee.png");
@@ -153,6 +161,33 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
     );
     expect(meanAbsDiff(plain as Buffer, want as Buffer)).toBeGreaterThan(2); // the profile matters here
     expect(meanAbsDiff(got as Buffer, want as Buffer)).toBeLessThan(0.5);
+  });
+
+  it("converts a HEIC or AVIF that declares Display P3 by nclx codes, not a profile, as one tagged with the profile", async () => {
+    // libvips converts through ICC profiles only and would read code-tagged P3 values as sRGB.
+    const p3 = (
+      await sharp(COFFEE)
+        .withIccProfile("p3")
+        .png()
+        .toBuffer()
+        .then((b) => sharp(b).metadata())
+    ).icc as Buffer;
+    const avif = new Uint8Array(
+      await sharp(COFFEE)
+        .resize(96, 64)
+        .avif({ quality: 100, effort: 0, chromaSubsampling: "4:4:4" })
+        .toBuffer(),
+    );
+    for (const photo of [avif, fixture("chelsea.heic")]) {
+      const [byCodes, byProfile, plain, srgbCodes] = await Promise.all(
+        [heifWithNclx(photo, 12), heifWithIcc(photo, p3), photo, heifWithNclx(photo, 1)].map(
+          async (bytes) => (await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes)).data,
+        ),
+      );
+      expect(meanAbsDiff(plain as Buffer, byProfile as Buffer)).toBeGreaterThan(2); // P3 matters here
+      expect(meanAbsDiff(byCodes as Buffer, byProfile as Buffer)).toBeLessThan(0.5);
+      expect(meanAbsDiff(srgbCodes as Buffer, plain as Buffer)).toBeLessThan(0.5); // sRGB codes: as untagged
+    }
   });
 
   it("refuses a portrait JPEG without Huffman tables that a 64-pixel check let through", async () => {

@@ -240,17 +240,40 @@ export function adobeCmykJpeg(
   return Uint8Array.from(out);
 }
 
+/** `heif` with an ICC profile (a `colr` box of type `prof`, as iPhones tag their Display P3 photos). */
+export const heifWithIcc = (heif: Uint8Array, icc: Uint8Array): Uint8Array =>
+  heifWithColour(heif, "prof", icc);
+
 /**
- * `heif` with an ICC profile (a `colr` box of type `prof`, as iPhones tag their Display P3 photos)
- * added to its primary image's properties: the meta boxes grow and every iloc offset moves past them.
+ * `heif` with colour given by ISO/IEC 23091-2 codes (a `colr` box of type `nclx`): primaries (12: P3-D65),
+ * transfer (13: sRGB's), matrix (6: BT.601) and full range.
  */
-export function heifWithIcc(heif: Uint8Array, icc: Uint8Array): Uint8Array {
+export const heifWithNclx = (heif: Uint8Array, primaries: number, transfer = 13, matrix = 6): Uint8Array =>
+  heifWithColour(
+    heif,
+    "nclx",
+    Uint8Array.from([
+      primaries >> 8,
+      primaries & 255,
+      transfer >> 8,
+      transfer & 255,
+      matrix >> 8,
+      matrix & 255,
+      0x80,
+    ]),
+  );
+
+/**
+ * `heif` with a `colr` box of `kind` holding `payload` added to its primary image's properties: the meta
+ * boxes grow and every iloc offset moves past them.
+ */
+function heifWithColour(heif: Uint8Array, kind: "prof" | "nclx", payload: Uint8Array): Uint8Array {
   const b = Buffer.from(heif);
   const size = (at: number) => b.readUInt32BE(at);
   const type = (at: number) => b.toString("ascii", at + 4, at + 8);
   const child = (from: number, end: number, name: string) => {
     for (let at = from; at < end; at += size(at)) if (type(at) === name) return at;
-    throw new RangeError(`heifWithIcc: no ${name} box`);
+    throw new RangeError(`heifWithColour: no ${name} box`);
   };
   const meta = child(0, b.byteLength, "meta");
   const [pitm, iloc, iprp] = ["pitm", "iloc", "iprp"].map((n) => child(meta + 12, meta + size(meta), n)) as [
@@ -262,10 +285,10 @@ export function heifWithIcc(heif: Uint8Array, icc: Uint8Array): Uint8Array {
   const primary = b[pitm + 8] === 0 ? b.readUInt16BE(pitm + 12) : size(pitm + 12);
   let properties = 0;
   for (let at = ipco + 8; at < ipco + size(ipco); at += size(at)) properties++;
-  const colr = Buffer.alloc(12 + icc.byteLength);
+  const colr = Buffer.alloc(12 + payload.byteLength);
   colr.writeUInt32BE(colr.byteLength);
-  colr.write("colrprof", 4, "ascii");
-  colr.set(icc, 12);
+  colr.write(`colr${kind}`, 4, "ascii");
+  colr.set(payload, 12);
   // ipma: the primary item gets one more association, essential, to the new property.
   const version = b[ipma + 8] as number;
   const wide = ((b[ipma + 11] as number) & 1) === 1;
