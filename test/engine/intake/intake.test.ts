@@ -140,17 +140,15 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
     expect(loaded.tensor).toHaveLength(3 * 192 * 128);
   });
 
+  /** libvips' Display P3 profile, as it embeds it. */
+  const displayP3 = async () =>
+    (await sharp(await sharp(COFFEE).withIccProfile("p3").png().toBuffer()).metadata()).icc as Buffer;
+
   it("converts an HEVC HEIC through its ICC profile, as iPhones tag their Display P3 photos", async () => {
     // libheif-js hands back the coded RGB values; without the profile a P3 photo would be read as
     // sRGB, its colours duller than the sender's. The same values in a P3-tagged PNG are the reference.
     const heic = fixture("chelsea.heic");
-    const p3 = (
-      await sharp(COFFEE)
-        .withIccProfile("p3")
-        .png()
-        .toBuffer()
-        .then((b) => sharp(b).metadata())
-    ).icc as Buffer;
+    const p3 = await displayP3();
     const tagged = heifWithIcc(heic, p3);
     expect((await probeImage(tagged)).compression).toBe("hevc");
     const untagged = await convertPhoto(heic, DEFAULT_IMAGE_LIMITS);
@@ -165,13 +163,7 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
 
   it("converts a HEIC or AVIF that declares Display P3 by nclx codes, not a profile, as one tagged with the profile", async () => {
     // libvips converts through ICC profiles only and would read code-tagged P3 values as sRGB.
-    const p3 = (
-      await sharp(COFFEE)
-        .withIccProfile("p3")
-        .png()
-        .toBuffer()
-        .then((b) => sharp(b).metadata())
-    ).icc as Buffer;
+    const p3 = await displayP3();
     const avif = new Uint8Array(
       await sharp(COFFEE)
         .resize(96, 64)
@@ -506,15 +498,17 @@ describe("edge formats: converted right or refused in words", () => {
   const near = (got: number[][], want: number[][], tolerance: number) =>
     got.every((c, i) => c.every((v, j) => Math.abs(v - (want[i]?.[j] as number)) <= tolerance));
 
+  /** Four colours far apart, for pictures of four quadrants: top left, top right, bottom left, bottom right. */
+  const QUADS = [
+    [220, 30, 30],
+    [30, 200, 60],
+    [40, 50, 210],
+    [230, 210, 40],
+  ];
+
   it("turns every EXIF orientation upright in JPEG, PNG, WebP, TIFF and AVIF, at the displayed width and height", async () => {
     // Displayed: 96×64 in four coloured quadrants. Each file stores the pixels that orientation o shows
     // that way (transposed for 5–8, so stored 64×96).
-    const QUADS = [
-      [220, 30, 30],
-      [30, 200, 60],
-      [40, 50, 210],
-      [230, 210, 40],
-    ];
     const shown = (x: number, y: number) => QUADS[(y < 32 ? 0 : 2) + (x < 48 ? 0 : 1)] as number[];
     for (let o = 1; o <= 8; o++) {
       const [w, h] = o >= 5 ? [64, 96] : [96, 64];
@@ -593,16 +587,11 @@ describe("edge formats: converted right or refused in words", () => {
 
   it("puts transparent pixels on white in every format that has transparency, whatever colour they hide", async () => {
     // Top right transparent (its hidden colour black), the rest opaque quadrant colours.
-    const QUADS = [
-      [220, 30, 30],
-      [0, 0, 0],
-      [40, 50, 210],
-      [230, 210, 40],
-    ];
+    const hiding = QUADS.map((c, q) => (q === 1 ? [0, 0, 0] : c));
     const rgba = Buffer.alloc(96 * 64 * 4);
     for (let i = 0; i < 96 * 64; i++) {
       const q = ((i / 96) | 0) < 32 ? (i % 96 < 48 ? 0 : 1) : i % 96 < 48 ? 2 : 3;
-      rgba.set([...(QUADS[q] as number[]), q === 1 ? 0 : 255], 4 * i);
+      rgba.set([...(hiding[q] as number[]), q === 1 ? 0 : 255], 4 * i);
     }
     const image = () => sharp(rgba, { raw: { width: 96, height: 64, channels: 4 } });
     // [name, bytes, how far opaque pixels may drift (undefined: greyscale, not compared)]
