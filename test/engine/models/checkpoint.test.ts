@@ -17,11 +17,12 @@ import {
 } from "../../../src/engine/models/config.js";
 import { ModelFileError } from "../../../src/engine/models/errors.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
+import type { TensorEntry } from "../../../src/engine/models/tensor-file.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
 import { expectSameTensors, modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { SD15, SD21 } from "../../helpers/sd-hub-configs.js";
-import { writeSafetensors } from "../../helpers/write-safetensors.js";
+import { type TestTensor, writeSafetensors } from "../../helpers/write-safetensors.js";
 import { type TorchTestTensor, writeTorchCopy, writeTorchFile } from "../../helpers/write-torch.js";
 
 const copy = scratchCopies("checkpoint-test-");
@@ -34,6 +35,31 @@ function editJson(file: string, edit: (json: Record<string, unknown>) => void): 
   const json = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
   edit(json);
   writeFileSync(file, JSON.stringify(json));
+}
+
+/**
+ * Splits safetensors `file` into two shards, the first half of its tensors and the second, each written by
+ * `write` under `shardName(1 | 2)`; returns the index's weight map (tensor name → shard file name).
+ */
+function splitInTwo(
+  file: string,
+  shardName: (i: number) => string,
+  write: (shardFile: string, tensors: Record<string, TestTensor>) => void,
+): Record<string, string> {
+  const whole = openSafetensors(file);
+  const names = [...whole.tensors.keys()];
+  const weightMap: Record<string, string> = {};
+  [names.slice(0, names.length / 2), names.slice(names.length / 2)].forEach((part, i) => {
+    const shardFile = shardName(i + 1);
+    const tensors: Record<string, TestTensor> = {};
+    for (const name of part) {
+      const e = whole.tensors.get(name) as TensorEntry;
+      weightMap[name] = shardFile;
+      tensors[name] = { dtype: e.dtype, shape: [...e.shape], data: whole.read(name) };
+    }
+    write(shardFile, tensors);
+  });
+  return weightMap;
 }
 
 const rawUNet = JSON.parse(readFileSync(join(SD1, "unet/config.json"), "utf8")) as Record<string, unknown>;
@@ -517,23 +543,15 @@ describe("weight files", () => {
         component,
         component === "text_encoder" ? "model.safetensors" : `${stem}.safetensors`,
       );
-      const whole = openSafetensors(file);
-      const names = [...whole.tensors.keys()];
-      const weightMap: Record<string, string> = {};
-      [names.slice(0, names.length / 2), names.slice(names.length / 2)].forEach((part, i) => {
-        const shardFile = `${stem}.fp16-0000${i + 1}-of-00002.${ext}`;
-        const tensors = Object.fromEntries(
-          part.map((name) => {
-            const e = whole.tensors.get(name);
-            if (!e) throw new Error(name);
-            weightMap[name] = shardFile;
-            return [name, { dtype: e.dtype, shape: [...e.shape], data: whole.read(name) }];
-          }),
-        );
-        const target = join(dir, component, shardFile);
-        writeSafetensors(ext === "bin" ? `${target}.safetensors` : target, tensors);
-        if (ext === "bin") writeTorchCopy(`${target}.safetensors`, target);
-      });
+      const weightMap = splitInTwo(
+        file,
+        (i) => `${stem}.fp16-0000${i}-of-00002.${ext}`,
+        (shardFile, tensors) => {
+          const target = join(dir, component, shardFile);
+          writeSafetensors(ext === "bin" ? `${target}.safetensors` : target, tensors);
+          if (ext === "bin") writeTorchCopy(`${target}.safetensors`, target);
+        },
+      );
       rmSync(file);
       const index = join(dir, component, `${stem}.${ext}.index.fp16.json`);
       writeFileSync(index, JSON.stringify({ metadata: {}, weight_map: weightMap }));
@@ -584,22 +602,11 @@ describe("checkpointFingerprint (the graph cache's stand-in for the weights)", (
   it("changes when any shard of a sharded component changes, not only its index", () => {
     const dir = copySd1();
     const vae = join(dir, "vae");
-    const whole = openSafetensors(join(vae, "diffusion_pytorch_model.safetensors"));
-    const names = [...whole.tensors.keys()];
-    const shards = [names.slice(0, names.length / 2), names.slice(names.length / 2)];
-    const weightMap: Record<string, string> = {};
-    shards.forEach((part, i) => {
-      const file = `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`;
-      const tensors = Object.fromEntries(
-        part.map((name) => {
-          const e = whole.tensors.get(name);
-          if (!e) throw new Error(name);
-          weightMap[name] = file;
-          return [name, { dtype: e.dtype, shape: [...e.shape], data: whole.read(name) }];
-        }),
-      );
-      writeSafetensors(join(vae, file), tensors);
-    });
+    const weightMap = splitInTwo(
+      join(vae, "diffusion_pytorch_model.safetensors"),
+      (i) => `diffusion_pytorch_model-0000${i}-of-00002.safetensors`,
+      (file, tensors) => writeSafetensors(join(vae, file), tensors),
+    );
     rmSync(join(vae, "diffusion_pytorch_model.safetensors"));
     writeFileSync(
       join(vae, "diffusion_pytorch_model.safetensors.index.json"),
