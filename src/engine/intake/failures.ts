@@ -3,6 +3,7 @@
 // it use?), never from the decoder's message: libvips keeps one error buffer per process, so under
 // concurrent decodes its text can belong to another upload, and words like "vipspng: libpng read
 // error" help nobody. The decoder's text goes to the log only (ImageInputError.detail).
+import { isoBoxes, pngChunks } from "./chunks.js";
 import { jpegStructure } from "./jpeg.js";
 import { firstDirectory } from "./tiff.js";
 
@@ -13,12 +14,6 @@ export const FAILURE_TEXTS = {
     "The image is damaged and could not be decoded; send the original again, or open it and save it again as a JPEG or PNG.",
 } as const;
 
-const u32be = (b: Uint8Array, at: number) =>
-  (((b[at] as number) << 24) |
-    ((b[at + 1] as number) << 16) |
-    ((b[at + 2] as number) << 8) |
-    (b[at + 3] as number)) >>>
-  0;
 const u32le = (b: Uint8Array, at: number) =>
   ((b[at] as number) |
     ((b[at + 1] as number) << 8) |
@@ -28,26 +23,13 @@ const u32le = (b: Uint8Array, at: number) =>
 
 /** PNG: the chunks run to IEND without leaving the file. */
 function pngComplete(b: Uint8Array): boolean {
-  let at = 8;
-  while (at + 8 <= b.byteLength) {
-    const type = String.fromCharCode(...b.subarray(at + 4, at + 8));
-    at += 12 + u32be(b, at);
-    if (type === "IEND") return at <= b.byteLength;
-  }
+  for (const chunk of pngChunks(b)) if (chunk.type === "IEND") return chunk.end <= b.byteLength;
   return false;
 }
 
-/** ISO base media (HEIF, AVIF): every top-level box fits in the file. */
+/** ISO base media (HEIF, AVIF): the top-level boxes fill the file, the last one ending where it does. */
 function isoComplete(b: Uint8Array): boolean {
-  let at = 0;
-  while (at + 8 <= b.byteLength) {
-    let size = u32be(b, at);
-    if (size === 1 && at + 16 <= b.byteLength) size = u32be(b, at + 8) * 2 ** 32 + u32be(b, at + 12);
-    if (size === 0) return true; // the last box runs to the end of the file
-    if (size < 8) return false;
-    at += size;
-  }
-  return at === b.byteLength;
+  return isoBoxes(b, 0, b.byteLength).at(-1)?.end === b.byteLength;
 }
 
 /**

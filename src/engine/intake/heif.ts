@@ -4,6 +4,7 @@
 // unmodified from node_modules). libheif applies the file's rotation, mirroring and crop (irot, imir,
 // clap) and composes grid images (iPhones store 512×512 tiles); the result is RGBA, 8 bits.
 import { createRequire } from "node:module";
+import { type IsoBox, isoBoxes } from "./chunks.js";
 
 interface EmbindEnum {
   value: number;
@@ -123,35 +124,6 @@ export function rgbaTiff({ width, height, rgba }: DecodedHeif, icc: Uint8Array):
   for (let i = 0; i < 4; i++) view.setUint16(bitsAt + 2 * i, 8, true);
   out.set(icc, iccAt);
   out.set(rgba, dataAt);
-  return out;
-}
-
-/** One ISO BMFF box: its type and where its payload lies (after the 8- or 16-byte header). */
-interface IsoBox {
-  type: string;
-  start: number;
-  end: number;
-}
-
-/** The boxes in bytes [from, to), each within its parent; a box overrunning it ends the list. */
-function isoBoxes(b: Uint8Array, from: number, to: number): IsoBox[] {
-  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const out: IsoBox[] = [];
-  for (let at = from; at + 8 <= to; ) {
-    let size = view.getUint32(at);
-    let header = 8;
-    if (size === 1 && at + 16 <= to) {
-      size = view.getUint32(at + 8) * 2 ** 32 + view.getUint32(at + 12);
-      header = 16;
-    } else if (size === 0) size = to - at;
-    if (size < header || at + size > to) break;
-    out.push({
-      type: String.fromCharCode(...b.subarray(at + 4, at + 8)),
-      start: at + header,
-      end: at + size,
-    });
-    at += size;
-  }
   return out;
 }
 

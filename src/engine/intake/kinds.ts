@@ -2,6 +2,7 @@
 // to the person who sent it ("a BMP image", "an MP4 video"). The loader hands bytes to libvips only
 // when they start like a format we accept: libvips picks its loader from the same bytes, so nothing
 // else it can read (SVG, PDF, matrix and CSV files, FITS…) is ever reached through an upload.
+import { pngChunks } from "./chunks.js";
 import { firstDirectory } from "./tiff.js";
 
 /** Accepted formats, as sharp names them (ImageLimits.formats), with the name people know them by. */
@@ -102,10 +103,9 @@ export function sniffKind(bytes: Uint8Array): FileKind {
  */
 export function apngFrames(png: Uint8Array): number {
   const view = new DataView(png.buffer, png.byteOffset, png.byteLength);
-  for (let at = 8; at + 12 <= png.byteLength; at += 12 + view.getUint32(at)) {
-    const type = ascii(png, at + 4, at + 8);
+  for (const { type, start } of pngChunks(png)) {
     if (type === "IDAT") break;
-    if (type === "acTL") return Math.max(1, view.getUint32(at + 8));
+    if (type === "acTL" && start + 4 <= png.byteLength) return Math.max(1, view.getUint32(start));
   }
   return 1;
 }
