@@ -22,8 +22,14 @@ const standalone = (m: number) => m === 0x01 || (m >= 0xd0 && m <= 0xd7);
 /** Start-of-frame markers (0xc4 DHT, 0xc8 JPG and 0xcc DAC share the range but are not frames). */
 const isFrame = (m: number) => m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc;
 
-/** Walks the markers of `bytes` (which start with SOI). Entropy-coded data is skipped to its next marker. */
-export function jpegStructure(bytes: Uint8Array): JpegStructure {
+/**
+ * Walks the markers of `bytes` (which start with SOI). Entropy-coded data is skipped to its next marker.
+ * `onSegment` sees each segment that has a length, by its marker and the offset of its 0xff.
+ */
+export function jpegStructure(
+  bytes: Uint8Array,
+  onSegment?: (marker: number, at: number) => void,
+): JpegStructure {
   const out: JpegStructure = { scans: 0, complete: false };
   if (bytes[0] !== 0xff || bytes[1] !== SOI) return out;
   let i = 2;
@@ -43,6 +49,7 @@ export function jpegStructure(bytes: Uint8Array): JpegStructure {
     }
     if (i + 3 >= bytes.byteLength) return out;
     const length = ((bytes[i + 2] as number) << 8) | (bytes[i + 3] as number);
+    onSegment?.(marker, i);
     if (isFrame(marker) && out.frame === undefined) out.frame = marker;
     i += 2 + length;
     if (marker === SOS) {
@@ -71,18 +78,12 @@ const SEQUENTIAL = [0xc0, 0xc1, 0xc9];
  * between two scans is a valid picture with fewer scans (blurrier, or missing a colour).
  */
 export function mayLackOnlyEoi(bytes: Uint8Array): boolean {
-  const { scans, complete, frame } = jpegStructure(bytes);
-  if (complete || scans !== 1 || frame === undefined || !SEQUENTIAL.includes(frame)) return false;
   // The component counts of the frame (SOF: precision, height, width, count) and of its scan (SOS).
   let [frameComponents, scanComponents] = [-1, -2];
-  for (let i = 2; i + 4 < bytes.byteLength && bytes[i] === 0xff; ) {
-    const marker = bytes[i + 1] as number;
-    if (marker === frame) frameComponents = bytes[i + 9] ?? -1;
-    if (marker === SOS) {
-      scanComponents = bytes[i + 4] as number;
-      break;
-    }
-    i += 2 + (((bytes[i + 2] as number) << 8) | (bytes[i + 3] as number));
-  }
+  const { scans, complete, frame } = jpegStructure(bytes, (marker, at) => {
+    if (isFrame(marker) && frameComponents === -1) frameComponents = bytes[at + 9] ?? -1;
+    if (marker === SOS) scanComponents = bytes[at + 4] ?? -2;
+  });
+  if (complete || scans !== 1 || frame === undefined || !SEQUENTIAL.includes(frame)) return false;
   return frameComponents === scanComponents;
 }
