@@ -9,6 +9,8 @@ import {
   loadConfig,
   type ModelIndex,
   ModelIndexSchema,
+  parseConfig,
+  readJsonObject,
   type SchedulerConfig,
   SchedulerConfigSchema,
   SD_PIPELINES,
@@ -20,7 +22,6 @@ import {
   VaeConfigSchema,
 } from "./config.js";
 import { ModelFileError } from "./errors.js";
-import { readModelJson } from "./files.js";
 import { openSafetensors } from "./safetensors.js";
 import type { TensorFile } from "./tensor-file.js";
 import { ClipTokenizer } from "./tokenizer.js";
@@ -116,11 +117,12 @@ export function readConfigs(dir: string): CheckpointConfigs {
       `prompts are ${tokenizer.maxLength} tokens long here (model_max_length, at most the text encoder's max_position_embeddings ${textEncoder.max_position_embeddings}); the engine supports the ${CONTEXT_TOKENS} tokens of Stable Diffusion 1.x and 2.x only`,
     );
   }
-  const unet = loadConfig(UNetConfigSchema, files.unet, ["UNet2DConditionModel"]);
+  const rawUnet = readJsonObject(files.unet);
+  const unet = parseConfig(UNetConfigSchema, rawUnet, files.unet, ["UNet2DConditionModel"]);
   const scheduler = loadConfig(SchedulerConfigSchema, join(dir, "scheduler", "scheduler_config.json"));
   return {
     index,
-    unet: { ...unet, sample_size: pipelineSampleSize(unet.sample_size, files.unet) },
+    unet: { ...unet, sample_size: pipelineSampleSize(unet.sample_size, rawUnet._diffusers_version) },
     vae: loadConfig(VaeConfigSchema, files.vae, ["AutoencoderKL"]),
     textEncoder,
     tokenizer,
@@ -137,11 +139,14 @@ export function readConfigs(dir: string): CheckpointConfigs {
 
 /**
  * StableDiffusionPipeline.__init__ also rewrites a UNet config written by diffusers < 0.9.0 whose
- * sample_size is under 64 (SD 1.1–1.4 fine-tunes said 32) to 64, the size those models were trained at.
+ * sample_size is under 64 (SD 1.1–1.4 fine-tunes said 32) to 64, the size those models were trained at;
+ * `version` is the config's `_diffusers_version`.
  */
-function pipelineSampleSize(sampleSize: UNetConfig["sample_size"], file: string): UNetConfig["sample_size"] {
+function pipelineSampleSize(
+  sampleSize: UNetConfig["sample_size"],
+  version: unknown,
+): UNetConfig["sample_size"] {
   if (typeof sampleSize !== "number" || sampleSize >= 64) return sampleSize;
-  const version = (readModelJson(file) as { _diffusers_version?: unknown })._diffusers_version;
   const m = /^(\d+)\.(\d+)/.exec(typeof version === "string" ? version : "");
   if (!m) return sampleSize;
   return Number(m[1]) === 0 && Number(m[2]) < 9 ? 64 : sampleSize;

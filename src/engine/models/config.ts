@@ -290,7 +290,7 @@ export const SchedulerConfigSchema = z
 export type SchedulerConfig = z.infer<typeof SchedulerConfigSchema>;
 
 /** Reads a JSON object from a file, or throws a ModelFileError naming the file. */
-function readJsonObject(file: string): Record<string, unknown> {
+export function readJsonObject(file: string): Record<string, unknown> {
   const json = readModelJson(file);
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
     throw new ModelFileError(file, "is not a JSON object");
