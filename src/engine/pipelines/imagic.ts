@@ -99,11 +99,7 @@ const STEP_COST = { embedding: 1, finetune: 1.15 } as const;
  * The prompt as CLIP will read it, or a UserFacingError: empty, or longer than the 75 tokens CLIP reads
  * (the message shows where it would be cut).
  */
-export function checkPrompt(
-  sd: Pick<StableDiffusion, "tokenize" | "tokenizer">,
-  prompt: string,
-  maxChars = 500,
-): string {
+export function checkPrompt(sd: Pick<StableDiffusion, "tokenizer">, prompt: string, maxChars = 500): string {
   const text = prompt.trim().replace(/\s+/g, " ");
   const empty = "the prompt is empty: describe the photo as it should look after the edit";
   if (text.length === 0) throw new UserFacingError(empty);
@@ -118,14 +114,14 @@ export function checkPrompt(
   const content = sd.tokenizer.encode(text);
   if (content.ids.slice(1, content.length - 1).every((id) => id === bosId || id === eosId))
     throw new UserFacingError(`${empty} (it holds only the text encoder's start and end markers)`);
-  if (!sd.tokenize(text).truncated) return text;
+  if (!content.truncated) return text;
   // The longest run of leading words that still fits, found by bisection over the word count.
   const words = text.split(" ");
   let lo = 0;
   let hi = words.length;
   while (lo < hi) {
     const mid = Math.ceil((lo + hi) / 2);
-    if (sd.tokenize(words.slice(0, mid).join(" ")).truncated) hi = mid - 1;
+    if (sd.tokenizer.encode(words.slice(0, mid).join(" ")).truncated) hi = mid - 1;
     else lo = mid;
   }
   const kept = words.slice(0, lo).join(" ");
