@@ -57,9 +57,12 @@ export interface SwapRequest {
  * they hold emoji sequences together (👩‍💻, a subdivision's flag).
  */
 const INVISIBLE = /[\p{Cc}\p{Cf}]/gu;
-const KEPT_FORMAT = /\u200d|[\u{e0020}-\u{e007f}]/u;
+/** The format characters kept: the zero-width joiner and the tag characters. */
+const JOINERS = "\\u200d\\u{e0020}-\\u{e007f}";
+const KEPT_FORMAT = new RegExp(`[${JOINERS}]`, "u");
+const NOT_SHOWN = new RegExp(`[\\s\\p{M}${JOINERS}]`, "gu");
 /** Whether anything of a text shows: something other than whitespace, joiners and combining marks. */
-const visible = (text: string) => text.replace(/\s|\p{M}|\u200d|[\u{e0020}-\u{e007f}]/gu, "").length > 0;
+const visible = (text: string) => text.replace(NOT_SHOWN, "").length > 0;
 
 /** `text` with each decimal digit of any script (Arabic-Indic ٣, fullwidth ３…) as its ASCII digit. */
 export function asciiDigits(text: string): string {
