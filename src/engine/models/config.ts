@@ -1,10 +1,12 @@
 /**
  * The diffusers / transformers config files of a Stable Diffusion checkpoint, validated with zod.
  *
- * Diffusers configs (model_index.json, unet/vae config.json) are strict: a setting the engine does not know,
- * or a value it does not implement, is refused with a message naming the file, the setting and the value,
- * because silently ignoring one would compute a different function than diffusers. Missing settings take
- * diffusers' defaults (old checkpoints such as SD 1.5 omit most of them).
+ * Diffusers configs (model_index.json, unet/vae config.json) list every setting diffusers' classes take: a
+ * value the engine does not implement is refused with a message naming the file, the setting and the value,
+ * because silently ignoring it would compute a different function than diffusers. A setting those classes do
+ * not take is ignored with a warning, as diffusers ignores it ("… are not expected and will be ignored"), so
+ * that every config diffusers loads is read. Missing settings take diffusers' defaults (old checkpoints such
+ * as SD 1.5 omit most of them).
  *
  * The text encoder's config comes from transformers, whose configs carry dozens of generic keys
  * (generation settings, torchscript flags) that do not affect CLIPTextModel; there only the settings the
@@ -12,6 +14,7 @@
  * always samples with DDIM and takes the noise schedule (betas, offsets, prediction type) from them.
  */
 import { z } from "zod";
+import { childLogger } from "../../log.js";
 import { ModelFileError } from "./errors.js";
 import { readModelJson } from "./files.js";
 
@@ -304,13 +307,12 @@ function valueAt(obj: unknown, path: readonly PropertyKey[]): unknown {
   return cur;
 }
 
+const log = childLogger("engine");
+
 /** One line per problem: the setting, the value found, and what zod expected. */
 function describeIssues(error: z.ZodError, raw: unknown): string {
   return error.issues
     .map((issue) => {
-      if (issue.code === "unrecognized_keys") {
-        return `unknown setting${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => `"${k}"`).join(", ")}`;
-      }
       const path = issue.path.map(String).join(".");
       const value = valueAt(raw, issue.path);
       const found = value === undefined ? "missing" : JSON.stringify(value);
@@ -338,9 +340,28 @@ export function parseConfig<S extends z.ZodType>(
     );
   }
   const settings = Object.fromEntries(Object.entries(raw).filter(([k]) => !k.startsWith("_")));
-  const result = schema.safeParse(settings);
+  const first = schema.safeParse(settings);
+  const unknown = first.success ? [] : unknownKeys(first.error);
+  if (unknown.length > 0) {
+    log.warn(
+      { file, settings: unknown },
+      `${file}: ignoring setting${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => `"${k}"`).join(", ")}, which diffusers' classes do not take (diffusers ignores them too; one added by a later diffusers may change what the model computes)`,
+    );
+  }
+  // Parsed again without them: refinements run only on an object free of other issues.
+  const result =
+    unknown.length > 0
+      ? schema.safeParse(Object.fromEntries(Object.entries(settings).filter(([k]) => !unknown.includes(k))))
+      : first;
   if (!result.success) throw new ModelFileError(file, describeIssues(result.error, settings));
   return result.data;
+}
+
+/** Top-level settings a strict schema does not know. */
+function unknownKeys(error: z.ZodError): string[] {
+  return error.issues.flatMap((issue) =>
+    issue.code === "unrecognized_keys" && issue.path.length === 0 ? issue.keys : [],
+  );
 }
 
 export function loadConfig<S extends z.ZodType>(

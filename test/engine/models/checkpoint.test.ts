@@ -19,9 +19,11 @@ import { ModelFileError } from "../../../src/engine/models/errors.js";
 import { openSafetensors } from "../../../src/engine/models/safetensors.js";
 import type { TensorEntry } from "../../../src/engine/models/tensor-file.js";
 import { weightStore } from "../../../src/engine/models/weights.js";
+import { configureLogger } from "../../../src/log.js";
 import { fixtureDirs, loadGolden } from "../../helpers/golden.js";
 import { expectSameTensors, modelFileErrorOf, scratchCopies } from "../../helpers/model-files.js";
 import { SD15, SD21 } from "../../helpers/sd-hub-configs.js";
+import { captureStderr } from "../../helpers/stderr.js";
 import { type TestTensor, writeSafetensors } from "../../helpers/write-safetensors.js";
 import { type TorchTestTensor, writeTorchCopy, writeTorchFile } from "../../helpers/write-torch.js";
 
@@ -210,11 +212,39 @@ describe("config validation", () => {
     ]);
   });
 
-  it("refuses an unknown setting by name", () => {
-    const e = modelFileErrorOf(() =>
-      parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json"),
-    );
-    expect(e.message).toMatch(/^unet\/config\.json: unknown setting "fancy_new_option"/);
+  it("ignores settings diffusers' classes do not take, as diffusers does, and says so in the log", async () => {
+    configureLogger({ level: "warn", pretty: false });
+    try {
+      let parsed: unknown;
+      let refused: ModelFileError | undefined;
+      const logs = await captureStderr(() => {
+        parsed = parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3 }, "unet/config.json");
+        // Next to a bad value, the bad value is still refused, and named alone.
+        refused = modelFileErrorOf(() =>
+          parseConfig(UNetConfigSchema, { ...rawUNet, fancy_new_option: 3, act_fn: "gelu" }, "u.json"),
+        );
+      });
+      expect(parsed).toEqual(parseConfig(UNetConfigSchema, rawUNet, "unet/config.json"));
+      expect(logs).toMatch(/unet\/config\.json: ignoring setting \\"fancy_new_option\\"/);
+      expect(refused?.message).toBe(
+        'u.json: setting "act_fn" = "gelu" is not supported (Invalid input: expected "silu")',
+      );
+    } finally {
+      configureLogger({ level: "silent", pretty: false });
+    }
+    // A whole folder whose model_index, UNet and VAE configs carry settings diffusers would ignore loads.
+    const dir = copySd1();
+    editJson(join(dir, "model_index.json"), (j) => {
+      j.watermarker = [null, null];
+    });
+    editJson(join(dir, "unet", "config.json"), (j) => {
+      j.fancy_new_option = true;
+    });
+    editJson(join(dir, "vae", "config.json"), (j) => {
+      j.fancy_new_option = [1, 2];
+    });
+    const [edited, plain] = [openCheckpoint(dir), openCheckpoint(SD1)];
+    expect([edited.unet.config, edited.vae.config]).toEqual([plain.unet.config, plain.vae.config]);
   });
 
   it("refuses unsupported values, naming the setting and the value", () => {
