@@ -9,15 +9,9 @@ import { Command, Option } from "commander";
 import { appConfig } from "../../config.js";
 import { tileToPng } from "../../engine/grid.js";
 import { loadPhoto, photoArgs, probeImage } from "../../engine/image.js";
-import {
-  checkPrompt,
-  etaSweep,
-  fullGrid,
-  renderImagic,
-  seedGrid,
-  trainImagic,
-} from "../../engine/pipelines/imagic.js";
+import { etaSweep, fullGrid, renderImagic, seedGrid, trainImagic } from "../../engine/pipelines/imagic.js";
 import { deserializeState, type ImagicState, serializeState } from "../../engine/pipelines/imagic-state.js";
+import { checkPrompt } from "../../engine/pipelines/prompt.js";
 import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
@@ -219,7 +213,7 @@ export function imagicCommand(): Command {
       const bar = progressReporter(["encode"]);
       try {
         // The last checks, which need the tokenizer; nothing is written before they pass.
-        if (!saved) checkPrompt(sd, f.prompt as string);
+        if (!saved) checkPrompt(sd.tokenizer, f.prompt as string);
         mkdirSync(f.out, { recursive: true });
         const loadSeconds = (performance.now() - started) / 1000;
         let state: ImagicState;

@@ -32,6 +32,7 @@ import { Adam } from "../optim/adam.js";
 import { LossPlateau } from "../optim/plateau.js";
 import { EtaTracker, type StagePlan } from "../progress.js";
 import type { ImagicState } from "./imagic-state.js";
+import { checkPrompt } from "./prompt.js";
 import { sampleLatents } from "./sample.js";
 import { SeededDraws, type TrainingDraws } from "./training.js";
 
@@ -95,47 +96,6 @@ export interface RenderedImage {
 /** Relative cost of one step of each stage, for ETAs before a stage has been timed. */
 const STEP_COST = { embedding: 1, finetune: 1.15 } as const;
 
-/**
- * The prompt as CLIP will read it, or a UserFacingError: empty, or longer than the 75 tokens CLIP reads
- * (the message shows where it would be cut).
- */
-export function checkPrompt(sd: Pick<StableDiffusion, "tokenizer">, prompt: string, maxChars = 500): string {
-  const text = prompt.trim().replace(/\s+/g, " ");
-  const empty = "the prompt is empty: describe the photo as it should look after the edit";
-  if (text.length === 0) throw new UserFacingError(empty);
-  if (text.length > maxChars) {
-    throw new UserFacingError(
-      `the prompt is ${text.length} characters; the limit is ${maxChars} (CLIP reads about 75 words)`,
-    );
-  }
-  // The tokenizer splits "<|startoftext|>" and "<|endoftext|>" out whole: a prompt of nothing else
-  // reads to CLIP as the empty one.
-  const { bosId, eosId } = sd.tokenizer;
-  const content = sd.tokenizer.encode(text);
-  if (content.ids.slice(1, content.length - 1).every((id) => id === bosId || id === eosId))
-    throw new UserFacingError(`${empty} (it holds only the text encoder's start and end markers)`);
-  if (!content.truncated) return text;
-  // The longest run of leading words that still fits, found by bisection over the word count.
-  const words = text.split(" ");
-  let lo = 0;
-  let hi = words.length;
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (sd.tokenizer.encode(words.slice(0, mid).join(" ")).truncated) hi = mid - 1;
-    else lo = mid;
-  }
-  const kept = words.slice(0, lo).join(" ");
-  const dropped = words.slice(lo).join(" ");
-  throw new UserFacingError(
-    `the prompt is longer than the 75 tokens CLIP reads: it would be cut after "${short(kept, true)}", dropping "${short(dropped, false)}" (${words.length - lo} of ${words.length} words). Shorten it.`,
-  );
-}
-
-function short(s: string, tail: boolean): string {
-  if (s.length <= 60) return s;
-  return tail ? `…${s.slice(-60)}` : `${s.slice(0, 60)}…`;
-}
-
 function plateauFor(es: EarlyStopOptions | null, steps: number): LossPlateau | undefined {
   if (!es) return undefined;
   return new LossPlateau({
@@ -149,7 +109,7 @@ function plateauFor(es: EarlyStopOptions | null, steps: number): LossPlateau | u
 /** Stages 1 and 2: returns the state a render needs. */
 export async function trainImagic(sd: StableDiffusion, args: TrainArgs): Promise<ImagicState> {
   const o = validateImagicOptions(args.options);
-  const prompt = checkPrompt(sd, args.prompt);
+  const prompt = checkPrompt(sd.tokenizer, args.prompt);
   const { height, width, signal } = args;
   const report = args.onProgress ?? (() => {});
   const size = sd.latentSize(height, width);

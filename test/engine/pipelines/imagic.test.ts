@@ -8,7 +8,6 @@ import { CancelledError } from "../../../src/engine/errors.js";
 import { StableDiffusion } from "../../../src/engine/index.js";
 import { Trainer } from "../../../src/engine/optim/trainer.js";
 import {
-  checkPrompt,
   fullGrid,
   interpolate,
   type Progress,
@@ -425,46 +424,5 @@ describe("Imagic on the SD 2.x fixture (v-prediction, per-level heads)", () => {
     } finally {
       await sd2.release();
     }
-  });
-});
-
-describe("checkPrompt", () => {
-  it("refuses an empty prompt and an over-long one, saying where CLIP would cut it", () => {
-    expect(() => checkPrompt(sd, "   ")).toThrow("the prompt is empty");
-    // Special tokens are split out whole: these read to CLIP as "".
-    expect(() => checkPrompt(sd, "<|endoftext|>")).toThrow("the prompt is empty");
-    expect(() => checkPrompt(sd, "<|startoftext|> <|endoftext|>")).toThrow("the prompt is empty");
-    expect(checkPrompt(sd, "!")).toBe("!");
-    const long = Array.from({ length: 90 }, (_, i) => ["red", "cat", "big", "dog"][i % 4]).join(" ");
-    let message = "";
-    try {
-      checkPrompt(sd, long);
-    } catch (e) {
-      message = (e as Error).message;
-    }
-    expect(message).toMatch(
-      /longer than the 75 tokens CLIP reads: it would be cut after "…?[a-z ]+", dropping "[a-z ]+"/,
-    );
-    // The cut is where the tokenizer says: the kept words fit, one more does not.
-    const dropped = Number(/\((\d+) of 90 words\)/.exec(message)?.[1]);
-    expect(dropped).toBeGreaterThan(0);
-    expect(
-      sd.tokenize(
-        long
-          .split(" ")
-          .slice(0, 90 - dropped)
-          .join(" "),
-      ).truncated,
-    ).toBe(false);
-    expect(
-      sd.tokenize(
-        long
-          .split(" ")
-          .slice(0, 91 - dropped)
-          .join(" "),
-      ).truncated,
-    ).toBe(true);
-    expect(() => checkPrompt(sd, "x".repeat(501))).toThrow("the prompt is 501 characters; the limit is 500");
-    expect(checkPrompt(sd, "  a  photo\nof a dog ")).toBe("a photo of a dog");
   });
 });
