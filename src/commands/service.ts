@@ -31,6 +31,7 @@ import { type PendingCommand, PendingCommands } from "./pending.js";
 import { type Choice, type PickRecord, type PickRef, PickStore } from "./picks.js";
 import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
+import type { PromptCheck } from "./prompt-check.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
 import { choiceLine, etaLabel, expiredText, helpText, inert, retypeText, SWAP_LEGEND } from "./texts.js";
 import { fitUpload } from "./uploads.js";
@@ -44,6 +45,8 @@ export interface ChatCommandsOptions {
   blobs: BlobStore;
   redis: Redis;
   imageLimits?: Partial<ImageLimits>;
+  /** The engine's prompt check, run before an /imagic job is queued where the bot can read the tokenizer. */
+  prompts?: PromptCheck;
   /** Operator settings merged under every /imagic request's options (steps, size, guidance…). */
   imagicDefaults?: Partial<ImagicTrainOptions>;
   /** How often a waiting job's queue position is refreshed on its progress message (default 15 s). */
@@ -58,6 +61,12 @@ export interface ChatCommandsOptions {
    */
   commandLeaseMs?: number;
 }
+
+/** What a bot's settings add to its commands (the queue side and the adapter come from the bot itself). */
+export type BotCommandsOptions = Pick<
+  ChatCommandsOptions,
+  "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs" | "pickLeaseMs" | "prompts"
+>;
 
 type Events = { [K in keyof QueueClientEvents]: QueueClientEvents[K][0] };
 
@@ -291,6 +300,7 @@ export class ChatCommands {
   ): Promise<void> {
     const spec = parseImagic(request);
     checkDeclared(spec.image, this.imageLimits);
+    await this.options.prompts?.check(spec.prompt);
     await this.recorded(request, reply, resumed, async (command) => {
       const [imageBlobId] = await command.step("blobs", () => this.storeImages(request.userId, [spec.image]));
       const options: ImagicTrainOptions = {

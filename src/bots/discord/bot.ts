@@ -11,7 +11,7 @@ import {
 } from "discord.js";
 import type { Redis } from "ioredis";
 import type { ChatLimits } from "../../commands/chat.js";
-import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.js";
+import { type BotCommandsOptions, ChatCommands } from "../../commands/service.js";
 import { retypeText } from "../../commands/texts.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
@@ -54,10 +54,7 @@ export interface DiscordBotOptions {
   blobs: BlobStore;
   redis: Redis;
   limits?: Partial<ChatLimits>;
-  commands?: Pick<
-    ChatCommandsOptions,
-    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs" | "pickLeaseMs"
-  >;
+  commands?: BotCommandsOptions;
 }
 
 export interface DiscordBot {

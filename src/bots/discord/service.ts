@@ -1,4 +1,6 @@
 // The Discord bot as a service of `start` and `bot run` (its queue side: src/bots/queue-side.ts).
+
+import { PromptCheck } from "../../commands/prompt-check.js";
 import { requireSetting } from "../../config.js";
 import type { Service } from "../../services.js";
 import { startOnQueue } from "../queue-side.js";
@@ -21,7 +23,12 @@ export function discordService(options: {
       }
       const token = requireSetting(config, "discordToken", "the Discord bot").reveal();
       return startOnQueue("discord", config, redisUrl, (side) =>
-        startDiscordBot({ token, apiUrl: config.discordApiUrl, ...side, commands: options.commands }),
+        startDiscordBot({
+          token,
+          apiUrl: config.discordApiUrl,
+          ...side,
+          commands: { prompts: PromptCheck.forModel(config, log), ...options.commands },
+        }),
       );
     },
   };

@@ -17,7 +17,7 @@ import {
   type webApi,
 } from "@slack/bolt";
 import type { ChatLimits } from "../../commands/chat.js";
-import { ChatCommands, type ChatCommandsOptions } from "../../commands/service.js";
+import { type BotCommandsOptions, ChatCommands } from "../../commands/service.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger, type Logger as Pino } from "../../log.js";
 import type { QueueSide } from "../queue-side.js";
@@ -42,10 +42,7 @@ export interface SlackBotOptions extends QueueSide {
   /** Web API base URL (SLACK_API_URL); the tests point it at their fake Slack. */
   apiUrl?: string;
   limits?: Partial<ChatLimits>;
-  commands?: Pick<
-    ChatCommandsOptions,
-    "imagicDefaults" | "imageLimits" | "positionRefreshMs" | "progressLeaseMs" | "pickLeaseMs"
-  >;
+  commands?: BotCommandsOptions;
 }
 
 export interface SlackBot {

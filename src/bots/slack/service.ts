@@ -1,4 +1,6 @@
 // The Slack bot as a service of `start` and `bot run` (its queue side: src/bots/queue-side.ts).
+
+import { PromptCheck } from "../../commands/prompt-check.js";
 import { type Config, requireSetting } from "../../config.js";
 import type { Service } from "../../services.js";
 import { startOnQueue } from "../queue-side.js";
@@ -38,7 +40,12 @@ export function slackService(options: { required: boolean }): Service {
       }
       const settings = slackSettings(config);
       return startOnQueue("slack", config, redisUrl, (side) =>
-        startSlackBot({ ...settings, apiUrl: config.slackApiUrl, ...side }),
+        startSlackBot({
+          ...settings,
+          apiUrl: config.slackApiUrl,
+          ...side,
+          commands: { prompts: PromptCheck.forModel(config, log) },
+        }),
       );
     },
   };

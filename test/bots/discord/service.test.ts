@@ -5,6 +5,7 @@ import { discordService } from "../../../src/bots/discord/service.js";
 import { loadConfig } from "../../../src/config.js";
 import { childLogger } from "../../../src/log.js";
 import { startTestRedis, type TestRedis } from "../../helpers/redis.js";
+import { opt, PHOTO } from "./support.js";
 
 let fake: FakeDiscord;
 let redis: TestRedis;
@@ -40,6 +41,29 @@ describe("discordService", () => {
       await service.stop();
     }
     await fake.waitFor("the gateway connection to close", () => fake.connectedBots === 0);
+  });
+
+  it("measures an /imagic prompt with the model's tokenizer before queuing: one CLIP would cut is refused at once", async () => {
+    const service = await discordService({ required: true }).start(
+      context({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }),
+    );
+    try {
+      const image = fake.attachment("photo.png", PHOTO, "image/png");
+      const long = Array.from({ length: 90 }, (_, i) => ["red", "cat", "big", "dog"][i % 4]).join(" ");
+      const interaction = fake.runCommand({
+        name: "imagic",
+        user: fake.user("ann"),
+        channel: fake.addTextChannel("long-prompt"),
+        options: [opt.attachment("image", image), opt.string("prompt", long)],
+        attachments: [image],
+      });
+      const answer = await fake.waitFor("the refusal", () =>
+        interaction.originalId ? fake.messages.get(interaction.originalId)?.content : undefined,
+      );
+      expect(answer).toMatch(/^⚠️ the prompt is longer than the 75 tokens CLIP reads/);
+    } finally {
+      await service.stop();
+    }
   });
 
   it("reports a shard Discord closed for good, so that `start` and `bot run` exit", async () => {
