@@ -9,6 +9,7 @@ import { type ModelSettings, modelLoadOptions } from "../engine/load-options.js"
 import type { ClipTokenizer } from "../engine/models/tokenizer.js";
 import { openModel } from "../engine/open-model.js";
 import { checkPrompt } from "../engine/pipelines/prompt.js";
+import { UserFacingError } from "../errors.js";
 import type { Logger } from "../log.js";
 
 /** How long the bot waits before it looks for the model's files again after not finding them. */
@@ -39,7 +40,14 @@ export class PromptCheck {
   /** Throws the engine's UserFacingError for a prompt it would refuse; passes any prompt while it cannot tell. */
   async check(prompt: string): Promise<void> {
     const tokenizer = await this.load();
-    if (tokenizer) checkPrompt(tokenizer, prompt);
+    if (!tokenizer) return;
+    try {
+      checkPrompt(tokenizer, prompt);
+    } catch (err) {
+      if (!(err instanceof UserFacingError)) throw err;
+      // Named as the option it is about, as a command's other refusals are (Slack shows it under the field).
+      throw new UserFacingError(err.message.replace(/^the prompt /, "`prompt` "));
+    }
   }
 
   private load(): Promise<ClipTokenizer | undefined> {

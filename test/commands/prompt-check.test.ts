@@ -27,9 +27,9 @@ describe("PromptCheck", () => {
   it("refuses with the engine's message what the engine would refuse, from the model's own files", async () => {
     const check = PromptCheck.forModel(config({ MODEL: SD1 }), log);
     await expect(check.check(LONG)).rejects.toThrow(
-      /longer than the 75 tokens CLIP reads: it would be cut after/,
+      /^`prompt` is longer than the 75 tokens CLIP reads: it would be cut after/,
     );
-    await expect(check.check("<|endoftext|>")).rejects.toThrow("the prompt is empty");
+    await expect(check.check("<|endoftext|>")).rejects.toThrow("`prompt` is empty");
     await expect(check.check("a photo of a dog")).resolves.toBeUndefined();
   });
 
@@ -120,7 +120,7 @@ describe("ChatCommands with a prompt check", () => {
       ],
     };
     await commands.handleCommand(request, adapter.reply(channel));
-    expect(adapter.privateReplies.at(-1)).toMatch(/^⚠️ the prompt is longer than the 75 tokens CLIP reads/);
+    expect(adapter.privateReplies.at(-1)).toMatch(/^⚠️ `prompt` is longer than the 75 tokens CLIP reads/);
     expect(adapter.messages).toHaveLength(0);
     expect(await queue.queue.count()).toBe(0);
     expect(await h.blobs.usage("ann")).toBe(0);

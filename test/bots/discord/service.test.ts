@@ -60,7 +60,7 @@ describe("discordService", () => {
       const answer = await fake.waitFor("the refusal", () =>
         interaction.originalId ? fake.messages.get(interaction.originalId)?.content : undefined,
       );
-      expect(answer).toMatch(/^⚠️ the prompt is longer than the 75 tokens CLIP reads/);
+      expect(answer).toMatch(/^⚠️ `prompt` is longer than the 75 tokens CLIP reads/);
     } finally {
       await service.stop();
     }

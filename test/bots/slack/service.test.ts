@@ -6,6 +6,7 @@ import { childLogger } from "../../../src/log.js";
 import { startTestRedis, type TestRedis } from "../../helpers/redis.js";
 import { freePort } from "../../queue/support/setup.js";
 import { FakeSlack } from "./fake/server.js";
+import { PHOTO } from "./support.js";
 
 let fake: FakeSlack;
 let redis: TestRedis;
@@ -43,6 +44,28 @@ describe("slackService", () => {
       await service.stop();
     }
     await fake.waitFor("the Socket Mode connection to close", () => fake.deliveries.connected === 0);
+  });
+
+  it("measures an /imagic prompt with the model's tokenizer before queuing: one CLIP would cut is refused under its field", async () => {
+    const service = await slackService({ required: true }).start(
+      context({ SLACK_BOT_TOKEN: fake.botToken, SLACK_APP_TOKEN: fake.appToken, SLACK_API_URL: fake.apiUrl }),
+    );
+    try {
+      const user = fake.user("ann");
+      const { trigger } = fake.command(user, fake.channel("long-prompt", [user]), "/imagic", "");
+      const view = await fake.viewFor(trigger);
+      const long = Array.from({ length: 90 }, (_, i) => ["red", "cat", "big", "dog"][i % 4]).join(" ");
+      const submission = fake.submit(view, user, {
+        image: [fake.upload(user, "photo.png", PHOTO)],
+        prompt: long,
+      });
+      await submission.settled;
+      const { errors } = submission.response as { errors: Record<string, string> };
+      expect(errors.prompt).toMatch(/^prompt is longer than the 75 tokens CLIP reads: it would be cut after/);
+      expect(view.open).toBe(true);
+    } finally {
+      await service.stop();
+    }
   });
 
   it("listens on SLACK_HTTP_PORT in HTTP mode with SLACK_SIGNING_SECRET", async () => {
