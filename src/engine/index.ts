@@ -357,14 +357,29 @@ export class StableDiffusion {
     const [lh, lw] = checkSize("decodeLatents", size);
     const per = this.latentChannels * lh * lw;
     const batch = batchOf("decodeLatents: latents", latents, per);
-    const { session } = await this.cached(`vae_decode:${batch}:${lh}x${lw}`, () => ({
-      graph: vaeDecodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, batch, lh, lw),
+    // One image per run (nothing in the VAE mixes a batch): at full resolution the decoder's activations
+    // and cuDNN's workspace are a job's largest, one buffer alone 2 GiB at batch 4 and 512². At batch 4,
+    // on a 16 GB card, the decoder and the sampling UNet evicted each other at every render
+    // (docs/PERFORMANCE.md); and one session now serves every batch, a preview's as a grid's.
+    const { session } = await this.cached(`vae_decode:1:${lh}x${lw}`, () => ({
+      graph: vaeDecodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, 1, lh, lw),
     }));
     const unscaled = scale(latents, 1 / this.ckpt.vae.config.scaling_factor);
-    const out = await session.run({
-      [IO.latents]: { dtype: "float32", shape: [batch, this.latentChannels, lh, lw], data: unscaled },
-    });
-    return f32(out, IO.image);
+    const images: Float32Array[] = [];
+    for (let i = 0; i < batch; i++) {
+      const out = await session.run({
+        [IO.latents]: {
+          dtype: "float32",
+          shape: [1, this.latentChannels, lh, lw],
+          data: unscaled.subarray(i * per, (i + 1) * per),
+        },
+      });
+      images.push(f32(out, IO.image));
+    }
+    if (batch === 1) return images[0] as Float32Array;
+    const image = new Float32Array(batch * (images[0] as Float32Array).length);
+    images.forEach((one, i) => image.set(one, i * one.length));
+    return image;
   }
 
   /**

@@ -140,6 +140,29 @@ describe("a model whose device runs out of memory mid-job", () => {
   });
 });
 
+describe("the VAE decoder, a job's largest activations", () => {
+  let sd: StableDiffusion;
+  beforeAll(async () => {
+    sd = await StableDiffusion.load("test/fixtures/models/sd1/model", { device: "cpu", dtype: "fp32" });
+  });
+  afterAll(() => sd?.release());
+
+  it("decodes a batch one image per run, with one session for every batch size", async () => {
+    const three = Float32Array.from({ length: 3 * latents.length }, (_, i) => Math.cos(i / 7));
+    const creates = vi.spyOn(ort.InferenceSession, "create");
+    const alone = [];
+    for (let i = 0; i < 3; i++)
+      alone.push(await sd.decodeLatents(three.slice(i * latents.length, (i + 1) * latents.length), SIZE));
+    const batched = await sd.decodeLatents(three, SIZE);
+    expect(creates).toHaveBeenCalledTimes(1);
+    const per = batched.length / 3;
+    expect(alone.map((a) => a.length)).toEqual([per, per, per]);
+    alone.forEach((a, i) => {
+      expect(batched.subarray(i * per, (i + 1) * per)).toEqual(a);
+    });
+  });
+});
+
 describe("a device with room for one session at a time", () => {
   let sd: StableDiffusion;
   beforeAll(async () => {
