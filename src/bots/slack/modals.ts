@@ -14,6 +14,8 @@ const TITLES: Record<string, { title: string; submit: string }> = {
 };
 /** Commands that open a form (the others answer at once). */
 export const FORM_COMMANDS = Object.keys(TITLES);
+/** Slack's longest plain_text_input: its max_length, and so its initial_value, may not exceed this. */
+const MAX_INPUT_LENGTH = 3000;
 
 /** Where the form was opened and what it already knows; travels in the view's private_metadata. */
 export interface FormContext {
@@ -55,8 +57,13 @@ function label(field: Field): string {
   return field.options.length > 1 ? `${first?.name} … ${last?.name}` : (first?.name ?? field.block);
 }
 
-function hint(field: Field): string {
+function hint(field: Field, prefill: string | undefined): string {
   const [first] = field.options;
+  const limit = first?.maxLength;
+  if (prefill && limit !== undefined && prefill.length > limit) {
+    const kept = prefill.length > MAX_INPUT_LENGTH ? ` (only its first ${MAX_INPUT_LENGTH} fit here)` : "";
+    return `Your text is ${prefill.length} characters${kept}; the limit is ${limit}: shorten it, then send`;
+  }
   if (field.options.length === 1) return first?.description ?? "";
   return `1 to ${field.options.length} photos; ${first?.description.replace(/ 1\b/, "s")}`;
 }
@@ -78,11 +85,18 @@ function element(field: Field, prefill: string | undefined): types.InputBlockEle
     };
   }
   if (option.type === "string") {
+    // Slack refuses a form whose initial_value is longer than its input's max_length. A longer prefill (a
+    // long `/imagic <text>`) widens the input to show it whole, as far as Slack allows, rather than cut it
+    // silently: the hint says so, and the command's own check names the limit under the field if it is
+    // sent as it is.
+    const initial = prefill?.slice(0, MAX_INPUT_LENGTH);
     return {
       type: "plain_text_input",
       action_id: ACTION,
-      ...(option.maxLength !== undefined ? { max_length: option.maxLength } : {}),
-      ...(prefill ? { initial_value: prefill.slice(0, option.maxLength) } : {}),
+      ...(option.maxLength !== undefined
+        ? { max_length: Math.max(option.maxLength, initial?.length ?? 0) }
+        : {}),
+      ...(initial ? { initial_value: initial } : {}),
     };
   }
   // A number: decimals only where the option takes any number (not whole ones only).
@@ -123,13 +137,14 @@ export function commandForm(
       continue;
     }
     const [first] = field.options;
+    const typed = first ? prefill[first.name] : undefined;
     blocks.push({
       type: "input",
       block_id: field.block,
       label: plain(label(field)),
-      hint: plain(hint(field)),
+      hint: plain(hint(field, typed)),
       optional: !first?.required,
-      element: element(field, first ? prefill[first.name] : undefined),
+      element: element(field, typed),
     });
   }
   return {

@@ -423,6 +423,28 @@ describe("plain commands", () => {
     expect([...w.fake.views.values()].filter((v) => v.trigger === help.trigger)).toEqual([]);
   });
 
+  it("a slash command's text over the prompt's limit prefills the form whole, says so, and is refused by name under it when sent", async () => {
+    const typed = `a photo of ${"a very ".repeat(85)}fluffy cat`;
+    expect(typed.length).toBe(616);
+    const view = await w.form(w.channel("long-prompt"), "/imagic", typed);
+    const prompt = view.view.blocks.find((b) => b.block_id === "prompt");
+    expect(prompt).toMatchObject({
+      element: { initial_value: typed },
+      hint: { text: "Your text is 616 characters; the limit is 500: shorten it, then send" },
+    });
+    expect(await inlineErrors(view, { image: [w.photo()], prompt: typed })).toEqual({
+      prompt: "prompt is 616 characters; the limit is 500",
+    });
+    // Past Slack's own 3,000 characters, only those fit, and the hint says that too.
+    const longer = await w.form(w.channel("longer-prompt"), "/imagic", "x".repeat(3500));
+    expect(longer.view.blocks.find((b) => b.block_id === "prompt")).toMatchObject({
+      element: { initial_value: "x".repeat(3000), max_length: 3000 },
+      hint: {
+        text: "Your text is 3500 characters (only its first 3000 fit here); the limit is 500: shorten it, then send",
+      },
+    });
+  });
+
   it("a slash command's text, which Slack sends with &, < and > escaped, prefills the form as it was typed", async () => {
     const typed = "a cat & a dog <3, not &lt;";
     const view = await w.form(w.channel("escaped"), "/imagic", typed);

@@ -100,6 +100,23 @@ describe("fake Slack's Web API", () => {
         view: { ...view, title: { type: "plain_text", text: "x".repeat(25) } },
       }),
     ).rejects.toMatchObject({ data: { error: "invalid_arguments" } });
+    const input = (element: Record<string, unknown>) => ({
+      ...view,
+      submit: { type: "plain_text" as const, text: "Go" },
+      blocks: [
+        {
+          type: "input" as const,
+          block_id: "prompt",
+          label: { type: "plain_text" as const, text: "prompt" },
+          element: { type: "plain_text_input" as const, action_id: "value", ...element },
+        },
+      ],
+    });
+    for (const element of [{ max_length: 3001 }, { max_length: 5, initial_value: "123456" }]) {
+      await expect(client().views.open({ trigger_id: trigger, view: input(element) })).rejects.toMatchObject({
+        data: { error: "invalid_arguments" },
+      });
+    }
     await client().views.open({ trigger_id: trigger, view });
     await expect(client().views.open({ trigger_id: trigger, view })).rejects.toMatchObject({
       data: { error: "trigger_exchanged" },

@@ -1138,8 +1138,12 @@ function validateModal(raw: unknown): string[] {
       problems.push(`${blockId}: unknown element ${String(element?.type)}`);
     if (element.type === "file_input" && (Number(element.max_files) < 1 || Number(element.max_files) > 10))
       problems.push(`${blockId}: max_files must be 1-10`);
-    if (element.type === "plain_text_input" && Number(element.max_length ?? 3000) > 3000)
-      problems.push(`${blockId}: max_length over 3000`);
+    if (element.type === "plain_text_input") {
+      const max = Number(element.max_length ?? 3000);
+      if (max > 3000) problems.push(`${blockId}: max_length over 3000`);
+      if (String(element.initial_value ?? "").length > max)
+        problems.push(`${blockId}: initial_value longer than max_length`);
+    }
     if (element.type === "number_input" && typeof element.is_decimal_allowed !== "boolean")
       problems.push(`${blockId}: is_decimal_allowed is required`);
     if (element.type === "static_select") {
