@@ -6,16 +6,17 @@
 // Slack has no idempotency key: a post of a job's result carries message metadata naming the job and the
 // post, and a post that an earlier attempt may have made (a redelivery) is first looked for in its thread.
 import { webApi } from "@slack/bolt";
-import type {
-  ChatAdapter,
-  ChatLimits,
-  Conversation,
-  ImageFile,
-  IncomingAttachment,
-  MessageRef,
-  OutgoingMessage,
-  PostOnce,
-  ThreadResult,
+import {
+  type ChatAdapter,
+  type ChatLimits,
+  type Conversation,
+  type ImageFile,
+  type IncomingAttachment,
+  MessageNotEditableError,
+  type MessageRef,
+  type OutgoingMessage,
+  type PostOnce,
+  type ThreadResult,
 } from "../../commands/chat.js";
 import { slackEmojiName } from "../../commands/reactions.js";
 import { UserFacingError } from "../../errors.js";
@@ -113,13 +114,19 @@ export class SlackAdapter implements ChatAdapter {
 
   async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
     const files = message.images ? await this.upload(message.images) : undefined;
-    await this.client.chat.update({
-      channel: ref.conversation.channel,
-      ts: tsOf(ref),
-      text: mrkdwn(message.text),
-      ...(files ? { file_ids: files } : {}),
-      ...(message.once ? { metadata: metadataOf(message.once) } : {}),
-    });
+    try {
+      await this.client.chat.update({
+        channel: ref.conversation.channel,
+        ts: tsOf(ref),
+        text: mrkdwn(message.text),
+        ...(files ? { file_ids: files } : {}),
+        ...(message.once ? { metadata: metadataOf(message.once) } : {}),
+      });
+    } catch (error) {
+      // Someone deleted the message (a progress message, mid-job): its thread still takes a new post.
+      if (slackError(error) === "message_not_found") throw new MessageNotEditableError("message deleted");
+      throw error;
+    }
     if (!files) return;
     const replaced = this.attached.get(ref.id) ?? [];
     if (files.length > 0) this.attached.set(ref.id, files);

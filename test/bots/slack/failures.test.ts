@@ -347,6 +347,32 @@ describe("jobs that do not end well", () => {
     expect(progress.text).toBe("❌ the photo is too dark to learn from");
   });
 
+  it("a progress message deleted mid-job: a new one in the thread carries on, to the job's last word", async () => {
+    let deleted = () => {};
+    const gone = new Promise<void>((resolve) => {
+      deleted = resolve;
+    });
+    await w.worker({
+      "imagic.train": async (ctx) => {
+        await ctx.progress({ stage: "embedding", step: 1, total: 10 });
+        await gone;
+        await ctx.progress({ stage: "embedding", step: 2, total: 10 });
+        throw new UserFacingError("the photo is too dark to learn from");
+      },
+    });
+    const started = await w.imagic(w.channel("deleted-progress"));
+    const thread = await w.thread(started);
+    const first = await w.fake.waitFor("the progress message at step 1", () =>
+      w.posted(started.channel, thread).find((m) => m.text.includes("1/10")),
+    );
+    w.fake.deleteMessage(first);
+    deleted();
+    const last = await w.postedStartingWith(started.channel, thread, "❌");
+    expect(last.ts).not.toBe(first.ts);
+    expect(last.text).toBe("❌ the photo is too dark to learn from");
+    expect(w.posted(started.channel, thread)).toEqual([last]);
+  });
+
   it("/imagic cancel stops the user's jobs, removing waiting ones; /imagic queue shows them", async () => {
     await w.worker(lightweightPipelines({ steps: 400, stepMs: 25 }));
     const channel = w.channel("cancel");

@@ -352,6 +352,14 @@ export class FakeSlack {
     return this.store({ channel: channel.id, user: user.id, text, files: files.map((f) => f.id) });
   }
 
+  /**
+   * A user (an admin, for the bot's messages) deletes a message: it is gone from its channel, and
+   * chat.update and reactions.add on it answer message_not_found; its thread's replies stay.
+   */
+  deleteMessage(message: FakeMessage): void {
+    this.messages.delete(`${message.channel}:${message.ts}`);
+  }
+
   /** What deleting a file in Slack does: files.info and its URLs stop working. */
   deleteFile(file: FakeFile): void {
     file.deleted = true;
