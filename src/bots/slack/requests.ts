@@ -20,21 +20,23 @@ const SAFETY_ACK_MS = 2000;
 export const conversationOf = (context: FormContext): Conversation =>
   context.thread ? { channel: context.channel, thread: context.thread } : { channel: context.channel };
 
+/** The services Slack shows external files from, by files.info's external_type. */
+const EXTERNAL: Record<string, string> = {
+  gdrive: "Google Drive",
+  dropbox: "Dropbox",
+  box: "Box",
+  onedrive: "OneDrive",
+};
+
 /** A file as Slack describes it now (it may have been deleted since the form was filled in). */
 async function describeFile(
   client: webApi.WebClient,
   option: string,
   id: string,
 ): Promise<IncomingAttachment> {
+  let described: Awaited<ReturnType<typeof client.files.info>>["file"];
   try {
-    const { file } = await client.files.info({ file: id });
-    return {
-      option,
-      filename: file?.name ?? id,
-      contentType: file?.mimetype || undefined,
-      size: file?.size ?? 0,
-      url: file?.url_private_download ?? file?.url_private ?? "",
-    };
+    described = (await client.files.info({ file: id })).file;
   } catch (error) {
     const code = slackError(error);
     if (code === "file_not_found" || code === "file_deleted") {
@@ -47,6 +49,22 @@ async function describeFile(
     }
     throw error;
   }
+  const filename = described?.name ?? id;
+  // A file from Google Drive, Dropbox or another app is only a link on Slack: there are no bytes to
+  // download with the bot token (its URL, if any, is the other service's), so say so while the form is open.
+  if (described?.is_external) {
+    const where = EXTERNAL[described.external_type ?? ""] ?? "another service";
+    throw new UserFacingError(
+      `\`${option}\` (${filename}) is a link to a file on ${where}, not a file on Slack; upload the photo itself`,
+    );
+  }
+  return {
+    option,
+    filename,
+    contentType: described?.mimetype || undefined,
+    size: described?.size ?? 0,
+    url: described?.url_private_download ?? described?.url_private ?? "",
+  };
 }
 
 export async function formRequest(

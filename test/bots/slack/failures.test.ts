@@ -173,6 +173,27 @@ describe("files and channels the bot cannot use", () => {
     });
   });
 
+  it("a file of Google Drive or another app (a link on Slack, no bytes) is said to be one under its field", async () => {
+    const view = await w.form(w.channel("external"), "/imagic");
+    const drive = w.fake.externalFile(
+      w.author,
+      "beach.jpg",
+      "image/jpeg",
+      "gdrive",
+      "https://drive.google.com/file/d/1abc/view",
+    );
+    expect(await inlineErrors(view, { image: [drive], prompt: "a cat" })).toEqual({
+      image:
+        "image (beach.jpg) is a link to a file on Google Drive, not a file on Slack; upload the photo itself",
+    });
+    // A remote file an app added (files.remote.add) has no URL at all.
+    const remote = w.fake.externalFile(w.author, "scan.png", "image/png", "app");
+    expect(await inlineErrors(view, { image: [remote], prompt: "a cat" })).toEqual({
+      image:
+        "image (scan.png) is a link to a file on another service, not a file on Slack; upload the photo itself",
+    });
+  });
+
   it("an app installed without files:read says what the admin must add", async () => {
     const view = await w.form(w.channel("no-scope"), "/imagic");
     w.fake.scopes.delete("files:read");

@@ -41,6 +41,8 @@ export interface FakeFile {
   owner: string;
   /** Channels the file was shared in (a message holds it). */
   channels: Set<string>;
+  /** A file of another service shown on Slack (Google Drive…): only a link, its URL the service's. */
+  external?: { type: string; url?: string };
   /** Uploaded through one of the app's forms: the app may read it wherever it is. */
   viaForm: boolean;
   /** External upload: the bytes arrived, and files.completeUploadExternal finished it. */
@@ -340,6 +342,16 @@ export class FakeSlack {
       deleted: false,
     };
     this.files.set(file.id, file);
+    return file;
+  }
+
+  /**
+   * A user picks a file of another service (`type`: files.info's external_type, "gdrive"…): Slack keeps its
+   * name, type and the service's URL (`url`, if any), never its bytes.
+   */
+  externalFile(user: FakeUser, name: string, mimetype: string, type: string, url?: string): FakeFile {
+    const file = this.upload(user, name, new Uint8Array(), { mimetype, size: 0 });
+    file.external = { type, ...(url ? { url } : {}) };
     return file;
   }
 
@@ -970,6 +982,17 @@ export class FakeSlack {
 
   fileJson(file: FakeFile): Record<string, unknown> {
     const base = `${this.origin}/files-pri/${this.teamId}-${file.id}`;
+    const urls = file.external
+      ? {
+          is_external: true,
+          external_type: file.external.type,
+          ...(file.external.url ? { url_private: file.external.url, external_url: file.external.url } : {}),
+        }
+      : {
+          is_external: false,
+          url_private: `${base}/${encodeURIComponent(file.name)}`,
+          url_private_download: `${base}/download/${encodeURIComponent(file.name)}`,
+        };
     return {
       id: file.id,
       created: Math.floor(Date.now() / 1000),
@@ -979,11 +1002,9 @@ export class FakeSlack {
       filetype: file.name.split(".").pop() ?? "",
       user: file.owner,
       size: file.size,
-      mode: file.deleted ? "tombstone" : "hosted",
-      is_external: false,
+      mode: file.deleted ? "tombstone" : file.external ? "external" : "hosted",
       is_public: false,
-      url_private: `${base}/${encodeURIComponent(file.name)}`,
-      url_private_download: `${base}/download/${encodeURIComponent(file.name)}`,
+      ...urls,
       permalink: `https://fake.slack.com/files/${file.owner}/${file.id}/${encodeURIComponent(file.name)}`,
       file_access: "visible",
     };
