@@ -97,6 +97,10 @@ const WHERE_NOT: Record<string, string> = {
   channel_not_found:
     "I cannot post here (a private conversation I am not in): invite me first, then try again",
   is_archived: "this channel is archived, so I cannot post in it",
+  // A channel whose posting permissions let only some members post (an announcement channel): Slack
+  // counts a bot as none of them.
+  restricted_action:
+    "only some members may post in this channel, and I am not one of them: run the command in another channel",
 };
 
 /** Private answers after the ack: the response URL, else an ephemeral message, else a DM. */

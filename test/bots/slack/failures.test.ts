@@ -224,6 +224,17 @@ describe("files and channels the bot cannot use", () => {
     expect(await jobCount()).toBe(jobs);
   });
 
+  it("a channel where only some members may post (an announcement channel): the user is told why, privately; nothing is queued", async () => {
+    const channel = w.channel("announcements", { restricted: true });
+    const jobs = await jobCount();
+    const since = Date.now();
+    await w.imagic(channel);
+    expect(await w.ephemeral(w.author, since)).toBe(
+      "⚠️ only some members may post in this channel, and I am not one of them: run the command in another channel",
+    );
+    expect(await jobCount()).toBe(jobs);
+  });
+
   it("'Edit with Imagic' on a message without a photo says so, privately", async () => {
     const channel = w.channel("no-photo");
     const since = Date.now();

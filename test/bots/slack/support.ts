@@ -45,7 +45,7 @@ export interface World {
     options?: Partial<Omit<StartWorkerOptions, "pipelines">>,
   ): Promise<void>;
   /** A channel the author, the other user and the bot are in. */
-  channel(name: string, options?: { bot?: boolean }): FakeChannel;
+  channel(name: string, options?: { bot?: boolean; restricted?: boolean }): FakeChannel;
   /** The author's upload of a photo (the sample photo unless `bytes`). */
   photo(name?: string, bytes?: Uint8Array, declared?: { mimetype?: string; size?: number }): FakeFile;
   /** Runs `/command text` as the author and returns the form the bot opened. */

@@ -28,6 +28,8 @@ export interface FakeChannel {
   name: string;
   kind: "public" | "private" | "im";
   members: Set<string>;
+  /** Posting permissions let only some members post (an announcement channel); a bot is never one. */
+  restricted?: boolean;
 }
 
 export interface FakeFile {
@@ -308,12 +310,13 @@ export class FakeSlack {
   channel(
     name: string,
     members: FakeUser[],
-    options: { bot?: boolean; kind?: "public" | "private" } = {},
+    options: { bot?: boolean; kind?: "public" | "private"; restricted?: boolean } = {},
   ): FakeChannel {
     const channel: FakeChannel = {
       id: id(options.kind === "private" ? "G" : "C"),
       name,
       kind: options.kind ?? "public",
+      ...(options.restricted ? { restricted: true } : {}),
       members: new Set([...members.map((m) => m.id), ...(options.bot === false ? [] : [this.botUser.id])]),
     };
     this.channels.set(channel.id, channel);
@@ -682,6 +685,7 @@ export class FakeSlack {
         return { view: this.openView(str("trigger_id") ?? "", jsonArg(args.view)) };
       case "chat.postMessage": {
         const channel = this.postable(str("channel") ?? "");
+        if (channel.restricted) throw fail("restricted_action");
         const text = this.text(str("text"));
         const metadata = args.metadata === undefined ? undefined : validMetadata(args.metadata);
         const message = this.store({
