@@ -162,8 +162,8 @@ export interface Submission {
   command: string;
   context: FormContext;
   options: Record<string, OptionValue>;
-  /** Slack file ids by the option that carries them, in the order the user gave them. */
-  files: Array<{ option: string; id: string }>;
+  /** Slack files by the option that carries them, in the order the user gave them. */
+  files: Array<{ option: string; id: string; name: string }>;
 }
 
 export const formContext = (view: ViewOutput) => JSON.parse(view.private_metadata) as FormContext;
@@ -178,10 +178,10 @@ export function readSubmission(view: ViewOutput): Submission {
     const state = view.state.values[field.block]?.[ACTION];
     field.options.forEach((option, i) => {
       const given = context.files?.[option.name];
-      if (given) files.push({ option: option.name, id: given.id });
+      if (given) files.push({ option: option.name, ...given });
       else if (option.type === "attachment") {
         const file = state?.files?.[i];
-        if (file) files.push({ option: option.name, id: file.id });
+        if (file) files.push({ option: option.name, id: file.id, name: file.name });
       } else {
         const value = state?.selected_option?.value ?? state?.value;
         if (value !== undefined && value !== null) options[option.name] = value;
@@ -192,7 +192,8 @@ export function readSubmission(view: ViewOutput): Submission {
     const last = field.options.at(-1);
     for (const [i, file] of (state?.files ?? []).entries()) {
       if (i < field.options.length || !last || last.type !== "attachment") continue;
-      files.push({ option: field.options.length > 1 ? `${field.block}${i + 1}` : last.name, id: file.id });
+      const option = field.options.length > 1 ? `${field.block}${i + 1}` : last.name;
+      files.push({ option, id: file.id, name: file.name });
     }
   }
   return { command: definition.name, context, options, files };

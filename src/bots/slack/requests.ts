@@ -12,7 +12,7 @@ import type {
 } from "../../commands/chat.js";
 import { UserFacingError } from "../../errors.js";
 import { mrkdwn, type SlackAdapter, slackError } from "./adapter.js";
-import { errorBlock, type FormContext, readSubmission } from "./modals.js";
+import { errorBlock, type FormContext, readSubmission, type Submission } from "./modals.js";
 
 /** If a request has not been answered by then, acknowledge it so Slack's 3-second window cannot pass. */
 const SAFETY_ACK_MS = 2000;
@@ -28,11 +28,13 @@ const EXTERNAL: Record<string, string> = {
   onedrive: "OneDrive",
 };
 
-/** A file as Slack describes it now (it may have been deleted since the form was filled in). */
+/**
+ * A file as Slack describes it now (it may have been deleted since the form was filled in); named as the
+ * form showed it, since users never see a file's id.
+ */
 async function describeFile(
   client: webApi.WebClient,
-  option: string,
-  id: string,
+  { option, id, name }: Submission["files"][number],
 ): Promise<IncomingAttachment> {
   let described: Awaited<ReturnType<typeof client.files.info>>["file"];
   try {
@@ -40,7 +42,7 @@ async function describeFile(
   } catch (error) {
     const code = slackError(error);
     if (code === "file_not_found" || code === "file_deleted") {
-      throw new UserFacingError(`\`${option}\` (${id}) was deleted, or I may not see it; upload it again`);
+      throw new UserFacingError(`\`${option}\` (${name}) was deleted, or I may not see it; upload it again`);
     }
     if (code === "missing_scope") {
       throw new UserFacingError(
@@ -49,7 +51,7 @@ async function describeFile(
     }
     throw error;
   }
-  const filename = described?.name ?? id;
+  const filename = described?.name ?? name;
   // A file from Google Drive, Dropbox or another app is only a link on Slack: there are no bytes to
   // download with the bot token (its URL, if any, is the other service's), so say so while the form is open.
   if (described?.is_external) {
@@ -73,7 +75,7 @@ export async function formRequest(
   userId: string,
 ): Promise<CommandRequest> {
   const { command, context, options, files } = readSubmission(view);
-  const attachments = await Promise.all(files.map((f) => describeFile(client, f.option, f.id)));
+  const attachments = await Promise.all(files.map((f) => describeFile(client, f)));
   return { command, userId, conversation: conversationOf(context), options, attachments };
 }
 

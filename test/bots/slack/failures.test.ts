@@ -169,7 +169,7 @@ describe("files and channels the bot cannot use", () => {
     const photo = w.photo();
     w.fake.deleteFile(photo);
     expect(await inlineErrors(view, { image: [photo], prompt: "a cat" })).toEqual({
-      image: `image (${photo.id}) was deleted, or I may not see it; upload it again`,
+      image: "image (chelsea.png) was deleted, or I may not see it; upload it again",
     });
   });
 
