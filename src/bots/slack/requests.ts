@@ -49,6 +49,10 @@ async function describeFile(
         `\`${option}\`: this app may not read files (it lacks the files:read scope); a workspace admin must add it and reinstall the app (docs/SLACK.md)`,
       );
     }
+    // Slack failing on its side (internal_error, fatal_error…): said under the field, so the user may send
+    // the form again, instead of a form left unanswered.
+    if (code)
+      throw new UserFacingError(`\`${option}\` (${name}): Slack could not describe it (${code}); try again`);
     throw error;
   }
   const filename = described?.name ?? name;

@@ -194,6 +194,18 @@ describe("files and channels the bot cannot use", () => {
     });
   });
 
+  it("Slack failing to describe a photo (internal_error) is said under its field; the form sent again goes through", async () => {
+    await w.worker(lightweightPipelines({ steps: 1, stepMs: 1 }));
+    const channel = w.channel("slack-error");
+    const view = await w.form(channel, "/imagic");
+    w.fake.forcedErrors.set("files.info", "internal_error");
+    expect(await inlineErrors(view, { image: [w.photo()], prompt: "a cat" })).toEqual({
+      image: "image (chelsea.png): Slack could not describe it (internal_error); try again",
+    });
+    const again = w.fake.submit(view, w.author, { image: [w.photo()], prompt: "a cat", seeds: "2" });
+    await w.offer(channel, await w.thread({ view, submission: again, channel }), 1, 2);
+  });
+
   it("an app installed without files:read says what the admin must add", async () => {
     const view = await w.form(w.channel("no-scope"), "/imagic");
     w.fake.scopes.delete("files:read");

@@ -243,6 +243,8 @@ export class FakeSlack {
   readonly calls: RecordedCall[] = [];
   /** Web API calls that will be answered with a 429 first, by method (tests of the WebClient's waiting). */
   readonly forcedLimits = new Map<string, number>();
+  /** The next call of a method is answered { ok: false } with this code (Slack's internal_error, fatal_error…). */
+  readonly forcedErrors = new Map<string, string>();
   readonly deliveries: Deliveries;
   private readonly triggers = new Map<string, { user: string; at: number; used: boolean }>();
   private readonly responseUrls = new Map<string, { user: string; channel: string }>();
@@ -643,6 +645,9 @@ export class FakeSlack {
     }
     let result: Record<string, unknown>;
     try {
+      const forcedError = this.forcedErrors.get(method);
+      this.forcedErrors.delete(method);
+      if (forcedError) throw fail(forcedError);
       result = { ok: true, ...(await this.run(method, token, args)) };
     } catch (error) {
       if (!(error instanceof SlackApiError)) throw error;
