@@ -5,6 +5,7 @@
 import type { types, ViewOutput } from "@slack/bolt";
 import type { OptionValue } from "../../commands/chat.js";
 import { COMMANDS, type CommandDefinition, type OptionDefinition } from "../../commands/definitions.js";
+import { mrkdwn } from "./adapter.js";
 
 /** The one action id of every input: the block id already names the option. */
 const ACTION = "value";
@@ -130,7 +131,8 @@ export function commandForm(
         elements: [
           {
             type: "mrkdwn",
-            text: `*${label(field)}*: ${given.map((f) => f.name).join(", ")} (from the message)`,
+            // File names are the user's: &, < and > escaped, or Slack reads a "<draft>" in one as a link.
+            text: mrkdwn(`**${label(field)}**: ${given.map((f) => f.name).join(", ")} (from the message)`),
           },
         ],
       });

@@ -138,7 +138,7 @@ describe("/imagic", () => {
   it("'Edit with Imagic' on a photo message opens the form with that photo and works in the photo's thread", async () => {
     await w.worker(lightweightPipelines({ steps: 2, stepMs: 10 }));
     const channel = w.channel("photos");
-    const message = w.fake.post(w.author, channel, "look at this cat", [w.photo("cat.png")]);
+    const message = w.fake.post(w.author, channel, "look at this cat", [w.photo("cat & co <draft>.png")]);
     const { trigger } = w.fake.shortcut(w.author, message, EDIT_SHORTCUT);
     const view = await w.fake.viewFor(trigger);
     // The photo is the message's: shown by name, not asked for.
@@ -150,7 +150,10 @@ describe("/imagic", () => {
       "input:seeds",
       "input:size",
     ]);
-    expect(JSON.stringify(view.view.blocks[0])).toContain("cat.png");
+    // The file name as written: &, < and > escaped in the mrkdwn that shows it.
+    expect(view.view.blocks[0]).toMatchObject({
+      elements: [{ type: "mrkdwn", text: "*image*: cat &amp; co &lt;draft&gt;.png (from the message)" }],
+    });
     w.fake.submit(view, w.author, { prompt: "a photo of a cat in a hat", seeds: "2" });
 
     // The answer and everything after it go to the photo's thread.
