@@ -210,6 +210,28 @@ describe("fake Slack's delivery", () => {
     }
   });
 
+  it("takes a response_url 5 times within its lifetime (Slack: 30 minutes), then refuses it", async () => {
+    const short = await FakeSlack.start({ responseUrlMs: 300 });
+    try {
+      const user = short.user("ann");
+      const channel = short.channel("general", [user]);
+      const respond = (url: unknown, text: string) =>
+        fetch(String(url), { method: "POST", body: JSON.stringify({ text }) }).then(async (r) => [
+          r.status,
+          await r.text(),
+        ]);
+      const used = short.command(user, channel, "/imagic", "queue").delivery.payload.response_url;
+      for (let i = 1; i <= 5; i++) expect(await respond(used, `answer ${i}`)).toEqual([200, "ok"]);
+      expect(await respond(used, "answer 6")).toEqual([404, "used_url"]);
+      expect(short.ephemeralsFor(user).map((e) => e.text)).toHaveLength(5);
+      const late = short.command(user, channel, "/imagic", "queue").delivery.payload.response_url;
+      await new Promise((r) => setTimeout(r, 350));
+      expect(await respond(late, "too late")).toEqual([404, "expired_url"]);
+    } finally {
+      await short.close();
+    }
+  });
+
   it("signs HTTP requests as Bolt verifies them (v0 HMAC of timestamp and body)", () => {
     const body = "command=%2Fimagic&text=hi";
     const now = Math.floor(Date.now() / 1000);

@@ -123,6 +123,8 @@ export interface FakeSlackOptions {
   limits?: Record<string, BucketLimit>;
   /** Slack's acknowledgement window (3 s) and trigger lifetime. */
   windowMs?: number;
+  /** How long a response_url is taken (Slack: 30 minutes). */
+  responseUrlMs?: number;
   /** Server pings on Socket Mode connections (the SDK drops a connection that is silent for 30 s). */
   pingIntervalMs?: number;
 }
@@ -247,11 +249,15 @@ export class FakeSlack {
   readonly forcedErrors = new Map<string, string>();
   readonly deliveries: Deliveries;
   private readonly triggers = new Map<string, { user: string; at: number; used: boolean }>();
-  private readonly responseUrls = new Map<string, { user: string; channel: string }>();
+  private readonly responseUrls = new Map<
+    string,
+    { user: string; channel: string; at: number; uses: number }
+  >();
   private readonly limiter = new RateLimiter();
   private readonly stalls: Array<SlackStallRule & { stalled: () => void }> = [];
   private readonly limits: Record<string, BucketLimit>;
   private readonly windowMs: number;
+  private readonly responseUrlMs: number;
   private readonly http: Server;
   private readonly wss: WebSocketServer;
   private readonly pinger: NodeJS.Timeout;
@@ -262,6 +268,7 @@ export class FakeSlack {
     this.scopes = new Set(options.scopes ?? BOT_SCOPES);
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.windowMs = options.windowMs ?? 3000;
+    this.responseUrlMs = options.responseUrlMs ?? 30 * 60_000;
     this.deliveries = new Deliveries(this.windowMs, this.appId);
     this.http = createServer((req, res) => void this.handleHttp(req, res));
     // Idle keep-alive sockets are closed by the clients only: a server closing one while a client reuses it
@@ -881,11 +888,18 @@ export class FakeSlack {
 
   /** A response_url: what a slash command or shortcut says later (ephemeral by default). */
   private receiveResponse(key: string, body: Buffer, res: ServerResponse): void {
-    const target = this.responseUrls.get(key);
-    if (!target) {
+    const known = this.responseUrls.get(key);
+    if (!known) {
       res.writeHead(404).end("no_response_url");
       return;
     }
+    // Slack takes a response_url 5 times within 30 minutes.
+    if (Date.now() - known.at > this.responseUrlMs || known.uses >= 5) {
+      res.writeHead(404).end(known.uses >= 5 ? "used_url" : "expired_url");
+      return;
+    }
+    known.uses++;
+    const target = { user: known.user, channel: known.channel };
     const message = JSON.parse(body.toString()) as { text?: string; response_type?: string };
     if (message.response_type === "in_channel") {
       this.store({ channel: target.channel, user: this.botUser.id, text: message.text ?? "", files: [] });
@@ -905,7 +919,7 @@ export class FakeSlack {
 
   private responseUrl(user: FakeUser, channel: FakeChannel): string {
     const key = randomBytes(8).toString("hex");
-    this.responseUrls.set(key, { user: user.id, channel: channel.id });
+    this.responseUrls.set(key, { user: user.id, channel: channel.id, at: Date.now(), uses: 0 });
     return `${this.origin}/respond/${key}`;
   }
 
