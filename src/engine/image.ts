@@ -48,6 +48,8 @@ export interface ImageProbe {
   hasAlpha: boolean;
   /** libvips colour space of the stored pixels: srgb, cmyk, b-w, rgb16, grey16, … */
   space: string;
+  /** Whether it embeds an ICC profile. */
+  profile: boolean;
   /** The coding inside a HEIF file (hevc, av1), else undefined. */
   compression?: string;
   bytes: number;
@@ -166,6 +168,7 @@ export async function probeImage(
     pixels: width * height,
     hasAlpha: meta.hasAlpha ?? false,
     space: meta.space ?? "unknown",
+    profile: meta.hasProfile ?? false,
     ...(compression ? { compression } : {}),
     bytes: bytes.byteLength,
   };
@@ -228,7 +231,10 @@ export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: 
   // A JPEG without its end marker: with one appended, a whole picture decodes without a warning and a
   // cut one still warns of a premature end (refused as incomplete, judged on the bytes as sent).
   const input = probe.format === "jpeg" && mayLackOnlyEoi(bytes) ? withEoi(bytes) : bytes;
-  return sharp(input, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+  const image = sharp(input, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+  // sharp converts 16-bit RGB through its profile into Display P3 (its working space for 16 bits), and
+  // on to sRGB only when asked for an output profile: else P3 values would be taken for sRGB ones.
+  return probe.space === "rgb16" && probe.profile ? image.withIccProfile("srgb") : image;
 }
 
 /** ISO/IEC 23091-2's colour primaries code of P3 with D65 white: Display P3, as phones tag wide-gamut photos. */

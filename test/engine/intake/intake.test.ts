@@ -182,6 +182,52 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
     }
   });
 
+  it("converts a 16-bit PNG or TIFF through its ICC profile as the same values in 8 bits", async () => {
+    // sharp converts 16-bit RGB through its profile into Display P3, not sRGB: unless told to convert
+    // on to sRGB, P3 values were read as sRGB (a P3 photo as if untagged, an sRGB-tagged one duller).
+    const gradient = Buffer.alloc(96 * 64 * 3);
+    for (let i = 0; i < 96 * 64; i++)
+      gradient.set([40 + 2 * (i % 96), 30 + 3 * ((i / 96) | 0), 200 - (i % 96)], 3 * i);
+    const png8 = await sharp(gradient, { raw: { width: 96, height: 64, channels: 3 } })
+      .png()
+      .toBuffer();
+    const wide = Uint16Array.from(gradient, (v) => v * 257);
+    const png16 = await sharp(wide, { raw: { width: 96, height: 64, channels: 3 } })
+      .toColourspace("rgb16")
+      .png()
+      .toBuffer();
+    const srgb = (await sharp(await sharp(png8).withIccProfile("srgb").png().toBuffer()).metadata())
+      .icc as Buffer;
+    const pixelsOf = async (bytes: Uint8Array) =>
+      (await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes)).data;
+    for (const [name, icc] of [
+      ["Display P3", await displayP3()],
+      ["sRGB", srgb],
+    ] as const) {
+      const want = await pixelsOf(pngWithIcc(png8, icc));
+      const tagged16 = pngWithIcc(png16, icc);
+      const tiff16 = tiff({
+        width: 96,
+        height: 64,
+        bits: [16, 16, 16],
+        photometric: 2,
+        data: new Uint8Array(wide.buffer),
+        tags: [[34675, 7, [...icc]]], // InterColorProfile
+      });
+      expect((await probeImage(tiff16)).space).toBe("rgb16");
+      for (const [format, bytes] of [
+        ["png", tagged16],
+        ["tiff", tiff16],
+      ] as const) {
+        expect(meanAbsDiff(await pixelsOf(bytes), want), `16-bit ${format}, ${name}`).toBeLessThan(0.5);
+      }
+    }
+    // The P3 profile matters here: read as untagged, the same values differ.
+    expect(
+      meanAbsDiff(await pixelsOf(png16), await pixelsOf(pngWithIcc(png8, await displayP3()))),
+    ).toBeGreaterThan(2);
+  });
+
   it("refuses a portrait JPEG without Huffman tables that a 64-pixel check let through", async () => {
     // Without DHT segments libjpeg falls back to the standard tables and decodes garbage until the data
     // runs out near the bottom: a 64-pixel centre crop never reads that far, the working size does.

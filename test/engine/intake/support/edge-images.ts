@@ -4,6 +4,8 @@
 import { crc32, deflateSync } from "node:zlib";
 import { BitWriter, segment } from "../../../../src/cli/bench/hostile-images.js";
 
+type TiffType = 1 | 3 | 4 | 7;
+
 export interface TiffSpec {
   width: number;
   height: number;
@@ -17,8 +19,8 @@ export interface TiffSpec {
   extra?: number[];
   /** The pixels, interleaved, rows packed, little-endian. */
   data: Uint8Array;
-  /** More tags: [tag, type (1 BYTE, 3 SHORT, 4 LONG), values]. */
-  tags?: Array<[number, 1 | 3 | 4, number[]]>;
+  /** More tags: [tag, type (1 BYTE, 3 SHORT, 4 LONG, 7 UNDEFINED: bytes, as an ICC profile), values]. */
+  tags?: Array<[number, TiffType, number[]]>;
   /** A Canon CR2 header: "CR", version 2 and a raw IFD offset after the TIFF header. */
   cr2?: boolean;
 }
@@ -26,7 +28,7 @@ export interface TiffSpec {
 /** A little-endian baseline TIFF of one uncompressed strip. */
 export function tiff(spec: TiffSpec): Uint8Array {
   const samples = spec.bits.length;
-  const tags: Array<[tag: number, type: 1 | 3 | 4, values: number[]]> = [
+  const tags: Array<[tag: number, type: TiffType, values: number[]]> = [
     [256, 4, [spec.width]],
     [257, 4, [spec.height]],
     [258, 3, spec.bits],
@@ -45,7 +47,7 @@ export function tiff(spec: TiffSpec): Uint8Array {
     ...(spec.tags ?? []),
   ];
   tags.sort((a, b) => a[0] - b[0]);
-  const size = (type: 1 | 3 | 4) => (type === 1 ? 1 : type === 3 ? 2 : 4);
+  const size = (type: TiffType) => (type === 3 ? 2 : type === 4 ? 4 : 1);
   const outside = tags.reduce(
     (n, [, type, v]) => n + (v.length * size(type) > 4 ? v.length * size(type) : 0),
     0,
@@ -73,7 +75,7 @@ export function tiff(spec: TiffSpec): Uint8Array {
       extraAt += written.length * size(type);
     }
     written.forEach((v, j) => {
-      if (type === 1) view.setUint8(at + j, v);
+      if (size(type) === 1) view.setUint8(at + j, v);
       else if (type === 3) view.setUint16(at + 2 * j, v, true);
       else view.setUint32(at + 4 * j, v, true);
     });
