@@ -73,6 +73,9 @@ export function sniffKind(bytes: Uint8Array): FileKind {
     return { described: "an icon file" };
   if (head.startsWith("8BPS")) return { described: "a Photoshop document (PSD)" };
   if (head.startsWith("%PDF")) return { described: "a PDF document" };
+  // PostScript is text ("a text file" would puzzle whoever saved an EPS); DOS EPS wraps it in a binary header.
+  if (head.startsWith("%!PS") || startsWith(bytes, [0xc5, 0xd0, 0xd3, 0xc6]))
+    return { described: "a PostScript or EPS file" };
   if (startsWith(bytes, [0xff, 0x0a]) || head.slice(4, 8) === "JXL ") return { described: "a JPEG XL image" };
   if (head.slice(4, 8) === "jP  " || startsWith(bytes, [0xff, 0x4f, 0xff, 0x51]))
     return { described: "a JPEG 2000 image" };
@@ -133,6 +136,7 @@ const MEDIA_TYPES: Readonly<Record<string, string>> = {
   "image/x-canon-cr2": "a Canon raw photo (CR2)",
   "image/jp2": "a JPEG 2000 image",
   "application/pdf": "a PDF document",
+  "application/postscript": "a PostScript or EPS file",
   "application/zip": "a ZIP archive",
   "video/quicktime": "a QuickTime video",
 };

@@ -839,6 +839,20 @@ describe("edge formats: converted right or refused in words", () => {
     );
   });
 
+  it("names a PostScript or EPS file, plain or with the DOS EPS binary header, not as a text file", async () => {
+    const eps = "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\n";
+    // DOS EPS: magic, then where the PostScript section starts and how long it is (little-endian).
+    const header = Buffer.alloc(30);
+    header.set([0xc5, 0xd0, 0xd3, 0xc6]);
+    header.writeUInt32LE(30, 4);
+    header.writeUInt32LE(eps.length, 8);
+    for (const bytes of [new TextEncoder().encode(eps), Buffer.concat([header, Buffer.from(eps)])]) {
+      expect((await refusal(convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)))?.message).toBe(
+        "That file is a PostScript or EPS file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.",
+      );
+    }
+  });
+
   it("refuses a TIFF with extra channels (Photoshop's saved selections) in words, not as damaged", async () => {
     // RGB, its alpha, and one more channel: the conversion to sRGB cannot take the fifth band.
     const extra = tiff({
