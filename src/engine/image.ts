@@ -198,7 +198,14 @@ export async function probeImage(
   }
   checkSamples(meta);
   if (format === "jpeg") {
-    const { scans } = jpegStructure(bytes);
+    const { scans, precision } = jpegStructure(bytes);
+    // libvips reads JPEG's 8-bit samples only: others fail as if the file were damaged. The standard
+    // allows 12 bits (and 2–16 in lossless files); any other value is damage, left to the decoder.
+    if (precision !== undefined && precision !== 8 && precision >= 2 && precision <= 16) {
+      throw new ImageInputError(
+        `The image is a ${precision}-bit JPEG, which I cannot read (I read 8-bit JPEGs, what cameras and phones write); save it as an 8-bit JPEG, or as a 16-bit PNG.`,
+      );
+    }
     if (scans > limits.maxScans) {
       throw new ImageInputError(
         `The image is a progressive JPEG of ${scans} scans; the limit is ${limits.maxScans} (cameras and editors write at most a dozen) — open it and save it again as a JPEG.`,

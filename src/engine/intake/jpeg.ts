@@ -10,6 +10,8 @@ export interface JpegStructure {
   scans: number;
   /** The frame type (SOF marker, 0xc0–0xcf): 0xc2 is progressive Huffman coding. */
   frame?: number;
+  /** The frame's bits per sample: 8 in photos; 12, or 2–16 in lossless files, from medical and scientific cameras. */
+  precision?: number;
   /** Whether the end-of-image marker (EOI) was reached: a file cut short lacks it. */
   complete: boolean;
 }
@@ -50,7 +52,10 @@ export function jpegStructure(
     if (i + 3 >= bytes.byteLength) return out;
     const length = ((bytes[i + 2] as number) << 8) | (bytes[i + 3] as number);
     onSegment?.(marker, i);
-    if (isFrame(marker) && out.frame === undefined) out.frame = marker;
+    if (isFrame(marker) && out.frame === undefined) {
+      out.frame = marker;
+      out.precision = bytes[i + 4];
+    }
     i += 2 + length;
     if (marker === SOS) {
       out.scans++;

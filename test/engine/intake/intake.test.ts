@@ -22,6 +22,7 @@ import {
   apng,
   heifWithIcc,
   heifWithNclx,
+  losslessJpeg,
   pixels,
   pngWithIcc,
   tiff,
@@ -309,6 +310,7 @@ describe("messages: the sender's words, never the decoder's", () => {
     /^The image is animated \(\d+ frames\); send a still image\.$/,
     /^The image is a TIFF of \d+ pages; send one page, saved as a single-page image\.$/,
     /^The image is a progressive JPEG of \d+ scans; the limit is \d+ /,
+    /^The image is a \d+-bit JPEG, which I cannot read /,
     /^The image is a HEIF file of [A-Z0-9]+-coded pictures, which I cannot decode; send it as a JPEG\.$/,
     /^The image stores [\w -]+ (RGB|greyscale|CMYK) pixels; I read 8- and 16-bit images \(and 32-bit floating-point RGB\) — save it as an 8- or 16-bit image\.$/,
     /^The image has \d+ channels: (RGB|greyscale|CMYK), alpha and \d+ more; save it without the extra channels \(as a PNG, say\)\.$/,
@@ -837,6 +839,22 @@ describe("edge formats: converted right or refused in words", () => {
     expect(await said("<html lang=en><head><title>cat</title></head></html>")).toBe(
       `That file is a web page (HTML); ${send}`,
     );
+  });
+
+  it("refuses a 12- or 16-bit JPEG in words, not as damaged; reads an 8-bit lossless one", async () => {
+    // libjpeg as libvips uses it decodes 8-bit samples only; lossless coding itself it reads.
+    const grey = async (bytes: Uint8Array) =>
+      (await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes)).data;
+    expect(new Set(await grey(losslessJpeg(64, 64, 200, 8)))).toEqual(new Set([200]));
+    for (const [precision, value] of [
+      [12, 3000],
+      [16, 50000],
+    ] as const) {
+      const error = await refusal(convertPhoto(losslessJpeg(64, 64, value, precision), DEFAULT_IMAGE_LIMITS));
+      expect(error?.message).toBe(
+        `The image is a ${precision}-bit JPEG, which I cannot read (I read 8-bit JPEGs, what cameras and phones write); save it as an 8-bit JPEG, or as a 16-bit PNG.`,
+      );
+    }
   });
 
   it("names a PostScript or EPS file, plain or with the DOS EPS binary header, not as a text file", async () => {

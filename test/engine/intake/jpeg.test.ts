@@ -11,11 +11,13 @@ describe("jpegStructure", () => {
     expect(jpegStructure(await photo.clone().jpeg().toBuffer())).toEqual({
       scans: 1,
       frame: 0xc0,
+      precision: 8,
       complete: true,
     });
     expect(jpegStructure(await photo.clone().jpeg({ progressive: true }).toBuffer())).toEqual({
       scans: 10,
       frame: 0xc2,
+      precision: 8,
       complete: true,
     });
     const mozjpeg = jpegStructure(await photo.clone().jpeg({ mozjpeg: true }).toBuffer()).scans;
@@ -25,7 +27,12 @@ describe("jpegStructure", () => {
 
   it("counts every scan of a scan bomb and sees a file cut short", async () => {
     const bomb = progressiveScanBomb(256, 256);
-    expect(jpegStructure(bomb.bytes)).toEqual({ scans: bomb.scans, frame: 0xc2, complete: true });
+    expect(jpegStructure(bomb.bytes)).toEqual({
+      scans: bomb.scans,
+      frame: 0xc2,
+      precision: 8,
+      complete: true,
+    });
     // Stuffed 0xff bytes inside the entropy-coded data are not segments.
     const stuffed = await photo.clone().jpeg({ quality: 100 }).toBuffer();
     expect(stuffed.includes(Buffer.from([0xff, 0x00]))).toBe(true);

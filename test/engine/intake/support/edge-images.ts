@@ -1,6 +1,7 @@
 // Legal images at the edges of what photo tools write, built byte by byte because sharp cannot write
 // them: TIFFs of any sample layout (float, 32-bit, extra channels) and camera raws' TIFF headers,
-// animated PNGs, Adobe CMYK and YCCK JPEGs, and ICC profiles added to a PNG or a HEIF file.
+// animated PNGs, Adobe CMYK and YCCK JPEGs, lossless JPEGs of any precision, and ICC profiles added to
+// a PNG or a HEIF file.
 import { crc32, deflateSync } from "node:zlib";
 import { BitWriter, segment } from "../../../../src/cli/bench/hostile-images.js";
 
@@ -237,6 +238,39 @@ export function adobeCmykJpeg(
         bits.put(0, 1); // end of block
       });
     }
+  }
+  out.push(...bits.end(), 0xff, 0xd9);
+  return Uint8Array.from(out);
+}
+
+/**
+ * A lossless JPEG (SOF3) of one grey component, every sample `value`, of `precision` bits (2–16; libjpeg
+ * decodes 8): predictor 1 (the sample to the left), so only the first sample's difference from the
+ * initial prediction, 2^(precision − 1), is not 0.
+ */
+export function losslessJpeg(width: number, height: number, value: number, precision: number): Uint8Array {
+  const out = [0xff, 0xd8];
+  out.push(...segment(0xc3, [precision, height >> 8, height & 255, width >> 8, width & 255, 1, 1, 0x11, 0]));
+  // Difference categories 0–15, 5-bit codes (the all-ones code is not allowed); 16 is not needed here.
+  out.push(
+    ...segment(0xc4, [
+      0x00,
+      0,
+      0,
+      0,
+      0,
+      16,
+      ...new Array(11).fill(0),
+      ...Array.from({ length: 16 }, (_, i) => i),
+    ]),
+  );
+  out.push(...segment(0xda, [1, 1, 0x00, 1, 0, 0])); // predictor 1, point transform 0
+  const bits = new BitWriter();
+  for (let i = 0; i < width * height; i++) {
+    const diff = i === 0 ? value - 2 ** (precision - 1) : 0;
+    const category = diff === 0 ? 0 : 32 - Math.clz32(Math.abs(diff));
+    bits.put(category, 5);
+    if (category > 0) bits.put(diff > 0 ? diff : diff + (1 << category) - 1, category);
   }
   out.push(...bits.end(), 0xff, 0xd9);
   return Uint8Array.from(out);
