@@ -21,6 +21,7 @@ import { failureText } from "./intake/failures.js";
 import { type DecodedHeif, decodeHeif, nclxPrimaries, rgbaTiff } from "./intake/heif.js";
 import { jpegStructure, mayLackOnlyEoi } from "./intake/jpeg.js";
 import { apngFrames, formatList, sniffKind } from "./intake/kinds.js";
+import { withGammaProfile } from "./intake/png-gamma.js";
 
 /** Bad image input; the message names the problem and the limit and is meant for the person who sent it. */
 export class ImageInputError extends UserFacingError {
@@ -235,13 +236,15 @@ export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: 
   }
   // HEIF: no page, so libvips loads the primary image rather than the first one in the file.
   const frame = probe.format === "heif" || probe.format === "avif" ? {} : { page: 0, pages: 1 };
+  // A PNG's gAMA and cHRM chunks, where they say the values are not sRGB, as the profile they describe.
+  const profiled = probe.format === "png" ? withGammaProfile(bytes) : undefined;
   // A JPEG without its end marker: with one appended, a whole picture decodes without a warning and a
   // cut one still warns of a premature end (refused as incomplete, judged on the bytes as sent).
-  const input = probe.format === "jpeg" && mayLackOnlyEoi(bytes) ? withEoi(bytes) : bytes;
+  const input = profiled ?? (probe.format === "jpeg" && mayLackOnlyEoi(bytes) ? withEoi(bytes) : bytes);
   const image = sharp(input, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
   // sharp converts 16-bit RGB through its profile into Display P3 (its working space for 16 bits), and
   // on to sRGB only when asked for an output profile: else P3 values would be taken for sRGB ones.
-  return probe.space === "rgb16" && probe.profile ? image.withIccProfile("srgb") : image;
+  return probe.space === "rgb16" && (probe.profile || profiled) ? image.withIccProfile("srgb") : image;
 }
 
 /** ISO/IEC 23091-2's colour primaries code of P3 with D65 white: Display P3, as phones tag wide-gamut photos. */

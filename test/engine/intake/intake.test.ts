@@ -24,6 +24,7 @@ import {
   heifWithNclx,
   losslessJpeg,
   pixels,
+  pngWith,
   pngWithIcc,
   tiff,
 } from "./support/edge-images.js";
@@ -839,6 +840,75 @@ describe("edge formats: converted right or refused in words", () => {
     expect(await said("<html lang=en><head><title>cat</title></head></html>")).toBe(
       `That file is a web page (HTML); ${send}`,
     );
+  });
+
+  it("converts a PNG through its gAMA and cHRM chunks, as browsers do, unless an sRGB chunk overrides them", async () => {
+    // 96×64, a gradient in each channel; expected pixels from the chunks' meaning, computed here: the
+    // values decoded by the file's power law, through its primaries (Adobe RGB's published RGB → XYZ
+    // matrix and sRGB's XYZ → RGB, both D65), and encoded as sRGB.
+    const stored = Buffer.alloc(96 * 64 * 3);
+    for (let i = 0; i < 96 * 64; i++)
+      stored.set([40 + 2 * (i % 96), 30 + 3 * ((i / 96) | 0), 220 - (i % 96)], 3 * i);
+    const png8 = await sharp(stored, { raw: { width: 96, height: 64, channels: 3 } })
+      .png()
+      .toBuffer();
+    const png16 = await sharp(
+      Uint16Array.from(stored, (v) => v * 257),
+      { raw: { width: 96, height: 64, channels: 3 } },
+    )
+      .toColourspace("rgb16")
+      .png()
+      .toBuffer();
+    const fixed = (...values: number[]) => {
+      const body = Buffer.alloc(4 * values.length);
+      for (const [k, v] of values.entries()) body.writeUInt32BE(Math.round(v * 100000), 4 * k);
+      return body;
+    };
+    const srgbEncode = (l: number) => {
+      const c = Math.min(1, Math.max(0, l));
+      return 255 * (c <= 0.0031308 ? 12.92 * c : 1.055 * c ** (1 / 2.4) - 0.055);
+    };
+    const apply = (m: number[][], v: number[]) =>
+      m.map((row) => row.reduce((sum, x, k) => sum + x * (v[k] as number), 0));
+    const XYZ_TO_SRGB = [
+      [3.2404542, -1.5371385, -0.4985314],
+      [-0.969266, 1.8760108, 0.041556],
+      [0.0556434, -0.2040259, 1.0572252],
+    ];
+    const ADOBE_TO_XYZ = [
+      [0.5767309, 0.185554, 0.1881852],
+      [0.2973769, 0.6273491, 0.0752741],
+      [0.0270343, 0.0706872, 0.9911085],
+    ];
+    const srgbPrimaries = (linear: number[]) => linear;
+    const adobePrimaries = (linear: number[]) => apply(XYZ_TO_SRGB, apply(ADOBE_TO_XYZ, linear));
+    const expected = (exponent: number, toSrgb: (linear: number[]) => number[]) => {
+      const out = new Float64Array(stored.length);
+      for (let p = 0; p < stored.length; p += 3) {
+        const linear = [0, 1, 2].map((c) => ((stored[p + c] as number) / 255) ** exponent);
+        out.set(toSrgb(linear).map(srgbEncode), p);
+      }
+      return out;
+    };
+    const adobe: Array<[string, Uint8Array]> = [
+      ["gAMA", fixed(1 / 2.2)],
+      ["cHRM", fixed(0.3127, 0.329, 0.64, 0.33, 0.21, 0.71, 0.15, 0.06)],
+    ];
+    const cases: Array<[string, Uint8Array, Float64Array]> = [
+      ["linear (gAMA 1.0)", pngWith(png8, [["gAMA", fixed(1)]]), expected(1, srgbPrimaries)],
+      ["16-bit linear", pngWith(png16, [["gAMA", fixed(1)]]), expected(1, srgbPrimaries)],
+      ["old Mac (gAMA 1/1.8)", pngWith(png8, [["gAMA", fixed(1 / 1.8)]]), expected(1.8, srgbPrimaries)],
+      ["Adobe RGB primaries (cHRM)", pngWith(png8, adobe), expected(2.2, adobePrimaries)],
+      // The sRGB chunk takes precedence over gAMA and cHRM: the values are sRGB.
+      ["sRGB chunk", pngWith(png8, [["sRGB", Uint8Array.of(0)], ...adobe]), Float64Array.from(stored)],
+    ];
+    for (const [name, bytes, want] of cases) {
+      const { data } = await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes);
+      let worst = 0;
+      for (let i = 0; i < data.length; i++)
+        worst = Math.max(worst, Math.abs((data[i] as number) - (want[i] as number)));
+      expect(worst, name).toBeLessThanOrEqual(1.5); // rounding, and lcms' curve interpolation
+    }
   });
 
   it("refuses a 12- or 16-bit JPEG in words, not as damaged; reads an 8-bit lossless one", async () => {

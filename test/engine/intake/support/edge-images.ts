@@ -123,14 +123,16 @@ function pngChunks(png: Uint8Array): Array<[string, Uint8Array]> {
   return chunks;
 }
 
-/** `png` with an ICC profile (an iCCP chunk) right after its header. */
-export function pngWithIcc(png: Uint8Array, icc: Uint8Array): Uint8Array {
-  const body = Buffer.concat([Buffer.from("icc\0\0", "latin1"), deflateSync(icc)]);
+/** `png` with `chunks` ([type, body]) right after its header. */
+export function pngWith(png: Uint8Array, chunks: Array<[string, Uint8Array]>): Uint8Array {
   const headerEnd = 8 + 12 + 13; // signature, IHDR
-  return new Uint8Array(
-    Buffer.concat([png.subarray(0, headerEnd), pngChunk("iCCP", body), png.subarray(headerEnd)]),
-  );
+  const added = chunks.map(([type, body]) => pngChunk(type, body));
+  return new Uint8Array(Buffer.concat([png.subarray(0, headerEnd), ...added, png.subarray(headerEnd)]));
 }
+
+/** `png` with an ICC profile (an iCCP chunk) right after its header. */
+export const pngWithIcc = (png: Uint8Array, icc: Uint8Array): Uint8Array =>
+  pngWith(png, [["iCCP", Buffer.concat([Buffer.from("icc\0\0", "latin1"), deflateSync(icc)])]]);
 
 /**
  * An animated PNG (APNG) of same-sized non-interlaced PNG `frames`: the first is also the default image
