@@ -178,17 +178,19 @@ export function apng(frames: Uint8Array[]): Uint8Array {
 /**
  * A baseline 4-component JPEG as Photoshop writes CMYK: an Adobe APP14 segment, the samples stored
  * inverted (255 − ink), and with `transform` 2 coded as YCCK (the inverted C, M, Y as YCbCr; K as is).
+ * With `transform` "none", the same CMYK file without its APP14 segment, as metadata strippers leave it.
  * Each 8×8 block is flat: `ink(bx, by)` gives its C, M, Y, K ink (0–255) by block column and row.
  */
 export function adobeCmykJpeg(
   blocksWide: number,
   blocksHigh: number,
   ink: (bx: number, by: number) => number[],
-  transform: 0 | 2,
+  transform: 0 | 2 | "none",
 ): Uint8Array {
   const [width, height] = [blocksWide * 8, blocksHigh * 8];
   const out = [0xff, 0xd8];
-  out.push(...segment(0xee, [0x41, 0x64, 0x6f, 0x62, 0x65, 0, 100, 0, 0, 0, 0, transform]));
+  if (transform !== "none")
+    out.push(...segment(0xee, [0x41, 0x64, 0x6f, 0x62, 0x65, 0, 100, 0, 0, 0, 0, transform]));
   out.push(...segment(0xdb, [0, ...new Array(64).fill(1)])); // quantisation: all ones
   out.push(
     ...segment(0xc0, [
@@ -222,7 +224,7 @@ export function adobeCmykJpeg(
       const [c, m, y, k] = ink(bx, by).map((v) => 255 - v) as [number, number, number, number];
       const [r, g, b] = [255 - c, 255 - m, 255 - y];
       const samples =
-        transform === 0
+        transform !== 2
           ? [c, m, y, k]
           : [
               0.299 * r + 0.587 * g + 0.114 * b,
