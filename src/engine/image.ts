@@ -242,9 +242,14 @@ export async function decodeImage(bytes: Uint8Array, probe: ImageProbe, limits: 
   // cut one still warns of a premature end (refused as incomplete, judged on the bytes as sent).
   const input = profiled ?? (probe.format === "jpeg" && mayLackOnlyEoi(bytes) ? withEoi(bytes) : bytes);
   const image = sharp(input, { limitInputPixels: limits.maxPixels, failOn: "warning", ...frame }).rotate();
+  if (!probe.profile && !profiled) return image;
   // sharp converts 16-bit RGB through its profile into Display P3 (its working space for 16 bits), and
   // on to sRGB only when asked for an output profile: else P3 values would be taken for sRGB ones.
-  return probe.space === "rgb16" && (probe.profile || profiled) ? image.withIccProfile("srgb") : image;
+  if (probe.space === "rgb16") return image.withIccProfile("srgb");
+  // 16-bit grey it does not convert at all; taken to 8 bits at the pipeline's start, it does (the
+  // result is 8-bit either way).
+  if (probe.space === "grey16") return image.pipelineColourspace("b-w");
+  return image;
 }
 
 /** ISO/IEC 23091-2's colour primaries code of P3 with D65 white: Display P3, as phones tag wide-gamut photos. */

@@ -63,11 +63,14 @@ function colorants([wx, wy, rx, ry, gx, gy, bx, by]: number[]): Mat3 {
   return product(adapt, toXyz);
 }
 
-/** An ICC v2 display profile of RGB `primaries` (D50-adapted columns) and a pure power-law `gamma` for all three channels. */
-function matrixProfile(primaries: Mat3, gamma: number): Uint8Array {
+/**
+ * An ICC v2 display profile whose values are light raised to 1 / `gamma` (a pure power law): of RGB with
+ * `primaries` (their D50-adapted XYZ, as columns), or of grey without them.
+ */
+export function powerLawProfile(gamma: number, primaries?: Mat3): Uint8Array {
   const s15 = (v: number) => Math.round(v * 65536);
   const xyzTag = (v: Vec3) => ["XYZ ", 0, ...v.map(s15)] as const;
-  const text = "PNG gAMA and cHRM";
+  const text = `power law ${gamma.toFixed(2)}`;
   // Tag data, each 4-byte aligned: [signature, bytes].
   const tags: Array<[string, Uint8Array]> = [];
   const data = (...parts: Array<string | number>) => {
@@ -82,19 +85,21 @@ function matrixProfile(primaries: Mat3, gamma: number): Uint8Array {
   // textDescriptionType: the ASCII description (with its NUL), no Unicode, no ScriptCode (67 bytes).
   const desc = Buffer.concat([data("desc", 0, text.length + 1, text), Buffer.alloc(1 + 8 + 3 + 67)]);
   tags.push(["desc", desc], ["wtpt", data(...xyzTag(D50))]);
-  ["rXYZ", "gXYZ", "bXYZ"].forEach((name, c) => {
-    tags.push([name, data(...xyzTag(column(primaries, c)))]);
-  });
   const curve = Buffer.concat([data("curv", 0, 1), Buffer.alloc(2)]);
   curve.writeUInt16BE(Math.round(gamma * 256), 12); // one entry: the exponent, u8Fixed8
-  for (const name of ["rTRC", "gTRC", "bTRC"]) tags.push([name, curve]);
+  if (primaries) {
+    ["rXYZ", "gXYZ", "bXYZ"].forEach((name, c) => {
+      tags.push([name, data(...xyzTag(column(primaries, c)))]);
+    });
+    for (const name of ["rTRC", "gTRC", "bTRC"]) tags.push([name, curve]);
+  } else tags.push(["kTRC", curve]);
   const tableEnd = 128 + 4 + 12 * tags.length;
   const aligned = (n: number) => (n + 3) & ~3;
   const size = tags.reduce((at, [, bytes]) => aligned(at) + bytes.byteLength, tableEnd);
   const out = Buffer.alloc(aligned(size));
   out.writeUInt32BE(out.byteLength, 0);
   out.writeUInt32BE(0x02100000, 8); // version 2.1
-  out.write("mntrRGB XYZ ", 12, "latin1");
+  out.write(primaries ? "mntrRGB XYZ " : "mntrGRAYXYZ ", 12, "latin1");
   out.write("acsp", 36, "latin1");
   out.set(data(...D50.map(s15)), 68); // the PCS illuminant
   out.writeUInt32BE(tags.length, 128);
@@ -139,7 +144,7 @@ export function withGammaProfile(png: Uint8Array): Uint8Array | undefined {
   const primaries = colorants(chromaticities);
   if (!primaries.flat().every((v) => Number.isFinite(v) && Math.abs(v) < 32768) || 1 / gamma >= 256)
     return undefined;
-  const profile = matrixProfile(primaries, 1 / gamma);
+  const profile = powerLawProfile(1 / gamma, primaries);
   const body = Buffer.concat([Buffer.from("gAMA and cHRM\0\0", "latin1"), deflateSync(profile)]);
   const chunk = Buffer.alloc(12 + body.byteLength);
   chunk.writeUInt32BE(body.byteLength, 0);

@@ -15,6 +15,7 @@ import {
 import { ImageInputError, loadImage, probeImage } from "../../../src/engine/image.js";
 import { convertPhoto } from "../../../src/engine/intake/convert.js";
 import { FAILURE_TEXTS } from "../../../src/engine/intake/failures.js";
+import { powerLawProfile } from "../../../src/engine/intake/png-gamma.js";
 import { DecoderPool } from "../../../src/engine/intake/pool.js";
 import { DEFAULT_IMAGE_LIMITS, type ImageLimits, STORED_PHOTO_MAX_PIXELS } from "../../../src/spec/upload.js";
 import {
@@ -910,6 +911,41 @@ describe("edge formats: converted right or refused in words", () => {
       let worst = 0;
       for (let i = 0; i < data.length; i++)
         worst = Math.max(worst, Math.abs((data[i] as number) - (want[i] as number)));
+      expect(worst, name).toBeLessThanOrEqual(1.5); // rounding, and lcms' curve interpolation
+    }
+  });
+
+  it("converts an 8- or 16-bit greyscale PNG or TIFF through its grey ICC profile", async () => {
+    // Photoshop tags greyscale with grey profiles ("Gray Gamma 1.8"); sharp converts 8-bit grey through
+    // them but leaves 16-bit grey as it is. Expected: the values decoded by the power law, encoded as sRGB.
+    const stored = Uint8Array.from({ length: 96 * 64 }, (_, i) => 30 + 2 * (i % 96));
+    const profile = powerLawProfile(1.8);
+    const want = Array.from(stored, (v) => {
+      const l = (v / 255) ** 1.8;
+      return 255 * (l <= 0.0031308 ? 12.92 * l : 1.055 * l ** (1 / 2.4) - 0.055);
+    });
+    const raw = { raw: { width: 96, height: 64, channels: 1 } } as const;
+    const wide = Uint16Array.from(stored, (v) => v * 257);
+    const files: Array<[string, Uint8Array]> = [
+      ["8-bit png", pngWithIcc(await sharp(stored, raw).toColourspace("b-w").png().toBuffer(), profile)],
+      ["16-bit png", pngWithIcc(await sharp(wide, raw).toColourspace("grey16").png().toBuffer(), profile)],
+      [
+        "16-bit tiff",
+        tiff({
+          width: 96,
+          height: 64,
+          bits: [16],
+          photometric: 1,
+          data: new Uint8Array(wide.buffer),
+          tags: [[34675, 7, [...profile]]], // InterColorProfile
+        }),
+      ],
+    ];
+    for (const [name, bytes] of files) {
+      const { data } = await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes);
+      let worst = 0;
+      for (let i = 0; i < data.length; i++)
+        worst = Math.max(worst, Math.abs((data[i] as number) - (want[Math.floor(i / 3)] as number)));
       expect(worst, name).toBeLessThanOrEqual(1.5); // rounding, and lcms' curve interpolation
     }
   });
