@@ -118,8 +118,8 @@ export function powerLawProfile(gamma: number, primaries?: Mat3): Uint8Array {
 /**
  * `png` with an iCCP chunk after its header that says what its gAMA and cHRM chunks say (no cHRM: sRGB's
  * primaries, as browsers assume); undefined where there is nothing to convert: an iCCP or sRGB chunk
- * (which take precedence), no gAMA, sRGB's own gamma and primaries, or a greyscale PNG (whose profile
- * would be a grey one; libvips leaves 16-bit grey unconverted whatever its profile).
+ * (which take precedence), no gAMA, or sRGB's own gamma and primaries. A greyscale PNG gets a grey
+ * profile of its gamma (cHRM's primaries do not apply to it).
  */
 export function withGammaProfile(png: Uint8Array): Uint8Array | undefined {
   const view = new DataView(png.buffer, png.byteOffset, png.byteLength);
@@ -135,14 +135,15 @@ export function withGammaProfile(png: Uint8Array): Uint8Array | undefined {
     if (type === "cHRM" && end - start >= 36)
       chromaticities = Array.from({ length: 8 }, (_, k) => view.getUint32(start + 4 * k) / 100000);
   }
-  // Colour types 2 (RGB), 3 (palette) and 6 (RGB with alpha) have colour: bit 1.
-  if (!gamma || (colourType & 2) === 0 || headerEnd === 0) return undefined;
+  if (!gamma || headerEnd === 0) return undefined;
+  // Colour types 2 (RGB), 3 (palette) and 6 (RGB with alpha) have colour: bit 1; 0 and 4 are grey.
+  const colour = (colourType & 2) !== 0;
   const srgbLike = chromaticities.every((v, k) => Math.abs(v - (SRGB_CHROMATICITIES[k] as number)) < 0.001);
-  if (srgbLike && Math.abs(gamma / SRGB_GAMMA - 1) < 0.01) return undefined;
+  if ((srgbLike || !colour) && Math.abs(gamma / SRGB_GAMMA - 1) < 0.01) return undefined;
   // Chromaticities that give no primaries (a y of 0, three in a line), or an exponent ICC cannot hold:
   // left as sRGB, as browsers do.
-  const primaries = colorants(chromaticities);
-  if (!primaries.flat().every((v) => Number.isFinite(v) && Math.abs(v) < 32768) || 1 / gamma >= 256)
+  const primaries = colour ? colorants(chromaticities) : undefined;
+  if (!(primaries ?? []).flat().every((v) => Number.isFinite(v) && Math.abs(v) < 32768) || 1 / gamma >= 256)
     return undefined;
   const profile = powerLawProfile(1 / gamma, primaries);
   const body = Buffer.concat([Buffer.from("gAMA and cHRM\0\0", "latin1"), deflateSync(profile)]);

@@ -846,7 +846,7 @@ describe("edge formats: converted right or refused in words", () => {
     );
   });
 
-  it("converts a PNG through its gAMA and cHRM chunks, as browsers do, unless an sRGB chunk overrides them", async () => {
+  it("converts a PNG, colour or greyscale, through its gAMA and cHRM chunks, as browsers do, unless an sRGB chunk overrides them", async () => {
     // 96×64, a gradient in each channel; expected pixels from the chunks' meaning, computed here: the
     // values decoded by the file's power law, through its primaries (Adobe RGB's published RGB → XYZ
     // matrix and sRGB's XYZ → RGB, both D65), and encoded as sRGB.
@@ -863,6 +863,20 @@ describe("edge formats: converted right or refused in words", () => {
       .toColourspace("rgb16")
       .png()
       .toBuffer();
+    // The same red values as greyscale (every channel of the result is then the red one's).
+    const red = Uint8Array.from({ length: 96 * 64 }, (_, i) => stored[3 * i] as number);
+    const grey8 = await sharp(red, { raw: { width: 96, height: 64, channels: 1 } })
+      .toColourspace("b-w")
+      .png()
+      .toBuffer();
+    const grey16 = await sharp(
+      Uint16Array.from(red, (v) => v * 257),
+      { raw: { width: 96, height: 64, channels: 1 } },
+    )
+      .toColourspace("grey16")
+      .png()
+      .toBuffer();
+    const greyscale = (colours: Float64Array) => colours.map((_, i) => colours[i - (i % 3)] as number);
     const fixed = (...values: number[]) => {
       const body = Buffer.alloc(4 * values.length);
       for (const [k, v] of values.entries()) body.writeUInt32BE(Math.round(v * 100000), 4 * k);
@@ -903,6 +917,12 @@ describe("edge formats: converted right or refused in words", () => {
       ["16-bit linear", pngWith(png16, [["gAMA", fixed(1)]]), expected(1, srgbPrimaries)],
       ["old Mac (gAMA 1/1.8)", pngWith(png8, [["gAMA", fixed(1 / 1.8)]]), expected(1.8, srgbPrimaries)],
       ["Adobe RGB primaries (cHRM)", pngWith(png8, adobe), expected(2.2, adobePrimaries)],
+      ["greyscale linear", pngWith(grey8, [["gAMA", fixed(1)]]), greyscale(expected(1, srgbPrimaries))],
+      [
+        "16-bit greyscale linear",
+        pngWith(grey16, [["gAMA", fixed(1)]]),
+        greyscale(expected(1, srgbPrimaries)),
+      ],
       // The sRGB chunk takes precedence over gAMA and cHRM: the values are sRGB.
       ["sRGB chunk", pngWith(png8, [["sRGB", Uint8Array.of(0)], ...adobe]), Float64Array.from(stored)],
     ];
