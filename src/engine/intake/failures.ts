@@ -39,8 +39,10 @@ function isoComplete(b: Uint8Array): boolean {
 function tiffComplete(b: Uint8Array): boolean {
   const dir = firstDirectory(b);
   if (!dir.whole) return false;
-  // StripOffsets with StripByteCounts, TileOffsets with TileByteCounts (SHORT or LONG arrays).
-  const arrays = new Map(dir.entries.filter((e) => e.type === 3 || e.type === 4).map((e) => [e.tag, e]));
+  // StripOffsets with StripByteCounts, TileOffsets with TileByteCounts (SHORT, LONG or BigTIFF's LONG8 arrays).
+  const arrays = new Map(
+    dir.entries.filter((e) => e.type === 3 || e.type === 4 || e.type === 16).map((e) => [e.tag, e]),
+  );
   for (const [offsetsTag, countsTag] of [
     [273, 279],
     [324, 325],

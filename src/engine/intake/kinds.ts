@@ -65,9 +65,8 @@ export function sniffKind(bytes: Uint8Array): FileKind {
     return { format: "gif", described: "a GIF image" };
   if (head.startsWith("RIFF") && head.slice(8, 12) === "WEBP")
     return { format: "webp", described: "a WebP image" };
-  if (["II*\0", "MM\0*"].includes(head.slice(0, 4))) return tiffKind(bytes);
+  if (["II*\0", "MM\0*", "II+\0", "MM\0+"].includes(head.slice(0, 4))) return tiffKind(bytes);
   if (head.slice(4, 8) === "ftyp") return isoKind(head.slice(8, 12));
-  if (["II+\0", "MM\0+"].includes(head.slice(0, 4))) return { described: "a BigTIFF image" };
   if (head.startsWith("BM")) return { described: "a BMP image" };
   if (startsWith(bytes, [0, 0, 1, 0]) || startsWith(bytes, [0, 0, 2, 0]))
     return { described: "an icon file" };

@@ -831,6 +831,28 @@ describe("edge formats: converted right or refused in words", () => {
     }
   });
 
+  it("reads a BigTIFF (TIFF's 64-bit variant) as it reads a TIFF; cut short, it is incomplete", async () => {
+    // It was refused as "a BigTIFF image; send a … TIFF …", though libtiff reads it.
+    const base = sharp(COFFEE).resize(120, 80);
+    const big = await base.clone().tiff({ bigtiff: true, compression: "lzw" }).toBuffer();
+    expect(big.subarray(0, 4).toString("latin1")).toBe("II+\0");
+    const [got, want] = await Promise.all(
+      [big, await base.clone().tiff({ compression: "lzw" }).toBuffer()].map(
+        async (bytes) => (await rgb((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes)).data,
+      ),
+    );
+    expect(Buffer.compare(got as Buffer, want as Buffer)).toBe(0);
+    for (const fraction of [0.3, 0.9]) {
+      const error = await refusal(convertPhoto(truncated(big, fraction), DEFAULT_IMAGE_LIMITS));
+      expect(error?.message, `cut at ${fraction}`).toBe(FAILURE_TEXTS.truncated);
+    }
+    // Whole, with its pixels (between the 16-byte header and the directory libtiff writes last)
+    // overwritten: damaged, not incomplete (its directory and strips read with 64-bit offsets).
+    const damaged = Buffer.from(big);
+    damaged.fill(0xff, 16, Number(big.readBigUInt64LE(8)));
+    expect((await refusal(convertPhoto(damaged, DEFAULT_IMAGE_LIMITS)))?.message).toBe(FAILURE_TEXTS.damaged);
+  });
+
   it("names an SVG that starts with a comment, and an HTML page, for what they are", async () => {
     const said = async (text: string) =>
       (await refusal(convertPhoto(new TextEncoder().encode(text), DEFAULT_IMAGE_LIMITS)))?.message;
