@@ -67,6 +67,9 @@ export function sniffKind(bytes: Uint8Array): FileKind {
     return { format: "webp", described: "a WebP image" };
   if (["II*\0", "MM\0*", "II+\0", "MM\0+"].includes(head.slice(0, 4))) return tiffKind(bytes);
   if (head.slice(4, 8) === "ftyp") return isoKind(head.slice(8, 12));
+  // QuickTime files from before ftyp (older cameras and Macs) open straight with a movie or media atom.
+  if (["moov", "mdat", "wide", "free", "skip", "pnot"].includes(head.slice(4, 8)))
+    return { described: "a QuickTime video" };
   if (head.startsWith("BM")) return { described: "a BMP image" };
   if (startsWith(bytes, [0, 0, 1, 0]) || startsWith(bytes, [0, 0, 2, 0]))
     return { described: "an icon file" };

@@ -362,6 +362,29 @@ describe("messages: the sender's words, never the decoder's", () => {
       "svg",
       new TextEncoder().encode('<svg xmlns="http://www.w3.org/2000/svg" width="99" height="99"/>'),
     ]);
+    // A QuickTime movie without ftyp (older cameras): a wide atom, then the media data.
+    files.push([
+      "mov",
+      Uint8Array.from([
+        0,
+        0,
+        0,
+        8,
+        0x77,
+        0x69,
+        0x64,
+        0x65,
+        0,
+        0,
+        0,
+        16,
+        0x6d,
+        0x64,
+        0x61,
+        0x74,
+        ...new Array(8).fill(7),
+      ]),
+    ]);
     files.push([
       "mp4",
       Uint8Array.from([0, 0, 0, 24, ...new TextEncoder().encode("ftypisom"), ...new Array(40).fill(0)]),
@@ -421,6 +444,9 @@ describe("messages: the sender's words, never the decoder's", () => {
     );
     expect(said.mp4).toBe(
       "That file is an MP4 video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.",
+    );
+    expect(said.mov).toBe(
+      "That file is a QuickTime video; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.",
     );
     expect(said.text).toBe(
       "That file is a text file; send a JPEG, PNG, WebP, GIF, TIFF, HEIC or AVIF image.",
