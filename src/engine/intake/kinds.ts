@@ -55,6 +55,20 @@ function tiffKind(bytes: Uint8Array): FileKind {
   return preview ? { described: "a camera raw photo" } : { format: "tiff", described: "a TIFF image" };
 }
 
+/**
+ * Camera raws that do not open as a TIFF does (their own variant of its header, or a format of their
+ * own): [offset, signature, what they are]. Named, so the photographer knows to export a JPEG.
+ */
+const RAW_SIGNATURES: ReadonlyArray<readonly [number, string, string]> = [
+  [0, "FUJIFILMCCD-RAW", "a Fujifilm raw photo (RAF)"],
+  [0, "IIRO", "an Olympus raw photo (ORF)"],
+  [0, "IIRS", "an Olympus raw photo (ORF)"],
+  [0, "MMOR", "an Olympus raw photo (ORF)"],
+  [0, "IIU\0", "a Panasonic raw photo (RW2)"],
+  [6, "HEAPCCDR", "a Canon raw photo (CRW)"],
+  [0, "FOVb", "a Sigma raw photo (X3F)"],
+];
+
 /** The kind of `bytes` by their first bytes; `described` is "a file of an unknown kind" when none fits. */
 export function sniffKind(bytes: Uint8Array): FileKind {
   if (startsWith(bytes, [0xff, 0xd8, 0xff])) return { format: "jpeg", described: "a JPEG image" };
@@ -66,6 +80,8 @@ export function sniffKind(bytes: Uint8Array): FileKind {
   if (head.startsWith("RIFF") && head.slice(8, 12) === "WEBP")
     return { format: "webp", described: "a WebP image" };
   if (["II*\0", "MM\0*", "II+\0", "MM\0+"].includes(head.slice(0, 4))) return tiffKind(bytes);
+  const raw = RAW_SIGNATURES.find(([at, signature]) => ascii(bytes, at, at + signature.length) === signature);
+  if (raw) return { described: raw[2] };
   if (head.slice(4, 8) === "ftyp") return isoKind(head.slice(8, 12));
   // QuickTime files from before ftyp (older cameras and Macs) open straight with a movie or media atom.
   if (["moov", "mdat", "wide", "free", "skip", "pnot"].includes(head.slice(4, 8)))

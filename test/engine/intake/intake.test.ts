@@ -781,9 +781,15 @@ describe("edge formats: converted right or refused in words", () => {
     }
   });
 
-  it("refuses camera raw photos built on TIFF (DNG, CR2, NEF…) instead of editing their preview", async () => {
+  it("refuses camera raw photos (DNG, CR2, NEF, RAF, ORF, RW2…) by name instead of editing their preview", async () => {
     // Their first image, all libvips reads, is a thumbnail or preview; the photo itself is a raw
-    // sensor image in another directory. A CR3 is refused by its brand; these start like any TIFF.
+    // sensor image in another directory. A CR3 is refused by its brand; DNG, CR2 and NEF start like
+    // any TIFF; Olympus and Panasonic change TIFF's magic number, Fujifilm and old Canons have their own.
+    const withMagic = (bytes: Uint8Array, magic: string) => {
+      const out = new Uint8Array(bytes);
+      out.set(Buffer.from(magic, "latin1"));
+      return out;
+    };
     const preview = {
       width: 128,
       height: 85,
@@ -805,6 +811,11 @@ describe("edge formats: converted right or refused in words", () => {
       [tiff({ ...preview, cr2: true }), "a Canon raw photo (CR2)"],
       // NewSubFileType 1: the first image is a reduced-resolution copy (Nikon, Sony, Pentax raws).
       [tiff({ ...preview, tags: [[254, 4, [1]]] }), "a camera raw photo"],
+      [withMagic(tiff(preview), "IIRO"), "an Olympus raw photo (ORF)"],
+      [withMagic(tiff(preview), "IIU\0"), "a Panasonic raw photo (RW2)"],
+      [withMagic(new Uint8Array(256), "FUJIFILMCCD-RAW 0201FF383501"), "a Fujifilm raw photo (RAF)"],
+      [withMagic(new Uint8Array(256), "II\x1a\0\0\0HEAPCCDR"), "a Canon raw photo (CRW)"],
+      [withMagic(new Uint8Array(256), "FOVb"), "a Sigma raw photo (X3F)"],
     ];
     for (const [bytes, kind] of raws) {
       expect((await refusal(convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)))?.message).toBe(
