@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import {
   corrupted,
   progressiveScanBomb,
+  segment,
   truncated,
   withoutHuffmanTables,
 } from "../../../src/cli/bench/hostile-images.js";
@@ -623,6 +624,49 @@ describe("edge formats: converted right or refused in words", () => {
           `${format} orientation ${o}: ${JSON.stringify(colours)}`,
         ).toBe(true);
       }
+    }
+  });
+
+  it("reads a JPEG's EXIF orientation from a big- or little-endian header, ignores EXIF it cannot follow, and takes an MPO's first picture", async () => {
+    // Cameras write EXIF in either byte order (Canon and Nikon big-endian); broken offsets must neither
+    // refuse the photo nor turn it. Stored: the upright picture turned a quarter left, for orientation 6.
+    const upright = Buffer.alloc(96 * 64 * 3);
+    for (let i = 0; i < 96 * 64; i++)
+      upright.set(QUADS[(i / 96 < 32 ? 0 : 2) + (i % 96 < 48 ? 0 : 1)] as number[], 3 * i);
+    const stored = await sharp(upright, { raw: { width: 96, height: 64, channels: 3 } })
+      .rotate(270)
+      .jpeg({ quality: 95 })
+      .toBuffer();
+    /** A TIFF header and one IFD holding Orientation (SHORT) = 6, its offset `ifd` (8: right after the header). */
+    const exif = (little: boolean, ifd = 8) => {
+      const b = Buffer.alloc(8 + 2 + 12 + 4);
+      b.write(little ? "II*\0" : "MM\0*", 0, "latin1");
+      const [u16, u32] = little
+        ? [b.writeUInt16LE.bind(b), b.writeUInt32LE.bind(b)]
+        : [b.writeUInt16BE.bind(b), b.writeUInt32BE.bind(b)];
+      u32(ifd, 4);
+      u16(1, 8);
+      u16(274, 10);
+      u16(3, 12);
+      u32(1, 14);
+      u16(6, 18);
+      return segment(0xe1, [...Buffer.from("Exif\0\0", "latin1"), ...b]);
+    };
+    const withExif = (app1: Uint8Array) => Buffer.concat([stored.subarray(0, 2), app1, stored.subarray(2)]);
+    const second = await sharp({ create: { width: 32, height: 32, channels: 3, background: "#000" } })
+      .jpeg()
+      .toBuffer();
+    const files: Array<[string, Uint8Array, number[]]> = [
+      ["little-endian", withExif(exif(true)), [96, 64]],
+      ["big-endian", withExif(exif(false)), [96, 64]],
+      ["IFD offset past the end", withExif(exif(true, 5000)), [64, 96]],
+      ["MPO: a second picture after the first", Buffer.concat([withExif(exif(false)), second]), [96, 64]],
+    ];
+    for (const [name, bytes, size] of files) {
+      const photo = await quadrants((await convertPhoto(bytes, DEFAULT_IMAGE_LIMITS)).bytes);
+      expect(photo.size, name).toEqual(size);
+      if (size[0] === 96)
+        expect(near(photo.colours, QUADS, 30), `${name}: ${JSON.stringify(photo.colours)}`).toBe(true);
     }
   });
 
