@@ -365,7 +365,7 @@ export class StableDiffusion {
       graph: vaeDecodeGraph(this.ckpt.vae.weights, this.ckpt.vae.config, 1, lh, lw),
     }));
     const unscaled = scale(latents, 1 / this.ckpt.vae.config.scaling_factor);
-    const images: Float32Array[] = [];
+    let image: Float32Array | undefined;
     for (let i = 0; i < batch; i++) {
       const out = await session.run({
         [IO.latents]: {
@@ -374,12 +374,12 @@ export class StableDiffusion {
           data: unscaled.subarray(i * per, (i + 1) * per),
         },
       });
-      images.push(f32(out, IO.image));
+      const one = f32(out, IO.image);
+      if (batch === 1) return one;
+      image ??= new Float32Array(batch * one.length);
+      image.set(one, i * one.length);
     }
-    if (batch === 1) return images[0] as Float32Array;
-    const image = new Float32Array(batch * (images[0] as Float32Array).length);
-    images.forEach((one, i) => image.set(one, i * one.length));
-    return image;
+    return image as Float32Array;
   }
 
   /**
