@@ -22,7 +22,7 @@ import { resolveRedis } from "../queue/redis-server.js";
 import { PRESET_NAMES, type PresetName, parseNumberList } from "../spec/imagic.js";
 import { configuredModelIdentity } from "../spec/model.js";
 import { requestedSizeOptions, type Size } from "../spec/shape.js";
-import { checkSubjectWord, PAPER_STRENGTHS } from "../spec/swap.js";
+import { checkSubjectWord, DEFAULT_CONCEPT_TOKEN, PAPER_STRENGTHS } from "../spec/swap.js";
 import { collect } from "./edit/shared.js";
 import { sizeOption } from "./options.js";
 
@@ -171,7 +171,8 @@ function swapDemoCommand(): Command {
         throw new UserFacingError(
           `--pick must be a variant number from 1 to ${seeds.length} (got ${f.pick})`,
         );
-      checkSubjectWord(f.subject, "--subject");
+      // Its concept is learned through the queue, with the default token.
+      checkSubjectWord(f.subject, "--subject", DEFAULT_CONCEPT_TOKEN);
       const conceptSteps = count("--concept-steps", f.conceptSteps);
       const steps = count("--steps", f.steps);
       const source = readFile(f.source, "--source");

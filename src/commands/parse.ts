@@ -181,15 +181,8 @@ export function parseImagic(request: CommandRequest): ImagicRequest {
 export function parseSwap(request: CommandRequest): SwapRequest {
   const source = required(attachment(request, "source"), "source");
   const subject = required(text(request.options, "subject", MAX_SUBJECT_LENGTH), "subject");
-  checkSubjectWord(subject, "`subject`");
-  // The new subject is learned as "<token> <subject>" with the default concept token, which CLIP reads in
-  // lower case: a subject that is the token was refused by the engine only once the swap's turn came, in
-  // words about a token the user never chose.
-  if (subject.toLowerCase() === DEFAULT_CONCEPT_TOKEN) {
-    throw new UserFacingError(
-      `\`subject\` cannot be "${subject}": I learn the new subject as "${DEFAULT_CONCEPT_TOKEN} <subject>"; name what the photo shows (e.g. "dog")`,
-    );
-  }
+  // The new subject is learned as "<token> <subject>" with the default concept token.
+  checkSubjectWord(subject, "`subject`", DEFAULT_CONCEPT_TOKEN);
   // Photos past the last reference option (reference6…: a form's extra files) are refused, not dropped.
   const sent = request.attachments.filter((a) => /^reference\d+$/.test(a.option)).length;
   if (sent > MAX_REFERENCES) {

@@ -6,7 +6,7 @@ import { LIMITS, PRESET_NAMES, type PresetName } from "../spec/imagic.js";
 import { MAX_PROMPT_LENGTH, MAX_SEED, MAX_SEEDS, MAX_SUBJECT_LENGTH } from "../spec/request.js";
 import { refineRequestedSize, requestedSizeFields } from "../spec/shape.js";
 import {
-  isSubjectWord,
+  DEFAULT_CONCEPT_TOKEN,
   MAX_REFERENCES,
   MIN_REFERENCES,
   PAPER_STRENGTHS,
@@ -14,7 +14,7 @@ import {
   SWAP_LIMITS,
   SWAP_SAMPLING_STEPS,
   SWAP_STRENGTHS,
-  sourcePromptFor,
+  subjectProblem,
 } from "../spec/swap.js";
 
 export const JOB_NAMES = ["imagic.train", "imagic.render", "swap.concept", "swap.edit"] as const;
@@ -122,10 +122,13 @@ const swapEditPayload = z.strictObject({
   referenceBlobIds,
   /**
    * One word: the engine describes the photo as "a photo of a <subject>" and finds the subject as a word
-   * of it, so a phrase would be refused only after its swap.concept child had learned the concept.
+   * of it, so a phrase would be refused only after its swap.concept child had learned the concept (as
+   * would "a", "photo", "of" and the concept token: spec/swap.ts subjectProblem).
    */
-  subject: subject.refine(isSubjectWord, {
-    message: `must be one word, what the photo shows (e.g. "dog"): the swap finds it as a word of "${sourcePromptFor("<subject>")}"`,
+  subject: subject.superRefine((word, ctx) => {
+    // What chat refuses (its concept is learned with the default token), from the same definition.
+    const problem = subjectProblem(word, DEFAULT_CONCEPT_TOKEN);
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
   }),
   /** Filled in at enqueue when the concept is already cached; otherwise the swap.concept child's result. */
   conceptBlobId: blobId.optional(),

@@ -130,29 +130,37 @@ export function checkSubjectInPrompt(subject: string, prompt: string): void {
   }
 }
 
-/** Whether a subject is one word (surrounding whitespace aside): see checkSubjectWord. */
-export function isSubjectWord(subject: string): boolean {
-  return !/\s/.test(subject.trim());
+/**
+ * Why `subject` cannot be the subject of a swap whose photo is described as "a photo of a <subject>"
+ * (chat, the demo, the queue's `swap.edit`), or undefined when it can. Chat and the queue both ask this
+ * one function, so the queue refuses exactly what chat refuses. The words follow the option's name
+ * ("`subject` must be one word, …"). With `token`, the rare token the concept is learned as ("sks <subject>")
+ * is refused too: it would be refused by the engine only once the swap's turn came, in words about a
+ * token the user never chose (CLIP reads it in lower case).
+ */
+export function subjectProblem(subject: string, token?: string): string | undefined {
+  const word = subject.trim();
+  // The swap finds the subject as a whole word of that prompt: a phrase is never found.
+  if (/\s/.test(word)) {
+    return `must be one word, what the photo shows (e.g. "dog", not "${word}"): the swap finds it as a word of "${sourcePromptFor(word)}"`;
+  }
+  // "a" (or "photo", "of") is also another word of the prompt made from it: the swap would replace each.
+  if (sourcePromptFor("").trim().split(" ").includes(word)) {
+    return `"${word}" is also another word of "${sourcePromptFor(word)}", where the swap finds it: name what the photo shows (e.g. "dog")`;
+  }
+  if (token !== undefined && word.toLowerCase() === token) {
+    return `cannot be "${word}": I learn the new subject as "${token} <subject>"; name what the photo shows (e.g. "dog")`;
+  }
+  return undefined;
 }
 
 /**
- * Where the source prompt is made from the subject ("a photo of a <subject>": chat, the demo), the subject
- * must be one word, since the swap finds it as a whole word of that prompt. Checked before anything is
- * queued: a two-word subject would otherwise fail only after its concept was learned.
+ * Refuses a subject that subjectProblem refuses, naming `option`. Checked before anything is queued: a
+ * two-word subject would otherwise fail only after its concept was learned.
  */
-export function checkSubjectWord(subject: string, option: string): void {
-  if (!isSubjectWord(subject)) {
-    throw new UserFacingError(
-      `${option} must be one word, what the photo shows (e.g. "dog", not "${subject}"): the swap finds it as a word of "${sourcePromptFor(subject)}"`,
-    );
-  }
-  // "a" (or "photo", "of") is also another word of the prompt made from it: the swap would replace each.
-  const others = sourcePromptFor("").trim().split(" ");
-  if (others.includes(subject.trim())) {
-    throw new UserFacingError(
-      `${option} "${subject.trim()}" is also another word of "${sourcePromptFor(subject.trim())}", where the swap finds it: name what the photo shows (e.g. "dog")`,
-    );
-  }
+export function checkSubjectWord(subject: string, option: string, token?: string): void {
+  const problem = subjectProblem(subject, token);
+  if (problem) throw new UserFacingError(`${option} ${problem}`);
 }
 
 /**

@@ -133,6 +133,27 @@ describe("job payloads", () => {
     expect(parsePayload<"swap.concept">("swap.concept", concept).payload.subject).toBe("hot dog");
   });
 
+  it("refuses the subjects chat refuses (the concept token, the prompt's other words), in chat's words", () => {
+    const edit = (subject: string) => ({
+      ...base,
+      sourceBlobId: id("a"),
+      referenceBlobIds: [id("b")],
+      subject,
+    });
+    for (const word of ["sks", "SKS"]) {
+      expect(refusal("swap.edit", edit(word))).toContain(
+        `subject: cannot be "${word}": I learn the new subject as "sks <subject>"`,
+      );
+    }
+    for (const word of ["a", "photo", "of"]) {
+      expect(refusal("swap.edit", edit(` ${word} `))).toContain(
+        `subject: "${word}" is also another word of "a photo of a ${word}", where the swap finds it`,
+      );
+    }
+    for (const word of ["Photo", "skis"])
+      expect(parsePayload<"swap.edit">("swap.edit", edit(word)).payload.subject).toBe(word);
+  });
+
   it("lists every blob of a swap with the words a user knows them by", () => {
     const { payload } = parsePayload<"swap.edit">("swap.edit", {
       ...base,
