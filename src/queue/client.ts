@@ -26,6 +26,7 @@ import {
 import { QUEUE_NAME, type QueueKeys, queueKeys } from "./keys.js";
 import { sweepAbandoned, type TakeOutcome } from "./leased-claims.js";
 import { bandScores, priorityFor } from "./priority.js";
+import { MAX_STALLED_COUNT } from "./worker.js";
 
 const log = childLogger("queue");
 
@@ -125,6 +126,8 @@ const CANCEL_TTL_SECONDS = 86_400;
 /** A reservation that an enqueue left behind when it crashed is ignored after this. */
 const RESERVATION_MS = 60_000;
 const WORKER_COUNT_CACHE_MS = 5_000;
+/** BullMQ's failedReason for a job whose worker died holding it more than maxStalledCount times. */
+const STALLED_TOO_OFTEN = "job stalled more than allowable limit";
 
 function describeZodError(name: string, error: z.ZodError): string {
   const issues = error.issues.slice(0, 3).map((issue) => {
@@ -514,7 +517,7 @@ export class QueueClient {
             event: {
               ...event,
               redelivery,
-              message: await this.failureMessage(job.failedReason ?? "failed"),
+              message: await this.failureMessage(jobId, job.failedReason ?? "failed"),
               cancelled: (await this.redis.exists(this.keys.cancel(jobId))) === 1,
             },
           }
@@ -566,12 +569,23 @@ export class QueueClient {
     }
   }
 
-  /** A flow parent fails with "child bull:edits:7 failed": the user gets the child's own reason. */
-  private async failureMessage(reason: string): Promise<string> {
+  /**
+   * The reason a job failed, in words for its user. A flow parent fails with "child bull:edits:7 failed":
+   * the user gets the child's own reason. BullMQ's own reason for a job whose engine died under it too
+   * often means nothing to a chat user.
+   */
+  private async failureMessage(jobId: string, reason: string): Promise<string> {
+    if (reason === STALLED_TOO_OFTEN) {
+      return (
+        "the engine stopped (it crashed, ran out of memory or stopped responding) each of the " +
+        `${MAX_STALLED_COUNT + 1} times it ran job ${jobId}, so it is not tried again; try a smaller photo or a ` +
+        "lighter preset, or ask the operators"
+      );
+    }
     const child = /^child (\S+) failed$/.exec(reason)?.[1];
     if (!child) return reason;
     const childReason = await this.redis.hget(child, "failedReason");
-    return childReason ? await this.failureMessage(childReason) : reason;
+    return childReason ? await this.failureMessage(jobId, childReason) : reason;
   }
 
   /**

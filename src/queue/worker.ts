@@ -93,6 +93,12 @@ export interface StartWorkerOptions {
  */
 const DEFAULT_LOCK_MS = 120_000;
 
+/**
+ * Runs a job may lose to a dead worker (SIGKILL, the OOM killer) and still run again; the next loss fails
+ * it for good: a job that kills its engine every time must not take every engine down in turn.
+ */
+export const MAX_STALLED_COUNT = 2;
+
 /** Abort reasons. */
 const CANCELLED = "cancelled";
 const SHUTDOWN = "shutdown";
@@ -143,7 +149,7 @@ export class EngineWorker {
         concurrency: 1,
         lockDuration: this.lockDurationMs,
         stalledInterval: options.stalledIntervalMs ?? 30_000,
-        maxStalledCount: 2,
+        maxStalledCount: MAX_STALLED_COUNT,
         ...(options.name ? { name: options.name } : {}),
       },
     );

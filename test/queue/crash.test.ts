@@ -109,4 +109,37 @@ describe("crash safety", () => {
       delayed: 0,
     });
   });
+
+  it("fails a job whose engine dies on every run after its third run, and tells the user in plain words", async () => {
+    // Only the engines below run it: the earlier tests' are gone.
+    await h.stopWorkers();
+    for (const child of children) await killWorkerProcess(child);
+    const bot = await h.client({ consumer: "crash-loop-bot" });
+    const failed: QueueClientEvents["failed"][0][] = [];
+    bot.events.on("failed", (e) => void failed.push(e));
+    await bot.listen();
+    const { jobId } = await bot.enqueue("imagic.train", {
+      userId: "k1",
+      origin,
+      imageBlobId: photo,
+      prompt: "a dog",
+    });
+    const starts = async () =>
+      (await h.redis.client().lrange("test:runs", 0, -1)).filter((r) => r.startsWith(`start ${jobId} `));
+    // Each engine dies under the job (as the OOM killer would kill it) once it has started it.
+    for (let run = 1; run <= 3; run++) {
+      const engine = await startChild(`oom-${run}`, { STEPS: "1000", STEP_MS: "50" });
+      await until(async () => (await starts()).length === run, 20_000, `run ${run} of the job`);
+      await killWorkerProcess(engine);
+    }
+    await startChild("oom-4", {});
+    await until(() => failed.length > 0, 20_000, "the job's failure");
+    expect(failed.map((e) => e.jobId)).toEqual([jobId]);
+    expect(failed[0]?.cancelled).toBe(false);
+    expect(failed[0]?.message).toBe(
+      "the engine stopped (it crashed, ran out of memory or stopped responding) each of the 3 times it ran " +
+        `job ${jobId}, so it is not tried again; try a smaller photo or a lighter preset, or ask the operators`,
+    );
+    expect(await starts()).toEqual([`start ${jobId} oom-1`, `start ${jobId} oom-2`, `start ${jobId} oom-3`]);
+  });
 });
