@@ -2,6 +2,7 @@
 // Jobs carry blob ids, so any engine host can run any job; every blob expires (BLOB_TTL_SECONDS).
 import { createHash } from "node:crypto";
 import type { Redis } from "ioredis";
+import { formatSeconds } from "../engine/progress.js";
 import { UserFacingError } from "../errors.js";
 import { keys } from "./keys.js";
 
@@ -25,18 +26,32 @@ export interface PutOptions {
 }
 
 // Atomic put: quota check (dropping expired entries), then store or refresh. Storing bytes that are
-// already there only extends their TTL, and a re-upload does not count twice against the quota.
+// already there only extends their TTL, and a re-upload does not count twice against the quota. A
+// refusal returns { bytes used, when enough of them expire for this blob to fit (ms) }.
 const PUT = `
 local blobKey, quotaKey = KEYS[1], KEYS[2]
 local id, size, ttl, now, quota = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if quota > 0 then
   redis.call("ZREMRANGEBYSCORE", quotaKey, "-inf", now)
+  local entries = {}
   local used = 0
-  for _, member in ipairs(redis.call("ZRANGE", quotaKey, 0, -1)) do
-    local mid, msize = string.match(member, "^(%x+):(%d+)$")
-    if mid ~= id then used = used + tonumber(msize) end
+  local live = redis.call("ZRANGE", quotaKey, 0, -1, "WITHSCORES")
+  for i = 1, #live, 2 do
+    local mid, msize = string.match(live[i], "^(%x+):(%d+)$")
+    if mid ~= id then
+      used = used + tonumber(msize)
+      table.insert(entries, { tonumber(msize), tonumber(live[i + 1]) })
+    end
   end
-  if used + size > quota then return used end
+  if used + size > quota then
+    -- Entries come oldest expiry first: room is made once enough of them have expired.
+    local left = used
+    for _, entry in ipairs(entries) do
+      left = left - entry[1]
+      if left + size <= quota then return { used, entry[2] } end
+    end
+    return { used, now + ttl }
+  end
   redis.call("ZADD", quotaKey, now + ttl, id .. ":" .. size)
   redis.call("PEXPIRE", quotaKey, ttl)
 end
@@ -80,27 +95,28 @@ export class BlobStore {
     }
     const id = blobIdOf(bytes);
     const quota = options.quota === false ? 0 : this.limits.userQuotaBytes;
-    const used = Number(
-      await this.redis.eval(
-        PUT,
-        2,
-        keys.blob(id),
-        keys.blobQuota(options.userId),
-        id,
-        bytes.byteLength,
-        this.limits.ttlSeconds * 1000,
-        Date.now(),
-        quota,
-        Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-        options.kind,
-        options.userId,
-      ),
+    const reply = await this.redis.eval(
+      PUT,
+      2,
+      keys.blob(id),
+      keys.blobQuota(options.userId),
+      id,
+      bytes.byteLength,
+      this.limits.ttlSeconds * 1000,
+      Date.now(),
+      quota,
+      Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      options.kind,
+      options.userId,
     );
-    if (used >= 0) {
+    if (Array.isArray(reply)) {
+      const [used, roomAt] = reply.map(Number) as [number, number];
+      // Files count until they expire, whether or not their jobs have finished: say when room is made.
       throw new UserFacingError(
         `${label} (${formatBytes(bytes.byteLength)}) does not fit: you already have ${formatBytes(used)} of files ` +
-          `waiting and the limit is ${formatBytes(quota)} per user; wait for your jobs to finish or for files to ` +
-          `expire (after ${formatDuration(this.limits.ttlSeconds)})`,
+          `stored and the limit is ${formatBytes(quota)} per user; files are kept ${formatDuration(this.limits.ttlSeconds)} ` +
+          `from when they were sent, even once their jobs have finished, so there is room for it in ` +
+          `${formatSeconds((roomAt - Date.now()) / 1000)}`,
       );
     }
     return id;

@@ -38,11 +38,26 @@ describe("BlobStore", () => {
     await expect(
       blobs.put(bytes(1000, 3), { userId: user, kind: "image", label: "photo 3" }),
     ).rejects.toThrow(
-      /^photo 3 \(1000 B\) does not fit: you already have 2.0 KiB of files waiting and the limit is 2.4 KiB per user/,
+      /^photo 3 \(1000 B\) does not fit: you already have 2.0 KiB of files stored and the limit is 2.4 KiB per user/,
     );
     await blobs.put(bytes(1000, 4), { userId: user, kind: "result", quota: false });
     expect(await blobs.usage(user)).toBe(2000);
     expect(await blobs.usage("someone-else")).toBe(0);
+  });
+
+  it("tells a user over the quota when there is room again: files count until they expire, jobs done or not", async () => {
+    const user = "room-user";
+    const store = (ttlSeconds: number) =>
+      new BlobStore(redis.client(), { ttlSeconds, maxBytes: 1000, userQuotaBytes: 2000 });
+    await store(60).put(bytes(600, 21), { userId: user, kind: "image" });
+    await store(3600).put(bytes(600, 22), { userId: user, kind: "image" });
+    await store(7200).put(bytes(600, 23), { userId: user, kind: "image" });
+    // 1800 B stored: 1000 B more fit once the first two (expiring in 1 min and 1 h) are gone.
+    await expect(
+      store(7200).put(bytes(1000, 24), { userId: user, kind: "image", label: "photo.png" }),
+    ).rejects.toThrow(
+      /^photo\.png \(1000 B\) does not fit: you already have 1.8 KiB of files stored and the limit is 2.0 KiB per user; files are kept 2 h from when they were sent, even once their jobs have finished, so there is room for it in (1 h 00 min|59 min 59 s)$/,
+    );
   });
 
   it("expires blobs after the TTL and says so in words; touch extends a live blob", async () => {
