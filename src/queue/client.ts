@@ -2,8 +2,9 @@
 // progress/results (BullMQ Queue, FlowProducer and QueueEvents on one Redis).
 import { randomUUID } from "node:crypto";
 import { EventEmitter } from "node:events";
+import { setTimeout as sleep } from "node:timers/promises";
 import { FlowProducer, Job, Queue, QueueEvents } from "bullmq";
-import { Redis } from "ioredis";
+import { Redis, ReplyError } from "ioredis";
 import type { z } from "zod";
 import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
@@ -126,8 +127,15 @@ const CANCEL_TTL_SECONDS = 86_400;
 /** A reservation that an enqueue left behind when it crashed is ignored after this. */
 const RESERVATION_MS = 60_000;
 const WORKER_COUNT_CACHE_MS = 5_000;
+/** Waits between tries of an event whose handling failed: doubling from `first` up to `max` (ms). */
+const EVENT_RETRY_MS = { first: 250, max: 30_000 };
 /** BullMQ's failedReason for a job whose worker died holding it more than maxStalledCount times. */
 const STALLED_TOO_OFTEN = "job stalled more than allowable limit";
+
+/** An error Redis gave (an error reply, or none before ioredis gave up retrying): worth trying again. */
+function failedInRedis(err: unknown): boolean {
+  return err instanceof ReplyError || (err instanceof Error && err.name === "MaxRetriesPerRequestError");
+}
 
 function describeZodError(name: string, error: z.ZodError): string {
   const issues = error.issues.slice(0, 3).map((issue) => {
@@ -175,6 +183,8 @@ export class QueueClient {
   private readonly delivering = new Map<string, Promise<void>>();
   /** Looks for abandoned deliveries while listening. */
   private sweeper: NodeJS.Timeout | undefined;
+  /** Aborted when this client stops listening: an event handler trying a failed event again stops. */
+  private listening: AbortController | undefined;
 
   constructor(private readonly options: QueueClientOptions) {
     this.redis = new Redis(options.redisUrl, { maxRetriesPerRequest: null });
@@ -470,14 +480,37 @@ export class QueueClient {
       ...(lastEventId ? { lastEventId } : {}),
     });
     this.queueEvents = queueEvents;
-    // Events are handled one after another so that the cursor only moves past handled ones.
+    const listening = new AbortController();
+    this.listening = listening;
+    // Events are handled one after another so that the cursor only moves past handled ones. One whose
+    // handling Redis failed (away, or refusing writes at its maxmemory) is tried again, not skipped: the
+    // next event would move the cursor past it, and its result would be posted by nobody, ever. Any
+    // other fault (a listener's) would fail every try and hold up every event behind it: it is logged
+    // and skipped. Once this client stops listening, a failed event and those behind it are left to the
+    // next listen(), which replays them.
+    let givenUp = false;
     const handle = (eventId: string, work: () => Promise<void>) => {
-      this.eventChain = this.eventChain
-        .then(work)
-        .then(async () => {
-          if (consumer) await this.redis.set(this.keys.eventCursor(consumer), eventId);
-        })
-        .catch((err: unknown) => log.error({ err, eventId }, "queue event handler failed"));
+      this.eventChain = this.eventChain.then(async () => {
+        for (
+          let delayMs = EVENT_RETRY_MS.first;
+          !givenUp;
+          delayMs = Math.min(2 * delayMs, EVENT_RETRY_MS.max)
+        ) {
+          try {
+            await work();
+            if (consumer) await this.redis.set(this.keys.eventCursor(consumer), eventId);
+            return;
+          } catch (err) {
+            if (!failedInRedis(err)) {
+              log.error({ err, eventId }, "queue event handler failed");
+              return;
+            }
+            log.error({ err, eventId }, "queue event handler failed in Redis; it is tried again");
+            if (listening.signal.aborted) givenUp = true;
+            else await sleep(delayMs, undefined, { signal: listening.signal }).catch(() => undefined);
+          }
+        }
+      });
     };
     queueEvents.on("progress", ({ jobId, data }, id) =>
       handle(id, async () => {
@@ -618,6 +651,7 @@ export class QueueClient {
   async unlisten(): Promise<void> {
     const queueEvents = this.queueEvents;
     this.queueEvents = undefined;
+    this.listening?.abort();
     clearInterval(this.sweeper);
     await queueEvents?.close();
     await this.eventChain;
@@ -625,6 +659,7 @@ export class QueueClient {
   }
 
   async close(): Promise<void> {
+    this.listening?.abort();
     clearInterval(this.sweeper);
     await this.queueEvents?.close();
     await Promise.all(this.delivering.values());

@@ -47,6 +47,41 @@ async function listener(consumer: string, settle: () => Promise<void> = async ()
 }
 
 describe("result delivery", () => {
+  it("delivers a result whose handling Redis refused (out of memory) once Redis takes writes again", async () => {
+    const bot = await listener("oom-bot");
+    const first = await completedJob();
+    await until(() => bot.completed.length === 1, 5_000, "the first delivery");
+    await bot.client.unlisten();
+    const missed = await completedJob();
+    // Redis at its maxmemory (noeviction) refuses writes: the bot cannot take the delivery's claim.
+    await h.stopWorkers();
+    const redis = h.redis.client();
+    const refusals = async () =>
+      Number(/errorstat_OOM:count=(\d+)/.exec(await redis.info("errorstats"))?.[1] ?? 0);
+    const before = await refusals();
+    await redis.config("SET", "maxmemory", "1");
+    try {
+      await bot.client.listen();
+      await until(async () => (await refusals()) > before, 5_000, "the claim refused by Redis");
+    } finally {
+      await redis.config("SET", "maxmemory", "0");
+    }
+    await h.worker({ pipelines: lightweightPipelines({ steps: 1, stepMs: 1 }) });
+    const next = await completedJob();
+    await until(() => bot.completed.some((e) => e.jobId === next.jobId), 10_000, "the next delivery");
+    expect(bot.completed.map((e) => e.jobId)).toEqual([first.jobId, missed.jobId, next.jobId]);
+  });
+
+  it("goes on past an event whose listener throws: only what Redis failed is tried again", async () => {
+    const bot = await listener("throwing-bot");
+    bot.client.events.on("progress", () => {
+      throw new Error("a listener's bug");
+    });
+    const job = await completedJob();
+    await until(() => bot.completed.length > 0, 5_000, "the result behind the failing progress events");
+    expect(bot.completed.map((e) => e.jobId)).toEqual([job.jobId]);
+  });
+
   it("delivers again, once, a result whose delivering process died before confirming it", async () => {
     const job = await completedJob();
     // What a process SIGKILLed mid-post leaves: the claim taken, never confirmed nor renewed.
