@@ -23,6 +23,8 @@ export interface PutOptions {
   label?: string;
   /** Count against the user's quota. Default true; the engine writes its outputs with false. */
   quota?: boolean;
+  /** A shorter life than the store's (previews, worthless once shown); never a longer one. */
+  ttlSeconds?: number;
 }
 
 // Atomic put: quota check (dropping expired entries), then store or refresh. Storing bytes that are
@@ -95,6 +97,7 @@ export class BlobStore {
     }
     const id = blobIdOf(bytes);
     const quota = options.quota === false ? 0 : this.limits.userQuotaBytes;
+    const ttlSeconds = Math.min(options.ttlSeconds ?? this.limits.ttlSeconds, this.limits.ttlSeconds);
     const reply = await this.redis.eval(
       PUT,
       2,
@@ -102,7 +105,7 @@ export class BlobStore {
       keys.blobQuota(options.userId),
       id,
       bytes.byteLength,
-      this.limits.ttlSeconds * 1000,
+      ttlSeconds * 1000,
       Date.now(),
       quota,
       Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),

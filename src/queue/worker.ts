@@ -99,6 +99,12 @@ const DEFAULT_LOCK_MS = 120_000;
  */
 export const MAX_STALLED_COUNT = 2;
 
+/**
+ * How long a progress preview is kept: the bot shows it on the progress message within seconds, and a
+ * newer one replaces it; kept for the results' day, a long job's previews filled Redis by the hundred.
+ */
+export const PREVIEW_TTL_SECONDS = 600;
+
 /** Abort reasons. */
 const CANCELLED = "cancelled";
 const SHUTDOWN = "shutdown";
@@ -399,6 +405,7 @@ export class EngineWorker {
           userId: (job.data as { userId: string }).userId,
           kind: "preview",
           quota: false,
+          ttlSeconds: PREVIEW_TTL_SECONDS,
         });
       }
       lastPublished = now;

@@ -5,10 +5,10 @@ import { DeviceMemoryError } from "../../src/engine/runtime/session.js";
 import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
 import type { JobName } from "../../src/queue/jobs.js";
-import { queueKeys } from "../../src/queue/keys.js";
-import type { JobOutcome, PipelineRegistry } from "../../src/queue/worker.js";
+import { keys, queueKeys } from "../../src/queue/keys.js";
+import { type JobOutcome, type PipelineRegistry, PREVIEW_TTL_SECONDS } from "../../src/queue/worker.js";
 import { lightweightPipelines } from "./support/pipelines.js";
-import { type Harness, harness, origin, PHOTO, PHOTO2, until } from "./support/setup.js";
+import { type Harness, harness, LIMITS, origin, PHOTO, PHOTO2, until } from "./support/setup.js";
 
 let h: Harness;
 let client: QueueClient;
@@ -82,6 +82,10 @@ describe("a job end to end", () => {
     expect((await sharp(await h.blobs.get(previews[0]?.previewBlobId as string)).metadata()).format).toBe(
       "png",
     );
+    // A preview is kept minutes (it is shown at once, then replaced), not the results' lifetime.
+    const ttl = (id: string) => h.redis.client().pttl(keys.blob(id));
+    expect(await ttl(previews[0]?.previewBlobId as string)).toBeLessThanOrEqual(PREVIEW_TTL_SECONDS * 1000);
+    expect(await ttl(previews[0]?.previewBlobId as string)).toBeGreaterThan(0);
 
     const done = events.completed.filter((e) => e.jobId === jobId);
     expect(done).toHaveLength(1);
@@ -91,6 +95,7 @@ describe("a job end to end", () => {
       gridBlobId: string;
     };
     expect(result.images.map((i) => i.seed)).toEqual([1, 2, 3]);
+    expect(await ttl(result.gridBlobId)).toBeGreaterThan((LIMITS.ttlSeconds - 60) * 1000);
     const grid = await sharp(await h.blobs.get(result.gridBlobId)).metadata();
     expect([grid.width, grid.height]).toEqual([96, 32]);
     expect((await h.blobs.get(result.stateBlobId))?.subarray(0, 6).toString()).toBe("a dog\n");
