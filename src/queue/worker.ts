@@ -211,10 +211,13 @@ export class EngineWorker {
       for (const r of running) {
         pipeline.exists(this.keys.cancel(r.jobId));
         pipeline.zadd(this.keys.userActive(r.userId), "XX", Date.now() + this.lockDurationMs, r.jobId);
+        // The key's own expiry too: left as ACQUIRE set it, a job running past it (any Imagic training, at
+        // the default lock) lost its slot, and the user's next job took one more than maxActivePerUser.
+        pipeline.pexpire(this.keys.userActive(r.userId), this.slotKeyTtlMs);
       }
       const replies = (await pipeline.exec()) ?? [];
       running.forEach((r, i) => {
-        if (replies[2 * i]?.[1] === 1 && this.worker.cancelJob(r.jobId, CANCELLED)) {
+        if (replies[3 * i]?.[1] === 1 && this.worker.cancelJob(r.jobId, CANCELLED)) {
           this.log.info({ jobId: r.jobId }, "cancel requested: aborting the running job");
         }
       });
@@ -330,6 +333,11 @@ export class EngineWorker {
     }
   }
 
+  /** A user's running slots live this long unrenewed: their engines' leases, with room to spare. */
+  private get slotKeyTtlMs(): number {
+    return this.lockDurationMs * 2;
+  }
+
   private async acquireSlot(userId: string, jobId: string): Promise<boolean> {
     const now = Date.now();
     const lease = now + this.lockDurationMs;
@@ -341,7 +349,7 @@ export class EngineWorker {
       lease,
       jobId,
       this.options.maxActivePerUser,
-      this.lockDurationMs * 2,
+      this.slotKeyTtlMs,
     );
     return ok === 1;
   }

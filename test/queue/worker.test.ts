@@ -245,6 +245,47 @@ describe("scheduling", () => {
   });
 });
 
+describe("a user's running slots", () => {
+  it("holds a user's slot as long as their job runs, past the slot's lease", async () => {
+    // The first job runs until the test lets it go: longer than a slot lives unrenewed (2 × lockDuration).
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const light = lightweightPipelines({ onRun });
+    let calls = 0;
+    const pipelines: PipelineRegistry = {
+      "imagic.render": async (ctx) => {
+        runs.push(`enter ${ctx.jobId}`);
+        if (calls++ === 0) await held;
+        return (light["imagic.render"] as NonNullable<PipelineRegistry["imagic.render"]>)(ctx);
+      },
+    };
+    await h.worker({ pipelines, maxActivePerUser: 1 });
+    await h.worker({ pipelines, maxActivePerUser: 1 });
+    const first = await client.enqueue("imagic.render", render("long"));
+    await until(() => runs.includes(`enter ${first.jobId}`), 5_000, "the first job running");
+    const second = await client.enqueue("imagic.render", render("long"));
+    // The other worker takes the second job and puts it back every 2 s while the first holds the slot:
+    // by its fourth take the first job has run for more than twice the slot's lease.
+    const takes = async () => (await client.queue.getJob(second.jobId))?.attemptsStarted ?? 0;
+    try {
+      await until(
+        async () => runs.includes(`enter ${second.jobId}`) || (await takes()) >= 4,
+        20_000,
+        "the second job taken four times, or run",
+      );
+      expect(runs).not.toContain(`enter ${second.jobId}`);
+    } finally {
+      release();
+    }
+    await until(() => completedIds().includes(second.jobId), 10_000, "the second job");
+    expect(runs.indexOf(`enter ${second.jobId}`)).toBeGreaterThan(
+      runs.indexOf(`finish imagic.render ${first.jobId}`),
+    );
+  });
+});
+
 describe("swap flows", () => {
   it("learns a concept once, then swaps with it; the next swap of the same references reuses it", async () => {
     await h.worker({ pipelines: lightweightPipelines({ steps: 2, onRun }) });
