@@ -102,7 +102,14 @@ export async function freePort(): Promise<number> {
 }
 
 /** One PING with no retries; resolves the server's pid, rejects with the connection's error. */
-async function probe(url: string, timeoutMs: number): Promise<number> {
+interface Probed {
+  pid: number;
+  /** Bytes Redis may use (0: no limit) and what it does at that limit. */
+  maxmemory: number;
+  policy: string;
+}
+
+async function probe(url: string, timeoutMs: number): Promise<Probed> {
   const client = new Redis(url, {
     lazyConnect: true,
     connectTimeout: timeoutMs,
@@ -117,8 +124,13 @@ async function probe(url: string, timeoutMs: number): Promise<number> {
   });
   try {
     await client.connect();
-    const info = await client.info("server");
-    return Number(/process_id:(\d+)/.exec(info)?.[1] ?? 0);
+    const info = await client.info();
+    const field = (name: string) => new RegExp(`^${name}:(.*?)\r?$`, "m").exec(info)?.[1] ?? "";
+    return {
+      pid: Number(field("process_id") || 0),
+      maxmemory: Number(field("maxmemory") || 0),
+      policy: field("maxmemory_policy"),
+    };
   } catch (error) {
     throw cause ?? error;
   } finally {
@@ -190,7 +202,7 @@ class Supervisor extends EventEmitter<Events> implements EmbeddedRedis {
         );
       }
       try {
-        this.pid = await probe(this.url, 1000);
+        this.pid = (await probe(this.url, 1000)).pid;
         // It may have died since it answered and its exit been ignored as a launch failure: look again.
         if (child.exitCode !== null || child.signalCode !== null) continue;
         this.#serving = child;
@@ -324,11 +336,20 @@ export interface ResolvedRedis {
 export async function resolveRedis(config: Pick<Config, "redisUrl" | "stateDir">): Promise<ResolvedRedis> {
   if (config.redisUrl) {
     const url = config.redisUrl;
+    let probed: Probed;
     try {
-      await probe(url, 5000);
+      probed = await probe(url, 5000);
     } catch (error) {
       throw new UserFacingError(
         `Cannot reach Redis at ${redactUrl(url)} (REDIS_URL): ${(error as Error).message}`,
+      );
+    }
+    // BullMQ needs noeviction (it only prints a warning): a full Redis that evicts drops jobs, their
+    // locks and the photos they wait on without a word. One with no maxmemory never evicts.
+    if (probed.maxmemory > 0 && probed.policy !== "noeviction") {
+      throw new UserFacingError(
+        `Redis at ${redactUrl(url)} (REDIS_URL) evicts keys when full (maxmemory-policy ${probed.policy}): ` +
+          "queued jobs and stored photos would vanish; set maxmemory-policy to noeviction",
       );
     }
     log.info({ url: redactUrl(url) }, "using Redis at REDIS_URL");

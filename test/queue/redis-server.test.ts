@@ -130,6 +130,24 @@ describe("resolveRedis", () => {
     expect(redis).toMatchObject({ url: server.url, embedded: false });
   });
 
+  it("refuses a REDIS_URL whose Redis evicts keys when full, which would drop jobs and photos", async () => {
+    const server = await start();
+    const admin = connect(server.url);
+    await admin.config("SET", "maxmemory-policy", "allkeys-lru");
+    // Without a maxmemory it never evicts: accepted.
+    await expect(resolveRedis({ redisUrl: server.url, stateDir: tempDir() })).resolves.toMatchObject({
+      embedded: false,
+    });
+    await admin.config("SET", "maxmemory", "1gb");
+    await expect(resolveRedis({ redisUrl: server.url, stateDir: tempDir() })).rejects.toThrow(
+      `Redis at ${server.url} (REDIS_URL) evicts keys when full (maxmemory-policy allkeys-lru): queued jobs and stored photos would vanish; set maxmemory-policy to noeviction`,
+    );
+    await admin.config("SET", "maxmemory-policy", "noeviction");
+    await expect(resolveRedis({ redisUrl: server.url, stateDir: tempDir() })).resolves.toMatchObject({
+      embedded: false,
+    });
+  });
+
   it("names an unreachable REDIS_URL in one line, without its password", async () => {
     const attempt = resolveRedis({ redisUrl: "redis://:hunter2@127.0.0.1:1/0", stateDir: tempDir() });
     await expect(attempt).rejects.toBeInstanceOf(UserFacingError);
