@@ -108,6 +108,7 @@ export const PREVIEW_TTL_SECONDS = 600;
 /** Abort reasons. */
 const CANCELLED = "cancelled";
 const SHUTDOWN = "shutdown";
+const LOCK_LOST = "lock lost";
 /** The failure message of a job cancelled before its pipeline said where it stopped. */
 const CANCELLED_MESSAGE = "cancelled at the user's request";
 
@@ -161,6 +162,20 @@ export class EngineWorker {
     );
     this.worker.on("error", (err) => this.log.error({ err }, "worker error"));
     this.worker.on("stalled", (jobId) => this.log.warn({ jobId }, "stalled job moved back to the queue"));
+    // A run whose lock could not be renewed (its event loop held past lockDuration by a long synchronous
+    // step, or Redis away that long) is no longer this worker's: BullMQ refuses its result and hands the
+    // job out again. Stop it, rather than hold the GPU for minutes for a result that is thrown away.
+    this.worker.on("lockRenewalFailed", (jobIds) => {
+      for (const jobId of jobIds) {
+        if (this.worker.cancelJob(jobId, LOCK_LOST)) {
+          this.log.error(
+            { jobId, lockSeconds: this.lockDurationMs / 1000 },
+            "lost the job's lock (event loop blocked or Redis away longer than the lock): stopping this run; " +
+              "the job runs again from the start (raise ENGINE_LOCK_SECONDS if the engine blocks this long)",
+          );
+        }
+      }
+    });
     this.worker.on("completed", (job) => void this.completed(String(job.id)));
     this.poller = setInterval(() => void this.poll(), options.cancelPollMs ?? 1_000);
   }
@@ -303,6 +318,11 @@ export class EngineWorker {
       this.finishing.set(jobId, { name, started });
       return checked.data;
     } catch (error) {
+      if (abort.aborted && abort.reason === LOCK_LOST) {
+        finish("handed-back");
+        // Without the lock BullMQ can record nothing of this run; its stalled checker moves the job back.
+        throw new WaitingError();
+      }
       if (abort.aborted && abort.reason === SHUTDOWN && token) {
         finish("handed-back");
         log.info("worker shutting down: job handed back to the queue");
@@ -329,7 +349,8 @@ export class EngineWorker {
     } finally {
       this.running.delete(jobId);
       this.options.observer?.running?.(this.running.size);
-      await this.redis.zrem(this.keys.userActive(payload.userId), jobId);
+      // A run that lost its lock leaves the slot to the job's next run, which may have started already.
+      if (abort.reason !== LOCK_LOST) await this.redis.zrem(this.keys.userActive(payload.userId), jobId);
     }
   }
 

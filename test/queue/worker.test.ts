@@ -8,7 +8,7 @@ import type { JobName } from "../../src/queue/jobs.js";
 import { keys, queueKeys } from "../../src/queue/keys.js";
 import { type JobOutcome, type PipelineRegistry, PREVIEW_TTL_SECONDS } from "../../src/queue/worker.js";
 import { lightweightPipelines } from "./support/pipelines.js";
-import { type Harness, harness, LIMITS, origin, PHOTO, PHOTO2, until } from "./support/setup.js";
+import { FAST, type Harness, harness, LIMITS, origin, PHOTO, PHOTO2, until } from "./support/setup.js";
 
 let h: Harness;
 let client: QueueClient;
@@ -201,6 +201,41 @@ describe("cancel and shutdown", () => {
     await h.worker({ pipelines: lightweightPipelines({ steps: 2, onRun }) });
     await until(() => completedIds().includes(jobId), 10_000, "completion");
     expect(runs.filter((r) => r.startsWith("finish"))).toEqual([`finish imagic.train ${jobId}`]);
+  });
+});
+
+describe("a lost lock", () => {
+  it("stops a run whose lock was lost to a blocked event loop, and the job runs again and completes once", async () => {
+    const light = lightweightPipelines({ onRun });
+    let blocked = false;
+    const pipelines: PipelineRegistry = {
+      "imagic.render": async (ctx) => {
+        runs.push(`enter ${ctx.jobId}`);
+        if (!blocked) {
+          blocked = true;
+          // One synchronous step (an onnxruntime run) longer than the lock: no timer renews it meanwhile.
+          const end = Date.now() + 2.5 * (FAST.lockDurationMs ?? 0);
+          while (Date.now() < end) {}
+          // Then more steps, each checking the signal as a pipeline's do.
+          for (let step = 0; step < 100; step++) {
+            await new Promise((resolve) => setTimeout(resolve, 20));
+            ctx.signal.throwIfAborted();
+          }
+          runs.push(`unstopped ${ctx.jobId}`);
+        }
+        return (light["imagic.render"] as NonNullable<PipelineRegistry["imagic.render"]>)(ctx);
+      },
+    };
+    await h.worker({ pipelines });
+    const { jobId } = await client.enqueue("imagic.render", render());
+    await until(() => completedIds().includes(jobId), 15_000, "completion");
+    expect(runs).toEqual([
+      `enter ${jobId}`,
+      `enter ${jobId}`,
+      `start imagic.render ${jobId}`,
+      `finish imagic.render ${jobId}`,
+    ]);
+    expect(completedIds()).toEqual([jobId]);
   });
 });
 
