@@ -134,6 +134,14 @@ export class MessageNotEditableError extends Error {
   override name = "MessageNotEditableError";
 }
 
+/**
+ * Thrown by `ChatAdapter.editMessage` when the message is gone for good: deleted, its conversation
+ * deleted, or the bot's access to it lost. Every later edit would fail the same way.
+ */
+export class MessageGoneError extends Error {
+  override name = "MessageGoneError";
+}
+
 export interface ChatAdapter {
   readonly platform: Platform;
   readonly limits: ChatLimits;
@@ -143,7 +151,7 @@ export interface ChatAdapter {
   post(to: Conversation, message: OutgoingMessage): Promise<MessageRef>;
   /**
    * Replaces the text, and the images when `message.images` is given. Throws MessageNotEditableError
-   * when only a new post would get through.
+   * when only a new post would get through, MessageGoneError when the message is gone for good.
    */
   editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void>;
   /** Adds the bot's reactions, in order. */

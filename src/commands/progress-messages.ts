@@ -8,6 +8,9 @@
 // last. Where the platform refuses an edit but takes a post (MessageNotEditableError: an archived thread,
 // the edit limit on old messages), or the message nears the platform's edit age limit, a fresh message is
 // posted and carries on; the job's origin keeps naming the first message, Redis maps it to the current one.
+// A message that is gone (MessageGoneError: deleted, or its conversation, or the bot's access) is closed
+// for good at the first refusal: an edit every interval for the rest of the job would each be refused too,
+// and refusals count toward the platform's limits on invalid requests.
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Redis } from "ioredis";
@@ -15,6 +18,7 @@ import { childLogger } from "../log.js";
 import {
   type ChatAdapter,
   type ImageFile,
+  MessageGoneError,
   MessageNotEditableError,
   type MessageRef,
   type PostOnce,
@@ -72,6 +76,8 @@ interface State {
   /** The message that shows the job now. */
   current: string;
   postedAt: number;
+  /** The platform said that message is gone: nothing is edited there any more. */
+  gone?: boolean;
 }
 
 export class ProgressMessages {
@@ -157,6 +163,7 @@ export class ProgressMessages {
     await this.takeOver(origin.id);
     try {
       const state = await this.state(origin.id);
+      if (state.gone) return;
       await this.put(origin, state, { text, ...(once ? { once } : {}) }, []);
     } finally {
       await this.release(origin.id);
@@ -206,6 +213,15 @@ export class ProgressMessages {
         await this.adapter.editMessage(ref, { text: message.text, ...(images ? { images } : {}) });
         return state.current;
       } catch (error) {
+        if (error instanceof MessageGoneError) {
+          // Closed too, so that no process claims it for progress again.
+          const key = this.stateKey(origin.id);
+          await this.redis
+            .multi()
+            .hset(key, { gone: "1", closed: "1" })
+            .expire(key, STATE_TTL_SECONDS)
+            .exec();
+        }
         if (!(error instanceof MessageNotEditableError)) throw error;
         this.log.info(
           { message: ref.id, reason: error.message },
@@ -230,9 +246,9 @@ export class ProgressMessages {
   }
 
   private async state(originId: string): Promise<State> {
-    const stored = await this.redis.hmget(this.stateKey(originId), "current", "postedAt");
-    const [current, postedAt] = stored;
-    if (current && postedAt) return { current, postedAt: Number(postedAt) };
+    const stored = await this.redis.hmget(this.stateKey(originId), "current", "postedAt", "gone");
+    const [current, postedAt, gone] = stored;
+    if (current && postedAt) return { current, postedAt: Number(postedAt), ...(gone ? { gone: true } : {}) };
     // A job from before this bookkeeping existed: its message is the origin's, of unknown age.
     return this.setCurrent(originId, originId);
   }

@@ -20,6 +20,7 @@ import {
   type Conversation,
   type ImageFile,
   type IncomingAttachment,
+  MessageGoneError,
   MessageNotEditableError,
   type MessageRef,
   type OutgoingMessage,
@@ -63,6 +64,13 @@ const THREAD_REFUSALS: Readonly<Partial<Record<number, string>>> = {
   [RESTJSONErrorCodes.MaximumActiveAnnouncementThreads]:
     "this server has as many active announcement threads as Discord allows",
 };
+
+/** Refusals of an edit that every later edit would meet: the message, its channel or the bot's access is gone. */
+const GONE: ReadonlySet<number> = new Set([
+  RESTJSONErrorCodes.UnknownMessage,
+  RESTJSONErrorCodes.UnknownChannel,
+  RESTJSONErrorCodes.MissingAccess,
+]);
 
 const files = (images: readonly ImageFile[]) =>
   images.map((image) => new AttachmentBuilder(Buffer.from(image.bytes), { name: image.name }));
@@ -179,8 +187,8 @@ export class DiscordAdapter implements ChatAdapter {
   }
 
   async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
-    const channel = await this.channel(ref.conversation);
     try {
+      const channel = await this.channel(ref.conversation);
       await channel.messages.edit(ref.id, {
         content: message.text,
         // `attachments: []` drops the old files; the new ones (if any) replace them.
@@ -199,6 +207,9 @@ export class DiscordAdapter implements ChatAdapter {
           error.code === RESTJSONErrorCodes.MaximumNumberOfEditsToMessagesOlderThanOneHourReached)
       ) {
         throw new MessageNotEditableError(error.message);
+      }
+      if (error instanceof DiscordAPIError && GONE.has(Number(error.code))) {
+        throw new MessageGoneError(error.message);
       }
       throw error;
     }

@@ -403,6 +403,24 @@ export class FakeDiscord {
     this.files.delete(attachment.id);
   }
 
+  /**
+   * A moderator deletes a channel or thread: its messages go with it, the bot hears THREAD_DELETE or
+   * CHANNEL_DELETE (so discord.js drops it from its cache), and its routes answer Unknown Channel.
+   */
+  deleteChannel(id: string): void {
+    const channel = this.mustChannel(id);
+    this.channels.delete(id);
+    for (const message of this.messagesIn(id)) this.messages.delete(message.id);
+    const thread = THREAD_TYPES.includes(channel.type);
+    this.dispatch(
+      thread ? "THREAD_DELETE" : "CHANNEL_DELETE",
+      thread
+        ? { id, type: channel.type, guild_id: channel.guildId, parent_id: channel.parentId }
+        : this.channelJson(channel),
+      channel.guildId,
+    );
+  }
+
   /** What inactivity does: a thread archives once its last message is older than its duration. */
   archiveIdleThreads(now = Date.now()): FakeChannel[] {
     const archived: FakeChannel[] = [];
@@ -936,7 +954,7 @@ export class FakeDiscord {
           bucket: { kind: "message", key: channelId },
           run: async () => {
             authorized();
-            const message = this.mustMessage(p(3));
+            const message = this.messageIn(channelId, p(3));
             if (method === "GET") return ok(this.messageJson(message));
             if (method === "PATCH") {
               this.checkEditable(message);
@@ -975,7 +993,7 @@ export class FakeDiscord {
             const channel = this.mustChannel(channelId);
             need(channel, PermissionFlagsBits.AddReactions | PermissionFlagsBits.ReadMessageHistory);
             if (channel.archived) throw archivedThread();
-            this.storeReaction(this.mustMessage(p(3)), this.botUser, p(5));
+            this.storeReaction(this.messageIn(channelId, p(3)), this.botUser, p(5));
             return { status: 204 };
           },
         };
@@ -1383,6 +1401,14 @@ export class FakeDiscord {
   mustMessage(id: string): FakeMessage {
     const message = this.messages.get(id);
     if (!message) throw unknown("Message", 10008);
+    return message;
+  }
+
+  /** A message by its channel's route: Unknown Channel first, as Discord answers, then Unknown Message. */
+  private messageIn(channelId: string, messageId: string): FakeMessage {
+    this.mustChannel(channelId);
+    const message = this.mustMessage(messageId);
+    if (message.channelId !== channelId) throw unknown("Message", 10008);
     return message;
   }
 
