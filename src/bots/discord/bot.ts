@@ -1,5 +1,6 @@
 // The Discord bot process: a discord.js Client (gateway + REST) wired to ChatCommands.
 import {
+  type ChatInputCommandInteraction,
   Client,
   type CloseEvent,
   Events,
@@ -73,6 +74,21 @@ function placeOf(interaction: Interaction): Place {
   return interaction.channel?.isThread() ? "thread" : "channel";
 }
 
+/** Why the bot cannot post an edit's work where this command was run, or undefined when it can. */
+function cannotWork(interaction: ChatInputCommandInteraction): string | undefined {
+  // A server that added the app's commands without its bot user: the interaction comes (with @everyone's
+  // permissions as the app's), but every channel route there answers Missing Access.
+  if (interaction.inRawGuild()) {
+    return "I am not a member of this server (it added my commands only), so I cannot post my work here: ask a server admin to add me with my invite link";
+  }
+  const place = placeOf(interaction);
+  const lacking = missing(interaction.appPermissions, REQUIRED[place]);
+  if (lacking.length > 0) {
+    return `${missingText(lacking, place)}: ask a server admin to grant them (see /help)`;
+  }
+  return undefined;
+}
+
 export async function startDiscordBot(options: DiscordBotOptions): Promise<DiscordBot> {
   const limits = { ...DISCORD_LIMITS, ...options.limits };
   const client = new Client({
@@ -126,11 +142,10 @@ export async function startDiscordBot(options: DiscordBotOptions): Promise<Disco
     const reply = commandReply(interaction);
     try {
       adapter.rememberPermissions(interaction.channelId, interaction.appPermissions);
-      const place = placeOf(interaction);
-      const lacking = missing(interaction.appPermissions, REQUIRED[place]);
-      if (WORK_COMMANDS.has(interaction.commandName) && lacking.length > 0) {
+      const unable = WORK_COMMANDS.has(interaction.commandName) ? cannotWork(interaction) : undefined;
+      if (unable) {
         await reply.private(
-          `⚠️ ${missingText(lacking, place)}: ask a server admin to grant them (see /help), then run /${interaction.commandName} again.\n` +
+          `⚠️ ${unable}, then run /${interaction.commandName} again.\n` +
             retypeText("discord", commandRequest(interaction)),
         );
         return;

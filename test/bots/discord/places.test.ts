@@ -53,6 +53,27 @@ describe("permissions per place", () => {
     expect(w.fake.refused(50013)).toEqual([]);
   });
 
+  it("refuses, saying so, in a server that added the commands without the bot (before storing or queueing)", async () => {
+    // app_permissions there are @everyone's and Attach Files: they let everything through, yet every
+    // channel route of that server answers Missing Access (50001) to the bot.
+    const guild = w.fake.addGuild("commands only", { botMember: false });
+    const channel = w.fake.addTextChannel("general", ALL_BOT_PERMISSIONS, guild.id);
+    const image = w.photo();
+    const interaction = w.imagic(channel, [], image);
+    expect(await w.ephemeral(interaction)).toBe(
+      [
+        "⚠️ I am not a member of this server (it added my commands only), so I cannot post my work here: ask a server admin to add me with my invite link, then run /imagic again.",
+        "Your command, to copy: `/imagic prompt:a photo of a sleeping cat`",
+        "Attach again: `image` `chelsea.png`",
+      ].join("\n"),
+    );
+    expect(await w.queue.listForUser(w.author.id)).toEqual([]);
+    // Nothing downloaded, and nothing asked of the server's channels that Discord refuses.
+    expect(w.fake.requests.filter((r) => r.path.includes(image.id) || r.path.includes(channel.id))).toEqual(
+      [],
+    );
+  });
+
   it("opens an announcement thread in an announcement channel", async () => {
     const news = w.fake.addAnnouncementChannel("news");
     const thread = await w.thread(w.imagic(news, [opt.string("seeds", "2")]));

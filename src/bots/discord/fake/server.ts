@@ -52,6 +52,12 @@ export interface FakeGuild {
   id: string;
   name: string;
   roles: FakeRole[];
+  /**
+   * Whether the bot user is a member. A guild that added the app with `applications.commands` alone
+   * sends its commands' interactions, but the bot hears nothing else of it and its channel routes answer
+   * Missing Access (50001).
+   */
+  botMember: boolean;
 }
 
 const THREAD_TYPES: readonly ChannelType[] = [
@@ -304,10 +310,13 @@ export class FakeDiscord {
 
   // ── world building ────────────────────────────────────────────────────────────────────────────
 
-  /** A guild the bot is in. Ids are a millisecond apart, so that guilds spread over shards. */
-  addGuild(name: string): FakeGuild {
+  /**
+   * A guild with the app in it: the bot too unless `botMember` is false (the commands alone). Ids are a
+   * millisecond apart, so that guilds spread over shards.
+   */
+  addGuild(name: string, { botMember = true } = {}): FakeGuild {
     this.guildClock = Math.max(Date.now(), this.guildClock + 1);
-    const guild: FakeGuild = { id: snowflakeAt(this.guildClock), name, roles: [] };
+    const guild: FakeGuild = { id: snowflakeAt(this.guildClock), name, roles: [], botMember };
     this.guilds.set(guild.id, guild);
     return guild;
   }
@@ -549,7 +558,7 @@ export class FakeDiscord {
 
   /** What /gateway/bot recommends: enough shards that each carries at most the recommended share. */
   recommendedShards(): number {
-    const guilds = [...this.guilds.keys()];
+    const guilds = [...this.guilds.values()].filter((g) => g.botMember).map((g) => g.id);
     let count = Math.max(1, Math.ceil(guilds.length / this.options.guildsPerRecommendedShard));
     const fullest = (n: number) =>
       Math.max(...Array.from({ length: n }, (_, i) => guilds.filter((g) => shardOf(g, n) === i).length));
@@ -558,7 +567,7 @@ export class FakeDiscord {
   }
 
   private guildsOf(shard: Shard): FakeGuild[] {
-    return [...this.guilds.values()].filter((g) => shardOf(g.id, shard.count) === shard.id);
+    return [...this.guilds.values()].filter((g) => g.botMember && shardOf(g.id, shard.count) === shard.id);
   }
 
   private handleSocket(socket: WebSocket): void {
@@ -925,11 +934,19 @@ export class FakeDiscord {
     }
     if (p(0) === "channels") {
       const channelId = p(1);
+      /** The bot may reach the channel's routes only in a guild it is a member of. */
+      const reachable = () => {
+        authorized();
+        const guildId = this.channels.get(channelId)?.guildId;
+        if (guildId && !this.mustGuild(guildId).botMember) {
+          throw new HttpError(403, { message: "Missing Access", code: 50001 });
+        }
+      };
       if (method === "GET" && parts.length === 2) {
         return {
           route: "GET /channels/:id",
           run: async () => {
-            authorized();
+            reachable();
             return ok(this.channelJson(this.mustChannel(channelId)));
           },
         };
@@ -939,7 +956,7 @@ export class FakeDiscord {
           route: "POST /channels/:id/messages",
           bucket: { kind: "message", key: channelId },
           run: async () => {
-            authorized();
+            reachable();
             return ok(
               this.messageJson(
                 this.createMessage(channelId, await form(), this.botUser, { checkPermissions: true }),
@@ -953,7 +970,7 @@ export class FakeDiscord {
           route: `${method} /channels/:id/messages/:id`,
           bucket: { kind: "message", key: channelId },
           run: async () => {
-            authorized();
+            reachable();
             const message = this.messageIn(channelId, p(3));
             if (method === "GET") return ok(this.messageJson(message));
             if (method === "PATCH") {
@@ -973,7 +990,7 @@ export class FakeDiscord {
           route: "POST /channels/:id/messages/:id/threads",
           bucket: { kind: "default", key: channelId },
           run: async () => {
-            authorized();
+            reachable();
             return ok(
               this.startThread(
                 channelId,
@@ -989,7 +1006,7 @@ export class FakeDiscord {
           route: "PUT /channels/:id/messages/:id/reactions/:emoji/@me",
           bucket: { kind: "reaction", key: channelId },
           run: async () => {
-            authorized();
+            reachable();
             const channel = this.mustChannel(channelId);
             need(channel, PermissionFlagsBits.AddReactions | PermissionFlagsBits.ReadMessageHistory);
             if (channel.archived) throw archivedThread();
