@@ -194,10 +194,18 @@ export class ChatCommands {
     }
   }
 
+  /**
+   * Tells the author alone why their command is refused (an adapter's own reasons too: a permission
+   * the bot lacks there), with what /imagic and /swap were sent with, within the platform's length.
+   */
+  async refuse(request: CommandRequest, reply: CommandReply, why: string): Promise<void> {
+    await reply.private(this.refusal(request, why));
+  }
+
   /** Tells the author why their command failed. */
   private async tell(request: CommandRequest, reply: CommandReply, error: unknown): Promise<void> {
     if (error instanceof UserFacingError) {
-      await reply.private(this.refusal(request, error.message));
+      await this.refuse(request, reply, error.message);
       return;
     }
     this.log.error({ err: error, command: request.command }, "command failed");

@@ -13,7 +13,6 @@ import {
 import type { Redis } from "ioredis";
 import type { ChatLimits } from "../../commands/chat.js";
 import { type BotCommandsOptions, ChatCommands } from "../../commands/service.js";
-import { retypeText } from "../../commands/texts.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import type { BlobStore } from "../../queue/blobs.js";
@@ -144,9 +143,10 @@ export async function startDiscordBot(options: DiscordBotOptions): Promise<Disco
       adapter.rememberPermissions(interaction.channelId, interaction.appPermissions);
       const unable = WORK_COMMANDS.has(interaction.commandName) ? cannotWork(interaction) : undefined;
       if (unable) {
-        await reply.private(
-          `⚠️ ${unable}, then run /${interaction.commandName} again.\n` +
-            retypeText("discord", commandRequest(interaction)),
+        await commands.refuse(
+          commandRequest(interaction),
+          reply,
+          `${unable}, then run /${interaction.commandName} again.`,
         );
         return;
       }

@@ -5,7 +5,7 @@ import { ChannelType, PermissionFlagsBits } from "discord.js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { ALL_BOT_PERMISSIONS } from "../../../src/bots/discord/fake/server.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
-import { opt, type World, world } from "./support.js";
+import { opt, PHOTO, type World, world } from "./support.js";
 
 let w: World;
 beforeAll(async () => {
@@ -51,6 +51,32 @@ describe("permissions per place", () => {
     );
     expect(w.posted(thread.id).filter((m) => (m.flags & 64) === 0)).toEqual([]);
     expect(w.fake.refused(50013)).toEqual([]);
+  });
+
+  it("names the missing permission within Discord's 2,000 characters however long the command was", async () => {
+    const channel = w.fake.addTextChannel("no-files", ALL_BOT_PERMISSIONS & ~PermissionFlagsBits.AttachFiles);
+    // Long file names, strengths and seeds: the command to copy would not fit beside the reason.
+    const photo = (i: number) =>
+      w.fake.attachment(`${`photo-${i}-`.padEnd(240, "x")}.png`, PHOTO, "image/png");
+    const source = photo(0);
+    const references = [1, 2, 3, 4, 5].map(photo);
+    const interaction = w.fake.runCommand({
+      name: "swap",
+      user: w.author,
+      channel,
+      options: [
+        opt.attachment("source", source),
+        opt.string("subject", "cat"),
+        ...references.map((ref, i) => opt.attachment(`reference${i + 1}`, ref)),
+        opt.string("strengths", Array.from({ length: 20 }, () => "10/25/20").join(",")),
+        opt.string("seeds", Array.from({ length: 10 }, (_, i) => 1_000_000_000 + i).join(",")),
+      ],
+      attachments: [source, ...references],
+    });
+    const answer = await w.ephemeral(interaction);
+    expect(answer).toMatch(/^⚠️ I am missing the Attach Files permission in this channel/);
+    expect(answer.length).toBeLessThanOrEqual(2000);
+    expect(w.fake.refused(50035)).toEqual([]);
   });
 
   it("refuses, saying so, in a server that added the commands without the bot (before storing or queueing)", async () => {
