@@ -33,7 +33,16 @@ import { fitText, positionText, progressText, queueLine } from "./progress.js";
 import { ProgressMessages } from "./progress-messages.js";
 import type { PromptCheck } from "./prompt-check.js";
 import { choiceIndex, numberEmojis } from "./reactions.js";
-import { choiceLine, etaLabel, expiredText, helpText, inert, retypeText, SWAP_LEGEND } from "./texts.js";
+import {
+  choiceLine,
+  etaLabel,
+  expiredText,
+  helpText,
+  inert,
+  quoted,
+  retypeText,
+  SWAP_LEGEND,
+} from "./texts.js";
 import { fitUpload } from "./uploads.js";
 
 type ImagicTrainOptions = NonNullable<JobInput<"imagic.train">["options"]>;
@@ -289,6 +298,11 @@ export class ChatCommands {
     return inert(this.adapter.platform, text);
   }
 
+  /** A prompt or subject quoted in one of our messages: as written, formatting nothing (texts.ts). */
+  private quoted(text: string): string {
+    return quoted(this.adapter.platform, text);
+  }
+
   /**
    * Why a command was refused; for /imagic and /swap followed by what it was sent with, so that the user
    * fixes the one thing instead of retyping everything (the reason is cut first if both do not fit).
@@ -320,7 +334,7 @@ export class ChatCommands {
       };
       await this.startJob(command, reply, {
         name: "imagic.train",
-        title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${this.shown(spec.prompt)}”`,
+        title: `🎨 ${this.adapter.mention(request.userId)} asked Imagic for “${this.quoted(spec.prompt)}”`,
         thread: `Imagic: ${this.shown(spec.prompt)}`,
         payload: (origin) => ({ userId: request.userId, origin, imageBlobId, prompt: spec.prompt, options }),
       });
@@ -336,7 +350,7 @@ export class ChatCommands {
       );
       await this.startJob(command, reply, {
         name: "swap.edit",
-        title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${this.shown(spec.subject)}” from ${spec.references.length} reference photo(s)`,
+        title: `🔁 ${this.adapter.mention(request.userId)} asked Photoswap for a “${this.quoted(spec.subject)}” from ${spec.references.length} reference photo(s)`,
         thread: `Photoswap: ${this.shown(spec.subject)}`,
         payload: (origin) => ({
           userId: request.userId,
@@ -744,7 +758,7 @@ export class ChatCommands {
     if (record.kind === "seed") {
       const eta = record.choices[0]?.eta;
       return (
-        `**Pick a seed** for “${this.shown(record.prompt)}”${eta === undefined ? "" : ` (${etaLabel(eta)})`}: react with a tile's ` +
+        `**Pick a seed** for “${this.quoted(record.prompt)}”${eta === undefined ? "" : ` (${etaLabel(eta)})`}: react with a tile's ` +
         `number and I render it from a weak to a strong edit (${etaLabel(sweep[0] ?? 0)} → ${etaLabel(sweep.at(-1) ?? 0)}).\n` +
         choiceLine(record.choices, (c) => `seed ${c.seed}`)
       );
@@ -887,7 +901,7 @@ export class ChatCommands {
     const image = await fitUpload({ name, bytes }, this.adapter.limits.maxUploadBytes);
     await this.adapter.post(record.conversation, {
       text: fitText(
-        `🖼️ ${mention} **Final** for “${this.shown(record.prompt)}” — ${label}, full resolution.`,
+        `🖼️ ${mention} **Final** for “${this.quoted(record.prompt)}” — ${label}, full resolution.`,
         this.adapter.limits.maxTextLength,
       ),
       images: [image],

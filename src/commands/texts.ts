@@ -34,6 +34,17 @@ export function inert(platform: Platform, text: string): string {
 }
 
 /**
+ * A user's words (a prompt, a subject) quoted inside one of the bot's formatted messages on `platform`:
+ * shown as written, mentioning no one (inert). On Discord its markup characters are escaped too, so that
+ * they format nothing: a prompt "[free nitro](https://…)" was a masked link in the bot's own message,
+ * "**" or "||" in it turned the rest of the message bold or hid it, "in_a_hat" lost its underscores.
+ * (Not for thread names, which Discord shows as plain text, escapes included.)
+ */
+export function quoted(platform: Platform, text: string): string {
+  return inert(platform, platform === "discord" ? text.replace(/[\\*_~|`[\]]/g, "\\$&") : text);
+}
+
+/**
  * What a refused command was sent with, to send it again without retyping it: the slash command with its
  * options, to copy, and the files to attach again. Undefined on Slack, whose form stays open with
  * everything the user entered in it.

@@ -3,6 +3,7 @@
 // user writes into a prompt. End to end through discord.js, the fake Discord, the queue and a worker.
 import { ChannelType, PermissionFlagsBits } from "discord.js";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { rendered } from "../../../src/bots/discord/fake/mentions.js";
 import { ALL_BOT_PERMISSIONS } from "../../../src/bots/discord/fake/server.js";
 import { lightweightPipelines } from "../../queue/support/pipelines.js";
 import { opt, PHOTO, type World, world } from "./support.js";
@@ -182,5 +183,26 @@ describe("mentions in what users write", () => {
       expect(message.pinged).toEqual({ users: [], roles: [], everyone: false });
     }
     expect(grid.pinged).toEqual({ users: [w.author.id], roles: [], everyone: false });
+  });
+});
+
+describe("markup in what users write", () => {
+  it("shows a prompt as written: no masked link, spoiler or bold of the user's in the bot's messages", async () => {
+    const prompt = "a [free nitro](https://evil.example) **big** cat||s|| in_a_hat \\o/";
+    const photo = w.photo();
+    const interaction = w.fake.runCommand({
+      name: "imagic",
+      user: w.author,
+      channel: w.fake.addTextChannel("markup"),
+      options: [opt.attachment("image", photo), opt.string("prompt", prompt), opt.string("seeds", "2")],
+      attachments: [photo],
+    });
+    const thread = await w.thread(interaction);
+    const grid = await w.offer(thread, 1, 2);
+    for (const message of [w.fake.mustMessage(interaction.originalId ?? ""), grid]) {
+      const seen = rendered(message.content);
+      expect(seen.text).toContain(`“${prompt}”`);
+      expect(seen.maskedLinks).toEqual([]);
+    }
   });
 });

@@ -61,3 +61,25 @@ export function resolvePings(
     /@(everyone|here)\b/.test(content) && parse.includes("everyone") && context.mentionEveryone;
   return { users: [...new Set(users)], roles: [...new Set(roles)], everyone };
 }
+
+/**
+ * What Discord's client shows of a message's text, as far as markup goes: a backslash before punctuation
+ * shows that character and formats nothing; a masked link "[label](url)" shows its label and opens its
+ * url; "**", "__", "~~" and "||" (bold, underline, strikethrough, spoiler) show nothing themselves.
+ * Discord renders on the client; tests read what a user would see through this.
+ */
+export function rendered(content: string): { text: string; maskedLinks: string[] } {
+  const maskedLinks: string[] = [];
+  const text = content.replace(
+    /\\([^0-9A-Za-z\s])|\[([^\]]+)\]\(([^)\s]+)\)|\*\*|__|~~|\|\|/g,
+    (_markup, escaped?: string, label?: string, url?: string) => {
+      if (escaped !== undefined) return escaped;
+      if (label !== undefined && url !== undefined) {
+        maskedLinks.push(url);
+        return label;
+      }
+      return "";
+    },
+  );
+  return { text, maskedLinks };
+}
