@@ -33,7 +33,7 @@ export const INTENTS = [
   GatewayIntentBits.DirectMessageReactions,
 ];
 
-/** Commands that start work in the channel: the bot must be able to post there. */
+/** Commands that start work in the channel (answered in public): the bot must be able to post there. */
 const WORK_COMMANDS = new Set(["imagic", "swap"]);
 
 /** Gateway close codes after which discord.js gives a shard up for good, in words for the operator. */
@@ -138,7 +138,7 @@ export async function startDiscordBot(options: DiscordBotOptions): Promise<Disco
 
   async function onInteraction(interaction: Interaction): Promise<void> {
     if (!interaction.isChatInputCommand()) return;
-    const reply = commandReply(interaction);
+    const reply = commandReply(interaction, WORK_COMMANDS.has(interaction.commandName));
     try {
       adapter.rememberPermissions(interaction.channelId, interaction.appPermissions);
       const unable = WORK_COMMANDS.has(interaction.commandName) ? cannotWork(interaction) : undefined;

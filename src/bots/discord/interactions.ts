@@ -69,18 +69,24 @@ export function commandRequest(interaction: ChatInputCommandInteraction): Comman
 }
 
 /**
- * The reply for one command. A safety deferral (private "thinking…") goes out if the command has not
- * answered within SAFETY_DEFER_MS; every answer waits for that deferral first, because an answer sent
- * while it is still in flight would be a second acknowledgement (40060) and fail.
+ * The reply for one command. A safety deferral ("thinking…") goes out if the command has not answered
+ * within SAFETY_DEFER_MS; every answer waits for that deferral first, because an answer sent while it is
+ * still in flight would be a second acknowledgement (40060) and fail. The deferral is private unless
+ * the command answers in public (`answersInPublic`): a deferral's visibility is its answer's, so a private
+ * one would hide the public answer from everyone but its author, and no thread opens on an ephemeral
+ * message. (A private answer replaces a public deferral: see `private`.)
  */
-export function commandReply(interaction: ChatInputCommandInteraction): CommandReply & { dispose(): void } {
+export function commandReply(
+  interaction: ChatInputCommandInteraction,
+  answersInPublic: boolean,
+): CommandReply & { dispose(): void } {
   const conversation = conversationOf(interaction);
   let answeredPublicly = false;
   let deferral: Promise<unknown> | undefined;
   const safety = setTimeout(() => {
     if (!interaction.deferred && !interaction.replied) {
       deferral = interaction
-        .deferReply({ flags: MessageFlags.Ephemeral })
+        .deferReply(answersInPublic ? {} : { flags: MessageFlags.Ephemeral })
         .catch((err: unknown) => log.warn({ err }, "safety deferral failed"));
     }
   }, SAFETY_DEFER_MS);
@@ -121,8 +127,6 @@ export function commandReply(interaction: ChatInputCommandInteraction): CommandR
     async public(message: OutgoingMessage): Promise<MessageRef> {
       await settled();
       if (!interaction.deferred && !interaction.replied) await interaction.deferReply();
-      // (The commands that answer in public acknowledge before their first await, so the safety net
-      // has not deferred them privately.)
       const sent = await interaction.editReply({
         content: message.text,
         files: files(message),

@@ -2,6 +2,8 @@
 // Discord takes 1.5 s to answer that callback and Redis stalls for 2.5 s under /queue, so /queue's
 // answer is ready while the deferral is still in flight: sent then, it would be a second
 // acknowledgement (40060) and the user would be left with "thinking…". It must wait for the deferral.
+// /imagic's answer is public, so its safety deferral is public too: a private one kept the answer from
+// everyone but its author, and Discord opens no thread on an ephemeral message.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type World, world } from "./support.js";
 
@@ -32,7 +34,21 @@ describe("the safety deferral", () => {
     expect(w.fake.refused(40060)).toEqual([]);
   });
 
-  it("leaves /imagic, which acknowledges at once, one public answer under slow callbacks", async () => {
+  it("is public for /imagic, whose answer is public: a stalled Redis before its acknowledgement leaves it so", async () => {
+    // The command's record is written before its acknowledgement; Redis stalls, the safety net defers.
+    const channel = w.fake.addTextChannel("stalled-imagic");
+    const resume = await stallRedis();
+    const started = w.imagic(channel);
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    resume();
+    await w.postedStartingWith(await w.thread(started), "🕒 Imagic fine-tune");
+    const answer = w.fake.mustMessage(started.originalId ?? "");
+    expect(answer.flags & 64).toBe(0);
+    expect(answer.content).toMatch(/^🎨 .* asked Imagic for/);
+    expect(w.fake.refused(40060)).toEqual([]);
+  });
+
+  it("leaves /imagic one public answer under slow callbacks", async () => {
     const started = w.imagic(w.fake.addTextChannel("slow-callbacks"));
     await w.postedStartingWith(await w.thread(started), "🕒 Imagic fine-tune");
     expect([started.callbackType, started.ephemeral]).toEqual([5, false]);

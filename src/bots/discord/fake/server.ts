@@ -1282,7 +1282,7 @@ export class FakeDiscord {
     json: { name?: string; auto_archive_duration?: number },
   ): Record<string, unknown> {
     const parent = this.mustChannel(channelId);
-    const message = this.mustMessage(messageId);
+    const message = this.messageIn(channelId, messageId);
     const type =
       parent.type === ChannelType.GuildAnnouncement
         ? ChannelType.AnnouncementThread
@@ -1421,11 +1421,14 @@ export class FakeDiscord {
     return message;
   }
 
-  /** A message by its channel's route: Unknown Channel first, as Discord answers, then Unknown Message. */
+  /**
+   * A message by its channel's route: Unknown Channel first, as Discord answers, then Unknown Message —
+   * for an ephemeral message too, which exists only for its interaction's webhook.
+   */
   private messageIn(channelId: string, messageId: string): FakeMessage {
     this.mustChannel(channelId);
     const message = this.mustMessage(messageId);
-    if (message.channelId !== channelId) throw unknown("Message", 10008);
+    if (message.channelId !== channelId || (message.flags & 64) !== 0) throw unknown("Message", 10008);
     return message;
   }
 
