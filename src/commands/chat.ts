@@ -135,11 +135,13 @@ export class MessageNotEditableError extends Error {
 }
 
 /**
- * Thrown by `ChatAdapter.editMessage` when the message is gone for good: deleted, its conversation
- * deleted, or the bot's access to it lost. Every later edit would fail the same way.
+ * Thrown by `ChatAdapter.editMessage` when the message is gone for good (deleted, its conversation
+ * deleted, the bot's access to it lost), and by `post` when the conversation takes no posts from the bot
+ * any more (deleted, access or permission lost, a thread locked): every later attempt would be refused
+ * the same way.
  */
-export class MessageGoneError extends Error {
-  override name = "MessageGoneError";
+export class GoneError extends Error {
+  override name = "GoneError";
 }
 
 export interface ChatAdapter {
@@ -147,11 +149,11 @@ export interface ChatAdapter {
   readonly limits: ChatLimits;
   /** Opens a thread on one of the bot's messages, or falls back to the message's channel. */
   openThread(on: MessageRef, name: string): Promise<ThreadResult>;
-  /** Posts text and images (postImage and reply in one). */
+  /** Posts text and images (postImage and reply in one). Throws GoneError where no post can go any more. */
   post(to: Conversation, message: OutgoingMessage): Promise<MessageRef>;
   /**
    * Replaces the text, and the images when `message.images` is given. Throws MessageNotEditableError
-   * when only a new post would get through, MessageGoneError when the message is gone for good.
+   * when only a new post would get through, GoneError when the message is gone for good.
    */
   editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void>;
   /** Adds the bot's reactions, in order. */

@@ -8,8 +8,8 @@
 // last. Where the platform refuses an edit but takes a post (MessageNotEditableError: an archived thread,
 // the edit limit on old messages), or the message nears the platform's edit age limit, a fresh message is
 // posted and carries on; the job's origin keeps naming the first message, Redis maps it to the current one.
-// A message that is gone (MessageGoneError: deleted, or its conversation, or the bot's access) is closed
-// for good at the first refusal: an edit every interval for the rest of the job would each be refused too,
+// A message that is gone (GoneError: deleted, or its conversation, or the bot's access; or its thread
+// locked, so that no post replaces it) is closed for good at the first refusal: an edit every interval for the rest of the job would each be refused too,
 // and refusals count toward the platform's limits on invalid requests.
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -17,8 +17,8 @@ import type { Redis } from "ioredis";
 import { childLogger } from "../log.js";
 import {
   type ChatAdapter,
+  GoneError,
   type ImageFile,
-  MessageGoneError,
   MessageNotEditableError,
   type MessageRef,
   type PostOnce,
@@ -213,15 +213,7 @@ export class ProgressMessages {
         await this.adapter.editMessage(ref, { text: message.text, ...(images ? { images } : {}) });
         return state.current;
       } catch (error) {
-        if (error instanceof MessageGoneError) {
-          // Closed too, so that no process claims it for progress again.
-          const key = this.stateKey(origin.id);
-          await this.redis
-            .multi()
-            .hset(key, { gone: "1", closed: "1" })
-            .expire(key, STATE_TTL_SECONDS)
-            .exec();
-        }
+        if (error instanceof GoneError) await this.gone(origin.id);
         if (!(error instanceof MessageNotEditableError)) throw error;
         this.log.info(
           { message: ref.id, reason: error.message },
@@ -229,10 +221,12 @@ export class ProgressMessages {
         );
       }
     }
-    const posted = await this.adapter.post(origin.conversation, {
-      ...message,
-      ...(images?.length ? { images } : {}),
-    });
+    const posted = await this.adapter
+      .post(origin.conversation, { ...message, ...(images?.length ? { images } : {}) })
+      .catch(async (error: unknown) => {
+        if (error instanceof GoneError) await this.gone(origin.id);
+        throw error;
+      });
     await this.setCurrent(origin.id, posted.id);
     // An aged message can still be edited: point it at its successor instead of leaving a stale state.
     if (aged) {
@@ -243,6 +237,12 @@ export class ProgressMessages {
         );
     }
     return posted.id;
+  }
+
+  /** The job's message is gone for good: closed too, so that no process claims it for progress again. */
+  private async gone(originId: string): Promise<void> {
+    const key = this.stateKey(originId);
+    await this.redis.multi().hset(key, { gone: "1", closed: "1" }).expire(key, STATE_TTL_SECONDS).exec();
   }
 
   private async state(originId: string): Promise<State> {

@@ -18,9 +18,9 @@ import {
   type ChatAdapter,
   type ChatLimits,
   type Conversation,
+  GoneError,
   type ImageFile,
   type IncomingAttachment,
-  MessageGoneError,
   MessageNotEditableError,
   type MessageRef,
   type OutgoingMessage,
@@ -66,11 +66,29 @@ const THREAD_REFUSALS: Readonly<Partial<Record<number, string>>> = {
 };
 
 /** Refusals of an edit that every later edit would meet: the message, its channel or the bot's access is gone. */
-const GONE: ReadonlySet<number> = new Set([
+const EDIT_GONE: ReadonlySet<number> = new Set([
   RESTJSONErrorCodes.UnknownMessage,
   RESTJSONErrorCodes.UnknownChannel,
   RESTJSONErrorCodes.MissingAccess,
 ]);
+
+/**
+ * Refusals of a post that every later post there would meet: the channel or the bot's access or
+ * permission is gone, or the thread is archived and locked (a post unarchives only an unlocked thread).
+ */
+const POST_GONE: ReadonlySet<number> = new Set([
+  RESTJSONErrorCodes.UnknownChannel,
+  RESTJSONErrorCodes.MissingAccess,
+  RESTJSONErrorCodes.MissingPermissions,
+  RESTJSONErrorCodes.InvalidActionOnArchivedThread,
+]);
+
+/** `error` as a GoneError when it is one of the `gone` refusals. */
+function goneOr(error: unknown, gone: ReadonlySet<number>): unknown {
+  return error instanceof DiscordAPIError && gone.has(Number(error.code))
+    ? new GoneError(error.message)
+    : error;
+}
 
 const files = (images: readonly ImageFile[]) =>
   images.map((image) => new AttachmentBuilder(Buffer.from(image.bytes), { name: image.name }));
@@ -176,14 +194,18 @@ export class DiscordAdapter implements ChatAdapter {
   }
 
   async post(to: Conversation, message: OutgoingMessage): Promise<MessageRef> {
-    const channel = await this.channel(to);
-    const sent = await channel.send({
-      content: message.text,
-      files: files(message.images ?? []),
-      ...allowedMentions(message),
-      ...(message.once ? { nonce: postNonce(message.once), enforceNonce: true } : {}),
-    });
-    return { conversation: to, id: sent.id };
+    try {
+      const channel = await this.channel(to);
+      const sent = await channel.send({
+        content: message.text,
+        files: files(message.images ?? []),
+        ...allowedMentions(message),
+        ...(message.once ? { nonce: postNonce(message.once), enforceNonce: true } : {}),
+      });
+      return { conversation: to, id: sent.id };
+    } catch (error) {
+      throw goneOr(error, POST_GONE);
+    }
   }
 
   async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
@@ -208,10 +230,7 @@ export class DiscordAdapter implements ChatAdapter {
       ) {
         throw new MessageNotEditableError(error.message);
       }
-      if (error instanceof DiscordAPIError && GONE.has(Number(error.code))) {
-        throw new MessageGoneError(error.message);
-      }
-      throw error;
+      throw goneOr(error, EDIT_GONE);
     }
   }
 

@@ -77,6 +77,8 @@ export interface FakeChannel {
   recipient?: FakeUser;
   /** Threads: archived after `autoArchiveDuration` minutes without a new message (edits do not count). */
   archived?: boolean;
+  /** Threads: locked by a moderator; only Manage Threads may unarchive it (a post included). */
+  locked?: boolean;
   autoArchiveDuration?: number;
   /** Threads: when the last message was posted in it. */
   lastActivity?: number;
@@ -430,6 +432,13 @@ export class FakeDiscord {
     );
   }
 
+  /** A moderator closes and locks a thread: archived, and no post of the bot's unarchives it. */
+  lockThread(id: string): void {
+    const thread = this.mustChannel(id);
+    thread.archived = true;
+    thread.locked = true;
+  }
+
   /** What inactivity does: a thread archives once its last message is older than its duration. */
   archiveIdleThreads(now = Date.now()): FakeChannel[] {
     const archived: FakeChannel[] = [];
@@ -715,7 +724,7 @@ export class FakeDiscord {
         archived: channel.archived ?? false,
         auto_archive_duration: channel.autoArchiveDuration ?? 1440,
         archive_timestamp: new Date().toISOString(),
-        locked: false,
+        locked: channel.locked ?? false,
       };
       base.message_count = 0;
       base.member_count = 1;
@@ -1177,7 +1186,11 @@ export class FakeDiscord {
     if (!json.content && attachments.length === 0 && (json.flags ?? 0) === 0) {
       throw new HttpError(400, { message: "Cannot send an empty message", code: 50006 });
     }
-    // Posting in an archived thread unarchives it; a post is activity, an edit is not.
+    // Posting in an archived thread unarchives it (not a locked one, without Manage Threads); a post is
+    // activity, an edit is not.
+    if (inThread && channel.archived && channel.locked) {
+      if ((channel.botPermissions & PermissionFlagsBits.ManageThreads) === 0n) throw archivedThread();
+    }
     if (inThread) {
       channel.archived = false;
       channel.lastActivity = Date.now();
