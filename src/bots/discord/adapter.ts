@@ -29,6 +29,7 @@ import {
   type ThreadResult,
 } from "../../commands/chat.js";
 import { fitText } from "../../commands/progress.js";
+import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
 import { formatBytes } from "../../queue/blobs.js";
@@ -48,6 +49,9 @@ export const DISCORD_LIMITS: ChatLimits = {
 const THREAD_NAME_MAX = 100;
 
 const log = childLogger("discord");
+
+/** How long an attachment's download may take: Discord's CDN sends a 20 MiB photo in seconds. */
+const DOWNLOAD_TIMEOUT_MS = 60_000;
 
 /** How long the interaction that reported a channel's permissions stays their source (its token's life). */
 const PERMISSIONS_KEPT_MS = 15 * 60_000;
@@ -126,6 +130,7 @@ export class DiscordAdapter implements ChatAdapter {
   constructor(
     private readonly client: Client,
     readonly limits: ChatLimits = DISCORD_LIMITS,
+    private readonly downloadTimeoutMs = DOWNLOAD_TIMEOUT_MS,
   ) {}
 
   rememberPermissions(channelId: string, permissions: Readonly<PermissionsBitField> | null): void {
@@ -240,26 +245,40 @@ export class DiscordAdapter implements ChatAdapter {
   }
 
   async download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array> {
-    const response = await fetch(attachment.url);
-    if (!response.ok || !response.body) {
-      throw new UserFacingError(
-        `\`${attachment.option}\` (${attachment.filename}) could not be downloaded from Discord (HTTP ${response.status}); send it again`,
+    const failed = (why: string) =>
+      new UserFacingError(
+        `\`${attachment.option}\` (${attachment.filename}) could not be downloaded from Discord (${why}); send it again`,
+      );
+    // A connection that stalls would otherwise hold the command ("thinking…") for undici's 5 minutes,
+    // then end as an error of ours.
+    const deadline = AbortSignal.timeout(this.downloadTimeoutMs);
+    try {
+      const response = await fetch(attachment.url, { signal: deadline });
+      if (!response.ok || !response.body) throw failed(`HTTP ${response.status}`);
+      // Read at most maxBytes + 1: enough to know it is too large, whatever the declared size said.
+      const chunks: Uint8Array[] = [];
+      let total = 0;
+      for await (const chunk of response.body) {
+        chunks.push(chunk);
+        total += chunk.byteLength;
+        if (total > maxBytes) {
+          await response.body.cancel().catch(() => {});
+          throw new UserFacingError(
+            `\`${attachment.option}\` (${attachment.filename}) is larger than ${formatBytes(maxBytes)}, the limit`,
+          );
+        }
+      }
+      return Buffer.concat(chunks);
+    } catch (error) {
+      if (error instanceof UserFacingError) throw error;
+      // The deadline, or the connection lost on the way: the file may well come through another time.
+      log.info({ err: error, option: attachment.option }, "attachment download failed");
+      throw failed(
+        deadline.aborted
+          ? `no answer in ${formatSeconds(this.downloadTimeoutMs / 1000)}`
+          : "the connection failed",
       );
     }
-    // Read at most maxBytes + 1: enough to know it is too large, whatever the declared size said.
-    const chunks: Uint8Array[] = [];
-    let total = 0;
-    for await (const chunk of response.body) {
-      chunks.push(chunk);
-      total += chunk.byteLength;
-      if (total > maxBytes) {
-        await response.body.cancel().catch(() => {});
-        throw new UserFacingError(
-          `\`${attachment.option}\` (${attachment.filename}) is larger than ${formatBytes(maxBytes)}, the limit`,
-        );
-      }
-    }
-    return Buffer.concat(chunks);
   }
 
   mention(userId: string): string {

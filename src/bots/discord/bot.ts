@@ -54,6 +54,8 @@ export interface DiscordBotOptions {
   blobs: BlobStore;
   redis: Redis;
   limits?: Partial<ChatLimits>;
+  /** How long an attachment's download may take (default DOWNLOAD_TIMEOUT_MS). */
+  downloadTimeoutMs?: number;
   commands?: BotCommandsOptions;
 }
 
@@ -104,7 +106,7 @@ export async function startDiscordBot(options: DiscordBotOptions): Promise<Disco
       ...(limits.maxEditAgeMs ? { rejectOnRateLimit: rejectOldMessageEdits(limits.maxEditAgeMs) } : {}),
     },
   });
-  const adapter = new DiscordAdapter(client, limits);
+  const adapter = new DiscordAdapter(client, limits, options.downloadTimeoutMs);
   const commands = new ChatCommands({
     adapter,
     queue: options.queue,

@@ -14,7 +14,8 @@ import { opt, PHOTO, type World, world } from "./support.js";
 
 let w: World;
 beforeAll(async () => {
-  w = await world();
+  // A stalled download is given up after 5 s here (a minute in the bot).
+  w = await world({ downloadTimeoutMs: 5000 });
   await w.startBot();
 });
 afterAll(() => w.close());
@@ -91,6 +92,18 @@ describe("bad attachments are refused privately, naming the attachment and the l
       expect(await jobCount()).toBe(jobs);
     });
   }
+
+  it("a photo whose download stalls is refused, saying so, instead of leaving 'thinking…'", async () => {
+    const channel = w.fake.addTextChannel("stalled-download");
+    const jobs = await jobCount();
+    const stalled = w.fake.stall({ when: "before", match: ({ route }) => route === "GET /attachments" });
+    const interaction = w.imagic(channel, [], w.photo("stuck.png"));
+    await stalled;
+    expect(await w.ephemeral(interaction)).toMatch(
+      /^⚠️ `image` \(stuck\.png\) could not be downloaded from Discord \(no answer in 5 s\); send it again$/m,
+    );
+    expect(await jobCount()).toBe(jobs);
+  });
 
   it("a bad reference of /swap is named by its option", async () => {
     const channel = w.fake.addTextChannel("swap-bad");

@@ -68,6 +68,8 @@ export interface WorldOptions {
   progressLeaseMs?: number;
   /** How long to wait for each thing the bot should do (default 30 s). */
   timeoutMs?: number;
+  /** How long the bot gives an attachment's download (the bot's default: a minute). */
+  downloadTimeoutMs?: number;
 }
 
 export async function world(options: WorldOptions = {}): Promise<World> {
@@ -102,6 +104,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
         blobs: h.blobs,
         redis: h.redis.client(),
         limits: { minEditIntervalMs: 500, ...options.limits },
+        ...(options.downloadTimeoutMs ? { downloadTimeoutMs: options.downloadTimeoutMs } : {}),
         commands: {
           imagicDefaults: options.commands,
           positionRefreshMs: options.positionRefreshMs,
