@@ -1,4 +1,6 @@
 // The fake Discord enforces what Discord enforces, and discord.js runs against it unmodified.
+
+import { connect } from "node:net";
 import { Client, DiscordAPIError, Events, GatewayIntentBits, RateLimitError, REST, Routes } from "discord.js";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { FakeDiscord } from "../../../src/bots/discord/fake/server.js";
@@ -35,6 +37,26 @@ describe("fake Discord", () => {
       headers: { authorization: "Bot nope" },
     });
     expect(response.status).toBe(401);
+  });
+
+  it("keeps serving after a client dies in the middle of sending a request (a SIGKILLed bot)", async () => {
+    const channel = fake.addTextChannel("general");
+    const { port } = new URL(fake.apiUrl);
+    const socket = connect(Number(port), "127.0.0.1");
+    await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+    const gone = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+    // Headers promise a body that never comes: the connection is cut in the middle of it.
+    socket.write(
+      `POST /api/v10/channels/${channel.id}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bot ${fake.token}\r\n` +
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    socket.destroy();
+    await gone;
+    const response = await fetch(`${fake.apiUrl}/v10/users/@me`, {
+      headers: { authorization: `Bot ${fake.token}` },
+    });
+    expect(response.status).toBe(200);
   });
 
   it("answers 429 with Retry-After and X-RateLimit headers when a channel is hammered", async () => {

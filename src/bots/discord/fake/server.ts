@@ -283,7 +283,8 @@ export class FakeDiscord {
       ...options,
     };
     this.guildId = this.addGuild("Fake Guild").id;
-    this.http = createServer((req, res) => void this.handleHttp(req, res));
+    // A request whose client died while sending it (a bot SIGKILLed mid-request) has no one to answer.
+    this.http = createServer((req, res) => void this.handleHttp(req, res).catch(() => res.destroy()));
     this.wss = new WebSocketServer({ server: this.http, path: "/gateway" });
     this.wss.on("connection", (socket) => this.handleSocket(socket));
   }
