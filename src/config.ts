@@ -163,8 +163,8 @@ const SETTINGS = {
   },
   ENGINE_HTTP_PORT: { schema: int(0, 65535).default(9464), expects: "a TCP port 0-65535 (0 disables)" },
   ENGINE_LOCK_SECONDS: {
-    schema: int(5).default(120),
-    expects: "a whole number of seconds ≥ 5",
+    schema: int(5).optional(),
+    expects: "a whole number of seconds ≥ 5; unset: 120 on a GPU, 900 on the CPU",
   },
   ENGINE_MAX_TRAIN_BYTES: {
     schema: bytes.optional(),

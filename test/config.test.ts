@@ -46,7 +46,7 @@ describe("loadConfig", () => {
       engineTrainDtype: "auto",
       engineTrainingSessions: "shared",
       engineHttpPort: 9464,
-      engineLockSeconds: 120,
+      engineLockSeconds: undefined,
       discordToken: undefined,
       blobTtlSeconds: 86400,
       blobMaxBytes: 20 * 1024 * 1024,
@@ -137,7 +137,11 @@ describe("loadConfig", () => {
       "prefer_nhwc",
       'ENGINE_CUDA_OPTIONS must be comma-separated CUDA provider options "key=value,…" (e.g. prefer_nhwc=1) (got "prefer_nhwc")',
     ],
-    ["ENGINE_LOCK_SECONDS", "2", 'ENGINE_LOCK_SECONDS must be a whole number of seconds ≥ 5 (got "2")'],
+    [
+      "ENGINE_LOCK_SECONDS",
+      "2",
+      'ENGINE_LOCK_SECONDS must be a whole number of seconds ≥ 5; unset: 120 on a GPU, 900 on the CPU (got "2")',
+    ],
     ["ENGINE_HTTP_PORT", "70000", 'ENGINE_HTTP_PORT must be a TCP port 0-65535 (0 disables) (got "70000")'],
     ["ENGINE_HTTP_PORT", "-1", 'ENGINE_HTTP_PORT must be a TCP port 0-65535 (0 disables) (got "-1")'],
     [

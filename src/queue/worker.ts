@@ -136,7 +136,8 @@ export class EngineWorker {
   /** Jobs whose pipeline returned, until BullMQ confirms their completion. */
   private readonly finishing = new Map<string, { name: JobName; started: number }>();
   private readonly poller: NodeJS.Timeout;
-  private readonly lockDurationMs: number;
+  /** How long a run's lock lasts unrenewed (BullMQ's lockDuration). */
+  readonly lockDurationMs: number;
   private readonly keys: QueueKeys;
 
   constructor(private readonly options: StartWorkerOptions) {

@@ -28,6 +28,8 @@ const ENGINE_BLOB_MAX_BYTES = 512 * 1024 ** 2;
 export interface EngineModel {
   modelId: string;
   pipelines: PipelineRegistry;
+  /** Where the model computes; sets the default lock (lockSeconds). */
+  device?: StableDiffusion["device"];
   release(): Promise<void>;
 }
 
@@ -79,7 +81,22 @@ async function loadStableDiffusion(config: EngineConfig, signal?: AbortSignal): 
     );
   }
   const sd = await StableDiffusion.load(config.model, { ...modelLoadOptions(config), signal });
-  return { modelId: sd.modelId, pipelines: enginePipelines(sd), release: () => sd.close() };
+  return {
+    modelId: sd.modelId,
+    pipelines: enginePipelines(sd),
+    device: sd.device,
+    release: () => sd.close(),
+  };
+}
+
+/**
+ * The lock a job's run holds: ENGINE_LOCK_SECONDS, else by device. onnxruntime-node runs each session on
+ * the event loop's thread (microsoft/onnxruntime#19611), so the lock is renewed only between runs: a GPU's
+ * runs take milliseconds, but one training step or session build of an SD model on the CPU takes minutes
+ * (docs/PERFORMANCE.md, "CPU, full SD 1.5 shapes"), and a lock shorter than that is lost in every job.
+ */
+function lockSeconds(setting: number | undefined, device: EngineModel["device"]): number {
+  return setting ?? (device === "cpu" ? 900 : 120);
 }
 
 /**
@@ -157,7 +174,7 @@ export async function startEngine(options: StartEngineOptions): Promise<RunningE
       maxActivePerUser: config.userMaxActiveJobs,
       observer: metrics.observer,
       modelId: model.modelId,
-      ...lockTimings(config.engineLockSeconds),
+      ...lockTimings(lockSeconds(config.engineLockSeconds, model.device)),
       ...options.worker,
     });
   } catch (error) {
