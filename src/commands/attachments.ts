@@ -66,6 +66,28 @@ export function checkDeclared(attachment: IncomingAttachment, limits: ImageLimit
  * Downloads, checks and converts the attachment; returns the photo as the engine will read it (intake/
  * convert.ts: a PNG of every pixel, oriented, sRGB) — what is stored and sent, never the sender's bytes.
  */
+/**
+ * A download's bytes, refused as soon as they pass `maxBytes`, whatever size the platform declared: at
+ * most maxBytes + 1 are read. `what` names the attachment as its sender knows it.
+ */
+export async function readAtMost(
+  body: AsyncIterable<Uint8Array> & { cancel(): Promise<void> },
+  maxBytes: number,
+  what: string,
+): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of body) {
+    chunks.push(chunk);
+    total += chunk.byteLength;
+    if (total > maxBytes) {
+      await body.cancel().catch(() => {});
+      throw new UserFacingError(`${what} is larger than ${formatBytes(maxBytes)}, the limit`);
+    }
+  }
+  return Buffer.concat(chunks);
+}
+
 export async function fetchImage(
   adapter: ChatAdapter,
   attachment: IncomingAttachment,

@@ -14,6 +14,7 @@ import {
   SnowflakeUtil,
   ThreadAutoArchiveDuration,
 } from "discord.js";
+import { readAtMost } from "../../commands/attachments.js";
 import {
   type ChatAdapter,
   type ChatLimits,
@@ -32,7 +33,6 @@ import { fitText } from "../../commands/progress.js";
 import { formatSeconds } from "../../engine/progress.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
-import { formatBytes } from "../../queue/blobs.js";
 import { allowedMentions, type InteractionHandle } from "./interactions.js";
 import { FOR_THREADS, missing, missingText } from "./permissions.js";
 
@@ -245,30 +245,16 @@ export class DiscordAdapter implements ChatAdapter {
   }
 
   async download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array> {
+    const what = `\`${attachment.option}\` (${attachment.filename})`;
     const failed = (why: string) =>
-      new UserFacingError(
-        `\`${attachment.option}\` (${attachment.filename}) could not be downloaded from Discord (${why}); send it again`,
-      );
+      new UserFacingError(`${what} could not be downloaded from Discord (${why}); send it again`);
     // A connection that stalls would otherwise hold the command ("thinking…") for undici's 5 minutes,
     // then end as an error of ours.
     const deadline = AbortSignal.timeout(this.downloadTimeoutMs);
     try {
       const response = await fetch(attachment.url, { signal: deadline });
       if (!response.ok || !response.body) throw failed(`HTTP ${response.status}`);
-      // Read at most maxBytes + 1: enough to know it is too large, whatever the declared size said.
-      const chunks: Uint8Array[] = [];
-      let total = 0;
-      for await (const chunk of response.body) {
-        chunks.push(chunk);
-        total += chunk.byteLength;
-        if (total > maxBytes) {
-          await response.body.cancel().catch(() => {});
-          throw new UserFacingError(
-            `\`${attachment.option}\` (${attachment.filename}) is larger than ${formatBytes(maxBytes)}, the limit`,
-          );
-        }
-      }
-      return Buffer.concat(chunks);
+      return await readAtMost(response.body, maxBytes, what);
     } catch (error) {
       if (error instanceof UserFacingError) throw error;
       // The deadline, or the connection lost on the way: the file may well come through another time.

@@ -6,6 +6,7 @@
 // Slack has no idempotency key: a post of a job's result carries message metadata naming the job and the
 // post, and a post that an earlier attempt may have made (a redelivery) is first looked for in its thread.
 import { webApi } from "@slack/bolt";
+import { readAtMost } from "../../commands/attachments.js";
 import {
   type ChatAdapter,
   type ChatLimits,
@@ -21,7 +22,6 @@ import {
 import { slackEmojiName } from "../../commands/reactions.js";
 import { UserFacingError } from "../../errors.js";
 import { childLogger } from "../../log.js";
-import { formatBytes } from "../../queue/blobs.js";
 
 export const SLACK_LIMITS: ChatLimits = {
   // Slack keeps 40,000 characters of a message but asks for 4,000 at most; longer ones read badly.
@@ -172,18 +172,7 @@ export class SlackAdapter implements ChatAdapter {
         `${what} could not be downloaded from Slack (HTTP ${response.status}); try again`,
       );
     }
-    // Read at most maxBytes + 1: enough to know it is too large, whatever files.info said.
-    const chunks: Uint8Array[] = [];
-    let total = 0;
-    for await (const chunk of response.body) {
-      chunks.push(chunk);
-      total += chunk.byteLength;
-      if (total > maxBytes) {
-        await response.body.cancel().catch(() => {});
-        throw new UserFacingError(`${what} is larger than ${formatBytes(maxBytes)}, the limit`);
-      }
-    }
-    return Buffer.concat(chunks);
+    return readAtMost(response.body, maxBytes, what);
   }
 
   mention(userId: string): string {
