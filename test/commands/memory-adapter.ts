@@ -7,6 +7,12 @@ import type {
   MessageRef,
   OutgoingMessage,
 } from "../../src/commands/chat.js";
+import { PHOTO } from "../queue/support/setup.js";
+
+/** A PNG as a platform announces it (the fixture photo's size), served from a MemoryAdapter's `files`. */
+export function pngAttachment(option: string, filename: string, url = "memory://photo"): IncomingAttachment {
+  return { option, filename, contentType: "image/png", size: PHOTO.byteLength, url };
+}
 
 export interface MemoryMessage extends OutgoingMessage {
   ref: MessageRef;

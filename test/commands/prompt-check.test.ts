@@ -13,7 +13,7 @@ import type { QueueClient } from "../../src/queue/client.js";
 import { scratchCopies } from "../helpers/model-files.js";
 import { tempDirs } from "../helpers/temp-dirs.js";
 import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
-import { MemoryAdapter } from "./memory-adapter.js";
+import { MemoryAdapter, pngAttachment } from "./memory-adapter.js";
 
 const SD1 = "test/fixtures/models/sd1/model";
 const log = childLogger("test");
@@ -109,15 +109,7 @@ describe("ChatCommands with a prompt check", () => {
       userId: "ann",
       conversation: channel,
       options: { prompt: LONG },
-      attachments: [
-        {
-          option: "image",
-          filename: "photo.png",
-          contentType: "image/png",
-          size: PHOTO.byteLength,
-          url: "memory://photo",
-        },
-      ],
+      attachments: [pngAttachment("image", "photo.png")],
     };
     await commands.handleCommand(request, adapter.reply(channel));
     expect(adapter.privateReplies.at(-1)).toMatch(/^⚠️ `prompt` is longer than the 75 tokens CLIP reads/);

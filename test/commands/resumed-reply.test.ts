@@ -15,7 +15,7 @@ import { PendingCommands } from "../../src/commands/pending.js";
 import { ChatCommands } from "../../src/commands/service.js";
 import type { QueueClient } from "../../src/queue/client.js";
 import { type Harness, harness, PHOTO, until } from "../queue/support/setup.js";
-import { MemoryAdapter } from "./memory-adapter.js";
+import { MemoryAdapter, pngAttachment } from "./memory-adapter.js";
 
 const LEASE_MS = 300;
 
@@ -60,15 +60,7 @@ const imagic = (id: string, channel: string): CommandRequest => ({
   userId: "ann",
   conversation: { channel },
   options: { prompt: "a photo of a cat", seeds: "5,6" },
-  attachments: [
-    {
-      option: "image",
-      filename: "photo.png",
-      contentType: "image/png",
-      size: PHOTO.byteLength,
-      url: "memory://photo",
-    },
-  ],
+  attachments: [pngAttachment("image", "photo.png")],
 });
 
 const answered = (channel: string) =>

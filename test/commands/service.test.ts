@@ -7,7 +7,7 @@ import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient } from "../../src/queue/client.js";
 import { lightweightPipelines } from "../queue/support/pipelines.js";
 import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
-import { MemoryAdapter } from "./memory-adapter.js";
+import { MemoryAdapter, pngAttachment } from "./memory-adapter.js";
 
 let h: Harness;
 let queue: QueueClient;
@@ -47,9 +47,7 @@ const imagic = (extra: CommandRequest["options"] = {}, contentType = "image/png"
   userId: "ann",
   conversation: channel,
   options: { prompt: "a photo of a cat", seeds: "5,6", ...extra },
-  attachments: [
-    { option: "image", filename: "photo.png", contentType, size: PHOTO.byteLength, url: "memory://photo" },
-  ],
+  attachments: [{ ...pngAttachment("image", "photo.png"), contentType }],
 });
 
 async function until<T>(what: string, probe: () => T | undefined): Promise<T> {
@@ -134,13 +132,6 @@ describe("ChatCommands with a console adapter", () => {
   it("checks every photo of /swap before storing any: each bad one named on its own line, nothing kept", async () => {
     adapter.files.set("memory://notes", new TextEncoder().encode("not a photo at all"));
     adapter.files.set("memory://cut", PHOTO.subarray(0, PHOTO.byteLength >> 1));
-    const photo = (option: string, filename: string, url: string) => ({
-      option,
-      filename,
-      contentType: "image/png",
-      size: PHOTO.byteLength,
-      url,
-    });
     const before = adapter.messages.length;
     await commands.handleCommand(
       {
@@ -149,10 +140,10 @@ describe("ChatCommands with a console adapter", () => {
         conversation: channel,
         options: { subject: "dog" },
         attachments: [
-          photo("source", "cat.png", "memory://photo"),
-          photo("reference1", "dog1.png", "memory://photo"),
-          photo("reference2", "dog2.png", "memory://notes"),
-          photo("reference3", "dog3.png", "memory://cut"),
+          pngAttachment("source", "cat.png", "memory://photo"),
+          pngAttachment("reference1", "dog1.png", "memory://photo"),
+          pngAttachment("reference2", "dog2.png", "memory://notes"),
+          pngAttachment("reference3", "dog3.png", "memory://cut"),
         ],
       },
       adapter.reply(channel),
