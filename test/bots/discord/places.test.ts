@@ -61,19 +61,15 @@ describe("permissions per place", () => {
       w.fake.attachment(`${`photo-${i}-`.padEnd(240, "x")}.png`, PHOTO, "image/png");
     const source = photo(0);
     const references = [1, 2, 3, 4, 5].map(photo);
-    const interaction = w.fake.runCommand({
-      name: "swap",
-      user: w.author,
+    const interaction = w.swap(
       channel,
-      options: [
-        opt.attachment("source", source),
-        opt.string("subject", "cat"),
-        ...references.map((ref, i) => opt.attachment(`reference${i + 1}`, ref)),
+      references,
+      [
         opt.string("strengths", Array.from({ length: 20 }, () => "10/25/20").join(",")),
         opt.string("seeds", Array.from({ length: 10 }, (_, i) => 1_000_000_000 + i).join(",")),
       ],
-      attachments: [source, ...references],
-    });
+      source,
+    );
     const answer = await w.ephemeral(interaction);
     expect(answer).toMatch(/^⚠️ I am missing the Attach Files permission in this channel/);
     expect(answer.length).toBeLessThanOrEqual(2000);

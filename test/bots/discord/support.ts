@@ -45,8 +45,13 @@ export interface World {
     image?: FakeAttachment,
     user?: FakeUser,
   ): FakeInteraction;
-  /** Runs /swap as the author: a photo as the source, subject "cat", and `references` in order. */
-  swap(channel: FakeChannel, references: FakeAttachment[], options?: CommandOption[]): FakeInteraction;
+  /** Runs /swap as the author: `source` (default a photo), subject "cat", and `references` in order. */
+  swap(
+    channel: FakeChannel,
+    references: FakeAttachment[],
+    options?: CommandOption[],
+    source?: FakeAttachment,
+  ): FakeInteraction;
   /** The thread the bot opened on an interaction's answer. */
   thread(interaction: FakeInteraction): Promise<string>;
   /** The bot's messages in a channel or thread, oldest first. */
@@ -137,8 +142,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
         attachments: [image],
       });
     },
-    swap(channel, references, options = []) {
-      const source = w.photo();
+    swap(channel, references, options = [], source = w.photo()) {
       return fake.runCommand({
         name: "swap",
         user: w.author,
