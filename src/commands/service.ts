@@ -323,6 +323,7 @@ export class ChatCommands {
     const spec = parseImagic(request);
     checkDeclared(spec.image, this.imageLimits);
     await this.options.prompts?.check(spec.prompt);
+    await this.queue.checkRoom(request.userId);
     await this.recorded(request, reply, resumed, async (command) => {
       const [imageBlobId] = await command.step("blobs", () => this.storeImages(request.userId, [spec.image]));
       const options: ImagicTrainOptions = {
@@ -344,6 +345,7 @@ export class ChatCommands {
   private async swap(request: CommandRequest, reply: CommandReply, resumed?: PendingCommand): Promise<void> {
     const spec = parseSwap(request);
     for (const attachment of [spec.source, ...spec.references]) checkDeclared(attachment, this.imageLimits);
+    await this.queue.checkRoom(request.userId);
     await this.recorded(request, reply, resumed, async (command) => {
       const [sourceBlobId, ...referenceBlobIds] = await command.step("blobs", () =>
         this.storeImages(request.userId, [spec.source, ...spec.references]),

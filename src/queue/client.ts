@@ -227,12 +227,7 @@ export class QueueClient {
     await this.redis.zadd(userKey, Date.now(), reservation);
     try {
       const inFlight = await this.userJobsInFlight(payload.userId);
-      if (inFlight.length > this.options.limits.maxQueued) {
-        throw new UserFacingError(
-          `you already have ${inFlight.length - 1} jobs in the queue, the limit is ${this.options.limits.maxQueued}; ` +
-            "wait for one to finish or cancel one",
-        );
-      }
+      if (inFlight.length > this.options.limits.maxQueued) throw this.queueFull(inFlight.length - 1);
       const waiting = inFlight.filter((j) => j.state !== "active").length - 1;
       const jobId = await this.add(parsed.name, payload, waiting, fixedId);
       await this.redis.multi().zrem(userKey, reservation).zadd(userKey, Date.now(), jobId).exec();
@@ -241,6 +236,23 @@ export class QueueClient {
     } finally {
       await this.redis.zrem(userKey, reservation);
     }
+  }
+
+  /**
+   * Refuses, as `enqueue` would, a user who has as many jobs in the queue as they may: a command checks
+   * this before it stores its photos, which would otherwise count against the user's upload quota for a
+   * job that is never queued. (`enqueue` still decides: another command may take the last place first.)
+   */
+  async checkRoom(userId: string): Promise<void> {
+    const inFlight = await this.userJobsInFlight(userId);
+    if (inFlight.length >= this.options.limits.maxQueued) throw this.queueFull(inFlight.length);
+  }
+
+  private queueFull(queued: number): UserFacingError {
+    return new UserFacingError(
+      `you already have ${queued} job${queued === 1 ? "" : "s"} in the queue, the limit is ${this.options.limits.maxQueued}; ` +
+        "wait for one to finish or cancel one",
+    );
   }
 
   private async add(
