@@ -7,9 +7,9 @@
  * alone (the same bytes), and OpenCLIP's fused q/k/v projection becomes three contiguous byte ranges, so a
  * 2–4 GB file streams tensor by tensor as a diffusers folder does.
  *
- * Names outside the three models (EMA copies `model_ema.*`, the training schedule's buffers) are left out,
- * as diffusers leaves them; a name inside one that no SD 1.x/2.x network has is refused by name, since
- * dropping it would compute another function.
+ * Names outside the three models (EMA copies `model_ema.*`, the training schedule's buffers) and a baked-in
+ * VAE's training state are left out, as diffusers leaves them; a name inside one that no SD 1.x/2.x
+ * network has is refused by name, since dropping it would compute another function.
  */
 import { ModelFileError } from "./errors.js";
 import type { TensorEntry } from "./tensor-file.js";
@@ -146,8 +146,17 @@ const VAE_ATTENTION: Readonly<Record<string, string>> = {
   proj_out: "to_out.0",
 };
 
+/**
+ * VAE files (vae-ft-mse-840000-ema-pruned.ckpt) also hold their training loss (`loss.*`: discriminator,
+ * LPIPS, logvar) and EMA bookkeeping (`model_ema.decay`, `num_updates`), which webui's VAE loader filters
+ * out; a VAE baked into a checkpoint by copying every key brings them under `first_stage_model.`. They
+ * are no part of the autoencoder, and diffusers' conversion takes only the encoder's and decoder's names.
+ */
+const VAE_TRAINING_STATE = /^(loss|model_ema)\./;
+
 function vaeRename(levels: number): Rename {
   return (rest, e) => {
+    if (VAE_TRAINING_STATE.test(rest)) return [];
     const fixed = /^(.+)\.(weight|bias)$/.exec(rest);
     const f = fixed && VAE_FIXED[fixed[1] as string];
     if (f) return renamed(e, `${f}.${fixed[2]}`);

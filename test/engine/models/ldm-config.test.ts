@@ -146,6 +146,19 @@ describe("single-file config inference (diffusers' from_single_file without conf
     expect(textEncoder.some((e) => e.name.startsWith("encoder.layers.22."))).toBe(true);
     expect(textEncoder.some((e) => /projection|logit/.test(e.name))).toBe(false);
   });
+
+  it("a VAE baked in with its training file's loss and EMA state gives the same VAE: diffusers ignores them", () => {
+    const layout = { unetLayersPerBlock: 2, vaeLevels: 4, textLayers: 12 };
+    const baked = sd15();
+    // vae-ft-mse-840000-ema-pruned.ckpt's keys outside the autoencoder, copied under first_stage_model.
+    baked.set("first_stage_model.loss.logvar", []);
+    baked.set("first_stage_model.loss.discriminator.main.0.weight", [64, 3, 4, 4]);
+    baked.set("first_stage_model.loss.perceptual_loss.net.slice1.0.weight", [64, 3, 3, 3]);
+    baked.set("first_stage_model.model_ema.decay", []);
+    expect(ldmToDiffusers(entriesOf(baked), layout, "m")).toEqual(
+      ldmToDiffusers(entriesOf(sd15()), layout, "m"),
+    );
+  });
 });
 
 describe("single-file refusals: one line naming what was found", () => {
