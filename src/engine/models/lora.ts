@@ -268,6 +268,20 @@ export function loraFromSafetensors(
   const ranks = new Set([...out.values()].map((m) => m.rank));
   if (ranks.size > 1)
     throw new LoraFileError(origin, `mixes ranks ${[...ranks].join(", ")}; one rank is supported`);
+  // peft adapts only the modules a file names (an adapter on attn2's to_k/to_v, or on some blocks); the
+  // engine's graphs adapt every target, so each other one gets an adapter with B = 0, which adds nothing.
+  const { rank, alpha } = out.values().next().value as LoraModule;
+  for (const t of targets) {
+    if (out.has(t.path)) continue;
+    out.set(t.path, {
+      down: new Float32Array(rank * t.inF),
+      up: new Float32Array(t.outF * rank),
+      rank,
+      alpha,
+      inF: t.inF,
+      outF: t.outF,
+    });
+  }
   return out;
 }
 

@@ -148,6 +148,21 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     shape,
     data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
   });
+  const peft = (p: string, part: "down" | "up") => `${p}.lora_${part === "down" ? "A" : "B"}.weight`;
+  /** `lora`'s tensors as `name(path, "down" | "up")` names them; a module `keep` rejects is left out. */
+  function tensorsOf(
+    lora: LoraWeights,
+    name: (path: string, part: "down" | "up") => string,
+    keep: (path: string) => boolean = () => true,
+  ): Record<string, TestTensor> {
+    const tensors: Record<string, TestTensor> = {};
+    for (const [path, m] of lora) {
+      if (!keep(path)) continue;
+      tensors[name(path, "down")] = f32([m.rank, m.inF], m.down);
+      tensors[name(path, "up")] = f32([m.outF, m.rank], m.up);
+    }
+    return tensors;
+  }
   /** A rank-2 adapter with distinct values on every module, as `name(path, "down" | "up")` names it. */
   function write(
     name: (path: string, part: "down" | "up") => string,
@@ -157,13 +172,8 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     const lora = mapLora(sd.newLora(2, 2, 5), (x, which, path) =>
       which === "up" ? noise(x.length, path.length) : x,
     );
-    const tensors: Record<string, TestTensor> = {};
-    for (const [path, m] of lora) {
-      tensors[name(path, "down")] = f32([m.rank, m.inF], m.down);
-      tensors[name(path, "up")] = f32([m.outF, m.rank], m.up);
-    }
     const file = join(tempDir(), "lora.safetensors");
-    writeSafetensors(file, { ...tensors, ...extra }, (h) => {
+    writeSafetensors(file, { ...tensorsOf(lora, name), ...extra }, (h) => {
       if (metadata) h.__metadata__ = metadata;
     });
     return { file, lora };
@@ -226,8 +236,30 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     expect(relError(at8, plain)).toBeGreaterThan(1e-2);
   });
 
+  it("a file adapting some projections leaves the others as they are, as peft does", async () => {
+    // Cross-attention's to_k/to_v only (custom-diffusion-like), as a file names them.
+    const kv = (p: string) => /\.attn2\.to_[kv]$/.test(p);
+    const { lora } = write(peft);
+    const partial = join(tempDir(), "kv.safetensors");
+    writeSafetensors(partial, tensorsOf(lora, peft, kv));
+    // The same adapter with every other module written out and its B zero: an adapter that adds nothing.
+    const zeroed = join(tempDir(), "zeroed.safetensors");
+    const zeroB = mapLora(lora, (x, which, p) => (which === "up" && !kv(p) ? new Float32Array(x.length) : x));
+    writeSafetensors(zeroed, tensorsOf(zeroB, peft));
+    const loaded = sd.loadLora(partial, { alpha: 4 });
+    expect(loaded.size).toBe(lora.size);
+    const latents = noise(4 * 8 * 8, 4);
+    const context = await sd.encodeText(["a photo of a cat"]);
+    const size = { height: 8, width: 8 };
+    const got = await sd.predictNoise(latents, size, 500, context, { lora: loaded });
+    const want = await sd.predictNoise(latents, size, 500, context, {
+      lora: sd.loadLora(zeroed, { alpha: 4 }),
+    });
+    expect(relError(got, want)).toBeLessThan(1e-6);
+    expect(relError(got, await sd.predictNoise(latents, size, 500, context))).toBeGreaterThan(1e-2);
+  });
+
   it("refuses what it cannot apply, naming the file and the tensor", () => {
-    const peft = (p: string, part: "down" | "up") => `${p}.lora_${part === "down" ? "A" : "B"}.weight`;
     const te = write(peft, {
       "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": f32([2, 2], new Float32Array(4)),
     });
