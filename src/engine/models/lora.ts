@@ -265,12 +265,9 @@ export function loraFromSafetensors(
       throw new LoraFileError(origin, `module ${t.path} has alpha ${alpha}; it must be positive`);
     out.set(t.path, { down: down.data, up: up.data, rank, alpha, inF: t.inF, outF: t.outF });
   }
-  const ranks = new Set([...out.values()].map((m) => m.rank));
-  if (ranks.size > 1)
-    throw new LoraFileError(origin, `mixes ranks ${[...ranks].join(", ")}; one rank is supported`);
+  const { rank, alpha } = oneScale(out);
   // peft adapts only the modules a file names (an adapter on attn2's to_k/to_v, or on some blocks); the
   // engine's graphs adapt every target, so each other one gets an adapter with B = 0, which adds nothing.
-  const { rank, alpha } = out.values().next().value as LoraModule;
   for (const t of targets) {
     if (out.has(t.path)) continue;
     out.set(t.path, {
@@ -283,6 +280,29 @@ export function loraFromSafetensors(
     });
   }
   return out;
+}
+
+/**
+ * The graphs take one rank and one scale (alpha/rank) for every module, but files may vary both per module
+ * (kohya's per-module `.alpha`, peft's rank_pattern/alpha_pattern), which diffusers applies module by
+ * module. Such adapters become one of the largest rank with scale 1, each module's exactly: A padded with
+ * zero rows, B with zero columns and multiplied by its own alpha/rank. Uniform ones are kept as they are.
+ */
+function oneScale(modules: LoraWeights): { rank: number; alpha: number } {
+  const all = [...modules.values()];
+  const first = all[0] as LoraModule;
+  if (all.every((m) => m.rank === first.rank && m.alpha === first.alpha)) return first;
+  const rank = Math.max(...all.map((m) => m.rank));
+  for (const [path, m] of modules) {
+    const down = new Float32Array(rank * m.inF);
+    down.set(m.down);
+    const up = new Float32Array(m.outF * rank);
+    const s = m.alpha / m.rank;
+    for (let o = 0; o < m.outF; o++)
+      for (let r = 0; r < m.rank; r++) up[o * rank + r] = (m.up[o * m.rank + r] as number) * s;
+    modules.set(path, { ...m, down, up, rank, alpha: rank });
+  }
+  return { rank, alpha: rank };
 }
 
 function matrix(

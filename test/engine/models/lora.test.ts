@@ -149,6 +149,7 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
   });
   const peft = (p: string, part: "down" | "up") => `${p}.lora_${part === "down" ? "A" : "B"}.weight`;
+  const kohyaName = (p: string) => `lora_unet_${p.replaceAll(".", "_")}`;
   /** `lora`'s tensors as `name(path, "down" | "up")` names them; a module `keep` rejects is left out. */
   function tensorsOf(
     lora: LoraWeights,
@@ -209,7 +210,6 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     const bin = join(tempDir(), "pytorch_lora_weights.bin");
     writeTorchCopy(proc.file, bin);
     same(sd.loadLora(bin, { alpha: 4 }), proc.lora, 4);
-    const kohyaName = (p: string) => `lora_unet_${p.replaceAll(".", "_")}`;
     const alphas: Record<string, TestTensor> = {};
     for (const p of sd.newLora(2, 2, 5).keys()) alphas[`${kohyaName(p)}.alpha`] = f32([], Float32Array.of(6));
     const kohya = write((p, part) => `${kohyaName(p)}.lora_${part}.weight`, alphas);
@@ -257,6 +257,38 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     });
     expect(relError(got, want)).toBeLessThan(1e-6);
     expect(relError(got, await sd.predictNoise(latents, size, 500, context))).toBeGreaterThan(1e-2);
+  });
+
+  it("applies each module's own rank and alpha (kohya's per-module .alpha), as diffusers does", async () => {
+    const { file, lora } = write(peft);
+    // The same adapter at scale 1 (alpha 2, rank 2) written three ways, module by module: as it is; at
+    // alpha 8 with B / 4; at rank 4 and alpha 8 with A twice and B / 2 on the first copy, 0 on the second
+    // (powers of two: exact in float32).
+    const tensors: Record<string, TestTensor> = {};
+    [...lora].forEach(([path, m], i) => {
+      const k = kohyaName(path);
+      const way = i % 3;
+      const rank = way === 2 ? 4 : 2;
+      const down = way === 2 ? Float32Array.from([...m.down, ...m.down]) : m.down;
+      const up = Float32Array.from({ length: m.outF * rank }, (_, j) => {
+        const r = j % rank;
+        const v = r < 2 ? (m.up[Math.floor(j / rank) * 2 + r] as number) : 0;
+        return way === 0 ? v : way === 1 ? v / 4 : v / 2;
+      });
+      tensors[`${k}.lora_down.weight`] = f32([rank, m.inF], down);
+      tensors[`${k}.lora_up.weight`] = f32([m.outF, rank], up);
+      tensors[`${k}.alpha`] = f32([], Float32Array.of([2, 8, 8][way] as number));
+    });
+    const mixed = join(tempDir(), "mixed.safetensors");
+    writeSafetensors(mixed, tensors);
+    const latents = noise(4 * 8 * 8, 5);
+    const context = await sd.encodeText(["a photo of a cat"]);
+    const size = { height: 8, width: 8 };
+    const got = await sd.predictNoise(latents, size, 500, context, { lora: sd.loadLora(mixed) });
+    const want = await sd.predictNoise(latents, size, 500, context, {
+      lora: sd.loadLora(file, { alpha: 2 }),
+    });
+    expect(relError(got, want)).toBeLessThan(1e-6);
   });
 
   it("refuses what it cannot apply, naming the file and the tensor", () => {
