@@ -667,9 +667,9 @@ export class StableDiffusion {
   }
 
   /**
-   * A LoRA file (peft / diffusers `…to_q.lora_A.weight`, diffusers' older `…processor.to_q_lora.down.weight`
-   * or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights for this UNet; alpha from `alpha`,
-   * else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit. A `.bin`
+   * A LoRA file (peft / diffusers `…to_q.lora_A.weight`, diffusers' older `…to_q.lora.down.weight` and
+   * `…processor.to_q_lora.down.weight` or kohya's `lora_unet_…lora_down.weight` names) as LoRA weights
+   * for this UNet; alpha from `alpha`, else the file's, else the rank (scale 1). Throws LoraFileError naming what does not fit. A `.bin`
    * (diffusers' older `pytorch_lora_weights.bin`) is read as a torch.save file, its pickle never executed.
    */
   loadLora(file: string | TensorFile, options: LoraFileOptions = {}): LoraWeights {

@@ -166,14 +166,19 @@ type Part = "down" | "up" | "alpha";
 /**
  * The ways LoRA files name an adapter's tensors, each giving (module key, part). peft and diffusers
  * (`…attn1.to_q.lora_A.weight` [rank, in], `lora_B` [out, rank]; optionally under `unet.` or peft's
- * `base_model.model.`, and with peft's adapter name `default`); diffusers' older attention-processor
- * files (`…attn1.processor.to_q_lora.down.weight`); kohya's sd-scripts (`lora_unet_<module path with
+ * `base_model.model.`, and with peft's adapter name `default`); diffusers' older files: 0.21–0.24's
+ * LoRACompatibleLinear layers (`unet.…attn1.to_q.lora.down.weight`, training_utils' unet_lora_state_dict)
+ * and attention processors (`…attn1.processor.to_q_lora.down.weight`); kohya's sd-scripts (`lora_unet_<module path with
  * underscores>.lora_down.weight`, `.lora_up.weight` and a per-module `.alpha`).
  */
 const NAMINGS: ReadonlyArray<{ re: RegExp; key: (m: RegExpMatchArray) => [string, Part] }> = [
   {
     re: /^(?:unet\.|base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?\.weight$/,
     key: (m) => [m[1] as string, m[2] === "A" ? "down" : "up"],
+  },
+  {
+    re: /^(?:unet\.)?(.+)\.lora\.(down|up)\.weight$/,
+    key: (m) => [m[1] as string, m[2] as Part],
   },
   {
     re: /^(?:unet\.)?(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/,

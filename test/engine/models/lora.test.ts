@@ -259,6 +259,13 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     expect(relError(got, await sd.predictNoise(latents, size, 500, context))).toBeGreaterThan(1e-2);
   });
 
+  it("reads diffusers 0.21–0.24's LoRACompatibleLinear names (unet.….to_q.lora.down.weight)", () => {
+    for (const prefix of ["", "unet."]) {
+      const { file, lora } = write((p, part) => `${prefix}${p}.lora.${part}.weight`);
+      same(sd.loadLora(file, { alpha: 4 }), lora, 4);
+    }
+  });
+
   it("applies each module's own rank and alpha (kohya's per-module .alpha), as diffusers does", async () => {
     const { file, lora } = write(peft);
     // The same adapter at scale 1 (alpha 2, rank 2) written three ways, module by module: as it is; at
