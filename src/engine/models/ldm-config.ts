@@ -315,8 +315,12 @@ function textConfig(shapes: ShapeTable, family: SdFamily, need: Need, file: stri
     hidden_size: hidden,
     intermediate_size: need(`${p}transformer.resblocks.0.mlp.c_fc.weight`, "the text encoder's MLP")[0],
     num_attention_heads: heads(hidden),
-    // SD 2.x takes OpenCLIP's penultimate layer: diffusers' config leaves the last one out.
-    num_hidden_layers: indices(shapes, `${p}transformer.resblocks.`).length - 1,
+    // SD 2.x takes OpenCLIP's penultimate layer: diffusers' config leaves the last one out of an original
+    // checkpoint's whole tower (24 for ViT-H, with the text_projection only the OpenCLIP model has). A file
+    // diffusers' conversion script wrote from a diffusers folder holds that folder's layers (23) and no
+    // projection: every one is the text encoder diffusers runs.
+    num_hidden_layers:
+      indices(shapes, `${p}transformer.resblocks.`).length - (shapes.has(`${p}text_projection`) ? 1 : 0),
     max_position_embeddings: need(`${p}positional_embedding`, "the text encoder's positions")[0],
     vocab_size: vocab,
   };

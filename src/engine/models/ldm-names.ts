@@ -29,8 +29,9 @@ export interface LdmLayout {
   /** The VAE's levels: the ldm decoder numbers its up blocks from the bottom, diffusers from the top. */
   readonly vaeLevels: number;
   /**
-   * Text encoder layers kept. SD 2.x conditions on OpenCLIP's penultimate layer: the file holds 24,
-   * diffusers' config has num_hidden_layers 23 and leaves the last one out.
+   * Text encoder layers kept. SD 2.x conditions on OpenCLIP's penultimate layer: an original file holds
+   * 24, diffusers' config has num_hidden_layers 23 and leaves the last one out (a file converted from a
+   * diffusers folder holds just those 23).
    */
   readonly textLayers: number;
 }

@@ -147,6 +147,26 @@ describe("single-file config inference (diffusers' from_single_file without conf
     expect(textEncoder.some((e) => /projection|logit/.test(e.name))).toBe(false);
   });
 
+  it("SD 2.x written from a diffusers folder (23 layers, no text projection) keeps all 23, as diffusers runs them", () => {
+    // scripts/convert_diffusers_to_original_stable_diffusion.py's output: the diffusers text encoder's
+    // layers under OpenCLIP's names, without the layer and the projection the folder never had.
+    const converted = new Map(
+      [...sd21()].filter(
+        ([n]) =>
+          !/^cond_stage_model\.model\.(transformer\.resblocks\.23\.|text_projection|logit_scale)/.test(n),
+      ),
+    );
+    const c = inferLdmConfigs(converted, "m");
+    expect(textSettings(c.textEncoder)).toEqual(textSettings(inferLdmConfigs(sd21(), "m").textEncoder));
+    expect(c.textEncoder.num_hidden_layers).toBe(SD21.textEncoder.num_hidden_layers);
+    const { textEncoder } = ldmToDiffusers(
+      entriesOf(converted),
+      { unetLayersPerBlock: 2, vaeLevels: 4, textLayers: c.textEncoder.num_hidden_layers },
+      "m",
+    );
+    expect(textEncoder.length).toBe(16 * 23 + 4);
+  });
+
   it("a VAE baked in with its training file's loss and EMA state gives the same VAE: diffusers ignores them", () => {
     const layout = { unetLayersPerBlock: 2, vaeLevels: 4, textLayers: 12 };
     const baked = sd15();
