@@ -243,7 +243,9 @@ export function loraFromSafetensors(
     found.set(target.path, parts);
   }
   if (found.size === 0) throw new LoraFileError(origin, "holds no LoRA tensors");
-  const fileAlpha = Number(st.metadata.lora_alpha ?? st.metadata.ss_network_alpha ?? Number.NaN);
+  const config = adapterConfig(st.metadata, origin);
+  const fileAlpha =
+    config.alpha ?? Number(st.metadata.lora_alpha ?? st.metadata.ss_network_alpha ?? Number.NaN);
   const out: LoraWeights = new Map();
   for (const t of targets) {
     const parts = found.get(t.path);
@@ -265,10 +267,13 @@ export function loraFromSafetensors(
     const alpha =
       o.alpha ??
       (parts.alpha ? (st.readFloat32(parts.alpha)[0] as number) : undefined) ??
+      config.moduleAlpha(t.path) ??
       (Number.isFinite(fileAlpha) ? fileAlpha : rank);
     if (!(alpha > 0))
       throw new LoraFileError(origin, `module ${t.path} has alpha ${alpha}; it must be positive`);
-    out.set(t.path, { down: down.data, up: up.data, rank, alpha, inF: t.inF, outF: t.outF });
+    // rsLoRA scales by alpha/√rank: the same as alpha·√rank over rank.
+    const scaled = config.rslora ? alpha * Math.sqrt(rank) : alpha;
+    out.set(t.path, { down: down.data, up: up.data, rank, alpha: scaled, inF: t.inF, outF: t.outF });
   }
   const { rank, alpha } = oneScale(out);
   // peft adapts only the modules a file names (an adapter on attn2's to_k/to_v, or on some blocks); the
@@ -285,6 +290,42 @@ export function loraFromSafetensors(
     });
   }
   return out;
+}
+
+/** The metadata key under which diffusers (≥ 0.35) saves an adapter's peft LoraConfig, as JSON. */
+const ADAPTER_METADATA = "lora_adapter_metadata";
+
+/**
+ * What diffusers' loader builds the adapter from when the file carries its LoraConfig (save_lora_weights'
+ * `unet_lora_adapter_metadata`; keys under the component's name, `unet.lora_alpha`): `lora_alpha`,
+ * `alpha_pattern` (per-module alphas; a key matches a module path ending in it, as peft's
+ * get_pattern_key) and `use_rslora` (scale alpha/√rank). Ignoring them would apply another scale.
+ */
+function adapterConfig(
+  metadata: Readonly<Record<string, string>>,
+  origin: string,
+): { alpha?: number; moduleAlpha: (path: string) => number | undefined; rslora: boolean } {
+  const raw = metadata[ADAPTER_METADATA];
+  if (raw === undefined) return { moduleAlpha: () => undefined, rslora: false };
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    throw new LoraFileError(origin, `its ${ADAPTER_METADATA} metadata is not JSON`);
+  }
+  const config = (json ?? {}) as Record<string, unknown>;
+  const get = (key: string) => config[`unet.${key}`] ?? config[key];
+  const alpha = get("lora_alpha");
+  const pattern = Object.entries((get("alpha_pattern") ?? {}) as Record<string, unknown>).map(
+    ([key, value]) => ({ re: new RegExp(`^(?:.*\\.)?(?:${key})$`), value: Number(value) }),
+  );
+  if (get("use_dora") === true)
+    throw new LoraFileError(origin, "is a DoRA adapter (use_dora); only LoRA adapters are applied");
+  return {
+    alpha: typeof alpha === "number" ? alpha : undefined,
+    moduleAlpha: (path) => pattern.find((p) => p.re.test(path))?.value,
+    rslora: get("use_rslora") === true,
+  };
 }
 
 /**

@@ -259,6 +259,29 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     expect(relError(got, await sd.predictNoise(latents, size, 500, context))).toBeGreaterThan(1e-2);
   });
 
+  it("takes lora_alpha, alpha_pattern and use_rslora from the LoraConfig diffusers saves in the metadata", () => {
+    // save_lora_weights(…, unet_lora_adapter_metadata=config.to_dict()): JSON, keys under "unet.".
+    const saved = (config: Record<string, unknown>) =>
+      write(peft, {}, { format: "pt", lora_adapter_metadata: JSON.stringify(config) });
+    const plain = saved({ "unet.lora_alpha": 8, "unet.r": 2, "unet.alpha_pattern": {} });
+    same(sd.loadLora(plain.file), plain.lora, 8);
+    // The option still wins, as the file's alpha does elsewhere.
+    same(sd.loadLora(plain.file, { alpha: 3 }), plain.lora, 3);
+    const pattern = saved({ "unet.lora_alpha": 8, "unet.r": 2, "unet.alpha_pattern": { "attn2.to_k": 4 } });
+    // Two scales, so one adapter at scale 1 with each module's B times its own alpha/rank (oneScale).
+    for (const [path, m] of sd.loadLora(pattern.file)) {
+      const s = path.endsWith("attn2.to_k") ? 2 : 4;
+      expect([m.alpha / m.rank, m.up], path).toEqual([1, pattern.lora.get(path)?.up.map((v) => v * s)]);
+    }
+    // rsLoRA: scale alpha/√rank.
+    const rs = saved({ "unet.lora_alpha": 8, "unet.r": 2, "unet.use_rslora": true });
+    for (const m of sd.loadLora(rs.file).values()) expect(m.alpha / m.rank).toBeCloseTo(8 / Math.SQRT2, 12);
+    // DoRA rescales each output by a magnitude this engine does not apply.
+    expect(() => sd.loadLora(saved({ "unet.lora_alpha": 8, "unet.use_dora": true }).file)).toThrow(
+      /is a DoRA adapter \(use_dora\)/,
+    );
+  });
+
   it("reads diffusers 0.21–0.24's LoRACompatibleLinear names (unet.….to_q.lora.down.weight)", () => {
     for (const prefix of ["", "unet."]) {
       const { file, lora } = write((p, part) => `${prefix}${p}.lora.${part}.weight`);
