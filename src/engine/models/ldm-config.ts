@@ -159,9 +159,27 @@ export function inferLdmConfigs(shapes: ShapeTable, file: string): InferredConfi
   };
 }
 
-/** SD 1.x conditions on OpenAI's CLIP ViT-L (transformers names), SD 2.x on OpenCLIP ViT-H. */
+/** OpenCLIP ViT-H/14's width: diffusers calls a file whose UNet attends to 1024 channels v2. */
+const SD2_CONTEXT = 1024;
+
+/** The prefix of a text encoder under transformers' names (SD 1.x's, or SD 2.x's re-saved), if any. */
+function clipPrefix(shapes: ShapeTable): string | undefined {
+  const names = [...shapes.keys()];
+  if (!names.some((n) => n.startsWith(LDM_PREFIX.clip))) return undefined;
+  return names.some((n) => n.startsWith(`${LDM_PREFIX.clip}text_model.`))
+    ? `${LDM_PREFIX.clip}text_model.`
+    : LDM_PREFIX.clip;
+}
+
+/**
+ * SD 1.x conditions on OpenAI's CLIP ViT-L (transformers names), SD 2.x on OpenCLIP ViT-H: under its own
+ * names, or under transformers' when a tool re-saved it so; diffusers tells the two apart by the width
+ * the UNet attends to, which is the text encoder's.
+ */
 function textFamily(shapes: ShapeTable, file: string): SdFamily {
-  if ([...shapes.keys()].some((n) => n.startsWith(LDM_PREFIX.clip))) return "sd1";
+  const clip = clipPrefix(shapes);
+  if (clip)
+    return shapes.get(`${clip}embeddings.token_embedding.weight`)?.[1] === SD2_CONTEXT ? "sd2" : "sd1";
   if (shapes.has(`${LDM_PREFIX.openClip}token_embedding.weight`)) return "sd2";
   throw new ModelFileError(
     file,
@@ -285,17 +303,16 @@ function textConfig(shapes: ShapeTable, family: SdFamily, need: Need, file: stri
     pad_token_id: 1,
     layer_norm_eps: 1e-5,
   };
-  if (family === "sd1") {
-    const p = [...shapes.keys()].some((n) => n.startsWith(`${LDM_PREFIX.clip}text_model.`))
-      ? `${LDM_PREFIX.clip}text_model.`
-      : LDM_PREFIX.clip;
+  const p = clipPrefix(shapes);
+  if (p) {
     const [vocab, hidden] = need(`${p}embeddings.token_embedding.weight`, "the text encoder's tokens") as [
       number,
       number,
     ];
     return {
       ...ids,
-      hidden_act: "quick_gelu",
+      // Under transformers' names the file holds the layers diffusers runs (SD 2.x's 23 included).
+      hidden_act: family === "sd1" ? "quick_gelu" : "gelu",
       hidden_size: hidden,
       intermediate_size: need(`${p}encoder.layers.0.mlp.fc1.weight`, "the text encoder's MLP")[0],
       num_attention_heads: heads(hidden),
@@ -307,21 +324,21 @@ function textConfig(shapes: ShapeTable, family: SdFamily, need: Need, file: stri
       vocab_size: vocab,
     };
   }
-  const p = LDM_PREFIX.openClip;
-  const [vocab, hidden] = need(`${p}token_embedding.weight`, "the text encoder's tokens") as [number, number];
+  const o = LDM_PREFIX.openClip;
+  const [vocab, hidden] = need(`${o}token_embedding.weight`, "the text encoder's tokens") as [number, number];
   return {
     ...ids,
     hidden_act: "gelu",
     hidden_size: hidden,
-    intermediate_size: need(`${p}transformer.resblocks.0.mlp.c_fc.weight`, "the text encoder's MLP")[0],
+    intermediate_size: need(`${o}transformer.resblocks.0.mlp.c_fc.weight`, "the text encoder's MLP")[0],
     num_attention_heads: heads(hidden),
     // SD 2.x takes OpenCLIP's penultimate layer: diffusers' config leaves the last one out of an original
     // checkpoint's whole tower (24 for ViT-H, with the text_projection only the OpenCLIP model has). A file
     // diffusers' conversion script wrote from a diffusers folder holds that folder's layers (23) and no
     // projection: every one is the text encoder diffusers runs.
     num_hidden_layers:
-      indices(shapes, `${p}transformer.resblocks.`).length - (shapes.has(`${p}text_projection`) ? 1 : 0),
-    max_position_embeddings: need(`${p}positional_embedding`, "the text encoder's positions")[0],
+      indices(shapes, `${o}transformer.resblocks.`).length - (shapes.has(`${o}text_projection`) ? 1 : 0),
+    max_position_embeddings: need(`${o}positional_embedding`, "the text encoder's positions")[0],
     vocab_size: vocab,
   };
 }

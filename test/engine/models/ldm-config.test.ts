@@ -167,6 +167,17 @@ describe("single-file config inference (diffusers' from_single_file without conf
     expect(textEncoder.length).toBe(16 * 23 + 4);
   });
 
+  it("SD 2.x whose OpenCLIP tower was re-saved under transformers' names is SD 2.x, as diffusers tells by its width", () => {
+    // The 2-1 repo's text encoder (23 layers) under cond_stage_model.transformer.text_model.
+    const resaved = new Map([...sd21()].filter(([n]) => !n.startsWith("cond_stage_model.")));
+    clipTable(resaved, { width: 1024, layers: 23, mlp: 4096 });
+    const c = inferLdmConfigs(resaved, "m");
+    const want = inferLdmConfigs(sd21(), "m");
+    expect([c.family, c.padToken, c.scheduler]).toEqual([want.family, want.padToken, want.scheduler]);
+    expect([c.unet, c.vae]).toEqual([want.unet, want.vae]);
+    expect(textSettings(c.textEncoder)).toEqual(textSettings(want.textEncoder));
+  });
+
   it("a VAE baked in with its training file's loss and EMA state gives the same VAE: diffusers ignores them", () => {
     const layout = { unetLayersPerBlock: 2, vaeLevels: 4, textLayers: 12 };
     const baked = sd15();
