@@ -317,7 +317,13 @@ function adapterConfig(
   const get = (key: string) => config[`unet.${key}`] ?? config[key];
   const alpha = get("lora_alpha");
   const pattern = Object.entries((get("alpha_pattern") ?? {}) as Record<string, unknown>).map(
-    ([key, value]) => ({ re: new RegExp(`^(?:.*\\.)?(?:${key})$`), value: Number(value) }),
+    ([key, value]) => {
+      try {
+        return { re: new RegExp(`^(?:.*\\.)?(?:${key})$`), value: Number(value) };
+      } catch {
+        throw new LoraFileError(origin, `its alpha_pattern key ${JSON.stringify(key)} is not a pattern`);
+      }
+    },
   );
   if (get("use_dora") === true)
     throw new LoraFileError(origin, "is a DoRA adapter (use_dora); only LoRA adapters are applied");

@@ -276,6 +276,10 @@ describe("LoRA files: peft, diffusers and kohya names", () => {
     // rsLoRA: scale alpha/√rank.
     const rs = saved({ "unet.lora_alpha": 8, "unet.r": 2, "unet.use_rslora": true });
     for (const m of sd.loadLora(rs.file).values()) expect(m.alpha / m.rank).toBeCloseTo(8 / Math.SQRT2, 12);
+    // A pattern key that is no regular expression is refused as the file's fault, by name.
+    expect(() =>
+      sd.loadLora(saved({ "unet.lora_alpha": 8, "unet.alpha_pattern": { "attn2.to_k(": 4 } }).file),
+    ).toThrow(/its alpha_pattern key "attn2\.to_k\(" is not a pattern/);
     // DoRA rescales each output by a magnitude this engine does not apply.
     expect(() => sd.loadLora(saved({ "unet.lora_alpha": 8, "unet.use_dora": true }).file)).toThrow(
       /is a DoRA adapter \(use_dora\)/,
