@@ -10,7 +10,15 @@ import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "./blobs.js";
 import { cachedConcept } from "./concepts.js";
-import { DeliveryClaims, type DeliveryRef, deliveryRefs } from "./delivery.js";
+import {
+  DELIVERY_RETRY,
+  DeliverLaterError,
+  DeliveryClaims,
+  type DeliveryRef,
+  type DeliveryRetry,
+  deliveryRefs,
+  retryDelayMs,
+} from "./delivery.js";
 import { typicalDurations } from "./durations.js";
 import {
   type ChatOrigin,
@@ -52,6 +60,11 @@ export interface QueueClientOptions {
    * another process (or itself, restarted) delivers it again (default 30 s). Renewed every third of it.
    */
   deliveryLeaseMs?: number;
+  /**
+   * When a named consumer delivers again a result whose listener threw DeliverLaterError (its chat
+   * platform down), and when it gives up (DELIVERY_RETRY: doubling from 5 s to 10 minutes, about 6 hours).
+   */
+  deliveryRetry?: DeliveryRetry;
   /** Only emit events of jobs that came from this chat platform. */
   platform?: ChatOrigin["platform"];
   /** The BullMQ queue (default "edits"; the benchmark uses its own). */
@@ -106,7 +119,8 @@ interface JobEndBase extends JobEventBase {
 
 /**
  * A `completed` or `failed` listener of a named consumer may return a promise: the delivery is confirmed
- * once every listener's promise has settled, and delivered again (`redelivery`) if the process dies first.
+ * once every listener's promise has settled, and delivered again (`redelivery`) if the process dies first,
+ * or later if a listener's promise rejects with DeliverLaterError.
  */
 export interface QueueClientEvents {
   progress: [JobEventBase & { progress: JobProgress }];
@@ -571,13 +585,17 @@ export class QueueClient {
             event: { ...event, redelivery, result: job.returnvalue as JobResult<JobName> },
           };
     const member = deliveryRefs.encode(ref);
-    const delivery = this.deliver(ref, end).finally(() => this.delivering.delete(member));
+    const delivery = this.deliver(ref, end)
+      // Redis failed to confirm or put it off: the claim's lease runs out and the sweep delivers it again.
+      .catch((err: unknown) => log.warn({ err, jobId }, "could not settle a delivery's claim"))
+      .finally(() => this.delivering.delete(member));
     this.delivering.set(member, delivery);
   }
 
   /**
    * Calls the listeners, renewing the claim while their promises run, and confirms it once they have
-   * settled: a listener's failure is logged (a post refused for good is not retried), a crash is not.
+   * settled: a listener's failure is logged (a post refused for good is not retried), a crash is not. A
+   * listener that can deliver only later (DeliverLaterError) leaves the claim unconfirmed.
    */
   private async deliver(
     ref: DeliveryRef,
@@ -588,15 +606,43 @@ export class QueueClient {
     const run = async () => {
       const listeners = this.events.listeners(end.name) as Array<(event: typeof end.event) => unknown>;
       const outcomes = await Promise.allSettled(listeners.map(async (listener) => listener(end.event)));
-      for (const outcome of outcomes)
-        if (outcome.status === "rejected")
-          log.error({ err: outcome.reason, jobId: ref.jobId }, `${end.name} listener failed`);
+      return outcomes.flatMap((outcome) =>
+        outcome.status === "rejected" ? [outcome.reason as unknown] : [],
+      );
     };
-    if (!this.claims) return run();
-    await this.claims.whileHeld(ref, run, (err) =>
-      log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
+    const claims = this.claims;
+    const failures = claims
+      ? await claims.whileHeld(ref, run, (err) =>
+          log.warn({ err, jobId: ref.jobId }, "could not renew a delivery claim"),
+        )
+      : await run();
+    const later = claims ? failures.find((err) => err instanceof DeliverLaterError) : undefined;
+    for (const err of failures)
+      if (err !== later) log.error({ err, jobId: ref.jobId }, `${end.name} listener failed`);
+    if (!claims) return;
+    if (later) await this.deliverLater(claims, ref, later);
+    else await claims.confirm(ref);
+  }
+
+  /**
+   * Puts a delivery off: its claim stays pending, under a lease that runs out after a delay doubling with
+   * each failed try, and then the sweep for abandoned deliveries (any process's) delivers it again as a
+   * redelivery. The lease, not a timer of this process, so that the result survives a restart meanwhile.
+   * Once the tries are used up the result is given up, confirmed, with an error logged.
+   */
+  private async deliverLater(claims: DeliveryClaims, ref: DeliveryRef, err: unknown): Promise<void> {
+    const failed = await claims.failedTry(ref);
+    const delayMs = retryDelayMs(this.options.deliveryRetry ?? DELIVERY_RETRY, failed);
+    if (delayMs === undefined) {
+      log.error({ err, jobId: ref.jobId, tries: failed }, "could not deliver a result in any try: given up");
+      await claims.confirm(ref);
+      return;
+    }
+    log.warn(
+      { err, jobId: ref.jobId, tries: failed, delayMs },
+      "could not deliver a result now: trying again later",
     );
-    await this.claims.confirm(ref);
+    await claims.renew(ref, delayMs);
   }
 
   /** Delivers again the results whose delivering process died before it confirmed them. */

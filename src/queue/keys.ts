@@ -34,6 +34,8 @@ export function queueKeys(queue: string = QUEUE_NAME) {
      * (delivery.ts).
      */
     delivered: (jobRef: string) => `${q}:delivered:${jobRef}`,
+    /** Per consumer and job: how many tries of a delivery failed for now (the platform down); delivery.ts. */
+    deliveryFailures: (jobRef: string) => `${q}:delivery-failures:${jobRef}`,
     /** Sorted set of a consumer's unconfirmed deliveries (`<job>:<created>`), scored by lease expiry (ms). */
     delivering: (consumer: string) => `${q}:delivering:${consumer}`,
     /** Last QueueEvents stream id a consumer has handled, so a restarted bot replays what it missed. */

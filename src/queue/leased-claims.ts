@@ -146,20 +146,16 @@ export class LeasedClaims<Ref = string> {
     return taken === 1 ? "first" : taken === 2 ? "retry" : undefined;
   }
 
-  /** Extends this process's lease while it still holds the claim; false when the claim is no longer its. */
-  async renew(ref: Ref): Promise<boolean> {
+  /**
+   * Extends this process's lease (by `forMs`, the lease by default) while it still holds the claim; false
+   * when the claim is no longer its. Renewed for longer and then left alone, the claim is taken again (a
+   * retry) by any process's sweep once that time has passed: work put off for later.
+   */
+  async renew(ref: Ref, forMs = this.leaseMs): Promise<boolean> {
     const member = this.refs.encode(ref);
     return (
       Number(
-        await this.redis.eval(
-          RENEW,
-          2,
-          this.claimKey(member),
-          this.pendingKey,
-          this.owner,
-          this.leaseMs,
-          member,
-        ),
+        await this.redis.eval(RENEW, 2, this.claimKey(member), this.pendingKey, this.owner, forMs, member),
       ) === 1
     );
   }

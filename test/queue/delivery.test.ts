@@ -1,10 +1,12 @@
 // Delivery of finished jobs to a named consumer is at-least-once and confirmed: a result whose delivering
 // process died (its claim taken, never confirmed — what a SIGKILL leaves) is delivered again, marked as a
 // redelivery, by any process of the consumer once the lease runs out; a live delivery is left alone, and a
-// confirmed one is never delivered again.
+// confirmed one is never delivered again. A result whose listener can deliver it only later (its chat
+// platform down: DeliverLaterError) is delivered again, after growing delays, until it is taken or the tries
+// run out.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { QueueClient, QueueClientEvents } from "../../src/queue/client.js";
-import { DeliveryClaims } from "../../src/queue/delivery.js";
+import { DeliverLaterError, DeliveryClaims } from "../../src/queue/delivery.js";
 import { queueKeys } from "../../src/queue/keys.js";
 import { lightweightPipelines } from "./support/pipelines.js";
 import { type Harness, harness, origin, PHOTO, until } from "./support/setup.js";
@@ -102,7 +104,9 @@ describe("result delivery", () => {
 
   it("leaves a delivery under way alone while its process renews the lease", async () => {
     let finish = () => {};
-    const slow = await listener("slow-bot", () => new Promise<void>((resolve) => (finish = resolve)));
+    // One promise for every delivery, so that the later tests' results do not hold this process's close.
+    const held = new Promise<void>((resolve) => (finish = resolve));
+    const slow = await listener("slow-bot", () => held);
     const job = await completedJob();
     await until(() => slow.completed.length > 0, 5_000, "the delivery");
     const other = await listener("slow-bot");
@@ -111,5 +115,51 @@ describe("result delivery", () => {
     expect(slow.completed.map((e) => [e.jobId, e.redelivery])).toEqual([[job.jobId, false]]);
     expect(other.completed).toEqual([]);
     finish();
+  });
+});
+
+describe("a result its listener can deliver only later", () => {
+  const RETRY = { firstDelayMs: 50, maxDelayMs: 200, tries: 3 };
+
+  /** A process of `consumer` whose listener fails for now (DeliverLaterError) the first `failing` tries. */
+  async function outage(consumer: string, failing: number) {
+    const client = await h.client({ consumer, deliveryLeaseMs: LEASE_MS, deliveryRetry: RETRY });
+    const claim = (jobId: string, createdAt: string) =>
+      h.redis.client().get(queueKeys().delivered(`${consumer}:${jobId}:${createdAt}`));
+    const tries: Array<{ jobId: string; redelivery: boolean; claim: string | null }> = [];
+    client.events.on("completed", async (event) => {
+      const createdAt = String((await client.queue.getJob(event.jobId))?.timestamp);
+      tries.push({
+        jobId: event.jobId,
+        redelivery: event.redelivery,
+        claim: await claim(event.jobId, createdAt),
+      });
+      if (tries.length <= failing) throw new DeliverLaterError("the chat platform is down");
+    });
+    await client.listen();
+    return { tries, claim };
+  }
+
+  it("is delivered again, as a redelivery, until the listener takes it, and confirmed only then", async () => {
+    const bot = await outage("outage-bot", 2);
+    const job = await completedJob();
+    await until(
+      async () => (await bot.claim(job.jobId, job.createdAt)) === "done",
+      10_000,
+      "the confirmation",
+    );
+    // Each try found the claim still pending: no try before the last one confirmed it.
+    expect(bot.tries.map((t) => [t.jobId, t.redelivery, t.claim?.startsWith("pending:")])).toEqual([
+      [job.jobId, false, true],
+      [job.jobId, true, true],
+      [job.jobId, true, true],
+    ]);
+  });
+
+  it("is given up once its tries are used up", async () => {
+    const bot = await outage("down-bot", Number.POSITIVE_INFINITY);
+    const job = await completedJob();
+    await until(async () => (await bot.claim(job.jobId, job.createdAt)) === "done", 10_000, "giving up");
+    expect(bot.tries.map((t) => t.redelivery)).toEqual([false, true, true]);
   });
 });
