@@ -144,12 +144,25 @@ export class GoneError extends Error {
   override name = "GoneError";
 }
 
+/**
+ * Thrown by any ChatAdapter method when the platform could not be reached or failed on its side (an
+ * outage: a 5xx, a network failure or a timeout, past the client library's own retries): the same
+ * request may well succeed later. A refusal that will not (a missing permission, a deleted conversation)
+ * is not this.
+ */
+export class PlatformUnavailableError extends Error {
+  override name = "PlatformUnavailableError";
+}
+
 export interface ChatAdapter {
   readonly platform: Platform;
   readonly limits: ChatLimits;
   /** Opens a thread on one of the bot's messages, or falls back to the message's channel. */
   openThread(on: MessageRef, name: string): Promise<ThreadResult>;
-  /** Posts text and images (postImage and reply in one). Throws GoneError where no post can go any more. */
+  /**
+   * Posts text and images (postImage and reply in one). Throws GoneError where no post can go any more,
+   * PlatformUnavailableError (as every method may) while the platform is down.
+   */
   post(to: Conversation, message: OutgoingMessage): Promise<MessageRef>;
   /**
    * Replaces the text, and the images when `message.images` is given. Throws MessageNotEditableError

@@ -9,22 +9,24 @@ import { UserFacingError } from "../errors.js";
 import { childLogger } from "../log.js";
 import type { BlobStore } from "../queue/blobs.js";
 import { type JobPosition, parsePayload, type QueueClient, type QueueClientEvents } from "../queue/client.js";
+import { DeliverLaterError } from "../queue/delivery.js";
 import type { ChatOrigin, JobInput, JobName, JobProgress, JobResult } from "../queue/jobs.js";
 import { sweepAbandoned } from "../queue/leased-claims.js";
 import { getPreset } from "../spec/imagic.js";
 import { requestedSizeOptions } from "../spec/shape.js";
 import { chatImageLimits, type ImageLimits } from "../spec/upload.js";
 import { checkDeclared, fetchImage } from "./attachments.js";
-import type {
-  ChatAdapter,
-  CommandReply,
-  CommandRequest,
-  Conversation,
-  IncomingAttachment,
-  MessageRef,
-  OutgoingMessage,
-  PostOnce,
-  ReactionEvent,
+import {
+  type ChatAdapter,
+  type CommandReply,
+  type CommandRequest,
+  type Conversation,
+  type IncomingAttachment,
+  type MessageRef,
+  type OutgoingMessage,
+  PlatformUnavailableError,
+  type PostOnce,
+  type ReactionEvent,
 } from "./chat.js";
 import { parseImagic, parseSwap } from "./parse.js";
 import { type PendingCommand, PendingCommands } from "./pending.js";
@@ -123,19 +125,25 @@ export class ChatCommands {
     );
     this.imageLimits = chatImageLimits(options.blobs.limits.maxBytes, options.imageLimits);
     this.log = childLogger("commands", { platform: options.adapter.platform });
+    // A handler's failure is logged, except where the platform was down while a job's end was posted:
+    // that reaches the queue as DeliverLaterError, and the queue delivers the end again later
+    // (redelivery: posted idempotently). Progress is never put off: the next report replaces it.
     const guard =
-      <E>(what: string, handler: (event: E) => Promise<void>) =>
+      <E>(what: string, handler: (event: E) => Promise<void>, later = false) =>
       (event: E) => {
-        const run = handler(event)
-          .catch((err: unknown) => this.log.error({ err }, `${what} handler failed`))
-          .finally(() => this.handling.delete(run));
-        this.handling.add(run);
+        const run = handler(event).catch((err: unknown) => {
+          if (later && err instanceof PlatformUnavailableError)
+            throw new DeliverLaterError(`${what}: ${err.message}`, { cause: err });
+          this.log.error({ err }, `${what} handler failed`);
+        });
+        const settled = run.catch(() => {}).finally(() => this.handling.delete(settled));
+        this.handling.add(settled);
         return run;
       };
     this.listeners = {
       progress: guard("progress", async (e) => this.onProgress(e)),
-      completed: guard("completed", (e) => this.onCompleted(e)),
-      failed: guard("failed", (e) => this.onFailed(e)),
+      completed: guard("completed", (e) => this.onCompleted(e), true),
+      failed: guard("failed", (e) => this.onFailed(e), true),
     };
   }
 
@@ -593,13 +601,17 @@ export class ChatCommands {
     });
   }
 
-  /** The job's last word on its progress message. Never throws: the result is posted regardless. */
+  /**
+   * The job's last word on its progress message. Throws only PlatformUnavailableError (the job's end is
+   * then delivered again later): any other failure is logged, and the result posted regardless.
+   */
   private async finishProgress(jobId: string, ref: MessageRef, text: string, once?: PostOnce): Promise<void> {
     this.stopWatching(jobId);
     if (!ref.id) return;
     try {
       await this.progress.finish(ref, text, once);
     } catch (err) {
+      if (err instanceof PlatformUnavailableError) throw err;
       // Deleted by a moderator, or the bot lost access to it: the result goes out regardless.
       this.log.warn({ err, jobId, message: ref.id }, "could not update the progress message");
     }
@@ -677,23 +689,26 @@ export class ChatCommands {
       postOnce(jobId, "last", redelivery),
     );
     const { kind, command, prompt, ...seedPick } = pick;
-    try {
-      await this.offer(
-        result.gridBlobId,
-        {
-          kind,
-          command,
-          userId: data.userId,
-          conversation: this.conversationOf(data.origin),
-          prompt,
-          choices: result.images,
-          ...seedPick,
-        },
-        (role) => postOnce(jobId, role, redelivery),
-      );
-    } finally {
-      await finished;
-    }
+    const offered = this.offer(
+      result.gridBlobId,
+      {
+        kind,
+        command,
+        userId: data.userId,
+        conversation: this.conversationOf(data.origin),
+        prompt,
+        choices: result.images,
+        ...seedPick,
+      },
+      (role) => postOnce(jobId, role, redelivery),
+    );
+    // Both settle before either's failure is thrown; the platform being down comes first, so that the
+    // whole end is delivered again (every post of it is single) even when the other part failed for good.
+    const failures = (await Promise.allSettled([offered, finished])).flatMap((outcome) =>
+      outcome.status === "rejected" ? [outcome.reason as unknown] : [],
+    );
+    if (failures.length > 0)
+      throw failures.find((err) => err instanceof PlatformUnavailableError) ?? failures[0];
   }
 
   /** The prompt a render continues, kept under its progress message (known before the job id). */

@@ -1,7 +1,7 @@
 // ChatCommands against the real queue and worker through the in-memory adapter: the flows need
 // nothing from Discord.
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import type { CommandRequest } from "../../src/commands/chat.js";
+import { type CommandRequest, PlatformUnavailableError } from "../../src/commands/chat.js";
 import { ChatCommands } from "../../src/commands/service.js";
 import { UserFacingError } from "../../src/errors.js";
 import type { QueueClient } from "../../src/queue/client.js";
@@ -14,12 +14,20 @@ let queue: QueueClient;
 let adapter: MemoryAdapter;
 let commands: ChatCommands;
 const channel = { channel: "console" };
+/** The prompt whose imagic.train job fails. */
+const FAILING = "a prompt the engine fails on";
 /** The options of every imagic.train job the worker ran, in order. */
 const trainOptions: unknown[] = [];
 
 beforeAll(async () => {
   h = await harness();
-  queue = await h.client({ consumer: "console", platform: "console" });
+  queue = await h.client({
+    consumer: "console",
+    platform: "console",
+    // Short, for the results put off while the platform is down.
+    deliveryLeaseMs: 1_000,
+    deliveryRetry: { firstDelayMs: 50, maxDelayMs: 200, tries: 10 },
+  });
   adapter = new MemoryAdapter();
   adapter.files.set("memory://photo", PHOTO);
   commands = new ChatCommands({ adapter, queue, blobs: h.blobs, redis: h.redis.client() });
@@ -31,6 +39,7 @@ beforeAll(async () => {
       ...pipelines,
       "imagic.train": async (ctx) => {
         trainOptions.push(ctx.payload.options);
+        if (ctx.payload.prompt === FAILING) throw new Error("the engine broke");
         if (!train) throw new Error("no imagic.train pipeline");
         return train(ctx);
       },
@@ -104,6 +113,24 @@ describe("ChatCommands with a console adapter", () => {
     const sweep = await offer("Pick the final image");
     expect(sweep.text).toContain("seed 5");
     expect(since().filter((m) => m.text.includes("Pick the final image"))).toHaveLength(1);
+  });
+
+  it("says a job's failure once the platform is back from an outage that refused it", async () => {
+    // The engine's words for a pipeline's bug.
+    const FAILED = "❌ the engine hit an unexpected error";
+    const edit = adapter.editMessage.bind(adapter);
+    let tries = 0;
+    const down = vi.spyOn(adapter, "editMessage").mockImplementation(async (ref, message) => {
+      if (!message.text.startsWith(FAILED)) return edit(ref, message);
+      tries += 1;
+      if (tries <= 2) throw new PlatformUnavailableError("the platform is down");
+      return edit(ref, message);
+    });
+    await commands.handleCommand(imagic({ prompt: FAILING }), adapter.reply(channel));
+    const failed = await until("the failure", () => adapter.messages.find((m) => m.text.startsWith(FAILED)));
+    down.mockRestore();
+    expect(failed.text).toContain("the operators can look it up");
+    expect(tries).toBe(3);
   });
 
   it("answers bad input privately and posts nothing", async () => {
