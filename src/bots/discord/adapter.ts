@@ -5,6 +5,7 @@ import {
   ChannelType,
   type Client,
   DiscordAPIError,
+  HTTPError,
   InteractionWebhook,
   type PermissionsBitField,
   type RateLimitData,
@@ -25,6 +26,7 @@ import {
   MessageNotEditableError,
   type MessageRef,
   type OutgoingMessage,
+  PlatformUnavailableError,
   type PostOnce,
   type ReplyHandle,
   type ThreadResult,
@@ -87,11 +89,27 @@ const POST_GONE: ReadonlySet<number> = new Set([
   RESTJSONErrorCodes.InvalidActionOnArchivedThread,
 ]);
 
-/** `error` as a GoneError when it is one of the `gone` refusals. */
-function goneOr(error: unknown, gone: ReadonlySet<number>): unknown {
-  return error instanceof DiscordAPIError && gone.has(Number(error.code))
-    ? new GoneError(error.message)
-    : error;
+/**
+ * Whether `error` says Discord is down rather than refusing: a 5xx, or the connection failing or timing
+ * out, as discord.js throws them once its own retries are spent. Node's and undici's connection errors
+ * carry a string code (ECONNREFUSED, UND_ERR_SOCKET…), fetch's a TypeError caused by one; Discord's
+ * refusals (DiscordAPIError) a number.
+ */
+function discordDown(error: unknown): boolean {
+  if (error instanceof HTTPError) return error.status >= 500;
+  if (!(error instanceof Error) || error instanceof DiscordAPIError) return false;
+  if (error.name === "AbortError") return true;
+  const code = (error as { code?: unknown }).code ?? (error.cause as { code?: unknown } | undefined)?.code;
+  return typeof code === "string";
+}
+
+/**
+ * `error` in the commands' terms: a GoneError when it is one of the `gone` refusals, a
+ * PlatformUnavailableError while Discord is down, else itself.
+ */
+function chatError(error: unknown, gone: ReadonlySet<number> = new Set()): unknown {
+  if (error instanceof DiscordAPIError && gone.has(Number(error.code))) return new GoneError(error.message);
+  return discordDown(error) ? new PlatformUnavailableError(String(error), { cause: error }) : error;
 }
 
 const files = (images: readonly ImageFile[]) =>
@@ -209,7 +227,7 @@ export class DiscordAdapter implements ChatAdapter {
       });
       return { conversation: to, id: sent.id };
     } catch (error) {
-      throw goneOr(error, POST_GONE);
+      throw chatError(error, POST_GONE);
     }
   }
 
@@ -235,13 +253,17 @@ export class DiscordAdapter implements ChatAdapter {
       ) {
         throw new MessageNotEditableError(error.message);
       }
-      throw goneOr(error, EDIT_GONE);
+      throw chatError(error, EDIT_GONE);
     }
   }
 
   async addReactions(ref: MessageRef, emojis: readonly string[]): Promise<void> {
-    const channel = await this.channel(ref.conversation);
-    for (const emoji of emojis) await channel.messages.react(ref.id, emoji);
+    try {
+      const channel = await this.channel(ref.conversation);
+      for (const emoji of emojis) await channel.messages.react(ref.id, emoji);
+    } catch (error) {
+      throw chatError(error);
+    }
   }
 
   async download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array> {

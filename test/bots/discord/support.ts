@@ -15,7 +15,7 @@ import {
 } from "../../../src/bots/discord/fake/server.js";
 import type { ChatLimits } from "../../../src/commands/chat.js";
 import type { ChatCommandsOptions } from "../../../src/commands/service.js";
-import type { QueueClient } from "../../../src/queue/client.js";
+import type { QueueClient, QueueClientOptions } from "../../../src/queue/client.js";
 import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
 import { type Harness, harness } from "../../queue/support/setup.js";
 import { startBotProcess } from "../support/bot-process.js";
@@ -75,6 +75,8 @@ export interface WorldOptions {
   timeoutMs?: number;
   /** How long the bot gives an attachment's download (the bot's default: a minute). */
   downloadTimeoutMs?: number;
+  /** The bot's result deliveries: their lease (how often it sweeps) and when a failed one is tried again. */
+  delivery?: Pick<QueueClientOptions, "deliveryLeaseMs" | "deliveryRetry">;
 }
 
 export async function world(options: WorldOptions = {}): Promise<World> {
@@ -97,7 +99,12 @@ export async function world(options: WorldOptions = {}): Promise<World> {
       return queue;
     },
     async startBot() {
-      queue = await h.client({ consumer: "discord", platform: "discord", limits: { maxQueued: 5 } });
+      queue = await h.client({
+        consumer: "discord",
+        platform: "discord",
+        limits: { maxQueued: 5 },
+        ...options.delivery,
+      });
       bot = await w.connectBot(queue);
       return bot;
     },

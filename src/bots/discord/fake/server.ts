@@ -22,7 +22,8 @@ import { type BucketLimit, RateLimiter } from "./rate-limits.js";
  * older than an hour (30046 as a 429), thread-creation limits, `allowed_mentions`, `nonce` with
  * `enforce_nonce` (a second create within the window returns the first message), several guilds spread
  * over gateway shards (4011 when one connection would carry too many) — and records what the bot did.
- * A test can stall a request (carried out or not, never answered): what a bot that dies mid-request leaves.
+ * A test can stall a request (carried out or not, never answered): what a bot that dies mid-request leaves;
+ * and start an outage: matching requests answered 500 and not carried out, as Discord's own failures are.
  * The bot never uses it: the tests and the chaos benchmark (src/cli/bench/chaos-run.ts) run the bot
  * against it, which is why it lives under src/ (product code may not import test code).
  */
@@ -114,11 +115,18 @@ export interface FakeMessage {
   nonce?: string | number;
 }
 
+/** Which requests a test singles out: by route ("POST /channels/:id/messages"), path and JSON body. */
+export type RequestMatch = (request: {
+  route: string;
+  path: string;
+  json: Record<string, unknown>;
+}) => boolean;
+
 /** A request a test asked the fake to leave unanswered (see FakeDiscord.stall). */
 export interface StallRule {
   /** Whether Discord carries the request out before it goes silent, or never sees it. */
   when: "before" | "after";
-  match: (request: { route: string; json: Record<string, unknown> }) => boolean;
+  match: RequestMatch;
 }
 
 export interface RecordedRequest {
@@ -254,6 +262,8 @@ export class FakeDiscord {
   /** Nonces of created messages by author, for `enforce_nonce`. */
   private readonly nonces = new Map<string, { messageId: string; at: number }>();
   private readonly stalls: Array<StallRule & { stalled: (request: RecordedRequest) => void }> = [];
+  /** The outages under way (see outage). */
+  private readonly outages = new Set<RequestMatch>();
   private guildClock = 0;
   private seq = 0;
   private port = 0;
@@ -461,6 +471,15 @@ export class FakeDiscord {
    */
   stall(rule: StallRule): Promise<RecordedRequest> {
     return new Promise((resolve) => this.stalls.push({ ...rule, stalled: resolve }));
+  }
+
+  /**
+   * Discord fails on its side for the requests that `match`: each is answered 500 and not carried out
+   * (discord.js tries it again, three times, then gives up) until the function returned ends the outage.
+   */
+  outage(match: RequestMatch): () => void {
+    this.outages.add(match);
+    return () => this.outages.delete(match);
   }
 
   // ── what users do ─────────────────────────────────────────────────────────────────────────────
@@ -779,7 +798,7 @@ export class FakeDiscord {
       if (url.pathname.startsWith("/attachments/")) {
         record.route = "GET /attachments";
         // A download stalls whichever `when`: there is nothing for Discord to carry out.
-        const stall = await this.stallFor(record.route, req, body);
+        const stall = this.stallFor({ route: record.route, path: url.pathname, json: {} });
         if (stall) {
           this.requests.push(record);
           stall.stalled(record);
@@ -793,7 +812,19 @@ export class FakeDiscord {
         const path = url.pathname.replace(/^\/api\/v10/, "");
         const routed = await this.route(method, path, url, req, body);
         record.route = routed.route;
-        const stall = await this.stallFor(routed.route, req, body);
+        // The body is parsed again only where a test singles requests out.
+        const matched =
+          this.outages.size + this.stalls.length > 0
+            ? {
+                route: routed.route,
+                path,
+                json: ((await parseBody(req, body)).json ?? {}) as Record<string, unknown>,
+              }
+            : undefined;
+        if (matched && [...this.outages].some((match) => match(matched))) {
+          throw new HttpError(500, { message: "500: Internal Server Error", code: 0 });
+        }
+        const stall = matched && this.stallFor(matched);
         if (stall) {
           if (stall.when === "after") await routed.run().catch(() => {});
           record.status = 0;
@@ -849,10 +880,8 @@ export class FakeDiscord {
   }
 
   /** The stall rule this request meets, taken off the list (each stalls one request). */
-  private async stallFor(route: string, req: IncomingMessage, body: Buffer) {
-    if (this.stalls.length === 0) return undefined;
-    const json = ((await parseBody(req, body)).json ?? {}) as Record<string, unknown>;
-    const index = this.stalls.findIndex((rule) => rule.match({ route, json }));
+  private stallFor(request: Parameters<RequestMatch>[0]) {
+    const index = this.stalls.findIndex((rule) => rule.match(request));
     return index < 0 ? undefined : this.stalls.splice(index, 1)[0];
   }
 
