@@ -5,6 +5,8 @@
 // which edits and reactions need. The WebClient queues calls and waits out 429s (Retry-After) itself.
 // Slack has no idempotency key: a post of a job's result carries message metadata naming the job and the
 // post, and a post that an earlier attempt may have made (a redelivery) is first looked for in its thread.
+// Slack down (an outage, a 5xx or a network failure past the WebClient's own retries, or its
+// internal_error-like answers, which the WebClient does not retry) is PlatformUnavailableError.
 import { webApi } from "@slack/bolt";
 import { readAtMost } from "../../commands/attachments.js";
 import {
@@ -16,6 +18,7 @@ import {
   MessageNotEditableError,
   type MessageRef,
   type OutgoingMessage,
+  PlatformUnavailableError,
   type PostOnce,
   type ThreadResult,
 } from "../../commands/chat.js";
@@ -49,6 +52,38 @@ export function slackError(error: unknown): string | undefined {
   return error instanceof Error && "code" in error && error.code === webApi.ErrorCode.PlatformError
     ? (error as webApi.WebAPIPlatformError).data.error
     : undefined;
+}
+
+/** Slack's answers (`{ ok: false, error }`) that say it failed on its side: the same call may work later. */
+const SLACK_DOWN: ReadonlySet<string> = new Set([
+  "internal_error",
+  "fatal_error",
+  "service_unavailable",
+  "request_timeout",
+  "ratelimited",
+]);
+
+/** Whether `error` says Slack is down rather than refusing the call. */
+function slackDown(error: unknown): boolean {
+  if (!(error instanceof Error && "code" in error)) return false;
+  switch (error.code) {
+    case webApi.ErrorCode.RequestError:
+    case webApi.ErrorCode.RateLimitedError:
+      return true;
+    case webApi.ErrorCode.HTTPError:
+      return (error as webApi.WebAPIHTTPError).statusCode >= 500;
+    default:
+      return SLACK_DOWN.has(slackError(error) ?? "");
+  }
+}
+
+/** Runs Web API calls, turning a failure of Slack's into PlatformUnavailableError. */
+async function whileUp<T>(calls: () => Promise<T>): Promise<T> {
+  try {
+    return await calls();
+  } catch (error) {
+    throw slackDown(error) ? new PlatformUnavailableError(String(error), { cause: error }) : error;
+  }
 }
 
 /**
@@ -90,65 +125,71 @@ export class SlackAdapter implements ChatAdapter {
   }
 
   async post(to: Conversation, message: OutgoingMessage): Promise<MessageRef> {
-    if (message.once?.retry) {
-      const earlier = await this.findPost(to, message.once);
-      if (earlier) {
-        const ref: MessageRef = { conversation: to, id: messageId(to.channel, earlier.ts) };
-        // Cut off between the post and its files: attach them now.
-        if (message.images?.length && !earlier.hasFiles) await this.editMessage(ref, message);
-        return ref;
+    return whileUp(async () => {
+      if (message.once?.retry) {
+        const earlier = await this.findPost(to, message.once);
+        if (earlier) {
+          const ref: MessageRef = { conversation: to, id: messageId(to.channel, earlier.ts) };
+          // Cut off between the post and its files: attach them now.
+          if (message.images?.length && !earlier.hasFiles) await this.editMessage(ref, message);
+          return ref;
+        }
       }
-    }
-    const sent = await this.client.chat.postMessage({
-      channel: to.channel,
-      ...(to.thread ? { thread_ts: to.thread } : {}),
-      text: mrkdwn(message.text),
-      ...(message.once ? { metadata: metadataOf(message.once) } : {}),
+      const sent = await this.client.chat.postMessage({
+        channel: to.channel,
+        ...(to.thread ? { thread_ts: to.thread } : {}),
+        text: mrkdwn(message.text),
+        ...(message.once ? { metadata: metadataOf(message.once) } : {}),
+      });
+      // A post to a user id lands in the bot's DM with them: the answer names that channel.
+      const channel = sent.channel ?? to.channel;
+      const ref: MessageRef = { conversation: { ...to, channel }, id: messageId(channel, sent.ts ?? "") };
+      if (message.images?.length) await this.editMessage(ref, message);
+      return ref;
     });
-    // A post to a user id lands in the bot's DM with them: the answer names that channel.
-    const channel = sent.channel ?? to.channel;
-    const ref: MessageRef = { conversation: { ...to, channel }, id: messageId(channel, sent.ts ?? "") };
-    if (message.images?.length) await this.editMessage(ref, message);
-    return ref;
   }
 
   async editMessage(ref: MessageRef, message: OutgoingMessage): Promise<void> {
-    const files = message.images ? await this.upload(message.images) : undefined;
-    try {
-      await this.client.chat.update({
-        channel: ref.conversation.channel,
-        ts: tsOf(ref),
-        text: mrkdwn(message.text),
-        ...(files ? { file_ids: files } : {}),
-        ...(message.once ? { metadata: metadataOf(message.once) } : {}),
-      });
-    } catch (error) {
-      // Someone deleted the message (a progress message, mid-job): its thread still takes a new post.
-      if (slackError(error) === "message_not_found") throw new MessageNotEditableError("message deleted");
-      throw error;
-    }
-    if (!files) return;
-    const replaced = this.attached.get(ref.id) ?? [];
-    if (files.length > 0) this.attached.set(ref.id, files);
-    else this.attached.delete(ref.id);
-    for (const file of replaced) {
-      await this.client.files.delete({ file }).catch(() => {}); // already gone: nothing to tidy
-    }
+    return whileUp(async () => {
+      const files = message.images ? await this.upload(message.images) : undefined;
+      try {
+        await this.client.chat.update({
+          channel: ref.conversation.channel,
+          ts: tsOf(ref),
+          text: mrkdwn(message.text),
+          ...(files ? { file_ids: files } : {}),
+          ...(message.once ? { metadata: metadataOf(message.once) } : {}),
+        });
+      } catch (error) {
+        // Someone deleted the message (a progress message, mid-job): its thread still takes a new post.
+        if (slackError(error) === "message_not_found") throw new MessageNotEditableError("message deleted");
+        throw error;
+      }
+      if (!files) return;
+      const replaced = this.attached.get(ref.id) ?? [];
+      if (files.length > 0) this.attached.set(ref.id, files);
+      else this.attached.delete(ref.id);
+      for (const file of replaced) {
+        await this.client.files.delete({ file }).catch(() => {}); // already gone: nothing to tidy
+      }
+    });
   }
 
   async addReactions(ref: MessageRef, emojis: readonly string[]): Promise<void> {
-    for (const emoji of emojis) {
-      try {
-        await this.client.reactions.add({
-          channel: ref.conversation.channel,
-          timestamp: tsOf(ref),
-          name: slackEmojiName(emoji),
-        });
-      } catch (error) {
-        // A retried call whose first attempt went through: the reaction is there, as wanted.
-        if (slackError(error) !== "already_reacted") throw error;
+    return whileUp(async () => {
+      for (const emoji of emojis) {
+        try {
+          await this.client.reactions.add({
+            channel: ref.conversation.channel,
+            timestamp: tsOf(ref),
+            name: slackEmojiName(emoji),
+          });
+        } catch (error) {
+          // A retried call whose first attempt went through: the reaction is there, as wanted.
+          if (slackError(error) !== "already_reacted") throw error;
+        }
       }
-    }
+    });
   }
 
   async download(attachment: IncomingAttachment, maxBytes: number): Promise<Uint8Array> {

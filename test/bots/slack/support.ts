@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { type SlackBot, startSlackBot } from "../../../src/bots/slack/bot.js";
 import type { ChatLimits } from "../../../src/commands/chat.js";
 import type { ChatCommandsOptions } from "../../../src/commands/service.js";
-import type { QueueClient } from "../../../src/queue/client.js";
+import type { QueueClient, QueueClientOptions } from "../../../src/queue/client.js";
 import type { PipelineRegistry, StartWorkerOptions } from "../../../src/queue/worker.js";
 import { freePort, type Harness, harness } from "../../queue/support/setup.js";
 import { startBotProcess } from "../support/bot-process.js";
@@ -75,6 +75,8 @@ export interface WorldOptions {
   positionRefreshMs?: number;
   /** How long to wait for each thing the bot should do (default 30 s). */
   timeoutMs?: number;
+  /** The bot's result deliveries: their lease (how often it sweeps) and when a failed one is tried again. */
+  delivery?: Pick<QueueClientOptions, "deliveryLeaseMs" | "deliveryRetry">;
 }
 
 export async function world(options: WorldOptions = {}): Promise<World> {
@@ -110,7 +112,12 @@ export async function world(options: WorldOptions = {}): Promise<World> {
       return queue;
     },
     async startBot() {
-      queue = await h.client({ consumer: "slack", platform: "slack", limits: { maxQueued: 5 } });
+      queue = await h.client({
+        consumer: "slack",
+        platform: "slack",
+        limits: { maxQueued: 5 },
+        ...options.delivery,
+      });
       bot = await startSlackBot({
         botToken: fake.botToken,
         connection:

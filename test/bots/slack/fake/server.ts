@@ -69,10 +69,13 @@ export interface FakeMessage {
 }
 
 /** A Web API call a test asked the fake to leave unanswered (see FakeSlack.stall). */
+/** Which Web API calls a test singles out: by method and arguments. */
+export type SlackCallMatch = (call: { method: string; args: Record<string, unknown> }) => boolean;
+
 export interface SlackStallRule {
   /** Whether Slack carries the call out before it goes silent, or never sees it. */
   when: "before" | "after";
-  match: (call: { method: string; args: Record<string, unknown> }) => boolean;
+  match: SlackCallMatch;
 }
 
 export interface FakeEphemeral {
@@ -255,6 +258,8 @@ export class FakeSlack {
   >();
   private readonly limiter = new RateLimiter();
   private readonly stalls: Array<SlackStallRule & { stalled: () => void }> = [];
+  /** The outages under way (see outage). */
+  private readonly outages = new Set<SlackCallMatch>();
   private readonly limits: Record<string, BucketLimit>;
   private readonly windowMs: number;
   private readonly responseUrlMs: number;
@@ -387,6 +392,15 @@ export class FakeSlack {
   /** What deleting a file in Slack does: files.info and its URLs stop working. */
   deleteFile(file: FakeFile): void {
     file.deleted = true;
+  }
+
+  /**
+   * Slack fails on its side for the calls that `match`: each is answered `service_unavailable` and not
+   * carried out (the WebClient does not retry such an answer) until the function returned ends the outage.
+   */
+  outage(match: SlackCallMatch): () => void {
+    this.outages.add(match);
+    return () => this.outages.delete(match);
   }
 
   // ── what users do ─────────────────────────────────────────────────────────────────────────────
@@ -655,6 +669,7 @@ export class FakeSlack {
       const forcedError = this.forcedErrors.get(method);
       this.forcedErrors.delete(method);
       if (forcedError) throw fail(forcedError);
+      if ([...this.outages].some((match) => match({ method, args }))) throw fail("service_unavailable");
       result = { ok: true, ...(await this.run(method, token, args)) };
     } catch (error) {
       if (!(error instanceof SlackApiError)) throw error;
