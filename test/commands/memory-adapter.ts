@@ -7,7 +7,9 @@ import type {
   MessageRef,
   OutgoingMessage,
 } from "../../src/commands/chat.js";
-import { PHOTO } from "../queue/support/setup.js";
+import { ChatCommands, type ChatCommandsOptions } from "../../src/commands/service.js";
+import type { QueueClient } from "../../src/queue/client.js";
+import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
 
 /** A PNG as a platform announces it (the fixture photo's size), served from a MemoryAdapter's `files`. */
 export function pngAttachment(option: string, filename: string, url = "memory://photo"): IncomingAttachment {
@@ -56,4 +58,39 @@ export class MemoryAdapter implements ChatAdapter {
       public: (message) => this.post(conversation, message),
     };
   }
+}
+
+/** ChatCommands on a MemoryAdapter (serving the fixture photo at memory://photo), a queue and no engine. */
+export interface ConsoleCommands {
+  h: Harness;
+  queue: QueueClient;
+  adapter: MemoryAdapter;
+  commands: ChatCommands;
+  close(): Promise<void>;
+}
+
+export async function consoleCommands(
+  options: { maxQueued?: number } & Partial<Pick<ChatCommandsOptions, "prompts">> = {},
+): Promise<ConsoleCommands> {
+  const h = await harness();
+  const { maxQueued, ...more } = options;
+  const queue = await h.client({
+    consumer: "console",
+    platform: "console",
+    ...(maxQueued === undefined ? {} : { limits: { maxQueued } }),
+  });
+  const adapter = new MemoryAdapter();
+  adapter.files.set("memory://photo", PHOTO);
+  const commands = new ChatCommands({ adapter, queue, blobs: h.blobs, redis: h.redis.client(), ...more });
+  await commands.start();
+  return {
+    h,
+    queue,
+    adapter,
+    commands,
+    async close() {
+      await commands.stop();
+      await h.close();
+    },
+  };
 }

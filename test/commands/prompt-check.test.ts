@@ -5,15 +5,12 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CommandRequest } from "../../src/commands/chat.js";
 import { PromptCheck } from "../../src/commands/prompt-check.js";
-import { ChatCommands } from "../../src/commands/service.js";
 import { loadConfig } from "../../src/config.js";
 import { openCheckpoint } from "../../src/engine/models/checkpoint.js";
 import { childLogger } from "../../src/log.js";
-import type { QueueClient } from "../../src/queue/client.js";
 import { scratchCopies } from "../helpers/model-files.js";
 import { tempDirs } from "../helpers/temp-dirs.js";
-import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
-import { MemoryAdapter, pngAttachment } from "./memory-adapter.js";
+import { type ConsoleCommands, consoleCommands, pngAttachment } from "./memory-adapter.js";
 
 const SD1 = "test/fixtures/models/sd1/model";
 const log = childLogger("test");
@@ -83,25 +80,13 @@ describe("PromptCheck", () => {
 });
 
 describe("ChatCommands with a prompt check", () => {
-  let h: Harness;
-  let queue: QueueClient;
-  let adapter: MemoryAdapter;
-  let commands: ChatCommands;
+  let c: ConsoleCommands;
   const channel = { channel: "console" };
 
   beforeAll(async () => {
-    h = await harness();
-    queue = await h.client({ consumer: "console", platform: "console" });
-    adapter = new MemoryAdapter();
-    adapter.files.set("memory://photo", PHOTO);
-    const prompts = PromptCheck.forModel(config({ MODEL: SD1 }), log);
-    commands = new ChatCommands({ adapter, queue, blobs: h.blobs, redis: h.redis.client(), prompts });
-    await commands.start();
+    c = await consoleCommands({ prompts: PromptCheck.forModel(config({ MODEL: SD1 }), log) });
   });
-  afterAll(async () => {
-    await commands.stop();
-    await h.close();
-  });
+  afterAll(() => c.close());
 
   it("refuses an /imagic prompt CLIP would cut before anything is stored or queued", async () => {
     const request: CommandRequest = {
@@ -111,10 +96,10 @@ describe("ChatCommands with a prompt check", () => {
       options: { prompt: LONG },
       attachments: [pngAttachment("image", "photo.png")],
     };
-    await commands.handleCommand(request, adapter.reply(channel));
-    expect(adapter.privateReplies.at(-1)).toMatch(/^⚠️ `prompt` is longer than the 75 tokens CLIP reads/);
-    expect(adapter.messages).toHaveLength(0);
-    expect(await queue.queue.count()).toBe(0);
-    expect(await h.blobs.usage("ann")).toBe(0);
+    await c.commands.handleCommand(request, c.adapter.reply(channel));
+    expect(c.adapter.privateReplies.at(-1)).toMatch(/^⚠️ `prompt` is longer than the 75 tokens CLIP reads/);
+    expect(c.adapter.messages).toHaveLength(0);
+    expect(await c.queue.queue.count()).toBe(0);
+    expect(await c.h.blobs.usage("ann")).toBe(0);
   });
 });

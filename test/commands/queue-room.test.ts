@@ -3,31 +3,18 @@
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CommandRequest } from "../../src/commands/chat.js";
-import { ChatCommands } from "../../src/commands/service.js";
-import type { QueueClient } from "../../src/queue/client.js";
-import { type Harness, harness, PHOTO } from "../queue/support/setup.js";
-import { MemoryAdapter, pngAttachment } from "./memory-adapter.js";
+import { PHOTO } from "../queue/support/setup.js";
+import { type ConsoleCommands, consoleCommands, pngAttachment } from "./memory-adapter.js";
 
-let h: Harness;
-let queue: QueueClient;
-let adapter: MemoryAdapter;
-let commands: ChatCommands;
+let c: ConsoleCommands;
 const channel = { channel: "console" };
 
 beforeAll(async () => {
-  h = await harness();
-  queue = await h.client({ consumer: "console", platform: "console", limits: { maxQueued: 1 } });
-  adapter = new MemoryAdapter();
-  adapter.files.set("memory://photo", PHOTO);
+  c = await consoleCommands({ maxQueued: 1 });
   // Other bytes than the queued command's photo: blobs are stored by content, a copy would count once.
-  adapter.files.set("memory://other", await sharp(PHOTO).flop().png().toBuffer());
-  commands = new ChatCommands({ adapter, queue, blobs: h.blobs, redis: h.redis.client() });
-  await commands.start();
+  c.adapter.files.set("memory://other", await sharp(PHOTO).flop().png().toBuffer());
 });
-afterAll(async () => {
-  await commands.stop();
-  await h.close();
-});
+afterAll(() => c.close());
 
 const request = (command: "imagic" | "swap", url: string): CommandRequest => ({
   command,
@@ -43,17 +30,17 @@ const request = (command: "imagic" | "swap", url: string): CommandRequest => ({
 describe("a user whose queue is full", () => {
   it("is refused /imagic and /swap before any photo is stored", async () => {
     // Nothing runs jobs here: the first /imagic stays queued and fills ann's one place.
-    await commands.handleCommand(request("imagic", "memory://photo"), adapter.reply(channel));
-    expect(await queue.queue.count()).toBe(1);
-    const stored = await h.blobs.usage("ann");
+    await c.commands.handleCommand(request("imagic", "memory://photo"), c.adapter.reply(channel));
+    expect(await c.queue.queue.count()).toBe(1);
+    const stored = await c.h.blobs.usage("ann");
     expect(stored).toBeGreaterThan(0);
     for (const command of ["imagic", "swap"] as const) {
-      await commands.handleCommand(request(command, "memory://other"), adapter.reply(channel));
-      expect(adapter.privateReplies.at(-1)).toMatch(
+      await c.commands.handleCommand(request(command, "memory://other"), c.adapter.reply(channel));
+      expect(c.adapter.privateReplies.at(-1)).toMatch(
         /^⚠️ you already have 1 job in the queue, the limit is 1; wait for one to finish or cancel one/,
       );
     }
-    expect(await h.blobs.usage("ann")).toBe(stored);
-    expect(await queue.queue.count()).toBe(1);
+    expect(await c.h.blobs.usage("ann")).toBe(stored);
+    expect(await c.queue.queue.count()).toBe(1);
   });
 });
