@@ -6,6 +6,13 @@ import { priorityFor } from "../../src/queue/priority.js";
 
 const id = (c: string) => c.repeat(64);
 const base = { userId: "u1", origin: { platform: "discord", channel: "c" } };
+/** A swap.edit payload for `subject`. */
+const swapEdit = (subject: string) => ({
+  ...base,
+  sourceBlobId: id("a"),
+  referenceBlobIds: [id("b")],
+  subject,
+});
 
 function refusal(name: string, input: unknown): string {
   try {
@@ -96,13 +103,7 @@ describe("job payloads", () => {
   });
 
   it("takes a swap's strengths list (one grid row each), each within steps, seeds × strengths within 16", () => {
-    const edit = (options: Record<string, unknown>) => ({
-      ...base,
-      sourceBlobId: id("a"),
-      referenceBlobIds: [id("b")],
-      subject: "cat",
-      options,
-    });
+    const edit = (options: Record<string, unknown>) => ({ ...swapEdit("cat"), options });
     const strength = (n: number) => ({ selfOutputSteps: n, selfMapSteps: n, crossMapSteps: n });
     const { payload } = parsePayload<"swap.edit">(
       "swap.edit",
@@ -119,39 +120,27 @@ describe("job payloads", () => {
   });
 
   it("refuses a swap whose subject is more than one word, before its concept is learned", () => {
-    const edit = (subject: string) => ({
-      ...base,
-      sourceBlobId: id("a"),
-      referenceBlobIds: [id("b")],
-      subject,
-    });
-    expect(parsePayload<"swap.edit">("swap.edit", edit(" cat ")).payload.subject).toBe("cat");
-    expect(refusal("swap.edit", edit("hot dog"))).toMatch(/subject: must be one word/);
-    expect(refusal("swap.edit", edit("cat\tdog"))).toMatch(/subject: must be one word/);
+    expect(parsePayload<"swap.edit">("swap.edit", swapEdit(" cat ")).payload.subject).toBe("cat");
+    expect(refusal("swap.edit", swapEdit("hot dog"))).toMatch(/subject: must be one word/);
+    expect(refusal("swap.edit", swapEdit("cat\tdog"))).toMatch(/subject: must be one word/);
     // A concept alone may be learned for a phrase ("sks hot dog").
     const concept = { ...base, referenceBlobIds: [id("b")], subject: "hot dog" };
     expect(parsePayload<"swap.concept">("swap.concept", concept).payload.subject).toBe("hot dog");
   });
 
   it("refuses the subjects chat refuses (the concept token, the prompt's other words), in chat's words", () => {
-    const edit = (subject: string) => ({
-      ...base,
-      sourceBlobId: id("a"),
-      referenceBlobIds: [id("b")],
-      subject,
-    });
     for (const word of ["sks", "SKS"]) {
-      expect(refusal("swap.edit", edit(word))).toContain(
+      expect(refusal("swap.edit", swapEdit(word))).toContain(
         `subject: cannot be "${word}": I learn the new subject as "sks <subject>"`,
       );
     }
     for (const word of ["a", "photo", "of"]) {
-      expect(refusal("swap.edit", edit(` ${word} `))).toContain(
+      expect(refusal("swap.edit", swapEdit(` ${word} `))).toContain(
         `subject: "${word}" is also another word of "a photo of a ${word}", where the swap finds it`,
       );
     }
     for (const word of ["Photo", "skis"])
-      expect(parsePayload<"swap.edit">("swap.edit", edit(word)).payload.subject).toBe(word);
+      expect(parsePayload<"swap.edit">("swap.edit", swapEdit(word)).payload.subject).toBe(word);
   });
 
   it("lists every blob of a swap with the words a user knows them by", () => {

@@ -56,6 +56,24 @@ async function refusal(promise: Promise<unknown>): Promise<ImageInputError | und
 
 const rgb = async (bytes: Uint8Array) =>
   sharp(bytes).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+/**
+ * A 96×64 RGB gradient (blue falling from `blue`) as raw 8-bit values, the same values in 16 bits, and
+ * both as PNGs: the 16-bit file holds exactly the 8-bit one's colours.
+ */
+async function gradientPngs(blue: number) {
+  const stored = Buffer.alloc(96 * 64 * 3);
+  for (let i = 0; i < 96 * 64; i++)
+    stored.set([40 + 2 * (i % 96), 30 + 3 * ((i / 96) | 0), blue - (i % 96)], 3 * i);
+  const raw = { raw: { width: 96, height: 64, channels: 3 } } as const;
+  const wide = Uint16Array.from(stored, (v) => v * 257);
+  return {
+    stored,
+    wide,
+    png8: await sharp(stored, raw).png().toBuffer(),
+    png16: await sharp(wide, raw).toColourspace("rgb16").png().toBuffer(),
+  };
+}
+
 const meanAbsDiff = (a: Uint8Array, b: Uint8Array) => {
   expect(a.length).toBe(b.length);
   let sum = 0;
@@ -189,17 +207,7 @@ describe("acceptance converts: what is accepted is the PNG the engine reads", ()
   it("converts a 16-bit PNG or TIFF through its ICC profile as the same values in 8 bits", async () => {
     // sharp converts 16-bit RGB through its profile into Display P3, not sRGB: unless told to convert
     // on to sRGB, P3 values were read as sRGB (a P3 photo as if untagged, an sRGB-tagged one duller).
-    const gradient = Buffer.alloc(96 * 64 * 3);
-    for (let i = 0; i < 96 * 64; i++)
-      gradient.set([40 + 2 * (i % 96), 30 + 3 * ((i / 96) | 0), 200 - (i % 96)], 3 * i);
-    const png8 = await sharp(gradient, { raw: { width: 96, height: 64, channels: 3 } })
-      .png()
-      .toBuffer();
-    const wide = Uint16Array.from(gradient, (v) => v * 257);
-    const png16 = await sharp(wide, { raw: { width: 96, height: 64, channels: 3 } })
-      .toColourspace("rgb16")
-      .png()
-      .toBuffer();
+    const { wide, png8, png16 } = await gradientPngs(200);
     const srgb = (await sharp(await sharp(png8).withIccProfile("srgb").png().toBuffer()).metadata())
       .icc as Buffer;
     const pixelsOf = async (bytes: Uint8Array) =>
@@ -953,19 +961,7 @@ describe("edge formats: converted right or refused in words", () => {
     // 96×64, a gradient in each channel; expected pixels from the chunks' meaning, computed here: the
     // values decoded by the file's power law, through its primaries (Adobe RGB's published RGB → XYZ
     // matrix and sRGB's XYZ → RGB, both D65), and encoded as sRGB.
-    const stored = Buffer.alloc(96 * 64 * 3);
-    for (let i = 0; i < 96 * 64; i++)
-      stored.set([40 + 2 * (i % 96), 30 + 3 * ((i / 96) | 0), 220 - (i % 96)], 3 * i);
-    const png8 = await sharp(stored, { raw: { width: 96, height: 64, channels: 3 } })
-      .png()
-      .toBuffer();
-    const png16 = await sharp(
-      Uint16Array.from(stored, (v) => v * 257),
-      { raw: { width: 96, height: 64, channels: 3 } },
-    )
-      .toColourspace("rgb16")
-      .png()
-      .toBuffer();
+    const { stored, png8, png16 } = await gradientPngs(220);
     // The same red values as greyscale (every channel of the result is then the red one's).
     const red = Uint8Array.from({ length: 96 * 64 }, (_, i) => stored[3 * i] as number);
     const grey8 = await sharp(red, { raw: { width: 96, height: 64, channels: 1 } })
