@@ -1,6 +1,8 @@
 // The chunk structure of PNG files and the box structure of ISO base media files (HEIF, AVIF), walked
 // from the bytes without decoding anything: what intake asks of them before libvips sees them (does the
-// file end where it says? is the PNG animated? how does a HEIF declare its colours?).
+// file end where it says? is the PNG animated? how does a HEIF declare its colours?), and the one chunk
+// intake writes (png-gamma.ts's profile).
+import { crc32 } from "node:zlib";
 
 /** One PNG chunk: its type, where its data starts and where the chunk (CRC included) ends. */
 export interface PngChunk {
@@ -18,6 +20,16 @@ export function* pngChunks(png: Uint8Array): Generator<PngChunk> {
     yield { type: String.fromCharCode(...png.subarray(at + 4, at + 8)), start: at + 8, end };
     at = end;
   }
+}
+
+/** A PNG chunk of `type` holding `body`: its length, type, body and CRC, ready to splice into a file. */
+export function pngChunk(type: string, body: Uint8Array): Buffer {
+  const out = Buffer.alloc(12 + body.byteLength);
+  out.writeUInt32BE(body.byteLength, 0);
+  out.write(type, 4, "latin1");
+  out.set(body, 8);
+  out.writeUInt32BE(crc32(out.subarray(4, 8 + body.byteLength)), 8 + body.byteLength);
+  return out;
 }
 
 /** One ISO BMFF box: its type and where its payload lies (after the 8- or 16-byte header). */

@@ -3,8 +3,8 @@
 // the PNG specification orders; libvips converts through profiles only and would read such values as
 // sRGB: a linear-light PNG (gAMA 1.0) much darker, one from an old Mac (gAMA 1/1.8) a little darker.
 // So the chunks are written as the profile they describe, an iCCP chunk libvips does read.
-import { crc32, deflateSync } from "node:zlib";
-import { pngChunks } from "./chunks.js";
+import { deflateSync } from "node:zlib";
+import { pngChunk, pngChunks } from "./chunks.js";
 
 type Vec3 = [number, number, number];
 type Mat3 = [Vec3, Vec3, Vec3];
@@ -146,11 +146,9 @@ export function withGammaProfile(png: Uint8Array): Uint8Array | undefined {
   if (!(primaries ?? []).flat().every((v) => Number.isFinite(v) && Math.abs(v) < 32768) || 1 / gamma >= 256)
     return undefined;
   const profile = powerLawProfile(1 / gamma, primaries);
-  const body = Buffer.concat([Buffer.from("gAMA and cHRM\0\0", "latin1"), deflateSync(profile)]);
-  const chunk = Buffer.alloc(12 + body.byteLength);
-  chunk.writeUInt32BE(body.byteLength, 0);
-  chunk.write("iCCP", 4, "latin1");
-  chunk.set(body, 8);
-  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + body.byteLength)), 8 + body.byteLength);
+  const chunk = pngChunk(
+    "iCCP",
+    Buffer.concat([Buffer.from("gAMA and cHRM\0\0", "latin1"), deflateSync(profile)]),
+  );
   return Buffer.concat([png.subarray(0, headerEnd), chunk, png.subarray(headerEnd)]);
 }

@@ -2,8 +2,9 @@
 // them: TIFFs of any sample layout (float, 32-bit, extra channels) and camera raws' TIFF headers,
 // animated PNGs, Adobe CMYK and YCCK JPEGs, lossless JPEGs of any precision, and ICC profiles added to
 // a PNG or a HEIF file.
-import { crc32, deflateSync } from "node:zlib";
+import { deflateSync } from "node:zlib";
 import { BitWriter, segment } from "../../../../src/cli/bench/hostile-images.js";
+import { pngChunk, pngChunks } from "../../../../src/engine/intake/chunks.js";
 
 type TiffType = 1 | 3 | 4 | 7;
 
@@ -101,27 +102,9 @@ export function pixels(
   return new Uint8Array(out.buffer);
 }
 
-const pngChunk = (type: string, body: Uint8Array) => {
-  const out = Buffer.alloc(12 + body.byteLength);
-  out.writeUInt32BE(body.byteLength, 0);
-  out.write(type, 4, "ascii");
-  out.set(body, 8);
-  out.writeUInt32BE(crc32(out.subarray(4, 8 + body.byteLength)), 8 + body.byteLength);
-  return out;
-};
-
 /** The chunks of a PNG after its signature, as [type, body]. */
-function pngChunks(png: Uint8Array): Array<[string, Uint8Array]> {
-  const chunks: Array<[string, Uint8Array]> = [];
-  const view = Buffer.from(png.buffer, png.byteOffset, png.byteLength);
-  for (let at = 8; at + 8 <= view.byteLength; at += 12 + view.readUInt32BE(at)) {
-    chunks.push([
-      view.toString("ascii", at + 4, at + 8),
-      view.subarray(at + 8, at + 8 + view.readUInt32BE(at)),
-    ]);
-  }
-  return chunks;
-}
+const chunksOf = (png: Uint8Array): Array<[string, Uint8Array]> =>
+  [...pngChunks(png)].map(({ type, start, end }) => [type, png.subarray(start, end - 4)]);
 
 /** `png` with `chunks` ([type, body]) right after its header. */
 export function pngWith(png: Uint8Array, chunks: Array<[string, Uint8Array]>): Uint8Array {
@@ -139,7 +122,7 @@ export const pngWithIcc = (png: Uint8Array, icc: Uint8Array): Uint8Array =>
  * (its IDAT), the others fdAT chunks. Decoders without APNG support show the first frame only.
  */
 export function apng(frames: Uint8Array[]): Uint8Array {
-  const [first, ...rest] = frames.map(pngChunks);
+  const [first, ...rest] = frames.map(chunksOf);
   if (!first) throw new RangeError("apng: no frames");
   const ihdr = first.find(([type]) => type === "IHDR")?.[1] as Uint8Array;
   const head = Buffer.from(ihdr.buffer, ihdr.byteOffset, ihdr.byteLength);
